@@ -1,0 +1,31 @@
+import { Command } from 'commander'
+import { registerAgentCommands } from './commands/agent.ts'
+import { registerCaCommands } from './commands/ca.ts'
+import { registerDemoCommand } from './commands/demo.ts'
+import { registerEventlogCommand } from './commands/eventlog.ts'
+import { registerImaCommands } from './commands/ima.ts'
+import { registerPolicyCommands } from './commands/policy.ts'
+import { registerRegistrarCommand } from './commands/registrar.ts'
+import { registerTenantCommands } from './commands/tenant.ts'
+import { registerTpmCommands } from './commands/tpm.ts'
+import { registerVerifierCommand } from './commands/verifier.ts'
+
+export function buildProgram(): Command {
+  const program = new Command('keylime')
+    .description('Keylime TS: TPM-based remote attestation (agent, registrar, verifier, tenant, tools)')
+    .version('0.1.0')
+    .showHelpAfterError()
+  registerAgentCommands(program)
+  registerRegistrarCommand(program)
+  registerVerifierCommand(program)
+  registerTenantCommands(program)
+  registerCaCommands(program)
+  registerPolicyCommands(program)
+  registerTpmCommands(program)
+  registerImaCommands(program)
+  registerEventlogCommand(program)
+  registerDemoCommand(program)
+  return program
+}
+
+await buildProgram().parseAsync(process.argv)
