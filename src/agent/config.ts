@@ -1,0 +1,285 @@
+/**
+ * Pull-agent configuration (keylime-config-and-cli.md §1.2, §2.6): upstream option names and defaults, layered as
+ * defaults < TOML files (`[agent]` table) < conf.d snippets < `KEYLIME_AGENT_<OPTION>` env < flags.
+ * `KEYLIME_AGENT_CONFIG=<file>` (or an explicit `--config`) replaces the file set.
+ */
+import { existsSync, readdirSync, readFileSync } from 'node:fs'
+import { isAbsolute, join } from 'node:path'
+import { parse as parseToml } from 'smol-toml'
+import { KeylimeError } from '../common/errors.ts'
+
+export class AgentConfigError extends KeylimeError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('ERR_AGENT_CONFIG', message, options)
+  }
+}
+
+export interface AgentConfig {
+  api_versions: string
+  uuid: string
+  ip: string
+  port: number
+  contact_ip: string
+  contact_port: number
+  registrar_ip: string
+  registrar_port: number
+  enable_agent_mtls: boolean
+  keylime_dir: string
+  server_key: string
+  server_cert: string
+  server_key_password: string
+  payload_key: string
+  payload_key_password: string
+  trusted_client_ca: string
+  enc_keyname: string
+  dec_payload_file: string
+  secure_size: string
+  extract_payload_zip: boolean
+  payload_script: string
+  payload_script_timeout_seconds: number
+  enable_insecure_payload: boolean
+  revocation_cert: string
+  revocation_actions: string
+  revocation_actions_dir: string
+  revocation_action_timeout_seconds: number
+  allow_payload_revocation_actions: boolean
+  tpm: string
+  tpm_hash_alg: string
+  tpm_encryption_alg: string
+  tpm_signing_alg: string
+  ek_handle: string
+  tpm_ownerpassword: string
+  agent_data_path: string
+  ima_ml_path: string
+  measuredboot_ml_path: string
+  exponential_backoff_initial_delay: number
+  exponential_backoff_max_retries: number
+  exponential_backoff_max_delay: number
+}
+
+export const AGENT_CONFIG_DEFAULTS: Readonly<AgentConfig> = Object.freeze({
+  api_versions: 'default',
+  uuid: 'd432fbb3-d2f1-4a97-9ef7-75bd81c00000',
+  ip: '127.0.0.1',
+  port: 9002,
+  contact_ip: '127.0.0.1',
+  contact_port: 9002,
+  registrar_ip: '127.0.0.1',
+  registrar_port: 8890,
+  enable_agent_mtls: true,
+  keylime_dir: '/var/lib/keylime',
+  server_key: 'default',
+  server_cert: 'default',
+  server_key_password: '',
+  payload_key: 'default',
+  payload_key_password: '',
+  trusted_client_ca: 'default',
+  enc_keyname: 'derived_tci_key',
+  dec_payload_file: 'decrypted_payload',
+  secure_size: '1m',
+  extract_payload_zip: true,
+  payload_script: 'autorun.sh',
+  payload_script_timeout_seconds: 60,
+  enable_insecure_payload: false,
+  revocation_cert: 'default',
+  revocation_actions: '',
+  revocation_actions_dir: '/usr/libexec/keylime',
+  revocation_action_timeout_seconds: 60,
+  allow_payload_revocation_actions: true,
+  tpm: '/dev/tpmrm0',
+  tpm_hash_alg: 'sha256',
+  tpm_encryption_alg: 'rsa',
+  tpm_signing_alg: 'rsassa',
+  ek_handle: 'generate',
+  tpm_ownerpassword: '',
+  agent_data_path: 'default',
+  ima_ml_path: '/sys/kernel/security/ima/ascii_runtime_measurements',
+  measuredboot_ml_path: '/sys/kernel/security/tpm0/binary_bios_measurements',
+  exponential_backoff_initial_delay: 10_000,
+  exponential_backoff_max_retries: 5,
+  exponential_backoff_max_delay: 300_000,
+})
+
+type OptionName = keyof AgentConfig
+const OPTION_NAMES = Object.keys(AGENT_CONFIG_DEFAULTS) as OptionName[]
+
+/** Built-in file name for each path option whose value may be `default` (relative to keylime_dir). */
+const DEFAULT_PATHS: Partial<Record<OptionName, string>> = {
+  server_key: 'server-private.pem',
+  server_cert: 'server-cert.crt',
+  payload_key: 'payload-private.pem',
+  trusted_client_ca: 'cv_ca/cacert.crt',
+  revocation_cert: 'secure/unzipped/RevocationNotifier-cert.crt',
+  agent_data_path: 'agent_data.json',
+}
+
+/** Options that name files under keylime_dir when relative. */
+const RELATIVE_PATH_OPTIONS: OptionName[] = [
+  'server_key',
+  'server_cert',
+  'payload_key',
+  'revocation_cert',
+  'agent_data_path',
+]
+
+export interface LoadAgentConfigOptions {
+  /** Explicit file: replaces the standard file set, like KEYLIME_AGENT_CONFIG. */
+  configPath?: string
+  env?: NodeJS.ProcessEnv
+  /** Highest-precedence values (CLI flags); strings are coerced like env values. */
+  overrides?: Partial<Record<OptionName, string | number | boolean>>
+  /** Standard file locations; tests pass [] to ignore the machine's /etc. */
+  searchFiles?: string[]
+}
+
+const STANDARD_FILES = ['/usr/etc/keylime/agent.conf', '/etc/keylime/agent.conf']
+const STANDARD_SNIPPET_DIRS = ['/usr/etc/keylime/agent.conf.d', '/etc/keylime/agent.conf.d']
+
+function coerce(name: OptionName, raw: unknown, source: string): AgentConfig[OptionName] {
+  const kind = typeof AGENT_CONFIG_DEFAULTS[name]
+  if (kind === 'number') {
+    const n = typeof raw === 'number' ? raw : typeof raw === 'string' ? Number(raw.trim()) : Number.NaN
+    if (!Number.isFinite(n)) throw new AgentConfigError(`${source}: option '${name}' must be a number`)
+    return n
+  }
+  if (kind === 'boolean') {
+    if (typeof raw === 'boolean') return raw
+    const s = String(raw).trim().toLowerCase()
+    if (['true', 'yes', 'on', '1'].includes(s)) return true
+    if (['false', 'no', 'off', '0'].includes(s)) return false
+    throw new AgentConfigError(`${source}: option '${name}' must be a boolean`)
+  }
+  if (Array.isArray(raw)) return raw.map(String).join(',')
+  if (typeof raw === 'string') return raw.trim().replace(/^"(.*)"$/, '$1')
+  if (typeof raw === 'number' || typeof raw === 'boolean') return String(raw)
+  throw new AgentConfigError(`${source}: option '${name}' must be a string`)
+}
+
+function applyTable(cfg: AgentConfig, table: Record<string, unknown>, source: string): void {
+  for (const [key, value] of Object.entries(table)) {
+    if (!(OPTION_NAMES as string[]).includes(key)) continue // unknown upstream options are tolerated
+    const name = key as OptionName
+    ;(cfg as unknown as Record<string, unknown>)[name] = coerce(name, value, source)
+  }
+}
+
+function readTomlFile(cfg: AgentConfig, path: string): void {
+  let doc: Record<string, unknown>
+  try {
+    doc = parseToml(readFileSync(path, 'utf8')) as Record<string, unknown>
+  } catch (err) {
+    throw new AgentConfigError(`cannot parse agent config ${path}: ${(err as Error).message}`, { cause: err })
+  }
+  const table = doc.agent
+  if (table !== undefined && (typeof table !== 'object' || table === null || Array.isArray(table))) {
+    throw new AgentConfigError(`${path}: [agent] must be a table`)
+  }
+  if (table) applyTable(cfg, table as Record<string, unknown>, path)
+}
+
+/** Loads the agent configuration with upstream precedence and resolves `default` paths. */
+export function loadAgentConfig(options: LoadAgentConfigOptions = {}): AgentConfig {
+  const env = options.env ?? process.env
+  const cfg: AgentConfig = { ...AGENT_CONFIG_DEFAULTS }
+  const explicit = options.configPath ?? env.KEYLIME_AGENT_CONFIG
+  if (explicit) {
+    if (!existsSync(explicit)) throw new AgentConfigError(`agent config file not found: ${explicit}`)
+    readTomlFile(cfg, explicit)
+  } else {
+    for (const file of options.searchFiles ?? STANDARD_FILES) if (existsSync(file)) readTomlFile(cfg, file)
+    if (!options.searchFiles) {
+      for (const dir of STANDARD_SNIPPET_DIRS) {
+        if (!existsSync(dir)) continue
+        for (const f of readdirSync(dir).sort()) if (f.endsWith('.conf')) readTomlFile(cfg, join(dir, f))
+      }
+    }
+  }
+  if (env.KEYLIME_DIR) cfg.keylime_dir = env.KEYLIME_DIR
+  for (const name of OPTION_NAMES) {
+    const value = env[`KEYLIME_AGENT_${name.toUpperCase()}`]
+    if (value !== undefined) {
+      ;(cfg as unknown as Record<string, unknown>)[name] = coerce(
+        name,
+        value,
+        `KEYLIME_AGENT_${name.toUpperCase()}`,
+      )
+    }
+  }
+  for (const [key, value] of Object.entries(options.overrides ?? {})) {
+    if (value === undefined) continue
+    if (!(OPTION_NAMES as string[]).includes(key)) throw new AgentConfigError(`unknown agent option '${key}'`)
+    const name = key as OptionName
+    ;(cfg as unknown as Record<string, unknown>)[name] = coerce(name, value, `flag --${key}`)
+  }
+  return resolvePaths(cfg)
+}
+
+function resolvePaths(cfg: AgentConfig): AgentConfig {
+  const out = { ...cfg }
+  const rec = out as unknown as Record<string, unknown>
+  for (const [name, file] of Object.entries(DEFAULT_PATHS) as [OptionName, string][]) {
+    if (rec[name] === 'default' || rec[name] === '') rec[name] = join(out.keylime_dir, file)
+  }
+  for (const name of RELATIVE_PATH_OPTIONS) {
+    const v = rec[name] as string
+    if (v && !isAbsolute(v)) rec[name] = join(out.keylime_dir, v)
+  }
+  out.trusted_client_ca = out.trusted_client_ca
+    .split(',')
+    .map((p) =>
+      p
+        .trim()
+        .replace(/^\[|\]$/g, '')
+        .replace(/^['"]|['"]$/g, ''),
+    )
+    .filter((p) => p.length > 0)
+    .map((p) => (isAbsolute(p) ? p : join(out.keylime_dir, p)))
+    .join(',')
+  validate(out)
+  return out
+}
+
+const HASH_ALGS = ['sha1', 'sha256', 'sha384', 'sha512']
+function validate(cfg: AgentConfig): void {
+  if (!HASH_ALGS.includes(cfg.tpm_hash_alg)) {
+    throw new AgentConfigError(`tpm_hash_alg must be one of ${HASH_ALGS.join(', ')}`)
+  }
+  if (!['rsa', 'ecc'].includes(cfg.tpm_encryption_alg))
+    throw new AgentConfigError('tpm_encryption_alg must be rsa or ecc')
+  if (!['rsassa', 'ecdsa'].includes(cfg.tpm_signing_alg)) {
+    throw new AgentConfigError('tpm_signing_alg must be rsassa or ecdsa')
+  }
+  for (const p of ['port', 'contact_port', 'registrar_port'] as const) {
+    if (!Number.isInteger(cfg[p]) || cfg[p] < 0 || cfg[p] > 65535)
+      throw new AgentConfigError(`${p} out of range`)
+  }
+  if (!cfg.enable_agent_mtls && !cfg.enable_insecure_payload && cfg.payload_script !== '') {
+    // Upstream refuses to start in this combination: a payload script would run without an authenticated sender.
+    throw new AgentConfigError(
+      'payload_script is set but mTLS is disabled: set enable_insecure_payload = true or payload_script = ""',
+    )
+  }
+}
+
+/** The API versions this agent serves, from `api_versions` (`default`, `latest`, or a list). */
+export function servedApiVersions(
+  cfg: Pick<AgentConfig, 'api_versions'>,
+  known: readonly string[],
+): string[] {
+  const v = cfg.api_versions.trim()
+  if (v === 'default' || v === '') return [...known]
+  if (v === 'latest') return [known[known.length - 1] as string]
+  const wanted = v
+    .replace(/[[\]'"]/g, '')
+    .split(',')
+    .map((s) => s.trim())
+    .filter((s) => s.length > 0)
+  const served = known.filter((k) => wanted.includes(k))
+  if (served.length === 0) throw new AgentConfigError(`api_versions '${v}' names no supported version`)
+  return served
+}
+
+/** `trusted_client_ca` as a list of files. */
+export function trustedClientCaFiles(cfg: Pick<AgentConfig, 'trusted_client_ca'>): string[] {
+  return cfg.trusted_client_ca.split(',').filter((p) => p.length > 0)
+}
