@@ -1,0 +1,306 @@
+/**
+ * Secure payload, agent side (keylime-protocols.md §E.2): keeps every U (with auth_tag and payload) and every V,
+ * tries all U×V pairs on each new key, accepts K = U ⊕ V when HMAC-SHA384(K, uuid) matches, then decrypts the
+ * payload into `<keylime_dir>/secure/unzipped` (0700), optionally unzips it and runs the payload script with a
+ * timeout. Key material is never logged.
+ */
+import { spawn } from 'node:child_process'
+import {
+  constants,
+  createDecipheriv,
+  createHmac,
+  type KeyObject,
+  privateDecrypt,
+  timingSafeEqual,
+} from 'node:crypto'
+import { chmodSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { join, resolve, sep } from 'node:path'
+import { KeylimeError } from '../common/errors.ts'
+import type { Logger } from '../common/log.ts'
+
+export class PayloadRequestError extends KeylimeError {
+  constructor(message: string) {
+    super('ERR_AGENT_PAYLOAD_REQUEST', message, { statusCode: 400 })
+  }
+}
+
+export class PayloadError extends KeylimeError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('ERR_AGENT_PAYLOAD', message, options)
+  }
+}
+
+const B64 = /^[A-Za-z0-9+/]*={0,2}$/
+
+function strictBase64(s: string, what: string): Buffer {
+  const t = s.trim()
+  if (t.length % 4 !== 0 || !B64.test(t)) throw new PayloadRequestError(`${what} is not valid base64`)
+  return Buffer.from(t, 'base64')
+}
+
+/** RSA-OAEP (SHA-1, MGF1-SHA-1, no label) decryption of U or V with the payload key. */
+export function decryptKeyShare(payloadKey: KeyObject, encryptedB64: string): Buffer {
+  const enc = strictBase64(encryptedB64, 'encrypted_key')
+  let key: Buffer
+  try {
+    key = privateDecrypt(
+      { key: payloadKey, padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash: 'sha1' },
+      enc,
+    )
+  } catch {
+    throw new PayloadRequestError('encrypted_key could not be decrypted')
+  }
+  if (key.length !== 16 && key.length !== 32) {
+    key.fill(0)
+    throw new PayloadRequestError('decrypted key must be 16 or 32 bytes')
+  }
+  return key
+}
+
+export function hmacSha384Hex(key: Uint8Array, message: string): string {
+  return createHmac('sha384', key).update(message, 'utf8').digest('hex')
+}
+
+/** AES-GCM payload blob: b64(IV(16) ‖ ciphertext ‖ tag(16)), AES-128 or AES-256 by key length. */
+export function decryptPayloadBlob(key: Uint8Array, blobB64: string): Buffer {
+  const blob = strictBase64(blobB64, 'payload')
+  if (blob.length < 32) throw new PayloadError('payload too short for IV and tag')
+  const iv = blob.subarray(0, 16)
+  const tag = blob.subarray(blob.length - 16)
+  const ct = blob.subarray(16, blob.length - 16)
+  try {
+    const d = createDecipheriv(key.length === 16 ? 'aes-128-gcm' : 'aes-256-gcm', key, iv)
+    d.setAuthTag(tag)
+    return Buffer.concat([d.update(ct), d.final()])
+  } catch (err) {
+    throw new PayloadError('payload authentication failed (wrong key or corrupted blob)', { cause: err })
+  }
+}
+
+/** Extracts a zip into a directory, refusing entries that would escape it (team CRYPTO's safe extractor). */
+export type ZipExtractor = (zip: Uint8Array, destDir: string) => Promise<void>
+
+export interface PayloadManagerOptions {
+  uuid: string
+  payloadKey: KeyObject
+  /** `<keylime_dir>/secure` */
+  secureDir: string
+  encKeyname: string
+  decPayloadFile: string
+  extractPayloadZip: boolean
+  payloadScript: string
+  scriptTimeoutMs: number
+  /** enable_agent_mtls || enable_insecure_payload */
+  runPayloads: boolean
+  extractZip: ZipExtractor
+  log: Logger
+  /** Called after a payload was installed (the revocation handler reloads its certificate). */
+  onPayloadInstalled?: (unzippedDir: string) => void
+}
+
+interface UEntry {
+  u: Buffer
+  authTag: string
+  payload: string | undefined
+}
+
+export class PayloadManager {
+  private readonly o: PayloadManagerOptions
+  private us: UEntry[] = []
+  private vs: Buffer[] = []
+  private bootstrapKey: Buffer | null = null
+  private work: Promise<void> = Promise.resolve()
+  /** Outcome of the last payload run, for operators and tests. */
+  lastResult: { ok: boolean; message: string; scriptExitCode?: number | null } | null = null
+
+  constructor(o: PayloadManagerOptions) {
+    this.o = o
+  }
+
+  get unzippedDir(): string {
+    return join(this.o.secureDir, 'unzipped')
+  }
+
+  addU(body: { encrypted_key: string; auth_tag: string; payload?: string }): void {
+    const tag = body.auth_tag.trim().toLowerCase()
+    if (!/^[0-9a-f]*$/.test(tag) || tag.length % 2 !== 0)
+      throw new PayloadRequestError('auth_tag is not valid hex')
+    if (tag.length !== 96) throw new PayloadRequestError('auth_tag must be 48 bytes (96 hex characters)')
+    if (body.payload !== undefined) strictBase64(body.payload, 'payload')
+    const u = decryptKeyShare(this.o.payloadKey, body.encrypted_key)
+    this.us.push({ u, authTag: tag, payload: body.payload })
+    this.o.log.info('received U key share')
+    this.tryCombine()
+  }
+
+  addV(body: { encrypted_key: string }): void {
+    this.vs.push(decryptKeyShare(this.o.payloadKey, body.encrypted_key))
+    this.o.log.info('received V key share')
+    this.tryCombine()
+  }
+
+  /** hex HMAC-SHA384(K, challenge) once K is known (`/keys/verify`). */
+  verify(challenge: string): string | null {
+    return this.bootstrapKey ? hmacSha384Hex(this.bootstrapKey, challenge) : null
+  }
+
+  /** Resolves when queued payload work has finished. */
+  whenIdle(): Promise<void> {
+    return this.work
+  }
+
+  private tryCombine(): void {
+    for (const ue of this.us) {
+      for (const v of this.vs) {
+        if (v.length !== ue.u.length) continue
+        const k = Buffer.alloc(v.length)
+        for (let i = 0; i < k.length; i++) k[i] = (ue.u[i] as number) ^ (v[i] as number)
+        const got = Buffer.from(hmacSha384Hex(k, this.o.uuid), 'hex')
+        const want = Buffer.from(ue.authTag, 'hex')
+        if (got.length === want.length && timingSafeEqual(got, want)) {
+          this.bootstrapKey?.fill(0)
+          this.bootstrapKey = k
+          const payload = ue.payload
+          for (const x of this.us) x.u.fill(0)
+          for (const x of this.vs) x.fill(0)
+          this.us = []
+          this.vs = []
+          this.o.log.info('derived bootstrap key K from U and V (auth_tag verified)')
+          if (this.o.runPayloads) {
+            const keyCopy = Buffer.from(k)
+            this.work = this.work.then(() => this.install(keyCopy, payload))
+          } else {
+            this.o.log.warn('payload not run: mTLS disabled and enable_insecure_payload is false')
+          }
+          return
+        }
+        k.fill(0)
+      }
+    }
+  }
+
+  private async install(key: Buffer, payload: string | undefined): Promise<void> {
+    const dir = this.unzippedDir
+    try {
+      mkdirSync(this.o.secureDir, { recursive: true, mode: 0o700 })
+      chmodSync(this.o.secureDir, 0o700)
+      rmSync(dir, { recursive: true, force: true })
+      mkdirSync(dir, { mode: 0o700 })
+      writeFileSync(join(dir, this.o.encKeyname), key, { mode: 0o600 })
+      if (payload !== undefined && payload.length > 0) {
+        const plain = decryptPayloadBlob(key, payload)
+        const payloadPath = join(dir, this.o.decPayloadFile)
+        writeFileSync(payloadPath, plain, { mode: 0o600 })
+        if (this.o.extractPayloadZip && plain.length >= 4 && plain.readUInt32LE(0) === 0x04034b50) {
+          await this.o.extractZip(plain, dir)
+        }
+      }
+      let exitCode: number | null | undefined
+      const script = this.o.payloadScript ? resolve(dir, this.o.payloadScript) : ''
+      if (script && script.startsWith(dir + sep) && existsSync(script)) {
+        chmodSync(script, 0o700)
+        exitCode = await runScript(
+          'sh',
+          ['-c', script],
+          dir,
+          this.o.scriptTimeoutMs,
+          this.o.log,
+          'payload script',
+        )
+      }
+      const actionList = join(dir, 'action_list')
+      if (existsSync(actionList)) {
+        for (const name of readFileSync(actionList, 'utf8')
+          .split(/[\s,]+/)
+          .filter(Boolean)) {
+          const p = resolve(dir, name)
+          if (p.startsWith(dir + sep) && existsSync(p)) chmodSync(p, 0o700)
+        }
+      }
+      this.lastResult = {
+        ok: true,
+        message: 'payload installed',
+        ...(exitCode === undefined ? {} : { scriptExitCode: exitCode }),
+      }
+      this.o.onPayloadInstalled?.(dir)
+    } catch (err) {
+      this.lastResult = { ok: false, message: (err as Error).message }
+      this.o.log.error(
+        { code: (err as KeylimeError).code },
+        `payload installation failed: ${(err as Error).message}`,
+      )
+    } finally {
+      key.fill(0)
+    }
+  }
+}
+
+/**
+ * Runs a program with a timeout (SIGTERM, then SIGKILL), logging its output line by line.
+ * Resolves to the exit code, or null when it was killed or could not start.
+ */
+export function runScript(
+  cmd: string,
+  args: string[],
+  cwd: string,
+  timeoutMs: number,
+  log: Logger,
+  label: string,
+): Promise<number | null> {
+  return new Promise((done) => {
+    let child: ReturnType<typeof spawn>
+    try {
+      child = spawn(cmd, args, { cwd, stdio: ['ignore', 'pipe', 'pipe'], detached: true })
+    } catch (err) {
+      log.error(`${label}: could not start: ${(err as Error).message}`)
+      done(null)
+      return
+    }
+    const logLines = (stream: NodeJS.ReadableStream | null, level: 'info' | 'warn') => {
+      let buf = ''
+      stream?.setEncoding('utf8')
+      stream?.on('data', (chunk: string) => {
+        buf += chunk
+        let i = buf.indexOf('\n')
+        while (i !== -1) {
+          log[level](`${label}: ${buf.slice(0, i)}`)
+          buf = buf.slice(i + 1)
+          i = buf.indexOf('\n')
+        }
+        if (buf.length > 8192) {
+          log[level](`${label}: ${buf}`)
+          buf = ''
+        }
+      })
+      stream?.on('end', () => {
+        if (buf) log[level](`${label}: ${buf}`)
+      })
+    }
+    logLines(child.stdout, 'info')
+    logLines(child.stderr, 'warn')
+    let timedOut = false
+    const killGroup = (sig: NodeJS.Signals) => {
+      try {
+        if (child.pid) process.kill(-child.pid, sig)
+      } catch {
+        // already gone
+      }
+    }
+    const timer = setTimeout(() => {
+      timedOut = true
+      log.error(`${label}: timed out after ${timeoutMs} ms, killing it`)
+      killGroup('SIGTERM')
+      setTimeout(() => killGroup('SIGKILL'), 2_000).unref()
+    }, timeoutMs)
+    child.on('error', (err) => {
+      clearTimeout(timer)
+      log.error(`${label}: ${err.message}`)
+      done(null)
+    })
+    child.on('close', (code) => {
+      clearTimeout(timer)
+      if (!timedOut) log.info(`${label}: exited with status ${code}`)
+      done(timedOut ? null : code)
+    })
+  })
+}

@@ -1,0 +1,259 @@
+import {
+  constants,
+  createCipheriv,
+  createHmac,
+  generateKeyPairSync,
+  type KeyObject,
+  publicEncrypt,
+  randomBytes,
+  sign,
+} from 'node:crypto'
+import {
+  chmodSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import * as x509 from '@peculiar/x509'
+import { afterEach, beforeEach, describe, expect, it } from 'vitest'
+import yauzl from 'yauzl'
+import yazl from 'yazl'
+import { PayloadManager, PayloadRequestError } from '../../../src/agent/payload.ts'
+import { RevocationHandler } from '../../../src/agent/revocation.ts'
+import { createLogger } from '../../../src/common/log.ts'
+
+const log = createLogger('agent-test', 'silent')
+const UUID = 'd432fbb3-d2f1-4a97-9ef7-75bd81c00000'
+
+// Written from the spec (§E.1), independently of the agent's code path.
+const oaep = (pub: KeyObject, data: Buffer) =>
+  publicEncrypt({ key: pub, padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash: 'sha1' }, data).toString(
+    'base64',
+  )
+function encryptBlob(k: Buffer, plain: Buffer): string {
+  const iv = randomBytes(16)
+  const c = createCipheriv('aes-256-gcm', k, iv)
+  return Buffer.concat([iv, c.update(plain), c.final(), c.getAuthTag()]).toString('base64')
+}
+function zip(files: Record<string, string>): Promise<Buffer> {
+  return new Promise((done, fail) => {
+    const z = new yazl.ZipFile()
+    for (const [name, text] of Object.entries(files)) z.addBuffer(Buffer.from(text), name, { mode: 0o100644 })
+    z.end()
+    const chunks: Buffer[] = []
+    z.outputStream.on('data', (c: Buffer) => chunks.push(c))
+    z.outputStream.on('end', () => done(Buffer.concat(chunks)))
+    z.outputStream.on('error', fail)
+  })
+}
+// Minimal extractor for the test (plain names only); production wiring uses team CRYPTO's safe extractor.
+function testExtract(data: Uint8Array, dest: string): Promise<void> {
+  return new Promise((done, fail) => {
+    yauzl.fromBuffer(Buffer.from(data), { lazyEntries: true }, (err, zf) => {
+      if (err || !zf) return fail(err)
+      zf.on('entry', (e: yauzl.Entry) => {
+        if (e.fileName.includes('/')) return fail(new Error('nested'))
+        zf.openReadStream(e, (err2, rs) => {
+          if (err2 || !rs) return fail(err2)
+          const cs: Buffer[] = []
+          rs.on('data', (c: Buffer) => cs.push(c))
+          rs.on('end', () => {
+            writeFileSync(join(dest, e.fileName), Buffer.concat(cs))
+            zf.readEntry()
+          })
+        })
+      })
+      zf.on('end', () => done())
+      zf.readEntry()
+    })
+  })
+}
+
+let dir: string
+let keys: { publicKey: KeyObject; privateKey: KeyObject }
+beforeEach(() => {
+  dir = mkdtempSync(join(tmpdir(), 'agent-payload-'))
+  keys ??= generateKeyPairSync('rsa', { modulusLength: 2048 })
+})
+afterEach(() => rmSync(dir, { recursive: true, force: true }))
+
+function manager(runPayloads = true) {
+  return new PayloadManager({
+    uuid: UUID,
+    payloadKey: keys.privateKey,
+    secureDir: join(dir, 'secure'),
+    encKeyname: 'derived_tci_key',
+    decPayloadFile: 'decrypted_payload',
+    extractPayloadZip: true,
+    payloadScript: 'autorun.sh',
+    scriptTimeoutMs: 5_000,
+    runPayloads,
+    extractZip: testExtract,
+    log,
+  })
+}
+
+function split() {
+  const k = randomBytes(32)
+  const v = randomBytes(32)
+  const u = Buffer.from(k.map((b, i) => b ^ (v[i] as number)))
+  const authTag = createHmac('sha384', k).update(UUID).digest('hex')
+  return { k, u, v, authTag }
+}
+
+describe('PayloadManager', () => {
+  it('combines U and V in either order, runs autorun.sh in a 0700 dir, and answers /keys/verify', async () => {
+    const { k, u, v, authTag } = split()
+    const payload = encryptBlob(
+      k,
+      await zip({ 'autorun.sh': 'echo ran > marker.txt\n', 'data.txt': 'hello' }),
+    )
+    const m = manager()
+    expect(m.verify('abc')).toBeNull()
+    // a wrong V first must not combine
+    m.addV({ encrypted_key: oaep(keys.publicKey, randomBytes(32)) })
+    expect(m.verify('abc')).toBeNull()
+    m.addU({ encrypted_key: oaep(keys.publicKey, u), auth_tag: authTag, payload })
+    expect(m.verify('abc')).toBeNull()
+    m.addV({ encrypted_key: oaep(keys.publicKey, v) })
+    expect(m.verify('abc')).toBe(createHmac('sha384', k).update('abc').digest('hex'))
+    await m.whenIdle()
+    expect(m.lastResult?.ok).toBe(true)
+    const unz = join(dir, 'secure', 'unzipped')
+    expect(statSync(unz).mode & 0o777).toBe(0o700)
+    expect(readFileSync(join(unz, 'marker.txt'), 'utf8')).toBe('ran\n')
+    expect(readFileSync(join(unz, 'data.txt'), 'utf8')).toBe('hello')
+    expect(readFileSync(join(unz, 'derived_tci_key')).equals(k)).toBe(true)
+  })
+
+  it('derives K but runs nothing when payloads are not allowed', async () => {
+    const { k, u, v, authTag } = split()
+    const m = manager(false)
+    m.addV({ encrypted_key: oaep(keys.publicKey, v) })
+    m.addU({
+      encrypted_key: oaep(keys.publicKey, u),
+      auth_tag: authTag,
+      payload: encryptBlob(k, Buffer.from('x')),
+    })
+    await m.whenIdle()
+    expect(m.verify('z')).not.toBeNull()
+    expect(existsSync(join(dir, 'secure', 'unzipped'))).toBe(false)
+  })
+
+  it('rejects malformed requests with 400-class typed errors', () => {
+    const m = manager()
+    const { u } = split()
+    const good = oaep(keys.publicKey, u)
+    const cases: [Record<string, string>, RegExp][] = [
+      [{ encrypted_key: '!!!', auth_tag: 'a'.repeat(96) }, /base64/],
+      [{ encrypted_key: Buffer.from('nope').toString('base64'), auth_tag: 'a'.repeat(96) }, /decrypted/],
+      [{ encrypted_key: oaep(keys.publicKey, randomBytes(20)), auth_tag: 'a'.repeat(96) }, /16 or 32/],
+      [{ encrypted_key: good, auth_tag: 'zz'.repeat(48) }, /hex/],
+      [{ encrypted_key: good, auth_tag: 'ab'.repeat(20) }, /48 bytes/],
+    ]
+    for (const [body, re] of cases) {
+      let err: unknown
+      try {
+        m.addU(body as { encrypted_key: string; auth_tag: string })
+      } catch (e) {
+        err = e
+      }
+      expect(err).toBeInstanceOf(PayloadRequestError)
+      expect((err as PayloadRequestError).statusCode).toBe(400)
+      expect((err as Error).message).toMatch(re)
+    }
+  })
+
+  it('reports a payload that fails authentication without running anything', async () => {
+    const { u, v, authTag } = split()
+    const m = manager()
+    m.addU({
+      encrypted_key: oaep(keys.publicKey, u),
+      auth_tag: authTag,
+      payload: encryptBlob(randomBytes(32), Buffer.from('x')),
+    })
+    m.addV({ encrypted_key: oaep(keys.publicKey, v) })
+    await m.whenIdle()
+    expect(m.lastResult).toMatchObject({ ok: false })
+    expect(m.lastResult?.message).toMatch(/authentication failed/)
+  })
+})
+
+describe('RevocationHandler', () => {
+  x509.cryptoProvider.set(globalThis.crypto)
+  async function revocationCert(dirPath: string) {
+    const alg = {
+      name: 'RSASSA-PKCS1-v1_5',
+      hash: 'SHA-256',
+      publicExponent: new Uint8Array([1, 0, 1]),
+      modulusLength: 2048,
+    }
+    const kp = (await globalThis.crypto.subtle.generateKey(alg, true, ['sign', 'verify'])) as {
+      privateKey: import('node:crypto').webcrypto.CryptoKey
+      publicKey: import('node:crypto').webcrypto.CryptoKey
+    }
+    const cert = await x509.X509CertificateGenerator.createSelfSigned({
+      serialNumber: '01',
+      name: 'CN=RevocationNotifier',
+      keys: kp,
+      signingAlgorithm: alg,
+    })
+    writeFileSync(join(dirPath, 'RevocationNotifier-cert.crt'), cert.toString('pem'))
+    const pkcs8 = Buffer.from(await globalThis.crypto.subtle.exportKey('pkcs8', kp.privateKey))
+    return (await import('node:crypto')).createPrivateKey({ key: pkcs8, format: 'der', type: 'pkcs8' })
+  }
+  const signMsg = (key: KeyObject, msg: string) =>
+    sign('sha256', Buffer.from(msg), {
+      key,
+      padding: constants.RSA_PKCS1_PSS_PADDING,
+      saltLength: constants.RSA_PSS_SALTLEN_MAX_SIGN,
+    }).toString('base64')
+
+  it('drops before the cert, rejects forgeries, runs actions in order and stops at the first failure', async () => {
+    const unz = join(dir, 'unzipped')
+    const actionsDir = join(dir, 'actions')
+    mkdirSync(unz, { recursive: true })
+    mkdirSync(actionsDir)
+    const out = join(dir, 'out.txt')
+    const script = (body: string) => `#!/bin/sh\n${body}\n`
+    writeFileSync(join(actionsDir, 'local_a'), script(`echo "a $(cat "$1" | head -c 40)" >> ${out}`))
+    writeFileSync(join(unz, 'payload_b'), script(`echo b >> ${out}; exit 3`))
+    writeFileSync(join(unz, 'payload_c'), script(`echo c >> ${out}`))
+    for (const f of [join(actionsDir, 'local_a'), join(unz, 'payload_b'), join(unz, 'payload_c')])
+      chmodSync(f, 0o700)
+    writeFileSync(join(unz, 'action_list'), 'payload_b,payload_c\n')
+    const h = new RevocationHandler({
+      certPath: join(unz, 'RevocationNotifier-cert.crt'),
+      actions: 'local_a',
+      actionsDir,
+      allowPayloadActions: true,
+      unzippedDir: unz,
+      workDir: dir,
+      timeoutMs: 5_000,
+      log,
+    })
+    const msg = JSON.stringify({ type: 'revocation', agent_id: 'other', ip: '127.0.0.1' })
+    expect(await h.receive({ msg, signature: 'AAAA' })).toMatchObject({ status: 'dropped' })
+    const key = await revocationCert(unz)
+    expect(h.loadCertificate()).toBe(true)
+    const other = generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey
+    expect(await h.receive({ msg, signature: signMsg(other, msg) })).toMatchObject({ status: 'rejected' })
+    expect(await h.receive({ msg, signature: '' })).toMatchObject({ status: 'rejected' })
+    expect(await h.receive({ msg: `${msg} `, signature: signMsg(key, msg) })).toMatchObject({
+      status: 'rejected',
+    })
+    expect(existsSync(out)).toBe(false)
+    expect(await h.receive({ msg, signature: signMsg(key, msg) })).toEqual({
+      status: 'done',
+      ran: ['local_a'],
+      failed: 'payload_b',
+    })
+    expect(readFileSync(out, 'utf8')).toBe(`a ${msg.slice(0, 40)}\nb\n`)
+  })
+})
