@@ -1,0 +1,54 @@
+/**
+ * What the agent needs from a TPM, as one narrow interface: the runtime is written against it and
+ * `tpm-keylime.ts` implements it with team TPM's `src/tpm/keylime-client.ts`. `TpmLock` serialises whole
+ * sequences (reset+extend, quote+PCR read) so one request's commands never interleave with another's.
+ */
+export type HashAlgName = 'sha1' | 'sha256' | 'sha384' | 'sha512'
+export type SignAlgName = 'rsassa' | 'ecdsa'
+export type EncAlgName = 'rsa' | 'ecc'
+
+export interface AgentQuote {
+  /** TPMS_ATTEST bytes exactly as signed. */
+  attest: Uint8Array
+  /** TPMT_SIGNATURE */
+  signature: Uint8Array
+  pcrValues: Map<number, Uint8Array>
+}
+
+export interface AgentTpm {
+  /** Creates the TCG default EK, or reads the public area of a persistent EK handle. */
+  ek(alg: EncAlgName, persistentHandle: number | null): Promise<{ handle: number; publicArea: Uint8Array }>
+  readEkCertificate(alg: EncAlgName): Promise<Uint8Array | null>
+  createAk(
+    ekHandle: number,
+    algs: { hashAlg: HashAlgName; signAlg: SignAlgName },
+  ): Promise<{ handle: number; publicArea: Uint8Array; privateArea: Uint8Array }>
+  loadAk(ekHandle: number, publicArea: Uint8Array, privateArea: Uint8Array): Promise<{ handle: number }>
+  activateCredential(args: {
+    akHandle: number
+    ekHandle: number
+    credentialBlob: Uint8Array
+    encryptedSecret: Uint8Array
+  }): Promise<Uint8Array>
+  quote(
+    akHandle: number,
+    args: { nonce: Uint8Array; hashAlg: HashAlgName; pcrs: number[]; signAlg: SignAlgName },
+  ): Promise<AgentQuote>
+  pcrReset(pcr: number): Promise<void>
+  pcrExtend(pcr: number, digests: Partial<Record<HashAlgName, Uint8Array>>): Promise<void>
+  flush(handle: number): Promise<void>
+  /** Number of loaded transient objects and sessions, for leak checks. */
+  handleCounts(): Promise<{ transient: number; sessions: number }>
+  close(): Promise<void>
+}
+
+/** A FIFO async mutex. */
+export class TpmLock {
+  private tail: Promise<unknown> = Promise.resolve()
+
+  run<T>(fn: () => Promise<T>): Promise<T> {
+    const result = this.tail.then(fn)
+    this.tail = result.catch(() => undefined)
+    return result
+  }
+}

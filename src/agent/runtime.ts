@@ -1,0 +1,304 @@
+/**
+ * Agent start-up and shutdown (keylime-protocols.md §B, §E, §F): TPM identity (EK, EK cert, AK created once and
+ * reused), keys, UUID, PCR 16 binding, registration + activation with backoff, then the pull API listener.
+ * Everything another team provides arrives through `AgentDeps`, so this file depends only on narrow functions.
+ */
+import { readFileSync } from 'node:fs'
+import type { Server } from 'node:https'
+import { join } from 'node:path'
+import type { FastifyInstance } from 'fastify'
+import { AGENT_API_VERSIONS } from '../api/versions.ts'
+import { KeylimeError } from '../common/errors.ts'
+import type { Logger } from '../common/log.ts'
+import { agentDataMatches, ekDigest, loadAgentData, saveAgentData } from './agent-data.ts'
+import { type AgentTpm, type EncAlgName, type HashAlgName, type SignAlgName, TpmLock } from './agent-tpm.ts'
+import { type AgentServices, buildAgentApp } from './app.ts'
+import { type AgentConfig, servedApiVersions, trustedClientCaFiles } from './config.ts'
+import { ImaMeasurementList } from './ima-list.ts'
+import { ensureMtlsIdentity, ensurePayloadKey } from './keys.ts'
+import { PayloadManager, type ZipExtractor } from './payload.ts'
+import { type QuoteFormatter, QuoteService } from './quote-service.ts'
+import { activationAuthTag, RegistrarConnection, withBackoff } from './registration.ts'
+import { RevocationHandler } from './revocation.ts'
+import { resolveAgentUuid } from './uuid.ts'
+
+export class AgentStartError extends KeylimeError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('ERR_AGENT_START', message, options)
+  }
+}
+
+/** Functions provided by other teams' modules (wired in `default-deps.ts`). */
+export interface AgentDeps {
+  openTpm(transport: string): Promise<AgentTpm>
+  formatQuote: QuoteFormatter
+  /** Splits upstream's b64 `0xBADCC0DE` credential blob (protocols §B.6). */
+  decodeCredentialBlob(b64: string): { credentialBlob: Uint8Array; encryptedSecret: Uint8Array }
+  /** SPKI PEM of a TPM2B_PUBLIC (for `uuid = hash_ek`). */
+  publicKeyPem(tpm2bPublic: Uint8Array): string
+  extractZip: ZipExtractor
+}
+
+export interface RunningAgent {
+  uuid: string
+  app: FastifyInstance
+  /** Bound address after listen. */
+  port: number
+  akPublic: Uint8Array
+  ekPublic: Uint8Array
+  /** True when the AK was loaded from the agent data file rather than created. */
+  akReused: boolean
+  mtlsCertPem: string
+  payloadPubkeyPem: string
+  payload: PayloadManager
+  revocation: RevocationHandler
+  quotes: QuoteService
+  tpm: AgentTpm
+  lock: TpmLock
+  akHandle: number
+  close(): Promise<void>
+}
+
+export interface StartAgentOptions {
+  config: AgentConfig
+  deps: AgentDeps
+  log: Logger
+  /** Skip registration (tests of the API alone). */
+  register?: boolean
+  /** Override backoff sleeping (tests). */
+  sleep?: (ms: number) => Promise<void>
+}
+
+function parseHandle(v: string): number | null {
+  const s = v.trim()
+  if (s === '' || s === 'generate') return null
+  const n = Number.parseInt(s.replace(/^0x/i, ''), 16)
+  if (!Number.isInteger(n) || n < 0x81000000 || n > 0x81ffffff) {
+    throw new AgentStartError(`ek_handle '${v}' is not a persistent handle (0x81xxxxxx)`)
+  }
+  return n
+}
+
+function derToPem(der: Uint8Array): string {
+  const b64 = Buffer.from(der).toString('base64')
+  return `-----BEGIN CERTIFICATE-----\n${b64.replace(/.{1,64}/g, '$&\n')}-----END CERTIFICATE-----\n`
+}
+
+export async function startAgent(opts: StartAgentOptions): Promise<RunningAgent> {
+  const { config: cfg, deps, log } = opts
+  const hashAlg = cfg.tpm_hash_alg as HashAlgName
+  const signAlg = cfg.tpm_signing_alg as SignAlgName
+  const encAlg = cfg.tpm_encryption_alg as EncAlgName
+  const versions = servedApiVersions(cfg, AGENT_API_VERSIONS)
+  const ekPersistent = parseHandle(cfg.ek_handle)
+
+  const tpm = await deps.openTpm(cfg.tpm)
+  const lock = new TpmLock()
+  const transient: number[] = []
+  let closed = false
+  const releaseTpm = async () => {
+    for (const h of transient.splice(0)) await tpm.flush(h).catch(() => undefined)
+    await tpm.close().catch(() => undefined)
+  }
+
+  try {
+    const ek = await lock.run(() => tpm.ek(encAlg, ekPersistent))
+    if (ekPersistent === null) transient.push(ek.handle)
+    const ekCertDer = await lock.run(() => tpm.readEkCertificate(encAlg))
+    const uuid = resolveAgentUuid(cfg.uuid, () => deps.publicKeyPem(ek.publicArea))
+
+    // AK: reuse the stored one when algorithms and EK match, else create and persist a new one.
+    const stored = loadAgentData(cfg.agent_data_path)
+    let ak: { handle: number; publicArea: Uint8Array }
+    let akReused = false
+    const want = { hashAlg, signAlg, encAlg, ekPublicArea: ek.publicArea }
+    if (stored && agentDataMatches(stored, want)) {
+      const pub = Buffer.from(stored.ak_public, 'base64')
+      const priv = Buffer.from(stored.ak_private, 'base64')
+      try {
+        const loaded = await lock.run(() => tpm.loadAk(ek.handle, pub, priv))
+        ak = { handle: loaded.handle, publicArea: pub }
+        akReused = true
+        log.info('reusing the AK from the agent data file')
+      } catch (err) {
+        log.warn(`stored AK could not be loaded (${(err as Error).message}); creating a new one`)
+        ak = await createAndSaveAk()
+      }
+    } else {
+      ak = await createAndSaveAk()
+    }
+    transient.push(ak.handle)
+
+    async function createAndSaveAk(): Promise<{ handle: number; publicArea: Uint8Array }> {
+      const created = await lock.run(() => tpm.createAk(ek.handle, { hashAlg, signAlg }))
+      saveAgentData(cfg.agent_data_path, {
+        version: 1,
+        ak_hash_alg: hashAlg,
+        ak_sign_alg: signAlg,
+        ek_encryption_alg: encAlg,
+        ek_public_sha256: ekDigest(ek.publicArea),
+        ak_public: Buffer.from(created.publicArea).toString('base64'),
+        ak_private: Buffer.from(created.privateArea).toString('base64'),
+      })
+      log.info('created a new AK and saved it to the agent data file')
+      return { handle: created.handle, publicArea: created.publicArea }
+    }
+
+    const payloadKey = ensurePayloadKey(cfg.payload_key, cfg.payload_key_password)
+    const mtls = await ensureMtlsIdentity({
+      keyPath: cfg.server_key,
+      certPath: cfg.server_cert,
+      uuid,
+      contactIp: cfg.contact_ip,
+      passphrase: cfg.server_key_password,
+    })
+
+    const quotes = new QuoteService({
+      tpm,
+      lock,
+      akHandle: ak.handle,
+      hashAlg,
+      signAlg,
+      encAlg,
+      pubkeyPem: payloadKey.publicPem,
+      ima: new ImaMeasurementList(cfg.ima_ml_path),
+      mbLogPath: cfg.measuredboot_ml_path,
+      formatQuote: deps.formatQuote,
+      log,
+    })
+    await quotes.bindPubkey()
+
+    const secureDir = join(cfg.keylime_dir, 'secure')
+    const revocation = new RevocationHandler({
+      certPath: cfg.revocation_cert,
+      actions: cfg.revocation_actions,
+      actionsDir: cfg.revocation_actions_dir,
+      allowPayloadActions: cfg.allow_payload_revocation_actions,
+      unzippedDir: join(secureDir, 'unzipped'),
+      workDir: cfg.keylime_dir,
+      timeoutMs: cfg.revocation_action_timeout_seconds * 1000,
+      log,
+    })
+    revocation.loadCertificate()
+    const payload = new PayloadManager({
+      uuid,
+      payloadKey: payloadKey.privateKey,
+      secureDir,
+      encKeyname: cfg.enc_keyname,
+      decPayloadFile: cfg.dec_payload_file,
+      extractPayloadZip: cfg.extract_payload_zip,
+      payloadScript: cfg.payload_script,
+      scriptTimeoutMs: cfg.payload_script_timeout_seconds * 1000,
+      runPayloads: cfg.enable_agent_mtls || cfg.enable_insecure_payload,
+      extractZip: deps.extractZip,
+      log,
+      onPayloadInstalled: () => revocation.loadCertificate(),
+    })
+
+    if (opts.register !== false) {
+      const registrar = new RegistrarConnection({ ip: cfg.registrar_ip, port: cfg.registrar_port, log })
+      const policy = {
+        initialDelayMs: cfg.exponential_backoff_initial_delay,
+        maxRetries: cfg.exponential_backoff_max_retries,
+        maxDelayMs: cfg.exponential_backoff_max_delay,
+      }
+      const blob = await withBackoff(
+        'registration',
+        policy,
+        log,
+        () =>
+          registrar.register({
+            uuid,
+            ekTpm: Buffer.from(ek.publicArea).toString('base64'),
+            ekCert: ekCertDer ? derToPem(ekCertDer) : null,
+            aikTpm: Buffer.from(ak.publicArea).toString('base64'),
+            mtlsCert: cfg.enable_agent_mtls ? mtls.certPem : 'disabled',
+            ip: cfg.contact_ip,
+            port: cfg.contact_port,
+          }),
+        opts.sleep,
+      )
+      let parts: { credentialBlob: Uint8Array; encryptedSecret: Uint8Array }
+      try {
+        parts = deps.decodeCredentialBlob(blob)
+      } catch (err) {
+        throw new AgentStartError('registrar sent a malformed credential blob', { cause: err })
+      }
+      const challenge = await lock.run(() =>
+        tpm.activateCredential({ akHandle: ak.handle, ekHandle: ek.handle, ...parts }),
+      )
+      const authTag = activationAuthTag(challenge, uuid)
+      await withBackoff('activation', policy, log, () => registrar.activate(uuid, authTag), opts.sleep)
+    }
+
+    const services: AgentServices = {
+      info: () => ({
+        agent_uuid: uuid,
+        tpm_hash_alg: hashAlg,
+        tpm_enc_alg: encAlg,
+        tpm_sign_alg: signAlg,
+        ak_handle: ak.handle,
+      }),
+      pubkeyPem: () => payloadKey.publicPem,
+      identityQuote: (nonce, v) => quotes.identity(nonce, v),
+      integrityQuote: (p) => quotes.integrity(p),
+      postUkey: async (b) => payload.addU(b),
+      postVkey: async (b) => payload.addV(b),
+      verify: (c) => payload.verify(c),
+      postRevocation: (b) => {
+        void revocation.receive(b)
+      },
+    }
+    const https = cfg.enable_agent_mtls
+      ? {
+          key: mtls.keyPem,
+          cert: mtls.certPem,
+          ca: trustedClientCaFiles(cfg).map((f) => {
+            try {
+              return readFileSync(f, 'utf8')
+            } catch (err) {
+              throw new AgentStartError(`trusted_client_ca ${f} cannot be read`, { cause: err })
+            }
+          }),
+          requestCert: true,
+          rejectUnauthorized: true,
+          minVersion: 'TLSv1.2' as const,
+          ...(cfg.server_key_password ? { passphrase: cfg.server_key_password } : {}),
+        }
+      : null
+    const app = buildAgentApp({ services, apiVersions: versions, logger: false, https })
+    await app.listen({ host: cfg.ip, port: cfg.port })
+    const address = (app.server as Server).address()
+    const port = typeof address === 'object' && address ? address.port : cfg.port
+    log.info(`agent ${uuid} listening on ${cfg.enable_agent_mtls ? 'https' : 'http'}://${cfg.ip}:${port}`)
+
+    return {
+      uuid,
+      app,
+      port,
+      akPublic: ak.publicArea,
+      ekPublic: ek.publicArea,
+      akReused,
+      mtlsCertPem: mtls.certPem,
+      payloadPubkeyPem: payloadKey.publicPem,
+      payload,
+      revocation,
+      quotes,
+      tpm,
+      lock,
+      akHandle: ak.handle,
+      async close() {
+        if (closed) return
+        closed = true
+        await app.close()
+        await payload.whenIdle()
+        await revocation.whenIdle()
+        await lock.run(releaseTpm)
+        log.info('agent stopped; transient TPM objects flushed')
+      },
+    }
+  } catch (err) {
+    await lock.run(releaseTpm)
+    throw err
+  }
+}
