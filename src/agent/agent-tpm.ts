@@ -34,6 +34,7 @@ export interface AgentTpm {
     akHandle: number,
     args: { nonce: Uint8Array; hashAlg: HashAlgName; pcrs: number[]; signAlg: SignAlgName },
   ): Promise<AgentQuote>
+  pcrRead(hashAlg: HashAlgName, pcrs: number[]): Promise<Map<number, Uint8Array>>
   pcrReset(pcr: number): Promise<void>
   pcrExtend(pcr: number, digests: Partial<Record<HashAlgName, Uint8Array>>): Promise<void>
   flush(handle: number): Promise<void>

@@ -1,0 +1,73 @@
+/**
+ * IMA emulator for machines without kernel IMA (issue #3): measures files, appends real ima-ng lines to a list file
+ * and extends PCR 10 with the matching template digests, so a verifier's real replay path is exercised. The first
+ * entry of an empty list is `boot_aggregate` = H(PCR0 ‖ … ‖ PCR9) of the chosen bank, as recent kernels compute it.
+ */
+import { createHash } from 'node:crypto'
+import { appendFileSync, existsSync, readFileSync, statSync } from 'node:fs'
+import { resolve } from 'node:path'
+import type { AgentTpm, HashAlgName, TpmLock } from './agent-tpm.ts'
+
+/** team IMA's `formatImaNgEntry`, adapted: the ASCII line (with newline) and the digest to extend per bank. */
+export type ImaNgFormatter = (
+  path: string,
+  fileDigest: Uint8Array,
+  hashAlg: HashAlgName,
+) => { line: string; pcrDigests: Partial<Record<HashAlgName, Uint8Array>> }
+
+export interface ImaEmulatorOptions {
+  tpm: AgentTpm
+  lock: TpmLock
+  listPath: string
+  /** File digest algorithm (and boot_aggregate bank). */
+  hashAlg: HashAlgName
+  format: ImaNgFormatter
+}
+
+export const IMA_PCR = 10
+
+export class ImaEmulator {
+  private readonly o: ImaEmulatorOptions
+
+  constructor(o: ImaEmulatorOptions) {
+    this.o = o
+  }
+
+  private listIsEmpty(): boolean {
+    return !existsSync(this.o.listPath) || statSync(this.o.listPath).size === 0
+  }
+
+  /** Appends one entry and extends PCR 10 (one lock hold, so quotes see list and PCR agree). */
+  private async append(name: string, fileDigest: Uint8Array): Promise<string> {
+    const { line, pcrDigests } = this.o.format(name, fileDigest, this.o.hashAlg)
+    await this.o.tpm.pcrExtend(IMA_PCR, pcrDigests)
+    appendFileSync(this.o.listPath, line.endsWith('\n') ? line : `${line}\n`, { mode: 0o644 })
+    return line
+  }
+
+  async ensureBootAggregate(): Promise<string | null> {
+    return this.o.lock.run(async () => {
+      if (!this.listIsEmpty()) return null
+      const pcrs = await this.o.tpm.pcrRead(this.o.hashAlg, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9])
+      const h = createHash(this.o.hashAlg)
+      for (let i = 0; i <= 9; i++) {
+        const v = pcrs.get(i)
+        if (!v) throw new Error(`PCR ${i} missing from the ${this.o.hashAlg} bank`)
+        h.update(v)
+      }
+      return this.append('boot_aggregate', h.digest())
+    })
+  }
+
+  /** Measures files (absolute paths are recorded), appending one entry each. */
+  async measure(paths: string[]): Promise<string[]> {
+    await this.ensureBootAggregate()
+    const lines: string[] = []
+    for (const p of paths) {
+      const abs = resolve(p)
+      const digest = createHash(this.o.hashAlg).update(readFileSync(abs)).digest()
+      lines.push(await this.o.lock.run(() => this.append(abs, digest)))
+    }
+    return lines
+  }
+}
