@@ -1,0 +1,424 @@
+/**
+ * The verifier's tables and every query the verifier runs. Writes from the attestation loop are guarded by
+ * `operational_state NOT IN (8,10)` (protocols §D.7) and by the caller's lease, so a verifier that lost an agent to
+ * another one, or an agent being deleted/stopped, is never overwritten.
+ */
+import type { Generated, Insertable, Kysely, Selectable, Transaction, Updateable } from 'kysely'
+import { KeylimeError } from '../common/errors.ts'
+import { up as migrateVerifier } from './migrations/2026112601_verifier.ts'
+
+export interface VerifierMainTable {
+  agent_id: string
+  v: string | null
+  ip: string | null
+  port: number | null
+  verifier_id: string | null
+  verifier_ip: string | null
+  verifier_port: number | null
+  operational_state: number | null
+  public_key: string | null
+  tpm_policy: string | null
+  meta_data: string | null
+  ima_policy_id: number | null
+  mb_policy_id: number | null
+  ima_sign_verification_keys: string | null
+  revocation_key: string | null
+  accept_tpm_hash_algs: string | null
+  accept_tpm_encryption_algs: string | null
+  accept_tpm_signing_algs: string | null
+  hash_alg: string | null
+  enc_alg: string | null
+  sign_alg: string | null
+  boottime: number | null
+  ima_pcrs: string | null
+  pcr10: string | null
+  next_ima_ml_entry: number | null
+  /** Opaque IMA replay state (JSON) of the IMA module. */
+  ima_state: string | null
+  severity_level: number | null
+  last_event_id: string | null
+  learned_ima_keyrings: string | null
+  supported_version: string | null
+  ak_tpm: string | null
+  mtls_cert: string | null
+  attestation_count: Generated<number>
+  last_received_quote: number | null
+  last_successful_attestation: number | null
+  tpm_clockinfo: string | null
+  accept_attestations: Generated<number>
+  consecutive_attestation_failures: number | null
+  lease_holder: string | null
+  lease_expires: number | null
+}
+
+export interface AllowlistsTable {
+  id: Generated<number>
+  name: string
+  checksum: string | null
+  generator: number | null
+  tpm_policy: string | null
+  ima_policy: string | null
+}
+
+export interface MbPoliciesTable {
+  id: Generated<number>
+  name: string
+  mb_policy: string | null
+}
+
+export interface VerifierDatabase {
+  verifiermain: VerifierMainTable
+  allowlists: AllowlistsTable
+  mbpolicies: MbPoliciesTable
+}
+
+export type VerifierAgentRow = Selectable<VerifierMainTable>
+export type NewVerifierAgent = Insertable<VerifierMainTable>
+export type VerifierAgentPatch = Updateable<VerifierMainTable>
+export type AllowlistRow = Selectable<AllowlistsTable>
+export type MbPolicyRow = Selectable<MbPoliciesTable>
+
+/** Operational states (keylime-api.md §5). */
+export const AgentState = {
+  REGISTERED: 0,
+  START: 1,
+  SAVED: 2,
+  GET_QUOTE: 3,
+  GET_QUOTE_RETRY: 4,
+  PROVIDE_V: 5,
+  PROVIDE_V_RETRY: 6,
+  FAILED: 7,
+  TERMINATED: 8,
+  INVALID_QUOTE: 9,
+  TENANT_FAILED: 10,
+} as const
+export type AgentState = (typeof AgentState)[keyof typeof AgentState]
+
+export const AGENT_STATE_NAMES: Readonly<Record<number, string>> = {
+  0: 'Registered',
+  1: 'Start',
+  2: 'Saved',
+  3: 'Get Quote',
+  4: 'Get Quote (retry)',
+  5: 'Provide V',
+  6: 'Provide V (retry)',
+  7: 'Failed',
+  8: 'Terminated',
+  9: 'Invalid Quote',
+  10: 'Tenant Quote Failed',
+}
+
+/** States a restarted verifier resumes (reset to START). */
+export const RESUMABLE_STATES: readonly number[] = [1, 3, 4, 5, 6]
+const WRITE_GUARD_EXCLUDED = [AgentState.TERMINATED, AgentState.TENANT_FAILED]
+
+/** Pull-mode `attestation_status` (§5). */
+export function attestationStatus(state: number | null): 'PASS' | 'FAIL' | 'PENDING' {
+  if (state === 3 || state === 4 || state === 5 || state === 6) return 'PASS'
+  if (state === 7 || state === 9 || state === 10) return 'FAIL'
+  return 'PENDING'
+}
+
+export class DuplicateError extends KeylimeError {
+  constructor(what: string) {
+    super('ERR_DUPLICATE', `${what} already exists`, { statusCode: 409 })
+  }
+}
+
+export async function migrateVerifierDatabase(db: Kysely<VerifierDatabase>): Promise<void> {
+  await migrateVerifier(db)
+}
+
+/** One successful attestation, written in batches by the scheduler. */
+export interface AttestationSuccess {
+  agentId: string
+  attestationCount: number
+  lastReceivedQuote: number
+  lastSuccessfulAttestation: number
+  tpmClockinfo: string | null
+  operationalState: number
+  publicKey: string | null
+  imaState: string | null
+}
+
+export class VerifierRepository {
+  constructor(readonly db: Kysely<VerifierDatabase>) {}
+
+  // ---------------------------------------------------------------------------- agents
+
+  async insertAgent(row: NewVerifierAgent): Promise<void> {
+    const existing = await this.getAgent(row.agent_id)
+    if (existing) throw new DuplicateError(`agent ${row.agent_id}`)
+    await this.db.insertInto('verifiermain').values(row).execute()
+  }
+
+  async getAgent(agentId: string): Promise<VerifierAgentRow | undefined> {
+    return this.db.selectFrom('verifiermain').selectAll().where('agent_id', '=', agentId).executeTakeFirst()
+  }
+
+  async listAgentIds(verifierId?: string): Promise<string[]> {
+    let q = this.db.selectFrom('verifiermain').select('agent_id').orderBy('agent_id')
+    if (verifierId !== undefined) q = q.where('verifier_id', '=', verifierId)
+    return (await q.execute()).map((r) => r.agent_id)
+  }
+
+  async listAgents(verifierId?: string): Promise<VerifierAgentRow[]> {
+    let q = this.db.selectFrom('verifiermain').selectAll().orderBy('agent_id')
+    if (verifierId !== undefined) q = q.where('verifier_id', '=', verifierId)
+    return q.execute()
+  }
+
+  /** Unconditional state change (API stop/terminate). */
+  async setState(agentId: string, state: number): Promise<boolean> {
+    const r = await this.db
+      .updateTable('verifiermain')
+      .set({ operational_state: state })
+      .where('agent_id', '=', agentId)
+      .executeTakeFirst()
+    return r.numUpdatedRows > 0n
+  }
+
+  /** Used by reactivate: back to START with the failure markers cleared, owned by `leaseHolder`. */
+  async reactivate(agentId: string, leaseHolder: string, leaseExpires: number): Promise<boolean> {
+    const r = await this.db
+      .updateTable('verifiermain')
+      .set({
+        operational_state: AgentState.START,
+        severity_level: null,
+        last_event_id: null,
+        lease_holder: leaseHolder,
+        lease_expires: leaseExpires,
+      })
+      .where('agent_id', '=', agentId)
+      .executeTakeFirst()
+    return r.numUpdatedRows > 0n
+  }
+
+  /** Guarded write from the attestation loop; false when the guard refused (deleted, stopped, lease lost). */
+  async updateGuarded(agentId: string, leaseHolder: string, patch: VerifierAgentPatch): Promise<boolean> {
+    const r = await this.db
+      .updateTable('verifiermain')
+      .set(patch)
+      .where('agent_id', '=', agentId)
+      .where('lease_holder', '=', leaseHolder)
+      .where((eb) =>
+        eb.or([eb('operational_state', 'is', null), eb('operational_state', 'not in', WRITE_GUARD_EXCLUDED)]),
+      )
+      .executeTakeFirst()
+    return r.numUpdatedRows > 0n
+  }
+
+  /** Writes many successful attestations in one transaction; returns the agent ids the guard refused. */
+  async recordSuccesses(leaseHolder: string, batch: readonly AttestationSuccess[]): Promise<string[]> {
+    if (batch.length === 0) return []
+    const refused: string[] = []
+    await this.db.transaction().execute(async (tx) => {
+      for (const s of batch) {
+        const patch: VerifierAgentPatch = {
+          attestation_count: s.attestationCount,
+          last_received_quote: s.lastReceivedQuote,
+          last_successful_attestation: s.lastSuccessfulAttestation,
+          tpm_clockinfo: s.tpmClockinfo,
+          operational_state: s.operationalState,
+          ima_state: s.imaState,
+        }
+        if (s.publicKey !== null) patch.public_key = s.publicKey
+        const ok = await updateGuardedIn(tx, s.agentId, leaseHolder, patch)
+        if (!ok) refused.push(s.agentId)
+      }
+    })
+    return refused
+  }
+
+  /** Deletes the agent and the policies named after it that no other agent uses. */
+  async deleteAgent(agentId: string): Promise<boolean> {
+    return this.db.transaction().execute(async (tx) => {
+      const r = await tx.deleteFrom('verifiermain').where('agent_id', '=', agentId).executeTakeFirst()
+      for (const table of ['allowlists', 'mbpolicies'] as const) {
+        const col = table === 'allowlists' ? 'ima_policy_id' : 'mb_policy_id'
+        const pol = await tx.selectFrom(table).select('id').where('name', '=', agentId).executeTakeFirst()
+        if (!pol) continue
+        const user = await tx
+          .selectFrom('verifiermain')
+          .select('agent_id')
+          .where(col, '=', pol.id)
+          .executeTakeFirst()
+        if (!user) await tx.deleteFrom(table).where('id', '=', pol.id).execute()
+      }
+      return r.numDeletedRows > 0n
+    })
+  }
+
+  // ---------------------------------------------------------------------------- leases (multi-verifier)
+
+  /** Extends every lease this holder has; returns how many rows it holds. */
+  async renewLeases(leaseHolder: string, until: number): Promise<number> {
+    const r = await this.db
+      .updateTable('verifiermain')
+      .set({ lease_expires: until })
+      .where('lease_holder', '=', leaseHolder)
+      .executeTakeFirst()
+    return Number(r.numUpdatedRows)
+  }
+
+  /**
+   * Claims up to `limit` resumable agents of `verifierId` that nobody holds or whose lease expired (a dead
+   * verifier's), resets them to START and returns them. Row-level atomic on PostgreSQL (the WHERE is re-checked on
+   * concurrent updates), so two verifiers never both get one agent.
+   */
+  async claimAgents(
+    verifierId: string,
+    leaseHolder: string,
+    now: number,
+    until: number,
+    limit: number,
+  ): Promise<VerifierAgentRow[]> {
+    const candidates = await this.db
+      .selectFrom('verifiermain')
+      .select('agent_id')
+      .where('verifier_id', '=', verifierId)
+      .where('operational_state', 'in', RESUMABLE_STATES)
+      .where((eb) => eb.or([eb('lease_holder', 'is', null), eb('lease_expires', '<', now)]))
+      .limit(limit)
+      .execute()
+    if (candidates.length === 0) return []
+    const ids = candidates.map((c) => c.agent_id)
+    await this.db
+      .updateTable('verifiermain')
+      .set({ lease_holder: leaseHolder, lease_expires: until, operational_state: AgentState.START })
+      .where('agent_id', 'in', ids)
+      .where('operational_state', 'in', RESUMABLE_STATES)
+      .where((eb) => eb.or([eb('lease_holder', 'is', null), eb('lease_expires', '<', now)]))
+      .execute()
+    return this.db
+      .selectFrom('verifiermain')
+      .selectAll()
+      .where('agent_id', 'in', ids)
+      .where('lease_holder', '=', leaseHolder)
+      .execute()
+  }
+
+  /**
+   * At start: agents this holder (same verifier id, host and port) held before a crash, in a resumable state, are
+   * reset to START and returned, so a restart resumes at once instead of waiting for its own lease to expire.
+   */
+  async resumeOwnAgents(leaseHolder: string, until: number): Promise<VerifierAgentRow[]> {
+    await this.db
+      .updateTable('verifiermain')
+      .set({ operational_state: AgentState.START, lease_expires: until })
+      .where('lease_holder', '=', leaseHolder)
+      .where('operational_state', 'in', RESUMABLE_STATES)
+      .execute()
+    return this.db
+      .selectFrom('verifiermain')
+      .selectAll()
+      .where('lease_holder', '=', leaseHolder)
+      .where('operational_state', 'in', RESUMABLE_STATES)
+      .execute()
+  }
+
+  /** Gives up this holder's leases (graceful shutdown) so another verifier can pick the agents up at once. */
+  async releaseLeases(leaseHolder: string): Promise<void> {
+    await this.db
+      .updateTable('verifiermain')
+      .set({ lease_holder: null, lease_expires: null })
+      .where('lease_holder', '=', leaseHolder)
+      .execute()
+  }
+
+  // ---------------------------------------------------------------------------- runtime policies
+
+  async getAllowlist(name: string): Promise<AllowlistRow | undefined> {
+    return this.db.selectFrom('allowlists').selectAll().where('name', '=', name).executeTakeFirst()
+  }
+
+  async getAllowlistById(id: number): Promise<AllowlistRow | undefined> {
+    return this.db.selectFrom('allowlists').selectAll().where('id', '=', id).executeTakeFirst()
+  }
+
+  async listAllowlistNames(): Promise<string[]> {
+    return (await this.db.selectFrom('allowlists').select('name').orderBy('name').execute()).map(
+      (r) => r.name,
+    )
+  }
+
+  async insertAllowlist(row: Insertable<AllowlistsTable>): Promise<number> {
+    if (await this.getAllowlist(row.name)) throw new DuplicateError(`runtime policy ${row.name}`)
+    await this.db.insertInto('allowlists').values(row).execute()
+    return (await this.getAllowlist(row.name))?.id as number
+  }
+
+  async updateAllowlist(name: string, patch: Updateable<AllowlistsTable>): Promise<boolean> {
+    const r = await this.db.updateTable('allowlists').set(patch).where('name', '=', name).executeTakeFirst()
+    return r.numUpdatedRows > 0n
+  }
+
+  async deleteAllowlist(name: string): Promise<boolean> {
+    const r = await this.db.deleteFrom('allowlists').where('name', '=', name).executeTakeFirst()
+    return r.numDeletedRows > 0n
+  }
+
+  async agentUsingPolicy(kind: 'ima' | 'mb', id: number): Promise<string | undefined> {
+    const col = kind === 'ima' ? 'ima_policy_id' : 'mb_policy_id'
+    const r = await this.db
+      .selectFrom('verifiermain')
+      .select('agent_id')
+      .where(col, '=', id)
+      .executeTakeFirst()
+    return r?.agent_id
+  }
+
+  // ---------------------------------------------------------------------------- measured-boot policies
+
+  async getMbPolicy(name: string): Promise<MbPolicyRow | undefined> {
+    return this.db.selectFrom('mbpolicies').selectAll().where('name', '=', name).executeTakeFirst()
+  }
+
+  async getMbPolicyById(id: number): Promise<MbPolicyRow | undefined> {
+    return this.db.selectFrom('mbpolicies').selectAll().where('id', '=', id).executeTakeFirst()
+  }
+
+  async listMbPolicyNames(): Promise<string[]> {
+    return (await this.db.selectFrom('mbpolicies').select('name').orderBy('name').execute()).map(
+      (r) => r.name,
+    )
+  }
+
+  async insertMbPolicy(name: string, mbPolicy: string | null): Promise<number> {
+    if (await this.getMbPolicy(name)) throw new DuplicateError(`measured boot policy ${name}`)
+    await this.db.insertInto('mbpolicies').values({ name, mb_policy: mbPolicy }).execute()
+    return (await this.getMbPolicy(name))?.id as number
+  }
+
+  async updateMbPolicy(name: string, mbPolicy: string | null): Promise<boolean> {
+    const r = await this.db
+      .updateTable('mbpolicies')
+      .set({ mb_policy: mbPolicy })
+      .where('name', '=', name)
+      .executeTakeFirst()
+    return r.numUpdatedRows > 0n
+  }
+
+  async deleteMbPolicy(name: string): Promise<boolean> {
+    const r = await this.db.deleteFrom('mbpolicies').where('name', '=', name).executeTakeFirst()
+    return r.numDeletedRows > 0n
+  }
+}
+
+async function updateGuardedIn(
+  tx: Transaction<VerifierDatabase>,
+  agentId: string,
+  leaseHolder: string,
+  patch: VerifierAgentPatch,
+): Promise<boolean> {
+  const r = await tx
+    .updateTable('verifiermain')
+    .set(patch)
+    .where('agent_id', '=', agentId)
+    .where('lease_holder', '=', leaseHolder)
+    .where((eb) =>
+      eb.or([eb('operational_state', 'is', null), eb('operational_state', 'not in', WRITE_GUARD_EXCLUDED)]),
+    )
+    .executeTakeFirst()
+  return r.numUpdatedRows > 0n
+}
