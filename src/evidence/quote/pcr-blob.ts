@@ -16,6 +16,8 @@ export interface PcrBank {
 
 export interface PcrBlob {
   banks: PcrBank[]
+  /** Every value in blob order (selection order, ascending PCR), as the TPM hashes them into pcrDigest. */
+  ordered?: Uint8Array[]
 }
 
 const SELECTION_SLOTS = 16
@@ -84,6 +86,7 @@ export function parsePcrBlob(input: Uint8Array): PcrBlob {
   }
 
   let next = 0
+  const ordered: Uint8Array[] = []
   for (let list = 0; list < listCount; list++) {
     const at = HEADER_SIZE + list * DIGEST_LIST_SIZE
     const count = view.getUint32(at, true)
@@ -106,14 +109,16 @@ export function parsePcrBlob(input: Uint8Array): PcrBlob {
           { offset: slotAt },
         )
       }
-      target.bank.values.set(target.pcr, input.slice(slotAt + 2, slotAt + 2 + size))
+      const value = input.slice(slotAt + 2, slotAt + 2 + size)
+      target.bank.values.set(target.pcr, value)
+      ordered.push(value)
       next++
     }
   }
   if (next !== order.length) {
     throw new QuoteFormatError(`PCR blob has ${next} digests for ${order.length} selected PCRs`)
   }
-  return { banks: [...banks.values()] }
+  return { banks: [...banks.values()], ordered }
 }
 
 /** Values of one bank of a parsed blob, or undefined when the blob has no such bank. */

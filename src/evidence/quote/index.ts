@@ -1,0 +1,7 @@
+export * from './attest.ts'
+export * from './errors.ts'
+export * from './hash-alg.ts'
+export * from './pcr-blob.ts'
+export * from './pcr-policy.ts'
+export * from './quote-string.ts'
+export * from './verify.ts'
