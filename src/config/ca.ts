@@ -1,0 +1,24 @@
+/** `ca.conf` `[ca]` (keylime-config-and-cli.md §2.4). */
+import type { LoadOptions } from './loader.ts'
+import { type ConfigOf, type Flags, type Loaded, loadIniConfig, opt } from './schema.ts'
+
+export const caSchema = {
+  password: opt.string('default'),
+  cert_country: opt.string('US'),
+  cert_ca_name: opt.string('Keylime Certificate Authority'),
+  cert_state: opt.string('MA'),
+  cert_locality: opt.string('Lexington'),
+  cert_organization: opt.string('Keylime'),
+  cert_org_unit: opt.string('53'),
+  cert_ca_lifetime: opt.int(3650),
+  cert_lifetime: opt.int(365),
+  cert_bits: opt.int(2048),
+  cert_crl_dist: opt.string('http://localhost:38080/crl'),
+}
+export type CaConfig = ConfigOf<typeof caSchema>
+
+export function loadCaConfig(
+  opts: LoadOptions & { flags?: Flags<typeof caSchema> } = {},
+): Loaded<typeof caSchema> {
+  return loadIniConfig('ca', caSchema, opts)
+}

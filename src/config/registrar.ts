@@ -1,0 +1,42 @@
+/** `registrar.conf` `[registrar]` (keylime-config-and-cli.md §2.2) with upstream defaults. */
+import type { LoadOptions } from './loader.ts'
+import { type ConfigOf, type Flags, type Loaded, loadIniConfig, opt } from './schema.ts'
+
+export const registrarSchema = {
+  ip: opt.string('127.0.0.1'),
+  port: opt.int(8890),
+  tls_port: opt.int(8891),
+  tls_dir: opt.string('default'),
+  server_key: opt.string('default'),
+  server_cert: opt.string('default'),
+  server_key_password: opt.string(''),
+  cert_subject_alternative_names: opt.list([]),
+  trusted_client_ca: opt.list(['default']),
+  authorization_provider: opt.string('simple'),
+  database_url: opt.string('sqlite'),
+  database_pool_sz_ovfl: opt.string('5,10'),
+  max_workers: opt.int(16),
+  auto_migrate_db: opt.bool(true),
+  durable_attestation_import: opt.string(''),
+  persistent_store_url: opt.string(''),
+  transparency_log_url: opt.string(''),
+  time_stamp_authority_url: opt.string(''),
+  time_stamp_authority_certs_path: opt.string(''),
+  persistent_store_format: opt.string('json'),
+  persistent_store_encoding: opt.string(''),
+  transparency_log_sign_algo: opt.string('sha256'),
+  signed_attributes: opt.list(['ek_tpm', 'aik_tpm', 'ekcert']),
+  tpm_identity: opt.string('default'),
+  malformed_cert_action: opt.string('warn'),
+  /** Max request body in bytes (not an upstream registrar option; registrations are a few KiB). */
+  max_upload_size: opt.int(1048576),
+  /** Read from tenant.conf upstream; carried here so the registrar can be given it directly. */
+  tpm_cert_store: opt.string('/var/lib/keylime/tpm_cert_store', { section: 'tenant' }),
+}
+export type RegistrarConfig = ConfigOf<typeof registrarSchema>
+
+export function loadRegistrarConfig(
+  opts: LoadOptions & { flags?: Flags<typeof registrarSchema> } = {},
+): Loaded<typeof registrarSchema> {
+  return loadIniConfig('registrar', registrarSchema, opts)
+}
