@@ -1,0 +1,12 @@
+/** Keylime TS TPM 2.0 library: structures, commands, transports. See README.md in this folder. */
+export * from './constants.ts'
+export * from './errors.ts'
+export { decodeExact, TpmReader } from './marshal/reader.ts'
+export { encodeWith, TpmWriter } from './marshal/writer.ts'
+export * from './templates.ts'
+export * from './types/attest.ts'
+export type { Codec } from './types/codec.ts'
+export * from './types/misc.ts'
+export * from './types/pcr.ts'
+export * from './types/public.ts'
+export * from './types/signature.ts'
