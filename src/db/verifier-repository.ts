@@ -317,6 +317,18 @@ export class VerifierRepository {
       .execute()
   }
 
+  /** TERMINATED agents whose holder is gone (no lease or an expired one): their deletion must be finished. */
+  async orphanedTerminated(verifierId: string, now: number): Promise<string[]> {
+    const rows = await this.db
+      .selectFrom('verifiermain')
+      .select('agent_id')
+      .where('verifier_id', '=', verifierId)
+      .where('operational_state', '=', AgentState.TERMINATED)
+      .where((eb) => eb.or([eb('lease_holder', 'is', null), eb('lease_expires', '<', now)]))
+      .execute()
+    return rows.map((r) => r.agent_id)
+  }
+
   /** Gives up this holder's leases (graceful shutdown) so another verifier can pick the agents up at once. */
   async releaseLeases(leaseHolder: string): Promise<void> {
     await this.db

@@ -244,7 +244,7 @@ export class AttestationLoop {
   }
 
   /** Stops scheduling, waits for in-flight steps (bounded) and writes pending successes. */
-  async stop(drainMs: number): Promise<void> {
+  async stop(drainMs: number, opts: { flush?: boolean } = {}): Promise<void> {
     this.running = false
     if (this.timer) clearTimeout(this.timer)
     this.timer = null
@@ -255,7 +255,8 @@ export class AttestationLoop {
         new Promise<void>((r) => this.idleWaiters.push(r)),
         new Promise<void>((r) => setTimeout(r, drainMs).unref()),
       ])
-    await this.flush()
+    if (opts.flush !== false) await this.flush()
+    else this.pending.clear()
     for (const id of [...this.agents.keys()]) this.remove(id)
     this.heap.clear()
   }

@@ -1,0 +1,160 @@
+/**
+ * Simulated pull agents for the fleet benchmark and the verifier loop tests: ONE plain-HTTP server answers for many
+ * agents, each reached at its own loopback address (127.0.x.y, all routed to `lo` on Linux), so the verifier sees
+ * N distinct agents and N connections. Each agent is a SoftQuoter (software AK, PCR banks, TPM clock) that produces
+ * wire-exact integrity quotes with PCR 16 bound to its payload pubkey.
+ */
+
+import { constants, generateKeyPairSync, type KeyObject, privateDecrypt } from 'node:crypto'
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
+import type { AddressInfo } from 'node:net'
+import { SoftQuoter } from './fleet-quoter.ts'
+
+export interface SimAgent {
+  id: string
+  ip: string
+  quoter: SoftQuoter
+  pubkeyPem: string
+  /** When true the agent drops connections (unreachable). */
+  down: boolean
+  quotes: number
+  /** V values received (decrypted), base64. */
+  vKeys: string[]
+  revocations: { msg: string; signature: string }[]
+}
+
+export interface SimFleet {
+  port: number
+  agents: SimAgent[]
+  byIp: Map<string, SimAgent>
+  close(): Promise<void>
+}
+
+/** Address of agent i: 127.0.0.2 onward, skipping .0/.255 octets. */
+export function simAgentIp(i: number): string {
+  const n = i + 2
+  const b = Math.floor(n / 254)
+  const c = (n % 254) + 1
+  return `127.${Math.floor(b / 254)}.${b % 254}.${c}`
+}
+
+function reply(res: ServerResponse, code: number, status: string, results: unknown): void {
+  const body = JSON.stringify({ code, status, results })
+  res.writeHead(code, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) })
+  res.end(body)
+}
+
+function readBody(req: IncomingMessage): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = []
+    req.on('data', (c: Buffer) => chunks.push(c))
+    req.on('end', () => resolve(Buffer.concat(chunks).toString('utf8')))
+    req.on('error', reject)
+  })
+}
+
+export interface SimFleetOptions {
+  count: number
+  port?: number
+  /** Share one AK and payload key across agents (fast setup for large fleets); default false. */
+  shareKeys?: boolean
+  idPrefix?: string
+}
+
+export async function startSimFleet(opts: SimFleetOptions): Promise<SimFleet> {
+  const agents: SimAgent[] = []
+  const byIp = new Map<string, SimAgent>()
+  const privByAgent = new Map<SimAgent, KeyObject>()
+  let sharedQuoter: SoftQuoter | null = null
+  let sharedPayload: { pem: string; priv: KeyObject } | null = null
+  for (let i = 0; i < opts.count; i++) {
+    let payload: { pem: string; priv: KeyObject }
+    if (opts.shareKeys && sharedPayload) payload = sharedPayload
+    else {
+      const kp = generateKeyPairSync('rsa', { modulusLength: 2048 })
+      payload = { pem: kp.publicKey.export({ type: 'spki', format: 'pem' }) as string, priv: kp.privateKey }
+    }
+    if (opts.shareKeys) sharedPayload = payload
+    if (opts.shareKeys && !sharedQuoter) sharedQuoter = new SoftQuoter()
+    const quoter = opts.shareKeys && sharedQuoter ? sharedQuoter : new SoftQuoter()
+    quoter.bindPubkey(payload.pem)
+    const a: SimAgent = {
+      id: `${opts.idPrefix ?? 'sim'}-${i}`,
+      ip: simAgentIp(i),
+      quoter,
+      pubkeyPem: payload.pem,
+      down: false,
+      quotes: 0,
+      vKeys: [],
+      revocations: [],
+    }
+    agents.push(a)
+    byIp.set(a.ip, a)
+    privByAgent.set(a, payload.priv)
+  }
+
+  const server: Server = createServer(async (req, res) => {
+    const agent = byIp.get(req.socket.localAddress?.replace(/^::ffff:/, '') ?? '')
+    if (!agent) return reply(res, 404, 'unknown agent address', {})
+    if (agent.down) {
+      req.socket.destroy()
+      return
+    }
+    const url = new URL(req.url ?? '/', 'http://x')
+    if (url.pathname === '/version')
+      return reply(res, 200, 'Success', {
+        supported_version: '2.6',
+        supported_versions: ['2.1', '2.2', '2.3', '2.4', '2.5', '2.6'],
+      })
+    const m = /^\/v(\d+\.\d+)(\/.*)$/.exec(url.pathname)
+    if (!m) return reply(res, 400, 'Not Implemented', {})
+    const path = m[2]
+    if (req.method === 'GET' && path === '/quotes/integrity') {
+      const nonce = url.searchParams.get('nonce') ?? ''
+      const mask = BigInt(url.searchParams.get('mask') ?? '0x0')
+      const pcrs = [16]
+      for (let p = 0; p < 24; p++) if (p !== 16 && mask & (1n << BigInt(p))) pcrs.push(p)
+      agent.quotes++
+      const results: Record<string, unknown> = {
+        quote: agent.quoter.quote(nonce, pcrs),
+        hash_alg: agent.quoter.hashAlg,
+        enc_alg: 'rsa',
+        sign_alg: 'rsassa',
+      }
+      if (url.searchParams.get('partial') !== '1') results.pubkey = agent.pubkeyPem
+      return reply(res, 200, 'Success', results)
+    }
+    if (req.method === 'POST' && path === '/keys/vkey') {
+      const body = JSON.parse(await readBody(req)) as { encrypted_key: string }
+      const v = privateDecrypt(
+        {
+          key: privByAgent.get(agent) as KeyObject,
+          padding: constants.RSA_PKCS1_OAEP_PADDING,
+          oaepHash: 'sha1',
+        },
+        Buffer.from(body.encrypted_key, 'base64'),
+      )
+      agent.vKeys.push(v.toString('base64'))
+      return reply(res, 200, 'Success', {})
+    }
+    if (req.method === 'POST' && path === '/notifications/revocation') {
+      agent.revocations.push(JSON.parse(await readBody(req)))
+      return reply(res, 200, 'Success', {})
+    }
+    return reply(res, 400, 'Not Implemented', {})
+  })
+  server.keepAliveTimeout = 120_000
+  server.maxConnections = 100_000
+  await new Promise<void>((resolve) => server.listen(opts.port ?? 0, '0.0.0.0', resolve))
+  const port = (server.address() as AddressInfo).port
+  return {
+    port,
+    agents,
+    byIp,
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.closeAllConnections()
+        server.close(() => resolve())
+      }),
+  }
+}

@@ -1,0 +1,597 @@
+/**
+ * The verifier's REST API v2 (keylime-api.md §0, §3) as a fastify instance. Routes are registered under every
+ * `/v2.x` prefix. Authorization is the spec's split (§0.5): PUBLIC routes answer anyone; every other route needs an
+ * admin, i.e. a TLS client certificate that chained to the trusted client CA during the handshake.
+ */
+import { createHash } from 'node:crypto'
+import type { TLSSocket } from 'node:tls'
+import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify'
+import { envelope, errorEnvelope } from '../api/envelope.ts'
+import { ENROLL_REQUIRED_KEYS, type EnrollBody } from '../api/verifier/schemas.ts'
+import { AGENT_API_VERSIONS, CURRENT_API_VERSION, KNOWN_API_VERSIONS, V2_PREFIXES } from '../api/versions.ts'
+import { KeylimeError } from '../common/errors.ts'
+import type { Logger } from '../common/log.ts'
+import {
+  AgentState,
+  attestationStatus,
+  DuplicateError,
+  type NewVerifierAgent,
+  type VerifierAgentRow,
+} from '../db/verifier-repository.ts'
+import {
+  akPublicToKeyObject,
+  checkPcrs,
+  isQuoteHashAlg,
+  parseTpmPolicyText,
+  verifyQuoteSignature,
+} from '../evidence/attestation.ts'
+import type { VerifierService } from './verifier-service.ts'
+
+export type Identity = 'admin' | 'anonymous'
+
+export interface VerifierAppOptions {
+  service: VerifierService
+  log?: Logger
+  /** fastify https options (key, cert, ca, requestCert) when serving TLS. */
+  https?: Record<string, unknown>
+  /** Who is calling; default: a TLS client certificate the handshake authorized = admin. */
+  identify?: (req: FastifyRequest) => Identity
+}
+
+const AGENT_ID = /^[\w.-]+$/
+/** `generator` values: policies above EMPTY count as a runtime policy (`has_runtime_policy`). */
+const GENERATOR_EMPTY = 1
+const GENERATOR_MANUAL = 3
+
+class ApiError extends KeylimeError {
+  constructor(statusCode: number, message: string) {
+    super('ERR_VERIFIER_API', message, { statusCode })
+  }
+}
+
+export function tlsIdentity(req: FastifyRequest): Identity {
+  const socket = req.raw.socket as Partial<TLSSocket>
+  return socket.encrypted === true && socket.authorized === true ? 'admin' : 'anonymous'
+}
+
+function forbidden(reply: FastifyReply): FastifyReply {
+  return reply.code(403).send({
+    errors: [{ status: '403', title: 'Forbidden', detail: 'Action requires an admin client certificate' }],
+  })
+}
+
+function b64decode(name: string, v: string): Buffer {
+  if (!/^[A-Za-z0-9+/]*={0,2}$/.test(v)) throw new ApiError(400, `${name} is not valid base64`)
+  return Buffer.from(v, 'base64')
+}
+
+function jsonList(text: string | null): string[] {
+  if (!text) return []
+  try {
+    const v = JSON.parse(text)
+    return Array.isArray(v) ? v.map(String) : []
+  } catch {
+    return []
+  }
+}
+
+export async function buildVerifierApp(opts: VerifierAppOptions): Promise<FastifyInstance> {
+  const { service } = opts
+  const repo = service.repo
+  const o = service.options
+  const identify = opts.identify ?? tlsIdentity
+  const app = Fastify({
+    ...(opts.https ? { https: opts.https } : {}),
+    bodyLimit: o.maxUploadSize,
+    routerOptions: { ignoreTrailingSlash: true },
+    logger: false,
+  })
+
+  app.setNotFoundHandler((_req, reply) => reply.code(404).send())
+  app.setErrorHandler((err, _req, reply) => {
+    if (err instanceof KeylimeError && err.statusCode !== undefined && err.statusCode < 500)
+      return reply.code(err.statusCode).send(errorEnvelope(err.statusCode, err.message))
+    const status = (err as { statusCode?: number }).statusCode
+    if (status !== undefined && status >= 400 && status < 500) return reply.code(status).send()
+    opts.log?.error({ err: err instanceof Error ? err.message : String(err) }, 'verifier API internal error')
+    return reply.code(500).send(errorEnvelope(500, 'Internal Server Error'))
+  })
+
+  const admin = async (req: FastifyRequest, reply: FastifyReply) => {
+    if (identify(req) !== 'admin') return forbidden(reply)
+  }
+  const ok = (reply: FastifyReply, results: unknown, code = 200) =>
+    reply.code(code).send(envelope(code, 'Success', results))
+
+  const versionHandler = async () =>
+    envelope(200, 'Success', {
+      current_version: CURRENT_API_VERSION,
+      supported_versions: [...KNOWN_API_VERSIONS],
+    })
+  app.get('/version', versionHandler)
+  app.get('/versions', versionHandler)
+
+  function checkId(id: string): void {
+    if (!AGENT_ID.test(id)) throw new ApiError(400, 'agent_id not not valid')
+  }
+
+  async function policyFlags(row: VerifierAgentRow): Promise<{ rt: number; mb: number }> {
+    let rt = 0
+    if (row.ima_policy_id !== null) {
+      const p = await repo.getAllowlistById(row.ima_policy_id)
+      rt = p && (p.generator ?? 0) > GENERATOR_EMPTY ? 1 : 0
+    }
+    let mb = 0
+    if (row.mb_policy_id !== null) {
+      const p = await repo.getMbPolicyById(row.mb_policy_id)
+      mb = p?.mb_policy ? 1 : 0
+    }
+    return { rt, mb }
+  }
+
+  async function statusOf(row: VerifierAgentRow): Promise<Record<string, unknown>> {
+    const flags = await policyFlags(row)
+    const interval = Math.round(o.quoteIntervalMs / 1000)
+    return {
+      operational_state: row.operational_state,
+      v: row.v,
+      ip: row.ip,
+      port: row.port,
+      tpm_policy: row.tpm_policy,
+      meta_data: row.meta_data,
+      has_mb_refstate: flags.mb,
+      has_runtime_policy: flags.rt,
+      accept_tpm_hash_algs: jsonList(row.accept_tpm_hash_algs),
+      accept_tpm_encryption_algs: jsonList(row.accept_tpm_encryption_algs),
+      accept_tpm_signing_algs: jsonList(row.accept_tpm_signing_algs),
+      hash_alg: row.hash_alg,
+      enc_alg: row.enc_alg,
+      sign_alg: row.sign_alg,
+      verifier_id: row.verifier_id,
+      verifier_ip: row.verifier_ip,
+      verifier_port: row.verifier_port,
+      severity_level: row.severity_level,
+      last_event_id: row.last_event_id,
+      attestation_count: row.attestation_count,
+      last_received_quote: row.last_received_quote === null ? null : Number(row.last_received_quote),
+      last_successful_attestation:
+        row.last_successful_attestation === null ? null : Number(row.last_successful_attestation),
+      attestation_status: attestationStatus(row.operational_state),
+      attestation_period: `${interval}s`,
+      maximum_attestation_interval: `${interval * 5}s`,
+    }
+  }
+
+  /** Until the IMA / measured-boot engines are wired in, agents needing them are refused, never passed silently. */
+  function refuseRuntimePolicy(policyText: string): void {
+    if (!isEmptyRuntimePolicy(policyText))
+      throw new ApiError(
+        400,
+        'runtime (IMA) policies are not supported by this verifier build yet; enroll without one',
+      )
+  }
+  function refuseMbPolicy(text: string | null): void {
+    if (text !== null && text.trim() !== '' && text.trim() !== '{}' && text.trim() !== 'null')
+      throw new ApiError(
+        400,
+        'measured boot policies are not supported by this verifier build yet; enroll without one',
+      )
+  }
+
+  for (const p of V2_PREFIXES) {
+    const base = `/v${p}`
+    app.get(base, async (_req, reply) =>
+      reply.code(405).send(errorEnvelope(405, 'Not Implemented: Use /agents/ interface instead')),
+    )
+
+    // ------------------------------------------------------------------------------ agents
+    app.post<{ Params: { agent_id: string }; Body: Record<string, unknown> }>(
+      `${base}/agents/:agent_id`,
+      { preHandler: admin },
+      async (req, reply) => {
+        const id = req.params.agent_id
+        checkId(id)
+        const body = req.body
+        if (typeof body !== 'object' || body === null)
+          throw new ApiError(400, 'Exception error: body must be JSON')
+        for (const k of ENROLL_REQUIRED_KEYS)
+          if (!(k in body)) throw new ApiError(400, `Exception error: '${k}'`)
+        const b = body as unknown as EnrollBody
+        const row = await enrollmentRow(id, b)
+        if (await repo.getAgent(id)) throw new ApiError(409, `Agent of uuid ${id} already exists`)
+        try {
+          await repo.insertAgent(row)
+        } catch (err) {
+          if (err instanceof DuplicateError) throw new ApiError(409, `Agent of uuid ${id} already exists`)
+          throw err
+        }
+        const stored = await repo.getAgent(id)
+        if (stored) service.loop.add(stored)
+        return ok(reply, {})
+      },
+    )
+
+    app.get<{ Params: { agent_id: string } }>(
+      `${base}/agents/:agent_id`,
+      { preHandler: admin },
+      async (req, reply) => {
+        checkId(req.params.agent_id)
+        const row = await repo.getAgent(req.params.agent_id)
+        if (!row) throw new ApiError(404, 'agent id not found')
+        return ok(reply, await statusOf(row))
+      },
+    )
+
+    app.get<{ Querystring: { verifier?: string; bulk?: string } }>(
+      `${base}/agents`,
+      { preHandler: admin },
+      async (req, reply) => {
+        const verifier = req.query.verifier
+        if (req.query.bulk !== undefined) {
+          const rows = await repo.listAgents(verifier)
+          const out: Record<string, unknown> = {}
+          for (const r of rows) out[r.agent_id] = await statusOf(r)
+          return ok(reply, out)
+        }
+        const ids = await repo.listAgentIds(verifier)
+        return ok(reply, { uuids: ids.map((i) => [i]) })
+      },
+    )
+
+    app.delete<{ Params: { agent_id: string } }>(
+      `${base}/agents/:agent_id`,
+      { preHandler: admin },
+      async (req, reply) => {
+        const id = req.params.agent_id
+        checkId(id)
+        const row = await repo.getAgent(id)
+        if (!row) throw new ApiError(404, 'agent id not found')
+        if (row.verifier_id !== o.verifierId) throw new ApiError(404, 'agent id associated to this verifier')
+        const state = row.operational_state
+        if (state === AgentState.TERMINATED) return ok(reply, {}, 202)
+        const idle = [
+          AgentState.SAVED,
+          AgentState.FAILED,
+          AgentState.TENANT_FAILED,
+          AgentState.INVALID_QUOTE,
+        ] as number[]
+        const heldElsewhere =
+          row.lease_holder !== null &&
+          row.lease_holder !== service.leaseHolder &&
+          (row.lease_expires ?? 0) > Date.now()
+        if (state !== null && idle.includes(state)) {
+          service.loop.remove(id)
+          await repo.deleteAgent(id)
+          return ok(reply, {})
+        }
+        if (heldElsewhere) {
+          // the verifier holding it finishes the deletion when its next guarded write is refused
+          await repo.setState(id, AgentState.TERMINATED)
+          return ok(reply, {}, 202)
+        }
+        // held here: cancelling the loop's step (its result is discarded) makes an immediate delete safe
+        service.loop.remove(id)
+        await repo.deleteAgent(id)
+        return ok(reply, {})
+      },
+    )
+
+    app.put<{ Params: { agent_id: string } }>(
+      `${base}/agents/:agent_id/reactivate`,
+      { preHandler: admin },
+      async (req, reply) => {
+        const id = req.params.agent_id
+        checkId(id)
+        const row = await repo.getAgent(id)
+        if (!row) throw new ApiError(400, 'agent id not found')
+        await repo.reactivate(id, service.leaseHolder, service.leaseUntil)
+        const fresh = await repo.getAgent(id)
+        if (fresh && fresh.ip !== null && fresh.port !== null) service.loop.add(fresh)
+        return ok(reply, {})
+      },
+    )
+
+    app.put<{ Params: { agent_id: string } }>(
+      `${base}/agents/:agent_id/stop`,
+      { preHandler: admin },
+      async (req, reply) => {
+        const id = req.params.agent_id
+        checkId(id)
+        if (!(await repo.setState(id, AgentState.TENANT_FAILED)))
+          throw new ApiError(404, 'agent id not found')
+        service.loop.remove(id)
+        return ok(reply, {})
+      },
+    )
+
+    // ------------------------------------------------------------------------------ runtime policies
+    app.get(`${base}/allowlists`, { preHandler: admin }, async (_req, reply) =>
+      ok(reply, { 'runtimepolicy names': await repo.listAllowlistNames() }),
+    )
+    app.get<{ Params: { name: string } }>(
+      `${base}/allowlists/:name`,
+      { preHandler: admin },
+      async (req, reply) => {
+        const p = await repo.getAllowlist(req.params.name)
+        if (!p) throw new ApiError(404, `Runtime policy ${req.params.name} not found`)
+        return ok(reply, { name: p.name, tmp_policy: null, runtime_policy: p.ima_policy })
+      },
+    )
+    for (const method of ['POST', 'PUT'] as const) {
+      app.route<{ Params: { name: string }; Body: Record<string, unknown> }>({
+        method,
+        url: `${base}/allowlists/:name`,
+        preHandler: admin,
+        handler: async (req, reply) => {
+          const name = req.params.name
+          const body = req.body
+          if (typeof body !== 'object' || body === null || Object.keys(body).length === 0)
+            throw new ApiError(400, 'Runtime policy is malformatted: empty body')
+          if (typeof body.runtime_policy !== 'string')
+            throw new ApiError(400, 'Runtime policy is malformatted: runtime_policy missing')
+          const text = b64decode('runtime_policy', body.runtime_policy).toString('utf8')
+          validateRuntimePolicyJson(text)
+          const fields = {
+            ima_policy: text,
+            checksum: createHash('sha256').update(text).digest('hex'),
+            generator: isEmptyRuntimePolicy(text) ? GENERATOR_EMPTY : GENERATOR_MANUAL,
+            tpm_policy: typeof body.tpm_policy === 'string' ? body.tpm_policy : null,
+          }
+          if (method === 'POST') {
+            if (await repo.getAllowlist(name))
+              throw new ApiError(409, `Runtime policy with name ${name} already exists`)
+            await repo.insertAllowlist({ name, ...fields })
+          } else if (!(await repo.updateAllowlist(name, fields))) {
+            throw new ApiError(404, `Runtime policy ${name} not found`)
+          }
+          return ok(reply, {}, 201)
+        },
+      })
+    }
+    app.delete<{ Params: { name: string } }>(
+      `${base}/allowlists/:name`,
+      { preHandler: admin },
+      async (req, reply) => {
+        const p = await repo.getAllowlist(req.params.name)
+        if (!p) throw new ApiError(404, `Runtime policy ${req.params.name} not found`)
+        const user = await repo.agentUsingPolicy('ima', p.id)
+        if (user) throw new ApiError(409, `Can't delete allowlist as it's currently in use by agent ${user}`)
+        await repo.deleteAllowlist(p.name)
+        return reply.code(204).send()
+      },
+    )
+
+    // ------------------------------------------------------------------------------ measured-boot policies
+    app.get(`${base}/mbpolicies`, { preHandler: admin }, async (_req, reply) =>
+      ok(reply, { 'mbpolicy names': await repo.listMbPolicyNames() }),
+    )
+    app.get<{ Params: { name: string } }>(
+      `${base}/mbpolicies/:name`,
+      { preHandler: admin },
+      async (req, reply) => {
+        const p = await repo.getMbPolicy(req.params.name)
+        if (!p) throw new ApiError(404, `Measured boot policy ${req.params.name} not found`)
+        return ok(reply, { name: p.name, mb_policy: p.mb_policy })
+      },
+    )
+    for (const method of ['POST', 'PUT'] as const) {
+      app.route<{ Params: { name: string }; Body: Record<string, unknown> }>({
+        method,
+        url: `${base}/mbpolicies/:name`,
+        preHandler: admin,
+        handler: async (req, reply) => {
+          const name = req.params.name
+          const mb = req.body?.mb_policy
+          if (typeof mb !== 'string') throw new ApiError(400, 'mb_policy (JSON text) is required')
+          try {
+            JSON.parse(mb)
+          } catch {
+            throw new ApiError(400, 'mb_policy is not valid JSON')
+          }
+          if (method === 'POST') {
+            if (await repo.getMbPolicy(name))
+              throw new ApiError(409, `Measured boot policy with name ${name} already exists`)
+            await repo.insertMbPolicy(name, mb)
+          } else if (!(await repo.updateMbPolicy(name, mb))) {
+            throw new ApiError(409, `Measured boot policy ${name} does not exist`)
+          }
+          return ok(reply, {}, 201)
+        },
+      })
+    }
+    app.delete<{ Params: { name: string } }>(
+      `${base}/mbpolicies/:name`,
+      { preHandler: admin },
+      async (req, reply) => {
+        const p = await repo.getMbPolicy(req.params.name)
+        if (!p) throw new ApiError(404, `Measured boot policy ${req.params.name} not found`)
+        const user = await repo.agentUsingPolicy('mb', p.id)
+        if (user) throw new ApiError(409, `Can't delete mb policy as it's currently in use by agent ${user}`)
+        await repo.deleteMbPolicy(p.name)
+        return reply.code(204).send()
+      },
+    )
+
+    // ------------------------------------------------------------------------------ on-demand verification (PUBLIC)
+    app.get<{ Querystring: Record<string, string | undefined> }>(
+      `${base}/verify/identity`,
+      async (req, reply) => {
+        for (const k of ['agent_uuid', 'quote', 'nonce', 'hash_alg'])
+          if (!req.query[k]) throw new ApiError(400, `missing query parameter '${k}'`)
+        const q = req.query as Record<string, string>
+        const row = await repo.getAgent(q.agent_uuid as string)
+        if (!row?.ak_tpm) throw new ApiError(404, 'agent id not found')
+        const hashAlg = q.hash_alg as string
+        if (!isQuoteHashAlg(hashAlg))
+          return ok(reply, { valid: 0, reason: `unsupported hash_alg ${hashAlg}` })
+        const ak = akPublicToKeyObject(Buffer.from(row.ak_tpm, 'base64'))
+        const r = verifyQuoteSignature(ak, q.quote as string, q.nonce as string, hashAlg)
+        return ok(reply, r.ok ? { valid: 1 } : { valid: 0, reason: r.reason })
+      },
+    )
+
+    app.post<{ Body: Record<string, unknown> }>(`${base}/verify/evidence`, async (req, reply) => {
+      const body = req.body
+      if (typeof body !== 'object' || body === null) throw new ApiError(400, 'Bad Request')
+      if (body.type !== 'tpm') throw new ApiError(400, 'invalid evidence type')
+      const data = (body.data ?? {}) as Record<string, unknown>
+      const failures: { type: string; context: unknown }[] = []
+      for (const k of ['quote', 'nonce', 'hash_alg', 'tpm_ek', 'tpm_ak'])
+        if (typeof data[k] !== 'string' || data[k] === '')
+          failures.push({ type: 'qoute_validation.missing_param', context: { message: `missing ${k}` } })
+      if (
+        typeof data.tpm_policy !== 'string' &&
+        data.runtime_policy === undefined &&
+        data.mb_policy === undefined
+      )
+        failures.push({
+          type: 'default.missing_policy',
+          context: { message: 'one of tpm_policy, runtime_policy, mb_policy' },
+        })
+      if (failures.length > 0)
+        return reply.code(400).send(envelope(400, 'Bad Request', { valid: false, claims: {}, failures }))
+      if (data.runtime_policy !== undefined) refuseRuntimePolicy(String(data.runtime_policy))
+      if (data.mb_policy !== undefined) refuseMbPolicy(String(data.mb_policy))
+      const hashAlg = String(data.hash_alg)
+      if (!isQuoteHashAlg(hashAlg)) throw new ApiError(400, `unsupported hash_alg ${hashAlg}`)
+      let ak: ReturnType<typeof akPublicToKeyObject>
+      try {
+        ak = akPublicToKeyObject(b64decode('tpm_ak', String(data.tpm_ak)))
+      } catch (err) {
+        throw new ApiError(400, `tpm_ak: ${(err as Error).message}`)
+      }
+      const q = verifyQuoteSignature(ak, String(data.quote), String(data.nonce), hashAlg)
+      if (!q.ok)
+        return ok(reply, {
+          valid: false,
+          claims: {},
+          failures: [{ type: 'qoute_validation.quote_validation', context: { message: q.reason } }],
+        })
+      const policy =
+        typeof data.tpm_policy === 'string'
+          ? parseTpmPolicyText(data.tpm_policy)
+          : { pcrs: new Map(), mask: '0x0' }
+      const v = checkPcrs(q.pcrs, { tpmPolicy: policy }, hashAlg)
+      const claims = {
+        pcrs: Object.fromEntries(
+          [...q.pcrs].map(([k, val]) => [String(k), Buffer.from(val).toString('hex')]),
+        ),
+      }
+      return ok(reply, {
+        valid: v.ok,
+        claims,
+        failures: v.ok ? [] : v.events.map((e) => ({ type: e.eventId, context: e.context })),
+      })
+    })
+  }
+
+  async function enrollmentRow(id: string, b: EnrollBody): Promise<NewVerifierAgent> {
+    parseTpmPolicyText(b.tpm_policy)
+    let v: string | null = null
+    if (b.v !== undefined && b.v !== null && b.v !== '') {
+      const raw = b64decode('v', b.v)
+      if (raw.length !== 32 && raw.length !== 16) throw new ApiError(400, 'v must be 16 or 32 bytes (base64)')
+      v = b.v
+    }
+    try {
+      akPublicToKeyObject(b64decode('ak_tpm', b.ak_tpm))
+    } catch (err) {
+      throw new ApiError(400, `ak_tpm is not a usable TPM2B_PUBLIC: ${(err as Error).message}`)
+    }
+    const supported =
+      b.supported_version && (AGENT_API_VERSIONS as readonly string[]).includes(b.supported_version)
+        ? b.supported_version
+        : CURRENT_API_VERSION
+    const mtls = b.mtls_cert ?? null
+    if (o.enableAgentMtls && supported !== '1.0' && (mtls === null || mtls === ''))
+      throw new ApiError(400, 'mTLS certificate for agent is required!')
+    const ip = b.cloudagent_ip ?? null
+    const port =
+      b.cloudagent_port === undefined || b.cloudagent_port === null ? null : Number(b.cloudagent_port)
+    if (!ip || port === null || !Number.isInteger(port) || port < 1 || port > 65535)
+      throw new ApiError(400, 'cloudagent_ip and cloudagent_port are required')
+
+    // runtime policy: name+policy -> store under name (409 if exists); name only -> stored; policy only -> agent id
+    const policyText = b64decode('runtime_policy', b.runtime_policy).toString('utf8')
+    const policyName = b.runtime_policy_name ?? null
+    let imaPolicyId: number | null = null
+    if (policyText !== '') {
+      refuseRuntimePolicy(policyText)
+      validateRuntimePolicyJson(policyText)
+    } else if (policyName) {
+      const stored = await repo.getAllowlist(policyName)
+      if (!stored) throw new ApiError(404, `Runtime policy ${policyName} not found`)
+      refuseRuntimePolicy(stored.ima_policy ?? '')
+      imaPolicyId = stored.id
+    }
+    const mbName = b.mb_policy_name ?? null
+    let mbPolicyId: number | null = null
+    if (b.mb_policy !== null && b.mb_policy !== '') {
+      refuseMbPolicy(b.mb_policy)
+    } else if (mbName) {
+      const stored = await repo.getMbPolicy(mbName)
+      if (!stored) throw new ApiError(404, `Measured boot policy ${mbName} not found`)
+      refuseMbPolicy(stored.mb_policy)
+      mbPolicyId = stored.id
+    }
+    return {
+      agent_id: id,
+      v,
+      ip,
+      port,
+      verifier_id: o.verifierId,
+      verifier_ip: b.verifier_ip ?? o.ip,
+      verifier_port:
+        b.verifier_port === undefined || b.verifier_port === null ? o.port : Number(b.verifier_port),
+      operational_state: AgentState.START,
+      public_key: null,
+      tpm_policy: b.tpm_policy,
+      meta_data: b.metadata,
+      ima_policy_id: imaPolicyId,
+      mb_policy_id: mbPolicyId,
+      ima_sign_verification_keys: b.ima_sign_verification_keys,
+      revocation_key: b.revocation_key === '' ? null : b.revocation_key,
+      accept_tpm_hash_algs: JSON.stringify(b.accept_tpm_hash_algs),
+      accept_tpm_encryption_algs: JSON.stringify(b.accept_tpm_encryption_algs),
+      accept_tpm_signing_algs: JSON.stringify(b.accept_tpm_signing_algs),
+      supported_version: supported,
+      ak_tpm: b.ak_tpm,
+      mtls_cert: mtls,
+      attestation_count: 0,
+      lease_holder: service.leaseHolder,
+      lease_expires: service.leaseUntil,
+    }
+  }
+
+  return app
+}
+
+/** The default (empty) runtime policy: nothing to check. */
+export function isEmptyRuntimePolicy(text: string): boolean {
+  const t = text.trim()
+  if (t === '' || t === '{}' || t === 'null') return true
+  try {
+    const p = JSON.parse(t) as Record<string, unknown>
+    const digests = p.digests as Record<string, unknown> | undefined
+    const excludes = p.excludes as unknown[] | undefined
+    return (
+      typeof p === 'object' &&
+      (digests === undefined || Object.keys(digests).length === 0) &&
+      (excludes === undefined || excludes.length === 0) &&
+      (p.keyrings === undefined || Object.keys(p.keyrings as object).length === 0)
+    )
+  } catch {
+    return false
+  }
+}
+
+function validateRuntimePolicyJson(text: string): void {
+  let p: unknown
+  try {
+    p = JSON.parse(text)
+  } catch {
+    throw new ApiError(400, 'Runtime policy is malformatted: not valid JSON')
+  }
+  if (typeof p !== 'object' || p === null || Array.isArray(p))
+    throw new ApiError(400, 'Runtime policy is malformatted: must be a JSON object')
+}
