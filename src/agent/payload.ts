@@ -5,18 +5,19 @@
  * timeout. Key material is never logged.
  */
 import { spawn } from 'node:child_process'
-import {
-  constants,
-  createDecipheriv,
-  createHmac,
-  type KeyObject,
-  privateDecrypt,
-  timingSafeEqual,
-} from 'node:crypto'
+import type { KeyObject } from 'node:crypto'
 import { chmodSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { join, resolve, sep } from 'node:path'
 import { KeylimeError } from '../common/errors.ts'
 import type { Logger } from '../common/log.ts'
+import {
+  authTag,
+  decodeBase64Strict,
+  decryptPayload,
+  rsaOaepDecrypt,
+  tryCombine,
+  type UKeyEntry,
+} from '../crypto/payload.ts'
 
 export class PayloadRequestError extends KeylimeError {
   constructor(message: string) {
@@ -30,23 +31,20 @@ export class PayloadError extends KeylimeError {
   }
 }
 
-const B64 = /^[A-Za-z0-9+/]*={0,2}$/
-
 function strictBase64(s: string, what: string): Buffer {
-  const t = s.trim()
-  if (t.length % 4 !== 0 || !B64.test(t)) throw new PayloadRequestError(`${what} is not valid base64`)
-  return Buffer.from(t, 'base64')
+  try {
+    return decodeBase64Strict(s, what)
+  } catch {
+    throw new PayloadRequestError(`${what} is not valid base64`)
+  }
 }
 
-/** RSA-OAEP (SHA-1, MGF1-SHA-1, no label) decryption of U or V with the payload key. */
+/** RSA-OAEP (SHA-1, MGF1-SHA-1, no label) decryption of U or V with the payload key (team CRYPTO). */
 export function decryptKeyShare(payloadKey: KeyObject, encryptedB64: string): Buffer {
   const enc = strictBase64(encryptedB64, 'encrypted_key')
   let key: Buffer
   try {
-    key = privateDecrypt(
-      { key: payloadKey, padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash: 'sha1' },
-      enc,
-    )
+    key = rsaOaepDecrypt(payloadKey, enc)
   } catch {
     throw new PayloadRequestError('encrypted_key could not be decrypted')
   }
@@ -55,26 +53,6 @@ export function decryptKeyShare(payloadKey: KeyObject, encryptedB64: string): Bu
     throw new PayloadRequestError('decrypted key must be 16 or 32 bytes')
   }
   return key
-}
-
-export function hmacSha384Hex(key: Uint8Array, message: string): string {
-  return createHmac('sha384', key).update(message, 'utf8').digest('hex')
-}
-
-/** AES-GCM payload blob: b64(IV(16) ‖ ciphertext ‖ tag(16)), AES-128 or AES-256 by key length. */
-export function decryptPayloadBlob(key: Uint8Array, blobB64: string): Buffer {
-  const blob = strictBase64(blobB64, 'payload')
-  if (blob.length < 32) throw new PayloadError('payload too short for IV and tag')
-  const iv = blob.subarray(0, 16)
-  const tag = blob.subarray(blob.length - 16)
-  const ct = blob.subarray(16, blob.length - 16)
-  try {
-    const d = createDecipheriv(key.length === 16 ? 'aes-128-gcm' : 'aes-256-gcm', key, iv)
-    d.setAuthTag(tag)
-    return Buffer.concat([d.update(ct), d.final()])
-  } catch (err) {
-    throw new PayloadError('payload authentication failed (wrong key or corrupted blob)', { cause: err })
-  }
 }
 
 /** Extracts a zip into a directory, refusing entries that would escape it (team CRYPTO's safe extractor). */
@@ -98,15 +76,9 @@ export interface PayloadManagerOptions {
   onPayloadInstalled?: (unzippedDir: string) => void
 }
 
-interface UEntry {
-  u: Buffer
-  authTag: string
-  payload: string | undefined
-}
-
 export class PayloadManager {
   private readonly o: PayloadManagerOptions
-  private us: UEntry[] = []
+  private us: UKeyEntry[] = []
   private vs: Buffer[] = []
   private bootstrapKey: Buffer | null = null
   private work: Promise<void> = Promise.resolve()
@@ -141,7 +113,7 @@ export class PayloadManager {
 
   /** hex HMAC-SHA384(K, challenge) once K is known (`/keys/verify`). */
   verify(challenge: string): string | null {
-    return this.bootstrapKey ? hmacSha384Hex(this.bootstrapKey, challenge) : null
+    return this.bootstrapKey ? authTag(this.bootstrapKey, challenge) : null
   }
 
   /** Resolves when queued payload work has finished. */
@@ -150,32 +122,21 @@ export class PayloadManager {
   }
 
   private tryCombine(): void {
-    for (const ue of this.us) {
-      for (const v of this.vs) {
-        if (v.length !== ue.u.length) continue
-        const k = Buffer.alloc(v.length)
-        for (let i = 0; i < k.length; i++) k[i] = (ue.u[i] as number) ^ (v[i] as number)
-        const got = Buffer.from(hmacSha384Hex(k, this.o.uuid), 'hex')
-        const want = Buffer.from(ue.authTag, 'hex')
-        if (got.length === want.length && timingSafeEqual(got, want)) {
-          this.bootstrapKey?.fill(0)
-          this.bootstrapKey = k
-          const payload = ue.payload
-          for (const x of this.us) x.u.fill(0)
-          for (const x of this.vs) x.fill(0)
-          this.us = []
-          this.vs = []
-          this.o.log.info('derived bootstrap key K from U and V (auth_tag verified)')
-          if (this.o.runPayloads) {
-            const keyCopy = Buffer.from(k)
-            this.work = this.work.then(() => this.install(keyCopy, payload))
-          } else {
-            this.o.log.warn('payload not run: mTLS disabled and enable_insecure_payload is false')
-          }
-          return
-        }
-        k.fill(0)
-      }
+    const match = tryCombine(this.us, this.vs, this.o.uuid)
+    if (!match) return
+    this.bootstrapKey?.fill(0)
+    this.bootstrapKey = match.k
+    const payload = match.uEntry.payload
+    for (const x of this.us) x.u.fill(0)
+    for (const x of this.vs) x.fill(0)
+    this.us = []
+    this.vs = []
+    this.o.log.info('derived bootstrap key K from U and V (auth_tag verified)')
+    if (this.o.runPayloads) {
+      const keyCopy = Buffer.from(match.k)
+      this.work = this.work.then(() => this.install(keyCopy, payload))
+    } else {
+      this.o.log.warn('payload not run: mTLS disabled and enable_insecure_payload is false')
     }
   }
 
@@ -188,7 +149,7 @@ export class PayloadManager {
       mkdirSync(dir, { mode: 0o700 })
       writeFileSync(join(dir, this.o.encKeyname), key, { mode: 0o600 })
       if (payload !== undefined && payload.length > 0) {
-        const plain = decryptPayloadBlob(key, payload)
+        const plain = decryptPayload(key, payload)
         const payloadPath = join(dir, this.o.decPayloadFile)
         writeFileSync(payloadPath, plain, { mode: 0o600 })
         if (this.o.extractPayloadZip && plain.length >= 4 && plain.readUInt32LE(0) === 0x04034b50) {

@@ -4,11 +4,12 @@
  * against it; then the configured actions and the payload's `action_list` run one at a time with the message as a
  * JSON file argument, stopping at the first failure. Processing is queued so the HTTP reply never waits for it.
  */
-import { constants, createPublicKey, type KeyObject, verify, X509Certificate } from 'node:crypto'
+import { createPublicKey, type KeyObject, X509Certificate } from 'node:crypto'
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join, resolve, sep } from 'node:path'
 import type { Logger } from '../common/log.ts'
+import { RevocationError, verifyRevocation } from '../crypto/revocation.ts'
 import { runScript } from './payload.ts'
 
 export interface RevocationHandlerOptions {
@@ -79,35 +80,15 @@ export class RevocationHandler {
       this.o.log.warn('revocation notification dropped: no revocation certificate loaded yet')
       return { status: 'dropped', reason: 'no revocation certificate' }
     }
-    const sig = Buffer.from(body.signature, 'base64')
-    const ok =
-      sig.length > 0 &&
-      verify(
-        'sha256',
-        Buffer.from(body.msg, 'utf8'),
-        {
-          key: this.key,
-          padding: constants.RSA_PKCS1_PSS_PADDING,
-          saltLength: constants.RSA_PSS_SALTLEN_AUTO,
-        },
-        sig,
-      )
-    if (!ok) {
-      this.o.log.warn('revocation notification rejected: invalid signature')
-      return { status: 'rejected', reason: 'invalid signature' }
-    }
-    let msg: unknown
+    let m: { type: string; agent_id: string }
     try {
-      msg = JSON.parse(body.msg)
-    } catch {
-      this.o.log.warn('revocation notification rejected: msg is not JSON')
-      return { status: 'rejected', reason: 'msg is not JSON' }
+      m = verifyRevocation(body, this.key)
+    } catch (err) {
+      const reason = err instanceof RevocationError ? err.message : 'invalid notification'
+      this.o.log.warn(`revocation notification rejected: ${reason}`)
+      return { status: 'rejected', reason }
     }
-    if (typeof msg !== 'object' || msg === null || Array.isArray(msg)) {
-      return { status: 'rejected', reason: 'msg is not a JSON object' }
-    }
-    const m = msg as Record<string, unknown>
-    this.o.log.info(`revocation notification for agent ${String(m.agent_id)} (type ${String(m.type)})`)
+    this.o.log.info(`revocation notification for agent ${m.agent_id} (type ${m.type})`)
     return this.runActions(body.msg)
   }
 
