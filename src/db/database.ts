@@ -1,0 +1,185 @@
+/**
+ * Database factory: `sqlite` (file `<dataDir>/<name>.sqlite`), `sqlite:///abs/path`, `sqlite::memory:` or
+ * `postgresql://…` / `postgres://…` (pg Pool). Migrations of the chosen set run on open (upstream
+ * `auto_migrate_db`). SQLite runs in WAL mode with a busy timeout so a second process can read while one writes.
+ */
+import { mkdirSync } from 'node:fs'
+import { dirname, join } from 'node:path'
+import SqliteDatabase from 'better-sqlite3'
+import {
+  Kysely,
+  type Migration,
+  type MigrationProvider,
+  Migrator,
+  PostgresDialect,
+  SqliteDialect,
+  sql,
+} from 'kysely'
+import pg from 'pg'
+import { KeylimeError } from '../common/errors.ts'
+import { MIGRATION_SETS, type MigrationSet, type ServiceName } from './migrations/index.ts'
+
+/** Database failures the caller cannot fix by changing its input: a 5xx on the API. */
+export class DbError extends KeylimeError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('ERR_DB', message, { statusCode: 500, ...options })
+  }
+}
+
+export type DbDialect = 'sqlite' | 'postgres'
+
+export interface OpenDatabaseOptions {
+  /** Directory for the bare `sqlite` URL (upstream: `$KEYLIME_DIR`). */
+  dataDir?: string
+  /** File stem for the bare `sqlite` URL: `reg_data` (registrar) or `cv_data` (verifier). */
+  name?: string
+  /** Migration set run at open; `false` skips migrations (upstream `auto_migrate_db = False`). */
+  migrations?: ServiceName | MigrationSet | false
+  /** PostgreSQL only: schema used as `search_path` (created if missing). Tests use one per run. */
+  pgSchema?: string
+  /** PostgreSQL pool size (upstream `database_pool_sz_ovfl` first number). */
+  poolSize?: number
+}
+
+export interface ParsedDbUrl {
+  dialect: DbDialect
+  /** SQLite file path (or `:memory:`); PostgreSQL connection string. */
+  target: string
+}
+
+export function parseDatabaseUrl(
+  url: string,
+  opts: Pick<OpenDatabaseOptions, 'dataDir' | 'name'> = {},
+): ParsedDbUrl {
+  const u = url.trim()
+  if (u === 'sqlite') {
+    if (!opts.dataDir) throw new DbError('database_url "sqlite" needs a data directory (KEYLIME_DIR)')
+    return { dialect: 'sqlite', target: join(opts.dataDir, `${opts.name ?? 'keylime'}.sqlite`) }
+  }
+  if (u === 'sqlite::memory:' || u === 'sqlite:///:memory:') return { dialect: 'sqlite', target: ':memory:' }
+  if (u.startsWith('sqlite:///')) {
+    const path = u.slice('sqlite:///'.length)
+    if (path === '') throw new DbError(`database_url ${JSON.stringify(url)} has no path`)
+    return { dialect: 'sqlite', target: `/${path.replace(/^\/+/, '')}` }
+  }
+  if (/^postgres(ql)?(\+\w+)?:\/\//.test(u)) {
+    // SQLAlchemy spellings such as postgresql+psycopg2:// carry a driver suffix pg does not understand
+    return { dialect: 'postgres', target: u.replace(/^postgres(ql)?\+\w+:/, 'postgresql:') }
+  }
+  throw new DbError(
+    `unsupported database_url ${JSON.stringify(url.replace(/:[^:@/]*@/, ':***@'))}: use sqlite, sqlite:///path or postgresql://`,
+  )
+}
+
+/** Which dialect a Kysely instance talks to (some SQL differs: upsert conflict syntax is shared, types are not). */
+const dialectOf = new WeakMap<object, DbDialect>()
+// biome-ignore lint/suspicious/noExplicitAny: any database shape
+export function databaseDialect(db: Kysely<any>): DbDialect {
+  return dialectOf.get(db) ?? 'sqlite'
+}
+
+function quoteIdent(name: string): string {
+  if (!/^[A-Za-z_][A-Za-z0-9_]{0,62}$/.test(name))
+    throw new DbError(`invalid schema name ${JSON.stringify(name)}`)
+  return `"${name}"`
+}
+
+export async function openDatabase<DB>(url: string, opts: OpenDatabaseOptions = {}): Promise<Kysely<DB>> {
+  const parsed = parseDatabaseUrl(url, opts)
+  let db: Kysely<DB>
+  if (parsed.dialect === 'sqlite') {
+    if (parsed.target !== ':memory:') mkdirSync(dirname(parsed.target), { recursive: true })
+    let handle: SqliteDatabase.Database
+    try {
+      handle = new SqliteDatabase(parsed.target)
+      handle.pragma('journal_mode = WAL')
+      handle.pragma('busy_timeout = 5000')
+      handle.pragma('foreign_keys = ON')
+      handle.pragma('synchronous = NORMAL')
+    } catch (err) {
+      throw new DbError(`cannot open SQLite database ${parsed.target}: ${(err as Error).message}`, {
+        cause: err,
+      })
+    }
+    db = new Kysely<DB>({ dialect: new SqliteDialect({ database: handle }) })
+  } else {
+    const schema = opts.pgSchema
+    if (schema !== undefined) {
+      // create the schema with a throw-away client, then pin every pooled connection's search_path to it
+      const c = new pg.Client({ connectionString: parsed.target })
+      try {
+        await c.connect()
+        await c.query(`CREATE SCHEMA IF NOT EXISTS ${quoteIdent(schema)}`)
+      } catch (err) {
+        throw new DbError(`cannot prepare PostgreSQL schema: ${(err as Error).message}`, { cause: err })
+      } finally {
+        await c.end().catch(() => {})
+      }
+    }
+    const pool = new pg.Pool({
+      connectionString: parsed.target,
+      max: opts.poolSize ?? 10,
+      ...(schema !== undefined ? { options: `-c search_path=${quoteIdent(schema)}` } : {}),
+    })
+    // idle-client errors (server restart) must not crash the process; the next query reports them
+    pool.on('error', () => {})
+    db = new Kysely<DB>({ dialect: new PostgresDialect({ pool }) })
+  }
+  dialectOf.set(db, parsed.dialect)
+  const set = opts.migrations === undefined ? undefined : opts.migrations
+  if (set !== undefined && set !== false) {
+    try {
+      await migrate(
+        db,
+        typeof set === 'string' ? MIGRATION_SETS[set] : set,
+        typeof set === 'string' ? set : 'custom',
+      )
+    } catch (err) {
+      await db.destroy().catch(() => {})
+      throw err
+    }
+  }
+  return db
+}
+
+/** Runs the set's pending migrations with kysely's Migrator; refuses out-of-order history. */
+// biome-ignore lint/suspicious/noExplicitAny: migrations are typed-agnostic
+export async function migrate(
+  // biome-ignore lint/suspicious/noExplicitAny: see above
+  db: Kysely<any>,
+  set: MigrationSet,
+  tag: string,
+  opts: { schema?: string | undefined } = {},
+): Promise<void> {
+  const provider: MigrationProvider = { getMigrations: async () => ({ ...set }) as Record<string, Migration> }
+  const migrator = new Migrator({
+    db,
+    provider,
+    migrationTableName: `kysely_migration_${tag}`,
+    migrationLockTableName: `kysely_migration_lock_${tag}`,
+    ...(opts.schema !== undefined ? { migrationTableSchema: opts.schema } : {}),
+  })
+  const { error, results } = await migrator.migrateToLatest()
+  if (error) {
+    const failed = results?.find((r) => r.status === 'Error')?.migrationName
+    throw new DbError(
+      `database migration ${failed ?? ''} failed: ${(error as Error).message ?? String(error)}`,
+      {
+        cause: error,
+      },
+    )
+  }
+}
+
+/** Drops a PostgreSQL schema (test cleanup). */
+export async function dropPgSchema(url: string, schema: string): Promise<void> {
+  const c = new pg.Client({ connectionString: parseDatabaseUrl(url).target })
+  await c.connect()
+  try {
+    await c.query(`DROP SCHEMA IF EXISTS ${quoteIdent(schema)} CASCADE`)
+  } finally {
+    await c.end()
+  }
+}
+
+export { sql }

@@ -1,0 +1,3 @@
+export * from './database.ts'
+export * from './migrations/index.ts'
+export * from './registrar-repository.ts'

@@ -1,0 +1,24 @@
+/**
+ * Migration sets, one per service database (upstream keeps `registrar` and `cloud_verifier` apart). Names sort by
+ * date; append new migrations to the end of the service's list. Each set has its own kysely bookkeeping table so the
+ * registrar and the verifier may share one PostgreSQL database.
+ */
+import type { Migration } from 'kysely'
+import * as registrar0 from './2026112600_registrar.ts'
+import * as verifier0 from './2026112601_verifier.ts'
+
+export type MigrationSet = Readonly<Record<string, Migration>>
+
+export const REGISTRAR_MIGRATIONS: MigrationSet = {
+  '2026112600_registrar': registrar0,
+}
+
+export const VERIFIER_MIGRATIONS: MigrationSet = {
+  '2026112601_verifier': verifier0,
+}
+
+export const MIGRATION_SETS = {
+  registrar: REGISTRAR_MIGRATIONS,
+  verifier: VERIFIER_MIGRATIONS,
+} as const
+export type ServiceName = keyof typeof MIGRATION_SETS
