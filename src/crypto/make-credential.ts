@@ -15,15 +15,14 @@ import {
   randomBytes,
 } from 'node:crypto'
 import { KeylimeError } from '../common/errors.ts'
+import { TpmAlg, TpmaObject } from '../tpm/index.ts'
 import { HASH_SIZES, kdfa, kdfe } from './kdf.ts'
 import {
   eccCurveOf,
   nameHashOf,
-  OBJECT_ATTRIBUTES,
   type PublicArea,
   publicAreaToKeyObject,
   readTpm2bPublic,
-  TPM_ALG,
   TpmPublicError,
 } from './tpm-public.ts'
 
@@ -82,7 +81,7 @@ function shareSeed(
   input: MakeCredentialInput,
 ): { seed: Uint8Array; encryptedSecret: Uint8Array } {
   const digestSize = HASH_SIZES[hash]
-  if (ek.type === 'rsa') {
+  if (ek.parameters.kind === 'rsa') {
     const seed = (input.random ?? randomBytes)(digestSize)
     if (seed.length !== digestSize) throw new CredentialError(`random source returned ${seed.length} bytes`)
     const cipher = publicEncrypt(
@@ -96,6 +95,8 @@ function shareSeed(
     )
     return { seed, encryptedSecret: u16Prefixed(cipher) }
   }
+  if (ek.unique.kind !== 'ecc') throw new CredentialError('EK is neither RSA nor ECC')
+  const ekX = ek.unique.x
   const curve = eccCurveOf(ek)
   const ephemeral =
     input.ephemeralPrivateKey ?? generateKeyPairSync('ec', { namedCurve: curve.nodeCurve }).privateKey
@@ -107,7 +108,7 @@ function shareSeed(
   const ey = fixedLength(new Uint8Array(Buffer.from(jwk.y, 'base64url')), curve.size)
   // diffieHellman returns the x coordinate of the shared point, fixed to the field size.
   const z = new Uint8Array(diffieHellman({ privateKey: ephemeral, publicKey: ekKey }))
-  const seed = kdfe(hash, z, 'IDENTITY', ex, ek.x, digestSize * 8)
+  const seed = kdfe(hash, z, 'IDENTITY', ex, ekX, digestSize * 8)
   return { seed, encryptedSecret: u16Prefixed(u16Prefixed(ex), u16Prefixed(ey)) }
 }
 
@@ -124,11 +125,13 @@ export function makeCredential(input: MakeCredentialInput): MakeCredentialOutput
   const hash = nameHashOf(ek)
   const digestSize = HASH_SIZES[hash]
   const attrs = ek.objectAttributes
-  if ((attrs & OBJECT_ATTRIBUTES.restricted) === 0 || (attrs & OBJECT_ATTRIBUTES.decrypt) === 0) {
+  if ((attrs & TpmaObject.Restricted) === 0 || (attrs & TpmaObject.Decrypt) === 0) {
     throw new CredentialError('EK must be a restricted decryption key')
   }
-  const { algorithm, keyBits, mode } = ek.symmetric
-  if (algorithm !== TPM_ALG.AES || mode !== TPM_ALG.CFB || ![128, 192, 256].includes(keyBits)) {
+  const p = ek.parameters
+  if (p.kind !== 'rsa' && p.kind !== 'ecc') throw new CredentialError('EK is neither RSA nor ECC')
+  const { algorithm, keyBits, mode } = p.symmetric
+  if (algorithm !== TpmAlg.Aes || mode !== TpmAlg.Cfb || ![128, 192, 256].includes(keyBits)) {
     throw new CredentialError('EK symmetric algorithm must be AES in CFB mode')
   }
   if (!(input.akName instanceof Uint8Array) || input.akName.length < 2)

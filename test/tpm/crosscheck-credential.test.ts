@@ -156,7 +156,7 @@ describe.each([
     await tpm2('readpublic', '-c', `${prefix}ek.ctx`, '-f', 'pem', '-o', `${prefix}ek.pem`)
     await tpm2('flushcontext', '-t')
     expect(publicKeyPemOf(ekPub).trim()).toBe(readFileSync(join(dir, `${prefix}ek.pem`), 'utf8').trim())
-    expect(assertRestrictedSigningKey(akPub).type).toBe(alg)
+    expect(assertRestrictedSigningKey(akPub).parameters.kind).toBe(alg)
     expect(() => assertRestrictedSigningKey(ekPub)).toThrow(/attestation key/)
   })
 

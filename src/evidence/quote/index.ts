@@ -1,4 +1,3 @@
-export * from './attest.ts'
 export * from './errors.ts'
 export * from './hash-alg.ts'
 export * from './pcr-blob.ts'

@@ -6,16 +6,17 @@
  */
 import { constants, createHash, getHashes, type KeyObject, verify } from 'node:crypto'
 import { KeylimeError } from '../../common/errors.ts'
-import { publicAreaToKeyObject, readTpm2bPublic, TPM_ALG } from '../../crypto/tpm-public.ts'
-import { failure, PASS, type Verdict } from '../verdict.ts'
+import { publicAreaToKeyObject, readTpm2bPublic } from '../../crypto/tpm-public.ts'
 import {
-  decodeQuoteAttest,
-  decodeQuoteSignature,
-  type QuoteAttest,
-  SIG_ALG,
-  TPM_ST_ATTEST_QUOTE,
-  type TpmClockInfo,
-} from './attest.ts'
+  decodeTpmsAttest,
+  decodeTpmtSignature,
+  TpmAlg,
+  TpmFormatError,
+  TpmSt,
+  type TpmsAttest,
+  type TpmsClockInfo,
+} from '../../tpm/index.ts'
+import { failure, PASS, type Verdict } from '../verdict.ts'
 import { QuoteFormatError } from './errors.ts'
 import { HASH_ALG_IDS, hashAlgName, isQuoteHashAlg, type QuoteHashAlg } from './hash-alg.ts'
 import { type PcrBlob, parsePcrBlob, pcrBank } from './pcr-blob.ts'
@@ -39,10 +40,33 @@ export interface VerifyQuoteInput {
   hashAlg: string
 }
 
+/**
+ * TPMS_CLOCK_INFO in the JSON shape upstream stores per agent (`tpm_clockinfo`): clock as a number of ms (exact
+ * below 2^53, i.e. for 285,000 years of TPM uptime), safe as 0/1.
+ */
+export interface TpmClockInfo {
+  clock: number
+  resetCount: number
+  restartCount: number
+  safe: number
+}
+
+export function clockInfoOf(attest: { clockInfo: TpmsClockInfo }): TpmClockInfo {
+  const c = attest.clockInfo
+  return {
+    clock: Number(c.clock),
+    resetCount: c.resetCount,
+    restartCount: c.restartCount,
+    safe: c.safe ? 1 : 0,
+  }
+}
+
 export interface VerifyQuoteResult {
   verdict: Verdict
-  /** The decoded attestation, when the quote decoded. */
-  attest?: QuoteAttest
+  /** The decoded attestation (team TPM's TpmsAttest), when the quote decoded. */
+  attest?: TpmsAttest
+  /** Its clock info in the stored JSON shape, for checkClock. */
+  clockInfo?: TpmClockInfo
   /** PCR values of the signature's hash bank (index -> value), when the quote verified. */
   pcrs?: Map<number, Uint8Array>
   /** All banks of the PCR blob, when the quote verified. */
@@ -92,10 +116,12 @@ function nodeHash(alg: QuoteHashAlg): string | undefined {
 export function akKeyObject(akPublic: KeyObject | Uint8Array): KeyObject {
   if (akPublic instanceof Uint8Array) {
     const area = readTpm2bPublic(akPublic)
-    if (area.type === 'rsa' && area.scheme.scheme !== TPM_ALG.NULL && area.scheme.scheme !== TPM_ALG.RSASSA) {
+    const p = area.parameters
+    const scheme = p.kind === 'rsa' || p.kind === 'ecc' ? p.scheme.scheme : TpmAlg.Null
+    if (p.kind === 'rsa' && scheme !== TpmAlg.Null && scheme !== TpmAlg.RsaSsa) {
       throw new QuoteFormatError('RSA AK is not an RSASSA key')
     }
-    if (area.type === 'ecc' && area.scheme.scheme !== TPM_ALG.NULL && area.scheme.scheme !== TPM_ALG.ECDSA) {
+    if (p.kind === 'ecc' && scheme !== TpmAlg.Null && scheme !== TpmAlg.Ecdsa) {
       throw new QuoteFormatError('ECC AK is not an ECDSA key')
     }
     return publicAreaToKeyObject(area)
@@ -129,19 +155,20 @@ function checkSignature(
   hash: string,
   expected: QuoteHashAlg,
 ): string | null {
-  const sig = decodeQuoteSignature(parts.signature)
+  const sig = decodeTpmtSignature(parts.signature)
   const info = akInfo(ak)
-  if (info.kind === 'rsa' && sig.sigAlg !== SIG_ALG.RSASSA)
+  if (info.kind === 'rsa' && sig.sigAlg !== TpmAlg.RsaSsa)
     return 'RSA attestation key only accepts RSASSA quotes'
-  if (info.kind === 'ec' && sig.sigAlg !== SIG_ALG.ECDSA)
+  if (info.kind === 'ec' && sig.sigAlg !== TpmAlg.Ecdsa)
     return 'ECC attestation key only accepts ECDSA quotes'
-  if (sig.hashAlg !== HASH_ALG_IDS[expected]) {
-    return `quote signed with hash ${hashAlgName(sig.hashAlg) ?? `0x${sig.hashAlg.toString(16)}`}, expected ${expected}`
+  if (!('hash' in sig) || sig.hash !== HASH_ALG_IDS[expected]) {
+    const got = 'hash' in sig ? (hashAlgName(sig.hash) ?? `0x${sig.hash.toString(16)}`) : 'none'
+    return `quote signed with hash ${got}, expected ${expected}`
   }
   let ok: boolean
-  if (sig.kind === 'rsa') {
-    ok = verify(hash, parts.attest, { key: ak, padding: constants.RSA_PKCS1_PADDING }, sig.signature)
-  } else {
+  if ('sig' in sig) {
+    ok = verify(hash, parts.attest, { key: ak, padding: constants.RSA_PKCS1_PADDING }, sig.sig)
+  } else if ('r' in sig) {
     const size = info.coordinateSize
     const r = stripLeadingZeros(sig.r)
     const s = stripLeadingZeros(sig.s)
@@ -150,6 +177,8 @@ function checkSignature(
     raw.set(r, size - r.length)
     raw.set(s, 2 * size - s.length)
     ok = verify(hash, parts.attest, { key: ak, dsaEncoding: 'ieee-p1363' }, raw)
+  } else {
+    return 'unsupported signature structure'
   }
   return ok ? null : 'quote signature does not verify with the attestation key'
 }
@@ -165,18 +194,24 @@ export function verifyQuote(input: VerifyQuoteInput): VerifyQuoteResult {
   if (!isQuoteHashAlg(hashAlg)) return { verdict: fail(`unsupported hash algorithm ${String(hashAlg)}`) }
   const hash = nodeHash(hashAlg)
   if (hash === undefined) return { verdict: fail(`hash algorithm ${hashAlg} is not available`) }
-  let attest: QuoteAttest | undefined
+  let attest: TpmsAttest | undefined
   try {
     const ak = akKeyObject(input.akPublic)
     const parts = typeof input.quote === 'string' ? parseQuoteString(input.quote) : input.quote
     const sigProblem = checkSignature(ak, parts, hash, hashAlg)
     if (sigProblem !== null) return { verdict: fail(sigProblem) }
-    attest = decodeQuoteAttest(parts.attest)
-    if (attest.type !== TPM_ST_ATTEST_QUOTE || attest.quoted === undefined) {
-      return { verdict: fail(`attestation type 0x${attest.type.toString(16)} is not a quote`), attest }
+    attest = decodeTpmsAttest(parts.attest)
+    const clockInfo = clockInfoOf(attest)
+    if (attest.type !== TpmSt.AttestQuote || attest.attested.kind !== 'quote') {
+      return {
+        verdict: fail(`attestation type 0x${attest.type.toString(16)} is not a quote`),
+        attest,
+        clockInfo,
+      }
     }
+    const quoted = attest.attested
     if (!nonceMatches(attest.extraData, input.nonce, input.acceptBase64Nonce === true)) {
-      return { verdict: fail('quote nonce (extraData) does not match the expected nonce'), attest }
+      return { verdict: fail('quote nonce (extraData) does not match the expected nonce'), attest, clockInfo }
     }
     const pcrBlob = parsePcrBlob(parts.pcrBlob)
     const pcrs = pcrBank(pcrBlob, hashAlg) ?? new Map<number, Uint8Array>()
@@ -184,12 +219,12 @@ export function verifyQuote(input: VerifyQuoteInput): VerifyQuoteResult {
     // exactly the signature bank's values (spec A.2 step 5).
     const h = createHash(hash)
     for (const value of pcrBlob.ordered ?? []) h.update(value)
-    if (!equalBytes(h.digest(), attest.quoted.pcrDigest)) {
-      return { verdict: fail('PCR values do not match the quoted PCR digest'), attest }
+    if (!equalBytes(h.digest(), quoted.pcrDigest)) {
+      return { verdict: fail('PCR values do not match the quoted PCR digest'), attest, clockInfo }
     }
-    return { verdict: PASS, attest, pcrs, pcrBlob }
+    return { verdict: PASS, attest, clockInfo, pcrs, pcrBlob }
   } catch (e) {
-    if (e instanceof KeylimeError || isCryptoError(e)) {
+    if (e instanceof KeylimeError || e instanceof TpmFormatError || isCryptoError(e)) {
       return { verdict: fail(`malformed quote: ${e.message}`), ...(attest === undefined ? {} : { attest }) }
     }
     throw e
