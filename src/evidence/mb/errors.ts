@@ -30,3 +30,10 @@ export class MbPolicyError extends KeylimeError {
     this.field = field
   }
 }
+
+/** A reference state cannot be generated from this log (e.g. Secure Boot off without `allowSecureBootOff`). */
+export class ReferenceStateError extends KeylimeError {
+  constructor(message: string) {
+    super('ERR_MB_REFSTATE', message, { statusCode: 400 })
+  }
+}

@@ -138,8 +138,8 @@ export function decodeImageLoad(data: Uint8Array): ImageLoadEvent | null {
 /** An ASCII/UTF-8 event string without trailing NULs (EV_IPL, EV_EFI_ACTION, EV_POST_CODE strings). */
 export function eventString(data: Uint8Array): string {
   // systemd-boot measures UTF-16LE strings (kernel command line in PCR 12)
-  if (data.length >= 4 && data.length % 2 === 0 && data[1] === 0 && data[3] === 0 && data[0] !== 0) {
-    const s = buf(data).toString('utf16le')
+  if (data.length >= 4 && data[1] === 0 && data[3] === 0 && data[0] !== 0) {
+    const s = buf(data).toString('utf16le', 0, data.length - (data.length % 2))
     const nul = s.indexOf('\0')
     return nul >= 0 ? s.slice(0, nul) : s
   }
