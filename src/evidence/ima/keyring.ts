@@ -1,0 +1,144 @@
+/**
+ * IMA verification keyrings: public keys indexed by their 32-bit IMA key id (signature v2 `keyid`), from the policy's
+ * `verification-keys` JSON or learned from keys IMA measured onto kernel keyrings.
+ */
+import { createHash, createPublicKey, type KeyObject, X509Certificate } from 'node:crypto'
+
+/** Keyring JSON of upstream (`verification-keys`, learned keyrings): `keyids[i]` belongs to `pubkeys[i]`. */
+export interface KeyringJson {
+  meta?: { version?: number }
+  keyids: number[]
+  pubkeys: string[]
+}
+
+/** IMA keyidv2 of a public key: low 32 bits of SHA-1 over PKCS#1 RSAPublicKey (RSA) or the uncompressed EC point. */
+export function computeKeyId(key: KeyObject): number {
+  let material: Buffer
+  if (key.asymmetricKeyType === 'rsa') {
+    material = key.export({ type: 'pkcs1', format: 'der' })
+  } else if (key.asymmetricKeyType === 'ec') {
+    material = ecPoint(key)
+  } else {
+    throw new Error(`unsupported key type ${key.asymmetricKeyType}`)
+  }
+  return createHash('sha1').update(material).digest().readUInt32BE(16)
+}
+
+/** Uncompressed EC point: the BIT STRING contents at the end of the SubjectPublicKeyInfo. */
+function ecPoint(key: KeyObject): Buffer {
+  const spki = key.export({ type: 'spki', format: 'der' })
+  const jwk = key.export({ format: 'jwk' })
+  if (typeof jwk.x === 'string' && typeof jwk.y === 'string') {
+    return Buffer.concat([Buffer.from([4]), Buffer.from(jwk.x, 'base64url'), Buffer.from(jwk.y, 'base64url')])
+  }
+  // Curves without a JWK name: the point is the tail of the SPKI (BIT STRING with 0 unused bits).
+  const bitString = spki.lastIndexOf(0x04, spki.length - 1)
+  return spki.subarray(bitString)
+}
+
+/** Subject Key Identifier of a DER certificate, found by walking its extensions; null when absent. */
+export function subjectKeyIdentifier(der: Uint8Array): Buffer | null {
+  const oid = Buffer.from([0x06, 0x03, 0x55, 0x1d, 0x0e])
+  const buf = Buffer.from(der.buffer, der.byteOffset, der.byteLength)
+  const at = buf.indexOf(oid)
+  if (at < 0) return null
+  let p = at + oid.length
+  if (buf[p] === 0x01) p += 3 // critical BOOLEAN
+  if (buf[p] !== 0x04) return null
+  const outerLen = buf[p + 1] ?? 0
+  if (outerLen >= 0x80) return null
+  p += 2
+  if (buf[p] !== 0x04) return null
+  const len = buf[p + 1] ?? 0
+  if (len >= 0x80 || p + 2 + len > buf.length) return null
+  return Buffer.from(buf.subarray(p + 2, p + 2 + len))
+}
+
+export type ParsedKey =
+  | { kind: 'key'; key: KeyObject; keyId: number }
+  | { kind: 'unsupported'; reason: string }
+
+/**
+ * Reads a buffer IMA measured onto a keyring: X.509 certificate (DER/PEM) or public key (DER SPKI/PEM).
+ * null: not a key at all; `unsupported`: a key of a type IMA signatures cannot use.
+ */
+export function parseKeyBuffer(buf: Uint8Array): ParsedKey | null {
+  const bytes = Buffer.from(buf.buffer, buf.byteOffset, buf.byteLength)
+  if (bytes.length < 16 || (bytes[0] !== 0x30 && bytes[0] !== 0x2d)) return null
+  let key: KeyObject | null = null
+  let keyIdFromCert: number | null = null
+  try {
+    const cert = new X509Certificate(bytes)
+    key = cert.publicKey
+    if (bytes[0] === 0x30) {
+      const ski = subjectKeyIdentifier(bytes)
+      if (ski && ski.length >= 4) keyIdFromCert = ski.readUInt32BE(ski.length - 4)
+    }
+  } catch {
+    try {
+      key = createPublicKey(
+        bytes[0] === 0x30 ? { key: bytes, format: 'der', type: 'spki' } : bytes.toString('utf8'),
+      )
+    } catch {
+      return null
+    }
+  }
+  if (key.asymmetricKeyType !== 'rsa' && key.asymmetricKeyType !== 'ec') {
+    return { kind: 'unsupported', reason: `key type ${key.asymmetricKeyType}` }
+  }
+  return { kind: 'key', key, keyId: keyIdFromCert ?? computeKeyId(key) }
+}
+
+export class ImaKeyring {
+  readonly #byId = new Map<number, KeyObject[]>()
+  readonly #entries: { keyId: number; spki: string }[] = []
+
+  get size(): number {
+    return this.#entries.length
+  }
+
+  /** Adds a key (idempotent per key id + key bytes). */
+  add(key: KeyObject, keyId = computeKeyId(key)): void {
+    const spki = key.export({ type: 'spki', format: 'der' }).toString('base64')
+    if (this.#entries.some((e) => e.keyId === keyId && e.spki === spki)) return
+    this.#entries.push({ keyId, spki })
+    const list = this.#byId.get(keyId)
+    if (list) list.push(key)
+    else this.#byId.set(keyId, [key])
+  }
+
+  find(keyId: number): readonly KeyObject[] {
+    return this.#byId.get(keyId) ?? []
+  }
+
+  toJSON(): KeyringJson {
+    return { keyids: this.#entries.map((e) => e.keyId), pubkeys: this.#entries.map((e) => e.spki) }
+  }
+
+  /** Builds a keyring from upstream keyring JSON; throws `Error` naming the bad element. */
+  static fromJSON(json: KeyringJson): ImaKeyring {
+    const ring = new ImaKeyring()
+    json.pubkeys.forEach((b64, i) => {
+      let key: KeyObject
+      try {
+        key = createPublicKey({ key: Buffer.from(b64, 'base64'), format: 'der', type: 'spki' })
+      } catch (err) {
+        throw new Error(`pubkeys[${i}] is not a base64 DER SubjectPublicKeyInfo`, { cause: err })
+      }
+      const id = json.keyids[i]
+      ring.add(key, typeof id === 'number' ? id >>> 0 : computeKeyId(key))
+    })
+    return ring
+  }
+
+  /** Keyring from PEM public keys or certificates (tenant-side `--sign_verification_key` files). */
+  static fromPem(pems: readonly string[]): ImaKeyring {
+    const ring = new ImaKeyring()
+    for (const pem of pems) {
+      const parsed = parseKeyBuffer(Buffer.from(pem, 'utf8'))
+      if (parsed === null || parsed.kind !== 'key') throw new Error('not an RSA/EC public key or certificate')
+      ring.add(parsed.key, parsed.keyId)
+    }
+    return ring
+  }
+}

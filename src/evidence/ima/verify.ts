@@ -1,0 +1,327 @@
+/**
+ * Incremental verification of an IMA measurement list against the quoted PCR 10 and a compiled runtime policy
+ * (spec ima-and-runtime-policy §6-§7, protocols §G). Pure: the verifier passes the stored state in and persists the
+ * returned one; no I/O, no clock.
+ */
+import { type FailureEvent, failure, PASS, type Verdict } from '../verdict.ts'
+import { type ImaEntry, parseImaLine, splitImaLines } from './entry.ts'
+import { ImaParseError } from './errors.ts'
+import { BANK_SIZE, digestWith, isPcrBank, type PcrBank } from './hash-algs.ts'
+import { ImaKeyring, type KeyringJson, parseKeyBuffer } from './keyring.ts'
+import { allowedDigests, type CompiledRuntimePolicy, type DigestIndex, lookupDigest } from './policy.ts'
+import { verifyImaSignature } from './signature.ts'
+
+/** Per-agent replay state; plain JSON, persisted by the verifier between quotes (and across verifier restarts). */
+export interface ImaReplayState {
+  version: 1
+  /** Entry number to request next (`ima_ml_entry`). */
+  nextEntry: number
+  /** PCR 10 (hex) after entry `nextEntry - 1`, per bank that has been replayed. */
+  pcr10: Partial<Record<PcrBank, string>>
+  /** Keys learned from ima-buf key measurements, per kernel keyring name. */
+  learnedKeyrings: Record<string, KeyringJson>
+  /** Where the quote matched last time and how long that list was (quote-progress check). */
+  progress: { matchLine: number; logLength: number } | null
+}
+
+export function initialImaReplayState(): ImaReplayState {
+  return { version: 1, nextEntry: 0, pcr10: {}, learnedKeyrings: {}, progress: null }
+}
+
+export interface VerifyImaIncrementInput {
+  /** ASCII list text starting at entry `firstEntry`. */
+  listText: string
+  /** Entry number the agent says the text starts at (`ima_measurement_list_entry`). */
+  firstEntry: number
+  state: ImaReplayState | null
+  /** PCR 10 from the verified quote; `value: null` (or no object) replays and checks without anchoring. */
+  quotedPcr10: { hashAlg: PcrBank; value: string | Uint8Array | null } | null
+  /** null: no runtime policy (only template hashes and signatures are checked, as upstream with `None`). */
+  policy: CompiledRuntimePolicy | null
+  /** Boot aggregates from the measured-boot log, `{bank: [hex…]}`, accepted for the `boot_aggregate` entry. */
+  bootAggregates?: Partial<Record<string, readonly string[]>>
+  /** Per-agent verification keys (deprecated `ima_sign_verification_keys`); replaces the policy's keys. */
+  verificationKeys?: ImaKeyring
+  /**
+   * true: violations (ToMToU/open-writers) are accepted silently. false: each one is an `ima.validation.tomtou`
+   * failure. Upstream inverts its own option; this follows the option's name. Default true (= upstream's shipped
+   * behaviour of no event).
+   */
+  ignoreTomtouErrors?: boolean
+}
+
+export interface VerifyImaIncrementResult {
+  verdict: Verdict
+  state: ImaReplayState
+  /** Lines into `listText` at which the running value matched the quote (0 = before any line), or null. */
+  matchedAt: number | null
+  /** Running PCR 10 (hex) after the last line. */
+  running: string
+  /** Lines processed (parse failures included). */
+  lines: number
+}
+
+function toHex(v: string | Uint8Array): string {
+  return typeof v === 'string' ? v.toLowerCase().replace(/^0x/, '') : Buffer.from(v).toString('hex')
+}
+
+function resetResult(events: FailureEvent[], running: string, lines: number): VerifyImaIncrementResult {
+  return { verdict: { ok: false, events }, state: initialImaReplayState(), matchedAt: null, running, lines }
+}
+
+/** Checks one entry against the policy (no I/O); pushes failures to `events`. */
+class EntryValidator {
+  readonly #policy: CompiledRuntimePolicy | null
+  readonly #keyrings: ImaKeyring[]
+  readonly #learned: Map<string, ImaKeyring>
+  readonly #bootAggregates: ReadonlySet<string>
+  readonly #events: FailureEvent[]
+  readonly #logHashAlg: PcrBank
+  readonly #ignoreTomtou: boolean
+
+  constructor(input: VerifyImaIncrementInput, learned: Map<string, ImaKeyring>, events: FailureEvent[]) {
+    this.#policy = input.policy
+    this.#learned = learned
+    this.#events = events
+    this.#logHashAlg = input.policy?.logHashAlg ?? 'sha1'
+    this.#ignoreTomtou = input.ignoreTomtouErrors ?? true
+    const tenantKeys = input.verificationKeys ?? input.policy?.verificationKeys ?? new ImaKeyring()
+    this.#keyrings = [tenantKeys, ...learned.values()]
+    const aggregates = new Set<string>()
+    for (const list of Object.values(input.bootAggregates ?? {}))
+      for (const d of list ?? []) aggregates.add(d.toLowerCase())
+    this.#bootAggregates = aggregates
+  }
+
+  /** `measurement` is the entry's per-bank digest already computed for replay (reused when banks agree). */
+  validate(entry: ImaEntry, bank: PcrBank, measurement: Buffer): void {
+    if (entry.pcr !== 10) {
+      this.#events.push(
+        failure('ima.validation.ima_pcr', {
+          message: 'IMA entry is not for the IMA PCR',
+          expected: '10',
+          got: String(entry.pcr),
+        }),
+      )
+      return
+    }
+    if (entry.violation) {
+      if (!this.#ignoreTomtou) {
+        this.#events.push(
+          failure('ima.validation.tomtou', `ToMToU / open-writers violation for ${entry.name}`),
+        )
+      }
+      return
+    }
+    const expected =
+      this.#logHashAlg === bank ? measurement : digestWith(this.#logHashAlg, entry.templateData)
+    if (!expected.equals(entry.templateHash)) {
+      this.#events.push(
+        failure('ima.validation.ima_hash', {
+          message: 'IMA template hash does not match the calculated hash.',
+          expected: entry.templateHash.toString('hex'),
+          got: expected.toString('hex'),
+        }),
+      )
+      return
+    }
+    switch (entry.templateName) {
+      case 'ima':
+      case 'ima-ng':
+      case 'ima-modsig':
+        if (this.#policy !== null) this.#checkFile(entry, this.#policy)
+        return
+      case 'ima-sig':
+        this.#checkSigned(entry)
+        return
+      case 'ima-buf':
+        this.#checkBuffer(entry)
+        return
+    }
+  }
+
+  #checkFile(entry: ImaEntry, policy: CompiledRuntimePolicy): void {
+    if (policy.excludes?.test(entry.name)) return
+    if (entry.name === 'boot_aggregate' && this.#bootAggregates.has(entry.digestHex)) return
+    this.#checkDigest(policy.digests, entry.name, entry.digestHex, entry.name === 'boot_aggregate')
+  }
+
+  #checkDigest(index: DigestIndex, name: string, hex: string, bootAggregate = false): boolean {
+    const found = lookupDigest(index, name, hex)
+    if (found === 'ok') return true
+    if (found === 'missing' && !(bootAggregate && this.#bootAggregates.size > 0)) {
+      this.#events.push(
+        failure('ima.validation.ima-ng.not_in_allowlist', `File not found in allowlist: ${name}`),
+      )
+    } else {
+      this.#events.push(
+        failure('ima.validation.ima-ng.runtime_policy_hash', {
+          message: 'Hash not found in runtime policy',
+          got: hex,
+          expected: [...allowedDigests(index, name), ...(bootAggregate ? this.#bootAggregates : [])],
+        }),
+      )
+    }
+    return false
+  }
+
+  #checkSigned(entry: ImaEntry): void {
+    const policy = this.#policy
+    if (entry.signature !== null) {
+      if (policy?.excludes?.test(entry.name)) return
+      if (verifyImaSignature(entry.signature, entry.digestAlg, entry.digest, this.#keyrings)) return
+    }
+    if (policy !== null) {
+      this.#checkFile(entry, policy)
+      return
+    }
+    this.#events.push(
+      failure(
+        'ima.validator.ima-sig.invalid_signature',
+        `signature for file ${entry.name} could not be validated`,
+      ),
+    )
+  }
+
+  #checkBuffer(entry: ImaEntry): void {
+    const policy = this.#policy
+    if (policy === null || entry.buffer === null) return
+    const key = parseKeyBuffer(entry.buffer)
+    if (key?.kind === 'unsupported') {
+      this.#events.push(
+        failure('ima.invalid_key', `unsupported key measured on ${entry.name}: ${key.reason}`),
+      )
+      return
+    }
+    if (key) {
+      if (policy.ignoreAllKeyrings || policy.ignoredKeyrings.has(entry.name)) return
+      if (!this.#checkDigest(policy.keyrings, entry.name, entry.digestHex)) return
+      let ring = this.#learned.get(entry.name)
+      if (ring === undefined) {
+        ring = new ImaKeyring()
+        this.#learned.set(entry.name, ring)
+        this.#keyrings.push(ring)
+      }
+      ring.add(key.key, key.keyId)
+      return
+    }
+    if (policy.excludes?.test(entry.name)) return
+    this.#checkDigest(policy.imaBuf, entry.name, entry.digestHex)
+  }
+}
+
+const FF: Record<PcrBank, Buffer> = {
+  sha1: Buffer.alloc(20, 0xff),
+  sha256: Buffer.alloc(32, 0xff),
+  sha384: Buffer.alloc(48, 0xff),
+  sha512: Buffer.alloc(64, 0xff),
+  sm3_256: Buffer.alloc(32, 0xff),
+}
+
+/**
+ * Replays `listText` on top of the stored state, checks every entry, and finds where the running PCR 10 equals the
+ * quote. Any failure returns the reset state (next request from entry 0, learned keys dropped).
+ */
+export function verifyImaIncrement(input: VerifyImaIncrementInput): VerifyImaIncrementResult {
+  const bank = input.quotedPcr10?.hashAlg ?? 'sha1'
+  if (!isPcrBank(bank)) throw new ImaParseError(`unsupported PCR bank ${String(bank)}`)
+  const targetHex = input.quotedPcr10?.value == null ? null : toHex(input.quotedPcr10.value)
+  const target = targetHex === null ? null : Buffer.from(targetHex, 'hex')
+  if (target !== null && target.length !== BANK_SIZE[bank]) {
+    throw new ImaParseError(`quoted PCR 10 is not a ${bank} value`)
+  }
+  const state = input.state
+  const continuing = input.firstEntry !== 0
+  let running: Buffer = Buffer.alloc(BANK_SIZE[bank])
+  const learned = new Map<string, ImaKeyring>()
+  if (continuing) {
+    const expected = state?.nextEntry ?? 0
+    const stored = state?.pcr10[bank]
+    if (state === null || input.firstEntry !== expected || stored === undefined) {
+      return resetResult(
+        [
+          failure(
+            'qoute_validation.invalid_ima_entry_nb',
+            {
+              message:
+                stored === undefined && state !== null && input.firstEntry === expected
+                  ? `No PCR 10 ${bank} value stored to continue from entry ${expected}`
+                  : 'IMA measurement list entry number is not the requested one',
+              got: input.firstEntry,
+              expected,
+            },
+            false,
+          ),
+        ],
+        running.toString('hex'),
+        0,
+      )
+    }
+    running = Buffer.from(stored, 'hex')
+    for (const [name, json] of Object.entries(state.learnedKeyrings))
+      learned.set(name, ImaKeyring.fromJSON(json))
+  }
+
+  const events: FailureEvent[] = []
+  const validator = new EntryValidator(input, learned, events)
+  const lines = splitImaLines(input.listText)
+  let matchedAt: number | null = target !== null && running.equals(target) ? 0 : null
+  let matchedRunning: Buffer | null = matchedAt === 0 ? running : null
+  const joined = Buffer.allocUnsafe(BANK_SIZE[bank] * 2)
+  const size = BANK_SIZE[bank]
+  for (let i = 0; i < lines.length; i++) {
+    const text = lines[i] as string
+    if (text === '') continue
+    let entry: ImaEntry
+    try {
+      entry = parseImaLine(text, i + 1)
+    } catch (err) {
+      if (!(err instanceof ImaParseError)) throw err
+      events.push(failure('ima.parser.entry', `Line was not parsable into a valid IMA entry: ${text}`))
+      continue
+    }
+    const measurement = entry.violation ? FF[bank] : digestWith(bank, entry.templateData)
+    running.copy(joined, 0)
+    measurement.copy(joined, size)
+    running = digestWith(bank, joined)
+    validator.validate(entry, bank, measurement)
+    if (matchedAt === null && target !== null && running.equals(target)) {
+      matchedAt = i + 1
+      matchedRunning = running
+    }
+  }
+
+  const runningHex = running.toString('hex')
+  if (target !== null && matchedAt === null) {
+    events.push(failure('ima.pcr_mismatch', `IMA measurement list does not match TPM PCR ${targetHex}`))
+  }
+  const previous = continuing ? (state?.progress ?? null) : null
+  if (matchedAt !== null && previous !== null) {
+    const lag = previous.logLength - previous.matchLine
+    if (lag > 0 && matchedAt !== lines.length && matchedAt < lag) {
+      events.push(
+        failure(
+          'ima.quote_progress',
+          `Quote matched IMA list at line ${matchedAt}, before the previous lag of ${lag} lines was caught up`,
+        ),
+      )
+    }
+  }
+  if (events.length > 0) return resetResult(events, runningHex, lines.length)
+
+  const learnedJson: Record<string, KeyringJson> = {}
+  for (const [name, ring] of learned) learnedJson[name] = ring.toJSON()
+  let next: ImaReplayState
+  if (matchedAt !== null && matchedRunning !== null) {
+    next = {
+      version: 1,
+      nextEntry: input.firstEntry + matchedAt,
+      pcr10: { [bank]: matchedRunning.toString('hex') },
+      learnedKeyrings: learnedJson,
+      progress: { matchLine: matchedAt, logLength: lines.length },
+    }
+  } else {
+    next = continuing && state !== null ? state : initialImaReplayState()
+  }
+  return { verdict: PASS, state: next, matchedAt, running: runningHex, lines: lines.length }
+}
