@@ -1,0 +1,32 @@
+import { defineCommand } from '../command.ts'
+import { TpmCc } from '../constants.ts'
+import { TpmsNvPublic } from '../types/misc.ts'
+
+/** TPM2_NV_ReadPublic (Part 3, 31.6). */
+export const NvReadPublic = defineCommand<
+  { nvIndex: number },
+  { nvPublic: TpmsNvPublic; nvName: Uint8Array }
+>({
+  name: 'TPM2_NV_ReadPublic',
+  code: TpmCc.NvReadPublic,
+  spec: 'Part 3, 31.6',
+  handles: ['nvIndex'],
+  decodeResponse: (r) => ({
+    nvPublic: r.sized('nvPublic', (i) => TpmsNvPublic.decode(i)).value,
+    nvName: r.tpm2b('nvName').slice(),
+  }),
+})
+
+/** TPM2_NV_Read (Part 3, 31.13): `size` must not exceed TPM_PT_NV_BUFFER_MAX. */
+export const NvRead = defineCommand<
+  { authHandle: number; nvIndex: number; size: number; offset: number },
+  { data: Uint8Array }
+>({
+  name: 'TPM2_NV_Read',
+  code: TpmCc.NvRead,
+  spec: 'Part 3, 31.13',
+  handles: ['authHandle', 'nvIndex'],
+  authHandles: 1,
+  encodeParams: (w, p) => w.u16(p.size).u16(p.offset),
+  decodeResponse: (r) => ({ data: r.tpm2b('data').slice() }),
+})
