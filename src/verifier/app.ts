@@ -19,12 +19,12 @@ import {
   type VerifierAgentRow,
 } from '../db/verifier-repository.ts'
 import {
-  akPublicToKeyObject,
-  checkPcrs,
+  akKeyObject,
+  checkPcrPolicy,
   isQuoteHashAlg,
-  parseTpmPolicyText,
-  verifyQuoteSignature,
-} from '../evidence/attestation.ts'
+  parseTpmPolicy,
+  verifyQuote,
+} from '../evidence/quote/index.ts'
 import type { VerifierService } from './verifier-service.ts'
 
 export type Identity = 'admin' | 'anonymous'
@@ -424,9 +424,15 @@ export async function buildVerifierApp(opts: VerifierAppOptions): Promise<Fastif
         const hashAlg = q.hash_alg as string
         if (!isQuoteHashAlg(hashAlg))
           return ok(reply, { valid: 0, reason: `unsupported hash_alg ${hashAlg}` })
-        const ak = akPublicToKeyObject(Buffer.from(row.ak_tpm, 'base64'))
-        const r = verifyQuoteSignature(ak, q.quote as string, q.nonce as string, hashAlg)
-        return ok(reply, r.ok ? { valid: 1 } : { valid: 0, reason: r.reason })
+        const r = verifyQuote({
+          akPublic: akKeyObject(new Uint8Array(Buffer.from(row.ak_tpm, 'base64'))),
+          quote: q.quote as string,
+          nonce: q.nonce as string,
+          hashAlg,
+        })
+        if (r.verdict.ok) return ok(reply, { valid: 1 })
+        const reason = r.verdict.events.map((e) => String(e.context.message ?? e.eventId)).join('; ')
+        return ok(reply, { valid: 0, reason })
       },
     )
 
@@ -454,24 +460,23 @@ export async function buildVerifierApp(opts: VerifierAppOptions): Promise<Fastif
       if (data.mb_policy !== undefined) refuseMbPolicy(String(data.mb_policy))
       const hashAlg = String(data.hash_alg)
       if (!isQuoteHashAlg(hashAlg)) throw new ApiError(400, `unsupported hash_alg ${hashAlg}`)
-      let ak: ReturnType<typeof akPublicToKeyObject>
+      let ak: ReturnType<typeof akKeyObject>
       try {
-        ak = akPublicToKeyObject(b64decode('tpm_ak', String(data.tpm_ak)))
+        ak = akKeyObject(new Uint8Array(b64decode('tpm_ak', String(data.tpm_ak))))
       } catch (err) {
         throw new ApiError(400, `tpm_ak: ${(err as Error).message}`)
       }
-      const q = verifyQuoteSignature(ak, String(data.quote), String(data.nonce), hashAlg)
-      if (!q.ok)
+      const q = verifyQuote({ akPublic: ak, quote: String(data.quote), nonce: String(data.nonce), hashAlg })
+      if (!q.verdict.ok || !q.pcrs)
         return ok(reply, {
           valid: false,
           claims: {},
-          failures: [{ type: 'qoute_validation.quote_validation', context: { message: q.reason } }],
+          failures: q.verdict.ok
+            ? []
+            : q.verdict.events.map((e) => ({ type: e.eventId, context: e.context })),
         })
-      const policy =
-        typeof data.tpm_policy === 'string'
-          ? parseTpmPolicyText(data.tpm_policy)
-          : { pcrs: new Map(), mask: '0x0' }
-      const v = checkPcrs(q.pcrs, { tpmPolicy: policy }, hashAlg)
+      const policy = typeof data.tpm_policy === 'string' ? parseTpmPolicy(data.tpm_policy) : null
+      const v = checkPcrPolicy({ pcrs: q.pcrs, tpmPolicy: policy, hashAlg })
       const claims = {
         pcrs: Object.fromEntries(
           [...q.pcrs].map(([k, val]) => [String(k), Buffer.from(val).toString('hex')]),
@@ -486,7 +491,7 @@ export async function buildVerifierApp(opts: VerifierAppOptions): Promise<Fastif
   }
 
   async function enrollmentRow(id: string, b: EnrollBody): Promise<NewVerifierAgent> {
-    parseTpmPolicyText(b.tpm_policy)
+    parseTpmPolicy(b.tpm_policy)
     let v: string | null = null
     if (b.v !== undefined && b.v !== null && b.v !== '') {
       const raw = b64decode('v', b.v)
@@ -494,7 +499,7 @@ export async function buildVerifierApp(opts: VerifierAppOptions): Promise<Fastif
       v = b.v
     }
     try {
-      akPublicToKeyObject(b64decode('ak_tpm', b.ak_tpm))
+      akKeyObject(new Uint8Array(b64decode('ak_tpm', b.ak_tpm)))
     } catch (err) {
       throw new ApiError(400, `ak_tpm is not a usable TPM2B_PUBLIC: ${(err as Error).message}`)
     }

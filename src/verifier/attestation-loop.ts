@@ -17,12 +17,11 @@ import {
 } from '../db/verifier-repository.ts'
 import {
   type AttestationExtensions,
-  akPublicToKeyObject,
   evaluateAttestation,
-  parseTpmPolicyText,
   type TpmClockInfo,
   type TpmPolicy,
 } from '../evidence/attestation.ts'
+import { akKeyObject, parseTpmPolicy } from '../evidence/quote/index.ts'
 import { type FailureEvent, failure, severityOf } from '../evidence/verdict.ts'
 import type { AgentConnections } from './agent-connections.ts'
 import { DueQueue } from './due-queue.ts'
@@ -153,12 +152,12 @@ export class AttestationLoop {
     }
     let akPublic = this.akCache.get(row.ak_tpm)
     if (!akPublic) {
-      akPublic = akPublicToKeyObject(Buffer.from(row.ak_tpm, 'base64'))
+      akPublic = akKeyObject(new Uint8Array(Buffer.from(row.ak_tpm, 'base64')))
       this.akCache.set(row.ak_tpm, akPublic)
     }
     let tpmPolicy = this.policyCache.get(row.tpm_policy)
     if (!tpmPolicy) {
-      tpmPolicy = parseTpmPolicyText(row.tpm_policy)
+      tpmPolicy = parseTpmPolicy(row.tpm_policy)
       this.policyCache.set(row.tpm_policy, tpmPolicy)
     }
     const a: AgentRuntime = {

@@ -3,9 +3,11 @@
  * `revocation_key` (RSA-PSS, SHA-256, max salt) and delivered in the background: a bounded queue with a few workers,
  * retries with the verifier's backoff, never blocking the attestation loop.
  */
-import { constants, createPrivateKey, sign } from 'node:crypto'
 import { request } from 'undici'
 import type { Logger } from '../common/log.ts'
+import { asctime, type RevocationMessage, type RevocationWire, signRevocation } from '../crypto/revocation.ts'
+
+export type { RevocationWire }
 
 export interface RevocationSubject {
   agentId: string
@@ -16,29 +18,13 @@ export interface RevocationSubject {
   revocationKey: string | null
 }
 
-export interface RevocationWire {
-  msg: string
-  signature: string
-}
-
-const DAYS = ['Sun', 'Mon', 'Tue', 'Wed', 'Thu', 'Fri', 'Sat']
-const MONTHS = ['Jan', 'Feb', 'Mar', 'Apr', 'May', 'Jun', 'Jul', 'Aug', 'Sep', 'Oct', 'Nov', 'Dec']
-
-/** Python's `time.asctime()` shape: `Tue Nov 26 15:09:00 2025` (day padded with a space). */
-export function asctime(d: Date): string {
-  const p = (n: number) => String(n).padStart(2, '0')
-  return `${DAYS[d.getDay()]} ${MONTHS[d.getMonth()]} ${String(d.getDate()).padStart(2, ' ')} ${p(d.getHours())}:${p(
-    d.getMinutes(),
-  )}:${p(d.getSeconds())} ${d.getFullYear()}`
-}
-
 export function buildRevocationMessage(
   subject: RevocationSubject,
   type: 'revocation' | 'comm_error',
   now: Date,
   event?: { eventId: string; severityLabel: string; context: unknown },
-): Record<string, unknown> {
-  const msg: Record<string, unknown> = {
+): RevocationMessage {
+  const msg: RevocationMessage = {
     type,
     ip: subject.ip,
     agent_id: subject.agentId,
@@ -53,22 +39,6 @@ export function buildRevocationMessage(
     msg.context = JSON.stringify(event.context)
   }
   return msg
-}
-
-/** `{msg, signature}`; the signature is empty when the agent has no revocation key. */
-export function signRevocationMessage(
-  msgObj: Record<string, unknown>,
-  revocationKeyPem: string | null,
-): RevocationWire {
-  const msg = JSON.stringify(msgObj)
-  if (!revocationKeyPem) return { msg, signature: '' }
-  const key = createPrivateKey(revocationKeyPem)
-  const signature = sign('sha256', Buffer.from(msg, 'utf8'), {
-    key,
-    padding: constants.RSA_PKCS1_PSS_PADDING,
-    saltLength: constants.RSA_PSS_SALTLEN_MAX_SIGN,
-  }).toString('base64')
-  return { msg, signature }
 }
 
 export interface NotifierTransport {
@@ -122,7 +92,7 @@ export class RevocationNotifier {
     if (!wantsWebhook && !wantsAgents) return
     let wire: RevocationWire
     try {
-      wire = signRevocationMessage(buildRevocationMessage(subject, type, now, event), subject.revocationKey)
+      wire = signRevocation(buildRevocationMessage(subject, type, now, event), subject.revocationKey)
     } catch (err) {
       this.log.error(
         { agentId: subject.agentId, err: (err as Error).message },

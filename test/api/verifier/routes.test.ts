@@ -1,0 +1,366 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { type SimFleet, startSimFleet } from '../../../bench/fleet-agents.ts'
+import { ADMIN, enrollBody, makeVerifier } from '../../unit/verifier/harness.ts'
+
+let fleet: SimFleet
+let v: Awaited<ReturnType<typeof makeVerifier>>
+
+beforeAll(async () => {
+  fleet = await startSimFleet({ count: 3, shareKeys: true })
+  // the loop is not started: these tests look at the API only
+  v = await makeVerifier({ enableAgentMtls: true })
+})
+afterAll(async () => {
+  await v.app.close()
+  await fleet.close()
+})
+
+const agent = (i: number) => fleet.agents[i] as NonNullable<SimFleet['agents'][number]>
+const body = (i: number, extra: Record<string, unknown> = {}) =>
+  enrollBody(agent(i), fleet.port, {
+    mtls_cert: '-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----',
+    ...extra,
+  })
+
+describe('verifier API: public routes', () => {
+  it('GET /version and /versions answer without a client certificate', async () => {
+    for (const url of ['/version', '/versions']) {
+      const res = await v.app.inject({ method: 'GET', url })
+      expect(res.statusCode).toBe(200)
+      expect(res.json().results).toEqual({
+        current_version: '2.6',
+        supported_versions: ['1.0', '2.0', '2.1', '2.2', '2.3', '2.4', '2.5', '2.6', '3.0'],
+      })
+    }
+  })
+  it('unknown versions and paths are 404 with an empty body; /v2.x/ is 405', async () => {
+    const res = await v.app.inject({ method: 'GET', url: '/v2.9/agents', headers: ADMIN })
+    expect(res.statusCode).toBe(404)
+    expect(res.body).toBe('')
+    const root = await v.app.inject({ method: 'GET', url: '/v2.1/' })
+    expect(root.statusCode).toBe(405)
+    expect(root.json().status).toBe('Not Implemented: Use /agents/ interface instead')
+  })
+})
+
+describe('verifier API: admin routes refuse anonymous callers', () => {
+  const routes: [string, string][] = [
+    ['POST', '/v2.6/agents/x'],
+    ['GET', '/v2.6/agents/x'],
+    ['GET', '/v2.6/agents'],
+    ['DELETE', '/v2.6/agents/x'],
+    ['PUT', '/v2.6/agents/x/reactivate'],
+    ['PUT', '/v2.6/agents/x/stop'],
+    ['GET', '/v2.6/allowlists'],
+    ['GET', '/v2.6/allowlists/p'],
+    ['POST', '/v2.6/allowlists/p'],
+    ['PUT', '/v2.6/allowlists/p'],
+    ['DELETE', '/v2.6/allowlists/p'],
+    ['GET', '/v2.6/mbpolicies'],
+    ['POST', '/v2.6/mbpolicies/p'],
+    ['DELETE', '/v2.6/mbpolicies/p'],
+  ]
+  it.each(routes)('%s %s -> 403', async (method, url) => {
+    const res = await v.app.inject({
+      method: method as 'GET',
+      url,
+      payload: method === 'GET' || method === 'DELETE' ? undefined : {},
+    })
+    expect(res.statusCode).toBe(403)
+    expect(res.json().errors[0].title).toBe('Forbidden')
+  })
+})
+
+describe('verifier API: agents', () => {
+  it('enrolls, shows, lists and bulk-lists an agent', async () => {
+    const add = await v.app.inject({
+      method: 'POST',
+      url: `/v2.6/agents/${agent(0).id}`,
+      headers: ADMIN,
+      payload: body(0),
+    })
+    expect(add.statusCode, add.body).toBe(200)
+    const show = await v.app.inject({ method: 'GET', url: `/v2.1/agents/${agent(0).id}/`, headers: ADMIN })
+    expect(show.statusCode).toBe(200)
+    const r = show.json().results
+    expect(r).toMatchObject({
+      operational_state: 1,
+      ip: agent(0).ip,
+      port: fleet.port,
+      has_runtime_policy: 0,
+      has_mb_refstate: 0,
+      verifier_id: 'default',
+      attestation_count: 0,
+      attestation_status: 'PENDING',
+      attestation_period: '0s',
+      accept_tpm_hash_algs: ['sha512', 'sha384', 'sha256'],
+    })
+    expect(r.v).toBe(Buffer.alloc(32, 7).toString('base64'))
+    const list = await v.app.inject({ method: 'GET', url: '/v2.6/agents', headers: ADMIN })
+    expect(list.json().results).toEqual({ uuids: [[agent(0).id]] })
+    const bulk = await v.app.inject({
+      method: 'GET',
+      url: '/v2.6/agents?bulk=1&verifier=default',
+      headers: ADMIN,
+    })
+    expect(Object.keys(bulk.json().results)).toEqual([agent(0).id])
+    const none = await v.app.inject({ method: 'GET', url: '/v2.6/agents?verifier=other', headers: ADMIN })
+    expect(none.json().results).toEqual({ uuids: [] })
+  })
+
+  it('refuses a second enrollment with 409', async () => {
+    const res = await v.app.inject({
+      method: 'POST',
+      url: `/v2.6/agents/${agent(0).id}`,
+      headers: ADMIN,
+      payload: body(0),
+    })
+    expect(res.statusCode).toBe(409)
+  })
+
+  it('names the missing key like upstream and validates the body', async () => {
+    const { ak_tpm: _drop, ...noAk } = body(1)
+    const res = await v.app.inject({
+      method: 'POST',
+      url: `/v2.6/agents/${agent(1).id}`,
+      headers: ADMIN,
+      payload: noAk,
+    })
+    expect(res.statusCode).toBe(400)
+    expect(res.json().status).toBe("Exception error: 'ak_tpm'")
+    const cases: [Record<string, unknown>, RegExp][] = [
+      [{ mtls_cert: null }, /mTLS certificate for agent is required!/],
+      [{ tpm_policy: '{"99": ["00"]}' }, /PCR/],
+      [{ ak_tpm: 'AAAA' }, /ak_tpm/],
+      [{ v: 'AAAA' }, /v must be/],
+      [
+        { runtime_policy: Buffer.from('{"digests": {"/bin/sh": ["ab"]}}').toString('base64') },
+        /runtime \(IMA\) policies are not supported/,
+      ],
+      [{ mb_policy: '{"scrtm_and_bios": []}' }, /measured boot policies are not supported/],
+    ]
+    for (const [extra, msg] of cases) {
+      const r = await v.app.inject({
+        method: 'POST',
+        url: `/v2.6/agents/${agent(1).id}`,
+        headers: ADMIN,
+        payload: body(1, extra),
+      })
+      expect(r.statusCode, JSON.stringify(extra)).toBe(400)
+      expect(r.json().status).toMatch(msg)
+    }
+    const bad = await v.app.inject({
+      method: 'POST',
+      url: '/v2.6/agents/bad%20id',
+      headers: ADMIN,
+      payload: body(1),
+    })
+    expect(bad.statusCode).toBe(400)
+    expect(bad.json().status).toBe('agent_id not not valid')
+    const notJson = await v.app.inject({
+      method: 'POST',
+      url: `/v2.6/agents/${agent(1).id}`,
+      headers: { ...ADMIN, 'content-type': 'application/json' },
+      payload: '{nope',
+    })
+    expect(notJson.statusCode).toBe(400)
+  })
+
+  it('stop, reactivate and delete', async () => {
+    const id = agent(0).id
+    expect(
+      (await v.app.inject({ method: 'PUT', url: `/v2.6/agents/${id}/stop`, headers: ADMIN })).statusCode,
+    ).toBe(200)
+    const show = await v.app.inject({ method: 'GET', url: `/v2.6/agents/${id}`, headers: ADMIN })
+    expect(show.json().results).toMatchObject({ operational_state: 10, attestation_status: 'FAIL' })
+    expect(
+      (await v.app.inject({ method: 'PUT', url: `/v2.6/agents/${id}/reactivate`, headers: ADMIN }))
+        .statusCode,
+    ).toBe(200)
+    const again = await v.app.inject({ method: 'GET', url: `/v2.6/agents/${id}`, headers: ADMIN })
+    expect(again.json().results.operational_state).toBe(1)
+    expect(
+      (await v.app.inject({ method: 'PUT', url: '/v2.6/agents/nobody/reactivate', headers: ADMIN }))
+        .statusCode,
+    ).toBe(400)
+    expect(
+      (await v.app.inject({ method: 'DELETE', url: `/v2.6/agents/${id}`, headers: ADMIN })).statusCode,
+    ).toBe(200)
+    expect(
+      (await v.app.inject({ method: 'GET', url: `/v2.6/agents/${id}`, headers: ADMIN })).statusCode,
+    ).toBe(404)
+    expect(
+      (await v.app.inject({ method: 'DELETE', url: `/v2.6/agents/${id}`, headers: ADMIN })).statusCode,
+    ).toBe(404)
+  })
+
+  it('deleting an agent held by another live verifier sets TERMINATED and answers 202', async () => {
+    const id = agent(2).id
+    await v.app.inject({ method: 'POST', url: `/v2.6/agents/${id}`, headers: ADMIN, payload: body(2) })
+    await v.service.repo.db
+      .updateTable('verifiermain')
+      .set({ lease_holder: 'someone-else', lease_expires: Date.now() + 60_000, operational_state: 3 })
+      .where('agent_id', '=', id)
+      .execute()
+    const res = await v.app.inject({ method: 'DELETE', url: `/v2.6/agents/${id}`, headers: ADMIN })
+    expect(res.statusCode).toBe(202)
+    expect((await v.service.repo.getAgent(id))?.operational_state).toBe(8)
+  })
+})
+
+describe('verifier API: runtime and measured-boot policies', () => {
+  const policy = Buffer.from(
+    JSON.stringify({ meta: { version: 1 }, digests: { '/bin/sh': ['aa'] } }),
+  ).toString('base64')
+  it('allowlists CRUD with upstream codes', async () => {
+    const post = await v.app.inject({
+      method: 'POST',
+      url: '/v2.6/allowlists/p1',
+      headers: ADMIN,
+      payload: { runtime_policy: policy },
+    })
+    expect(post.statusCode).toBe(201)
+    expect(
+      (
+        await v.app.inject({
+          method: 'POST',
+          url: '/v2.6/allowlists/p1',
+          headers: ADMIN,
+          payload: { runtime_policy: policy },
+        })
+      ).statusCode,
+    ).toBe(409)
+    const list = await v.app.inject({ method: 'GET', url: '/v2.6/allowlists', headers: ADMIN })
+    expect(list.json().results).toEqual({ 'runtimepolicy names': ['p1'] })
+    const show = await v.app.inject({ method: 'GET', url: '/v2.6/allowlists/p1', headers: ADMIN })
+    expect(show.json().results).toMatchObject({ name: 'p1', tmp_policy: null })
+    expect(JSON.parse(show.json().results.runtime_policy).digests['/bin/sh']).toEqual(['aa'])
+    expect(
+      (
+        await v.app.inject({
+          method: 'PUT',
+          url: '/v2.6/allowlists/nope',
+          headers: ADMIN,
+          payload: { runtime_policy: policy },
+        })
+      ).statusCode,
+    ).toBe(404)
+    expect(
+      (
+        await v.app.inject({
+          method: 'PUT',
+          url: '/v2.6/allowlists/p1',
+          headers: ADMIN,
+          payload: { runtime_policy: policy },
+        })
+      ).statusCode,
+    ).toBe(201)
+    const bad = await v.app.inject({
+      method: 'POST',
+      url: '/v2.6/allowlists/p2',
+      headers: ADMIN,
+      payload: { runtime_policy: Buffer.from('[1').toString('base64') },
+    })
+    expect(bad.statusCode).toBe(400)
+    expect(bad.json().status).toMatch(/^Runtime policy is malformatted/)
+    const del = await v.app.inject({ method: 'DELETE', url: '/v2.6/allowlists/p1', headers: ADMIN })
+    expect(del.statusCode).toBe(204)
+    expect(del.body).toBe('')
+    expect(
+      (await v.app.inject({ method: 'DELETE', url: '/v2.6/allowlists/p1', headers: ADMIN })).statusCode,
+    ).toBe(404)
+  })
+  it('mbpolicies CRUD (PUT on a missing one is 409 like upstream)', async () => {
+    const mb = JSON.stringify({ scrtm: 'x' })
+    expect(
+      (
+        await v.app.inject({
+          method: 'POST',
+          url: '/v2.6/mbpolicies/m1',
+          headers: ADMIN,
+          payload: { mb_policy: mb },
+        })
+      ).statusCode,
+    ).toBe(201)
+    expect(
+      (
+        await v.app.inject({
+          method: 'POST',
+          url: '/v2.6/mbpolicies/m1',
+          headers: ADMIN,
+          payload: { mb_policy: mb },
+        })
+      ).statusCode,
+    ).toBe(409)
+    expect(
+      (
+        await v.app.inject({
+          method: 'PUT',
+          url: '/v2.6/mbpolicies/m2',
+          headers: ADMIN,
+          payload: { mb_policy: mb },
+        })
+      ).statusCode,
+    ).toBe(409)
+    const list = await v.app.inject({ method: 'GET', url: '/v2.6/mbpolicies', headers: ADMIN })
+    expect(list.json().results).toEqual({ 'mbpolicy names': ['m1'] })
+    const show = await v.app.inject({ method: 'GET', url: '/v2.6/mbpolicies/m1', headers: ADMIN })
+    expect(show.json().results).toEqual({ name: 'm1', mb_policy: mb })
+    expect(
+      (await v.app.inject({ method: 'DELETE', url: '/v2.6/mbpolicies/m1', headers: ADMIN })).statusCode,
+    ).toBe(204)
+  })
+})
+
+describe('verifier API: on-demand verification (public)', () => {
+  it('verify/identity checks the stored AK and the nonce', async () => {
+    const a = agent(1)
+    await v.app.inject({ method: 'POST', url: `/v2.6/agents/${a.id}`, headers: ADMIN, payload: body(1) })
+    const quote = a.quoter.quote('nonce123', [16])
+    const q = (nonce: string) =>
+      `/v2.6/verify/identity?agent_uuid=${a.id}&quote=${encodeURIComponent(quote)}&nonce=${nonce}&hash_alg=sha256`
+    const good = await v.app.inject({ method: 'GET', url: q('nonce123') })
+    expect(good.json().results).toEqual({ valid: 1 })
+    const replay = await v.app.inject({ method: 'GET', url: q('other') })
+    expect(replay.json().results.valid).toBe(0)
+    expect(replay.json().results.reason).toMatch(/nonce/)
+    const missing = await v.app.inject({ method: 'GET', url: `/v2.6/verify/identity?agent_uuid=${a.id}` })
+    expect(missing.statusCode).toBe(400)
+    expect(missing.json().status).toBe("missing query parameter 'quote'")
+    const unknown = await v.app.inject({ method: 'GET', url: q('x').replace(a.id, 'ghost') })
+    expect(unknown.statusCode).toBe(404)
+  })
+  it('verify/evidence evaluates a tpm quote against a tpm_policy without state', async () => {
+    const a = agent(1)
+    const quote = a.quoter.quote('evnonce', [15])
+    const pcr15 = (a.quoter.pcrs.get(15) as Buffer).toString('hex')
+    const data = { quote, nonce: 'evnonce', hash_alg: 'sha256', tpm_ek: 'x', tpm_ak: a.quoter.akTpm }
+    const pass = await v.app.inject({
+      method: 'POST',
+      url: '/v2.6/verify/evidence',
+      payload: { type: 'tpm', data: { ...data, tpm_policy: JSON.stringify({ '15': [pcr15] }) } },
+    })
+    expect(pass.statusCode).toBe(200)
+    expect(pass.json().results).toMatchObject({ valid: true, failures: [] })
+    const fail = await v.app.inject({
+      method: 'POST',
+      url: '/v2.6/verify/evidence',
+      payload: { type: 'tpm', data: { ...data, tpm_policy: JSON.stringify({ '15': ['00'] }) } },
+    })
+    expect(fail.json().results.valid).toBe(false)
+    expect(fail.json().results.failures[0].type).toBe('pcr_validation.invalid_pcr_15')
+    const missing = await v.app.inject({
+      method: 'POST',
+      url: '/v2.6/verify/evidence',
+      payload: { type: 'tpm', data: { quote } },
+    })
+    expect(missing.statusCode).toBe(400)
+    const badType = await v.app.inject({
+      method: 'POST',
+      url: '/v2.6/verify/evidence',
+      payload: { type: 'zzz', data: {} },
+    })
+    expect(badType.statusCode).toBe(400)
+    expect(badType.json().status).toBe('invalid evidence type')
+  })
+})
