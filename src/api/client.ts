@@ -1,0 +1,228 @@
+/**
+ * undici JSON client for Keylime's v2 REST APIs: one connection pool per client (keep-alive reuse), mTLS with a
+ * client certificate, server identity by CA chain or a pinned certificate (hostnames are never checked, as
+ * upstream), timeouts on connect/headers/body, and envelope decoding: a non-2xx answer becomes `PeerError`.
+ */
+import { X509Certificate } from 'node:crypto'
+import type { TLSSocket } from 'node:tls'
+import type { Static, TSchema } from '@sinclair/typebox'
+import { type TypeCheck, TypeCompiler } from '@sinclair/typebox/compiler'
+import { Agent, buildConnector, type Dispatcher } from 'undici'
+import { KeylimeError } from '../common/errors.ts'
+import type { V2Envelope } from './envelope.ts'
+
+/** The peer answered with an error status, garbage, or not at all (`status` undefined). */
+export class PeerError extends KeylimeError {
+  readonly status: number | undefined
+  /** Parsed JSON body when there was one, else the raw text (truncated), else undefined. */
+  readonly body: unknown
+  /** The envelope's `status` text when the peer sent an envelope. */
+  readonly peerStatus: string | undefined
+
+  constructor(
+    message: string,
+    opts: { status?: number; body?: unknown; peerStatus?: string; cause?: unknown },
+  ) {
+    super('ERR_PEER', message, { statusCode: 502, cause: opts.cause })
+    this.status = opts.status
+    this.body = opts.body
+    this.peerStatus = opts.peerStatus
+  }
+}
+
+export interface ClientTls {
+  /** PEM CA certificate(s) the server certificate must chain to. */
+  ca?: string | string[]
+  /** PEM of the exact server certificate to accept (e.g. an agent's self-signed `mtls_cert`). */
+  pinnedServerCert?: string
+  /** Client certificate + key (mTLS). */
+  cert?: string
+  key?: string
+  keyPassphrase?: string
+  /** Skip server verification entirely (upstream `trusted_server_ca = all`). */
+  insecure?: boolean
+}
+
+export interface JsonClientOptions {
+  /** `http://host:port` or `https://host:port` */
+  baseUrl: string
+  tls?: ClientTls
+  /** Per-request timeout (connect, headers and body each), default 60 s as upstream `request_timeout`. */
+  timeoutMs?: number
+  /** Max sockets to the peer (default 16). */
+  connections?: number
+  /** Share a dispatcher across clients; the client then does not close it. */
+  dispatcher?: Dispatcher
+}
+
+export interface JsonRequest<S extends TSchema | undefined> {
+  query?: Record<string, string | number | boolean | undefined>
+  body?: unknown
+  /** Typebox schema of `results`; a reply that does not fit raises PeerError. */
+  results?: S
+  headers?: Record<string, string>
+}
+
+export interface JsonResponse<T> {
+  status: number
+  envelope: V2Envelope<T>
+  results: T
+}
+
+function pemToDer(pem: string): Buffer {
+  return new X509Certificate(pem).raw
+}
+
+/**
+ * Builds the undici Agent for a TLS profile. Hostname checks are disabled; the server is trusted when its chain
+ * verifies against `ca`, or when it presents exactly `pinnedServerCert` (checked on the finished handshake, since
+ * OpenSSL does not accept a non-self-signed leaf as a trust anchor).
+ */
+export function createDispatcher(
+  tls: ClientTls | undefined,
+  opts: { timeoutMs?: number; connections?: number } = {},
+) {
+  const timeout = opts.timeoutMs ?? 60000
+  const pinnedDer = tls?.pinnedServerCert ? pemToDer(tls.pinnedServerCert) : undefined
+  const caList = tls?.ca === undefined ? [] : Array.isArray(tls.ca) ? tls.ca : [tls.ca]
+  const tlsOptions = {
+    ...(caList.length > 0 ? { ca: caList } : {}),
+    ...(tls?.cert ? { cert: tls.cert } : {}),
+    ...(tls?.key ? { key: tls.key } : {}),
+    ...(tls?.keyPassphrase ? { passphrase: tls.keyPassphrase } : {}),
+    minVersion: 'TLSv1.2' as const,
+    rejectUnauthorized: !tls?.insecure && pinnedDer === undefined,
+    checkServerIdentity: () => undefined,
+    timeout,
+  }
+  const base = buildConnector(tlsOptions)
+  const connect: buildConnector.connector = (options, callback) =>
+    base(options, (err, socket) => {
+      if (err || !socket || !pinnedDer || options.protocol !== 'https:') {
+        if (err) callback(err, null)
+        else callback(null, socket as NonNullable<typeof socket>)
+        return
+      }
+      const tlsSocket = socket as TLSSocket
+      const peer = tlsSocket.getPeerCertificate()
+      const chained = caList.length > 0 && tlsSocket.authorized
+      if (chained || (peer?.raw && pinnedDer.equals(peer.raw))) {
+        callback(null, socket)
+        return
+      }
+      socket.destroy()
+      callback(
+        new Error('server certificate is neither the pinned certificate nor chained to a trusted CA'),
+        null,
+      )
+    })
+  return new Agent({
+    connections: opts.connections ?? 16,
+    headersTimeout: timeout,
+    bodyTimeout: timeout,
+    keepAliveTimeout: 30000,
+    connect,
+  })
+}
+
+const compiled = new WeakMap<TSchema, TypeCheck<TSchema>>()
+function checkerFor(schema: TSchema): TypeCheck<TSchema> {
+  let c = compiled.get(schema)
+  if (!c) {
+    c = TypeCompiler.Compile(schema)
+    compiled.set(schema, c)
+  }
+  return c
+}
+
+export class JsonClient {
+  readonly baseUrl: string
+  private readonly dispatcher: Dispatcher
+  private readonly ownsDispatcher: boolean
+  private readonly timeoutMs: number
+
+  constructor(opts: JsonClientOptions) {
+    this.baseUrl = opts.baseUrl.replace(/\/+$/, '')
+    this.timeoutMs = opts.timeoutMs ?? 60000
+    this.ownsDispatcher = opts.dispatcher === undefined
+    this.dispatcher =
+      opts.dispatcher ??
+      createDispatcher(opts.tls, { timeoutMs: this.timeoutMs, connections: opts.connections ?? 16 })
+  }
+
+  async request<S extends TSchema | undefined = undefined>(
+    method: 'GET' | 'POST' | 'PUT' | 'DELETE' | 'PATCH',
+    path: string,
+    req: JsonRequest<S> = {},
+  ): Promise<JsonResponse<S extends TSchema ? Static<S> : unknown>> {
+    const url = new URL(this.baseUrl + path)
+    for (const [k, v] of Object.entries(req.query ?? {}))
+      if (v !== undefined) url.searchParams.set(k, String(v))
+    let status: number
+    let text: string
+    try {
+      const res = await this.dispatcher.request({
+        origin: url.origin,
+        path: url.pathname + url.search,
+        method,
+        headers: {
+          accept: 'application/json',
+          ...(req.body !== undefined ? { 'content-type': 'application/json' } : {}),
+          ...req.headers,
+        },
+        ...(req.body !== undefined ? { body: JSON.stringify(req.body) } : {}),
+        signal: AbortSignal.timeout(this.timeoutMs),
+      })
+      status = res.statusCode
+      text = await res.body.text()
+    } catch (err) {
+      throw new PeerError(`${method} ${url.pathname}: ${(err as Error).message}`, { cause: err })
+    }
+    let json: unknown
+    if (text !== '') {
+      try {
+        json = JSON.parse(text)
+      } catch {
+        json = undefined
+      }
+    }
+    const env = json as Partial<V2Envelope<unknown>> | undefined
+    const peerStatus = typeof env?.status === 'string' ? env.status : undefined
+    if (status < 200 || status >= 300) {
+      throw new PeerError(
+        `${method} ${url.pathname} answered ${status}${peerStatus ? `: ${peerStatus}` : ''}`,
+        {
+          status,
+          body: json ?? (text === '' ? undefined : text.slice(0, 2000)),
+          ...(peerStatus !== undefined ? { peerStatus } : {}),
+        },
+      )
+    }
+    if (json === undefined || typeof json !== 'object' || json === null) {
+      throw new PeerError(`${method} ${url.pathname} answered ${status} without a JSON envelope`, {
+        status,
+        body: text.slice(0, 2000),
+      })
+    }
+    const results = (env?.results ?? null) as unknown
+    if (req.results !== undefined) {
+      const check = checkerFor(req.results)
+      if (!check.Check(results)) {
+        const first = check.Errors(results).First()
+        throw new PeerError(
+          `${method} ${url.pathname}: reply does not fit the expected schema${first ? ` (${first.path || '/'}: ${first.message})` : ''}`,
+          { status, body: json },
+        )
+      }
+    }
+    return {
+      status,
+      envelope: json as V2Envelope<S extends TSchema ? Static<S> : unknown>,
+      results: results as S extends TSchema ? Static<S> : unknown,
+    }
+  }
+
+  async close(): Promise<void> {
+    if (this.ownsDispatcher) await this.dispatcher.close()
+  }
+}
