@@ -14,7 +14,7 @@
  */
 import { createHash } from 'node:crypto'
 import { failure, PASS, type Verdict } from '../verdict.ts'
-import { type BankName, EventType, Guid, isBankName, NODE_HASH } from './constants.ts'
+import { EventType, Guid, isBankName, NODE_HASH } from './constants.ts'
 import { isFirmwareVolumePath } from './device-path.ts'
 import { swappedGuid, toHex } from './guid.ts'
 import type { EventLog, TcgEvent } from './parse.ts'
@@ -199,14 +199,14 @@ class Evaluation {
   }
 }
 
-function checkSeparator(e: Evaluation, ev: TcgEvent): void {
+function checkSeparator(e: Evaluation, ev: TcgEvent) {
   const hex = toHex(ev.data)
   if (hex !== '00000000' && hex !== 'ffffffff')
     return e.fail(ev, `has data ${hex}, expected 00000000 or ffffffff`)
   if (!digestMatchesData(ev, ev.data)) e.fail(ev, 'digest is not the hash of its data')
 }
 
-function checkEfiAction(e: Evaluation, ev: TcgEvent): void {
+function checkEfiAction(e: Evaluation, ev: TcgEvent) {
   const allowed = EFI_ACTIONS.get(ev.pcr)
   const text = eventString(ev.data)
   if (allowed === undefined) return e.fail(ev, `is not expected in PCR ${ev.pcr} by the PC Client spec`)
@@ -224,7 +224,7 @@ function checkKeyVariable(
   v: UefiVariable,
   allowedTypes: readonly string[] | null,
   allowed: SignatureSet,
-): void {
+) {
   const lists = decodeSignatureLists(v.data)
   if (lists === null) return e.fail(ev, 'has malformed EFI_SIGNATURE_LIST data', v.unicodeName)
   if (!e.c.ref.hasSecureBoot && allowed.empty) return
@@ -249,7 +249,7 @@ function checkKeyVariable(
   }
 }
 
-function checkDbx(e: Evaluation, ev: TcgEvent, v: UefiVariable): void {
+function checkDbx(e: Evaluation, ev: TcgEvent, v: UefiVariable) {
   const lists = decodeSignatureLists(v.data)
   if (lists === null) return e.fail(ev, 'has malformed EFI_SIGNATURE_LIST data', v.unicodeName)
   const present = new Set<string>()
@@ -264,7 +264,7 @@ function checkDbx(e: Evaluation, ev: TcgEvent, v: UefiVariable): void {
   }
 }
 
-function checkDriverConfig(e: Evaluation, ev: TcgEvent): void {
+function checkDriverConfig(e: Evaluation, ev: TcgEvent) {
   const v = decodeUefiVariable(ev.data)
   if (v === null) return e.fail(ev, 'has malformed UEFI_VARIABLE_DATA')
   const name = v.unicodeName
@@ -299,7 +299,7 @@ function checkDriverConfig(e: Evaluation, ev: TcgEvent): void {
   e.fail(ev, `measures variable ${v.variableName}:${name}, which the policy does not allow in PCR 7`, name)
 }
 
-function checkAuthority(e: Evaluation, ev: TcgEvent): void {
+function checkAuthority(e: Evaluation, ev: TcgEvent) {
   const v = decodeUefiVariable(ev.data)
   if (v === null) return e.fail(ev, 'has malformed UEFI_VARIABLE_DATA')
   const name = v.unicodeName
@@ -328,7 +328,7 @@ function checkAuthority(e: Evaluation, ev: TcgEvent): void {
   e.fail(ev, `has authority ${name}, which the policy does not know`, name)
 }
 
-function checkIpl(e: Evaluation, ev: TcgEvent): void {
+function checkIpl(e: Evaluation, ev: TcgEvent) {
   const s = eventString(ev.data)
   if (ev.pcr === 14) {
     if (s === 'MokList') {
@@ -357,7 +357,7 @@ function checkIpl(e: Evaluation, ev: TcgEvent): void {
   e.fail(ev, 'is not expected in this PCR')
 }
 
-function route(e: Evaluation, ev: TcgEvent): void {
+function route(e: Evaluation, ev: TcgEvent) {
   const t = ev.type
   if (t === EventType.Separator) return checkSeparator(e, ev)
   if (t === EventType.EfiAction) return checkEfiAction(e, ev)
@@ -549,5 +549,3 @@ export function evaluateMbPolicy(policy: MbPolicy, log: EventLog): Verdict {
     ],
   }
 }
-
-export type { BankName }
