@@ -60,6 +60,10 @@ export const verifierSchema = {
   extend_token_on_attestation: opt.bool(true),
   auto_recover_attestation_failures: opt.bool(false),
   shutdown_drain_timeout: opt.float(10),
+  /** Keylime TS: attestations in flight at once (bounds sockets and memory). */
+  max_concurrency: opt.int(512),
+  /** Keylime TS: seconds an agent's lease lasts in a shared database; renewed every third of it. */
+  lease_seconds: opt.float(30),
   enabled_revocation_notifications: opt.list(['agent'], { section: 'revocations' }),
   zmq_ip: opt.string('127.0.0.1', { section: 'revocations' }),
   zmq_port: opt.int(8992, { section: 'revocations' }),

@@ -1,7 +1,63 @@
 import type { Command } from 'commander'
+import { KeylimeError } from '../../common/errors.ts'
+import { createLogger } from '../../common/log.ts'
+import { addConfigFlag, addOptionFlags, flagsFromOptions } from '../../config/cli-flags.ts'
+import { loadVerifierConfig, type verifierSchema } from '../../config/verifier.ts'
+import { startVerifier } from '../../verifier/server.ts'
+
+const FLAG_KEYS = [
+  'uuid',
+  'ip',
+  'port',
+  'tls_dir',
+  'database_url',
+  'quote_interval',
+  'retry_interval',
+  'max_retries',
+  'request_timeout',
+  'enable_agent_mtls',
+  'webhook_url',
+  'enabled_revocation_notifications',
+  'max_concurrency',
+  'lease_seconds',
+] as const satisfies readonly (keyof typeof verifierSchema)[]
 
 export function registerVerifierCommand(program: Command): void {
-  program
+  const cmd = program
     .command('verifier')
-    .description('Run the verifier (continuous attestation) (arrives with its issue)')
+    .description(
+      'Run the verifier (pull mode): HTTPS API on [verifier] ip:port and continuous attestation of enrolled agents',
+    )
+  addConfigFlag(cmd)
+  addOptionFlags(cmd, FLAG_KEYS)
+  cmd.action(async (opts: Record<string, unknown>) => {
+    const log = createLogger('verifier')
+    let running: Awaited<ReturnType<typeof startVerifier>>
+    try {
+      const { config, files } = loadVerifierConfig({
+        configFile: typeof opts.config === 'string' ? opts.config : undefined,
+        flags: flagsFromOptions(opts, FLAG_KEYS),
+      })
+      log.info({ files }, 'verifier configuration loaded')
+      running = await startVerifier(config, log)
+    } catch (err) {
+      const message = err instanceof KeylimeError ? err.message : (err as Error).message
+      log.error({ err: message }, 'verifier failed to start')
+      process.stderr.write(`keylime verifier: ${message}\n`)
+      process.exitCode = 1
+      return
+    }
+    const shutdown = (signal: string) => {
+      log.info({ signal }, 'verifier shutting down')
+      running.close().then(
+        () => process.exit(0),
+        (err: unknown) => {
+          log.error({ err: (err as Error).message }, 'verifier shutdown failed')
+          process.exit(1)
+        },
+      )
+    }
+    process.once('SIGTERM', () => shutdown('SIGTERM'))
+    process.once('SIGINT', () => shutdown('SIGINT'))
+  })
 }
