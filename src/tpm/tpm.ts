@@ -148,7 +148,7 @@ export class Tpm {
             .update(u32be(command.code))
             .update(parameters)
             .digest()
-        sessions.forEach((s, i) => s.verifyResponse(auths[i] as TpmsAuthResponse, rpHash))
+        for (const [i, s] of sessions.entries()) s.verifyResponse(auths[i] as TpmsAuthResponse, rpHash)
       }
       return value
     })

@@ -1,0 +1,388 @@
+/**
+ * The TPM operations a Keylime agent performs, as plain functions over an open `Tpm`: EK creation and
+ * certificate, AK creation/loading under the EK, credential activation, quotes with matching PCR values,
+ * PCR read/extend/reset and TPM information. Every use of the EK goes through a fresh
+ * PolicySecret(TPM_RH_ENDORSEMENT) policy session, as the TCG EK policy requires.
+ */
+import { createHash } from 'node:crypto'
+import { Quote } from './commands/attestation.ts'
+import { GetCapability, type TpmsCapabilityData } from './commands/capability.ts'
+import { FlushContext } from './commands/context.ts'
+import { ActivateCredential } from './commands/credential.ts'
+import { NvRead, NvReadPublic } from './commands/nv.ts'
+import { Create, CreatePrimary, Load, ReadPublic } from './commands/object.ts'
+import { PcrExtend, PcrRead, PcrReset } from './commands/pcr.ts'
+import {
+  EkCertNvIndex,
+  HashAlgs,
+  nodeHashName,
+  TpmAlg,
+  TpmCap,
+  TpmHt,
+  TpmPt,
+  TpmRh,
+  tpmAlgName,
+} from './constants.ts'
+import { TpmUsageError } from './errors.ts'
+import { TpmRc, TpmResponseError } from './rc.ts'
+import { PasswordSession } from './session.ts'
+import { ekPolicySession } from './sessions.ts'
+import { akTemplate, EK_TEMPLATE_ECC_P256, EK_TEMPLATE_RSA2048 } from './templates.ts'
+import type { Tpm } from './tpm.ts'
+import { pcrSelection } from './types/pcr.ts'
+
+export type HashAlgName = 'sha1' | 'sha256' | 'sha384' | 'sha512'
+export type SignAlgName = 'rsassa' | 'ecdsa'
+export type EncAlgName = 'rsa' | 'ecc'
+
+/** Owner/endorsement passwords (`hex:` prefix allowed), as Keylime's `tpm_ownerpassword`. */
+export interface HierarchyAuth {
+  endorsementPassword?: string
+}
+
+function hashAlgId(name: HashAlgName): number {
+  const entry = HashAlgs[name]
+  if (!entry) throw new TpmUsageError(`unsupported hash algorithm "${name}"`)
+  return entry.alg
+}
+
+function signSchemeId(name: SignAlgName): number {
+  if (name === 'rsassa') return TpmAlg.RsaSsa
+  if (name === 'ecdsa') return TpmAlg.Ecdsa
+  throw new TpmUsageError(`unsupported signing algorithm "${name}"`)
+}
+
+export interface CreatedEk {
+  handle: number
+  /** TPM2B_PUBLIC (with size prefix), as the registrar's `ek_tpm`. */
+  publicArea: Uint8Array
+  name: Uint8Array
+}
+
+/** Creates the TCG default EK (template L-1 RSA-2048 or L-2 ECC P-256) in the endorsement hierarchy. */
+export async function createEk(tpm: Tpm, alg: EncAlgName, auth: HierarchyAuth = {}): Promise<CreatedEk> {
+  const template = alg === 'rsa' ? EK_TEMPLATE_RSA2048 : alg === 'ecc' ? EK_TEMPLATE_ECC_P256 : undefined
+  if (!template) throw new TpmUsageError(`unsupported EK algorithm "${alg}"`)
+  const r = await tpm.run(
+    CreatePrimary,
+    {
+      primaryHandle: TpmRh.Endorsement,
+      inSensitive: { userAuth: new Uint8Array(0), data: new Uint8Array(0) },
+      inPublic: template,
+      outsideInfo: new Uint8Array(0),
+      creationPcr: [],
+    },
+    [new PasswordSession(auth.endorsementPassword)],
+  )
+  return { handle: r.objectHandle, publicArea: r.outPublicBytes, name: r.name }
+}
+
+/** Public area (TPM2B_PUBLIC) and Name of a loaded or persistent object, e.g. a persistent EK. */
+export async function readPublic(
+  tpm: Tpm,
+  handle: number,
+): Promise<{ publicArea: Uint8Array; name: Uint8Array }> {
+  const r = await tpm.run(ReadPublic, { objectHandle: handle })
+  return { publicArea: r.outPublicBytes, name: r.name }
+}
+
+async function capability(
+  tpm: Tpm,
+  cap: number,
+  property: number,
+  count: number,
+): Promise<TpmsCapabilityData> {
+  return (await tpm.run(GetCapability, { capability: cap, property, propertyCount: count })).capabilityData
+}
+
+/** TPM properties from `first` on (fixed or variable), following `moreData`. */
+export async function getTpmProperties(tpm: Tpm, first: number, count = 64): Promise<Map<number, number>> {
+  const out = new Map<number, number>()
+  let property = first
+  for (let round = 0; round < 16; round++) {
+    const r = await tpm.run(GetCapability, {
+      capability: TpmCap.TpmProperties,
+      property,
+      propertyCount: count,
+    })
+    const data = r.capabilityData
+    if (data.capability !== TpmCap.TpmProperties || data.properties.length === 0) break
+    for (const p of data.properties) out.set(p.property, p.value)
+    const last = data.properties.at(-1)?.property ?? property
+    if (!r.moreData || out.size >= count) break
+    property = last + 1
+  }
+  return out
+}
+
+/** Every handle of a type (`TpmHt.*`), following `moreData`. */
+export async function listHandles(tpm: Tpm, handleType: number): Promise<number[]> {
+  const out: number[] = []
+  let property = (handleType << 24) >>> 0
+  for (let round = 0; round < 64; round++) {
+    const r = await tpm.run(GetCapability, { capability: TpmCap.Handles, property, propertyCount: 256 })
+    if (r.capabilityData.capability !== TpmCap.Handles) break
+    const handles = r.capabilityData.handles.filter((h) => h >>> 24 === handleType)
+    out.push(...handles)
+    const last = handles.at(-1)
+    if (!r.moreData || last === undefined) break
+    property = last + 1
+  }
+  return out
+}
+
+/** Loaded transient objects and sessions (loaded HMAC + policy), for leak checks. */
+export async function getHandleCounts(tpm: Tpm): Promise<{ transient: number; sessions: number }> {
+  const transient = (await listHandles(tpm, TpmHt.Transient)).length
+  const hmac = (await listHandles(tpm, TpmHt.HmacSession)).length
+  const policy = (await listHandles(tpm, TpmHt.PolicySession)).length
+  return { transient, sessions: hmac + policy }
+}
+
+/** The DER length of a certificate that starts with a definite-length SEQUENCE, to drop NV padding. */
+function derLength(data: Uint8Array): number | undefined {
+  if (data[0] !== 0x30 || data.length < 2) return undefined
+  const first = data[1] ?? 0
+  if (first < 0x80) return 2 + first
+  const n = first & 0x7f
+  if (n === 0 || n > 4 || data.length < 2 + n) return undefined
+  let len = 0
+  for (let i = 0; i < n; i++) len = len * 256 + (data[2 + i] ?? 0)
+  return 2 + n + len
+}
+
+/** Reads a whole NV index in chunks of TPM_PT_NV_BUFFER_MAX, authorising with the index itself. */
+export async function nvReadAll(tpm: Tpm, nvIndex: number, password?: string): Promise<Uint8Array> {
+  const { nvPublic } = await tpm.run(NvReadPublic, { nvIndex })
+  const props = await getTpmProperties(tpm, TpmPt.NvBufferMax, 1)
+  const chunk = Math.max(1, Math.min(props.get(TpmPt.NvBufferMax) ?? 512, 1024))
+  const out = new Uint8Array(nvPublic.dataSize)
+  for (let offset = 0; offset < nvPublic.dataSize; offset += chunk) {
+    const size = Math.min(chunk, nvPublic.dataSize - offset)
+    const { data } = await tpm.run(NvRead, { authHandle: nvIndex, nvIndex, size, offset }, [
+      new PasswordSession(password),
+    ])
+    if (data.length !== size) throw new TpmUsageError(`NV_Read returned ${data.length} bytes, asked ${size}`)
+    out.set(data, offset)
+  }
+  return out
+}
+
+/** The EK certificate (DER) from its TCG NV index (RSA 0x01c00002, ECC 0x01c0000a), or null if absent. */
+export async function readEkCertificate(tpm: Tpm, alg: EncAlgName): Promise<Uint8Array | null> {
+  const index = EkCertNvIndex[alg]
+  if (index === undefined) throw new TpmUsageError(`unsupported EK algorithm "${alg}"`)
+  let data: Uint8Array
+  try {
+    data = await nvReadAll(tpm, index)
+  } catch (err) {
+    if (err instanceof TpmResponseError && err.baseRc === TpmRc.Handle) return null
+    throw err
+  }
+  const len = derLength(data)
+  return len !== undefined && len <= data.length ? data.slice(0, len) : data
+}
+
+export interface CreatedAk {
+  /** TPM2B_PUBLIC (with size prefix), as the registrar's `aik_tpm`. */
+  publicArea: Uint8Array
+  /** TPM2B_PRIVATE (with size prefix), to be stored and given back to `loadAk`. */
+  privateArea: Uint8Array
+  handle: number
+  name: Uint8Array
+}
+
+/** Creates and loads a restricted signing AK under the EK. */
+export async function createAk(
+  tpm: Tpm,
+  ekHandle: number,
+  algs: { hashAlg: HashAlgName; signAlg: SignAlgName },
+  auth: HierarchyAuth = {},
+): Promise<CreatedAk> {
+  signSchemeId(algs.signAlg)
+  const created = await tpm.run(
+    Create,
+    {
+      parentHandle: ekHandle,
+      inSensitive: { userAuth: new Uint8Array(0), data: new Uint8Array(0) },
+      inPublic: akTemplate(algs.signAlg, hashAlgId(algs.hashAlg)),
+      outsideInfo: new Uint8Array(0),
+      creationPcr: [],
+    },
+    [await ekPolicySession(tpm, auth.endorsementPassword)],
+  )
+  const loaded = await loadAk(tpm, ekHandle, created.outPublicBytes, created.outPrivateBytes, auth)
+  return { publicArea: created.outPublicBytes, privateArea: created.outPrivateBytes, ...loaded }
+}
+
+/** Loads a previously created AK under the EK. */
+export async function loadAk(
+  tpm: Tpm,
+  ekHandle: number,
+  publicArea: Uint8Array,
+  privateArea: Uint8Array,
+  auth: HierarchyAuth = {},
+): Promise<{ handle: number; name: Uint8Array }> {
+  const r = await tpm.run(Load, { parentHandle: ekHandle, inPrivate: privateArea, inPublic: publicArea }, [
+    await ekPolicySession(tpm, auth.endorsementPassword),
+  ])
+  return { handle: r.objectHandle, name: r.name }
+}
+
+/**
+ * TPM2_ActivateCredential with the AK (empty password) and the EK (EK policy): returns the secret the
+ * registrar's MakeCredential wrapped. Blob and secret are TPM2B bytes (size prefixes included).
+ */
+export async function activateCredential(
+  tpm: Tpm,
+  args: { akHandle: number; ekHandle: number; credentialBlob: Uint8Array; encryptedSecret: Uint8Array },
+  auth: HierarchyAuth = {},
+): Promise<Uint8Array> {
+  const r = await tpm.run(
+    ActivateCredential,
+    {
+      activateHandle: args.akHandle,
+      keyHandle: args.ekHandle,
+      credentialBlob: args.credentialBlob,
+      secret: args.encryptedSecret,
+    },
+    [new PasswordSession(), await ekPolicySession(tpm, auth.endorsementPassword)],
+  )
+  return r.certInfo
+}
+
+/** Reads PCR values of one bank; more than 8 PCRs take several PCR_Read calls. */
+export async function pcrRead(
+  tpm: Tpm,
+  hashAlg: HashAlgName,
+  pcrs: readonly number[],
+): Promise<Map<number, Uint8Array>> {
+  const alg = hashAlgId(hashAlg)
+  let remaining = [...new Set(pcrs)].sort((a, b) => a - b)
+  for (const p of remaining) {
+    if (!Number.isInteger(p) || p < 0 || p > 31) throw new TpmUsageError(`invalid PCR index ${p}`)
+  }
+  const values = new Map<number, Uint8Array>()
+  while (remaining.length > 0) {
+    const r = await tpm.run(PcrRead, { pcrSelectionIn: [pcrSelection(alg, remaining)] })
+    const returned = r.pcrSelectionOut.find((s) => s.hash === alg)?.pcrs ?? []
+    if (returned.length === 0 || returned.length !== r.pcrValues.length) {
+      throw new TpmUsageError(
+        `PCR_Read returned no values for ${hashAlg} PCRs ${remaining.join(',')} (bank inactive?)`,
+      )
+    }
+    returned.forEach((pcr, i) => {
+      values.set(pcr, r.pcrValues[i] as Uint8Array)
+    })
+    remaining = remaining.filter((p) => !values.has(p))
+  }
+  return values
+}
+
+export async function pcrExtend(
+  tpm: Tpm,
+  pcr: number,
+  digests: Partial<Record<HashAlgName, Uint8Array>>,
+): Promise<void> {
+  const list = Object.entries(digests).map(([name, digest]) => {
+    const entry = HashAlgs[name as HashAlgName]
+    if (!entry || !digest || digest.length !== entry.size) {
+      throw new TpmUsageError(`digest for ${name} must be ${entry?.size ?? '?'} bytes`)
+    }
+    return { hashAlg: entry.alg, digest }
+  })
+  await tpm.run(PcrExtend, { pcrHandle: pcr, digests: list })
+}
+
+export async function pcrReset(tpm: Tpm, pcr: number): Promise<void> {
+  await tpm.run(PcrReset, { pcrHandle: pcr })
+}
+
+export async function flushContext(tpm: Tpm, handle: number): Promise<void> {
+  await tpm.run(FlushContext, { flushHandle: handle })
+}
+
+export interface KeylimeQuote {
+  /** TPMS_ATTEST bytes exactly as signed. */
+  attest: Uint8Array
+  /** TPMT_SIGNATURE bytes. */
+  signature: Uint8Array
+  /** Values of the quoted PCRs that hash to the attest's pcrDigest. */
+  pcrValues: Map<number, Uint8Array>
+}
+
+/**
+ * TPM2_Quote over `pcrs` of the `hashAlg` bank, then reads those PCRs; if they do not hash to the quoted
+ * digest (a PCR changed in between), quotes again, up to 5 times.
+ */
+export async function quote(
+  tpm: Tpm,
+  akHandle: number,
+  args: { nonce: Uint8Array; hashAlg: HashAlgName; pcrs: number[]; signAlg: SignAlgName },
+): Promise<KeylimeQuote> {
+  const alg = hashAlgId(args.hashAlg)
+  const scheme = signSchemeId(args.signAlg)
+  const selection = pcrSelection(alg, args.pcrs)
+  if (args.nonce.length > 64) throw new TpmUsageError('quote nonce longer than 64 bytes')
+  for (let attempt = 1; ; attempt++) {
+    const q = await tpm.run(Quote, {
+      signHandle: akHandle,
+      qualifyingData: args.nonce,
+      inScheme: { scheme, hashAlg: alg },
+      pcrSelect: [selection],
+    })
+    const pcrValues = await pcrRead(tpm, args.hashAlg, selection.pcrs)
+    const h = createHash(nodeHashName(alg) ?? 'sha256')
+    for (const pcr of selection.pcrs) h.update(pcrValues.get(pcr) as Uint8Array)
+    const digest = h.digest()
+    if (q.attest.attested.kind === 'quote' && Buffer.from(q.attest.attested.pcrDigest).equals(digest)) {
+      return { attest: q.attest.raw, signature: q.signatureBytes, pcrValues }
+    }
+    if (attempt >= 5) throw new TpmUsageError('PCR values kept changing while quoting (5 attempts)')
+  }
+}
+
+export interface TpmInfo {
+  manufacturer: string
+  vendorString: string
+  firmwareVersion: string
+  specLevel: number
+  specRevision: number
+  pcrBanks: { hashAlg: string; pcrs: number[] }[]
+  algorithms: string[]
+  nvBufferMax: number | undefined
+}
+
+function fourChars(v: number | undefined): string {
+  if (v === undefined) return ''
+  return String.fromCharCode((v >>> 24) & 0xff, (v >>> 16) & 0xff, (v >>> 8) & 0xff, v & 0xff).replace(
+    /[\0\s]+$/g,
+    '',
+  )
+}
+
+/** Manufacturer, firmware, active PCR banks and algorithms. */
+export async function getTpmInfo(tpm: Tpm): Promise<TpmInfo> {
+  const props = await getTpmProperties(tpm, TpmPt.FamilyIndicator, 64)
+  const fw1 = props.get(TpmPt.FirmwareVersion1) ?? 0
+  const fw2 = props.get(TpmPt.FirmwareVersion2) ?? 0
+  const pcrs = await capability(tpm, TpmCap.Pcrs, 0, 1)
+  const algs = await capability(tpm, TpmCap.Algs, 0, 256)
+  return {
+    manufacturer: fourChars(props.get(TpmPt.Manufacturer)),
+    vendorString: [TpmPt.VendorString1, TpmPt.VendorString2, TpmPt.VendorString3, TpmPt.VendorString4]
+      .map((p) => fourChars(props.get(p)))
+      .join(''),
+    firmwareVersion: `${fw1 >>> 16}.${fw1 & 0xffff}.${fw2 >>> 16}.${fw2 & 0xffff}`,
+    specLevel: props.get(TpmPt.Level) ?? 0,
+    specRevision: props.get(TpmPt.Revision) ?? 0,
+    pcrBanks:
+      pcrs.capability === TpmCap.Pcrs
+        ? pcrs.pcrBanks
+            .filter((b) => b.pcrs.length > 0)
+            .map((b) => ({ hashAlg: tpmAlgName(b.hash), pcrs: b.pcrs }))
+        : [],
+    algorithms: algs.capability === TpmCap.Algs ? algs.algorithms.map((a) => tpmAlgName(a.alg)) : [],
+    nvBufferMax: props.get(TpmPt.NvBufferMax),
+  }
+}
