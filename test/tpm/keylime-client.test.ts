@@ -13,7 +13,6 @@ import {
   decodeTpmtSignature,
   EK_POLICY_SHA256,
   EvictControl,
-  FlushContext,
   GetRandom,
   keylime,
   PasswordSession,
@@ -165,7 +164,7 @@ describe('keylime client against swtpm', () => {
       expect([...q.pcrValues.keys()]).toEqual([0, 1, 2, 10, 16])
       expect(verifyQuoteSignature(ak.publicArea, q.attest, q.signature)).toBe(true)
       const tampered = q.attest.slice()
-      tampered[tampered.length - 1] ^= 1
+      tampered[tampered.length - 1] = (tampered.at(-1) ?? 0) ^ 1
       expect(verifyQuoteSignature(ak.publicArea, tampered, q.signature)).toBe(false)
       await keylime.flushContext(tpm, loaded.handle)
       await keylime.flushContext(tpm, ek.handle)
@@ -204,7 +203,7 @@ describe('keylime client against swtpm', () => {
     expect(Buffer.from(got)).toEqual(secret)
     // A credential bound to another Name fails inside the TPM.
     const corrupted = Buffer.from(credentialBlob)
-    corrupted[5] ^= 0xff
+    corrupted[5] = (corrupted[5] ?? 0) ^ 0xff
     await expect(
       keylime.activateCredential(tpm, {
         akHandle: ak.handle,
