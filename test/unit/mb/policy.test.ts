@@ -38,6 +38,10 @@ function mutable(name: string): { bytes: Buffer; log: EventLog } {
   return { bytes, log: parseEventLog(bytes) }
 }
 
+function flip(bytes: Uint8Array, index: number, mask: number): void {
+  bytes[index] = (bytes[index] as number) ^ mask
+}
+
 function find(log: EventLog, pred: (ev: TcgEvent) => boolean): TcgEvent {
   const ev = log.events.find(pred)
   if (ev === undefined) throw new Error('fixture lacks the event this test needs')
@@ -80,11 +84,13 @@ describe('reference-state generator', () => {
         expect(mine[key], `${name} ${key}`).toEqual(theirs[key])
       }
       // same kernel entry; the command-line regex differs only in escaping (Python's re.escape escapes more)
-      const unescape = (k: unknown) => {
+      const dropEscapes = (k: unknown) => {
         const { kernel_cmdline, ...rest } = k as Record<string, string>
         return { ...rest, cmdline: kernel_cmdline?.replace(/\\(.)/g, '$1') }
       }
-      expect((mine.kernels as unknown[]).map(unescape)).toEqual((theirs.kernels as unknown[]).map(unescape))
+      expect((mine.kernels as unknown[]).map(dropEscapes)).toEqual(
+        (theirs.kernels as unknown[]).map(dropEscapes),
+      )
     }
   })
 
@@ -177,7 +183,7 @@ describe('tampering is rejected', () => {
     const apps = log.events.filter((e) => e.pcr === 4 && e.type === 0x80000003)
     expect(apps.length).toBe(4)
     const kernel = apps[2] as TcgEvent
-    ;(kernel.digests[0]?.digest as Uint8Array)[0] ^= 0xff
+    flip(kernel.digests[0]?.digest as Uint8Array, 0, 0xff)
     const got = reasons(policy(), parseEventLog(bytes))
     expect(got.join('\n')).toMatch(
       /no kernel entry matches: \[0\] boot applications \[.*\] are not shim, grub, kernel/,
@@ -211,7 +217,7 @@ describe('tampering is rejected', () => {
   it('a db certificate altered in the log', () => {
     const { bytes, log } = mutable(NAME)
     const ev = find(log, varNamed('db'))
-    ;(ev.data as Uint8Array)[ev.data.length - 40] ^= 0x01
+    flip(ev.data, ev.data.length - 40, 0x01)
     expect(
       reasons(policy(), parseEventLog(bytes)).some((r) => r.includes('not in the reference state')),
     ).toBe(true)
