@@ -1,0 +1,98 @@
+import { createHash } from 'node:crypto'
+import { Command } from 'commander'
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest'
+import { parsePcrSpec, registerTpmCommands } from '../../src/cli/commands/tpm.ts'
+import { parseQuoteString } from '../../src/evidence/quote/index.ts'
+import { decodeTpmsAttest } from '../../src/tpm/index.ts'
+import { type SwtpmInstance, startSwtpm } from '../helpers/swtpm.ts'
+
+let sw: SwtpmInstance
+
+async function runCli(
+  args: string[],
+  env: Record<string, string> = {},
+): Promise<{ out: string; err: string; code: number }> {
+  const program = new Command('keylime').exitOverride()
+  registerTpmCommands(program)
+  let out = ''
+  let err = ''
+  const o = vi.spyOn(process.stdout, 'write').mockImplementation((s) => {
+    out += String(s)
+    return true
+  })
+  const e = vi.spyOn(process.stderr, 'write').mockImplementation((s) => {
+    err += String(s)
+    return true
+  })
+  const saved = { ...process.env }
+  Object.assign(process.env, env)
+  process.exitCode = 0
+  try {
+    await program.parseAsync(['node', 'keylime', ...args])
+  } finally {
+    o.mockRestore()
+    e.mockRestore()
+    process.env = saved
+  }
+  const code = Number(process.exitCode ?? 0)
+  process.exitCode = 0
+  return { out, err, code }
+}
+
+beforeAll(async () => {
+  sw = await startSwtpm()
+})
+afterAll(async () => {
+  await sw?.stop()
+})
+
+describe('keylime tpm CLI', () => {
+  it('parses PCR specs', () => {
+    expect(parsePcrSpec('sha256:0,1,2,10')).toEqual({ hashAlg: 'sha256', pcrs: [0, 1, 2, 10] })
+    expect(parsePcrSpec('sha1:10,0-3')).toEqual({ hashAlg: 'sha1', pcrs: [0, 1, 2, 3, 10] })
+    expect(() => parsePcrSpec('md5:1')).toThrow(/bad --pcrs/)
+    expect(() => parsePcrSpec('sha256:30')).toThrow(/out of range/)
+  })
+
+  it('info prints manufacturer, banks and the EK certificate', async () => {
+    const { out, code } = await runCli(['tpm', 'info', '--tpm', sw.transport])
+    expect(code).toBe(0)
+    expect(out).toMatch(/Manufacturer: +IBM/)
+    expect(out).toMatch(/PCR banks: +sha1 \(24 PCRs\), sha256 \(24 PCRs\)/)
+    expect(out).toMatch(/EK cert \(rsa\): subject "[^"]*", issuer "[^"]*swtpm[^"]*"/i)
+    expect(out).toMatch(/EK cert \(ecc\): none/)
+  })
+
+  it('quote takes the TPM from KEYLIME_TPM and prints a Keylime quote whose PCR digest matches', async () => {
+    const { out, code, err } = await runCli(
+      ['tpm', 'quote', '--pcrs', 'sha256:0,1,2,10', '--nonce', 'abcdefghij0123456789', '--json'],
+      { KEYLIME_TPM: sw.transport },
+    )
+    expect(err).toBe('')
+    expect(code).toBe(0)
+    const json = JSON.parse(out)
+    const parts = parseQuoteString(json.quote)
+    const attest = decodeTpmsAttest(parts.attest)
+    expect(Buffer.from(attest.extraData).toString()).toBe('abcdefghij0123456789')
+    const digest = createHash('sha256')
+    for (const i of ['0', '1', '2', '10']) digest.update(Buffer.from(json.pcrs[i], 'hex'))
+    expect(attest.attested.kind === 'quote' && Buffer.from(attest.attested.pcrDigest)).toEqual(
+      digest.digest(),
+    )
+  })
+
+  it('reports a bad transport as an error, not a crash', async () => {
+    const { code, err } = await runCli([
+      'tpm',
+      'pcrread',
+      '--tpm',
+      'swtpm:host=127.0.0.1,port=1',
+      '--pcrs',
+      'sha256:0',
+    ])
+    expect(code).toBe(1)
+    expect(err).toMatch(/cannot connect to swtpm/)
+    const bad = await runCli(['tpm', 'info', '--tpm', 'carrier-pigeon:x'])
+    expect(bad.err).toMatch(/unknown TPM transport/)
+  })
+})
