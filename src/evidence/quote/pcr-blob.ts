@@ -45,6 +45,7 @@ export function parsePcrBlob(input: Uint8Array): PcrBlob {
 
   const order: { bank: PcrBank; pcr: number }[] = []
   const banks = new Map<QuoteHashAlg, PcrBank>()
+  const selectedMasks = new Map<PcrBank, number>()
   for (let slot = 0; slot < selectionCount; slot++) {
     const at = 4 + slot * SLOT_SIZE
     const algId = view.getUint16(at, true)
@@ -65,9 +66,10 @@ export function parsePcrBlob(input: Uint8Array): PcrBlob {
     }
     for (let pcr = 0; pcr < sizeofSelect * 8; pcr++) {
       if ((view.getUint8(at + 3 + (pcr >> 3)) & (1 << (pcr & 7))) === 0) continue
-      if (order.some((o) => o.bank === bank && o.pcr === pcr)) {
+      const mask = selectedMasks.get(bank) ?? 0
+      if (mask & (1 << pcr))
         throw new QuoteFormatError(`PCR blob selects ${hashAlg} PCR ${pcr} twice`, { offset: at })
-      }
+      selectedMasks.set(bank, mask | (1 << pcr))
       order.push({ bank, pcr })
     }
   }

@@ -22,6 +22,7 @@ export interface TpmPolicy {
 }
 
 const HEX = /^[0-9a-f]+$/
+const hex = (b: Uint8Array) => Buffer.from(b.buffer, b.byteOffset, b.byteLength).toString('hex')
 
 function parsePcrIndex(key: string): number {
   if (!/^(0|[1-9][0-9]?)$/.test(key)) throw new TpmPolicyError(`tpm_policy key "${key}" is not a PCR number`)
@@ -135,6 +136,21 @@ export function expectedDataPcr(pubkeyPem: string, hashAlg: QuoteHashAlg): Uint8
   )
 }
 
+/** Agents keep their key for a long time: remember recent bindings (bounded, so it cannot grow without limit). */
+const DATA_PCR_CACHE = new Map<string, string>()
+const DATA_PCR_CACHE_MAX = 8192
+
+function expectedDataPcrHex(pubkeyPem: string, hashAlg: QuoteHashAlg): string {
+  const key = `${hashAlg}\n${pubkeyPem}`
+  let value = DATA_PCR_CACHE.get(key)
+  if (value === undefined) {
+    value = hex(expectedDataPcr(pubkeyPem, hashAlg))
+    if (DATA_PCR_CACHE.size >= DATA_PCR_CACHE_MAX) DATA_PCR_CACHE.clear()
+    DATA_PCR_CACHE.set(key, value)
+  }
+  return value
+}
+
 export interface CheckPcrPolicyInput {
   /** Quoted PCR values of the signature bank (from verifyQuote). */
   pcrs: ReadonlyMap<number, Uint8Array>
@@ -143,8 +159,6 @@ export interface CheckPcrPolicyInput {
   boundPubkeyPem?: string
   hashAlg: QuoteHashAlg
 }
-
-const hex = (b: Uint8Array) => Buffer.from(b.buffer, b.byteOffset, b.byteLength).toString('hex')
 
 /**
  * Events (component `pcr_validation`, recoverable): `missing_pcr_16` / `invalid_pcr_16` for the key binding,
@@ -166,7 +180,7 @@ export function checkPcrPolicy(input: CheckPcrPolicyInput): Verdict {
         ),
       )
     } else {
-      const expected = hex(expectedDataPcr(boundPubkeyPem, hashAlg))
+      const expected = expectedDataPcrHex(boundPubkeyPem, hashAlg)
       if (hex(got) !== expected) {
         events.push(failure(`pcr_validation.invalid_pcr_${DATA_PCR}`, { got: hex(got), expected }))
       }
