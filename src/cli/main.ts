@@ -6,7 +6,7 @@ import { registerEventlogCommand } from './commands/eventlog.ts'
 import { registerImaCommands } from './commands/ima.ts'
 import { registerPolicyCommands } from './commands/policy.ts'
 import { registerRegistrarCommand } from './commands/registrar.ts'
-import { registerTenantCommands } from './commands/tenant.ts'
+import { normalizeTenantArgv, registerTenantCommands } from './commands/tenant.ts'
 import { registerTpmCommands } from './commands/tpm.ts'
 import { registerVerifierCommand } from './commands/verifier.ts'
 
@@ -28,4 +28,8 @@ export function buildProgram(): Command {
   return program
 }
 
-await buildProgram().parseAsync(process.argv)
+const argv =
+  process.argv[2] === 'tenant'
+    ? [...process.argv.slice(0, 3), ...normalizeTenantArgv(process.argv.slice(3))]
+    : process.argv
+await buildProgram().parseAsync(argv)

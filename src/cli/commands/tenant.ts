@@ -1,7 +1,70 @@
-import type { Command } from 'commander'
+import { type Command, Option } from 'commander'
+import { normalizeTenantArgv } from '../../tenant/argv.ts'
+import { runTenantCommand, TENANT_COMMANDS, type TenantCliOptions } from '../../tenant/cli-actions.ts'
+import { TenantError } from '../../tenant/errors.ts'
+
+export { normalizeTenantArgv }
 
 export function registerTenantCommands(program: Command): void {
-  program
+  const tenant = program
     .command('tenant')
-    .description('Operator CLI: enroll agents, manage policies (arrives with its issue)')
+    .description('Operator CLI: enroll agents with the verifier, query and manage them and their policies')
+    .argument('[command]', `one of: ${TENANT_COMMANDS.join(', ')} (upstream style: -c <command>)`)
+    .option('-c, --command <command>', 'tenant command (default: add)')
+    .option('-u, --uuid <uuid>', 'agent UUID')
+    .option('-t, --targethost <ip>', 'agent IP (default: from the registrar)')
+    .option('--targetport <port>', 'agent port (default: from the registrar); upstream -tp', Number)
+    .option(
+      '--cv-targethost <ip>',
+      'agent IP as the verifier reaches it, if different (upstream --cv_targethost)',
+    )
+    .option('-v, --cv <ip>', 'verifier IP')
+    .option('--cvport <port>', 'verifier port; upstream -vp', Number)
+    .option('--cvid <id>', 'verifier id filter for cvlist/bulkinfo; upstream -vi')
+    .option('-r, --registrarhost <ip>', 'registrar IP')
+    .option('--registrarport <port>', 'registrar TLS port; upstream -rp', Number)
+    .option('--no-verifier-check', 'delete/reactivate without looking the agent up first; upstream -nvc')
+    .option('--push-model', 'enroll a push-mode agent (no agent contact, no payload)')
+    .option('-f, --file <path>', 'payload file to encrypt and deliver')
+    .option('-k, --key <path>', 'key file (b64 K, U, V lines) for a pre-encrypted payload')
+    .option('-p, --payload <path>', 'pre-encrypted payload (with -k)')
+    .option(
+      '--cert <dir>',
+      'deliver a CA certificate package for the agent from this CA dir ("default": WORK_DIR/ca)',
+    )
+    .option('--include <dir>', 'extra files to add to the payload archive')
+    .option('--runtime-policy <path>', 'runtime (IMA) policy JSON, plain or DSSE-signed')
+    .option('--runtime-policy-checksum <sha256>', 'expected SHA-256 of the runtime policy file')
+    .option('--runtime-policy-sig-key <pem>', 'public key that signed a DSSE runtime policy')
+    .option('--runtime-policy-name <name>', 'name of a runtime policy stored at the verifier')
+    .option('--mb-policy <path>', 'measured-boot reference state JSON (upstream --mb_refstate)')
+    .option('--mb-policy-name <name>', 'name of a measured-boot policy stored at the verifier')
+    .option('--tpm-policy <json>', 'static PCR policy, e.g. \'{"15":["0000..."]}\' (upstream --tpm_policy)')
+    .option('--verify', 'wait until the agent proves it derived the payload key K')
+    .option('--agent-api-version <version>', 'skip agent version detection (upstream --supported-version)')
+    .option(
+      '--config <file>',
+      'tenant config file (default: /etc/keylime/tenant.conf; env KEYLIME_TENANT_CONFIG)',
+    )
+    .option('--tls-dir <dir>', 'directory with cacert.crt, client-cert.crt and client-private.pem')
+    .addOption(new Option('--json', 'print machine-readable JSON'))
+    .addHelpText(
+      'after',
+      '\nExit status: 0 success, 1 refused or failed, 2 bad usage, 3 agent identity/EK not trusted, 4 peer error.',
+    )
+    .action(async (positional: string | undefined, opts: TenantCliOptions) => {
+      const command = opts.command ?? positional ?? 'add'
+      try {
+        await runTenantCommand(command, opts)
+      } catch (err) {
+        if (err instanceof TenantError) {
+          if (opts.json) process.stdout.write(`${JSON.stringify({ error: err.message })}\n`)
+          else process.stderr.write(`keylime tenant: ${err.message}\n`)
+          process.exitCode = err.exitCode
+          return
+        }
+        throw err
+      }
+    })
+  tenant.configureHelp({ sortOptions: false })
 }

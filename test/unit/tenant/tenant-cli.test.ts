@@ -1,0 +1,73 @@
+import { execFileSync, spawnSync } from 'node:child_process'
+import { mkdtempSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { describe, expect, it } from 'vitest'
+import { decryptPayload } from '../../../src/crypto/payload.ts'
+import { normalizeTenantArgv } from '../../../src/tenant/argv.ts'
+import { preparePayloadFromFiles } from '../../../src/tenant/payload-prep.ts'
+import { retryDelaySeconds } from '../../../src/tenant/tenant-service.ts'
+
+describe('tenant argv', () => {
+  it('rewrites upstream multi-letter flags and underscore spellings', () => {
+    expect(
+      normalizeTenantArgv(['-c', 'add', '-tp', '9002', '-vp=8881', '-nvc', '--tpm_policy', '{}']),
+    ).toEqual([
+      '-c',
+      'add',
+      '--targetport',
+      '9002',
+      '--cvport=8881',
+      '--no-verifier-check',
+      '--tpm-policy',
+      '{}',
+    ])
+  })
+
+  it('leaves values that look like flags only when they are exact matches', () => {
+    expect(normalizeTenantArgv(['-u', '-tpx'])).toEqual(['-u', '-tpx'])
+  })
+})
+
+describe('tenant retry delays', () => {
+  it('follows upstream: retry_interval ** n when exponential and base > 1', () => {
+    const p = { maxRetries: 5, retryInterval: 2, exponentialBackoff: true }
+    expect([1, 2, 3, 4, 5].map((n) => retryDelaySeconds(p, n))).toEqual([2, 4, 8, 16, 32])
+    expect(retryDelaySeconds({ ...p, retryInterval: 1 }, 4)).toBe(1)
+    expect(retryDelaySeconds({ ...p, exponentialBackoff: false }, 4)).toBe(2)
+  })
+})
+
+describe('tenant payload preparation', () => {
+  it('encrypts a file under K = U xor V so the agent can decrypt it', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'kl-tenant-'))
+    writeFileSync(join(dir, 'secret.txt'), 'top secret')
+    const prepared = await preparePayloadFromFiles({ file: join(dir, 'secret.txt'), maxPayloadSize: 1024 })
+    expect(prepared).toBeDefined()
+    const { k, u, v, payload } = prepared!
+    expect(Buffer.from(u.map((b, i) => b ^ (v[i] as number)))).toEqual(k)
+    expect(decryptPayload(k, payload as string).toString()).toBe('top secret')
+  })
+
+  it('refuses a payload over max_payload_size', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'kl-tenant-'))
+    writeFileSync(join(dir, 'big.bin'), Buffer.alloc(2048))
+    await expect(
+      preparePayloadFromFiles({ file: join(dir, 'big.bin'), maxPayloadSize: 1024 }),
+    ).rejects.toThrow(/max_payload_size/)
+  })
+})
+
+describe('keylime tenant command line', () => {
+  it('documents its commands and exit codes in --help', () => {
+    const help = execFileSync('node', ['bin/keylime.js', 'tenant', '--help'], { encoding: 'utf8' })
+    expect(help).toContain('addruntimepolicy')
+    expect(help).toContain('Exit status')
+  })
+
+  it('exits 2 on an unknown command', () => {
+    const unknown = spawnSync('node', ['bin/keylime.js', 'tenant', '-c', 'frobnicate'], { encoding: 'utf8' })
+    expect(unknown.status).toBe(2)
+    expect(unknown.stderr).toContain('unknown tenant command')
+  })
+})
