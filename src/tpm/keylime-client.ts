@@ -345,6 +345,7 @@ export async function quote(
 export interface TpmInfo {
   manufacturer: string
   vendorString: string
+  /** TPM_PT_FIRMWARE_VERSION_1 and _2 as 8 hex digits each, e.g. `20191023.00163636`. */
   firmwareVersion: string
   specLevel: number
   specRevision: number
@@ -361,6 +362,8 @@ function fourChars(v: number | undefined): string {
   )
 }
 
+const hex8 = (v: number) => (v >>> 0).toString(16).padStart(8, '0')
+
 /** Manufacturer, firmware, active PCR banks and algorithms. */
 export async function getTpmInfo(tpm: Tpm): Promise<TpmInfo> {
   const props = await getTpmProperties(tpm, TpmPt.FamilyIndicator, 64)
@@ -373,7 +376,7 @@ export async function getTpmInfo(tpm: Tpm): Promise<TpmInfo> {
     vendorString: [TpmPt.VendorString1, TpmPt.VendorString2, TpmPt.VendorString3, TpmPt.VendorString4]
       .map((p) => fourChars(props.get(p)))
       .join(''),
-    firmwareVersion: `${fw1 >>> 16}.${fw1 & 0xffff}.${fw2 >>> 16}.${fw2 & 0xffff}`,
+    firmwareVersion: `${hex8(fw1)}.${hex8(fw2)}`,
     specLevel: props.get(TpmPt.Level) ?? 0,
     specRevision: props.get(TpmPt.Revision) ?? 0,
     pcrBanks:
