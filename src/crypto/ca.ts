@@ -12,6 +12,15 @@ import { join } from 'node:path'
 import { KeylimeError } from '../common/errors.ts'
 import { type CryptoKey, type CryptoKeyPair, subtle, x509 } from './x509-setup.ts'
 
+const CA_ERROR_STATUS = {
+  ERR_CA_INPUT: 400,
+  ERR_CA_NOT_FOUND: 404,
+  ERR_CA_EXISTS: 409,
+  ERR_CA_MISSING: 500,
+  ERR_CA_CORRUPT: 500,
+  ERR_CA_LOCKED: 503,
+} as const
+
 export class CaError extends KeylimeError {
   constructor(
     code:
@@ -24,7 +33,7 @@ export class CaError extends KeylimeError {
     message: string,
     options?: { cause?: unknown },
   ) {
-    super(code, message, { statusCode: code === 'ERR_CA_INPUT' ? 400 : 500, ...options })
+    super(code, message, { statusCode: CA_ERROR_STATUS[code], ...options })
   }
 }
 

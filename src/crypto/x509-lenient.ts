@@ -232,7 +232,6 @@ function importPublicKey(r: Reader, spki: Tlv, irregularities: string[]): KeyObj
           format: 'der',
           type: 'spki',
         })
-        irregularities.push('public key labelled id-RSAES-OAEP (read as rsaEncryption)')
         return key
       } catch {
         // fall through
@@ -365,7 +364,21 @@ export function parseCertificateDer(input: Uint8Array): LenientCertificate {
     authorityKeyId: null,
     irregularities: irregular,
   }
-  cert.publicKey = importPublicKey(r, spkiT, cert.irregularities)
+  // importing a key costs more than parsing the whole certificate: do it only when a signature needs it
+  let key: KeyObject | null | undefined
+  const keyIssues: string[] = []
+  Object.defineProperty(cert, 'publicKey', {
+    enumerable: true,
+    get: (): KeyObject | null => {
+      if (key === undefined) key = importPublicKey(r, spkiT, keyIssues)
+      return key
+    },
+  })
+  const [keyAlg] = r.children(spkiT, 'subjectPublicKeyInfo')
+  const [keyOid] = keyAlg ? r.children(keyAlg, 'algorithm') : []
+  if (keyOid && decodeOid(r.bytes(keyOid)) === OID_RSAES_OAEP) {
+    cert.irregularities.push('public key labelled id-RSAES-OAEP (read as rsaEncryption)')
+  }
   cert.irregularities.unshift(...r.irregularities)
   readKnownExtensions(cert)
   return cert
