@@ -70,7 +70,7 @@ describe('payload interop (spec §E.1, written with raw node:crypto)', () => {
     expect(() => decryptPayload(k, raw)).toThrow(/authentication failed/)
     expect(() => decryptPayload(k, Buffer.alloc(10))).toThrow(/too short/)
     expect(() => decryptPayload(k, '!!not base64!!')).toThrow(/base64/)
-    expect(() => decryptPayload(k, blob.replace(/\+/g, '-').replace(/\//g, '_') + '-_')).toThrow(/base64/)
+    expect(() => decryptPayload(k, `${blob.replace(/\+/g, '-').replace(/\//g, '_')}-_`)).toThrow(/base64/)
     // unpadded and line-wrapped base64 are still the same payload
     const wrapped = blob.replace(/=+$/, '').replace(/(.{64})/g, '$1\n')
     expect(decryptPayload(k, wrapped).toString()).toBe('secret')
