@@ -1,30 +1,15 @@
 const HEX: string[] = Array.from({ length: 256 }, (_, i) => i.toString(16).padStart(2, '0'))
 
 /** EFI_GUID at `offset` as text: the first three fields are little-endian, the last 8 bytes in order. */
-export function guidAt(b: Uint8Array, offset: number): string {
-  const h = (i: number) => HEX[b[offset + i] as number] as string
-  return (
-    h(3) +
-    h(2) +
-    h(1) +
-    h(0) +
-    '-' +
-    h(5) +
-    h(4) +
-    '-' +
-    h(7) +
-    h(6) +
-    '-' +
-    h(8) +
-    h(9) +
-    '-' +
-    h(10) +
-    h(11) +
-    h(12) +
-    h(13) +
-    h(14) +
-    h(15)
-  )
+export function guidAt(b: Uint8Array, o: number): string {
+  const x = HEX
+  return `${x[b[o + 3] as number]}${x[b[o + 2] as number]}${x[b[o + 1] as number]}${x[b[o] as number]}-${
+    x[b[o + 5] as number]
+  }${x[b[o + 4] as number]}-${x[b[o + 7] as number]}${x[b[o + 6] as number]}-${x[b[o + 8] as number]}${
+    x[b[o + 9] as number]
+  }-${x[b[o + 10] as number]}${x[b[o + 11] as number]}${x[b[o + 12] as number]}${x[b[o + 13] as number]}${
+    x[b[o + 14] as number]
+  }${x[b[o + 15] as number]}`
 }
 
 /**

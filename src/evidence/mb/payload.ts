@@ -80,6 +80,29 @@ export function decodeSignatureLists(data: Uint8Array): EfiSignatureList[] | nul
   return lists
 }
 
+/**
+ * The signature data of every entry of a concatenation of EFI_SIGNATURE_LISTs, as lowercase hex (owners and
+ * types skipped: the fast path for large dbx variables). Null when the lists are malformed.
+ */
+export function signatureDataHexes(data: Uint8Array): string[] | null {
+  const b = buf(data)
+  const out: string[] = []
+  let o = 0
+  while (o < b.length) {
+    if (b.length - o < 28) return null
+    const listSize = b.readUInt32LE(o + 16)
+    const headerSize = b.readUInt32LE(o + 20)
+    const sigSize = b.readUInt32LE(o + 24)
+    if (listSize < 28 || listSize > b.length - o || sigSize < 16) return null
+    const body = listSize - 28 - headerSize
+    if (body < 0 || body % sigSize !== 0) return null
+    for (let k = o + 28 + headerSize; k < o + listSize; k += sigSize)
+      out.push(b.toString('hex', k + 16, k + sigSize))
+    o += listSize
+  }
+  return out
+}
+
 /** Length of a DER SEQUENCE starting at `o` (tag + length + content), or null. */
 function derLength(b: Buffer, o: number): number | null {
   if (b.length - o < 2 || b[o] !== 0x30) return null

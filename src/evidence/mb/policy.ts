@@ -24,6 +24,7 @@ import {
   decodeSignatureLists,
   decodeUefiVariable,
   eventString,
+  signatureDataHexes,
   type UefiVariable,
 } from './payload.ts'
 import type { MbDigest, MbKernel, MbPolicy, MbRefState, MbSignature } from './refstate.ts'
@@ -250,10 +251,9 @@ function checkKeyVariable(
 }
 
 function checkDbx(e: Evaluation, ev: TcgEvent, v: UefiVariable) {
-  const lists = decodeSignatureLists(v.data)
-  if (lists === null) return e.fail(ev, 'has malformed EFI_SIGNATURE_LIST data', v.unicodeName)
-  const present = new Set<string>()
-  for (const l of lists) for (const k of l.Keys) present.add(k.SignatureData)
+  const entries = signatureDataHexes(v.data)
+  if (entries === null) return e.fail(ev, 'has malformed EFI_SIGNATURE_LIST data', v.unicodeName)
+  const present = new Set(entries)
   const missing = e.c.ref.dbx.filter((s) => !present.has(s.data))
   if (missing.length > 0 && !(!e.c.ref.hasSecureBoot && e.c.ref.dbx.length === 0)) {
     e.fail(
