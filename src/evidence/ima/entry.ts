@@ -182,14 +182,14 @@ export function parseImaLine(line: string, lineNumber?: number): ImaEntry {
     }
   }
 
+  if (templateName === 'ima-ng')
+    return parseImaNgFields(pcr, templateHash, violation, digestText, name, lineNumber)
   const d = parseDigestNg(digestText, lineNumber)
   const nameData = nulTerminated(name)
   let signature: Buffer | null = null
   let buffer: Buffer | null = null
   let templateData: Buffer
-  if (templateName === 'ima-ng') {
-    templateData = packFields([d.data, nameData])
-  } else if (templateName === 'ima-sig') {
+  if (templateName === 'ima-sig') {
     const sig = decodeHex(parts[2] as string, 'signature', lineNumber)
     signature = sig.length > 0 ? sig : null
     templateData = packFields([d.data, nameData, sig])
@@ -216,6 +216,65 @@ export function parseImaLine(line: string, lineNumber?: number): ImaEntry {
     name,
     signature,
     buffer,
+  }
+}
+
+function parsePcrIndex(text: string, line: number | undefined): number {
+  if (!/^[0-9]{1,2}$/.test(text) || Number(text) > 23)
+    throw new ImaParseError(`bad PCR index: ${clip(text)}`, { line })
+  return Number(text)
+}
+
+/** ima-ng hot path: the template data is written in one allocation and the digest is a view into it. */
+function parseImaNgFields(
+  pcr: number,
+  templateHash: Buffer,
+  violation: boolean,
+  digestText: string,
+  name: string,
+  lineNumber: number | undefined,
+): ImaEntry {
+  const colon = digestText.lastIndexOf(':')
+  if (colon <= 0)
+    throw new ImaParseError(`digest field has no algorithm prefix: ${clip(digestText)}`, { line: lineNumber })
+  const hexLen = digestText.length - colon - 1
+  if (hexLen % 2 !== 0)
+    throw new ImaParseError(`digest is not hex: ${clip(digestText)}`, { line: lineNumber })
+  const digestLen = hexLen / 2
+  const dLen = colon + 2 + digestLen
+  const nameLen = Buffer.byteLength(name, 'utf8')
+  const data = Buffer.allocUnsafe(8 + dLen + nameLen + 1)
+  data.writeUInt32LE(dLen, 0)
+  data.write(digestText, 4, colon + 1, 'latin1')
+  data[4 + colon + 1] = 0
+  const digestStart = 4 + colon + 2
+  if (data.write(digestText.slice(colon + 1), digestStart, 'hex') !== digestLen) {
+    throw new ImaParseError(`digest is not hex: ${clip(digestText)}`, { line: lineNumber })
+  }
+  const alg = digestText.slice(0, colon)
+  const digest = data.subarray(digestStart, digestStart + digestLen)
+  const known = KERNEL_HASHES[alg]
+  if (known !== undefined && known.size !== digestLen && !isAllZero(digest)) {
+    throw new ImaParseError(`${alg} digest has ${digestLen} bytes, expected ${known.size}`, {
+      line: lineNumber,
+    })
+  }
+  const nameAt = 4 + dLen
+  data.writeUInt32LE(nameLen + 1, nameAt)
+  data.write(name, nameAt + 4, 'utf8')
+  data[nameAt + 4 + nameLen] = 0
+  return {
+    pcr,
+    templateHash,
+    templateName: 'ima-ng',
+    templateData: data,
+    violation,
+    digestAlg: alg,
+    digest,
+    digestHex: digestText.slice(colon + 1).toLowerCase(),
+    name,
+    signature: null,
+    buffer: null,
   }
 }
 
