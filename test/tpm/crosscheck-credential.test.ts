@@ -3,10 +3,9 @@
  * (Keylime 0xBADCC0DE blob == tpm2-tools' credential file) activated by tpm2_activatecredential, and our Names / PEMs
  * equal to what tpm2-tools reports.
  */
-import { type ChildProcess, execFile, spawn } from 'node:child_process'
+import { execFile } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
-import { createConnection, createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
@@ -18,47 +17,12 @@ import {
   makeCredential,
 } from '../../src/crypto/make-credential.ts'
 import { assertRestrictedSigningKey, objectName, publicKeyPemOf } from '../../src/crypto/tpm-public.ts'
+import { type SwtpmInstance, startSwtpm } from '../helpers/swtpm.ts'
 
 const run = promisify(execFile)
 
-async function freePort(port = 0): Promise<number | null> {
-  return new Promise((resolve) => {
-    const srv = createServer()
-    srv.once('error', () => resolve(null))
-    srv.listen(port, '127.0.0.1', () => {
-      const addr = srv.address()
-      srv.close(() => resolve(typeof addr === 'object' && addr ? addr.port : null))
-    })
-  })
-}
-
-/** The swtpm TCTI of tpm2-tools expects the control channel on data port + 1. */
-async function freePortPair(): Promise<number> {
-  for (let i = 0; i < 50; i++) {
-    const p = await freePort()
-    if (p !== null && p < 65535 && (await freePort(p + 1)) !== null) return p
-  }
-  throw new Error('no free port pair')
-}
-
-async function waitForPort(port: number): Promise<void> {
-  for (let i = 0; i < 100; i++) {
-    const ok = await new Promise<boolean>((resolve) => {
-      const s = createConnection({ port, host: '127.0.0.1' })
-      s.once('connect', () => {
-        s.destroy()
-        resolve(true)
-      })
-      s.once('error', () => resolve(false))
-    })
-    if (ok) return
-    await new Promise((r) => setTimeout(r, 50))
-  }
-  throw new Error(`swtpm did not listen on ${port}`)
-}
-
 let dir: string
-let swtpm: ChildProcess
+let swtpm: SwtpmInstance | undefined
 let tcti: string
 
 async function tpm2(tool: string, ...args: string[]): Promise<string> {
@@ -70,31 +34,13 @@ async function tpm2(tool: string, ...args: string[]): Promise<string> {
 }
 
 beforeAll(async () => {
-  dir = mkdtempSync(join(tmpdir(), 'kl-cred-'))
-  const port = await freePortPair()
-  const ctrl = port + 1
-  swtpm = spawn(
-    'swtpm',
-    [
-      'socket',
-      '--tpm2',
-      '--tpmstate',
-      `dir=${dir}`,
-      '--server',
-      `type=tcp,port=${port},bindaddr=127.0.0.1`,
-      '--ctrl',
-      `type=tcp,port=${ctrl},bindaddr=127.0.0.1`,
-      '--flags',
-      'not-need-init,startup-clear',
-    ],
-    { stdio: 'ignore' },
-  )
-  tcti = `swtpm:host=127.0.0.1,port=${port}`
-  await waitForPort(port)
+  dir = mkdtempSync(join(tmpdir(), 'kl-crosscheck-'))
+  swtpm = await startSwtpm()
+  tcti = swtpm.tcti
 })
 
-afterAll(() => {
-  swtpm?.kill()
+afterAll(async () => {
+  await swtpm?.stop()
   if (dir) rmSync(dir, { recursive: true, force: true })
 })
 
