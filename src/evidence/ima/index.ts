@@ -1,3 +1,4 @@
+export * from './create-policy.ts'
 export * from './dsse.ts'
 export * from './entry.ts'
 export * from './errors.ts'
