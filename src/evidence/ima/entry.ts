@@ -142,10 +142,10 @@ export function parseImaLine(line: string, lineNumber?: number): ImaEntry {
     throw new ImaParseError(`not an IMA entry (expected "<pcr> <hash> <template> <fields>"): ${clip(line)}`, {
       line: lineNumber,
     })
-  const pcrText = line.slice(0, s1)
-  const pcr = Number(pcrText)
-  if (!/^[0-9]{1,2}$/.test(pcrText) || pcr > 23)
-    throw new ImaParseError(`bad PCR index: ${clip(pcrText)}`, { line: lineNumber })
+  const pcr =
+    s1 === 2 && line.charCodeAt(0) === 49 && line.charCodeAt(1) === 48
+      ? 10
+      : parsePcrIndex(line.slice(0, s1), lineNumber)
   const templateHash = decodeHex(line.slice(s1 + 1, s2), 'template hash', lineNumber)
   if (templateHash.length < 16) throw new ImaParseError('template hash too short', { line: lineNumber })
   const templateName = line.slice(s2 + 1, s3)
