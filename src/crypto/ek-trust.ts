@@ -13,7 +13,7 @@
  * `issuercert.pem` (intermediate). Copy both into a development store directory (or the configured
  * `tpm_cert_store`) to trust swtpm EKs; never ship them in a production store.
  */
-import { constants, verify } from 'node:crypto'
+import { constants, createPublicKey, type KeyObject, verify } from 'node:crypto'
 import { readdir, readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import {
@@ -193,8 +193,9 @@ function issuerProblem(issuer: LenientCertificate): string | null {
  */
 export async function verifyEkCertificate(
   ekCert: string | Uint8Array | LenientCertificate,
-  options: EkTrustOptions,
+  storeDirOrOptions: string | EkTrustOptions,
 ): Promise<EkTrustResult> {
+  const options = typeof storeDirOrOptions === 'string' ? { storeDir: storeDirOrOptions } : storeDirOrOptions
   const store =
     options.store ?? (options.storeDir !== undefined ? await loadCertStore(options.storeDir) : undefined)
   if (!store) throw new CertificateFormatError('verifyEkCertificate needs storeDir or store')
@@ -295,6 +296,18 @@ export function verifyEkCertificateWithStore(
     }
   }
   return { trusted: false, chain: [describe(leaf)], reason: bestReason, warnings }
+}
+
+/**
+ * True when the certificate certifies exactly this public key (e.g. the EK the TPM reported): a trusted
+ * EK certificate says nothing about a different key.
+ */
+export function certificateMatchesKey(cert: LenientCertificate, key: KeyObject): boolean {
+  const certKey = cert.publicKey
+  if (!certKey) return false
+  const a = certKey.export({ type: 'spki', format: 'der' })
+  const b = (key.type === 'private' ? createPublicKey(key) : key).export({ type: 'spki', format: 'der' })
+  return a.equals(b)
 }
 
 function rank(entry: { c: LenientCertificate; anchor: boolean }, child: LenientCertificate): number {

@@ -1,5 +1,5 @@
 import { execFileSync } from 'node:child_process'
-import { createPrivateKey, sign, webcrypto } from 'node:crypto'
+import { createPrivateKey, createPublicKey, generateKeyPairSync, sign, webcrypto } from 'node:crypto'
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -7,6 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import {
   CertificateFormatError,
   type CertStore,
+  certificateMatchesKey,
   loadCertStore,
   parseCertificateTolerant,
   verifyEkCertificate,
@@ -142,6 +143,19 @@ describe('swtpm EK certificates', () => {
       expect(refused.trusted).toBe(false)
       expect(refused.reason).toContain('CN=swtpm-localca')
     }
+    // the string form of the options (contract: verifyEkCertificate(cert, certStoreDir))
+    expect((await verifyEkCertificate(sw.ekRsa, devStore)).trusted).toBe(true)
+    // the certificate certifies the swtpm EK key and no other
+    const rsaCert = parseCertificateTolerant(sw.ekRsa)
+    expect(
+      certificateMatchesKey(
+        rsaCert,
+        createPublicKey({ key: Buffer.from(rsaCert.spki), format: 'der', type: 'spki' }),
+      ),
+    ).toBe(true)
+    expect(certificateMatchesKey(rsaCert, generateKeyPairSync('ec', { namedCurve: 'P-256' }).publicKey)).toBe(
+      false,
+    )
     // root only in the store, intermediate supplied alongside the EK certificate (as from NV)
     const rootOnly = storeOf(join(root, 'root-only'), {
       'root.pem': readFileSync(join(sw.caDir, 'swtpm-localca-rootca-cert.pem')),
