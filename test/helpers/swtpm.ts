@@ -14,10 +14,11 @@ import { promisify } from 'node:util'
 const run = promisify(execFile)
 
 export interface SwtpmInstance {
-  /** Transport spec for `Tpm.open`, e.g. `swtpm:host=127.0.0.1,port=40321`. */
+  /** Transport spec for `Tpm.open`, e.g. `swtpm:host=127.0.0.1,port=40321` or `swtpm:path=/s.sock,ctrl=/s.ctrl`. */
   transport: string
   /** The same endpoint as a tpm2-tools TCTI (`-T` / TPM2TOOLS_TCTI). */
   tcti: string
+  /** TCP data port (0 for Unix sockets). */
   port: number
   stateDir: string
   stop(): Promise<void>
@@ -50,7 +51,28 @@ function canConnect(port: number): Promise<boolean> {
   })
 }
 
-export async function startSwtpm(options: { dir?: string; pcrBanks?: string } = {}): Promise<SwtpmInstance> {
+export interface StartSwtpmOptions {
+  dir?: string
+  /** PCR banks to activate (default `sha1,sha256`). */
+  pcrBanks?: string
+  /** `unix`: data and control on Unix sockets in the state dir (transport `swtpm:path=...,ctrl=...`). */
+  socket?: 'tcp' | 'unix'
+  /** false: leave the TPM powered off; the client must CMD_INIT via the control channel and TPM2_Startup. */
+  startup?: boolean
+}
+
+function canConnectPath(path: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = connect({ path })
+    s.once('connect', () => {
+      s.destroy()
+      resolve(true)
+    })
+    s.once('error', () => resolve(false))
+  })
+}
+
+export async function startSwtpm(options: StartSwtpmOptions = {}): Promise<SwtpmInstance> {
   const stateDir = options.dir ?? (await mkdtemp(join(tmpdir(), 'keylime-swtpm-')))
   const ownsDir = options.dir === undefined
   await run(
@@ -67,24 +89,19 @@ export async function startSwtpm(options: { dir?: string; pcrBanks?: string } = 
     ],
     { timeout: 60_000 },
   )
+  const unix = options.socket === 'unix'
+  const dataPath = join(stateDir, 'swtpm.sock')
+  const ctrlPath = join(stateDir, 'swtpm.ctrl')
   for (let attempt = 0; ; attempt++) {
-    const port = await freePortPair()
-    const child: ChildProcess = spawn(
-      'swtpm',
-      [
-        'socket',
-        '--tpm2',
-        '--tpmstate',
-        `dir=${stateDir}`,
-        '--server',
-        `type=tcp,port=${port},bindaddr=127.0.0.1`,
-        '--ctrl',
-        `type=tcp,port=${port + 1},bindaddr=127.0.0.1`,
-        '--flags',
-        'not-need-init,startup-clear',
-      ],
-      { stdio: ['ignore', 'ignore', 'pipe'] },
-    )
+    const port = unix ? 0 : await freePortPair()
+    const args = ['socket', '--tpm2', '--tpmstate', `dir=${stateDir}`]
+    if (unix) args.push('--server', `type=unixio,path=${dataPath}`, '--ctrl', `type=unixio,path=${ctrlPath}`)
+    else {
+      args.push('--server', `type=tcp,port=${port},bindaddr=127.0.0.1`)
+      args.push('--ctrl', `type=tcp,port=${port + 1},bindaddr=127.0.0.1`)
+    }
+    if (options.startup !== false) args.push('--flags', 'not-need-init,startup-clear')
+    const child: ChildProcess = spawn('swtpm', args, { stdio: ['ignore', 'ignore', 'pipe'] })
     let stderr = ''
     child.stderr?.on('data', (d) => {
       stderr += String(d)
@@ -92,7 +109,7 @@ export async function startSwtpm(options: { dir?: string; pcrBanks?: string } = 
     const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()))
     let up = false
     for (let i = 0; i < 100 && child.exitCode === null; i++) {
-      if (await canConnect(port + 1)) {
+      if (await (unix ? canConnectPath(ctrlPath) : canConnect(port + 1))) {
         up = true
         break
       }
@@ -105,9 +122,10 @@ export async function startSwtpm(options: { dir?: string; pcrBanks?: string } = 
       throw new Error(`swtpm did not start: ${stderr}`)
     }
     let stopped = false
+    const transport = unix ? `swtpm:path=${dataPath},ctrl=${ctrlPath}` : `swtpm:host=127.0.0.1,port=${port}`
     return {
-      transport: `swtpm:host=127.0.0.1,port=${port}`,
-      tcti: `swtpm:host=127.0.0.1,port=${port}`,
+      transport,
+      tcti: unix ? `swtpm:path=${dataPath}` : transport,
       port,
       stateDir,
       async stop() {

@@ -46,11 +46,15 @@ export class SwtpmTransport implements TpmTransport {
       s.once('connect', () => {
         s.off('error', onError)
         s.on('data', (chunk: Buffer) => this.onData(chunk))
-        s.on('error', (err) =>
-          this.failPending(new TpmTransportError(`swtpm connection error: ${err.message}`, { cause: err })),
-        )
+        // Events of a socket we already replaced or closed must not fail a command on the new one.
+        s.on('error', (err) => {
+          if (this.socket === s) {
+            this.failPending(new TpmTransportError(`swtpm connection error: ${err.message}`, { cause: err }))
+          }
+        })
         s.on('close', () => {
-          if (this.socket === s) this.socket = undefined
+          if (this.socket !== s) return
+          this.socket = undefined
           this.failPending(new TpmTransportError('swtpm closed the connection before responding'))
         })
         this.socket = s
