@@ -185,3 +185,45 @@ describe.each([
     expect(checkClock(second, first).verdict.ok).toBe(false)
   })
 })
+
+describe('tpm2_quote over the SHA-1 bank with a SHA-1 signing AK', () => {
+  it('verifies and returns the sha1 PCR values', async () => {
+    await tpm2('flushcontext', '-t')
+    await tpm2('createek', '-c', 'sha1ek.ctx', '-G', 'rsa', '-u', 'sha1ek.pub')
+    await tpm2(
+      'createak',
+      ...[
+        '-C',
+        'sha1ek.ctx',
+        '-c',
+        'sha1ak.ctx',
+        '-G',
+        'rsa',
+        '-g',
+        'sha1',
+        '-s',
+        'rsassa',
+        '-u',
+        'sha1ak.pub',
+      ],
+    )
+    await tpm2('flushcontext', '-t')
+    const nonce = 'sha1nonce0123456789A'
+    await tpm2(
+      'quote',
+      ...['-c', 'sha1ak.ctx', '-l', 'sha1:0,16', '-q', Buffer.from(nonce).toString('hex'), '-g', 'sha1'],
+      ...['-m', 'sha1q.msg', '-s', 'sha1q.sig', '-o', 'sha1q.pcrs'],
+    )
+    await tpm2('flushcontext', '-t')
+    const quote = formatQuoteString({
+      attest: readFileSync(join(dir, 'sha1q.msg')),
+      signature: readFileSync(join(dir, 'sha1q.sig')),
+      pcrBlob: readFileSync(join(dir, 'sha1q.pcrs')),
+    })
+    const akPublic = new Uint8Array(readFileSync(join(dir, 'sha1ak.pub')))
+    const r = verifyQuote({ akPublic, quote, nonce, hashAlg: 'sha1' })
+    expect(r.verdict).toEqual({ ok: true })
+    expect(r.pcrs?.get(0)).toEqual(new Uint8Array(20))
+    expect(verifyQuote({ akPublic, quote, nonce, hashAlg: 'sha256' }).verdict.ok).toBe(false)
+  })
+})
