@@ -43,7 +43,7 @@ const hex = (s: string) => Uint8Array.from(Buffer.from(s, 'hex'))
 const quoteAttest: Omit<TpmsAttest, 'raw'> = {
   magic: TPM_GENERATED_VALUE,
   type: TpmSt.AttestQuote,
-  qualifiedSigner: hex('000b' + '11'.repeat(32)),
+  qualifiedSigner: hex(`000b${'11'.repeat(32)}`),
   extraData: new TextEncoder().encode('abcdefghij0123456789'),
   clockInfo: { clock: 123456789n, resetCount: 3, restartCount: 7, safe: true },
   firmwareVersion: 0x2000_0001_0000_0000n,
