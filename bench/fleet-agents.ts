@@ -56,8 +56,11 @@ function readBody(req: IncomingMessage): Promise<string> {
 export interface SimFleetOptions {
   count: number
   port?: number
-  /** Share one AK and payload key across agents (fast setup for large fleets); default false. */
+  /** Share one AK and payload key across agents (fast setup); default false. */
   shareKeys?: boolean
+  /** Share only the RSA payload key (V is encrypted to it once per agent); each agent keeps its own AK. */
+  sharePayloadKey?: boolean
+  akType?: 'rsa' | 'ecc'
   idPrefix?: string
 }
 
@@ -69,14 +72,15 @@ export async function startSimFleet(opts: SimFleetOptions): Promise<SimFleet> {
   let sharedPayload: { pem: string; priv: KeyObject } | null = null
   for (let i = 0; i < opts.count; i++) {
     let payload: { pem: string; priv: KeyObject }
-    if (opts.shareKeys && sharedPayload) payload = sharedPayload
+    if ((opts.shareKeys || opts.sharePayloadKey) && sharedPayload) payload = sharedPayload
     else {
       const kp = generateKeyPairSync('rsa', { modulusLength: 2048 })
       payload = { pem: kp.publicKey.export({ type: 'spki', format: 'pem' }) as string, priv: kp.privateKey }
     }
-    if (opts.shareKeys) sharedPayload = payload
-    if (opts.shareKeys && !sharedQuoter) sharedQuoter = new SoftQuoter()
-    const quoter = opts.shareKeys && sharedQuoter ? sharedQuoter : new SoftQuoter()
+    sharedPayload = payload
+    const akType = opts.akType ?? 'rsa'
+    if (opts.shareKeys && !sharedQuoter) sharedQuoter = new SoftQuoter({ keyType: akType })
+    const quoter = opts.shareKeys && sharedQuoter ? sharedQuoter : new SoftQuoter({ keyType: akType })
     quoter.bindPubkey(payload.pem)
     const a: SimAgent = {
       id: `${opts.idPrefix ?? 'sim'}-${i}`,
@@ -119,7 +123,7 @@ export async function startSimFleet(opts: SimFleetOptions): Promise<SimFleet> {
         quote: agent.quoter.quote(nonce, pcrs),
         hash_alg: agent.quoter.hashAlg,
         enc_alg: 'rsa',
-        sign_alg: 'rsassa',
+        sign_alg: agent.quoter.privateKey.asymmetricKeyType === 'ec' ? 'ecdsa' : 'rsassa',
       }
       if (url.searchParams.get('partial') !== '1') results.pubkey = agent.pubkeyPem
       return reply(res, 200, 'Success', results)

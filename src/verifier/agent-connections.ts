@@ -1,9 +1,11 @@
 /**
- * Connections from the verifier to pull agents. Plain-HTTP agents share one undici Agent (a keep-alive Pool per
- * origin inside it); mTLS agents each get their own Pool because the agent's server certificate is pinned to that
- * agent's `mtls_cert`. One AgentClient per agent is cached; `release` closes what an agent used.
+ * Connections from the verifier to pull agents: one keep-alive connection per agent (the loop never has two requests
+ * to one agent in flight). Plain-HTTP agents share one undici Agent, which keeps a single-connection Client per
+ * origin (`connections: 1`; a Pool per origin would cost ~16 KB of queue arrays each); mTLS agents each get their
+ * own Client because the agent's server certificate is pinned to that agent's `mtls_cert`. One AgentClient per agent
+ * is cached; `release` closes what an agent used.
  */
-import { Agent, type Dispatcher, Pool } from 'undici'
+import { Agent, Client, type Dispatcher } from 'undici'
 import { AgentClient } from '../api/agent/client.ts'
 
 export interface VerifierClientTls {
@@ -24,7 +26,7 @@ export interface AgentEndpoint {
 
 interface Entry {
   client: AgentClient
-  pool: Pool | null
+  pool: Client | null
   key: string
 }
 
@@ -36,7 +38,7 @@ export class AgentConnections {
     private readonly tls: VerifierClientTls | null,
     private readonly timeoutMs: number,
   ) {
-    this.shared = new Agent({ connections: 2, keepAliveTimeout: 60_000, keepAliveMaxTimeout: 600_000 })
+    this.shared = new Agent({ connections: 1, keepAliveTimeout: 60_000, keepAliveMaxTimeout: 600_000 })
   }
 
   client(ep: AgentEndpoint): AgentClient {
@@ -47,11 +49,10 @@ export class AgentConnections {
     const existing = this.entries.get(ep.agentId)
     if (existing && existing.key === key) return existing.client
     if (existing) this.release(ep.agentId)
-    let pool: Pool | null = null
+    let pool: Client | null = null
     let dispatcher: Dispatcher = this.shared
     if (useTls && this.tls) {
-      pool = new Pool(origin, {
-        connections: 2,
+      pool = new Client(origin, {
         keepAliveTimeout: 60_000,
         connect: {
           ca: [ep.mtlsCert as string, ...this.tls.trustedServerCa],
