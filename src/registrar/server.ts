@@ -1,0 +1,140 @@
+/**
+ * Starts the registrar: database (migrated at start unless `auto_migrate_db = False`), TLS material from
+ * `tls_dir`, and two listeners sharing one service — HTTP on `port` (registration/activation) and HTTPS on
+ * `tls_port` (same table, admin routes need a trusted client certificate).
+ */
+import { existsSync, readFileSync } from 'node:fs'
+import { join } from 'node:path'
+import type { FastifyInstance } from 'fastify'
+import type { Kysely } from 'kysely'
+import { tlsServerOptions } from '../api/server.ts'
+import type { Logger } from '../common/log.ts'
+import { ConfigError, keylimeDir, resolveInDir } from '../config/loader.ts'
+import type { RegistrarConfig } from '../config/registrar.ts'
+import { ensureTlsDir } from '../crypto/ca.ts'
+import { openDatabase } from '../db/database.ts'
+import { type RegistrarDatabase, RegistrarRepository } from '../db/registrar-repository.ts'
+import { buildRegistrarApp } from './app.ts'
+import type { MalformedCertAction } from './registrar-fns.ts'
+import { RegistrarService, type TpmIdentityMode } from './registrar-service.ts'
+
+export interface RunningRegistrar {
+  httpPort: number
+  tlsPort: number
+  service: RegistrarService
+  close(): Promise<void>
+}
+
+export interface RegistrarTlsMaterial {
+  dir: string
+  certPem: string
+  keyPem: string
+  trustedClientCaPems: string[]
+}
+
+const IDENTITY_MODES = ['default', 'ek_cert_or_iak_idevid', 'ek_cert', 'iak_idevid'] as const
+const CERT_ACTIONS = ['warn', 'reject', 'ignore'] as const
+
+function readPem(path: string, what: string): string {
+  if (!existsSync(path)) throw new ConfigError(`registrar ${what} not found: ${path}`)
+  return readFileSync(path, 'utf8')
+}
+
+/** Resolves `tls_dir` / `server_cert` / `server_key` / `trusted_client_ca` as upstream (§2.2). */
+export async function resolveRegistrarTls(
+  config: RegistrarConfig,
+  workDir: string,
+): Promise<RegistrarTlsMaterial> {
+  let dir: string
+  if (config.tls_dir === 'generate') {
+    if (config.server_cert !== 'default' || config.server_key !== 'default') {
+      throw new ConfigError('tls_dir = generate requires server_cert and server_key = default')
+    }
+    dir = join(workDir, 'reg_ca')
+    const sans = [
+      ...new Set(['localhost', config.ip, ...config.cert_subject_alternative_names].filter((s) => s !== '')),
+    ]
+    await ensureTlsDir(dir, { serverSans: sans })
+  } else {
+    dir = config.tls_dir === 'default' ? join(workDir, 'cv_ca') : resolveInDir(workDir, config.tls_dir)
+  }
+  const certPath =
+    config.server_cert === 'default' ? join(dir, 'server-cert.crt') : resolveInDir(dir, config.server_cert)
+  const keyPath =
+    config.server_key === 'default' ? join(dir, 'server-private.pem') : resolveInDir(dir, config.server_key)
+  if (config.trusted_client_ca.includes('all')) {
+    throw new ConfigError(
+      'trusted_client_ca = all is not supported: it would make every TLS client an administrator',
+    )
+  }
+  const caPaths = config.trusted_client_ca.map((p) =>
+    p === 'default' ? join(dir, 'cacert.crt') : resolveInDir(dir, p),
+  )
+  return {
+    dir,
+    certPem: readPem(certPath, 'server certificate'),
+    keyPem: readPem(keyPath, 'server key'),
+    trustedClientCaPems: caPaths.map((p) => readPem(p, 'trusted client CA')),
+  }
+}
+
+function listenPort(app: FastifyInstance): number {
+  const addr = app.server.address()
+  return addr && typeof addr === 'object' ? addr.port : 0
+}
+
+export async function startRegistrar(
+  config: RegistrarConfig,
+  log: Logger,
+  opts: { env?: NodeJS.ProcessEnv } = {},
+): Promise<RunningRegistrar> {
+  if (!(IDENTITY_MODES as readonly string[]).includes(config.tpm_identity)) {
+    throw new ConfigError(`[registrar] tpm_identity: expected one of ${IDENTITY_MODES.join(', ')}`)
+  }
+  if (!(CERT_ACTIONS as readonly string[]).includes(config.malformed_cert_action)) {
+    throw new ConfigError(`[registrar] malformed_cert_action: expected one of ${CERT_ACTIONS.join(', ')}`)
+  }
+  const workDir = keylimeDir(opts.env)
+  const tls = await resolveRegistrarTls(config, workDir)
+  const poolSize = Number.parseInt(config.database_pool_sz_ovfl.split(',')[0] ?? '5', 10) || 5
+  const db: Kysely<RegistrarDatabase> = await openDatabase<RegistrarDatabase>(config.database_url, {
+    dataDir: workDir,
+    name: 'reg_data',
+    migrations: config.auto_migrate_db ? 'registrar' : false,
+    poolSize,
+  })
+  const apps: FastifyInstance[] = []
+  try {
+    const service = new RegistrarService({
+      repo: new RegistrarRepository(db),
+      tpmIdentity: config.tpm_identity as TpmIdentityMode,
+      malformedCertAction: config.malformed_cert_action as MalformedCertAction,
+      log,
+    })
+    const common = { service, logger: log, bodyLimit: config.max_upload_size }
+    const httpApp = buildRegistrarApp(common)
+    apps.push(httpApp)
+    const httpsApp = buildRegistrarApp({ ...common, https: tlsServerOptions(tls) })
+    apps.push(httpsApp)
+    await httpApp.listen({ host: config.ip, port: config.port })
+    await httpsApp.listen({ host: config.ip, port: config.tls_port })
+    const running: RunningRegistrar = {
+      httpPort: listenPort(httpApp),
+      tlsPort: listenPort(httpsApp),
+      service,
+      close: async () => {
+        await Promise.allSettled(apps.map((a) => a.close()))
+        await db.destroy()
+      },
+    }
+    log.info(
+      { ip: config.ip, port: running.httpPort, tlsPort: running.tlsPort, tlsDir: tls.dir },
+      'registrar listening',
+    )
+    return running
+  } catch (err) {
+    await Promise.allSettled(apps.map((a) => a.close()))
+    await db.destroy().catch(() => {})
+    throw err
+  }
+}
