@@ -4,9 +4,12 @@
  */
 import { createHash } from 'node:crypto'
 import { readFileSync } from 'node:fs'
+import type { TenantCliOptions } from './cli-options.ts'
 import { EXIT_USAGE, TenantError } from './errors.ts'
 import type { AddRequest, TenantService } from './tenant-service.ts'
 import { createTenant, type TenantRuntime } from './wiring.ts'
+
+export type { TenantCliOptions }
 
 export const TENANT_COMMANDS = [
   'add',
@@ -34,38 +37,6 @@ export const TENANT_COMMANDS = [
   'showallowlist',
   'deleteallowlist',
 ] as const
-
-export interface TenantCliOptions {
-  command?: string
-  uuid?: string
-  targethost?: string
-  targetport?: number
-  cvTargethost?: string
-  cv?: string
-  cvport?: number
-  cvid?: string
-  registrarhost?: string
-  registrarport?: number
-  verifierCheck?: boolean
-  pushModel?: boolean
-  file?: string
-  key?: string
-  payload?: string
-  cert?: string
-  include?: string
-  runtimePolicy?: string
-  runtimePolicyChecksum?: string
-  runtimePolicySigKey?: string
-  runtimePolicyName?: string
-  mbPolicy?: string
-  mbPolicyName?: string
-  tpmPolicy?: string
-  verify?: boolean
-  agentApiVersion?: string
-  config?: string
-  tlsDir?: string
-  json?: boolean
-}
 
 const AGENT_ID = /^[\w.-]+$/
 

@@ -12,7 +12,7 @@ import { keylimeDir, loadTenantConfig, resolveInDir, type TenantConfig } from '.
 import { loadCa } from '../crypto/ca.ts'
 import { buildTpmPolicy } from '../evidence/quote/index.ts'
 import { buildCertPackage } from '../payload/cert-package.ts'
-import type { TenantCliOptions } from './cli-actions.ts'
+import type { TenantCliOptions } from './cli-options.ts'
 import { agentPortFactory, registrarPort, verifierPort } from './clients.ts'
 import { EXIT_USAGE, TenantError } from './errors.ts'
 import { createIdentityChecker } from './identity.ts'
