@@ -1,7 +1,9 @@
 import { constants, generateKeyPairSync, sign, verify } from 'node:crypto'
+import fc from 'fast-check'
 import { describe, expect, it } from 'vitest'
 import {
   asctime,
+  RevocationError,
   type RevocationMessage,
   signRevocation,
   verifyRevocation,
@@ -76,5 +78,30 @@ describe('revocation signing', () => {
       'ERR_REVOCATION_FORMAT',
     )
     expect(code(() => verifyRevocation(good, 'not a key'))).toBe('ERR_REVOCATION_KEY')
+  })
+})
+
+describe('verifyRevocation on arbitrary input', () => {
+  it('throws only RevocationError', () => {
+    const good = signRevocation(message, privPem)
+    fc.assert(
+      fc.property(
+        fc.oneof(
+          fc.jsonValue(),
+          fc.string(),
+          fc.record({ msg: fc.string(), signature: fc.oneof(fc.string(), fc.constant(good.signature)) }),
+          fc.record({ msg: fc.constant(good.msg), signature: fc.base64String() }),
+        ),
+        (input) => {
+          try {
+            verifyRevocation(input, pubPem)
+            expect.unreachable('an unsigned or wrongly signed message was accepted')
+          } catch (err) {
+            expect(err).toBeInstanceOf(RevocationError)
+          }
+        },
+      ),
+      { numRuns: 500 },
+    )
   })
 })
