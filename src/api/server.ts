@@ -12,6 +12,7 @@ import Fastify, {
   type FastifyRequest,
   type FastifySchema,
   type HTTPMethods,
+  LogController,
   type RouteHandlerMethod,
 } from 'fastify'
 import { KeylimeError } from '../common/errors.ts'
@@ -74,7 +75,8 @@ export function createKeylimeServer(opts: KeylimeServerOptions = {}): FastifyIns
     routerOptions: { ignoreTrailingSlash: true, maxParamLength: 200 },
     forceCloseConnections: opts.forceCloseConnections ?? true,
     return503OnClosing: true,
-    disableRequestLogging: true,
+    // per-request access logs would dominate the hot path; handlers log what matters
+    logController: new LogController({ disableRequestLogging: true }),
   }) as unknown as FastifyInstance
   app.decorate('keylimeRoutes', [] as RoutePattern[])
 
