@@ -303,15 +303,39 @@ export function decodeEventPayload(ev: TcgEvent): unknown {
     }
     case EventType.EfiHandoffTables:
     case EventType.EfiHandoffTables2: {
-      if (ev.type === EventType.EfiHandoffTables2 || d.length < 8) return toHex(d)
-      const n = d.readBigUInt64LE(0)
-      if (n * 24n !== BigInt(d.length - 8)) return toHex(d)
-      const tables = []
-      for (let i = 0; i < Number(n); i++) {
-        tables.push({ VendorGuid: guidAt(d, 8 + i * 24), VendorTable: d.readBigUInt64LE(16 + i * 24) })
+      // HANDOFF_TABLES2 prefixes the table list with a one-byte-sized description
+      let o = 0
+      let description: string | undefined
+      if (ev.type === EventType.EfiHandoffTables2) {
+        const n = d[0]
+        if (n === undefined || d.length < 1 + n) return toHex(d)
+        description = d.toString('latin1', 1, 1 + n)
+        o = 1 + n
       }
-      return { NumberOfTables: n, Tables: tables }
+      if (d.length - o < 8) return toHex(d)
+      const count = d.readBigUInt64LE(o)
+      if (count * 24n !== BigInt(d.length - o - 8)) return toHex(d)
+      const tables = []
+      for (let i = 0; i < Number(count); i++) {
+        tables.push({
+          VendorGuid: guidAt(d, o + 8 + i * 24),
+          VendorTable: d.readBigUInt64LE(o + 24 + i * 24),
+        })
+      }
+      return {
+        ...(description !== undefined ? { TableDescription: description } : {}),
+        NumberOfTables: count,
+        Tables: tables,
+      }
     }
+    case EventType.Action:
+    case EventType.OmitBootDeviceEvents:
+      return eventString(d)
+    case EventType.SCrtmContents:
+    case EventType.CompactHash:
+    case EventType.NonhostInfo:
+      // often a NUL-terminated ASCII label (e.g. "Boot Guard Measured S-CRTM"); binary otherwise
+      return /^[\x20-\x7e]+\0?$/.test(d.toString('latin1')) ? eventString(d) : toHex(d)
     case EventType.EfiGptEvent:
     case EventType.EfiGptEvent2:
       return decodeGpt(d) ?? toHex(d)

@@ -69,4 +69,15 @@ describe('event detail', () => {
     expect(pk.VariableData[0]?.Keys).toHaveLength(1)
     expect(byType('EV_EFI_PLATFORM_FIRMWARE_BLOB')[0]).toEqual({ BlobBase: 8519680n, BlobLength: 917504n })
   })
+
+  it('decodes handoff tables and ASCII labels (ThinkPad log)', () => {
+    const log = parseEventLog(fixture('eventlogs/keylime-thinkpad-n40et41w.bin'))
+    const get = (t: string) =>
+      log.events.filter((e) => e.typeName === t).map((e) => eventDetail(log, e).Event)
+    expect(get('EV_EFI_HANDOFF_TABLES')[0]).toEqual({
+      NumberOfTables: 1n,
+      Tables: [{ VendorGuid: 'f2fd1544-9794-4a2c-992e-e5bbcf20e394', VendorTable: 0x8fcb0000n }],
+    })
+    expect(get('EV_S_CRTM_CONTENTS')[0]).toBe('Boot Guard Measured S-CRTM')
+  })
 })
