@@ -115,28 +115,34 @@ export async function getTpmProperties(tpm: Tpm, first: number, count = 64): Pro
   return out
 }
 
-/** Every handle of a type (`TpmHt.*`), following `moreData`. */
+/**
+ * Every handle GetCapability(TPM_CAP_HANDLES) lists from `handleType` (`TpmHt.*`), following `moreData`.
+ * Session queries (0x02 loaded, 0x03 saved) return HMAC (0x02..) and policy (0x03..) handles alike.
+ */
 export async function listHandles(tpm: Tpm, handleType: number): Promise<number[]> {
+  const isSession = handleType === TpmHt.HmacSession || handleType === TpmHt.PolicySession
+  const accepts = (h: number) =>
+    isSession ? h >>> 24 === TpmHt.HmacSession || h >>> 24 === TpmHt.PolicySession : h >>> 24 === handleType
   const out: number[] = []
   let property = (handleType << 24) >>> 0
   for (let round = 0; round < 64; round++) {
     const r = await tpm.run(GetCapability, { capability: TpmCap.Handles, property, propertyCount: 256 })
     if (r.capabilityData.capability !== TpmCap.Handles) break
-    const handles = r.capabilityData.handles.filter((h) => h >>> 24 === handleType)
+    const handles = r.capabilityData.handles.filter(accepts)
     out.push(...handles)
-    const last = handles.at(-1)
+    const last = r.capabilityData.handles.at(-1)
     if (!r.moreData || last === undefined) break
     property = last + 1
   }
   return out
 }
 
-/** Loaded transient objects and sessions (loaded HMAC + policy), for leak checks. */
+/** Loaded transient objects, and sessions loaded or context-saved (both use session slots), for leak checks. */
 export async function getHandleCounts(tpm: Tpm): Promise<{ transient: number; sessions: number }> {
   const transient = (await listHandles(tpm, TpmHt.Transient)).length
-  const hmac = (await listHandles(tpm, TpmHt.HmacSession)).length
-  const policy = (await listHandles(tpm, TpmHt.PolicySession)).length
-  return { transient, sessions: hmac + policy }
+  const loaded = await listHandles(tpm, TpmHt.HmacSession)
+  const saved = await listHandles(tpm, TpmHt.PolicySession)
+  return { transient, sessions: new Set([...loaded, ...saved]).size }
 }
 
 /** The DER length of a certificate that starts with a definite-length SEQUENCE, to drop NV padding. */
@@ -183,6 +189,24 @@ export async function readEkCertificate(tpm: Tpm, alg: EncAlgName): Promise<Uint
   return len !== undefined && len <= data.length ? data.slice(0, len) : data
 }
 
+/**
+ * Runs `fn` with a fresh EK policy session. The TPM flushes the session when the command succeeds (it is not
+ * continued) but keeps it when the command fails, so it is flushed here on failure.
+ */
+async function withEkPolicy<T>(
+  tpm: Tpm,
+  auth: HierarchyAuth,
+  fn: (session: Awaited<ReturnType<typeof ekPolicySession>>) => Promise<T>,
+): Promise<T> {
+  const session = await ekPolicySession(tpm, auth.endorsementPassword)
+  try {
+    return await fn(session)
+  } catch (err) {
+    await tpm.run(FlushContext, { flushHandle: session.handle }).catch(() => {})
+    throw err
+  }
+}
+
 export interface CreatedAk {
   /** TPM2B_PUBLIC (with size prefix), as the registrar's `aik_tpm`. */
   publicArea: Uint8Array
@@ -200,16 +224,19 @@ export async function createAk(
   auth: HierarchyAuth = {},
 ): Promise<CreatedAk> {
   signSchemeId(algs.signAlg)
-  const created = await tpm.run(
-    Create,
-    {
-      parentHandle: ekHandle,
-      inSensitive: { userAuth: new Uint8Array(0), data: new Uint8Array(0) },
-      inPublic: akTemplate(algs.signAlg, hashAlgId(algs.hashAlg)),
-      outsideInfo: new Uint8Array(0),
-      creationPcr: [],
-    },
-    [await ekPolicySession(tpm, auth.endorsementPassword)],
+  const inPublic = akTemplate(algs.signAlg, hashAlgId(algs.hashAlg))
+  const created = await withEkPolicy(tpm, auth, (session) =>
+    tpm.run(
+      Create,
+      {
+        parentHandle: ekHandle,
+        inSensitive: { userAuth: new Uint8Array(0), data: new Uint8Array(0) },
+        inPublic,
+        outsideInfo: new Uint8Array(0),
+        creationPcr: [],
+      },
+      [session],
+    ),
   )
   const loaded = await loadAk(tpm, ekHandle, created.outPublicBytes, created.outPrivateBytes, auth)
   return { publicArea: created.outPublicBytes, privateArea: created.outPrivateBytes, ...loaded }
@@ -223,9 +250,9 @@ export async function loadAk(
   privateArea: Uint8Array,
   auth: HierarchyAuth = {},
 ): Promise<{ handle: number; name: Uint8Array }> {
-  const r = await tpm.run(Load, { parentHandle: ekHandle, inPrivate: privateArea, inPublic: publicArea }, [
-    await ekPolicySession(tpm, auth.endorsementPassword),
-  ])
+  const r = await withEkPolicy(tpm, auth, (session) =>
+    tpm.run(Load, { parentHandle: ekHandle, inPrivate: privateArea, inPublic: publicArea }, [session]),
+  )
   return { handle: r.objectHandle, name: r.name }
 }
 
@@ -238,15 +265,17 @@ export async function activateCredential(
   args: { akHandle: number; ekHandle: number; credentialBlob: Uint8Array; encryptedSecret: Uint8Array },
   auth: HierarchyAuth = {},
 ): Promise<Uint8Array> {
-  const r = await tpm.run(
-    ActivateCredential,
-    {
-      activateHandle: args.akHandle,
-      keyHandle: args.ekHandle,
-      credentialBlob: args.credentialBlob,
-      secret: args.encryptedSecret,
-    },
-    [new PasswordSession(), await ekPolicySession(tpm, auth.endorsementPassword)],
+  const r = await withEkPolicy(tpm, auth, (session) =>
+    tpm.run(
+      ActivateCredential,
+      {
+        activateHandle: args.akHandle,
+        keyHandle: args.ekHandle,
+        credentialBlob: args.credentialBlob,
+        secret: args.encryptedSecret,
+      },
+      [new PasswordSession(), session],
+    ),
   )
   return r.certInfo
 }

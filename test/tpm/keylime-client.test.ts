@@ -202,6 +202,7 @@ describe('keylime client against swtpm', () => {
     })
     expect(Buffer.from(got)).toEqual(secret)
     // A credential bound to another Name fails inside the TPM.
+    const countsBefore = await keylime.getHandleCounts(tpm)
     const corrupted = Buffer.from(credentialBlob)
     corrupted[5] = (corrupted[5] ?? 0) ^ 0xff
     await expect(
@@ -212,6 +213,8 @@ describe('keylime client against swtpm', () => {
         encryptedSecret,
       }),
     ).rejects.toBeInstanceOf(TpmResponseError)
+    // The failed command's EK policy session was flushed, not leaked.
+    expect(await keylime.getHandleCounts(tpm)).toEqual(countsBefore)
     await keylime.flushContext(tpm, ak.handle)
     await keylime.flushContext(tpm, ek.handle)
   })
@@ -267,7 +270,9 @@ describe('keylime client against swtpm', () => {
     // An HMAC session authorises the AK's quote; the engine checks the TPM's response HMAC.
     const ek2 = await keylime.createEk(tpm, 'rsa')
     const ak = await keylime.createAk(tpm, ek2.handle, { hashAlg: 'sha256', signAlg: 'rsassa' })
+    const sessionsBefore = (await keylime.getHandleCounts(tpm)).sessions
     const hmac = await startHmacSession(tpm)
+    expect((await keylime.getHandleCounts(tpm)).sessions).toBe(sessionsBefore + 1)
     const q = await tpm.run(
       Quote,
       {
@@ -300,6 +305,30 @@ describe('keylime client against swtpm', () => {
     await keylime.flushContext(tpm, policy.handle)
     await keylime.flushContext(tpm, ak.handle)
     await keylime.flushContext(tpm, ek2.handle)
+  })
+
+  it('quote re-reads when a PCR changes between TPM2_Quote and PCR_Read', async () => {
+    const ek = await keylime.createEk(tpm, 'ecc')
+    const ak = await keylime.createAk(tpm, ek.handle, { hashAlg: 'sha256', signAlg: 'ecdsa' })
+    const before = tpm.commandCount
+    // Queued right behind the first TPM2_Quote, so the first PCR_Read already sees the extended PCR 16.
+    const quoting = keylime.quote(tpm, ak.handle, {
+      nonce: Uint8Array.of(1),
+      hashAlg: 'sha256',
+      pcrs: [16],
+      signAlg: 'ecdsa',
+    })
+    const extending = keylime.pcrExtend(tpm, 16, { sha256: new Uint8Array(32).fill(1) })
+    const [q] = await Promise.all([quoting, extending])
+    expect(tpm.commandCount - before).toBe(5) // quote, extend, read (mismatch), quote, read
+    const attest = decodeTpmsAttest(q.attest)
+    const digest = createHash('sha256')
+      .update(q.pcrValues.get(16) as Uint8Array)
+      .digest()
+    expect(attest.attested.kind === 'quote' && Buffer.from(attest.attested.pcrDigest)).toEqual(digest)
+    await keylime.pcrReset(tpm, 16)
+    await keylime.flushContext(tpm, ak.handle)
+    await keylime.flushContext(tpm, ek.handle)
   })
 
   it('serialises concurrent calls', async () => {
