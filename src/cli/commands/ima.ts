@@ -22,7 +22,7 @@ interface ReplayOptions {
   ignoreTomtou?: boolean
 }
 
-function fail(message: string, code: number): void {
+function fail(message: string, code: number): undefined {
   process.stderr.write(`keylime ima replay: ${message}\n`)
   process.exitCode = code
 }
@@ -39,7 +39,7 @@ function loadPolicy(file: string) {
   return compileRuntimePolicy(parseRuntimePolicy(json, { strict: false }))
 }
 
-function replay(file: string, opts: ReplayOptions): void {
+function replay(file: string, opts: ReplayOptions): undefined {
   const banks = opts.bank.split(',').map((b) => b.trim())
   const badBank = banks.find((b) => !isPcrBank(b))
   if (badBank !== undefined)
