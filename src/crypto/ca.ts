@@ -289,6 +289,14 @@ export async function createCa(
 
 async function createCaUnlocked(dir: string, options: Partial<CaSettings>): Promise<CertificateAuthority> {
   if (await caExists(dir)) throw new CaError('ERR_CA_EXISTS', `a CA already exists in ${dir}`)
+  if (await exists(join(dir, CA_FILES.cert))) {
+    // e.g. a CA made by upstream keylime (key inside the password-protected private.yml): never replace it
+    throw new CaError(
+      'ERR_CA_EXISTS',
+      `${join(dir, CA_FILES.cert)} exists without ${CA_FILES.privateKey}; refusing to replace that CA ` +
+        `(export its key as ${CA_FILES.privateKey} to use it)`,
+    )
+  }
   const settings: CaSettings = { ...DEFAULT_CA_SETTINGS, ...options }
   if (!(settings.caLifetimeDays > 0) || !(settings.certLifetimeDays > 0)) {
     throw new CaError('ERR_CA_INPUT', 'certificate lifetimes must be positive numbers of days')

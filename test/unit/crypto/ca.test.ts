@@ -1,5 +1,5 @@
 import { X509Certificate as NodeX509 } from 'node:crypto'
-import { mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs'
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import { createServer, request } from 'node:https'
 import type { AddressInfo } from 'node:net'
 import { tmpdir } from 'node:os'
@@ -44,6 +44,12 @@ describe('certificate authority', () => {
     expect(again.certPem).toBe(ca.certPem)
     expect(await codeOf(createCa(dir))).toBe('ERR_CA_EXISTS')
     expect(await codeOf(loadCa(join(root, 'nope')))).toBe('ERR_CA_MISSING')
+    // a foreign CA (certificate without our key file) is never overwritten, not even by ensureTlsDir
+    const foreign = join(root, 'foreign')
+    mkdirSync(foreign)
+    writeFileSync(join(foreign, 'cacert.crt'), ca.certPem)
+    expect(await codeOf(ensureTlsDir(foreign))).toBe('ERR_CA_EXISTS')
+    expect(readFileSync(join(foreign, 'cacert.crt'), 'utf8')).toBe(ca.certPem)
   })
 
   it('issues certificates with auto-detected IP/DNS SANs, usages and tracked serials; revokes into the CRL', async () => {
