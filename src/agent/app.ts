@@ -95,7 +95,7 @@ export function buildAgentApp(opts: BuildAgentAppOptions): FastifyInstance {
   const app = Fastify({
     logger: opts.logger ?? false,
     bodyLimit: opts.bodyLimit ?? 4 * 1024 * 1024,
-    ignoreTrailingSlash: true,
+    routerOptions: { ignoreTrailingSlash: true },
     ...(opts.https ? { https: opts.https } : {}),
   } as FastifyServerOptions) as unknown as FastifyInstance
   const svc = opts.services

@@ -55,6 +55,8 @@ export interface AgentConfig {
   exponential_backoff_initial_delay: number
   exponential_backoff_max_retries: number
   exponential_backoff_max_delay: number
+  /** Keylime TS extension: files the agent measures into its IMA list itself (IMA emulator), comma list. */
+  ima_emulator_paths: string
 }
 
 export const AGENT_CONFIG_DEFAULTS: Readonly<AgentConfig> = Object.freeze({
@@ -98,6 +100,7 @@ export const AGENT_CONFIG_DEFAULTS: Readonly<AgentConfig> = Object.freeze({
   exponential_backoff_initial_delay: 10_000,
   exponential_backoff_max_retries: 5,
   exponential_backoff_max_delay: 300_000,
+  ima_emulator_paths: '',
 })
 
 type OptionName = keyof AgentConfig

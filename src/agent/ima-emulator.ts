@@ -59,10 +59,10 @@ export class ImaEmulator {
     })
   }
 
-  /** Measures files (absolute paths are recorded), appending one entry each. */
+  /** Measures files (absolute paths are recorded), appending one entry each; returns every line appended. */
   async measure(paths: string[]): Promise<string[]> {
-    await this.ensureBootAggregate()
-    const lines: string[] = []
+    const boot = await this.ensureBootAggregate()
+    const lines: string[] = boot ? [boot] : []
     for (const p of paths) {
       const abs = resolve(p)
       const digest = createHash(this.o.hashAlg).update(readFileSync(abs)).digest()

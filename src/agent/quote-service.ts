@@ -67,8 +67,24 @@ export class QuoteService {
     await this.o.tpm.pcrExtend(DATA_PCR, { [this.o.hashAlg]: digest })
   }
 
+  /** Binds the payload key into PCR 16 and checks the bank is active (a missing bank fails here, not per quote). */
   bindPubkey(): Promise<void> {
-    return this.o.lock.run(() => this.bindUnlocked())
+    return this.o.lock.run(async () => {
+      await this.bindUnlocked()
+      let value: Uint8Array | undefined
+      try {
+        value = (await this.o.tpm.pcrRead(this.o.hashAlg, [DATA_PCR])).get(DATA_PCR)
+      } catch (err) {
+        throw new QuoteError(`the TPM has no active ${this.o.hashAlg} PCR bank (tpm_hash_alg)`, {
+          cause: err,
+        })
+      }
+      if (!value || !this.expected16.equals(Buffer.from(value))) {
+        throw new QuoteError(
+          `PCR ${DATA_PCR} could not be bound to the payload key in the ${this.o.hashAlg} bank`,
+        )
+      }
+    })
   }
 
   private quoteWithBinding(nonce: string, pcrs: number[]): Promise<AgentQuote> {

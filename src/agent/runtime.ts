@@ -3,7 +3,7 @@
  * reused), keys, UUID, PCR 16 binding, registration + activation with backoff, then the pull API listener.
  * Everything another team provides arrives through `AgentDeps`, so this file depends only on narrow functions.
  */
-import { readFileSync } from 'node:fs'
+import { type FSWatcher, readFileSync, watch } from 'node:fs'
 import type { Server } from 'node:https'
 import { join } from 'node:path'
 import type { FastifyInstance } from 'fastify'
@@ -14,6 +14,7 @@ import { agentDataMatches, ekDigest, loadAgentData, saveAgentData } from './agen
 import { type AgentTpm, type EncAlgName, type HashAlgName, type SignAlgName, TpmLock } from './agent-tpm.ts'
 import { type AgentServices, buildAgentApp } from './app.ts'
 import { type AgentConfig, servedApiVersions, trustedClientCaFiles } from './config.ts'
+import { ImaEmulator, type ImaNgFormatter } from './ima-emulator.ts'
 import { ImaMeasurementList } from './ima-list.ts'
 import { ensureMtlsIdentity, ensurePayloadKey } from './keys.ts'
 import { PayloadManager, type ZipExtractor } from './payload.ts'
@@ -30,7 +31,7 @@ export class AgentStartError extends KeylimeError {
 
 /** Functions provided by other teams' modules (wired in `default-deps.ts`). */
 export interface AgentDeps {
-  openTpm(transport: string): Promise<AgentTpm>
+  openTpm(transport: string, opts?: { endorsementPassword?: string }): Promise<AgentTpm>
   formatQuote: QuoteFormatter
   /** Splits upstream's b64 `0xBADCC0DE` credential blob (protocols §B.6). */
   decodeCredentialBlob(b64: string): { credentialBlob: Uint8Array; encryptedSecret: Uint8Array }
@@ -65,6 +66,8 @@ export interface StartAgentOptions {
   log: Logger
   /** Skip registration (tests of the API alone). */
   register?: boolean
+  /** IMA emulator line formatter; required when `ima_emulator_paths` is set. */
+  imaFormatter?: ImaNgFormatter
   /** Override backoff sleeping (tests). */
   sleep?: (ms: number) => Promise<void>
 }
@@ -92,7 +95,10 @@ export async function startAgent(opts: StartAgentOptions): Promise<RunningAgent>
   const versions = servedApiVersions(cfg, AGENT_API_VERSIONS)
   const ekPersistent = parseHandle(cfg.ek_handle)
 
-  const tpm = await deps.openTpm(cfg.tpm)
+  const tpm = await deps.openTpm(
+    cfg.tpm,
+    cfg.tpm_ownerpassword ? { endorsementPassword: cfg.tpm_ownerpassword } : {},
+  )
   const lock = new TpmLock()
   const transient: number[] = []
   let closed = false
@@ -167,6 +173,46 @@ export async function startAgent(opts: StartAgentOptions): Promise<RunningAgent>
       log,
     })
     await quotes.bindPubkey()
+    const stopImaEmulator = await startImaEmulator()
+
+    /** In-process IMA emulator (shares this TPM connection; swtpm serves one client at a time). */
+    async function startImaEmulator(): Promise<() => void> {
+      const paths = cfg.ima_emulator_paths
+        .split(',')
+        .map((p) => p.trim())
+        .filter(Boolean)
+      if (paths.length === 0) return () => undefined
+      if (!opts.imaFormatter)
+        throw new AgentStartError('ima_emulator_paths is set but no IMA formatter was given')
+      const emulator = new ImaEmulator({
+        tpm,
+        lock,
+        listPath: cfg.ima_ml_path,
+        hashAlg,
+        format: opts.imaFormatter,
+      })
+      await emulator.measure(paths)
+      log.info(`IMA emulator measured ${paths.length} file(s) into ${cfg.ima_ml_path}`)
+      const timers = new Map<string, NodeJS.Timeout>()
+      const watchers: FSWatcher[] = paths.map((p) =>
+        watch(p, () => {
+          clearTimeout(timers.get(p))
+          timers.set(
+            p,
+            setTimeout(() => {
+              emulator.measure([p]).then(
+                () => log.info(`IMA emulator re-measured ${p}`),
+                (err: unknown) => log.warn(`IMA emulator cannot measure ${p}: ${(err as Error).message}`),
+              )
+            }, 100),
+          )
+        }),
+      )
+      return () => {
+        for (const w of watchers) w.close()
+        for (const t of timers.values()) clearTimeout(t)
+      }
+    }
 
     const secureDir = join(cfg.keylime_dir, 'secure')
     const revocation = new RevocationHandler({
@@ -290,6 +336,7 @@ export async function startAgent(opts: StartAgentOptions): Promise<RunningAgent>
       async close() {
         if (closed) return
         closed = true
+        stopImaEmulator()
         await app.close()
         await payload.whenIdle()
         await revocation.whenIdle()

@@ -1,0 +1,46 @@
+/** `AgentTpm` over team TPM's library (`src/tpm/keylime-client.ts`); the `Tpm` class queues commands itself. */
+import {
+  activateCredential,
+  createAk,
+  createEk,
+  flushContext,
+  getHandleCounts,
+  loadAk,
+  pcrExtend,
+  pcrRead,
+  pcrReset,
+  quote,
+  readEkCertificate,
+  readPublic,
+} from '../tpm/keylime-client.ts'
+import { Tpm } from '../tpm/tpm.ts'
+import type { AgentTpm } from './agent-tpm.ts'
+
+export async function openKeylimeTpm(
+  transport: string,
+  opts: { endorsementPassword?: string } = {},
+): Promise<AgentTpm> {
+  const tpm = await Tpm.open(transport)
+  const auth = opts.endorsementPassword ? { endorsementPassword: opts.endorsementPassword } : {}
+  return {
+    async ek(alg, persistentHandle) {
+      if (persistentHandle !== null) {
+        const { publicArea } = await readPublic(tpm, persistentHandle)
+        return { handle: persistentHandle, publicArea }
+      }
+      const ek = await createEk(tpm, alg, auth)
+      return { handle: ek.handle, publicArea: ek.publicArea }
+    },
+    readEkCertificate: (alg) => readEkCertificate(tpm, alg),
+    createAk: (ekHandle, algs) => createAk(tpm, ekHandle, algs, auth),
+    loadAk: (ekHandle, pub, priv) => loadAk(tpm, ekHandle, pub, priv, auth),
+    activateCredential: (args) => activateCredential(tpm, args, auth),
+    quote: (akHandle, args) => quote(tpm, akHandle, args),
+    pcrRead: (hashAlg, pcrs) => pcrRead(tpm, hashAlg, pcrs),
+    pcrReset: (pcr) => pcrReset(tpm, pcr),
+    pcrExtend: (pcr, digests) => pcrExtend(tpm, pcr, digests),
+    flush: (handle) => flushContext(tpm, handle),
+    handleCounts: () => getHandleCounts(tpm),
+    close: () => tpm.close(),
+  }
+}
