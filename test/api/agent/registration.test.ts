@@ -34,13 +34,11 @@ async function scriptedRegistrar(script: { version: number; post: number[]; put:
   app.post('/v:ver/agents/:id', async (req, reply) => {
     seen.push({ method: 'POST', url: req.url, body: req.body })
     const code = script.post[posts++] ?? 200
-    return reply
-      .code(code)
-      .send({
-        code,
-        status: code === 200 ? 'Success' : 'nope',
-        results: code === 200 ? { blob: 'QkxPQg==' } : {},
-      })
+    return reply.code(code).send({
+      code,
+      status: code === 200 ? 'Success' : 'nope',
+      results: code === 200 ? { blob: 'QkxPQg==' } : {},
+    })
   })
   app.put('/v:ver/agents/:id', async (req, reply) => {
     seen.push({ method: 'PUT', url: req.url, body: req.body })
