@@ -5,8 +5,14 @@
  * store are used) and validity dates are checked (see `src/crypto/ek-trust.ts`).
  */
 import { spawnSync } from 'node:child_process'
-import { type CertStore, loadCertStore, verifyEkCertificateWithStore } from '../crypto/ek-trust.ts'
-import { publicKeyPemOf } from '../crypto/tpm-public.ts'
+import {
+  type CertStore,
+  certificateMatchesKey,
+  loadCertStore,
+  parseCertificateTolerant,
+  verifyEkCertificateWithStore,
+} from '../crypto/ek-trust.ts'
+import { publicAreaToKeyObject, publicKeyPemOf } from '../crypto/tpm-public.ts'
 import { checkPcrPolicy, isQuoteHashAlg, verifyQuote } from '../evidence/quote/index.ts'
 import type { RegistrarAgentRecord } from './ports.ts'
 import type { IdentityChecker } from './tenant-service.ts'
@@ -72,7 +78,11 @@ async function ekProblem(
     return 'the agent sent no EK certificate (require_ek_cert is on)'
   }
   try {
-    const result = verifyEkCertificateWithStore(record.ekcert, await store())
+    const cert = parseCertificateTolerant(record.ekcert)
+    if (!certificateMatchesKey(cert, publicAreaToKeyObject(Buffer.from(record.ek_tpm, 'base64')))) {
+      return 'the EK certificate does not certify the EK the agent registered (ek_tpm)'
+    }
+    const result = verifyEkCertificateWithStore(cert, await store())
     for (const w of result.warnings) settings.warn(w)
     return result.trusted ? null : result.reason
   } catch (err) {
