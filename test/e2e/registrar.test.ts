@@ -126,4 +126,43 @@ describe('registrar end to end with swtpm', () => {
       await anonymous.close()
     }
   }, 60000)
+
+  it('registers and activates an ECC P-256 EK with an ECDSA AK (KDFe seed)', async () => {
+    const ek = await createEk(tpm, 'ecc')
+    const ak = await createAk(tpm, ek.handle, { hashAlg: 'sha256', signAlg: 'ecdsa' })
+    const uuid = 'ecc-agent'
+    const agentSide = new RegistrarClient({
+      baseUrl: `http://127.0.0.1:${registrar.httpPort}`,
+      apiVersion: '2.2',
+    })
+    try {
+      const { blob } = await agentSide.register(uuid, {
+        aik_tpm: Buffer.from(ak.publicArea).toString('base64'),
+        ek_tpm: Buffer.from(ek.publicArea).toString('base64'),
+      })
+      const secret = await activateCredential(tpm, {
+        akHandle: ak.handle,
+        ekHandle: ek.handle,
+        ...decodeKeylimeCredentialBlob(blob),
+      })
+      const tag = createHmac('sha384', Buffer.from(Buffer.from(secret).toString('base64'), 'ascii'))
+        .update(uuid)
+        .digest('hex')
+      await agentSide.activate(uuid, tag)
+      // the same blob cannot be redeemed by a different AK under the same EK
+      const other = await createAk(tpm, ek.handle, { hashAlg: 'sha256', signAlg: 'ecdsa' })
+      await expect(
+        activateCredential(tpm, {
+          akHandle: other.handle,
+          ekHandle: ek.handle,
+          ...decodeKeylimeCredentialBlob(blob),
+        }),
+      ).rejects.toThrow()
+      await flushContext(tpm, other.handle)
+    } finally {
+      await agentSide.close()
+      await flushContext(tpm, ak.handle)
+      await flushContext(tpm, ek.handle)
+    }
+  }, 60000)
 })
