@@ -11,20 +11,28 @@ const CtrlCmd = Object.freeze({ Init: 2, Shutdown: 3, Stop: 14 })
 const describe = (a: SocketAddress) => ('path' in a ? a.path : `${a.host}:${a.port}`)
 
 /**
- * swtpm's socket interface: raw TPM commands on the data channel (one persistent connection), and the
- * control channel for power-on (CMD_INIT) and shutdown. tpm2-tools' `swtpm` TCTI speaks the same.
+ * swtpm's socket interface: raw TPM commands on the data channel, and the control channel for power-on (CMD_INIT)
+ * and shutdown. tpm2-tools' `swtpm` TCTI speaks the same.
+ *
+ * swtpm serves one data connection at a time, so a connection held open would lock every other process (an IMA
+ * emulator, tpm2-tools, the demo's tamper step) out of the TPM. The connection is therefore released once it has
+ * been idle for `idleReleaseMs`: bursts of commands share one connection, and other clients get their turn between
+ * bursts, as with the kernel resource manager. TPM state (loaded objects, sessions, PCRs) lives in swtpm, not in
+ * the connection.
  */
 export class SwtpmTransport implements TpmTransport {
   private socket: Socket | undefined
   private chunks: Buffer[] = []
   private received = 0
   private waiter: { resolve: (b: Uint8Array) => void; reject: (e: Error) => void } | undefined
+  private idleTimer: NodeJS.Timeout | undefined
   readonly description: string
 
   constructor(
     readonly data: SocketAddress,
     readonly control: SocketAddress | undefined,
     readonly timeoutMs = 120_000,
+    readonly idleReleaseMs = 25,
   ) {
     this.description = `swtpm:${describe(data)}`
   }
@@ -100,8 +108,20 @@ export class SwtpmTransport implements TpmTransport {
     w?.reject(err)
   }
 
+  private releaseWhenIdle(): void {
+    clearTimeout(this.idleTimer)
+    this.idleTimer = setTimeout(() => {
+      const s = this.socket
+      if (this.waiter || !s) return
+      this.socket = undefined
+      s.end()
+    }, this.idleReleaseMs)
+    this.idleTimer.unref()
+  }
+
   async send(command: Uint8Array): Promise<Uint8Array> {
     if (this.waiter) throw new TpmTransportError('swtpm transport used concurrently')
+    clearTimeout(this.idleTimer)
     const socket = await this.connectData()
     return new Promise<Uint8Array>((resolve, reject) => {
       const timer = setTimeout(() => {
@@ -111,6 +131,7 @@ export class SwtpmTransport implements TpmTransport {
       this.waiter = {
         resolve: (b) => {
           clearTimeout(timer)
+          this.releaseWhenIdle()
           resolve(b)
         },
         reject: (e) => {
@@ -171,6 +192,7 @@ export class SwtpmTransport implements TpmTransport {
   }
 
   async close(): Promise<void> {
+    clearTimeout(this.idleTimer)
     const s = this.socket
     this.socket = undefined
     this.failPending(new TpmTransportError('transport closed'))
