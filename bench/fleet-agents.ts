@@ -5,9 +5,10 @@
  * wire-exact integrity quotes with PCR 16 bound to its payload pubkey.
  */
 
-import { constants, generateKeyPairSync, type KeyObject, privateDecrypt } from 'node:crypto'
+import { constants, createHash, generateKeyPairSync, type KeyObject, privateDecrypt } from 'node:crypto'
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
+import { formatImaNgEntry } from '../src/evidence/ima/index.ts'
 import { SoftQuoter } from './fleet-quoter.ts'
 
 export interface SimAgent {
@@ -21,6 +22,15 @@ export interface SimAgent {
   /** V values received (decrypted), base64. */
   vKeys: string[]
   revocations: { msg: string; signature: string }[]
+  /** IMA ascii_runtime_measurements lines (empty: no IMA list is sent). */
+  imaLines: string[]
+}
+
+/** Records an ima-ng measurement of `content` at `path` and extends PCR 10 like the kernel. */
+export function simMeasure(agent: SimAgent, path: string, content: string): void {
+  const e = formatImaNgEntry(path, createHash('sha256').update(content).digest(), 'sha256')
+  agent.imaLines.push(e.line)
+  agent.quoter.extendDigest(10, e.templateDigests[agent.quoter.hashAlg])
 }
 
 export interface SimFleet {
@@ -91,6 +101,7 @@ export async function startSimFleet(opts: SimFleetOptions): Promise<SimFleet> {
       quotes: 0,
       vKeys: [],
       revocations: [],
+      imaLines: [],
     }
     agents.push(a)
     byIp.set(a.ip, a)
@@ -126,6 +137,13 @@ export async function startSimFleet(opts: SimFleetOptions): Promise<SimFleet> {
         sign_alg: agent.quoter.privateKey.asymmetricKeyType === 'ec' ? 'ecdsa' : 'rsassa',
       }
       if (url.searchParams.get('partial') !== '1') results.pubkey = agent.pubkeyPem
+      if (agent.imaLines.length > 0) {
+        let entry = Number(url.searchParams.get('ima_ml_entry') ?? '0') || 0
+        if (entry > agent.imaLines.length) entry = 0
+        const lines = agent.imaLines.slice(entry)
+        results.ima_measurement_list = lines.length > 0 ? `${lines.join('\n')}\n` : ''
+        results.ima_measurement_list_entry = entry
+      }
       return reply(res, 200, 'Success', results)
     }
     if (req.method === 'POST' && path === '/keys/vkey') {

@@ -116,6 +116,12 @@ export class SoftQuoter {
     this.pcrs.set(pcr, createHash(this.hashAlg).update(cur).update(digest).digest())
   }
 
+  /** Extends an already-computed digest (e.g. an IMA template digest). */
+  extendDigest(pcr: number, digest: Uint8Array): void {
+    const cur = this.pcrs.get(pcr) as Buffer
+    this.pcrs.set(pcr, createHash(this.hashAlg).update(cur).update(digest).digest())
+  }
+
   /** Resets PCR 16 and extends it with H(pubkey PEM), as the agent does before a quote. */
   bindPubkey(pubkeyPem: string): void {
     this.pcrs.set(16, Buffer.alloc(SIZE[this.hashAlg]))

@@ -24,7 +24,7 @@ export interface AcceptedAlgorithms {
   signing: readonly string[]
 }
 
-/** IMA and measured-boot checks, given the quoted PCR values of the signing bank. */
+/** Measured-boot then IMA checks (closures over the agent's evidence), given the signing bank's quoted PCRs. */
 export interface AttestationExtensions {
   ima?: (quotedPcrs: ReadonlyMap<number, Uint8Array>, hashAlg: QuoteHashAlg) => Verdict
   measuredBoot?: (quotedPcrs: ReadonlyMap<number, Uint8Array>, hashAlg: QuoteHashAlg) => Verdict
@@ -102,13 +102,14 @@ export function evaluateAttestation(input: AttestationInput): AttestationOutcome
     ...(input.boundPubkeyPem === undefined ? {} : { boundPubkeyPem: input.boundPubkeyPem }),
   })
   if (!pcrVerdict.ok) events.push(...pcrVerdict.events)
+  // measured boot first: its boot aggregates feed the IMA `boot_aggregate` entry
   const ext = input.extensions
-  if (ext?.ima && q.pcrs.has(10)) {
-    const v = ext.ima(q.pcrs, hashAlg)
-    if (!v.ok) events.push(...v.events)
-  }
   if (ext?.measuredBoot) {
     const v = ext.measuredBoot(q.pcrs, hashAlg)
+    if (!v.ok) events.push(...v.events)
+  }
+  if (ext?.ima && q.pcrs.has(10)) {
+    const v = ext.ima(q.pcrs, hashAlg)
     if (!v.ok) events.push(...v.events)
   }
   return { verdict: events.length === 0 ? PASS : { ok: false, events }, clock, pcrs: q.pcrs }

@@ -3,7 +3,6 @@
  * `/v2.x` prefix. Authorization is the spec's split (§0.5): PUBLIC routes answer anyone; every other route needs an
  * admin, i.e. a TLS client certificate that chained to the trusted client CA during the handshake.
  */
-import { createHash } from 'node:crypto'
 import type { TLSSocket } from 'node:tls'
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify'
 import { envelope, errorEnvelope } from '../api/envelope.ts'
@@ -18,13 +17,18 @@ import {
   type NewVerifierAgent,
   type VerifierAgentRow,
 } from '../db/verifier-repository.ts'
+import { evaluateAttestation } from '../evidence/attestation.ts'
 import {
-  akKeyObject,
-  checkPcrPolicy,
-  isQuoteHashAlg,
-  parseTpmPolicy,
-  verifyQuote,
-} from '../evidence/quote/index.ts'
+  type PcrBank,
+  parseRuntimePolicy,
+  RUNTIME_POLICY_GENERATOR,
+  type RuntimePolicy,
+  verifyImaIncrement,
+} from '../evidence/ima/index.ts'
+import { checkMeasuredBoot, type MbPolicy, parseMbPolicy } from '../evidence/mb/index.ts'
+import { akKeyObject, isQuoteHashAlg, parseTpmPolicy, verifyQuote } from '../evidence/quote/index.ts'
+import { failure } from '../evidence/verdict.ts'
+import { PolicyStore } from './policy-store.ts'
 import type { VerifierService } from './verifier-service.ts'
 
 export type Identity = 'admin' | 'anonymous'
@@ -39,9 +43,6 @@ export interface VerifierAppOptions {
 }
 
 const AGENT_ID = /^[\w.-]+$/
-/** `generator` values: policies above EMPTY count as a runtime policy (`has_runtime_policy`). */
-const GENERATOR_EMPTY = 1
-const GENERATOR_MANUAL = 3
 
 class ApiError extends KeylimeError {
   constructor(statusCode: number, message: string) {
@@ -119,7 +120,7 @@ export async function buildVerifierApp(opts: VerifierAppOptions): Promise<Fastif
     let rt = 0
     if (row.ima_policy_id !== null) {
       const p = await repo.getAllowlistById(row.ima_policy_id)
-      rt = p && (p.generator ?? 0) > GENERATOR_EMPTY ? 1 : 0
+      rt = p && (p.generator ?? 0) > RUNTIME_POLICY_GENERATOR.EmptyAllowList ? 1 : 0
     }
     let mb = 0
     if (row.mb_policy_id !== null) {
@@ -162,20 +163,24 @@ export async function buildVerifierApp(opts: VerifierAppOptions): Promise<Fastif
     }
   }
 
-  /** Until the IMA / measured-boot engines are wired in, agents needing them are refused, never passed silently. */
-  function refuseRuntimePolicy(policyText: string): void {
-    if (!isEmptyRuntimePolicy(policyText))
-      throw new ApiError(
-        400,
-        'runtime (IMA) policies are not supported by this verifier build yet; enroll without one',
-      )
+  /** Runtime policy text -> parsed policy; schema errors are 400 "Runtime policy is malformatted: …". */
+  function parseRuntime(text: string, strict: boolean): RuntimePolicy {
+    try {
+      return parseRuntimePolicy(text, { strict })
+    } catch (err) {
+      if (err instanceof KeylimeError)
+        throw new ApiError(400, `Runtime policy is malformatted: ${err.message}`)
+      throw err
+    }
   }
-  function refuseMbPolicy(text: string | null): void {
-    if (text !== null && text.trim() !== '' && text.trim() !== '{}' && text.trim() !== 'null')
-      throw new ApiError(
-        400,
-        'measured boot policies are not supported by this verifier build yet; enroll without one',
-      )
+  function parseMb(text: string): MbPolicy {
+    try {
+      return parseMbPolicy(text, { engine: o.mbPolicyEngine })
+    } catch (err) {
+      if (err instanceof KeylimeError)
+        throw new ApiError(400, `Measured boot policy is malformatted: ${err.message}`)
+      throw err
+    }
   }
 
   for (const p of V2_PREFIXES) {
@@ -197,8 +202,8 @@ export async function buildVerifierApp(opts: VerifierAppOptions): Promise<Fastif
         for (const k of ENROLL_REQUIRED_KEYS)
           if (!(k in body)) throw new ApiError(400, `Exception error: '${k}'`)
         const b = body as unknown as EnrollBody
-        const row = await enrollmentRow(id, b)
         if (await repo.getAgent(id)) throw new ApiError(409, `Agent of uuid ${id} already exists`)
+        const row = await enrollmentRow(id, b)
         try {
           await repo.insertAgent(row)
         } catch (err) {
@@ -330,11 +335,11 @@ export async function buildVerifierApp(opts: VerifierAppOptions): Promise<Fastif
           if (typeof body.runtime_policy !== 'string')
             throw new ApiError(400, 'Runtime policy is malformatted: runtime_policy missing')
           const text = b64decode('runtime_policy', body.runtime_policy).toString('utf8')
-          validateRuntimePolicyJson(text)
+          const parsed = parseRuntime(text, true)
           const fields = {
             ima_policy: text,
-            checksum: createHash('sha256').update(text).digest('hex'),
-            generator: isEmptyRuntimePolicy(text) ? GENERATOR_EMPTY : GENERATOR_MANUAL,
+            checksum: PolicyStore.checksum(text),
+            generator: generatorOf(parsed),
             tpm_policy: typeof body.tpm_policy === 'string' ? body.tpm_policy : null,
           }
           if (method === 'POST') {
@@ -456,8 +461,12 @@ export async function buildVerifierApp(opts: VerifierAppOptions): Promise<Fastif
         })
       if (failures.length > 0)
         return reply.code(400).send(envelope(400, 'Bad Request', { valid: false, claims: {}, failures }))
-      if (data.runtime_policy !== undefined) refuseRuntimePolicy(String(data.runtime_policy))
-      if (data.mb_policy !== undefined) refuseMbPolicy(String(data.mb_policy))
+      const runtime =
+        data.runtime_policy === undefined
+          ? null
+          : service.policies.compileRuntimeTextChecked(String(data.runtime_policy))
+      const mbPolicy =
+        data.mb_policy === undefined || data.mb_policy === null ? null : parseMb(String(data.mb_policy))
       const hashAlg = String(data.hash_alg)
       if (!isQuoteHashAlg(hashAlg)) throw new ApiError(400, `unsupported hash_alg ${hashAlg}`)
       let ak: ReturnType<typeof akKeyObject>
@@ -466,26 +475,77 @@ export async function buildVerifierApp(opts: VerifierAppOptions): Promise<Fastif
       } catch (err) {
         throw new ApiError(400, `tpm_ak: ${(err as Error).message}`)
       }
-      const q = verifyQuote({ akPublic: ak, quote: String(data.quote), nonce: String(data.nonce), hashAlg })
-      if (!q.verdict.ok || !q.pcrs)
-        return ok(reply, {
-          valid: false,
-          claims: {},
-          failures: q.verdict.ok
-            ? []
-            : q.verdict.events.map((e) => ({ type: e.eventId, context: e.context })),
-        })
-      const policy = typeof data.tpm_policy === 'string' ? parseTpmPolicy(data.tpm_policy) : null
-      const v = checkPcrPolicy({ pcrs: q.pcrs, tpmPolicy: policy, hashAlg })
-      const claims = {
-        pcrs: Object.fromEntries(
-          [...q.pcrs].map(([k, val]) => [String(k), Buffer.from(val).toString('hex')]),
-        ),
-      }
+      let aggregates: Record<string, string[]> | undefined
+      const mbLog = typeof data.mb_log === 'string' ? data.mb_log : undefined
+      const imaList = typeof data.ima_measurement_list === 'string' ? data.ima_measurement_list : undefined
+      const out = evaluateAttestation({
+        akPublic: ak,
+        quote: String(data.quote),
+        nonce: String(data.nonce),
+        hashAlg,
+        encAlg: 'any',
+        signAlg: 'any',
+        accepted: { hash: [hashAlg], encryption: ['any'], signing: ['any'] },
+        tpmPolicy: typeof data.tpm_policy === 'string' ? parseTpmPolicy(data.tpm_policy) : null,
+        previousClock: null,
+        checkClock: false,
+        extensions: {
+          ...(mbPolicy !== null || mbLog !== undefined
+            ? {
+                measuredBoot: (pcrs, alg) => {
+                  if (mbLog === undefined)
+                    return {
+                      ok: false,
+                      events: [failure('measured_boot.missing_param', 'mb_log is required', true)],
+                    }
+                  const r = checkMeasuredBoot({
+                    eventLog: b64decode('mb_log', mbLog),
+                    quotedPcrs: pcrs,
+                    hashAlg: alg,
+                    policy: mbPolicy,
+                    evaluatePolicy: true,
+                  })
+                  if (r.bootAggregates) aggregates = r.bootAggregates
+                  return r.verdict
+                },
+              }
+            : {}),
+          ...(runtime !== null || imaList !== undefined
+            ? {
+                ima: (pcrs, alg) => {
+                  if (imaList === undefined)
+                    return {
+                      ok: false,
+                      events: [failure('ima.missing_param', 'ima_measurement_list is required', true)],
+                    }
+                  return verifyImaIncrement({
+                    listText: imaList,
+                    firstEntry: 0,
+                    state: null,
+                    quotedPcr10: { hashAlg: alg as PcrBank, value: pcrs.get(10) ?? null },
+                    policy: runtime,
+                    ignoreTomtouErrors: o.ignoreTomtouErrors,
+                    ...(aggregates ? { bootAggregates: aggregates } : {}),
+                  }).verdict
+                },
+              }
+            : {}),
+        },
+      })
+      const claims =
+        out.pcrs.size === 0
+          ? {}
+          : {
+              pcrs: Object.fromEntries(
+                [...out.pcrs].map(([k, val]) => [String(k), Buffer.from(val).toString('hex')]),
+              ),
+            }
       return ok(reply, {
-        valid: v.ok,
+        valid: out.verdict.ok,
         claims,
-        failures: v.ok ? [] : v.events.map((e) => ({ type: e.eventId, context: e.context })),
+        failures: out.verdict.ok
+          ? []
+          : out.verdict.events.map((e) => ({ type: e.eventId, context: e.context })),
       })
     })
   }
@@ -516,29 +576,48 @@ export async function buildVerifierApp(opts: VerifierAppOptions): Promise<Fastif
     if (!ip || port === null || !Number.isInteger(port) || port < 1 || port > 65535)
       throw new ApiError(400, 'cloudagent_ip and cloudagent_port are required')
 
-    // runtime policy: name+policy -> store under name (409 if exists); name only -> stored; policy only -> agent id
+    // runtime policy (§3.1): name+policy -> store under name (409 if exists); name only -> the stored one (404);
+    // policy only -> store under the agent id; neither -> no runtime policy
     const policyText = b64decode('runtime_policy', b.runtime_policy).toString('utf8')
     const policyName = b.runtime_policy_name ?? null
+    let newRuntime: { name: string; text: string; generator: number } | null = null
     let imaPolicyId: number | null = null
-    if (policyText !== '') {
-      refuseRuntimePolicy(policyText)
-      validateRuntimePolicyJson(policyText)
+    if (policyText.trim() !== '') {
+      const parsed = parseRuntime(policyText, false)
+      service.policies.compileRuntimeTextChecked(policyText)
+      const name = policyName || id
+      if (await repo.getAllowlist(name))
+        throw new ApiError(409, `Runtime policy with name ${name} already exists`)
+      newRuntime = { name, text: policyText, generator: generatorOf(parsed) }
     } else if (policyName) {
       const stored = await repo.getAllowlist(policyName)
       if (!stored) throw new ApiError(404, `Runtime policy ${policyName} not found`)
-      refuseRuntimePolicy(stored.ima_policy ?? '')
       imaPolicyId = stored.id
     }
     const mbName = b.mb_policy_name ?? null
+    let newMb: { name: string; text: string } | null = null
     let mbPolicyId: number | null = null
-    if (b.mb_policy !== null && b.mb_policy !== '') {
-      refuseMbPolicy(b.mb_policy)
+    if (b.mb_policy !== null && b.mb_policy.trim() !== '') {
+      parseMb(b.mb_policy)
+      const name = mbName || id
+      if (await repo.getMbPolicy(name))
+        throw new ApiError(409, `Measured boot policy with name ${name} already exists`)
+      newMb = { name, text: b.mb_policy }
     } else if (mbName) {
       const stored = await repo.getMbPolicy(mbName)
       if (!stored) throw new ApiError(404, `Measured boot policy ${mbName} not found`)
-      refuseMbPolicy(stored.mb_policy)
       mbPolicyId = stored.id
     }
+    // stored last, after every check passed, so a refused enrollment leaves nothing behind
+    if (newRuntime)
+      imaPolicyId = await repo.insertAllowlist({
+        name: newRuntime.name,
+        ima_policy: newRuntime.text,
+        checksum: PolicyStore.checksum(newRuntime.text),
+        generator: newRuntime.generator,
+        tpm_policy: null,
+      })
+    if (newMb) mbPolicyId = await repo.insertMbPolicy(newMb.name, newMb.text)
     return {
       agent_id: id,
       v,
@@ -571,32 +650,17 @@ export async function buildVerifierApp(opts: VerifierAppOptions): Promise<Fastif
   return app
 }
 
-/** The default (empty) runtime policy: nothing to check. */
-export function isEmptyRuntimePolicy(text: string): boolean {
-  const t = text.trim()
-  if (t === '' || t === '{}' || t === 'null') return true
-  try {
-    const p = JSON.parse(t) as Record<string, unknown>
-    const digests = p.digests as Record<string, unknown> | undefined
-    const excludes = p.excludes as unknown[] | undefined
-    return (
-      typeof p === 'object' &&
-      (digests === undefined || Object.keys(digests).length === 0) &&
-      (excludes === undefined || excludes.length === 0) &&
-      (p.keyrings === undefined || Object.keys(p.keyrings as object).length === 0)
-    )
-  } catch {
-    return false
-  }
-}
-
-function validateRuntimePolicyJson(text: string): void {
-  let p: unknown
-  try {
-    p = JSON.parse(text)
-  } catch {
-    throw new ApiError(400, 'Runtime policy is malformatted: not valid JSON')
-  }
-  if (typeof p !== 'object' || p === null || Array.isArray(p))
-    throw new ApiError(400, 'Runtime policy is malformatted: must be a JSON object')
+/** `generator` stored with a runtime policy; above EmptyAllowList counts as having a policy. */
+function generatorOf(p: RuntimePolicy): number {
+  const empty =
+    Object.keys(p.digests).length === 0 &&
+    p.excludes.length === 0 &&
+    Object.keys(p.keyrings).length === 0 &&
+    Object.keys(p['ima-buf']).length === 0 &&
+    p['verification-keys'] === ''
+  if (empty) return RUNTIME_POLICY_GENERATOR.EmptyAllowList
+  const g = p.meta.generator
+  return g !== undefined && g > RUNTIME_POLICY_GENERATOR.EmptyAllowList
+    ? g
+    : RUNTIME_POLICY_GENERATOR.LegacyAllowList
 }

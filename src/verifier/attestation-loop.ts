@@ -21,11 +21,19 @@ import {
   type TpmClockInfo,
   type TpmPolicy,
 } from '../evidence/attestation.ts'
+import {
+  type CompiledRuntimePolicy,
+  type ImaReplayState,
+  type PcrBank,
+  verifyImaIncrement,
+} from '../evidence/ima/index.ts'
+import { checkMeasuredBoot, type MbPolicy } from '../evidence/mb/index.ts'
 import { akKeyObject, parseTpmPolicy } from '../evidence/quote/index.ts'
 import { type FailureEvent, failure, severityOf } from '../evidence/verdict.ts'
 import type { AgentConnections } from './agent-connections.ts'
 import { DueQueue } from './due-queue.ts'
 import type { VerifierOptions } from './options.ts'
+import type { PolicyStore } from './policy-store.ts'
 import type { RevocationNotifier, RevocationSubject } from './revocation-notifier.ts'
 
 /** In-memory state of one agent being attested. */
@@ -55,6 +63,12 @@ interface AgentRuntime {
   sendPubkey: boolean
   provideV: boolean
   pubkeyChanged: boolean
+  imaPolicyId: number | null
+  mbPolicyId: number | null
+  /** Loaded at the first step of a (re)start; shared compiled objects from the PolicyStore. */
+  policies: { runtime: CompiledRuntimePolicy | null; mb: MbPolicy | null } | null
+  /** IMA incremental replay state (persisted as `ima_state`). */
+  imaState: ImaReplayState | null
 }
 
 export interface LoopStats {
@@ -72,6 +86,16 @@ const FLUSH_MS = 200
 const NONCE_CHARS = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789'
 
 /** 20 random alphanumeric characters (the pull nonce). */
+function parseImaState(text: string | null): ImaReplayState | null {
+  if (!text) return null
+  try {
+    const s = JSON.parse(text) as ImaReplayState
+    return s && s.version === 1 && Number.isInteger(s.nextEntry) ? s : null
+  } catch {
+    return null
+  }
+}
+
 export function randomNonce(length = 20): string {
   const bytes = randomBytes(length)
   let s = ''
@@ -98,8 +122,7 @@ export interface AttestationLoopDeps {
   /** This process's lease holder id. */
   leaseHolder: string
   now?: () => number
-  /** IMA / measured-boot checks for an agent, when its policies need them. */
-  extensionsFor?: (agentId: string) => AttestationExtensions | undefined
+  policies: PolicyStore
 }
 
 export class AttestationLoop {
@@ -196,6 +219,10 @@ export class AttestationLoop {
       sendPubkey: true,
       provideV: true,
       pubkeyChanged: false,
+      imaPolicyId: row.ima_policy_id,
+      mbPolicyId: row.mb_policy_id,
+      policies: null,
+      imaState: parseImaState(row.ima_state),
     }
     this.agents.set(a.id, a)
     this.schedule(a, this.now())
@@ -320,6 +347,19 @@ export class AttestationLoop {
   // ------------------------------------------------------------------------------------- steps
 
   private async quote(a: AgentRuntime, gen: number): Promise<void> {
+    if (a.policies === null) {
+      try {
+        a.policies = {
+          runtime: await this.deps.policies.runtimeFor(a.imaPolicyId),
+          mb: await this.deps.policies.mbFor(a.mbPolicyId),
+        }
+      } catch (err) {
+        this.deps.log.error({ agentId: a.id, err: (err as Error).message }, 'stored policy is unusable')
+        if (gen === a.generation) await this.toFailed(a, gen, 'internal')
+        return
+      }
+      if (gen !== a.generation) return
+    }
     const nonce = randomNonce()
     const partial = !(a.sendPubkey || a.pubkey === null)
     const client = this.deps.connections.client({
@@ -331,7 +371,12 @@ export class AttestationLoop {
     })
     let res: IntegrityQuoteResults
     try {
-      res = await client.integrityQuote({ nonce, mask: a.pcrMask, partial, imaMlEntry: 0 })
+      res = await client.integrityQuote({
+        nonce,
+        mask: a.pcrMask,
+        partial,
+        imaMlEntry: a.imaState?.nextEntry ?? 0,
+      })
     } catch (err) {
       if (gen !== a.generation) return
       await this.onRequestError(a, gen, err, AgentState.GET_QUOTE_RETRY)
@@ -343,6 +388,7 @@ export class AttestationLoop {
     const pubkey = receivedPubkey ?? a.pubkey
     let events: FailureEvent[] | null = null
     let clock: TpmClockInfo | null = null
+    let imaState: ImaReplayState | null = a.imaState
     if (pubkey === null) {
       events = [
         failure('qoute_validation.no_pubkey', 'agent did not send its public key and none is cached', false),
@@ -359,15 +405,20 @@ export class AttestationLoop {
         tpmPolicy: a.tpmPolicy,
         boundPubkeyPem: pubkey,
         previousClock: a.clock,
-        ...(this.deps.extensionsFor ? { extensions: this.deps.extensionsFor(a.id) } : {}),
+        extensions: this.extensionsFor(a, res, (s) => {
+          imaState = s
+        }),
       })
       if (out.verdict.ok) clock = out.clock
       else events = out.verdict.events
     }
     if (events) {
+      // an IMA failure resets its state (next round replays from entry 0); keep that across restarts
+      a.imaState = imaState
       await this.onInvalidQuote(a, gen, events, now)
       return
     }
+    a.imaState = imaState
     // success
     a.sendPubkey = false
     a.numRetries = 0
@@ -390,7 +441,7 @@ export class AttestationLoop {
       tpmClockinfo: clock ? JSON.stringify(clock) : null,
       operationalState: a.state,
       publicKey: a.pubkeyChanged ? a.pubkey : null,
-      imaState: null,
+      imaState: imaState ? JSON.stringify(imaState) : null,
     })
     a.pubkeyChanged = false
     if (goProvideV) this.schedule(a, now)
@@ -398,6 +449,59 @@ export class AttestationLoop {
       a.provideV = false
       this.schedule(a, now + this.deps.options.quoteIntervalMs)
     }
+  }
+
+  /** Measured-boot and IMA checks over this response's logs, with the agent's shared compiled policies. */
+  private extensionsFor(
+    a: AgentRuntime,
+    res: IntegrityQuoteResults,
+    setImaState: (s: ImaReplayState) => void,
+  ): AttestationExtensions {
+    const o = this.deps.options
+    const policies = a.policies ?? { runtime: null, mb: null }
+    let aggregates: Record<string, string[]> | undefined
+    const ext: AttestationExtensions = {}
+    if (policies.mb !== null || res.mb_measurement_list !== undefined) {
+      const mbPolicy = policies.mb
+      ext.measuredBoot = (pcrs, hashAlg) => {
+        if (res.mb_measurement_list === undefined) {
+          return mbPolicy
+            ? {
+                ok: false,
+                events: [failure('measured_boot.missing_event_log', 'agent sent no boot event log', true)],
+              }
+            : { ok: true }
+        }
+        const r = checkMeasuredBoot({
+          eventLog: Buffer.from(res.mb_measurement_list, 'base64'),
+          quotedPcrs: pcrs,
+          hashAlg,
+          policy: mbPolicy,
+          evaluatePolicy: o.measuredBootEvaluate === 'always' || a.attestationCount === 0,
+        })
+        if (r.bootAggregates) aggregates = r.bootAggregates
+        return r.verdict
+      }
+    }
+    ext.ima = (pcrs, hashAlg) => {
+      if (res.ima_measurement_list === undefined)
+        return {
+          ok: false,
+          events: [failure('pcr_validation.unused_pcr_10', 'PCR 10 quoted but no IMA list sent', true)],
+        }
+      const r = verifyImaIncrement({
+        listText: res.ima_measurement_list,
+        firstEntry: res.ima_measurement_list_entry ?? 0,
+        state: a.imaState,
+        quotedPcr10: { hashAlg: hashAlg as PcrBank, value: pcrs.get(10) ?? null },
+        policy: policies.runtime,
+        ignoreTomtouErrors: o.ignoreTomtouErrors,
+        ...(aggregates ? { bootAggregates: aggregates } : {}),
+      })
+      setImaState(r.state)
+      return r.verdict
+    }
+    return ext
   }
 
   private async provideV(a: AgentRuntime, gen: number): Promise<void> {
@@ -515,6 +619,7 @@ export class AttestationLoop {
     const patch: Parameters<VerifierRepository['updateGuarded']>[2] = {
       operational_state: AgentState.INVALID_QUOTE,
       last_received_quote: Math.floor(now / 1000),
+      ima_state: a.imaState ? JSON.stringify(a.imaState) : null,
     }
     if (a.severityLevel === null || worstLevel > a.severityLevel) {
       a.severityLevel = worstLevel

@@ -5,6 +5,7 @@
  */
 import { KeylimeError } from '../common/errors.ts'
 import type { VerifierConfig } from '../config/verifier.ts'
+import { MB_POLICY_ENGINES, type MbPolicyEngine } from '../evidence/mb/index.ts'
 import { DEFAULT_SEVERITY_LABELS, type SeverityRule } from '../evidence/verdict.ts'
 
 export class VerifierConfigError extends KeylimeError {
@@ -29,6 +30,10 @@ export interface VerifierOptions {
   severityLabels: readonly string[]
   severityRules: readonly SeverityRule[]
   measuredBootEvaluate: 'once' | 'always'
+  /** `measured_boot_policy_name`: accept-all, reject-all or example. */
+  mbPolicyEngine: MbPolicyEngine
+  /** Upstream's option, taken by its name: true = ToMToU/violation entries are not failures. */
+  ignoreTomtouErrors: boolean
   revocationChannels: readonly ('agent' | 'webhook' | 'zeromq')[]
   webhookUrl: string
   /** Attestations in flight at once (our own; bounds sockets and memory). */
@@ -54,6 +59,8 @@ export const DEFAULT_VERIFIER_OPTIONS: VerifierOptions = {
   severityLabels: DEFAULT_SEVERITY_LABELS,
   severityRules: [{ eventId: /.*/, label: 'emergency' }],
   measuredBootEvaluate: 'once',
+  mbPolicyEngine: 'accept-all',
+  ignoreTomtouErrors: true,
   revocationChannels: ['agent'],
   webhookUrl: '',
   maxConcurrency: 512,
@@ -93,6 +100,10 @@ export function verifierOptionsFromConfig(c: VerifierConfig): VerifierOptions {
     throw new VerifierConfigError(
       'quote_interval, retry_interval, max_retries must be >= 0, request_timeout > 0',
     )
+  if (!(MB_POLICY_ENGINES as readonly string[]).includes(c.measured_boot_policy_name))
+    throw new VerifierConfigError(
+      `measured_boot_policy_name ${c.measured_boot_policy_name} is not one of ${MB_POLICY_ENGINES.join(', ')}`,
+    )
   if (c.max_concurrency < 1) throw new VerifierConfigError('max_concurrency must be >= 1')
   if (c.lease_seconds <= 0) throw new VerifierConfigError('lease_seconds must be > 0')
   return {
@@ -111,6 +122,9 @@ export function verifierOptionsFromConfig(c: VerifierConfig): VerifierOptions {
     severityLabels: c.severity_labels,
     severityRules,
     measuredBootEvaluate: c.measured_boot_evaluate,
+    mbPolicyEngine: c.measured_boot_policy_name as MbPolicyEngine,
+    // as upstream's code (which inverts the name): ignore_tomtou_errors = True turns ToMToU entries into failures
+    ignoreTomtouErrors: !c.ignore_tomtou_errors,
     revocationChannels: channels as VerifierOptions['revocationChannels'],
     webhookUrl: c.webhook_url,
     maxConcurrency: c.max_concurrency,

@@ -14,6 +14,7 @@ import { AgentState, type VerifierDatabase, VerifierRepository } from '../db/ver
 import { AgentConnections, type VerifierClientTls } from './agent-connections.ts'
 import { AttestationLoop, defaultLeaseHolder } from './attestation-loop.ts'
 import type { VerifierOptions } from './options.ts'
+import { PolicyStore } from './policy-store.ts'
 import { postWebhookWithUndici, RevocationNotifier, type RevocationWire } from './revocation-notifier.ts'
 
 export interface VerifierServiceDeps {
@@ -34,6 +35,7 @@ export class VerifierService {
   readonly notifier: RevocationNotifier
   readonly connections: AgentConnections
   readonly leaseHolder: string
+  readonly policies: PolicyStore
   private heartbeat: NodeJS.Timeout | null = null
   private beating: Promise<void> = Promise.resolve()
   private readonly now: () => number
@@ -58,7 +60,9 @@ export class VerifierService {
       },
       deps.log,
     )
+    this.policies = new PolicyStore(this.repo, o.mbPolicyEngine)
     this.loop = new AttestationLoop({
+      policies: this.policies,
       repo: this.repo,
       options: o,
       connections: this.connections,

@@ -134,10 +134,11 @@ describe('verifier API: agents', () => {
       [{ ak_tpm: 'AAAA' }, /ak_tpm/],
       [{ v: 'AAAA' }, /v must be/],
       [
-        { runtime_policy: Buffer.from('{"digests": {"/bin/sh": ["ab"]}}').toString('base64') },
-        /runtime \(IMA\) policies are not supported/,
+        { runtime_policy: Buffer.from('{"digests": {"/bin/sh": 5}}').toString('base64') },
+        /^Runtime policy is malformatted/,
       ],
-      [{ mb_policy: '{"scrtm_and_bios": []}' }, /measured boot policies are not supported/],
+      [{ runtime_policy: Buffer.from('[1').toString('base64') }, /^Runtime policy is malformatted/],
+      [{ mb_policy: '{"scrtm_and_bios": 7' }, /^Measured boot policy is malformatted/],
     ]
     for (const [extra, msg] of cases) {
       const r = await v.app.inject({
@@ -147,6 +148,19 @@ describe('verifier API: agents', () => {
         payload: body(1, extra),
       })
       expect(r.statusCode, JSON.stringify(extra)).toBe(400)
+      expect(r.json().status).toMatch(msg)
+    }
+    for (const [extra, msg] of [
+      [{ runtime_policy_name: 'nope' }, /Runtime policy nope not found/],
+      [{ mb_policy_name: 'nope' }, /Measured boot policy nope not found/],
+    ] as const) {
+      const r = await v.app.inject({
+        method: 'POST',
+        url: `/v2.6/agents/${agent(1).id}`,
+        headers: ADMIN,
+        payload: body(1, extra),
+      })
+      expect(r.statusCode).toBe(404)
       expect(r.json().status).toMatch(msg)
     }
     const bad = await v.app.inject({
@@ -210,7 +224,16 @@ describe('verifier API: agents', () => {
 
 describe('verifier API: runtime and measured-boot policies', () => {
   const policy = Buffer.from(
-    JSON.stringify({ meta: { version: 1 }, digests: { '/bin/sh': ['aa'] } }),
+    JSON.stringify({
+      meta: { version: 1, generator: 3 },
+      release: 0,
+      digests: { '/bin/sh': ['a'.repeat(64)] },
+      excludes: [],
+      keyrings: {},
+      ima: { ignored_keyrings: [], log_hash_alg: 'sha1', dm_policy: null },
+      'ima-buf': {},
+      'verification-keys': '',
+    }),
   ).toString('base64')
   it('allowlists CRUD with upstream codes', async () => {
     const post = await v.app.inject({
@@ -234,7 +257,7 @@ describe('verifier API: runtime and measured-boot policies', () => {
     expect(list.json().results).toEqual({ 'runtimepolicy names': ['p1'] })
     const show = await v.app.inject({ method: 'GET', url: '/v2.6/allowlists/p1', headers: ADMIN })
     expect(show.json().results).toMatchObject({ name: 'p1', tmp_policy: null })
-    expect(JSON.parse(show.json().results.runtime_policy).digests['/bin/sh']).toEqual(['aa'])
+    expect(JSON.parse(show.json().results.runtime_policy).digests['/bin/sh']).toEqual(['a'.repeat(64)])
     expect(
       (
         await v.app.inject({
@@ -362,5 +385,59 @@ describe('verifier API: on-demand verification (public)', () => {
     })
     expect(badType.statusCode).toBe(400)
     expect(badType.json().status).toBe('invalid evidence type')
+  })
+})
+
+describe('verifier API: enrollment with policies', () => {
+  const rt = (digest: string) =>
+    Buffer.from(
+      JSON.stringify({
+        meta: { version: 1, generator: 3 },
+        release: 0,
+        digests: { '/usr/bin/x': [digest] },
+        excludes: [],
+        keyrings: {},
+        ima: { ignored_keyrings: [], log_hash_alg: 'sha1', dm_policy: null },
+        'ima-buf': {},
+        'verification-keys': '',
+      }),
+    ).toString('base64')
+
+  it('stores a policy given with the agent under its id and drops it with the agent; named ones survive', async () => {
+    const a = agent(1)
+    await v.app.inject({ method: 'DELETE', url: `/v2.6/agents/${a.id}`, headers: ADMIN })
+    const add = await v.app.inject({
+      method: 'POST',
+      url: `/v2.6/agents/${a.id}`,
+      headers: ADMIN,
+      payload: body(1, { runtime_policy: rt('b'.repeat(64)) }),
+    })
+    expect(add.statusCode, add.body).toBe(200)
+    const show = await v.app.inject({ method: 'GET', url: `/v2.6/agents/${a.id}`, headers: ADMIN })
+    expect(show.json().results.has_runtime_policy).toBe(1)
+    expect((await v.service.repo.getAllowlist(a.id))?.ima_policy).toContain('b'.repeat(64))
+    await v.app.inject({ method: 'DELETE', url: `/v2.6/agents/${a.id}`, headers: ADMIN })
+    expect(await v.service.repo.getAllowlist(a.id)).toBeUndefined()
+
+    const named = await v.app.inject({
+      method: 'POST',
+      url: `/v2.6/agents/${a.id}`,
+      headers: ADMIN,
+      payload: body(1, { runtime_policy: rt('c'.repeat(64)), runtime_policy_name: 'shared' }),
+    })
+    expect(named.statusCode).toBe(200)
+    const inUse = await v.app.inject({ method: 'DELETE', url: '/v2.6/allowlists/shared', headers: ADMIN })
+    expect(inUse.statusCode).toBe(409)
+    expect(inUse.json().status).toBe(`Can't delete allowlist as it's currently in use by agent ${a.id}`)
+    await v.app.inject({ method: 'DELETE', url: `/v2.6/agents/${a.id}`, headers: ADMIN })
+    expect(await v.service.repo.getAllowlist('shared')).toBeDefined()
+    const again = await v.app.inject({
+      method: 'POST',
+      url: `/v2.6/agents/${a.id}`,
+      headers: ADMIN,
+      payload: body(1, { runtime_policy: rt('d'.repeat(64)), runtime_policy_name: 'shared' }),
+    })
+    expect(again.statusCode).toBe(409)
+    expect(await v.service.repo.getAgent(a.id)).toBeUndefined()
   })
 })

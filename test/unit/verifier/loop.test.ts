@@ -1,8 +1,8 @@
-import { constants, generateKeyPairSync, verify } from 'node:crypto'
+import { constants, createHash, generateKeyPairSync, verify } from 'node:crypto'
 import { createServer } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { afterEach, describe, expect, it } from 'vitest'
-import { type SimFleet, startSimFleet } from '../../../bench/fleet-agents.ts'
+import { type SimFleet, simMeasure, startSimFleet } from '../../../bench/fleet-agents.ts'
 import { AgentState } from '../../../src/db/verifier-repository.ts'
 import { ADMIN, enrollBody, makeVerifier, memoryDb, waitFor } from './harness.ts'
 
@@ -41,6 +41,51 @@ async function enroll(v: Awaited<ReturnType<typeof makeVerifier>>, f: SimFleet, 
 }
 
 describe('attestation loop against simulated agents', () => {
+  it('verifies the IMA log incrementally against a runtime policy and fails on an unlisted file', async () => {
+    const f = await fleet(1)
+    const v = await verifierWith()
+    const a = f.agents[0] as SimFleet['agents'][number]
+    const good = createHash('sha256').update('good binary').digest('hex')
+    simMeasure(a, '/usr/bin/good', 'good binary')
+    const policy = {
+      meta: { version: 1, generator: 3 },
+      release: 0,
+      digests: { '/usr/bin/good': [good] },
+      excludes: [],
+      keyrings: {},
+      ima: { ignored_keyrings: [], log_hash_alg: 'sha1', dm_policy: null },
+      'ima-buf': {},
+      'verification-keys': '',
+    }
+    const pcr15 = (a.quoter.pcrs.get(15) as Buffer).toString('hex')
+    const res = await v.app.inject({
+      method: 'POST',
+      url: `/v2.6/agents/${a.id}`,
+      headers: ADMIN,
+      payload: enrollBody(a, f.port, {
+        tpm_policy: JSON.stringify({ '15': [pcr15], mask: '0x8400' }),
+        runtime_policy: Buffer.from(JSON.stringify(policy)).toString('base64'),
+      }),
+    })
+    expect(res.statusCode, res.body).toBe(200)
+    await waitFor(() => a.quotes >= 2)
+    simMeasure(a, '/usr/bin/good', 'good binary')
+    await waitFor(() => a.quotes >= 5)
+    await v.service.loop.flush()
+    const row = await v.service.repo.getAgent(a.id)
+    expect(row?.operational_state).toBe(AgentState.GET_QUOTE)
+    expect(JSON.parse(row?.ima_state ?? '{}').nextEntry).toBe(2)
+    const show = await v.app.inject({ method: 'GET', url: `/v2.6/agents/${a.id}`, headers: ADMIN })
+    expect(show.json().results.has_runtime_policy).toBe(1)
+    simMeasure(a, '/tmp/evil', 'evil')
+    await waitFor(
+      async () => (await v.service.repo.getAgent(a.id))?.operational_state === AgentState.INVALID_QUOTE,
+    )
+    expect((await v.service.repo.getAgent(a.id))?.last_event_id).toBe(
+      'ima.validation.ima-ng.not_in_allowlist',
+    )
+  })
+
   it('attests repeatedly, delivers V exactly once, and records the results', async () => {
     const f = await fleet(1)
     const v = await verifierWith()

@@ -1,0 +1,88 @@
+/**
+ * Runtime (IMA) and measured-boot policies for the loop: parsed and compiled once per distinct policy text
+ * (keyed by its SHA-256) and shared by every agent using it, so 10,000 agents on one policy hold one copy.
+ */
+import { createHash } from 'node:crypto'
+import { KeylimeError } from '../common/errors.ts'
+import type { VerifierRepository } from '../db/verifier-repository.ts'
+import {
+  type CompiledRuntimePolicy,
+  compileRuntimePolicy,
+  parseRuntimePolicy,
+} from '../evidence/ima/index.ts'
+import { type MbPolicy, type MbPolicyEngine, parseMbPolicy } from '../evidence/mb/index.ts'
+
+export class PolicyInputError extends KeylimeError {
+  constructor(message: string) {
+    super('ERR_POLICY_INPUT', message, { statusCode: 400 })
+  }
+}
+
+const digest = (text: string) => createHash('sha256').update(text).digest('hex')
+
+/** Bounded: policies are few; a pathological number of distinct ones evicts the oldest. */
+const MAX_CACHED = 1024
+
+export class PolicyStore {
+  private readonly runtime = new Map<string, CompiledRuntimePolicy>()
+  private readonly mb = new Map<string, MbPolicy>()
+
+  constructor(
+    private readonly repo: VerifierRepository,
+    private readonly mbEngine: MbPolicyEngine,
+  ) {}
+
+  static checksum(text: string): string {
+    return digest(text)
+  }
+
+  compileRuntimeText(text: string): CompiledRuntimePolicy {
+    const key = digest(text)
+    let c = this.runtime.get(key)
+    if (!c) {
+      c = compileRuntimePolicy(parseRuntimePolicy(text, { strict: false }))
+      if (this.runtime.size >= MAX_CACHED) this.runtime.delete(this.runtime.keys().next().value as string)
+      this.runtime.set(key, c)
+    }
+    return c
+  }
+
+  /** As compileRuntimeText, with schema/compile errors as a 400 naming the problem. */
+  compileRuntimeTextChecked(text: string): CompiledRuntimePolicy {
+    try {
+      return this.compileRuntimeText(text)
+    } catch (err) {
+      if (err instanceof KeylimeError)
+        throw new PolicyInputError(`Runtime policy is malformatted: ${err.message}`)
+      throw err
+    }
+  }
+
+  parseMbText(text: string): MbPolicy {
+    const key = digest(text)
+    let p = this.mb.get(key)
+    if (!p) {
+      p = parseMbPolicy(text, { engine: this.mbEngine })
+      if (this.mb.size >= MAX_CACHED) this.mb.delete(this.mb.keys().next().value as string)
+      this.mb.set(key, p)
+    }
+    return p
+  }
+
+  /** The agent's runtime policy, or null when it has none. */
+  async runtimeFor(policyId: number | null): Promise<CompiledRuntimePolicy | null> {
+    if (policyId === null) return null
+    const row = await this.repo.getAllowlistById(policyId)
+    if (!row?.ima_policy) return null
+    return this.compileRuntimeText(row.ima_policy)
+  }
+
+  /** The agent's measured-boot policy, or null when it has none (or an empty one). */
+  async mbFor(policyId: number | null): Promise<MbPolicy | null> {
+    if (policyId === null) return null
+    const row = await this.repo.getMbPolicyById(policyId)
+    if (!row?.mb_policy) return null
+    const p = this.parseMbText(row.mb_policy)
+    return p.refstate === null ? null : p
+  }
+}
