@@ -1,0 +1,30 @@
+import { spawnSync } from 'node:child_process'
+import { mkdtempSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { describe, expect, it } from 'vitest'
+
+describe('keylime demo (the README main command)', () => {
+  it('enrolls, attests, delivers the payload, detects tampering and verifies the signed revocation', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'kl-demo-test-'))
+    try {
+      const run = spawnSync('node', ['bin/keylime.js', 'demo', '--dir', dir], {
+        encoding: 'utf8',
+        timeout: 240_000,
+      })
+      const out = run.stdout + run.stderr
+      expect(out).toMatch(/identity quote verified/)
+      expect(out).toMatch(/attestation #3 passed/)
+      expect(out).toMatch(/payload ran on the agent after the first good attestation/)
+      expect(out).toMatch(
+        /verifier detected it after [\d.]+s: state Invalid Quote, event pcr_validation\.invalid_pcr_15/,
+      )
+      expect(out).toMatch(
+        /webhook received a revocation signed by the RevocationNotifier key \(signature verified\)/,
+      )
+      expect(run.status, out).toBe(0)
+    } finally {
+      rmSync(dir, { recursive: true, force: true })
+    }
+  }, 300_000)
+})
