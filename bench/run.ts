@@ -14,6 +14,7 @@ const BENCHES: Record<string, string[]> = {
   ima: ['ima.ts'],
   mb: ['mb.ts'],
   registrar: ['registrar.ts', '3'],
+  agent: ['agent.ts', '300'],
   fleet: ['fleet.ts', '--agents', '1000'],
 }
 
