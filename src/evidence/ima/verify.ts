@@ -223,105 +223,160 @@ const FF: Record<PcrBank, Buffer> = {
  * quote. Any failure returns the reset state (next request from entry 0, learned keys dropped).
  */
 export function verifyImaIncrement(input: VerifyImaIncrementInput): VerifyImaIncrementResult {
-  const bank = input.quotedPcr10?.hashAlg ?? 'sha1'
-  if (!isPcrBank(bank)) throw new ImaParseError(`unsupported PCR bank ${String(bank)}`)
-  const targetHex = input.quotedPcr10?.value == null ? null : toHex(input.quotedPcr10.value)
-  const target = targetHex === null ? null : Buffer.from(targetHex, 'hex')
-  if (target !== null && target.length !== BANK_SIZE[bank]) {
-    throw new ImaParseError(`quoted PCR 10 is not a ${bank} value`)
-  }
-  const state = input.state
-  const continuing = input.firstEntry !== 0
-  let running: Buffer = Buffer.alloc(BANK_SIZE[bank])
-  const learned = new Map<string, ImaKeyring>()
-  if (continuing) {
-    const expected = state?.nextEntry ?? 0
-    const stored = state?.pcr10[bank]
-    if (state === null || input.firstEntry !== expected || stored === undefined) {
-      return resetResult(
-        [
-          failure(
-            'qoute_validation.invalid_ima_entry_nb',
-            {
-              message:
-                stored === undefined && state !== null && input.firstEntry === expected
-                  ? `No PCR 10 ${bank} value stored to continue from entry ${expected}`
-                  : 'IMA measurement list entry number is not the requested one',
-              got: input.firstEntry,
-              expected,
-            },
-            false,
-          ),
-        ],
-        running.toString('hex'),
-        0,
-      )
+  return new ImaIncrementVerification(input).finish()
+}
+
+/**
+ * `verifyImaIncrement` in slices, so a server can interleave a long first replay with other work
+ * (`while (!v.step(5000)) await setImmediate()`, then `v.finish()`). Same result as the one-shot call.
+ */
+export class ImaIncrementVerification {
+  readonly #input: VerifyImaIncrementInput
+  readonly #bank: PcrBank
+  readonly #target: Buffer | null
+  readonly #targetHex: string | null
+  readonly #continuing: boolean
+  readonly #events: FailureEvent[] = []
+  readonly #learned = new Map<string, ImaKeyring>()
+  readonly #lines: string[]
+  readonly #joined: Buffer
+  #validator: EntryValidator | null = null
+  #running: Buffer
+  #index = 0
+  #matchedAt: number | null = null
+  #matchedRunning: Buffer | null = null
+  #early: VerifyImaIncrementResult | null = null
+
+  constructor(input: VerifyImaIncrementInput) {
+    this.#input = input
+    const bank = input.quotedPcr10?.hashAlg ?? 'sha1'
+    if (!isPcrBank(bank)) throw new ImaParseError(`unsupported PCR bank ${String(bank)}`)
+    this.#bank = bank
+    this.#targetHex = input.quotedPcr10?.value == null ? null : toHex(input.quotedPcr10.value)
+    this.#target = this.#targetHex === null ? null : Buffer.from(this.#targetHex, 'hex')
+    if (this.#target !== null && this.#target.length !== BANK_SIZE[bank]) {
+      throw new ImaParseError(`quoted PCR 10 is not a ${bank} value`)
     }
-    running = Buffer.from(stored, 'hex')
-    for (const [name, json] of Object.entries(state.learnedKeyrings))
-      learned.set(name, ImaKeyring.fromJSON(json))
+    this.#joined = Buffer.allocUnsafe(BANK_SIZE[bank] * 2)
+    this.#running = Buffer.alloc(BANK_SIZE[bank])
+    this.#lines = []
+    const state = input.state
+    this.#continuing = input.firstEntry !== 0
+    if (this.#continuing) {
+      const expected = state?.nextEntry ?? 0
+      const stored = state?.pcr10[bank]
+      if (state === null || input.firstEntry !== expected || stored === undefined) {
+        const message =
+          stored === undefined && state !== null && input.firstEntry === expected
+            ? `No PCR 10 ${bank} value stored to continue from entry ${expected}`
+            : 'IMA measurement list entry number is not the requested one'
+        const event = failure(
+          'qoute_validation.invalid_ima_entry_nb',
+          { message, got: input.firstEntry, expected },
+          false,
+        )
+        this.#early = resetResult([event], this.#running.toString('hex'), 0)
+        return
+      }
+      this.#running = Buffer.from(stored, 'hex')
+      for (const [name, json] of Object.entries(state.learnedKeyrings)) {
+        this.#learned.set(name, ImaKeyring.fromJSON(json))
+      }
+    }
+    this.#validator = new EntryValidator(input, this.#learned, this.#events)
+    this.#lines = splitImaLines(input.listText)
+    if (this.#target !== null && this.#running.equals(this.#target)) {
+      this.#matchedAt = 0
+      this.#matchedRunning = this.#running
+    }
   }
 
-  const events: FailureEvent[] = []
-  const validator = new EntryValidator(input, learned, events)
-  const lines = splitImaLines(input.listText)
-  let matchedAt: number | null = target !== null && running.equals(target) ? 0 : null
-  let matchedRunning: Buffer | null = matchedAt === 0 ? running : null
-  const joined = Buffer.allocUnsafe(BANK_SIZE[bank] * 2)
-  const size = BANK_SIZE[bank]
-  for (let i = 0; i < lines.length; i++) {
-    const text = lines[i] as string
-    if (text === '') continue
-    let entry: ImaEntry
-    try {
-      entry = parseImaLine(text, i + 1)
-    } catch (err) {
-      if (!(err instanceof ImaParseError)) throw err
-      events.push(failure('ima.parser.entry', `Line was not parsable into a valid IMA entry: ${text}`))
-      continue
-    }
-    const measurement = entry.violation ? FF[bank] : digestWith(bank, entry.templateData)
-    running.copy(joined, 0)
-    measurement.copy(joined, size)
-    running = digestWith(bank, joined)
-    validator.validate(entry, bank, measurement)
-    if (matchedAt === null && target !== null && running.equals(target)) {
-      matchedAt = i + 1
-      matchedRunning = running
-    }
+  /** Lines processed so far and in total. */
+  get progress(): { done: number; total: number } {
+    return { done: this.#index, total: this.#lines.length }
   }
 
-  const runningHex = running.toString('hex')
-  if (target !== null && matchedAt === null) {
-    events.push(failure('ima.pcr_mismatch', `IMA measurement list does not match TPM PCR ${targetHex}`))
+  /** Processes up to `maxLines` more lines; true once every line has been processed. */
+  step(maxLines = Number.POSITIVE_INFINITY): boolean {
+    const validator = this.#validator
+    if (this.#early !== null || validator === null) return true
+    const bank = this.#bank
+    const size = BANK_SIZE[bank]
+    const joined = this.#joined
+    const target = this.#target
+    const lines = this.#lines
+    const end = Math.min(lines.length, this.#index + maxLines)
+    let running = this.#running
+    for (let i = this.#index; i < end; i++) {
+      const text = lines[i] as string
+      if (text === '') continue
+      let entry: ImaEntry
+      try {
+        entry = parseImaLine(text, i + 1)
+      } catch (err) {
+        if (!(err instanceof ImaParseError)) throw err
+        this.#events.push(
+          failure('ima.parser.entry', `Line was not parsable into a valid IMA entry: ${text}`),
+        )
+        continue
+      }
+      const measurement = entry.violation ? FF[bank] : digestWith(bank, entry.templateData)
+      running.copy(joined, 0)
+      measurement.copy(joined, size)
+      running = digestWith(bank, joined)
+      validator.validate(entry, bank, measurement)
+      if (this.#matchedAt === null && target !== null && running.equals(target)) {
+        this.#matchedAt = i + 1
+        this.#matchedRunning = running
+      }
+    }
+    this.#running = running
+    this.#index = end
+    return end >= lines.length
   }
-  const previous = continuing ? (state?.progress ?? null) : null
-  if (matchedAt !== null && previous !== null) {
-    const lag = previous.logLength - previous.matchLine
-    if (lag > 0 && matchedAt !== lines.length && matchedAt < lag) {
+
+  /** Processes what is left and returns the verdict and the state to persist. */
+  finish(): VerifyImaIncrementResult {
+    if (this.#early !== null) return this.#early
+    this.step()
+    const events = this.#events
+    const lines = this.#lines
+    const matchedAt = this.#matchedAt
+    const state = this.#input.state
+    const runningHex = this.#running.toString('hex')
+    if (this.#target !== null && matchedAt === null) {
       events.push(
-        failure(
-          'ima.quote_progress',
-          `Quote matched IMA list at line ${matchedAt}, before the previous lag of ${lag} lines was caught up`,
-        ),
+        failure('ima.pcr_mismatch', `IMA measurement list does not match TPM PCR ${this.#targetHex}`),
       )
     }
-  }
-  if (events.length > 0) return resetResult(events, runningHex, lines.length)
-
-  const learnedJson: Record<string, KeyringJson> = {}
-  for (const [name, ring] of learned) learnedJson[name] = ring.toJSON()
-  let next: ImaReplayState
-  if (matchedAt !== null && matchedRunning !== null) {
-    next = {
-      version: 1,
-      nextEntry: input.firstEntry + matchedAt,
-      pcr10: { [bank]: matchedRunning.toString('hex') },
-      learnedKeyrings: learnedJson,
-      progress: { matchLine: matchedAt, logLength: lines.length },
+    const previous = this.#continuing ? (state?.progress ?? null) : null
+    if (matchedAt !== null && previous !== null) {
+      const lag = previous.logLength - previous.matchLine
+      if (lag > 0 && matchedAt !== lines.length && matchedAt < lag) {
+        events.push(
+          failure(
+            'ima.quote_progress',
+            `Quote matched IMA list at line ${matchedAt}, before the previous lag of ${lag} lines was caught up`,
+          ),
+        )
+      }
     }
-  } else {
-    next = continuing && state !== null ? state : initialImaReplayState()
+    if (events.length > 0) return resetResult(events, runningHex, lines.length)
+
+    const learnedJson: Record<string, KeyringJson> = {}
+    for (const [name, ring] of this.#learned) learnedJson[name] = ring.toJSON()
+    let next: ImaReplayState
+    if (matchedAt !== null && this.#matchedRunning !== null) {
+      next = {
+        version: 1,
+        nextEntry: this.#input.firstEntry + matchedAt,
+        pcr10: { [this.#bank]: this.#matchedRunning.toString('hex') },
+        learnedKeyrings: learnedJson,
+        progress: { matchLine: matchedAt, logLength: lines.length },
+      }
+    } else {
+      next = this.#continuing && state !== null ? state : initialImaReplayState()
+    }
+    return { verdict: PASS, state: next, matchedAt, running: runningHex, lines: lines.length }
   }
-  return { verdict: PASS, state: next, matchedAt, running: runningHex, lines: lines.length }
 }

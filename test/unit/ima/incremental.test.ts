@@ -7,6 +7,7 @@ import {
   digestWith,
   emptyRuntimePolicy,
   formatImaNgEntry,
+  ImaIncrementVerification,
   type ImaReplayState,
   parseImaLine,
   parseRuntimePolicy,
@@ -354,6 +355,29 @@ describe('verifyImaIncrement', () => {
       policy,
     })
     expect(!r.verdict.ok && r.verdict.events.map((e) => e.eventId)).toEqual(['ima.parser.entry'])
+  })
+})
+
+describe('ImaIncrementVerification (sliced)', () => {
+  it('gives the same result as the one-shot call, in slices of any size', () => {
+    const paths = Array.from({ length: 50 }, (_, i) => `/opt/x-${i}`)
+    const lines = [...paths.map(fileLine), fileLine('/not/allowed'), 'broken line']
+    const input = {
+      listText: text(lines),
+      firstEntry: 0,
+      state: null,
+      quotedPcr10: { hashAlg: 'sha256' as const, value: pcrAfter(lines.slice(0, 30)) },
+      policy: policyFor(paths),
+    }
+    const oneShot = verifyImaIncrement(input)
+    expect(oneShot.verdict.ok).toBe(false)
+    for (const slice of [1, 7, 1000]) {
+      const v = new ImaIncrementVerification(input)
+      let steps = 0
+      while (!v.step(slice)) steps++
+      expect(steps).toBe(Math.ceil(lines.length / slice) - 1)
+      expect(v.finish()).toEqual(oneShot)
+    }
   })
 })
 
