@@ -4,7 +4,7 @@
  */
 import { createHmac, randomBytes, timingSafeEqual, X509Certificate } from 'node:crypto'
 import { KeylimeError } from '../common/errors.ts'
-import { parseCertificateTolerant } from '../crypto/ek-trust.ts'
+import { parseCertificateTolerant, parsePemCertificates } from '../crypto/ek-trust.ts'
 import type { LenientCertificate } from '../crypto/x509-lenient.ts'
 import type { RegistrarRecord } from '../db/registrar-repository.ts'
 
@@ -97,6 +97,32 @@ export function parseCertField(
     throw invalid(`${field} is not strict DER (${cert.irregularities.join('; ')})`)
   }
   return cert
+}
+
+/**
+ * Every certificate a field carries: the Rust agent may send a PEM bundle (EK CA chain first, then the EK
+ * certificate), so the caller picks the one whose key matches the TPM key instead of blindly taking the first.
+ */
+export function parseCertBundleField(
+  value: string,
+  field: string,
+  action: MalformedCertAction,
+): LenientCertificate[] {
+  const text = value.trim()
+  if ((text.match(/-----BEGIN [A-Z0-9 ]*CERTIFICATE-----/g) ?? []).length > 1) {
+    let certs: LenientCertificate[]
+    try {
+      certs = parsePemCertificates(text)
+    } catch (err) {
+      throw invalid(`${field} holds a malformed PEM certificate`, err)
+    }
+    if (action === 'reject') {
+      const bad = certs.find((c) => c.irregularities.length > 0)
+      if (bad) throw invalid(`${field} is not strict DER (${bad.irregularities.join('; ')})`)
+    }
+    return certs
+  }
+  return [parseCertField(text, field, action)]
 }
 
 /** Normalises `mtls_cert`: `disabled`, or a PEM certificate (re-emitted from its DER). */

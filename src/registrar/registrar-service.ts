@@ -23,7 +23,7 @@ import {
   invalid,
   type MalformedCertAction,
   optionalString,
-  parseCertField,
+  parseCertBundleField,
   parseIp,
   parseMtlsCert,
   parsePort,
@@ -124,16 +124,21 @@ export class RegistrarService {
     const ekcertInput = optionalString(body, 'ekcert')
     let ekcertB64: string | null = null
     if (ekcertInput !== null && ekcertInput.trim() !== '') {
-      const cert = parseCertField(ekcertInput, 'ekcert', this.malformedCertAction)
+      const candidates = parseCertBundleField(ekcertInput, 'ekcert', this.malformedCertAction)
+      const ekSpki = spkiDer(ekKey)
+      const cert = candidates.find((c) => c.publicKey !== null && spkiDer(c.publicKey).equals(ekSpki))
+      if (!cert) {
+        throw invalid(
+          candidates.some((c) => c.publicKey !== null)
+            ? 'ekcert public key does not match ek_tpm'
+            : 'ekcert public key cannot be read',
+        )
+      }
       if (cert.irregularities.length > 0 && this.malformedCertAction === 'warn') {
         this.opts.log?.warn(
           { agentId, irregularities: cert.irregularities },
           'EK certificate is not strict DER',
         )
-      }
-      if (!cert.publicKey) throw invalid('ekcert public key cannot be read')
-      if (!spkiDer(cert.publicKey).equals(spkiDer(ekKey))) {
-        throw invalid('ekcert public key does not match ek_tpm')
       }
       ekcertB64 = Buffer.from(cert.der).toString('base64')
     }

@@ -172,6 +172,32 @@ for (const dialect of ['sqlite', 'postgres'] as const) {
       expect(act.statusCode).toBe(200)
     })
 
+    it('picks the EK certificate out of a PEM bundle (chain first, as the Rust agent sends it)', async () => {
+      const ekcert = await ekCertificateFor(tpmB.ekPublicPem)
+      const pem = (der: Buffer) =>
+        `-----BEGIN CERTIFICATE-----\n${der.toString('base64')}\n-----END CERTIFICATE-----\n`
+      const otherCert = await ekCertificateFor(tpmA.ekPublicPem)
+      const r = await h.app.inject({
+        method: 'POST',
+        url: '/v2.6/agents/agent-bundle',
+        payload: registration(tpmB, { ekcert: pem(otherCert) + pem(ekcert) }),
+      })
+      expect(r.statusCode).toBe(200)
+      const row = await h.db
+        .selectFrom('registrarmain')
+        .select('ekcert')
+        .where('agent_id', '=', 'agent-bundle')
+        .executeTakeFirstOrThrow()
+      expect(row.ekcert).toBe(ekcert.toString('base64'))
+      const none = await h.app.inject({
+        method: 'POST',
+        url: '/v2.6/agents/agent-bundle2',
+        payload: registration(tpmB, { ekcert: pem(otherCert) + pem(otherCert) }),
+      })
+      expect(none.statusCode).toBe(400)
+      await h.db.deleteFrom('registrarmain').where('agent_id', '=', 'agent-bundle').execute()
+    })
+
     it('a second TPM cannot take over a UUID (403, record unchanged)', async () => {
       const before = await h.db
         .selectFrom('registrarmain')
