@@ -13,6 +13,7 @@ import {
   signDsseEnvelope,
   translatePythonRegex,
   verifyDsseEnvelope,
+  verifyImaIncrement,
   verifyPrehashed,
 } from '../../../src/evidence/ima/index.ts'
 import { fixture, fixturePath } from '../../helpers/fixture.ts'
@@ -205,3 +206,28 @@ describe('prehashed signature verification', () => {
 function createHashOf(data: Buffer): Buffer {
   return createHash('sha256').update(data).digest()
 }
+
+describe('verification-keys from upstream keyring strings', () => {
+  const list = fixture('ima/keylime-testsuite-signatures.ascii').toString('utf8')
+  const withKeys = (file: string) =>
+    compileRuntimePolicy(
+      parseRuntimePolicy({
+        ...valid(),
+        'verification-keys': fixture(`policies/${file}`).toString('utf8').trim(),
+      }),
+    )
+
+  it('the good keyring verifies both signed files without digests; the one lacking keyids is refused', () => {
+    const r = verifyImaIncrement({
+      listText: list,
+      firstEntry: 0,
+      state: null,
+      quotedPcr10: null,
+      policy: withKeys('keylime-testsuite-ima-keyring-string.json'),
+    })
+    expect(r.verdict).toEqual({ ok: true })
+    expect(() => withKeys('keylime-testsuite-ima-bad-keyring-string.json')).toThrow(
+      /verification-keys.keyids/,
+    )
+  })
+})
