@@ -1,35 +1,20 @@
 /**
- * `keylime demo`: the whole system on one machine, as an operator would run it. swtpm stands in for the TPM; the
- * verifier, registrar and agent run as separate `keylime` processes with the certificates the verifier generates
- * (`tls_dir = generate`); the tenant enrolls the agent with a PCR policy and a certificate payload whose
- * `autorun.sh` writes a marker; then the demo tampers with a policy PCR in the TPM and shows the verifier catch it
- * and send a signed revocation to a local webhook.
+ * `keylime demo`: the whole system on one machine, as an operator would run it. swtpm stands in for the TPMs; the
+ * verifier, registrar and two agents run as separate `keylime` processes with the certificates the verifier
+ * generates (`tls_dir = generate`). The tenant enrolls both agents with a PCR policy and a certificate payload whose
+ * `autorun.sh` writes a marker and whose `action_list` names a revocation action; then the demo tampers with a
+ * policy PCR in the first agent's TPM and shows the verifier catch it, a local webhook receive the signed
+ * revocation, and the second agent run its revocation action.
  */
-import { type ChildProcess, spawn } from 'node:child_process'
-import { randomUUID } from 'node:crypto'
-import {
-  copyFileSync,
-  createWriteStream,
-  existsSync,
-  mkdirSync,
-  mkdtempSync,
-  readFileSync,
-  writeFileSync,
-} from 'node:fs'
+
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs'
 import { createServer, type Server } from 'node:http'
-import { connect } from 'node:net'
 import { tmpdir } from 'node:os'
-import { basename, join, resolve } from 'node:path'
-import { fileURLToPath } from 'node:url'
+import { join, resolve } from 'node:path'
 import { createCa } from '../crypto/ca.ts'
 import { type RevocationMessage, verifyRevocation } from '../crypto/revocation.ts'
-import {
-  freePort,
-  type SwtpmInstance,
-  startSwtpm,
-  swtpmInstalled,
-  swtpmLocalCaCertificates,
-} from '../devtools/swtpm.ts'
+import { type LocalCluster as Cluster, LocalCluster, waitFor } from '../devtools/local-cluster.ts'
+import { freePort, swtpmInstalled } from '../devtools/swtpm.ts'
 import { runTenantCommand, type TenantCliOptions } from '../tenant/cli-actions.ts'
 import { createTenant } from '../tenant/wiring.ts'
 import { pcrExtend } from '../tpm/keylime-client.ts'
@@ -46,73 +31,12 @@ export interface DemoOptions {
   stepTimeout: number
 }
 
-const BIN = resolve(fileURLToPath(new URL('../../bin/keylime.js', import.meta.url)))
 const POLICY_PCR = 15
 const START = Date.now()
 
 function say(line: string): void {
   const t = ((Date.now() - START) / 1000).toFixed(1).padStart(5)
   process.stdout.write(`[${t}s] ${line}\n`)
-}
-
-async function waitFor<T>(
-  what: string,
-  timeoutS: number,
-  probe: () => Promise<T | undefined> | T | undefined,
-) {
-  const deadline = Date.now() + timeoutS * 1000
-  for (;;) {
-    const value = await probe()
-    if (value !== undefined) return value
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutS}s waiting for ${what}`)
-    await new Promise((r) => setTimeout(r, 200))
-  }
-}
-
-const portOpen = (port: number) =>
-  new Promise<true | undefined>((res) => {
-    const s = connect({ host: '127.0.0.1', port })
-    s.once('connect', () => {
-      s.destroy()
-      res(true)
-    })
-    s.once('error', () => res(undefined))
-  })
-
-class Services {
-  private readonly children: { name: string; child: ChildProcess }[] = []
-  constructor(private readonly logDir: string) {}
-
-  start(name: string, args: string[], env: Record<string, string>): ChildProcess {
-    const log = createWriteStream(join(this.logDir, `${name}.log`))
-    const child = spawn(process.execPath, [BIN, ...args], {
-      env: { ...process.env, ...env },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    })
-    child.stdout?.pipe(log)
-    child.stderr?.pipe(log)
-    child.once('exit', (code, signal) => {
-      if (!this.stopping) say(`${name} exited (${signal ?? code}); see ${join(this.logDir, `${name}.log`)}`)
-    })
-    this.children.push({ name, child })
-    return child
-  }
-
-  stopping = false
-  async stopAll(): Promise<void> {
-    this.stopping = true
-    await Promise.all(
-      this.children.map(
-        ({ child }) =>
-          new Promise<void>((res) => {
-            if (child.exitCode !== null || child.signalCode !== null) return res()
-            child.once('exit', () => res())
-            child.kill('SIGTERM')
-            setTimeout(() => child.kill('SIGKILL'), 5000).unref()
-          }),
-      ),
-    )
-  }
 }
 
 /** Local webhook that receives revocation notifications and checks their signature with the notifier cert. */
@@ -135,6 +59,24 @@ function startWebhook(port: number, notifierCertPath: string) {
   return { received, close: () => new Promise<void>((r) => server.close(() => r())) }
 }
 
+/** Payload for an agent: autorun.sh writes a marker; action_list names an action that records revocations. */
+function writePayloadDir(dir: string, agentDir: string): { marker: string; revocationMarker: string } {
+  mkdirSync(dir, { recursive: true, mode: 0o700 })
+  const marker = join(agentDir, 'payload-ran.txt')
+  const revocationMarker = join(agentDir, 'revocation-action-ran.txt')
+  writeFileSync(join(dir, 'autorun.sh'), `#!/bin/sh\necho "payload delivered at $(date)" > '${marker}'\n`, {
+    mode: 0o700,
+  })
+  writeFileSync(join(dir, 'action_list'), 'demo_revocation_action.sh\n')
+  // The action gets the revocation message as a JSON file; a real one would drop the failed node from a trust list.
+  writeFileSync(
+    join(dir, 'demo_revocation_action.sh'),
+    `#!/bin/sh\ngrep -o '"agent_id": *"[^"]*"' "$1" > '${revocationMarker}'\n`,
+    { mode: 0o700 },
+  )
+  return { marker, revocationMarker }
+}
+
 export async function runDemo(opts: DemoOptions): Promise<number> {
   if (!swtpmInstalled()) {
     process.stderr.write(
@@ -143,168 +85,82 @@ export async function runDemo(opts: DemoOptions): Promise<number> {
     return 1
   }
   const dir = opts.dir ? resolve(opts.dir) : mkdtempSync(join(tmpdir(), 'keylime-demo-'))
-  for (const sub of ['verifier', 'registrar', 'agent', 'tenant', 'logs', 'swtpm', 'cert-store', 'payload']) {
-    mkdirSync(join(dir, sub), { recursive: true, mode: 0o700 })
-  }
+  mkdirSync(dir, { recursive: true, mode: 0o700 })
   say(`work directory ${dir} (logs in ${join(dir, 'logs')})`)
-  const services = new Services(join(dir, 'logs'))
-  let swtpm: SwtpmInstance | undefined
   let webhook: ReturnType<typeof startWebhook> | undefined
+  let cluster: Cluster | undefined
   let closeTenant: (() => Promise<void>) | undefined
-  const uuid = randomUUID()
-  const emptyConf = join(dir, 'empty.conf')
-  writeFileSync(emptyConf, '')
   try {
-    swtpm = await startSwtpm({ dir: join(dir, 'swtpm') })
-    say(`swtpm running (${swtpm.transport}) with an EK certificate from swtpm's local CA`)
-
-    const [verifierPort, registrarPort, registrarTlsPort, agentPort, webhookPort] = await Promise.all(
-      [0, 1, 2, 3, 4].map(() => freePort()),
-    )
-    const cvCa = join(dir, 'verifier', 'cv_ca')
-
-    // Tenant-side CA for the payload package (agent certificate + RevocationNotifier key/cert).
-    const tenantCa = join(dir, 'tenant', 'ca')
+    // Tenant-side CA for the payload packages (agent certificates + RevocationNotifier key/cert).
+    const tenantCa = join(dir, 'tenant-ca')
     await createCa(tenantCa, { commonName: 'Keylime TS demo tenant CA' })
-    webhook = startWebhook(webhookPort as number, join(tenantCa, 'RevocationNotifier-cert.crt'))
+    const webhookPort = await freePort()
+    webhook = startWebhook(webhookPort, join(tenantCa, 'RevocationNotifier-cert.crt'))
 
-    services.start(
-      'verifier',
-      [
-        'verifier',
-        '--config',
-        emptyConf,
-        '--port',
-        String(verifierPort),
-        '--tls-dir',
-        'generate',
-        '--quote-interval',
-        String(opts.quoteInterval),
-        '--webhook-url',
-        `http://127.0.0.1:${webhookPort}/revocation`,
-        '--enabled-revocation-notifications',
-        "['agent', 'webhook']",
-      ],
-      { KEYLIME_DIR: join(dir, 'verifier') },
+    cluster = new LocalCluster({
+      dir,
+      quoteInterval: opts.quoteInterval,
+      stepTimeout: opts.stepTimeout,
+      webhookUrl: `http://127.0.0.1:${webhookPort}/revocation`,
+      onExit: (name, log) => say(`${name} exited unexpectedly; see ${log}`),
+    })
+    await cluster.startServices()
+    say(
+      `verifier https://127.0.0.1:${cluster.verifierPort} (generated CA and certificates in ${cluster.cvCa})`,
     )
-    await waitFor('the verifier', opts.stepTimeout, () => portOpen(verifierPort as number))
-    say(`verifier listening on https://127.0.0.1:${verifierPort} (generated CA and certificates in ${cvCa})`)
+    say(
+      `registrar http://127.0.0.1:${cluster.registrarPort} and https://127.0.0.1:${cluster.registrarTlsPort}`,
+    )
+    // One at a time: swtpm_setup signs EK certificates with a shared local CA that it locks.
+    const web = await cluster.startAgent('agent1')
+    const db = await cluster.startAgent('agent2')
+    say(`agents started on two swtpm instances: ${web.uuid} (agent1) and ${db.uuid} (agent2)`)
 
-    services.start(
-      'registrar',
-      [
-        'registrar',
-        '--config',
-        emptyConf,
-        '--port',
-        String(registrarPort),
-        '--tls-port',
-        String(registrarTlsPort),
-        '--tls-dir',
-        cvCa,
-      ],
-      { KEYLIME_DIR: join(dir, 'registrar') },
-    )
-    await waitFor('the registrar', opts.stepTimeout, () => portOpen(registrarTlsPort as number))
-    say(`registrar listening on http://127.0.0.1:${registrarPort} and https://127.0.0.1:${registrarTlsPort}`)
-
-    const imaList = join(dir, 'agent', 'ascii_runtime_measurements')
-    writeFileSync(imaList, '')
-    services.start(
-      'agent',
-      [
-        'agent',
-        '--config',
-        emptyConf,
-        '--uuid',
-        uuid,
-        '--tpm',
-        swtpm.transport,
-        '--port',
-        String(agentPort),
-        '--contact-port',
-        String(agentPort),
-        '--registrar-port',
-        String(registrarPort),
-        '--keylime-dir',
-        join(dir, 'agent'),
-        '--trusted-client-ca',
-        join(cvCa, 'cacert.crt'),
-        '--ima-ml-path',
-        imaList,
-        '--measuredboot-ml-path',
-        join(dir, 'agent', 'no-boot-log'),
-        '--revocation-actions-dir',
-        join(dir, 'agent', 'actions'),
-      ],
-      {},
-    )
-
-    // Tenant configuration: the verifier's generated client certificate and the swtpm local CA as EK trust store.
-    for (const pem of swtpmLocalCaCertificates()) copyFileSync(pem, join(dir, 'cert-store', basename(pem)))
-    const tenantConf = join(dir, 'tenant', 'tenant.conf')
-    writeFileSync(
-      tenantConf,
-      [
-        '[tenant]',
-        'verifier_ip = 127.0.0.1',
-        `verifier_port = ${verifierPort}`,
-        'registrar_ip = 127.0.0.1',
-        `registrar_port = ${registrarTlsPort}`,
-        `tls_dir = ${cvCa}`,
-        `tpm_cert_store = ${join(dir, 'cert-store')}`,
-        "accept_tpm_signing_algs = ['ecschnorr', 'rsassa']",
-        'retry_interval = 1',
-        'max_retries = 10',
-        '',
-      ].join('\n'),
-    )
-    const tenantBase: TenantCliOptions = { config: tenantConf, uuid }
+    const tenantBase: TenantCliOptions = { config: cluster.tenantConf }
     const tenantRuntime = await createTenant(tenantBase)
     closeTenant = () => tenantRuntime.close()
+    for (const agent of [web, db]) {
+      await waitFor('the agents to register and activate', opts.stepTimeout, async () =>
+        (await tenantRuntime.registrar.getAgent(agent.uuid)) ? true : undefined,
+      )
+    }
+    say('both agents registered with the registrar (EK certificate, AK, credential activation)')
 
-    await waitFor('the agent to register and activate', opts.stepTimeout, async () =>
-      (await tenantRuntime.registrar.getAgent(uuid)) ? true : undefined,
-    )
-    say(`agent ${uuid} registered with the registrar (EK, AK, credential activation)`)
-
-    const payloadDir = join(dir, 'payload')
-    const marker = join(dir, 'agent', 'payload-ran.txt')
-    writeFileSync(
-      join(payloadDir, 'autorun.sh'),
-      `#!/bin/sh\necho "payload delivered to $(hostname) at $(date)" > '${marker}'\n`,
-      {
-        mode: 0o700,
-      },
-    )
     const zeros = '0'.repeat(64)
-    say(`tenant: enrolling the agent with tpm_policy {"${POLICY_PCR}": [0…0]} and a certificate payload`)
-    await runTenantCommand('add', {
-      ...tenantBase,
-      tpmPolicy: JSON.stringify({ [POLICY_PCR]: [zeros] }),
-      cert: tenantCa,
-      include: payloadDir,
-      verify: true,
-    })
-    say('tenant: agent enrolled; the agent proved it derived the payload key K (--verify)')
+    const markers = new Map<string, { marker: string; revocationMarker: string }>()
+    for (const agent of [web, db]) {
+      const payloadDir = join(dir, 'payloads', agent.uuid)
+      markers.set(agent.uuid, writePayloadDir(payloadDir, agent.dir))
+      say(
+        `tenant add ${agent.uuid}: tpm_policy {"${POLICY_PCR}": [0…0]}, certificate payload with autorun.sh`,
+      )
+      await runTenantCommand('add', {
+        ...tenantBase,
+        uuid: agent.uuid,
+        tpmPolicy: JSON.stringify({ [POLICY_PCR]: [zeros] }),
+        cert: tenantCa,
+        include: payloadDir,
+        verify: true,
+      })
+    }
 
-    const status = () => tenantRuntime.service.cvstatus(uuid)
-
+    const status = (uuid: string) => tenantRuntime.service.cvstatus(uuid)
     let seen = 0
     await waitFor('three good attestations', opts.stepTimeout, async () => {
-      const s = await status()
+      const s = await status(web.uuid)
       const count = Number(s.attestation_count ?? 0)
       if (count > seen) {
         seen = count
-        say(`attestation #${count} passed (state ${s.operational_state})`)
+        say(`agent1: attestation #${count} passed (${s.operational_state_name})`)
       }
       return count >= 3 ? true : undefined
     })
+    const { marker } = markers.get(web.uuid) as { marker: string }
     await waitFor('the payload to run', opts.stepTimeout, () => (existsSync(marker) ? true : undefined))
-    say(`payload ran on the agent after the first good attestation: ${readFileSync(marker, 'utf8').trim()}`)
+    say(`agent1: payload ran after the first good attestation: ${readFileSync(marker, 'utf8').trim()}`)
 
-    say(`tampering: extending PCR ${POLICY_PCR} in the TPM (as a modified boot component would)`)
-    const tpm = await Tpm.open(swtpm.transport)
+    say(`tampering: extending PCR ${POLICY_PCR} in agent1's TPM (as a modified boot component would)`)
+    const tpm = await Tpm.open(web.swtpm.transport)
     try {
       await pcrExtend(tpm, POLICY_PCR, { sha256: Buffer.alloc(32, 0xee), sha1: Buffer.alloc(20, 0xee) })
     } finally {
@@ -312,30 +168,41 @@ export async function runDemo(opts: DemoOptions): Promise<number> {
     }
     const tamperedAt = Date.now()
     const failed = await waitFor('the verifier to detect the tampering', opts.stepTimeout, async () => {
-      const s = await status()
+      const s = await status(web.uuid)
       return s.operational_state === 9 ? s : undefined
     })
     say(
-      `verifier detected it after ${((Date.now() - tamperedAt) / 1000).toFixed(1)}s: state Invalid Quote, event ${failed.last_event_id}`,
+      `verifier detected it after ${((Date.now() - tamperedAt) / 1000).toFixed(1)}s: agent1 ${failed.operational_state_name}, event ${failed.last_event_id}`,
     )
-    const revocation = await waitFor('the revocation notification', opts.stepTimeout, () =>
+    const revocation = await waitFor('the webhook revocation', opts.stepTimeout, () =>
       webhook && webhook.received.length > 0 ? webhook.received[0] : undefined,
     )
     if (!revocation?.message)
       throw new Error(`webhook got a revocation it could not verify: ${revocation?.error}`)
     say(
-      `webhook received a revocation signed by the RevocationNotifier key (signature verified): type ${revocation.message.type}, agent ${revocation.message.agent_id}`,
+      `webhook: revocation for ${revocation.message.agent_id} received, RSA-PSS signature verified with the RevocationNotifier certificate`,
+    )
+    const { revocationMarker } = markers.get(db.uuid) as { revocationMarker: string }
+    await waitFor("agent2's revocation action", opts.stepTimeout, () =>
+      existsSync(revocationMarker) ? true : undefined,
+    )
+    say(
+      `agent2: verified the revocation and ran its action: ${readFileSync(revocationMarker, 'utf8').trim()}`,
+    )
+    const healthy = await status(db.uuid)
+    say(
+      `agent2 is still attested: ${healthy.operational_state_name}, ${healthy.attestation_count} attestations`,
     )
 
-    say('summary: enrolled, attested, payload delivered, tampering detected and revoked')
+    say('summary: enrolled, attested, payload delivered, tampering detected, revocation signed and acted on')
     if (opts.keep) {
       process.stdout.write(
         [
           '',
           'Everything is still running (Ctrl-C to stop). Try the tenant:',
-          `  npx keylime tenant -c cvstatus -u ${uuid} --config ${tenantConf}`,
-          `  npx keylime tenant -c reglist --config ${tenantConf}`,
-          `  npx keylime tenant -c reactivate -u ${uuid} --config ${tenantConf}`,
+          `  npx keylime tenant -c cvstatus -u ${web.uuid} --config ${cluster.tenantConf}`,
+          `  npx keylime tenant -c reglist --config ${cluster.tenantConf}`,
+          `  npx keylime tenant -c reactivate -u ${web.uuid} --config ${cluster.tenantConf}`,
           '',
         ].join('\n'),
       )
@@ -350,8 +217,7 @@ export async function runDemo(opts: DemoOptions): Promise<number> {
     return 1
   } finally {
     await closeTenant?.()
-    await services.stopAll()
+    await cluster?.stop()
     await webhook?.close()
-    await swtpm?.stop()
   }
 }

@@ -4,7 +4,7 @@
  * Used by `keylime demo` and the test suite; production agents use `/dev/tpmrm0`.
  */
 import { type ChildProcess, execFile, spawn } from 'node:child_process'
-import { existsSync } from 'node:fs'
+import { existsSync, mkdirSync } from 'node:fs'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { connect, createServer } from 'node:net'
 import { tmpdir } from 'node:os'
@@ -69,6 +69,7 @@ function canConnect(port: number): Promise<boolean> {
 export async function startSwtpm(options: { dir?: string; pcrBanks?: string } = {}): Promise<SwtpmInstance> {
   const stateDir = options.dir ?? (await mkdtemp(join(tmpdir(), 'keylime-swtpm-')))
   const ownsDir = options.dir === undefined
+  if (!ownsDir) mkdirSync(stateDir, { recursive: true, mode: 0o700 })
   await run(
     'swtpm_setup',
     [

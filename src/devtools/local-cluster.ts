@@ -1,0 +1,237 @@
+/**
+ * A complete Keylime deployment on localhost for development, the demo and end-to-end tests: one verifier and one
+ * registrar process (certificates from the verifier's `tls_dir = generate`), and any number of agent processes,
+ * each on its own swtpm. Processes are started with `keylime <component>` exactly as an operator would; the
+ * returned object knows every port and writes a tenant.conf for driving the cluster.
+ */
+import { type ChildProcess, spawn } from 'node:child_process'
+import { randomUUID } from 'node:crypto'
+import { copyFileSync, createWriteStream, mkdirSync, writeFileSync } from 'node:fs'
+import { connect } from 'node:net'
+import { basename, join, resolve } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { freePort, type SwtpmInstance, startSwtpm, swtpmLocalCaCertificates } from './swtpm.ts'
+
+const BIN = resolve(fileURLToPath(new URL('../../bin/keylime.js', import.meta.url)))
+
+export async function waitFor<T>(
+  what: string,
+  timeoutS: number,
+  probe: () => Promise<T | undefined> | T | undefined,
+): Promise<T> {
+  const deadline = Date.now() + timeoutS * 1000
+  for (;;) {
+    const value = await probe()
+    if (value !== undefined) return value
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutS}s waiting for ${what}`)
+    await new Promise((r) => setTimeout(r, 200))
+  }
+}
+
+export const portOpen = (port: number) =>
+  new Promise<true | undefined>((res) => {
+    const s = connect({ host: '127.0.0.1', port })
+    s.once('connect', () => {
+      s.destroy()
+      res(true)
+    })
+    s.once('error', () => res(undefined))
+  })
+
+export interface ClusterAgent {
+  uuid: string
+  port: number
+  dir: string
+  swtpm: SwtpmInstance
+  imaList: string
+  process: ChildProcess
+  stop(): Promise<void>
+}
+
+export interface LocalClusterOptions {
+  dir: string
+  quoteInterval: number
+  stepTimeout: number
+  /** Revocation webhook URL for the verifier (optional). */
+  webhookUrl?: string
+  /** Called when a process exits unexpectedly. */
+  onExit?: (name: string, logFile: string) => void
+}
+
+export class LocalCluster {
+  readonly children: { name: string; child: ChildProcess }[] = []
+  readonly agents: ClusterAgent[] = []
+  private stopping = false
+  verifierPort = 0
+  registrarPort = 0
+  registrarTlsPort = 0
+  readonly cvCa: string
+  readonly tenantConf: string
+  readonly logDir: string
+  private readonly emptyConf: string
+
+  constructor(readonly opts: LocalClusterOptions) {
+    this.cvCa = join(opts.dir, 'verifier', 'cv_ca')
+    this.tenantConf = join(opts.dir, 'tenant', 'tenant.conf')
+    this.logDir = join(opts.dir, 'logs')
+    this.emptyConf = join(opts.dir, 'empty.conf')
+    for (const sub of ['verifier', 'registrar', 'tenant', 'logs', 'cert-store']) {
+      mkdirSync(join(opts.dir, sub), { recursive: true, mode: 0o700 })
+    }
+    writeFileSync(this.emptyConf, '')
+  }
+
+  private spawn(name: string, args: string[], env: Record<string, string> = {}): ChildProcess {
+    const logFile = join(this.logDir, `${name}.log`)
+    const log = createWriteStream(logFile, { flags: 'a' })
+    const child = spawn(process.execPath, [BIN, ...args], {
+      env: { ...process.env, ...env },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    })
+    child.stdout?.pipe(log)
+    child.stderr?.pipe(log)
+    child.once('exit', () => {
+      if (!this.stopping && !(child as { expectedExit?: boolean }).expectedExit)
+        this.opts.onExit?.(name, logFile)
+    })
+    this.children.push({ name, child })
+    return child
+  }
+
+  /** Starts the verifier and the registrar and writes tenant.conf. */
+  async startServices(): Promise<void> {
+    const { dir, stepTimeout } = this.opts
+    ;[this.verifierPort, this.registrarPort, this.registrarTlsPort] = await Promise.all([
+      freePort(),
+      freePort(),
+      freePort(),
+    ])
+    this.spawn(
+      'verifier',
+      [
+        'verifier',
+        '--config',
+        this.emptyConf,
+        '--port',
+        String(this.verifierPort),
+        '--tls-dir',
+        'generate',
+        '--quote-interval',
+        String(this.opts.quoteInterval),
+        '--retry-interval',
+        '1',
+        ...(this.opts.webhookUrl
+          ? [
+              '--webhook-url',
+              this.opts.webhookUrl,
+              '--enabled-revocation-notifications',
+              "['agent', 'webhook']",
+            ]
+          : []),
+      ],
+      { KEYLIME_DIR: join(dir, 'verifier') },
+    )
+    await waitFor('the verifier', stepTimeout, () => portOpen(this.verifierPort))
+    this.spawn(
+      'registrar',
+      [
+        'registrar',
+        '--config',
+        this.emptyConf,
+        '--port',
+        String(this.registrarPort),
+        '--tls-port',
+        String(this.registrarTlsPort),
+        '--tls-dir',
+        this.cvCa,
+      ],
+      { KEYLIME_DIR: join(dir, 'registrar') },
+    )
+    await waitFor('the registrar', stepTimeout, () => portOpen(this.registrarTlsPort))
+
+    // EK trust store for development: swtpm's local CA (root and intermediate).
+    for (const pem of swtpmLocalCaCertificates()) copyFileSync(pem, join(dir, 'cert-store', basename(pem)))
+    writeFileSync(
+      this.tenantConf,
+      [
+        '[tenant]',
+        'verifier_ip = 127.0.0.1',
+        `verifier_port = ${this.verifierPort}`,
+        'registrar_ip = 127.0.0.1',
+        `registrar_port = ${this.registrarTlsPort}`,
+        `tls_dir = ${this.cvCa}`,
+        `tpm_cert_store = ${join(dir, 'cert-store')}`,
+        'retry_interval = 1',
+        'exponential_backoff = False',
+        'max_retries = 20',
+        '',
+      ].join('\n'),
+    )
+  }
+
+  /** Starts an agent process on a fresh swtpm; it registers and activates by itself. */
+  async startAgent(name = `agent${this.agents.length + 1}`, extraArgs: string[] = []): Promise<ClusterAgent> {
+    const agentDir = join(this.opts.dir, name)
+    mkdirSync(join(agentDir, 'actions'), { recursive: true, mode: 0o700 })
+    const swtpm = await startSwtpm({ dir: join(agentDir, 'swtpm') })
+    const port = await freePort()
+    const uuid = randomUUID()
+    const imaList = join(agentDir, 'ascii_runtime_measurements')
+    writeFileSync(imaList, '')
+    const child = this.spawn(name, [
+      'agent',
+      '--config',
+      this.emptyConf,
+      '--uuid',
+      uuid,
+      '--tpm',
+      swtpm.transport,
+      '--port',
+      String(port),
+      '--contact-port',
+      String(port),
+      '--registrar-port',
+      String(this.registrarPort),
+      '--keylime-dir',
+      agentDir,
+      '--trusted-client-ca',
+      join(this.cvCa, 'cacert.crt'),
+      '--ima-ml-path',
+      imaList,
+      '--measuredboot-ml-path',
+      join(agentDir, 'no-boot-log'),
+      '--revocation-actions-dir',
+      join(agentDir, 'actions'),
+      ...extraArgs,
+    ])
+    const agent: ClusterAgent = {
+      uuid,
+      port,
+      dir: agentDir,
+      swtpm,
+      imaList,
+      process: child,
+      stop: async () => {
+        ;(child as { expectedExit?: boolean }).expectedExit = true
+        await stopChild(child)
+      },
+    }
+    this.agents.push(agent)
+    return agent
+  }
+
+  async stop(): Promise<void> {
+    this.stopping = true
+    await Promise.all(this.children.map(({ child }) => stopChild(child)))
+    await Promise.all(this.agents.map((a) => a.swtpm.stop()))
+  }
+}
+
+function stopChild(child: ChildProcess): Promise<void> {
+  return new Promise<void>((res) => {
+    if (child.exitCode !== null || child.signalCode !== null) return res()
+    child.once('exit', () => res())
+    child.kill('SIGTERM')
+    setTimeout(() => child.kill('SIGKILL'), 5000).unref()
+  })
+}
