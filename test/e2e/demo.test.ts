@@ -14,14 +14,14 @@ describe('keylime demo (the README main command)', () => {
       })
       const out = run.stdout + run.stderr
       expect(out).toMatch(/identity quote verified/)
-      expect(out).toMatch(/attestation #3 passed/)
-      expect(out).toMatch(/payload ran on the agent after the first good attestation/)
+      expect(out).toMatch(/agent1: attestation #3 passed/)
+      expect(out).toMatch(/agent1: payload ran after the first good attestation/)
       expect(out).toMatch(
-        /verifier detected it after [\d.]+s: state Invalid Quote, event pcr_validation\.invalid_pcr_15/,
+        /verifier detected it after [\d.]+s: agent1 Invalid Quote, event pcr_validation\.invalid_pcr_15/,
       )
-      expect(out).toMatch(
-        /webhook received a revocation signed by the RevocationNotifier key \(signature verified\)/,
-      )
+      expect(out).toMatch(/webhook: revocation for [\w-]+ received, RSA-PSS signature verified/)
+      expect(out).toMatch(/agent2: verified the revocation and ran its action: "agent_id":/)
+      expect(out).toMatch(/agent2 is still attested: Get Quote/)
       expect(run.status, out).toBe(0)
     } finally {
       rmSync(dir, { recursive: true, force: true })
