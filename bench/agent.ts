@@ -42,7 +42,7 @@ try {
     `10 ${'a'.repeat(40)} ima-ng sha256:${i.toString(16).padStart(64, '0')} /usr/bin/f${i}\n`
   writeFileSync(imaPath, Array.from({ length: 5000 }, (_, i) => line(i)).join(''))
   const config = loadAgentConfig({
-    searchFiles: [],
+    configDirs: [],
     env: {},
     overrides: { keylime_dir: dir, tpm: swtpm.transport, port: '0', ima_ml_path: imaPath },
   })

@@ -3,10 +3,9 @@
  * defaults < TOML files (`[agent]` table) < conf.d snippets < `KEYLIME_AGENT_<OPTION>` env < flags.
  * `KEYLIME_AGENT_CONFIG=<file>` (or an explicit `--config`) replaces the file set.
  */
-import { existsSync, readdirSync, readFileSync } from 'node:fs'
 import { isAbsolute, join } from 'node:path'
-import { parse as parseToml } from 'smol-toml'
 import { KeylimeError } from '../common/errors.ts'
+import { loadAgentRaw } from '../config/loader.ts'
 
 export class AgentConfigError extends KeylimeError {
   constructor(message: string, options?: { cause?: unknown }) {
@@ -131,12 +130,9 @@ export interface LoadAgentConfigOptions {
   env?: NodeJS.ProcessEnv
   /** Highest-precedence values (CLI flags); strings are coerced like env values. */
   overrides?: Partial<Record<OptionName, string | number | boolean>>
-  /** Standard file locations; tests pass [] to ignore the machine's /etc. */
-  searchFiles?: string[]
+  /** Directories holding agent.conf and agent.conf.d (default /usr/etc/keylime, /etc/keylime); tests pass []. */
+  configDirs?: readonly string[]
 }
-
-const STANDARD_FILES = ['/usr/etc/keylime/agent.conf', '/etc/keylime/agent.conf']
-const STANDARD_SNIPPET_DIRS = ['/usr/etc/keylime/agent.conf.d', '/etc/keylime/agent.conf.d']
 
 function coerce(name: OptionName, raw: unknown, source: string): AgentConfig[OptionName] {
   const kind = typeof AGENT_CONFIG_DEFAULTS[name]
@@ -152,67 +148,38 @@ function coerce(name: OptionName, raw: unknown, source: string): AgentConfig[Opt
     if (['false', 'no', 'off', '0'].includes(s)) return false
     throw new AgentConfigError(`${source}: option '${name}' must be a boolean`)
   }
-  if (Array.isArray(raw)) return raw.map(String).join(',')
   if (typeof raw === 'string') return raw.trim().replace(/^"(.*)"$/, '$1')
   if (typeof raw === 'number' || typeof raw === 'boolean') return String(raw)
   throw new AgentConfigError(`${source}: option '${name}' must be a string`)
-}
-
-function applyTable(cfg: AgentConfig, table: Record<string, unknown>, source: string): void {
-  for (const [key, value] of Object.entries(table)) {
-    if (!(OPTION_NAMES as string[]).includes(key)) continue // unknown upstream options are tolerated
-    const name = key as OptionName
-    ;(cfg as unknown as Record<string, unknown>)[name] = coerce(name, value, source)
-  }
-}
-
-function readTomlFile(cfg: AgentConfig, path: string): void {
-  let doc: Record<string, unknown>
-  try {
-    doc = parseToml(readFileSync(path, 'utf8')) as Record<string, unknown>
-  } catch (err) {
-    throw new AgentConfigError(`cannot parse agent config ${path}: ${(err as Error).message}`, { cause: err })
-  }
-  const table = doc.agent
-  if (table !== undefined && (typeof table !== 'object' || table === null || Array.isArray(table))) {
-    throw new AgentConfigError(`${path}: [agent] must be a table`)
-  }
-  if (table) applyTable(cfg, table as Record<string, unknown>, path)
 }
 
 /** Loads the agent configuration with upstream precedence and resolves `default` paths. */
 export function loadAgentConfig(options: LoadAgentConfigOptions = {}): AgentConfig {
   const env = options.env ?? process.env
   const cfg: AgentConfig = { ...AGENT_CONFIG_DEFAULTS }
-  const explicit = options.configPath ?? env.KEYLIME_AGENT_CONFIG
-  if (explicit) {
-    if (!existsSync(explicit)) throw new AgentConfigError(`agent config file not found: ${explicit}`)
-    readTomlFile(cfg, explicit)
-  } else {
-    for (const file of options.searchFiles ?? STANDARD_FILES) if (existsSync(file)) readTomlFile(cfg, file)
-    if (!options.searchFiles) {
-      for (const dir of STANDARD_SNIPPET_DIRS) {
-        if (!existsSync(dir)) continue
-        for (const f of readdirSync(dir).sort()) if (f.endsWith('.conf')) readTomlFile(cfg, join(dir, f))
-      }
-    }
+  const rec = cfg as unknown as Record<string, unknown>
+  // Files (explicit / KEYLIME_AGENT_CONFIG, or base + conf.d) and KEYLIME_AGENT_<OPTION> env: the shared loader.
+  let raw: Record<string, string>
+  try {
+    raw =
+      loadAgentRaw({
+        ...(options.configPath ? { configFile: options.configPath } : {}),
+        env,
+        ...(options.configDirs ? { configDirs: options.configDirs } : {}),
+      }).sections.agent ?? {}
+  } catch (err) {
+    throw new AgentConfigError((err as Error).message, { cause: err })
   }
-  if (env.KEYLIME_DIR) cfg.keylime_dir = env.KEYLIME_DIR
   for (const name of OPTION_NAMES) {
-    const value = env[`KEYLIME_AGENT_${name.toUpperCase()}`]
-    if (value !== undefined) {
-      ;(cfg as unknown as Record<string, unknown>)[name] = coerce(
-        name,
-        value,
-        `KEYLIME_AGENT_${name.toUpperCase()}`,
-      )
-    }
+    const value = raw[name]
+    if (value !== undefined) rec[name] = coerce(name, value, `[agent] ${name}`)
   }
+  // KEYLIME_DIR beats the files; only KEYLIME_AGENT_KEYLIME_DIR and flags beat it.
+  if (env.KEYLIME_DIR && env.KEYLIME_AGENT_KEYLIME_DIR === undefined) cfg.keylime_dir = env.KEYLIME_DIR
   for (const [key, value] of Object.entries(options.overrides ?? {})) {
     if (value === undefined) continue
     if (!(OPTION_NAMES as string[]).includes(key)) throw new AgentConfigError(`unknown agent option '${key}'`)
-    const name = key as OptionName
-    ;(cfg as unknown as Record<string, unknown>)[name] = coerce(name, value, `flag --${key}`)
+    rec[key] = coerce(key as OptionName, value, `flag --${key}`)
   }
   return resolvePaths(cfg)
 }

@@ -59,6 +59,11 @@ export const agentSchema = {
   exponential_backoff_initial_delay: opt.int(10000),
   exponential_backoff_max_retries: opt.int(5),
   exponential_backoff_max_delay: opt.int(300000),
+  // Keylime TS agent additions (src/agent/config.ts is the agent's typed loader over the same files):
+  tpm: opt.string('/dev/tpmrm0'),
+  payload_script_timeout_seconds: opt.int(60),
+  revocation_action_timeout_seconds: opt.int(60),
+  ima_emulator_paths: opt.string(''),
 }
 export type AgentConfigValues = ConfigOf<typeof agentSchema>
 

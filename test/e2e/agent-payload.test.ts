@@ -49,7 +49,7 @@ beforeAll(async () => {
   )
   chmodSync(join(actionsDir, 'local_action'), 0o755)
   const config = loadAgentConfig({
-    searchFiles: [],
+    configDirs: [],
     env: {},
     overrides: {
       keylime_dir: dir,

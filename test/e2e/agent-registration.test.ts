@@ -30,7 +30,7 @@ const running: RunningAgent[] = []
 
 function agentConfig(tpm: SwtpmInstance, dir: string, extra: Record<string, string> = {}) {
   return loadAgentConfig({
-    searchFiles: [],
+    configDirs: [],
     env: {},
     overrides: {
       keylime_dir: dir,

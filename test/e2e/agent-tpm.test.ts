@@ -34,7 +34,7 @@ let tls: { cert: string; key: string }
 
 function config(extra: Record<string, string> = {}) {
   return loadAgentConfig({
-    searchFiles: [],
+    configDirs: [],
     env: {},
     overrides: {
       keylime_dir: dir,

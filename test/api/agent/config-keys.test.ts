@@ -1,5 +1,5 @@
 import { createPublicKey, X509Certificate } from 'node:crypto'
-import { mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs'
+import { mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
@@ -17,7 +17,7 @@ afterEach(() => rmSync(dir, { recursive: true, force: true }))
 
 describe('agent config', () => {
   it('uses upstream defaults and resolves default paths under keylime_dir', () => {
-    const cfg = loadAgentConfig({ env: { KEYLIME_DIR: dir }, searchFiles: [] })
+    const cfg = loadAgentConfig({ env: { KEYLIME_DIR: dir }, configDirs: [] })
     expect(cfg.port).toBe(9002)
     expect(cfg.uuid).toBe('d432fbb3-d2f1-4a97-9ef7-75bd81c00000')
     expect(cfg.tpm).toBe('/dev/tpmrm0')
@@ -45,13 +45,28 @@ describe('agent config', () => {
     expect(cfg.trusted_client_ca).toBe(`${join(dir, 'a.crt')},/abs/b.crt`)
   })
 
+  it('reads agent.conf then agent.conf.d snippets from the config dirs; KEYLIME_AGENT_CONFIG replaces them', () => {
+    mkdirSync(join(dir, 'agent.conf.d'))
+    writeFileSync(join(dir, 'agent.conf'), '[agent]\nport = 9100\nregistrar_port = 9101\n')
+    writeFileSync(join(dir, 'agent.conf.d', '10-port.conf'), '[agent]\nport = 9200\n')
+    const cfg = loadAgentConfig({ configDirs: [dir], env: { KEYLIME_DIR: dir } })
+    expect([cfg.port, cfg.registrar_port]).toEqual([9200, 9101])
+    const only = join(dir, 'only.conf')
+    writeFileSync(only, '[agent]\ncontact_port = 9300\n')
+    const replaced = loadAgentConfig({
+      configDirs: [dir],
+      env: { KEYLIME_DIR: dir, KEYLIME_AGENT_CONFIG: only },
+    })
+    expect([replaced.port, replaced.contact_port]).toEqual([9002, 9300])
+  })
+
   it('rejects bad values with a typed error naming the option', () => {
-    expect(() => loadAgentConfig({ env: { KEYLIME_AGENT_PORT: 'x' }, searchFiles: [] })).toThrow(/port/)
-    expect(() => loadAgentConfig({ env: { KEYLIME_AGENT_TPM_HASH_ALG: 'md5' }, searchFiles: [] })).toThrow(
+    expect(() => loadAgentConfig({ env: { KEYLIME_AGENT_PORT: 'x' }, configDirs: [] })).toThrow(/port/)
+    expect(() => loadAgentConfig({ env: { KEYLIME_AGENT_TPM_HASH_ALG: 'md5' }, configDirs: [] })).toThrow(
       AgentConfigError,
     )
     expect(() =>
-      loadAgentConfig({ env: { KEYLIME_AGENT_ENABLE_AGENT_MTLS: 'false' }, searchFiles: [] }),
+      loadAgentConfig({ env: { KEYLIME_AGENT_ENABLE_AGENT_MTLS: 'false' }, configDirs: [] }),
     ).toThrow(/payload_script/)
     const bad = join(dir, 'bad.conf')
     writeFileSync(bad, '[agent\nport=')
