@@ -61,8 +61,8 @@ export async function runImaEmulator(o: ImaEmulateOptions): Promise<string[]> {
   })
   try {
     const lines = await emulator.measure(o.paths)
-    for (const l of lines) log.info(`measured: ${l.trimEnd()}`)
     if (!o.watch) return lines
+    for (const l of lines) log.info(`measured: ${l.trimEnd()}`)
     await new Promise<void>((done) => {
       const timers = new Map<string, NodeJS.Timeout>()
       const watchers = o.paths.map((p) =>

@@ -8,10 +8,15 @@ function flagName(option: string): string {
 }
 
 export function registerAgentCommands(program: Command): void {
+  // `keylime agent ima-emulate --tpm T`: the agent's own --tpm flag must not swallow the subcommand's, which needs
+  // positional options on every ancestor (the root only has --help/--version before its subcommand anyway)
+  program.enablePositionalOptions()
   const agent = program
     .command('agent')
     .description('Run the pull-mode Keylime agent (registers with the registrar, serves quotes over mTLS)')
     .option('-c, --config <file>', 'agent.conf (TOML, [agent] table); replaces the standard file set')
+    // options after `ima-emulate` (e.g. --tpm) belong to it, not to the agent
+    .enablePositionalOptions()
   for (const [name, def] of Object.entries(AGENT_CONFIG_DEFAULTS)) {
     const flag = flagName(name)
     agent.addOption(
