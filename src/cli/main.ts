@@ -15,6 +15,8 @@ export function buildProgram(): Command {
     .description('Keylime TS: TPM-based remote attestation (agent, registrar, verifier, tenant, tools)')
     .version('0.1.0')
     .showHelpAfterError()
+    // Options of a command apply only before its subcommand (`agent --tpm X` vs `agent ima-emulate --tpm Y`).
+    .enablePositionalOptions()
   registerAgentCommands(program)
   registerRegistrarCommand(program)
   registerVerifierCommand(program)

@@ -7,10 +7,12 @@
  * revocation, and the second agent run its revocation action.
  */
 
+import { execFile } from 'node:child_process'
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs'
 import { createServer, type Server } from 'node:http'
 import { tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
+import { fileURLToPath } from 'node:url'
 import { createCa } from '../crypto/ca.ts'
 import { type RevocationMessage, verifyRevocation } from '../crypto/revocation.ts'
 import { type LocalCluster as Cluster, LocalCluster, waitFor } from '../devtools/local-cluster.ts'
@@ -32,6 +34,43 @@ export interface DemoOptions {
 }
 
 const POLICY_PCR = 15
+const RUNTIME_POLICY = 'demo-runtime'
+const BIN = resolve(fileURLToPath(new URL('../../bin/keylime.js', import.meta.url)))
+
+/** Runs a `keylime` subcommand as a separate process (as an operator would); rejects with its output on failure. */
+function keylime(args: string[]): Promise<string> {
+  return new Promise((res, rej) => {
+    execFile(process.execPath, [BIN, ...args], { timeout: 120_000 }, (err, stdout, stderr) =>
+      err
+        ? rej(new Error(`keylime ${args.slice(0, 3).join(' ')} failed: ${stderr || err.message}`))
+        : res(stdout),
+    )
+  })
+}
+
+/** Two small "programs" the agents run before enrollment; their digests go into the runtime policy. */
+function writePrograms(dir: string): string[] {
+  mkdirSync(dir, { recursive: true, mode: 0o700 })
+  const files = [
+    ['backup.sh', '#!/bin/sh\ntar czf /tmp/backup.tgz /etc\n'],
+    ['healthcheck.sh', '#!/bin/sh\nexit 0\n'],
+  ] as const
+  return files.map(([name, text]) => {
+    const path = join(dir, name)
+    writeFileSync(path, text, { mode: 0o700 })
+    return path
+  })
+}
+
+async function nextRevocation(
+  hook: { received: { message: RevocationMessage | null; error?: string }[] } | undefined,
+  index: number,
+  timeoutS: number,
+): Promise<RevocationMessage> {
+  const got = await waitFor('a revocation at the webhook', timeoutS, () => hook?.received[index])
+  if (!got.message) throw new Error(`webhook got a revocation it could not verify: ${got.error}`)
+  return got.message
+}
 const START = Date.now()
 
 function say(line: string): void {
@@ -126,18 +165,42 @@ export async function runDemo(opts: DemoOptions): Promise<number> {
     }
     say('both agents registered with the registrar (EK certificate, AK, credential activation)')
 
+    // Runtime integrity: each agent "runs" two programs; the IMA emulator measures them into its IMA list and
+    // PCR 10, as kernel IMA would. The runtime policy is generated from agent1's list.
+    const programs = writePrograms(join(dir, 'programs'))
+    for (const agent of [web, db]) {
+      await keylime([
+        'agent',
+        'ima-emulate',
+        '--tpm',
+        agent.swtpm.transport,
+        '--list',
+        agent.imaList,
+        ...programs,
+      ])
+    }
+    const policyPath = join(dir, 'runtime-policy.json')
+    await keylime(['policy', 'create', 'runtime', '-m', web.imaList, '-o', policyPath])
+    say(`runtime policy generated from agent1's IMA list (${programs.length} programs + boot_aggregate)`)
+    await runTenantCommand('addruntimepolicy', {
+      ...tenantBase,
+      runtimePolicyName: RUNTIME_POLICY,
+      runtimePolicy: policyPath,
+    })
+
     const zeros = '0'.repeat(64)
     const markers = new Map<string, { marker: string; revocationMarker: string }>()
     for (const agent of [web, db]) {
       const payloadDir = join(dir, 'payloads', agent.uuid)
       markers.set(agent.uuid, writePayloadDir(payloadDir, agent.dir))
       say(
-        `tenant add ${agent.uuid}: tpm_policy {"${POLICY_PCR}": [0…0]}, certificate payload with autorun.sh`,
+        `tenant add ${agent.uuid}: tpm_policy {"${POLICY_PCR}": [0…0]}, runtime policy ${RUNTIME_POLICY}, certificate payload with autorun.sh`,
       )
       await runTenantCommand('add', {
         ...tenantBase,
         uuid: agent.uuid,
         tpmPolicy: JSON.stringify({ [POLICY_PCR]: [zeros] }),
+        runtimePolicyName: RUNTIME_POLICY,
         cert: tenantCa,
         include: payloadDir,
         verify: true,
@@ -151,7 +214,7 @@ export async function runDemo(opts: DemoOptions): Promise<number> {
       const count = Number(s.attestation_count ?? 0)
       if (count > seen) {
         seen = count
-        say(`agent1: attestation #${count} passed (${s.operational_state_name})`)
+        say(`agent1: attestation #${count} passed (${s.operational_state_name}: quote, PCR policy, IMA list)`)
       }
       return count >= 3 ? true : undefined
     })
@@ -159,29 +222,22 @@ export async function runDemo(opts: DemoOptions): Promise<number> {
     await waitFor('the payload to run', opts.stepTimeout, () => (existsSync(marker) ? true : undefined))
     say(`agent1: payload ran after the first good attestation: ${readFileSync(marker, 'utf8').trim()}`)
 
-    say(`tampering: extending PCR ${POLICY_PCR} in agent1's TPM (as a modified boot component would)`)
-    const tpm = await Tpm.open(web.swtpm.transport)
-    try {
-      await pcrExtend(tpm, POLICY_PCR, { sha256: Buffer.alloc(32, 0xee), sha1: Buffer.alloc(20, 0xee) })
-    } finally {
-      await tpm.close()
-    }
-    const tamperedAt = Date.now()
-    const failed = await waitFor('the verifier to detect the tampering', opts.stepTimeout, async () => {
-      const s = await status(web.uuid)
-      return s.operational_state === 9 ? s : undefined
-    })
-    say(
-      `verifier detected it after ${((Date.now() - tamperedAt) / 1000).toFixed(1)}s: agent1 ${failed.operational_state_name}, event ${failed.last_event_id}`,
+    // Tampering 1: agent1 runs a program that is not in the runtime policy.
+    const intruder = join(web.dir, 'cryptominer.sh')
+    writeFileSync(intruder, '#!/bin/sh\necho mining\n', { mode: 0o700 })
+    say(`tampering 1: agent1 executes ${intruder}, which is not in the runtime policy`)
+    await keylime(['agent', 'ima-emulate', '--tpm', web.swtpm.transport, '--list', web.imaList, intruder])
+    const imaFailure = await waitFor(
+      'the verifier to detect the unknown program',
+      opts.stepTimeout,
+      async () => {
+        const s = await status(web.uuid)
+        return s.operational_state === 9 ? s : undefined
+      },
     )
-    const revocation = await waitFor('the webhook revocation', opts.stepTimeout, () =>
-      webhook && webhook.received.length > 0 ? webhook.received[0] : undefined,
-    )
-    if (!revocation?.message)
-      throw new Error(`webhook got a revocation it could not verify: ${revocation?.error}`)
-    say(
-      `webhook: revocation for ${revocation.message.agent_id} received, RSA-PSS signature verified with the RevocationNotifier certificate`,
-    )
+    say(`verifier: agent1 ${imaFailure.operational_state_name}, event ${imaFailure.last_event_id}`)
+    const first = await nextRevocation(webhook, 0, opts.stepTimeout)
+    say(`webhook: signed revocation for ${first.agent_id} verified; context: ${first.context ?? '(none)'}`)
     const { revocationMarker } = markers.get(db.uuid) as { revocationMarker: string }
     await waitFor("agent2's revocation action", opts.stepTimeout, () =>
       existsSync(revocationMarker) ? true : undefined,
@@ -189,12 +245,29 @@ export async function runDemo(opts: DemoOptions): Promise<number> {
     say(
       `agent2: verified the revocation and ran its action: ${readFileSync(revocationMarker, 'utf8').trim()}`,
     )
-    const healthy = await status(db.uuid)
-    say(
-      `agent2 is still attested: ${healthy.operational_state_name}, ${healthy.attestation_count} attestations`,
-    )
 
-    say('summary: enrolled, attested, payload delivered, tampering detected, revocation signed and acted on')
+    // Tampering 2: a boot component of agent2 changes a PCR named in its tpm_policy.
+    say(`tampering 2: extending PCR ${POLICY_PCR} in agent2's TPM (as a modified boot component would)`)
+    const tpm = await Tpm.open(db.swtpm.transport)
+    try {
+      await pcrExtend(tpm, POLICY_PCR, { sha256: Buffer.alloc(32, 0xee), sha1: Buffer.alloc(20, 0xee) })
+    } finally {
+      await tpm.close()
+    }
+    const tamperedAt = Date.now()
+    const pcrFailure = await waitFor('the verifier to detect the PCR change', opts.stepTimeout, async () => {
+      const s = await status(db.uuid)
+      return s.operational_state === 9 ? s : undefined
+    })
+    say(
+      `verifier detected it after ${((Date.now() - tamperedAt) / 1000).toFixed(1)}s: agent2 ${pcrFailure.operational_state_name}, event ${pcrFailure.last_event_id}`,
+    )
+    const second = await nextRevocation(webhook, 1, opts.stepTimeout)
+    say(`webhook: signed revocation for ${second.agent_id} verified (${second.type})`)
+
+    say(
+      'summary: enrolled, attested (PCRs + IMA), payload delivered, both tamperings detected, revocations signed and acted on',
+    )
     if (opts.keep) {
       process.stdout.write(
         [

@@ -5,7 +5,7 @@ import { join } from 'node:path'
 import { describe, expect, it } from 'vitest'
 
 describe('keylime demo (the README main command)', () => {
-  it('enrolls two agents, delivers payloads, detects tampering, and the signed revocation reaches a webhook and the other agent', () => {
+  it('enrolls two agents with PCR and runtime policies, delivers payloads, detects an unknown program and a PCR change, and signed revocations reach a webhook and the other agent', () => {
     const dir = mkdtempSync(join(tmpdir(), 'kl-demo-test-'))
     try {
       const run = spawnSync('node', ['bin/keylime.js', 'demo', '--dir', dir], {
