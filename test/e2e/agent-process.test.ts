@@ -2,7 +2,7 @@
  * `keylime agent` as a real process: configured by a TOML file plus flags, it registers with the registrar,
  * serves quotes over mTLS, and on SIGTERM exits 0 after flushing its transient TPM objects.
  */
-import { type ChildProcess, spawn } from 'node:child_process'
+import { type ChildProcess, execFileSync, spawn } from 'node:child_process'
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
@@ -13,6 +13,7 @@ import { RegistrarClient } from '../../src/api/registrar/client.ts'
 import { createLogger } from '../../src/common/log.ts'
 import { loadRegistrarConfig } from '../../src/config/registrar.ts'
 import { ensureTlsDir } from '../../src/crypto/ca.ts'
+import { verifyImaIncrement } from '../../src/evidence/ima/verify.ts'
 import { verifyQuote } from '../../src/evidence/quote/index.ts'
 import { type RunningRegistrar, startRegistrar } from '../../src/registrar/server.ts'
 import { getHandleCounts } from '../../src/tpm/keylime-client.ts'
@@ -56,6 +57,20 @@ afterAll(async () => {
 
 describe('keylime agent process', () => {
   it('registers, serves quotes over mTLS, and shuts down cleanly on SIGTERM', async () => {
+    // the IMA emulator CLI first: boot_aggregate + one file, PCR 10 extended on the same TPM
+    const list = join(dir, 'ascii_runtime_measurements')
+    writeFileSync(join(dir, 'measured.txt'), 'measured by the emulator')
+    const emulated = execFileSync(process.execPath, [
+      'bin/keylime.js',
+      'agent',
+      'ima-emulate',
+      '--tpm',
+      swtpm.transport,
+      '--list',
+      list,
+      join(dir, 'measured.txt'),
+    ]).toString()
+    expect(emulated.split('\n').filter(Boolean)).toHaveLength(2)
     const port = await freePort()
     const conf = join(dir, 'agent.conf')
     writeFileSync(
@@ -65,7 +80,7 @@ describe('keylime agent process', () => {
         `uuid = "${UUID}"`,
         `keylime_dir = "${join(dir, 'agent')}"`,
         `registrar_port = ${registrar.httpPort}`,
-        `ima_ml_path = "${join(dir, 'none')}"`,
+        `ima_ml_path = "${list}"`,
         '',
       ].join('\n'),
     )
@@ -100,7 +115,9 @@ describe('keylime agent process', () => {
       },
     })
     const q = await agentClient.identityQuote('processnonce1')
+    const iq = await agentClient.integrityQuote({ nonce: 'processnonce2', mask: [10], partial: true })
     await agentClient.close()
+    expect(iq.ima_measurement_list).toBe(readFileSync(list, 'utf8'))
 
     const read = (f: string) => readFileSync(join(dir, 'reg_ca', f), 'utf8')
     const admin = new RegistrarClient({
@@ -114,6 +131,17 @@ describe('keylime agent process', () => {
     expect(
       verifyQuote({ akPublic: ak, quote: q.quote, nonce: 'processnonce1', hashAlg: 'sha256' }).verdict.ok,
     ).toBe(true)
+    const iv = verifyQuote({ akPublic: ak, quote: iq.quote, nonce: 'processnonce2', hashAlg: 'sha256' })
+    expect(iv.verdict.ok).toBe(true)
+    const replay = verifyImaIncrement({
+      listText: iq.ima_measurement_list ?? '',
+      firstEntry: 0,
+      state: null,
+      quotedPcr10: { hashAlg: 'sha256', value: iv.pcrs?.get(10) ?? null },
+      policy: null,
+    })
+    expect(replay.verdict).toEqual({ ok: true })
+    expect(replay.matchedAt).toBe(2)
     expect(output).not.toContain('PRIVATE KEY')
 
     child.kill('SIGTERM')
