@@ -158,7 +158,7 @@ export class PayloadManager {
       }
       let exitCode: number | null | undefined
       const script = this.o.payloadScript ? resolve(dir, this.o.payloadScript) : ''
-      if (script && script.startsWith(dir + sep) && existsSync(script)) {
+      if (script?.startsWith(dir + sep) && existsSync(script)) {
         chmodSync(script, 0o700)
         exitCode = await runScript(
           'sh',
