@@ -65,7 +65,12 @@ export class Tpm {
 
     let authArea: Uint8Array | undefined
     if (sessions.length > 0) {
-      const names = lazy(() => Promise.all(handles.map((h) => this.nameOf(h))))
+      // One lookup at a time: the transport carries a single command.
+      const names = lazy(async () => {
+        const out: Uint8Array[] = []
+        for (const h of handles) out.push(await this.nameOf(h))
+        return out
+      })
       const ctx = {
         commandCode: command.code,
         cpHash: async (hashAlg: number) => {

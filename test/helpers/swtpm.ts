@@ -121,6 +121,9 @@ export async function startSwtpm(options: StartSwtpmOptions = {}): Promise<Swtpm
       if (attempt < 3) continue
       throw new Error(`swtpm did not start: ${stderr}`)
     }
+    // If the test process exits without calling stop(), do not leave swtpm running.
+    const killOnExit = () => child.kill('SIGKILL')
+    process.once('exit', killOnExit)
     let stopped = false
     const transport = unix ? `swtpm:path=${dataPath},ctrl=${ctrlPath}` : `swtpm:host=127.0.0.1,port=${port}`
     return {
@@ -131,6 +134,7 @@ export async function startSwtpm(options: StartSwtpmOptions = {}): Promise<Swtpm
       async stop() {
         if (stopped) return
         stopped = true
+        process.off('exit', killOnExit)
         if (child.exitCode === null) {
           child.kill('SIGTERM')
           const timer = setTimeout(() => child.kill('SIGKILL'), 3000)

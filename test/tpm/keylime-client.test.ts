@@ -15,8 +15,10 @@ import {
   EvictControl,
   GetRandom,
   keylime,
+  NvRead,
   PasswordSession,
   PolicyGetDigest,
+  PolicyRestart,
   PolicySecret,
   Quote,
   ReadPublic,
@@ -284,6 +286,13 @@ describe('keylime client against swtpm', () => {
       [hmac],
     )
     expect(q.attest.extraData).toEqual(Uint8Array.of(1, 2, 3))
+    // The same session authorises NV_Read of the EK certificate index: cpHash covers the NV index's Name.
+    const head = await tpm.run(NvRead, { authHandle: 0x01c00002, nvIndex: 0x01c00002, size: 16, offset: 0 }, [
+      hmac,
+    ])
+    expect(Buffer.from(head.data)).toEqual(
+      Buffer.from((await keylime.readEkCertificate(tpm, 'rsa'))?.subarray(0, 16) ?? []),
+    )
     await keylime.flushContext(tpm, hmac.handle)
     // The EK policy computed by the TPM equals the template's policy digest.
     const policy = await startPolicySession(tpm)
@@ -301,6 +310,10 @@ describe('keylime client against swtpm', () => {
     )
     expect((await tpm.run(PolicyGetDigest, { policySession: policy.handle })).policyDigest).toEqual(
       EK_POLICY_SHA256,
+    )
+    await tpm.run(PolicyRestart, { sessionHandle: policy.handle })
+    expect((await tpm.run(PolicyGetDigest, { policySession: policy.handle })).policyDigest).toEqual(
+      new Uint8Array(32),
     )
     await keylime.flushContext(tpm, policy.handle)
     await keylime.flushContext(tpm, ak.handle)
