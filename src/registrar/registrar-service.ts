@@ -6,6 +6,7 @@
 import type { KeyObject } from 'node:crypto'
 import type { AgentResults, RegisterResults } from '../api/registrar/schemas.ts'
 import type { Logger } from '../common/log.ts'
+import type { CertStore } from '../crypto/ek-trust.ts'
 import { encodeKeylimeCredentialBlob, makeCredential } from '../crypto/make-credential.ts'
 import {
   assertRestrictedSigningKey,
@@ -14,6 +15,7 @@ import {
   readTpm2bPublic,
 } from '../crypto/tpm-public.ts'
 import type { RegistrarRecord, RegistrarRepository, RegistrationWrite } from '../db/registrar-repository.ts'
+import { hasIakIdevid, verifyIakIdevid } from './iak.ts'
 import {
   authTagMatches,
   checkAgentId,
@@ -35,8 +37,10 @@ export type TpmIdentityMode = 'default' | 'ek_cert_or_iak_idevid' | 'ek_cert' | 
 
 export interface RegistrarServiceOptions {
   repo: Pick<RegistrarRepository, 'find' | 'listIds' | 'delete' | 'register' | 'activate'>
-  /** `[registrar] tpm_identity` (IAK/IDevID-only identities are not supported: see `iak_idevid`). */
+  /** `[registrar] tpm_identity` */
   tpmIdentity?: TpmIdentityMode
+  /** `[tenant] tpm_cert_store`, for IAK/IDevID certificates (null: IAK/IDevID registrations are refused). */
+  certStore?: CertStore | null
   malformedCertAction?: MalformedCertAction
   log?: Logger
   /** Randomness for challenges (tests). */
@@ -54,9 +58,6 @@ export class RegistrarService {
 
   constructor(private readonly opts: RegistrarServiceOptions) {
     this.tpmIdentity = opts.tpmIdentity ?? 'default'
-    if (this.tpmIdentity === 'iak_idevid') {
-      throw new RegistrarError(400, 'tpm_identity = iak_idevid is not supported by this registrar')
-    }
     this.malformedCertAction = opts.malformedCertAction ?? 'warn'
   }
 
@@ -142,20 +143,19 @@ export class RegistrarService {
       }
       ekcertB64 = Buffer.from(cert.der).toString('base64')
     }
-    if (
-      (this.tpmIdentity === 'ek_cert' || this.tpmIdentity === 'ek_cert_or_iak_idevid') &&
-      ekcertB64 === null
-    ) {
+    const iakIdevid = hasIakIdevid(body)
+      ? verifyIakIdevid(agentId, body, aik, {
+          store: this.opts.certStore ?? null,
+          action: this.malformedCertAction,
+        })
+      : null
+    if (this.tpmIdentity === 'ek_cert' && ekcertB64 === null)
       throw invalid('ekcert is required (tpm_identity)')
+    if (this.tpmIdentity === 'iak_idevid' && iakIdevid === null) {
+      throw invalid('IAK/IDevID identity is required (tpm_identity)')
     }
-    for (const f of ['iak_tpm', 'idevid_tpm', 'iak_cert', 'idevid_cert', 'iak_attest', 'iak_sign']) {
-      if (body[f] !== undefined && body[f] !== null) {
-        this.opts.log?.warn(
-          { agentId, field: f },
-          'IAK/IDevID fields are not verified by this registrar; ignored',
-        )
-        break
-      }
+    if (this.tpmIdentity === 'ek_cert_or_iak_idevid' && ekcertB64 === null && iakIdevid === null) {
+      throw invalid('ekcert or IAK/IDevID identity is required (tpm_identity)')
     }
     const mtlsCert = parseMtlsCert(optionalString(body, 'mtls_cert'))
     const ip = parseIp(body.ip)
@@ -180,10 +180,10 @@ export class RegistrarService {
         aik_tpm: Buffer.from(aik).toString('base64'),
         ek_tpm: Buffer.from(ek).toString('base64'),
         ekcert: ekcertB64,
-        iak_tpm: null,
-        idevid_tpm: null,
-        iak_cert: null,
-        idevid_cert: null,
+        iak_tpm: iakIdevid?.iak_tpm ?? null,
+        idevid_tpm: iakIdevid?.idevid_tpm ?? null,
+        iak_cert: iakIdevid?.iak_cert ?? null,
+        idevid_cert: iakIdevid?.idevid_cert ?? null,
         mtls_cert: mtlsCert,
         ip,
         port,

@@ -12,6 +12,7 @@ import type { Logger } from '../common/log.ts'
 import { ConfigError, keylimeDir, resolveInDir } from '../config/loader.ts'
 import type { RegistrarConfig } from '../config/registrar.ts'
 import { ensureTlsDir } from '../crypto/ca.ts'
+import { loadCertStore } from '../crypto/ek-trust.ts'
 import { openDatabase } from '../db/database.ts'
 import { type RegistrarDatabase, RegistrarRepository } from '../db/registrar-repository.ts'
 import { buildRegistrarApp } from './app.ts'
@@ -105,8 +106,13 @@ export async function startRegistrar(
   })
   const apps: FastifyInstance[] = []
   try {
+    // IAK/IDevID trust anchors come from the tenant's option, as upstream (§2.2)
+    const certStore = existsSync(config.tpm_cert_store) ? await loadCertStore(config.tpm_cert_store) : null
+    if (certStore === null)
+      log.warn({ dir: config.tpm_cert_store }, 'no tpm_cert_store: IAK/IDevID registrations refused')
     const service = new RegistrarService({
       repo: new RegistrarRepository(db),
+      certStore,
       tpmIdentity: config.tpm_identity as TpmIdentityMode,
       malformedCertAction: config.malformed_cert_action as MalformedCertAction,
       log,

@@ -93,3 +93,51 @@ export async function ekCertificateFor(publicKeyPem: string): Promise<Buffer> {
   })
   return Buffer.from(cert.rawData)
 }
+
+/** A device CA (for IAK/IDevID certificates) that can issue certificates for any public key. */
+export async function deviceCa(): Promise<{
+  caDer: Buffer
+  issue: (publicKeyPem: string, cn: string) => Promise<Buffer>
+}> {
+  const { x509, subtle } = await import('../../../src/crypto/x509-setup.ts')
+  const { createPublicKey } = await import('node:crypto')
+  type GenParams = Parameters<typeof x509.X509CertificateGenerator.create>[0]
+  const alg = { name: 'ECDSA', namedCurve: 'P-256', hash: 'SHA-256' }
+  const keys = await subtle.generateKey(alg, true, ['sign', 'verify'])
+  const ca = await x509.X509CertificateGenerator.createSelfSigned({
+    serialNumber: '01',
+    name: 'CN=Test Device CA',
+    notBefore: new Date(Date.now() - 86400000),
+    notAfter: new Date(Date.now() + 86400000 * 30),
+    signingAlgorithm: alg,
+    keys: keys as unknown as Parameters<typeof x509.X509CertificateGenerator.createSelfSigned>[0]['keys'],
+    extensions: [
+      new x509.BasicConstraintsExtension(true, 1, true),
+      new x509.KeyUsagesExtension(x509.KeyUsageFlags.keyCertSign, true),
+    ],
+  })
+  let serial = 2
+  return {
+    caDer: Buffer.from(ca.rawData),
+    issue: async (publicKeyPem, cn) => {
+      const key = createPublicKey(publicKeyPem)
+      const spki = key.export({ type: 'spki', format: 'der' })
+      const importAlg =
+        key.asymmetricKeyType === 'ec'
+          ? { name: 'ECDSA', namedCurve: 'P-256' }
+          : { name: 'RSASSA-PKCS1-v1_5', hash: 'SHA-256' }
+      const pub = await subtle.importKey('spki', spki, importAlg, true, ['verify'])
+      const cert = await x509.X509CertificateGenerator.create({
+        serialNumber: (serial++).toString(16).padStart(2, '0'),
+        subject: `CN=${cn}`,
+        issuer: ca.subject,
+        notBefore: new Date(Date.now() - 3600000),
+        notAfter: new Date(Date.now() + 86400000),
+        signingAlgorithm: alg,
+        publicKey: pub as unknown as GenParams['publicKey'],
+        signingKey: keys.privateKey as unknown as GenParams['publicKey'],
+      })
+      return Buffer.from(cert.rawData)
+    },
+  }
+}
