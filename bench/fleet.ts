@@ -7,8 +7,8 @@
  *   node --import tsx bench/fleet.ts --agents 10000 --interval 3 --seconds 20
  */
 import { spawn } from 'node:child_process'
-import { mkdtempSync, rmSync } from 'node:fs'
-import { tmpdir } from 'node:os'
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
+import { loadavg, tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
 import { createInterface } from 'node:readline'
 import pino from 'pino'
@@ -26,13 +26,26 @@ const AGENTS = arg('agents', 1000)
 const INTERVAL_S = arg('interval', AGENTS / 3000)
 const SECONDS = arg('seconds', 20)
 const CONCURRENCY = arg('concurrency', 512)
+const WARMUP_S = arg('warmup', Math.max(10, INTERVAL_S * 3))
 
 interface FleetInfo {
   port: number
   agents: { id: string; ip: string; akTpm: string; pcr15: string }[]
 }
 
-async function startFleet(): Promise<{ info: FleetInfo; kill: () => void }> {
+/** CPU seconds (user+system) used so far by a process, from /proc (Linux). */
+function procCpuSeconds(pid: number | undefined): number {
+  if (pid === undefined) return 0
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+    return (Number(fields[11]) + Number(fields[12])) / 100
+  } catch {
+    return 0
+  }
+}
+
+async function startFleet(): Promise<{ info: FleetInfo; kill: () => void; pid: number | undefined }> {
   const child = spawn(
     process.execPath,
     ['--import', 'tsx', resolve(import.meta.dirname, 'fleet-server.ts'), String(AGENTS)],
@@ -45,7 +58,7 @@ async function startFleet(): Promise<{ info: FleetInfo; kill: () => void }> {
     rl.once('line', res)
     child.once('exit', (c) => rej(new Error(`fleet server exited ${c}`)))
   })
-  return { info: JSON.parse(line) as FleetInfo, kill: () => child.kill('SIGKILL') }
+  return { info: JSON.parse(line) as FleetInfo, kill: () => child.kill('SIGKILL'), pid: child.pid }
 }
 
 const mb = (n: number) => (n / 1024 / 1024).toFixed(1)
@@ -118,11 +131,11 @@ async function main(): Promise<void> {
     `agents=${AGENTS} interval=${INTERVAL_S.toFixed(2)}s target=${(AGENTS / INTERVAL_S).toFixed(0)}/s concurrency=${CONCURRENCY}`,
   )
   // warm-up: one full cycle plus V delivery
-  const warm = Math.max(5, INTERVAL_S * 2 + 2)
-  await new Promise((r) => setTimeout(r, warm * 1000))
+  await new Promise((r) => setTimeout(r, WARMUP_S * 1000))
   service.loop.resetLagStats()
   const a0 = service.loop.attestations
   const cpu0 = process.cpuUsage()
+  const fleetCpu0 = procCpuSeconds(fleet.pid)
   const t0 = performance.now()
   let peakRss = 0
   const sampler = setInterval(() => {
@@ -132,6 +145,7 @@ async function main(): Promise<void> {
   clearInterval(sampler)
   const elapsed = (performance.now() - t0) / 1000
   const cpu = process.cpuUsage(cpu0)
+  const fleetCpu = procCpuSeconds(fleet.pid) - fleetCpu0
   const done = service.loop.attestations - a0
   const stats = service.loop.stats()
   global.gc?.()
@@ -153,6 +167,8 @@ async function main(): Promise<void> {
     gcBeforeMeasuring: global.gc !== undefined,
     cpuPerAttestationUs: Math.round((cpu.user + cpu.system) / Math.max(1, done)),
     verifierCpuCores: Number(((cpu.user + cpu.system) / 1e6 / elapsed).toFixed(2)),
+    simulatedAgentsCpuCores: Number((fleetCpu / elapsed).toFixed(2)),
+    loadAverage1m: Number(loadavg()[0]?.toFixed(2)),
   }
   console.log(JSON.stringify(result))
   await service.stop()

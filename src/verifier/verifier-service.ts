@@ -9,6 +9,7 @@
  * holder id is `<uuid>@<host>:<port>`, so a verifier restarted on the same address resumes its agents at once.
  */
 import type { Kysely } from 'kysely'
+import { Agent } from 'undici'
 import type { Logger } from '../common/log.ts'
 import { AgentState, type VerifierDatabase, VerifierRepository } from '../db/verifier-repository.ts'
 import { AgentConnections, type VerifierClientTls } from './agent-connections.ts'
@@ -36,6 +37,8 @@ export class VerifierService {
   readonly connections: AgentConnections
   readonly leaseHolder: string
   readonly policies: PolicyStore
+  /** https webhooks: the verifier's client certificate, server checked against `trusted_server_ca`. */
+  private readonly webhookDispatcher: Agent | null
   private heartbeat: NodeJS.Timeout | null = null
   private beating: Promise<void> = Promise.resolve()
   private readonly now: () => number
@@ -46,6 +49,19 @@ export class VerifierService {
     this.repo = new VerifierRepository(deps.db)
     this.leaseHolder = deps.leaseHolder ?? defaultLeaseHolder(o.verifierId, o.ip, o.port)
     this.connections = new AgentConnections(deps.clientTls, o.requestTimeoutMs)
+    const tls = deps.clientTls
+    this.webhookDispatcher = tls
+      ? new Agent({
+          connect: {
+            cert: tls.cert,
+            key: tls.key,
+            ...(tls.trustedServerCa.length > 0 ? { ca: tls.trustedServerCa } : {}),
+            // identity is the CA chain only; hostnames are not checked (keylime-api.md §0.1)
+            checkServerIdentity: () => undefined,
+            minVersion: 'TLSv1.2',
+          },
+        })
+      : null
     this.notifier = new RevocationNotifier(
       {
         channels: o.revocationChannels,
@@ -55,7 +71,13 @@ export class VerifierService {
         exponentialBackoff: o.exponentialBackoff,
       },
       {
-        postWebhook: (url, wire) => postWebhookWithUndici(url, wire, { timeoutMs: o.requestTimeoutMs }),
+        postWebhook: (url, wire) =>
+          postWebhookWithUndici(url, wire, {
+            timeoutMs: o.requestTimeoutMs,
+            ...(url.startsWith('https:') && this.webhookDispatcher
+              ? { dispatcher: this.webhookDispatcher }
+              : {}),
+          }),
         postToAgents: (except, wire) => this.postToAgents(except, wire),
       },
       deps.log,
@@ -161,6 +183,7 @@ export class VerifierService {
     await this.loop.stop(0, { flush: false })
     await this.notifier.close(0)
     await this.connections.close()
+    await this.webhookDispatcher?.close()
   }
 
   /** Graceful stop: drain in-flight steps, write results, release leases so others take over at once. */
@@ -172,5 +195,6 @@ export class VerifierService {
     await this.repo.releaseLeases(this.leaseHolder).catch(() => undefined)
     await this.notifier.close()
     await this.connections.close()
+    await this.webhookDispatcher?.close()
   }
 }
