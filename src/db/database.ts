@@ -143,9 +143,8 @@ export async function openDatabase<DB>(url: string, opts: OpenDatabaseOptions = 
 }
 
 /** Runs the set's pending migrations with kysely's Migrator; refuses out-of-order history. */
-// biome-ignore lint/suspicious/noExplicitAny: migrations are typed-agnostic
 export async function migrate(
-  // biome-ignore lint/suspicious/noExplicitAny: see above
+  // biome-ignore lint/suspicious/noExplicitAny: migrations are not typed against the app schema
   db: Kysely<any>,
   set: MigrationSet,
   tag: string,
