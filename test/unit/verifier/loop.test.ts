@@ -200,8 +200,12 @@ describe('attestation loop against simulated agents', () => {
     const re = await v.app.inject({ method: 'PUT', url: `/v2.6/agents/${a.id}/reactivate`, headers: ADMIN })
     expect(re.statusCode).toBe(200)
     await waitFor(() => a.vKeys.length === 2, 5000, 'V re-sent after reactivation')
-    await v.service.loop.flush()
-    expect((await v.service.repo.getAgent(a.id))?.operational_state).toBe(AgentState.GET_QUOTE)
+    // the agent stores V before answering; the verifier's PROVIDE_V -> GET_QUOTE write follows the reply
+    await waitFor(
+      async () => (await v.service.repo.getAgent(a.id))?.operational_state === AgentState.GET_QUOTE,
+      5000,
+      'GET_QUOTE after V',
+    )
     const stop = await v.app.inject({ method: 'PUT', url: `/v2.6/agents/${a.id}/stop`, headers: ADMIN })
     expect(stop.statusCode).toBe(200)
     expect((await v.service.repo.getAgent(a.id))?.operational_state).toBe(AgentState.TENANT_FAILED)
