@@ -112,7 +112,11 @@ function readPcrs(env: NodeJS.ProcessEnv, pcrs: number[]): Record<string, Record
     const b = /^\s*(sha1|sha256):\s*$/.exec(line)
     if (b) bank = b[1] as string
     const m = /^\s*(\d+)\s*:\s*0x([0-9A-F]+)/i.exec(line)
-    if (m && bank) (values[bank] ??= {})[m[1] as string] = (m[2] as string).toLowerCase()
+    if (m && bank) {
+      const bankValues = values[bank] ?? {}
+      bankValues[m[1] as string] = (m[2] as string).toLowerCase()
+      values[bank] = bankValues
+    }
   }
   return values
 }
