@@ -93,7 +93,8 @@ function bad(reply: FastifyReply, status: string, code = 400): FastifyReply {
 
 export function buildAgentApp(opts: BuildAgentAppOptions): FastifyInstance {
   const app = Fastify({
-    logger: opts.logger ?? false,
+    // per-request logs would repeat every verifier poll; handler errors still go to the agent's logger
+    ...(opts.logger ? { loggerInstance: opts.logger, disableRequestLogging: true } : { logger: false }),
     bodyLimit: opts.bodyLimit ?? 4 * 1024 * 1024,
     routerOptions: { ignoreTrailingSlash: true },
     ...(opts.https ? { https: opts.https } : {}),

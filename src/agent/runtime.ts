@@ -312,7 +312,7 @@ export async function startAgent(opts: StartAgentOptions): Promise<RunningAgent>
           ...(cfg.server_key_password ? { passphrase: cfg.server_key_password } : {}),
         }
       : null
-    const app = buildAgentApp({ services, apiVersions: versions, logger: false, https })
+    const app = buildAgentApp({ services, apiVersions: versions, logger: log, https })
     await app.listen({ host: cfg.ip, port: cfg.port })
     const address = (app.server as Server).address()
     const port = typeof address === 'object' && address ? address.port : cfg.port
