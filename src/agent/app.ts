@@ -94,7 +94,7 @@ function bad(reply: FastifyReply, status: string, code = 400): FastifyReply {
 export function buildAgentApp(opts: BuildAgentAppOptions): FastifyInstance {
   const app = Fastify({
     // per-request logs would repeat every verifier poll; handler errors still go to the agent's logger
-    ...(opts.logger ? { loggerInstance: opts.logger, disableRequestLogging: true } : { logger: false }),
+    ...(opts.logger ? { loggerInstance: opts.logger.child({}, { level: 'warn' }) } : { logger: false }),
     bodyLimit: opts.bodyLimit ?? 4 * 1024 * 1024,
     routerOptions: { ignoreTrailingSlash: true },
     ...(opts.https ? { https: opts.https } : {}),
