@@ -133,6 +133,8 @@ export async function openDatabase<DB>(url: string, opts: OpenDatabaseOptions = 
         db,
         typeof set === 'string' ? MIGRATION_SETS[set] : set,
         typeof set === 'string' ? set : 'custom',
+        // kysely looks for its bookkeeping tables in every schema; pin them to ours or another schema's hide them
+        { schema: parsed.dialect === 'postgres' ? opts.pgSchema : undefined },
       )
     } catch (err) {
       await db.destroy().catch(() => {})
