@@ -343,4 +343,38 @@ describe('agent on swtpm', () => {
       verifyQuote({ akPublic: agent.akPublic, quote: q.quote, nonce: n, hashAlg: 'sha256' }).verdict.ok,
     ).toBe(true)
   })
+
+  it('uses a persistent EK handle (ek_handle) made by tpm2_createek, and never flushes it', async () => {
+    await client.close()
+    await agent.close()
+    const { execFileSync } = await import('node:child_process')
+    const tools = { env: { ...process.env, TPM2TOOLS_TCTI: swtpm.tcti }, cwd: dir }
+    execFileSync('tpm2_createek', ['-c', '0x81010009', '-G', 'rsa', '-u', join(dir, 'ek.pub')], tools)
+    agent = await startAgent({
+      config: config({ ek_handle: '0x81010009' }),
+      deps: defaultAgentDeps(),
+      log,
+      register: false,
+    })
+    client = clientFor(agent)
+    const n = nonce()
+    const q = await client.identityQuote(n)
+    expect(
+      verifyQuote({ akPublic: agent.akPublic, quote: q.quote, nonce: n, hashAlg: 'sha256' }).verdict.ok,
+    ).toBe(true)
+    await client.close()
+    await agent.close()
+    const handles = execFileSync('tpm2_getcap', ['handles-persistent'], tools).toString()
+    expect(handles).toContain('0x81010009')
+    agent = await startAgent({ config: config(), deps: defaultAgentDeps(), log, register: false })
+    client = clientFor(agent)
+    await expect(
+      startAgent({
+        config: config({ ek_handle: '0x01000000' }),
+        deps: defaultAgentDeps(),
+        log,
+        register: false,
+      }),
+    ).rejects.toThrow(/persistent handle/)
+  })
 })
