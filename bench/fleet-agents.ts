@@ -24,6 +24,8 @@ export interface SimAgent {
   revocations: { msg: string; signature: string }[]
   /** IMA ascii_runtime_measurements lines (empty: no IMA list is sent). */
   imaLines: string[]
+  /** API versions this agent serves (others get 400 "API version not supported"). */
+  apiVersions: string[]
 }
 
 /** Records an ima-ng measurement of `content` at `path` and extends PCR 10 like the kernel. */
@@ -102,6 +104,7 @@ export async function startSimFleet(opts: SimFleetOptions): Promise<SimFleet> {
       vKeys: [],
       revocations: [],
       imaLines: [],
+      apiVersions: ['2.1', '2.2', '2.3', '2.4', '2.5', '2.6'],
     }
     agents.push(a)
     byIp.set(a.ip, a)
@@ -118,11 +121,13 @@ export async function startSimFleet(opts: SimFleetOptions): Promise<SimFleet> {
     const url = new URL(req.url ?? '/', 'http://x')
     if (url.pathname === '/version')
       return reply(res, 200, 'Success', {
-        supported_version: '2.6',
-        supported_versions: ['2.1', '2.2', '2.3', '2.4', '2.5', '2.6'],
+        supported_version: agent.apiVersions[agent.apiVersions.length - 1],
+        supported_versions: agent.apiVersions,
       })
     const m = /^\/v(\d+\.\d+)(\/.*)$/.exec(url.pathname)
     if (!m) return reply(res, 400, 'Not Implemented', {})
+    if (!agent.apiVersions.includes(m[1] as string))
+      return reply(res, 400, `API version not supported: v${m[1]}`, {})
     const path = m[2]
     if (req.method === 'GET' && path === '/quotes/integrity') {
       const nonce = url.searchParams.get('nonce') ?? ''

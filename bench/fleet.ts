@@ -25,7 +25,7 @@ function arg(name: string, dflt: number): number {
 const AGENTS = arg('agents', 1000)
 const INTERVAL_S = arg('interval', AGENTS / 3000)
 const SECONDS = arg('seconds', 20)
-const CONCURRENCY = arg('concurrency', 512)
+const CONCURRENCY = arg('concurrency', 128)
 const WARMUP_S = arg('warmup', Math.max(10, INTERVAL_S * 3))
 
 interface FleetInfo {

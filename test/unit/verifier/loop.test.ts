@@ -217,6 +217,19 @@ describe('attestation loop against simulated agents', () => {
     expect(await v.service.repo.getAgent(a.id)).toBeUndefined()
   })
 
+  it('renegotiates the agent API version when the agent rejects the stored one', async () => {
+    const f = await fleet(1)
+    const v = await verifierWith()
+    const a = f.agents[0] as SimFleet['agents'][number]
+    a.apiVersions = ['2.1', '2.2', '2.3', '2.4']
+    await enroll(v, f, 0)
+    await waitFor(() => a.quotes >= 2, 5000, 'quotes after renegotiation')
+    const row = await v.service.repo.getAgent(a.id)
+    expect(row?.supported_version).toBe('2.4')
+    await v.service.loop.flush()
+    expect((await v.service.repo.getAgent(a.id))?.operational_state).not.toBe(AgentState.FAILED)
+  })
+
   it('a restarted verifier (same address) resumes every agent from the database without failing any', async () => {
     const f = await fleet(3)
     const db = memoryDb()

@@ -1,0 +1,61 @@
+import { describe, expect, it } from 'vitest'
+import { loadVerifierConfig } from '../../../src/config/verifier.ts'
+import { VerifierConfigError, verifierOptionsFromConfig } from '../../../src/verifier/options.ts'
+
+const load = (env: Record<string, string> = {}) => loadVerifierConfig({ configDirs: [], env }).config
+
+describe('verifierOptionsFromConfig', () => {
+  it('maps upstream defaults', () => {
+    const o = verifierOptionsFromConfig(load())
+    expect(o).toMatchObject({
+      verifierId: 'default',
+      port: 8881,
+      quoteIntervalMs: 2000,
+      retryInterval: 2,
+      maxRetries: 5,
+      exponentialBackoff: true,
+      requestTimeoutMs: 60_000,
+      revocationChannels: ['agent'],
+      measuredBootEvaluate: 'once',
+      mbPolicyEngine: 'accept-all',
+      ignoreTomtouErrors: true,
+      leaseMs: 30_000,
+    })
+    expect(o.severityRules).toHaveLength(1)
+    expect(o.severityLabels.at(-1)).toBe('emergency')
+  })
+
+  it('takes KEYLIME_VERIFIER_* env, including other sections', () => {
+    const o = verifierOptionsFromConfig(
+      load({
+        KEYLIME_VERIFIER_QUOTE_INTERVAL: '0.5',
+        KEYLIME_VERIFIER_REVOCATIONS_WEBHOOK_URL: 'http://127.0.0.1:1/x',
+        KEYLIME_VERIFIER_REVOCATIONS_ENABLED_REVOCATION_NOTIFICATIONS: "['webhook']",
+        KEYLIME_VERIFIER_SEVERITY_POLICY: '[{"event_id": "pcr_validation.*", "severity_label": "error"}]',
+      }),
+    )
+    expect(o.quoteIntervalMs).toBe(500)
+    expect(o.webhookUrl).toBe('http://127.0.0.1:1/x')
+    expect(o.revocationChannels).toEqual(['webhook'])
+    expect(o.severityRules[0]?.label).toBe('error')
+  })
+
+  it('refuses unusable values with a named error', () => {
+    expect(() =>
+      verifierOptionsFromConfig(
+        load({ KEYLIME_VERIFIER_SEVERITY_POLICY: '[{"event_id": ".*", "severity_label": "nope"}]' }),
+      ),
+    ).toThrow(VerifierConfigError)
+    expect(() => verifierOptionsFromConfig(load({ KEYLIME_VERIFIER_SEVERITY_POLICY: 'not json' }))).toThrow(
+      /severity_policy/,
+    )
+    expect(() =>
+      verifierOptionsFromConfig(load({ KEYLIME_VERIFIER_MEASURED_BOOT_POLICY_NAME: 'strict' })),
+    ).toThrow(/measured_boot_policy_name/)
+    expect(() =>
+      verifierOptionsFromConfig(
+        load({ KEYLIME_VERIFIER_REVOCATIONS_ENABLED_REVOCATION_NOTIFICATIONS: "['pigeon']" }),
+      ),
+    ).toThrow(/unknown channel/)
+  })
+})
