@@ -1,7 +1,9 @@
 /**
- * Development TPM: a fresh swtpm (software TPM 2.0) with an EK certificate, listening on two free TCP ports
- * (data P, control P+1, the tpm2-tools convention) and already started (`--flags not-need-init,startup-clear`).
- * Used by `keylime demo` and the test suite; production agents use `/dev/tpmrm0`.
+ * Development TPM: a fresh swtpm (software TPM 2.0) per call, for `keylime demo` and the test suite (production
+ * agents use `/dev/tpmrm0`). State is created with `swtpm_setup --tpm2 --create-ek-cert --create-platform-cert`
+ * (SHA-1 and SHA-256 banks active, EK certificate signed by swtpm's local CA), then `swtpm socket` listens on two free
+ * consecutive TCP ports (data P, control P+1, the tpm2-tools convention) or Unix sockets, and starts the TPM itself
+ * (`--flags not-need-init,startup-clear`).
  */
 import { type ChildProcess, execFile, spawn } from 'node:child_process'
 import { existsSync, mkdirSync } from 'node:fs'
@@ -14,28 +16,14 @@ import { promisify } from 'node:util'
 const run = promisify(execFile)
 
 export interface SwtpmInstance {
-  /** Transport spec for `Tpm.open`, e.g. `swtpm:host=127.0.0.1,port=40321`. */
+  /** Transport spec for `Tpm.open`, e.g. `swtpm:host=127.0.0.1,port=40321` or `swtpm:path=/s.sock,ctrl=/s.ctrl`. */
   transport: string
   /** The same endpoint as a tpm2-tools TCTI (`-T` / TPM2TOOLS_TCTI). */
   tcti: string
+  /** TCP data port (0 for Unix sockets). */
   port: number
   stateDir: string
   stop(): Promise<void>
-}
-
-/** Where `swtpm_setup --create-ek-cert` keeps the local CA that signs swtpm EK certificates (Debian default). */
-export const SWTPM_LOCALCA_DIR = '/var/lib/swtpm-localca'
-
-/** PEM files of swtpm's local CA (root and intermediate), to put in a tenant `tpm_cert_store` for development. */
-export function swtpmLocalCaCertificates(dir = SWTPM_LOCALCA_DIR): string[] {
-  return ['swtpm-localca-rootca-cert.pem', 'issuercert.pem']
-    .map((f) => join(dir, f))
-    .filter((p) => existsSync(p))
-}
-
-export function swtpmInstalled(): boolean {
-  const path = (process.env.PATH ?? '').split(':')
-  return ['swtpm', 'swtpm_setup'].every((bin) => path.some((dir) => existsSync(join(dir, bin))))
 }
 
 function listenable(port: number): Promise<boolean> {
@@ -55,6 +43,23 @@ export async function freePort(pair = false): Promise<number> {
   throw new Error('no free TCP port found on 127.0.0.1')
 }
 
+const freePortPair = () => freePort(true)
+
+/** Where `swtpm_setup --create-ek-cert` keeps the local CA that signs swtpm EK certificates (Debian default). */
+export const SWTPM_LOCALCA_DIR = '/var/lib/swtpm-localca'
+
+/** PEM files of swtpm's local CA (root and intermediate), to put in a tenant `tpm_cert_store` for development. */
+export function swtpmLocalCaCertificates(dir = SWTPM_LOCALCA_DIR): string[] {
+  return ['swtpm-localca-rootca-cert.pem', 'issuercert.pem']
+    .map((f) => join(dir, f))
+    .filter((p) => existsSync(p))
+}
+
+export function swtpmInstalled(): boolean {
+  const path = (process.env.PATH ?? '').split(':')
+  return ['swtpm', 'swtpm_setup'].every((bin) => path.some((dir) => existsSync(join(dir, bin))))
+}
+
 function canConnect(port: number): Promise<boolean> {
   return new Promise((resolve) => {
     const s = connect({ host: '127.0.0.1', port })
@@ -66,7 +71,28 @@ function canConnect(port: number): Promise<boolean> {
   })
 }
 
-export async function startSwtpm(options: { dir?: string; pcrBanks?: string } = {}): Promise<SwtpmInstance> {
+export interface StartSwtpmOptions {
+  dir?: string
+  /** PCR banks to activate (default `sha1,sha256`). */
+  pcrBanks?: string
+  /** `unix`: data and control on Unix sockets in the state dir (transport `swtpm:path=...,ctrl=...`). */
+  socket?: 'tcp' | 'unix'
+  /** false: leave the TPM powered off; the client must CMD_INIT via the control channel and TPM2_Startup. */
+  startup?: boolean
+}
+
+function canConnectPath(path: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = connect({ path })
+    s.once('connect', () => {
+      s.destroy()
+      resolve(true)
+    })
+    s.once('error', () => resolve(false))
+  })
+}
+
+export async function startSwtpm(options: StartSwtpmOptions = {}): Promise<SwtpmInstance> {
   const stateDir = options.dir ?? (await mkdtemp(join(tmpdir(), 'keylime-swtpm-')))
   const ownsDir = options.dir === undefined
   if (!ownsDir) mkdirSync(stateDir, { recursive: true, mode: 0o700 })
@@ -82,45 +108,62 @@ export async function startSwtpm(options: { dir?: string; pcrBanks?: string } = 
       options.pcrBanks ?? 'sha1,sha256',
       '--overwrite',
     ],
-    { timeout: 120_000 },
+    { timeout: 60_000 },
   )
-  const port = await freePort(true)
-  const child: ChildProcess = spawn(
-    'swtpm',
-    [
-      'socket',
-      '--tpm2',
-      '--tpmstate',
-      `dir=${stateDir}`,
-      '--server',
-      `type=tcp,port=${port},bindaddr=127.0.0.1`,
-      '--ctrl',
-      `type=tcp,port=${port + 1},bindaddr=127.0.0.1`,
-      '--flags',
-      'not-need-init,startup-clear',
-    ],
-    { stdio: 'ignore' },
-  )
-  let exited = false
-  child.once('exit', () => {
-    exited = true
-  })
-  for (let i = 0; i < 200 && !(await canConnect(port)); i++) {
-    if (exited) throw new Error('swtpm exited during start-up')
-    await new Promise((r) => setTimeout(r, 25))
-  }
-  const stop = async () => {
-    if (!exited) {
-      child.kill('SIGTERM')
-      await new Promise<void>((r) => (exited ? r() : child.once('exit', () => r())))
+  const unix = options.socket === 'unix'
+  const dataPath = join(stateDir, 'swtpm.sock')
+  const ctrlPath = join(stateDir, 'swtpm.ctrl')
+  for (let attempt = 0; ; attempt++) {
+    const port = unix ? 0 : await freePortPair()
+    const args = ['socket', '--tpm2', '--tpmstate', `dir=${stateDir}`]
+    if (unix) args.push('--server', `type=unixio,path=${dataPath}`, '--ctrl', `type=unixio,path=${ctrlPath}`)
+    else {
+      args.push('--server', `type=tcp,port=${port},bindaddr=127.0.0.1`)
+      args.push('--ctrl', `type=tcp,port=${port + 1},bindaddr=127.0.0.1`)
     }
-    if (ownsDir) await rm(stateDir, { recursive: true, force: true })
-  }
-  return {
-    transport: `swtpm:host=127.0.0.1,port=${port}`,
-    tcti: `swtpm:host=127.0.0.1,port=${port}`,
-    port,
-    stateDir,
-    stop,
+    if (options.startup !== false) args.push('--flags', 'not-need-init,startup-clear')
+    const child: ChildProcess = spawn('swtpm', args, { stdio: ['ignore', 'ignore', 'pipe'] })
+    let stderr = ''
+    child.stderr?.on('data', (d) => {
+      stderr += String(d)
+    })
+    const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()))
+    let up = false
+    for (let i = 0; i < 100 && child.exitCode === null; i++) {
+      if (await (unix ? canConnectPath(ctrlPath) : canConnect(port + 1))) {
+        up = true
+        break
+      }
+      await new Promise((r) => setTimeout(r, 50))
+    }
+    if (!up) {
+      child.kill('SIGKILL')
+      await exited
+      if (attempt < 3) continue
+      throw new Error(`swtpm did not start: ${stderr}`)
+    }
+    // If the test process exits without calling stop(), do not leave swtpm running.
+    const killOnExit = () => child.kill('SIGKILL')
+    process.once('exit', killOnExit)
+    let stopped = false
+    const transport = unix ? `swtpm:path=${dataPath},ctrl=${ctrlPath}` : `swtpm:host=127.0.0.1,port=${port}`
+    return {
+      transport,
+      tcti: unix ? `swtpm:path=${dataPath}` : transport,
+      port,
+      stateDir,
+      async stop() {
+        if (stopped) return
+        stopped = true
+        process.off('exit', killOnExit)
+        if (child.exitCode === null) {
+          child.kill('SIGTERM')
+          const timer = setTimeout(() => child.kill('SIGKILL'), 3000)
+          await exited
+          clearTimeout(timer)
+        }
+        if (ownsDir) await rm(stateDir, { recursive: true, force: true })
+      },
+    }
   }
 }
