@@ -138,6 +138,26 @@ describe('agent registration with the registrar', () => {
     expect(shown.mtls_cert?.trim()).toBe(agent.mtlsCertPem.trim())
   })
 
+  it('registers and activates with an ECC P-256 EK and an ECDSA AK', async () => {
+    for (const a of running.splice(0)) await a.close()
+    const eccUuid = 'a0b1c2d3-0000-4000-8000-00000000ecc1'
+    const agent = await startAgent({
+      config: agentConfig(tpmB, join(workDir, 'agentEcc'), {
+        uuid: eccUuid,
+        tpm_encryption_alg: 'ecc',
+        tpm_signing_alg: 'ecdsa',
+      }),
+      deps: defaultAgentDeps(),
+      log,
+    })
+    running.push(agent)
+    const shown = await admin.show(eccUuid)
+    expect(shown.aik_tpm).toBe(Buffer.from(agent.akPublic).toString('base64'))
+    expect(shown.ek_tpm).toBe(Buffer.from(agent.ekPublic).toString('base64'))
+    // swtpm_setup here provisions only the RSA EK certificate: the ECC one is absent and sent as null
+    expect(shown.ekcert ?? null).toBeNull()
+  })
+
   it('gives up after the configured retries when the registrar is unreachable', async () => {
     // swtpm serves one connection at a time: release the TPM the earlier agents hold
     for (const a of running.splice(0)) await a.close()
