@@ -346,8 +346,11 @@ export async function buildVerifierApp(opts: VerifierAppOptions): Promise<Fastif
             if (await repo.getAllowlist(name))
               throw new ApiError(409, `Runtime policy with name ${name} already exists`)
             await repo.insertAllowlist({ name, ...fields })
-          } else if (!(await repo.updateAllowlist(name, fields))) {
-            throw new ApiError(404, `Runtime policy ${name} not found`)
+          } else {
+            const existing = await repo.getAllowlist(name)
+            if (!existing || !(await repo.updateAllowlist(name, fields)))
+              throw new ApiError(404, `Runtime policy ${name} not found`)
+            service.loop.invalidatePolicy('ima', existing.id)
           }
           return ok(reply, {}, 201)
         },
@@ -388,17 +391,16 @@ export async function buildVerifierApp(opts: VerifierAppOptions): Promise<Fastif
           const name = req.params.name
           const mb = req.body?.mb_policy
           if (typeof mb !== 'string') throw new ApiError(400, 'mb_policy (JSON text) is required')
-          try {
-            JSON.parse(mb)
-          } catch {
-            throw new ApiError(400, 'mb_policy is not valid JSON')
-          }
+          parseMb(mb)
           if (method === 'POST') {
             if (await repo.getMbPolicy(name))
               throw new ApiError(409, `Measured boot policy with name ${name} already exists`)
             await repo.insertMbPolicy(name, mb)
-          } else if (!(await repo.updateMbPolicy(name, mb))) {
-            throw new ApiError(409, `Measured boot policy ${name} does not exist`)
+          } else {
+            const existing = await repo.getMbPolicy(name)
+            if (!existing || !(await repo.updateMbPolicy(name, mb)))
+              throw new ApiError(409, `Measured boot policy ${name} does not exist`)
+            service.loop.invalidatePolicy('mb', existing.id)
           }
           return ok(reply, {}, 201)
         },

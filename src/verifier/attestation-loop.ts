@@ -239,6 +239,12 @@ export class AttestationLoop {
     return a.inFlight
   }
 
+  /** A stored policy changed (PUT): agents using it reload their policies at their next step. */
+  invalidatePolicy(kind: 'ima' | 'mb', policyId: number): void {
+    for (const a of this.agents.values())
+      if ((kind === 'ima' ? a.imaPolicyId : a.mbPolicyId) === policyId) a.policies = null
+  }
+
   /** Agent ids being attested (for the `agent` revocation channel). */
   agentIds(): IterableIterator<string> {
     return this.agents.keys()
