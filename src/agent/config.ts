@@ -54,6 +54,9 @@ export interface AgentConfig {
   exponential_backoff_initial_delay: number
   exponential_backoff_max_retries: number
   exponential_backoff_max_delay: number
+  /** Accepted for compatibility; not supported (ZeroMQ revocations, IAK/IDevID): a warning at start. */
+  enable_revocation_notifications: boolean
+  enable_iak_idevid: boolean
   /** Keylime TS extension: files the agent measures into its IMA list itself (IMA emulator), comma list. */
   ima_emulator_paths: string
 }
@@ -99,6 +102,8 @@ export const AGENT_CONFIG_DEFAULTS: Readonly<AgentConfig> = Object.freeze({
   exponential_backoff_initial_delay: 10_000,
   exponential_backoff_max_retries: 5,
   exponential_backoff_max_delay: 300_000,
+  enable_revocation_notifications: false,
+  enable_iak_idevid: false,
   ima_emulator_paths: '',
 })
 

@@ -94,6 +94,12 @@ export async function startAgent(opts: StartAgentOptions): Promise<RunningAgent>
   const encAlg = cfg.tpm_encryption_alg as EncAlgName
   const versions = servedApiVersions(cfg, AGENT_API_VERSIONS)
   const ekPersistent = parseHandle(cfg.ek_handle)
+  if (cfg.enable_revocation_notifications) {
+    log.warn(
+      'enable_revocation_notifications (ZeroMQ) is not supported; revocations arrive over the REST API only',
+    )
+  }
+  if (cfg.enable_iak_idevid) log.warn('enable_iak_idevid is not supported; registering with EK and AK only')
 
   const tpm = await deps.openTpm(
     cfg.tpm,
