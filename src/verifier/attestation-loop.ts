@@ -82,6 +82,7 @@ export interface LoopStats {
 }
 
 const LAG_RING = 65_536
+const MAX_SHARED_POLICIES = 4096
 const FLUSH_MS = 200
 const NONCE_CHARS = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789'
 
@@ -128,8 +129,8 @@ export interface AttestationLoopDeps {
 export class AttestationLoop {
   private readonly agents = new Map<string, AgentRuntime>()
   private readonly heap = new DueQueue<{ a: AgentRuntime; gen: number }>()
+  /** Parsed tpm_policy by text, shared by agents enrolled with the same one; bounded (oldest evicted). */
   private readonly policyCache = new Map<string, TpmPolicy>()
-  private readonly akCache = new Map<string, KeyObject>()
   private timer: NodeJS.Timeout | null = null
   private timerDue = Number.POSITIVE_INFINITY
   private inFlight = 0
@@ -173,14 +174,13 @@ export class AttestationLoop {
       this.deps.log.warn({ agentId: row.agent_id }, 'agent row lacks ip/port/ak_tpm/tpm_policy: not attested')
       return
     }
-    let akPublic = this.akCache.get(row.ak_tpm)
-    if (!akPublic) {
-      akPublic = akKeyObject(new Uint8Array(Buffer.from(row.ak_tpm, 'base64')))
-      this.akCache.set(row.ak_tpm, akPublic)
-    }
+    // the AK is parsed once per (re)start and kept on the agent's runtime record for every quote
+    const akPublic = akKeyObject(new Uint8Array(Buffer.from(row.ak_tpm, 'base64')))
     let tpmPolicy = this.policyCache.get(row.tpm_policy)
     if (!tpmPolicy) {
       tpmPolicy = parseTpmPolicy(row.tpm_policy)
+      if (this.policyCache.size >= MAX_SHARED_POLICIES)
+        this.policyCache.delete(this.policyCache.keys().next().value as string)
       this.policyCache.set(row.tpm_policy, tpmPolicy)
     }
     const a: AgentRuntime = {
