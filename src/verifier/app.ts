@@ -19,10 +19,12 @@ import {
 } from '../db/verifier-repository.ts'
 import { evaluateAttestation } from '../evidence/attestation.ts'
 import {
+  isDsseEnvelope,
   type PcrBank,
   parseRuntimePolicy,
   RUNTIME_POLICY_GENERATOR,
   type RuntimePolicy,
+  verifyDsseEnvelope,
   verifyImaIncrement,
 } from '../evidence/ima/index.ts'
 import { checkMeasuredBoot, type MbPolicy, parseMbPolicy } from '../evidence/mb/index.ts'
@@ -173,6 +175,34 @@ export async function buildVerifierApp(opts: VerifierAppOptions): Promise<Fastif
       throw err
     }
   }
+  /**
+   * A runtime policy as uploaded: plain JSON, or a DSSE envelope verified with `runtime_policy_key` (b64 PEM);
+   * returns the policy JSON text. 401 on a bad signature or when signatures are required and missing.
+   */
+  function unwrapRuntimePolicy(text: string, keyB64: unknown): string {
+    let json: unknown
+    try {
+      json = JSON.parse(text)
+    } catch {
+      throw new ApiError(400, 'Runtime policy is malformatted: not valid JSON')
+    }
+    const key =
+      typeof keyB64 === 'string' && keyB64 !== ''
+        ? b64decode('runtime_policy_key', keyB64).toString('utf8')
+        : null
+    if (isDsseEnvelope(json)) {
+      try {
+        return verifyDsseEnvelope(json, key ? [key] : []).payload.toString('utf8')
+      } catch (err) {
+        if (err instanceof KeylimeError) throw new ApiError(err.statusCode ?? 401, err.message)
+        throw err
+      }
+    }
+    if (o.requireAllowListSignatures)
+      throw new ApiError(401, 'Runtime policy signature required (require_allow_list_signatures)')
+    return text
+  }
+
   function parseMb(text: string): MbPolicy {
     try {
       return parseMbPolicy(text, { engine: o.mbPolicyEngine })
@@ -334,7 +364,10 @@ export async function buildVerifierApp(opts: VerifierAppOptions): Promise<Fastif
             throw new ApiError(400, 'Runtime policy is malformatted: empty body')
           if (typeof body.runtime_policy !== 'string')
             throw new ApiError(400, 'Runtime policy is malformatted: runtime_policy missing')
-          const text = b64decode('runtime_policy', body.runtime_policy).toString('utf8')
+          const text = unwrapRuntimePolicy(
+            b64decode('runtime_policy', body.runtime_policy).toString('utf8'),
+            body.runtime_policy_key,
+          )
           const parsed = parseRuntime(text, true)
           const fields = {
             ima_policy: text,
@@ -580,7 +613,8 @@ export async function buildVerifierApp(opts: VerifierAppOptions): Promise<Fastif
 
     // runtime policy (§3.1): name+policy -> store under name (409 if exists); name only -> the stored one (404);
     // policy only -> store under the agent id; neither -> no runtime policy
-    const policyText = b64decode('runtime_policy', b.runtime_policy).toString('utf8')
+    const rawPolicy = b64decode('runtime_policy', b.runtime_policy).toString('utf8')
+    const policyText = rawPolicy.trim() === '' ? '' : unwrapRuntimePolicy(rawPolicy, b.runtime_policy_key)
     const policyName = b.runtime_policy_name ?? null
     let newRuntime: { name: string; text: string; generator: number } | null = null
     let imaPolicyId: number | null = null

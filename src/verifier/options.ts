@@ -34,6 +34,8 @@ export interface VerifierOptions {
   mbPolicyEngine: MbPolicyEngine
   /** Upstream's option, taken by its name: true = ToMToU/violation entries are not failures. */
   ignoreTomtouErrors: boolean
+  /** Runtime policies must be DSSE envelopes signed by the supplied `runtime_policy_key`. */
+  requireAllowListSignatures: boolean
   revocationChannels: readonly ('agent' | 'webhook' | 'zeromq')[]
   webhookUrl: string
   /** Attestations in flight at once (our own; bounds sockets and memory). */
@@ -61,6 +63,7 @@ export const DEFAULT_VERIFIER_OPTIONS: VerifierOptions = {
   measuredBootEvaluate: 'once',
   mbPolicyEngine: 'accept-all',
   ignoreTomtouErrors: true,
+  requireAllowListSignatures: false,
   revocationChannels: ['agent'],
   webhookUrl: '',
   maxConcurrency: 512,
@@ -125,6 +128,7 @@ export function verifierOptionsFromConfig(c: VerifierConfig): VerifierOptions {
     mbPolicyEngine: c.measured_boot_policy_name as MbPolicyEngine,
     // as upstream's code (which inverts the name): ignore_tomtou_errors = True turns ToMToU entries into failures
     ignoreTomtouErrors: !c.ignore_tomtou_errors,
+    requireAllowListSignatures: c.require_allow_list_signatures,
     revocationChannels: channels as VerifierOptions['revocationChannels'],
     webhookUrl: c.webhook_url,
     maxConcurrency: c.max_concurrency,

@@ -1,5 +1,7 @@
+import { generateKeyPairSync } from 'node:crypto'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { type SimFleet, startSimFleet } from '../../../bench/fleet-agents.ts'
+import { signDsseEnvelope } from '../../../src/evidence/ima/index.ts'
 import { ADMIN, enrollBody, makeVerifier } from '../../unit/verifier/harness.ts'
 
 let fleet: SimFleet
@@ -439,5 +441,62 @@ describe('verifier API: enrollment with policies', () => {
     })
     expect(again.statusCode).toBe(409)
     expect(await v.service.repo.getAgent(a.id)).toBeUndefined()
+  })
+})
+
+describe('verifier API: DSSE-signed runtime policies', () => {
+  const policyJson = JSON.stringify({
+    meta: { version: 1, generator: 3 },
+    release: 0,
+    digests: { '/usr/bin/y': ['e'.repeat(64)] },
+    excludes: [],
+    keyrings: {},
+    ima: { ignored_keyrings: [], log_hash_alg: 'sha1', dm_policy: null },
+    'ima-buf': {},
+    'verification-keys': '',
+  })
+  const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' })
+  const keyB64 = Buffer.from(publicKey.export({ type: 'spki', format: 'pem' }) as string).toString('base64')
+  const signed = signDsseEnvelope(Buffer.from(policyJson), privateKey)
+  const b64 = (x: unknown) => Buffer.from(JSON.stringify(x)).toString('base64')
+
+  it('accepts a signed policy with its key and stores the payload; refuses a bad signature with 401', async () => {
+    const ok = await v.app.inject({
+      method: 'POST',
+      url: '/v2.6/allowlists/signed1',
+      headers: ADMIN,
+      payload: { runtime_policy: b64(signed), runtime_policy_key: keyB64 },
+    })
+    expect(ok.statusCode, ok.body).toBe(201)
+    expect((await v.service.repo.getAllowlist('signed1'))?.ima_policy).toBe(policyJson)
+    const other = generateKeyPairSync('ec', { namedCurve: 'P-256' }).publicKey
+    const bad = await v.app.inject({
+      method: 'POST',
+      url: '/v2.6/allowlists/signed2',
+      headers: ADMIN,
+      payload: {
+        runtime_policy: b64(signed),
+        runtime_policy_key: Buffer.from(other.export({ type: 'spki', format: 'pem' }) as string).toString(
+          'base64',
+        ),
+      },
+    })
+    expect(bad.statusCode).toBe(401)
+  })
+
+  it('with require_allow_list_signatures an unsigned policy is refused', async () => {
+    const strict = await makeVerifier({ requireAllowListSignatures: true })
+    try {
+      const res = await strict.app.inject({
+        method: 'POST',
+        url: '/v2.6/allowlists/p',
+        headers: ADMIN,
+        payload: { runtime_policy: Buffer.from(policyJson).toString('base64') },
+      })
+      expect(res.statusCode).toBe(401)
+      expect(res.json().status).toMatch(/signature required/)
+    } finally {
+      await strict.app.close()
+    }
   })
 })
