@@ -91,6 +91,14 @@ export async function buildVerifierApp(opts: VerifierAppOptions): Promise<Fastif
   })
 
   app.setNotFoundHandler((_req, reply) => reply.code(404).send())
+  // echo a sanitised X-Request-ID (§0.3): word characters only, at most 36
+  app.addHook('onRequest', async (req, reply) => {
+    const id = req.headers['x-request-id']
+    if (typeof id === 'string') {
+      const clean = id.replace(/\W/g, '').slice(0, 36)
+      if (clean !== '') reply.header('x-request-id', clean)
+    }
+  })
   app.setErrorHandler((err, _req, reply) => {
     if (err instanceof KeylimeError && err.statusCode !== undefined && err.statusCode < 500)
       return reply.code(err.statusCode).send(errorEnvelope(err.statusCode, err.message))

@@ -35,6 +35,14 @@ describe('verifier API: public routes', () => {
       })
     }
   })
+  it('echoes a sanitised X-Request-ID', async () => {
+    const res = await v.app.inject({
+      method: 'GET',
+      url: '/version',
+      headers: { 'x-request-id': 'ab-c<d>e;1' },
+    })
+    expect(res.headers['x-request-id']).toBe('abcde1')
+  })
   it('unknown versions and paths are 404 with an empty body; /v2.x/ is 405', async () => {
     const res = await v.app.inject({ method: 'GET', url: '/v2.9/agents', headers: ADMIN })
     expect(res.statusCode).toBe(404)
