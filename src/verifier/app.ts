@@ -91,6 +91,15 @@ export async function buildVerifierApp(opts: VerifierAppOptions): Promise<Fastif
   })
 
   app.setNotFoundHandler((_req, reply) => reply.code(404).send())
+  // a path that exists with other methods answers 405 with an empty body, as upstream's router (§0.3)
+  const methodsByUrl = new Map<string, Set<string>>()
+  let collecting = true
+  app.addHook('onRoute', (route) => {
+    if (!collecting) return
+    const set = methodsByUrl.get(route.url) ?? new Set<string>()
+    for (const m of [route.method].flat()) set.add(m)
+    methodsByUrl.set(route.url, set)
+  })
   // echo a sanitised X-Request-ID (§0.3): word characters only, at most 36
   app.addHook('onRequest', async (req, reply) => {
     const id = req.headers['x-request-id']
@@ -591,6 +600,13 @@ export async function buildVerifierApp(opts: VerifierAppOptions): Promise<Fastif
           : out.verdict.events.map((e) => ({ type: e.eventId, context: e.context })),
       })
     })
+  }
+
+  collecting = false
+  for (const [url, methods] of methodsByUrl) {
+    const others = ['GET', 'POST', 'PUT', 'DELETE', 'PATCH'].filter((m) => !methods.has(m))
+    if (others.length > 0)
+      app.route({ method: others as never, url, handler: async (_req, reply) => reply.code(405).send() })
   }
 
   async function enrollmentRow(id: string, b: EnrollBody): Promise<NewVerifierAgent> {

@@ -35,6 +35,17 @@ describe('verifier API: public routes', () => {
       })
     }
   })
+  it('a known path with another method is 405 with an empty body', async () => {
+    for (const [method, url] of [
+      ['DELETE', '/v2.6/agents'],
+      ['POST', '/v2.6/verify/identity'],
+      ['PATCH', '/v2.6/agents/x'],
+    ] as const) {
+      const res = await v.app.inject({ method, url, headers: ADMIN })
+      expect(res.statusCode, `${method} ${url}`).toBe(405)
+      expect(res.body).toBe('')
+    }
+  })
   it('echoes a sanitised X-Request-ID', async () => {
     const res = await v.app.inject({
       method: 'GET',
