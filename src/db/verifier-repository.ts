@@ -178,14 +178,12 @@ export class VerifierRepository {
     return r.numUpdatedRows > 0n
   }
 
-  /** Used by reactivate: back to START with the failure markers cleared, owned by `leaseHolder`. */
+  /** Used by reactivate: back to START, owned by `leaseHolder` (severity/last event kept, as upstream). */
   async reactivate(agentId: string, leaseHolder: string, leaseExpires: number): Promise<boolean> {
     const r = await this.db
       .updateTable('verifiermain')
       .set({
         operational_state: AgentState.START,
-        severity_level: null,
-        last_event_id: null,
         lease_holder: leaseHolder,
         lease_expires: leaseExpires,
       })
