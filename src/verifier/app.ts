@@ -30,6 +30,7 @@ import {
 import { checkMeasuredBoot, type MbPolicy, parseMbPolicy } from '../evidence/mb/index.ts'
 import { akKeyObject, isQuoteHashAlg, parseTpmPolicy, verifyQuote } from '../evidence/quote/index.ts'
 import { failure } from '../evidence/verdict.ts'
+import { agentKeyring } from './attestation-loop.ts'
 import { PolicyStore } from './policy-store.ts'
 import type { VerifierService } from './verifier-service.ts'
 
@@ -611,6 +612,11 @@ export async function buildVerifierApp(opts: VerifierAppOptions): Promise<Fastif
 
   async function enrollmentRow(id: string, b: EnrollBody): Promise<NewVerifierAgent> {
     parseTpmPolicy(b.tpm_policy)
+    try {
+      agentKeyring(b.ima_sign_verification_keys)
+    } catch (err) {
+      throw new ApiError(400, `ima_sign_verification_keys: ${(err as Error).message}`)
+    }
     let v: string | null = null
     if (b.v !== undefined && b.v !== null && b.v !== '') {
       const raw = b64decode('v', b.v)

@@ -23,8 +23,10 @@ import {
 } from '../evidence/attestation.ts'
 import {
   type CompiledRuntimePolicy,
+  ImaKeyring,
   type ImaReplayState,
   type PcrBank,
+  parseKeyringJson,
   verifyImaIncrement,
 } from '../evidence/ima/index.ts'
 import { checkMeasuredBoot, type MbPolicy } from '../evidence/mb/index.ts'
@@ -69,6 +71,8 @@ interface AgentRuntime {
   policies: { runtime: CompiledRuntimePolicy | null; mb: MbPolicy | null } | null
   /** IMA incremental replay state (persisted as `ima_state`). */
   imaState: ImaReplayState | null
+  /** Deprecated per-agent `ima_sign_verification_keys` keyring; replaces the policy's keys when set. */
+  verificationKeys: ImaKeyring | null
 }
 
 export interface LoopStats {
@@ -87,6 +91,12 @@ const FLUSH_MS = 200
 const NONCE_CHARS = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789'
 
 /** 20 random alphanumeric characters (the pull nonce). */
+/** The enrolled `ima_sign_verification_keys` JSON keyring ('' or absent = none); validated at enrollment. */
+export function agentKeyring(text: string | null): ImaKeyring | null {
+  if (!text || text.trim() === '' || text.trim() === '{}') return null
+  return ImaKeyring.fromJSON(parseKeyringJson(text, 'ima_sign_verification_keys'))
+}
+
 function parseImaState(text: string | null): ImaReplayState | null {
   if (!text) return null
   try {
@@ -223,6 +233,7 @@ export class AttestationLoop {
       mbPolicyId: row.mb_policy_id,
       policies: null,
       imaState: parseImaState(row.ima_state),
+      verificationKeys: agentKeyring(row.ima_sign_verification_keys),
     }
     this.agents.set(a.id, a)
     this.schedule(a, this.now())
@@ -503,6 +514,7 @@ export class AttestationLoop {
         policy: policies.runtime,
         ignoreTomtouErrors: o.ignoreTomtouErrors,
         ...(aggregates ? { bootAggregates: aggregates } : {}),
+        ...(a.verificationKeys ? { verificationKeys: a.verificationKeys } : {}),
       })
       setImaState(r.state)
       return r.verdict

@@ -151,6 +151,7 @@ describe('verifier API: agents', () => {
     expect(res.json().status).toBe("Exception error: 'ak_tpm'")
     const cases: [Record<string, unknown>, RegExp][] = [
       [{ mtls_cert: null }, /mTLS certificate for agent is required!/],
+      [{ ima_sign_verification_keys: 'not json' }, /ima_sign_verification_keys/],
       [{ tpm_policy: '{"99": ["00"]}' }, /PCR/],
       [{ ak_tpm: 'AAAA' }, /ak_tpm/],
       [{ v: 'AAAA' }, /v must be/],
