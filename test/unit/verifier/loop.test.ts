@@ -259,8 +259,8 @@ describe('attestation loop against simulated agents', () => {
   it('two verifiers sharing a database never both attest an agent; a dead one’s agents are taken over', async () => {
     const f = await fleet(6)
     const db = memoryDb()
-    const va = await makeVerifier({ leaseMs: 600 }, db, 'A')
-    const vb = await makeVerifier({ leaseMs: 600 }, db, 'B')
+    const va = await makeVerifier({ leaseMs: 2000 }, db, 'A')
+    const vb = await makeVerifier({ leaseMs: 2000 }, db, 'B')
     await va.service.start()
     for (let i = 0; i < 3; i++) await enroll(va, f, i)
     await vb.service.start()
@@ -270,7 +270,7 @@ describe('attestation loop against simulated agents', () => {
     for (const a of f.agents) expect(va.service.loop.has(a.id) !== vb.service.loop.has(a.id)).toBe(true)
     // A dies without releasing its leases; B picks its agents up after the lease expires
     await va.service.abandon()
-    await waitFor(() => f.agents.every((a) => vb.service.loop.has(a.id)), 5000, 'takeover')
+    await waitFor(() => f.agents.every((a) => vb.service.loop.has(a.id)), 15_000, 'takeover')
     const counts = f.agents.map((a) => a.quotes)
     await waitFor(
       () => f.agents.every((a, i) => a.quotes >= (counts[i] as number) + 2),

@@ -23,8 +23,8 @@ describe('two verifiers on PostgreSQL', () => {
     cleanups.push(() => fleet.close())
     const dbA = await open()
     const dbB = await open()
-    const va = await makeVerifier({ leaseMs: 900, quoteIntervalMs: 100 }, dbA, 'A@127.0.0.1:1')
-    const vb = await makeVerifier({ leaseMs: 900, quoteIntervalMs: 100 }, dbB, 'B@127.0.0.1:2')
+    const va = await makeVerifier({ leaseMs: 2000, quoteIntervalMs: 100 }, dbA, 'A@127.0.0.1:1')
+    const vb = await makeVerifier({ leaseMs: 2000, quoteIntervalMs: 100 }, dbB, 'B@127.0.0.1:2')
     cleanups.push(async () => {
       await vb.service.stop()
       await dbA.destroy()
@@ -52,7 +52,7 @@ describe('two verifiers on PostgreSQL', () => {
       expect(a.quotes - (before[i] as number)).toBeLessThanOrEqual(12)
 
     await va.service.abandon()
-    await waitFor(() => fleet.agents.every((a) => vb.service.loop.has(a.id)), 8000, 'takeover by B')
+    await waitFor(() => fleet.agents.every((a) => vb.service.loop.has(a.id)), 15_000, 'takeover by B')
     const mid = fleet.agents.map((a) => a.quotes)
     await waitFor(
       () => fleet.agents.every((a, i) => a.quotes >= (mid[i] as number) + 2),
