@@ -80,17 +80,7 @@ export function createKeylimeServer(opts: KeylimeServerOptions = {}): FastifyIns
   }) as unknown as FastifyInstance
   app.decorate('keylimeRoutes', [] as RoutePattern[])
 
-  // Upstream parses the body as JSON whatever its Content-Type; an empty body is "no body".
-  app.removeAllContentTypeParsers()
-  app.addContentTypeParser('*', { parseAs: 'string' }, (_req, body, done) => {
-    const text = typeof body === 'string' ? body : body.toString('utf8')
-    if (text.trim() === '') return done(null, undefined)
-    try {
-      done(null, JSON.parse(text))
-    } catch {
-      done(new RequestSchemaError('Malformed Request Parameter: body is not valid JSON'), undefined)
-    }
-  })
+  acceptJsonBodiesOfAnyContentType(app)
 
   app.addHook('onRequest', async (request, reply) => {
     const id = sanitizeRequestId(request.headers['x-request-id'])
@@ -249,4 +239,21 @@ export async function requireAdmin(request: FastifyRequest, reply: FastifyReply)
     return
   }
   await reply.code(403).send(authErrorBody(403, 'Client certificate is not trusted by this server'))
+}
+
+/**
+ * Upstream's servers parse a request body as JSON whatever its Content-Type (upstream's tenant sends none); an empty
+ * body is "no body", and malformed JSON is a 400.
+ */
+export function acceptJsonBodiesOfAnyContentType(app: FastifyInstance): void {
+  app.removeAllContentTypeParsers()
+  app.addContentTypeParser('*', { parseAs: 'string' }, (_req, body, done) => {
+    const text = typeof body === 'string' ? body : body.toString('utf8')
+    if (text.trim() === '') return done(null, undefined)
+    try {
+      done(null, JSON.parse(text))
+    } catch {
+      done(new RequestSchemaError('Malformed Request Parameter: body is not valid JSON'), undefined)
+    }
+  })
 }

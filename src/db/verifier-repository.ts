@@ -139,6 +139,10 @@ export interface AttestationSuccess {
   operationalState: number
   publicKey: string | null
   imaState: string | null
+  /** Algorithms the agent quoted with (shown by `GET /agents/:id` as hash_alg, enc_alg, sign_alg). */
+  hashAlg: string
+  encAlg: string
+  signAlg: string
 }
 
 export class VerifierRepository {
@@ -219,6 +223,9 @@ export class VerifierRepository {
           tpm_clockinfo: s.tpmClockinfo,
           operational_state: s.operationalState,
           ima_state: s.imaState,
+          hash_alg: s.hashAlg,
+          enc_alg: s.encAlg,
+          sign_alg: s.signAlg,
         }
         if (s.publicKey !== null) patch.public_key = s.publicKey
         const ok = await updateGuardedIn(tx, s.agentId, leaseHolder, patch)

@@ -6,6 +6,7 @@
 import type { TLSSocket } from 'node:tls'
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify'
 import { envelope, errorEnvelope } from '../api/envelope.ts'
+import { acceptJsonBodiesOfAnyContentType } from '../api/server.ts'
 import { ENROLL_REQUIRED_KEYS, type EnrollBody } from '../api/verifier/schemas.ts'
 import { AGENT_API_VERSIONS, CURRENT_API_VERSION, KNOWN_API_VERSIONS, V2_PREFIXES } from '../api/versions.ts'
 import { KeylimeError } from '../common/errors.ts'
@@ -90,6 +91,7 @@ export async function buildVerifierApp(opts: VerifierAppOptions): Promise<Fastif
     routerOptions: { ignoreTrailingSlash: true },
     logger: false,
   })
+  acceptJsonBodiesOfAnyContentType(app)
 
   app.setNotFoundHandler((_req, reply) => reply.code(404).send())
   // a path that exists with other methods answers 405 with an empty body, as upstream's router (§0.3)
@@ -279,7 +281,8 @@ export async function buildVerifierApp(opts: VerifierAppOptions): Promise<Fastif
       `${base}/agents`,
       { preHandler: admin },
       async (req, reply) => {
-        const verifier = req.query.verifier
+        // upstream's tenant always sends `verifier=`; empty means no filter, as upstream
+        const verifier = req.query.verifier || undefined
         if (req.query.bulk !== undefined) {
           const rows = await repo.listAgents(verifier)
           const out: Record<string, unknown> = {}

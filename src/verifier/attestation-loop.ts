@@ -459,6 +459,9 @@ export class AttestationLoop {
       operationalState: a.state,
       publicKey: a.pubkeyChanged ? a.pubkey : null,
       imaState: imaState ? JSON.stringify(imaState) : null,
+      hashAlg: res.hash_alg,
+      encAlg: res.enc_alg,
+      signAlg: res.sign_alg,
     })
     a.pubkeyChanged = false
     if (goProvideV) this.schedule(a, now)

@@ -126,8 +126,8 @@ export function verifierOptionsFromConfig(c: VerifierConfig): VerifierOptions {
     severityRules,
     measuredBootEvaluate: c.measured_boot_evaluate,
     mbPolicyEngine: c.measured_boot_policy_name as MbPolicyEngine,
-    // as upstream's code (which inverts the name): ignore_tomtou_errors = True turns ToMToU entries into failures
-    ignoreTomtouErrors: !c.ignore_tomtou_errors,
+    // as the option's name says (upstream's code inverts it, a documented bug we do not reproduce: docs/ima.md)
+    ignoreTomtouErrors: c.ignore_tomtou_errors,
     requireAllowListSignatures: c.require_allow_list_signatures,
     revocationChannels: channels as VerifierOptions['revocationChannels'],
     webhookUrl: c.webhook_url,

@@ -127,16 +127,19 @@ describe('verifier API: agents', () => {
     expect(Object.keys(bulk.json().results)).toEqual([agent(0).id])
     const none = await v.app.inject({ method: 'GET', url: '/v2.6/agents?verifier=other', headers: ADMIN })
     expect(none.json().results).toEqual({ uuids: [] })
+    // upstream's tenant always sends `verifier=`: an empty filter means all agents
+    const empty = await v.app.inject({ method: 'GET', url: '/v2.6/agents/?verifier=', headers: ADMIN })
+    expect(empty.json().results).toEqual({ uuids: [[agent(0).id]] })
   })
 
-  it('refuses a second enrollment with 409', async () => {
+  it('refuses a second enrollment with 409, reading a JSON body sent without Content-Type as upstream tenant does', async () => {
     const res = await v.app.inject({
       method: 'POST',
       url: `/v2.6/agents/${agent(0).id}`,
       headers: ADMIN,
-      payload: body(0),
+      payload: JSON.stringify(body(0)),
     })
-    expect(res.statusCode).toBe(409)
+    expect(res.statusCode, res.body).toBe(409)
   })
 
   it('names the missing key like upstream and validates the body', async () => {

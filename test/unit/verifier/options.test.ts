@@ -18,7 +18,7 @@ describe('verifierOptionsFromConfig', () => {
       revocationChannels: ['agent'],
       measuredBootEvaluate: 'once',
       mbPolicyEngine: 'accept-all',
-      ignoreTomtouErrors: true,
+      ignoreTomtouErrors: false,
       leaseMs: 30_000,
     })
     expect(o.severityRules).toHaveLength(1)
