@@ -101,6 +101,23 @@ describe('attestation loop against simulated agents', () => {
     expect(show.json().results.attestation_status).toBe('PASS')
   })
 
+  it('never releases V to an agent whose first quote fails', async () => {
+    const f = await fleet(1)
+    const v = await verifierWith()
+    const a = f.agents[0]
+    if (!a) throw new Error('no agent')
+    // the policy expects a PCR 15 value the agent does not have: its very first quote fails
+    await enroll(v, f, 0, { tpm_policy: JSON.stringify({ '15': ['ff'.repeat(32)], mask: '0x8000' }) })
+    await waitFor(
+      async () => (await v.service.repo.getAgent(a.id))?.operational_state === AgentState.INVALID_QUOTE,
+      5000,
+      'INVALID_QUOTE on the first quote',
+    )
+    await new Promise((r) => setTimeout(r, 300))
+    expect(a.quotes).toBeGreaterThanOrEqual(1)
+    expect(a.vKeys).toEqual([])
+  })
+
   it('detects a tampered policy PCR: INVALID_QUOTE, polling stops, signed revocation reaches the webhook', async () => {
     const hooks: { msg: string; signature: string }[] = []
     const hook = createServer((req, res) => {
