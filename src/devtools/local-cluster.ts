@@ -6,7 +6,7 @@
  */
 import { type ChildProcess, spawn } from 'node:child_process'
 import { randomUUID } from 'node:crypto'
-import { copyFileSync, createWriteStream, mkdirSync, writeFileSync } from 'node:fs'
+import { copyFileSync, createWriteStream, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { connect } from 'node:net'
 import { basename, join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -98,56 +98,83 @@ export class LocalCluster {
     return child
   }
 
+  private async startListening(
+    name: string,
+    start: () => Promise<{ child: ChildProcess; port: number }>,
+  ): Promise<number> {
+    for (let attempt = 1; ; attempt++) {
+      const { child, port } = await start()
+      ;(child as { expectedExit?: boolean }).expectedExit = true
+      const up = await waitFor(`the ${name}`, this.opts.stepTimeout, async () => {
+        if (child.exitCode !== null || child.signalCode !== null) return false
+        return (await portOpen(port)) ? true : undefined
+      })
+      if (up) {
+        ;(child as { expectedExit?: boolean }).expectedExit = false
+        return port
+      }
+      if (attempt >= 3) {
+        const log = readFileSync(join(this.logDir, `${name}.log`), 'utf8').slice(-2000)
+        throw new Error(`the ${name} exited before listening (3 attempts); its log ends with:\n${log}`)
+      }
+    }
+  }
+
   /** Starts the verifier and the registrar and writes tenant.conf. */
   async startServices(): Promise<void> {
-    const { dir, stepTimeout } = this.opts
-    ;[this.verifierPort, this.registrarPort, this.registrarTlsPort] = await Promise.all([
-      freePort(),
-      freePort(),
-      freePort(),
-    ])
-    this.spawn(
-      'verifier',
-      [
+    const { dir } = this.opts
+    // A port found free can be taken by another process before the service binds it: start again on new ports
+    // when the service exits before listening, and show its log when it keeps failing.
+    this.verifierPort = await this.startListening('verifier', async () => {
+      const port = await freePort()
+      const child = this.spawn(
         'verifier',
-        '--config',
-        this.emptyConf,
-        '--port',
-        String(this.verifierPort),
-        '--tls-dir',
-        'generate',
-        '--quote-interval',
-        String(this.opts.quoteInterval),
-        '--retry-interval',
-        '1',
-        ...(this.opts.webhookUrl
-          ? [
-              '--webhook-url',
-              this.opts.webhookUrl,
-              '--enabled-revocation-notifications',
-              "['agent', 'webhook']",
-            ]
-          : []),
-      ],
-      { KEYLIME_DIR: join(dir, 'verifier') },
-    )
-    await waitFor('the verifier', stepTimeout, () => portOpen(this.verifierPort))
-    this.spawn(
-      'registrar',
-      [
+        [
+          'verifier',
+          '--config',
+          this.emptyConf,
+          '--port',
+          String(port),
+          '--tls-dir',
+          'generate',
+          '--quote-interval',
+          String(this.opts.quoteInterval),
+          '--retry-interval',
+          '1',
+          ...(this.opts.webhookUrl
+            ? [
+                '--webhook-url',
+                this.opts.webhookUrl,
+                '--enabled-revocation-notifications',
+                "['agent', 'webhook']",
+              ]
+            : []),
+        ],
+        { KEYLIME_DIR: join(dir, 'verifier') },
+      )
+      return { child, port }
+    })
+    await this.startListening('registrar', async () => {
+      const [port, tlsPort] = [await freePort(), await freePort()]
+      this.registrarPort = port
+      this.registrarTlsPort = tlsPort
+      const child = this.spawn(
         'registrar',
-        '--config',
-        this.emptyConf,
-        '--port',
-        String(this.registrarPort),
-        '--tls-port',
-        String(this.registrarTlsPort),
-        '--tls-dir',
-        this.cvCa,
-      ],
-      { KEYLIME_DIR: join(dir, 'registrar') },
-    )
-    await waitFor('the registrar', stepTimeout, () => portOpen(this.registrarTlsPort))
+        [
+          'registrar',
+          '--config',
+          this.emptyConf,
+          '--port',
+          String(port),
+          '--tls-port',
+          String(tlsPort),
+          '--tls-dir',
+          this.cvCa,
+        ],
+        { KEYLIME_DIR: join(dir, 'registrar') },
+      )
+      return { child, port: tlsPort }
+    })
 
     // EK trust store for development: swtpm's local CA (root and intermediate).
     for (const pem of swtpmLocalCaCertificates()) copyFileSync(pem, join(dir, 'cert-store', basename(pem)))
