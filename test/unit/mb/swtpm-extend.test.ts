@@ -5,24 +5,14 @@
  */
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process'
 import { mkdtempSync, rmSync } from 'node:fs'
-import { connect, createServer } from 'node:net'
+import { connect } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { describe, expect, it } from 'vitest'
 import { toHex } from '../../../src/evidence/mb/guid.ts'
 import { extendPlan, parseEventLog } from '../../../src/evidence/mb/index.ts'
 import { fixture, fixtureJson } from '../../helpers/fixture.ts'
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer()
-    srv.once('error', reject)
-    srv.listen(0, '127.0.0.1', () => {
-      const addr = srv.address()
-      srv.close(() => resolve(typeof addr === 'object' && addr ? addr.port : 0))
-    })
-  })
-}
+import { freePort } from '../../helpers/swtpm.ts'
 
 interface Swtpm {
   env: NodeJS.ProcessEnv
@@ -35,7 +25,7 @@ async function startSwtpm(locality: number): Promise<Swtpm> {
   execFileSync('swtpm_setup', ['--tpm2', '--tpmstate', dir, '--pcr-banks', 'sha1,sha256'], {
     stdio: 'ignore',
   })
-  const port = await freePort()
+  const port = await freePort(true) // data port and the next one (control) both free
   const ctrl = port + 1 // the tpm2-tss swtpm TCTI expects the control channel on the next port
   const proc: ChildProcess = spawn(
     'swtpm',
@@ -65,7 +55,7 @@ async function startSwtpm(locality: number): Promise<Swtpm> {
         })
         break
       } catch (e) {
-        if (i > 50) throw e
+        if (i > 300) throw e // swtpm can take seconds to listen on a loaded machine
         await new Promise((r) => setTimeout(r, 100))
       }
     }
