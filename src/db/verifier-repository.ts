@@ -94,20 +94,6 @@ export const AgentState = {
 } as const
 export type AgentState = (typeof AgentState)[keyof typeof AgentState]
 
-export const AGENT_STATE_NAMES: Readonly<Record<number, string>> = {
-  0: 'Registered',
-  1: 'Start',
-  2: 'Saved',
-  3: 'Get Quote',
-  4: 'Get Quote (retry)',
-  5: 'Provide V',
-  6: 'Provide V (retry)',
-  7: 'Failed',
-  8: 'Terminated',
-  9: 'Invalid Quote',
-  10: 'Tenant Quote Failed',
-}
-
 /** States a restarted verifier resumes (reset to START). */
 export const RESUMABLE_STATES: readonly number[] = [1, 3, 4, 5, 6]
 const WRITE_GUARD_EXCLUDED = [AgentState.TERMINATED, AgentState.TENANT_FAILED]

@@ -4,6 +4,7 @@
  * decides how to print them.
  */
 import { randomInt } from 'node:crypto'
+import { OPERATIONAL_STATE_NAMES } from '../api/verifier/states.ts'
 import { negotiateVersion } from '../api/versions.ts'
 import { EXIT_FAILED, EXIT_PEER, EXIT_UNTRUSTED, EXIT_USAGE, TenantError } from './errors.ts'
 import type {
@@ -17,21 +18,6 @@ import type {
 } from './ports.ts'
 
 export const TENANT_API_VERSIONS = ['2.0', '2.1', '2.2', '2.3', '2.4', '2.5', '2.6'] as const
-
-/** Operational states (keylime-api.md §5). */
-export const OPERATIONAL_STATE_NAMES: Record<number, string> = {
-  0: 'Registered',
-  1: 'Start',
-  2: 'Saved',
-  3: 'Get Quote',
-  4: 'Get Quote (retry)',
-  5: 'Provide V',
-  6: 'Provide V (retry)',
-  7: 'Failed',
-  8: 'Terminated',
-  9: 'Invalid Quote',
-  10: 'Tenant Quote Failed',
-}
 
 export interface RetryPolicy {
   maxRetries: number
