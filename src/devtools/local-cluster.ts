@@ -201,36 +201,40 @@ export class LocalCluster {
     const agentDir = join(this.opts.dir, name)
     mkdirSync(join(agentDir, 'actions'), { recursive: true, mode: 0o700 })
     const swtpm = await startSwtpm({ dir: join(agentDir, 'swtpm') })
-    const port = await freePort()
     const uuid = randomUUID()
     const imaList = join(agentDir, 'ascii_runtime_measurements')
     writeFileSync(imaList, '')
-    const child = this.spawn(name, [
-      'agent',
-      '--config',
-      this.emptyConf,
-      '--uuid',
-      uuid,
-      '--tpm',
-      swtpm.transport,
-      '--port',
-      String(port),
-      '--contact-port',
-      String(port),
-      '--registrar-port',
-      String(this.registrarPort),
-      '--keylime-dir',
-      agentDir,
-      '--trusted-client-ca',
-      join(this.cvCa, 'cacert.crt'),
-      '--ima-ml-path',
-      imaList,
-      '--measuredboot-ml-path',
-      join(agentDir, 'no-boot-log'),
-      '--revocation-actions-dir',
-      join(agentDir, 'actions'),
-      ...extraArgs,
-    ])
+    let child!: ChildProcess
+    const port = await this.startListening(name, async () => {
+      const port = await freePort()
+      child = this.spawn(name, [
+        'agent',
+        '--config',
+        this.emptyConf,
+        '--uuid',
+        uuid,
+        '--tpm',
+        swtpm.transport,
+        '--port',
+        String(port),
+        '--contact-port',
+        String(port),
+        '--registrar-port',
+        String(this.registrarPort),
+        '--keylime-dir',
+        agentDir,
+        '--trusted-client-ca',
+        join(this.cvCa, 'cacert.crt'),
+        '--ima-ml-path',
+        imaList,
+        '--measuredboot-ml-path',
+        join(agentDir, 'no-boot-log'),
+        '--revocation-actions-dir',
+        join(agentDir, 'actions'),
+        ...extraArgs,
+      ])
+      return { child, port }
+    })
     const agent: ClusterAgent = {
       uuid,
       port,
