@@ -6,7 +6,8 @@
 import { type FailureEvent, failure, PASS, type Verdict } from '../verdict.ts'
 import { type ImaEntry, parseImaLine, splitImaLines } from './entry.ts'
 import { ImaParseError } from './errors.ts'
-import { BANK_SIZE, digestWith, isPcrBank, type PcrBank } from './hash-algs.ts'
+import { ImaNgFastPath } from './fast-path.ts'
+import { BANK_SIZE, digestLatin1, digestWith, isPcrBank, type PcrBank } from './hash-algs.ts'
 import { ImaKeyring, type KeyringJson, parseKeyBuffer } from './keyring.ts'
 import { allowedDigests, type CompiledRuntimePolicy, type DigestIndex, lookupDigest } from './policy.ts'
 import { verifyImaSignature } from './signature.ts'
@@ -76,14 +77,14 @@ class EntryValidator {
   readonly #learned: Map<string, ImaKeyring>
   readonly #bootAggregates: ReadonlySet<string>
   readonly #events: FailureEvent[]
-  readonly #logHashAlg: PcrBank
+  readonly logHashAlg: PcrBank
   readonly #ignoreTomtou: boolean
 
   constructor(input: VerifyImaIncrementInput, learned: Map<string, ImaKeyring>, events: FailureEvent[]) {
     this.#policy = input.policy
     this.#learned = learned
     this.#events = events
-    this.#logHashAlg = input.policy?.logHashAlg ?? 'sha1'
+    this.logHashAlg = input.policy?.logHashAlg ?? 'sha1'
     this.#ignoreTomtou = input.ignoreTomtouErrors ?? true
     const tenantKeys = input.verificationKeys ?? input.policy?.verificationKeys ?? new ImaKeyring()
     this.#keyrings = [tenantKeys, ...learned.values()]
@@ -113,14 +114,13 @@ class EntryValidator {
       }
       return
     }
-    const expected =
-      this.#logHashAlg === bank ? measurement : digestWith(this.#logHashAlg, entry.templateData)
-    if (!expected.equals(entry.templateHash)) {
+    const computed = this.logHashAlg === bank ? measurement : digestWith(this.logHashAlg, entry.templateData)
+    if (!computed.equals(entry.templateHash)) {
       this.#events.push(
         failure('ima.validation.ima_hash', {
           message: 'IMA template hash does not match the calculated hash.',
           expected: entry.templateHash.toString('hex'),
-          got: expected.toString('hex'),
+          got: computed.toString('hex'),
         }),
       )
       return
@@ -233,15 +233,17 @@ export function verifyImaIncrement(input: VerifyImaIncrementInput): VerifyImaInc
 export class ImaIncrementVerification {
   readonly #input: VerifyImaIncrementInput
   readonly #bank: PcrBank
-  readonly #target: Buffer | null
+  /** Quoted PCR 10 as latin1 (one char per byte), compared with each running value; null: not anchored. */
+  readonly #targetLatin1: string | null
   readonly #targetHex: string | null
   readonly #continuing: boolean
   readonly #events: FailureEvent[] = []
   readonly #learned = new Map<string, ImaKeyring>()
   readonly #lines: string[]
+  /** Running PCR 10 in the first half, the next measurement in the second. */
   readonly #joined: Buffer
+  readonly #fastPath: ImaNgFastPath | null
   #validator: EntryValidator | null = null
-  #running: Buffer
   #index = 0
   #matchedAt: number | null = null
   #matchedRunning: Buffer | null = null
@@ -253,21 +255,24 @@ export class ImaIncrementVerification {
     if (!isPcrBank(bank)) throw new ImaParseError(`unsupported PCR bank ${String(bank)}`)
     this.#bank = bank
     this.#targetHex = input.quotedPcr10?.value == null ? null : toHex(input.quotedPcr10.value)
-    this.#target = this.#targetHex === null ? null : Buffer.from(this.#targetHex, 'hex')
-    if (this.#target !== null && this.#target.length !== BANK_SIZE[bank]) {
+    const size = BANK_SIZE[bank]
+    const target = this.#targetHex === null ? null : Buffer.from(this.#targetHex, 'hex')
+    if (target !== null && target.length !== size) {
       throw new ImaParseError(`quoted PCR 10 is not a ${bank} value`)
     }
-    this.#joined = Buffer.allocUnsafe(BANK_SIZE[bank] * 2)
-    this.#running = Buffer.alloc(BANK_SIZE[bank])
+    this.#targetLatin1 = target === null ? null : target.toString('latin1')
+    this.#joined = Buffer.alloc(size * 2)
+    this.#fastPath = null
     this.#lines = []
     const state = input.state
     this.#continuing = input.firstEntry !== 0
     if (this.#continuing) {
       const expected = state?.nextEntry ?? 0
-      const stored = state?.pcr10[bank]
-      if (state === null || input.firstEntry !== expected || stored === undefined) {
+      const storedHex = state?.pcr10[bank]
+      const stored = storedHex === undefined ? undefined : Buffer.from(storedHex, 'hex')
+      if (state === null || input.firstEntry !== expected || stored?.length !== size) {
         const message =
-          stored === undefined && state !== null && input.firstEntry === expected
+          stored?.length !== size && state !== null && input.firstEntry === expected
             ? `No PCR 10 ${bank} value stored to continue from entry ${expected}`
             : 'IMA measurement list entry number is not the requested one'
         const event = failure(
@@ -275,20 +280,26 @@ export class ImaIncrementVerification {
           { message, got: input.firstEntry, expected },
           false,
         )
-        this.#early = resetResult([event], this.#running.toString('hex'), 0)
+        this.#early = resetResult([event], this.#runningHex(), 0)
         return
       }
-      this.#running = Buffer.from(stored, 'hex')
+      stored.copy(this.#joined, 0)
       for (const [name, json] of Object.entries(state.learnedKeyrings)) {
         this.#learned.set(name, ImaKeyring.fromJSON(json))
       }
     }
     this.#validator = new EntryValidator(input, this.#learned, this.#events)
+    this.#fastPath = new ImaNgFastPath(bank, this.#validator.logHashAlg, input.policy)
     this.#lines = splitImaLines(input.listText)
-    if (this.#target !== null && this.#running.equals(this.#target)) {
+    const running = this.#joined.subarray(0, size)
+    if (target !== null && running.equals(target)) {
       this.#matchedAt = 0
-      this.#matchedRunning = this.#running
+      this.#matchedRunning = Buffer.from(running)
     }
+  }
+
+  #runningHex(): string {
+    return this.#joined.toString('hex', 0, BANK_SIZE[this.#bank])
   }
 
   /** Lines processed so far and in total. */
@@ -302,35 +313,37 @@ export class ImaIncrementVerification {
     if (this.#early !== null || validator === null) return true
     const bank = this.#bank
     const size = BANK_SIZE[bank]
+    // running ‖ measurement: each extend hashes this buffer and writes the result back into its first half.
     const joined = this.#joined
-    const target = this.#target
+    const fast = this.#fastPath
+    const target = this.#targetLatin1
     const lines = this.#lines
     const end = Math.min(lines.length, this.#index + maxLines)
-    let running = this.#running
     for (let i = this.#index; i < end; i++) {
       const text = lines[i] as string
       if (text === '') continue
-      let entry: ImaEntry
-      try {
-        entry = parseImaLine(text, i + 1)
-      } catch (err) {
-        if (!(err instanceof ImaParseError)) throw err
-        this.#events.push(
-          failure('ima.parser.entry', `Line was not parsable into a valid IMA entry: ${text}`),
-        )
-        continue
+      if (fast === null || !fast.measureInto(text, joined, size)) {
+        let entry: ImaEntry
+        try {
+          entry = parseImaLine(text, i + 1)
+        } catch (err) {
+          if (!(err instanceof ImaParseError)) throw err
+          this.#events.push(
+            failure('ima.parser.entry', `Line was not parsable into a valid IMA entry: ${text}`),
+          )
+          continue
+        }
+        const measurement = entry.violation ? FF[bank] : digestWith(bank, entry.templateData)
+        joined.set(measurement, size)
+        validator.validate(entry, bank, measurement)
       }
-      const measurement = entry.violation ? FF[bank] : digestWith(bank, entry.templateData)
-      running.copy(joined, 0)
-      measurement.copy(joined, size)
-      running = digestWith(bank, joined)
-      validator.validate(entry, bank, measurement)
-      if (this.#matchedAt === null && target !== null && running.equals(target)) {
+      const running = digestLatin1(bank, joined)
+      joined.write(running, 0, 'latin1')
+      if (this.#matchedAt === null && running === target) {
         this.#matchedAt = i + 1
-        this.#matchedRunning = running
+        this.#matchedRunning = Buffer.from(running, 'latin1')
       }
     }
-    this.#running = running
     this.#index = end
     return end >= lines.length
   }
@@ -343,8 +356,8 @@ export class ImaIncrementVerification {
     const lines = this.#lines
     const matchedAt = this.#matchedAt
     const state = this.#input.state
-    const runningHex = this.#running.toString('hex')
-    if (this.#target !== null && matchedAt === null) {
+    const runningHex = this.#runningHex()
+    if (this.#targetLatin1 !== null && matchedAt === null) {
       events.push(
         failure('ima.pcr_mismatch', `IMA measurement list does not match TPM PCR ${this.#targetHex}`),
       )

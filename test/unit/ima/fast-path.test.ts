@@ -1,0 +1,154 @@
+/**
+ * The ima-ng fast path must never accept an entry that the general path (parse + template-hash check + policy) would
+ * fail, and when it accepts, it must produce the same measurement. Checked on generated and mutated lines for every
+ * bank / log-hash combination, and on the real corpus lists.
+ */
+import { createHash } from 'node:crypto'
+import fc from 'fast-check'
+import { describe, expect, it } from 'vitest'
+import { ImaNgFastPath } from '../../../src/evidence/ima/fast-path.ts'
+import {
+  BANK_SIZE,
+  compileRuntimePolicy,
+  digestWith,
+  emptyRuntimePolicy,
+  formatImaLine,
+  type ImaEntry,
+  ImaParseError,
+  lookupDigest,
+  type PcrBank,
+  parseImaLine,
+  parseRuntimePolicy,
+} from '../../../src/evidence/ima/index.ts'
+import { fixture } from '../../helpers/fixture.ts'
+
+const BANKS: PcrBank[] = ['sha1', 'sha256', 'sha384', 'sha512']
+
+function sha(alg: string, s: string): Buffer {
+  return createHash(alg).update(s).digest()
+}
+
+/** ima-ng line for `name` with its template-hash column in `logAlg`. */
+function imaNgLine(name: string, fileAlg: string, content: string, logAlg: PcrBank): string {
+  const digest = sha(fileAlg === 'sm3' ? 'sha256' : fileAlg, content)
+  const draft = parseImaLine(`10 ${'11'.repeat(20)} ima-ng ${fileAlg}:${digest.toString('hex')} ${name}`)
+  return formatImaLine({ ...draft, templateHash: digestWith(logAlg, draft.templateData) })
+}
+
+/** What the general path decides: the measurement when the entry passes, null when it fails or does not parse. */
+function generalVerdict(
+  line: string,
+  bank: PcrBank,
+  columnAlg: PcrBank,
+  policy: ReturnType<typeof compileRuntimePolicy>,
+): Buffer | null {
+  let entry: ImaEntry
+  try {
+    entry = parseImaLine(line)
+  } catch (err) {
+    if (err instanceof ImaParseError) return null
+    throw err
+  }
+  if (entry.pcr !== 10 || entry.violation || entry.templateName !== 'ima-ng') return null
+  if (!digestWith(columnAlg, entry.templateData).equals(entry.templateHash)) return null
+  if (
+    !policy.excludes?.test(entry.name) &&
+    lookupDigest(policy.digests, entry.name, entry.digestHex) !== 'ok'
+  )
+    return null
+  return digestWith(bank, entry.templateData)
+}
+
+const names = ['/usr/bin/bash', '/usr/lib/libc.so.6', '/tmp/x y z', '/opt/ünïcødé/файл', '/var/log/app.log']
+const contents = ['a', 'b', 'c']
+
+function policyFor(logAlg: PcrBank) {
+  const policy = emptyRuntimePolicy()
+  for (const name of names.slice(0, 4)) policy.digests[name] = [sha('sha256', 'a').toString('hex')]
+  policy.digests['/usr/bin/bash']?.push(sha('sha1', 'b').toString('hex'))
+  policy.excludes = ['/var/log/']
+  policy.ima.log_hash_alg = logAlg as typeof policy.ima.log_hash_alg
+  return compileRuntimePolicy(parseRuntimePolicy(JSON.stringify(policy)))
+}
+
+const mutation = fc.tuple(
+  fc.nat(),
+  fc.constantFrom('replace', 'insert', 'delete', 'none'),
+  fc.constantFrom(' ', ':', '0', 'A', 'f', 'g', '\0', 'é', '1'),
+)
+
+function mutate(line: string, [pos, op, ch]: [number, string, string]): string {
+  const at = pos % (line.length + 1)
+  if (op === 'insert') return line.slice(0, at) + ch + line.slice(at)
+  if (op === 'delete') return line.slice(0, at) + line.slice(at + 1)
+  if (op === 'replace') return line.slice(0, at) + ch + line.slice(at + 1)
+  return line
+}
+
+describe('ImaNgFastPath', () => {
+  for (const bank of BANKS) {
+    for (const logAlg of ['sha1', 'sha256'] as PcrBank[]) {
+      it(`agrees with the general path (${bank} bank, ${logAlg} template-hash column)`, () => {
+        const policy = policyFor(logAlg)
+        const fast = new ImaNgFastPath(bank, logAlg, policy)
+        const size = BANK_SIZE[bank]
+        let accepted = 0
+        fc.assert(
+          fc.property(
+            fc.constantFrom(...names),
+            fc.constantFrom('sha256', 'sha1', 'sha512', 'md5'),
+            fc.constantFrom(...contents),
+            fc.array(mutation, { maxLength: 2 }),
+            (name, fileAlg, content, edits) => {
+              let line = imaNgLine(name, fileAlg, content, logAlg)
+              for (const e of edits) line = mutate(line, e)
+              const out = Buffer.alloc(size * 2, 0x5a)
+              const ok = fast.measureInto(line, out, size)
+              const expected = generalVerdict(line, bank, logAlg, policy)
+              if (ok) {
+                accepted++
+                expect(expected, line).not.toBeNull()
+                expect(out.subarray(size).toString('hex')).toBe(expected?.toString('hex'))
+              } else {
+                expect(out.subarray(size).every((b) => b === 0x5a)).toBe(true)
+              }
+            },
+          ),
+          { numRuns: 600 },
+        )
+        // The fast path must actually take the common case, or it is pointless.
+        expect(accepted).toBeGreaterThan(50)
+      })
+    }
+  }
+
+  it('accepts every passing ima-ng entry of the real lists and refuses the rest', () => {
+    for (const file of ['ima/keylime-tests-pc-ima-log.ascii', 'ima/keylime-crp-ima-log-sha256.ascii']) {
+      const lines = fixture(file).toString('utf8').split('\n').filter(Boolean)
+      const policy = emptyRuntimePolicy()
+      for (const line of lines) {
+        const e = parseImaLine(line)
+        if (e.templateName === 'ima-ng') policy.digests[e.name] = [e.digestHex]
+      }
+      const compiled = compileRuntimePolicy(parseRuntimePolicy(JSON.stringify(policy)))
+      const fast = new ImaNgFastPath('sha256', 'sha1', compiled)
+      let accepted = 0
+      let passing = 0
+      for (const line of lines) {
+        const out = Buffer.alloc(64)
+        const ok = fast.measureInto(line, out, 32)
+        const expected = generalVerdict(line, 'sha256', 'sha1', compiled)
+        if (expected !== null && parseImaLine(line).name !== 'boot_aggregate') passing++
+        if (ok) {
+          accepted++
+          expect(out.subarray(32).equals(expected ?? Buffer.alloc(0))).toBe(true)
+        } else if (expected !== null) {
+          // Only boot_aggregate is left to the general path among entries that pass.
+          expect(parseImaLine(line).name).toBe('boot_aggregate')
+        }
+      }
+      expect(passing, file).toBeGreaterThan(0)
+      expect(accepted, file).toBe(passing)
+    }
+  })
+})
