@@ -4,7 +4,7 @@
  * PCR 0 before any PCR-0 measurement) sets the last byte of PCR 0's initial value; an EV_EFI_HCRTM_EVENT as the
  * first PCR-0 measurement starts PCR 0 at `00…04` (the H-CRTM sequence of the TPM).
  */
-import { createHash } from 'node:crypto'
+import { createHash, hash } from 'node:crypto'
 import { type BankName, DIGEST_SIZE, EventType, isBankName, NODE_HASH } from './constants.ts'
 import { toHex } from './guid.ts'
 import type { EventLog, TcgEvent } from './parse.ts'
@@ -99,10 +99,9 @@ export function replayEventLog(log: EventLog): PcrValues {
           else if (typeof pcr0Init === 'number') cur[cur.length - 1] = pcr0Init
         } else if (ev.pcr >= 17 && ev.pcr <= 22) cur.fill(0xff)
       }
-      const h = createHash(hashes.get(bank) as string)
-      h.update(cur)
-      h.update(d.digest)
-      bankPcrs.set(ev.pcr, h.digest())
+      // One-shot hash() with a string result is ~3x faster than createHash()…digest() for inputs this small.
+      const extended = hash(hashes.get(bank) as string, Buffer.concat([cur, d.digest]), 'binary')
+      bankPcrs.set(ev.pcr, Buffer.from(extended, 'latin1'))
     }
   }
   return out
