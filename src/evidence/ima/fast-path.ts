@@ -34,6 +34,8 @@ export class ImaNgFastPath {
   readonly #columnAlg: PcrBank
   readonly #policy: CompiledRuntimePolicy | null
   #scratch = Buffer.allocUnsafe(1024)
+  /** `#scratch.subarray(0, n)` per length n, made once: a view per entry would be most of the garbage. */
+  #views: Buffer[] = []
   #alg = ''
   #algDigestLength = 0
 
@@ -76,7 +78,10 @@ export class ImaNgFastPath {
 
     const fieldLength = algLength + 2 + digestLength
     const maxSize = 8 + fieldLength + name.length * 3 + 1
-    if (this.#scratch.length < maxSize) this.#scratch = Buffer.allocUnsafe(maxSize * 2)
+    if (this.#scratch.length < maxSize) {
+      this.#scratch = Buffer.allocUnsafe(maxSize * 2)
+      this.#views = []
+    }
     const data = this.#scratch
     data.writeUInt32LE(fieldLength, 0)
     data.write(this.#alg, 4, 'latin1')
@@ -88,7 +93,12 @@ export class ImaNgFastPath {
     const nameBytes = data.write(name, nameAt + 4, 'utf8')
     data.writeUInt32LE(nameBytes + 1, nameAt)
     data[nameAt + 4 + nameBytes] = 0
-    const templateData = data.subarray(0, nameAt + 5 + nameBytes)
+    const length = nameAt + 5 + nameBytes
+    let templateData = this.#views[length]
+    if (templateData === undefined) {
+      templateData = data.subarray(0, length)
+      this.#views[length] = templateData
+    }
 
     const policy = this.#policy
     if (policy !== null && !policy.excludes?.test(name)) {
