@@ -11,29 +11,53 @@ export interface KeyringJson {
   pubkeys: string[]
 }
 
-/** IMA keyidv2 of a public key: low 32 bits of SHA-1 over PKCS#1 RSAPublicKey (RSA) or the uncompressed EC point. */
+/**
+ * IMA keyidv2 of a key: low 32 bits of SHA-1 over PKCS#1 RSAPublicKey (RSA) or the uncompressed EC point. A private
+ * key gives the id of its public half (exporting it as PKCS#1 would hash the private key instead).
+ */
 export function computeKeyId(key: KeyObject): number {
+  if (key.type === 'secret') throw new Error('a symmetric key has no IMA key id')
+  const publicKey = key.type === 'private' ? createPublicKey(key) : key
   let material: Buffer
-  if (key.asymmetricKeyType === 'rsa') {
-    material = key.export({ type: 'pkcs1', format: 'der' })
-  } else if (key.asymmetricKeyType === 'ec') {
-    material = ecPoint(key)
+  if (publicKey.asymmetricKeyType === 'rsa') {
+    material = publicKey.export({ type: 'pkcs1', format: 'der' })
+  } else if (publicKey.asymmetricKeyType === 'ec') {
+    material = ecPoint(publicKey)
   } else {
-    throw new Error(`unsupported key type ${key.asymmetricKeyType}`)
+    throw new Error(`unsupported key type ${publicKey.asymmetricKeyType}`)
   }
   return createHash('sha1').update(material).digest().readUInt32BE(16)
 }
 
-/** Uncompressed EC point: the BIT STRING contents at the end of the SubjectPublicKeyInfo. */
-function ecPoint(key: KeyObject): Buffer {
-  const spki = key.export({ type: 'spki', format: 'der' })
-  const jwk = key.export({ format: 'jwk' })
-  if (typeof jwk.x === 'string' && typeof jwk.y === 'string') {
-    return Buffer.concat([Buffer.from([4]), Buffer.from(jwk.x, 'base64url'), Buffer.from(jwk.y, 'base64url')])
-  }
-  // Curves without a JWK name: the point is the tail of the SPKI (BIT STRING with 0 unused bits).
-  const bitString = spki.lastIndexOf(0x04, spki.length - 1)
-  return spki.subarray(bitString)
+/**
+ * Uncompressed EC point of a public key: the contents of the SubjectPublicKeyInfo's BIT STRING after its
+ * unused-bits byte. Read from the DER rather than the JWK, which node refuses for curves such as brainpool.
+ */
+function ecPoint(publicKey: KeyObject): Buffer {
+  const spki = publicKey.export({ type: 'spki', format: 'der' })
+  // SubjectPublicKeyInfo ::= SEQUENCE { algorithm AlgorithmIdentifier, subjectPublicKey BIT STRING }
+  const algorithmAt = derHeaderEnd(spki, 0, 0x30)
+  const bitStringAt = derHeaderEnd(spki, algorithmAt, 0x30) + derContentLength(spki, algorithmAt)
+  const bitsStart = derHeaderEnd(spki, bitStringAt, 0x03)
+  const bitsEnd = bitsStart + derContentLength(spki, bitStringAt)
+  if (spki[bitsStart] !== 0 || bitsEnd > spki.length) throw new Error('EC public key BIT STRING is malformed')
+  return spki.subarray(bitsStart + 1, bitsEnd)
+}
+
+/** Offset just past the tag and length of the DER element at `at`, checking its tag. */
+function derHeaderEnd(der: Buffer, at: number, tag: number): number {
+  if (der[at] !== tag) throw new Error(`expected DER tag 0x${tag.toString(16)} at offset ${at}`)
+  const first = der[at + 1] ?? 0
+  return first < 0x80 ? at + 2 : at + 2 + (first & 0x7f)
+}
+
+/** Content length of the DER element at `at` (definite lengths only, as DER requires). */
+function derContentLength(der: Buffer, at: number): number {
+  const first = der[at + 1] ?? 0
+  if (first < 0x80) return first
+  let len = 0
+  for (let i = 0; i < (first & 0x7f); i++) len = len * 256 + (der[at + 2 + i] ?? 0)
+  return len
 }
 
 /** Subject Key Identifier of a DER certificate, found by walking its extensions; null when absent. */
