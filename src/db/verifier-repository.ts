@@ -139,7 +139,11 @@ export class VerifierRepository {
   async insertAgent(row: NewVerifierAgent): Promise<void> {
     const existing = await this.getAgent(row.agent_id)
     if (existing) throw new DuplicateError(`agent ${row.agent_id}`)
-    await this.db.insertInto('verifiermain').values(row).execute()
+    const values =
+      row.next_ima_ml_entry === undefined
+        ? { ...row, next_ima_ml_entry: nextImaEntryOf(row.ima_state ?? null) }
+        : row
+    await this.db.insertInto('verifiermain').values(values).execute()
   }
 
   async getAgent(agentId: string): Promise<VerifierAgentRow | undefined> {
@@ -186,7 +190,7 @@ export class VerifierRepository {
   async updateGuarded(agentId: string, leaseHolder: string, patch: VerifierAgentPatch): Promise<boolean> {
     const r = await this.db
       .updateTable('verifiermain')
-      .set(patch)
+      .set(withImaOffset(patch))
       .where('agent_id', '=', agentId)
       .where('lease_holder', '=', leaseHolder)
       .where((eb) =>
@@ -408,6 +412,26 @@ export class VerifierRepository {
   }
 }
 
+/**
+ * The entry number the verifier asks for next, kept in the `ima_state` JSON; `null` or unreadable state means the
+ * loop starts again from entry 0.
+ */
+function nextImaEntryOf(imaState: string | null): number {
+  if (!imaState) return 0
+  try {
+    const next = (JSON.parse(imaState) as { nextEntry?: unknown }).nextEntry
+    return typeof next === 'number' && Number.isSafeInteger(next) && next >= 0 ? next : 0
+  } catch {
+    return 0
+  }
+}
+
+/** Mirrors the IMA offset into upstream's `next_ima_ml_entry` column (operators query it) when `ima_state` is written. */
+function withImaOffset(patch: VerifierAgentPatch): VerifierAgentPatch {
+  if (patch.ima_state === undefined || patch.next_ima_ml_entry !== undefined) return patch
+  return { ...patch, next_ima_ml_entry: nextImaEntryOf(patch.ima_state) }
+}
+
 async function updateGuardedIn(
   tx: Transaction<VerifierDatabase>,
   agentId: string,
@@ -416,7 +440,7 @@ async function updateGuardedIn(
 ): Promise<boolean> {
   const r = await tx
     .updateTable('verifiermain')
-    .set(patch)
+    .set(withImaOffset(patch))
     .where('agent_id', '=', agentId)
     .where('lease_holder', '=', leaseHolder)
     .where((eb) =>

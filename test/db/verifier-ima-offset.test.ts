@@ -1,0 +1,133 @@
+/**
+ * `verifiermain.next_ima_ml_entry` follows the offset kept in `ima_state`, on every path that writes the IMA state
+ * (enrollment, batched successes, guarded failure writes), on SQLite and PostgreSQL.
+ */
+import { randomBytes } from 'node:crypto'
+import { mkdtempSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import type { Kysely } from 'kysely'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { dropPgSchema, openDatabase } from '../../src/db/database.ts'
+import {
+  AgentState,
+  type AttestationSuccess,
+  type VerifierDatabase,
+  VerifierRepository,
+} from '../../src/db/verifier-repository.ts'
+
+const PG_URL = process.env.KEYLIME_TEST_PG_URL ?? 'postgresql://postgres@127.0.0.1:5432/test'
+const HOLDER = 'verifier-a'
+
+const imaState = (nextEntry: number) =>
+  JSON.stringify({
+    version: 1,
+    nextEntry,
+    pcr10: { sha256: 'ab'.repeat(32) },
+    learnedKeyrings: {},
+    progress: null,
+  })
+
+const success = (agentId: string, state: string | null): AttestationSuccess => ({
+  agentId,
+  attestationCount: 1,
+  lastReceivedQuote: 1_700_000_000,
+  lastSuccessfulAttestation: 1_700_000_000,
+  tpmClockinfo: null,
+  operationalState: AgentState.GET_QUOTE,
+  publicKey: null,
+  imaState: state,
+  hashAlg: 'sha256',
+  encAlg: 'rsa',
+  signAlg: 'rsassa',
+})
+
+const dialects = [
+  {
+    name: 'sqlite',
+    open: async () => {
+      const dir = mkdtempSync(join(tmpdir(), 'kl-vdb-'))
+      const db = await openDatabase<VerifierDatabase>('sqlite', {
+        dataDir: dir,
+        name: 'cv_data',
+        migrations: 'verifier',
+      })
+      return {
+        db,
+        cleanup: async () => {
+          await db.destroy()
+          rmSync(dir, { recursive: true, force: true })
+        },
+      }
+    },
+  },
+  {
+    name: 'postgres',
+    open: async () => {
+      const schema = `t_ver_${randomBytes(6).toString('hex')}`
+      const db = await openDatabase<VerifierDatabase>(PG_URL, { pgSchema: schema, migrations: 'verifier' })
+      return {
+        db,
+        cleanup: async () => {
+          await db.destroy()
+          await dropPgSchema(PG_URL, schema)
+        },
+      }
+    },
+  },
+]
+
+for (const dialect of dialects) {
+  describe(`next_ima_ml_entry on ${dialect.name}`, () => {
+    let db: Kysely<VerifierDatabase>
+    let cleanup: () => Promise<void>
+    let repo: VerifierRepository
+    const offset = async (agentId: string) => (await repo.getAgent(agentId))?.next_ima_ml_entry
+
+    beforeAll(async () => {
+      ;({ db, cleanup } = await dialect.open())
+      repo = new VerifierRepository(db)
+    })
+    afterAll(async () => cleanup?.())
+
+    it('starts at entry 0 on enrollment', async () => {
+      await repo.insertAgent({
+        agent_id: 'enrolled',
+        operational_state: AgentState.START,
+        lease_holder: HOLDER,
+      })
+      expect(await offset('enrolled')).toBe(0)
+    })
+
+    it('follows ima_state through batched successes, and keeps it when ima_state is not written', async () => {
+      await repo.insertAgent({ agent_id: 'ok', operational_state: AgentState.START, lease_holder: HOLDER })
+      expect(await repo.recordSuccesses(HOLDER, [success('ok', imaState(1234))])).toEqual([])
+      expect(await offset('ok')).toBe(1234)
+      expect(await repo.recordSuccesses(HOLDER, [success('ok', imaState(5000))])).toEqual([])
+      expect(await offset('ok')).toBe(5000)
+      expect(await repo.updateGuarded('ok', HOLDER, { attestation_count: 9 })).toBe(true)
+      expect(await offset('ok')).toBe(5000)
+    })
+
+    it('follows ima_state through a guarded failure write; a null state means entry 0 again', async () => {
+      await repo.insertAgent({ agent_id: 'bad', operational_state: AgentState.START, lease_holder: HOLDER })
+      await repo.updateGuarded('bad', HOLDER, {
+        operational_state: AgentState.INVALID_QUOTE,
+        ima_state: imaState(77),
+      })
+      expect(await offset('bad')).toBe(77)
+      await repo.updateGuarded('bad', HOLDER, { ima_state: null })
+      expect(await offset('bad')).toBe(0)
+    })
+
+    it('is not written when the lease guard refuses the write', async () => {
+      await repo.insertAgent({
+        agent_id: 'other',
+        operational_state: AgentState.START,
+        lease_holder: 'verifier-b',
+      })
+      expect(await repo.recordSuccesses(HOLDER, [success('other', imaState(42))])).toEqual(['other'])
+      expect(await offset('other')).toBe(0)
+    })
+  })
+}
