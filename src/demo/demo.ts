@@ -1,13 +1,16 @@
 /**
  * `keylime demo`: the whole system on one machine, as an operator would run it. swtpm stands in for the TPMs; the
  * verifier, registrar and two agents run as separate `keylime` processes with the certificates the verifier
- * generates (`tls_dir = generate`). The tenant enrolls both agents with a PCR policy and a certificate payload whose
- * `autorun.sh` writes a marker and whose `action_list` names a revocation action; then the demo tampers with a
- * policy PCR in the first agent's TPM and shows the verifier catch it, a local webhook receive the signed
- * revocation, and the second agent run its revocation action.
+ * generates (`tls_dir = generate`). Each agent serves a synthetic UEFI boot log that the demo has extended into its
+ * TPM (as firmware would have); the tenant enrolls both agents with a PCR policy, a measured-boot reference state
+ * generated from that log, a runtime policy and a certificate payload whose `autorun.sh` writes a marker and whose
+ * `action_list` names a revocation action. Then the demo tampers twice: agent1 runs a program outside the runtime
+ * policy, and agent2's boot loader "changes" (an extra PCR 4 measurement the boot log does not have); each time the
+ * verifier fails the agent, a local webhook receives the signed revocation, and the other agent acts on it.
  */
 
 import { execFile } from 'node:child_process'
+import { createHash } from 'node:crypto'
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs'
 import { createServer, type Server } from 'node:http'
 import { tmpdir } from 'node:os'
@@ -15,8 +18,11 @@ import { join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { createCa } from '../crypto/ca.ts'
 import { type RevocationMessage, verifyRevocation } from '../crypto/revocation.ts'
+import { extendEventLogIntoTpm } from '../devtools/event-log-replay.ts'
 import { type LocalCluster as Cluster, LocalCluster, waitFor } from '../devtools/local-cluster.ts'
 import { freePort, swtpmInstalled } from '../devtools/swtpm.ts'
+import { createSecureBootKeys, syntheticEventLog } from '../devtools/synthetic-event-log.ts'
+import { parseEventLog } from '../evidence/mb/index.ts'
 import { runTenantCommand, type TenantCliOptions } from '../tenant/cli-actions.ts'
 import { createTenant } from '../tenant/wiring.ts'
 import { pcrExtend } from '../tpm/keylime-client.ts'
@@ -35,6 +41,7 @@ export interface DemoOptions {
 
 const POLICY_PCR = 15
 const RUNTIME_POLICY = 'demo-runtime'
+const MB_POLICY = 'demo-boot'
 const BIN = resolve(fileURLToPath(new URL('../../bin/keylime.js', import.meta.url)))
 
 /** Runs a `keylime` subcommand as a separate process (as an operator would); rejects with its output on failure. */
@@ -72,6 +79,9 @@ async function nextRevocation(
   return got.message
 }
 const START = Date.now()
+
+/** Number of records in a log (for the demo's narration). */
+const parseEventCount = (bytes: Uint8Array) => parseEventLog(bytes).events.length
 
 function say(line: string): void {
   const t = ((Date.now() - START) / 1000).toFixed(1).padStart(5)
@@ -135,6 +145,10 @@ export async function runDemo(opts: DemoOptions): Promise<number> {
     await createCa(tenantCa, { commonName: 'Keylime TS demo tenant CA' })
     const webhookPort = await freePort()
     webhook = startWebhook(webhookPort, join(tenantCa, 'RevocationNotifier-cert.crt'))
+    // The boot log both agents serve: the Secure Boot certificates are generated while the services start.
+    const secureBootKeys = createSecureBootKeys()
+    // upstream's default measured-boot policy is accept-all; `example` checks the log against the reference state
+    process.env.KEYLIME_VERIFIER_MEASURED_BOOT_POLICY_NAME ??= 'example'
 
     cluster = new LocalCluster({
       dir,
@@ -150,11 +164,14 @@ export async function runDemo(opts: DemoOptions): Promise<number> {
     say(
       `registrar http://127.0.0.1:${cluster.registrarPort} and https://127.0.0.1:${cluster.registrarTlsPort}`,
     )
+    const bootLog = syntheticEventLog({ keys: await secureBootKeys })
+    const bootLogPath = (name: string) => join(dir, 'boot-logs', `${name}-binary_bios_measurements`)
+    mkdirSync(join(dir, 'boot-logs'), { recursive: true, mode: 0o700 })
+    for (const name of ['agent1', 'agent2']) writeFileSync(bootLogPath(name), bootLog.bytes)
     // One at a time: swtpm_setup signs EK certificates with a shared local CA that it locks.
-    const web = await cluster.startAgent('agent1')
-    const db = await cluster.startAgent('agent2')
+    const web = await cluster.startAgent('agent1', ['--measuredboot-ml-path', bootLogPath('agent1')])
+    const db = await cluster.startAgent('agent2', ['--measuredboot-ml-path', bootLogPath('agent2')])
     say(`agents started on two swtpm instances: ${web.uuid} (agent1) and ${db.uuid} (agent2)`)
-
     const tenantBase: TenantCliOptions = { config: cluster.tenantConf }
     const tenantRuntime = await createTenant(tenantBase)
     closeTenant = () => tenantRuntime.close()
@@ -164,6 +181,13 @@ export async function runDemo(opts: DemoOptions): Promise<number> {
       )
     }
     say('both agents registered with the registrar (EK certificate, AK, credential activation)')
+
+    // Measured boot: what firmware, shim and grub would have measured before the agent ran. Quotes only start
+    // after enrollment, so extending now is indistinguishable from a real boot.
+    for (const agent of [web, db]) await extendEventLogIntoTpm(agent.swtpm.transport, bootLog.bytes)
+    say(
+      `measured boot: each agent serves a synthetic UEFI boot log (${parseEventCount(bootLog.bytes)} events, Secure Boot on, shim → grub → kernel ${bootLog.digests.kernel.slice(0, 12)}…), extended into its TPM's PCRs 0-9 and 14`,
+    )
 
     // Runtime integrity: each agent "runs" two programs; the IMA emulator measures them into its IMA list and
     // PCR 10, as kernel IMA would. The runtime policy is generated from agent1's list.
@@ -188,19 +212,28 @@ export async function runDemo(opts: DemoOptions): Promise<number> {
       runtimePolicy: policyPath,
     })
 
+    // Measured-boot reference state, generated from the boot log as an operator would from a known-good machine.
+    const refstatePath = join(dir, 'mb-refstate.json')
+    await keylime(['policy', 'create', 'measured-boot', '-e', bootLogPath('agent1'), '-o', refstatePath])
+    await runTenantCommand('addmbpolicy', { ...tenantBase, mbPolicyName: MB_POLICY, mbPolicy: refstatePath })
+    say(
+      `measured-boot policy ${MB_POLICY} generated from agent1's boot log (Secure Boot keys, shim/grub/kernel digests, kernel command line)`,
+    )
+
     const zeros = '0'.repeat(64)
     const markers = new Map<string, { marker: string; revocationMarker: string }>()
     for (const agent of [web, db]) {
       const payloadDir = join(dir, 'payloads', agent.uuid)
       markers.set(agent.uuid, writePayloadDir(payloadDir, agent.dir))
       say(
-        `tenant add ${agent.uuid}: tpm_policy {"${POLICY_PCR}": [0…0]}, runtime policy ${RUNTIME_POLICY}, certificate payload with autorun.sh`,
+        `tenant add ${agent.uuid}: tpm_policy {"${POLICY_PCR}": [0…0]}, measured-boot policy ${MB_POLICY}, runtime policy ${RUNTIME_POLICY}, certificate payload with autorun.sh`,
       )
       await runTenantCommand('add', {
         ...tenantBase,
         uuid: agent.uuid,
         tpmPolicy: JSON.stringify({ [POLICY_PCR]: [zeros] }),
         runtimePolicyName: RUNTIME_POLICY,
+        mbPolicyName: MB_POLICY,
         cert: tenantCa,
         include: payloadDir,
         verify: true,
@@ -211,13 +244,24 @@ export async function runDemo(opts: DemoOptions): Promise<number> {
     let seen = 0
     await waitFor('three good attestations', opts.stepTimeout, async () => {
       const s = await status(web.uuid)
+      if (s.operational_state === 9) throw new Error(`agent1 failed attestation: ${s.last_event_id}`)
       const count = Number(s.attestation_count ?? 0)
       if (count > seen) {
         seen = count
-        say(`agent1: attestation #${count} passed (${s.operational_state_name}: quote, PCR policy, IMA list)`)
+        say(
+          `agent1: attestation #${count} passed (${s.operational_state_name}: quote, PCR policy, measured boot, IMA list)`,
+        )
       }
       return count >= 3 ? true : undefined
     })
+    await waitFor('agent2 to attest', opts.stepTimeout, async () => {
+      const s = await status(db.uuid)
+      if (s.operational_state === 9) throw new Error(`agent2 failed attestation: ${s.last_event_id}`)
+      return Number(s.attestation_count ?? 0) >= 1 ? true : undefined
+    })
+    say(
+      'measured boot passes on both agents: the boot log replays to the quoted PCRs 0-9 and 14, and matches the reference state',
+    )
     const { marker } = markers.get(web.uuid) as { marker: string }
     await waitFor('the payload to run', opts.stepTimeout, () => (existsSync(marker) ? true : undefined))
     say(`agent1: payload ran after the first good attestation: ${readFileSync(marker, 'utf8').trim()}`)
@@ -246,27 +290,38 @@ export async function runDemo(opts: DemoOptions): Promise<number> {
       `agent2: verified the revocation and ran its action: ${readFileSync(revocationMarker, 'utf8').trim()}`,
     )
 
-    // Tampering 2: a boot component of agent2 changes a PCR named in its tpm_policy.
-    say(`tampering 2: extending PCR ${POLICY_PCR} in agent2's TPM (as a modified boot component would)`)
+    // Tampering 2: agent2's boot loader changed. Its TPM gets a PCR 4 measurement (an EFI application's digest)
+    // that the boot log it serves does not contain, so the log no longer replays to the quoted PCRs.
+    say(
+      "tampering 2: agent2's boot loader changed: its TPM's PCR 4 gets a measurement its boot log does not have",
+    )
+    const modifiedBootloader = createHash('sha256').update('a modified grubx64.efi').digest()
     const tpm = await Tpm.open(db.swtpm.transport)
     try {
-      await pcrExtend(tpm, POLICY_PCR, { sha256: Buffer.alloc(32, 0xee), sha1: Buffer.alloc(20, 0xee) })
+      await pcrExtend(tpm, 4, {
+        sha256: modifiedBootloader,
+        sha1: createHash('sha1').update('a modified grubx64.efi').digest(),
+      })
     } finally {
       await tpm.close()
     }
     const tamperedAt = Date.now()
-    const pcrFailure = await waitFor('the verifier to detect the PCR change', opts.stepTimeout, async () => {
-      const s = await status(db.uuid)
-      return s.operational_state === 9 ? s : undefined
-    })
+    const bootFailure = await waitFor(
+      'the verifier to detect the boot change',
+      opts.stepTimeout,
+      async () => {
+        const s = await status(db.uuid)
+        return s.operational_state === 9 ? s : undefined
+      },
+    )
     say(
-      `verifier detected it after ${((Date.now() - tamperedAt) / 1000).toFixed(1)}s: agent2 ${pcrFailure.operational_state_name}, event ${pcrFailure.last_event_id}`,
+      `verifier detected it after ${((Date.now() - tamperedAt) / 1000).toFixed(1)}s: agent2 ${bootFailure.operational_state_name}, event ${bootFailure.last_event_id}`,
     )
     const second = await nextRevocation(webhook, 1, opts.stepTimeout)
-    say(`webhook: signed revocation for ${second.agent_id} verified (${second.type})`)
+    say(`webhook: signed revocation for ${second.agent_id} verified; event ${second.event_id ?? '(none)'}`)
 
     say(
-      'summary: enrolled, attested (PCRs + IMA), payload delivered, both tamperings detected, revocations signed and acted on',
+      'summary: enrolled, attested (PCRs + measured boot + IMA), payload delivered, both tamperings detected, revocations signed and acted on',
     )
     if (opts.keep) {
       process.stdout.write(
