@@ -13,6 +13,7 @@ import {
   Migrator,
   PostgresDialect,
   SqliteDialect,
+  type SqliteDialectConfig,
   sql,
 } from 'kysely'
 import pg from 'pg'
@@ -84,6 +85,27 @@ function quoteIdent(name: string): string {
   return `"${name}"`
 }
 
+/**
+ * kysely prepares every query anew and better-sqlite3 compiles the SQL on each prepare(); the services run the same
+ * few statements thousands of times a second, so statements are reused by SQL text. A statement still busy (an open
+ * iterator) is never handed out twice; the cache is cleared if queries with ever-new SQL text fill it.
+ */
+function withStatementCache(handle: SqliteDatabase.Database): SqliteDialectConfig['database'] {
+  const statements = new Map<string, SqliteDatabase.Statement>()
+  return {
+    close: () => handle.close(),
+    prepare(sqlText: string) {
+      let statement = statements.get(sqlText)
+      if (statement === undefined || statement.busy) {
+        statement = handle.prepare(sqlText)
+        if (statements.size >= 512) statements.clear()
+        statements.set(sqlText, statement)
+      }
+      return statement
+    },
+  }
+}
+
 export async function openDatabase<DB>(url: string, opts: OpenDatabaseOptions = {}): Promise<Kysely<DB>> {
   const parsed = parseDatabaseUrl(url, opts)
   let db: Kysely<DB>
@@ -101,7 +123,7 @@ export async function openDatabase<DB>(url: string, opts: OpenDatabaseOptions = 
         cause: err,
       })
     }
-    db = new Kysely<DB>({ dialect: new SqliteDialect({ database: handle }) })
+    db = new Kysely<DB>({ dialect: new SqliteDialect({ database: withStatementCache(handle) }) })
   } else {
     const schema = opts.pgSchema
     if (schema !== undefined) {
