@@ -1,19 +1,11 @@
 /**
- * Adapters from the tenant's ports to the real REST clients: the registrar's typed client, the agent's typed
- * client and the verifier's v2 API through the shared JSON client and the verifier's schemas.
+ * Adapters from the tenant's ports to the project's typed REST clients of the registrar, the agent and the
+ * verifier; they only translate outcomes (404 -> null, failures -> `TenantError` with an exit code).
  */
 import { AgentClient, agentSupportedVersions } from '../api/agent/client.ts'
-import { type ClientTls, JsonClient, PeerError } from '../api/client.ts'
+import { type ClientTls, PeerError } from '../api/client.ts'
 import type { RegistrarClient } from '../api/registrar/client.ts'
-import {
-  AgentList,
-  AgentStatus,
-  BulkAgents,
-  MbPolicyNames,
-  MbPolicyShow,
-  RuntimePolicyNames,
-  RuntimePolicyShow,
-} from '../api/verifier/schemas.ts'
+import { VerifierClient, VerifierClientError } from '../api/verifier/client.ts'
 import { EXIT_FAILED, EXIT_PEER, TenantError } from './errors.ts'
 import type {
   AgentContact,
@@ -27,10 +19,17 @@ import type {
 
 const is404 = (err: unknown) => err instanceof PeerError && err.status === 404
 
+/** HTTP status and the peer's envelope status text, from either client's error type. */
+function peerAnswer(err: unknown): { status: number | undefined; text: string | undefined } {
+  if (err instanceof PeerError) return { status: err.status, text: err.peerStatus }
+  if (err instanceof VerifierClientError) return { status: err.httpStatus, text: err.verifierStatus }
+  return { status: undefined, text: undefined }
+}
+
 function peerFailure(what: string, err: unknown): TenantError {
   if (err instanceof TenantError) return err
-  const status = err instanceof PeerError ? err.status : undefined
-  const detail = err instanceof PeerError && err.peerStatus ? err.peerStatus : (err as Error).message
+  const { status, text } = peerAnswer(err)
+  const detail = text ? text : (err as Error).message
   return new TenantError(
     `${what}: ${detail}`,
     status !== undefined && status < 500 ? EXIT_FAILED : EXIT_PEER,
@@ -91,15 +90,17 @@ export function agentPortFactory(tls: { cert: string; key: string; ca: string[] 
   }
 }
 
+/**
+ * The verifier port over the project's one verifier client (`src/api/verifier/client.ts`): 404s become null/false
+ * where the port allows them, other failures a `TenantError` with the verifier's status text.
+ */
 export function verifierPort(opts: {
   baseUrl: string
   apiVersion: string
   tls: ClientTls
   timeoutMs: number
 }): VerifierPort & { close(): Promise<void> } {
-  const http = new JsonClient({ baseUrl: opts.baseUrl, tls: opts.tls, timeoutMs: opts.timeoutMs })
-  const p = (path: string) => `/v${opts.apiVersion}${path}`
-  const id = (uuid: string) => encodeURIComponent(uuid)
+  const client = new VerifierClient(opts)
   const call = async <T>(what: string, fn: () => Promise<T>): Promise<T> => {
     try {
       return await fn()
@@ -107,21 +108,13 @@ export function verifierPort(opts: {
       throw peerFailure(what, err)
     }
   }
-  const orNull = async <T>(what: string, fn: () => Promise<T>): Promise<T | null> => {
-    try {
-      return await fn()
-    } catch (err) {
-      if (is404(err)) return null
-      throw peerFailure(what, err)
-    }
-  }
   return {
     addAgent: (uuid, body) =>
       call(`verifier enrollment of ${uuid}`, async () => {
         try {
-          await http.request('POST', p(`/agents/${id(uuid)}`), { body })
+          await client.addAgent(uuid, body)
         } catch (err) {
-          if (err instanceof PeerError && err.status === 409) {
+          if (err instanceof VerifierClientError && err.httpStatus === 409) {
             throw new TenantError(
               `agent ${uuid} is already enrolled at the verifier: delete or update it first`,
             )
@@ -130,112 +123,30 @@ export function verifierPort(opts: {
         }
       }),
     getAgent: (uuid) =>
-      orNull(
+      call(
         `verifier status of ${uuid}`,
-        async () =>
-          (await http.request('GET', p(`/agents/${id(uuid)}`), { results: AgentStatus }))
-            .results as VerifierAgentStatus,
+        async () => (await client.getAgent(uuid)) as VerifierAgentStatus | null,
       ),
-    listAgents: (verifierId) =>
-      call('verifier list', async () => {
-        const res = await http.request('GET', p('/agents/'), {
-          query: { verifier: verifierId },
-          results: AgentList,
-        })
-        return res.results.uuids.map((row) => row[0] as string)
-      }),
+    listAgents: (verifierId) => call('verifier list', () => client.listAgents(verifierId)),
     bulkInfo: (verifierId) =>
       call(
         'verifier bulk info',
-        async () =>
-          (
-            await http.request('GET', p('/agents/'), {
-              query: { bulk: 'True', verifier: verifierId },
-              results: BulkAgents,
-            })
-          ).results as Record<string, VerifierAgentStatus>,
+        async () => (await client.bulkInfo(verifierId)) as Record<string, VerifierAgentStatus>,
       ),
     deleteAgent: (uuid) =>
-      call(`verifier delete of ${uuid}`, async (): Promise<DeleteOutcome> => {
-        try {
-          const res = await http.request('DELETE', p(`/agents/${id(uuid)}`))
-          return res.status === 202 ? 'terminating' : 'deleted'
-        } catch (err) {
-          if (is404(err)) return 'not-found'
-          throw err
-        }
-      }),
-    reactivateAgent: (uuid) =>
-      call(`verifier reactivate of ${uuid}`, async () => {
-        await http.request('PUT', p(`/agents/${id(uuid)}/reactivate`), { body: {} })
-      }),
-    stopAgent: (uuid) =>
-      call(`verifier stop of ${uuid}`, async () => {
-        await http.request('PUT', p(`/agents/${id(uuid)}/stop`), { body: {} })
-      }),
+      call(`verifier delete of ${uuid}`, (): Promise<DeleteOutcome> => client.deleteAgent(uuid)),
+    reactivateAgent: (uuid) => call(`verifier reactivate of ${uuid}`, () => client.reactivateAgent(uuid)),
+    stopAgent: (uuid) => call(`verifier stop of ${uuid}`, () => client.stopAgent(uuid)),
     addRuntimePolicy: (name, body, update) =>
-      call(`runtime policy ${name}`, async () => {
-        await http.request(update ? 'PUT' : 'POST', p(`/allowlists/${id(name)}`), { body })
-      }),
-    getRuntimePolicy: (name) =>
-      orNull(
-        `runtime policy ${name}`,
-        async () =>
-          (await http.request('GET', p(`/allowlists/${id(name)}`), { results: RuntimePolicyShow }))
-            .results as Record<string, unknown>,
-      ),
-    deleteRuntimePolicy: (name) =>
-      call(`runtime policy ${name}`, async () => {
-        try {
-          await http.request('DELETE', p(`/allowlists/${id(name)}`))
-          return true
-        } catch (err) {
-          if (is404(err)) return false
-          // 204 has no envelope: the JSON client reports it as a reply without JSON
-          if (err instanceof PeerError && err.status === 204) return true
-          throw err
-        }
-      }),
-    listRuntimePolicies: () =>
-      call(
-        'runtime policy list',
-        async () =>
-          (await http.request('GET', p('/allowlists/'), { results: RuntimePolicyNames })).results[
-            'runtimepolicy names'
-          ],
-      ),
+      call(`runtime policy ${name}`, () => client.putRuntimePolicy(name, body, update)),
+    getRuntimePolicy: (name) => call(`runtime policy ${name}`, () => client.getRuntimePolicy(name)),
+    deleteRuntimePolicy: (name) => call(`runtime policy ${name}`, () => client.deleteRuntimePolicy(name)),
+    listRuntimePolicies: () => call('runtime policy list', () => client.listRuntimePolicies()),
     addMbPolicy: (name, mbPolicy, update) =>
-      call(`measured-boot policy ${name}`, async () => {
-        await http.request(update ? 'PUT' : 'POST', p(`/mbpolicies/${id(name)}`), {
-          body: { mb_policy: mbPolicy },
-        })
-      }),
-    getMbPolicy: (name) =>
-      orNull(
-        `measured-boot policy ${name}`,
-        async () =>
-          (await http.request('GET', p(`/mbpolicies/${id(name)}`), { results: MbPolicyShow }))
-            .results as Record<string, unknown>,
-      ),
-    deleteMbPolicy: (name) =>
-      call(`measured-boot policy ${name}`, async () => {
-        try {
-          await http.request('DELETE', p(`/mbpolicies/${id(name)}`))
-          return true
-        } catch (err) {
-          if (is404(err)) return false
-          if (err instanceof PeerError && err.status === 204) return true
-          throw err
-        }
-      }),
-    listMbPolicies: () =>
-      call(
-        'measured-boot policy list',
-        async () =>
-          (await http.request('GET', p('/mbpolicies/'), { results: MbPolicyNames })).results[
-            'mbpolicy names'
-          ],
-      ),
-    close: () => http.close(),
+      call(`measured-boot policy ${name}`, () => client.putMbPolicy(name, mbPolicy, update)),
+    getMbPolicy: (name) => call(`measured-boot policy ${name}`, () => client.getMbPolicy(name)),
+    deleteMbPolicy: (name) => call(`measured-boot policy ${name}`, () => client.deleteMbPolicy(name)),
+    listMbPolicies: () => call('measured-boot policy list', () => client.listMbPolicies()),
+    close: () => client.close(),
   }
 }

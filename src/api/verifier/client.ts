@@ -1,12 +1,27 @@
 /**
- * Typed client of the verifier's v2 API (keylime-api.md §3) over HTTPS with the tenant's client certificate.
- * Hostnames are not checked (identity is the CA chain, §0.1). Errors carry the HTTP status and the envelope status.
+ * Typed client of the verifier's v2 API (keylime-api.md §3), the only one in the project: the tenant's verifier
+ * port delegates to it. Requests go through the shared JSON client (connection pool, mTLS, hostnames not checked:
+ * identity is the CA chain, §0.1) and replies are checked against the verifier's own schemas. Errors carry the
+ * HTTP status and the envelope status.
  */
-import { Agent, type Dispatcher, request } from 'undici'
+import type { Static, TSchema } from '@sinclair/typebox'
 import { KeylimeError } from '../../common/errors.ts'
-import type { AgentStatus, EnrollBody, RuntimePolicyBody, VersionResults } from './schemas.ts'
+import { type ClientTls, JsonClient, PeerError } from '../client.ts'
+import {
+  AgentList,
+  AgentStatus,
+  BulkAgents,
+  type EnrollBody,
+  MbPolicyNames,
+  MbPolicyShow,
+  type RuntimePolicyBody,
+  RuntimePolicyNames,
+  RuntimePolicyShow,
+  VersionResults,
+} from './schemas.ts'
 
 export class VerifierClientError extends KeylimeError {
+  /** undefined when the verifier could not be reached. */
   readonly httpStatus: number | undefined
   readonly verifierStatus: string | undefined
   constructor(message: string, opts: { httpStatus?: number; verifierStatus?: string; cause?: unknown }) {
@@ -20,166 +35,160 @@ export interface VerifierClientOptions {
   /** e.g. `https://127.0.0.1:8881` */
   baseUrl: string
   apiVersion?: string
-  tls?: { ca: string | string[]; cert: string; key: string }
+  tls?: ClientTls
   timeoutMs?: number
 }
+
+/** The first `errors[].detail` of a JSON:API error body (the verifier's 403 for non-admin callers uses one). */
+function jsonApiDetail(body: unknown): string | undefined {
+  const errors = (body as { errors?: unknown } | undefined)?.errors
+  const detail = Array.isArray(errors) ? (errors[0] as { detail?: unknown } | undefined)?.detail : undefined
+  return typeof detail === 'string' ? detail : undefined
+}
+
+type Method = 'GET' | 'POST' | 'PUT' | 'DELETE'
 
 export class VerifierClient {
   readonly baseUrl: string
   readonly apiVersion: string
-  private readonly dispatcher: Dispatcher
-  private readonly timeoutMs: number
+  private readonly http: JsonClient
 
   constructor(opts: VerifierClientOptions) {
     this.baseUrl = opts.baseUrl.replace(/\/+$/, '')
     this.apiVersion = opts.apiVersion ?? '2.6'
-    this.timeoutMs = opts.timeoutMs ?? 60_000
-    this.dispatcher = new Agent({
-      connect: opts.tls
-        ? {
-            ...opts.tls,
-            rejectUnauthorized: true,
-            checkServerIdentity: () => undefined,
-            minVersion: 'TLSv1.2',
-          }
-        : {},
+    this.http = new JsonClient({
+      baseUrl: this.baseUrl,
+      timeoutMs: opts.timeoutMs ?? 60_000,
+      ...(opts.tls ? { tls: opts.tls } : {}),
     })
   }
 
   close(): Promise<void> {
-    return this.dispatcher.close()
+    return this.http.close()
   }
 
-  /** Returns the HTTP status and the envelope's results; non-2xx throw unless listed in `accept`. */
-  private async call<T>(
-    method: 'GET' | 'POST' | 'PUT' | 'DELETE',
+  /**
+   * One request; statuses in `accept` come back as `{ status, results: null }` instead of throwing. A 2xx without
+   * an envelope (DELETE answers 204) is a success with null results.
+   */
+  private async call<S extends TSchema>(
+    method: Method,
     path: string,
-    body?: unknown,
-    accept: readonly number[] = [],
-  ): Promise<{ status: number; results: T }> {
-    let res: Dispatcher.ResponseData
+    req: { body?: unknown; query?: Record<string, string | undefined>; results?: S; accept?: number[] } = {},
+  ): Promise<{ status: number; results: Static<S> | null }> {
     try {
-      res = await request(`${this.baseUrl}${path}`, {
-        method,
-        dispatcher: this.dispatcher,
-        headersTimeout: this.timeoutMs,
-        bodyTimeout: this.timeoutMs,
-        ...(body === undefined
-          ? {}
-          : { body: JSON.stringify(body), headers: { 'content-type': 'application/json' } }),
+      const res = await this.http.request(method, path, {
+        ...(req.body === undefined ? {} : { body: req.body }),
+        ...(req.query ? { query: req.query } : {}),
+        ...(req.results ? { results: req.results } : {}),
       })
+      return { status: res.status, results: res.results as Static<S> }
     } catch (err) {
-      throw new VerifierClientError(`verifier ${this.baseUrl} unreachable: ${(err as Error).message}`, {
+      if (!(err instanceof PeerError)) throw err
+      const status = err.status
+      if (status !== undefined && req.accept?.includes(status)) return { status, results: null }
+      if (status !== undefined && status >= 200 && status < 300 && !req.results)
+        return { status, results: null }
+      const verifierStatus = err.peerStatus ?? jsonApiDetail(err.body)
+      throw new VerifierClientError(err.message, {
+        ...(status === undefined ? {} : { httpStatus: status }),
+        ...(verifierStatus === undefined ? {} : { verifierStatus }),
         cause: err,
       })
     }
-    const text = await res.body.text()
-    let parsed: { status?: unknown; results?: unknown; errors?: { detail?: string }[] } | undefined
-    try {
-      parsed = text ? JSON.parse(text) : undefined
-    } catch {
-      parsed = undefined
-    }
-    const status =
-      typeof parsed?.status === 'string' ? parsed.status : (parsed?.errors?.[0]?.detail ?? undefined)
-    if ((res.statusCode < 200 || res.statusCode > 299) && !accept.includes(res.statusCode))
-      throw new VerifierClientError(
-        `verifier answered ${res.statusCode} to ${method} ${path}: ${status ?? ''}`,
-        {
-          httpStatus: res.statusCode,
-          ...(status === undefined ? {} : { verifierStatus: status }),
-        },
-      )
-    return { status: res.statusCode, results: parsed?.results as T }
   }
 
   private v(path: string): string {
     return `/v${this.apiVersion}${path}`
   }
 
-  async version(): Promise<VersionResults> {
-    return (await this.call<VersionResults>('GET', '/version')).results
+  private agent(agentId: string, tail = ''): string {
+    return this.v(`/agents/${encodeURIComponent(agentId)}${tail}`)
   }
 
+  async version(): Promise<VersionResults> {
+    return (await this.call('GET', '/version', { results: VersionResults })).results as VersionResults
+  }
+
+  /** A 409 (already enrolled) surfaces as `VerifierClientError` with `httpStatus` 409. */
   async addAgent(agentId: string, body: EnrollBody): Promise<void> {
-    await this.call('POST', this.v(`/agents/${encodeURIComponent(agentId)}`), body)
+    await this.call('POST', this.agent(agentId), { body })
   }
 
   /** null when the verifier does not know the agent. */
   async getAgent(agentId: string): Promise<AgentStatus | null> {
-    const r = await this.call<AgentStatus>(
-      'GET',
-      this.v(`/agents/${encodeURIComponent(agentId)}`),
-      undefined,
-      [404],
-    )
-    return r.status === 404 ? null : r.results
+    return (await this.call('GET', this.agent(agentId), { results: AgentStatus, accept: [404] })).results
   }
 
   async listAgents(verifierId?: string): Promise<string[]> {
-    const q = verifierId === undefined ? '' : `?verifier=${encodeURIComponent(verifierId)}`
-    const r = await this.call<{ uuids: string[][] }>('GET', this.v(`/agents${q}`))
-    return r.results.uuids.map((u) => u[0] as string)
+    const r = await this.call('GET', this.v('/agents/'), {
+      query: { verifier: verifierId },
+      results: AgentList,
+    })
+    return (r.results?.uuids ?? []).map((row) => row[0] as string)
   }
 
   async bulkInfo(verifierId?: string): Promise<Record<string, AgentStatus>> {
-    const q = verifierId === undefined ? '' : `&verifier=${encodeURIComponent(verifierId)}`
-    return (await this.call<Record<string, AgentStatus>>('GET', this.v(`/agents?bulk=1${q}`))).results
+    const r = await this.call('GET', this.v('/agents/'), {
+      query: { bulk: 'True', verifier: verifierId },
+      results: BulkAgents,
+    })
+    return r.results ?? {}
   }
 
   /** 'deleted' (200), 'terminating' (202: poll getAgent until null) or 'not-found'. */
   async deleteAgent(agentId: string): Promise<'deleted' | 'terminating' | 'not-found'> {
-    const r = await this.call('DELETE', this.v(`/agents/${encodeURIComponent(agentId)}`), undefined, [404])
+    const r = await this.call('DELETE', this.agent(agentId), { accept: [404] })
     return r.status === 404 ? 'not-found' : r.status === 202 ? 'terminating' : 'deleted'
   }
 
   async reactivateAgent(agentId: string): Promise<void> {
-    await this.call('PUT', this.v(`/agents/${encodeURIComponent(agentId)}/reactivate`))
+    await this.call('PUT', this.agent(agentId, '/reactivate'), { body: {} })
   }
 
   async stopAgent(agentId: string): Promise<void> {
-    await this.call('PUT', this.v(`/agents/${encodeURIComponent(agentId)}/stop`))
+    await this.call('PUT', this.agent(agentId, '/stop'), { body: {} })
   }
 
   async putRuntimePolicy(name: string, body: RuntimePolicyBody, update = false): Promise<void> {
-    await this.call(update ? 'PUT' : 'POST', this.v(`/allowlists/${encodeURIComponent(name)}`), body)
+    await this.call(update ? 'PUT' : 'POST', this.v(`/allowlists/${encodeURIComponent(name)}`), { body })
   }
 
-  async getRuntimePolicy(name: string): Promise<{ name: string; runtime_policy: string | null } | null> {
-    const r = await this.call<{ name: string; runtime_policy: string | null }>(
-      'GET',
-      this.v(`/allowlists/${encodeURIComponent(name)}`),
-      undefined,
-      [404],
-    )
-    return r.status === 404 ? null : r.results
+  async getRuntimePolicy(name: string): Promise<Static<typeof RuntimePolicyShow> | null> {
+    const path = this.v(`/allowlists/${encodeURIComponent(name)}`)
+    return (await this.call('GET', path, { results: RuntimePolicyShow, accept: [404] })).results
   }
 
   async listRuntimePolicies(): Promise<string[]> {
-    return (await this.call<{ 'runtimepolicy names': string[] }>('GET', this.v('/allowlists'))).results[
-      'runtimepolicy names'
-    ]
+    const r = await this.call('GET', this.v('/allowlists/'), { results: RuntimePolicyNames })
+    return r.results?.['runtimepolicy names'] ?? []
   }
 
+  /** false when there was no such policy. */
   async deleteRuntimePolicy(name: string): Promise<boolean> {
-    const r = await this.call('DELETE', this.v(`/allowlists/${encodeURIComponent(name)}`), undefined, [404])
+    const r = await this.call('DELETE', this.v(`/allowlists/${encodeURIComponent(name)}`), { accept: [404] })
     return r.status !== 404
   }
 
-  async putMbPolicy(name: string, mbPolicyJson: string, update = false): Promise<void> {
+  async putMbPolicy(name: string, mbPolicyJson: string | null, update = false): Promise<void> {
     await this.call(update ? 'PUT' : 'POST', this.v(`/mbpolicies/${encodeURIComponent(name)}`), {
-      mb_policy: mbPolicyJson,
+      body: { mb_policy: mbPolicyJson },
     })
   }
 
-  async listMbPolicies(): Promise<string[]> {
-    return (await this.call<{ 'mbpolicy names': string[] }>('GET', this.v('/mbpolicies'))).results[
-      'mbpolicy names'
-    ]
+  async getMbPolicy(name: string): Promise<Static<typeof MbPolicyShow> | null> {
+    const path = this.v(`/mbpolicies/${encodeURIComponent(name)}`)
+    return (await this.call('GET', path, { results: MbPolicyShow, accept: [404] })).results
   }
 
+  async listMbPolicies(): Promise<string[]> {
+    const r = await this.call('GET', this.v('/mbpolicies/'), { results: MbPolicyNames })
+    return r.results?.['mbpolicy names'] ?? []
+  }
+
+  /** false when there was no such policy. */
   async deleteMbPolicy(name: string): Promise<boolean> {
-    const r = await this.call('DELETE', this.v(`/mbpolicies/${encodeURIComponent(name)}`), undefined, [404])
+    const r = await this.call('DELETE', this.v(`/mbpolicies/${encodeURIComponent(name)}`), { accept: [404] })
     return r.status !== 404
   }
 }
