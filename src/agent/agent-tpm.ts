@@ -38,6 +38,8 @@ export interface AgentTpm {
   pcrReset(pcr: number): Promise<void>
   pcrExtend(pcr: number, digests: Partial<Record<HashAlgName, Uint8Array>>): Promise<void>
   flush(handle: number): Promise<void>
+  /** Flushes transient objects a killed earlier agent left loaded; returns how many. Only at start-up. */
+  flushStaleObjects(): Promise<number>
   /** Number of loaded transient objects and sessions, for leak checks. */
   handleCounts(): Promise<{ transient: number; sessions: number }>
   close(): Promise<void>

@@ -114,6 +114,10 @@ export async function startAgent(opts: StartAgentOptions): Promise<RunningAgent>
   }
 
   try {
+    // swtpm has no resource manager: objects of an agent that was killed stay loaded and can exhaust its 3 object
+    // slots (TPM_RC_OBJECT_MEMORY). Behind /dev/tpmrm0 this agent sees none of them and flushes nothing.
+    const stale = await lock.run(() => tpm.flushStaleObjects())
+    log.info(`flushed ${stale} transient TPM object(s) left loaded before this agent started`)
     const ek = await lock.run(() => tpm.ek(encAlg, ekPersistent))
     if (ekPersistent === null) transient.push(ek.handle)
     const ekCertDer = await lock.run(() => tpm.readEkCertificate(encAlg))

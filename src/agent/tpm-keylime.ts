@@ -4,6 +4,7 @@ import {
   createAk,
   createEk,
   flushContext,
+  flushTransientObjects,
   getHandleCounts,
   loadAk,
   pcrExtend,
@@ -40,6 +41,7 @@ export async function openKeylimeTpm(
     pcrReset: (pcr) => pcrReset(tpm, pcr),
     pcrExtend: (pcr, digests) => pcrExtend(tpm, pcr, digests),
     flush: (handle) => flushContext(tpm, handle),
+    flushStaleObjects: () => flushTransientObjects(tpm),
     handleCounts: () => getHandleCounts(tpm),
     close: () => tpm.close(),
   }

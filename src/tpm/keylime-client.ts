@@ -331,6 +331,28 @@ export async function flushContext(tpm: Tpm, handle: number): Promise<void> {
   await tpm.run(FlushContext, { flushHandle: handle })
 }
 
+/**
+ * Flushes every loaded transient object (0x80xxxxxx) and returns how many it flushed. For a process starting on a
+ * TPM without a resource manager (swtpm), where a killed predecessor's objects stay loaded and fill the few object
+ * slots; behind the kernel resource manager (`/dev/tpmrm0`) a process lists only its own objects, so this is a
+ * no-op there. It also flushes objects of any other client using the TPM at that moment: call it only at start-up.
+ * Sessions are left alone: the kernel does not hide other processes' sessions from the handle list.
+ */
+export async function flushTransientObjects(tpm: Tpm): Promise<number> {
+  let flushed = 0
+  for (const handle of await listHandles(tpm, TpmHt.Transient)) {
+    try {
+      await tpm.run(FlushContext, { flushHandle: handle })
+      flushed++
+    } catch (err) {
+      // Gone in between (its owner flushed it): nothing left to do.
+      if (err instanceof TpmResponseError && err.baseRc === TpmRc.Handle) continue
+      throw err
+    }
+  }
+  return flushed
+}
+
 export interface KeylimeQuote {
   /** TPMS_ATTEST bytes exactly as signed. */
   attest: Uint8Array
