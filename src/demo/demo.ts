@@ -147,14 +147,14 @@ export async function runDemo(opts: DemoOptions): Promise<number> {
     webhook = startWebhook(webhookPort, join(tenantCa, 'RevocationNotifier-cert.crt'))
     // The boot log both agents serve: the Secure Boot certificates are generated while the services start.
     const secureBootKeys = createSecureBootKeys()
-    // upstream's default measured-boot policy is accept-all; `example` checks the log against the reference state
-    process.env.KEYLIME_VERIFIER_MEASURED_BOOT_POLICY_NAME ??= 'example'
 
     cluster = new LocalCluster({
       dir,
       quoteInterval: opts.quoteInterval,
       stepTimeout: opts.stepTimeout,
       webhookUrl: `http://127.0.0.1:${webhookPort}/revocation`,
+      // upstream's default measured-boot engine is accept-all; `example` checks the log against the reference state
+      verifierEnv: { KEYLIME_VERIFIER_MEASURED_BOOT_POLICY_NAME: 'example' },
       onExit: (name, log) => say(`${name} exited unexpectedly; see ${log}`),
     })
     await cluster.startServices()

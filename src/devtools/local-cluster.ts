@@ -54,6 +54,8 @@ export interface LocalClusterOptions {
   stepTimeout: number
   /** Revocation webhook URL for the verifier (optional). */
   webhookUrl?: string
+  /** Extra `KEYLIME_VERIFIER_*` settings for the verifier process (e.g. its measured-boot policy engine). */
+  verifierEnv?: Record<string, string>
   /** Called when a process exits unexpectedly. */
   onExit?: (name: string, logFile: string) => void
 }
@@ -150,7 +152,7 @@ export class LocalCluster {
               ]
             : []),
         ],
-        { KEYLIME_DIR: join(dir, 'verifier') },
+        { ...this.opts.verifierEnv, KEYLIME_DIR: join(dir, 'verifier') },
       )
       return { child, port }
     })

@@ -115,10 +115,6 @@ describe.concurrent('measured boot on swtpm', () => {
   let payloadCa: string
   const extraProcesses: ChildProcess[] = []
   let locality3Tpm: SwtpmInstance | undefined
-  const savedEnv = {
-    policy: process.env.KEYLIME_VERIFIER_MEASURED_BOOT_POLICY_NAME,
-    evaluate: process.env.KEYLIME_VERIFIER_MEASURED_BOOT_EVALUATE,
-  }
 
   const refstateFile = (name: string, log: SyntheticEventLog) => {
     const path = join(dir, `${name}.refstate.json`)
@@ -132,10 +128,16 @@ describe.concurrent('measured boot on swtpm', () => {
   }
 
   async function makeSite(name: string, evaluate: 'once' | 'always', webhookUrl: string): Promise<Site> {
-    // the verifier process reads these when LocalCluster spawns it
-    process.env.KEYLIME_VERIFIER_MEASURED_BOOT_POLICY_NAME = 'example'
-    process.env.KEYLIME_VERIFIER_MEASURED_BOOT_EVALUATE = evaluate
-    const cluster = new LocalCluster({ dir: join(dir, name), quoteInterval: 1, stepTimeout: 90, webhookUrl })
+    const cluster = new LocalCluster({
+      dir: join(dir, name),
+      quoteInterval: 1,
+      stepTimeout: 90,
+      webhookUrl,
+      verifierEnv: {
+        KEYLIME_VERIFIER_MEASURED_BOOT_POLICY_NAME: 'example',
+        KEYLIME_VERIFIER_MEASURED_BOOT_EVALUATE: evaluate,
+      },
+    })
     await cluster.startServices()
     const tenantRuntime = await createTenant({ config: cluster.tenantConf })
     return {
@@ -266,13 +268,6 @@ describe.concurrent('measured boot on swtpm', () => {
       await site?.cluster.stop()
     }
     await webhook?.close()
-    for (const [key, value] of [
-      ['KEYLIME_VERIFIER_MEASURED_BOOT_POLICY_NAME', savedEnv.policy],
-      ['KEYLIME_VERIFIER_MEASURED_BOOT_EVALUATE', savedEnv.evaluate],
-    ] as const) {
-      if (value === undefined) delete process.env[key]
-      else process.env[key] = value
-    }
     if (dir) rmSync(dir, { recursive: true, force: true })
   })
 
