@@ -18,7 +18,8 @@ export interface AgentQuote {
 export interface AgentTpm {
   /** Creates the TCG default EK, or reads the public area of a persistent EK handle. */
   ek(alg: EncAlgName, persistentHandle: number | null): Promise<{ handle: number; publicArea: Uint8Array }>
-  readEkCertificate(alg: EncAlgName): Promise<Uint8Array | null>
+  /** The EK certificate whose key is this EK's (TPM2B_PUBLIC), from any TCG EK certificate index; null if none. */
+  readEkCertificate(alg: EncAlgName, ekPublicArea: Uint8Array): Promise<Uint8Array | null>
   createAk(
     ekHandle: number,
     algs: { hashAlg: HashAlgName; signAlg: SignAlgName },

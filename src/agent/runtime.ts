@@ -120,7 +120,8 @@ export async function startAgent(opts: StartAgentOptions): Promise<RunningAgent>
     log.info(`flushed ${stale} transient TPM object(s) left loaded before this agent started`)
     const ek = await lock.run(() => tpm.ek(encAlg, ekPersistent))
     if (ekPersistent === null) transient.push(ek.handle)
-    const ekCertDer = await lock.run(() => tpm.readEkCertificate(encAlg))
+    const ekCertDer = await lock.run(() => tpm.readEkCertificate(encAlg, ek.publicArea))
+    if (ekCertDer === null) log.warn('the TPM holds no EK certificate for this EK; registering without one')
     const uuid = resolveAgentUuid(cfg.uuid, () => deps.publicKeyPem(ek.publicArea))
 
     // AK: reuse the stored one when algorithms and EK match, else create and persist a new one.

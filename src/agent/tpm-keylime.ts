@@ -32,7 +32,7 @@ export async function openKeylimeTpm(
       const ek = await createEk(tpm, alg, auth)
       return { handle: ek.handle, publicArea: ek.publicArea }
     },
-    readEkCertificate: (alg) => readEkCertificate(tpm, alg),
+    readEkCertificate: (alg, ekPublicArea) => readEkCertificate(tpm, alg, ekPublicArea),
     createAk: (ekHandle, algs) => createAk(tpm, ekHandle, algs, auth),
     loadAk: (ekHandle, pub, priv) => loadAk(tpm, ekHandle, pub, priv, auth),
     activateCredential: (args) => activateCredential(tpm, args, auth),

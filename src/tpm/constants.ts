@@ -324,8 +324,32 @@ export const TpmaNv = Object.freeze({
 /** TPM_GENERATED_VALUE: the magic at the start of every TPMS_ATTEST (Part 2, 6.2). */
 export const TPM_GENERATED_VALUE = 0xff544347
 
-/** NV indices of the EK certificates (TCG EK Credential Profile 2.0, low range). */
+/**
+ * NV indices of the EK certificates for the default EK templates L-1 (RSA 2048) and L-2 (ECC NIST P-256), the
+ * ones `createEk` uses (TCG EK Credential Profile 2.x, low range).
+ */
 export const EkCertNvIndex = Object.freeze({ rsa: 0x01c00002, ecc: 0x01c0000a })
+
+/**
+ * Every EK certificate NV index of the TCG EK Credential Profile 2.x per key family, low range first: each holds the
+ * certificate of the EK built from one template, so the certificate for a given EK is the one with its key. swtpm
+ * (0.7) provisions RSA 2048 at 0x01c00002 and its ECC EK, a P-384 key (template H-3), at 0x01c00016.
+ */
+export const EkCertNvIndices = Object.freeze({
+  rsa: Object.freeze([
+    { index: 0x01c00002, template: 'L-1 RSA 2048' },
+    { index: 0x01c00012, template: 'H-1 RSA 2048' },
+    { index: 0x01c0001c, template: 'H-6 RSA 3072' },
+    { index: 0x01c0001e, template: 'H-7 RSA 4096' },
+  ]),
+  ecc: Object.freeze([
+    { index: 0x01c0000a, template: 'L-2 ECC NIST P-256' },
+    { index: 0x01c00014, template: 'H-2 ECC NIST P-256' },
+    { index: 0x01c00016, template: 'H-3 ECC NIST P-384' },
+    { index: 0x01c00018, template: 'H-4 ECC NIST P-521' },
+    { index: 0x01c0001a, template: 'H-5 ECC SM2 P-256' },
+  ]),
+})
 
 /** Upper bounds used by decoders (Part 2 table sizes) so hostile counts cannot make us loop or allocate. */
 export const Limits = Object.freeze({

@@ -4,7 +4,7 @@
  * PCR read/extend/reset and TPM information. Every use of the EK goes through a fresh
  * PolicySecret(TPM_RH_ENDORSEMENT) policy session, as the TCG EK policy requires.
  */
-import { createHash } from 'node:crypto'
+import { createHash, type JsonWebKey, X509Certificate } from 'node:crypto'
 import { Quote } from './commands/attestation.ts'
 import { GetCapability, type TpmsCapabilityData } from './commands/capability.ts'
 import { FlushContext } from './commands/context.ts'
@@ -14,6 +14,7 @@ import { Create, CreatePrimary, Load, ReadPublic } from './commands/object.ts'
 import { PcrExtend, PcrRead, PcrReset } from './commands/pcr.ts'
 import {
   EkCertNvIndex,
+  EkCertNvIndices,
   HashAlgs,
   nodeHashName,
   TpmAlg,
@@ -30,6 +31,7 @@ import { ekPolicySession } from './sessions.ts'
 import { akTemplate, EK_TEMPLATE_ECC_P256, EK_TEMPLATE_RSA2048 } from './templates.ts'
 import type { Tpm } from './tpm.ts'
 import { pcrSelection } from './types/pcr.ts'
+import { decodeTpm2bPublic, type TpmtPublic } from './types/public.ts'
 
 export type HashAlgName = 'sha1' | 'sha256' | 'sha384' | 'sha512'
 export type SignAlgName = 'rsassa' | 'ecdsa'
@@ -174,10 +176,8 @@ export async function nvReadAll(tpm: Tpm, nvIndex: number, password?: string): P
   return out
 }
 
-/** The EK certificate (DER) from its TCG NV index (RSA 0x01c00002, ECC 0x01c0000a), or null if absent. */
-export async function readEkCertificate(tpm: Tpm, alg: EncAlgName): Promise<Uint8Array | null> {
-  const index = EkCertNvIndex[alg]
-  if (index === undefined) throw new TpmUsageError(`unsupported EK algorithm "${alg}"`)
+/** The NV index's contents up to the end of the DER certificate it starts with (NV areas are often padded). */
+async function readCertificateAt(tpm: Tpm, index: number): Promise<Uint8Array | null> {
   let data: Uint8Array
   try {
     data = await nvReadAll(tpm, index)
@@ -187,6 +187,83 @@ export async function readEkCertificate(tpm: Tpm, alg: EncAlgName): Promise<Uint
   }
   const len = derLength(data)
   return len !== undefined && len <= data.length ? data.slice(0, len) : data
+}
+
+/** Unsigned big-endian integer bytes without leading zeros, to compare TPM and JWK encodings of one number. */
+function unsignedBytes(bytes: Uint8Array): Buffer {
+  let i = 0
+  while (i < bytes.length - 1 && bytes[i] === 0) i++
+  return Buffer.from(bytes.subarray(i))
+}
+
+/**
+ * Whether a DER certificate certifies the key of a TPM2B_PUBLIC: same RSA modulus and exponent, or same ECC point.
+ * undefined when node cannot parse the certificate (some vendors' DER is not strict), so the keys cannot be compared.
+ */
+function certificateMatchesKey(der: Uint8Array, ekPublic: TpmtPublic): boolean | undefined {
+  let jwk: JsonWebKey
+  try {
+    jwk = new X509Certificate(der).publicKey.export({ format: 'jwk' })
+  } catch {
+    return undefined
+  }
+  const b64 = (v: string | undefined) => unsignedBytes(Buffer.from(v ?? '', 'base64url'))
+  const { unique, parameters } = ekPublic
+  if (unique.kind === 'rsa' && parameters.kind === 'rsa') {
+    const exponent = Buffer.alloc(4)
+    exponent.writeUInt32BE(parameters.exponent === 0 ? 65537 : parameters.exponent)
+    return (
+      jwk.kty === 'RSA' &&
+      b64(jwk.n).equals(unsignedBytes(unique.n)) &&
+      b64(jwk.e).equals(unsignedBytes(exponent))
+    )
+  }
+  if (unique.kind === 'ecc') {
+    return (
+      jwk.kty === 'EC' &&
+      b64(jwk.x).equals(unsignedBytes(unique.x)) &&
+      b64(jwk.y).equals(unsignedBytes(unique.y))
+    )
+  }
+  return false
+}
+
+/**
+ * The EK certificate (DER) from the TCG NV indices, or null if there is none.
+ *
+ * Without `ekPublicArea`: the index of the default template for `alg` (RSA 0x01c00002, ECC 0x01c0000a), the
+ * certificate of the EK `createEk` makes. With it (TPM2B_PUBLIC of the EK in use): every EK certificate index of
+ * the family (`EkCertNvIndices`) is tried and only a certificate of that key is returned, so an EK made from another
+ * template never gets a certificate for a different key (swtpm's ECC certificate at 0x01c00016 is for its P-384
+ * EK, not for the L-2 P-256 one). A certificate node cannot parse is returned only from the default index, as
+ * before, since its key cannot be compared.
+ */
+export async function readEkCertificate(
+  tpm: Tpm,
+  alg: EncAlgName,
+  ekPublicArea?: Uint8Array,
+): Promise<Uint8Array | null> {
+  const defaultIndex = EkCertNvIndex[alg]
+  const candidates = EkCertNvIndices[alg]
+  if (defaultIndex === undefined || candidates === undefined)
+    throw new TpmUsageError(`unsupported EK algorithm "${alg}"`)
+  if (ekPublicArea === undefined) return readCertificateAt(tpm, defaultIndex)
+
+  const ekPublic = decodeTpm2bPublic(ekPublicArea)
+  const family = alg === 'rsa' ? TpmAlg.Rsa : TpmAlg.Ecc
+  if (ekPublic.type !== family)
+    throw new TpmUsageError(
+      `the EK is not an ${alg.toUpperCase()} key (type 0x${ekPublic.type.toString(16)})`,
+    )
+  const defined = new Set(await listHandles(tpm, TpmHt.NvIndex))
+  for (const { index } of candidates) {
+    if (!defined.has(index)) continue
+    const der = await readCertificateAt(tpm, index)
+    if (der === null) continue
+    const matches = certificateMatchesKey(der, ekPublic)
+    if (matches === true || (matches === undefined && index === defaultIndex)) return der
+  }
+  return null
 }
 
 /**
