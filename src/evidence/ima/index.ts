@@ -1,4 +1,5 @@
 export * from './create-policy.ts'
+export * from './dm.ts'
 export * from './dsse.ts'
 export * from './entry.ts'
 export * from './errors.ts'

@@ -2,6 +2,7 @@
  * Keylime runtime policy, format version 1: validation (errors name the field), the empty policy, and compilation
  * into an immutable indexed form shared by every agent that uses the same policy bytes.
  */
+import { type CompiledDmPolicy, compileDmPolicy, type DmPolicy, parseDmPolicy } from './dm.ts'
 import { RuntimePolicyError } from './errors.ts'
 import { compileExcludes, type ExcludeMatcher, ExcludeSyntaxError, translatePythonRegex } from './excludes.ts'
 import { ImaKeyring, type KeyringJson } from './keyring.ts'
@@ -15,7 +16,8 @@ export interface RuntimePolicy {
   digests: Record<string, string[]>
   excludes: string[]
   keyrings: Record<string, string[]>
-  ima: { ignored_keyrings: string[]; log_hash_alg: LogHashAlg; dm_policy: null }
+  /** `dm_policy`: device-mapper rules (§11); upstream's schema forces null, we validate and enforce a rule set. */
+  ima: { ignored_keyrings: string[]; log_hash_alg: LogHashAlg; dm_policy: DmPolicy | null }
   'ima-buf': Record<string, string[]>
   'verification-keys': string
 }
@@ -191,13 +193,10 @@ export function parseRuntimePolicy(input: unknown, options: ParseRuntimePolicyOp
   if (!LOG_HASH_ALGS.includes(logHashAlg as LogHashAlg)) {
     throw new RuntimePolicyError('ima.log_hash_alg', `must be one of ${LOG_HASH_ALGS.join(', ')}`)
   }
-  if (imaIn.dm_policy !== undefined && imaIn.dm_policy !== null) {
-    // Accepting it without enforcing it would silently weaken attestation; reject until dm validation exists.
-    throw new RuntimePolicyError(
-      'ima.dm_policy',
-      'device-mapper policies are not supported yet (must be null)',
-    )
-  }
+  const dmPolicy =
+    imaIn.dm_policy === undefined || imaIn.dm_policy === null
+      ? null
+      : parseDmPolicy(imaIn.dm_policy, 'ima.dm_policy')
 
   const vk = json['verification-keys'] ?? ''
   if (typeof vk !== 'string') throw new RuntimePolicyError('verification-keys', 'must be a string')
@@ -209,7 +208,7 @@ export function parseRuntimePolicy(input: unknown, options: ParseRuntimePolicyOp
     digests: json.digests === undefined ? {} : readDigestMap(json.digests, 'digests', strict),
     excludes,
     keyrings: json.keyrings === undefined ? {} : readDigestMap(json.keyrings, 'keyrings', strict),
-    ima: { ignored_keyrings: ignored, log_hash_alg: logHashAlg as LogHashAlg, dm_policy: null },
+    ima: { ignored_keyrings: ignored, log_hash_alg: logHashAlg as LogHashAlg, dm_policy: dmPolicy },
     'ima-buf': json['ima-buf'] === undefined ? {} : readDigestMap(json['ima-buf'], 'ima-buf', strict),
     'verification-keys': vk,
   }
@@ -227,6 +226,8 @@ export interface CompiledRuntimePolicy {
   readonly ignoreAllKeyrings: boolean
   readonly logHashAlg: LogHashAlg
   readonly verificationKeys: ImaKeyring
+  /** Device-mapper rules for dm_* ima-buf entries; null: those entries are checked against `ima-buf` digests. */
+  readonly dmPolicy: CompiledDmPolicy | null
   /** Number of path entries in `digests`, for status output. */
   readonly size: number
   readonly generator: number | undefined
@@ -268,6 +269,7 @@ export function compileRuntimePolicy(policy: RuntimePolicy): CompiledRuntimePoli
     ignoreAllKeyrings: policy.ima.ignored_keyrings.includes('*'),
     logHashAlg: policy.ima.log_hash_alg,
     verificationKeys,
+    dmPolicy: policy.ima.dm_policy === null ? null : compileDmPolicy(policy.ima.dm_policy),
     size: Object.keys(policy.digests).length,
     generator: policy.meta.generator,
   })
