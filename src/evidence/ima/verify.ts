@@ -4,6 +4,7 @@
  * returned one; no I/O, no clock.
  */
 import { type FailureEvent, failure, PASS, type Verdict } from '../verdict.ts'
+import { type DmState, DmStateError, DmValidator, isDmEventName } from './dm.ts'
 import { type ImaEntry, parseImaLine, splitImaLines } from './entry.ts'
 import { ImaParseError } from './errors.ts'
 import { ImaNgFastPath } from './fast-path.ts'
@@ -23,6 +24,8 @@ export interface ImaReplayState {
   learnedKeyrings: Record<string, KeyringJson>
   /** Where the quote matched last time and how long that list was (quote-progress check). */
   progress: { matchLine: number; logLength: number } | null
+  /** Device-mapper devices as of `nextEntry`, when the policy has a `dm_policy`. */
+  dm?: DmState
 }
 
 export function initialImaReplayState(): ImaReplayState {
@@ -79,8 +82,11 @@ class EntryValidator {
   readonly #events: FailureEvent[]
   readonly logHashAlg: PcrBank
   readonly #ignoreTomtou: boolean
+  readonly #input: VerifyImaIncrementInput
+  readonly #dm: DmValidator | null = null
 
   constructor(input: VerifyImaIncrementInput, learned: Map<string, ImaKeyring>, events: FailureEvent[]) {
+    this.#input = input
     this.#policy = input.policy
     this.#learned = learned
     this.#events = events
@@ -92,6 +98,18 @@ class EntryValidator {
     for (const list of Object.values(input.bootAggregates ?? {}))
       for (const d of list ?? []) aggregates.add(d.toLowerCase())
     this.#bootAggregates = aggregates
+    const dmPolicy = input.policy?.dmPolicy ?? null
+    if (dmPolicy !== null) {
+      // A replay from entry 0 (first run, reboot, reset) starts the device states over, like the rest of the state.
+      const stored = input.firstEntry !== 0 ? input.state?.dm : undefined
+      try {
+        this.#dm = new DmValidator(dmPolicy, stored)
+      } catch (err) {
+        if (!(err instanceof DmStateError)) throw err
+        events.push(failure('ima.validation.dm.invalid_state', `${err.message}; replaying from entry 0`))
+        this.#dm = new DmValidator(dmPolicy)
+      }
+    }
   }
 
   /** `measurement` is the entry's per-bank digest already computed for replay (reused when banks agree). */
@@ -205,8 +223,38 @@ class EntryValidator {
       ring.add(key.key, key.keyId)
       return
     }
+    if (this.#dm !== null && isDmEventName(entry.name)) {
+      const { name, digestAlg, digest } = entry
+      this.#dm.validate({ name, digestAlg, digest, buffer: entry.buffer }, this.#events)
+      return
+    }
     if (policy.excludes?.test(entry.name)) return
     this.#checkDigest(policy.imaBuf, entry.name, entry.digestHex)
+  }
+
+  /**
+   * Device states as of line `matchedAt`, the point that is stored: lines after the quote's match are sent again
+   * next time and must not count twice (a table load would become a second load). Only when a dm line follows the
+   * match are the dm lines before it validated again, from the stored state, by this same code.
+   */
+  dmStateAt(lines: readonly string[], matchedAt: number, bank: PcrBank): DmState | undefined {
+    if (this.#dm === null) return undefined
+    const maybeDm = (text: string) => text.includes(' ima-buf ') && text.includes(' dm_')
+    if (!lines.slice(matchedAt).some(maybeDm)) return this.#dm.state()
+    const again = new EntryValidator(this.#input, new Map(), [])
+    for (let i = 0; i < matchedAt; i++) {
+      const text = lines[i] as string
+      if (!maybeDm(text)) continue
+      let entry: ImaEntry
+      try {
+        entry = parseImaLine(text, i + 1)
+      } catch (err) {
+        if (err instanceof ImaParseError) continue
+        throw err
+      }
+      again.validate(entry, bank, entry.violation ? FF[bank] : digestWith(bank, entry.templateData))
+    }
+    return again.#dm?.state()
   }
 }
 
@@ -380,12 +428,14 @@ export class ImaIncrementVerification {
     for (const [name, ring] of this.#learned) learnedJson[name] = ring.toJSON()
     let next: ImaReplayState
     if (matchedAt !== null && this.#matchedRunning !== null) {
+      const dm = this.#validator?.dmStateAt(lines, matchedAt, this.#bank)
       next = {
         version: 1,
         nextEntry: this.#input.firstEntry + matchedAt,
         pcr10: { [this.#bank]: this.#matchedRunning.toString('hex') },
         learnedKeyrings: learnedJson,
         progress: { matchLine: matchedAt, logLength: lines.length },
+        ...(dm === undefined ? {} : { dm }),
       }
     } else {
       next = this.#continuing && state !== null ? state : initialImaReplayState()
