@@ -1,7 +1,9 @@
 import fc from 'fast-check'
 import { describe, expect, it } from 'vitest'
 import {
+  type CompiledRuntimePolicy,
   compileDmPolicy,
+  compileRuntimePolicy,
   DM_EVENT_NAMES,
   type DmEventName,
   DmEventParseError,
@@ -11,12 +13,15 @@ import {
   dmPendingFailures,
   emptyRuntimePolicy,
   type ImaEntry,
+  type ImaReplayState,
   matchDmAttribute,
   parseDmEvent,
   parseDmPolicy,
   parseImaLine,
   parseRuntimePolicy,
   RuntimePolicyError,
+  replayImaEntries,
+  verifyImaIncrement,
 } from '../../src/evidence/ima/index.ts'
 import type { FailureEvent } from '../../src/evidence/verdict.ts'
 import { fixture, fixtureJson } from '../helpers/fixture.ts'
@@ -583,5 +588,145 @@ describe('dm state machine (verdicts of upstream test_ima_dm.py)', () => {
     expect(
       check(new DmValidator(compileDmPolicy(parseDmPolicy(renamed)), stored), 'linear_device_resume'),
     ).toEqual(['ima.validation.dm.dm_device_resume.no_matching_policy'])
+  })
+})
+
+describe('dm_policy in incremental IMA verification', () => {
+  const runtimeWith = (dmPolicy: unknown): CompiledRuntimePolicy =>
+    compileRuntimePolicy(
+      parseRuntimePolicy({
+        ...emptyRuntimePolicy(),
+        ima: { ignored_keyrings: [], log_hash_alg: 'sha1', dm_policy: dmPolicy },
+      }),
+    )
+  const linearRuntime = runtimeWith(linearPolicyJson)
+  const lines = (...names: string[]) => names.map((n) => vector(n).line)
+  const pcrAfter = (list: string[]) =>
+    replayImaEntries(
+      list.map((l) => parseImaLine(l)),
+      'sha256',
+    ).toString('hex')
+  const textOf = (list: string[]) => list.map((l) => `${l}\n`).join('')
+  const ids = (r: ReturnType<typeof verifyImaIncrement>) =>
+    r.verdict.ok ? [] : r.verdict.events.map((e) => e.eventId)
+
+  /** One quote: `list` is what the agent sends, the quote was taken after its first `quotedAfter` lines. */
+  function attest(
+    state: ImaReplayState | null,
+    firstEntry: number,
+    list: string[],
+    quotedAfter = list.length,
+  ) {
+    const replayedBefore = firstEntry === 0 ? [] : history.slice(0, firstEntry)
+    return verifyImaIncrement({
+      listText: textOf(list),
+      firstEntry,
+      // Stored as the verifier stores it: JSON text.
+      state: state === null ? null : JSON.parse(JSON.stringify(state)),
+      quotedPcr10: { hashAlg: 'sha256', value: pcrAfter([...replayedBefore, ...list.slice(0, quotedAfter)]) },
+      policy: linearRuntime,
+    })
+  }
+  const history = lines(
+    'linear_table_load',
+    'linear_device_resume',
+    'linear_rename_name',
+    'linear_rename_uuid',
+  )
+
+  it('gives the reference verdicts without a policy (upstream runs in the reference json)', () => {
+    const ref = fixtureJson<{
+      keylime_reference: {
+        runs: {
+          pcr_bank: 'sha1' | 'sha256'
+          pcrval_given: string
+          passed: boolean
+          next_ima_ml_entry: number
+        }[]
+      }
+    }>('ima/keylime-testsuite-dm-events.ascii.reference.json')
+    expect(ref.keylime_reference.runs.length).toBeGreaterThan(0)
+    for (const run of ref.keylime_reference.runs) {
+      const r = verifyImaIncrement({
+        listText: textOf(vectorLines),
+        firstEntry: 0,
+        state: null,
+        quotedPcr10: { hashAlg: run.pcr_bank, value: run.pcrval_given },
+        policy: null,
+      })
+      expect(r.verdict.ok).toBe(run.passed)
+      expect(r.state.nextEntry).toBe(run.next_ima_ml_entry)
+    }
+  })
+
+  it('checks the vector file against each example policy; without dm_policy dm entries need ima-buf digests', () => {
+    const run = (policy: CompiledRuntimePolicy) =>
+      verifyImaIncrement({
+        listText: textOf(vectorLines),
+        firstEntry: 0,
+        state: null,
+        quotedPcr10: { hashAlg: 'sha256', value: pcrAfter(vectorLines) },
+        policy,
+      })
+    const verity = run(runtimeWith(verityPolicyJson))
+    expect(ids(verity)).toEqual([
+      ...Array(6).fill('ima.validation.dm.dm_table_load.no_matching_policy'),
+      'ima.validation.dm.dm_device_remove.device_removed',
+      'ima.validation.dm.dm_target_update.target_data_mismatch',
+      'ima.validation.dm.dm_target_update.target_data_invalid',
+      'ima.validation.dm.dm_table_clear.table_cleared',
+      'ima.validation.dm.dm_table_load.no_matching_policy',
+      'ima.validation.dm.dm_device_resume.resume_before_table_load',
+      'ima.validation.dm.dm_device_rename.rename_before_table_load',
+      'ima.validation.dm.dm_device_rename.rename_before_table_load',
+    ])
+    expect(verity.state).toEqual({ version: 1, nextEntry: 0, pcr10: {}, learnedKeyrings: {}, progress: null })
+    const plain = run(compileRuntimePolicy(emptyRuntimePolicy()))
+    expect(ids(plain)).toEqual(Array(15).fill('ima.validation.ima-ng.not_in_allowlist'))
+  })
+
+  it('carries device states across quotes (stored as JSON) and from a reboot starts them over', () => {
+    const first = attest(null, 0, history.slice(0, 1))
+    expect(ids(first)).toEqual([])
+    expect(first.state.dm?.devices).toMatchObject([{ key: 'test', active: false, valid: false }])
+    const second = attest(first.state, 1, history.slice(1, 3))
+    expect(ids(second)).toEqual([])
+    expect(second.state.nextEntry).toBe(3)
+    expect(second.state.dm?.devices).toMatchObject([{ key: 'test2', active: true, valid: true }])
+    const third = attest(second.state, 3, history.slice(3))
+    expect(ids(third)).toEqual(['ima.validation.dm.dm_device_rename.new_uuid_invalid'])
+    // Any failure resets the whole state, device states included.
+    expect(third.state.dm).toBeUndefined()
+    expect(third.state.nextEntry).toBe(0)
+    // A list from entry 0 (reboot) ignores the stored devices: the same table load is not a second load.
+    const rebooted = attest(second.state, 0, history.slice(0, 2))
+    expect(ids(rebooted)).toEqual([])
+    expect(rebooted.state.dm?.devices).toMatchObject([{ key: 'test', active: true }])
+  })
+
+  it('stores the device states of the matching line, so lines after it count once when sent again', () => {
+    // The quote was taken after the load; the resume was logged after the quote and is sent again next time.
+    const first = attest(null, 0, history.slice(0, 2), 1)
+    expect(ids(first)).toEqual([])
+    expect(first.state.nextEntry).toBe(1)
+    expect(first.state.dm?.devices).toMatchObject([{ key: 'test', active: false }])
+    const second = attest(first.state, 1, history.slice(1, 3))
+    expect(ids(second)).toEqual([]) // not already_active
+    expect(second.state.dm?.devices).toMatchObject([{ key: 'test2', active: true }])
+    // A table load repeated in a later quote is still a second load (the device kept its name this time).
+    const repeated = attest(first.state, 1, [history[0] as string])
+    expect(ids(repeated)).toEqual(['ima.validation.dm.dm_table_load.multiple_table_loads'])
+  })
+
+  it('a malformed stored dm state fails the quote and resets instead of throwing', () => {
+    const first = attest(null, 0, history.slice(0, 1))
+    const broken = { ...first.state, dm: { devices: 'nope' } } as unknown as ImaReplayState
+    const r = attest(broken, 1, history.slice(1, 2))
+    // Validation goes on from an empty state, so the resume also has no table load to follow.
+    expect(ids(r)).toEqual([
+      'ima.validation.dm.invalid_state',
+      'ima.validation.dm.dm_device_resume.resume_before_table_load',
+    ])
+    expect(r.state.nextEntry).toBe(0)
   })
 })
