@@ -1,0 +1,70 @@
+/**
+ * IMA signature outcomes are cached process-wide (a fleet measures the same signed files). The cache must never
+ * change an answer: a bad signature stays bad after a good one was seen, and a good signature does not carry over
+ * to another key that happens to share the key id.
+ */
+import { createHash, generateKeyPairSync, type KeyObject, sign } from 'node:crypto'
+import { describe, expect, it } from 'vitest'
+import {
+  computeKeyId,
+  ImaKeyring,
+  KERNEL_HASH_IDS,
+  verifyImaSignature,
+} from '../../../src/evidence/ima/index.ts'
+
+function sigField(keyId: number, signature: Buffer): Buffer {
+  const header = Buffer.alloc(9)
+  header[0] = 3
+  header[1] = 2
+  header[2] = KERNEL_HASH_IDS.indexOf('sha256')
+  header.writeUInt32BE(keyId, 3)
+  header.writeUInt16BE(signature.length, 7)
+  return Buffer.concat([header, signature])
+}
+
+function ring(...keys: [KeyObject, number][]): ImaKeyring {
+  const r = new ImaKeyring()
+  for (const [key, id] of keys) r.add(key, id)
+  return r
+}
+
+describe.each([
+  ['RSA-2048', () => generateKeyPairSync('rsa', { modulusLength: 2048 })],
+  ['ECDSA P-256', () => generateKeyPairSync('ec', { namedCurve: 'P-256' })],
+])('IMA signature outcome cache (%s)', (_name, makeKeys) => {
+  const signer = makeKeys()
+  const other = makeKeys()
+  const content = Buffer.from(`file ${_name}`)
+  const digest = createHash('sha256').update(content).digest()
+  const keyId = computeKeyId(signer.publicKey)
+  const good = sigField(keyId, sign('sha256', content, signer.privateKey))
+  const forged = sigField(keyId, sign('sha256', content, other.privateKey))
+
+  it('answers the same on repeated checks, and a seen good signature does not make a forged one pass', () => {
+    const keys = [ring([signer.publicKey, keyId])]
+    for (let round = 0; round < 3; round++) {
+      expect(verifyImaSignature(good, 'sha256', digest, keys)).toBe(true)
+      expect(verifyImaSignature(forged, 'sha256', digest, keys)).toBe(false)
+      const otherDigest = createHash('sha256').update('another file').digest()
+      expect(verifyImaSignature(good, 'sha256', otherDigest, keys)).toBe(false)
+    }
+  })
+
+  it('keys the outcome on the key itself, not on the key id', () => {
+    // Another key registered under the signer's key id: the signature must not verify with it, cached or not.
+    expect(verifyImaSignature(good, 'sha256', digest, [ring([signer.publicKey, keyId])])).toBe(true)
+    expect(verifyImaSignature(good, 'sha256', digest, [ring([other.publicKey, keyId])])).toBe(false)
+    // Both under one id: the right one is found.
+    expect(
+      verifyImaSignature(good, 'sha256', digest, [ring([other.publicKey, keyId], [signer.publicKey, keyId])]),
+    ).toBe(true)
+  })
+
+  it('recognises the key again when the keyring is rebuilt from JSON (new key objects, as learned keyrings are)', () => {
+    const stored = ring([signer.publicKey, keyId]).toJSON()
+    for (let i = 0; i < 3; i++) {
+      expect(verifyImaSignature(good, 'sha256', digest, [ImaKeyring.fromJSON(stored)])).toBe(true)
+      expect(verifyImaSignature(forged, 'sha256', digest, [ImaKeyring.fromJSON(stored)])).toBe(false)
+    }
+  })
+})
