@@ -121,8 +121,10 @@ export class ImaKeyring {
     return this.#entries.length
   }
 
-  /** Adds a key (idempotent per key id + key bytes). */
-  add(key: KeyObject, keyId = computeKeyId(key)): void {
+  /** Adds a key (idempotent per key id + key bytes); a private key contributes only its public half. */
+  add(keyToAdd: KeyObject, keyId = computeKeyId(keyToAdd)): void {
+    if (keyToAdd.type === 'secret') throw new Error('a symmetric key cannot verify IMA signatures')
+    const key = keyToAdd.type === 'private' ? createPublicKey(keyToAdd) : keyToAdd
     const spki = key.export({ type: 'spki', format: 'der' }).toString('base64')
     if (this.#entries.some((e) => e.keyId === keyId && e.spki === spki)) return
     this.#entries.push({ keyId, spki })

@@ -68,3 +68,15 @@ describe.each([
     }
   })
 })
+
+describe('ImaKeyring.add', () => {
+  it('keeps only the public half of a private key, under the same key id', () => {
+    const { privateKey, publicKey } = generateKeyPairSync('rsa', { modulusLength: 2048 })
+    const fromPrivate = new ImaKeyring()
+    fromPrivate.add(privateKey)
+    const fromPublic = new ImaKeyring()
+    fromPublic.add(publicKey)
+    expect(fromPrivate.toJSON()).toEqual(fromPublic.toJSON())
+    expect(fromPrivate.find(computeKeyId(publicKey))[0]?.type).toBe('public')
+  })
+})
