@@ -176,6 +176,23 @@ export async function nvReadAll(tpm: Tpm, nvIndex: number, password?: string): P
   return out
 }
 
+/** Every EK certificate stored at a TCG EK-credential NV index of the family (low and high ranges), in index order. */
+export async function listEkCertificates(
+  tpm: Tpm,
+  alg: EncAlgName,
+): Promise<{ index: number; template: string; der: Uint8Array }[]> {
+  const candidates = EkCertNvIndices[alg]
+  if (candidates === undefined) throw new TpmUsageError(`unsupported EK algorithm "${alg}"`)
+  const defined = new Set(await listHandles(tpm, TpmHt.NvIndex))
+  const out: { index: number; template: string; der: Uint8Array }[] = []
+  for (const { index, template } of candidates) {
+    if (!defined.has(index)) continue
+    const der = await readCertificateAt(tpm, index)
+    if (der !== null) out.push({ index, template, der })
+  }
+  return out
+}
+
 /** The NV index's contents up to the end of the DER certificate it starts with (NV areas are often padded). */
 async function readCertificateAt(tpm: Tpm, index: number): Promise<Uint8Array | null> {
   let data: Uint8Array

@@ -54,13 +54,18 @@ describe('keylime tpm CLI', () => {
     expect(() => parsePcrSpec('sha256:30')).toThrow(/out of range/)
   })
 
-  it('info prints manufacturer, banks and the EK certificate', async () => {
+  it('info prints manufacturer, banks and every stored EK certificate with its NV index', async () => {
     const { out, code } = await runCli(['tpm', 'info', '--tpm', sw.transport])
     expect(code).toBe(0)
     expect(out).toMatch(/Manufacturer: +IBM/)
     expect(out).toMatch(/PCR banks: +sha1 \(24 PCRs\), sha256 \(24 PCRs\)/)
-    expect(out).toMatch(/EK cert \(rsa\): subject "[^"]*", issuer "[^"]*swtpm[^"]*"/i)
-    expect(out).toMatch(/EK cert \(ecc\): none/)
+    expect(out).toMatch(
+      /EK cert \(rsa\) at 0x01c00002 \(L-1 RSA 2048\): subject "[^"]*", issuer "[^"]*swtpm[^"]*"/i,
+    )
+    // swtpm_setup also stores a certificate for its P-384 ECC EK, in the TCG high range
+    expect(out).toMatch(
+      /EK cert \(ecc\) at 0x01c00016 \(H-3 ECC NIST P-384\): subject "[^"]*", issuer "[^"]*swtpm[^"]*"/i,
+    )
   })
 
   it('quote takes the TPM from KEYLIME_TPM and prints a Keylime quote whose PCR digest matches', async () => {

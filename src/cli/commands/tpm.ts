@@ -42,6 +42,14 @@ async function withTpm<T>(spec: string, fn: (tpm: Tpm) => Promise<T>): Promise<T
   }
 }
 
+function describeStoredCert(c: { index: number; template: string; der: Uint8Array }) {
+  return {
+    nvIndex: `0x${c.index.toString(16).padStart(8, '0')}`,
+    template: c.template,
+    certificate: certSummary(c.der) ?? 'empty',
+  }
+}
+
 function certSummary(
   der: Uint8Array | null,
 ): { subject: string; issuer: string; serialNumber: string } | null | string {
@@ -73,8 +81,8 @@ export function registerTpmCommands(program: Command): void {
           transport: t.description,
           ...(await keylime.getTpmInfo(t)),
           ekCertificates: {
-            rsa: certSummary(await keylime.readEkCertificate(t, 'rsa')),
-            ecc: certSummary(await keylime.readEkCertificate(t, 'ecc')),
+            rsa: (await keylime.listEkCertificates(t, 'rsa')).map(describeStoredCert),
+            ecc: (await keylime.listEkCertificates(t, 'ecc')).map(describeStoredCert),
           },
         }))
         if (o.json) {
@@ -90,10 +98,15 @@ export function registerTpmCommands(program: Command): void {
           `Algorithms:    ${out.algorithms.join(', ')}`,
         ]
         for (const alg of ['rsa', 'ecc'] as const) {
-          const c = out.ekCertificates[alg]
-          const text =
-            c === null ? 'none' : typeof c === 'string' ? c : `subject "${c.subject}", issuer "${c.issuer}"`
-          lines.push(`EK cert (${alg}): ${text}`)
+          const certs = out.ekCertificates[alg]
+          if (certs.length === 0) lines.push(`EK cert (${alg}): none`)
+          for (const c of certs) {
+            const text =
+              typeof c.certificate === 'string'
+                ? c.certificate
+                : `subject "${c.certificate.subject}", issuer "${c.certificate.issuer}"`
+            lines.push(`EK cert (${alg}) at ${c.nvIndex} (${c.template}): ${text}`)
+          }
         }
         process.stdout.write(`${lines.join('\n')}\n`)
       } catch (err) {
