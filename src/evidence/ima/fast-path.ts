@@ -3,7 +3,7 @@
  * right and whose file passes the policy. It parses the line in place (no entry object, template data written into
  * one reused buffer) and keeps digests as latin1 strings, because node's `hash()` returns strings about three times
  * faster than Buffers. It only ever answers "this entry is fine, here is its measurement"; anything else (another
- * template, a violation, odd hex, a policy miss, boot_aggregate) returns null and takes the general path, which
+ * template, a violation, odd hex, a policy miss, boot_aggregate) returns false and takes the general path, which
  * produces the failure events. Equivalence with the general path is a property test.
  */
 import { digestHex, digestLatin1, KERNEL_HASHES, type PcrBank } from './hash-algs.ts'
