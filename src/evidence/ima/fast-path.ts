@@ -1,6 +1,6 @@
 /**
- * Shortcut for the entry that makes up nearly every real list: an ima-ng line for PCR 10 whose template hash is
- * right and whose file passes the policy. It parses the line in place (no entry object, template data written into
+ * Shortcut for the entry that makes up nearly every real list: an ima-ng line (or an ima-sig line without a
+ * signature) for PCR 10 whose template hash is right and whose file passes the policy. It parses the line in place (no entry object, template data written into
  * one reused buffer) and keeps digests as latin1 strings, because node's `hash()` returns strings about three times
  * faster than Buffers. It only ever answers "this entry is fine, here is its measurement"; anything else (another
  * template, a violation, odd hex, a policy miss, boot_aggregate) returns false and takes the general path, which
@@ -53,8 +53,13 @@ export class ImaNgFastPath {
     // "10 <template hash> ima-ng <alg>:<hex> <name>"
     if (line.charCodeAt(0) !== 49 || line.charCodeAt(1) !== 48 || line.charCodeAt(2) !== SPACE) return false
     const s2 = line.indexOf(' ', 3)
-    if (s2 < 0 || !line.startsWith('ima-ng ', s2 + 1)) return false
-    const fieldsAt = s2 + 8
+    if (s2 < 0) return false
+    // ima-sig without a signature (files the kernel measured but nobody signed) checks exactly like ima-ng, except
+    // that without a policy the general path reports it as unsigned.
+    const unsignedImaSig = line.startsWith('ima-sig ', s2 + 1)
+    if (!unsignedImaSig && !line.startsWith('ima-ng ', s2 + 1)) return false
+    if (unsignedImaSig && this.#policy === null) return false
+    const fieldsAt = s2 + (unsignedImaSig ? 9 : 8)
     const s4 = line.indexOf(' ', fieldsAt)
     if (s4 < 0 || s4 + 1 >= line.length) return false
     const colon = line.lastIndexOf(':', s4 - 1)
@@ -73,11 +78,17 @@ export class ImaNgFastPath {
     const hexLength = s4 - colon - 1
     const digestLength = this.#algDigestLength
     if (hexLength !== digestLength * 2) return false
-    const name = line.slice(s4 + 1)
+    let name: string
+    if (unsignedImaSig) {
+      // "<digest> <name> <sig hex>": the name ends at the next space, and an empty sig leaves only that space
+      const s5 = line.indexOf(' ', s4 + 1)
+      if (s5 !== line.length - 1 || s5 === s4 + 1) return false
+      name = line.slice(s4 + 1, s5)
+    } else name = line.slice(s4 + 1)
     if (name === 'boot_aggregate') return false
 
     const fieldLength = algLength + 2 + digestLength
-    const maxSize = 8 + fieldLength + name.length * 3 + 1
+    const maxSize = 12 + fieldLength + name.length * 3 + 1
     if (this.#scratch.length < maxSize) {
       this.#scratch = Buffer.allocUnsafe(maxSize * 2)
       this.#views = []
@@ -93,7 +104,11 @@ export class ImaNgFastPath {
     const nameBytes = data.write(name, nameAt + 4, 'utf8')
     data.writeUInt32LE(nameBytes + 1, nameAt)
     data[nameAt + 4 + nameBytes] = 0
-    const length = nameAt + 5 + nameBytes
+    let length = nameAt + 5 + nameBytes
+    if (unsignedImaSig) {
+      data.writeUInt32LE(0, length) // the empty sig field
+      length += 4
+    }
     let templateData = this.#views[length]
     if (templateData === undefined) {
       templateData = data.subarray(0, length)
