@@ -17,6 +17,7 @@ import { spawn } from 'node:child_process'
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { loadavg, tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
+import { monitorEventLoopDelay } from 'node:perf_hooks'
 import { createInterface } from 'node:readline'
 import pino from 'pino'
 import { openDatabase } from '../src/db/database.ts'
@@ -140,6 +141,8 @@ async function main(): Promise<void> {
   // warm-up: one full cycle plus V delivery
   await new Promise((r) => setTimeout(r, WARMUP_S * 1000))
   service.loop.resetLagStats()
+  const loopDelay = monitorEventLoopDelay({ resolution: 10 })
+  loopDelay.enable()
   const a0 = service.loop.attestations
   const cpu0 = process.cpuUsage()
   const fleetCpu0 = procCpuSeconds(fleet.pid)
@@ -150,6 +153,7 @@ async function main(): Promise<void> {
   }, 500)
   await new Promise((r) => setTimeout(r, SECONDS * 1000))
   clearInterval(sampler)
+  loopDelay.disable()
   const elapsed = (performance.now() - t0) / 1000
   const cpu = process.cpuUsage(cpu0)
   const fleetCpu = procCpuSeconds(fleet.pid) - fleetCpu0
@@ -166,6 +170,10 @@ async function main(): Promise<void> {
     targetPerSecond: Math.round(AGENTS / INTERVAL_S),
     lagP50ms: Math.round(stats.lagP50),
     lagP99ms: Math.round(stats.lagP99),
+    // how long ready callbacks waited for the verifier's event loop (GC, synchronous SQLite, crypto)
+    eventLoopDelayP50ms: Number((loopDelay.percentile(50) / 1e6).toFixed(1)),
+    eventLoopDelayP99ms: Number((loopDelay.percentile(99) / 1e6).toFixed(1)),
+    eventLoopDelayMaxMs: Number((loopDelay.max / 1e6).toFixed(1)),
     rssMB: Number(mb(rss)),
     rssPerAgentKB: Math.round((rss - rssBefore) / AGENTS / 1024),
     peakRssPerAgentKB: Math.round((Math.max(rss, peakRss) - rssBefore) / AGENTS / 1024),
