@@ -23,15 +23,15 @@ import {
 } from '../evidence/attestation.ts'
 import {
   type CompiledRuntimePolicy,
+  ImaIncrementVerification,
   ImaKeyring,
   type ImaReplayState,
   type PcrBank,
   parseKeyringJson,
-  verifyImaIncrement,
 } from '../evidence/ima/index.ts'
 import { checkMeasuredBoot, type MbPolicy } from '../evidence/mb/index.ts'
 import { akKeyObject, parseTpmPolicy } from '../evidence/quote/index.ts'
-import { type FailureEvent, failure, severityOf } from '../evidence/verdict.ts'
+import { type FailureEvent, failure, severityOf, type Verdict } from '../evidence/verdict.ts'
 import type { AgentConnections } from './agent-connections.ts'
 import { DueQueue } from './due-queue.ts'
 import type { VerifierOptions } from './options.ts'
@@ -88,6 +88,8 @@ export interface LoopStats {
 const LAG_RING = 65_536
 const MAX_SHARED_POLICIES = 4096
 const FLUSH_MS = 200
+/** IMA lines verified between two turns of the event loop (~20-30 ms of work). */
+const IMA_SLICE_LINES = 10_000
 const NONCE_CHARS = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789'
 
 /** 20 random alphanumeric characters (the pull nonce). */
@@ -423,6 +425,7 @@ export class AttestationLoop {
         failure('qoute_validation.no_pubkey', 'agent did not send its public key and none is cached', false),
       ]
     } else {
+      const bootAggregates: { value?: Record<string, string[]> } = {}
       const out = evaluateAttestation({
         akPublic: a.akPublic,
         quote: res.quote,
@@ -434,12 +437,21 @@ export class AttestationLoop {
         tpmPolicy: a.tpmPolicy,
         boundPubkeyPem: pubkey,
         previousClock: a.clock,
-        extensions: this.extensionsFor(a, res, (s) => {
-          imaState = s
-        }),
+        extensions: this.measuredBootExtension(a, res, bootAggregates),
       })
-      if (out.verdict.ok) clock = out.clock
-      else events = out.verdict.events
+      let verdict = out.verdict
+      // IMA runs after the pure pipeline, in slices, so that a long list (a first attestation after a reboot can
+      // carry hundreds of thousands of entries) does not stall every other agent. It needs PCR 10 from a quote whose
+      // signature, nonce and clock passed: the pipeline returns a clock only then.
+      if (out.clock !== null && out.pcrs.has(10)) {
+        const ima = await this.verifyIma(a, res, out.pcrs, res.hash_alg as PcrBank, bootAggregates.value)
+        if (gen !== a.generation) return
+        imaState = ima.state
+        if (!ima.verdict.ok)
+          verdict = { ok: false, events: [...(verdict.ok ? [] : verdict.events), ...ima.verdict.events] }
+      }
+      if (verdict.ok) clock = out.clock
+      else events = verdict.events
     }
     if (events) {
       // an IMA failure resets its state (next round replays from entry 0); keep that across restarts
@@ -483,15 +495,14 @@ export class AttestationLoop {
     }
   }
 
-  /** Measured-boot and IMA checks over this response's logs, with the agent's shared compiled policies. */
-  private extensionsFor(
+  /** The measured-boot check of this response's boot log; its boot aggregates are kept for the IMA check. */
+  private measuredBootExtension(
     a: AgentRuntime,
     res: IntegrityQuoteResults,
-    setImaState: (s: ImaReplayState) => void,
+    aggregates: { value?: Record<string, string[]> },
   ): AttestationExtensions {
     const o = this.deps.options
     const policies = a.policies ?? { runtime: null, mb: null }
-    let aggregates: Record<string, string[]> | undefined
     const ext: AttestationExtensions = {}
     if (policies.mb !== null || res.mb_measurement_list !== undefined) {
       const mbPolicy = policies.mb
@@ -511,30 +522,41 @@ export class AttestationLoop {
           policy: mbPolicy,
           evaluatePolicy: o.measuredBootEvaluate === 'always' || a.attestationCount === 0,
         })
-        if (r.bootAggregates) aggregates = r.bootAggregates
+        if (r.bootAggregates) aggregates.value = r.bootAggregates
         return r.verdict
       }
     }
-    ext.ima = (pcrs, hashAlg) => {
-      if (res.ima_measurement_list === undefined)
-        return {
-          ok: false,
-          events: [failure('pcr_validation.unused_pcr_10', 'PCR 10 quoted but no IMA list sent', true)],
-        }
-      const r = verifyImaIncrement({
-        listText: res.ima_measurement_list,
-        firstEntry: res.ima_measurement_list_entry ?? 0,
-        state: a.imaState,
-        quotedPcr10: { hashAlg: hashAlg as PcrBank, value: pcrs.get(10) ?? null },
-        policy: policies.runtime,
-        ignoreTomtouErrors: o.ignoreTomtouErrors,
-        ...(aggregates ? { bootAggregates: aggregates } : {}),
-        ...(a.verificationKeys ? { verificationKeys: a.verificationKeys } : {}),
-      })
-      setImaState(r.state)
-      return r.verdict
-    }
     return ext
+  }
+
+  /**
+   * The IMA increment against the quoted PCR 10, `IMA_SLICE_LINES` lines at a time with the event loop free in
+   * between. Returns the state to keep (unchanged when the agent sent no list).
+   */
+  private async verifyIma(
+    a: AgentRuntime,
+    res: IntegrityQuoteResults,
+    pcrs: ReadonlyMap<number, Uint8Array>,
+    hashAlg: PcrBank,
+    bootAggregates: Record<string, string[]> | undefined,
+  ): Promise<{ verdict: Verdict; state: ImaReplayState | null }> {
+    if (res.ima_measurement_list === undefined) {
+      const event = failure('pcr_validation.unused_pcr_10', 'PCR 10 quoted but no IMA list sent', true)
+      return { verdict: { ok: false, events: [event] }, state: a.imaState }
+    }
+    const verification = new ImaIncrementVerification({
+      listText: res.ima_measurement_list,
+      firstEntry: res.ima_measurement_list_entry ?? 0,
+      state: a.imaState,
+      quotedPcr10: { hashAlg, value: pcrs.get(10) ?? null },
+      policy: a.policies?.runtime ?? null,
+      ignoreTomtouErrors: this.deps.options.ignoreTomtouErrors,
+      ...(bootAggregates ? { bootAggregates } : {}),
+      ...(a.verificationKeys ? { verificationKeys: a.verificationKeys } : {}),
+    })
+    while (!verification.step(IMA_SLICE_LINES)) await new Promise<void>((resolve) => setImmediate(resolve))
+    const r = verification.finish()
+    return { verdict: r.verdict, state: r.state }
   }
 
   private async provideV(a: AgentRuntime, gen: number): Promise<void> {
