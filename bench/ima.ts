@@ -3,7 +3,7 @@
  * sharing one compiled policy. Run: `node --import tsx bench/ima.ts` (add `--expose-gc` for steadier memory figures).
  */
 import { createHash, generateKeyPairSync, sign } from 'node:crypto'
-import { formatImaSigEntry } from '../src/devtools/ima-writer.ts'
+import { formatImaSigEntry, imaSignatureField } from '../src/devtools/ima-writer.ts'
 import {
   compileRuntimePolicy,
   computeKeyId,
@@ -12,7 +12,6 @@ import {
   formatImaNgEntry,
   ImaKeyring,
   type ImaReplayState,
-  KERNEL_HASH_IDS,
   type PcrBank,
   parseImaLine,
   parseRuntimePolicy,
@@ -112,14 +111,8 @@ function buildPolicyJson(targetBytes: number): { json: string; paths: string[] }
     for (let i = 0; i < count; i++) {
       const content = Buffer.from(`signed file ${label} ${i}`)
       const signature = sign('sha256', content, keys.privateKey)
-      const field = Buffer.alloc(9)
-      field[0] = 3
-      field[1] = 2
-      field[2] = KERNEL_HASH_IDS.indexOf('sha256')
-      field.writeUInt32BE(keyId, 3)
-      field.writeUInt16BE(signature.length, 7)
       const digest = createHash('sha256').update(content).digest()
-      lines.push(formatImaSigEntry(`/usr/lib/signed-${i}`, digest, Buffer.concat([field, signature])).line)
+      lines.push(formatImaSigEntry(`/usr/lib/signed-${i}`, digest, imaSignatureField(keyId, signature)).line)
     }
     const listText = `${lines.join('\n')}\n`
     const quoted = replayImaEntries(

@@ -4,13 +4,7 @@
  * extends PCR 10 of the agent's swtpm with their template digests. Lines are written before PCR 10 is extended (as
  * the kernel does) and in bursts, so a quote taken meanwhile sees a list that is at most one burst ahead of PCR 10.
  */
-import {
-  createHash,
-  createPublicKey,
-  constants as cryptoConstants,
-  type KeyObject,
-  privateEncrypt,
-} from 'node:crypto'
+import { createHash, constants as cryptoConstants, type KeyObject, privateEncrypt } from 'node:crypto'
 import { appendFileSync } from 'node:fs'
 import {
   computeKeyId,
@@ -43,12 +37,16 @@ export function imaSignatureV2(privateKey: KeyObject, fileDigest: Uint8Array): B
     { key: privateKey, padding: cryptoConstants.RSA_PKCS1_PADDING },
     Buffer.concat([SHA256_DIGEST_INFO, fileDigest]),
   )
+  return imaSignatureField(computeKeyId(privateKey), signature)
+}
+
+/** The `security.ima` v2 field around an existing signature over a SHA-256 file digest (RSA or DER ECDSA). */
+export function imaSignatureField(keyId: number, signature: Uint8Array): Buffer {
   const header = Buffer.alloc(9)
   header[0] = IMA_XATTR_DIGSIG
   header[1] = 2
   header[2] = KERNEL_HASH_IDS.indexOf('sha256')
-  // the key id is computed over the public key (RSAPublicKey DER), never the private key
-  header.writeUInt32BE(computeKeyId(createPublicKey(privateKey)), 3)
+  header.writeUInt32BE(keyId, 3)
   header.writeUInt16BE(signature.length, 7)
   return Buffer.concat([header, signature])
 }

@@ -5,22 +5,8 @@
  */
 import { createHash, generateKeyPairSync, type KeyObject, sign } from 'node:crypto'
 import { describe, expect, it } from 'vitest'
-import {
-  computeKeyId,
-  ImaKeyring,
-  KERNEL_HASH_IDS,
-  verifyImaSignature,
-} from '../../../src/evidence/ima/index.ts'
-
-function sigField(keyId: number, signature: Buffer): Buffer {
-  const header = Buffer.alloc(9)
-  header[0] = 3
-  header[1] = 2
-  header[2] = KERNEL_HASH_IDS.indexOf('sha256')
-  header.writeUInt32BE(keyId, 3)
-  header.writeUInt16BE(signature.length, 7)
-  return Buffer.concat([header, signature])
-}
+import { imaSignatureField } from '../../../src/devtools/ima-writer.ts'
+import { computeKeyId, ImaKeyring, verifyImaSignature } from '../../../src/evidence/ima/index.ts'
 
 function ring(...keys: [KeyObject, number][]): ImaKeyring {
   const r = new ImaKeyring()
@@ -37,8 +23,8 @@ describe.each([
   const content = Buffer.from(`file ${_name}`)
   const digest = createHash('sha256').update(content).digest()
   const keyId = computeKeyId(signer.publicKey)
-  const good = sigField(keyId, sign('sha256', content, signer.privateKey))
-  const forged = sigField(keyId, sign('sha256', content, other.privateKey))
+  const good = imaSignatureField(keyId, sign('sha256', content, signer.privateKey))
+  const forged = imaSignatureField(keyId, sign('sha256', content, other.privateKey))
 
   it('answers the same on repeated checks, and a seen good signature does not make a forged one pass', () => {
     const keys = [ring([signer.publicKey, keyId])]
