@@ -57,6 +57,8 @@ export interface AgentConfig {
   /** Accepted for compatibility; not supported (ZeroMQ revocations, IAK/IDevID): a warning at start. */
   enable_revocation_notifications: boolean
   enable_iak_idevid: boolean
+  /** `user:group` to switch to once start-up needing root is done (root only); empty keeps the current user. */
+  run_as: string
   /** Keylime TS extension: files the agent measures into its IMA list itself (IMA emulator), comma list. */
   ima_emulator_paths: string
 }
@@ -104,6 +106,7 @@ export const AGENT_CONFIG_DEFAULTS: Readonly<AgentConfig> = Object.freeze({
   exponential_backoff_max_delay: 300_000,
   enable_revocation_notifications: false,
   enable_iak_idevid: false,
+  run_as: 'keylime:tss',
   ima_emulator_paths: '',
 })
 

@@ -3,7 +3,7 @@
  * entries are remembered in an index that grows as the file grows. Works on regular files and on securityfs, whose
  * files report size 0, by reading forward until EOF instead of trusting stat.
  */
-import { open, stat } from 'node:fs/promises'
+import { type FileHandle, open } from 'node:fs/promises'
 
 const CHUNK = 1 << 16
 
@@ -19,6 +19,8 @@ export class ImaMeasurementList {
   /** offsets[i] = byte offset where entry i starts; offsets[count] = end of the last complete line. */
   private offsets: number[] = [0]
   private queue: Promise<unknown> = Promise.resolve()
+  /** Kept open across reads once `holdOpen` ran: securityfs lists are root-only, and run_as drops root. */
+  private held: FileHandle | null = null
 
   constructor(path: string) {
     this.path = path
@@ -39,16 +41,40 @@ export class ImaMeasurementList {
     return run
   }
 
-  private async readNow(entry: number): Promise<ImaListSlice | null> {
-    let fh: Awaited<ReturnType<typeof open>>
+  /** Opens the list now and reads through that handle from then on (a missing list is still looked up per read). */
+  async holdOpen(): Promise<void> {
+    if (this.held) return
     try {
-      fh = await open(this.path, 'r')
+      this.held = await open(this.path, 'r')
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
-        this.offsets = [0]
-        return null
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err
+    }
+  }
+
+  /** Closes the held handle once pending reads are done. */
+  close(): Promise<void> {
+    const run = this.queue.then(async () => {
+      const fh = this.held
+      this.held = null
+      await fh?.close()
+    })
+    this.queue = run.catch(() => undefined)
+    return run
+  }
+
+  private async readNow(entry: number): Promise<ImaListSlice | null> {
+    let fh = this.held
+    const ownHandle = fh === null
+    if (fh === null) {
+      try {
+        fh = await open(this.path, 'r')
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
+          this.offsets = [0]
+          return null
+        }
+        throw err
       }
-      throw err
     }
     try {
       await this.extendIndex(fh)
@@ -65,13 +91,13 @@ export class ImaMeasurementList {
       }
       return { text: buf.subarray(0, filled).toString('utf8'), entry: start }
     } finally {
-      await fh.close()
+      if (ownHandle) await fh.close()
     }
   }
 
   /** Reads what was appended since the last call and records where each new complete line starts. */
-  private async extendIndex(fh: Awaited<ReturnType<typeof open>>): Promise<void> {
-    const st = await stat(this.path)
+  private async extendIndex(fh: FileHandle): Promise<void> {
+    const st = await fh.stat()
     let end = this.offsets[this.offsets.length - 1] as number
     // A regular file that shrank was replaced or truncated: start over (securityfs reports size 0, skip there).
     if (st.isFile() && st.size > 0 && st.size < end) {

@@ -12,6 +12,7 @@ import {
 } from './config.ts'
 import { defaultAgentDeps, imaNgFormatter } from './default-deps.ts'
 import { ImaEmulator } from './ima-emulator.ts'
+import { resolveRunAs } from './privileges.ts'
 import { startAgent } from './runtime.ts'
 
 export const AGENT_OPTION_NAMES = Object.keys(AGENT_CONFIG_DEFAULTS) as (keyof AgentConfig)[]
@@ -22,7 +23,15 @@ export async function runAgentProcess(
   log: Logger = createLogger('agent'),
 ): Promise<void> {
   const config = loadAgentConfig(load)
-  const agent = await startAgent({ config, deps: defaultAgentDeps(), log, imaFormatter: imaNgFormatter })
+  // Resolved before the TPM is touched, so an unknown user or group stops start-up at once.
+  const runAs = resolveRunAs(config.run_as, log)
+  const agent = await startAgent({
+    config,
+    deps: defaultAgentDeps(),
+    log,
+    imaFormatter: imaNgFormatter,
+    ...(runAs ? { runAs } : {}),
+  })
   await new Promise<void>((done) => {
     let stopping = false
     const stop = (sig: string) => {

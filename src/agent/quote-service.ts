@@ -4,7 +4,7 @@
  * quote so it always contains at least what PCR 10 covers; the UEFI log is attached only when PCR 0 is quoted.
  */
 import { createHash } from 'node:crypto'
-import { readFile } from 'node:fs/promises'
+import { type FileHandle, open, readFile } from 'node:fs/promises'
 import type { IdentityQuoteResults, IntegrityQuoteResults } from '../api/agent/schemas.ts'
 import { KeylimeError } from '../common/errors.ts'
 import type { Logger } from '../common/log.ts'
@@ -54,10 +54,30 @@ export function expectedDataPcr(hashAlg: HashAlgName, pubkeyPem: string): Buffer
 export class QuoteService {
   private readonly o: QuoteServiceOptions
   private readonly expected16: Buffer
+  /** The UEFI event log opened before run_as dropped root (securityfs is root-only); null reads by path. */
+  private mbLog: FileHandle | null = null
 
   constructor(o: QuoteServiceOptions) {
     this.o = o
     this.expected16 = expectedDataPcr(o.hashAlg, o.pubkeyPem)
+  }
+
+  /** Opens the IMA list and the UEFI event log now, for a process about to give up root (run_as). */
+  async holdMeasurementFiles(): Promise<void> {
+    await this.o.ima.holdOpen()
+    if (this.mbLog) return
+    try {
+      this.mbLog = await open(this.o.mbLogPath, 'r')
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err
+    }
+  }
+
+  async closeMeasurementFiles(): Promise<void> {
+    await this.o.ima.close()
+    const fh = this.mbLog
+    this.mbLog = null
+    await fh?.close()
   }
 
   /** Resets PCR 16 and extends it with H(pubkey PEM). Call with the lock held. */
@@ -142,7 +162,8 @@ export class QuoteService {
     }
     if (p.pcrs.includes(0)) {
       try {
-        out.mb_measurement_list = (await readFile(this.o.mbLogPath)).toString('base64')
+        const log = this.mbLog ? await readAllFrom(this.mbLog) : await readFile(this.o.mbLogPath)
+        out.mb_measurement_list = log.toString('base64')
       } catch (err) {
         if ((err as NodeJS.ErrnoException).code !== 'ENOENT') {
           this.o.log.warn(`cannot read the UEFI event log: ${(err as Error).message}`)
@@ -151,4 +172,18 @@ export class QuoteService {
     }
     return out
   }
+}
+
+/** The whole file through an open handle, read by position so repeated calls each see it from the start. */
+async function readAllFrom(fh: FileHandle): Promise<Buffer> {
+  const chunks: Buffer[] = []
+  let pos = 0
+  for (;;) {
+    const buf = Buffer.allocUnsafe(1 << 16)
+    const { bytesRead } = await fh.read(buf, 0, buf.length, pos)
+    if (bytesRead === 0) break
+    chunks.push(buf.subarray(0, bytesRead))
+    pos += bytesRead
+  }
+  return Buffer.concat(chunks)
 }

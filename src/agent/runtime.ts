@@ -18,6 +18,7 @@ import { ImaEmulator, type ImaNgFormatter } from './ima-emulator.ts'
 import { ImaMeasurementList } from './ima-list.ts'
 import { ensureMtlsIdentity, ensurePayloadKey } from './keys.ts'
 import { PayloadManager, type ZipExtractor } from './payload.ts'
+import { checkWritable, dropPrivileges, giveDirectory, giveFile, type RunAsIdentity } from './privileges.ts'
 import { type QuoteFormatter, QuoteService } from './quote-service.ts'
 import { activationAuthTag, RegistrarConnection, withBackoff } from './registration.ts'
 import { RevocationHandler } from './revocation.ts'
@@ -70,6 +71,11 @@ export interface StartAgentOptions {
   imaFormatter?: ImaNgFormatter
   /** Override backoff sleeping (tests). */
   sleep?: (ms: number) => Promise<void>
+  /**
+   * `run_as` resolved by the process entry point: after the socket is bound this process becomes that user for
+   * good, so in-process callers (tests) leave it unset.
+   */
+  runAs?: RunAsIdentity
 }
 
 function parseHandle(v: string): number | null {
@@ -323,8 +329,28 @@ export async function startAgent(opts: StartAgentOptions): Promise<RunningAgent>
           ...(cfg.server_key_password ? { passphrase: cfg.server_key_password } : {}),
         }
       : null
+    const runAs = opts.runAs
+    if (runAs) {
+      // What the agent still reads or writes once it is no longer root: measurement logs stay open (securityfs is
+      // root-only); the work directory and the secure directory (payloads, revocation certificate) change owner.
+      await quotes.holdMeasurementFiles()
+      giveDirectory(cfg.keylime_dir, runAs, false)
+      giveDirectory(secureDir, runAs, true)
+      if (cfg.ima_emulator_paths.trim() !== '') giveFile(cfg.ima_ml_path, runAs)
+    }
     const app = buildAgentApp({ services, apiVersions: versions, logger: log, https })
     await app.listen({ host: cfg.ip, port: cfg.port })
+    if (runAs) {
+      // Synchronously after listen resolves, so no request is served as root.
+      try {
+        dropPrivileges(runAs, log)
+        checkWritable(secureDir, runAs)
+      } catch (err) {
+        stopImaEmulator()
+        await app.close()
+        throw err
+      }
+    }
     const address = (app.server as Server).address()
     const port = typeof address === 'object' && address ? address.port : cfg.port
     log.info(`agent ${uuid} listening on ${cfg.enable_agent_mtls ? 'https' : 'http'}://${cfg.ip}:${port}`)
@@ -351,6 +377,7 @@ export async function startAgent(opts: StartAgentOptions): Promise<RunningAgent>
         await app.close()
         await payload.whenIdle()
         await revocation.whenIdle()
+        await quotes.closeMeasurementFiles()
         await lock.run(releaseTpm)
         log.info('agent stopped; transient TPM objects flushed')
       },

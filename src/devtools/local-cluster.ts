@@ -233,6 +233,9 @@ export class LocalCluster {
         join(agentDir, 'no-boot-log'),
         '--revocation-actions-dir',
         join(agentDir, 'actions'),
+        // cluster processes run as the invoking user (root in CI) and there is no `keylime` account to switch to
+        '--run-as',
+        '',
         ...extraArgs,
       ])
       return { child, port }

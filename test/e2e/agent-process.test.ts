@@ -81,6 +81,7 @@ describe('keylime agent process', () => {
         `keylime_dir = "${join(dir, 'agent')}"`,
         `registrar_port = ${registrar.httpPort}`,
         `ima_ml_path = "${list}"`,
+        'run_as = ""', // no `keylime` account here; test/e2e/agent-run-as.test.ts covers run_as
         '',
       ].join('\n'),
     )
