@@ -98,7 +98,7 @@ afterAll(async () => {
 
 describe.skipIf(!isRoot)('agent run_as', () => {
   it('switches to nobody:nogroup after start-up and keeps serving quotes and the IMA list', async () => {
-    const agent = await runAgent('nobody:nogroup', 'dropped privileges')
+    const agent = await runAgent('nobody:nogroup', 'listening on') // logged after the switch
     const out = agent.output()
     expect(out).toContain(`dropped privileges to nobody:nogroup (uid ${NOBODY}, gid ${NOBODY})`)
     expect(out).toContain('listening on')
