@@ -179,6 +179,9 @@ describe.concurrent('measured boot on swtpm', () => {
         'agent',
         '--config',
         conf,
+        // tests run as root without a keylime account: stay root (the default run_as is keylime:tss)
+        '--run-as',
+        '',
         '--uuid',
         uuid,
         '--tpm',

@@ -77,6 +77,9 @@ const startAgent = () =>
     'agent',
     '--config',
     emptyConf,
+    // tests run as root without a keylime account: stay root (the default run_as is keylime:tss)
+    '--run-as',
+    '',
     '--uuid',
     uuid,
     '--tpm',
