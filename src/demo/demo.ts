@@ -12,14 +12,14 @@
 import { execFile } from 'node:child_process'
 import { createHash } from 'node:crypto'
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs'
-import { createServer, type Server } from 'node:http'
 import { tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { createCa } from '../crypto/ca.ts'
-import { type RevocationMessage, verifyRevocation } from '../crypto/revocation.ts'
+import type { RevocationMessage } from '../crypto/revocation.ts'
 import { extendEventLogIntoTpm } from '../devtools/event-log-replay.ts'
 import { type LocalCluster as Cluster, LocalCluster, waitFor } from '../devtools/local-cluster.ts'
+import { type RevocationWebhook, startRevocationWebhook } from '../devtools/revocation-webhook.ts'
 import { freePort, swtpmInstalled } from '../devtools/swtpm.ts'
 import { createSecureBootKeys, syntheticEventLog } from '../devtools/synthetic-event-log.ts'
 import { parseEventLog } from '../evidence/mb/index.ts'
@@ -70,7 +70,7 @@ function writePrograms(dir: string): string[] {
 }
 
 async function nextRevocation(
-  hook: { received: { message: RevocationMessage | null; error?: string }[] } | undefined,
+  hook: RevocationWebhook | undefined,
   index: number,
   timeoutS: number,
 ): Promise<RevocationMessage> {
@@ -86,26 +86,6 @@ const parseEventCount = (bytes: Uint8Array) => parseEventLog(bytes).events.lengt
 function say(line: string): void {
   const t = ((Date.now() - START) / 1000).toFixed(1).padStart(5)
   process.stdout.write(`[${t}s] ${line}\n`)
-}
-
-/** Local webhook that receives revocation notifications and checks their signature with the notifier cert. */
-function startWebhook(port: number, notifierCertPath: string) {
-  const received: { message: RevocationMessage | null; error?: string }[] = []
-  const server: Server = createServer((req, res) => {
-    const chunks: Buffer[] = []
-    req.on('data', (c: Buffer) => chunks.push(c))
-    req.on('end', () => {
-      try {
-        const wire = JSON.parse(Buffer.concat(chunks).toString('utf8')) as unknown
-        received.push({ message: verifyRevocation(wire, readFileSync(notifierCertPath, 'utf8')) })
-      } catch (err) {
-        received.push({ message: null, error: (err as Error).message })
-      }
-      res.writeHead(200, { 'content-type': 'application/json' }).end('{}')
-    })
-  })
-  server.listen(port, '127.0.0.1')
-  return { received, close: () => new Promise<void>((r) => server.close(() => r())) }
 }
 
 /** Payload for an agent: autorun.sh writes a marker; action_list names an action that records revocations. */
@@ -136,7 +116,7 @@ export async function runDemo(opts: DemoOptions): Promise<number> {
   const dir = opts.dir ? resolve(opts.dir) : mkdtempSync(join(tmpdir(), 'keylime-demo-'))
   mkdirSync(dir, { recursive: true, mode: 0o700 })
   say(`work directory ${dir} (logs in ${join(dir, 'logs')})`)
-  let webhook: ReturnType<typeof startWebhook> | undefined
+  let webhook: RevocationWebhook | undefined
   let cluster: Cluster | undefined
   let closeTenant: (() => Promise<void>) | undefined
   try {
@@ -144,7 +124,9 @@ export async function runDemo(opts: DemoOptions): Promise<number> {
     const tenantCa = join(dir, 'tenant-ca')
     await createCa(tenantCa, { commonName: 'Keylime TS demo tenant CA' })
     const webhookPort = await freePort()
-    webhook = startWebhook(webhookPort, join(tenantCa, 'RevocationNotifier-cert.crt'))
+    webhook = startRevocationWebhook(webhookPort, () =>
+      readFileSync(join(tenantCa, 'RevocationNotifier-cert.crt'), 'utf8'),
+    )
     // The boot log both agents serve: the Secure Boot certificates are generated while the services start.
     const secureBootKeys = createSecureBootKeys()
 

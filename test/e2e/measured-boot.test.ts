@@ -13,14 +13,13 @@
 import { type ChildProcess, spawn } from 'node:child_process'
 import { randomUUID } from 'node:crypto'
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
-import { createServer, type Server } from 'node:http'
 import { tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
 import { afterAll, beforeAll, describe, it } from 'vitest'
 import { createCa } from '../../src/crypto/ca.ts'
-import { type RevocationMessage, verifyRevocation } from '../../src/crypto/revocation.ts'
 import { extendEventLogIntoTpm, startupAtLocality } from '../../src/devtools/event-log-replay.ts'
 import { type ClusterAgent, LocalCluster, portOpen, waitFor } from '../../src/devtools/local-cluster.ts'
+import { type RevocationWebhook, startRevocationWebhook } from '../../src/devtools/revocation-webhook.ts'
 import { freePort, type SwtpmInstance, startSwtpm } from '../../src/devtools/swtpm.ts'
 import {
   createSecureBootKeys,
@@ -79,27 +78,6 @@ const waitFailed = (site: Site, uuid: string) =>
     return s?.operational_state === INVALID_QUOTE ? s : undefined
   })
 
-/** Local webhook collecting the verifier's signed revocations. */
-function startWebhook(port: number, notifierCert: () => string) {
-  const received: { message: RevocationMessage | null; error?: string }[] = []
-  const server: Server = createServer((req, res) => {
-    const chunks: Buffer[] = []
-    req.on('data', (c: Buffer) => chunks.push(c))
-    req.on('end', () => {
-      try {
-        received.push({
-          message: verifyRevocation(JSON.parse(Buffer.concat(chunks).toString('utf8')), notifierCert()),
-        })
-      } catch (err) {
-        received.push({ message: null, error: (err as Error).message })
-      }
-      res.writeHead(200, { 'content-type': 'application/json' }).end('{}')
-    })
-  })
-  server.listen(port, '127.0.0.1')
-  return { received, close: () => new Promise<void>((r) => server.close(() => r())) }
-}
-
 describe.concurrent('measured boot on swtpm', () => {
   let dir: string
   let once: Site
@@ -111,7 +89,7 @@ describe.concurrent('measured boot on swtpm', () => {
   let logOtherKernel: SyntheticEventLog
   let logLocality3: SyntheticEventLog
   const synthetic = new Map<string, { uuid: string; site: Site }>()
-  let webhook: ReturnType<typeof startWebhook>
+  let webhook: RevocationWebhook
   let payloadCa: string
   const extraProcesses: ChildProcess[] = []
   let locality3Tpm: SwtpmInstance | undefined
@@ -217,7 +195,7 @@ describe.concurrent('measured boot on swtpm', () => {
     const keys = createSecureBootKeys()
     await createCa(payloadCa, { commonName: 'measured-boot e2e payload CA' })
     const webhookPort = await freePort()
-    webhook = startWebhook(webhookPort, () =>
+    webhook = startRevocationWebhook(webhookPort, () =>
       readFileSync(join(payloadCa, 'RevocationNotifier-cert.crt'), 'utf8'),
     )
     const webhookUrl = `http://127.0.0.1:${webhookPort}/revocation`
