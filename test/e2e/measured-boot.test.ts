@@ -332,34 +332,36 @@ describe.concurrent('measured boot on swtpm', () => {
     )
   }, 120_000)
 
+  /** Enrolls the agent started as `agentName` with a named policy generated from log A (which it serves). */
+  async function enrollWithNamedPolicy(
+    site: Site,
+    agentName: string,
+  ): Promise<{ uuid: string; name: string }> {
+    const { uuid } = synthetic.get(agentName) as { uuid: string }
+    const name = `${agentName}-${uuid.slice(0, 8)}`
+    const policy = refstateFile(`a-${agentName}`, logA)
+    const upload = await site.tenant('-c', 'addmbpolicy', '--mb-policy-name', name, '--mb-policy', policy)
+    if (upload.status !== 0) throw new Error(`addmbpolicy failed: ${upload.stderr}`)
+    const add = await site.tenant('-c', 'add', '-u', uuid, '--mb-policy-name', name)
+    if (add.status !== 0) throw new Error(`add failed: ${add.stderr}`)
+    return { uuid, name }
+  }
+
+  /** Replaces the named policy with the reference state of another kernel build (which the served log violates). */
+  async function swapNamedPolicyToOtherKernel(site: Site, name: string): Promise<void> {
+    const policy = refstateFile(`other-kernel-${name}`, logOtherKernel)
+    const update = await site.tenant('-c', 'updatembpolicy', '--mb-policy-name', name, '--mb-policy', policy)
+    if (update.status !== 0) throw new Error(`updatembpolicy failed: ${update.stderr}`)
+  }
+
   it('measured_boot_evaluate = once: after the first pass, a changed named policy is not evaluated again', async ({
     expect,
   }) => {
-    const { uuid } = synthetic.get('syn-once') as { uuid: string }
-    const name = `syn-once-${uuid.slice(0, 8)}`
-    const upload = await once.tenant(
-      '-c',
-      'addmbpolicy',
-      '--mb-policy-name',
-      name,
-      '--mb-policy',
-      refstateFile('a-once', logA),
-    )
-    expect(upload.status, upload.stderr).toBe(0)
-    const add = await once.tenant('-c', 'add', '-u', uuid, '--mb-policy-name', name)
-    expect(add.status, add.stderr).toBe(0)
+    const { uuid, name } = await enrollWithNamedPolicy(once, 'syn-once')
     const passed = await waitPassing(once, uuid)
 
     // the same reference state that fails `syn-wrong` at its first attestation
-    const update = await once.tenant(
-      '-c',
-      'updatembpolicy',
-      '--mb-policy-name',
-      name,
-      '--mb-policy',
-      refstateFile('other-kernel-once', logOtherKernel),
-    )
-    expect(update.status, update.stderr).toBe(0)
+    await swapNamedPolicyToOtherKernel(once, name)
     const later = await waitPassing(once, uuid, passed.attestation_count + 3)
     expect(later.last_event_id).toBeNull()
   }, 120_000)
@@ -367,30 +369,10 @@ describe.concurrent('measured boot on swtpm', () => {
   it('measured_boot_evaluate = always: a changed named policy is evaluated at the next quote and fails', async ({
     expect,
   }) => {
-    const { uuid } = synthetic.get('syn-always') as { uuid: string }
-    const name = `syn-always-${uuid.slice(0, 8)}`
-    const upload = await always.tenant(
-      '-c',
-      'addmbpolicy',
-      '--mb-policy-name',
-      name,
-      '--mb-policy',
-      refstateFile('a-always', logA),
-    )
-    expect(upload.status, upload.stderr).toBe(0)
-    const add = await always.tenant('-c', 'add', '-u', uuid, '--mb-policy-name', name)
-    expect(add.status, add.stderr).toBe(0)
+    const { uuid, name } = await enrollWithNamedPolicy(always, 'syn-always')
     await waitPassing(always, uuid, 3)
 
-    const update = await always.tenant(
-      '-c',
-      'updatembpolicy',
-      '--mb-policy-name',
-      name,
-      '--mb-policy',
-      refstateFile('other-kernel-always', logOtherKernel),
-    )
-    expect(update.status, update.stderr).toBe(0)
+    await swapNamedPolicyToOtherKernel(always, name)
     const failed = await waitFailed(always, uuid)
     expect(failed.last_event_id).toBe('measured_boot.policy_example')
     expect(failed.attestation_count).toBeGreaterThanOrEqual(3)
