@@ -272,11 +272,7 @@ export async function readEkCertificate(
     throw new TpmUsageError(
       `the EK is not an ${alg.toUpperCase()} key (type 0x${ekPublic.type.toString(16)})`,
     )
-  const defined = new Set(await listHandles(tpm, TpmHt.NvIndex))
-  for (const { index } of candidates) {
-    if (!defined.has(index)) continue
-    const der = await readCertificateAt(tpm, index)
-    if (der === null) continue
+  for (const { index, der } of await listEkCertificates(tpm, alg)) {
     const matches = certificateMatchesKey(der, ekPublic)
     if (matches === true || (matches === undefined && index === defaultIndex)) return der
   }
