@@ -125,6 +125,8 @@ export interface AttestationSuccess {
   operationalState: number
   publicKey: string | null
   imaState: string | null
+  /** `nextEntry` of `imaState` when the caller has it (the loop does), so this hot path need not parse it back. */
+  nextImaEntry?: number
   /** Algorithms the agent quoted with (shown by `GET /agents/:id` as hash_alg, enc_alg, sign_alg). */
   hashAlg: string
   encAlg: string
@@ -218,6 +220,7 @@ export class VerifierRepository {
           sign_alg: s.signAlg,
         }
         if (s.publicKey !== null) patch.public_key = s.publicKey
+        if (s.nextImaEntry !== undefined) patch.next_ima_ml_entry = s.nextImaEntry
         const ok = await updateGuardedIn(tx, s.agentId, leaseHolder, patch)
         if (!ok) refused.push(s.agentId)
       }

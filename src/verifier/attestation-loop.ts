@@ -483,6 +483,7 @@ export class AttestationLoop {
       operationalState: a.state,
       publicKey: a.pubkeyChanged ? a.pubkey : null,
       imaState: imaState ? JSON.stringify(imaState) : null,
+      nextImaEntry: imaState?.nextEntry ?? 0,
       hashAlg: res.hash_alg,
       encAlg: res.enc_alg,
       signAlg: res.sign_alg,
