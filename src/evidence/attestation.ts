@@ -1,7 +1,7 @@
 /**
  * The verifier's attestation pipeline (keylime-protocols.md §A.2, §D.3): one pure function turns an agent's
  * integrity-quote response plus the verifier's stored expectations into one Verdict. No I/O, no clock reads.
- * It composes team QUOTE's checks (signature/nonce/PCR digest, TPM clock, static PCR policy + PCR 16 binding);
+ * It composes the quote checks (signature/nonce/PCR digest, TPM clock, static PCR policy + PCR 16 binding);
  * IMA and measured-boot evaluation plug in through `AttestationExtensions`.
  */
 import type { KeyObject } from 'node:crypto'
@@ -31,7 +31,7 @@ export interface AttestationExtensions {
 }
 
 export interface AttestationInput {
-  /** Parsed once per agent and cached by the caller (`akKeyObject` of team QUOTE). */
+  /** Parsed once per agent and cached by the caller (`akKeyObject`). */
   akPublic: KeyObject
   quote: string
   /** The nonce string sent to the agent; its ASCII bytes must be the quote's extraData. */
@@ -45,6 +45,8 @@ export interface AttestationInput {
   boundPubkeyPem?: string | undefined
   /** Clock info stored from the previous good attestation; null = none stored yet. */
   previousClock: TpmClockInfo | null
+  /** PCRs the quote must cover (`requiredPcrs` of every enrolled check); absent ones fail `missing_pcrs`. */
+  requiredPcrs?: readonly number[]
   /** false skips the clock check (identity / evidence APIs). Default true. */
   checkClock?: boolean
   extensions?: AttestationExtensions | undefined
@@ -100,6 +102,7 @@ export function evaluateAttestation(input: AttestationInput): AttestationOutcome
     tpmPolicy: input.tpmPolicy,
     hashAlg,
     ...(input.boundPubkeyPem === undefined ? {} : { boundPubkeyPem: input.boundPubkeyPem }),
+    ...(input.requiredPcrs === undefined ? {} : { required: input.requiredPcrs }),
   })
   if (!pcrVerdict.ok) events.push(...pcrVerdict.events)
   // measured boot first: its boot aggregates feed the IMA `boot_aggregate` entry
@@ -108,9 +111,16 @@ export function evaluateAttestation(input: AttestationInput): AttestationOutcome
     const v = ext.measuredBoot(q.pcrs, hashAlg)
     if (!v.ok) events.push(...v.events)
   }
-  if (ext?.ima && q.pcrs.has(10)) {
-    const v = ext.ima(q.pcrs, hashAlg)
-    if (!v.ok) events.push(...v.events)
+  if (ext?.ima) {
+    if (q.pcrs.has(10)) {
+      const v = ext.ima(q.pcrs, hashAlg)
+      if (!v.ok) events.push(...v.events)
+    } else if (!input.requiredPcrs?.includes(10)) {
+      // a runtime policy with no PCR 10 in the quote is never a pass, even when the caller forgot to require it
+      events.push(
+        failure('pcr_validation.missing_pcrs', { context: 'PCRs are missing in quote', data: [10] }),
+      )
+    }
   }
   return { verdict: events.length === 0 ? PASS : { ok: false, events }, clock, pcrs: q.pcrs }
 }

@@ -29,7 +29,14 @@ import {
   verifyImaIncrement,
 } from '../evidence/ima/index.ts'
 import { checkMeasuredBoot, type MbPolicy, parseMbPolicy } from '../evidence/mb/index.ts'
-import { akKeyObject, isQuoteHashAlg, parseTpmPolicy, verifyQuote } from '../evidence/quote/index.ts'
+import {
+  akKeyObject,
+  assertCheckableTpmPolicy,
+  isQuoteHashAlg,
+  parseTpmPolicy,
+  requiredPcrs,
+  verifyQuote,
+} from '../evidence/quote/index.ts'
 import { failure } from '../evidence/verdict.ts'
 import { agentKeyring } from './attestation-loop.ts'
 import { PolicyStore } from './policy-store.ts'
@@ -534,6 +541,7 @@ export async function buildVerifierApp(opts: VerifierAppOptions): Promise<Fastif
       let aggregates: Record<string, string[]> | undefined
       const mbLog = typeof data.mb_log === 'string' ? data.mb_log : undefined
       const imaList = typeof data.ima_measurement_list === 'string' ? data.ima_measurement_list : undefined
+      const tpmPolicy = typeof data.tpm_policy === 'string' ? parseTpmPolicy(data.tpm_policy) : null
       const out = evaluateAttestation({
         akPublic: ak,
         quote: String(data.quote),
@@ -542,7 +550,12 @@ export async function buildVerifierApp(opts: VerifierAppOptions): Promise<Fastif
         encAlg: 'any',
         signAlg: 'any',
         accepted: { hash: [hashAlg], encryption: ['any'], signing: ['any'] },
-        tpmPolicy: typeof data.tpm_policy === 'string' ? parseTpmPolicy(data.tpm_policy) : null,
+        tpmPolicy,
+        requiredPcrs: requiredPcrs(tpmPolicy ?? { pcrs: new Map(), mask: '0x0' }, {
+          runtimePolicy: runtime !== null,
+          measuredBootPolicy: mbPolicy !== null && mbPolicy.refstate !== null,
+          bindsPubkey: false,
+        }),
         previousClock: null,
         checkClock: false,
         extensions: {
@@ -614,7 +627,7 @@ export async function buildVerifierApp(opts: VerifierAppOptions): Promise<Fastif
   }
 
   async function enrollmentRow(id: string, b: EnrollBody): Promise<NewVerifierAgent> {
-    parseTpmPolicy(b.tpm_policy)
+    assertCheckableTpmPolicy(parseTpmPolicy(b.tpm_policy))
     try {
       agentKeyring(b.ima_sign_verification_keys)
     } catch (err) {

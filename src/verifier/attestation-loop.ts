@@ -30,7 +30,7 @@ import {
   parseKeyringJson,
 } from '../evidence/ima/index.ts'
 import { checkMeasuredBoot, type MbPolicy } from '../evidence/mb/index.ts'
-import { akKeyObject, parseTpmPolicy } from '../evidence/quote/index.ts'
+import { akKeyObject, maskOfPcrs, parseTpmPolicy, requiredPcrs } from '../evidence/quote/index.ts'
 import { type FailureEvent, failure, severityOf, type Verdict } from '../evidence/verdict.ts'
 import type { AgentConnections } from './agent-connections.ts'
 import { DueQueue } from './due-queue.ts'
@@ -51,6 +51,8 @@ interface AgentRuntime {
   v: string | null
   tpmPolicyText: string
   tpmPolicy: TpmPolicy
+  /** PCRs requested and required in every quote: derived from all enrolled policies once they are loaded. */
+  requiredPcrs: readonly number[]
   pcrMask: string
   akPublic: KeyObject
   accepted: { hash: string[]; encryption: string[]; signing: string[] }
@@ -219,6 +221,7 @@ export class AttestationLoop {
       v: row.v,
       tpmPolicyText: row.tpm_policy,
       tpmPolicy,
+      requiredPcrs: [],
       pcrMask: tpmPolicy.mask,
       akPublic,
       accepted: {
@@ -390,6 +393,12 @@ export class AttestationLoop {
         return
       }
       if (gen !== a.generation) return
+      a.requiredPcrs = requiredPcrs(a.tpmPolicy, {
+        runtimePolicy: a.policies.runtime !== null,
+        measuredBootPolicy: a.policies.mb !== null,
+        bindsPubkey: true,
+      })
+      a.pcrMask = maskOfPcrs(a.requiredPcrs)
     }
     const nonce = randomNonce()
     const partial = !(a.sendPubkey || a.pubkey === null)
@@ -437,6 +446,7 @@ export class AttestationLoop {
         tpmPolicy: a.tpmPolicy,
         boundPubkeyPem: pubkey,
         previousClock: a.clock,
+        requiredPcrs: a.requiredPcrs,
         extensions: this.measuredBootExtension(a, res, bootAggregates),
       })
       let verdict = out.verdict

@@ -73,7 +73,9 @@ export class PolicyStore {
   async runtimeFor(policyId: number | null): Promise<CompiledRuntimePolicy | null> {
     if (policyId === null) return null
     const row = await this.repo.getAllowlistById(policyId)
-    if (!row?.ima_policy) return null
+    // an enrolled policy that has vanished must not silently turn the IMA check off
+    if (!row) throw new Error(`runtime policy ${policyId} is enrolled but no longer stored`)
+    if (!row.ima_policy) return null
     return this.compileRuntimeText(row.ima_policy)
   }
 
@@ -81,7 +83,8 @@ export class PolicyStore {
   async mbFor(policyId: number | null): Promise<MbPolicy | null> {
     if (policyId === null) return null
     const row = await this.repo.getMbPolicyById(policyId)
-    if (!row?.mb_policy) return null
+    if (!row) throw new Error(`measured-boot policy ${policyId} is enrolled but no longer stored`)
+    if (!row.mb_policy) return null
     const p = this.parseMbText(row.mb_policy)
     return p.refstate === null ? null : p
   }

@@ -128,6 +128,40 @@ export function buildTpmPolicy(
   return out
 }
 
+/** What the verifier checks for an agent besides its static `tpm_policy`. */
+export interface EnrolledChecks {
+  /** A runtime (IMA) policy is enrolled: PCR 10 carries the IMA list. */
+  runtimePolicy: boolean
+  /** A measured-boot policy is enrolled: the event log is replayed against PCRs 0-9 and 11-15. */
+  measuredBootPolicy: boolean
+  /** The payload key is bound into PCR 16 (pull mode). */
+  bindsPubkey: boolean
+}
+
+/**
+ * PCRs a quote must cover, derived from everything enrolled rather than trusted from the client's mask: a client
+ * that enrols a runtime policy with mask 0x0 must not turn the IMA check off. Sorted ascending.
+ */
+export function requiredPcrs(tpmPolicy: TpmPolicy, checks: EnrolledChecks): number[] {
+  const pcrs = new Set<number>(pcrsOfMask(tpmPolicy.mask))
+  for (const p of tpmPolicy.pcrs.keys()) pcrs.add(p)
+  if (checks.runtimePolicy) pcrs.add(IMA_PCR)
+  if (checks.measuredBootPolicy) for (const p of MEASURED_BOOT_PCRS) pcrs.add(p)
+  if (checks.bindsPubkey) pcrs.add(DATA_PCR)
+  return [...pcrs].sort((a, b) => a - b)
+}
+
+/**
+ * Refuses a stored `tpm_policy` that cannot be checked as written: PCR 10 belongs to the IMA replay and PCR 16 to
+ * the key binding, so static values for them would be ignored (upstream's tenant refuses them too).
+ */
+export function assertCheckableTpmPolicy(tpmPolicy: TpmPolicy): void {
+  if (tpmPolicy.pcrs.has(IMA_PCR))
+    throw new TpmPolicyError('tpm_policy lists PCR 10, which only a runtime policy (IMA) can check')
+  if (tpmPolicy.pcrs.has(DATA_PCR))
+    throw new TpmPolicyError('tpm_policy lists PCR 16, which is reserved for the agent key binding')
+}
+
 /** Expected PCR 16 after binding the agent's key: `H(0^n || H(pubkey_pem_utf8))`. */
 export function expectedDataPcr(pubkeyPem: string, hashAlg: QuoteHashAlg): Uint8Array {
   const inner = createHash(hashAlg).update(pubkeyPem, 'utf8').digest()
@@ -158,13 +192,16 @@ export interface CheckPcrPolicyInput {
   /** Pull mode: the agent's `pubkey` PEM exactly as received; enforces the PCR 16 binding. */
   boundPubkeyPem?: string
   hashAlg: QuoteHashAlg
+  /** PCRs the quote must cover whatever tpm_policy lists (`requiredPcrs`); absent ones are `missing_pcrs`. */
+  required?: readonly number[]
 }
 
 /**
  * Events (component `pcr_validation`, recoverable): `missing_pcr_16` / `invalid_pcr_16` for the key binding,
- * `invalid_pcr_N` for a quoted PCR whose value the policy does not allow, `missing_pcrs` for policy PCRs not quoted.
- * PCR 10 is left to the IMA check and never compared against tpm_policy; measured-boot PCRs are compared here like
- * any other listed PCR (the event-log replay itself belongs to the measured-boot check).
+ * `invalid_pcr_N` for a quoted PCR whose value the policy does not allow, `missing_pcrs` for policy or required PCRs
+ * not quoted. PCR 10 is the IMA check's unless a (legacy, now refused at enrolment) tpm_policy lists a value for it:
+ * then that value is enforced rather than ignored. Measured-boot PCRs are compared here like any other listed PCR
+ * (the event-log replay itself belongs to the measured-boot check).
  */
 export function checkPcrPolicy(input: CheckPcrPolicyInput): Verdict {
   const { pcrs, tpmPolicy, boundPubkeyPem, hashAlg } = input
@@ -190,7 +227,6 @@ export function checkPcrPolicy(input: CheckPcrPolicyInput): Verdict {
   const quoted = [...pcrs.keys()].sort((a, b) => a - b)
   for (const pcr of quoted) {
     if (pcr === DATA_PCR && boundPubkeyPem !== undefined) continue
-    if (pcr === IMA_PCR) continue
     const allowed = allow.get(pcr)
     if (allowed === undefined) continue
     const got = hex(pcrs.get(pcr) as Uint8Array)
@@ -204,7 +240,9 @@ export function checkPcrPolicy(input: CheckPcrPolicyInput): Verdict {
       )
     }
   }
-  const missing = [...allow.keys()].filter((p) => !pcrs.has(p)).sort((a, b) => a - b)
+  const expected = new Set<number>([...allow.keys(), ...(input.required ?? [])])
+  if (boundPubkeyPem !== undefined) expected.delete(DATA_PCR) // reported above as missing_pcr_16
+  const missing = [...expected].filter((p) => !pcrs.has(p)).sort((a, b) => a - b)
   if (missing.length > 0) {
     events.push(
       failure('pcr_validation.missing_pcrs', { context: 'PCRs are missing in quote', data: missing }),

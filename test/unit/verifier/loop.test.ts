@@ -86,6 +86,62 @@ describe('attestation loop against simulated agents', () => {
     )
   })
 
+  it('checks the IMA list of an agent enrolled with a runtime policy and an empty PCR mask', async () => {
+    // A REST client may enrol a runtime policy with tpm_policy {} (mask 0x0): the verifier derives PCR 10 itself.
+    const f = await fleet(1)
+    const v = await verifierWith()
+    const a = f.agents[0] as SimFleet['agents'][number]
+    simMeasure(a, '/usr/bin/good', 'good binary')
+    const policy = {
+      meta: { version: 1, generator: 3 },
+      release: 0,
+      digests: { '/usr/bin/good': [createHash('sha256').update('good binary').digest('hex')] },
+      excludes: [],
+      keyrings: {},
+      ima: { ignored_keyrings: [], log_hash_alg: 'sha1', dm_policy: null },
+      'ima-buf': {},
+      'verification-keys': '',
+    }
+    const res = await v.app.inject({
+      method: 'POST',
+      url: `/v2.6/agents/${a.id}`,
+      headers: ADMIN,
+      payload: enrollBody(a, f.port, {
+        tpm_policy: '{}',
+        runtime_policy: Buffer.from(JSON.stringify(policy)).toString('base64'),
+      }),
+    })
+    expect(res.statusCode, res.body).toBe(200)
+    await waitFor(async () => {
+      await v.service.loop.flush()
+      return JSON.parse((await v.service.repo.getAgent(a.id))?.ima_state ?? '{}').nextEntry === 1
+    })
+    simMeasure(a, '/tmp/evil', 'evil')
+    await waitFor(
+      async () => (await v.service.repo.getAgent(a.id))?.operational_state === AgentState.INVALID_QUOTE,
+    )
+    expect((await v.service.repo.getAgent(a.id))?.last_event_id).toBe(
+      'ima.validation.ima-ng.not_in_allowlist',
+    )
+  })
+
+  it('refuses an enrolment whose tpm_policy lists PCR 10 or 16', async () => {
+    const f = await fleet(1)
+    const v = await verifierWith()
+    const a = f.agents[0] as SimFleet['agents'][number]
+    for (const pcr of ['10', '16']) {
+      const res = await v.app.inject({
+        method: 'POST',
+        url: `/v2.6/agents/${a.id}`,
+        headers: ADMIN,
+        payload: enrollBody(a, f.port, { tpm_policy: JSON.stringify({ [pcr]: ['00'.repeat(32)] }) }),
+      })
+      expect(res.statusCode, res.body).toBe(400)
+      expect(res.json().status).toMatch(new RegExp(`PCR ${pcr}`))
+    }
+    expect(await v.service.repo.getAgent(a.id)).toBeUndefined()
+  })
+
   it('verifies a 200,000-entry IMA list through the sliced path and continues from its end', async () => {
     // The loop verifies 10,000 lines per event-loop turn; the state carried between slices must give the same
     // result as one pass: the whole list matches the quoted PCR 10, then one more entry is verified incrementally.

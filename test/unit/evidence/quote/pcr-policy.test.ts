@@ -1,12 +1,14 @@
 import { createHash } from 'node:crypto'
 import { describe, expect, it } from 'vitest'
 import {
+  assertCheckableTpmPolicy,
   buildTpmPolicy,
   checkPcrPolicy,
   expectedDataPcr,
   maskOfPcrs,
   parseTpmPolicy,
   pcrsOfMask,
+  requiredPcrs,
   TpmPolicyError,
 } from '../../../../src/evidence/quote/index.ts'
 
@@ -90,10 +92,47 @@ describe('checkPcrPolicy', () => {
     ).toEqual({
       ok: true,
     })
-    // PCR 10 is never compared against tpm_policy (IMA handles it).
+    // a PCR 10 value listed in a (legacy) tpm_policy is enforced, not silently left to an IMA check that may not run
     expect(
       ids(checkPcrPolicy({ pcrs: quoted, tpmPolicy: parseTpmPolicy({ '10': ['00'] }), hashAlg: 'sha256' })),
+    ).toEqual(['pcr_validation.invalid_pcr_10'])
+    expect(
+      ids(
+        checkPcrPolicy({
+          pcrs: quoted,
+          tpmPolicy: parseTpmPolicy({ '10': [hex('ima')] }),
+          hashAlg: 'sha256',
+        }),
+      ),
     ).toEqual([])
+  })
+
+  it('requires the PCRs derived from the enrolled checks, whatever the mask says', () => {
+    const empty = parseTpmPolicy({ mask: '0x0' })
+    expect(
+      requiredPcrs(empty, { runtimePolicy: true, measuredBootPolicy: false, bindsPubkey: false }),
+    ).toEqual([10])
+    expect(
+      requiredPcrs(empty, { runtimePolicy: false, measuredBootPolicy: true, bindsPubkey: true }),
+    ).toEqual([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 13, 14, 15, 16])
+    expect(
+      requiredPcrs(parseTpmPolicy({ '23': [], mask: '0x1' }), {
+        runtimePolicy: false,
+        measuredBootPolicy: false,
+        bindsPubkey: false,
+      }),
+    ).toEqual([0, 23])
+    const noIma = new Map<number, Uint8Array>([[0, bytes(hex('zero'))]])
+    const v = checkPcrPolicy({ pcrs: noIma, tpmPolicy: empty, hashAlg: 'sha256', required: [0, 10] })
+    expect(v.ok ? [] : v.events.map((e) => [e.eventId, e.context.data])).toEqual([
+      ['pcr_validation.missing_pcrs', [10]],
+    ])
+  })
+
+  it('refuses tpm_policy values for PCR 10 and 16 at enrolment', () => {
+    expect(() => assertCheckableTpmPolicy(parseTpmPolicy({ '10': ['00'] }))).toThrow(/PCR 10/)
+    expect(() => assertCheckableTpmPolicy(parseTpmPolicy({ '16': ['00'] }))).toThrow(/PCR 16/)
+    expect(() => assertCheckableTpmPolicy(parseTpmPolicy({ '0': ['00'], mask: '0x10401' }))).not.toThrow()
   })
 
   it('reports invalid and missing PCRs with upstream event ids', () => {
