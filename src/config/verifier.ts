@@ -64,6 +64,13 @@ export const verifierSchema = {
   max_concurrency: opt.int(512),
   /** Keylime TS: seconds an agent's lease lasts in a shared database; renewed every third of it. */
   lease_seconds: opt.float(30),
+  /**
+   * Keylime TS: largest reply read from an agent, bytes. A whole ima-ng list of ~300,000 entries (a busy server's
+   * first attestation after boot) is ~60 MB; UEFI logs are under 1 MB. Beyond it the attestation fails.
+   */
+  max_agent_response_size: opt.int(64 * 1024 * 1024),
+  /** Keylime TS: bytes of agent replies buffered at once over all agents; beyond it a reply is retried later. */
+  agent_response_memory_limit: opt.int(1024 * 1024 * 1024),
   enabled_revocation_notifications: opt.list(['agent'], { section: 'revocations' }),
   zmq_ip: opt.string('127.0.0.1', { section: 'revocations' }),
   zmq_port: opt.int(8992, { section: 'revocations' }),

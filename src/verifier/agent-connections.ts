@@ -6,7 +6,7 @@
  * is cached; `release` closes what an agent used.
  */
 import { Agent, Client, type Dispatcher } from 'undici'
-import { AgentClient } from '../api/agent/client.ts'
+import { AgentClient, type ResponseBudget } from '../api/agent/client.ts'
 
 export interface VerifierClientTls {
   cert: string
@@ -34,10 +34,17 @@ export class AgentConnections {
   private readonly shared: Agent
   private readonly entries = new Map<string, Entry>()
 
+  private readonly budget: ResponseBudget
+
   constructor(
     private readonly tls: VerifierClientTls | null,
     private readonly timeoutMs: number,
+    private readonly limits: { maxResponseBytes: number; memoryLimit: number } = {
+      maxResponseBytes: Number.POSITIVE_INFINITY,
+      memoryLimit: Number.POSITIVE_INFINITY,
+    },
   ) {
+    this.budget = { limit: limits.memoryLimit, used: 0 }
     this.shared = new Agent({ connections: 1, keepAliveTimeout: 60_000, keepAliveMaxTimeout: 600_000 })
   }
 
@@ -70,6 +77,8 @@ export class AgentConnections {
       apiVersion: ep.apiVersion,
       timeoutMs: this.timeoutMs,
       dispatcher,
+      maxResponseBytes: this.limits.maxResponseBytes,
+      responseBudget: this.budget,
     })
     this.entries.set(ep.agentId, { client, pool, key })
     return client

@@ -615,6 +615,12 @@ export class AttestationLoop {
     retryState: number,
   ): Promise<void> {
     const e = err instanceof AgentClientError ? err : null
+    if (e?.isTooLarge) {
+      // an agent that floods the verifier is failed like any other bad evidence, never retried into memory trouble
+      const event = failure('qoute_validation.response_too_large', e.message, true)
+      await this.onInvalidQuote(a, gen, [event], this.now())
+      return
+    }
     if (e?.isVersionNotSupported) {
       if (await this.renegotiate(a, gen)) return
     }

@@ -43,6 +43,10 @@ export interface VerifierOptions {
   /** Lease of an agent in the shared database; renewed every third of it. */
   leaseMs: number
   shutdownDrainTimeoutMs: number
+  /** Largest agent reply read (`max_agent_response_size`); a larger one fails the attestation. */
+  maxAgentResponseBytes: number
+  /** Agent reply bytes buffered at once over the whole fleet (`agent_response_memory_limit`). */
+  agentResponseMemoryLimit: number
 }
 
 export const DEFAULT_VERIFIER_OPTIONS: VerifierOptions = {
@@ -69,6 +73,8 @@ export const DEFAULT_VERIFIER_OPTIONS: VerifierOptions = {
   maxConcurrency: 512,
   leaseMs: 30_000,
   shutdownDrainTimeoutMs: 10_000,
+  maxAgentResponseBytes: 64 * 1024 * 1024,
+  agentResponseMemoryLimit: 1024 * 1024 * 1024,
 }
 
 /** Builds the loop's options from the loaded `[verifier]` + `[revocations]` config; rejects unusable values. */
@@ -109,6 +115,10 @@ export function verifierOptionsFromConfig(c: VerifierConfig): VerifierOptions {
     )
   if (c.max_concurrency < 1) throw new VerifierConfigError('max_concurrency must be >= 1')
   if (c.lease_seconds <= 0) throw new VerifierConfigError('lease_seconds must be > 0')
+  if (c.max_agent_response_size < 1024 || c.agent_response_memory_limit < c.max_agent_response_size)
+    throw new VerifierConfigError(
+      'max_agent_response_size must be >= 1024 and agent_response_memory_limit >= max_agent_response_size',
+    )
   return {
     verifierId: c.uuid,
     ip: c.ip,
@@ -134,5 +144,7 @@ export function verifierOptionsFromConfig(c: VerifierConfig): VerifierOptions {
     maxConcurrency: c.max_concurrency,
     leaseMs: c.lease_seconds * 1000,
     shutdownDrainTimeoutMs: c.shutdown_drain_timeout * 1000,
+    maxAgentResponseBytes: c.max_agent_response_size,
+    agentResponseMemoryLimit: c.agent_response_memory_limit,
   }
 }

@@ -48,7 +48,10 @@ export class VerifierService {
     this.now = deps.now ?? Date.now
     this.repo = new VerifierRepository(deps.db)
     this.leaseHolder = deps.leaseHolder ?? defaultLeaseHolder(o.verifierId, o.ip, o.port)
-    this.connections = new AgentConnections(deps.clientTls, o.requestTimeoutMs)
+    this.connections = new AgentConnections(deps.clientTls, o.requestTimeoutMs, {
+      maxResponseBytes: o.maxAgentResponseBytes,
+      memoryLimit: o.agentResponseMemoryLimit,
+    })
     const tls = deps.clientTls
     this.webhookDispatcher = tls
       ? new Agent({

@@ -24,10 +24,18 @@ export class AgentClientError extends KeylimeError {
   /** The envelope `status` text when the agent sent one. */
   readonly agentStatus: string | undefined
 
-  constructor(message: string, opts: { httpStatus?: number; agentStatus?: string; cause?: unknown }) {
-    super('ERR_AGENT_CLIENT', message, { statusCode: 502, cause: opts.cause })
+  constructor(
+    message: string,
+    opts: { httpStatus?: number; agentStatus?: string; cause?: unknown; code?: string },
+  ) {
+    super(opts.code ?? 'ERR_AGENT_CLIENT', message, { statusCode: 502, cause: opts.cause })
     this.httpStatus = opts.httpStatus
     this.agentStatus = opts.agentStatus
+  }
+
+  /** The reply exceeded the caller's size cap (`maxResponseBytes`): the agent's fault, not a network failure. */
+  get isTooLarge(): boolean {
+    return this.code === 'ERR_AGENT_RESPONSE_TOO_LARGE'
   }
 
   /** True when the agent rejected the URL's API version (the caller should renegotiate, §0.4). */
@@ -51,6 +59,18 @@ export interface AgentClientOptions {
   timeoutMs?: number
   /** Reuse a dispatcher (connection pool) across clients; the client then does not close it. */
   dispatcher?: Dispatcher
+  /** Largest reply body read; a longer one is cut off and fails with `isTooLarge`. Default: unlimited. */
+  maxResponseBytes?: number
+  /**
+   * Bytes buffered at once by every client sharing this object (a verifier's whole fleet); a reply that would push
+   * it over `limit` is dropped as a transient failure, so many large replies at once cannot exhaust memory.
+   */
+  responseBudget?: ResponseBudget
+}
+
+export interface ResponseBudget {
+  limit: number
+  used: number
 }
 
 export interface IntegrityQuoteRequest {
@@ -85,8 +105,12 @@ export class AgentClient {
   private readonly dispatcher: Dispatcher
   private readonly ownsDispatcher: boolean
   private readonly timeoutMs: number
+  private readonly maxResponseBytes: number
+  private readonly budget: ResponseBudget | undefined
 
   constructor(opts: AgentClientOptions) {
+    this.maxResponseBytes = opts.maxResponseBytes ?? Number.POSITIVE_INFINITY
+    this.budget = opts.responseBudget
     this.baseUrl = opts.baseUrl.replace(/\/+$/, '')
     this.apiVersion = opts.apiVersion
     this.timeoutMs = opts.timeoutMs ?? 30_000
@@ -134,7 +158,7 @@ export class AgentClient {
         cause: err,
       })
     }
-    const text = await res.body.text()
+    const text = await this.readBody(res)
     let parsed: unknown
     try {
       parsed = text.length > 0 ? JSON.parse(text) : undefined
@@ -160,6 +184,50 @@ export class AgentClient {
       })
     }
     return results as never
+  }
+
+  /** The reply body as text, read chunk by chunk against the size cap and the shared budget. */
+  private async readBody(res: Dispatcher.ResponseData): Promise<string> {
+    const declared = Number(res.headers['content-length'])
+    const chunks: Buffer[] = []
+    let size = 0
+    try {
+      if (declared > this.maxResponseBytes) throw this.tooLarge(declared)
+      for await (const chunk of res.body as AsyncIterable<Buffer>) {
+        size += chunk.length
+        if (size > this.maxResponseBytes) throw this.tooLarge(size)
+        if (this.budget) {
+          if (this.budget.used + chunk.length > this.budget.limit)
+            throw new AgentClientError(
+              `reply from agent ${this.baseUrl} dropped: the verifier's response buffer budget (${this.budget.limit} bytes) is in use`,
+              {},
+            )
+          this.budget.used += chunk.length
+        }
+        chunks.push(chunk)
+      }
+    } catch (err) {
+      res.body.destroy()
+      if (err instanceof AgentClientError) throw err
+      throw new AgentClientError(
+        `reading the reply of agent ${this.baseUrl} failed: ${(err as Error).message}`,
+        {
+          cause: err,
+        },
+      )
+    } finally {
+      if (this.budget) for (const c of chunks) this.budget.used -= c.length
+    }
+    return chunks.length === 1
+      ? (chunks[0] as Buffer).toString('utf8')
+      : Buffer.concat(chunks).toString('utf8')
+  }
+
+  private tooLarge(size: number): AgentClientError {
+    return new AgentClientError(
+      `reply from agent ${this.baseUrl} is larger than ${this.maxResponseBytes} bytes (${size} read)`,
+      { code: 'ERR_AGENT_RESPONSE_TOO_LARGE' },
+    )
   }
 
   private v(path: string): string {

@@ -125,6 +125,18 @@ describe('attestation loop against simulated agents', () => {
     )
   })
 
+  it('fails an agent whose reply exceeds max_agent_response_size with its own event, without reading it all', async () => {
+    const f = await fleet(1)
+    const a = f.agents[0] as SimFleet['agents'][number]
+    for (let i = 0; i < 2000; i++) simMeasure(a, `/usr/lib/file-${i}`, `content ${i}`) // ~300 KB of IMA list
+    const v = await verifierWith({ maxAgentResponseBytes: 64 * 1024 })
+    await enroll(v, f, 0)
+    await waitFor(
+      async () => (await v.service.repo.getAgent(a.id))?.operational_state === AgentState.INVALID_QUOTE,
+    )
+    expect((await v.service.repo.getAgent(a.id))?.last_event_id).toBe('qoute_validation.response_too_large')
+  })
+
   it('refuses an enrolment whose tpm_policy lists PCR 10 or 16', async () => {
     const f = await fleet(1)
     const v = await verifierWith()
