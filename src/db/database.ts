@@ -1,20 +1,26 @@
 /**
  * Database factory: `sqlite` (file `<dataDir>/<name>.sqlite`), `sqlite:///abs/path`, `sqlite::memory:` or
  * `postgresql://…` / `postgres://…` (pg Pool). Migrations of the chosen set run on open (upstream
- * `auto_migrate_db`). SQLite runs in WAL mode with a busy timeout so a second process can read while one writes.
+ * `auto_migrate_db`). SQLite runs in WAL mode so a second process can read while one writes; a write that meets
+ * another process's lock waits asynchronously (see `BusyRetryingDriver`), never blocking the event loop for long.
  */
 import { mkdirSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import SqliteDatabase from 'better-sqlite3'
 import {
+  CompiledQuery,
+  type DatabaseConnection,
+  type Driver,
   Kysely,
   type Migration,
   type MigrationProvider,
   Migrator,
   PostgresDialect,
+  type QueryResult,
   SqliteDialect,
   type SqliteDialectConfig,
   sql,
+  type TransactionSettings,
 } from 'kysely'
 import pg from 'pg'
 import { KeylimeError } from '../common/errors.ts'
@@ -106,6 +112,106 @@ function withStatementCache(handle: SqliteDatabase.Database): SqliteDialectConfi
   }
 }
 
+/** SQLite's own busy wait, which blocks the event loop: kept short, the rest of the wait is asynchronous. */
+const SQLITE_SYNC_BUSY_MS = 10
+/** How long a write waits in all for another process's lock before it fails with a DbError. */
+const SQLITE_BUSY_GIVE_UP_MS = 30_000
+
+function isBusy(err: unknown): boolean {
+  const code = (err as { code?: unknown } | null)?.code
+  return typeof code === 'string' && code.startsWith('SQLITE_BUSY')
+}
+
+/** Runs `op` again after growing pauses while SQLite answers SQLITE_BUSY; other errors pass through. */
+async function retryWhileBusy<T>(op: () => Promise<T>): Promise<T> {
+  const giveUpAt = Date.now() + SQLITE_BUSY_GIVE_UP_MS
+  for (let pause = 5; ; pause = Math.min(pause * 2, 100)) {
+    try {
+      return await op()
+    } catch (err) {
+      if (!isBusy(err) || Date.now() + pause > giveUpAt) throw err
+      await new Promise((resolve) => setTimeout(resolve, pause))
+    }
+  }
+}
+
+class BusyRetryingConnection implements DatabaseConnection {
+  inTransaction = false
+  constructor(readonly inner: DatabaseConnection) {}
+
+  executeQuery<R>(query: CompiledQuery): Promise<QueryResult<R>> {
+    // inside a transaction the write lock is already held (BEGIN IMMEDIATE), so SQLITE_BUSY cannot occur there
+    const run = async () => this.inner.executeQuery<R>(query)
+    return this.inTransaction ? run() : retryWhileBusy(run)
+  }
+
+  streamQuery<R>(query: CompiledQuery, chunkSize?: number): AsyncIterableIterator<QueryResult<R>> {
+    return this.inner.streamQuery<R>(query, chunkSize)
+  }
+}
+
+/**
+ * better-sqlite3 is synchronous: with SQLite's busy timeout alone, a write meeting another process's lock blocks the
+ * whole event loop until the timeout (5 s froze every API call and attestation). This driver keeps SQLite's own wait
+ * at a few milliseconds and retries busy statements after asynchronous pauses. Transactions start with BEGIN
+ * IMMEDIATE, taking the write lock up front, so no statement inside one can meet SQLITE_BUSY halfway (a deferred
+ * transaction could, and could not simply be retried).
+ */
+class BusyRetryingDriver implements Driver {
+  private readonly wrapped = new WeakMap<DatabaseConnection, BusyRetryingConnection>()
+  constructor(private readonly inner: Driver) {}
+
+  init(): Promise<void> {
+    return this.inner.init()
+  }
+
+  async acquireConnection(): Promise<DatabaseConnection> {
+    const connection = await this.inner.acquireConnection()
+    let w = this.wrapped.get(connection)
+    if (!w) {
+      w = new BusyRetryingConnection(connection)
+      this.wrapped.set(connection, w)
+    }
+    return w
+  }
+
+  async beginTransaction(connection: DatabaseConnection, _settings: TransactionSettings): Promise<void> {
+    const c = connection as BusyRetryingConnection
+    await retryWhileBusy(async () => c.inner.executeQuery(CompiledQuery.raw('begin immediate')))
+    c.inTransaction = true
+  }
+
+  async commitTransaction(connection: DatabaseConnection): Promise<void> {
+    const c = connection as BusyRetryingConnection
+    // a COMMIT answered SQLITE_BUSY leaves the transaction open and may be retried
+    await retryWhileBusy(async () => c.inner.executeQuery(CompiledQuery.raw('commit')))
+    c.inTransaction = false
+  }
+
+  async rollbackTransaction(connection: DatabaseConnection): Promise<void> {
+    const c = connection as BusyRetryingConnection
+    try {
+      await c.inner.executeQuery(CompiledQuery.raw('rollback'))
+    } finally {
+      c.inTransaction = false
+    }
+  }
+
+  releaseConnection(connection: DatabaseConnection): Promise<void> {
+    return this.inner.releaseConnection((connection as BusyRetryingConnection).inner)
+  }
+
+  destroy(): Promise<void> {
+    return this.inner.destroy()
+  }
+}
+
+class BusyRetryingSqliteDialect extends SqliteDialect {
+  override createDriver(): Driver {
+    return new BusyRetryingDriver(super.createDriver())
+  }
+}
+
 export async function openDatabase<DB>(url: string, opts: OpenDatabaseOptions = {}): Promise<Kysely<DB>> {
   const parsed = parseDatabaseUrl(url, opts)
   let db: Kysely<DB>
@@ -115,7 +221,7 @@ export async function openDatabase<DB>(url: string, opts: OpenDatabaseOptions = 
     try {
       handle = new SqliteDatabase(parsed.target)
       handle.pragma('journal_mode = WAL')
-      handle.pragma('busy_timeout = 5000')
+      handle.pragma(`busy_timeout = ${SQLITE_SYNC_BUSY_MS}`)
       handle.pragma('foreign_keys = ON')
       handle.pragma('synchronous = NORMAL')
     } catch (err) {
@@ -123,7 +229,7 @@ export async function openDatabase<DB>(url: string, opts: OpenDatabaseOptions = 
         cause: err,
       })
     }
-    db = new Kysely<DB>({ dialect: new SqliteDialect({ database: withStatementCache(handle) }) })
+    db = new Kysely<DB>({ dialect: new BusyRetryingSqliteDialect({ database: withStatementCache(handle) }) })
   } else {
     const schema = opts.pgSchema
     if (schema !== undefined) {
