@@ -1,0 +1,358 @@
+/**
+ * Chaos-test harness: a real verifier process (spawned from source, mTLS API, `tls_dir = generate`) attesting an
+ * in-process fleet of simulated agents, a webhook that records revocations, and PostgreSQL databases: a fresh
+ * database on the shared server, or a private cluster the test may stop and start without disturbing anyone.
+ */
+import { type ChildProcess, execFileSync, spawn } from 'node:child_process'
+import { randomBytes } from 'node:crypto'
+import { chownSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs'
+import { createServer, type Server } from 'node:http'
+import type { AddressInfo } from 'node:net'
+import { tmpdir } from 'node:os'
+import { join, resolve } from 'node:path'
+import pg from 'pg'
+import { Agent, request } from 'undici'
+import { type SimAgent, type SimFleet, startSimFleet } from '../../bench/fleet-agents.ts'
+import { enrollBody, waitFor } from '../unit/verifier/harness.ts'
+
+export type { SimAgent, SimFleet }
+export { waitFor }
+
+const ROOT = resolve(import.meta.dirname, '../..')
+export const SHARED_PG_URL = process.env.KEYLIME_TEST_PG_URL ?? 'postgresql://postgres@127.0.0.1:5432/test'
+
+export async function freePort(): Promise<number> {
+  const s = createServer()
+  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r))
+  const p = (s.address() as AddressInfo).port
+  await new Promise((r) => s.close(r))
+  return p
+}
+
+export interface Revocation {
+  type: string
+  agent_id: string
+  event_id?: string
+}
+
+/** Records every notification the verifier posts (the message is JSON inside `msg`). */
+export async function startWebhook(): Promise<{
+  url: string
+  received: Revocation[]
+  close(): Promise<void>
+}> {
+  const received: Revocation[] = []
+  const server: Server = createServer((req, res) => {
+    let body = ''
+    req.on('data', (c) => (body += c))
+    req.on('end', () => {
+      received.push(JSON.parse(JSON.parse(body).msg) as Revocation)
+      res.writeHead(200).end()
+    })
+  })
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r))
+  return {
+    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/`,
+    received,
+    close: () => new Promise<void>((r) => server.close(() => r())),
+  }
+}
+
+export interface ApiReply {
+  status: number
+  json: { code?: number; status?: string; results?: Record<string, unknown> } | undefined
+}
+
+export interface VerifierProcess {
+  readonly proc: ChildProcess
+  /** True once the process has exited, for whatever reason. */
+  readonly exited: boolean
+  readonly stderr: string
+  kill(signal: NodeJS.Signals): Promise<void>
+}
+
+export interface VerifierCluster {
+  port: number
+  work: string
+  current: VerifierProcess
+  fleet: SimFleet
+  webhook: Awaited<ReturnType<typeof startWebhook>>
+  /** Starts the verifier process anew (after a kill) and waits until it answers. */
+  restart(): Promise<void>
+  call(method: 'GET' | 'POST' | 'DELETE' | 'PUT', path: string, body?: unknown): Promise<ApiReply>
+  enrollAll(): Promise<void>
+  /** Operational state (number) and attestation status of each agent, from the API. */
+  states(): Promise<Map<string, { state: number; status: string; count: number }>>
+  close(): Promise<void>
+}
+
+function spawnVerifier(
+  work: string,
+  port: number,
+  dbUrl: string,
+  webhookUrl: string,
+  leaseSeconds: number,
+): VerifierProcess {
+  const code = `
+    const { Command } = await import('commander')
+    const { registerVerifierCommand } = await import(${JSON.stringify(join(ROOT, 'src/cli/commands/verifier.ts'))})
+    const p = new Command('keylime'); registerVerifierCommand(p); await p.parseAsync(process.argv.slice(1), { from: 'user' })`
+  const proc = spawn(
+    process.execPath,
+    [
+      '--import',
+      'tsx',
+      '--input-type=module',
+      '-e',
+      code,
+      '--',
+      'verifier',
+      '--port',
+      String(port),
+      '--quote-interval',
+      '0.2',
+      '--retry-interval',
+      '0.2',
+      '--max-retries',
+      '3',
+      '--request-timeout',
+      '2',
+      '--lease-seconds',
+      String(leaseSeconds),
+      '--enable-agent-mtls',
+      'false',
+      '--enabled-revocation-notifications',
+      "['webhook']",
+      '--webhook-url',
+      webhookUrl,
+      '--database-url',
+      dbUrl,
+    ],
+    {
+      cwd: ROOT,
+      env: {
+        ...process.env,
+        KEYLIME_DIR: work,
+        KEYLIME_VERIFIER_CONFIG: join(work, 'none.conf'),
+        KEYLIME_LOG_LEVEL: 'warn',
+      },
+      stdio: ['ignore', 'ignore', 'pipe'],
+    },
+  )
+  const state = { exited: false, stderr: '' }
+  proc.stderr?.on('data', (d: Buffer) => {
+    state.stderr += d.toString()
+    if (state.stderr.length > 200_000) state.stderr = state.stderr.slice(-100_000)
+  })
+  proc.once('exit', () => {
+    state.exited = true
+  })
+  return {
+    proc,
+    get exited() {
+      return state.exited
+    },
+    get stderr() {
+      return state.stderr
+    },
+    async kill(signal) {
+      if (state.exited) return
+      const gone = new Promise((r) => proc.once('exit', r))
+      proc.kill(signal)
+      await gone
+    },
+  }
+}
+
+export async function startVerifierCluster(opts: {
+  agents: number
+  dbUrl: string
+  leaseSeconds?: number
+}): Promise<VerifierCluster> {
+  const leaseSeconds = opts.leaseSeconds ?? 10
+  const work = mkdtempSync(join(tmpdir(), 'keylime-chaos-'))
+  const port = await freePort()
+  const webhook = await startWebhook()
+  const fleet = await startSimFleet({ count: opts.agents, shareKeys: true })
+  let current = spawnVerifier(work, port, opts.dbUrl, webhook.url, leaseSeconds)
+  let admin: Agent | null = null
+  let anonymous: Agent | null = null
+
+  async function call(method: 'GET' | 'POST' | 'DELETE' | 'PUT', path: string, body?: unknown) {
+    const dispatcher = path === '/version' ? anonymous : admin
+    if (!dispatcher) throw new Error('verifier TLS material not ready')
+    const res = await request(`https://127.0.0.1:${port}${path}`, {
+      method,
+      dispatcher,
+      headersTimeout: 5000,
+      bodyTimeout: 5000,
+      ...(body === undefined
+        ? {}
+        : { body: JSON.stringify(body), headers: { 'content-type': 'application/json' } }),
+    })
+    const text = await res.body.text()
+    let json: unknown
+    try {
+      json = text ? JSON.parse(text) : undefined
+    } catch {
+      json = text
+    }
+    return { status: res.statusCode, json: json as ApiReply['json'] }
+  }
+
+  async function waitUp(): Promise<void> {
+    await waitFor(() => existsSync(join(work, 'cv_ca/client-private.pem')), 60_000, 'cv_ca generated')
+    if (!admin) {
+      const ca = readFileSync(join(work, 'cv_ca/cacert.crt'), 'utf8')
+      admin = new Agent({
+        connect: {
+          ca,
+          cert: readFileSync(join(work, 'cv_ca/client-cert.crt'), 'utf8'),
+          key: readFileSync(join(work, 'cv_ca/client-private.pem'), 'utf8'),
+          checkServerIdentity: () => undefined,
+        },
+      })
+      anonymous = new Agent({ connect: { ca, checkServerIdentity: () => undefined } })
+    }
+    await waitFor(
+      async () => {
+        if (current.exited) throw new Error(`verifier exited during start-up:\n${current.stderr}`)
+        try {
+          return (await call('GET', '/version')).status === 200
+        } catch {
+          return false
+        }
+      },
+      60_000,
+      'verifier answering',
+    )
+  }
+  await waitUp()
+
+  const cluster: VerifierCluster = {
+    port,
+    work,
+    get current() {
+      return current
+    },
+    fleet,
+    webhook,
+    async restart() {
+      current = spawnVerifier(work, port, opts.dbUrl, webhook.url, leaseSeconds)
+      await waitUp()
+    },
+    call,
+    async enrollAll() {
+      for (const a of fleet.agents) {
+        const res = await call('POST', `/v2.6/agents/${a.id}`, enrollBody(a, fleet.port))
+        if (res.status !== 200) throw new Error(`enrol ${a.id}: ${res.status} ${JSON.stringify(res.json)}`)
+      }
+    },
+    async states() {
+      const out = new Map<string, { state: number; status: string; count: number }>()
+      for (const a of fleet.agents) {
+        const r = await call('GET', `/v2.6/agents/${a.id}`)
+        if (r.status !== 200) throw new Error(`GET ${a.id}: ${r.status} ${JSON.stringify(r.json)}`)
+        const results = r.json?.results ?? {}
+        out.set(a.id, {
+          state: Number(results.operational_state),
+          status: String(results.attestation_status),
+          count: Number(results.attestation_count),
+        })
+      }
+      return out
+    },
+    async close() {
+      await current.kill('SIGKILL')
+      await fleet.close()
+      await webhook.close()
+      await admin?.close()
+      await anonymous?.close()
+      rmSync(work, { recursive: true, force: true })
+    },
+  }
+  return cluster
+}
+
+/** A fresh database on the shared PostgreSQL server, dropped by `drop()`. */
+export async function freshPgDatabase(): Promise<{ url: string; drop(): Promise<void> }> {
+  const name = `keylime_chaos_${randomBytes(4).toString('hex')}`
+  const admin = new pg.Client({ connectionString: SHARED_PG_URL })
+  await admin.connect()
+  await admin.query(`CREATE DATABASE ${name}`)
+  await admin.end()
+  const url = new URL(SHARED_PG_URL)
+  url.pathname = `/${name}`
+  return {
+    url: url.toString(),
+    async drop() {
+      const c = new pg.Client({ connectionString: SHARED_PG_URL })
+      await c.connect()
+      await c.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`)
+      await c.end()
+    },
+  }
+}
+
+function pgBin(tool: string): string {
+  const base = '/usr/lib/postgresql'
+  const versions = existsSync(base) ? readdirSync(base).sort() : []
+  const v = versions[versions.length - 1]
+  if (!v) throw new Error('PostgreSQL server binaries not found under /usr/lib/postgresql')
+  return join(base, v, 'bin', tool)
+}
+
+/**
+ * A private PostgreSQL cluster in a temporary folder on its own port, which a test may stop and start. initdb
+ * refuses to run as root, so as root the cluster belongs to the `postgres` system user.
+ */
+export async function privatePgCluster(): Promise<{
+  url: string
+  stop(): void
+  start(): void
+  destroy(): void
+}> {
+  const dir = mkdtempSync(join(tmpdir(), 'keylime-chaos-pg-'))
+  const data = join(dir, 'data')
+  const port = await freePort()
+  const asRoot = process.getuid?.() === 0
+  if (asRoot) {
+    const uid = Number(execFileSync('id', ['-u', 'postgres']).toString().trim())
+    const gid = Number(execFileSync('id', ['-g', 'postgres']).toString().trim())
+    chownSync(dir, uid, gid)
+  }
+  const run = (tool: string, args: string[]) =>
+    asRoot
+      ? execFileSync('runuser', ['-u', 'postgres', '--', pgBin(tool), ...args], { stdio: 'pipe' })
+      : execFileSync(pgBin(tool), args, { stdio: 'pipe' })
+  run('initdb', ['-D', data, '-A', 'trust', '-U', 'postgres', '--no-sync'])
+  mkdirSync(join(dir, 'run'), { recursive: true })
+  if (asRoot) execFileSync('chown', ['postgres:postgres', join(dir, 'run')])
+  const start = () =>
+    run('pg_ctl', [
+      '-D',
+      data,
+      '-w',
+      '-l',
+      join(dir, 'server.log'),
+      '-o',
+      `-p ${port} -k ${join(dir, 'run')} -c listen_addresses=127.0.0.1 -c fsync=off`,
+      'start',
+    ])
+  start()
+  return {
+    url: `postgresql://postgres@127.0.0.1:${port}/postgres`,
+    stop: () => run('pg_ctl', ['-D', data, '-m', 'immediate', '-w', 'stop']),
+    start,
+    destroy() {
+      try {
+        run('pg_ctl', ['-D', data, '-m', 'immediate', '-w', 'stop'])
+      } catch {
+        // already stopped
+      }
+      rmSync(dir, { recursive: true, force: true })
+    },
+  }
+}
+
+export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
