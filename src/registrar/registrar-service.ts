@@ -224,6 +224,8 @@ export class RegistrarService {
           extraCertificates: candidates.filter((c) => c !== cert),
         })
         if (!trust.trusted) throw invalid(`ekcert is not trusted (require_trusted_ek_cert): ${trust.reason}`)
+        for (const warning of trust.warnings)
+          this.opts.log?.warn({ agentId, warning }, 'EK certificate accepted')
         trustedEkCert = true
       }
     }
