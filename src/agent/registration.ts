@@ -1,8 +1,8 @@
 /**
  * Agent → registrar (keylime-protocols.md §B step 6, keylime-api.md §0.4, §2): version negotiation, `POST
  * /v{ver}/agents/{uuid}` with the TPM identity, then `PUT /v{ver}/agents/{uuid}` with the auth_tag computed from
- * the activated credential. Transient failures (unreachable, 5xx) are retried with exponential backoff; a 4xx
- * answer (e.g. 403 for a UUID held by another TPM) is final.
+ * the activated credential. Transient failures (unreachable, 5xx, 429 from a registrar's rate limit) are retried
+ * with exponential backoff; any other 4xx answer (e.g. 403 for a UUID held by another TPM) is final.
  */
 import { createHmac } from 'node:crypto'
 import { request } from 'undici'
@@ -70,6 +70,11 @@ async function jsonCall(
     json = undefined
   }
   return { status: res.statusCode, json }
+}
+
+/** Answers worth retrying: server faults and 429 (the registrar limits requests per source address). */
+function isTransient(status: number): boolean {
+  return status >= 500 || status === 429
 }
 
 function statusText(json: Record<string, unknown> | undefined): string {
@@ -167,9 +172,10 @@ export class RegistrarConnection {
       }
       last = new RegistrationError(`registrar refused registration: ${status} ${statusText(json)}`, {
         httpStatus: status,
-        retryable: status >= 500,
+        retryable: isTransient(status),
       })
-      if (status === 403 || status >= 500) break // 403 is final; 5xx is retried with backoff by the caller
+      // 403 is final; 5xx and 429 are retried with backoff by the caller
+      if (status === 403 || isTransient(status)) break
     }
     throw last ?? new RegistrationError('no registrar API version to try', { retryable: false })
   }
@@ -186,7 +192,7 @@ export class RegistrarConnection {
     if (status !== 200) {
       throw new RegistrationError(`registrar refused activation: ${status} ${statusText(json)}`, {
         httpStatus: status,
-        retryable: status >= 500,
+        retryable: isTransient(status),
       })
     }
     this.log.info(`agent ${uuid} activated`)

@@ -30,6 +30,15 @@ export const registrarSchema = {
   malformed_cert_action: opt.string('warn'),
   /** Max request body in bytes (not an upstream registrar option; registrations are a few KiB). */
   max_upload_size: opt.int(1048576),
+  // Not upstream options (docs/registrar.md): the public port's protections.
+  /** Registration/activation requests (POST, PUT) one source address (IPv6: one /64) may make per window; 0 = no limit. */
+  registration_rate_limit_per_ip: opt.int(50),
+  /** The rate-limit window in seconds. */
+  registration_rate_limit_window_ip: opt.int(60),
+  /** Seconds a registration may wait for its activation before it is dropped. */
+  registration_challenge_lifetime: opt.int(300),
+  /** Refuse registrations whose EK certificate is missing or does not chain to `tpm_cert_store`. */
+  require_trusted_ek_cert: opt.bool(false),
   /** Read from tenant.conf upstream; carried here so the registrar can be given it directly. */
   tpm_cert_store: opt.string('/var/lib/keylime/tpm_cert_store', { section: 'tenant' }),
 }

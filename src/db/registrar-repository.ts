@@ -1,8 +1,10 @@
 /**
- * Every query the registrar runs, over `registrarmain` (keylime-config-and-cli.md §6). Registration and
- * activation run in one transaction each, so a rejected request never leaves a half-written row.
+ * Every query the registrar runs. `registrarmain` (keylime-config-and-cli.md §6) holds activated records only;
+ * registrations wait in `registrarpending` until their credential activation, which swaps the pending registration
+ * into `registrarmain` in one transaction. A registration or a failed activation therefore never changes an
+ * activated record, and a rejected request never leaves a half-written row.
  */
-import type { Generated, Kysely, Selectable, Transaction } from 'kysely'
+import type { ColumnType, Generated, Kysely, Selectable, Transaction } from 'kysely'
 import { KeylimeError } from '../common/errors.ts'
 
 export interface RegistrarMainTable {
@@ -27,8 +29,28 @@ export interface RegistrarMainTable {
   regcount: Generated<number>
 }
 
+/** A registration awaiting activation (one row per challenge). */
+export interface RegistrarPendingTable {
+  agent_id: string
+  /** b64 of the 32-char challenge, as `registrarmain.key` */
+  key: string
+  aik_tpm: string | null
+  ek_tpm: string | null
+  ekcert: string | null
+  iak_tpm: string | null
+  idevid_tpm: string | null
+  iak_cert: string | null
+  idevid_cert: string | null
+  mtls_cert: string | null
+  ip: string | null
+  port: number | null
+  /** ms since epoch (PostgreSQL hands bigint back as a string) */
+  registered_at: ColumnType<number | string, number, number>
+}
+
 export interface RegistrarDatabase {
   registrarmain: RegistrarMainTable
+  registrarpending: RegistrarPendingTable
 }
 
 export interface RegistrarRecord {
@@ -52,7 +74,10 @@ export interface RegistrarRecord {
 /** Fields a registration writes (identity, contact, challenge). */
 export type RegistrationWrite = Omit<RegistrarRecord, 'agent_id' | 'active' | 'regcount' | 'provider_keys'>
 
-/** A concurrent registration of the same agent won the insert race (upstream answers 403). */
+/** A registration awaiting activation. */
+export type PendingRegistration = RegistrationWrite & { agent_id: string; key: string; registered_at: number }
+
+/** A concurrent activation of the same agent (another registrar process) changed the record first (403). */
 export class RegistrationConflictError extends KeylimeError {
   constructor(agentId: string, options?: { cause?: unknown }) {
     super('ERR_REGISTRATION_CONFLICT', `concurrent registration of agent '${agentId}'`, {
@@ -90,6 +115,24 @@ function toRecord(row: Selectable<RegistrarMainTable>): RegistrarRecord {
   }
 }
 
+function toPending(row: Selectable<RegistrarPendingTable>): PendingRegistration {
+  return {
+    agent_id: row.agent_id,
+    key: row.key,
+    aik_tpm: row.aik_tpm,
+    ek_tpm: row.ek_tpm,
+    ekcert: row.ekcert,
+    iak_tpm: row.iak_tpm,
+    idevid_tpm: row.idevid_tpm,
+    iak_cert: row.iak_cert,
+    idevid_cert: row.idevid_cert,
+    mtls_cert: row.mtls_cert,
+    ip: row.ip,
+    port: row.port === null ? null : Number(row.port),
+    registered_at: Number(row.registered_at),
+  }
+}
+
 function isUniqueViolation(err: unknown): boolean {
   const e = err as { code?: string; message?: string }
   return (
@@ -99,61 +142,176 @@ function isUniqueViolation(err: unknown): boolean {
   )
 }
 
-export type ActivationOutcome = 'activated' | 'mismatch_deleted' | 'not_found'
+/**
+ * `activated`: a pending registration's challenge matched and replaced the record; `already_active`: the tag
+ * answers the challenge of the current record (an agent repeating its activation); `mismatch`: nothing matched and
+ * nothing changed; `not_found`: no record and no live pending registration.
+ */
+export type ActivationOutcome = 'activated' | 'already_active' | 'mismatch' | 'not_found'
+
+export interface RegisterOptions {
+  /** ms since epoch */
+  now: number
+  /** Pending registrations older than this (ms) are dead: ignored and deleted. */
+  lifetimeMs: number
+  /** At most this many pending registrations per agent; the oldest beyond it are dropped. */
+  maxPendingPerAgent: number
+}
+
+export interface ActivateOptions {
+  now: number
+  lifetimeMs: number
+  /** Whether an agent's auth_tag answers the challenge stored as `key`. */
+  matches: (key: string) => boolean
+  /** Sees the activated record (if any) and the matching registration; throws to refuse the swap. */
+  check: (active: RegistrarRecord | undefined, pending: PendingRegistration) => void
+}
 
 export class RegistrarRepository {
   constructor(readonly db: Kysely<RegistrarDatabase>) {}
 
+  /** The activated record. */
   async find(agentId: string): Promise<RegistrarRecord | undefined> {
     const row = await this.db
       .selectFrom('registrarmain')
       .selectAll()
       .where('agent_id', '=', agentId)
+      .where('active', '=', 1)
       .executeTakeFirst()
     return row ? toRecord(row) : undefined
   }
 
+  /** Registrations of the agent still waiting for activation, newest first. */
+  async findPending(
+    agentId: string,
+    opts: { now: number; lifetimeMs: number },
+  ): Promise<PendingRegistration[]> {
+    const rows = await this.db
+      .selectFrom('registrarpending')
+      .selectAll()
+      .where('agent_id', '=', agentId)
+      .where('registered_at', '>=', opts.now - opts.lifetimeMs)
+      .orderBy('registered_at', 'desc')
+      .execute()
+    return rows.map(toPending)
+  }
+
+  /** Ids of activated agents. */
   async listIds(): Promise<string[]> {
-    const rows = await this.db.selectFrom('registrarmain').select('agent_id').orderBy('agent_id').execute()
+    const rows = await this.db
+      .selectFrom('registrarmain')
+      .select('agent_id')
+      .where('active', '=', 1)
+      .orderBy('agent_id')
+      .execute()
     return rows.map((r) => r.agent_id)
   }
 
+  /** Deletes the record and every pending registration of the agent; false when there was neither. */
   async delete(agentId: string): Promise<boolean> {
-    const res = await this.db.deleteFrom('registrarmain').where('agent_id', '=', agentId).executeTakeFirst()
-    return Number(res.numDeletedRows) > 0
+    return this.db.transaction().execute(async (tx) => {
+      const main = await tx.deleteFrom('registrarmain').where('agent_id', '=', agentId).executeTakeFirst()
+      const pending = await tx
+        .deleteFrom('registrarpending')
+        .where('agent_id', '=', agentId)
+        .executeTakeFirst()
+      return Number(main.numDeletedRows) + Number(pending.numDeletedRows) > 0
+    })
+  }
+
+  /** Deletes pending registrations older than the lifetime; returns how many. */
+  async deleteExpired(opts: { now: number; lifetimeMs: number }): Promise<number> {
+    const res = await this.db
+      .deleteFrom('registrarpending')
+      .where('registered_at', '<', opts.now - opts.lifetimeMs)
+      .executeTakeFirst()
+    return Number(res.numDeletedRows)
   }
 
   /**
-   * Registers inside one transaction: `check` sees the committed record (or undefined) and throws to refuse;
-   * the row is then inserted or updated with `active = false` and `regcount + 1`. Returns the stored record.
+   * Records a registration awaiting activation, in one transaction: `check` sees the activated record (or
+   * undefined) and throws to refuse; the activated record itself is never written here.
    */
   async register(
     agentId: string,
     write: RegistrationWrite,
-    check: (existing: RegistrarRecord | undefined) => void,
-  ): Promise<RegistrarRecord> {
+    check: (active: RegistrarRecord | undefined) => void,
+    opts: RegisterOptions,
+  ): Promise<PendingRegistration> {
+    const key = write.key
+    if (key === null) throw new TypeError('a registration needs its challenge key')
+    return this.db.transaction().execute(async (tx) => {
+      check(await this.findActiveIn(tx, agentId))
+      await tx
+        .deleteFrom('registrarpending')
+        .where('agent_id', '=', agentId)
+        .where('registered_at', '<', opts.now - opts.lifetimeMs)
+        .execute()
+      const pending: PendingRegistration = { ...write, key, agent_id: agentId, registered_at: opts.now }
+      await tx.insertInto('registrarpending').values(pending).execute()
+      const surplus = await tx
+        .selectFrom('registrarpending')
+        .select('key')
+        .where('agent_id', '=', agentId)
+        .orderBy('registered_at', 'desc')
+        .orderBy('key')
+        .offset(opts.maxPendingPerAgent)
+        .limit(1000)
+        .execute()
+      if (surplus.length > 0) {
+        await tx
+          .deleteFrom('registrarpending')
+          .where('agent_id', '=', agentId)
+          .where(
+            'key',
+            'in',
+            surplus.map((r) => r.key),
+          )
+          .execute()
+      }
+      return pending
+    })
+  }
+
+  /**
+   * Activation in one transaction. The live pending registration whose challenge the tag answers replaces the
+   * activated record (ip, port, mTLS certificate, AK, ... all at once) and every pending registration of the agent
+   * is dropped. Nothing is deleted on a mismatch: a wrong tag changes nothing. A record changed meanwhile by
+   * another registrar process (same database) is a conflict, never a silent overwrite.
+   */
+  async activate(agentId: string, opts: ActivateOptions): Promise<ActivationOutcome> {
     try {
       return await this.db.transaction().execute(async (tx) => {
-        const existingRow = await tx
-          .selectFrom('registrarmain')
+        const active = await this.findActiveIn(tx, agentId)
+        const pending = await tx
+          .selectFrom('registrarpending')
           .selectAll()
           .where('agent_id', '=', agentId)
-          .executeTakeFirst()
-        const existing = existingRow ? toRecord(existingRow) : undefined
-        check(existing)
-        if (existing) {
-          await tx
+          .where('registered_at', '>=', opts.now - opts.lifetimeMs)
+          .execute()
+        const match = pending.map(toPending).find((p) => opts.matches(p.key))
+        if (!match) {
+          if (active?.key && opts.matches(active.key)) return 'already_active'
+          return active || pending.length > 0 ? 'mismatch' : 'not_found'
+        }
+        opts.check(active, match)
+        const { agent_id: _id, registered_at: _at, ...fields } = match
+        if (active) {
+          const res = await tx
             .updateTable('registrarmain')
-            .set({ ...write, active: 0, regcount: existing.regcount + 1 })
+            .set({ ...fields, active: 1, regcount: active.regcount + 1 })
             .where('agent_id', '=', agentId)
-            .execute()
+            .where('regcount', '=', active.regcount)
+            .executeTakeFirst()
+          if (Number(res.numUpdatedRows) !== 1) throw new RegistrationConflictError(agentId)
         } else {
           await tx
             .insertInto('registrarmain')
-            .values({ agent_id: agentId, ...write, active: 0, regcount: 1, virtual: 0, provider_keys: null })
+            .values({ agent_id: agentId, ...fields, active: 1, regcount: 1, virtual: 0, provider_keys: null })
             .execute()
         }
-        return this.findIn(tx, agentId)
+        await tx.deleteFrom('registrarpending').where('agent_id', '=', agentId).execute()
+        return 'activated'
       })
     } catch (err) {
       if (isUniqueViolation(err)) throw new RegistrationConflictError(agentId, { cause: err })
@@ -161,33 +319,16 @@ export class RegistrarRepository {
     }
   }
 
-  /**
-   * Activation in one transaction: `matches(key)` compares the agent's auth_tag against the stored challenge key;
-   * a mismatch deletes the record (upstream behaviour, so a failed proof forces a fresh registration).
-   */
-  async activate(agentId: string, matches: (key: string | null) => boolean): Promise<ActivationOutcome> {
-    return this.db.transaction().execute(async (tx) => {
-      const row = await tx
-        .selectFrom('registrarmain')
-        .select('key')
-        .where('agent_id', '=', agentId)
-        .executeTakeFirst()
-      if (!row) return 'not_found'
-      if (!matches(row.key)) {
-        await tx.deleteFrom('registrarmain').where('agent_id', '=', agentId).execute()
-        return 'mismatch_deleted'
-      }
-      await tx.updateTable('registrarmain').set({ active: 1 }).where('agent_id', '=', agentId).execute()
-      return 'activated'
-    })
-  }
-
-  private async findIn(tx: Transaction<RegistrarDatabase>, agentId: string): Promise<RegistrarRecord> {
+  private async findActiveIn(
+    tx: Transaction<RegistrarDatabase>,
+    agentId: string,
+  ): Promise<RegistrarRecord | undefined> {
     const row = await tx
       .selectFrom('registrarmain')
       .selectAll()
       .where('agent_id', '=', agentId)
-      .executeTakeFirstOrThrow()
-    return toRecord(row)
+      .where('active', '=', 1)
+      .executeTakeFirst()
+    return row ? toRecord(row) : undefined
   }
 }

@@ -1,10 +1,11 @@
 /**
  * The registrar's route table (keylime-api.md §2) as a fastify app. The same table serves both listeners: on plain
  * HTTP only registration, activation and `/version` answer (admin routes give an empty 400, as upstream); on HTTPS
- * the admin routes need a client certificate chained to `trusted_client_ca`.
+ * the admin routes need a client certificate chained to `trusted_client_ca`. Public writes (POST, PUT) are
+ * rate-limited per source address before their body is read.
  */
-import type { FastifyInstance } from 'fastify'
-import { ok } from '../api/envelope.ts'
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
+import { errorEnvelope, ok } from '../api/envelope.ts'
 import {
   addRoute,
   addVersionedRoute,
@@ -24,6 +25,7 @@ type AgentParams = { agent_id: string }
 export function buildRegistrarApp(opts: BuildRegistrarAppOptions): FastifyInstance {
   const { service } = opts
   const app = createKeylimeServer({ bodyLimit: 1048576, ...opts })
+  app.addHook('onRequest', throttleWrites(service))
 
   addRoute(app, {
     method: 'GET',
@@ -84,4 +86,22 @@ export function buildRegistrarApp(opts: BuildRegistrarAppOptions): FastifyInstan
   addVersionedRoute(app, { method: 'PUT', path: '/agents/:agent_id/activate', handler: activate })
   addVersionedRoute(app, { method: 'PUT', path: '/agents/:agent_id', handler: activate })
   return app
+}
+
+/** 429 with `Retry-After` in the v2 envelope when the source has used up its registration/activation budget. */
+function throttleWrites(service: RegistrarService) {
+  return async (request: FastifyRequest, reply: FastifyReply): Promise<void> => {
+    if (request.method !== 'POST' && request.method !== 'PUT') return
+    const admission = service.admit(request.ip)
+    if (admission.admitted) return
+    await reply
+      .code(429)
+      .header('Retry-After', String(admission.retryAfterSeconds))
+      .send(
+        errorEnvelope(
+          429,
+          `Too many registration requests from this address; retry in ${admission.retryAfterSeconds} s`,
+        ),
+      )
+  }
 }

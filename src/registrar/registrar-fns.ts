@@ -137,14 +137,16 @@ export function parseMtlsCert(value: string | null): string | null {
 }
 
 /**
- * Step 2 of §B: with a committed record, `ek_tpm`, `ekcert` and `aik_tpm` may only stay the same
- * (set -> different or set -> null is a takeover attempt). Unset -> set is allowed.
+ * Step 2 of §B: with an activated record, `ek_tpm` and `ekcert` may only stay the same (set -> different or
+ * set -> null is a takeover attempt). Unset -> set is allowed. A different `aik_tpm` is allowed, unlike upstream:
+ * the new AK only replaces the old one after the TPM holding this EK has answered a challenge bound to it, which is
+ * the same proof the first registration gave (an agent whose stored AK was lost can register again).
  */
 export function identityChange(
-  existing: Pick<RegistrarRecord, 'ek_tpm' | 'ekcert' | 'aik_tpm'>,
-  next: Pick<RegistrarRecord, 'ek_tpm' | 'ekcert' | 'aik_tpm'>,
+  existing: Pick<RegistrarRecord, 'ek_tpm' | 'ekcert'>,
+  next: Pick<RegistrarRecord, 'ek_tpm' | 'ekcert'>,
 ): string | null {
-  for (const field of ['ek_tpm', 'ekcert', 'aik_tpm'] as const) {
+  for (const field of ['ek_tpm', 'ekcert'] as const) {
     const before = existing[field]
     if (before !== null && before !== next[field]) return field
   }

@@ -2,11 +2,16 @@
  * Registrar logic (keylime-protocols.md §B registrar side, keylime-api.md §2): validates a registration completely
  * before anything is written, binds the AK to the EK with MakeCredential, checks the activation auth_tag, and
  * serialises work per agent so two requests for one agent never interleave.
+ *
+ * Unlike upstream (docs/registrar.md), a registration only waits for its activation: an agent's activated record
+ * changes when, and only when, the TPM holding its EK answers the new challenge; a wrong auth_tag changes nothing;
+ * registrations never activated expire; public write requests are rate-limited per source; and an option refuses
+ * EK certificates that do not chain to `tpm_cert_store`.
  */
 import type { KeyObject } from 'node:crypto'
 import type { AgentResults, RegisterResults } from '../api/registrar/schemas.ts'
 import type { Logger } from '../common/log.ts'
-import type { CertStore } from '../crypto/ek-trust.ts'
+import { type CertStore, verifyEkCertificateWithStore } from '../crypto/ek-trust.ts'
 import { encodeKeylimeCredentialBlob, makeCredential } from '../crypto/make-credential.ts'
 import {
   assertRestrictedSigningKey,
@@ -16,6 +21,7 @@ import {
 } from '../crypto/tpm-public.ts'
 import type { RegistrarRecord, RegistrarRepository, RegistrationWrite } from '../db/registrar-repository.ts'
 import { hasIakIdevid, verifyIakIdevid } from './iak.ts'
+import { type Admission, type RateLimitOptions, SourceRateLimiter } from './rate-limit.ts'
 import {
   authTagMatches,
   checkAgentId,
@@ -35,16 +41,32 @@ import {
 
 export type TpmIdentityMode = 'default' | 'ek_cert_or_iak_idevid' | 'ek_cert' | 'iak_idevid'
 
+/** Default `registration_challenge_lifetime`: long enough for a slow TPM, short enough that junk does not pile up. */
+export const DEFAULT_CHALLENGE_LIFETIME_MS = 300_000
+/** Challenges one agent may have outstanding; a replayed registration adds one instead of replacing the agent's. */
+export const MAX_PENDING_PER_AGENT = 8
+
 export interface RegistrarServiceOptions {
-  repo: Pick<RegistrarRepository, 'find' | 'listIds' | 'delete' | 'register' | 'activate'>
+  repo: Pick<
+    RegistrarRepository,
+    'find' | 'findPending' | 'listIds' | 'delete' | 'deleteExpired' | 'register' | 'activate'
+  >
   /** `[registrar] tpm_identity` */
   tpmIdentity?: TpmIdentityMode
   /** `[tenant] tpm_cert_store`, for IAK/IDevID certificates (null: IAK/IDevID registrations are refused). */
   certStore?: CertStore | null
   malformedCertAction?: MalformedCertAction
+  /** `[registrar] require_trusted_ek_cert`: refuse registrations without an EK certificate chained to `certStore`. */
+  requireTrustedEkCert?: boolean
+  /** `[registrar] registration_challenge_lifetime` (ms): how long a registration may wait for its activation. */
+  challengeLifetimeMs?: number
+  /** `[registrar] registration_rate_limit_*`: null or absent admits every request. */
+  rateLimit?: RateLimitOptions | null
   log?: Logger
   /** Randomness for challenges (tests). */
   random?: (n: number) => Uint8Array
+  /** Clock in ms since epoch (tests). */
+  now?: () => number
 }
 
 function spkiDer(key: KeyObject): Buffer {
@@ -55,10 +77,43 @@ export class RegistrarService {
   private readonly locks = new Map<string, Promise<unknown>>()
   private readonly tpmIdentity: TpmIdentityMode
   private readonly malformedCertAction: MalformedCertAction
+  private readonly lifetimeMs: number
+  private readonly limiter: SourceRateLimiter | null
+  private readonly now: () => number
 
   constructor(private readonly opts: RegistrarServiceOptions) {
     this.tpmIdentity = opts.tpmIdentity ?? 'default'
     this.malformedCertAction = opts.malformedCertAction ?? 'warn'
+    this.lifetimeMs = opts.challengeLifetimeMs ?? DEFAULT_CHALLENGE_LIFETIME_MS
+    if (!(this.lifetimeMs > 0)) throw new RangeError('the registration challenge lifetime must be positive')
+    if (opts.requireTrustedEkCert && !opts.certStore) {
+      throw new TypeError('require_trusted_ek_cert needs a tpm_cert_store to check EK certificates against')
+    }
+    this.limiter = opts.rateLimit ? new SourceRateLimiter(opts.rateLimit) : null
+    this.now = opts.now ?? Date.now
+  }
+
+  /**
+   * Admission of one public write request (registration or activation) from `address`, decided before its body is
+   * read. The first refusal of a source is logged, not every one (a flood must not flood the log).
+   */
+  admit(address: string): Admission {
+    if (this.limiter === null) return { admitted: true }
+    const admission = this.limiter.admit(address, this.now())
+    if (!admission.admitted && admission.firstRefusal) {
+      this.opts.log?.warn(
+        { source: address },
+        'registration rate limit reached; refusing this source for now',
+      )
+    }
+    return admission
+  }
+
+  /** Deletes registrations whose challenge lifetime has passed (reads already ignore them). */
+  async sweepExpired(): Promise<number> {
+    const n = await this.opts.repo.deleteExpired({ now: this.now(), lifetimeMs: this.lifetimeMs })
+    if (n > 0) this.opts.log?.info({ expired: n }, 'deleted registrations never activated')
+    return n
   }
 
   /** Runs `fn` after every earlier call for the same agent has settled. */
@@ -83,20 +138,40 @@ export class RegistrarService {
     const body = bodyInput as Record<string, unknown>
     const { write, blob } = this.prepare(agentId, body)
     return this.serialised(agentId, async () => {
-      await this.opts.repo.register(agentId, write, (existing) => {
-        if (!existing) return
-        const changed = identityChange(existing, write)
-        if (changed) {
-          this.opts.log?.warn(
-            { agentId, field: changed },
-            'refused re-registration with a different TPM identity',
-          )
-          throw new RegistrarError(403, IDENTITY_CHANGE_FORBIDDEN)
-        }
-      })
-      this.opts.log?.info({ agentId }, 'agent registered; awaiting activation')
+      let reRegistration = false
+      await this.opts.repo.register(
+        agentId,
+        write,
+        (active) => {
+          if (!active) return
+          reRegistration = true
+          this.refuseIdentityChange(agentId, active, write)
+        },
+        { now: this.now(), lifetimeMs: this.lifetimeMs, maxPendingPerAgent: MAX_PENDING_PER_AGENT },
+      )
+      this.opts.log?.info(
+        { agentId },
+        reRegistration
+          ? 'agent re-registered; its activated record stays as it is until the new challenge is answered'
+          : 'agent registered; awaiting activation',
+      )
       return { blob }
     })
+  }
+
+  private refuseIdentityChange(
+    agentId: string,
+    active: RegistrarRecord,
+    next: Pick<RegistrarRecord, 'ek_tpm' | 'ekcert'>,
+  ): void {
+    const changed = identityChange(active, next)
+    if (changed) {
+      this.opts.log?.warn(
+        { agentId, field: changed },
+        'refused re-registration with a different TPM identity',
+      )
+      throw new RegistrarError(403, IDENTITY_CHANGE_FORBIDDEN)
+    }
   }
 
   private prepare(
@@ -124,6 +199,7 @@ export class RegistrarService {
 
     const ekcertInput = optionalString(body, 'ekcert')
     let ekcertB64: string | null = null
+    let trustedEkCert = false
     if (ekcertInput !== null && ekcertInput.trim() !== '') {
       const candidates = parseCertBundleField(ekcertInput, 'ekcert', this.malformedCertAction)
       const ekSpki = spkiDer(ekKey)
@@ -142,6 +218,19 @@ export class RegistrarService {
         )
       }
       ekcertB64 = Buffer.from(cert.der).toString('base64')
+      if (this.opts.requireTrustedEkCert && this.opts.certStore) {
+        // the rest of a bundle (the Rust agent's chain from NV) may supply intermediates, never anchors
+        const trust = verifyEkCertificateWithStore(cert, this.opts.certStore, {
+          extraCertificates: candidates.filter((c) => c !== cert),
+        })
+        if (!trust.trusted) throw invalid(`ekcert is not trusted (require_trusted_ek_cert): ${trust.reason}`)
+        for (const warning of trust.warnings)
+          this.opts.log?.warn({ agentId, warning }, 'EK certificate accepted')
+        trustedEkCert = true
+      }
+    }
+    if (this.opts.requireTrustedEkCert && !trustedEkCert) {
+      throw invalid('an ekcert chained to tpm_cert_store is required (require_trusted_ek_cert)')
     }
     const iakIdevid = hasIakIdevid(body)
       ? verifyIakIdevid(agentId, body, aik, {
@@ -191,26 +280,40 @@ export class RegistrarService {
     }
   }
 
-  /** Checks the auth_tag; a mismatch deletes the agent (it must register again). */
+  /**
+   * Checks the auth_tag against every live challenge of the agent. A match makes that registration the agent's
+   * record; a mismatch changes nothing (upstream deletes the record, which let anyone delete any agent).
+   */
   async activate(agentIdInput: unknown, bodyInput: unknown): Promise<void> {
     const agentId = checkAgentId(agentIdInput)
     const authTag = (bodyInput as Record<string, unknown> | null | undefined)?.auth_tag
     if (typeof authTag !== 'string' || authTag === '') {
       throw new RegistrarError(400, "Missing or invalid parameter 'auth_tag'")
     }
+    let replaced: RegistrarRecord | undefined
     const outcome = await this.serialised(agentId, () =>
-      this.opts.repo.activate(agentId, (key) => authTagMatches(key, agentId, authTag)),
+      this.opts.repo.activate(agentId, {
+        now: this.now(),
+        lifetimeMs: this.lifetimeMs,
+        matches: (key) => authTagMatches(key, agentId, authTag),
+        check: (active, pending) => {
+          replaced = active
+          if (active) this.refuseIdentityChange(agentId, active, pending)
+        },
+      }),
     )
     if (outcome === 'not_found') throw new RegistrarError(404, `Agent with ID '${agentId}' not found`)
-    if (outcome === 'mismatch_deleted') {
-      this.opts.log?.warn({ agentId }, 'auth_tag mismatch; agent record deleted')
+    if (outcome === 'mismatch') {
+      this.opts.log?.warn({ agentId }, 'auth_tag mismatch; nothing changed')
       const shown = authTag.length > 100 ? `${authTag.slice(0, 100)}…` : authTag
       throw new RegistrarError(
         400,
-        `Auth tag '${shown}' for agent '${agentId}' does not match expected value. The agent has been deleted from database, and a restart of it will be required`,
+        `Auth tag '${shown}' for agent '${agentId}' does not match expected value. Nothing was changed: register again and answer the new challenge`,
       )
     }
-    this.opts.log?.info({ agentId }, 'agent activated')
+    if (outcome === 'activated') {
+      this.opts.log?.info({ agentId, replacedActiveRecord: replaced !== undefined }, 'agent activated')
+    }
   }
 
   async list(): Promise<string[]> {
@@ -220,9 +323,17 @@ export class RegistrarService {
   async show(agentIdInput: unknown): Promise<AgentResults> {
     const agentId = checkAgentId(agentIdInput)
     const rec = await this.opts.repo.find(agentId)
-    if (!rec) throw new RegistrarError(404, `Agent with ID '${agentId}' not found`)
-    if (!rec.active) throw new RegistrarError(404, `Agent with ID '${agentId}' has not been activated`)
-    return toResults(rec)
+    if (rec) return toResults(rec)
+    const pending = await this.opts.repo.findPending(agentId, {
+      now: this.now(),
+      lifetimeMs: this.lifetimeMs,
+    })
+    throw new RegistrarError(
+      404,
+      pending.length > 0
+        ? `Agent with ID '${agentId}' has not been activated`
+        : `Agent with ID '${agentId}' not found`,
+    )
   }
 
   async delete(agentIdInput: unknown): Promise<void> {

@@ -95,6 +95,14 @@ export async function startRegistrar(
   if (!(CERT_ACTIONS as readonly string[]).includes(config.malformed_cert_action)) {
     throw new ConfigError(`[registrar] malformed_cert_action: expected one of ${CERT_ACTIONS.join(', ')}`)
   }
+  if (config.registration_rate_limit_per_ip < 0 || config.registration_rate_limit_window_ip < 1) {
+    throw new ConfigError(
+      '[registrar] registration_rate_limit_per_ip must be >= 0 (0: no limit) and registration_rate_limit_window_ip >= 1',
+    )
+  }
+  if (config.registration_challenge_lifetime < 1) {
+    throw new ConfigError('[registrar] registration_challenge_lifetime must be at least 1 second')
+  }
   const workDir = keylimeDir(opts.env)
   const tls = await resolveRegistrarTls(config, workDir)
   const poolSize = Number.parseInt(config.database_pool_sz_ovfl.split(',')[0] ?? '5', 10) || 5
@@ -105,18 +113,45 @@ export async function startRegistrar(
     poolSize,
   })
   const apps: FastifyInstance[] = []
+  let stopSweep = () => {}
   try {
     // IAK/IDevID trust anchors come from the tenant's option, as upstream (§2.2)
     const certStore = existsSync(config.tpm_cert_store) ? await loadCertStore(config.tpm_cert_store) : null
+    if (config.require_trusted_ek_cert && (certStore === null || certStore.certificates.length === 0)) {
+      throw new ConfigError(
+        `require_trusted_ek_cert is on but tpm_cert_store (${config.tpm_cert_store}) holds no certificate`,
+      )
+    }
     if (certStore === null)
       log.warn({ dir: config.tpm_cert_store }, 'no tpm_cert_store: IAK/IDevID registrations refused')
+    const lifetimeMs = config.registration_challenge_lifetime * 1000
     const service = new RegistrarService({
       repo: new RegistrarRepository(db),
       certStore,
       tpmIdentity: config.tpm_identity as TpmIdentityMode,
       malformedCertAction: config.malformed_cert_action as MalformedCertAction,
+      requireTrustedEkCert: config.require_trusted_ek_cert,
+      challengeLifetimeMs: lifetimeMs,
+      rateLimit:
+        config.registration_rate_limit_per_ip > 0
+          ? {
+              limit: config.registration_rate_limit_per_ip,
+              windowMs: config.registration_rate_limit_window_ip * 1000,
+            }
+          : null,
       log,
     })
+    // reads ignore expired registrations already; the sweep only reclaims their rows
+    const sweep = setInterval(
+      () => {
+        service.sweepExpired().catch((err: unknown) => {
+          log.warn({ err: (err as Error).message }, 'cannot delete expired registrations; will retry')
+        })
+      },
+      Math.min(Math.max(lifetimeMs / 2, 1000), 60_000),
+    )
+    sweep.unref()
+    stopSweep = () => clearInterval(sweep)
     const common = { service, logger: log, bodyLimit: config.max_upload_size }
     const httpApp = buildRegistrarApp(common)
     apps.push(httpApp)
@@ -129,6 +164,7 @@ export async function startRegistrar(
       tlsPort: listenPort(httpsApp),
       service,
       close: async () => {
+        stopSweep()
         await Promise.allSettled(apps.map((a) => a.close()))
         await db.destroy()
       },
@@ -139,6 +175,7 @@ export async function startRegistrar(
     )
     return running
   } catch (err) {
+    stopSweep()
     await Promise.allSettled(apps.map((a) => a.close()))
     await db.destroy().catch(() => {})
     throw err

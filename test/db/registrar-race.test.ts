@@ -25,7 +25,8 @@ const write: RegistrationWrite = {
   port: null,
 }
 
-// Two registrar processes sharing one PostgreSQL database: no in-process lock helps, the primary key decides.
+// Two registrar processes sharing one PostgreSQL database: no in-process lock helps; the primary key and the
+// regcount guard on the activated record decide.
 describe('two registrars on one PostgreSQL database', () => {
   let a: RegistrarRepository
   let b: RegistrarRepository
@@ -42,17 +43,33 @@ describe('two registrars on one PostgreSQL database', () => {
     await dropPgSchema(PG_URL, schema)
   })
 
-  it('a first-registration race yields one row and a 403-mapped conflict, never a 500', async () => {
+  it('racing activations of one agent: one record wins, the other is a 403-mapped conflict or a mismatch, never a 500', async () => {
+    const T0 = Date.now()
+    const reg = { now: T0, lifetimeMs: 60_000, maxPendingPerAgent: 8 }
     let conflicts = 0
     for (let round = 0; round < 10; round++) {
       const id = `race-${round}`
-      // B starts its own registration while A's transaction is between its read and its insert
-      let second: Promise<unknown> = Promise.resolve()
-      const first = a.register(id, write, () => {
-        second = b.register(id, write, () => {})
-        // it may reject before `first` settles: mark it handled now, the assertions below still read its outcome
-        second.catch(() => {})
+      // two TPM identities registered for one fresh id: whichever activates first owns it
+      await a.register(id, { ...write, key: 'a2V5QQ==', ek_tpm: 'QUFB' }, () => {}, reg)
+      await b.register(id, { ...write, key: 'a2V5Qg==', ek_tpm: 'QkJC' }, () => {}, reg)
+      const activation = (key: string, onCheck: () => void = () => {}) => ({
+        now: T0 + 10,
+        lifetimeMs: 60_000,
+        matches: (k: string) => k === key,
+        check: (active: { ek_tpm: string | null } | undefined, pending: { ek_tpm: string | null }) => {
+          onCheck()
+          if (active && active.ek_tpm !== pending.ek_tpm) throw new Error('identity change')
+        },
       })
+      // B starts its activation while A's transaction is between its reads and its insert
+      let second: Promise<unknown> = Promise.resolve()
+      const first = a.activate(
+        id,
+        activation('a2V5QQ==', () => {
+          second = b.activate(id, activation('a2V5Qg=='))
+          second.catch(() => {})
+        }),
+      )
       const results = await Promise.allSettled([
         first,
         (async () => {
@@ -60,17 +77,59 @@ describe('two registrars on one PostgreSQL database', () => {
           return second
         })(),
       ])
-      const ok = results.filter((r) => r.status === 'fulfilled')
-      const failed = results.filter((r) => r.status === 'rejected') as PromiseRejectedResult[]
-      expect(ok.length).toBeGreaterThanOrEqual(1)
-      for (const f of failed) {
-        expect(f.reason).toBeInstanceOf(RegistrationConflictError)
-        expect((f.reason as RegistrationConflictError).statusCode).toBe(403)
+      const activated = results.filter((r) => r.status === 'fulfilled' && r.value === 'activated')
+      expect(activated).toHaveLength(1)
+      for (const r of results) {
+        if (r.status === 'rejected') {
+          expect(r.reason).toBeInstanceOf(RegistrationConflictError)
+          expect((r.reason as RegistrationConflictError).statusCode).toBe(403)
+          conflicts++
+        } else if (r.value !== 'activated') {
+          expect(r.value).toBe('mismatch')
+        }
       }
-      conflicts += failed.length
       const row = await a.find(id)
-      expect(row?.regcount).toBe(ok.length)
+      expect(row?.regcount).toBe(1)
+      expect(row?.ek_tpm).toBe(results[0]?.status === 'fulfilled' ? 'QUFB' : 'QkJC')
     }
     expect(conflicts).toBeGreaterThan(0)
+  })
+
+  it('a re-activation racing another process on an activated record never overwrites it silently', async () => {
+    const T0 = Date.now()
+    const reg = { now: T0, lifetimeMs: 60_000, maxPendingPerAgent: 8 }
+    const id = 'race-active'
+    const act = (key: string, onCheck: () => void = () => {}) => ({
+      now: T0 + 10,
+      lifetimeMs: 60_000,
+      matches: (k: string) => k === key,
+      check: onCheck,
+    })
+    await a.register(id, { ...write, key: 'MA==' }, () => {}, reg)
+    expect(await a.activate(id, act('MA=='))).toBe('activated')
+    await a.register(id, { ...write, key: 'MQ==', port: 1 }, () => {}, reg)
+    await b.register(id, { ...write, key: 'Mg==', port: 2 }, () => {}, reg)
+    let second: Promise<unknown> = Promise.resolve()
+    const first = a.activate(
+      id,
+      act('MQ==', () => {
+        second = b.activate(id, act('Mg=='))
+        second.catch(() => {})
+      }),
+    )
+    const results = await Promise.allSettled([
+      first,
+      (async () => {
+        await first.catch(() => {})
+        return second
+      })(),
+    ])
+    const row = await a.find(id)
+    const winners = results.filter((r) => r.status === 'fulfilled' && r.value === 'activated')
+    expect(winners).toHaveLength(1)
+    expect(row?.regcount).toBe(2)
+    for (const r of results) {
+      if (r.status === 'rejected') expect(r.reason).toBeInstanceOf(RegistrationConflictError)
+    }
   })
 })

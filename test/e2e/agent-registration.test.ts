@@ -1,7 +1,8 @@
 /**
  * The agent registering with our registrar (in-process, SQLite, real HTTP): EK + EK cert from swtpm NV, AK,
- * MakeCredential -> TPM2_ActivateCredential -> auth_tag; a restart re-registers with the same AK; a second TPM
- * cannot take over the UUID (403, the original record stays).
+ * MakeCredential -> TPM2_ActivateCredential -> auth_tag; a restart re-registers with the same AK, or with a new
+ * one when its agent data is lost; a replayed registration changes nothing; a second TPM cannot take over the UUID
+ * (403, the original record stays).
  */
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
@@ -103,6 +104,38 @@ describe('agent registration with the registrar', () => {
     expect(again.akReused).toBe(true)
     expect(Buffer.from(again.akPublic)).toEqual(Buffer.from(agent.akPublic))
     expect((await admin.show(UUID)).regcount).toBe(2)
+  })
+
+  it('a replayed registration leaves the record intact; a restart that lost its AK registers a new one', async () => {
+    const before = await admin.show(UUID)
+    const outsider = new RegistrarClient({ baseUrl: `http://127.0.0.1:${registrar.httpPort}` })
+    try {
+      // everything public about the agent, sent by someone without its TPM, pointing elsewhere
+      const { blob } = await outsider.register(UUID, {
+        aik_tpm: before.aik_tpm,
+        ek_tpm: before.ek_tpm,
+        ekcert: before.ekcert,
+        mtls_cert: 'disabled',
+        ip: '192.0.2.66',
+        port: 6666,
+      })
+      expect(blob).not.toBe('')
+      await expect(outsider.activate(UUID, 'ab'.repeat(48))).rejects.toMatchObject({ status: 400 })
+    } finally {
+      await outsider.close()
+    }
+    expect(await admin.show(UUID)).toEqual(before)
+
+    for (const a of running.splice(0)) await a.close()
+    const dirA = join(workDir, 'agentA')
+    rmSync(join(dirA, 'agent_data.json'))
+    const again = await startAgent({ config: agentConfig(tpmA, dirA), deps: defaultAgentDeps(), log })
+    running.push(again)
+    expect(again.akReused).toBe(false)
+    const after = await admin.show(UUID)
+    expect(after.aik_tpm).toBe(Buffer.from(again.akPublic).toString('base64'))
+    expect(after.aik_tpm).not.toBe(before.aik_tpm)
+    expect(after).toMatchObject({ ek_tpm: before.ek_tpm, ip: '127.0.0.1', port: 9777, regcount: 3 })
   })
 
   it('refuses a second TPM taking over the UUID (403) and keeps the original record', async () => {

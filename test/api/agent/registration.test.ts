@@ -104,6 +104,15 @@ describe('registration', () => {
     expect(r.seen).toHaveLength(4)
   })
 
+  it("retries a registrar's 429 (rate limit) on registration and activation like a 5xx", async () => {
+    const r = await scriptedRegistrar({ version: 200, post: [429, 200], put: [429, 429, 200] })
+    const conn = new RegistrarConnection({ ip: '127.0.0.1', port: r.port, log })
+    const sleep = async () => undefined
+    await withBackoff('registration', policy, log, () => conn.register(req), sleep)
+    await withBackoff('activation', policy, log, () => conn.activate(req.uuid, 'ab'.repeat(48)), sleep)
+    expect(r.seen.map((s) => s.method)).toEqual(['POST', 'POST', 'PUT', 'PUT', 'PUT'])
+  })
+
   it('falls back to trying versions newest-first when /version fails', async () => {
     const r = await scriptedRegistrar({ version: 500, post: [404, 200], put: [] })
     const conn = new RegistrarConnection({ ip: '127.0.0.1', port: r.port, log })

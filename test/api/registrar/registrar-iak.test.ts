@@ -105,7 +105,7 @@ describe('IAK/IDevID registration', () => {
     const r = await app.inject({ method: 'POST', url: '/v2.6/agents/iak-agent', payload: body('iak-agent') })
     expect(r.statusCode, r.body).toBe(200)
     const row = await db
-      .selectFrom('registrarmain')
+      .selectFrom('registrarpending')
       .selectAll()
       .where('agent_id', '=', 'iak-agent')
       .executeTakeFirstOrThrow()
@@ -138,7 +138,7 @@ describe('IAK/IDevID registration', () => {
       expect(r.json().status, label).toMatch(/^Could not register agent with invalid data/)
     }
     expect(
-      await db.selectFrom('registrarmain').select('agent_id').where('agent_id', '=', 'iak-bad').execute(),
+      await db.selectFrom('registrarpending').select('agent_id').where('agent_id', '=', 'iak-bad').execute(),
     ).toEqual([])
   })
 })

@@ -62,12 +62,17 @@ async function harness(dialect: 'sqlite' | 'postgres'): Promise<Harness> {
   }
 }
 
+/** Rows in both registrar tables: activated records and registrations awaiting activation. */
 async function rowCount(db: Kysely<RegistrarDatabase>): Promise<number> {
-  const r = await db
-    .selectFrom('registrarmain')
-    .select((eb) => eb.fn.countAll<number>().as('n'))
-    .executeTakeFirstOrThrow()
-  return Number(r.n)
+  let n = 0
+  for (const table of ['registrarmain', 'registrarpending'] as const) {
+    const r = await db
+      .selectFrom(table)
+      .select((eb) => eb.fn.countAll<number>().as('n'))
+      .executeTakeFirstOrThrow()
+    n += Number(r.n)
+  }
+  return n
 }
 
 function registration(tpm: SoftwareTpm, extra: Record<string, unknown> = {}) {
@@ -156,13 +161,14 @@ for (const dialect of ['sqlite', 'postgres'] as const) {
         payload: registration(tpmA, { ekcert: same.ekcert }),
       })
       expect(again.statusCode).toBe(200)
+      // the activated record stays as it was until the new challenge is answered
       const row = await h.db
         .selectFrom('registrarmain')
         .selectAll()
         .where('agent_id', '=', 'agent-a')
         .executeTakeFirstOrThrow()
-      expect(row.regcount).toBe(2)
-      expect(Number(row.active)).toBe(0)
+      expect(row.regcount).toBe(1)
+      expect(Number(row.active)).toBe(1)
       const challenge = activateCredentialInSoftware(tpmA, again.json().results.blob)
       const act = await h.app.inject({
         method: 'POST',
@@ -170,6 +176,13 @@ for (const dialect of ['sqlite', 'postgres'] as const) {
         payload: { auth_tag: authTag(challenge, 'agent-a') },
       })
       expect(act.statusCode).toBe(200)
+      const after = await h.db
+        .selectFrom('registrarmain')
+        .selectAll()
+        .where('agent_id', '=', 'agent-a')
+        .executeTakeFirstOrThrow()
+      expect(after.regcount).toBe(2)
+      expect(after.key).toBe(challenge.toString('base64'))
     })
 
     it('picks the EK certificate out of a PEM bundle (chain first, as the Rust agent sends it)', async () => {
@@ -184,7 +197,7 @@ for (const dialect of ['sqlite', 'postgres'] as const) {
       })
       expect(r.statusCode).toBe(200)
       const row = await h.db
-        .selectFrom('registrarmain')
+        .selectFrom('registrarpending')
         .select('ekcert')
         .where('agent_id', '=', 'agent-bundle')
         .executeTakeFirstOrThrow()
@@ -195,7 +208,7 @@ for (const dialect of ['sqlite', 'postgres'] as const) {
         payload: registration(tpmB, { ekcert: pem(otherCert) + pem(otherCert) }),
       })
       expect(none.statusCode).toBe(400)
-      await h.db.deleteFrom('registrarmain').where('agent_id', '=', 'agent-bundle').execute()
+      await h.db.deleteFrom('registrarpending').where('agent_id', '=', 'agent-bundle').execute()
     })
 
     it('a second TPM cannot take over a UUID (403, record unchanged)', async () => {
@@ -223,16 +236,16 @@ for (const dialect of ['sqlite', 'postgres'] as const) {
       expect(after).toEqual(before)
     })
 
-    it('a wrong auth_tag deletes the record; unknown agents are 404; a missing tag is 400 and deletes nothing', async () => {
+    it('a wrong auth_tag changes nothing and the right one still activates; unknown agents are 404; a missing tag is 400', async () => {
       const reg = await h.app.inject({
         method: 'POST',
         url: '/v2.6/agents/agent-w',
         payload: registration(tpmB),
       })
       expect(reg.statusCode).toBe(200)
+      const before = await rowCount(h.db)
       const missing = await h.app.inject({ method: 'PUT', url: '/v2.6/agents/agent-w', payload: {} })
       expect(missing.statusCode).toBe(400)
-      expect(await rowCount(h.db)).toBe(2)
       const challenge = activateCredentialInSoftware(tpmB, reg.json().results.blob)
       const wrong = await h.app.inject({
         method: 'PUT',
@@ -241,19 +254,20 @@ for (const dialect of ['sqlite', 'postgres'] as const) {
       })
       expect(wrong.statusCode).toBe(400)
       expect(wrong.json().status).toMatch(/^Auth tag '.*' for agent 'agent-w' does not match expected value/)
-      expect(
-        await h.db
-          .selectFrom('registrarmain')
-          .select('agent_id')
-          .where('agent_id', '=', 'agent-w')
-          .executeTakeFirst(),
-      ).toBeUndefined()
-      const gone = await h.app.inject({
+      expect(await rowCount(h.db)).toBe(before)
+      const right = await h.app.inject({
         method: 'PUT',
         url: '/v2.6/agents/agent-w',
         payload: { auth_tag: authTag(challenge, 'agent-w') },
       })
-      expect(gone.statusCode).toBe(404)
+      expect(right.statusCode).toBe(200)
+      const unknown = await h.app.inject({
+        method: 'PUT',
+        url: '/v2.6/agents/agent-nobody',
+        payload: { auth_tag: authTag(challenge, 'agent-nobody') },
+      })
+      expect(unknown.statusCode).toBe(404)
+      await h.db.deleteFrom('registrarmain').where('agent_id', '=', 'agent-w').execute()
     })
 
     it('bad input is always a 4xx envelope and writes nothing', async () => {
@@ -312,7 +326,7 @@ for (const dialect of ['sqlite', 'postgres'] as const) {
       expect(await rowCount(h.db)).toBeGreaterThan(0)
     })
 
-    it('concurrent registrations of one agent are serialised (one row, regcount = n)', async () => {
+    it('concurrent registrations of one agent are serialised: each gets its own challenge, any one activates', async () => {
       const n = 6
       const results = await Promise.all(
         Array.from({ length: n }, () =>
@@ -320,15 +334,30 @@ for (const dialect of ['sqlite', 'postgres'] as const) {
         ),
       )
       expect(results.map((r) => r.statusCode)).toEqual(Array(n).fill(200))
+      const rows = await h.db
+        .selectFrom('registrarpending')
+        .select('key')
+        .where('agent_id', '=', 'agent-c')
+        .execute()
+      const challenges = results.map((r) => activateCredentialInSoftware(tpmB, r.json().results.blob))
+      expect(new Set(rows.map((r) => r.key))).toEqual(new Set(challenges.map((c) => c.toString('base64'))))
+      const picked = challenges[2] as Buffer
+      const act = await h.app.inject({
+        method: 'PUT',
+        url: '/v2.6/agents/agent-c',
+        payload: { auth_tag: authTag(picked, 'agent-c') },
+      })
+      expect(act.statusCode).toBe(200)
       const row = await h.db
         .selectFrom('registrarmain')
         .selectAll()
         .where('agent_id', '=', 'agent-c')
         .executeTakeFirstOrThrow()
-      expect(row.regcount).toBe(n)
-      // only the last challenge is valid
-      const last = activateCredentialInSoftware(tpmB, results[n - 1]?.json().results.blob)
-      expect(Buffer.from(row.key ?? '', 'base64').toString('ascii')).toBe(last.toString('ascii'))
+      expect(row.regcount).toBe(1)
+      expect(row.key).toBe(picked.toString('base64'))
+      expect(
+        await h.db.selectFrom('registrarpending').select('key').where('agent_id', '=', 'agent-c').execute(),
+      ).toEqual([])
     })
   })
 }
