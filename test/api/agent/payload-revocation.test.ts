@@ -24,7 +24,7 @@ import * as x509 from '@peculiar/x509'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import yauzl from 'yauzl'
 import yazl from 'yazl'
-import { PayloadManager, PayloadRequestError } from '../../../src/agent/payload.ts'
+import { PayloadManager, PayloadRefusedError, PayloadRequestError } from '../../../src/agent/payload.ts'
 import { parseEventTime, RevocationHandler } from '../../../src/agent/revocation.ts'
 import { createLogger } from '../../../src/common/log.ts'
 import { asctime } from '../../../src/crypto/revocation.ts'
@@ -123,8 +123,9 @@ describe('PayloadManager', () => {
     m.addU({ encrypted_key: oaep(keys.publicKey, u), auth_tag: authTag, payload })
     expect(m.verify('abc')).toBeNull()
     m.addV({ encrypted_key: oaep(keys.publicKey, v) })
-    expect(m.verify('abc')).toBe(createHmac('sha384', k).update('abc').digest('hex'))
+    expect(m.verify('abc')).toBeNull() // K derived, payload still being installed
     await m.whenIdle()
+    expect(m.verify('abc')).toBe(createHmac('sha384', k).update('abc').digest('hex'))
     expect(m.lastResult?.ok).toBe(true)
     const unz = join(dir, 'secure', 'unzipped')
     expect(statSync(unz).mode & 0o777).toBe(0o700)
@@ -143,7 +144,9 @@ describe('PayloadManager', () => {
       payload: encryptBlob(k, Buffer.from('x')),
     })
     await m.whenIdle()
-    expect(m.verify('z')).not.toBeNull()
+    expect(() => m.verify('z')).toThrow(
+      'payload refused: not run: mTLS is disabled and enable_insecure_payload is false',
+    )
     expect(existsSync(join(dir, 'secure', 'unzipped'))).toBe(false)
   })
 
@@ -183,6 +186,29 @@ describe('PayloadManager', () => {
     await m.whenIdle()
     expect(m.lastResult).toMatchObject({ ok: false })
     expect(m.lastResult?.message).toMatch(/authentication failed/)
+    // /keys/verify tells the tenant why (a 422 through the agent's error handler) instead of the HMAC.
+    const refused = (() => {
+      try {
+        m.verify('abc')
+      } catch (err) {
+        return err as PayloadRefusedError
+      }
+    })()
+    expect(refused).toBeInstanceOf(PayloadRefusedError)
+    expect(refused?.statusCode).toBe(422)
+    expect(refused?.message).toMatch(/^payload refused: .*authentication failed/)
+
+    // The next provisioning starts from a new U: nothing is answered for the old K until the new one is derived.
+    const next = split()
+    m.addU({
+      encrypted_key: oaep(keys.publicKey, next.u),
+      auth_tag: next.authTag,
+      payload: encryptBlob(next.k, await zip({ 'data.txt': 'again' })),
+    })
+    expect(m.verify('abc')).toBeNull()
+    m.addV({ encrypted_key: oaep(keys.publicKey, next.v) })
+    await m.whenIdle()
+    expect(m.verify('abc')).toBe(createHmac('sha384', next.k).update('abc').digest('hex'))
   })
 })
 
