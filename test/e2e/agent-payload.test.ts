@@ -3,7 +3,7 @@
  * then V; K proven with /keys/verify; the zip is extracted with team CRYPTO's safe extractor and autorun.sh runs;
  * a signed revocation runs the local action and the payload's action; forged or unsigned ones run nothing; a
  * captured one posted again runs nothing, also after a restart, and neither does an old one;
- * a zip-slip payload writes nothing outside the secure directory.
+ * a zip-slip payload writes nothing outside the secure directory and /keys/verify answers 422 with the reason.
  */
 import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { readFile } from 'node:fs/promises'
@@ -113,8 +113,8 @@ describe('payload and revocation', () => {
     expect(existsSync(join(unzipped(), 'marker.txt'))).toBe(false)
 
     await sendV()
-    expect((await client.verify('abc123')).hmac).toBe(authTag(k, 'abc123'))
     await agent.payload.whenIdle()
+    expect((await client.verify('abc123')).hmac).toBe(authTag(k, 'abc123'))
     expect(readFileSync(join(unzipped(), 'marker.txt'), 'utf8')).toBe('autorun ran\n')
     expect(readFileSync(join(unzipped(), 'secret.txt'), 'utf8')).toBe('top secret')
     expect(readFileSync(join(unzipped(), 'derived_tci_key'))).toEqual(k)
@@ -221,6 +221,13 @@ describe('payload and revocation', () => {
     await sendV()
     await agent.payload.whenIdle()
     expect(agent.payload.lastResult?.ok).toBe(false)
+    // The tenant learns why from /keys/verify instead of an HMAC that would mean "delivered".
+    const refused = await client.verify('abc123').catch((e: unknown) => e)
+    expect(refused).toBeInstanceOf(AgentClientError)
+    expect((refused as AgentClientError).httpStatus).toBe(422)
+    expect((refused as AgentClientError).agentStatus).toMatch(
+      /^payload refused: archive rejected: .*escape\.txt/,
+    )
     expect(existsSync(join(dir, 'secure', 'escape.txt'))).toBe(false)
     expect(existsSync(join(dir, 'pwned.txt'))).toBe(false)
     expect(existsSync(join(unzipped(), 'autorun.sh'))).toBe(false)
