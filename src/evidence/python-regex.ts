@@ -12,7 +12,7 @@ export class PythonRegexError extends Error {}
 
 /**
  * Upper bound on the compiled program of one regular expression (RE2 instructions). Matching costs at most program
- * size × input length steps, so a huge pattern would be a slow pattern; real exclude lists are tens of instructions.
+ * size × input length steps, so a huge pattern would be a slow pattern; real exclude lists compile to a few hundred.
  */
 export const MAX_REGEX_PROGRAM_SIZE = 5_000
 
@@ -178,6 +178,7 @@ export function translatePythonRegex(pattern: string, how: 'match' | 'fullmatch'
     const rest = pattern.slice(i + 2)
     if (rest.startsWith(':')) {
       i += 3
+      enclosingMultiline.push(multiline)
       return '(?:'
     }
     if (rest.startsWith('P<')) {
@@ -185,6 +186,7 @@ export function translatePythonRegex(pattern: string, how: 'match' | 'fullmatch'
       const name = end < 0 ? '' : pattern.slice(i + 4, end)
       if (!GROUP_NAME.test(name)) refuse('bad group name in (?P<...>)')
       i = end + 1
+      enclosingMultiline.push(multiline)
       // A plain group: names may repeat across the joined exclude list, and matching needs no captures.
       return '('
     }
