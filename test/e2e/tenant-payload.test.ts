@@ -1,6 +1,6 @@
 /**
  * `keylime tenant -c add -f payload.zip` against a real agent on swtpm: the tenant waits until the agent proves it
- * derived K and installed the payload; a payload the agent refuses (path traversal, symbolic link) is reported with
+ * derived K and installed the payload; a payload the agent refuses (path traversal, zip bomb, symbolic link) is reported with
  * the agent's reason and a failing exit status, never as "added".
  */
 import { spawn } from 'node:child_process'
@@ -111,6 +111,17 @@ describe('tenant add -f: the agent reports what it did with the payload', () => 
     expect(existsSync(join(agent.dir, 'pwned.txt'))).toBe(false)
     const cv = await tenant(cluster, '-c', 'cvstatus', '-u', agent.uuid)
     expect(cv.status).toBe(0)
+  }, 120_000)
+
+  it('reports a zip bomb the agent refused', async () => {
+    const file = join(dir, 'bomb.zip')
+    writeFileSync(file, await zip([{ name: 'zeros', data: '\0'.repeat(4 * 1024 * 1024) }]))
+    const add = await addWith(file)
+    expect(add.stderr).toMatch(
+      /refused the payload: archive entry zeros is over-compressed .*possible zip bomb/,
+    )
+    expect(add.status).toBe(1)
+    expect(existsSync(join(agent.dir, 'secure', 'unzipped', 'zeros'))).toBe(false)
   }, 120_000)
 
   it('with --verify, a symbolic-link payload also stops attestation, as upstream does on a failed --verify', async () => {
