@@ -1,7 +1,7 @@
 /**
  * `keylime tenant -c add -f payload.zip` against a real agent on swtpm: the tenant waits until the agent proves it
- * derived K and installed the payload; a payload the agent refuses (path traversal, zip bomb, symbolic link) is reported with
- * the agent's reason and a failing exit status, never as "added".
+ * derived K and installed the payload; a payload the agent refuses (path traversal, zip bomb, symbolic link) is
+ * reported with the agent's reason and a failing exit status, never as "added".
  */
 import { spawn } from 'node:child_process'
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
