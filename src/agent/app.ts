@@ -35,7 +35,7 @@ export interface AgentServices {
   integrityQuote(params: IntegrityQuoteParams): Promise<IntegrityQuoteResults>
   postUkey(body: UkeyBody): Promise<void>
   postVkey(body: VkeyBody): Promise<void>
-  /** hex HMAC-SHA384(K, challenge), or null when no bootstrap key has been derived yet. */
+  /** hex HMAC-SHA384(K, challenge), or null before K and its payload are ready; throws (422) if it was refused. */
   verify(challenge: string): string | null
   /** Queues a revocation notification; verification happens asynchronously. */
   postRevocation(body: RevocationBody): void

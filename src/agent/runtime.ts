@@ -240,6 +240,8 @@ export async function startAgent(opts: StartAgentOptions): Promise<RunningAgent>
       unzippedDir: join(secureDir, 'unzipped'),
       workDir: cfg.keylime_dir,
       timeoutMs: cfg.revocation_action_timeout_seconds * 1000,
+      maxAgeMs: cfg.revocation_max_age_seconds * 1000,
+      seenPath: join(cfg.keylime_dir, 'revocations_seen.json'),
       log,
     })
     revocation.loadCertificate()

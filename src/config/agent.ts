@@ -63,6 +63,7 @@ export const agentSchema = {
   tpm: opt.string('/dev/tpmrm0'),
   payload_script_timeout_seconds: opt.int(60),
   revocation_action_timeout_seconds: opt.int(60),
+  revocation_max_age_seconds: opt.int(3600),
   ima_emulator_paths: opt.string(''),
 }
 export type AgentConfigValues = ConfigOf<typeof agentSchema>

@@ -2,7 +2,7 @@
  * Adapters from the tenant's ports to the project's typed REST clients of the registrar, the agent and the
  * verifier; they only translate outcomes (404 -> null, failures -> `TenantError` with an exit code).
  */
-import { AgentClient, agentSupportedVersions } from '../api/agent/client.ts'
+import { AgentClient, AgentClientError, agentSupportedVersions } from '../api/agent/client.ts'
 import { type ClientTls, PeerError } from '../api/client.ts'
 import type { RegistrarClient } from '../api/registrar/client.ts'
 import { VerifierClient, VerifierClientError } from '../api/verifier/client.ts'
@@ -84,7 +84,20 @@ export function agentPortFactory(tls: { cert: string; key: string; ca: string[] 
       supportedVersions: async () => agentSupportedVersions(await client.getVersion()),
       identityQuote: (nonce) => client.identityQuote(nonce),
       postUkey: (body) => client.postUkey(body),
-      verify: async (challenge) => (await client.verify(challenge)).hmac,
+      verify: async (challenge) => {
+        try {
+          return { state: 'derived', hmac: (await client.verify(challenge)).hmac }
+        } catch (err) {
+          // 422: our agent refused the payload that came with K. Anything else (400 "Bootstrap key not yet
+          // available.", an unreachable agent) may still change, as upstream's tenant assumes.
+          if (err instanceof AgentClientError && err.httpStatus === 422)
+            return {
+              state: 'refused',
+              reason: (err.agentStatus ?? err.message).replace(/^payload refused: /, ''),
+            }
+          return { state: 'pending', detail: (err as Error).message }
+        }
+      },
       close: () => client.close(),
     }
   }

@@ -85,11 +85,17 @@ export interface RuntimePolicyBody {
   tpm_policy?: string
 }
 
+/** The agent's `/keys/verify` answer: K derived and its payload installed, not yet, or the payload refused. */
+export type BootstrapKeyAnswer =
+  | { state: 'derived'; hmac: string }
+  | { state: 'pending'; detail: string }
+  | { state: 'refused'; reason: string }
+
 export interface AgentPort {
   supportedVersions(): Promise<string[]>
   identityQuote(nonce: string): Promise<IdentityQuoteResults>
   postUkey(body: UkeyBody): Promise<void>
-  verify(challenge: string): Promise<string>
+  verify(challenge: string): Promise<BootstrapKeyAnswer>
   close(): Promise<void>
 }
 
