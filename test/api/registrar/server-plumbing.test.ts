@@ -1,3 +1,4 @@
+import { Type } from '@sinclair/typebox'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { JsonClient, PeerError } from '../../../src/api/client.ts'
 import { ok } from '../../../src/api/envelope.ts'
@@ -6,24 +7,32 @@ import {
   addVersionedRoute,
   createKeylimeServer,
   type KeylimeServerOptions,
-  requireAdmin,
   sanitizeRequestId,
   tlsServerOptions,
 } from '../../../src/api/server.ts'
 import { InputFormatError } from '../../../src/common/errors.ts'
 import { makeTestPki, type TestPki } from './tls-material.ts'
 
+const Params = Type.Object({ id: Type.String() })
+
 function buildApp(https?: KeylimeServerOptions['https']) {
   const app = createKeylimeServer({ bodyLimit: 1024, https: https ?? null })
-  addRoute(app, { method: 'GET', url: '/version', handler: async () => ok({ current_version: '2.6' }) })
+  addRoute(app, {
+    method: 'GET',
+    url: '/version',
+    schema: {},
+    handler: async () => ok({ current_version: '2.6' }),
+  })
   addVersionedRoute(app, {
     method: 'POST',
     path: '/things/:id',
+    schema: { params: Params, body: Type.Object({ x: Type.Integer() }) },
     handler: async (req) => ok({ got: req.body }),
   })
   addVersionedRoute(app, {
     method: 'GET',
     path: '/things/:id',
+    schema: { params: Params },
     handler: async () => {
       throw new InputFormatError('bad thing')
     },
@@ -31,6 +40,7 @@ function buildApp(https?: KeylimeServerOptions['https']) {
   addVersionedRoute(app, {
     method: 'DELETE',
     path: '/things/:id',
+    schema: { params: Params },
     handler: async () => {
       throw new Error('secret internal detail')
     },
@@ -38,7 +48,8 @@ function buildApp(https?: KeylimeServerOptions['https']) {
   addVersionedRoute(app, {
     method: 'GET',
     path: '/admin',
-    preHandler: requireAdmin,
+    schema: {},
+    admin: true,
     handler: async () => ok({ admin: true }),
   })
   return app
