@@ -208,8 +208,7 @@ export function createKeylimeServer(opts: KeylimeServerOptions = {}): KeylimeSer
   )
 
   app.setErrorHandler((error: FastifyError | KeylimeError | Error, request, reply) => {
-    // a body that was cut off or never read must not be drained: the connection ends with this answer
-    if (unreadBody(error)) reply.header('Connection', 'close')
+    if (unreadBody(error)) closeSoonAfterAnswer(request, reply)
     const unavailable = databaseUnavailableReason(error)
     if (unavailable !== null) {
       request.log.error({ err: error }, 'database unavailable')
@@ -340,15 +339,33 @@ function answerClientError(error: Error & { code?: string }, socket: Socket): vo
 
 /**
  * Runs the admin check in `onRequest`, before fastify reads a body: a refused caller's upload is never buffered or
- * parsed, and the connection closes with the refusal instead of draining what is still arriving.
+ * parsed, and the connection is dropped soon after the refusal.
  */
 function refuseBeforeBody(check: AdminCheck): AdminCheck {
   return async (request, reply) => {
-    const body = hasBody(request)
-    if (body) reply.header('Connection', 'close')
+    if (hasBody(request)) closeSoonAfterAnswer(request, reply)
     await check(request, reply)
-    if (body && !reply.sent) reply.removeHeader('Connection')
   }
+}
+
+/** How long a refused request's remaining body is read and discarded before the connection is dropped. */
+const LINGER_MS = 1000
+
+/**
+ * A body that was refused or cut off is not buffered: node discards what keeps arriving, and the connection is
+ * dropped shortly after the answer unless the upload ends first. Closing at once would reset the connection with
+ * unread data, and the client could lose the answer itself.
+ */
+function closeSoonAfterAnswer(request: FastifyRequest, reply: FastifyReply): void {
+  const raw = request.raw
+  // fastify asks for `Connection: close` after a body error; node would then close before the client read the answer
+  reply.removeHeader('connection')
+  reply.raw.once('finish', () => {
+    if (raw.complete) return
+    const timer = setTimeout(() => raw.socket?.destroy(), LINGER_MS)
+    timer.unref()
+    raw.once('end', () => clearTimeout(timer))
+  })
 }
 
 function hasBody(request: FastifyRequest): boolean {
