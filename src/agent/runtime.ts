@@ -265,33 +265,37 @@ export async function startAgent(opts: StartAgentOptions): Promise<RunningAgent>
         maxRetries: cfg.exponential_backoff_max_retries,
         maxDelayMs: cfg.exponential_backoff_max_delay,
       }
-      const blob = await withBackoff(
-        'registration',
-        policy,
-        log,
-        () =>
-          registrar.register({
-            uuid,
-            ekTpm: Buffer.from(ek.publicArea).toString('base64'),
-            ekCert: ekCertDer ? derToPem(ekCertDer) : null,
-            aikTpm: Buffer.from(ak.publicArea).toString('base64'),
-            mtlsCert: cfg.enable_agent_mtls ? mtls.certPem : 'disabled',
-            ip: cfg.contact_ip,
-            port: cfg.contact_port,
-          }),
-        opts.sleep,
-      )
-      let parts: { credentialBlob: Uint8Array; encryptedSecret: Uint8Array }
       try {
-        parts = deps.decodeCredentialBlob(blob)
-      } catch (err) {
-        throw new AgentStartError('registrar sent a malformed credential blob', { cause: err })
+        const blob = await withBackoff(
+          'registration',
+          policy,
+          log,
+          () =>
+            registrar.register({
+              uuid,
+              ekTpm: Buffer.from(ek.publicArea).toString('base64'),
+              ekCert: ekCertDer ? derToPem(ekCertDer) : null,
+              aikTpm: Buffer.from(ak.publicArea).toString('base64'),
+              mtlsCert: cfg.enable_agent_mtls ? mtls.certPem : 'disabled',
+              ip: cfg.contact_ip,
+              port: cfg.contact_port,
+            }),
+          opts.sleep,
+        )
+        let parts: { credentialBlob: Uint8Array; encryptedSecret: Uint8Array }
+        try {
+          parts = deps.decodeCredentialBlob(blob)
+        } catch (err) {
+          throw new AgentStartError('registrar sent a malformed credential blob', { cause: err })
+        }
+        const challenge = await lock.run(() =>
+          tpm.activateCredential({ akHandle: ak.handle, ekHandle: ek.handle, ...parts }),
+        )
+        const authTag = activationAuthTag(challenge, uuid)
+        await withBackoff('activation', policy, log, () => registrar.activate(uuid, authTag), opts.sleep)
+      } finally {
+        await registrar.close()
       }
-      const challenge = await lock.run(() =>
-        tpm.activateCredential({ akHandle: ak.handle, ekHandle: ek.handle, ...parts }),
-      )
-      const authTag = activationAuthTag(challenge, uuid)
-      await withBackoff('activation', policy, log, () => registrar.activate(uuid, authTag), opts.sleep)
     }
 
     const services: AgentServices = {

@@ -8,7 +8,7 @@
  */
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import type { ServerOptions as HttpsServerOptions } from 'node:https'
-import type { Socket } from 'node:net'
+import { Socket } from 'node:net'
 import { TLSSocket } from 'node:tls'
 import { fastifySwagger } from '@fastify/swagger'
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
@@ -343,8 +343,8 @@ function answerClientError(error: Error & { code?: string }, socket: Socket): vo
  */
 function refuseBeforeBody(check: AdminCheck): AdminCheck {
   return async (request, reply) => {
-    if (hasBody(request)) closeSoonAfterAnswer(request, reply)
     await check(request, reply)
+    if (reply.sent && hasBody(request)) closeSoonAfterAnswer(request, reply)
   }
 }
 
@@ -357,15 +357,20 @@ const LINGER_MS = 1000
  * unread data, and the client could lose the answer itself.
  */
 function closeSoonAfterAnswer(request: FastifyRequest, reply: FastifyReply): void {
-  const raw = request.raw
   // fastify asks for `Connection: close` after a body error; node would then close before the client read the answer
   reply.removeHeader('connection')
-  reply.raw.once('finish', () => {
+  const raw = request.raw
+  const socket = raw.socket
+  // an injected request has no connection to drop
+  if (!(socket instanceof Socket)) return
+  const linger = () => {
     if (raw.complete) return
-    const timer = setTimeout(() => raw.socket?.destroy(), LINGER_MS)
+    const timer = setTimeout(() => socket.destroy(), LINGER_MS)
     timer.unref()
     raw.once('end', () => clearTimeout(timer))
-  })
+  }
+  if (reply.raw.writableFinished) linger()
+  else reply.raw.once('finish', linger)
 }
 
 function hasBody(request: FastifyRequest): boolean {
