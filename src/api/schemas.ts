@@ -18,8 +18,9 @@ export const AgentId = Type.String({
 export const AgentIdParams = Type.Object({ agent_id: AgentId })
 export type AgentIdParams = Static<typeof AgentIdParams>
 
+const AGENT_ID_REGEX = new RegExp(AGENT_ID_PATTERN)
 export function isValidAgentId(id: unknown): id is string {
-  return typeof id === 'string' && new RegExp(AGENT_ID_PATTERN).test(id)
+  return typeof id === 'string' && AGENT_ID_REGEX.test(id)
 }
 
 /** Runtime / measured-boot policy names: the 255 characters of the name column, not only dots. */

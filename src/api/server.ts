@@ -486,10 +486,6 @@ export function callerSubject(request: FastifyRequest): string | null {
     .join(', ')
 }
 
-export function isSecureRequest(request: FastifyRequest): boolean {
-  return request.raw.socket instanceof TLSSocket
-}
-
 /** The JSON (non-envelope) auth error bodies of keylime-api.md §0.3. */
 export function authErrorBody(status: 401 | 403, detail: string) {
   return {

@@ -26,7 +26,7 @@ import {
 } from '../api/server.ts'
 import { CURRENT_API_VERSION, KNOWN_API_VERSIONS } from '../api/versions.ts'
 import type { Logger } from '../common/log.ts'
-import { INVALID_DATA, RegistrarError } from './registrar-fns.ts'
+import { AGENT_ID_INVALID, INVALID_DATA, RegistrarError } from './registrar-fns.ts'
 import type { RegistrarService } from './registrar-service.ts'
 
 export interface BuildRegistrarAppOptions extends KeylimeServerOptions {
@@ -38,7 +38,7 @@ export interface BuildRegistrarAppOptions extends KeylimeServerOptions {
 const errors = { 400: ErrorEnvelope, 404: ErrorEnvelope }
 const adminErrors = { ...errors, 401: AuthErrorBody, 403: AuthErrorBody }
 
-const AGENT_ID_MESSAGE = 'agent_id not valid: expected 1-80 characters of [A-Za-z0-9_.-], not only dots'
+const AGENT_ID_MESSAGE = AGENT_ID_INVALID
 
 type SchemaErrors = Parameters<typeof validationMessage>[0]
 type DataVar = Parameters<typeof validationMessage>[1]

@@ -18,7 +18,10 @@ export function asList(v: string | string[]): string[] {
   return typeof v === 'string' ? [v] : v
 }
 
-/** `POST /v2.x/agents/:agent_id` body; unknown fields from upstream tenants are accepted. */
+/**
+ * `POST /v2.x/agents/:agent_id` body; unknown fields from upstream tenants are accepted. The required keys are the
+ * ones upstream reads with `[...]` (a missing one is `400 "Exception error: '<key>'"`).
+ */
 export const EnrollBody = Type.Object(
   {
     v: Type.Optional(Nullable(Type.String())),
@@ -45,21 +48,6 @@ export const EnrollBody = Type.Object(
   { additionalProperties: true },
 )
 export type EnrollBody = Static<typeof EnrollBody>
-
-/** Keys upstream reads with `[...]` (absence -> `400 "Exception error: '<key>'"`). */
-export const ENROLL_REQUIRED_KEYS = [
-  'tpm_policy',
-  'metadata',
-  'ima_sign_verification_keys',
-  'revocation_key',
-  'accept_tpm_hash_algs',
-  'accept_tpm_encryption_algs',
-  'accept_tpm_signing_algs',
-  'ak_tpm',
-  'mb_policy',
-  'mb_policy_name',
-  'runtime_policy',
-] as const
 
 /** `GET /v2.x/agents/:agent_id` results. */
 export const AgentStatus = Type.Object(
