@@ -110,6 +110,19 @@ describe('hostile input on every route of every service', () => {
     }
   })
 
+  it.each(['registrar', 'verifier', 'agent'] as const)(
+    '%s: over-long paths are answered by the router (414) or node itself (431) in the envelope',
+    async (name) => {
+      const s = three.services.find((x) => x.name === name) as ServiceUnderTest
+      const longParam = await s.send('GET', `/v2.6/agents/${'a'.repeat(3000)}`)
+      expectEnvelope4xx(longParam, 'id of 3,000 characters')
+      if (name !== 'agent') expect(longParam.status).toBe(414)
+      const hugeUrl = await s.send('GET', `/v2.6/agents/${'a'.repeat(20_000)}`)
+      expectEnvelope4xx(hugeUrl, 'URL of 20,000 characters')
+      expect(hugeUrl.status).toBe(431)
+    },
+  )
+
   it('no hostile request reached the agent services', () => {
     expect(three.agentCalls()).toBe(0)
   })
