@@ -42,12 +42,16 @@ function peerFailure(what: string, err: unknown): TenantError {
 export function registrarPort(client: RegistrarClient): RegistrarPort {
   return {
     async getAgent(uuid) {
+      let record: Awaited<ReturnType<RegistrarClient['show']>>
       try {
-        return (await client.show(uuid)) as unknown as RegistrarAgentRecord
+        record = await client.show(uuid)
       } catch (err) {
         if (is404(err)) return null
         throw peerFailure(`registrar lookup of ${uuid}`, err)
       }
+      const { ek_tpm } = record
+      if (ek_tpm === null) throw new TenantError(`registrar record of ${uuid} has no ek_tpm`, EXIT_FAILED)
+      return { ...record, ek_tpm } satisfies RegistrarAgentRecord
     },
     async listAgents() {
       try {

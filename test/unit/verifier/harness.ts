@@ -1,7 +1,7 @@
 /** Builds a verifier (service + app) on an in-memory SQLite database, for the loop and API tests. */
 import Database from 'better-sqlite3'
 import { Kysely, SqliteDialect } from 'kysely'
-import pino from 'pino'
+import pino, { type Logger } from 'pino'
 import type { SimAgent } from '../../../bench/fleet-agents.ts'
 import { migrateVerifierDatabase, type VerifierDatabase } from '../../../src/db/verifier-repository.ts'
 import { buildVerifierApp, type Identity } from '../../../src/verifier/app.ts'
@@ -18,6 +18,7 @@ export async function makeVerifier(
   opts: Partial<VerifierOptions> = {},
   db: Kysely<VerifierDatabase> = memoryDb(),
   leaseHolder?: string,
+  log: Logger = silentLog,
 ) {
   await migrateVerifierDatabase(db)
   const options: VerifierOptions = {
@@ -32,14 +33,14 @@ export async function makeVerifier(
   const service = new VerifierService({
     db,
     options,
-    log: silentLog,
+    log,
     clientTls: null,
     ...(leaseHolder ? { leaseHolder } : {}),
   })
   // tests mark admin calls with a header; the real server uses the TLS handshake (see tls test)
   const identify = (req: { headers: Record<string, unknown> }): Identity =>
     req.headers['x-test-admin'] === '1' ? 'admin' : 'anonymous'
-  const app = await buildVerifierApp({ service, identify: identify as never })
+  const app = await buildVerifierApp({ service, log, identify: identify as never })
   return { db, service, app, options }
 }
 
