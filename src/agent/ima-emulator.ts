@@ -9,7 +9,7 @@ import { resolve } from 'node:path'
 import { formatImaNgEntry } from '../evidence/ima/entry.ts'
 import type { AgentTpm, HashAlgName, TpmLock } from './agent-tpm.ts'
 
-/** team IMA's `formatImaNgEntry`, adapted: the ASCII line (with newline) and the digest to extend per bank. */
+/** `formatImaNgEntry` as the emulator needs it: the ASCII line (with newline) and the digest to extend per bank. */
 export type ImaNgFormatter = (
   path: string,
   fileDigest: Uint8Array,

@@ -50,7 +50,7 @@ function strictBase64(s: string, what: string): Buffer {
   }
 }
 
-/** RSA-OAEP (SHA-1, MGF1-SHA-1, no label) decryption of U or V with the payload key (team CRYPTO). */
+/** RSA-OAEP (SHA-1, MGF1-SHA-1, no label) decryption of U or V with the payload key. */
 export function decryptKeyShare(payloadKey: KeyObject, encryptedB64: string): Buffer {
   const enc = strictBase64(encryptedB64, 'encrypted_key')
   let key: Buffer
@@ -66,7 +66,7 @@ export function decryptKeyShare(payloadKey: KeyObject, encryptedB64: string): Bu
   return key
 }
 
-/** Extracts a zip into a directory, refusing entries that would escape it (team CRYPTO's safe extractor). */
+/** Extracts a zip into a directory, refusing entries that would escape it (the payload module's safe extractor). */
 export type ZipExtractor = (zip: Uint8Array, destDir: string) => Promise<void>
 
 export interface PayloadManagerOptions {

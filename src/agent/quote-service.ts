@@ -16,7 +16,7 @@ import type { ImaMeasurementList } from './ima-list.ts'
 
 export const DATA_PCR = 16
 
-/** Builds the `r<attest>:<sig>:<pcrblob>` string (team QUOTE's codec). */
+/** Builds the `r<attest>:<sig>:<pcrblob>` string (the quote codec of src/evidence/quote). */
 export type QuoteFormatter = (q: AgentQuote, hashAlg: HashAlgName) => string
 
 /** The quote string (protocols §A.1): TPMS_ATTEST, TPMT_SIGNATURE and the tpm2-tools PCR blob of the quoted bank. */

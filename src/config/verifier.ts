@@ -1,4 +1,4 @@
-/** `verifier.conf` `[verifier]` + `[revocations]` (keylime-config-and-cli.md §2.1). The verifier team extends it. */
+/** `verifier.conf` `[verifier]` + `[revocations]` (keylime-config-and-cli.md §2.1). */
 import type { LoadOptions } from './loader.ts'
 import { type ConfigOf, type Flags, type Loaded, loadIniConfig, opt } from './schema.ts'
 
