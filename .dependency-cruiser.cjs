@@ -36,7 +36,7 @@ module.exports = {
         path: '^(fs|node:fs|net|node:net|http|node:http|https|node:https|child_process|node:child_process|fs/promises|node:fs/promises)$',
       },
     },
-    layer('payload-is-a-library', 'payload', ['crypto', 'tpm', 'common'], 'payload archives: crypto and common only'),
+    layer('payload-is-a-library', 'payload', ['crypto', 'common'], 'payload archives: crypto and common only'),
     layer('api-is-plumbing', 'api', ['common'], 'REST plumbing and wire schemas: no service, database or config'),
     layer('db-is-storage', 'db', ['api', 'common'], 'databases and repositories: wire constants from src/api at most'),
     layer('config-is-config', 'config', ['common'], 'config loading: no services'),
