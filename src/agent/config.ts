@@ -6,6 +6,7 @@
 import { isAbsolute, join } from 'node:path'
 import { KeylimeError } from '../common/errors.ts'
 import { loadAgentRaw } from '../config/loader.ts'
+import { parseSecureSize } from './secure-dir.ts'
 
 export class AgentConfigError extends KeylimeError {
   constructor(message: string, options?: { cause?: unknown }) {
@@ -32,7 +33,15 @@ export interface AgentConfig {
   trusted_client_ca: string
   enc_keyname: string
   dec_payload_file: string
+  /** tmpfs size of `keylime_dir/secure` (mounted when started as root). */
   secure_size: string
+  /**
+   * Keylime TS extension, development only: accept a disk-backed secure directory when no tmpfs can be mounted or
+   * found there (not root). Secrets may then persist on disk.
+   */
+  secure_dir_allow_disk: boolean
+  /** Keylime TS extension: wipe the secure directory after a verified revocation has run its actions. */
+  secure_dir_wipe_on_revocation: boolean
   extract_payload_zip: boolean
   payload_script: string
   payload_script_timeout_seconds: number
@@ -83,6 +92,8 @@ export const AGENT_CONFIG_DEFAULTS: Readonly<AgentConfig> = Object.freeze({
   enc_keyname: 'derived_tci_key',
   dec_payload_file: 'decrypted_payload',
   secure_size: '1m',
+  secure_dir_allow_disk: false,
+  secure_dir_wipe_on_revocation: false,
   extract_payload_zip: true,
   payload_script: 'autorun.sh',
   payload_script_timeout_seconds: 60,
@@ -226,6 +237,11 @@ function validate(cfg: AgentConfig): void {
     throw new AgentConfigError('tpm_encryption_alg must be rsa or ecc')
   if (!['rsassa', 'ecdsa'].includes(cfg.tpm_signing_alg)) {
     throw new AgentConfigError('tpm_signing_alg must be rsassa or ecdsa')
+  }
+  try {
+    parseSecureSize(cfg.secure_size)
+  } catch (err) {
+    throw new AgentConfigError((err as Error).message, { cause: err })
   }
   for (const p of ['port', 'contact_port', 'registrar_port'] as const) {
     if (!Number.isInteger(cfg[p]) || cfg[p] < 0 || cfg[p] > 65535)

@@ -22,6 +22,7 @@ import { checkWritable, dropPrivileges, giveDirectory, giveFile, type RunAsIdent
 import { type QuoteFormatter, QuoteService } from './quote-service.ts'
 import { activationAuthTag, RegistrarConnection, withBackoff } from './registration.ts'
 import { RevocationHandler } from './revocation.ts'
+import { prepareSecureDir, type SecureDir } from './secure-dir.ts'
 import { resolveAgentUuid } from './uuid.ts'
 
 export class AgentStartError extends KeylimeError {
@@ -53,6 +54,8 @@ export interface RunningAgent {
   mtlsCertPem: string
   payloadPubkeyPem: string
   payload: PayloadManager
+  /** `keylime_dir/secure`: a tmpfs unless the development-only disk opt-out applied. */
+  secureDir: SecureDir
   revocation: RevocationHandler
   quotes: QuoteService
   tpm: AgentTpm
@@ -114,6 +117,7 @@ export async function startAgent(opts: StartAgentOptions): Promise<RunningAgent>
   const lock = new TpmLock()
   const transient: number[] = []
   let closed = false
+  let secure: SecureDir | null = null
   const releaseTpm = async () => {
     for (const h of transient.splice(0)) await tpm.flush(h).catch(() => undefined)
     await tpm.close().catch(() => undefined)
@@ -232,6 +236,13 @@ export async function startAgent(opts: StartAgentOptions): Promise<RunningAgent>
     }
 
     const secureDir = join(cfg.keylime_dir, 'secure')
+    secure = await prepareSecureDir({
+      path: secureDir,
+      secureSize: cfg.secure_size,
+      allowDisk: cfg.secure_dir_allow_disk,
+      log,
+    })
+    const secureMount = secure
     const revocation = new RevocationHandler({
       certPath: cfg.revocation_cert,
       actions: cfg.revocation_actions,
@@ -309,7 +320,11 @@ export async function startAgent(opts: StartAgentOptions): Promise<RunningAgent>
       postVkey: async (b) => payload.addV(b),
       verify: (c) => payload.verify(c),
       postRevocation: (b) => {
-        void revocation.receive(b)
+        void revocation.receive(b).then((outcome) => {
+          if (outcome.status !== 'done' || !cfg.secure_dir_wipe_on_revocation) return
+          secureMount.wipe()
+          log.info('secure directory wiped after the revocation (secure_dir_wipe_on_revocation)')
+        })
       },
     }
     const https = cfg.enable_agent_mtls
@@ -365,6 +380,7 @@ export async function startAgent(opts: StartAgentOptions): Promise<RunningAgent>
       mtlsCertPem: mtls.certPem,
       payloadPubkeyPem: payloadKey.publicPem,
       payload,
+      secureDir: secureMount,
       revocation,
       quotes,
       tpm,
@@ -378,11 +394,13 @@ export async function startAgent(opts: StartAgentOptions): Promise<RunningAgent>
         await payload.whenIdle()
         await revocation.whenIdle()
         await quotes.closeMeasurementFiles()
+        await secureMount.close()
         await lock.run(releaseTpm)
-        log.info('agent stopped; transient TPM objects flushed')
+        log.info('agent stopped; secure directory wiped, transient TPM objects flushed')
       },
     }
   } catch (err) {
+    await secure?.close()
     await lock.run(releaseTpm)
     throw err
   }

@@ -236,6 +236,9 @@ export class LocalCluster {
         // cluster processes run as the invoking user (root in CI) and there is no `keylime` account to switch to
         '--run-as',
         '',
+        // root (CI) gets the real tmpfs for the secure directory; without root only a disk directory is possible
+        '--secure-dir-allow-disk',
+        String(process.geteuid?.() !== 0),
         ...extraArgs,
       ])
       return { child, port }
