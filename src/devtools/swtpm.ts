@@ -79,6 +79,8 @@ export interface StartSwtpmOptions {
   socket?: 'tcp' | 'unix'
   /** false: leave the TPM powered off; the client must CMD_INIT via the control channel and TPM2_Startup. */
   startup?: boolean
+  /** false: no EK and platform certificates from swtpm's local CA (the EK certificate indices stay free). */
+  ekCertificates?: boolean
 }
 
 function canConnectPath(path: string): Promise<boolean> {
@@ -102,8 +104,7 @@ export async function startSwtpm(options: StartSwtpmOptions = {}): Promise<Swtpm
       '--tpm2',
       '--tpmstate',
       stateDir,
-      '--create-ek-cert',
-      '--create-platform-cert',
+      ...(options.ekCertificates === false ? ['--createek'] : ['--create-ek-cert', '--create-platform-cert']),
       '--pcr-banks',
       options.pcrBanks ?? 'sha1,sha256',
       '--overwrite',

@@ -351,6 +351,9 @@ export const EkCertNvIndices = Object.freeze({
   ]),
 })
 
+/** NV indices where a manufacturer may store the EK CA chain (TCG EK Credential Profile 2.x, 2.2.1.5). */
+export const EkCaChainNvRange = Object.freeze({ first: 0x01c00100, last: 0x01c001ff })
+
 /** Upper bounds used by decoders (Part 2 table sizes) so hostile counts cannot make us loop or allocate. */
 export const Limits = Object.freeze({
   hashCount: 16,
