@@ -13,6 +13,8 @@ export interface RegistrarMainTable {
   ek_tpm: string | null
   /** b64 DER */
   ekcert: string | null
+  /** PEM bundle of the EK CA chain from the agent's TPM NV */
+  ek_ca_chain: string | null
   iak_tpm: string | null
   idevid_tpm: string | null
   iak_cert: string | null
@@ -37,6 +39,7 @@ export interface RegistrarRecord {
   aik_tpm: string | null
   ek_tpm: string | null
   ekcert: string | null
+  ek_ca_chain: string | null
   iak_tpm: string | null
   idevid_tpm: string | null
   iak_cert: string | null
@@ -50,7 +53,10 @@ export interface RegistrarRecord {
 }
 
 /** Fields a registration writes (identity, contact, challenge). */
-export type RegistrationWrite = Omit<RegistrarRecord, 'agent_id' | 'active' | 'regcount' | 'provider_keys'>
+export type RegistrationWrite = Omit<
+  RegistrarRecord,
+  'agent_id' | 'active' | 'regcount' | 'provider_keys' | 'ek_ca_chain'
+> & { ek_ca_chain?: string | null }
 
 /** A concurrent registration of the same agent won the insert race (upstream answers 403). */
 export class RegistrationConflictError extends KeylimeError {
@@ -77,6 +83,7 @@ function toRecord(row: Selectable<RegistrarMainTable>): RegistrarRecord {
     aik_tpm: row.aik_tpm,
     ek_tpm: row.ek_tpm,
     ekcert: row.ekcert,
+    ek_ca_chain: row.ek_ca_chain,
     iak_tpm: row.iak_tpm,
     idevid_tpm: row.idevid_tpm,
     iak_cert: row.iak_cert,

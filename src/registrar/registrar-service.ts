@@ -14,7 +14,9 @@ import {
   publicAreaToKeyObject,
   readTpm2bPublic,
 } from '../crypto/tpm-public.ts'
+import type { LenientCertificate } from '../crypto/x509-lenient.ts'
 import type { RegistrarRecord, RegistrarRepository, RegistrationWrite } from '../db/registrar-repository.ts'
+import { ekCaChainOf } from './ek-chain.ts'
 import { hasIakIdevid, verifyIakIdevid } from './iak.ts'
 import {
   authTagMatches,
@@ -124,8 +126,10 @@ export class RegistrarService {
 
     const ekcertInput = optionalString(body, 'ekcert')
     let ekcertB64: string | null = null
+    let candidates: LenientCertificate[] = []
+    let ekCert: LenientCertificate | null = null
     if (ekcertInput !== null && ekcertInput.trim() !== '') {
-      const candidates = parseCertBundleField(ekcertInput, 'ekcert', this.malformedCertAction)
+      candidates = parseCertBundleField(ekcertInput, 'ekcert', this.malformedCertAction)
       const ekSpki = spkiDer(ekKey)
       const cert = candidates.find((c) => c.publicKey !== null && spkiDer(c.publicKey).equals(ekSpki))
       if (!cert) {
@@ -142,7 +146,9 @@ export class RegistrarService {
         )
       }
       ekcertB64 = Buffer.from(cert.der).toString('base64')
+      ekCert = cert
     }
+    const ekCaChain = ekCaChainOf(body, candidates, ekCert, this.malformedCertAction)
     const iakIdevid = hasIakIdevid(body)
       ? verifyIakIdevid(agentId, body, aik, {
           store: this.opts.certStore ?? null,
@@ -180,6 +186,7 @@ export class RegistrarService {
         aik_tpm: Buffer.from(aik).toString('base64'),
         ek_tpm: Buffer.from(ek).toString('base64'),
         ekcert: ekcertB64,
+        ek_ca_chain: ekCaChain,
         iak_tpm: iakIdevid?.iak_tpm ?? null,
         idevid_tpm: iakIdevid?.idevid_tpm ?? null,
         iak_cert: iakIdevid?.iak_cert ?? null,
@@ -243,5 +250,14 @@ function toResults(rec: RegistrarRecord): AgentResults {
     ip: rec.ip,
     port: rec.port,
     regcount: rec.regcount,
+    ...(rec.ek_ca_chain ? { ek_ca_chain: rec.ek_ca_chain } : {}),
+    ...(rec.iak_tpm && rec.idevid_tpm && rec.iak_cert && rec.idevid_cert
+      ? {
+          iak_tpm: rec.iak_tpm,
+          idevid_tpm: rec.idevid_tpm,
+          iak_cert: rec.iak_cert,
+          idevid_cert: rec.idevid_cert,
+        }
+      : {}),
   }
 }
