@@ -38,6 +38,16 @@ export interface RegistrationRequest {
   mtlsCert: string
   ip: string
   port: number
+  /**
+   * PEM bundle of the EK CA chain read from NV (Keylime TS extension `ek_ca_chain`, ignored by registrars that do
+   * not know it); null or absent when the TPM holds none.
+   */
+  ekCaChain?: string | null
+  /** IAK/IDevID fields, and the AK certification made for the API version being tried (its qualifying data). */
+  deviceIdentity?: {
+    fields: { iak_tpm: string; idevid_tpm: string; iak_cert: string; idevid_cert: string }
+    certify(version: string): Promise<{ iak_attest: string; iak_sign: string }>
+  }
 }
 
 async function jsonCall(
@@ -137,16 +147,20 @@ export class RegistrarConnection {
 
   /** POST the identity; returns the b64 MakeCredential blob. */
   async register(req: RegistrationRequest): Promise<string> {
-    const body = {
+    const base = {
       aik_tpm: req.aikTpm,
       ek_tpm: req.ekTpm,
       ekcert: req.ekCert,
+      ...(req.ekCaChain ? { ek_ca_chain: req.ekCaChain } : {}),
       mtls_cert: req.mtlsCert,
       ip: req.ip,
       port: req.port,
     }
     let last: RegistrationError | null = null
     for (const version of await this.versionsToTry()) {
+      const body = req.deviceIdentity
+        ? { ...base, ...req.deviceIdentity.fields, ...(await req.deviceIdentity.certify(version)) }
+        : base
       const { status, json } = await jsonCall(
         'POST',
         `${this.baseUrl}/v${version}/agents/${encodeURIComponent(req.uuid)}`,

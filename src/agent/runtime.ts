@@ -14,6 +14,7 @@ import { agentDataMatches, ekDigest, loadAgentData, saveAgentData } from './agen
 import { type AgentTpm, type EncAlgName, type HashAlgName, type SignAlgName, TpmLock } from './agent-tpm.ts'
 import { type AgentServices, buildAgentApp } from './app.ts'
 import { type AgentConfig, servedApiVersions, trustedClientCaFiles } from './config.ts'
+import { prepareDeviceIdentity } from './device-id.ts'
 import { ImaEmulator, type ImaNgFormatter } from './ima-emulator.ts'
 import { ImaMeasurementList } from './ima-list.ts'
 import { ensureMtlsIdentity, ensurePayloadKey } from './keys.ts'
@@ -108,7 +109,6 @@ export async function startAgent(opts: StartAgentOptions): Promise<RunningAgent>
       'enable_revocation_notifications (ZeroMQ) is not supported; revocations arrive over the REST API only',
     )
   }
-  if (cfg.enable_iak_idevid) log.warn('enable_iak_idevid is not supported; registering with EK and AK only')
 
   const tpm = await deps.openTpm(
     cfg.tpm,
@@ -118,6 +118,7 @@ export async function startAgent(opts: StartAgentOptions): Promise<RunningAgent>
   const transient: number[] = []
   let closed = false
   let secure: SecureDir | null = null
+  let releaseDeviceId: (() => Promise<void>) | null = null
   const releaseTpm = async () => {
     for (const h of transient.splice(0)) await tpm.flush(h).catch(() => undefined)
     await tpm.close().catch(() => undefined)
@@ -132,6 +133,8 @@ export async function startAgent(opts: StartAgentOptions): Promise<RunningAgent>
     if (ekPersistent === null) transient.push(ek.handle)
     const ekCertDer = await lock.run(() => tpm.readEkCertificate(encAlg, ek.publicArea))
     if (ekCertDer === null) log.warn('the TPM holds no EK certificate for this EK; registering without one')
+    const ekCaChain = await lock.run(() => tpm.readEkCaChain())
+    if (ekCaChain.length > 0) log.info(`read ${ekCaChain.length} EK CA chain certificate(s) from NV`)
     const uuid = resolveAgentUuid(cfg.uuid, () => deps.publicKeyPem(ek.publicArea))
 
     // AK: reuse the stored one when algorithms and EK match, else create and persist a new one.
@@ -269,6 +272,9 @@ export async function startAgent(opts: StartAgentOptions): Promise<RunningAgent>
       onPayloadInstalled: () => revocation.loadCertificate(),
     })
 
+    const deviceId = cfg.enable_iak_idevid ? await prepareDeviceIdentity(cfg, tpm, lock, log) : null
+    if (deviceId) releaseDeviceId = deviceId.release
+
     if (opts.register !== false) {
       const registrar = new RegistrarConnection({ ip: cfg.registrar_ip, port: cfg.registrar_port, log })
       const policy = {
@@ -289,6 +295,15 @@ export async function startAgent(opts: StartAgentOptions): Promise<RunningAgent>
             mtlsCert: cfg.enable_agent_mtls ? mtls.certPem : 'disabled',
             ip: cfg.contact_ip,
             port: cfg.contact_port,
+            ekCaChain: ekCaChain.length > 0 ? ekCaChain.map(derToPem).join('') : null,
+            ...(deviceId
+              ? {
+                  deviceIdentity: {
+                    fields: deviceId.fields,
+                    certify: (version: string) => deviceId.certifyAk(ak.handle, uuid, version),
+                  },
+                }
+              : {}),
           }),
         opts.sleep,
       )
@@ -304,6 +319,7 @@ export async function startAgent(opts: StartAgentOptions): Promise<RunningAgent>
       const authTag = activationAuthTag(challenge, uuid)
       await withBackoff('activation', policy, log, () => registrar.activate(uuid, authTag), opts.sleep)
     }
+    await deviceId?.release()
 
     const services: AgentServices = {
       info: () => ({
@@ -400,6 +416,7 @@ export async function startAgent(opts: StartAgentOptions): Promise<RunningAgent>
       },
     }
   } catch (err) {
+    await releaseDeviceId?.()
     await secure?.close()
     await lock.run(releaseTpm)
     throw err

@@ -1,7 +1,9 @@
 /** `AgentTpm` over team TPM's library (`src/tpm/keylime-client.ts`); the `Tpm` class queues commands itself. */
 import {
   activateCredential,
+  certifyObject,
   createAk,
+  createDeviceIdKey,
   createEk,
   flushContext,
   flushTransientObjects,
@@ -11,7 +13,9 @@ import {
   pcrRead,
   pcrReset,
   quote,
+  readEkCaChain,
   readEkCertificate,
+  readNvCertificate,
   readPublic,
 } from '../tpm/keylime-client.ts'
 import { Tpm } from '../tpm/tpm.ts'
@@ -40,6 +44,23 @@ export async function openKeylimeTpm(
     pcrRead: (hashAlg, pcrs) => pcrRead(tpm, hashAlg, pcrs),
     pcrReset: (pcr) => pcrReset(tpm, pcr),
     pcrExtend: (pcr, digests) => pcrExtend(tpm, pcr, digests),
+    readEkCaChain: () => readEkCaChain(tpm),
+    async deviceIdKey(kind, source) {
+      if ('handle' in source) {
+        const { publicArea } = await readPublic(tpm, source.handle)
+        return { handle: source.handle, publicArea }
+      }
+      const key = await createDeviceIdKey(tpm, kind, source.template, auth)
+      return { handle: key.handle, publicArea: key.publicArea }
+    },
+    readNvCertificate: (index) => readNvCertificate(tpm, index),
+    certify: (args) =>
+      certifyObject(tpm, {
+        objectHandle: args.objectHandle,
+        signHandle: args.signHandle,
+        qualifyingData: args.qualifyingData,
+        ...(args.signPassword ? { signPassword: args.signPassword } : {}),
+      }),
     flush: (handle) => flushContext(tpm, handle),
     flushStaleObjects: () => flushTransientObjects(tpm),
     handleCounts: () => getHandleCounts(tpm),
