@@ -1,13 +1,15 @@
 /**
- * IAK/IDevID registration end to end on swtpm: `keylime devtools`' provisioning gives TPM A (with swtpm's EK
- * certificate) an H-1 IAK/IDevID with certificate files and TPM B (no EK certificate) an H-2 pair with certificates
- * in NV; our agent registers with our registrar in each `tpm_identity` mode. Refused: a mode's missing identity, a
- * certificate from an untrusted CA, and an IAK certification of another AK; the agent itself refuses to start with
- * a certificate that names another key.
+ * IAK/IDevID registration end to end on swtpm: the devtools provisioning gives TPM A (with swtpm's EK certificate)
+ * an H-1 IAK/IDevID with certificate files, and `keylime devtools provision-identity` gives TPM B (no EK
+ * certificate) an H-2 pair with certificates in NV; our agent registers with our registrar in each `tpm_identity`
+ * mode. Refused: a mode's missing identity, a certificate from an untrusted CA, and an IAK certification of another
+ * AK; the agent itself refuses to start with a certificate that names another key.
  */
+import { execFile } from 'node:child_process'
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { promisify } from 'node:util'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { loadAgentConfig } from '../../src/agent/config.ts'
 import { defaultAgentDeps } from '../../src/agent/default-deps.ts'
@@ -38,6 +40,7 @@ import { Tpm } from '../../src/tpm/tpm.ts'
 import { type SwtpmInstance, startSwtpm } from '../helpers/swtpm.ts'
 
 const log = createLogger('agent-iak-e2e', 'silent')
+const run = promisify(execFile)
 const NV = { iak: 0x01c90000, idevid: 0x01c90010 }
 type Mode = 'default' | 'ek_cert_or_iak_idevid' | 'ek_cert' | 'iak_idevid'
 
@@ -63,7 +66,20 @@ beforeAll(async () => {
     template: 'H-1',
     outDir: join(work, 'certsA'),
   })
-  await provisionDeviceIdentity({ tpm: tpmB.transport, ca, template: 'H-2', nv: NV })
+  // TPM B through the CLI, with the CA saved above
+  const { stdout } = await run(process.execPath, [
+    'bin/keylime.js',
+    ...['devtools', 'provision-identity', '--tpm', tpmB.transport, '--ca-dir', join(work, 'ca')],
+    ...[
+      '--template',
+      'H-2',
+      '--nv-iak',
+      `0x${NV.iak.toString(16)}`,
+      '--nv-idevid',
+      `0x${NV.idevid.toString(16)}`,
+    ],
+  ])
+  expect(JSON.parse(stdout)).toMatchObject({ template: 'H-2', nv: { iak: '0x1c90000', idevid: '0x1c90010' } })
   for (const mode of ['default', 'ek_cert_or_iak_idevid', 'ek_cert', 'iak_idevid'] as const) {
     const env = { KEYLIME_DIR: join(work, `registrar-${mode}`) }
     mkdirSync(env.KEYLIME_DIR)
