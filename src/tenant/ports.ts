@@ -11,6 +11,8 @@ export interface RegistrarAgentRecord {
   ek_tpm: string
   /** b64 DER, or null when the agent sent none. */
   ekcert: string | null
+  /** PEM bundle of the EK CA chain from the agent's TPM NV (Keylime TS registrars), when there is one. */
+  ek_ca_chain?: string | null
   mtls_cert: string | null
   ip: string | null
   port: number | string | null

@@ -1,0 +1,105 @@
+/**
+ * EK CA chain from NV, end to end on swtpm: `keylime devtools provision-ek-chain` re-issues the EK certificate under
+ * an intermediate CA stored in the chain NV range; our agent reads the chain and sends it at registration, our
+ * registrar stores it, and the tenant's EK check, with only the root in its tpm_cert_store, trusts the EK through
+ * that chain and does not without it. RSA 2048 and ECC P-256 EKs (the agent's EK templates).
+ */
+import { execFile } from 'node:child_process'
+import { mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { promisify } from 'node:util'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { loadAgentConfig } from '../../src/agent/config.ts'
+import { defaultAgentDeps } from '../../src/agent/default-deps.ts'
+import { startAgent } from '../../src/agent/runtime.ts'
+import { RegistrarClient } from '../../src/api/registrar/client.ts'
+import { createLogger } from '../../src/common/log.ts'
+import { loadRegistrarConfig } from '../../src/config/registrar.ts'
+import { parsePemCertificates } from '../../src/crypto/ek-trust.ts'
+import { type RunningRegistrar, startRegistrar } from '../../src/registrar/server.ts'
+import { createIdentityChecker } from '../../src/tenant/identity.ts'
+import type { RegistrarAgentRecord } from '../../src/tenant/ports.ts'
+import { type SwtpmInstance, startSwtpm } from '../helpers/swtpm.ts'
+
+const log = createLogger('ek-chain-e2e', 'silent')
+const run = promisify(execFile)
+let work: string
+let registrar: RunningRegistrar
+let admin: RegistrarClient
+const tpms: SwtpmInstance[] = []
+
+beforeAll(async () => {
+  work = mkdtempSync(join(tmpdir(), 'ek-chain-e2e-'))
+  const env = { KEYLIME_DIR: work }
+  const { config } = loadRegistrarConfig({
+    configDirs: [],
+    env,
+    flags: { tls_dir: 'generate', port: 0, tls_port: 0, database_url: 'sqlite', tpm_identity: 'ek_cert' },
+  })
+  registrar = await startRegistrar(config, log, { env })
+  const read = (f: string) => readFileSync(join(work, 'reg_ca', f), 'utf8')
+  admin = new RegistrarClient({
+    baseUrl: `https://127.0.0.1:${registrar.tlsPort}`,
+    tls: { ca: read('cacert.crt'), cert: read('client-cert.crt'), key: read('client-private.pem') },
+  })
+}, 60_000)
+
+afterAll(async () => {
+  await admin?.close()
+  await registrar?.close()
+  await Promise.all(tpms.map((t) => t.stop()))
+  rmSync(work, { recursive: true, force: true })
+})
+
+describe('EK CA chain from the TPM', () => {
+  it.each([
+    ['rsa', '00000000c4a1'],
+    ['ecc', '00000000c4a2'],
+  ] as const)(
+    '%s EK: chain read from NV, stored by the registrar, completes the tenant EK check',
+    async (alg, tail) => {
+      const swtpm = await startSwtpm({ ekCertificates: false })
+      tpms.push(swtpm)
+      const store = join(work, `store-${alg}`)
+      mkdirSync(store)
+      await run(process.execPath, [
+        'bin/keylime.js',
+        ...['devtools', 'provision-ek-chain', '--tpm', swtpm.transport, '--alg', alg],
+        ...['--root-out', join(store, 'root.pem')],
+      ])
+      const uuid = `c0ffee00-0000-4000-8000-${tail}`
+      const agent = await startAgent({
+        config: loadAgentConfig({
+          configDirs: [],
+          env: {},
+          overrides: {
+            keylime_dir: join(work, `agent-${alg}`),
+            tpm: swtpm.transport,
+            tpm_encryption_alg: alg,
+            uuid,
+            port: '0',
+            registrar_port: String(registrar.httpPort),
+            enable_agent_mtls: 'false',
+            enable_insecure_payload: 'true',
+            exponential_backoff_max_retries: '0',
+          },
+        }),
+        deps: defaultAgentDeps(),
+        log,
+      })
+      await agent.close()
+
+      const record = (await admin.show(uuid)) as unknown as RegistrarAgentRecord
+      const chain = parsePemCertificates(record.ek_ca_chain ?? '')
+      expect(chain.map((c) => c.subject.text)).toEqual([expect.stringContaining('test EK intermediate CA')])
+
+      const warnings: string[] = []
+      const checker = () =>
+        createIdentityChecker({ requireEkCert: true, tpmCertStore: store, warn: (m) => warnings.push(m) })
+      expect(await checker().checkEk({ uuid, record })).toBeNull()
+      const withoutChain = await checker().checkEk({ uuid, record: { ...record, ek_ca_chain: null } })
+      expect(withoutChain).toMatch(/is the issuer "CN=Keylime TS test EK intermediate CA/)
+    },
+  )
+})
