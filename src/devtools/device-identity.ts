@@ -20,6 +20,7 @@ import {
   type EncAlgName,
   flushContext,
   nvDefineAndWrite,
+  readPublic,
 } from '../tpm/keylime-client.ts'
 import type { DeviceIdTemplateName } from '../tpm/templates.ts'
 import { Tpm } from '../tpm/tpm.ts'
@@ -215,6 +216,18 @@ export async function provisionDeviceIdentity(o: ProvisionDeviceIdentityOptions)
   }
 }
 
+/** The TCG EK certificate index for an EK's key: L-1 RSA 2048, H-6 RSA 3072, L-2 P-256, H-3 P-384. */
+function ekCertificateIndex(ekPublic: Uint8Array): number {
+  const key = publicAreaToKeyObject(ekPublic)
+  const d = key.asymmetricKeyDetails
+  const index =
+    key.asymmetricKeyType === 'rsa'
+      ? { 2048: EkCertNvIndex.rsa, 3072: 0x01c0001c }[d?.modulusLength ?? 0]
+      : { prime256v1: EkCertNvIndex.ecc, secp384r1: 0x01c00016 }[d?.namedCurve ?? '']
+  if (index === undefined) throw new Error('no TCG EK certificate index for this EK key')
+  return index
+}
+
 export interface ProvisionedEkChain {
   /** PEM of the new EK certificate (issued by the intermediate). */
   ekCertPem: string
@@ -230,6 +243,8 @@ export interface ProvisionedEkChain {
 export async function provisionEkCaChain(o: {
   tpm: string
   alg: EncAlgName
+  /** A persistent EK (e.g. swtpm's RSA 3072 or ECC P-384 one) instead of the default EK of `alg`. */
+  ekHandle?: number
   endorsementPassword?: string
   ownerPassword?: string
 }): Promise<ProvisionedEkChain> {
@@ -237,20 +252,25 @@ export async function provisionEkCaChain(o: {
   const intermediate = await createTestCa('Keylime TS test EK intermediate CA', root)
   const tpm = await Tpm.open(o.tpm)
   try {
-    const ek = await createEk(
-      tpm,
-      o.alg,
-      o.endorsementPassword ? { endorsementPassword: o.endorsementPassword } : {},
-    )
-    await flushContext(tpm, ek.handle)
+    let ekPublic: Uint8Array
+    if (o.ekHandle !== undefined) ekPublic = (await readPublic(tpm, o.ekHandle)).publicArea
+    else {
+      const ek = await createEk(
+        tpm,
+        o.alg,
+        o.endorsementPassword ? { endorsementPassword: o.endorsementPassword } : {},
+      )
+      await flushContext(tpm, ek.handle)
+      ekPublic = ek.publicArea
+    }
     const ekCertPem = await issueTpmKeyCertificate(
       intermediate,
-      ek.publicArea,
+      ekPublic,
       'CN=Keylime TS test EK',
       'endorsement',
     )
     const owner = o.ownerPassword ? { ownerPassword: o.ownerPassword } : {}
-    await nvDefineAndWrite(tpm, EkCertNvIndex[o.alg], pemToDer(ekCertPem), owner)
+    await nvDefineAndWrite(tpm, ekCertificateIndex(ekPublic), pemToDer(ekCertPem), owner)
     await nvDefineAndWrite(tpm, EkCaChainNvRange.first, pemToDer(intermediate.certPem), owner)
     return { ekCertPem, intermediate, root }
   } finally {

@@ -135,6 +135,7 @@ export const TpmCc = Object.freeze({
   Certify: 0x00000148,
   NvRead: 0x0000014e,
   PolicySecret: 0x00000151,
+  PolicyOr: 0x00000171,
   Create: 0x00000153,
   Load: 0x00000157,
   Quote: 0x00000158,

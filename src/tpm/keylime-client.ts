@@ -295,9 +295,12 @@ export async function readEkCertificate(
 async function withEkPolicy<T>(
   tpm: Tpm,
   auth: HierarchyAuth,
+  ekHandle: number,
   fn: (session: Awaited<ReturnType<typeof ekPolicySession>>) => Promise<T>,
 ): Promise<T> {
-  const session = await ekPolicySession(tpm, auth.endorsementPassword)
+  // The EK's own nameAlg and authPolicy pick the policy: low-range templates, or a high-range persistent EK.
+  const { outPublic } = await tpm.run(ReadPublic, { objectHandle: ekHandle })
+  const session = await ekPolicySession(tpm, auth.endorsementPassword, outPublic)
   try {
     return await fn(session)
   } catch (err) {
@@ -324,7 +327,7 @@ export async function createAk(
 ): Promise<CreatedAk> {
   signSchemeId(algs.signAlg)
   const inPublic = akTemplate(algs.signAlg, hashAlgId(algs.hashAlg))
-  const created = await withEkPolicy(tpm, auth, (session) =>
+  const created = await withEkPolicy(tpm, auth, ekHandle, (session) =>
     tpm.run(
       Create,
       {
@@ -349,7 +352,7 @@ export async function loadAk(
   privateArea: Uint8Array,
   auth: HierarchyAuth = {},
 ): Promise<{ handle: number; name: Uint8Array }> {
-  const r = await withEkPolicy(tpm, auth, (session) =>
+  const r = await withEkPolicy(tpm, auth, ekHandle, (session) =>
     tpm.run(Load, { parentHandle: ekHandle, inPrivate: privateArea, inPublic: publicArea }, [session]),
   )
   return { handle: r.objectHandle, name: r.name }
@@ -364,7 +367,7 @@ export async function activateCredential(
   args: { akHandle: number; ekHandle: number; credentialBlob: Uint8Array; encryptedSecret: Uint8Array },
   auth: HierarchyAuth = {},
 ): Promise<Uint8Array> {
-  const r = await withEkPolicy(tpm, auth, (session) =>
+  const r = await withEkPolicy(tpm, auth, args.ekHandle, (session) =>
     tpm.run(
       ActivateCredential,
       {

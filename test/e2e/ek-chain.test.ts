@@ -2,7 +2,8 @@
  * EK CA chain from NV, end to end on swtpm: `keylime devtools provision-ek-chain` re-issues the EK certificate under
  * an intermediate CA stored in the chain NV range; our agent reads the chain and sends it at registration, our
  * registrar stores it, and the tenant's EK check, with only the root in its tpm_cert_store, trusts the EK through
- * that chain and does not without it. RSA 2048 and ECC P-256 EKs (the agent's EK templates).
+ * that chain and does not without it. RSA 2048 and ECC P-256 EKs (the agent's own templates) and swtpm's persistent
+ * high-range RSA 3072 and ECC P-384 EKs (ek_handle; their policy is PolicyOR(PolicyA, PolicyC)).
  */
 import { execFile } from 'node:child_process'
 import { mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs'
@@ -52,31 +53,40 @@ afterAll(async () => {
   rmSync(work, { recursive: true, force: true })
 })
 
+const CASES = [
+  { alg: 'rsa', what: 'RSA 2048', ekHandle: '', tail: '00000000c4a1' },
+  { alg: 'ecc', what: 'ECC P-256', ekHandle: '', tail: '00000000c4a2' },
+  { alg: 'rsa', what: 'RSA 3072 (persistent, high range)', ekHandle: '0x8101001c', tail: '00000000c4a3' },
+  { alg: 'ecc', what: 'ECC P-384 (persistent, high range)', ekHandle: '0x81010016', tail: '00000000c4a4' },
+] as const
+
 describe('EK CA chain from the TPM', () => {
-  it.each([
-    ['rsa', '00000000c4a1'],
-    ['ecc', '00000000c4a2'],
-  ] as const)(
-    '%s EK: chain read from NV, stored by the registrar, completes the tenant EK check',
-    async (alg, tail) => {
-      const swtpm = await startSwtpm({ ekCertificates: false })
+  it.each(CASES)(
+    '$what EK: chain read from NV, stored by the registrar, completes the tenant check',
+    async (c) => {
+      const swtpm = await startSwtpm({
+        ekCertificates: false,
+        rsaKeySize: c.ekHandle === '0x8101001c' ? 3072 : 2048,
+      })
       tpms.push(swtpm)
-      const store = join(work, `store-${alg}`)
+      const store = join(work, `store-${c.tail}`)
       mkdirSync(store)
       await run(process.execPath, [
         'bin/keylime.js',
-        ...['devtools', 'provision-ek-chain', '--tpm', swtpm.transport, '--alg', alg],
+        ...['devtools', 'provision-ek-chain', '--tpm', swtpm.transport, '--alg', c.alg],
         ...['--root-out', join(store, 'root.pem')],
+        ...(c.ekHandle ? ['--ek-handle', c.ekHandle] : []),
       ])
-      const uuid = `c0ffee00-0000-4000-8000-${tail}`
+      const uuid = `c0ffee00-0000-4000-8000-${c.tail}`
       const agent = await startAgent({
         config: loadAgentConfig({
           configDirs: [],
           env: {},
           overrides: {
-            keylime_dir: join(work, `agent-${alg}`),
+            keylime_dir: join(work, `agent-${c.tail}`),
             tpm: swtpm.transport,
-            tpm_encryption_alg: alg,
+            tpm_encryption_alg: c.alg,
+            ek_handle: c.ekHandle || 'generate',
             uuid,
             port: '0',
             registrar_port: String(registrar.httpPort),
@@ -92,7 +102,9 @@ describe('EK CA chain from the TPM', () => {
 
       const record = (await admin.show(uuid)) as unknown as RegistrarAgentRecord
       const chain = parsePemCertificates(record.ek_ca_chain ?? '')
-      expect(chain.map((c) => c.subject.text)).toEqual([expect.stringContaining('test EK intermediate CA')])
+      expect(chain.map((cert) => cert.subject.text)).toEqual([
+        expect.stringContaining('test EK intermediate CA'),
+      ])
 
       const warnings: string[] = []
       const checker = () =>

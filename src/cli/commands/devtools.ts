@@ -100,11 +100,24 @@ export function registerDevtoolsCommands(program: Command): void {
     )
     .addOption(tpmOption())
     .addOption(new Option('--alg <alg>', 'EK algorithm').choices(['rsa', 'ecc']).default('rsa'))
+    .option(
+      '--ek-handle <handle>',
+      "a persistent EK instead of the default one (e.g. swtpm's 0x81010016 P-384 EK)",
+    )
     .requiredOption('--root-out <file>', 'where to write the root CA certificate (PEM)')
-    .action(async (o: { tpm: string; alg: 'rsa' | 'ecc'; rootOut: string }) => {
+    .action(async (o: { tpm: string; alg: 'rsa' | 'ecc'; rootOut: string; ekHandle?: string }) => {
       const { writeFileSync } = await import('node:fs')
       const { provisionEkCaChain } = await import('../../devtools/device-identity.ts')
-      const chain = await provisionEkCaChain({ tpm: o.tpm, alg: o.alg })
+      const ekHandle =
+        o.ekHandle === undefined ? undefined : Number.parseInt(o.ekHandle.replace(/^0x/i, ''), 16)
+      if (ekHandle !== undefined && !(ekHandle >= 0x81000000 && ekHandle <= 0x81ffffff)) {
+        throw new Error(`--ek-handle '${o.ekHandle}' is not a persistent handle (0x81xxxxxx)`)
+      }
+      const chain = await provisionEkCaChain({
+        tpm: o.tpm,
+        alg: o.alg,
+        ...(ekHandle !== undefined ? { ekHandle } : {}),
+      })
       writeFileSync(o.rootOut, chain.root.certPem)
       process.stdout.write(`${JSON.stringify({ root: o.rootOut, ekAlg: o.alg }, null, 2)}\n`)
     })
