@@ -49,6 +49,14 @@ export const agentSchema = {
   tpm_ownerpassword: opt.string(''),
   enable_iak_idevid: opt.bool(false),
   iak_idevid_template: opt.string('detect'),
+  iak_idevid_asymmetric_alg: opt.string('rsa'),
+  iak_idevid_name_alg: opt.string('sha256'),
+  iak_handle: opt.string(''),
+  iak_password: opt.string(''),
+  idevid_handle: opt.string(''),
+  idevid_password: opt.string(''),
+  iak_cert: opt.string('iak-cert.crt'),
+  idevid_cert: opt.string('idevid-cert.crt'),
   run_as: opt.string('keylime:tss'),
   agent_data_path: opt.string('agent_data.json'),
   ima_ml_path: opt.string('/sys/kernel/security/ima/ascii_runtime_measurements'),
@@ -64,6 +72,8 @@ export const agentSchema = {
   payload_script_timeout_seconds: opt.int(60),
   revocation_action_timeout_seconds: opt.int(60),
   ima_emulator_paths: opt.string(''),
+  secure_dir_allow_disk: opt.bool(false),
+  secure_dir_wipe_on_revocation: opt.bool(false),
 }
 export type AgentConfigValues = ConfigOf<typeof agentSchema>
 
