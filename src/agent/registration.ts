@@ -5,7 +5,6 @@
  * answer (e.g. 403 for a UUID held by another TPM) is final.
  */
 import { createHmac } from 'node:crypto'
-import { request } from 'undici'
 import { AGENT_API_VERSIONS, compareVersions } from '../api/versions.ts'
 import { KeylimeError } from '../common/errors.ts'
 import type { Logger } from '../common/log.ts'
@@ -50,36 +49,41 @@ export interface RegistrationRequest {
   }
 }
 
+/**
+ * One JSON call with Node's built-in fetch: the agent needs no HTTP client library for two plain-HTTP requests,
+ * which keeps its resident size down (undici's package alone is over a megabyte of code to load).
+ */
 async function jsonCall(
   method: 'GET' | 'POST' | 'PUT',
   url: string,
   body: unknown,
   timeoutMs: number,
 ): Promise<{ status: number; json: Record<string, unknown> | undefined }> {
-  let res: Awaited<ReturnType<typeof request>>
+  let res: Response
+  let text: string
   try {
-    res = await request(url, {
+    res = await fetch(url, {
       method,
-      headersTimeout: timeoutMs,
-      bodyTimeout: timeoutMs,
+      signal: AbortSignal.timeout(timeoutMs),
       ...(body === undefined
         ? {}
         : { body: JSON.stringify(body), headers: { 'content-type': 'application/json' } }),
     })
+    text = await res.text()
   } catch (err) {
-    throw new RegistrationError(`registrar unreachable at ${url}: ${(err as Error).message}`, {
-      retryable: true,
-      cause: err,
-    })
+    const cause = (err as { cause?: Error }).cause
+    throw new RegistrationError(
+      `registrar unreachable at ${url}: ${(err as Error).message}${cause ? ` (${cause.message})` : ''}`,
+      { retryable: true, cause: err },
+    )
   }
-  const text = await res.body.text()
   let json: Record<string, unknown> | undefined
   try {
     json = text ? (JSON.parse(text) as Record<string, unknown>) : undefined
   } catch {
     json = undefined
   }
-  return { status: res.statusCode, json }
+  return { status: res.status, json }
 }
 
 function statusText(json: Record<string, unknown> | undefined): string {
