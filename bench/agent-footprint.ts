@@ -4,6 +4,7 @@
  * per quote spent in the agent process (swtpm's own work is another process), RSS and open descriptors over many
  * quotes, and serving a 1,000,000-entry IMA list from an offset.
  *   node --import tsx bench/agent-footprint.ts [quotes] [ima-entries]
+ * KEYLIME_BENCH_CLI names another entry for the `keylime` command (e.g. a compiled or bundled CLI) to compare.
  */
 import { type ChildProcess, spawn } from 'node:child_process'
 import {
@@ -108,7 +109,7 @@ try {
   agent = spawn(
     process.execPath,
     [
-      'bin/keylime.js',
+      process.env.KEYLIME_BENCH_CLI ?? 'bin/keylime.js',
       'agent',
       ...['--config', emptyConf, '--tpm', swtpm.transport, '--keylime-dir', agentDir],
       ...[

@@ -5,6 +5,7 @@
  * answer (e.g. 403 for a UUID held by another TPM) is final.
  */
 import { createHmac } from 'node:crypto'
+import { request as httpRequest } from 'node:http'
 import { AGENT_API_VERSIONS, compareVersions } from '../api/versions.ts'
 import { KeylimeError } from '../common/errors.ts'
 import type { Logger } from '../common/log.ts'
@@ -50,41 +51,62 @@ export interface RegistrationRequest {
 }
 
 /**
- * One JSON call with Node's built-in fetch: the agent needs no HTTP client library for two plain-HTTP requests,
- * which keeps its resident size down (undici's package alone is over a megabyte of code to load).
+ * One JSON call over node:http: two plain-HTTP requests need no HTTP client library, and neither undici nor Node's
+ * fetch (which loads its own copy of undici) is then resident in the agent.
  */
-async function jsonCall(
+function jsonCall(
   method: 'GET' | 'POST' | 'PUT',
   url: string,
   body: unknown,
   timeoutMs: number,
 ): Promise<{ status: number; json: Record<string, unknown> | undefined }> {
-  let res: Response
-  let text: string
-  try {
-    res = await fetch(url, {
-      method,
-      signal: AbortSignal.timeout(timeoutMs),
-      ...(body === undefined
-        ? {}
-        : { body: JSON.stringify(body), headers: { 'content-type': 'application/json' } }),
-    })
-    text = await res.text()
-  } catch (err) {
-    const cause = (err as { cause?: Error }).cause
-    throw new RegistrationError(
-      `registrar unreachable at ${url}: ${(err as Error).message}${cause ? ` (${cause.message})` : ''}`,
-      { retryable: true, cause: err },
+  const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body), 'utf8')
+  return new Promise((resolve, reject) => {
+    const unreachable = (err: Error) =>
+      reject(
+        new RegistrationError(`registrar unreachable at ${url}: ${err.message}`, {
+          retryable: true,
+          cause: err,
+        }),
+      )
+    const req = httpRequest(
+      url,
+      {
+        method,
+        timeout: timeoutMs,
+        headers: payload
+          ? { 'content-type': 'application/json', 'content-length': String(payload.length) }
+          : {},
+      },
+      (res) => {
+        const chunks: Buffer[] = []
+        let size = 0
+        res.on('data', (c: Buffer) => {
+          size += c.length
+          // a registrar reply is a small envelope; anything larger is not one
+          if (size > MAX_REPLY_BYTES) req.destroy(new Error(`reply larger than ${MAX_REPLY_BYTES} bytes`))
+          else chunks.push(c)
+        })
+        res.on('error', unreachable)
+        res.on('end', () => {
+          const text = Buffer.concat(chunks).toString('utf8')
+          let json: Record<string, unknown> | undefined
+          try {
+            json = text ? (JSON.parse(text) as Record<string, unknown>) : undefined
+          } catch {
+            json = undefined
+          }
+          resolve({ status: res.statusCode ?? 0, json })
+        })
+      },
     )
-  }
-  let json: Record<string, unknown> | undefined
-  try {
-    json = text ? (JSON.parse(text) as Record<string, unknown>) : undefined
-  } catch {
-    json = undefined
-  }
-  return { status: res.status, json }
+    req.on('timeout', () => req.destroy(new Error(`no answer within ${timeoutMs} ms`)))
+    req.on('error', unreachable)
+    req.end(payload)
+  })
 }
+
+const MAX_REPLY_BYTES = 1 << 20
 
 function statusText(json: Record<string, unknown> | undefined): string {
   return typeof json?.status === 'string' ? json.status : '(no status)'
