@@ -21,6 +21,10 @@ import { parsePemCertificates } from '../../src/crypto/ek-trust.ts'
 import { type RunningRegistrar, startRegistrar } from '../../src/registrar/server.ts'
 import { createIdentityChecker } from '../../src/tenant/identity.ts'
 import type { RegistrarAgentRecord } from '../../src/tenant/ports.ts'
+import { NvDefineSpace, NvWrite } from '../../src/tpm/commands/nv.ts'
+import { EkCaChainNvRange, TpmAlg, TpmaNv, TpmRh } from '../../src/tpm/constants.ts'
+import { PasswordSession } from '../../src/tpm/session.ts'
+import { Tpm } from '../../src/tpm/tpm.ts'
 import { type SwtpmInstance, startSwtpm } from '../helpers/swtpm.ts'
 
 const log = createLogger('ek-chain-e2e', 'silent')
@@ -114,4 +118,62 @@ describe('EK CA chain from the TPM', () => {
       expect(withoutChain).toMatch(/is the issuer "CN=Keylime TS test EK intermediate CA/)
     },
   )
+})
+
+describe('an unreadable EK CA chain index', () => {
+  it('is reported and the agent registers without a chain', async () => {
+    const swtpm = await startSwtpm()
+    tpms.push(swtpm)
+    const tpm = await Tpm.open(swtpm.transport)
+    try {
+      // readable only through a policy nobody can satisfy (empty authPolicy)
+      await tpm.run(
+        NvDefineSpace,
+        {
+          authHandle: TpmRh.Owner,
+          auth: new Uint8Array(0),
+          publicInfo: {
+            nvIndex: EkCaChainNvRange.first,
+            nameAlg: TpmAlg.Sha256,
+            attributes: TpmaNv.OwnerWrite | TpmaNv.PolicyRead | TpmaNv.NoDa,
+            authPolicy: new Uint8Array(0),
+            dataSize: 4,
+          },
+        },
+        [new PasswordSession()],
+      )
+      await tpm.run(
+        NvWrite,
+        { authHandle: TpmRh.Owner, nvIndex: EkCaChainNvRange.first, data: Buffer.from('0000'), offset: 0 },
+        [new PasswordSession()],
+      )
+    } finally {
+      await tpm.close()
+    }
+    const uuid = 'c0ffee00-0000-4000-8000-00000000c4a9'
+    const warnings: string[] = []
+    const agent = await startAgent({
+      config: loadAgentConfig({
+        configDirs: [],
+        env: {},
+        overrides: {
+          keylime_dir: join(work, 'agent-unreadable'),
+          tpm: swtpm.transport,
+          uuid,
+          port: '0',
+          registrar_port: String(registrar.httpPort),
+          enable_agent_mtls: 'false',
+          enable_insecure_payload: 'true',
+          exponential_backoff_max_retries: '0',
+        },
+      }),
+      deps: defaultAgentDeps(),
+      log: Object.assign(Object.create(log), { warn: (m: string) => warnings.push(m) }),
+    })
+    await agent.close()
+    expect(warnings.some((w) => w.includes('EK CA chain in NV cannot be read'))).toBe(true)
+    const record = (await admin.show(uuid)) as unknown as RegistrarAgentRecord
+    expect(record.ek_ca_chain ?? null).toBeNull()
+    expect(record.ekcert).not.toBeNull()
+  })
 })
