@@ -124,6 +124,7 @@ export const TpmCc = Object.freeze({
   EvictControl: 0x00000120,
   NvUndefineSpace: 0x00000122,
   Clear: 0x00000126,
+  HierarchyChangeAuth: 0x00000129,
   NvDefineSpace: 0x0000012a,
   CreatePrimary: 0x00000131,
   NvWrite: 0x00000137,

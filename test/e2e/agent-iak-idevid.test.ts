@@ -29,6 +29,8 @@ import {
   type TestCa,
 } from '../../src/devtools/device-identity.ts'
 import { type RunningRegistrar, startRegistrar } from '../../src/registrar/server.ts'
+import { HierarchyChangeAuth } from '../../src/tpm/commands/hierarchy.ts'
+import { TpmRh } from '../../src/tpm/constants.ts'
 import {
   certifyObject,
   createAk,
@@ -36,6 +38,7 @@ import {
   createEk,
   flushContext,
 } from '../../src/tpm/keylime-client.ts'
+import { authValue, PasswordSession } from '../../src/tpm/session.ts'
 import { Tpm } from '../../src/tpm/tpm.ts'
 import { type SwtpmInstance, startSwtpm } from '../helpers/swtpm.ts'
 
@@ -51,6 +54,7 @@ let tpmB: SwtpmInstance
 let idA: DeviceIdentity
 const registrars = new Map<Mode, RunningRegistrar>()
 let agentCount = 0
+const extraTpms: SwtpmInstance[] = []
 
 beforeAll(async () => {
   work = mkdtempSync(join(tmpdir(), 'agent-iak-e2e-'))
@@ -101,7 +105,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   for (const r of registrars.values()) await r.close()
-  await Promise.all([tpmA?.stop(), tpmB?.stop()])
+  await Promise.all([tpmA?.stop(), tpmB?.stop(), ...extraTpms.map((t) => t.stop())])
   rmSync(work, { recursive: true, force: true })
 })
 
@@ -194,6 +198,39 @@ describe('IAK/IDevID registration in each tpm_identity mode', () => {
     expect((await register('ek_cert_or_iak_idevid', tpmA, {})).shown.ekcert).not.toBeNull()
     const err = await refusal(register('ek_cert_or_iak_idevid', tpmB, {}))
     expect(err.httpStatus).toBe(400)
+  })
+})
+
+describe('endorsement hierarchy with a password', () => {
+  it('tpm_ownerpassword authorises the EK, IAK and IDevID; without it the agent stops with the TPM error', async () => {
+    const tpmC = await startSwtpm()
+    extraTpms.push(tpmC)
+    const password = 'hex:6b65796c696d65'
+    const tpm = await Tpm.open(tpmC.transport)
+    try {
+      await tpm.run(HierarchyChangeAuth, { authHandle: TpmRh.Endorsement, newAuth: authValue(password) }, [
+        new PasswordSession(),
+      ])
+    } finally {
+      await tpm.close()
+    }
+    const certs = join(work, 'certsC')
+    await provisionDeviceIdentity({
+      tpm: tpmC.transport,
+      ca,
+      template: 'H-3',
+      outDir: certs,
+      endorsementPassword: password,
+    })
+    const files = {
+      enable_iak_idevid: 'true',
+      iak_cert: join(certs, 'iak-cert.crt'),
+      idevid_cert: join(certs, 'idevid-cert.crt'),
+    }
+    const { shown } = await register('iak_idevid', tpmC, { ...files, tpm_ownerpassword: password })
+    expect(shown.iak_tpm).toBeTruthy()
+    const err = await register('iak_idevid', tpmC, files).catch((e: unknown) => e)
+    expect((err as Error).message).toMatch(/TPM_RC_BAD_AUTH/)
   })
 })
 
