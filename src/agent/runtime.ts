@@ -134,10 +134,12 @@ export async function startAgent(opts: StartAgentOptions): Promise<RunningAgent>
     const ekCertDer = await lock.run(() => tpm.readEkCertificate(encAlg, ek.publicArea))
     if (ekCertDer === null) log.warn('the TPM holds no EK certificate for this EK; registering without one')
     // Optional help for the tenant's path building: an unreadable chain index is reported, not fatal.
-    const ekCaChain = await lock.run(() => tpm.readEkCaChain()).catch((err: unknown) => {
-      log.warn(`the EK CA chain in NV cannot be read (${(err as Error).message}); registering without it`)
-      return [] as Uint8Array[]
-    })
+    const ekCaChain = await lock
+      .run(() => tpm.readEkCaChain())
+      .catch((err: unknown) => {
+        log.warn(`the EK CA chain in NV cannot be read (${(err as Error).message}); registering without it`)
+        return [] as Uint8Array[]
+      })
     if (ekCaChain.length > 0) log.info(`read ${ekCaChain.length} EK CA chain certificate(s) from NV`)
     const uuid = resolveAgentUuid(cfg.uuid, () => deps.publicKeyPem(ek.publicArea))
 
