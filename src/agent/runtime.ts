@@ -342,11 +342,18 @@ export async function startAgent(opts: StartAgentOptions): Promise<RunningAgent>
       postVkey: async (b) => payload.addV(b),
       verify: (c) => payload.verify(c),
       postRevocation: (b) => {
-        void revocation.receive(b).then((outcome) => {
-          if (outcome.status !== 'done' || !cfg.secure_dir_wipe_on_revocation) return
-          secureMount.wipe()
-          log.info('secure directory wiped after the revocation (secure_dir_wipe_on_revocation)')
-        })
+        void revocation.receive(b).then(
+          (outcome) => {
+            if (outcome.status !== 'done' || !cfg.secure_dir_wipe_on_revocation) return
+            try {
+              secureMount.wipe()
+              log.info('secure directory wiped after the revocation (secure_dir_wipe_on_revocation)')
+            } catch (err) {
+              log.error(`secure directory not wiped after the revocation: ${(err as Error).message}`)
+            }
+          },
+          (err: unknown) => log.error(`revocation handling failed: ${(err as Error).message}`),
+        )
       },
     }
     const https = cfg.enable_agent_mtls
