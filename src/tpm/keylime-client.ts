@@ -662,13 +662,8 @@ export async function nvDefineAndWrite(
       publicInfo: {
         nvIndex: index,
         nameAlg: TpmAlg.Sha256,
-        attributes:
-          TpmaNv.OwnerWrite |
-          TpmaNv.OwnerRead |
-          TpmaNv.AuthRead |
-          TpmaNv.NoDa |
-          TpmaNv.PpRead |
-          TpmaNv.AuthWrite,
+        // written by the owner only; read by anyone with the index's empty auth, as EK certificate indices are
+        attributes: TpmaNv.OwnerWrite | TpmaNv.OwnerRead | TpmaNv.AuthRead | TpmaNv.NoDa,
         authPolicy: new Uint8Array(0),
         dataSize: data.length,
       },
