@@ -179,7 +179,10 @@ export class LocalCluster {
           this.cvCa,
         ],
         // IAK/IDevID certificates are checked against the tenant's store (upstream reads [tenant] tpm_cert_store)
-        { KEYLIME_DIR: join(dir, 'registrar'), KEYLIME_REGISTRAR_TENANT_TPM_CERT_STORE: join(dir, 'cert-store') },
+        {
+          KEYLIME_DIR: join(dir, 'registrar'),
+          KEYLIME_REGISTRAR_TENANT_TPM_CERT_STORE: join(dir, 'cert-store'),
+        },
       )
       return { child, port: tlsPort }
     })
