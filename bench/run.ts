@@ -15,6 +15,7 @@ const BENCHES: Record<string, string[]> = {
   mb: ['mb.ts'],
   registrar: ['registrar.ts', '3'],
   agent: ['agent.ts', '300'],
+  'agent-footprint': ['agent-footprint.ts', '10000'],
   fleet: ['fleet.ts', '--agents', '1000'],
 }
 

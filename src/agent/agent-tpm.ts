@@ -5,7 +5,9 @@
  */
 import {
   activateCredential,
+  certifyObject,
   createAk,
+  createDeviceIdKey,
   createEk,
   flushContext,
   flushTransientObjects,
@@ -15,7 +17,9 @@ import {
   pcrRead,
   pcrReset,
   quote,
+  readEkCaChain,
   readEkCertificate,
+  readNvCertificate,
   readPublic,
 } from '../tpm/keylime-client.ts'
 import { Tpm } from '../tpm/tpm.ts'
@@ -23,6 +27,8 @@ import { Tpm } from '../tpm/tpm.ts'
 export type HashAlgName = 'sha1' | 'sha256' | 'sha384' | 'sha512'
 export type SignAlgName = 'rsassa' | 'ecdsa'
 export type EncAlgName = 'rsa' | 'ecc'
+/** TCG device identity key templates the agent can create (H-5, SM2, is not supported). */
+export type DeviceIdTemplateName = 'H-1' | 'H-2' | 'H-3' | 'H-4'
 
 export interface AgentQuote {
   /** TPMS_ATTEST bytes exactly as signed. */
@@ -55,6 +61,22 @@ export interface AgentTpm {
   pcrRead(hashAlg: HashAlgName, pcrs: number[]): Promise<Map<number, Uint8Array>>
   pcrReset(pcr: number): Promise<void>
   pcrExtend(pcr: number, digests: Partial<Record<HashAlgName, Uint8Array>>): Promise<void>
+  /** The EK CA chain certificates (DER) stored in the TCG chain NV range, in index order; empty if none. */
+  readEkCaChain(): Promise<Uint8Array[]>
+  /** The IAK or IDevID: created from a TCG template, or the public area of a persistent handle. */
+  deviceIdKey(
+    kind: 'iak' | 'idevid',
+    source: { template: DeviceIdTemplateName } | { handle: number },
+  ): Promise<{ handle: number; publicArea: Uint8Array }>
+  /** The first DER certificate at an NV index. */
+  readNvCertificate(index: number): Promise<Uint8Array>
+  /** TPM2_Certify of `objectHandle` by `signHandle` over `qualifyingData`: TPMS_ATTEST and TPMT_SIGNATURE bytes. */
+  certify(args: {
+    objectHandle: number
+    signHandle: number
+    qualifyingData: Uint8Array
+    signPassword?: string
+  }): Promise<{ attest: Uint8Array; signature: Uint8Array }>
   flush(handle: number): Promise<void>
   /** Flushes transient objects a killed earlier agent left loaded; returns how many. Only at start-up. */
   flushStaleObjects(): Promise<number>
@@ -98,6 +120,23 @@ export async function openKeylimeTpm(
     pcrRead: (hashAlg, pcrs) => pcrRead(tpm, hashAlg, pcrs),
     pcrReset: (pcr) => pcrReset(tpm, pcr),
     pcrExtend: (pcr, digests) => pcrExtend(tpm, pcr, digests),
+    readEkCaChain: () => readEkCaChain(tpm),
+    async deviceIdKey(kind, source) {
+      if ('handle' in source) {
+        const { publicArea } = await readPublic(tpm, source.handle)
+        return { handle: source.handle, publicArea }
+      }
+      const key = await createDeviceIdKey(tpm, kind, source.template, auth)
+      return { handle: key.handle, publicArea: key.publicArea }
+    },
+    readNvCertificate: (index) => readNvCertificate(tpm, index),
+    certify: (args) =>
+      certifyObject(tpm, {
+        objectHandle: args.objectHandle,
+        signHandle: args.signHandle,
+        qualifyingData: args.qualifyingData,
+        ...(args.signPassword ? { signPassword: args.signPassword } : {}),
+      }),
     flush: (handle) => flushContext(tpm, handle),
     flushStaleObjects: () => flushTransientObjects(tpm),
     handleCounts: () => getHandleCounts(tpm),

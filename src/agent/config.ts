@@ -6,6 +6,8 @@
 import { isAbsolute, join } from 'node:path'
 import { KeylimeError } from '../common/errors.ts'
 import { loadAgentRaw } from '../config/loader.ts'
+import { configuredDeviceIdTemplate } from './device-id.ts'
+import { parseSecureSize } from './secure-dir.ts'
 
 export class AgentConfigError extends KeylimeError {
   constructor(message: string, options?: { cause?: unknown }) {
@@ -32,7 +34,15 @@ export interface AgentConfig {
   trusted_client_ca: string
   enc_keyname: string
   dec_payload_file: string
+  /** tmpfs size of `keylime_dir/secure` (mounted when started as root). */
   secure_size: string
+  /**
+   * Keylime TS extension, development only: accept a disk-backed secure directory when no tmpfs can be mounted or
+   * found there (not root). Secrets may then persist on disk.
+   */
+  secure_dir_allow_disk: boolean
+  /** Keylime TS extension: wipe the secure directory after a verified revocation has run its actions. */
+  secure_dir_wipe_on_revocation: boolean
   extract_payload_zip: boolean
   payload_script: string
   payload_script_timeout_seconds: number
@@ -59,9 +69,22 @@ export interface AgentConfig {
   exponential_backoff_initial_delay: number
   exponential_backoff_max_retries: number
   exponential_backoff_max_delay: number
-  /** Accepted for compatibility; not supported (ZeroMQ revocations, IAK/IDevID): a warning at start. */
+  /** Accepted for compatibility; not supported (ZeroMQ revocations): a warning at start. */
   enable_revocation_notifications: boolean
+  /** Register with the IAK/IDevID too (TCG device identity), the AK certified by the IAK. */
   enable_iak_idevid: boolean
+  /** `detect` (from the IAK certificate), `H-1`..`H-4`, or `manual` (the two options below). */
+  iak_idevid_template: string
+  iak_idevid_asymmetric_alg: string
+  iak_idevid_name_alg: string
+  /** Persistent handles (hex) of provisioned keys instead of creating them from the template; auth values. */
+  iak_handle: string
+  iak_password: string
+  idevid_handle: string
+  idevid_password: string
+  /** Certificate files (PEM or DER, relative to keylime_dir), or `nv:0x…` for an NV index (Keylime TS extension). */
+  iak_cert: string
+  idevid_cert: string
   /** `user:group` to switch to once start-up needing root is done (root only); empty keeps the current user. */
   run_as: string
   /** Keylime TS extension: files the agent measures into its IMA list itself (IMA emulator), comma list. */
@@ -88,6 +111,8 @@ export const AGENT_CONFIG_DEFAULTS: Readonly<AgentConfig> = Object.freeze({
   enc_keyname: 'derived_tci_key',
   dec_payload_file: 'decrypted_payload',
   secure_size: '1m',
+  secure_dir_allow_disk: false,
+  secure_dir_wipe_on_revocation: false,
   extract_payload_zip: true,
   payload_script: 'autorun.sh',
   payload_script_timeout_seconds: 60,
@@ -112,6 +137,15 @@ export const AGENT_CONFIG_DEFAULTS: Readonly<AgentConfig> = Object.freeze({
   exponential_backoff_max_delay: 300_000,
   enable_revocation_notifications: false,
   enable_iak_idevid: false,
+  iak_idevid_template: 'detect',
+  iak_idevid_asymmetric_alg: 'rsa',
+  iak_idevid_name_alg: 'sha256',
+  iak_handle: '',
+  iak_password: '',
+  idevid_handle: '',
+  idevid_password: '',
+  iak_cert: 'default',
+  idevid_cert: 'default',
   run_as: 'keylime:tss',
   ima_emulator_paths: '',
 })
@@ -127,6 +161,8 @@ const DEFAULT_PATHS: Partial<Record<OptionName, string>> = {
   trusted_client_ca: 'cv_ca/cacert.crt',
   revocation_cert: 'secure/unzipped/RevocationNotifier-cert.crt',
   agent_data_path: 'agent_data.json',
+  iak_cert: 'iak-cert.crt',
+  idevid_cert: 'idevid-cert.crt',
 }
 
 /** Options that name files under keylime_dir when relative. */
@@ -208,6 +244,10 @@ function resolvePaths(cfg: AgentConfig): AgentConfig {
     const v = rec[name] as string
     if (v && !isAbsolute(v)) rec[name] = join(out.keylime_dir, v)
   }
+  for (const name of ['iak_cert', 'idevid_cert'] as const) {
+    const v = out[name]
+    if (v && !v.startsWith('nv:') && !isAbsolute(v)) out[name] = join(out.keylime_dir, v)
+  }
   out.trusted_client_ca = out.trusted_client_ca
     .split(',')
     .map((p) =>
@@ -232,6 +272,18 @@ function validate(cfg: AgentConfig): void {
     throw new AgentConfigError('tpm_encryption_alg must be rsa or ecc')
   if (!['rsassa', 'ecdsa'].includes(cfg.tpm_signing_alg)) {
     throw new AgentConfigError('tpm_signing_alg must be rsassa or ecdsa')
+  }
+  if (cfg.enable_iak_idevid) {
+    try {
+      configuredDeviceIdTemplate(cfg)
+    } catch (err) {
+      throw new AgentConfigError((err as Error).message, { cause: err })
+    }
+  }
+  try {
+    parseSecureSize(cfg.secure_size)
+  } catch (err) {
+    throw new AgentConfigError((err as Error).message, { cause: err })
   }
   for (const p of ['port', 'contact_port', 'registrar_port'] as const) {
     if (!Number.isInteger(cfg[p]) || cfg[p] < 0 || cfg[p] > 65535)

@@ -13,7 +13,7 @@ import {
 import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { isIP } from 'node:net'
 import { dirname } from 'node:path'
-import * as x509 from '@peculiar/x509'
+import type * as X509 from '@peculiar/x509'
 import { KeylimeError } from '../common/errors.ts'
 
 export class AgentKeyError extends KeylimeError {
@@ -67,8 +67,6 @@ export interface MtlsIdentity {
   certPem: string
 }
 
-x509.cryptoProvider.set(webcrypto as never)
-
 /** Loads the mTLS key and certificate, generating whichever is missing (a new key always gets a new cert). */
 export async function ensureMtlsIdentity(opts: {
   keyPath: string
@@ -101,6 +99,9 @@ async function selfSignedCertificate(
   uuid: string,
   contactIp: string,
 ): Promise<string> {
+  // Loaded only when a certificate is made (first start): the library and its ASN.1 stack then stay out of a
+  // running agent's memory.
+  const { x509 } = await import('../crypto/x509-setup.ts')
   const isEc = privateKey.asymmetricKeyType === 'ec'
   const alg = isEc
     ? { name: 'ECDSA', namedCurve: 'P-256', hash: 'SHA-256' }
@@ -112,7 +113,7 @@ async function selfSignedCertificate(
     publicKey: await webcrypto.subtle.importKey('spki', spki, alg, true, ['verify']),
   }
   const now = Date.now()
-  const sans: x509.JsonGeneralName[] = isIP(contactIp)
+  const sans: X509.JsonGeneralName[] = isIP(contactIp)
     ? [{ type: 'ip', value: contactIp }]
     : [{ type: 'dns', value: contactIp }]
   const cert = await x509.X509CertificateGenerator.createSelfSigned({

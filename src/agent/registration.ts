@@ -40,6 +40,16 @@ export interface RegistrationRequest {
   mtlsCert: string
   ip: string
   port: number
+  /**
+   * PEM bundle of the EK CA chain read from NV (Keylime TS extension `ek_ca_chain`, ignored by registrars that do
+   * not know it); null or absent when the TPM holds none.
+   */
+  ekCaChain?: string | null
+  /** IAK/IDevID fields, and the AK certification made for the API version being tried (its qualifying data). */
+  deviceIdentity?: {
+    fields: { iak_tpm: string; idevid_tpm: string; iak_cert: string; idevid_cert: string }
+    certify(version: string): Promise<{ iak_attest: string; iak_sign: string }>
+  }
 }
 
 export async function withBackoff<T>(
@@ -123,10 +133,11 @@ export class RegistrarConnection {
 
   /** POST the identity; returns the b64 MakeCredential blob. */
   async register(req: RegistrationRequest): Promise<string> {
-    const body = {
+    const base = {
       aik_tpm: req.aikTpm,
       ek_tpm: req.ekTpm,
       ekcert: req.ekCert,
+      ...(req.ekCaChain ? { ek_ca_chain: req.ekCaChain } : {}),
       mtls_cert: req.mtlsCert,
       ip: req.ip,
       port: req.port,
@@ -134,6 +145,9 @@ export class RegistrarConnection {
     let last: RegistrationError | null = null
     for (const version of await this.versionsToTry()) {
       try {
+        const body = req.deviceIdentity
+          ? { ...base, ...req.deviceIdentity.fields, ...(await req.deviceIdentity.certify(version)) }
+          : base
         const { blob } = await this.client.atVersion(version).register(req.uuid, body)
         this.version = version
         this.log.info(`registered agent ${req.uuid} with registrar ${this.baseUrl} (API ${version})`)

@@ -25,6 +25,7 @@ import {
 } from './agent-tpm.ts'
 import { type AgentServices, buildAgentApp } from './app.ts'
 import { type AgentConfig, servedApiVersions, trustedClientCaFiles } from './config.ts'
+import { prepareDeviceIdentity } from './device-id.ts'
 import { ImaEmulator, type ImaNgFormatter } from './ima-emulator.ts'
 import { ImaMeasurementList } from './ima-list.ts'
 import { ensureMtlsIdentity, ensurePayloadKey } from './keys.ts'
@@ -33,6 +34,7 @@ import { checkWritable, dropPrivileges, giveDirectory, giveFile, type RunAsIdent
 import { formatAgentQuote, type QuoteFormatter, QuoteService } from './quote-service.ts'
 import { activationAuthTag, RegistrarConnection, withBackoff } from './registration.ts'
 import { RevocationHandler } from './revocation.ts'
+import { prepareSecureDir, type SecureDir } from './secure-dir.ts'
 import { resolveAgentUuid } from './uuid.ts'
 
 export class AgentStartError extends KeylimeError {
@@ -82,6 +84,8 @@ export interface RunningAgent {
   mtlsCertPem: string
   payloadPubkeyPem: string
   payload: PayloadManager
+  /** `keylime_dir/secure`: a tmpfs unless the development-only disk opt-out applied. */
+  secureDir: SecureDir
   revocation: RevocationHandler
   quotes: QuoteService
   tpm: AgentTpm
@@ -134,7 +138,6 @@ export async function startAgent(opts: StartAgentOptions): Promise<RunningAgent>
       'enable_revocation_notifications (ZeroMQ) is not supported; revocations arrive over the REST API only',
     )
   }
-  if (cfg.enable_iak_idevid) log.warn('enable_iak_idevid is not supported; registering with EK and AK only')
 
   const tpm = await deps.openTpm(
     cfg.tpm,
@@ -143,6 +146,8 @@ export async function startAgent(opts: StartAgentOptions): Promise<RunningAgent>
   const lock = new TpmLock()
   const transient: number[] = []
   let closed = false
+  let secure: SecureDir | null = null
+  let releaseDeviceId: (() => Promise<void>) | null = null
   const releaseTpm = async () => {
     for (const h of transient.splice(0)) await tpm.flush(h).catch(() => undefined)
     await tpm.close().catch(() => undefined)
@@ -157,6 +162,14 @@ export async function startAgent(opts: StartAgentOptions): Promise<RunningAgent>
     if (ekPersistent === null) transient.push(ek.handle)
     const ekCertDer = await lock.run(() => tpm.readEkCertificate(encAlg, ek.publicArea))
     if (ekCertDer === null) log.warn('the TPM holds no EK certificate for this EK; registering without one')
+    // Optional help for the tenant's path building: an unreadable chain index is reported, not fatal.
+    const ekCaChain = await lock
+      .run(() => tpm.readEkCaChain())
+      .catch((err: unknown) => {
+        log.warn(`the EK CA chain in NV cannot be read (${(err as Error).message}); registering without it`)
+        return [] as Uint8Array[]
+      })
+    if (ekCaChain.length > 0) log.info(`read ${ekCaChain.length} EK CA chain certificate(s) from NV`)
     const uuid = resolveAgentUuid(cfg.uuid, () => deps.publicKeyPem(ek.publicArea))
 
     // AK: reuse the stored one when algorithms and EK match, else create and persist a new one.
@@ -261,6 +274,13 @@ export async function startAgent(opts: StartAgentOptions): Promise<RunningAgent>
     }
 
     const secureDir = join(cfg.keylime_dir, 'secure')
+    secure = await prepareSecureDir({
+      path: secureDir,
+      secureSize: cfg.secure_size,
+      allowDisk: cfg.secure_dir_allow_disk,
+      log,
+    })
+    const secureMount = secure
     const revocation = new RevocationHandler({
       certPath: cfg.revocation_cert,
       actions: cfg.revocation_actions,
@@ -289,6 +309,9 @@ export async function startAgent(opts: StartAgentOptions): Promise<RunningAgent>
       onPayloadInstalled: () => revocation.loadCertificate(),
     })
 
+    const deviceId = cfg.enable_iak_idevid ? await prepareDeviceIdentity(cfg, tpm, lock, log) : null
+    if (deviceId) releaseDeviceId = deviceId.release
+
     if (opts.register !== false) {
       const registrar = new RegistrarConnection({ ip: cfg.registrar_ip, port: cfg.registrar_port, log })
       const policy = {
@@ -310,6 +333,15 @@ export async function startAgent(opts: StartAgentOptions): Promise<RunningAgent>
               mtlsCert: cfg.enable_agent_mtls ? mtls.certPem : 'disabled',
               ip: cfg.contact_ip,
               port: cfg.contact_port,
+              ekCaChain: ekCaChain.length > 0 ? ekCaChain.map(derToPem).join('') : null,
+              ...(deviceId
+                ? {
+                    deviceIdentity: {
+                      fields: deviceId.fields,
+                      certify: (version: string) => deviceId.certifyAk(ak.handle, uuid, version),
+                    },
+                  }
+                : {}),
             }),
           opts.sleep,
         )
@@ -328,6 +360,7 @@ export async function startAgent(opts: StartAgentOptions): Promise<RunningAgent>
         await registrar.close()
       }
     }
+    await deviceId?.release()
 
     const services: AgentServices = {
       info: () => ({
@@ -344,7 +377,18 @@ export async function startAgent(opts: StartAgentOptions): Promise<RunningAgent>
       postVkey: async (b) => payload.addV(b),
       verify: (c) => payload.verify(c),
       postRevocation: (b) => {
-        void revocation.receive(b)
+        void revocation.receive(b).then(
+          (outcome) => {
+            if (outcome.status !== 'done' || !cfg.secure_dir_wipe_on_revocation) return
+            try {
+              secureMount.wipe()
+              log.info('secure directory wiped after the revocation (secure_dir_wipe_on_revocation)')
+            } catch (err) {
+              log.error(`secure directory not wiped after the revocation: ${(err as Error).message}`)
+            }
+          },
+          (err: unknown) => log.error(`revocation handling failed: ${(err as Error).message}`),
+        )
       },
     }
     const https = cfg.enable_agent_mtls
@@ -400,6 +444,7 @@ export async function startAgent(opts: StartAgentOptions): Promise<RunningAgent>
       mtlsCertPem: mtls.certPem,
       payloadPubkeyPem: payloadKey.publicPem,
       payload,
+      secureDir: secureMount,
       revocation,
       quotes,
       tpm,
@@ -413,11 +458,14 @@ export async function startAgent(opts: StartAgentOptions): Promise<RunningAgent>
         await payload.whenIdle()
         await revocation.whenIdle()
         await quotes.closeMeasurementFiles()
+        await secureMount.close()
         await lock.run(releaseTpm)
-        log.info('agent stopped; transient TPM objects flushed')
+        log.info('agent stopped; secure directory wiped, transient TPM objects flushed')
       },
     }
   } catch (err) {
+    await releaseDeviceId?.()
+    await secure?.close()
     await lock.run(releaseTpm)
     throw err
   }

@@ -2,6 +2,7 @@ import { Command } from 'commander'
 import { registerAgentCommands } from './commands/agent.ts'
 import { registerCaCommands } from './commands/ca.ts'
 import { registerDemoCommand } from './commands/demo.ts'
+import { registerDevtoolsCommands } from './commands/devtools.ts'
 import { registerEventlogCommand } from './commands/eventlog.ts'
 import { registerImaCommands } from './commands/ima.ts'
 import { registerPolicyCommands } from './commands/policy.ts'
@@ -27,6 +28,7 @@ export function buildProgram(): Command {
   registerImaCommands(program)
   registerEventlogCommand(program)
   registerDemoCommand(program)
+  registerDevtoolsCommands(program)
   return program
 }
 

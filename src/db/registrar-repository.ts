@@ -15,6 +15,8 @@ export interface RegistrarMainTable {
   ek_tpm: string | null
   /** b64 DER */
   ekcert: string | null
+  /** PEM bundle of the EK CA chain from the agent's TPM NV */
+  ek_ca_chain: string | null
   iak_tpm: string | null
   idevid_tpm: string | null
   iak_cert: string | null
@@ -42,6 +44,7 @@ export interface RegistrarPendingTable {
   iak_cert: string | null
   idevid_cert: string | null
   mtls_cert: string | null
+  ek_ca_chain: string | null
   ip: string | null
   port: number | null
   /** ms since epoch (PostgreSQL hands bigint back as a string) */
@@ -59,6 +62,7 @@ export interface RegistrarRecord {
   aik_tpm: string | null
   ek_tpm: string | null
   ekcert: string | null
+  ek_ca_chain: string | null
   iak_tpm: string | null
   idevid_tpm: string | null
   iak_cert: string | null
@@ -72,7 +76,10 @@ export interface RegistrarRecord {
 }
 
 /** Fields a registration writes (identity, contact, challenge). */
-export type RegistrationWrite = Omit<RegistrarRecord, 'agent_id' | 'active' | 'regcount' | 'provider_keys'>
+export type RegistrationWrite = Omit<
+  RegistrarRecord,
+  'agent_id' | 'active' | 'regcount' | 'provider_keys' | 'ek_ca_chain'
+> & { ek_ca_chain?: string | null }
 
 /** A registration awaiting activation. */
 export type PendingRegistration = RegistrationWrite & { agent_id: string; key: string; registered_at: number }
@@ -102,6 +109,7 @@ function toRecord(row: Selectable<RegistrarMainTable>): RegistrarRecord {
     aik_tpm: row.aik_tpm,
     ek_tpm: row.ek_tpm,
     ekcert: row.ekcert,
+    ek_ca_chain: row.ek_ca_chain,
     iak_tpm: row.iak_tpm,
     idevid_tpm: row.idevid_tpm,
     iak_cert: row.iak_cert,
@@ -127,6 +135,7 @@ function toPending(row: Selectable<RegistrarPendingTable>): PendingRegistration 
     iak_cert: row.iak_cert,
     idevid_cert: row.idevid_cert,
     mtls_cert: row.mtls_cert,
+    ek_ca_chain: row.ek_ca_chain,
     ip: row.ip,
     port: row.port === null ? null : Number(row.port),
     registered_at: Number(row.registered_at),

@@ -151,7 +151,9 @@ export async function runDemo(opts: DemoOptions): Promise<number> {
     mkdirSync(join(dir, 'boot-logs'), { recursive: true, mode: 0o700 })
     for (const name of ['agent1', 'agent2']) writeFileSync(bootLogPath(name), bootLog.bytes)
     // One at a time: swtpm_setup signs EK certificates with a shared local CA that it locks.
-    const web = await cluster.startAgent('agent1', ['--measuredboot-ml-path', bootLogPath('agent1')])
+    const web = await cluster.startAgent('agent1', ['--measuredboot-ml-path', bootLogPath('agent1')], {
+      deviceIdentity: true,
+    })
     const db = await cluster.startAgent('agent2', ['--measuredboot-ml-path', bootLogPath('agent2')])
     say(`agents started on two swtpm instances: ${web.uuid} (agent1) and ${db.uuid} (agent2)`)
     const tenantBase: TenantCliOptions = { config: cluster.tenantConf }
@@ -163,6 +165,12 @@ export async function runDemo(opts: DemoOptions): Promise<number> {
       )
     }
     say('both agents registered with the registrar (EK certificate, AK, credential activation)')
+    const webRecord = (await tenantRuntime.registrar.getAgent(web.uuid)) as { iak_tpm?: string | null } | null
+    if (webRecord?.iak_tpm) {
+      say(
+        'agent1 also registered its IAK and IDevID (TCG device identity, development CA); its AK is certified by the IAK',
+      )
+    }
 
     // Measured boot: what firmware, shim and grub would have measured before the agent ran. Quotes only start
     // after enrollment, so extending now is indistinguishable from a real boot.

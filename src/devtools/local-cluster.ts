@@ -10,6 +10,7 @@ import { copyFileSync, createWriteStream, mkdirSync, readFileSync, writeFileSync
 import { connect } from 'node:net'
 import { basename, join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
+import { createTestCa, provisionDeviceIdentity, type TestCa } from './device-identity.ts'
 import { freePort, type SwtpmInstance, startSwtpm, swtpmLocalCaCertificates } from './swtpm.ts'
 
 const BIN = resolve(fileURLToPath(new URL('../../bin/keylime.js', import.meta.url)))
@@ -64,6 +65,7 @@ export class LocalCluster {
   readonly children: { name: string; child: ChildProcess }[] = []
   readonly agents: ClusterAgent[] = []
   private stopping = false
+  private deviceIdCa: TestCa | undefined
   verifierPort = 0
   registrarPort = 0
   registrarTlsPort = 0
@@ -125,6 +127,9 @@ export class LocalCluster {
   /** Starts the verifier and the registrar and writes tenant.conf. */
   async startServices(): Promise<void> {
     const { dir } = this.opts
+    // The development CA of the agents' IAK/IDevID certificates: in the store before the registrar loads it.
+    this.deviceIdCa = await createTestCa('Keylime TS demo device identity CA')
+    writeFileSync(join(dir, 'cert-store', 'device-identity-ca.pem'), this.deviceIdCa.certPem)
     // A port found free can be taken by another process before the service binds it: start again on new ports
     // when the service exits before listening, and show its log when it keeps failing.
     this.verifierPort = await this.startListening('verifier', async () => {
@@ -173,7 +178,11 @@ export class LocalCluster {
           '--tls-dir',
           this.cvCa,
         ],
-        { KEYLIME_DIR: join(dir, 'registrar') },
+        // IAK/IDevID certificates are checked against the tenant's store (upstream reads [tenant] tpm_cert_store)
+        {
+          KEYLIME_DIR: join(dir, 'registrar'),
+          KEYLIME_REGISTRAR_TENANT_TPM_CERT_STORE: join(dir, 'cert-store'),
+        },
       )
       return { child, port: tlsPort }
     })
@@ -198,11 +207,29 @@ export class LocalCluster {
     )
   }
 
-  /** Starts an agent process on a fresh swtpm; it registers and activates by itself. */
-  async startAgent(name = `agent${this.agents.length + 1}`, extraArgs: string[] = []): Promise<ClusterAgent> {
+  /**
+   * Starts an agent process on a fresh swtpm; it registers and activates by itself. With `deviceIdentity` the swtpm
+   * first gets an IAK/IDevID certified by the cluster's development CA, and the agent registers them too.
+   */
+  async startAgent(
+    name = `agent${this.agents.length + 1}`,
+    extraArgs: string[] = [],
+    opts: { deviceIdentity?: boolean } = {},
+  ): Promise<ClusterAgent> {
     const agentDir = join(this.opts.dir, name)
     mkdirSync(join(agentDir, 'actions'), { recursive: true, mode: 0o700 })
     const swtpm = await startSwtpm({ dir: join(agentDir, 'swtpm') })
+    if (opts.deviceIdentity) {
+      if (!this.deviceIdCa) throw new Error('startServices() first: it creates the device identity CA')
+      // iak-cert.crt and idevid-cert.crt in keylime_dir: the agent's default certificate paths
+      await provisionDeviceIdentity({
+        tpm: swtpm.transport,
+        ca: this.deviceIdCa,
+        template: 'H-1',
+        outDir: agentDir,
+      })
+      extraArgs = ['--enable-iak-idevid', 'true', ...extraArgs]
+    }
     const uuid = randomUUID()
     const imaList = join(agentDir, 'ascii_runtime_measurements')
     writeFileSync(imaList, '')
@@ -236,6 +263,9 @@ export class LocalCluster {
         // cluster processes run as the invoking user (root in CI) and there is no `keylime` account to switch to
         '--run-as',
         '',
+        // root (CI) gets the real tmpfs for the secure directory; without root only a disk directory is possible
+        '--secure-dir-allow-disk',
+        String(process.geteuid?.() !== 0),
         ...extraArgs,
       ])
       return { child, port }

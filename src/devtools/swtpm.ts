@@ -79,6 +79,10 @@ export interface StartSwtpmOptions {
   socket?: 'tcp' | 'unix'
   /** false: leave the TPM powered off; the client must CMD_INIT via the control channel and TPM2_Startup. */
   startup?: boolean
+  /** false: no EK and platform certificates from swtpm's local CA (the EK certificate indices stay free). */
+  ekCertificates?: boolean
+  /** Size of swtpm's persistent RSA EK (3072: a high-range H-6 EK at 0x8101001c; its ECC EK is P-384 either way). */
+  rsaKeySize?: 2048 | 3072
 }
 
 function canConnectPath(path: string): Promise<boolean> {
@@ -102,8 +106,8 @@ export async function startSwtpm(options: StartSwtpmOptions = {}): Promise<Swtpm
       '--tpm2',
       '--tpmstate',
       stateDir,
-      '--create-ek-cert',
-      '--create-platform-cert',
+      ...(options.ekCertificates === false ? ['--createek'] : ['--create-ek-cert', '--create-platform-cert']),
+      ...(options.rsaKeySize ? ['--rsa-keysize', String(options.rsaKeySize)] : []),
       '--pcr-banks',
       options.pcrBanks ?? 'sha1,sha256',
       '--overwrite',

@@ -19,7 +19,9 @@ import {
   publicAreaToKeyObject,
   readTpm2bPublic,
 } from '../crypto/tpm-public.ts'
+import type { LenientCertificate } from '../crypto/x509-lenient.ts'
 import type { RegistrarRecord, RegistrarRepository, RegistrationWrite } from '../db/registrar-repository.ts'
+import { ekCaChainOf } from './ek-chain.ts'
 import { hasIakIdevid, verifyIakIdevid } from './iak.ts'
 import { type Admission, type RateLimitOptions, SourceRateLimiter } from './rate-limit.ts'
 import {
@@ -200,8 +202,10 @@ export class RegistrarService {
     const ekcertInput = optionalString(body, 'ekcert')
     let ekcertB64: string | null = null
     let trustedEkCert = false
+    let candidates: LenientCertificate[] = []
+    let ekCert: LenientCertificate | null = null
     if (ekcertInput !== null && ekcertInput.trim() !== '') {
-      const candidates = parseCertBundleField(ekcertInput, 'ekcert', this.malformedCertAction)
+      candidates = parseCertBundleField(ekcertInput, 'ekcert', this.malformedCertAction)
       const ekSpki = spkiDer(ekKey)
       const cert = candidates.find((c) => c.publicKey !== null && spkiDer(c.publicKey).equals(ekSpki))
       if (!cert) {
@@ -218,16 +222,19 @@ export class RegistrarService {
         )
       }
       ekcertB64 = Buffer.from(cert.der).toString('base64')
-      if (this.opts.requireTrustedEkCert && this.opts.certStore) {
-        // the rest of a bundle (the Rust agent's chain from NV) may supply intermediates, never anchors
-        const trust = verifyEkCertificateWithStore(cert, this.opts.certStore, {
-          extraCertificates: candidates.filter((c) => c !== cert),
-        })
-        if (!trust.trusted) throw invalid(`ekcert is not trusted (require_trusted_ek_cert): ${trust.reason}`)
-        for (const warning of trust.warnings)
-          this.opts.log?.warn({ agentId, warning }, 'EK certificate accepted')
-        trustedEkCert = true
-      }
+      ekCert = cert
+    }
+    const ekCaChain = ekCaChainOf(body, candidates, ekCert, this.malformedCertAction)
+    if (this.opts.requireTrustedEkCert && ekCert !== null && this.opts.certStore) {
+      // the agent's chain (ek_ca_chain, or the rest of an ekcert bundle) may supply intermediates, never anchors
+      const trust = verifyEkCertificateWithStore(ekCert, this.opts.certStore, {
+        extraCertificates:
+          ekCaChain === null ? [] : parseCertBundleField(ekCaChain, 'ek_ca_chain', this.malformedCertAction),
+      })
+      if (!trust.trusted) throw invalid(`ekcert is not trusted (require_trusted_ek_cert): ${trust.reason}`)
+      for (const warning of trust.warnings)
+        this.opts.log?.warn({ agentId, warning }, 'EK certificate accepted')
+      trustedEkCert = true
     }
     if (this.opts.requireTrustedEkCert && !trustedEkCert) {
       throw invalid('an ekcert chained to tpm_cert_store is required (require_trusted_ek_cert)')
@@ -269,6 +276,7 @@ export class RegistrarService {
         aik_tpm: Buffer.from(aik).toString('base64'),
         ek_tpm: Buffer.from(ek).toString('base64'),
         ekcert: ekcertB64,
+        ek_ca_chain: ekCaChain,
         iak_tpm: iakIdevid?.iak_tpm ?? null,
         idevid_tpm: iakIdevid?.idevid_tpm ?? null,
         iak_cert: iakIdevid?.iak_cert ?? null,
@@ -354,5 +362,14 @@ function toResults(rec: RegistrarRecord): AgentResults {
     ip: rec.ip,
     port: rec.port,
     regcount: rec.regcount,
+    ...(rec.ek_ca_chain ? { ek_ca_chain: rec.ek_ca_chain } : {}),
+    ...(rec.iak_tpm && rec.idevid_tpm && rec.iak_cert && rec.idevid_cert
+      ? {
+          iak_tpm: rec.iak_tpm,
+          idevid_tpm: rec.idevid_tpm,
+          iak_cert: rec.iak_cert,
+          idevid_cert: rec.idevid_cert,
+        }
+      : {}),
   }
 }

@@ -10,6 +10,7 @@ import {
   certificateMatchesKey,
   loadCertStore,
   parseCertificateTolerant,
+  parsePemCertificates,
   verifyEkCertificateWithStore,
 } from '../crypto/ek-trust.ts'
 import { publicAreaToKeyObject, publicKeyPemOf } from '../crypto/tpm-public.ts'
@@ -82,7 +83,9 @@ async function ekProblem(
     if (!certificateMatchesKey(cert, publicAreaToKeyObject(Buffer.from(record.ek_tpm, 'base64')))) {
       return 'the EK certificate does not certify the EK the agent registered (ek_tpm)'
     }
-    const result = verifyEkCertificateWithStore(cert, await store())
+    // The chain the agent read from its TPM's NV: untrusted intermediates that may complete the path to the store.
+    const chain = record.ek_ca_chain ? parsePemCertificates(record.ek_ca_chain) : []
+    const result = verifyEkCertificateWithStore(cert, await store(), { extraCertificates: chain })
     for (const w of result.warnings) settings.warn(w)
     return result.trusted ? null : result.reason
   } catch (err) {

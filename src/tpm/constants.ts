@@ -124,6 +124,7 @@ export const TpmCc = Object.freeze({
   EvictControl: 0x00000120,
   NvUndefineSpace: 0x00000122,
   Clear: 0x00000126,
+  HierarchyChangeAuth: 0x00000129,
   NvDefineSpace: 0x0000012a,
   CreatePrimary: 0x00000131,
   NvWrite: 0x00000137,
@@ -135,6 +136,7 @@ export const TpmCc = Object.freeze({
   Certify: 0x00000148,
   NvRead: 0x0000014e,
   PolicySecret: 0x00000151,
+  PolicyOr: 0x00000171,
   Create: 0x00000153,
   Load: 0x00000157,
   Quote: 0x00000158,
@@ -350,6 +352,9 @@ export const EkCertNvIndices = Object.freeze({
     { index: 0x01c0001a, template: 'H-5 ECC SM2 P-256' },
   ]),
 })
+
+/** NV indices where a manufacturer may store the EK CA chain (TCG EK Credential Profile 2.x, 2.2.1.5). */
+export const EkCaChainNvRange = Object.freeze({ first: 0x01c00100, last: 0x01c001ff })
 
 /** Upper bounds used by decoders (Part 2 table sizes) so hostile counts cannot make us loop or allocate. */
 export const Limits = Object.freeze({

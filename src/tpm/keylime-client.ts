@@ -5,19 +5,21 @@
  * PolicySecret(TPM_RH_ENDORSEMENT) policy session, as the TCG EK policy requires.
  */
 import { createHash, type JsonWebKey, X509Certificate } from 'node:crypto'
-import { Quote } from './commands/attestation.ts'
+import { Certify, Quote } from './commands/attestation.ts'
 import { GetCapability, type TpmsCapabilityData } from './commands/capability.ts'
 import { FlushContext } from './commands/context.ts'
 import { ActivateCredential } from './commands/credential.ts'
-import { NvRead, NvReadPublic } from './commands/nv.ts'
+import { NvDefineSpace, NvRead, NvReadPublic, NvUndefineSpace, NvWrite } from './commands/nv.ts'
 import { Create, CreatePrimary, Load, ReadPublic } from './commands/object.ts'
 import { PcrExtend, PcrRead, PcrReset } from './commands/pcr.ts'
 import {
+  EkCaChainNvRange,
   EkCertNvIndex,
   EkCertNvIndices,
   HashAlgs,
   nodeHashName,
   TpmAlg,
+  TpmaNv,
   TpmCap,
   TpmHt,
   TpmPt,
@@ -28,7 +30,14 @@ import { TpmUsageError } from './errors.ts'
 import { TpmRc, TpmResponseError } from './rc.ts'
 import { PasswordSession } from './session.ts'
 import { ekPolicySession } from './sessions.ts'
-import { akTemplate, EK_TEMPLATE_ECC_P256, EK_TEMPLATE_RSA2048 } from './templates.ts'
+import {
+  akTemplate,
+  DEVICE_ID_TEMPLATES,
+  type DeviceIdTemplateName,
+  deviceIdTemplate,
+  EK_TEMPLATE_ECC_P256,
+  EK_TEMPLATE_RSA2048,
+} from './templates.ts'
 import type { Tpm } from './tpm.ts'
 import { pcrSelection } from './types/pcr.ts'
 import { decodeTpm2bPublic, type TpmtPublic } from './types/public.ts'
@@ -286,9 +295,12 @@ export async function readEkCertificate(
 async function withEkPolicy<T>(
   tpm: Tpm,
   auth: HierarchyAuth,
+  ekHandle: number,
   fn: (session: Awaited<ReturnType<typeof ekPolicySession>>) => Promise<T>,
 ): Promise<T> {
-  const session = await ekPolicySession(tpm, auth.endorsementPassword)
+  // The EK's own nameAlg and authPolicy pick the policy: low-range templates, or a high-range persistent EK.
+  const { outPublic } = await tpm.run(ReadPublic, { objectHandle: ekHandle })
+  const session = await ekPolicySession(tpm, auth.endorsementPassword, outPublic)
   try {
     return await fn(session)
   } catch (err) {
@@ -315,7 +327,7 @@ export async function createAk(
 ): Promise<CreatedAk> {
   signSchemeId(algs.signAlg)
   const inPublic = akTemplate(algs.signAlg, hashAlgId(algs.hashAlg))
-  const created = await withEkPolicy(tpm, auth, (session) =>
+  const created = await withEkPolicy(tpm, auth, ekHandle, (session) =>
     tpm.run(
       Create,
       {
@@ -340,7 +352,7 @@ export async function loadAk(
   privateArea: Uint8Array,
   auth: HierarchyAuth = {},
 ): Promise<{ handle: number; name: Uint8Array }> {
-  const r = await withEkPolicy(tpm, auth, (session) =>
+  const r = await withEkPolicy(tpm, auth, ekHandle, (session) =>
     tpm.run(Load, { parentHandle: ekHandle, inPrivate: privateArea, inPublic: publicArea }, [session]),
   )
   return { handle: r.objectHandle, name: r.name }
@@ -355,7 +367,7 @@ export async function activateCredential(
   args: { akHandle: number; ekHandle: number; credentialBlob: Uint8Array; encryptedSecret: Uint8Array },
   auth: HierarchyAuth = {},
 ): Promise<Uint8Array> {
-  const r = await withEkPolicy(tpm, auth, (session) =>
+  const r = await withEkPolicy(tpm, auth, args.ekHandle, (session) =>
     tpm.run(
       ActivateCredential,
       {
@@ -528,5 +540,143 @@ export async function getTpmInfo(tpm: Tpm): Promise<TpmInfo> {
         : [],
     algorithms: algs.capability === TpmCap.Algs ? algs.algorithms.map((a) => tpmAlgName(a.alg)) : [],
     nvBufferMax: props.get(TpmPt.NvBufferMax),
+  }
+}
+
+export interface DeviceIdKey {
+  handle: number
+  /** TPM2B_PUBLIC (with size prefix), as the registrar's `iak_tpm` / `idevid_tpm`. */
+  publicArea: Uint8Array
+  name: Uint8Array
+}
+
+/**
+ * Creates the IAK or IDevID primary from a TCG device identity template (H-1..H-4) in the endorsement hierarchy.
+ * The keys are deterministic: the same template gives the key the manufacturer's certificate names.
+ */
+export async function createDeviceIdKey(
+  tpm: Tpm,
+  kind: 'iak' | 'idevid',
+  template: DeviceIdTemplateName,
+  auth: HierarchyAuth = {},
+): Promise<DeviceIdKey> {
+  if (!DEVICE_ID_TEMPLATES.includes(template))
+    throw new TpmUsageError(`unsupported device identity template "${template}"`)
+  const r = await tpm.run(
+    CreatePrimary,
+    {
+      primaryHandle: TpmRh.Endorsement,
+      inSensitive: { userAuth: new Uint8Array(0), data: new Uint8Array(0) },
+      inPublic: deviceIdTemplate(kind, template),
+      outsideInfo: new Uint8Array(0),
+      creationPcr: [],
+    },
+    [new PasswordSession(auth.endorsementPassword)],
+  )
+  return { handle: r.objectHandle, publicArea: r.outPublicBytes, name: r.name }
+}
+
+/**
+ * TPM2_Certify: `signHandle` (e.g. the IAK) signs, with its own scheme, that `objectHandle` (e.g. the AK) is loaded
+ * in this TPM, over `qualifyingData`. Returns the TPMS_ATTEST and TPMT_SIGNATURE bytes as the TPM produced them.
+ */
+export async function certifyObject(
+  tpm: Tpm,
+  args: {
+    objectHandle: number
+    signHandle: number
+    qualifyingData: Uint8Array
+    objectPassword?: string
+    signPassword?: string
+  },
+): Promise<{ attest: Uint8Array; signature: Uint8Array }> {
+  if (args.qualifyingData.length > 64) throw new TpmUsageError('certify qualifying data longer than 64 bytes')
+  const r = await tpm.run(
+    Certify,
+    {
+      objectHandle: args.objectHandle,
+      signHandle: args.signHandle,
+      qualifyingData: args.qualifyingData,
+      inScheme: { scheme: TpmAlg.Null, hashAlg: TpmAlg.Null },
+    },
+    [new PasswordSession(args.objectPassword), new PasswordSession(args.signPassword)],
+  )
+  return { attest: r.attest.raw, signature: r.signatureBytes }
+}
+
+/** Splits concatenated DER certificates (an NV area may hold several, then padding); stops at the first non-DER. */
+export function splitDerCertificates(data: Uint8Array): Uint8Array[] {
+  const out: Uint8Array[] = []
+  let rest = data
+  while (rest.length > 2 && rest[0] === 0x30) {
+    const len = derLength(rest)
+    if (len === undefined || len > rest.length) break
+    out.push(rest.slice(0, len))
+    rest = rest.subarray(len)
+  }
+  return out
+}
+
+/**
+ * The EK CA chain the manufacturer stored in NV (TCG EK Credential Profile 2.x: indices 0x01c00100-0x01c001ff,
+ * read in index order, each holding one or more DER certificates), for the verifier to build the EK certificate's
+ * path to a root it trusts. Empty when the TPM holds none.
+ */
+export async function readEkCaChain(tpm: Tpm): Promise<Uint8Array[]> {
+  const indices = (await listHandles(tpm, TpmHt.NvIndex))
+    .filter((h) => h >= EkCaChainNvRange.first && h <= EkCaChainNvRange.last)
+    .sort((a, b) => a - b)
+  const out: Uint8Array[] = []
+  for (const index of indices) out.push(...splitDerCertificates(await nvReadAll(tpm, index)))
+  return out
+}
+
+/** The DER certificate(s) at an NV index (an IAK/IDevID certificate a manufacturer provisioned). */
+export async function readNvCertificate(tpm: Tpm, index: number): Promise<Uint8Array> {
+  const certs = splitDerCertificates(await nvReadAll(tpm, index))
+  const first = certs[0]
+  if (first === undefined)
+    throw new TpmUsageError(`NV index 0x${index.toString(16)} holds no DER certificate`)
+  return first
+}
+
+/**
+ * Defines an owner-authorised, world-readable NV index of `data`'s size and writes `data` into it (provisioning
+ * certificates into a development TPM, as a manufacturer would). An index already defined there is replaced.
+ */
+export async function nvDefineAndWrite(
+  tpm: Tpm,
+  index: number,
+  data: Uint8Array,
+  auth: { ownerPassword?: string } = {},
+): Promise<void> {
+  const owner = () => [new PasswordSession(auth.ownerPassword)]
+  if ((await listHandles(tpm, TpmHt.NvIndex)).includes(index)) {
+    await tpm.run(NvUndefineSpace, { authHandle: TpmRh.Owner, nvIndex: index }, owner())
+  }
+  await tpm.run(
+    NvDefineSpace,
+    {
+      authHandle: TpmRh.Owner,
+      auth: new Uint8Array(0),
+      publicInfo: {
+        nvIndex: index,
+        nameAlg: TpmAlg.Sha256,
+        // written by the owner only; read by anyone with the index's empty auth, as EK certificate indices are
+        attributes: TpmaNv.OwnerWrite | TpmaNv.OwnerRead | TpmaNv.AuthRead | TpmaNv.NoDa,
+        authPolicy: new Uint8Array(0),
+        dataSize: data.length,
+      },
+    },
+    owner(),
+  )
+  const props = await getTpmProperties(tpm, TpmPt.NvBufferMax, 1)
+  const chunk = Math.max(1, Math.min(props.get(TpmPt.NvBufferMax) ?? 512, 1024))
+  for (let offset = 0; offset < data.length; offset += chunk) {
+    await tpm.run(
+      NvWrite,
+      { authHandle: TpmRh.Owner, nvIndex: index, data: data.subarray(offset, offset + chunk), offset },
+      owner(),
+    )
   }
 }

@@ -3,17 +3,19 @@
  * on as nobody:nogroup and still serves quotes, including the root-only IMA list it opened before the switch.
  */
 import { type ChildProcess, spawn } from 'node:child_process'
-import { chmodSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
+import { chmodSync, mkdtempSync, readFileSync, statSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { resolveRunAs } from '../../src/agent/privileges.ts'
+import { isTmpfs } from '../../src/agent/secure-dir.ts'
 import { AgentClient } from '../../src/api/agent/client.ts'
 import { RegistrarClient } from '../../src/api/registrar/client.ts'
 import { createLogger } from '../../src/common/log.ts'
 import { loadRegistrarConfig } from '../../src/config/registrar.ts'
 import { ensureTlsDir } from '../../src/crypto/ca.ts'
 import { freePort } from '../../src/devtools/swtpm.ts'
+import { removeWorkDir } from '../../src/devtools/work-dir.ts'
 import { verifyQuote } from '../../src/evidence/quote/index.ts'
 import { type RunningRegistrar, startRegistrar } from '../../src/registrar/server.ts'
 import { type SwtpmInstance, startSwtpm } from '../helpers/swtpm.ts'
@@ -39,6 +41,8 @@ async function runAgent(runAs: string, until: string) {
       `registrar_port = ${registrar.httpPort}`,
       `ima_ml_path = "${join(dir, 'ima-list')}"`,
       `run_as = "${runAs}"`,
+      // not root, the agent cannot mount the tmpfs for its secure directory
+      `secure_dir_allow_disk = ${!isRoot}`,
       '',
     ].join('\n'),
   )
@@ -84,7 +88,8 @@ afterAll(async () => {
   for (const c of children) c.kill('SIGKILL')
   await registrar?.close()
   await swtpm?.stop()
-  rmSync(dir, { recursive: true, force: true })
+  // the agent mounted a tmpfs on its secure directory as root and, as nobody, could not unmount it
+  removeWorkDir(dir)
 })
 
 function processIds(pid: number | undefined, name: 'Uid' | 'Gid' | 'Groups'): string[] | undefined {
@@ -120,6 +125,7 @@ describe('agent run_as', () => {
     expect(field('Groups')).toEqual([`${NOBODY}`])
     // The secure directory (payloads land there later) now belongs to the agent's user.
     expect(statSync(join(dir, 'agent', 'secure')).uid).toBe(NOBODY)
+    expect(isTmpfs(join(dir, 'agent', 'secure'))).toBe(true)
 
     const tls = (f: string) => readFileSync(join(dir, 'agent', f), 'utf8')
     const client = new AgentClient({

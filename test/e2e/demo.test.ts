@@ -17,6 +17,7 @@ describe('keylime demo (the README main command)', () => {
       const expectations = [
         /measured boot: each agent serves a synthetic UEFI boot log \(\d+ events, Secure Boot on/,
         /measured-boot policy demo-boot generated from agent1's boot log/,
+        /agent1 also registered its IAK and IDevID/,
         /identity quote verified/,
         /agent1: attestation #(?:[3-9]|[1-9]\d+) passed \(Get Quote: quote, PCR policy, measured boot, IMA list\)/,
         /measured boot passes on both agents/,

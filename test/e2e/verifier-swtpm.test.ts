@@ -5,7 +5,7 @@
  */
 import { type ChildProcess, spawn } from 'node:child_process'
 import { randomUUID } from 'node:crypto'
-import { copyFileSync, createWriteStream, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { copyFileSync, createWriteStream, mkdirSync, mkdtempSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { basename, join, resolve } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
@@ -15,6 +15,7 @@ import {
   startSwtpm,
   swtpmLocalCaCertificates,
 } from '../../src/devtools/swtpm.ts'
+import { removeWorkDir } from '../../src/devtools/work-dir.ts'
 import { runTenantCommand, type TenantCliOptions } from '../../src/tenant/cli-actions.ts'
 import { createTenant } from '../../src/tenant/wiring.ts'
 import { pcrExtend } from '../../src/tpm/keylime-client.ts'
@@ -203,7 +204,7 @@ afterAll(async () => {
   await tenant?.close().catch(() => undefined)
   for (const name of [...procs.keys()]) await kill(name, 'SIGKILL')
   await swtpm?.stop()
-  if (!process.env.KEYLIME_KEEP_E2E) rmSync(dir, { recursive: true, force: true })
+  if (!process.env.KEYLIME_KEEP_E2E) removeWorkDir(dir)
 })
 
 describe('verifier with swtpm, registrar and agent', () => {

@@ -17,6 +17,8 @@ export const RegisterBody = Type.Object({
   ek_tpm: Type.Optional(Nullable(Type.String())),
   /** EK certificate: PEM or b64 DER */
   ekcert: Type.Optional(Nullable(Type.String())),
+  /** Keylime TS extension: PEM bundle of the EK CA chain the agent read from its TPM's NV */
+  ek_ca_chain: Type.Optional(Nullable(Type.String())),
   iak_tpm: Type.Optional(Nullable(Type.String())),
   idevid_tpm: Type.Optional(Nullable(Type.String())),
   iak_cert: Type.Optional(Nullable(Type.String())),
@@ -47,6 +49,8 @@ export const AgentResults = Type.Object({
   ek_tpm: Type.Union([Type.String(), Type.Null()]),
   /** b64 DER (not PEM) */
   ekcert: Type.Union([Type.String(), Type.Null()]),
+  /** Keylime TS extension: PEM bundle, present when the agent sent an EK CA chain */
+  ek_ca_chain: Type.Optional(Type.Union([Type.String(), Type.Null()])),
   iak_tpm: Type.Optional(Type.Union([Type.String(), Type.Null()])),
   idevid_tpm: Type.Optional(Type.Union([Type.String(), Type.Null()])),
   iak_cert: Type.Optional(Type.Union([Type.String(), Type.Null()])),

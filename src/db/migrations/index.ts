@@ -7,12 +7,14 @@ import type { Migration } from 'kysely'
 import * as registrar0 from './2026112600_registrar.ts'
 import * as verifier0 from './2026112601_verifier.ts'
 import * as registrar1 from './2026120600_registrar_pending.ts'
+import * as registrar2 from './2026120601_registrar_ek_ca_chain.ts'
 
 export type MigrationSet = Readonly<Record<string, Migration>>
 
 export const REGISTRAR_MIGRATIONS: MigrationSet = {
   '2026112600_registrar': registrar0,
   '2026120600_registrar_pending': registrar1,
+  '2026120601_registrar_ek_ca_chain': registrar2,
 }
 
 export const VERIFIER_MIGRATIONS: MigrationSet = {

@@ -78,3 +78,15 @@ export const PolicyRestart = defineCommand<{ sessionHandle: number }, void>({
   spec: 'Part 3, 23.20',
   handles: ['sessionHandle'],
 })
+
+/** TPM2_PolicyOR (Part 3, 23.6): the session digest, if it is one of `pHashList`, becomes their OR digest. */
+export const PolicyOr = defineCommand<{ policySession: number; pHashList: Uint8Array[] }, void>({
+  name: 'TPM2_PolicyOR',
+  code: TpmCc.PolicyOr,
+  spec: 'Part 3, 23.6',
+  handles: ['policySession'],
+  encodeParams: (w, p) => {
+    w.u32(p.pHashList.length)
+    for (const d of p.pHashList) w.tpm2b(d)
+  },
+})
