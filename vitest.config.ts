@@ -1,8 +1,10 @@
-import { defineConfig } from 'vitest/config'
+import { configDefaults, defineConfig } from 'vitest/config'
 
+/** `npm test`: everything the project can check on its own (the real-world corpus runs in `npm run test:corpus`). */
 export default defineConfig({
   test: {
     include: ['test/**/*.test.ts'],
+    exclude: [...configDefaults.exclude, 'test/corpus/**'],
     testTimeout: 60_000,
     hookTimeout: 60_000,
     pool: 'forks',

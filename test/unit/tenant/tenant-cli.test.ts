@@ -1,4 +1,3 @@
-import { execFileSync, spawnSync } from 'node:child_process'
 import { mkdtempSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -55,19 +54,5 @@ describe('tenant payload preparation', () => {
     await expect(
       preparePayloadFromFiles({ file: join(dir, 'big.bin'), maxPayloadSize: 1024 }),
     ).rejects.toThrow(/max_payload_size/)
-  })
-})
-
-describe('keylime tenant command line', () => {
-  it('documents its commands and exit codes in --help', () => {
-    const help = execFileSync('node', ['bin/keylime.js', 'tenant', '--help'], { encoding: 'utf8' })
-    expect(help).toContain('addruntimepolicy')
-    expect(help).toContain('Exit status')
-  })
-
-  it('exits 2 on an unknown command', () => {
-    const unknown = spawnSync('node', ['bin/keylime.js', 'tenant', '-c', 'frobnicate'], { encoding: 'utf8' })
-    expect(unknown.status).toBe(2)
-    expect(unknown.stderr).toContain('unknown tenant command')
   })
 })

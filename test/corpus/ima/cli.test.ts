@@ -3,7 +3,7 @@ import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { describe, expect, it } from 'vitest'
-import { fixturePath } from '../../helpers/fixture.ts'
+import { fixturePath } from '../fixture.ts'
 
 const run = (...args: string[]) => spawnSync('node', ['bin/keylime.js', ...args], { encoding: 'utf8' })
 

@@ -3,7 +3,7 @@ import { mkdtempSync, readFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { describe, expect, it } from 'vitest'
-import { fixtureJson, fixturePath } from '../../helpers/fixture.ts'
+import { fixtureJson, fixturePath } from '../fixture.ts'
 
 const RUNNER = join(import.meta.dirname, 'cli-runner.ts')
 const run = (...args: string[]) =>
