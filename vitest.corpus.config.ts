@@ -18,5 +18,7 @@ export default defineConfig({
     pool: 'forks',
     poolOptions: { forks: { maxForks: 2, minForks: 1 } },
     reporters: ['default'],
+    // `keylime` processes the tests start run src/ through tsx, never a possibly stale dist/.
+    env: { KEYLIME_FROM_SOURCE: '1' },
   },
 })

@@ -4,9 +4,9 @@ import { type ConfigOf, type Flags, type Loaded, loadIniConfig, opt } from './sc
 
 export const tenantSchema = {
   verifier_ip: opt.string('127.0.0.1'),
-  verifier_port: opt.int(8881),
+  verifier_port: opt.port(8881),
   registrar_ip: opt.string('127.0.0.1'),
-  registrar_port: opt.int(8891),
+  registrar_port: opt.port(8891),
   tls_dir: opt.string('default'),
   enable_agent_mtls: opt.bool(true),
   client_key: opt.string('default'),

@@ -4,39 +4,12 @@
  */
 import { createHash } from 'node:crypto'
 import { readFileSync } from 'node:fs'
-import type { TenantCliOptions } from './cli-options.ts'
+import { TENANT_COMMANDS, type TenantCliOptions } from './cli-options.ts'
 import { EXIT_USAGE, TenantError } from './errors.ts'
 import type { AddRequest, TenantService } from './tenant-service.ts'
 import { createTenant, type TenantRuntime } from './wiring.ts'
 
-export type { TenantCliOptions }
-
-export const TENANT_COMMANDS = [
-  'add',
-  'update',
-  'delete',
-  'status',
-  'cvstatus',
-  'cvlist',
-  'bulkinfo',
-  'reactivate',
-  'regstatus',
-  'reglist',
-  'regdelete',
-  'addruntimepolicy',
-  'updateruntimepolicy',
-  'showruntimepolicy',
-  'deleteruntimepolicy',
-  'listruntimepolicy',
-  'addmbpolicy',
-  'updatembpolicy',
-  'showmbpolicy',
-  'deletembpolicy',
-  'listmbpolicy',
-  'addallowlist',
-  'showallowlist',
-  'deleteallowlist',
-] as const
+export { TENANT_COMMANDS, type TenantCliOptions }
 
 const AGENT_ID = /^[\w.-]+$/
 

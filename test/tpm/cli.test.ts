@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto'
-import { Command } from 'commander'
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest'
-import { parsePcrSpec, registerTpmCommands } from '../../src/cli/commands/tpm.ts'
+import { parsePcrSpec } from '../../src/cli/commands/tpm.ts'
+import { run } from '../../src/cli/main.ts'
 import { parseQuoteString } from '../../src/evidence/quote/index.ts'
 import { decodeTpmsAttest } from '../../src/tpm/index.ts'
 import { type SwtpmInstance, startSwtpm } from '../helpers/swtpm.ts'
@@ -12,8 +12,6 @@ async function runCli(
   args: string[],
   env: Record<string, string> = {},
 ): Promise<{ out: string; err: string; code: number }> {
-  const program = new Command('keylime').exitOverride()
-  registerTpmCommands(program)
   let out = ''
   let err = ''
   const o = vi.spyOn(process.stdout, 'write').mockImplementation((s) => {
@@ -28,7 +26,7 @@ async function runCli(
   Object.assign(process.env, env)
   process.exitCode = 0
   try {
-    await program.parseAsync(['node', 'keylime', ...args])
+    await run(['node', 'keylime', ...args])
   } finally {
     o.mockRestore()
     e.mockRestore()
@@ -95,9 +93,15 @@ describe('keylime tpm CLI', () => {
       '--pcrs',
       'sha256:0',
     ])
-    expect(code).toBe(1)
-    expect(err).toMatch(/cannot connect to swtpm/)
+    expect(code).toBe(4)
+    expect(err).toMatch(
+      /^keylime tpm pcrread: cannot connect to swtpm at 127\.0\.0\.1:1: connection refused by 127\.0\.0\.1:1 \(check the TPM transport/,
+    )
+    expect(err.trimEnd().split('\n')).toHaveLength(1)
     const bad = await runCli(['tpm', 'info', '--tpm', 'carrier-pigeon:x'])
-    expect(bad.err).toMatch(/unknown TPM transport/)
+    expect([bad.code, bad.err]).toEqual([
+      2,
+      expect.stringMatching(/^keylime tpm info: unknown TPM transport "carrier-pigeon:x"/),
+    ])
   })
 })

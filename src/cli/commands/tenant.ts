@@ -1,7 +1,7 @@
 import { type Command, Option } from 'commander'
 import { normalizeTenantArgv } from '../../tenant/argv.ts'
-import { runTenantCommand, TENANT_COMMANDS, type TenantCliOptions } from '../../tenant/cli-actions.ts'
-import { TenantError } from '../../tenant/errors.ts'
+import { TENANT_COMMANDS, type TenantCliOptions } from '../../tenant/cli-options.ts'
+import { EXIT_STATUS_HELP } from '../errors.ts'
 
 export { normalizeTenantArgv }
 
@@ -48,21 +48,15 @@ export function registerTenantCommands(program: Command): void {
     )
     .option('--tls-dir <dir>', 'directory with cacert.crt, client-cert.crt and client-private.pem')
     .addOption(new Option('--json', 'print machine-readable JSON'))
-    .addHelpText(
-      'after',
-      '\nExit status: 0 success, 1 refused or failed, 2 bad usage, 3 agent identity/EK not trusted, 4 peer error.',
-    )
+    .addHelpText('after', `\n${EXIT_STATUS_HELP}`)
     .action(async (positional: string | undefined, opts: TenantCliOptions) => {
       const command = opts.command ?? positional ?? 'add'
+      const { runTenantCommand } = await import('../../tenant/cli-actions.ts')
       try {
         await runTenantCommand(command, opts)
       } catch (err) {
-        if (err instanceof TenantError) {
-          if (opts.json) process.stdout.write(`${JSON.stringify({ error: err.message })}\n`)
-          else process.stderr.write(`keylime tenant: ${err.message}\n`)
-          process.exitCode = err.exitCode
-          return
-        }
+        // --json callers read the failure from stdout too; the one-line report still goes to stderr.
+        if (opts.json) process.stdout.write(`${JSON.stringify({ error: (err as Error).message })}\n`)
         throw err
       }
     })
