@@ -36,7 +36,13 @@ export function buildProgram(): Command {
     .enablePositionalOptions()
     .addHelpText(
       'after',
-      `\n--debug anywhere on the command line (or KEYLIME_DEBUG=1) prints the stack of a failure.\n\n${EXIT_STATUS_HELP}`,
+      `
+Anywhere on the command line:
+  --debug                    print the stack of a failure (also KEYLIME_DEBUG=1)
+  --log-format json|pretty   service logs as JSON lines (default) or readable lines (also KEYLIME_LOG_FORMAT)
+KEYLIME_LOG_LEVEL sets the log level: trace, debug, info (default), warn, error, fatal, silent.
+
+${EXIT_STATUS_HELP}`,
     )
   registerAgentCommands(program)
   registerRegistrarCommand(program)
@@ -70,6 +76,21 @@ export async function run(argv: readonly string[]): Promise<void> {
   if (args.includes('--debug')) {
     args = args.filter((a) => a !== '--debug')
     process.env.KEYLIME_DEBUG = '1'
+  }
+  const formatAt = args.findIndex((a) => a === '--log-format' || a.startsWith('--log-format='))
+  if (formatAt !== -1) {
+    const arg = args[formatAt] as string
+    const value = arg.includes('=') ? arg.slice(arg.indexOf('=') + 1) : args[formatAt + 1]
+    args = [...args.slice(0, formatAt), ...args.slice(formatAt + (arg.includes('=') ? 1 : 2))]
+    if (value !== 'json' && value !== 'pretty') {
+      process.stderr.write(
+        `keylime: --log-format ${value ?? ''}: expected json or pretty (see keylime --help)\n`,
+      )
+      process.exitCode = EXIT.usage
+      return
+    }
+    // The environment carries it to the logger, and to the processes `keylime demo` starts.
+    process.env.KEYLIME_LOG_FORMAT = value
   }
   if (args[0] === 'tenant') args = ['tenant', ...normalizeTenantArgv(args.slice(1))]
   const program = buildProgram()
