@@ -13,6 +13,7 @@ if (!existsSync(TESTDATA_DIR)) {
 export default defineConfig({
   test: {
     include: ['test/corpus/**/*.test.ts'],
+    globalSetup: ['test/global-tmpdir.ts'],
     testTimeout: 60_000,
     hookTimeout: 60_000,
     pool: 'forks',

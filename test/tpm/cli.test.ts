@@ -84,6 +84,35 @@ describe('keylime tpm CLI', () => {
     )
   })
 
+  it('names every algorithm the TPM lists (no bare 0x ids)', async () => {
+    const { out, code } = await runCli(['tpm', 'info', '--tpm', sw.transport, '--json'])
+    expect(code).toBe(0)
+    const algorithms = JSON.parse(out).algorithms as string[]
+    expect(algorithms).toEqual(expect.arrayContaining(['rsa', 'sha256', 'ecc', 'cmac']))
+    expect(algorithms.filter((a) => a.startsWith('0x'))).toEqual([])
+  })
+
+  it('pcrread reads the whole SHA-256 bank and quote quotes PCRs 0-10 when --pcrs is not given', async () => {
+    const read = await runCli(['tpm', 'pcrread', '--tpm', sw.transport, '--json'])
+    expect(read.code).toBe(0)
+    expect(Object.keys(JSON.parse(read.out).sha256)).toHaveLength(24)
+    const quote = await runCli(['tpm', 'quote', '--tpm', sw.transport, '--nonce', 'n0nce', '--json'])
+    expect(quote.code).toBe(0)
+    expect(Object.keys(JSON.parse(quote.out).pcrs)).toEqual([
+      '0',
+      '1',
+      '2',
+      '3',
+      '4',
+      '5',
+      '6',
+      '7',
+      '8',
+      '9',
+      '10',
+    ])
+  })
+
   it('reports a bad transport as an error, not a crash', async () => {
     const { code, err } = await runCli([
       'tpm',
