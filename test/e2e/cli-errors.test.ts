@@ -251,6 +251,11 @@ describe('exit statuses agree between commands', () => {
       2,
       "keylime tpm pcrread: unknown option '--bogus' (see keylime tpm pcrread --help)\n",
     ])
+    const port = await keylime(['tenant', '-c', 'cvlist', '--cvport', '99999'])
+    expect([port.code, port.err]).toEqual([
+      2,
+      "keylime tenant: option '--cvport <port>' argument '99999' is invalid. \"99999\" is not a port (1-65535) (see keylime tenant --help)\n",
+    ])
     const top = await keylime(['frobnicate'])
     expect([top.code, top.err]).toEqual([2, "keylime: unknown command 'frobnicate' (see keylime --help)\n"])
   })

@@ -4,6 +4,7 @@ import { type Command, Option } from 'commander'
 import { loadCaConfig } from '../../config/ca.ts'
 import { keylimeDir } from '../../config/loader.ts'
 import type { CaSettings } from '../../crypto/ca.ts'
+import { positiveInt } from '../args.ts'
 import { CliError, EXIT, EXIT_STATUS_HELP } from '../errors.ts'
 
 interface DirOpts {
@@ -79,7 +80,7 @@ export function registerCaCommands(program: Command): void {
         .default('both'),
     )
     .addOption(keyTypeOption())
-    .option('--days <n>', 'lifetime in days (default cert_lifetime)', (v) => Number.parseInt(v, 10))
+    .option('--days <n>', 'lifetime in days (default cert_lifetime)', positiveInt)
     .addOption(dirOption())
     .option('--json', 'machine-readable output')
     .action(

@@ -1,13 +1,5 @@
-import { type Command, InvalidArgumentError, Option } from 'commander'
-
-/** A number of seconds greater than zero, or a usage error naming the value. */
-function seconds(value: string): number {
-  const n = Number(value)
-  if (value.trim() === '' || !Number.isFinite(n) || n <= 0) {
-    throw new InvalidArgumentError(`${JSON.stringify(value)} is not a number of seconds greater than 0`)
-  }
-  return n
-}
+import { type Command, Option } from 'commander'
+import { seconds } from '../args.ts'
 
 export function registerDemoCommand(program: Command): void {
   program
