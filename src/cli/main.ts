@@ -7,6 +7,7 @@ import { readFileSync } from 'node:fs'
 import { Command, CommanderError } from 'commander'
 import { registerAgentCommands } from './commands/agent.ts'
 import { registerCaCommands } from './commands/ca.ts'
+import { registerConfigCommands } from './commands/config.ts'
 import { registerDemoCommand } from './commands/demo.ts'
 import { registerEventlogCommand } from './commands/eventlog.ts'
 import { registerImaCommands } from './commands/ima.ts'
@@ -53,6 +54,7 @@ ${EXIT_STATUS_HELP}`,
   registerTpmCommands(program)
   registerImaCommands(program)
   registerEventlogCommand(program)
+  registerConfigCommands(program)
   registerDemoCommand(program)
   return program
 }

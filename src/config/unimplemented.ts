@@ -45,7 +45,9 @@ const authorizationProvider = (section: string): Unimplemented => ({
   feature: 'authorization providers other than "simple"',
 })
 
-export const UNIMPLEMENTED_OPTIONS: Readonly<Record<'verifier' | 'registrar', readonly Unimplemented[]>> = {
+export const UNIMPLEMENTED_OPTIONS: Readonly<
+  Record<'verifier' | 'registrar' | 'tenant' | 'ca', readonly Unimplemented[]>
+> = {
   verifier: [
     {
       name: '[revocations] enabled_revocation_notifications',
@@ -77,6 +79,28 @@ export const UNIMPLEMENTED_OPTIONS: Readonly<Record<'verifier' | 'registrar', re
     },
     authorizationProvider('registrar'),
     ...durableAttestation('registrar'),
+  ],
+  tenant: [
+    {
+      name: '[tenant] client_key_password',
+      enabled: nonEmpty('client_key_password'),
+      feature: 'password-protected TLS keys',
+      instead: 'unencrypted keys readable only by the operator are',
+    },
+    {
+      name: '[tenant] mb_refstate',
+      enabled: nonEmpty('mb_refstate'),
+      feature: 'a default measured-boot reference state in tenant.conf',
+      instead: '--mb-policy FILE or --mb-policy-name NAME on the command line is',
+    },
+  ],
+  ca: [
+    {
+      name: '[ca] password',
+      enabled: (c) => c.password !== 'default' && c.password !== '',
+      feature: "upstream's password-protected private.yml",
+      instead: 'keys in 0600 PEM files are',
+    },
   ],
 }
 
