@@ -226,7 +226,7 @@ const KEYLIME_HINTS: Record<string, { hint: string; exitCode?: ExitStatus }> = {
     exitCode: EXIT.usage,
   },
   ERR_AGENT_RUN_AS: {
-    hint: 'create that account, or set run_as = "" in agent.conf (--run-as "") to keep running as the starting user',
+    hint: 'fix the account or permissions it names, or set run_as = "" in agent.conf (--run-as "") to keep running as the starting user',
     exitCode: EXIT.usage,
   },
   ERR_CA_EXISTS: { hint: 'use that CA, or choose another --dir', exitCode: EXIT.usage },

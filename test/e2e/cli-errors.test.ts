@@ -16,7 +16,7 @@ import { run } from '../../src/cli/main.ts'
 import { ensureTlsDir } from '../../src/crypto/ca.ts'
 import { imaNgEntryFor } from '../../src/devtools/ima-writer.ts'
 import { asciiImaList, generatedImaEntries } from '../helpers/ima-lists.ts'
-import { freePort } from '../helpers/swtpm.ts'
+import { freePort, startSwtpm } from '../helpers/swtpm.ts'
 
 const ROOT = resolve(import.meta.dirname, '../..')
 const dir = mkdtempSync(join(tmpdir(), 'kl-cli-errors-'))
@@ -93,7 +93,7 @@ describe('configuration and start-up errors', () => {
     const r = await keylime(['agent', '-c', conf])
     expect(r.code).toBe(2)
     expect(r.err).toBe(
-      'keylime agent: run_as: user \'no-such-user-kl\' does not exist on this system (create that account, or set run_as = "" in agent.conf (--run-as "") to keep running as the starting user)\n',
+      'keylime agent: run_as: user \'no-such-user-kl\' does not exist on this system (fix the account or permissions it names, or set run_as = "" in agent.conf (--run-as "") to keep running as the starting user)\n',
     )
   })
 
@@ -112,6 +112,39 @@ describe('configuration and start-up errors', () => {
         ),
       ),
     ])
+  })
+
+  it('keylime agent with the registrar unreachable after its retries: 4, printed once', async () => {
+    const swtpm = await startSwtpm()
+    try {
+      const port = await freePort()
+      const agentDir = join(dir, 'agent-noreg')
+      mkdirSync(agentDir)
+      writeFileSync(join(agentDir, 'ima'), '')
+      const conf = write(
+        'no-registrar.toml',
+        [
+          '[agent]',
+          'run_as = ""',
+          `tpm = "${swtpm.transport}"`,
+          `keylime_dir = "${agentDir}"`,
+          `registrar_port = ${port}`,
+          'port = 0',
+          'exponential_backoff_max_retries = 1',
+          'exponential_backoff_initial_delay = 100',
+          `ima_ml_path = "${agentDir}/ima"`,
+          `measuredboot_ml_path = "${agentDir}/none"`,
+          '',
+        ].join('\n'),
+      )
+      const r = keylimeProcess(['agent', '-c', conf], { KEYLIME_LOG_LEVEL: 'silent' })
+      expect([r.code, r.err]).toEqual([
+        4,
+        `keylime agent: registrar unreachable at http://127.0.0.1:${port}/version: connection refused by 127.0.0.1:${port} (check registrar_ip/registrar_port in agent.conf and that the registrar is running)\n`,
+      ])
+    } finally {
+      await swtpm.stop()
+    }
   })
 
   it('keylime tenant --config <missing> -c cvlist: 2', async () => {
