@@ -12,7 +12,7 @@ import {
   parseMbPolicy,
   replayEventLog,
 } from '../src/evidence/mb/index.ts'
-import { TESTDATA_DIR } from '../test/helpers/fixture.ts'
+import { TESTDATA_DIR } from '../test/corpus/fixture.ts'
 
 const dir = join(TESTDATA_DIR, 'eventlogs')
 const logs = readdirSync(dir)

@@ -1,6 +1,7 @@
 /** `ca.conf` `[ca]` (keylime-config-and-cli.md §2.4). */
 import type { LoadOptions } from './loader.ts'
 import { type ConfigOf, type Flags, type Loaded, loadIniConfig, opt } from './schema.ts'
+import { refuseUnimplementedOptions } from './unimplemented.ts'
 
 export const caSchema = {
   password: opt.string('default'),
@@ -20,5 +21,7 @@ export type CaConfig = ConfigOf<typeof caSchema>
 export function loadCaConfig(
   opts: LoadOptions & { flags?: Flags<typeof caSchema> } = {},
 ): Loaded<typeof caSchema> {
-  return loadIniConfig('ca', caSchema, opts)
+  const loaded = loadIniConfig('ca', caSchema, opts)
+  refuseUnimplementedOptions('ca', loaded.config)
+  return loaded
 }

@@ -1,11 +1,12 @@
 /** `registrar.conf` `[registrar]` (keylime-config-and-cli.md §2.2) with upstream defaults. */
 import type { LoadOptions } from './loader.ts'
 import { type ConfigOf, type Flags, type Loaded, loadIniConfig, opt } from './schema.ts'
+import { refuseUnimplementedOptions } from './unimplemented.ts'
 
 export const registrarSchema = {
   ip: opt.string('127.0.0.1'),
-  port: opt.int(8890),
-  tls_port: opt.int(8891),
+  port: opt.port(8890),
+  tls_port: opt.port(8891),
   tls_dir: opt.string('default'),
   server_key: opt.string('default'),
   server_cert: opt.string('default'),
@@ -47,5 +48,7 @@ export type RegistrarConfig = ConfigOf<typeof registrarSchema>
 export function loadRegistrarConfig(
   opts: LoadOptions & { flags?: Flags<typeof registrarSchema> } = {},
 ): Loaded<typeof registrarSchema> {
-  return loadIniConfig('registrar', registrarSchema, opts)
+  const loaded = loadIniConfig('registrar', registrarSchema, opts)
+  refuseUnimplementedOptions('registrar', loaded.config)
+  return loaded
 }

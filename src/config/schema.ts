@@ -22,6 +22,8 @@ export interface OptionSpec<T> {
   readonly section?: string
   /** Option name in the file when it differs from the schema key. */
   readonly option?: string
+  /** Inclusive range of an int option (ports: 0-65535, where 0 asks the system for a free port). */
+  readonly range?: readonly [number, number]
 }
 
 type Extra = { section?: string; option?: string }
@@ -29,6 +31,12 @@ type Extra = { section?: string; option?: string }
 export const opt = {
   string: (d: string, x: Extra = {}): OptionSpec<string> => ({ kind: 'string', default: d, ...x }),
   int: (d: number, x: Extra = {}): OptionSpec<number> => ({ kind: 'int', default: d, ...x }),
+  port: (d: number, x: Extra = {}): OptionSpec<number> => ({
+    kind: 'int',
+    default: d,
+    range: [0, 65535],
+    ...x,
+  }),
   float: (d: number, x: Extra = {}): OptionSpec<number> => ({ kind: 'float', default: d, ...x }),
   bool: (d: boolean, x: Extra = {}): OptionSpec<boolean> => ({ kind: 'bool', default: d, ...x }),
   list: (d: readonly string[], x: Extra = {}): OptionSpec<string[]> => ({
@@ -47,7 +55,7 @@ function parseAs<T>(spec: OptionSpec<T>, raw: string, name: string): T {
     case 'string':
       return cleanValue(raw) as T
     case 'int':
-      return parseIntOption(raw, name) as T
+      return inRange(spec, parseIntOption(raw, name), name) as T
     case 'float':
       return parseFloatOption(raw, name) as T
     case 'bool':
@@ -55,6 +63,13 @@ function parseAs<T>(spec: OptionSpec<T>, raw: string, name: string): T {
     case 'list':
       return parseList(raw, name) as T
   }
+}
+
+function inRange<T>(spec: OptionSpec<T>, value: number, name: string): number {
+  if (spec.range && (value < spec.range[0] || value > spec.range[1])) {
+    throw new ConfigError(`${name}: ${value} is out of range (${spec.range[0]}-${spec.range[1]})`)
+  }
+  return value
 }
 
 /** Flags may be typed values or strings (commander hands strings); undefined flags are ignored. */
@@ -73,7 +88,12 @@ export function resolveConfig<S extends Schema>(
     const name = `[${section}] ${option}`
     const flag = flags[key]
     if (flag !== undefined) {
-      out[key] = typeof flag === 'string' && spec.kind !== 'string' ? parseAs(spec, flag, `--${key}`) : flag
+      out[key] =
+        typeof flag === 'string' && spec.kind !== 'string'
+          ? parseAs(spec, flag, `--${key.replaceAll('_', '-')}`)
+          : typeof flag === 'number' && spec.kind === 'int'
+            ? inRange(spec, flag, `--${key.replaceAll('_', '-')}`)
+            : flag
       continue
     }
     const raw = sections[section]?.[option]

@@ -1,12 +1,13 @@
-/** `tenant.conf` `[tenant]` (keylime-config-and-cli.md §2.3). */
+/** `tenant.conf` `[tenant]` (keylime-config-and-cli.md §2.3); options Keylime TS does not implement are refused. */
 import type { LoadOptions } from './loader.ts'
 import { type ConfigOf, type Flags, type Loaded, loadIniConfig, opt } from './schema.ts'
+import { refuseUnimplementedOptions } from './unimplemented.ts'
 
 export const tenantSchema = {
   verifier_ip: opt.string('127.0.0.1'),
-  verifier_port: opt.int(8881),
+  verifier_port: opt.port(8881),
   registrar_ip: opt.string('127.0.0.1'),
-  registrar_port: opt.int(8891),
+  registrar_port: opt.port(8891),
   tls_dir: opt.string('default'),
   enable_agent_mtls: opt.bool(true),
   client_key: opt.string('default'),
@@ -31,5 +32,7 @@ export type TenantConfig = ConfigOf<typeof tenantSchema>
 export function loadTenantConfig(
   opts: LoadOptions & { flags?: Flags<typeof tenantSchema> } = {},
 ): Loaded<typeof tenantSchema> {
-  return loadIniConfig('tenant', tenantSchema, opts)
+  const loaded = loadIniConfig('tenant', tenantSchema, opts)
+  refuseUnimplementedOptions('tenant', loaded.config)
+  return loaded
 }

@@ -1,13 +1,17 @@
-/** `verifier.conf` `[verifier]` + `[revocations]` (keylime-config-and-cli.md §2.1). */
+/**
+ * `verifier.conf` `[verifier]` + `[revocations]` (keylime-config-and-cli.md §2.1). Options of features Keylime TS does
+ * not implement are read so that turning one on is refused at start-up (`unimplemented.ts`).
+ */
 import type { LoadOptions } from './loader.ts'
 import { type ConfigOf, type Flags, type Loaded, loadIniConfig, opt } from './schema.ts'
+import { refuseUnimplementedOptions } from './unimplemented.ts'
 
 export const verifierSchema = {
   uuid: opt.string('default'),
   ip: opt.string('127.0.0.1'),
-  port: opt.int(8881),
+  port: opt.port(8881),
   registrar_ip: opt.string('127.0.0.1'),
-  registrar_port: opt.int(8891),
+  registrar_port: opt.port(8891),
   enable_agent_mtls: opt.bool(true),
   tls_dir: opt.string('generate'),
   server_key: opt.string('default'),
@@ -78,7 +82,7 @@ export const verifierSchema = {
   agent_response_memory_limit: opt.int(1024 * 1024 * 1024),
   enabled_revocation_notifications: opt.list(['agent'], { section: 'revocations' }),
   zmq_ip: opt.string('127.0.0.1', { section: 'revocations' }),
-  zmq_port: opt.int(8992, { section: 'revocations' }),
+  zmq_port: opt.port(8992, { section: 'revocations' }),
   webhook_url: opt.string('', { section: 'revocations' }),
 }
 export type VerifierConfig = ConfigOf<typeof verifierSchema>
@@ -86,5 +90,7 @@ export type VerifierConfig = ConfigOf<typeof verifierSchema>
 export function loadVerifierConfig(
   opts: LoadOptions & { flags?: Flags<typeof verifierSchema> } = {},
 ): Loaded<typeof verifierSchema> {
-  return loadIniConfig('verifier', verifierSchema, opts)
+  const loaded = loadIniConfig('verifier', verifierSchema, opts)
+  refuseUnimplementedOptions('verifier', loaded.config)
+  return loaded
 }

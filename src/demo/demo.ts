@@ -11,10 +11,11 @@
 
 import { execFile } from 'node:child_process'
 import { createHash } from 'node:crypto'
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
+import { CliError, EXIT } from '../cli/errors.ts'
 import { createCa } from '../crypto/ca.ts'
 import type { RevocationMessage } from '../crypto/revocation.ts'
 import { extendEventLogIntoTpm } from '../devtools/event-log-replay.ts'
@@ -113,12 +114,36 @@ export async function runDemo(opts: DemoOptions): Promise<number> {
     )
     return 1
   }
+  if (opts.dir !== undefined && existsSync(opts.dir) && readdirSync(opts.dir).length > 0) {
+    throw new CliError(
+      `--dir ${opts.dir} is not empty: the CA and agents of an earlier run would clash`,
+      EXIT.usage,
+      'give a new or empty folder, or remove that one',
+    )
+  }
+  // A folder of its own is the operator's to keep; a temporary one (private keys inside) goes unless --keep.
+  const temporary = opts.dir === undefined
   const dir = opts.dir ? resolve(opts.dir) : mkdtempSync(join(tmpdir(), 'keylime-demo-'))
   mkdirSync(dir, { recursive: true, mode: 0o700 })
   say(`work directory ${dir} (logs in ${join(dir, 'logs')})`)
   let webhook: RevocationWebhook | undefined
   let cluster: Cluster | undefined
   let closeTenant: (() => Promise<void>) | undefined
+  let cleaned = false
+  const cleanUp = async () => {
+    if (cleaned) return
+    cleaned = true
+    await closeTenant?.()
+    await cluster?.stop()
+    await webhook?.close()
+    if (temporary && !opts.keep) rmSync(dir, { recursive: true, force: true })
+  }
+  // Ctrl-C in the middle of the run stops the processes and removes the temporary folder too.
+  const interrupted = () => {
+    say('interrupted: stopping')
+    cleanUp().finally(() => process.exit(130))
+  }
+  if (!opts.keep) process.once('SIGINT', interrupted)
   try {
     // Tenant-side CA for the payload packages (agent certificates + RevocationNotifier key/cert).
     const tenantCa = join(dir, 'tenant-ca')
@@ -332,10 +357,10 @@ export async function runDemo(opts: DemoOptions): Promise<number> {
     return 0
   } catch (err) {
     say(`demo failed: ${(err as Error).message}`)
+    if (temporary) say('rerun with --dir DIR to keep the logs and files of the run')
     return 1
   } finally {
-    await closeTenant?.()
-    await cluster?.stop()
-    await webhook?.close()
+    process.removeListener('SIGINT', interrupted)
+    await cleanUp()
   }
 }

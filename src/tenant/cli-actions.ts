@@ -4,39 +4,12 @@
  */
 import { createHash } from 'node:crypto'
 import { readFileSync } from 'node:fs'
-import type { TenantCliOptions } from './cli-options.ts'
+import { TENANT_COMMANDS, type TenantCliOptions } from './cli-options.ts'
 import { EXIT_USAGE, TenantError } from './errors.ts'
 import type { AddRequest, TenantService } from './tenant-service.ts'
 import { createTenant, type TenantRuntime } from './wiring.ts'
 
-export type { TenantCliOptions }
-
-export const TENANT_COMMANDS = [
-  'add',
-  'update',
-  'delete',
-  'status',
-  'cvstatus',
-  'cvlist',
-  'bulkinfo',
-  'reactivate',
-  'regstatus',
-  'reglist',
-  'regdelete',
-  'addruntimepolicy',
-  'updateruntimepolicy',
-  'showruntimepolicy',
-  'deleteruntimepolicy',
-  'listruntimepolicy',
-  'addmbpolicy',
-  'updatembpolicy',
-  'showmbpolicy',
-  'deletembpolicy',
-  'listmbpolicy',
-  'addallowlist',
-  'showallowlist',
-  'deleteallowlist',
-] as const
+export { TENANT_COMMANDS, type TenantCliOptions }
 
 const AGENT_ID = /^[\w.-]+$/
 
@@ -142,6 +115,34 @@ async function buildAddRequest(
   }
 }
 
+/**
+ * `update` deletes the agent at the verifier and adds it again, so whatever is not given again would be dropped:
+ * an agent in Invalid Quote would come back without its policies and pass. The PCR policy is kept from the
+ * verifier's record unless --tpm-policy replaces it; runtime and measured-boot policies cannot be read back from
+ * the verifier, so an update of an agent that has one must name it again, or is refused.
+ */
+export function keepCurrentPolicies(
+  uuid: string,
+  current: Record<string, unknown>,
+  opts: TenantCliOptions,
+): TenantCliOptions {
+  const missing: string[] = []
+  if (Number(current.has_runtime_policy) === 1 && !opts.runtimePolicy && !opts.runtimePolicyName) {
+    missing.push('its runtime policy (--runtime-policy FILE or --runtime-policy-name NAME)')
+  }
+  if (Number(current.has_mb_refstate) === 1 && !opts.mbPolicy && !opts.mbPolicyName) {
+    missing.push('its measured-boot policy (--mb-policy FILE or --mb-policy-name NAME)')
+  }
+  if (missing.length > 0) {
+    throw new TenantError(
+      `update would drop the policies of agent ${uuid}: give ${missing.join(' and ')} again; to remove a policy, delete the agent and add it without one`,
+      EXIT_USAGE,
+    )
+  }
+  const tpmPolicy = typeof current.tpm_policy === 'string' ? current.tpm_policy : undefined
+  return opts.tpmPolicy === undefined && tpmPolicy !== undefined ? { ...opts, tpmPolicy } : opts
+}
+
 function requireName(opts: TenantCliOptions, kind: 'runtime' | 'mb'): string {
   const name = kind === 'runtime' ? opts.runtimePolicyName : opts.mbPolicyName
   if (!name)
@@ -163,7 +164,9 @@ async function dispatch(
     case 'add':
     case 'update': {
       const uuid = requireUuid(opts)
-      const req = await buildAddRequest(runtime, opts, uuid)
+      const given =
+        command === 'update' ? keepCurrentPolicies(uuid, await service.cvstatus(uuid), opts) : opts
+      const req = await buildAddRequest(runtime, given, uuid)
       const result = command === 'add' ? await service.add(req) : await service.update(req)
       print(
         runtime,

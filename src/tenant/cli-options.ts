@@ -1,3 +1,31 @@
+/** Commands of `keylime tenant -c`, upstream's names. */
+export const TENANT_COMMANDS = [
+  'add',
+  'update',
+  'delete',
+  'status',
+  'cvstatus',
+  'cvlist',
+  'bulkinfo',
+  'reactivate',
+  'regstatus',
+  'reglist',
+  'regdelete',
+  'addruntimepolicy',
+  'updateruntimepolicy',
+  'showruntimepolicy',
+  'deleteruntimepolicy',
+  'listruntimepolicy',
+  'addmbpolicy',
+  'updatembpolicy',
+  'showmbpolicy',
+  'deletembpolicy',
+  'listmbpolicy',
+  'addallowlist',
+  'showallowlist',
+  'deleteallowlist',
+] as const
+
 /** Options of `keylime tenant`, as commander hands them over (upstream flag names, camelCased). */
 export interface TenantCliOptions {
   command?: string

@@ -7,7 +7,8 @@ import { createHmac } from 'node:crypto'
 import { readFileSync } from 'node:fs'
 import { basename } from 'node:path'
 import { authTag, encryptPayload, generateKuv, rsaOaepEncrypt } from '../crypto/payload.ts'
-import { buildPayloadZip, readIncludeDir } from '../payload/index.ts'
+// zip.ts directly: the package index also loads the certificate-package code and its X.509 library.
+import { buildPayloadZip, readIncludeDir } from '../payload/zip.ts'
 import { EXIT_USAGE, TenantError } from './errors.ts'
 import type { PayloadCrypto, PreparedPayload } from './tenant-service.ts'
 

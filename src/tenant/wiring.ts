@@ -9,9 +9,7 @@ import { type ClientTls, JsonClient } from '../api/client.ts'
 import { RegistrarClient } from '../api/registrar/client.ts'
 import { negotiateVersion } from '../api/versions.ts'
 import { keylimeDir, loadTenantConfig, resolveInDir, type TenantConfig } from '../config/index.ts'
-import { loadCa } from '../crypto/ca.ts'
 import { buildTpmPolicy } from '../evidence/quote/index.ts'
-import { buildCertPackage } from '../payload/cert-package.ts'
 import type { TenantCliOptions } from './cli-options.ts'
 import { agentPortFactory, registrarPort, verifierPort } from './clients.ts'
 import { EXIT_USAGE, TenantError } from './errors.ts'
@@ -142,6 +140,9 @@ export async function createTenant(opts: TenantCliOptions): Promise<TenantRuntim
     },
     async preparePayload(cli, uuid) {
       if (cli.cert) {
+        // Loaded only for --cert: the CA code brings in the X.509 library.
+        const { loadCa } = await import('../crypto/ca.ts')
+        const { buildCertPackage } = await import('../payload/cert-package.ts')
         const caDir = cli.cert === 'default' ? join(keylimeDir(), 'ca') : cli.cert
         const pkg = await buildCertPackage(await loadCa(caDir), uuid, {
           ...(cli.include === undefined ? {} : { includeDir: cli.include }),

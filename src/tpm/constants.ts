@@ -44,6 +44,9 @@ export const TpmAlg = Object.freeze({
   Cbc: 0x0042,
   Cfb: 0x0043,
   Ecb: 0x0044,
+  Cmac: 0x003f,
+  Shake128: 0x002a,
+  Shake256: 0x002b,
 })
 export type TpmAlgId = number
 

@@ -17,16 +17,17 @@ import { defaultAgentDeps, type RunningAgent, startAgent } from '../../src/agent
 import { AgentClient, AgentClientError } from '../../src/api/agent/client.ts'
 import { createLogger } from '../../src/common/log.ts'
 import { ensureTlsDir } from '../../src/crypto/ca.ts'
+import { createSecureBootKeys, syntheticEventLog } from '../../src/devtools/synthetic-event-log.ts'
 import { verifyImaIncrement } from '../../src/evidence/ima/verify.ts'
 import { checkPcrPolicy, verifyQuote } from '../../src/evidence/quote/index.ts'
-import { fixturePath } from '../helpers/fixture.ts'
 import { type SwtpmInstance, startSwtpm } from '../helpers/swtpm.ts'
 
 const log = createLogger('agent-e2e', 'silent')
-const MB_LOG = fixturePath('eventlogs/go-attestation-crypto-agile.bin')
 
 let swtpm: SwtpmInstance
 let dir: string
+/** The UEFI log the agent serves (a synthetic crypto-agile log). */
+let mbLog: string
 let agent: RunningAgent
 let client: AgentClient
 let tls: { cert: string; key: string }
@@ -42,7 +43,7 @@ function config(extra: Record<string, string> = {}) {
       port: '0',
       uuid: 'generate',
       ima_ml_path: join(dir, 'ascii_runtime_measurements'),
-      measuredboot_ml_path: MB_LOG,
+      measuredboot_ml_path: mbLog,
       ...extra,
     },
   })
@@ -59,6 +60,8 @@ function clientFor(a: RunningAgent, version = '2.6') {
 beforeAll(async () => {
   swtpm = await startSwtpm({ pcrBanks: 'sha1,sha256,sha384' })
   dir = mkdtempSync(join(tmpdir(), 'agent-e2e-'))
+  mbLog = join(dir, 'binary_bios_measurements')
+  writeFileSync(mbLog, syntheticEventLog({ keys: await createSecureBootKeys() }).bytes)
   await ensureTlsDir(join(dir, 'cv_ca'))
   tls = {
     cert: await readFile(join(dir, 'cv_ca', 'client-cert.crt'), 'utf8'),
@@ -184,7 +187,7 @@ describe('agent on swtpm', () => {
 
   it('attaches the UEFI log only when PCR 0 is quoted', async () => {
     const withPcr0 = await client.integrityQuote({ nonce: nonce(), mask: [0, 1, 10], partial: true })
-    expect(withPcr0.mb_measurement_list).toBe((await readFile(MB_LOG)).toString('base64'))
+    expect(withPcr0.mb_measurement_list).toBe((await readFile(mbLog)).toString('base64'))
     const n = nonce()
     const without = await client.integrityQuote({ nonce: n, mask: [1, 10], partial: true })
     expect(without.mb_measurement_list).toBeUndefined()

@@ -2,9 +2,11 @@
  * Measured boot end to end on swtpm, with the verifier on the `example` policy engine (upstream's default is
  * accept-all). An event log is extended into each agent's swtpm (so the quote matches the log), the agent serves
  * that log, the tenant enrolls it with a reference state.
- * - A real machine's log (RHEL 8 on GCE): passes with inline `--mb-policy` and with a named policy; an extra PCR-4
- *   extend in the TPM, or one digest changed in the served log, fails with `measured_boot.invalid_pcr_4`.
- * - Synthetic logs (src/devtools/synthetic-event-log.ts): a log that matches the quote but not the reference state
+ * All logs are synthetic (src/devtools/synthetic-event-log.ts); real machines' logs are replayed by `npm run
+ * test:corpus`.
+ * - A log passes with inline `--mb-policy` and with a named policy; an extra PCR-4 extend in the TPM, or one digest
+ *   changed in the served log, fails with `measured_boot.invalid_pcr_4`.
+ * - A log that matches the quote but not the reference state
  *   (another kernel build) fails with `measured_boot.policy_example`, and the signed revocation names the reason;
  *   `measured_boot_evaluate = once` does not re-run a changed policy after the first pass, `always` does (a second
  *   cluster); a log with StartupLocality 3 passes on a swtpm started at locality 3.
@@ -30,10 +32,7 @@ import { createReferenceState, extendPlan, parseEventLog } from '../../src/evide
 import { createTenant, type TenantRuntime } from '../../src/tenant/wiring.ts'
 import { pcrExtend } from '../../src/tpm/keylime-client.ts'
 import { Tpm } from '../../src/tpm/tpm.ts'
-import { fixture } from '../helpers/fixture.ts'
 
-// A crypto-agile log from a real machine (RHEL 8 on GCE, Secure Boot on): no H-CRTM, default StartupLocality.
-const LOG_NAME = 'go-tpm-tools-rhel8-gce.bin'
 const BIN = resolve(import.meta.dirname, '../../bin/keylime.js')
 const GET_QUOTE = 3
 const INVALID_QUOTE = 9
@@ -82,9 +81,10 @@ describe.concurrent('measured boot on swtpm', () => {
   let dir: string
   let once: Site
   let always: Site
-  const realLog = fixture(`eventlogs/${LOG_NAME}`)
-  const realAgents: { agent: ClusterAgent; logPath: string }[] = []
-  let realRefstate: string
+  /** The log of the first two agents: a synthetic machine with its own firmware version and kernel command line. */
+  let servedBootLog: Buffer
+  const fixedLogAgents: { agent: ClusterAgent; logPath: string }[] = []
+  let fixedLogRefstate: string
   let logA: SyntheticEventLog
   let logOtherKernel: SyntheticEventLog
   let logLocality3: SyntheticEventLog
@@ -205,11 +205,16 @@ describe.concurrent('measured boot on swtpm', () => {
     logA = syntheticEventLog({ keys: await keys })
     logOtherKernel = syntheticEventLog({ keys: await keys, kernelBuild: '6.8.0-keylime-rebuilt' })
     logLocality3 = syntheticEventLog({ keys: await keys, startupLocality: 3 })
+    servedBootLog = syntheticEventLog({
+      keys: await keys,
+      firmwareVersion: '2.17',
+      cmdline: 'ro crashkernel=auto console=ttyS0,38400n8',
+    }).bytes
 
     // One at a time: swtpm_setup signs EK certificates with a shared local CA that it locks.
     for (const name of ['mbagent1', 'mbagent2']) {
-      const agent = await bootedAgent(once, name, realLog)
-      realAgents.push({ agent, logPath: join(dir, 'logs-served', `${name}.bin`) })
+      const agent = await bootedAgent(once, name, servedBootLog)
+      fixedLogAgents.push({ agent, logPath: join(dir, 'logs-served', `${name}.bin`) })
     }
     for (const [name, site] of [
       ['syn-once', once],
@@ -220,19 +225,19 @@ describe.concurrent('measured boot on swtpm', () => {
     }
     synthetic.set('syn-loc3', { uuid: await locality3Agent(once, logLocality3.bytes), site: once })
 
-    realRefstate = join(dir, 'rhel8.refstate.json')
+    fixedLogRefstate = join(dir, 'fixed-log.refstate.json')
     const created = await keylime(
       'policy',
       'create',
       'measured-boot',
       '-e',
-      realAgents[0]?.logPath ?? '',
+      fixedLogAgents[0]?.logPath ?? '',
       '-o',
-      realRefstate,
+      fixedLogRefstate,
     )
     if (created.status !== 0) throw new Error(`policy create failed: ${created.stderr}`)
     for (const { uuid, site } of [
-      ...realAgents.map(({ agent }) => ({ uuid: agent.uuid, site: once })),
+      ...fixedLogAgents.map(({ agent }) => ({ uuid: agent.uuid, site: once })),
       ...synthetic.values(),
     ]) {
       await waitFor('registration', 60, async () =>
@@ -252,11 +257,11 @@ describe.concurrent('measured boot on swtpm', () => {
     if (dir) rmSync(dir, { recursive: true, force: true })
   })
 
-  it('real log: passes with the log as --mb-policy reference state, fails when one more digest is extended into PCR 4', async ({
+  it('served log: passes with the log as --mb-policy reference state, fails when one more digest is extended into PCR 4', async ({
     expect,
   }) => {
-    const { agent } = realAgents[0] as { agent: ClusterAgent }
-    const add = await once.tenant('-c', 'add', '-u', agent.uuid, '--mb-policy', realRefstate)
+    const { agent } = fixedLogAgents[0] as { agent: ClusterAgent }
+    const add = await once.tenant('-c', 'add', '-u', agent.uuid, '--mb-policy', fixedLogRefstate)
     expect(add.status, add.stderr).toBe(0)
     await waitPassing(once, agent.uuid)
 
@@ -270,18 +275,18 @@ describe.concurrent('measured boot on swtpm', () => {
     expect(failed.last_event_id).toBe('measured_boot.invalid_pcr_4')
   }, 120_000)
 
-  it('real log: passes with a named policy, fails when one event digest of the served log is changed', async ({
+  it('served log: passes with a named policy, fails when one event digest of the served log is changed', async ({
     expect,
   }) => {
-    const { agent, logPath } = realAgents[1] as { agent: ClusterAgent; logPath: string }
-    const name = `rhel8-gce-${agent.uuid.slice(0, 8)}`
+    const { agent, logPath } = fixedLogAgents[1] as { agent: ClusterAgent; logPath: string }
+    const name = `fixed-log-${agent.uuid.slice(0, 8)}`
     const upload = await once.tenant(
       '-c',
       'addmbpolicy',
       '--mb-policy-name',
       name,
       '--mb-policy',
-      realRefstate,
+      fixedLogRefstate,
     )
     expect(upload.status, upload.stderr).toBe(0)
     const add = await once.tenant('-c', 'add', '-u', agent.uuid, '--mb-policy-name', name)
@@ -289,7 +294,7 @@ describe.concurrent('measured boot on swtpm', () => {
     await waitPassing(once, agent.uuid)
 
     // Change one byte of the sha256 digest of a PCR-4 event (a boot loader image) in the log the agent serves.
-    const step = extendPlan(parseEventLog(realLog)).steps.find((s) => s.pcr === 4 && s.digests.sha256)
+    const step = extendPlan(parseEventLog(servedBootLog)).steps.find((s) => s.pcr === 4 && s.digests.sha256)
     const digest = step?.digests.sha256
     if (!digest) throw new Error('the log has no PCR 4 event')
     const tampered = Buffer.from(readFileSync(logPath))

@@ -99,6 +99,15 @@ describe('keylime tenant against a local cluster', () => {
     expect(again.status).toBe(1)
     expect(again.stderr).toMatch(/already enrolled/)
 
+    // update without policy flags keeps the PCR policy (no silent weakening)
+    const update = await tenant(cluster, '-c', 'update', '-u', agent.uuid)
+    expect([update.status, update.stdout]).toEqual([0, `agent ${agent.uuid} updated\n`])
+    const updated = await tenant(cluster, '-c', 'cvstatus', '-u', agent.uuid, '--json')
+    expect(JSON.parse(JSON.parse(updated.stdout)[agent.uuid].tpm_policy)).toEqual({
+      '15': ['0'.repeat(64)],
+      mask: '0x8000',
+    })
+
     const list = await tenant(cluster, 'cvlist', '--json')
     expect(JSON.parse(list.stdout).uuids).toEqual([agent.uuid])
     const bulk = await tenant(cluster, 'bulkinfo', '--json')

@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto'
-import { Command } from 'commander'
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest'
-import { parsePcrSpec, registerTpmCommands } from '../../src/cli/commands/tpm.ts'
+import { parsePcrSpec } from '../../src/cli/commands/tpm.ts'
+import { run } from '../../src/cli/main.ts'
 import { parseQuoteString } from '../../src/evidence/quote/index.ts'
 import { decodeTpmsAttest } from '../../src/tpm/index.ts'
 import { type SwtpmInstance, startSwtpm } from '../helpers/swtpm.ts'
@@ -12,8 +12,6 @@ async function runCli(
   args: string[],
   env: Record<string, string> = {},
 ): Promise<{ out: string; err: string; code: number }> {
-  const program = new Command('keylime').exitOverride()
-  registerTpmCommands(program)
   let out = ''
   let err = ''
   const o = vi.spyOn(process.stdout, 'write').mockImplementation((s) => {
@@ -28,7 +26,7 @@ async function runCli(
   Object.assign(process.env, env)
   process.exitCode = 0
   try {
-    await program.parseAsync(['node', 'keylime', ...args])
+    await run(['node', 'keylime', ...args])
   } finally {
     o.mockRestore()
     e.mockRestore()
@@ -86,6 +84,35 @@ describe('keylime tpm CLI', () => {
     )
   })
 
+  it('names every algorithm the TPM lists (no bare 0x ids)', async () => {
+    const { out, code } = await runCli(['tpm', 'info', '--tpm', sw.transport, '--json'])
+    expect(code).toBe(0)
+    const algorithms = JSON.parse(out).algorithms as string[]
+    expect(algorithms).toEqual(expect.arrayContaining(['rsa', 'sha256', 'ecc', 'cmac']))
+    expect(algorithms.filter((a) => a.startsWith('0x'))).toEqual([])
+  })
+
+  it('pcrread reads the whole SHA-256 bank and quote quotes PCRs 0-10 when --pcrs is not given', async () => {
+    const read = await runCli(['tpm', 'pcrread', '--tpm', sw.transport, '--json'])
+    expect(read.code).toBe(0)
+    expect(Object.keys(JSON.parse(read.out).sha256)).toHaveLength(24)
+    const quote = await runCli(['tpm', 'quote', '--tpm', sw.transport, '--nonce', 'n0nce', '--json'])
+    expect(quote.code).toBe(0)
+    expect(Object.keys(JSON.parse(quote.out).pcrs)).toEqual([
+      '0',
+      '1',
+      '2',
+      '3',
+      '4',
+      '5',
+      '6',
+      '7',
+      '8',
+      '9',
+      '10',
+    ])
+  })
+
   it('reports a bad transport as an error, not a crash', async () => {
     const { code, err } = await runCli([
       'tpm',
@@ -95,9 +122,15 @@ describe('keylime tpm CLI', () => {
       '--pcrs',
       'sha256:0',
     ])
-    expect(code).toBe(1)
-    expect(err).toMatch(/cannot connect to swtpm/)
+    expect(code).toBe(4)
+    expect(err).toMatch(
+      /^keylime tpm pcrread: cannot connect to swtpm at 127\.0\.0\.1:1: connection refused by 127\.0\.0\.1:1 \(check the TPM transport/,
+    )
+    expect(err.trimEnd().split('\n')).toHaveLength(1)
     const bad = await runCli(['tpm', 'info', '--tpm', 'carrier-pigeon:x'])
-    expect(bad.err).toMatch(/unknown TPM transport/)
+    expect([bad.code, bad.err]).toEqual([
+      2,
+      expect.stringMatching(/^keylime tpm info: unknown TPM transport "carrier-pigeon:x"/),
+    ])
   })
 })

@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs'
 import type { Command } from 'commander'
-import { EventLogFormatError, eventLogToJson, parseEventLog } from '../../evidence/mb/index.ts'
+import { CliError, EXIT, EXIT_STATUS_HELP, step } from '../errors.ts'
 
 /** Text rendering close to `tpm2_eventlog`: one block per event, then the replayed PCRs. */
 function printText(doc: Record<string, unknown>): string {
@@ -34,22 +34,22 @@ export function registerEventlogCommand(program: Command): void {
     .description('Parse a binary UEFI/TCG boot event log, print its events and the replayed PCR values')
     .argument('<log>', 'binary event log, e.g. /sys/kernel/security/tpm0/binary_bios_measurements')
     .option('--json', 'print one JSON object {format, events, pcrs, boot_aggregates, events_detail}')
-    .action((file: string, opts: { json?: boolean }) => {
-      let bytes: Buffer
-      try {
-        bytes = readFileSync(file)
-      } catch (e) {
-        process.stderr.write(`keylime eventlog: cannot read ${file}: ${(e as Error).message}\n`)
-        process.exitCode = 1
-        return
-      }
+    .addHelpText('after', `\n${EXIT_STATUS_HELP}`)
+    .action(async (file: string, opts: { json?: boolean }) => {
+      const bytes = await step(`reading ${file}`, () => readFileSync(file))
+      const { EventLogFormatError, eventLogToJson, parseEventLog } = await import(
+        '../../evidence/mb/index.ts'
+      )
       try {
         const doc = eventLogToJson(parseEventLog(bytes))
         process.stdout.write(opts.json ? `${JSON.stringify(doc)}\n` : printText(doc))
       } catch (e) {
         if (!(e instanceof EventLogFormatError)) throw e
-        process.stderr.write(`keylime eventlog: ${file}: ${e.message}\n`)
-        process.exitCode = 2
+        throw new CliError(
+          `${file}: not a valid event log: ${e.message}`,
+          EXIT.usage,
+          'give a binary UEFI event log',
+        )
       }
     })
 }

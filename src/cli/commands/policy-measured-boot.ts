@@ -1,11 +1,6 @@
 import { readFileSync, writeFileSync } from 'node:fs'
 import type { Command } from 'commander'
-import {
-  createReferenceState,
-  EventLogFormatError,
-  parseEventLog,
-  ReferenceStateError,
-} from '../../evidence/mb/index.ts'
+import { CliError, EXIT, step } from '../errors.ts'
 
 /** `keylime policy create measured-boot`. */
 export function registerMeasuredBootPolicyCommands(_policy: Command, create: Command): void {
@@ -15,28 +10,27 @@ export function registerMeasuredBootPolicyCommands(_policy: Command, create: Com
     .requiredOption('-e, --eventlog-file <file>', 'binary event log (binary_bios_measurements)')
     .option('-i, --without-secureboot', 'allow a log whose Secure Boot is disabled')
     .option('-o, --output <file>', 'write the policy to this file instead of stdout')
-    .action((opts: { eventlogFile: string; withoutSecureboot?: boolean; output?: string }) => {
+    .action(async (opts: { eventlogFile: string; withoutSecureboot?: boolean; output?: string }) => {
+      const bytes = await step(`reading ${opts.eventlogFile}`, () => readFileSync(opts.eventlogFile))
+      const { createReferenceState, EventLogFormatError, parseEventLog, ReferenceStateError } = await import(
+        '../../evidence/mb/index.ts'
+      )
+      let refstate: ReturnType<typeof createReferenceState>
       try {
-        const log = parseEventLog(readFileSync(opts.eventlogFile))
-        const refstate = createReferenceState(log, { allowSecureBootOff: opts.withoutSecureboot === true })
-        const text = `${JSON.stringify(refstate, null, 2)}\n`
-        if (opts.output) writeFileSync(opts.output, text)
-        else process.stdout.write(text)
+        refstate = createReferenceState(parseEventLog(bytes), {
+          allowSecureBootOff: opts.withoutSecureboot === true,
+        })
       } catch (e) {
-        if (e instanceof EventLogFormatError || e instanceof ReferenceStateError) {
-          process.stderr.write(`keylime policy create measured-boot: ${e.message}\n`)
-          process.exitCode = 2
-          return
+        if (e instanceof EventLogFormatError) {
+          throw new CliError(`${opts.eventlogFile}: not a valid event log: ${e.message}`, EXIT.usage)
         }
-        if (
-          (e as NodeJS.ErrnoException).code === 'ENOENT' ||
-          (e as NodeJS.ErrnoException).code === 'EACCES'
-        ) {
-          process.stderr.write(`keylime policy create measured-boot: ${(e as Error).message}\n`)
-          process.exitCode = 1
-          return
-        }
+        if (e instanceof ReferenceStateError) throw new CliError(e.message, EXIT.usage)
         throw e
       }
+      const text = `${JSON.stringify(refstate, null, 2)}\n`
+      if (opts.output) {
+        const out = opts.output
+        await step(`writing ${out}`, () => writeFileSync(out, text))
+      } else process.stdout.write(text)
     })
 }

@@ -2,18 +2,10 @@ import { createHash } from 'node:crypto'
 import { closeSync, lstatSync, openSync, readdirSync, readFileSync, readSync, writeFileSync } from 'node:fs'
 import { join, relative, sep } from 'node:path'
 import type { Command } from 'commander'
-import {
-  createRuntimePolicy,
-  ImaParseError,
-  isBinaryImaList,
-  legacyAllowlist,
-  PolicySignatureError,
-  parseBinaryImaList,
-  parseRuntimePolicy,
-  RuntimePolicyError,
-  signDsseEnvelope,
-  verifyDsseEnvelope,
-} from '../../evidence/ima/index.ts'
+import { CliError, EXIT, step } from '../errors.ts'
+import { createProgress, type Progress } from '../progress.ts'
+
+type Ima = typeof import('../../evidence/ima/index.ts')
 
 const ROOTFS_HASHES = {
   sha1: 'sha1',
@@ -52,8 +44,14 @@ function hashFile(path: string, alg: RootfsHash, chunk: Buffer): string {
 }
 
 /** Digests of the regular files under `root`, named by their absolute path inside that root (`/usr/bin/x`). */
-function* rootfsDigests(root: string, alg: RootfsHash, skip: readonly string[]): Generator<[string, string]> {
+function* rootfsDigests(
+  root: string,
+  alg: RootfsHash,
+  skip: readonly string[],
+  progress: Progress,
+): Generator<[string, string]> {
   const chunk = Buffer.allocUnsafe(1 << 20)
+  let files = 0
   const stack = [root]
   while (stack.length > 0) {
     const dir = stack.pop() as string
@@ -71,11 +69,15 @@ function* rootfsDigests(root: string, alg: RootfsHash, skip: readonly string[]):
       if (!st) continue
       if (st.isDirectory()) stack.push(full)
       else if (st.isFile()) {
+        let digest: string
         try {
-          yield [inRoot.replaceAll(' ', '_'), hashFile(full, alg, chunk)]
+          digest = hashFile(full, alg, chunk)
         } catch {
-          // unreadable file: skipped
+          continue // unreadable file: skipped
         }
+        files++
+        progress.update(() => `${files.toLocaleString('en-US')} files hashed, now ${inRoot}`)
+        yield [inRoot.replaceAll(' ', '_'), digest]
       }
     }
   }
@@ -96,64 +98,81 @@ interface CreateOptions {
   algo?: string
   output?: string
   showLegacyAllowlist?: boolean
+  quiet?: boolean
 }
 
-function report(cmd: string, e: unknown): void {
-  if (e instanceof RuntimePolicyError || e instanceof ImaParseError || e instanceof PolicySignatureError) {
-    process.stderr.write(`keylime policy ${cmd}: ${e.message}\n`)
-    process.exitCode = 2
-    return
+/** The project's policy errors as the CLI reports them: bad input is 2, a signature that does not verify is 1. */
+function asCliError(ima: Ima, e: unknown): unknown {
+  if (e instanceof ima.RuntimePolicyError || e instanceof ima.ImaParseError)
+    return new CliError(e.message, EXIT.usage)
+  if (e instanceof ima.PolicySignatureError) {
+    return new CliError(e.message, e.statusCode === 400 ? EXIT.usage : EXIT.failed)
   }
-  const code = (e as NodeJS.ErrnoException).code
-  if (code === 'ENOENT' || code === 'EACCES' || code === 'EISDIR') {
-    process.stderr.write(`keylime policy ${cmd}: ${(e as Error).message}\n`)
-    process.exitCode = 1
-    return
-  }
-  if (e instanceof SyntaxError) {
-    process.stderr.write(`keylime policy ${cmd}: not JSON: ${e.message}\n`)
-    process.exitCode = 2
-    return
-  }
-  throw e
+  return e
 }
 
-function createRuntime(opts: CreateOptions): void {
+function readText(file: string): Promise<string> {
+  return step(`reading ${file}`, () => readFileSync(file, 'utf8'))
+}
+
+async function createRuntime(opts: CreateOptions): Promise<void> {
   const alg = (opts.hashAlg ?? opts.algo ?? 'sha256') as RootfsHash
   if (!Object.hasOwn(ROOTFS_HASHES, alg)) {
-    process.stderr.write(`keylime policy create runtime: unknown hash algorithm ${alg}\n`)
-    process.exitCode = 2
-    return
+    throw new CliError(
+      `unknown hash algorithm ${JSON.stringify(alg)}`,
+      EXIT.usage,
+      'use sha1, sha256, sha384, sha512 or sm3_256',
+    )
   }
+  const inputs = [opts.imaMeasurementList, opts.rootfs, opts.allowlist, opts.basePolicy]
+  if (inputs.every((i) => i === undefined) && (opts.addImaSignatureVerificationKey ?? []).length === 0) {
+    throw new CliError(
+      'no input: the policy would allow nothing',
+      EXIT.usage,
+      'give an IMA list (-m), a root filesystem (--rootfs), an allowlist (-a), a base policy (-p) or a signing key (-A)',
+    )
+  }
+  const ima = await import('../../evidence/ima/index.ts')
+  let imaListText: string | undefined
+  let imaEntries: ReturnType<typeof ima.parseBinaryImaList>['entries'] | undefined
+  if (opts.imaMeasurementList !== undefined) {
+    const list = opts.imaMeasurementList
+    const bytes = await step(`reading ${list}`, () => readFileSync(list))
+    if (ima.isBinaryImaList(bytes)) imaEntries = ima.parseBinaryImaList(bytes).entries
+    else imaListText = bytes.toString('utf8')
+  }
+  const skip = opts.skipPath !== undefined ? opts.skipPath.split(',').filter(Boolean) : DEFAULT_SKIP
+  const base = opts.basePolicy
+  const baseBytes = base === undefined ? undefined : await step(`reading ${base}`, () => readFileSync(base))
+  const keys = await Promise.all(
+    (opts.addImaSignatureVerificationKey ?? []).map((f) => step(`reading ${f}`, () => readFileSync(f))),
+  )
+  const progress = createProgress(`hashing ${opts.rootfs ?? ''}`, { quiet: opts.quiet === true })
+  let policy: ReturnType<typeof ima.createRuntimePolicy>
   try {
-    let imaListText: string | undefined
-    let imaEntries: ReturnType<typeof parseBinaryImaList>['entries'] | undefined
-    if (opts.imaMeasurementList !== undefined) {
-      const bytes = readFileSync(opts.imaMeasurementList)
-      if (isBinaryImaList(bytes)) imaEntries = parseBinaryImaList(bytes).entries
-      else imaListText = bytes.toString('utf8')
-    }
-    const skip = opts.skipPath !== undefined ? opts.skipPath.split(',').filter(Boolean) : DEFAULT_SKIP
-    const policy = createRuntimePolicy({
-      base: opts.basePolicy ? parseRuntimePolicy(readFileSync(opts.basePolicy), { strict: false }) : null,
-      allowlistText: opts.allowlist ? readFileSync(opts.allowlist, 'utf8') : undefined,
+    policy = ima.createRuntimePolicy({
+      base: baseBytes === undefined ? null : ima.parseRuntimePolicy(baseBytes, { strict: false }),
+      allowlistText: opts.allowlist ? await readText(opts.allowlist) : undefined,
       imaListText,
       imaEntries,
       includeKeyrings: opts.keyrings === true,
       includeImaBuf: opts.imaBuf === true,
       ignoredKeyrings: opts.ignoredKeyrings,
-      excludeListText: opts.excludelist ? readFileSync(opts.excludelist, 'utf8') : undefined,
-      fileDigests: opts.rootfs ? rootfsDigests(opts.rootfs, alg, skip) : undefined,
-      verificationKeys: (opts.addImaSignatureVerificationKey ?? []).map((f) => readFileSync(f)),
+      excludeListText: opts.excludelist ? await readText(opts.excludelist) : undefined,
+      fileDigests: opts.rootfs ? rootfsDigests(opts.rootfs, alg, skip, progress) : undefined,
+      verificationKeys: keys,
       hashAlg: opts.rootfs || opts.hashAlg || opts.algo ? alg : undefined,
       now: new Date(),
     })
-    const text = opts.showLegacyAllowlist ? legacyAllowlist(policy) : `${JSON.stringify(policy)}\n`
-    if (opts.output) writeFileSync(opts.output, text)
-    else process.stdout.write(text)
   } catch (e) {
-    report('create runtime', e)
+    throw asCliError(ima, e)
+  } finally {
+    progress.done()
   }
+  const text = opts.showLegacyAllowlist ? ima.legacyAllowlist(policy) : `${JSON.stringify(policy)}\n`
+  const out = opts.output
+  if (out) await step(`writing ${out}`, () => writeFileSync(out, text))
+  else process.stdout.write(text)
 }
 
 const collect = (value: string, previous: string[] = []) => [...previous, value]
@@ -184,6 +203,7 @@ export function registerRuntimePolicyCommands(policy: Command, create: Command):
     .option('--algo <alg>', 'same as --hash-alg (upstream spelling)')
     .option('--show-legacy-allowlist', 'print "<digest>  <path>" lines instead of the policy')
     .option('-o, --output <file>', 'write to this file instead of stdout')
+    .option('-q, --quiet', 'no progress line on stderr (shown after 2 s when stderr is a terminal)')
     .action((opts: CreateOptions) => createRuntime(opts))
 
   const sign = policy.command('sign').description('Sign a policy (DSSE)')
@@ -193,17 +213,21 @@ export function registerRuntimePolicyCommands(policy: Command, create: Command):
     .requiredOption('-r, --runtime-policy <file>', 'runtime policy JSON')
     .requiredOption('-k, --keyfile <file>', 'EC private key (PEM)')
     .option('-o, --output <file>', 'write the envelope to this file instead of stdout')
-    .action((opts: { runtimePolicy: string; keyfile: string; output?: string }) => {
+    .action(async (opts: { runtimePolicy: string; keyfile: string; output?: string }) => {
+      const ima = await import('../../evidence/ima/index.ts')
+      const bytes = await step(`reading ${opts.runtimePolicy}`, () => readFileSync(opts.runtimePolicy))
+      const key = await readText(opts.keyfile)
+      let envelope: ReturnType<typeof ima.signDsseEnvelope>
       try {
-        const bytes = readFileSync(opts.runtimePolicy)
-        parseRuntimePolicy(bytes) // refuse to sign something the verifier would reject
-        const envelope = signDsseEnvelope(bytes, readFileSync(opts.keyfile, 'utf8'))
-        const text = `${JSON.stringify(envelope)}\n`
-        if (opts.output) writeFileSync(opts.output, text)
-        else process.stdout.write(text)
+        ima.parseRuntimePolicy(bytes) // refuse to sign something the verifier would reject
+        envelope = ima.signDsseEnvelope(bytes, key)
       } catch (e) {
-        report('sign runtime', e)
+        throw asCliError(ima, e)
       }
+      const text = `${JSON.stringify(envelope)}\n`
+      const out = opts.output
+      if (out) await step(`writing ${out}`, () => writeFileSync(out, text))
+      else process.stdout.write(text)
     })
 
   const verify = policy.command('verify').description('Verify a signed policy')
@@ -212,15 +236,17 @@ export function registerRuntimePolicyCommands(policy: Command, create: Command):
     .description('Verify a DSSE-signed runtime policy and print its payload')
     .requiredOption('-r, --runtime-policy <file>', 'DSSE envelope')
     .requiredOption('-k, --keyfile <file>', 'public key or certificate (PEM)')
-    .action((opts: { runtimePolicy: string; keyfile: string }) => {
+    .action(async (opts: { runtimePolicy: string; keyfile: string }) => {
+      const ima = await import('../../evidence/ima/index.ts')
+      const envelope = await step(`reading ${opts.runtimePolicy}`, () => readFileSync(opts.runtimePolicy))
+      const key = await readText(opts.keyfile)
+      let payload: Buffer
       try {
-        const { payload } = verifyDsseEnvelope(readFileSync(opts.runtimePolicy), [
-          readFileSync(opts.keyfile, 'utf8'),
-        ])
-        parseRuntimePolicy(payload, { strict: false })
-        process.stdout.write(`${payload.toString('utf8').trimEnd()}\n`)
+        payload = ima.verifyDsseEnvelope(envelope, [key]).payload
+        ima.parseRuntimePolicy(payload, { strict: false })
       } catch (e) {
-        report('verify runtime', e)
+        throw asCliError(ima, e)
       }
+      process.stdout.write(`${payload.toString('utf8').trimEnd()}\n`)
     })
 }

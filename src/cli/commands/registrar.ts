@@ -1,9 +1,7 @@
 import type { Command } from 'commander'
-import { KeylimeError } from '../../common/errors.ts'
-import { createLogger } from '../../common/log.ts'
 import { addConfigFlag, addOptionFlags, flagsFromOptions } from '../../config/cli-flags.ts'
 import { loadRegistrarConfig, type registrarSchema } from '../../config/registrar.ts'
-import { startRegistrar } from '../../registrar/server.ts'
+import { step } from '../errors.ts'
 
 const FLAG_KEYS = [
   'ip',
@@ -27,22 +25,18 @@ export function registerRegistrarCommand(program: Command): void {
   addConfigFlag(cmd)
   addOptionFlags(cmd, FLAG_KEYS)
   cmd.action(async (opts: Record<string, unknown>) => {
+    const { createLogger } = await import('../../common/log.ts')
     const log = createLogger('registrar')
-    let running: Awaited<ReturnType<typeof startRegistrar>>
-    try {
-      const { config, files } = loadRegistrarConfig({
+    // A start-up failure propagates to the CLI's error path: one line on stderr, exit status 2 or 4.
+    const { config, files } = await step('reading the configuration', () =>
+      loadRegistrarConfig({
         configFile: typeof opts.config === 'string' ? opts.config : undefined,
         flags: flagsFromOptions(opts, FLAG_KEYS),
-      })
-      log.info({ files }, 'registrar configuration loaded')
-      running = await startRegistrar(config, log)
-    } catch (err) {
-      const message = err instanceof KeylimeError ? err.message : (err as Error).message
-      log.error({ err: message }, 'registrar failed to start')
-      process.stderr.write(`keylime registrar: ${message}\n`)
-      process.exitCode = 1
-      return
-    }
+      }),
+    )
+    log.info({ files }, 'registrar configuration loaded')
+    const { startRegistrar } = await import('../../registrar/server.ts')
+    const running = await step('starting', () => startRegistrar(config, log))
     const shutdown = (signal: string) => {
       log.info({ signal }, 'registrar shutting down')
       running.close().then(

@@ -1,7 +1,8 @@
 import { type Command, Option } from 'commander'
 import { normalizeTenantArgv } from '../../tenant/argv.ts'
-import { runTenantCommand, TENANT_COMMANDS, type TenantCliOptions } from '../../tenant/cli-actions.ts'
-import { TenantError } from '../../tenant/errors.ts'
+import { TENANT_COMMANDS, type TenantCliOptions } from '../../tenant/cli-options.ts'
+import { port } from '../args.ts'
+import { EXIT_STATUS_HELP } from '../errors.ts'
 
 export { normalizeTenantArgv }
 
@@ -13,16 +14,16 @@ export function registerTenantCommands(program: Command): void {
     .option('-c, --command <command>', 'tenant command (default: add)')
     .option('-u, --uuid <uuid>', 'agent UUID')
     .option('-t, --targethost <ip>', 'agent IP (default: from the registrar)')
-    .option('--targetport <port>', 'agent port (default: from the registrar); upstream -tp', Number)
+    .option('--targetport <port>', 'agent port (default: from the registrar); upstream -tp', port)
     .option(
       '--cv-targethost <ip>',
       'agent IP as the verifier reaches it, if different (upstream --cv_targethost)',
     )
     .option('-v, --cv <ip>', 'verifier IP')
-    .option('--cvport <port>', 'verifier port; upstream -vp', Number)
+    .option('--cvport <port>', 'verifier port; upstream -vp', port)
     .option('--cvid <id>', 'verifier id filter for cvlist/bulkinfo; upstream -vi')
     .option('-r, --registrarhost <ip>', 'registrar IP')
-    .option('--registrarport <port>', 'registrar TLS port; upstream -rp', Number)
+    .option('--registrarport <port>', 'registrar TLS port; upstream -rp', port)
     .option('--no-verifier-check', 'delete/reactivate without looking the agent up first; upstream -nvc')
     .option('--push-model', 'enroll a push-mode agent (no agent contact, no payload)')
     .option('-f, --file <path>', 'payload file to encrypt and deliver')
@@ -48,21 +49,15 @@ export function registerTenantCommands(program: Command): void {
     )
     .option('--tls-dir <dir>', 'directory with cacert.crt, client-cert.crt and client-private.pem')
     .addOption(new Option('--json', 'print machine-readable JSON'))
-    .addHelpText(
-      'after',
-      '\nExit status: 0 success, 1 refused or failed, 2 bad usage, 3 agent identity/EK not trusted, 4 peer error.',
-    )
+    .addHelpText('after', `\n${EXIT_STATUS_HELP}`)
     .action(async (positional: string | undefined, opts: TenantCliOptions) => {
       const command = opts.command ?? positional ?? 'add'
+      const { runTenantCommand } = await import('../../tenant/cli-actions.ts')
       try {
         await runTenantCommand(command, opts)
       } catch (err) {
-        if (err instanceof TenantError) {
-          if (opts.json) process.stdout.write(`${JSON.stringify({ error: err.message })}\n`)
-          else process.stderr.write(`keylime tenant: ${err.message}\n`)
-          process.exitCode = err.exitCode
-          return
-        }
+        // --json callers read the failure from stdout too; the one-line report still goes to stderr.
+        if (opts.json) process.stdout.write(`${JSON.stringify({ error: (err as Error).message })}\n`)
         throw err
       }
     })

@@ -1,7 +1,6 @@
-import { X509Certificate } from '@peculiar/x509'
 import { type Command, Option } from 'commander'
-import { encodePcrBlob, formatQuoteString } from '../../evidence/quote/index.ts'
-import { keylime, Tpm } from '../../tpm/index.ts'
+import type { Tpm } from '../../tpm/index.ts'
+import { CliError, EXIT, EXIT_STATUS_HELP } from '../errors.ts'
 
 const HASH_ALGS = ['sha1', 'sha256', 'sha384', 'sha512'] as const
 type HashAlg = (typeof HASH_ALGS)[number]
@@ -17,41 +16,89 @@ const tpmOption = () =>
 const hex = (b: Uint8Array) => Buffer.from(b).toString('hex')
 const b64 = (b: Uint8Array) => Buffer.from(b).toString('base64')
 
+/** PCRs read by default: every PCR of the SHA-256 bank. */
+const DEFAULT_PCRREAD = 'sha256:0-23'
+/** PCRs quoted by default: what Keylime attests by default, firmware and boot (0-9) and IMA (10). */
+const DEFAULT_QUOTE_PCRS = 'sha256:0-10'
+
 /** `sha256:0,1,2,10` or `sha256:0-7,10` -> bank and sorted PCR list. */
 export function parsePcrSpec(spec: string): { hashAlg: HashAlg; pcrs: number[] } {
   const m = /^(sha1|sha256|sha384|sha512):([0-9,-]+)$/.exec(spec.trim())
-  if (!m) throw new Error(`bad --pcrs "${spec}": expected e.g. sha256:0,1,2,10 or sha256:0-7`)
+  if (!m) {
+    throw new CliError(
+      `bad --pcrs "${spec}"`,
+      EXIT.usage,
+      'write a bank and PCRs, e.g. sha256:0,1,2,10 or sha256:0-7',
+    )
+  }
   const pcrs = new Set<number>()
   for (const part of (m[2] as string).split(',').filter(Boolean)) {
     const [from, to] = part.split('-').map(Number) as [number, number | undefined]
     for (let p = from; p <= (to ?? from); p++) {
-      if (!Number.isInteger(p) || p > 23) throw new Error(`PCR index out of range in "${spec}"`)
+      if (!Number.isInteger(p) || p > 23) {
+        throw new CliError(`PCR index out of range in "${spec}"`, EXIT.usage, 'PCRs are numbered 0 to 23')
+      }
       pcrs.add(p)
     }
   }
-  if (pcrs.size === 0) throw new Error(`no PCRs in "${spec}"`)
+  if (pcrs.size === 0) throw new CliError(`no PCRs in "${spec}"`, EXIT.usage, 'e.g. sha256:0-7')
   return { hashAlg: m[1] as HashAlg, pcrs: [...pcrs].sort((a, b) => a - b) }
 }
 
+/** Opens the TPM at `spec`; a missing or forbidden device is reported with what to do about it. */
 async function withTpm<T>(spec: string, fn: (tpm: Tpm) => Promise<T>): Promise<T> {
-  const tpm = await Tpm.open(spec)
+  const { Tpm } = await import('../../tpm/index.ts')
+  let tpm: Tpm
   try {
+    tpm = await Tpm.open(spec)
+  } catch (err) {
+    // Opening only parses the transport: what fails here is the --tpm value itself.
+    throw new CliError((err as Error).message, EXIT.usage)
+  }
+  try {
+    // A device opens on the first command: a missing device shows up here.
     return await fn(tpm)
+  } catch (err) {
+    throw tpmOpenError(spec, err)
   } finally {
     await tpm.close()
   }
 }
 
-function describeStoredCert(c: { index: number; template: string; der: Uint8Array }) {
+/** A missing or forbidden TPM device, reported with what to do about it; other errors unchanged. */
+function tpmOpenError(spec: string, err: unknown): unknown {
+  const code = ((err as { cause?: unknown }).cause as NodeJS.ErrnoException | undefined)?.code
+  if (code === 'ENOENT') {
+    return new CliError(
+      `opening the TPM ${spec}: no such device`,
+      EXIT.usage,
+      'this machine has no TPM there: check the TPM driver (tpm_tis, tpm_crb), or give --tpm swtpm:host=127.0.0.1,port=2321 (or KEYLIME_TPM)',
+    )
+  }
+  if (code === 'EACCES' || code === 'EPERM') {
+    return new CliError(
+      `opening the TPM ${spec}: permission denied`,
+      EXIT.usage,
+      'run as root or as a member of the tss group (usermod -aG tss USER)',
+    )
+  }
+  return err
+}
+
+function describeStoredCert(
+  c: { index: number; template: string; der: Uint8Array },
+  X509Certificate: typeof import('@peculiar/x509').X509Certificate,
+) {
   return {
     nvIndex: `0x${c.index.toString(16).padStart(8, '0')}`,
     template: c.template,
-    certificate: certSummary(c.der) ?? 'empty',
+    certificate: certSummary(c.der, X509Certificate) ?? 'empty',
   }
 }
 
 function certSummary(
   der: Uint8Array | null,
+  X509Certificate: typeof import('@peculiar/x509').X509Certificate,
 ): { subject: string; issuer: string; serialNumber: string } | null | string {
   if (!der) return null
   try {
@@ -62,13 +109,11 @@ function certSummary(
   }
 }
 
-function fail(err: unknown): void {
-  process.stderr.write(`keylime tpm: ${(err as Error).message ?? String(err)}\n`)
-  process.exitCode = 1
-}
-
 export function registerTpmCommands(program: Command): void {
-  const tpm = program.command('tpm').description('Talk to a TPM 2.0 (hardware or swtpm)')
+  const tpm = program
+    .command('tpm')
+    .description('Talk to a TPM 2.0 (hardware or swtpm)')
+    .addHelpText('after', `\n${EXIT_STATUS_HELP}`)
 
   tpm
     .command('info')
@@ -76,13 +121,17 @@ export function registerTpmCommands(program: Command): void {
     .addOption(tpmOption())
     .option('--json', 'print JSON', false)
     .action(async (o: { tpm: string; json: boolean }) => {
-      try {
+      const { keylime } = await import('../../tpm/index.ts')
+      const { X509Certificate } = await import('@peculiar/x509')
+      const stored = (c: { index: number; template: string; der: Uint8Array }) =>
+        describeStoredCert(c, X509Certificate)
+      {
         const out = await withTpm(o.tpm, async (t) => ({
           transport: t.description,
           ...(await keylime.getTpmInfo(t)),
           ekCertificates: {
-            rsa: (await keylime.listEkCertificates(t, 'rsa')).map(describeStoredCert),
-            ecc: (await keylime.listEkCertificates(t, 'ecc')).map(describeStoredCert),
+            rsa: (await keylime.listEkCertificates(t, 'rsa')).map(stored),
+            ecc: (await keylime.listEkCertificates(t, 'ecc')).map(stored),
           },
         }))
         if (o.json) {
@@ -109,8 +158,6 @@ export function registerTpmCommands(program: Command): void {
           }
         }
         process.stdout.write(`${lines.join('\n')}\n`)
-      } catch (err) {
-        fail(err)
       }
     })
 
@@ -120,7 +167,7 @@ export function registerTpmCommands(program: Command): void {
       'Create the default EK and an AK under it, then quote PCRs with a nonce (Keylime quote format)',
     )
     .addOption(tpmOption())
-    .requiredOption('--pcrs <bank:list>', 'PCRs to quote, e.g. sha256:0,1,2,10')
+    .option('--pcrs <bank:list>', `PCRs to quote, e.g. sha256:0,1,2,10`, DEFAULT_QUOTE_PCRS)
     .requiredOption('--nonce <nonce>', 'qualifying data (its ASCII bytes, as Keylime sends nonces)')
     .addOption(new Option('--ek-alg <alg>', 'EK algorithm').choices(['rsa', 'ecc']).default('rsa'))
     .addOption(new Option('--sign-alg <alg>', 'AK signing scheme').choices(['rsassa', 'ecdsa']))
@@ -134,10 +181,12 @@ export function registerTpmCommands(program: Command): void {
         signAlg?: 'rsassa' | 'ecdsa'
         json: boolean
       }) => {
-        try {
+        {
           const { hashAlg, pcrs } = parsePcrSpec(o.pcrs)
           const nonce = new TextEncoder().encode(o.nonce)
-          if (nonce.length > 64) throw new Error('--nonce must be at most 64 bytes')
+          if (nonce.length > 64) throw new CliError('--nonce is longer than 64 bytes', EXIT.usage)
+          const { keylime } = await import('../../tpm/index.ts')
+          const { encodePcrBlob, formatQuoteString } = await import('../../evidence/quote/index.ts')
           const signAlg = o.signAlg ?? (o.ekAlg === 'rsa' ? 'rsassa' : 'ecdsa')
           const out = await withTpm(o.tpm, async (t) => {
             const ek = await keylime.createEk(t, o.ekAlg)
@@ -173,8 +222,6 @@ export function registerTpmCommands(program: Command): void {
           ]
           for (const [i, v] of Object.entries(out.pcrs)) lines.push(`${hashAlg}:${i.padStart(2)} ${v}`)
           process.stdout.write(`${lines.join('\n')}\n`)
-        } catch (err) {
-          fail(err)
         }
       },
     )
@@ -183,11 +230,12 @@ export function registerTpmCommands(program: Command): void {
     .command('pcrread')
     .description('Read PCR values')
     .addOption(tpmOption())
-    .requiredOption('--pcrs <bank:list>', 'PCRs to read, e.g. sha256:0-23')
+    .option('--pcrs <bank:list>', 'PCRs to read, e.g. sha256:0,1,2,10', DEFAULT_PCRREAD)
     .option('--json', 'print JSON', false)
     .action(async (o: { tpm: string; pcrs: string; json: boolean }) => {
-      try {
+      {
         const { hashAlg, pcrs } = parsePcrSpec(o.pcrs)
+        const { keylime } = await import('../../tpm/index.ts')
         const values = await withTpm(o.tpm, (t) => keylime.pcrRead(t, hashAlg, pcrs))
         const obj = Object.fromEntries([...values].map(([i, v]) => [String(i), hex(v)]))
         process.stdout.write(
@@ -197,8 +245,6 @@ export function registerTpmCommands(program: Command): void {
                 .map(([i, v]) => `${hashAlg}:${i.padStart(2)} ${v}`)
                 .join('\n')}\n`,
         )
-      } catch (err) {
-        fail(err)
       }
     })
 }

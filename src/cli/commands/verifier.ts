@@ -1,9 +1,7 @@
 import type { Command } from 'commander'
-import { KeylimeError } from '../../common/errors.ts'
-import { createLogger } from '../../common/log.ts'
 import { addConfigFlag, addOptionFlags, flagsFromOptions } from '../../config/cli-flags.ts'
 import { loadVerifierConfig, type verifierSchema } from '../../config/verifier.ts'
-import { startVerifier } from '../../verifier/server.ts'
+import { step } from '../errors.ts'
 
 const FLAG_KEYS = [
   'uuid',
@@ -31,22 +29,18 @@ export function registerVerifierCommand(program: Command): void {
   addConfigFlag(cmd)
   addOptionFlags(cmd, FLAG_KEYS)
   cmd.action(async (opts: Record<string, unknown>) => {
+    const { createLogger } = await import('../../common/log.ts')
     const log = createLogger('verifier')
-    let running: Awaited<ReturnType<typeof startVerifier>>
-    try {
-      const { config, files } = loadVerifierConfig({
+    // A start-up failure propagates to the CLI's error path: one line on stderr, exit status 2 or 4.
+    const { config, files } = await step('reading the configuration', () =>
+      loadVerifierConfig({
         configFile: typeof opts.config === 'string' ? opts.config : undefined,
         flags: flagsFromOptions(opts, FLAG_KEYS),
-      })
-      log.info({ files }, 'verifier configuration loaded')
-      running = await startVerifier(config, log)
-    } catch (err) {
-      const message = err instanceof KeylimeError ? err.message : (err as Error).message
-      log.error({ err: message }, 'verifier failed to start')
-      process.stderr.write(`keylime verifier: ${message}\n`)
-      process.exitCode = 1
-      return
-    }
+      }),
+    )
+    log.info({ files }, 'verifier configuration loaded')
+    const { startVerifier } = await import('../../verifier/server.ts')
+    const running = await step('starting', () => startVerifier(config, log))
     const shutdown = (signal: string) => {
       log.info({ signal }, 'verifier shutting down')
       running.close().then(

@@ -1,17 +1,14 @@
 import { existsSync, mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { Command } from 'commander'
 import { afterAll, describe, expect, it, vi } from 'vitest'
-import { registerCaCommands } from '../../../src/cli/commands/ca.ts'
+import { run } from '../../../src/cli/main.ts'
 
 const dir = join(mkdtempSync(join(tmpdir(), 'kl-cacli-')), 'ca')
 afterAll(() => rmSync(join(dir, '..'), { recursive: true, force: true }))
 
 /** Runs `keylime ca ...` in-process; returns stdout, stderr and the exit code it set. */
 async function ca(...args: string[]): Promise<{ out: string; err: string; code: number }> {
-  const program = new Command('keylime').exitOverride()
-  registerCaCommands(program)
   let out = ''
   let err = ''
   const o = vi.spyOn(process.stdout, 'write').mockImplementation((s) => {
@@ -24,7 +21,7 @@ async function ca(...args: string[]): Promise<{ out: string; err: string; code: 
   })
   process.exitCode = 0
   try {
-    await program.parseAsync(['node', 'keylime', 'ca', ...args])
+    await run(['node', 'keylime', 'ca', ...args])
   } finally {
     o.mockRestore()
     e.mockRestore()
@@ -56,12 +53,12 @@ describe('keylime ca', () => {
     expect(existsSync(pkg.file)).toBe(true)
 
     const missing = await ca('revoke', '-n', 'nope', '--dir', dir)
-    expect([missing.code, missing.err]).toEqual([1, expect.stringContaining('no certificate "nope"')])
+    expect([missing.code, missing.err]).toEqual([2, expect.stringContaining('no certificate "nope"')])
     const again = await ca('init', '--dir', dir)
-    expect([again.code, again.err]).toEqual([1, expect.stringContaining('already exists')])
+    expect([again.code, again.err]).toEqual([2, expect.stringContaining('already exists')])
     const bad = await ca('create', '-n', '../x', '--dir', dir)
     expect([bad.code, bad.err]).toEqual([2, expect.stringContaining('invalid certificate name')])
     const none = await ca('list', '--dir', join(dir, '..', 'none'))
-    expect([none.code, none.err]).toEqual([1, expect.stringContaining('no CA in')])
+    expect([none.code, none.err]).toEqual([2, expect.stringContaining('no CA in')])
   })
 })

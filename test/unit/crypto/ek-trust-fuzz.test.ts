@@ -1,14 +1,32 @@
+import { webcrypto } from 'node:crypto'
 import fc from 'fast-check'
 import { describe, expect, it } from 'vitest'
 import { CertificateFormatError, parseCertificateTolerant } from '../../../src/crypto/ek-trust.ts'
-import { fixture } from '../../helpers/fixture.ts'
+import { x509 } from '../../../src/crypto/x509-setup.ts'
 
+// A CA certificate like a TPM vendor intermediate (RSA-2048), made here: its mutations are the fuzz inputs.
+const keys = (await webcrypto.subtle.generateKey(
+  {
+    name: 'RSASSA-PKCS1-v1_5',
+    hash: 'SHA-256',
+    publicExponent: new Uint8Array([1, 0, 1]),
+    modulusLength: 2048,
+  },
+  true,
+  ['sign', 'verify'],
+)) as webcrypto.CryptoKeyPair
 const der = Buffer.from(
-  fixture('certs/tpm_cert_store/STM_RSA_01I.pem')
-    .toString('latin1')
-    .replace(/-----[^-]+-----/g, '')
-    .replace(/\s+/g, ''),
-  'base64',
+  (
+    await x509.X509CertificateGenerator.createSelfSigned({
+      name: 'CN=Fuzz EK Intermediate, O=Keylime TS tests',
+      serialNumber: '7b',
+      notBefore: new Date('2020-01-01T00:00:00Z'),
+      notAfter: new Date('2040-01-01T00:00:00Z'),
+      keys,
+      signingAlgorithm: { name: 'RSASSA-PKCS1-v1_5' },
+      extensions: [new x509.BasicConstraintsExtension(true, 0, true)],
+    })
+  ).rawData,
 )
 
 describe('parseCertificateTolerant on mutated certificates', () => {

@@ -9,19 +9,15 @@ import {
   verifyImaIncrement,
 } from '../../../src/evidence/ima/index.ts'
 import { compilePythonRegex, PythonRegexError } from '../../../src/evidence/python-regex.ts'
-import { fixture } from '../../helpers/fixture.ts'
+import { asciiImaList, binaryImaList, generatedImaEntries } from '../../helpers/ima-lists.ts'
 
-const corpusLines = [
-  'ima/keylime-testsuite-signatures.ascii',
-  'ima/keylime-tests-pc-ima-log.ascii',
-  'ima/keylime-tests-static-test2-arm2.ascii',
-  'ima/tpm2-tss-sml-ima-sha1.bin.ascii',
-].flatMap((f) => fixture(f).toString('utf8').split('\n').filter(Boolean))
+const seedEntries = generatedImaEntries(12)
+const seedLines = asciiImaList(seedEntries).split('\n').filter(Boolean)
 
-/** A corpus line with a few characters replaced, inserted or deleted. */
+/** A seed line with a few characters replaced, inserted or deleted. */
 const mutatedLine = fc
   .tuple(
-    fc.constantFrom(...corpusLines),
+    fc.constantFrom(...seedLines),
     fc.array(
       fc.tuple(
         fc.nat(),
@@ -79,7 +75,7 @@ describe('IMA parser fuzzing', () => {
   })
 
   it('parseBinaryImaList never throws on random or truncated/mutated binary lists', () => {
-    const bin = fixture('ima/tpm2-tss-sml-ima-ng-sha1.bin')
+    const bin = binaryImaList(seedEntries)
     fc.assert(
       fc.property(
         fc.oneof(

@@ -1,13 +1,14 @@
-import { createHash, createPrivateKey, createPublicKey, generateKeyPairSync, sign } from 'node:crypto'
-import { readFileSync } from 'node:fs'
+import { createHash, createPublicKey, generateKeyPairSync, sign } from 'node:crypto'
 import { describe, expect, it } from 'vitest'
 import {
   compileExcludes,
   compileRuntimePolicy,
+  computeKeyId,
   dsseKeyId,
   emptyRuntimePolicy,
   ImaKeyring,
   PolicySignatureError,
+  parseImaLine,
   parseRuntimePolicy,
   RuntimePolicyError,
   signDsseEnvelope,
@@ -15,7 +16,7 @@ import {
   verifyImaIncrement,
   verifyPrehashed,
 } from '../../../src/evidence/ima/index.ts'
-import { fixture, fixturePath } from '../../helpers/fixture.ts'
+import { asciiImaList, generatedImaEntries, IMA_SIGNING_PUBLIC_PEM } from '../../helpers/ima-lists.ts'
 
 function policyError(input: unknown, strict = true): RuntimePolicyError {
   try {
@@ -30,29 +31,6 @@ function policyError(input: unknown, strict = true): RuntimePolicyError {
 const valid = () => JSON.parse(JSON.stringify(emptyRuntimePolicy())) as Record<string, unknown>
 
 describe('parseRuntimePolicy (upload schema)', () => {
-  it('accepts the current-generator corpus policies', () => {
-    for (const f of [
-      'keylime-crp-policy-sha256.json',
-      'keylime-sign-runtime-policy.json',
-      'keylime-tests-static-test2-output6.json',
-    ]) {
-      const p = parseRuntimePolicy(fixture(`policies/${f}`))
-      expect(p.meta.version).toBe(1)
-    }
-  })
-
-  it('names the field of a prefixed digest (legacy fixture) and of a missing member', () => {
-    const prefixed = policyError(fixture('policies/keylime-runtime-policy-test.json'))
-    expect(prefixed.field).toBe('digests["boot_aggregate"][0]')
-    expect(prefixed.code).toBe('ERR_RUNTIME_POLICY')
-    expect(policyError(fixture('policies/keylime-testsuite-runtime_policy_test.json')).field).toBe('release')
-    // The tolerant reading used for tenant files keeps the prefixed digest verbatim.
-    expect(
-      parseRuntimePolicy(fixture('policies/keylime-runtime-policy-test.json'), { strict: false }).digests
-        .boot_aggregate?.[0],
-    ).toMatch(/^sha256:/)
-  })
-
   it.each([
     [{ 'ima-buf': { x: [] } }, 'ima-buf["x"]'],
     [{ digests: { '/a': ['ABCDEF0123456789ABCDEF0123456789ABCDEF01'] } }, 'digests["/a"][0]'],
@@ -68,24 +46,6 @@ describe('parseRuntimePolicy (upload schema)', () => {
     [{ 'verification-keys': '{"keyids":[1],"pubkeys":["AAAA"]}' }, 'verification-keys.pubkeys'],
   ])('rejects %j naming %s', (patch, field) => {
     expect(policyError({ ...valid(), ...patch }).field).toBe(field)
-  })
-
-  it('rejects non-JSON bytes and DSSE envelopes passed as policies', () => {
-    expect(policyError(fixture('policies/keylime-sign-runtime-policy-bogus.json')).field).toBe('$')
-    expect(
-      policyError(fixture('policies/keylime-runtime-policy-test-signed.dsse.json'), false).message,
-    ).toMatch(/DSSE/)
-  })
-
-  it('accepts verification-keys as keyring JSON and compiles them into a keyring', () => {
-    const keys = readFileSync(fixturePath('policies/keylime-testsuite-ima-bad-keyring-string.json'), 'utf8')
-    const compiled = compileRuntimePolicy(
-      parseRuntimePolicy({
-        ...valid(),
-        'verification-keys': JSON.stringify({ keyids: [], ...JSON.parse(keys) }),
-      }),
-    )
-    expect(compiled.verificationKeys.size).toBe(2)
   })
 })
 
@@ -136,43 +96,50 @@ describe('compileRuntimePolicy', () => {
   })
 })
 
-describe('DSSE signed policies', () => {
-  const pub = readFileSync(fixturePath('certs/keylime-runtime-policy-pubkey.pub'), 'utf8')
+describe('prehashed signature verification', () => {
+  it.each(['prime256v1', 'secp384r1', 'secp521r1', 'secp256k1'])(
+    'ECDSA on %s verifies only the signed digest',
+    (curve) => {
+      const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: curve })
+      const data = Buffer.from('file contents')
+      const sig = sign('sha256', data, privateKey)
+      const digest = createHashOf(data)
+      expect(verifyPrehashed(publicKey, 'sha256', digest, sig)).toBe(true)
+      digest[0] = (digest[0] ?? 0) ^ 1
+      expect(verifyPrehashed(publicKey, 'sha256', digest, sig)).toBe(false)
+    },
+  )
+})
 
-  it('verifies the upstream envelope and returns the policy bytes', () => {
-    const { payload } = verifyDsseEnvelope(fixture('policies/keylime-runtime-policy-test-signed.dsse.json'), [
-      pub,
-    ])
-    expect(payload.equals(fixture('policies/keylime-runtime-policy-test.json'))).toBe(true)
-    expect(dsseKeyId(createPublicKey(pub))).toMatch(/^8114198d/)
-  })
+function createHashOf(data: Buffer): Buffer {
+  return createHash('sha256').update(data).digest()
+}
 
-  it('rejects the bad envelope, a missing key and unsigned policies', () => {
-    expect(() =>
-      verifyDsseEnvelope(fixture('policies/keylime-runtime-policy-test-signed-bad.dsse.json'), [pub]),
-    ).toThrow(PolicySignatureError)
-    expect(() =>
-      verifyDsseEnvelope(fixture('policies/keylime-runtime-policy-test-signed.dsse.json'), []),
-    ).toThrow(/no key/)
-    const unsigned = (() => {
-      try {
-        verifyDsseEnvelope(fixture('policies/keylime-sign-runtime-policy.json'), [pub])
-      } catch (e) {
-        return e as PolicySignatureError
-      }
-    })()
+describe('DSSE signed policies (generated keys)', () => {
+  const policy = Buffer.from(JSON.stringify(emptyRuntimePolicy()))
+  const signer = generateKeyPairSync('ec', { namedCurve: 'secp521r1' })
+  const signerPub = signer.publicKey.export({ type: 'spki', format: 'pem' }).toString()
+  const other = generateKeyPairSync('ec', { namedCurve: 'prime256v1' }).publicKey
+
+  it('signs with P-521 and verifies with the public key only; another key, no key or no envelope is refused', () => {
+    const env = signDsseEnvelope(
+      policy,
+      signer.privateKey.export({ type: 'pkcs8', format: 'pem' }).toString(),
+    )
+    expect(env.signatures[0]?.keyid).toBe(dsseKeyId(signer.publicKey))
+    expect(verifyDsseEnvelope(JSON.stringify(env), [signerPub]).payload.equals(policy)).toBe(true)
+    expect(() => verifyDsseEnvelope(JSON.stringify(env), [other])).toThrow(PolicySignatureError)
+    expect(() => verifyDsseEnvelope(JSON.stringify(env), [])).toThrow(/no key/)
+    const tampered = { ...env, payload: Buffer.from('{"tampered":1}').toString('base64') }
+    expect(() => verifyDsseEnvelope(JSON.stringify(tampered), [signerPub])).toThrow(PolicySignatureError)
+    let unsigned: PolicySignatureError | undefined
+    try {
+      verifyDsseEnvelope(policy, [signerPub])
+    } catch (e) {
+      unsigned = e as PolicySignatureError
+    }
     expect(unsigned?.statusCode).toBe(400)
     expect(unsigned?.message).toBe('Runtime policy is not signed!')
-  })
-
-  it('signs with P-521 and verifies with the public key only', () => {
-    const priv = readFileSync(fixturePath('certs/keylime-sign-ec-p521-private.pem'), 'utf8')
-    const body = fixture('policies/keylime-sign-runtime-policy.json')
-    const env = signDsseEnvelope(body, priv)
-    expect(env.signatures[0]?.keyid).toBe(dsseKeyId(createPublicKey(createPrivateKey(priv))))
-    const pubPem = readFileSync(fixturePath('certs/keylime-sign-ec-p521-public.pem'), 'utf8')
-    expect(verifyDsseEnvelope(JSON.stringify(env), [pubPem]).payload.equals(body)).toBe(true)
-    expect(() => verifyDsseEnvelope(JSON.stringify(env), [pub])).toThrow(PolicySignatureError)
   })
 
   it('accepts an RSA-signed envelope (verification side)', () => {
@@ -188,54 +155,32 @@ describe('DSSE signed policies', () => {
   })
 })
 
-describe('prehashed signature verification', () => {
-  it.each(['prime256v1', 'secp384r1', 'secp521r1', 'secp256k1'])(
-    'ECDSA on %s verifies only the signed digest',
-    (curve) => {
-      const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: curve })
-      const data = Buffer.from('file contents')
-      const sig = sign('sha256', data, privateKey)
-      const digest = createHashOf(data)
-      expect(verifyPrehashed(publicKey, 'sha256', digest, sig)).toBe(true)
-      digest[0] = (digest[0] ?? 0) ^ 1
-      expect(verifyPrehashed(publicKey, 'sha256', digest, sig)).toBe(false)
-    },
-  )
-
+describe('keyrings and verification-keys (generated keys and list)', () => {
   it('keyrings deduplicate and round-trip through JSON', () => {
-    const ring = ImaKeyring.fromPem([readFileSync(fixturePath('certs/keylime-ima-rsa2048pub.pem'), 'utf8')])
-    ring.add(createPublicKey(readFileSync(fixturePath('certs/keylime-ima-rsa2048pub.pem'), 'utf8')))
+    const ring = ImaKeyring.fromPem([IMA_SIGNING_PUBLIC_PEM])
+    ring.add(createPublicKey(IMA_SIGNING_PUBLIC_PEM))
     expect(ring.size).toBe(1)
-    expect(ring.toJSON().keyids).toEqual([0xf3452d23])
-    expect(ImaKeyring.fromJSON(ring.toJSON()).find(0xf3452d23).length).toBe(1)
+    const [keyid] = ring.toJSON().keyids
+    expect(keyid).toBe(computeKeyId(createPublicKey(IMA_SIGNING_PUBLIC_PEM)))
+    expect(ImaKeyring.fromJSON(ring.toJSON()).find(keyid as number).length).toBe(1)
   })
-})
 
-function createHashOf(data: Buffer): Buffer {
-  return createHash('sha256').update(data).digest()
-}
-
-describe('verification-keys from upstream keyring strings', () => {
-  const list = fixture('ima/keylime-testsuite-signatures.ascii').toString('utf8')
-  const withKeys = (file: string) =>
-    compileRuntimePolicy(
-      parseRuntimePolicy({
-        ...valid(),
-        'verification-keys': fixture(`policies/${file}`).toString('utf8').trim(),
-      }),
-    )
-
-  it('the good keyring verifies both signed files without digests; the one lacking keyids is refused', () => {
-    const r = verifyImaIncrement({
-      listText: list,
-      firstEntry: 0,
-      state: null,
-      quotedPcr10: null,
-      policy: withKeys('keylime-testsuite-ima-keyring-string.json'),
-    })
-    expect(r.verdict).toEqual({ ok: true })
-    expect(() => withKeys('keylime-testsuite-ima-bad-keyring-string.json')).toThrow(
-      /verification-keys.keyids/,
-    )
+  it('a keyring in verification-keys verifies signed files without digests; without it they fail', () => {
+    const entries = generatedImaEntries(2)
+    const listText = asciiImaList(entries)
+    const digests: Record<string, string[]> = {}
+    for (const e of entries) {
+      const parsed = parseImaLine(e.line)
+      if (parsed.templateName === 'ima-ng') digests[parsed.name] = [parsed.digestHex]
+    }
+    const withKeys = (vk: string) =>
+      compileRuntimePolicy(parseRuntimePolicy({ ...valid(), digests, 'verification-keys': vk }))
+    const ring = JSON.stringify(ImaKeyring.fromPem([IMA_SIGNING_PUBLIC_PEM]).toJSON())
+    const run = (vk: string) =>
+      verifyImaIncrement({ listText, firstEntry: 0, state: null, quotedPcr10: null, policy: withKeys(vk) })
+    expect(run(ring).verdict).toEqual({ ok: true })
+    expect(run('').verdict.ok).toBe(false)
+    const { pubkeys } = JSON.parse(ring) as { pubkeys: string[] }
+    expect(() => withKeys(JSON.stringify({ pubkeys }))).toThrow(/verification-keys.keyids/)
   })
 })

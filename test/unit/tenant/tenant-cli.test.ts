@@ -1,10 +1,11 @@
-import { execFileSync, spawnSync } from 'node:child_process'
 import { mkdtempSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { describe, expect, it } from 'vitest'
 import { decryptPayload } from '../../../src/crypto/payload.ts'
 import { normalizeTenantArgv } from '../../../src/tenant/argv.ts'
+import { keepCurrentPolicies } from '../../../src/tenant/cli-actions.ts'
+import type { TenantError } from '../../../src/tenant/errors.ts'
 import { preparePayloadFromFiles } from '../../../src/tenant/payload-prep.ts'
 import { retryDelaySeconds } from '../../../src/tenant/tenant-service.ts'
 
@@ -58,16 +59,33 @@ describe('tenant payload preparation', () => {
   })
 })
 
-describe('keylime tenant command line', () => {
-  it('documents its commands and exit codes in --help', () => {
-    const help = execFileSync('node', ['bin/keylime.js', 'tenant', '--help'], { encoding: 'utf8' })
-    expect(help).toContain('addruntimepolicy')
-    expect(help).toContain('Exit status')
+describe('tenant update keeps the current policies', () => {
+  const uuid = 'd432fbb3-d2f1-4a97-9ef7-75bd81c00000'
+  const tpmPolicy =
+    '{"15":["0000000000000000000000000000000000000000000000000000000000000000"],"mask":"0x8000"}'
+
+  it("re-sends the verifier's PCR policy unless --tpm-policy replaces it", () => {
+    const current = { has_runtime_policy: 0, has_mb_refstate: 0, tpm_policy: tpmPolicy }
+    expect(keepCurrentPolicies(uuid, current, {}).tpmPolicy).toBe(tpmPolicy)
+    expect(keepCurrentPolicies(uuid, current, { tpmPolicy: '{}' }).tpmPolicy).toBe('{}')
   })
 
-  it('exits 2 on an unknown command', () => {
-    const unknown = spawnSync('node', ['bin/keylime.js', 'tenant', '-c', 'frobnicate'], { encoding: 'utf8' })
-    expect(unknown.status).toBe(2)
-    expect(unknown.stderr).toContain('unknown tenant command')
+  it('refuses to drop a runtime or measured-boot policy, naming the flags', () => {
+    const current = { has_runtime_policy: 1, has_mb_refstate: 1, tpm_policy: tpmPolicy }
+    expect(() => keepCurrentPolicies(uuid, current, {})).toThrow(
+      `update would drop the policies of agent ${uuid}: give its runtime policy (--runtime-policy FILE or --runtime-policy-name NAME) and its measured-boot policy (--mb-policy FILE or --mb-policy-name NAME) again; to remove a policy, delete the agent and add it without one`,
+    )
+    const err = (() => {
+      try {
+        keepCurrentPolicies(uuid, current, { runtimePolicyName: 'rt' })
+      } catch (e) {
+        return e as TenantError
+      }
+    })()
+    expect(err?.exitCode).toBe(2)
+    expect(err?.message).toMatch(/give its measured-boot policy/)
+    expect(
+      keepCurrentPolicies(uuid, current, { runtimePolicyName: 'rt', mbPolicyName: 'mb' }).tpmPolicy,
+    ).toBe(tpmPolicy)
   })
 })

@@ -11,7 +11,7 @@ import {
 } from 'node:crypto'
 import { describe, expect, it } from 'vitest'
 import { computeKeyId } from '../../../src/evidence/ima/keyring.ts'
-import { fixture } from '../../helpers/fixture.ts'
+import { fixture } from '../fixture.ts'
 
 describe('computeKeyId', () => {
   it('gives the same known id for the RSA-2048 test key, private or public', () => {

@@ -3,7 +3,7 @@ import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { describe, expect, it } from 'vitest'
-import { fixturePath } from '../../helpers/fixture.ts'
+import { fixturePath } from '../fixture.ts'
 
 const run = (...args: string[]) => spawnSync('node', ['bin/keylime.js', ...args], { encoding: 'utf8' })
 
@@ -24,7 +24,7 @@ describe('keylime ima replay', () => {
     })
   })
 
-  it('exits 1 with the failing file named when the policy rejects an entry', () => {
+  it('exits 1 naming the failing line and file when the policy rejects an entry', () => {
     const r = run(
       'ima',
       'replay',
@@ -40,9 +40,10 @@ describe('keylime ima replay', () => {
     expect(Object.keys(out.pcrs)).toEqual(['sha384'])
     expect(out.failures).toEqual([
       {
+        line: 2,
+        path: '/data',
         event_id: 'ima.validation.ima-ng.not_in_allowlist',
-        context: { message: 'File not found in allowlist: /data' },
-        recoverable: true,
+        message: 'File not found in allowlist: /data',
       },
     ])
   })
@@ -88,6 +89,6 @@ describe('keylime policy create/sign/verify runtime', () => {
       '-k',
       fixturePath('certs/keylime-runtime-policy-pubkey.pub'),
     )
-    expect(bad.status).toBe(2)
+    expect(bad.status).toBe(1)
   })
 })

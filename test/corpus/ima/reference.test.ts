@@ -14,7 +14,7 @@ import {
   templateHashMatches,
   verifyImaIncrement,
 } from '../../../src/evidence/ima/index.ts'
-import { fixture, fixturePath } from '../../helpers/fixture.ts'
+import { fixture, fixturePath } from '../fixture.ts'
 
 interface ReferenceRun {
   log: string

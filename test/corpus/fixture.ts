@@ -2,7 +2,10 @@ import { readFileSync } from 'node:fs'
 import { dirname, join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 
-/** Root of the shared test data, read in place (never copied into the project). */
+/**
+ * Root of the real-world test corpus (event logs, IMA lists, policies and certificates from real machines and from
+ * upstream's tests), read in place and never copied into the project. `npm run test:corpus` checks that it exists.
+ */
 export const TESTDATA_DIR = resolve(
   process.env.KEYLIME_TESTDATA ?? join(dirname(fileURLToPath(import.meta.url)), '../../../shared/testdata'),
 )

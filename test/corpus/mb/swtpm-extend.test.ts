@@ -11,8 +11,8 @@ import { join } from 'node:path'
 import { describe, expect, it } from 'vitest'
 import { toHex } from '../../../src/evidence/mb/guid.ts'
 import { extendPlan, parseEventLog } from '../../../src/evidence/mb/index.ts'
-import { fixture, fixtureJson } from '../../helpers/fixture.ts'
 import { freePort } from '../../helpers/swtpm.ts'
+import { fixture, fixtureJson } from '../fixture.ts'
 
 interface Swtpm {
   env: NodeJS.ProcessEnv

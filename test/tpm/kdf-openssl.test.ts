@@ -1,7 +1,7 @@
 import { execFileSync } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { describe, expect, it } from 'vitest'
-import { KdfError, kdfa, kdfe, type TpmHashName } from '../../../src/crypto/kdf.ts'
+import { KdfError, kdfa, kdfe, type TpmHashName } from '../../src/crypto/kdf.ts'
 
 // Independent reference: OpenSSL's KBKDF (SP800-108 counter mode: i || label || 0x00 || context || L) and SSKDF
 // (SP800-56C one-step: H(i || Z || info)) implement the same constructions as TPM KDFa / KDFe.

@@ -8,7 +8,7 @@ import {
   replayEventLog,
 } from '../../../src/evidence/mb/index.ts'
 import type { Verdict } from '../../../src/evidence/verdict.ts'
-import { fixture, fixtureJson } from '../../helpers/fixture.ts'
+import { fixture, fixtureJson } from '../fixture.ts'
 
 const NAME = 'keylime-tests-ovmf-secureboot.bin'
 const bytes = fixture(`eventlogs/${NAME}`)

@@ -1,10 +1,10 @@
 /** Two verifier processes' worth of services (separate connection pools) on one PostgreSQL schema. */
 import { randomBytes } from 'node:crypto'
 import { afterAll, describe, expect, it } from 'vitest'
-import { type SimFleet, startSimFleet } from '../../../bench/fleet-agents.ts'
-import { dropPgSchema, openDatabase } from '../../../src/db/database.ts'
-import { AgentState, type VerifierDatabase } from '../../../src/db/verifier-repository.ts'
-import { ADMIN, enrollBody, makeVerifier, waitFor } from './harness.ts'
+import { type SimFleet, startSimFleet } from '../../bench/fleet-agents.ts'
+import { dropPgSchema, openDatabase } from '../../src/db/database.ts'
+import { AgentState, type VerifierDatabase } from '../../src/db/verifier-repository.ts'
+import { ADMIN, enrollBody, makeVerifier, waitFor } from '../unit/verifier/harness.ts'
 
 const PG_URL = process.env.KEYLIME_TEST_PG_URL ?? 'postgresql://postgres@127.0.0.1:5432/test'
 const schema = `t_ver_${randomBytes(6).toString('hex')}`

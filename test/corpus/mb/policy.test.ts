@@ -12,7 +12,7 @@ import {
   type TcgEvent,
 } from '../../../src/evidence/mb/index.ts'
 import { decodeUefiVariable, eventString } from '../../../src/evidence/mb/payload.ts'
-import { fixture, fixtureJson, fixturePath } from '../../helpers/fixture.ts'
+import { fixture, fixtureJson, fixturePath } from '../fixture.ts'
 
 const DIR = 'eventlogs'
 const load = (name: string) => parseEventLog(fixture(`${DIR}/${name}`))

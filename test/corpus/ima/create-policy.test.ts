@@ -6,7 +6,7 @@ import {
   policyTimestamp,
   RuntimePolicyError,
 } from '../../../src/evidence/ima/index.ts'
-import { fixture } from '../../helpers/fixture.ts'
+import { fixture } from '../fixture.ts'
 
 const now = new Date(Date.UTC(2023, 0, 1, 0, 0, 0))
 const text = (f: string) => fixture(f).toString('utf8')

@@ -8,7 +8,7 @@ import {
   pcrValuesToJson,
   replayEventLog,
 } from '../../../src/evidence/mb/replay.ts'
-import { fixture, fixtureJson, fixturePath } from '../../helpers/fixture.ts'
+import { fixture, fixtureJson, fixturePath } from '../fixture.ts'
 
 interface Reference {
   independent_parse: { format: string; event_count_including_header: number; parse_errors: string[] }

@@ -4,8 +4,8 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, describe, expect, it } from 'vitest'
-import { createCa, issueCertificate, revokeCertificate } from '../../../src/crypto/ca.ts'
-import { signRevocation } from '../../../src/crypto/revocation.ts'
+import { createCa, issueCertificate, revokeCertificate } from '../../src/crypto/ca.ts'
+import { signRevocation } from '../../src/crypto/revocation.ts'
 
 const root = mkdtempSync(join(tmpdir(), 'kl-ossl-'))
 afterAll(() => rmSync(root, { recursive: true, force: true }))

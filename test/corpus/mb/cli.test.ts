@@ -3,11 +3,11 @@ import { mkdtempSync, readFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { describe, expect, it } from 'vitest'
-import { fixtureJson, fixturePath } from '../../helpers/fixture.ts'
+import { fixtureJson, fixturePath } from '../fixture.ts'
 
-const RUNNER = join(import.meta.dirname, 'cli-runner.ts')
+const BIN = join(import.meta.dirname, '../../../bin/keylime.js')
 const run = (...args: string[]) =>
-  spawnSync(process.execPath, ['--import', 'tsx', RUNNER, ...args], { encoding: 'utf8', timeout: 30_000 })
+  spawnSync(process.execPath, [BIN, ...args], { encoding: 'utf8', timeout: 60_000 })
 
 describe('keylime eventlog / policy create measured-boot', () => {
   it('eventlog --json prints format, event count, replayed PCRs and events', () => {
