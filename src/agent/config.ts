@@ -6,8 +6,7 @@
 import { isAbsolute, join } from 'node:path'
 import { KeylimeError } from '../common/errors.ts'
 import { loadAgentRaw } from '../config/loader.ts'
-import { configuredDeviceIdTemplate } from './device-id.ts'
-import { parseSecureSize } from './secure-dir.ts'
+import { configuredDeviceIdTemplate, parseSecureSize } from './option-checks.ts'
 
 export class AgentConfigError extends KeylimeError {
   constructor(message: string, options?: { cause?: unknown }) {

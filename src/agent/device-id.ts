@@ -7,58 +7,12 @@
 import { createHash, type KeyObject, X509Certificate } from 'node:crypto'
 import { readFileSync } from 'node:fs'
 import { compareVersions } from '../api/versions.ts'
-import { KeylimeError } from '../common/errors.ts'
 import type { Logger } from '../common/log.ts'
 import { publicAreaToKeyObject } from '../crypto/tpm-public.ts'
 import type { AgentTpm, DeviceIdTemplateName, TpmLock } from './agent-tpm.ts'
+import { configuredDeviceIdTemplate, DeviceIdError, type DeviceIdOptions } from './option-checks.ts'
 
-export class DeviceIdError extends KeylimeError {
-  constructor(message: string, options?: { cause?: unknown }) {
-    super('ERR_AGENT_DEVICE_ID', message, options)
-  }
-}
-
-const TEMPLATES: readonly DeviceIdTemplateName[] = ['H-1', 'H-2', 'H-3', 'H-4']
-const MANUAL: Record<string, DeviceIdTemplateName> = {
-  'rsa/sha256': 'H-1',
-  'ecc/sha256': 'H-2',
-  'ecc/sha384': 'H-3',
-  'ecc/sha512': 'H-4',
-}
-
-/** The `[agent]` options of the device identity (config.ts). */
-export interface DeviceIdOptions {
-  iak_idevid_template: string
-  iak_idevid_asymmetric_alg: string
-  iak_idevid_name_alg: string
-  iak_handle: string
-  iak_password: string
-  idevid_handle: string
-  idevid_password: string
-  iak_cert: string
-  idevid_cert: string
-}
-
-/** The configured template, or null for `detect` (taken from the IAK certificate's key). */
-export function configuredDeviceIdTemplate(cfg: DeviceIdOptions): DeviceIdTemplateName | null {
-  const t = cfg.iak_idevid_template.trim()
-  if (t === '' || t === 'detect' || t === 'default') return null
-  if ((TEMPLATES as readonly string[]).includes(t)) return t as DeviceIdTemplateName
-  if (t === 'manual') {
-    const pair = `${cfg.iak_idevid_asymmetric_alg.trim().toLowerCase()}/${cfg.iak_idevid_name_alg.trim().toLowerCase()}`
-    const found = MANUAL[pair]
-    if (!found) {
-      throw new DeviceIdError(
-        `iak_idevid_asymmetric_alg/iak_idevid_name_alg '${pair}' is not supported: ${Object.keys(MANUAL).join(', ')}`,
-      )
-    }
-    return found
-  }
-  if (t === 'H-5') throw new DeviceIdError('iak_idevid_template H-5 (SM2/SM3) is not supported')
-  throw new DeviceIdError(
-    `iak_idevid_template '${t}' must be detect, manual or one of ${TEMPLATES.join(', ')}`,
-  )
-}
+export { configuredDeviceIdTemplate, DeviceIdError, type DeviceIdOptions }
 
 /** The template whose key type a certificate's key has (`detect`). */
 export function templateOfKey(key: KeyObject): DeviceIdTemplateName {

@@ -33,6 +33,11 @@ export interface RevocationHandlerOptions {
   maxAgeMs: number
   /** File recording the revocations acted on (under keylime_dir, so it survives restarts). */
   seenPath: string
+  /**
+   * A copy of the last loaded revocation certificate outside the secure directory (a public certificate, no
+   * secret): the secure directory is wiped at shutdown, and a restarted agent must still verify revocations.
+   */
+  keptCertPath?: string
   log: Logger
   /** Clock, for tests. */
   now?: () => number
@@ -165,13 +170,20 @@ export class RevocationHandler {
 
   /** (Re)loads the revocation certificate; returns whether one is loaded now. */
   loadCertificate(): boolean {
-    if (!existsSync(this.o.certPath)) return this.key !== null
+    const kept = this.o.keptCertPath
+    const path = existsSync(this.o.certPath) ? this.o.certPath : kept && existsSync(kept) ? kept : null
+    if (path === null) return this.key !== null
     try {
-      const cert = new X509Certificate(readFileSync(this.o.certPath))
+      const cert = new X509Certificate(readFileSync(path))
       this.key = createPublicKey(cert.publicKey.export({ type: 'spki', format: 'pem' }))
-      this.o.log.info('revocation certificate loaded')
+      this.o.log.info(
+        path === kept
+          ? 'revocation certificate loaded (kept from an earlier payload)'
+          : 'revocation certificate loaded',
+      )
+      if (kept && path !== kept) writeFileSync(kept, cert.toString(), { mode: 0o644 })
     } catch (err) {
-      this.o.log.error(`cannot load revocation certificate ${this.o.certPath}: ${(err as Error).message}`)
+      this.o.log.error(`cannot load revocation certificate ${path}: ${(err as Error).message}`)
     }
     return this.key !== null
   }

@@ -291,6 +291,7 @@ export async function startAgent(opts: StartAgentOptions): Promise<RunningAgent>
       timeoutMs: cfg.revocation_action_timeout_seconds * 1000,
       maxAgeMs: cfg.revocation_max_age_seconds * 1000,
       seenPath: join(cfg.keylime_dir, 'revocations_seen.json'),
+      keptCertPath: join(cfg.keylime_dir, 'revocation-cert.crt'),
       log,
     })
     revocation.loadCertificate()

@@ -18,28 +18,15 @@ import {
 } from 'node:fs'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
-import { KeylimeError } from '../common/errors.ts'
 import type { Logger } from '../common/log.ts'
+import { parseSecureSize, SecureDirError } from './option-checks.ts'
+
+export { parseSecureSize, SecureDirError }
 
 const execFileAsync = promisify(execFile)
 
 /** statfs f_type of tmpfs (linux/magic.h TMPFS_MAGIC). */
 export const TMPFS_MAGIC = 0x01021994
-
-export class SecureDirError extends KeylimeError {
-  constructor(message: string, options?: { cause?: unknown }) {
-    super('ERR_AGENT_SECURE_DIR', message, options)
-  }
-}
-
-/** `secure_size` as tmpfs takes it: a number of bytes with an optional k/m/g suffix (upstream default `1m`). */
-export function parseSecureSize(size: string): string {
-  const s = size.trim().toLowerCase()
-  if (!/^[1-9][0-9]*[kmg]?$/.test(s)) {
-    throw new SecureDirError(`secure_size '${size}' is not a size (bytes with an optional k, m or g suffix)`)
-  }
-  return s
-}
 
 export function isTmpfs(path: string): boolean {
   return Number(statfsSync(path).type) === TMPFS_MAGIC

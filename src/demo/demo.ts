@@ -278,7 +278,7 @@ export async function runDemo(opts: DemoOptions): Promise<number> {
       'measured boot passes on both agents: the boot log replays to the quoted PCRs 0-9 and 14, and matches the reference state',
     )
     const { marker } = markers.get(web.uuid) as { marker: string }
-    await waitFor('the payload to run', opts.stepTimeout, () => (existsSync(marker) ? true : undefined))
+    await waitFor('the payload to run', opts.stepTimeout, () => (markerWritten(marker) ? true : undefined))
     say(`agent1: payload ran after the first good attestation: ${readFileSync(marker, 'utf8').trim()}`)
 
     // Tampering 1: agent1 runs a program that is not in the runtime policy.
@@ -299,7 +299,7 @@ export async function runDemo(opts: DemoOptions): Promise<number> {
     say(`webhook: signed revocation for ${first.agent_id} verified; context: ${first.context ?? '(none)'}`)
     const { revocationMarker } = markers.get(db.uuid) as { revocationMarker: string }
     await waitFor("agent2's revocation action", opts.stepTimeout, () =>
-      existsSync(revocationMarker) ? true : undefined,
+      markerWritten(revocationMarker) ? true : undefined,
     )
     say(
       `agent2: verified the revocation and ran its action: ${readFileSync(revocationMarker, 'utf8').trim()}`,
@@ -363,4 +363,9 @@ export async function runDemo(opts: DemoOptions): Promise<number> {
     process.removeListener('SIGINT', interrupted)
     await cleanUp()
   }
+}
+
+/** A marker file a script writes with `echo … > file`: the shell creates it before the text arrives. */
+function markerWritten(path: string): boolean {
+  return existsSync(path) && readFileSync(path, 'utf8').endsWith('\n')
 }

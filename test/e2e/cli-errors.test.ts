@@ -140,7 +140,7 @@ describe('configuration and start-up errors', () => {
       const r = keylimeProcess(['agent', '-c', conf], { KEYLIME_LOG_LEVEL: 'silent' })
       expect([r.code, r.err]).toEqual([
         4,
-        `keylime agent: registrar unreachable at http://127.0.0.1:${port}/version: connection refused by 127.0.0.1:${port} (check registrar_ip/registrar_port in agent.conf and that the registrar is running)\n`,
+        `keylime agent: registrar unreachable: GET /version: connection refused by 127.0.0.1:${port} (check registrar_ip/registrar_port in agent.conf and that the registrar is running)\n`,
       ])
     } finally {
       await swtpm.stop()
