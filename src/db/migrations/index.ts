@@ -7,6 +7,7 @@ import type { Migration } from 'kysely'
 import * as registrar0 from './2026112600_registrar.ts'
 import * as verifier0 from './2026112601_verifier.ts'
 import * as registrar1 from './2026120600_registrar_pending.ts'
+import * as verifier1 from './2026120601_verifier_events_leases.ts'
 
 export type MigrationSet = Readonly<Record<string, Migration>>
 
@@ -17,6 +18,7 @@ export const REGISTRAR_MIGRATIONS: MigrationSet = {
 
 export const VERIFIER_MIGRATIONS: MigrationSet = {
   '2026112601_verifier': verifier0,
+  '2026120601_verifier_events_leases': verifier1,
 }
 
 export const MIGRATION_SETS = {

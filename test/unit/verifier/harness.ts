@@ -17,7 +17,8 @@ export function memoryDb(): Kysely<VerifierDatabase> {
 export async function makeVerifier(
   opts: Partial<VerifierOptions> = {},
   db: Kysely<VerifierDatabase> = memoryDb(),
-  leaseHolder?: string,
+  /** Stable part of the lease holder id (two services with the same one act as one restarted process). */
+  leaseAddress?: string,
 ) {
   await migrateVerifierDatabase(db)
   const options: VerifierOptions = {
@@ -34,7 +35,7 @@ export async function makeVerifier(
     options,
     log: silentLog,
     clientTls: null,
-    ...(leaseHolder ? { leaseHolder } : {}),
+    ...(leaseAddress ? { leaseAddress } : {}),
   })
   // tests mark admin calls with a header; the real server uses the TLS handshake (see tls test)
   const identify = (req: { headers: Record<string, unknown> }): Identity =>
