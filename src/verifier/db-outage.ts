@@ -18,7 +18,7 @@ export function describeDbError(err: unknown): Record<string, unknown> {
 
 export class DbOutage {
   private since: number | null = null
-  private failedOperations = 0
+  private failures = 0
 
   constructor(
     private readonly log: Logger,
@@ -29,8 +29,13 @@ export class DbOutage {
     return this.since !== null
   }
 
+  /** Operations that failed during the current outage. */
+  get failedOperations(): number {
+    return this.failures
+  }
+
   failed(err: unknown, operation: string): void {
-    this.failedOperations++
+    this.failures++
     if (this.since !== null) return
     this.since = this.now()
     this.log.error(
@@ -42,10 +47,10 @@ export class DbOutage {
   succeeded(): void {
     if (this.since === null) return
     this.log.warn(
-      { outageMs: this.now() - this.since, failedOperations: this.failedOperations },
+      { outageMs: this.now() - this.since, failedOperations: this.failures },
       'database reachable again',
     )
     this.since = null
-    this.failedOperations = 0
+    this.failures = 0
   }
 }

@@ -5,7 +5,7 @@ import { afterEach, describe, expect, it } from 'vitest'
 import { type SimFleet, simMeasure, startSimFleet } from '../../../bench/fleet-agents.ts'
 import { AgentState } from '../../../src/api/verifier/states.ts'
 import type { StepEvent } from '../../../src/verifier/attestation-loop.ts'
-import { ADMIN, enrollBody, makeVerifier, memoryDb, waitFor } from './harness.ts'
+import { ADMIN, enrollBody, makeVerifier, memoryDb, nextStep, waitFor } from './harness.ts'
 
 const cleanups: (() => Promise<void>)[] = []
 afterEach(async () => {
@@ -28,27 +28,11 @@ async function verifierWith(opts: Parameters<typeof makeVerifier>[0] = {}, ...re
   return v
 }
 
-/** The next step event of an agent that matches (the loop's own event, no sleeping). */
-function stepOf(
+const stepOf = (
   v: Awaited<ReturnType<typeof makeVerifier>>,
   agentId: string,
   match: (e: StepEvent) => boolean,
-  timeoutMs = 5000,
-): Promise<StepEvent> {
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => {
-      v.service.loop.events.off('step', on)
-      reject(new Error(`no matching step of ${agentId} within ${timeoutMs} ms`))
-    }, timeoutMs)
-    const on = (e: StepEvent) => {
-      if (e.agentId !== agentId || !match(e)) return
-      clearTimeout(timer)
-      v.service.loop.events.off('step', on)
-      resolve(e)
-    }
-    v.service.loop.events.on('step', on)
-  })
-}
+) => nextStep(v.service, agentId, match)
 
 async function enroll(v: Awaited<ReturnType<typeof makeVerifier>>, f: SimFleet, i: number, extra = {}) {
   const a = f.agents[i]
