@@ -15,6 +15,7 @@ import { existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 
 import { tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
+import { AgentState } from '../api/verifier/states.ts'
 import { createCa } from '../crypto/ca.ts'
 import type { RevocationMessage } from '../crypto/revocation.ts'
 import { extendEventLogIntoTpm } from '../devtools/event-log-replay.ts'
@@ -226,7 +227,8 @@ export async function runDemo(opts: DemoOptions): Promise<number> {
     let seen = 0
     await waitFor('three good attestations', opts.stepTimeout, async () => {
       const s = await status(web.uuid)
-      if (s.operational_state === 9) throw new Error(`agent1 failed attestation: ${s.last_event_id}`)
+      if (s.operational_state === AgentState.INVALID_QUOTE)
+        throw new Error(`agent1 failed attestation: ${s.last_event_id}`)
       const count = Number(s.attestation_count ?? 0)
       if (count > seen) {
         seen = count
@@ -238,7 +240,8 @@ export async function runDemo(opts: DemoOptions): Promise<number> {
     })
     await waitFor('agent2 to attest', opts.stepTimeout, async () => {
       const s = await status(db.uuid)
-      if (s.operational_state === 9) throw new Error(`agent2 failed attestation: ${s.last_event_id}`)
+      if (s.operational_state === AgentState.INVALID_QUOTE)
+        throw new Error(`agent2 failed attestation: ${s.last_event_id}`)
       return Number(s.attestation_count ?? 0) >= 1 ? true : undefined
     })
     say(
@@ -258,7 +261,7 @@ export async function runDemo(opts: DemoOptions): Promise<number> {
       opts.stepTimeout,
       async () => {
         const s = await status(web.uuid)
-        return s.operational_state === 9 ? s : undefined
+        return s.operational_state === AgentState.INVALID_QUOTE ? s : undefined
       },
     )
     say(`verifier: agent1 ${imaFailure.operational_state_name}, event ${imaFailure.last_event_id}`)
@@ -293,7 +296,7 @@ export async function runDemo(opts: DemoOptions): Promise<number> {
       opts.stepTimeout,
       async () => {
         const s = await status(db.uuid)
-        return s.operational_state === 9 ? s : undefined
+        return s.operational_state === AgentState.INVALID_QUOTE ? s : undefined
       },
     )
     say(
