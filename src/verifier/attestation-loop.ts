@@ -466,18 +466,7 @@ export class AttestationLoop {
   /** Runs the state machine and carries out its effects in order; stops at a refused write. */
   private async apply(a: AgentRuntime, gen: number, outcome: StepOutcome): Promise<void> {
     this.steps++
-    const o = this.deps.options
-    const t = transition(a.state, outcome, {
-      numRetries: a.numRetries,
-      attestationCount: a.attestationCount,
-      severityLevel: a.severityLevel,
-      maxRetries: o.maxRetries,
-      retryInterval: o.retryInterval,
-      exponentialBackoff: o.exponentialBackoff,
-      quoteIntervalMs: o.quoteIntervalMs,
-      severityLabels: o.severityLabels,
-      severityRules: o.severityRules,
-    })
+    const t = transition(a.state, outcome, a, this.deps.options)
     const patch: VerifierAgentPatch = { operational_state: t.state }
     a.state = t.state
     a.numRetries = t.numRetries
@@ -509,7 +498,10 @@ export class AttestationLoop {
       case 'persist':
         if (effect.mode === 'batched') {
           const s = a.lastSuccess
-          if (s) this.batcher.put({ ...s, operationalState: a.state })
+          if (s) {
+            s.operationalState = a.state
+            this.batcher.put(s)
+          }
           return true
         }
         if (outcome.kind === 'quote_failed') {

@@ -38,12 +38,17 @@ export type Effect =
   /** Leave the loop; the agent stays in its (persisted) state until reactivated. */
   | { kind: 'stop' }
 
-export interface MachineContext {
+/** What the machine needs to know about the agent (the loop passes its runtime record as is). */
+export interface AgentCounters {
   numRetries: number
-  /** Good attestations so far (before this outcome). */
+  /** Good attestations so far. */
   attestationCount: number
   /** Highest severity recorded so far; null = none. */
   severityLevel: number | null
+}
+
+/** The verifier's settings the machine applies. */
+export interface MachineOptions {
   maxRetries: number
   retryInterval: number
   exponentialBackoff: boolean
@@ -82,8 +87,13 @@ export function retryDelayMs(n: number, retryInterval: number, exponentialBackof
   return (exponentialBackoff && retryInterval > 1 ? retryInterval ** n : retryInterval) * 1000
 }
 
-export function transition(state: AgentState, outcome: StepOutcome, ctx: MachineContext): Transition {
-  if (!isAttestedState(state)) return { state, numRetries: ctx.numRetries, effects: [{ kind: 'stop' }] }
+export function transition(
+  state: AgentState,
+  outcome: StepOutcome,
+  agent: AgentCounters,
+  o: MachineOptions,
+): Transition {
+  if (!isAttestedState(state)) return { state, numRetries: agent.numRetries, effects: [{ kind: 'stop' }] }
   const quoting = QUOTING.includes(state)
   switch (outcome.kind) {
     case 'quote_passed':
@@ -102,12 +112,12 @@ export function transition(state: AgentState, outcome: StepOutcome, ctx: Machine
             numRetries: 0,
             effects: [
               { kind: 'persist', mode: 'batched' },
-              { kind: 'reschedule', delayMs: ctx.quoteIntervalMs, sendPubkey: false },
+              { kind: 'reschedule', delayMs: o.quoteIntervalMs, sendPubkey: false },
             ],
           }
     case 'quote_failed':
       if (!quoting) break
-      return quoteFailed(outcome.events, ctx)
+      return quoteFailed(outcome.events, agent, o)
     case 'v_delivered':
       if (quoting) break
       return {
@@ -115,37 +125,37 @@ export function transition(state: AgentState, outcome: StepOutcome, ctx: Machine
         numRetries: 0,
         effects: [
           { kind: 'persist', mode: 'now' },
-          { kind: 'reschedule', delayMs: ctx.quoteIntervalMs, sendPubkey: false },
+          { kind: 'reschedule', delayMs: o.quoteIntervalMs, sendPubkey: false },
         ],
       }
     case 'v_not_needed':
       if (quoting) break
       return {
         state: AgentState.GET_QUOTE,
-        numRetries: ctx.numRetries,
-        effects: [{ kind: 'reschedule', delayMs: ctx.quoteIntervalMs, sendPubkey: false }],
+        numRetries: agent.numRetries,
+        effects: [{ kind: 'reschedule', delayMs: o.quoteIntervalMs, sendPubkey: false }],
       }
     case 'unreachable':
-      return unreachable(state, quoting, ctx)
+      return unreachable(state, quoting, agent, o)
     case 'refused':
-      return { state: AgentState.FAILED, numRetries: ctx.numRetries, effects: [persistNow, stop] }
+      return { state: AgentState.FAILED, numRetries: agent.numRetries, effects: [persistNow, stop] }
     case 'renegotiated':
       return {
         state,
-        numRetries: ctx.numRetries,
+        numRetries: agent.numRetries,
         effects: [persistNow, { kind: 'reschedule', delayMs: 0, sendPubkey: false }],
       }
     case 'cannot_evaluate':
       // fail closed (never a pass), but no revocation: the machine did nothing wrong
       return {
         state: AgentState.FAILED,
-        numRetries: ctx.numRetries,
+        numRetries: agent.numRetries,
         effects: [
           {
             kind: 'record_event',
             eventId: CANNOT_EVALUATE_EVENT,
             context: outcome.context,
-            severityLevel: ctx.severityLevel,
+            severityLevel: agent.severityLevel,
           },
           persistNow,
           stop,
@@ -159,19 +169,19 @@ const persistNow: Effect = { kind: 'persist', mode: 'now' }
 const stop: Effect = { kind: 'stop' }
 
 /** §D.6: INVALID_QUOTE, record the worst event when severity rises, revoke, stop or re-quote at once. */
-function quoteFailed(events: readonly FailureEvent[], ctx: MachineContext): Transition {
+function quoteFailed(events: readonly FailureEvent[], agent: AgentCounters, o: MachineOptions): Transition {
   if (events.length === 0) throw new Error('a failed quote needs at least one event')
   let worst = events[0] as FailureEvent
   let worstLevel = -1
   for (const ev of events) {
-    const level = severityOf(ev, ctx.severityRules, ctx.severityLabels)
+    const level = severityOf(ev, o.severityRules, o.severityLabels)
     if (level > worstLevel) {
       worstLevel = level
       worst = ev
     }
   }
   const effects: Effect[] = []
-  if (ctx.severityLevel === null || worstLevel > ctx.severityLevel)
+  if (agent.severityLevel === null || worstLevel > agent.severityLevel)
     effects.push({
       kind: 'record_event',
       eventId: worst.eventId,
@@ -181,30 +191,35 @@ function quoteFailed(events: readonly FailureEvent[], ctx: MachineContext): Tran
   effects.push(persistNow, {
     kind: 'revoke',
     eventId: worst.eventId,
-    severityLabel: ctx.severityLabels[worstLevel] ?? 'emergency',
+    severityLabel: o.severityLabels[worstLevel] ?? 'emergency',
     context: worst.context,
   })
-  const halt = events.some((e) => !e.recoverable) || worstLevel >= ctx.severityLabels.length - 1
+  const halt = events.some((e) => !e.recoverable) || worstLevel >= o.severityLabels.length - 1
   effects.push(halt ? stop : { kind: 'reschedule', delayMs: 0, sendPubkey: false })
-  return { state: AgentState.INVALID_QUOTE, numRetries: ctx.numRetries, effects }
+  return { state: AgentState.INVALID_QUOTE, numRetries: agent.numRetries, effects }
 }
 
 /** §D.5: retry with the public key requested again, FAILED after `max_retries`. */
-function unreachable(state: AgentState, quoting: boolean, ctx: MachineContext): Transition {
-  if (ctx.numRetries >= ctx.maxRetries) {
+function unreachable(
+  state: AgentState,
+  quoting: boolean,
+  agent: AgentCounters,
+  o: MachineOptions,
+): Transition {
+  if (agent.numRetries >= o.maxRetries) {
     // a quote that never succeeded once is not worth a notification (upstream)
-    const notify = !quoting || ctx.attestationCount > 0
+    const notify = !quoting || agent.attestationCount > 0
     return {
       state: AgentState.FAILED,
-      numRetries: ctx.numRetries,
+      numRetries: agent.numRetries,
       effects: notify ? [persistNow, { kind: 'notify_comm_error' }, stop] : [persistNow, stop],
     }
   }
-  const numRetries = ctx.numRetries + 1
+  const numRetries = agent.numRetries + 1
   const retryState = quoting ? AgentState.GET_QUOTE_RETRY : AgentState.PROVIDE_V_RETRY
   const reschedule: Effect = {
     kind: 'reschedule',
-    delayMs: retryDelayMs(numRetries, ctx.retryInterval, ctx.exponentialBackoff),
+    delayMs: retryDelayMs(numRetries, o.retryInterval, o.exponentialBackoff),
     sendPubkey: true,
   }
   return {

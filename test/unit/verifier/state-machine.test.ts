@@ -6,16 +6,17 @@ import { describe, expect, it } from 'vitest'
 import { AgentState, ALL_AGENT_STATES } from '../../../src/api/verifier/states.ts'
 import { DEFAULT_SEVERITY_LABELS, failure } from '../../../src/evidence/verdict.ts'
 import {
+  type AgentCounters,
   CANNOT_EVALUATE_EVENT,
   type Effect,
-  type MachineContext,
+  type MachineOptions,
   NoTransitionError,
   type StepOutcome,
   transition,
 } from '../../../src/verifier/state-machine.ts'
 
 const S = AgentState
-const ctx: MachineContext = {
+const ctx: AgentCounters & MachineOptions = {
   numRetries: 0,
   attestationCount: 3,
   severityLevel: null,
@@ -156,10 +157,10 @@ describe('pull-mode state machine (§D)', () => {
     const expected = TABLE[state][name]
     const outcome = OUTCOMES[name] as StepOutcome
     if (expected === 'none') {
-      expect(() => transition(state, outcome, ctx)).toThrow(NoTransitionError)
+      expect(() => transition(state, outcome, ctx, ctx)).toThrow(NoTransitionError)
       return
     }
-    const t = transition(state, outcome, ctx)
+    const t = transition(state, outcome, ctx, ctx)
     expect({ state: t.state, effects: t.effects }).toEqual(expected)
   })
 })
@@ -170,7 +171,7 @@ describe('retries and severity (§D.5, §D.6)', () => {
     let state: AgentState = S.GET_QUOTE
     let numRetries = 0
     for (;;) {
-      const t = transition(state, { kind: 'unreachable' }, { ...ctx, numRetries })
+      const t = transition(state, { kind: 'unreachable' }, { ...ctx, numRetries }, ctx)
       state = t.state
       numRetries = t.numRetries
       const r = t.effects.find((e) => e.kind === 'reschedule')
@@ -189,12 +190,14 @@ describe('retries and severity (§D.5, §D.6)', () => {
       S.GET_QUOTE_RETRY,
       { kind: 'unreachable' },
       { ...ctx, numRetries: 5, attestationCount: 0 },
+      ctx,
     )
     expect(t.effects).toEqual([persistNow, stop])
     const linear = transition(
       S.GET_QUOTE,
       { kind: 'unreachable' },
-      { ...ctx, exponentialBackoff: false, numRetries: 3 },
+      { ...ctx, numRetries: 3 },
+      { ...ctx, exponentialBackoff: false },
     )
     expect(linear.effects).toContainEqual(after(2000, true))
     // V delivery failing for good always notifies (the agent was attested)
@@ -202,23 +205,31 @@ describe('retries and severity (§D.5, §D.6)', () => {
       S.PROVIDE_V_RETRY,
       { kind: 'unreachable' },
       { ...ctx, numRetries: 5, attestationCount: 0 },
+      ctx,
     )
     expect(v.effects).toContainEqual({ kind: 'notify_comm_error' })
   })
 
   it('records the event only when the severity rises, and resets retries after a pass', () => {
-    const same = transition(S.INVALID_QUOTE, OUTCOMES.failedRecoverable as StepOutcome, {
-      ...ctx,
-      severityLevel: 2,
-    })
+    const same = transition(
+      S.INVALID_QUOTE,
+      OUTCOMES.failedRecoverable as StepOutcome,
+      { ...ctx, severityLevel: 2 },
+      ctx,
+    )
     expect(same.effects.some((e) => e.kind === 'record_event')).toBe(false)
     expect(same.effects).toContainEqual(revokePcr)
-    const passed = transition(S.GET_QUOTE_RETRY, OUTCOMES.passed as StepOutcome, { ...ctx, numRetries: 3 })
+    const passed = transition(
+      S.GET_QUOTE_RETRY,
+      OUTCOMES.passed as StepOutcome,
+      { ...ctx, numRetries: 3 },
+      ctx,
+    )
     expect(passed.numRetries).toBe(0)
   })
 
   it('the worst of several events decides; any irrecoverable one stops polling', () => {
-    const t = transition(S.GET_QUOTE, { kind: 'quote_failed', events: [pcrFailure, quoteForgery] }, ctx)
+    const t = transition(S.GET_QUOTE, { kind: 'quote_failed', events: [pcrFailure, quoteForgery] }, ctx, ctx)
     expect(t.effects).toEqual([recordForgery, persistNow, revokeForgery, stop])
   })
 })
