@@ -87,6 +87,7 @@ export class AttestationLoop {
       repo: deps.repo,
       leaseHolder: deps.leaseHolder,
       outage: this.outage,
+      log: deps.log,
       flushMs: FLUSH_MS,
       isHeld: (id) => this.agents.has(id),
       onRefused: (id) => this.refused(id),
@@ -320,7 +321,10 @@ export class AttestationLoop {
       }
       this.outage.succeeded()
       if (!ok) {
-        if (gen === a.generation) await this.refused(a.id)
+        if (gen === a.generation) {
+          this.deps.log.info({ agentId: a.id }, 'lease: agent released (write fence refused)')
+          await this.refused(a.id)
+        }
         return false
       }
       return gen === a.generation

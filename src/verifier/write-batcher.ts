@@ -4,6 +4,7 @@
  * overwrite it. A batch that fails (database down) is kept and written by a later flush; agents the lease guard
  * refused are handed to `onRefused`.
  */
+import type { Logger } from '../common/log.ts'
 import type { AttestationSuccess, VerifierRepository } from '../db/verifier-repository.ts'
 import type { DbOutage } from './db-outage.ts'
 
@@ -11,6 +12,7 @@ export interface WriteBatcherDeps {
   repo: VerifierRepository
   leaseHolder: string
   outage: DbOutage
+  log: Logger
   flushMs: number
   /** Whether the agent is still attested here (a removed agent's retried success is dropped). */
   isHeld: (agentId: string) => boolean
@@ -67,6 +69,11 @@ export class WriteBatcher {
         return
       }
       this.deps.outage.succeeded()
+      if (refused.length > 0)
+        this.deps.log.info(
+          { released: refused.length },
+          'lease: agents released (write fence refused: lease lost, stopped or deleted)',
+        )
       for (const id of refused) await this.deps.onRefused(id)
     }
     this.flushing = this.flushing.then(run, run)

@@ -199,4 +199,33 @@ describe('leases: identical replicas and fencing', () => {
     expect(rows.every((r) => r.lease_holder === vb.service.leaseHolder)).toBe(true)
     expect(rows.every((r) => r.operational_state === AgentState.GET_QUOTE)).toBe(true)
   })
+
+  it('the heartbeat notices a row deleted by an operator (TERMINATED) and a lease taken elsewhere', async () => {
+    const f = await fleet(2)
+    const db = memoryDb()
+    const { log, lines } = capturingLog()
+    // no batched write reaches the row between the change and the heartbeat: the interval is long
+    const v = await started({ quoteIntervalMs: 60_000 }, db, undefined, log)
+    const gone = await enroll(v, f, 0)
+    const taken = await enroll(v, f, 1)
+    await v.service.loop.flush()
+    await db
+      .updateTable('verifiermain')
+      .set({ operational_state: AgentState.TERMINATED })
+      .where('agent_id', '=', gone.id)
+      .execute()
+    await db
+      .updateTable('verifiermain')
+      .set({ lease_holder: 'other@host/127.0.0.1:8881#0', lease_epoch: 99 })
+      .where('agent_id', '=', taken.id)
+      .execute()
+    await v.service.beat()
+    expect(v.service.noticed).toMatchObject({ stoppedByOperator: 1, leaseLost: 1 })
+    expect(v.service.loop.size).toBe(0)
+    expect(await v.service.repo.getAgent(gone.id)).toBeUndefined()
+    expect((await v.service.repo.getAgent(taken.id))?.lease_holder).toBe('other@host/127.0.0.1:8881#0')
+    expect(lines.find((l) => l.msg === 'lease: agents taken by another verifier')).toMatchObject({
+      released: 1,
+    })
+  })
 })
