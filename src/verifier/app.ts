@@ -54,6 +54,16 @@ function forbidden(reply: FastifyReply): FastifyReply {
   })
 }
 
+/** The stored `last_event_context` JSON; a value that does not parse is shown as text, never a 500. */
+function eventContext(text: string | null): Record<string, unknown> | null {
+  if (text === null) return null
+  try {
+    return JSON.parse(text) as Record<string, unknown>
+  } catch {
+    return { unparsable: text }
+  }
+}
+
 function jsonList(text: string | null): string[] {
   if (!text) return []
   try {
@@ -159,7 +169,7 @@ export async function buildVerifierApp(opts: VerifierAppOptions): Promise<Fastif
       verifier_port: row.verifier_port,
       severity_level: row.severity_level,
       last_event_id: row.last_event_id,
-      last_event_context: row.last_event_context === null ? null : JSON.parse(row.last_event_context),
+      last_event_context: eventContext(row.last_event_context),
       attestation_count: row.attestation_count,
       last_received_quote: row.last_received_quote === null ? null : Number(row.last_received_quote),
       last_successful_attestation:
@@ -170,7 +180,6 @@ export async function buildVerifierApp(opts: VerifierAppOptions): Promise<Fastif
     }
   }
 
-  const parseRuntime = parseRuntimeInput
   const parseMb = (text: string) => parseMbInput(text, o.mbPolicyEngine)
   const unwrap = (text: string, keyB64: unknown) =>
     unwrapRuntimePolicy(text, keyB64, o.requireAllowListSignatures)
@@ -309,7 +318,7 @@ export async function buildVerifierApp(opts: VerifierAppOptions): Promise<Fastif
             b64decode('runtime_policy', body.runtime_policy).toString('utf8'),
             body.runtime_policy_key,
           )
-          const parsed = parseRuntime(text, true)
+          const parsed = parseRuntimeInput(text, true)
           const fields = {
             ima_policy: text,
             checksum: PolicyStore.checksum(text),
