@@ -90,7 +90,10 @@ export class AttestationLoop {
       log: deps.log,
       flushMs: FLUSH_MS,
       isHeld: (id) => this.agents.has(id),
-      onRefused: (id) => this.refused(id),
+      // a success from an earlier claim (the agent was re-enrolled or reactivated meanwhile) says nothing of now
+      onRefused: async (s) => {
+        if (this.agents.get(s.agentId)?.leaseEpoch === s.leaseEpoch) await this.refused(s.agentId)
+      },
     })
   }
 

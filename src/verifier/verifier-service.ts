@@ -18,7 +18,7 @@ import type { Kysely } from 'kysely'
 import { Agent } from 'undici'
 import { envelope } from '../api/envelope.ts'
 import { ENROLL_REQUIRED_KEYS, type EnrollBody } from '../api/verifier/schemas.ts'
-import { AgentState, OPERATOR_HELD_STATES } from '../api/verifier/states.ts'
+import { AgentState, OPERATOR_HELD_STATES, RESUMABLE_STATES } from '../api/verifier/states.ts'
 import type { Logger } from '../common/log.ts'
 import { DuplicateError, type VerifierDatabase, VerifierRepository } from '../db/verifier-repository.ts'
 import { AgentConnections, type VerifierClientTls } from './agent-connections.ts'
@@ -61,7 +61,7 @@ export class VerifierService {
   readonly policies: PolicyStore
   readonly outage: DbOutage
   /** Rows the last reconcile found changed by someone else, by kind (tests and logs). */
-  readonly noticed = { configChanged: 0, leaseLost: 0, stoppedByOperator: 0 }
+  readonly noticed = { configChanged: 0, leaseLost: 0, stoppedByOperator: 0, resumed: 0 }
   private readonly leaseAddress: string
   /** https webhooks: the verifier's client certificate, server checked against `trusted_server_ca`. */
   private readonly webhookDispatcher: Agent | null
@@ -202,10 +202,13 @@ export class VerifierService {
    * - a row it attests whose lease is now held by someone else or under a newer epoch: it stops attesting it;
    * - a row set to TERMINATED or TENANT_FAILED: it stops (and finishes a pending delete);
    * - a changed configuration column (`config_version`, bumped by a database trigger: ip, port, tpm_policy, accept
-   *   lists, AK, mTLS certificate, V, policies ids, keys, metadata): it restarts the agent from the new row.
+   *   lists, AK, mTLS certificate, V, policies ids, keys, metadata): it restarts the agent from the new row;
+   * - a row it holds in a resumable state but does not attest: it resumes it.
    * Edits of a stored policy's text by another verifier are not noticed until the agent restarts.
    */
   private async reconcile(): Promise<void> {
+    // agents the loop lets go of from now on wrote their final state first; only those absent already may be stuck
+    const attestedBefore = new Set(this.loop.agentIds())
     const rows = new Map((await this.repo.heldRows(this.leaseHolder)).map((r) => [r.agent_id, r]))
     let lost = 0
     for (const id of [...this.loop.agentIds()]) {
@@ -239,6 +242,23 @@ export class VerifierService {
         }
       }
     }
+    // rows this verifier holds in a resumable state that it did not attest (a restart raced with a write): resume
+    const resumable = (state: number | null) =>
+      state !== null && (RESUMABLE_STATES as readonly number[]).includes(state)
+    for (const [id, row] of rows)
+      if (!attestedBefore.has(id) && !this.loop.has(id) && resumable(row.operational_state)) {
+        const full = await this.repo.getAgent(id)
+        if (
+          !full ||
+          full.lease_holder !== this.leaseHolder ||
+          !resumable(full.operational_state) ||
+          this.loop.has(id)
+        )
+          continue
+        this.deps.log.warn({ agentId: id }, 'held agent was not attested: resumed')
+        this.loop.add(full)
+        this.noticed.resumed++
+      }
     this.noticed.leaseLost += lost
     if (lost > 0)
       this.deps.log.warn({ released: lost, held: this.loop.size }, 'lease: agents taken by another verifier')

@@ -16,7 +16,8 @@ export interface WriteBatcherDeps {
   flushMs: number
   /** Whether the agent is still attested here (a removed agent's retried success is dropped). */
   isHeld: (agentId: string) => boolean
-  onRefused: (agentId: string) => Promise<void>
+  /** A success the fence refused (the caller checks it is not from an earlier claim of the agent). */
+  onRefused: (success: AttestationSuccess) => Promise<void>
 }
 
 export class WriteBatcher {
@@ -74,7 +75,8 @@ export class WriteBatcher {
           { released: refused.length },
           'lease: agents released (write fence refused: lease lost, stopped or deleted)',
         )
-      for (const id of refused) await this.deps.onRefused(id)
+      const byId = new Map(batch.map((b) => [b.agentId, b]))
+      for (const id of refused) await this.deps.onRefused(byId.get(id) as AttestationSuccess)
     }
     this.flushing = this.flushing.then(run, run)
     return this.flushing

@@ -228,4 +228,17 @@ describe('leases: identical replicas and fencing', () => {
       released: 1,
     })
   })
+
+  it('the heartbeat resumes an agent it holds in a resumable state but does not attest', async () => {
+    const f = await fleet(1)
+    const v = await started()
+    const a = await enroll(v, f, 0)
+    await v.service.loop.flush()
+    // what a lost in-memory record looks like: the row is ours and resumable, the loop has nothing
+    v.service.loop.remove(a.id)
+    const resumed = nextStep(v.service, a.id, (e) => e.outcome === 'quote_passed')
+    await v.service.beat()
+    expect(v.service.noticed.resumed).toBe(1)
+    await resumed
+  })
 })
