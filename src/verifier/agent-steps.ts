@@ -7,12 +7,14 @@ import { constants, publicEncrypt } from 'node:crypto'
 import { AgentClientError } from '../api/agent/client.ts'
 import type { IntegrityQuoteResults } from '../api/agent/schemas.ts'
 import { AGENT_API_VERSIONS, compareVersions, negotiateVersion } from '../api/versions.ts'
+import { KeylimeError } from '../common/errors.ts'
 import type { Logger } from '../common/log.ts'
 import type { EvidenceInput, EvidenceResult } from '../evidence/pipeline.ts'
 import { maskOfPcrs, requiredPcrs } from '../evidence/quote/index.ts'
 import { type FailureEvent, failure } from '../evidence/verdict.ts'
 import type { AgentConnections } from './agent-connections.ts'
 import type { AgentRuntime } from './agent-runtime.ts'
+import type { DbOutage } from './db-outage.ts'
 import type { EvidenceRunner } from './evidence-runner.ts'
 import { randomNonce } from './nonce.ts'
 import type { VerifierOptions } from './options.ts'
@@ -25,6 +27,7 @@ export interface AgentStepsDeps {
   evidence: EvidenceRunner
   policies: PolicyStore
   log: Logger
+  outage: DbOutage
   now: () => number
 }
 
@@ -45,14 +48,22 @@ export class AgentSteps {
       return { kind: 'cannot_evaluate', context: { ...a.unusable } }
     }
     if (a.policies === null) {
-      try {
-        a.policies = {
-          runtime: await this.deps.policies.runtimeFor(a.imaPolicyId),
-          mb: await this.deps.policies.mbFor(a.mbPolicyId),
+      for (let attempt = 0; a.policies === null; attempt++) {
+        try {
+          a.policies = {
+            runtime: await this.deps.policies.runtimeFor(a.imaPolicyId),
+            mb: await this.deps.policies.mbFor(a.mbPolicyId),
+          }
+        } catch (err) {
+          // a policy that is gone or does not parse is the verifier's fault; a database error passes: wait for it
+          if (err instanceof KeylimeError) {
+            this.deps.log.error({ agentId: a.id, err: err.message }, 'stored policy is unusable')
+            return { kind: 'cannot_evaluate', context: { field: 'policy', message: err.message } }
+          }
+          this.deps.outage.failed(err, 'loading policies')
+          await new Promise((r) => setTimeout(r, Math.min(5000, 100 * 2 ** attempt)))
+          if (gen !== a.generation) return null
         }
-      } catch (err) {
-        this.deps.log.error({ agentId: a.id, err: (err as Error).message }, 'stored policy is unusable')
-        return { kind: 'cannot_evaluate', context: { field: 'policy', message: (err as Error).message } }
       }
       if (gen !== a.generation) return null
       a.requiredPcrs = requiredPcrs(a.tpmPolicy, {

@@ -82,7 +82,7 @@ export class AttestationLoop {
       isCurrent: ({ a, gen }) => gen === a.generation && this.agents.get(a.id) === a,
       run: ({ a, gen }) => this.step(a, gen),
     })
-    this.agentSteps = new AgentSteps({ ...deps, now: this.now })
+    this.agentSteps = new AgentSteps({ ...deps, outage: this.outage, now: this.now })
     this.batcher = new WriteBatcher({
       repo: deps.repo,
       leaseHolder: deps.leaseHolder,

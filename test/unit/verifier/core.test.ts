@@ -3,8 +3,9 @@
  * corrupt stored data reported as the verifier's own fault, quote failure reasons shown, rows changed by others
  * noticed, identical replicas kept apart by per-process lease holders with epoch fencing.
  */
+import { createHash } from 'node:crypto'
 import { afterEach, describe, expect, it, vi } from 'vitest'
-import { type SimFleet, startSimFleet } from '../../../bench/fleet-agents.ts'
+import { type SimFleet, simMeasure, startSimFleet } from '../../../bench/fleet-agents.ts'
 import { SoftQuoter } from '../../../bench/fleet-quoter.ts'
 import { AgentState } from '../../../src/api/verifier/states.ts'
 import { CANNOT_EVALUATE_EVENT } from '../../../src/verifier/state-machine.ts'
@@ -123,6 +124,37 @@ describe('the verifier’s own faults (cannot evaluate) and failure reasons', ()
       operational_state: AgentState.FAILED,
       last_event_id: CANNOT_EVALUATE_EVENT,
       last_event_context: { field: 'accept_tpm_hash_algs' },
+    })
+  })
+
+  it('an enrolled runtime policy that no longer parses fails closed as cannot_evaluate, without a revocation', async () => {
+    const f = await fleet(1)
+    const v = await started()
+    const a = f.agents[0] as SimFleet['agents'][number]
+    simMeasure(a, '/usr/bin/good', 'good binary')
+    const policy = {
+      meta: { version: 1, generator: 3 },
+      release: 0,
+      digests: { '/usr/bin/good': [createHash('sha256').update('good binary').digest('hex')] },
+      excludes: [],
+      keyrings: {},
+      ima: { ignored_keyrings: [], log_hash_alg: 'sha1', dm_policy: null },
+      'ima-buf': {},
+      'verification-keys': '',
+    }
+    await enroll(v, f, 0, { runtime_policy: Buffer.from(JSON.stringify(policy)).toString('base64') })
+    const row = await v.service.repo.getAgent(a.id)
+    const notify = vi.spyOn(v.service.notifier, 'notify')
+    // the stored text no longer parses (edited behind the verifier's back); a PUT would invalidate it the same way
+    await v.db.updateTable('allowlists').set({ ima_policy: '{"meta": ' }).execute()
+    const failed = nextStep(v.service, a.id, (e) => e.outcome === 'cannot_evaluate')
+    v.service.loop.invalidatePolicy('ima', row?.ima_policy_id as number)
+    await failed
+    expect(notify).not.toHaveBeenCalled()
+    expect(await show(v, a.id)).toMatchObject({
+      operational_state: AgentState.FAILED,
+      last_event_id: CANNOT_EVALUATE_EVENT,
+      last_event_context: { field: 'policy' },
     })
   })
 
