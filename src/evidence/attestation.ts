@@ -84,7 +84,10 @@ export function checkAlgorithms(
 }
 
 /** The whole pull-mode verdict for one quote response (§D.3 + §A.2). */
-export function evaluateAttestation(input: AttestationInput): AttestationOutcome {
+export function evaluateAttestation(
+  input: Omit<AttestationInput, 'extensions'>,
+  extensions?: AttestationExtensions,
+): AttestationOutcome {
   const algs = checkAlgorithms(input.hashAlg, input.encAlg, input.signAlg, input.accepted)
   if (!algs.ok) return { verdict: algs, clock: null, pcrs: EMPTY_PCRS }
   const hashAlg = input.hashAlg as QuoteHashAlg
@@ -106,7 +109,7 @@ export function evaluateAttestation(input: AttestationInput): AttestationOutcome
   })
   if (!pcrVerdict.ok) events.push(...pcrVerdict.events)
   // measured boot first: its boot aggregates feed the IMA `boot_aggregate` entry
-  const ext = input.extensions
+  const ext = extensions ?? (input as AttestationInput).extensions
   if (ext?.measuredBoot) {
     const v = ext.measuredBoot(q.pcrs, hashAlg)
     if (!v.ok) events.push(...v.events)

@@ -73,9 +73,9 @@ export class EvidenceEvaluation {
     this.#imaNextState = this.#imaState
     let aggregates: Record<string, string[]> | null = null
     const mb = input.measuredBoot
-    const out = evaluateAttestation({
-      ...input,
-      extensions: mb
+    const out = evaluateAttestation(
+      input,
+      mb
         ? {
             measuredBoot: (pcrs, hashAlg) => {
               if (mb.eventLog === undefined)
@@ -92,7 +92,7 @@ export class EvidenceEvaluation {
             },
           }
         : undefined,
-    })
+    )
     this.#first = out
     this.#bootAggregates = aggregates
     const ima = input.ima

@@ -263,6 +263,7 @@ export class AttestationLoop {
           if (s) {
             s.operationalState = a.state
             this.batcher.put(s)
+            a.lastSuccess = null
           }
           return true
         }
