@@ -1,8 +1,7 @@
 /**
- * The verifier's attestation pipeline (keylime-protocols.md §A.2, §D.3): one pure function turns an agent's
- * integrity-quote response plus the verifier's stored expectations into one Verdict. No I/O, no clock reads.
- * It composes the quote checks (signature/nonce/PCR digest, TPM clock, static PCR policy + PCR 16 binding);
- * IMA and measured-boot evaluation plug in through `AttestationExtensions`.
+ * The quote stage of the evidence pipeline (keylime-protocols.md §A.2, §D.3): algorithms, signature/nonce/PCR digest,
+ * TPM clock, static PCR policy + PCR 16 binding, then the measured-boot and IMA checks plugged in through
+ * `AttestationExtensions`. Pure: no I/O, no clock reads. The verifier calls it through `pipeline.ts`.
  */
 import type { KeyObject } from 'node:crypto'
 import {
