@@ -287,6 +287,10 @@ export class AttestationLoop {
         if (effect.sendPubkey) a.sendPubkey = true
         this.scheduler.schedule({ a, gen }, this.now() + effect.delayMs)
         return true
+      case 'send_v':
+        // the step run next for a PROVIDE_V agent is the V delivery
+        this.scheduler.schedule({ a, gen }, this.now())
+        return true
       case 'stop':
         this.remove(a.id)
         return false

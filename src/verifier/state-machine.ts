@@ -33,6 +33,8 @@ export type Effect =
   | { kind: 'record_event'; eventId: string; context: Record<string, unknown>; severityLevel: number | null }
   | { kind: 'revoke'; eventId: string; severityLabel: string; context: Record<string, unknown> }
   | { kind: 'notify_comm_error' }
+  /** Deliver V (encrypted to the agent's key) as the next step, at once. */
+  | { kind: 'send_v' }
   /** Run the next step after `delayMs`; `sendPubkey`: ask for the public key again (partial=0). */
   | { kind: 'reschedule'; delayMs: number; sendPubkey: boolean }
   /** Leave the loop; the agent stays in its (persisted) state until reactivated. */
@@ -102,10 +104,7 @@ export function transition(
         ? {
             state: AgentState.PROVIDE_V,
             numRetries: 0,
-            effects: [
-              { kind: 'persist', mode: 'batched' },
-              { kind: 'reschedule', delayMs: 0, sendPubkey: false },
-            ],
+            effects: [{ kind: 'persist', mode: 'batched' }, { kind: 'send_v' }],
           }
         : {
             state: AgentState.GET_QUOTE,

@@ -92,7 +92,7 @@ type Row = { state: AgentState; effects: Effect[] } | 'none'
 /** What every quoting state (START, GET_QUOTE, GET_QUOTE_RETRY, INVALID_QUOTE re-quote) does. */
 const quoting = (retryState: AgentState, from: AgentState): Record<keyof typeof OUTCOMES, Row> => ({
   passed: { state: S.GET_QUOTE, effects: [persistBatched, after(2000)] },
-  passedDeliverV: { state: S.PROVIDE_V, effects: [persistBatched, after(0)] },
+  passedDeliverV: { state: S.PROVIDE_V, effects: [persistBatched, { kind: 'send_v' }] },
   failedRecoverable: { state: S.INVALID_QUOTE, effects: [recordPcr, persistNow, revokePcr, after(0)] },
   failedForged: { state: S.INVALID_QUOTE, effects: [recordForgery, persistNow, revokeForgery, stop] },
   vDelivered: 'none',
