@@ -1,5 +1,5 @@
 /**
- * CRYPTO team throughput on one core (this process):
+ * src/crypto throughput on one core (this process):
  *   node --import tsx bench/crypto.ts [seconds-per-case]
  * CA issuance (with key generation and 0600 file writes), revocation sign/verify, payload crypto,
  * EK chain verification and safe extraction of a certificate package. Prints one line per case and a JSON summary.

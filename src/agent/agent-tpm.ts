@@ -1,8 +1,25 @@
 /**
  * What the agent needs from a TPM, as one narrow interface: the runtime is written against it and
- * `tpm-keylime.ts` implements it with team TPM's `src/tpm/keylime-client.ts`. `TpmLock` serialises whole
+ * `openKeylimeTpm` implements it with `src/tpm/keylime-client.ts`. `TpmLock` serialises whole
  * sequences (reset+extend, quote+PCR read) so one request's commands never interleave with another's.
  */
+import {
+  activateCredential,
+  createAk,
+  createEk,
+  flushContext,
+  flushTransientObjects,
+  getHandleCounts,
+  loadAk,
+  pcrExtend,
+  pcrRead,
+  pcrReset,
+  quote,
+  readEkCertificate,
+  readPublic,
+} from '../tpm/keylime-client.ts'
+import { Tpm } from '../tpm/tpm.ts'
+
 export type HashAlgName = 'sha1' | 'sha256' | 'sha384' | 'sha512'
 export type SignAlgName = 'rsassa' | 'ecdsa'
 export type EncAlgName = 'rsa' | 'ecc'
@@ -54,5 +71,36 @@ export class TpmLock {
     const result = this.tail.then(fn)
     this.tail = result.catch(() => undefined)
     return result
+  }
+}
+
+/** The real TPM behind `AgentTpm`: `src/tpm/keylime-client.ts` on a device or swtpm (the `Tpm` class queues commands). */
+export async function openKeylimeTpm(
+  transport: string,
+  opts: { endorsementPassword?: string } = {},
+): Promise<AgentTpm> {
+  const tpm = await Tpm.open(transport)
+  const auth = opts.endorsementPassword ? { endorsementPassword: opts.endorsementPassword } : {}
+  return {
+    async ek(alg, persistentHandle) {
+      if (persistentHandle !== null) {
+        const { publicArea } = await readPublic(tpm, persistentHandle)
+        return { handle: persistentHandle, publicArea }
+      }
+      const ek = await createEk(tpm, alg, auth)
+      return { handle: ek.handle, publicArea: ek.publicArea }
+    },
+    readEkCertificate: (alg, ekPublicArea) => readEkCertificate(tpm, alg, ekPublicArea),
+    createAk: (ekHandle, algs) => createAk(tpm, ekHandle, algs, auth),
+    loadAk: (ekHandle, pub, priv) => loadAk(tpm, ekHandle, pub, priv, auth),
+    activateCredential: (args) => activateCredential(tpm, args, auth),
+    quote: (akHandle, args) => quote(tpm, akHandle, args),
+    pcrRead: (hashAlg, pcrs) => pcrRead(tpm, hashAlg, pcrs),
+    pcrReset: (pcr) => pcrReset(tpm, pcr),
+    pcrExtend: (pcr, digests) => pcrExtend(tpm, pcr, digests),
+    flush: (handle) => flushContext(tpm, handle),
+    flushStaleObjects: () => flushTransientObjects(tpm),
+    handleCounts: () => getHandleCounts(tpm),
+    close: () => tpm.close(),
   }
 }

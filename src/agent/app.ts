@@ -4,18 +4,32 @@
  * methods. Transport (HTTPS + mTLS) is chosen by `server.ts`; this file only needs the services below.
  */
 import type { ServerOptions } from 'node:https'
-import Fastify, { type FastifyInstance, type FastifyReply, type FastifyServerOptions } from 'fastify'
+import { Type } from '@sinclair/typebox'
+import type { FastifyReply, FastifyRequest } from 'fastify'
 import {
-  type AgentInfoResults,
-  type IdentityQuoteResults,
-  type IntegrityQuoteResults,
-  NONCE_MAX_LENGTH,
-  type RevocationBody,
-  type UkeyBody,
-  type VkeyBody,
+  AgentInfoResults,
+  AgentVersionResults,
+  IdentityQuoteQuery,
+  IdentityQuoteResults,
+  IntegrityQuoteQuery,
+  IntegrityQuoteResults,
+  PubkeyResults,
+  RevocationBody,
+  UkeyBody,
+  VerifyQuery,
+  VerifyResults,
+  VkeyBody,
 } from '../api/agent/schemas.ts'
 import { errorEnvelope, ok } from '../api/envelope.ts'
-import { KeylimeError } from '../common/errors.ts'
+import { Envelope, ErrorEnvelope } from '../api/schemas.ts'
+import {
+  addRoute,
+  addVersionedRoute,
+  createKeylimeServer,
+  type KeylimeServer,
+  RequestSchemaError,
+  validationMessage,
+} from '../api/server.ts'
 import type { Logger } from '../common/log.ts'
 
 export interface IntegrityQuoteParams {
@@ -35,7 +49,7 @@ export interface AgentServices {
   integrityQuote(params: IntegrityQuoteParams): Promise<IntegrityQuoteResults>
   postUkey(body: UkeyBody): Promise<void>
   postVkey(body: VkeyBody): Promise<void>
-  /** hex HMAC-SHA384(K, challenge), or null when no bootstrap key has been derived yet. */
+  /** hex HMAC-SHA384(K, challenge), or null before K and its payload are ready; throws (422) if it was refused. */
   verify(challenge: string): string | null
   /** Queues a revocation notification; verification happens asynchronously. */
   postRevocation(body: RevocationBody): void
@@ -47,11 +61,12 @@ export interface BuildAgentAppOptions {
   apiVersions: string[]
   logger?: Logger | false
   https?: ServerOptions | null
-  bodyLimit?: number
+  /** Body limit of `POST /keys/ukey`, which may carry the encrypted payload (default 4 MiB). */
+  payloadLimit?: number
 }
 
-const ALNUM = /^[A-Za-z0-9]+$/
 const NOT_IMPLEMENTED = 'Not Implemented: Use /v2.1, /v2.2, ... or /version interfaces'
+const NONCE_MESSAGE = 'Nonce must be alphanumeric and at most 64 characters'
 
 type RouteDef = { method: 'GET' | 'POST'; path: string; minVersion?: string }
 const ROUTES: RouteDef[] = [
@@ -73,7 +88,7 @@ function versionAtLeast(v: string, min: string): boolean {
 
 /** Parses upstream's `mask` (hex, `0x` optional) into PCR indexes; null when invalid or naming PCR > 23. */
 export function parsePcrMask(mask: string): number[] | null {
-  if (!ALNUM.test(mask)) return null
+  if (!/^[A-Za-z0-9]+$/.test(mask)) return null
   const hex = mask.replace(/^0x/i, '')
   if (hex.length === 0 || hex.length > 8 || !/^[0-9a-fA-F]+$/.test(hex)) return null
   const bits = Number.parseInt(hex, 16)
@@ -83,66 +98,121 @@ export function parsePcrMask(mask: string): number[] | null {
   return pcrs
 }
 
-function isNonce(v: unknown): v is string {
-  return typeof v === 'string' && v.length > 0 && v.length <= NONCE_MAX_LENGTH && ALNUM.test(v)
-}
-
 function bad(reply: FastifyReply, status: string, code = 400): FastifyReply {
   return reply.code(code).send(errorEnvelope(code, status))
 }
 
-export function buildAgentApp(opts: BuildAgentAppOptions): FastifyInstance {
-  const app = Fastify({
-    // per-request logs would repeat every verifier poll; handler errors still go to the agent's logger
-    ...(opts.logger ? { loggerInstance: opts.logger.child({}, { level: 'warn' }) } : { logger: false }),
-    bodyLimit: opts.bodyLimit ?? 4 * 1024 * 1024,
-    routerOptions: { ignoreTrailingSlash: true },
-    ...(opts.https ? { https: opts.https } : {}),
-  } as FastifyServerOptions) as unknown as FastifyInstance
+type SchemaErrors = Parameters<typeof validationMessage>[0]
+type DataVar = Parameters<typeof validationMessage>[1]
+
+/** Schema errors worded as the Rust agent words them, per field. */
+function wording(byField: Record<string, string>) {
+  return (errors: SchemaErrors, dataVar: DataVar) => {
+    const e = errors[0]
+    const field =
+      e?.keyword === 'required' && typeof e.params.missingProperty === 'string'
+        ? e.params.missingProperty
+        : (e?.instancePath.split('/')[1] ?? '')
+    const text = byField[field] ?? byField['*']
+    return new RequestSchemaError(
+      text
+        ? `${text} (${validationMessage(errors, dataVar).replace(/^Malformed Request Parameter: /, '')})`
+        : validationMessage(errors, dataVar),
+    )
+  }
+}
+
+const errors = { 400: ErrorEnvelope }
+
+export function buildAgentApp(opts: BuildAgentAppOptions): KeylimeServer {
   const svc = opts.services
   const served = opts.apiVersions
-
-  app.setErrorHandler((err, req, reply) => {
-    const e = err as { statusCode?: number; code?: string; message: string }
-    if (err instanceof KeylimeError && err.statusCode && err.statusCode < 500) {
-      return bad(reply, err.message, err.statusCode)
-    }
-    if (e.code === 'FST_ERR_CTP_INVALID_MEDIA_TYPE') return bad(reply, 'Unsupported Content-Type', 415)
-    if (e.code === 'FST_ERR_CTP_BODY_TOO_LARGE') return bad(reply, 'Request body too large', 413)
-    if (typeof e.statusCode === 'number' && e.statusCode >= 400 && e.statusCode < 500) {
-      return bad(reply, `Bad Request: ${e.message}`, e.statusCode)
-    }
-    req.log.error({ err }, 'request failed')
-    return bad(reply, 'Internal Server Error', 500)
+  const latest = served[served.length - 1] as string
+  const app = createKeylimeServer({
+    // per-request logs would repeat every verifier poll; handler errors still go to the agent's logger
+    ...(opts.logger ? { logger: opts.logger.child({}, { level: 'warn' }) } : {}),
+    ...(opts.https ? { https: opts.https } : {}),
+    notFound: (req: FastifyRequest, reply: FastifyReply) => {
+      const path = req.url.split('?')[0] ?? ''
+      if (req.method !== 'GET' && req.method !== 'POST') {
+        reply.header('Allow', 'GET, POST')
+        return bad(reply, `Method ${req.method} not allowed`, 405)
+      }
+      const m = /^\/v(\d+(?:\.\d+)?)(\/.*)?$/.exec(path)
+      if (m) {
+        const version = m[1] as string
+        const rest = (m[2] ?? '').replace(/\/+$/, '')
+        if (!served.includes(version)) return bad(reply, `API version not supported: v${version}`)
+        const known = ROUTES.find((r) => r.path === rest)
+        if (known && known.method !== req.method) {
+          reply.header('Allow', known.method)
+          return bad(reply, `Method ${req.method} not allowed on ${rest}, use ${known.method}`, 405)
+        }
+      }
+      return bad(reply, NOT_IMPLEMENTED)
+    },
+    openapi: { title: 'Keylime agent (pull)', version: latest, documentedPrefixes: [latest] },
   })
 
-  app.get('/version', async () =>
-    ok({ supported_version: served[served.length - 1] as string, supported_versions: served }),
-  )
+  addRoute(app, {
+    method: 'GET',
+    url: '/version',
+    schema: { summary: 'API versions served', response: { 200: Envelope(AgentVersionResults) } },
+    handler: async () => ok({ supported_version: latest, supported_versions: served }),
+  })
 
-  for (const version of served) {
-    const prefix = `/v${version}`
-    const has = (r: RouteDef) => !r.minVersion || versionAtLeast(version, r.minVersion)
-    const route = (r: RouteDef) => ROUTES.find((x) => x.path === r.path && has(x))
+  const versions = (min?: string) => (min ? served.filter((v) => versionAtLeast(v, min)) : served)
+  const apiVersionOf = (url: string) => /^\/v(\d+(?:\.\d+)?)\//.exec(url)?.[1] ?? latest
 
-    if (route({ method: 'GET', path: '/agent/info' })) {
-      app.get(`${prefix}/agent/info`, async () => ok(svc.info(version)))
-    }
-    app.get(`${prefix}/keys/pubkey`, async () => ok({ pubkey: svc.pubkeyPem() }))
-
-    app.get(`${prefix}/quotes/identity`, async (req, reply) => {
-      const q = req.query as Record<string, unknown>
-      if (!isNonce(q.nonce)) return bad(reply, 'Nonce must be alphanumeric and at most 64 characters')
-      return ok(await svc.identityQuote(q.nonce, version))
-    })
-
-    app.get(`${prefix}/quotes/integrity`, async (req, reply) => {
-      const q = req.query as Record<string, unknown>
-      if (!isNonce(q.nonce)) return bad(reply, 'Nonce must be alphanumeric and at most 64 characters')
-      const pcrs = typeof q.mask === 'string' ? parsePcrMask(q.mask) : null
+  addVersionedRoute(app, {
+    method: 'GET',
+    path: '/agent/info',
+    v2: versions('2.2'),
+    schema: {
+      summary: 'Agent identity and TPM algorithms',
+      response: { 200: Envelope(AgentInfoResults), ...errors },
+    },
+    handler: async (req) => ok(svc.info(apiVersionOf(req.url))),
+  })
+  addVersionedRoute(app, {
+    method: 'GET',
+    path: '/keys/pubkey',
+    v2: served,
+    schema: { summary: 'Payload public key (PEM)', response: { 200: Envelope(PubkeyResults), ...errors } },
+    handler: async () => ok({ pubkey: svc.pubkeyPem() }),
+  })
+  addVersionedRoute(app, {
+    method: 'GET',
+    path: '/quotes/identity',
+    v2: served,
+    schema: {
+      summary: 'Identity quote (PCR 16 bound to the payload key)',
+      querystring: IdentityQuoteQuery,
+      response: { 200: Envelope(IdentityQuoteResults), ...errors },
+    },
+    schemaErrorFormatter: wording({ nonce: NONCE_MESSAGE }),
+    handler: async (req) => ok(await svc.identityQuote(req.query.nonce, apiVersionOf(req.url))),
+  })
+  addVersionedRoute(app, {
+    method: 'GET',
+    path: '/quotes/integrity',
+    v2: served,
+    schema: {
+      summary: 'Integrity quote with the IMA list from an entry and the boot log',
+      querystring: IntegrityQuoteQuery,
+      response: { 200: Envelope(IntegrityQuoteResults), ...errors },
+    },
+    schemaErrorFormatter: wording({
+      nonce: NONCE_MESSAGE,
+      mask: 'Mask must be a hexadecimal PCR mask naming PCRs 0-23 only',
+      partial: "Partial must be '0' or '1'",
+    }),
+    handler: async (req, reply) => {
+      const q = req.query
+      const pcrs = parsePcrMask(q.mask)
       if (pcrs === null) return bad(reply, 'Mask must be a hexadecimal PCR mask naming PCRs 0-23 only')
-      if (q.partial !== '0' && q.partial !== '1') return bad(reply, "Partial must be '0' or '1'")
-      const rawEntry = typeof q.ima_ml_entry === 'string' ? q.ima_ml_entry : '0'
+      const rawEntry = q.ima_ml_entry ?? '0'
+      // as upstream: an unparsable entry number means "from the start"
       const entry = /^\d+$/.test(rawEntry) ? Number.parseInt(rawEntry, 10) : 0
       return ok(
         await svc.integrityQuote({
@@ -150,79 +220,80 @@ export function buildAgentApp(opts: BuildAgentAppOptions): FastifyInstance {
           pcrs,
           partial: q.partial === '1',
           imaMlEntry: Number.isSafeInteger(entry) ? entry : 0,
-          apiVersion: version,
+          apiVersion: apiVersionOf(req.url),
         }),
       )
-    })
-
-    app.post(`${prefix}/keys/ukey`, async (req, reply) => {
-      const b = req.body as Record<string, unknown> | null
-      if (
-        !b ||
-        typeof b !== 'object' ||
-        typeof b.encrypted_key !== 'string' ||
-        typeof b.auth_tag !== 'string'
-      ) {
-        return bad(reply, 'Body must be JSON with string encrypted_key and auth_tag')
-      }
-      if (b.payload !== undefined && typeof b.payload !== 'string')
-        return bad(reply, 'payload must be a string')
+    },
+  })
+  addVersionedRoute(app, {
+    method: 'POST',
+    path: '/keys/ukey',
+    v2: served,
+    bodyLimit: opts.payloadLimit ?? 4 * 1024 * 1024,
+    schema: {
+      summary: 'Deliver the U key share (and the encrypted payload)',
+      body: UkeyBody,
+      response: { 200: Envelope(Type.Object({})), ...errors },
+    },
+    schemaErrorFormatter: wording({
+      '*': 'Body must be JSON with string encrypted_key and auth_tag',
+      payload: 'payload must be a string',
+    }),
+    handler: async (req) => {
+      const b = req.body
       await svc.postUkey({
         encrypted_key: b.encrypted_key,
         auth_tag: b.auth_tag,
-        ...(typeof b.payload === 'string' ? { payload: b.payload } : {}),
+        ...(b.payload !== undefined ? { payload: b.payload } : {}),
       })
       return ok({})
-    })
-
-    app.post(`${prefix}/keys/vkey`, async (req, reply) => {
-      const b = req.body as Record<string, unknown> | null
-      if (!b || typeof b !== 'object' || typeof b.encrypted_key !== 'string') {
-        return bad(reply, 'Body must be JSON with string encrypted_key')
-      }
-      await svc.postVkey({ encrypted_key: b.encrypted_key })
+    },
+  })
+  addVersionedRoute(app, {
+    method: 'POST',
+    path: '/keys/vkey',
+    v2: served,
+    schema: {
+      summary: 'Deliver the V key share',
+      body: VkeyBody,
+      response: { 200: Envelope(Type.Object({})), ...errors },
+    },
+    schemaErrorFormatter: wording({ '*': 'Body must be JSON with string encrypted_key' }),
+    handler: async (req) => {
+      await svc.postVkey({ encrypted_key: req.body.encrypted_key })
       return ok({})
-    })
-
-    app.get(`${prefix}/keys/verify`, async (req, reply) => {
-      const q = req.query as Record<string, unknown>
-      if (typeof q.challenge !== 'string' || !ALNUM.test(q.challenge) || q.challenge.length > 1024) {
-        return bad(reply, 'Challenge must be a non-empty alphanumeric string')
-      }
-      const hmac = svc.verify(q.challenge)
+    },
+  })
+  addVersionedRoute(app, {
+    method: 'GET',
+    path: '/keys/verify',
+    v2: served,
+    schema: {
+      summary: 'HMAC of a challenge with the bootstrap key K',
+      querystring: VerifyQuery,
+      response: { 200: Envelope(VerifyResults), ...errors },
+    },
+    schemaErrorFormatter: wording({ challenge: 'Challenge must be a non-empty alphanumeric string' }),
+    handler: async (req, reply) => {
+      const hmac = svc.verify(req.query.challenge)
       if (hmac === null) return bad(reply, 'Bootstrap key not yet available.')
       return ok({ hmac })
-    })
-
-    app.post(`${prefix}/notifications/revocation`, async (req, reply) => {
-      const b = req.body as Record<string, unknown> | null
-      if (!b || typeof b !== 'object' || typeof b.msg !== 'string' || typeof b.signature !== 'string') {
-        return bad(reply, 'Body must be JSON with string msg and signature')
-      }
-      svc.postRevocation({ msg: b.msg, signature: b.signature })
-      return ok({})
-    })
-  }
-
-  app.setNotFoundHandler((req, reply) => {
-    const path = req.url.split('?')[0] ?? ''
-    if (req.method !== 'GET' && req.method !== 'POST') {
-      reply.header('Allow', 'GET, POST')
-      return bad(reply, `Method ${req.method} not allowed`, 405)
-    }
-    const m = /^\/v(\d+(?:\.\d+)?)(\/.*)?$/.exec(path)
-    if (m) {
-      const version = m[1] as string
-      const rest = (m[2] ?? '').replace(/\/+$/, '')
-      if (!served.includes(version)) return bad(reply, `API version not supported: v${version}`)
-      const known = ROUTES.find((r) => r.path === rest)
-      if (known && known.method !== req.method) {
-        reply.header('Allow', known.method)
-        return bad(reply, `Method ${req.method} not allowed on ${rest}, use ${known.method}`, 405)
-      }
-    }
-    return bad(reply, NOT_IMPLEMENTED)
+    },
   })
-
+  addVersionedRoute(app, {
+    method: 'POST',
+    path: '/notifications/revocation',
+    v2: served,
+    schema: {
+      summary: 'Signed revocation notification (verified asynchronously)',
+      body: RevocationBody,
+      response: { 200: Envelope(Type.Object({})), ...errors },
+    },
+    schemaErrorFormatter: wording({ '*': 'Body must be JSON with string msg and signature' }),
+    handler: async (req) => {
+      svc.postRevocation({ msg: req.body.msg, signature: req.body.signature })
+      return ok({})
+    },
+  })
   return app
 }

@@ -42,6 +42,11 @@ export interface AgentConfig {
   revocation_actions_dir: string
   revocation_action_timeout_seconds: number
   allow_payload_revocation_actions: boolean
+  /**
+   * Keylime TS extension: a revocation whose `event_time` is further than this from the agent's clock is ignored,
+   * and one already acted on is ignored within it (upstream has no replay protection).
+   */
+  revocation_max_age_seconds: number
   tpm: string
   tpm_hash_alg: string
   tpm_encryption_alg: string
@@ -92,6 +97,7 @@ export const AGENT_CONFIG_DEFAULTS: Readonly<AgentConfig> = Object.freeze({
   revocation_actions_dir: '/usr/libexec/keylime',
   revocation_action_timeout_seconds: 60,
   allow_payload_revocation_actions: true,
+  revocation_max_age_seconds: 3600,
   tpm: '/dev/tpmrm0',
   tpm_hash_alg: 'sha256',
   tpm_encryption_alg: 'rsa',
@@ -231,6 +237,12 @@ function validate(cfg: AgentConfig): void {
     if (!Number.isInteger(cfg[p]) || cfg[p] < 0 || cfg[p] > 65535)
       throw new AgentConfigError(`${p} out of range`)
   }
+  const maxAge = cfg.revocation_max_age_seconds
+  // Bounded so the list of revocations already acted on, kept for that long, stays small.
+  if (!Number.isInteger(maxAge) || maxAge < 1 || maxAge > 30 * 24 * 3600)
+    throw new AgentConfigError(
+      'revocation_max_age_seconds must be a whole number of seconds from 1 to 2592000 (30 days)',
+    )
   if (!cfg.enable_agent_mtls && !cfg.enable_insecure_payload && cfg.payload_script !== '') {
     // Upstream refuses to start in this combination: a payload script would run without an authenticated sender.
     throw new AgentConfigError(

@@ -6,9 +6,10 @@
 import { createHash } from 'node:crypto'
 import { appendFileSync, existsSync, readFileSync, statSync } from 'node:fs'
 import { resolve } from 'node:path'
+import { formatImaNgEntry } from '../evidence/ima/entry.ts'
 import type { AgentTpm, HashAlgName, TpmLock } from './agent-tpm.ts'
 
-/** team IMA's `formatImaNgEntry`, adapted: the ASCII line (with newline) and the digest to extend per bank. */
+/** `formatImaNgEntry` as the emulator needs it: the ASCII line (with newline) and the digest to extend per bank. */
 export type ImaNgFormatter = (
   path: string,
   fileDigest: Uint8Array,
@@ -70,4 +71,13 @@ export class ImaEmulator {
     }
     return lines
   }
+}
+
+/** ima-ng lines for the emulator, with the template digest of each bank a TPM extends. */
+export const imaNgFormatter: ImaNgFormatter = (path, fileDigest, hashAlg) => {
+  const f = formatImaNgEntry(path, fileDigest, hashAlg)
+  const banks: HashAlgName[] = ['sha1', 'sha256', 'sha384', 'sha512']
+  const pcrDigests: Partial<Record<HashAlgName, Uint8Array>> = {}
+  for (const b of banks) pcrDigests[b] = f.templateDigests[b]
+  return { line: `${f.line}\n`, pcrDigests }
 }

@@ -10,10 +10,9 @@ import {
   type LoadAgentConfigOptions,
   loadAgentConfig,
 } from './config.ts'
-import { defaultAgentDeps, imaNgFormatter } from './default-deps.ts'
-import { ImaEmulator } from './ima-emulator.ts'
+import { ImaEmulator, imaNgFormatter } from './ima-emulator.ts'
 import { resolveRunAs } from './privileges.ts'
-import { startAgent } from './runtime.ts'
+import { defaultAgentDeps, startAgent } from './runtime.ts'
 
 export const AGENT_OPTION_NAMES = Object.keys(AGENT_CONFIG_DEFAULTS) as (keyof AgentConfig)[]
 

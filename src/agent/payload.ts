@@ -31,6 +31,17 @@ export class PayloadError extends KeylimeError {
   }
 }
 
+/**
+ * `/keys/verify` once K is known but the payload could not be installed: 422 with the reason, so a tenant that
+ * waits for the bootstrap key learns why instead of being told the payload was delivered. Upstream tenants treat
+ * any non-200 answer as "not yet", so they still end in their --verify failure.
+ */
+export class PayloadRefusedError extends KeylimeError {
+  constructor(reason: string) {
+    super('ERR_AGENT_PAYLOAD_REFUSED', `payload refused: ${reason}`, { statusCode: 422 })
+  }
+}
+
 function strictBase64(s: string, what: string): Buffer {
   try {
     return decodeBase64Strict(s, what)
@@ -39,7 +50,7 @@ function strictBase64(s: string, what: string): Buffer {
   }
 }
 
-/** RSA-OAEP (SHA-1, MGF1-SHA-1, no label) decryption of U or V with the payload key (team CRYPTO). */
+/** RSA-OAEP (SHA-1, MGF1-SHA-1, no label) decryption of U or V with the payload key. */
 export function decryptKeyShare(payloadKey: KeyObject, encryptedB64: string): Buffer {
   const enc = strictBase64(encryptedB64, 'encrypted_key')
   let key: Buffer
@@ -55,7 +66,7 @@ export function decryptKeyShare(payloadKey: KeyObject, encryptedB64: string): Bu
   return key
 }
 
-/** Extracts a zip into a directory, refusing entries that would escape it (team CRYPTO's safe extractor). */
+/** Extracts a zip into a directory, refusing entries that would escape it (the payload module's safe extractor). */
 export type ZipExtractor = (zip: Uint8Array, destDir: string) => Promise<void>
 
 export interface PayloadManagerOptions {
@@ -82,6 +93,16 @@ export class PayloadManager {
   private vs: Buffer[] = []
   private bootstrapKey: Buffer | null = null
   private work: Promise<void> = Promise.resolve()
+  /**
+   * The payload that came with K: 'installing' until it is decrypted and extracted, then 'installed' or the reason
+   * it was refused ('idle': none outstanding). `/keys/verify` answers the HMAC only when none is installing or
+   * refused.
+   */
+  private payloadState:
+    | { state: 'idle' | 'installing' | 'installed' }
+    | { state: 'refused'; reason: string } = {
+    state: 'idle',
+  }
   /** Outcome of the last payload run, for operators and tests. */
   lastResult: { ok: boolean; message: string; scriptExitCode?: number | null } | null = null
 
@@ -100,6 +121,10 @@ export class PayloadManager {
     if (tag.length !== 96) throw new PayloadRequestError('auth_tag must be 48 bytes (96 hex characters)')
     if (body.payload !== undefined) strictBase64(body.payload, 'payload')
     const u = decryptKeyShare(this.o.payloadKey, body.encrypted_key)
+    // A new U starts a new provisioning: `/keys/verify` must not answer for the previous K or its payload.
+    this.bootstrapKey?.fill(0)
+    this.bootstrapKey = null
+    this.payloadState = { state: 'idle' }
     this.us.push({ u, authTag: tag, payload: body.payload })
     this.o.log.info('received U key share')
     this.tryCombine()
@@ -111,9 +136,14 @@ export class PayloadManager {
     this.tryCombine()
   }
 
-  /** hex HMAC-SHA384(K, challenge) once K is known (`/keys/verify`). */
+  /**
+   * hex HMAC-SHA384(K, challenge) once K is known and its payload installed (`/keys/verify`); null before that.
+   * Throws `PayloadRefusedError` when the payload that came with K was refused.
+   */
   verify(challenge: string): string | null {
-    return this.bootstrapKey ? authTag(this.bootstrapKey, challenge) : null
+    if (!this.bootstrapKey || this.payloadState.state === 'installing') return null
+    if (this.payloadState.state === 'refused') throw new PayloadRefusedError(this.payloadState.reason)
+    return authTag(this.bootstrapKey, challenge)
   }
 
   /** Resolves when queued payload work has finished. */
@@ -134,9 +164,13 @@ export class PayloadManager {
     this.o.log.info('derived bootstrap key K from U and V (auth_tag verified)')
     if (this.o.runPayloads) {
       const keyCopy = Buffer.from(match.k)
+      this.payloadState = { state: 'installing' }
       this.work = this.work.then(() => this.install(keyCopy, payload))
     } else {
-      this.o.log.warn('payload not run: mTLS disabled and enable_insecure_payload is false')
+      const reason = 'not run: mTLS is disabled and enable_insecure_payload is false'
+      this.o.log.warn(`payload ${reason}`)
+      this.payloadState =
+        payload !== undefined && payload.length > 0 ? { state: 'refused', reason } : { state: 'idle' }
     }
   }
 
@@ -156,6 +190,8 @@ export class PayloadManager {
           await this.o.extractZip(plain, dir)
         }
       }
+      // Installed: what the tenant checks. The script's outcome is logged (upstream ignores its status).
+      this.payloadState = { state: 'installed' }
       let exitCode: number | null | undefined
       const script = this.o.payloadScript ? resolve(dir, this.o.payloadScript) : ''
       if (script?.startsWith(dir + sep) && existsSync(script)) {
@@ -186,6 +222,8 @@ export class PayloadManager {
       this.o.onPayloadInstalled?.(dir)
     } catch (err) {
       this.lastResult = { ok: false, message: (err as Error).message }
+      if (this.payloadState.state === 'installing')
+        this.payloadState = { state: 'refused', reason: (err as Error).message }
       this.o.log.error(
         { code: (err as KeylimeError).code },
         `payload installation failed: ${(err as Error).message}`,

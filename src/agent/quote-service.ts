@@ -8,14 +8,22 @@ import { type FileHandle, open, readFile } from 'node:fs/promises'
 import type { IdentityQuoteResults, IntegrityQuoteResults } from '../api/agent/schemas.ts'
 import { KeylimeError } from '../common/errors.ts'
 import type { Logger } from '../common/log.ts'
+import { encodePcrBlob } from '../evidence/quote/pcr-blob.ts'
+import { formatQuoteString } from '../evidence/quote/quote-string.ts'
 import type { AgentQuote, AgentTpm, EncAlgName, HashAlgName, SignAlgName, TpmLock } from './agent-tpm.ts'
 import type { IntegrityQuoteParams } from './app.ts'
 import type { ImaMeasurementList } from './ima-list.ts'
 
 export const DATA_PCR = 16
 
-/** Builds the `r<attest>:<sig>:<pcrblob>` string (team QUOTE's codec). */
+/** Builds the `r<attest>:<sig>:<pcrblob>` string (the quote codec of src/evidence/quote). */
 export type QuoteFormatter = (q: AgentQuote, hashAlg: HashAlgName) => string
+
+/** The quote string (protocols §A.1): TPMS_ATTEST, TPMT_SIGNATURE and the tpm2-tools PCR blob of the quoted bank. */
+export const formatAgentQuote: QuoteFormatter = (q, hashAlg) => {
+  const pcrBlob = encodePcrBlob({ banks: [{ hashAlg, values: q.pcrValues }] })
+  return formatQuoteString({ attest: q.attest, signature: q.signature, pcrBlob })
+}
 
 export class QuoteError extends KeylimeError {
   constructor(message: string, options?: { cause?: unknown }) {

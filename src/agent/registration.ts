@@ -5,7 +5,9 @@
  * with exponential backoff; any other 4xx answer (e.g. 403 for a UUID held by another TPM) is final.
  */
 import { createHmac } from 'node:crypto'
-import { request } from 'undici'
+import { PeerError } from '../api/client.ts'
+import { RegistrarClient } from '../api/registrar/client.ts'
+import type { VersionResults } from '../api/registrar/schemas.ts'
 import { AGENT_API_VERSIONS, compareVersions } from '../api/versions.ts'
 import { KeylimeError } from '../common/errors.ts'
 import type { Logger } from '../common/log.ts'
@@ -40,47 +42,6 @@ export interface RegistrationRequest {
   port: number
 }
 
-async function jsonCall(
-  method: 'GET' | 'POST' | 'PUT',
-  url: string,
-  body: unknown,
-  timeoutMs: number,
-): Promise<{ status: number; json: Record<string, unknown> | undefined }> {
-  let res: Awaited<ReturnType<typeof request>>
-  try {
-    res = await request(url, {
-      method,
-      headersTimeout: timeoutMs,
-      bodyTimeout: timeoutMs,
-      ...(body === undefined
-        ? {}
-        : { body: JSON.stringify(body), headers: { 'content-type': 'application/json' } }),
-    })
-  } catch (err) {
-    throw new RegistrationError(`registrar unreachable at ${url}: ${(err as Error).message}`, {
-      retryable: true,
-      cause: err,
-    })
-  }
-  const text = await res.body.text()
-  let json: Record<string, unknown> | undefined
-  try {
-    json = text ? (JSON.parse(text) as Record<string, unknown>) : undefined
-  } catch {
-    json = undefined
-  }
-  return { status: res.statusCode, json }
-}
-
-/** Answers worth retrying: server faults and 429 (the registrar limits requests per source address). */
-function isTransient(status: number): boolean {
-  return status >= 500 || status === 429
-}
-
-function statusText(json: Record<string, unknown> | undefined): string {
-  return typeof json?.status === 'string' ? json.status : '(no status)'
-}
-
 export async function withBackoff<T>(
   what: string,
   policy: BackoffPolicy,
@@ -108,35 +69,55 @@ export async function withBackoff<T>(
  * Chooses the registrar API version: its `current_version` if we enable it, else the newest of ours it lists.
  * Returns null when `/version` is unavailable (the caller then tries versions newest-first).
  */
-export async function negotiateRegistrarVersion(baseUrl: string, timeoutMs: number): Promise<string | null> {
-  const { status, json } = await jsonCall('GET', `${baseUrl}/version`, undefined, timeoutMs)
-  if (status !== 200) return null
-  const results = json?.results as { current_version?: unknown; supported_versions?: unknown } | undefined
-  const ours: readonly string[] = AGENT_API_VERSIONS
-  if (typeof results?.current_version === 'string' && ours.includes(results.current_version)) {
-    return results.current_version
+export async function negotiateRegistrarVersion(client: RegistrarClient): Promise<string | null> {
+  let results: VersionResults
+  try {
+    results = await client.getVersion()
+  } catch (err) {
+    if (err instanceof PeerError && err.status === undefined)
+      throw new RegistrationError(`registrar unreachable: ${err.message}`, { retryable: true, cause: err })
+    return null
   }
-  const theirs = Array.isArray(results?.supported_versions) ? (results.supported_versions as unknown[]) : []
-  const common = ours.filter((v) => theirs.includes(v)).sort(compareVersions)
+  const ours: readonly string[] = AGENT_API_VERSIONS
+  if (ours.includes(results.current_version)) return results.current_version
+  const common = ours.filter((v) => results.supported_versions.includes(v)).sort(compareVersions)
   return common[common.length - 1] ?? null
+}
+
+/**
+ * A registrar answer as a registration error: unreachable, 5xx and 429 (the registrar limits requests per source
+ * address) are retried, any other refusal is final.
+ */
+function refusal(what: string, err: unknown): RegistrationError {
+  if (!(err instanceof PeerError)) throw err
+  if (err.status === undefined)
+    return new RegistrationError(`registrar unreachable: ${err.message}`, { retryable: true, cause: err })
+  return new RegistrationError(
+    `registrar refused ${what}: ${err.status} ${err.peerStatus ?? '(no status)'}`,
+    {
+      httpStatus: err.status,
+      retryable: err.status >= 500 || err.status === 429,
+      cause: err,
+    },
+  )
 }
 
 export class RegistrarConnection {
   readonly baseUrl: string
-  private readonly timeoutMs: number
+  private readonly client: RegistrarClient
   private readonly log: Logger
   version: string | null = null
 
   constructor(opts: { ip: string; port: number; timeoutMs?: number; log: Logger }) {
     const host = opts.ip.includes(':') && !opts.ip.startsWith('[') ? `[${opts.ip}]` : opts.ip
     this.baseUrl = `http://${host}:${opts.port}`
-    this.timeoutMs = opts.timeoutMs ?? 30_000
+    this.client = new RegistrarClient({ baseUrl: this.baseUrl, timeoutMs: opts.timeoutMs ?? 30_000 })
     this.log = opts.log
   }
 
   private async versionsToTry(): Promise<string[]> {
     if (this.version) return [this.version]
-    const v = await negotiateRegistrarVersion(this.baseUrl, this.timeoutMs)
+    const v = await negotiateRegistrarVersion(this.client)
     return v ? [v] : [...AGENT_API_VERSIONS].sort(compareVersions).reverse()
   }
 
@@ -152,50 +133,33 @@ export class RegistrarConnection {
     }
     let last: RegistrationError | null = null
     for (const version of await this.versionsToTry()) {
-      const { status, json } = await jsonCall(
-        'POST',
-        `${this.baseUrl}/v${version}/agents/${encodeURIComponent(req.uuid)}`,
-        body,
-        this.timeoutMs,
-      )
-      if (status === 200) {
-        const blob = (json?.results as { blob?: unknown } | undefined)?.blob
-        if (typeof blob !== 'string') {
-          throw new RegistrationError('registrar reply has no credential blob', {
-            httpStatus: status,
-            retryable: false,
-          })
-        }
+      try {
+        const { blob } = await this.client.atVersion(version).register(req.uuid, body)
         this.version = version
         this.log.info(`registered agent ${req.uuid} with registrar ${this.baseUrl} (API ${version})`)
         return blob
+      } catch (err) {
+        last = refusal('registration', err)
+        // 403 is final; unreachable, 5xx and 429 are retried with backoff by the caller
+        if (last.retryable || last.httpStatus === 403) break
       }
-      last = new RegistrationError(`registrar refused registration: ${status} ${statusText(json)}`, {
-        httpStatus: status,
-        retryable: isTransient(status),
-      })
-      // 403 is final; 5xx and 429 are retried with backoff by the caller
-      if (status === 403 || isTransient(status)) break
     }
     throw last ?? new RegistrationError('no registrar API version to try', { retryable: false })
   }
 
-  /** PUT the auth_tag; the registrar deletes the record on a mismatch. */
+  /** PUT the auth_tag; a mismatch is refused and changes nothing at our registrar (upstream's deletes the record). */
   async activate(uuid: string, authTag: string): Promise<void> {
-    const version = this.version ?? (await this.versionsToTry())[0]
-    const { status, json } = await jsonCall(
-      'PUT',
-      `${this.baseUrl}/v${version}/agents/${encodeURIComponent(uuid)}`,
-      { auth_tag: authTag },
-      this.timeoutMs,
-    )
-    if (status !== 200) {
-      throw new RegistrationError(`registrar refused activation: ${status} ${statusText(json)}`, {
-        httpStatus: status,
-        retryable: isTransient(status),
-      })
+    const version = this.version ?? (await this.versionsToTry())[0] ?? AGENT_API_VERSIONS[0]
+    try {
+      await this.client.atVersion(version).activate(uuid, authTag)
+    } catch (err) {
+      throw refusal('activation', err)
     }
     this.log.info(`agent ${uuid} activated`)
+  }
+
+  async close(): Promise<void> {
+    await this.client.close()
   }
 }
 

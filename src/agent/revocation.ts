@@ -3,13 +3,18 @@
  * revocation certificate from the payload is loaded; the signature (RSA-PSS, SHA-256, MGF1-SHA-256) is checked
  * against it; then the configured actions and the payload's `action_list` run one at a time with the message as a
  * JSON file argument, stopping at the first failure. Processing is queued so the HTTP reply never waits for it.
+ *
+ * Replays (our addition; upstream has none): a signed message stays valid forever, so anyone who captured one could
+ * make every agent run its actions again. A message is acted on at most once: its digest is recorded, in a file
+ * under the work directory so restarts keep it, before its actions run; one whose `event_time` is further than
+ * `revocation_max_age_seconds` from the agent's clock is ignored, which also bounds what must be remembered.
  */
-import { createPublicKey, type KeyObject, X509Certificate } from 'node:crypto'
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { createHash, createPublicKey, type KeyObject, X509Certificate } from 'node:crypto'
+import { existsSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join, resolve, sep } from 'node:path'
 import type { Logger } from '../common/log.ts'
-import { RevocationError, verifyRevocation } from '../crypto/revocation.ts'
+import { RevocationError, type RevocationMessage, verifyRevocation } from '../crypto/revocation.ts'
 import { runScript } from './payload.ts'
 
 export interface RevocationHandlerOptions {
@@ -24,23 +29,138 @@ export interface RevocationHandlerOptions {
   /** Working directory for actions (keylime_dir). */
   workDir: string
   timeoutMs: number
+  /** `revocation_max_age_seconds` in ms: the accepted distance of `event_time` from now, either way. */
+  maxAgeMs: number
+  /** File recording the revocations acted on (under keylime_dir, so it survives restarts). */
+  seenPath: string
   log: Logger
+  /** Clock, for tests. */
+  now?: () => number
 }
 
 export type RevocationOutcome =
   | { status: 'dropped'; reason: string }
   | { status: 'rejected'; reason: string }
+  | { status: 'ignored'; reason: string }
   | { status: 'done'; ran: string[]; failed?: string }
+
+/** Upper bound on remembered revocations; far above what a verifier sends within the age window. */
+export const MAX_SEEN_REVOCATIONS = 10_000
+
+const MONTHS = ['Jan', 'Feb', 'Mar', 'Apr', 'May', 'Jun', 'Jul', 'Aug', 'Sep', 'Oct', 'Nov', 'Dec']
+const ASCTIME = /^(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun) ([A-Z][a-z]{2}) ([ \d]\d) (\d\d):(\d\d):(\d\d) (\d{4})$/
+
+/**
+ * `event_time` (C asctime, "Tue Nov 26 15:09:00 2025") as ms since the epoch, read as UTC: our verifier writes UTC;
+ * upstream's writes its local time without a zone, so such a verifier must run in UTC or the window cover its offset.
+ */
+export function parseEventTime(text: unknown): number | null {
+  const m = typeof text === 'string' ? ASCTIME.exec(text) : null
+  if (m === null) return null
+  const month = MONTHS.indexOf(m[1] as string)
+  const [day, hour, minute, second, year] = m.slice(2).map(Number) as [number, number, number, number, number]
+  if (month < 0 || hour > 23 || minute > 59 || second > 60) return null
+  const ms = Date.UTC(year, month, day, hour, minute, second)
+  // Date.UTC rolls Feb 31 over into March: only a real calendar date is accepted.
+  return new Date(ms).getUTCDate() === day ? ms : null
+}
+
+/** Digests of the revocations acted on, with their event times; bounded and persisted. */
+class SeenRevocations {
+  readonly #byDigest = new Map<string, number>()
+
+  constructor(
+    private readonly path: string,
+    private readonly maxAgeMs: number,
+    private readonly log: Logger,
+  ) {}
+
+  /** Reads the file if there is one; an unreadable file is reported and replaced on the next write. */
+  load(now: number): void {
+    if (!existsSync(this.path)) return
+    try {
+      const data = JSON.parse(readFileSync(this.path, 'utf8')) as { version?: unknown; seen?: unknown }
+      if (data.version !== 1 || !Array.isArray(data.seen)) throw new Error('not a version 1 list')
+      for (const item of data.seen) {
+        if (
+          !Array.isArray(item) ||
+          typeof item[0] !== 'string' ||
+          !/^[0-9a-f]{64}$/.test(item[0]) ||
+          !Number.isSafeInteger(item[1])
+        )
+          throw new Error('malformed entry')
+        this.#byDigest.set(item[0], item[1])
+      }
+      this.#prune(now)
+    } catch (err) {
+      this.#byDigest.clear()
+      this.log.error(
+        `cannot read ${this.path} (${(err as Error).message}): revocations seen before this start are forgotten`,
+      )
+    }
+  }
+
+  has(digest: string): boolean {
+    return this.#byDigest.has(digest)
+  }
+
+  get size(): number {
+    return this.#byDigest.size
+  }
+
+  /** Records a revocation and writes the file before returning, so an action never runs unrecorded. */
+  add(digest: string, eventTimeMs: number, now: number): void {
+    this.#prune(now)
+    while (this.#byDigest.size >= MAX_SEEN_REVOCATIONS) {
+      let oldest: string | undefined
+      let oldestTime = Number.POSITIVE_INFINITY
+      for (const [d, t] of this.#byDigest) {
+        if (t < oldestTime) {
+          oldest = d
+          oldestTime = t
+        }
+      }
+      this.#byDigest.delete(oldest as string)
+      this.log.warn(
+        `more than ${MAX_SEEN_REVOCATIONS} revocations within the age window: forgetting the oldest`,
+      )
+    }
+    this.#byDigest.set(digest, eventTimeMs)
+    const tmp = `${this.path}.tmp`
+    try {
+      writeFileSync(tmp, JSON.stringify({ version: 1, seen: [...this.#byDigest] }), { mode: 0o600 })
+      renameSync(tmp, this.path)
+    } catch (err) {
+      // Still remembered for this process's life; only a restart could replay it.
+      this.log.error(`cannot record revocations in ${this.path}: ${(err as Error).message}`)
+    }
+  }
+
+  /** Entries outside the window are refused by their time anyway. */
+  #prune(now: number): void {
+    for (const [d, t] of this.#byDigest) if (Math.abs(now - t) > this.maxAgeMs) this.#byDigest.delete(d)
+  }
+}
 
 export class RevocationHandler {
   private readonly o: RevocationHandlerOptions
   private key: KeyObject | null = null
   private queue: Promise<unknown> = Promise.resolve()
+  private readonly seen: SeenRevocations
+  private readonly now: () => number
   /** Every outcome, newest last (bounded), for operators and tests. */
   readonly outcomes: RevocationOutcome[] = []
 
   constructor(o: RevocationHandlerOptions) {
     this.o = o
+    this.now = o.now ?? Date.now
+    this.seen = new SeenRevocations(o.seenPath, o.maxAgeMs, o.log)
+    this.seen.load(this.now())
+  }
+
+  /** How many revocations acted on are remembered. */
+  get seenCount(): number {
+    return this.seen.size
   }
 
   /** (Re)loads the revocation certificate; returns whether one is loaded now. */
@@ -80,7 +200,7 @@ export class RevocationHandler {
       this.o.log.warn('revocation notification dropped: no revocation certificate loaded yet')
       return { status: 'dropped', reason: 'no revocation certificate' }
     }
-    let m: { type: string; agent_id: string }
+    let m: RevocationMessage
     try {
       m = verifyRevocation(body, this.key)
     } catch (err) {
@@ -88,6 +208,27 @@ export class RevocationHandler {
       this.o.log.warn(`revocation notification rejected: ${reason}`)
       return { status: 'rejected', reason }
     }
+    const eventTime = parseEventTime(m.event_time)
+    if (eventTime === null) {
+      const reason = 'event_time is missing or not an asctime date'
+      this.o.log.warn(`revocation notification rejected: ${reason}`)
+      return { status: 'rejected', reason }
+    }
+    const now = this.now()
+    const maxAge = `revocation_max_age_seconds (${this.o.maxAgeMs / 1000})`
+    const stale =
+      now - eventTime > this.o.maxAgeMs
+        ? `event_time ${m.event_time} is older than ${maxAge}`
+        : eventTime - now > this.o.maxAgeMs
+          ? `event_time ${m.event_time} is later than now + ${maxAge}`
+          : null
+    const digest = createHash('sha256').update(body.msg, 'utf8').digest('hex')
+    const ignored = stale ?? (this.seen.has(digest) ? 'already acted on (replayed)' : null)
+    if (ignored !== null) {
+      this.o.log.warn(`revocation notification for agent ${m.agent_id} ignored: ${ignored}`)
+      return { status: 'ignored', reason: ignored }
+    }
+    this.seen.add(digest, eventTime, now)
     this.o.log.info(`revocation notification for agent ${m.agent_id} (type ${m.type})`)
     return this.runActions(body.msg)
   }

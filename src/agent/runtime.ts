@@ -1,7 +1,8 @@
 /**
  * Agent start-up and shutdown (keylime-protocols.md §B, §E, §F): TPM identity (EK, EK cert, AK created once and
  * reused), keys, UUID, PCR 16 binding, registration + activation with backoff, then the pull API listener.
- * Everything another team provides arrives through `AgentDeps`, so this file depends only on narrow functions.
+ * The TPM, codecs and zip extraction arrive through `AgentDeps` (`defaultAgentDeps()` for the real ones), so tests
+ * can drive start-up with a simulated TPM.
  */
 import { type FSWatcher, readFileSync, watch } from 'node:fs'
 import type { Server } from 'node:https'
@@ -10,8 +11,18 @@ import type { FastifyInstance } from 'fastify'
 import { AGENT_API_VERSIONS } from '../api/versions.ts'
 import { KeylimeError } from '../common/errors.ts'
 import type { Logger } from '../common/log.ts'
+import { decodeKeylimeCredentialBlob } from '../crypto/make-credential.ts'
+import { publicKeyPemOf } from '../crypto/tpm-public.ts'
+import { extractPayloadZipSafely } from '../payload/extract.ts'
 import { agentDataMatches, ekDigest, loadAgentData, saveAgentData } from './agent-data.ts'
-import { type AgentTpm, type EncAlgName, type HashAlgName, type SignAlgName, TpmLock } from './agent-tpm.ts'
+import {
+  type AgentTpm,
+  type EncAlgName,
+  type HashAlgName,
+  openKeylimeTpm,
+  type SignAlgName,
+  TpmLock,
+} from './agent-tpm.ts'
 import { type AgentServices, buildAgentApp } from './app.ts'
 import { type AgentConfig, servedApiVersions, trustedClientCaFiles } from './config.ts'
 import { ImaEmulator, type ImaNgFormatter } from './ima-emulator.ts'
@@ -19,7 +30,7 @@ import { ImaMeasurementList } from './ima-list.ts'
 import { ensureMtlsIdentity, ensurePayloadKey } from './keys.ts'
 import { PayloadManager, type ZipExtractor } from './payload.ts'
 import { checkWritable, dropPrivileges, giveDirectory, giveFile, type RunAsIdentity } from './privileges.ts'
-import { type QuoteFormatter, QuoteService } from './quote-service.ts'
+import { formatAgentQuote, type QuoteFormatter, QuoteService } from './quote-service.ts'
 import { activationAuthTag, RegistrarConnection, withBackoff } from './registration.ts'
 import { RevocationHandler } from './revocation.ts'
 import { resolveAgentUuid } from './uuid.ts'
@@ -30,7 +41,7 @@ export class AgentStartError extends KeylimeError {
   }
 }
 
-/** Functions provided by other teams' modules (wired in `default-deps.ts`). */
+/** What start-up needs from the TPM library, the codecs and the payload extractor. */
 export interface AgentDeps {
   openTpm(transport: string, opts?: { endorsementPassword?: string }): Promise<AgentTpm>
   formatQuote: QuoteFormatter
@@ -39,6 +50,24 @@ export interface AgentDeps {
   /** SPKI PEM of a TPM2B_PUBLIC (for `uuid = hash_ek`). */
   publicKeyPem(tpm2bPublic: Uint8Array): string
   extractZip: ZipExtractor
+}
+
+/** Payload archives: upstream's 1 MiB payload cap with generous room for compression. */
+const PAYLOAD_ZIP_LIMITS = { maxEntries: 1000, maxTotalBytes: 64 * 1024 * 1024, maxRatio: 200 }
+
+export function defaultAgentDeps(): AgentDeps {
+  return {
+    openTpm: openKeylimeTpm,
+    formatQuote: formatAgentQuote,
+    decodeCredentialBlob: (b64) => {
+      const c = decodeKeylimeCredentialBlob(b64)
+      return { credentialBlob: c.credentialBlob, encryptedSecret: c.encryptedSecret }
+    },
+    publicKeyPem: (pub) => publicKeyPemOf(pub),
+    extractZip: async (zip, destDir) => {
+      await extractPayloadZipSafely(zip, destDir, PAYLOAD_ZIP_LIMITS)
+    },
+  }
 }
 
 export interface RunningAgent {
@@ -240,6 +269,8 @@ export async function startAgent(opts: StartAgentOptions): Promise<RunningAgent>
       unzippedDir: join(secureDir, 'unzipped'),
       workDir: cfg.keylime_dir,
       timeoutMs: cfg.revocation_action_timeout_seconds * 1000,
+      maxAgeMs: cfg.revocation_max_age_seconds * 1000,
+      seenPath: join(cfg.keylime_dir, 'revocations_seen.json'),
       log,
     })
     revocation.loadCertificate()
@@ -265,33 +296,37 @@ export async function startAgent(opts: StartAgentOptions): Promise<RunningAgent>
         maxRetries: cfg.exponential_backoff_max_retries,
         maxDelayMs: cfg.exponential_backoff_max_delay,
       }
-      const blob = await withBackoff(
-        'registration',
-        policy,
-        log,
-        () =>
-          registrar.register({
-            uuid,
-            ekTpm: Buffer.from(ek.publicArea).toString('base64'),
-            ekCert: ekCertDer ? derToPem(ekCertDer) : null,
-            aikTpm: Buffer.from(ak.publicArea).toString('base64'),
-            mtlsCert: cfg.enable_agent_mtls ? mtls.certPem : 'disabled',
-            ip: cfg.contact_ip,
-            port: cfg.contact_port,
-          }),
-        opts.sleep,
-      )
-      let parts: { credentialBlob: Uint8Array; encryptedSecret: Uint8Array }
       try {
-        parts = deps.decodeCredentialBlob(blob)
-      } catch (err) {
-        throw new AgentStartError('registrar sent a malformed credential blob', { cause: err })
+        const blob = await withBackoff(
+          'registration',
+          policy,
+          log,
+          () =>
+            registrar.register({
+              uuid,
+              ekTpm: Buffer.from(ek.publicArea).toString('base64'),
+              ekCert: ekCertDer ? derToPem(ekCertDer) : null,
+              aikTpm: Buffer.from(ak.publicArea).toString('base64'),
+              mtlsCert: cfg.enable_agent_mtls ? mtls.certPem : 'disabled',
+              ip: cfg.contact_ip,
+              port: cfg.contact_port,
+            }),
+          opts.sleep,
+        )
+        let parts: { credentialBlob: Uint8Array; encryptedSecret: Uint8Array }
+        try {
+          parts = deps.decodeCredentialBlob(blob)
+        } catch (err) {
+          throw new AgentStartError('registrar sent a malformed credential blob', { cause: err })
+        }
+        const challenge = await lock.run(() =>
+          tpm.activateCredential({ akHandle: ak.handle, ekHandle: ek.handle, ...parts }),
+        )
+        const authTag = activationAuthTag(challenge, uuid)
+        await withBackoff('activation', policy, log, () => registrar.activate(uuid, authTag), opts.sleep)
+      } finally {
+        await registrar.close()
       }
-      const challenge = await lock.run(() =>
-        tpm.activateCredential({ akHandle: ak.handle, ekHandle: ek.handle, ...parts }),
-      )
-      const authTag = activationAuthTag(challenge, uuid)
-      await withBackoff('activation', policy, log, () => registrar.activate(uuid, authTag), opts.sleep)
     }
 
     const services: AgentServices = {

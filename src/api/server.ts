@@ -1,18 +1,29 @@
 /**
- * fastify plumbing shared by the registrar and the verifier (keylime-api.md §0): versioned route registration,
- * upstream's framework-level answers (empty 404/405 bodies, 400 for malformed JSON), the v2 envelope for every
- * handler error (5xx bodies stay generic), body limits, TLS server options and the `requireAdmin` hook.
+ * The one fastify factory behind the registrar, the verifier and the agent (keylime-api.md §0): HTTP or HTTPS with
+ * an optional client certificate, sanitised request ids, JSON bodies whatever their Content-Type, typebox route
+ * schemas (a type provider types the handlers), small body limits unless a route asks for more, the admin check
+ * before a body is read, an OpenAPI document at `/openapi.json`, and one error mapper: every error a handler or
+ * fastify itself raises becomes the `{code, status, results}` envelope (router-level 404/405 keep upstream's empty
+ * bodies), 5xx bodies stay generic, and an unreachable database is a 503 with `Retry-After`.
  */
+import type { IncomingMessage, ServerResponse } from 'node:http'
 import type { ServerOptions as HttpsServerOptions } from 'node:https'
+import { Socket } from 'node:net'
 import { TLSSocket } from 'node:tls'
+import { fastifySwagger } from '@fastify/swagger'
+import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import Fastify, {
+  type FastifyBaseLogger,
   type FastifyError,
   type FastifyInstance,
   type FastifyReply,
   type FastifyRequest,
   type FastifySchema,
+  type FastifySchemaValidationError,
   type HTTPMethods,
   LogController,
+  type RawServerDefault,
+  type RouteGenericInterface,
   type RouteHandlerMethod,
 } from 'fastify'
 import { KeylimeError } from '../common/errors.ts'
@@ -27,16 +38,53 @@ export class RequestSchemaError extends KeylimeError {
   }
 }
 
+type SchemaErrorDataVar = 'body' | 'headers' | 'params' | 'querystring'
+
 export const V3_PREFIXES = ['3', '3.0'] as const
+
+/** Default body limit of a route: enough for any request that does not upload a policy. */
+export const SMALL_BODY_LIMIT = 64 * 1024
+/** Longest path parameter the router matches; longer ones answer 414 (ids are validated far below this). */
+const MAX_PARAM_LENGTH = 2048
+/** Seconds a client is asked to wait when the database is unreachable. */
+export const DATABASE_RETRY_AFTER_SECONDS = 5
+
+export type KeylimeServer = FastifyInstance<
+  RawServerDefault,
+  IncomingMessage,
+  ServerResponse,
+  FastifyBaseLogger,
+  TypeBoxTypeProvider
+>
+
+/** Decides whether a request may reach an ADMIN route; answers the refusal itself (§0.5). */
+export type AdminCheck = (request: FastifyRequest, reply: FastifyReply) => Promise<void>
 
 export interface KeylimeServerOptions {
   logger?: Logger | false
   /** HTTPS listener options (see `tlsServerOptions`); null/undefined for plain HTTP. */
   https?: HttpsServerOptions | null
-  /** Max request body in bytes (413 above it). */
+  /** Body limit in bytes of routes that do not set their own (413 above it). Default `SMALL_BODY_LIMIT`. */
   bodyLimit?: number
   /** Close keep-alive sockets on `close()` so tests and shutdown never hang. */
   forceCloseConnections?: boolean
+  /** The ADMIN check run in `onRequest` of routes with `config.admin` (default `requireAdmin`). */
+  adminCheck?: AdminCheck
+  /** Message of a 400 for an `agent_id` path parameter that does not fit `AgentId`. */
+  agentIdMessage?: string
+  /** Answer for paths no route matches (default: upstream's empty 404, or 405 when other methods exist). */
+  notFound?: (request: FastifyRequest, reply: FastifyReply) => void
+  /** OpenAPI `info` and the path prefixes the document lists (every prefix serves the same routes). */
+  openapi?: { title: string; version: string; documentedPrefixes: readonly string[] }
+}
+
+/** One registered route, as tests and the OpenAPI check see it. */
+export interface RouteEntry {
+  method: string
+  url: string
+  schema: FastifySchema | undefined
+  admin: boolean
+  bodyLimit: number | undefined
 }
 
 interface RoutePattern {
@@ -47,6 +95,11 @@ interface RoutePattern {
 declare module 'fastify' {
   interface FastifyInstance {
     keylimeRoutes: RoutePattern[]
+    keylimeRouteTable: RouteEntry[]
+  }
+  interface FastifyContextConfig {
+    /** ADMIN route (§0.5): the server's admin check runs before the body is read. */
+    admin?: boolean
   }
 }
 
@@ -67,18 +120,68 @@ function patternRegex(path: string): RegExp {
 }
 
 /** Creates a fastify instance with Keylime's conventions (call before registering routes). */
-export function createKeylimeServer(opts: KeylimeServerOptions = {}): FastifyInstance {
+export function createKeylimeServer(opts: KeylimeServerOptions = {}): KeylimeServer {
   const app = Fastify({
     ...(opts.logger ? { loggerInstance: opts.logger } : { logger: false }),
     ...(opts.https ? { https: opts.https } : {}),
-    bodyLimit: opts.bodyLimit ?? 1048576,
-    routerOptions: { ignoreTrailingSlash: true, maxParamLength: 200 },
+    bodyLimit: opts.bodyLimit ?? SMALL_BODY_LIMIT,
+    routerOptions: { ignoreTrailingSlash: true, maxParamLength: MAX_PARAM_LENGTH },
     forceCloseConnections: opts.forceCloseConnections ?? true,
     return503OnClosing: true,
+    exposeHeadRoutes: false,
+    // wire data is checked as sent: a number is not a string (lists that upstream also takes as one string say so
+    // in their schema and are normalised by the handler)
+    ajv: { customOptions: { coerceTypes: false } },
+    schemaErrorFormatter: (errors, dataVar) =>
+      new RequestSchemaError(validationMessage(errors, dataVar, opts.agentIdMessage)),
+    frameworkErrors: (error, _request, reply: FastifyReply) => {
+      if (error.code === 'FST_ERR_MAX_PARAM_LENGTH') {
+        reply.code(414).send(errorEnvelope(414, 'URI Too Long: a path parameter is too long'))
+        return
+      }
+      reply.code(400).send(errorEnvelope(400, 'Malformed Request Parameter: the URL is not valid'))
+    },
+    clientErrorHandler: answerClientError,
     // per-request access logs would dominate the hot path; handlers log what matters
     logController: new LogController({ disableRequestLogging: true }),
-  }) as unknown as FastifyInstance
+  }).withTypeProvider<TypeBoxTypeProvider>() as unknown as KeylimeServer
   app.decorate('keylimeRoutes', [] as RoutePattern[])
+  app.decorate('keylimeRouteTable', [] as RouteEntry[])
+  // responses go out as the handler built them; the response schemas document the API (OpenAPI)
+  app.setSerializerCompiler(() => (data) => JSON.stringify(data))
+
+  const adminCheck = opts.adminCheck ?? requireAdmin
+  app.addHook('onRoute', (route) => {
+    const methods = [route.method].flat()
+    if (route.config?.admin) {
+      const own = route.onRequest === undefined ? [] : [route.onRequest].flat()
+      route.onRequest = [refuseBeforeBody(adminCheck), ...own]
+    }
+    const documented = opts.openapi?.documentedPrefixes
+    if (documented && /^\/v\d/.test(route.url) && !documented.some((p) => route.url.startsWith(`/v${p}/`)))
+      route.schema = { ...route.schema, hide: true }
+    if (route.url === '/openapi.json') return
+    for (const m of methods)
+      app.keylimeRouteTable.push({
+        method: m,
+        url: route.url,
+        schema: route.schema,
+        admin: route.config?.admin === true,
+        bodyLimit: route.bodyLimit,
+      })
+    const regex = patternRegex(route.url.replace(/\/+$/, '') || '/')
+    const existing = app.keylimeRoutes.find((r) => r.regex.source === regex.source)
+    if (existing) for (const m of methods) existing.methods.add(m)
+    else app.keylimeRoutes.push({ regex, methods: new Set(methods) })
+  })
+  if (opts.openapi) {
+    const { title, version } = opts.openapi
+    // the plugin's setup is synchronous; calling it directly registers its route collector before any route
+    fastifySwagger(app as unknown as FastifyInstance, { openapi: { info: { title, version } } }, (err) => {
+      if (err) throw err
+    })
+    app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger())
+  }
 
   acceptJsonBodiesOfAnyContentType(app)
 
@@ -87,21 +190,34 @@ export function createKeylimeServer(opts: KeylimeServerOptions = {}): FastifyIns
     if (id) reply.header('X-Request-ID', id)
   })
 
-  app.setNotFoundHandler((request, reply) => {
-    const path = (request.url.split('?')[0] ?? '').replace(/\/+$/, '') || '/'
-    const allowed = new Set<string>()
-    for (const r of app.keylimeRoutes) if (r.regex.test(path)) for (const m of r.methods) allowed.add(m)
-    if (allowed.size > 0) {
-      reply
-        .code(405)
-        .header('Allow', [...allowed].sort().join(', '))
-        .send()
-      return
-    }
-    reply.code(404).send()
-  })
+  app.setNotFoundHandler(
+    opts.notFound ??
+      ((request, reply) => {
+        const path = (request.url.split('?')[0] ?? '').replace(/\/+$/, '') || '/'
+        const allowed = new Set<string>()
+        for (const r of app.keylimeRoutes) if (r.regex.test(path)) for (const m of r.methods) allowed.add(m)
+        if (allowed.size > 0) {
+          reply
+            .code(405)
+            .header('Allow', [...allowed].sort().join(', '))
+            .send()
+          return
+        }
+        reply.code(404).send()
+      }),
+  )
 
   app.setErrorHandler((error: FastifyError | KeylimeError | Error, request, reply) => {
+    if (unreadBody(error)) closeSoonAfterAnswer(request, reply)
+    const unavailable = databaseUnavailableReason(error)
+    if (unavailable !== null) {
+      request.log.error({ err: error }, 'database unavailable')
+      reply
+        .code(503)
+        .header('Retry-After', String(DATABASE_RETRY_AFTER_SECONDS))
+        .send(errorEnvelope(503, `Service Unavailable: database unavailable (${unavailable})`))
+      return
+    }
     const status = errorStatus(error)
     if (status >= 500) {
       request.log.error({ err: error }, 'request failed')
@@ -115,6 +231,23 @@ export function createKeylimeServer(opts: KeylimeServerOptions = {}): FastifyIns
   return app
 }
 
+/** Names the first field that does not fit: `body.accept_tpm_hash_algs must be array`. */
+export function validationMessage(
+  errors: FastifySchemaValidationError[],
+  dataVar: SchemaErrorDataVar,
+  agentIdMessage?: string,
+): string {
+  const e = errors[0]
+  if (!e) return `Malformed Request Parameter: ${dataVar} is not valid`
+  const path = e.instancePath.split('/').filter(Boolean)
+  if (e.keyword === 'required' && typeof e.params.missingProperty === 'string')
+    path.push(e.params.missingProperty)
+  if (dataVar === 'params' && path[0] === 'agent_id' && agentIdMessage) return agentIdMessage
+  const field = [dataVar, ...path].join('.')
+  const why = e.keyword === 'required' ? 'is required' : (e.message ?? 'is not valid')
+  return `Malformed Request Parameter: ${field} ${why}`
+}
+
 function errorStatus(error: unknown): number {
   if (error instanceof KeylimeError) return error.statusCode ?? 500
   const e = error as FastifyError
@@ -126,13 +259,140 @@ function errorStatus(error: unknown): number {
 
 function publicMessage(error: unknown, status: number): string {
   const e = error as FastifyError
-  if (e.validation) return `Malformed Request Parameter: ${e.message}`
-  if (e.code === 'FST_ERR_CTP_BODY_TOO_LARGE') return 'Request body too large'
+  if (e instanceof KeylimeError || e.validation) return e.message
+  switch (e.code) {
+    case 'FST_ERR_CTP_BODY_TOO_LARGE':
+      return 'Request body too large'
+    case 'FST_ERR_CTP_INVALID_MEDIA_TYPE':
+      return 'Unsupported Content-Type'
+    case 'FST_ERR_CTP_INVALID_CONTENT_LENGTH':
+      return 'Malformed Request Parameter: body length does not match Content-Length'
+    case 'FST_ERR_CTP_EMPTY_JSON_BODY':
+      return 'Malformed Request Parameter: empty body'
+  }
   if (e instanceof SyntaxError) return 'Malformed Request Parameter'
   return e.message || (status === 404 ? 'Not Found' : 'Bad Request')
 }
 
-export interface VersionedRoute {
+function unreadBody(error: unknown): boolean {
+  const code = (error as { code?: unknown }).code
+  return code === 'FST_ERR_CTP_BODY_TOO_LARGE' || code === 'FST_ERR_CTP_INVALID_CONTENT_LENGTH'
+}
+
+const DATABASE_ERROR_CODES = new Set([
+  'ECONNREFUSED',
+  'ECONNRESET',
+  'ETIMEDOUT',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  'EAI_AGAIN',
+  'SQLITE_BUSY',
+  'SQLITE_LOCKED',
+  'SQLITE_READONLY',
+  'SQLITE_CANTOPEN',
+  'SQLITE_FULL',
+  'SQLITE_PROTOCOL',
+  // PostgreSQL: shut down by an administrator, crashed, starting up, too many connections
+  '57P01',
+  '57P02',
+  '57P03',
+  '53300',
+])
+
+/**
+ * The reason (an error code, never a message that could carry a connection string) when an error means the
+ * database cannot be reached or written now; null for any other error.
+ */
+export function databaseUnavailableReason(error: unknown): string | null {
+  let e: unknown = error
+  for (let depth = 0; depth < 5 && e instanceof Error; depth++) {
+    const code = (e as { code?: unknown }).code
+    if (typeof code === 'string') {
+      if (DATABASE_ERROR_CODES.has(code) || code.startsWith('SQLITE_IOERR')) return code
+      // PostgreSQL class 08: connection exceptions
+      if (/^08[0-9A-Z]{3}$/.test(code)) return code
+    }
+    if (/Connection terminated|timeout exceeded when trying to connect/.test(e.message))
+      return 'connection lost'
+    e = (e as { cause?: unknown }).cause
+  }
+  return null
+}
+
+/** Errors node's HTTP parser raises before fastify sees a request (bad request line, huge headers, timeouts). */
+function answerClientError(error: Error & { code?: string }, socket: Socket): void {
+  if (error.code === 'ECONNRESET' || !socket.writable) {
+    socket.destroy()
+    return
+  }
+  const [status, text] =
+    error.code === 'HPE_HEADER_OVERFLOW'
+      ? [431, 'Request Header Fields Too Large']
+      : error.code === 'ERR_HTTP_REQUEST_TIMEOUT'
+        ? [408, 'Request Timeout']
+        : [400, 'Bad Request']
+  const body = JSON.stringify(errorEnvelope(status, text))
+  socket.end(
+    `HTTP/1.1 ${status} ${text}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
+  )
+}
+
+/**
+ * Runs the admin check in `onRequest`, before fastify reads a body: a refused caller's upload is never buffered or
+ * parsed, and the connection is dropped soon after the refusal.
+ */
+function refuseBeforeBody(check: AdminCheck): AdminCheck {
+  return async (request, reply) => {
+    await check(request, reply)
+    if (reply.sent && hasBody(request)) closeSoonAfterAnswer(request, reply)
+  }
+}
+
+/** How long a refused request's remaining body is read and discarded before the connection is dropped. */
+const LINGER_MS = 1000
+
+/**
+ * A body that was refused or cut off is not buffered: node discards what keeps arriving, and the connection is
+ * dropped shortly after the answer unless the upload ends first. Closing at once would reset the connection with
+ * unread data, and the client could lose the answer itself.
+ */
+function closeSoonAfterAnswer(request: FastifyRequest, reply: FastifyReply): void {
+  // fastify asks for `Connection: close` after a body error; node would then close before the client read the answer
+  reply.removeHeader('connection')
+  const raw = request.raw
+  const socket = raw.socket
+  // an injected request has no connection to drop
+  if (!(socket instanceof Socket)) return
+  const linger = () => {
+    if (raw.complete) return
+    const timer = setTimeout(() => socket.destroy(), LINGER_MS)
+    timer.unref()
+    raw.once('end', () => clearTimeout(timer))
+  }
+  if (reply.raw.writableFinished) linger()
+  else reply.raw.once('finish', linger)
+}
+
+function hasBody(request: FastifyRequest): boolean {
+  const h = request.headers
+  return (
+    (h['content-length'] !== undefined && h['content-length'] !== '0') || h['transfer-encoding'] !== undefined
+  )
+}
+
+// ---- route registration ----
+
+type KeylimeHandler<S extends FastifySchema> = RouteHandlerMethod<
+  RawServerDefault,
+  IncomingMessage,
+  ServerResponse,
+  RouteGenericInterface,
+  unknown,
+  S,
+  TypeBoxTypeProvider
+>
+
+export interface VersionedRoute<S extends FastifySchema> {
   method: HTTPMethods | HTTPMethods[]
   /** Path after the version prefix, e.g. `/agents/:agent_id`. */
   path: string
@@ -140,9 +400,14 @@ export interface VersionedRoute {
   v2?: boolean | readonly string[]
   /** Register under `/v3` and `/v3.0` (default false). */
   v3?: boolean
-  schema?: FastifySchema
-  preHandler?: (request: FastifyRequest, reply: FastifyReply) => Promise<void>
-  handler: RouteHandlerMethod
+  schema: S
+  /** ADMIN route: the server's admin check runs in `onRequest`, before any body is read. */
+  admin?: boolean
+  /** Body limit in bytes when larger than the server's default (policy uploads). */
+  bodyLimit?: number
+  /** Route-specific wording of schema errors (upstream's texts for the same failures). */
+  schemaErrorFormatter?: (errors: FastifySchemaValidationError[], dataVar: SchemaErrorDataVar) => Error
+  handler: KeylimeHandler<S>
 }
 
 /** Every prefixed path of a route: `/v2/agents`, `/v2.0/agents` … (and `/v3`, `/v3.0` when asked). */
@@ -151,31 +416,29 @@ export function versionedPaths(path: string, v2: boolean | readonly string[] = t
   return [...v2list, ...(v3 ? V3_PREFIXES : [])].map((v) => `/v${v}${path === '/' ? '' : path}`)
 }
 
-/** Registers a route under each version prefix (and records it so other methods on the path answer 405). */
-export function addVersionedRoute(app: FastifyInstance, route: VersionedRoute): void {
-  const methods = Array.isArray(route.method) ? route.method : [route.method]
-  for (const url of versionedPaths(route.path, route.v2 ?? true, route.v3 ?? false)) {
-    addRoute(app, { ...route, url, method: methods })
-  }
+/** Registers a route under each version prefix (other methods on the same path then answer 405). */
+export function addVersionedRoute<S extends FastifySchema>(
+  app: KeylimeServer,
+  route: VersionedRoute<S>,
+): void {
+  for (const url of versionedPaths(route.path, route.v2 ?? true, route.v3 ?? false))
+    addRoute(app, { ...route, url })
 }
 
-/** Registers one unversioned route (e.g. `GET /version`) with the same 405 bookkeeping. */
-export function addRoute(
-  app: FastifyInstance,
-  route: Omit<VersionedRoute, 'path' | 'v2' | 'v3'> & { url: string },
+/** Registers one route at an exact URL (e.g. the unversioned `GET /version`). */
+export function addRoute<S extends FastifySchema>(
+  app: KeylimeServer,
+  route: Omit<VersionedRoute<S>, 'path' | 'v2' | 'v3'> & { url: string },
 ): void {
-  const methods = Array.isArray(route.method) ? route.method : [route.method]
   app.route({
-    method: methods,
+    method: route.method,
     url: route.url,
-    ...(route.schema ? { schema: route.schema } : {}),
-    ...(route.preHandler ? { preHandler: route.preHandler } : {}),
-    handler: route.handler,
+    schema: route.schema,
+    ...(route.admin ? { config: { admin: true } } : {}),
+    ...(route.bodyLimit !== undefined ? { bodyLimit: route.bodyLimit } : {}),
+    ...(route.schemaErrorFormatter ? { schemaErrorFormatter: route.schemaErrorFormatter } : {}),
+    handler: route.handler as RouteHandlerMethod,
   })
-  const regex = patternRegex(route.url.replace(/\/+$/, '') || '/')
-  const existing = app.keylimeRoutes.find((r) => r.regex.source === regex.source)
-  if (existing) for (const m of methods) existing.methods.add(m)
-  else app.keylimeRoutes.push({ regex, methods: new Set(methods) })
 }
 
 // ---- TLS ----
@@ -212,8 +475,15 @@ export function clientCertificateStatus(request: FastifyRequest): ClientCertStat
   return socket.authorized ? 'trusted' : 'untrusted'
 }
 
-export function isSecureRequest(request: FastifyRequest): boolean {
-  return request.raw.socket instanceof TLSSocket
+/** The client certificate's subject (`CN=…, O=…`) for audit lines; null without one. */
+export function callerSubject(request: FastifyRequest): string | null {
+  const socket = request.raw.socket
+  if (!(socket instanceof TLSSocket)) return null
+  const subject = socket.getPeerCertificate()?.subject as Record<string, string | string[]> | undefined
+  if (!subject || Object.keys(subject).length === 0) return null
+  return Object.entries(subject)
+    .map(([k, v]) => `${k}=${[v].flat().join('+')}`)
+    .join(', ')
 }
 
 /** The JSON (non-envelope) auth error bodies of keylime-api.md §0.3. */
@@ -245,7 +515,7 @@ export async function requireAdmin(request: FastifyRequest, reply: FastifyReply)
  * Upstream's servers parse a request body as JSON whatever its Content-Type (upstream's tenant sends none); an empty
  * body is "no body", and malformed JSON is a 400.
  */
-export function acceptJsonBodiesOfAnyContentType(app: FastifyInstance): void {
+function acceptJsonBodiesOfAnyContentType(app: KeylimeServer): void {
   app.removeAllContentTypeParsers()
   app.addContentTypeParser('*', { parseAs: 'string' }, (_req, body, done) => {
     const text = typeof body === 'string' ? body : body.toString('utf8')

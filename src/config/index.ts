@@ -1,4 +1,3 @@
-export * from './agent.ts'
 export * from './ca.ts'
 export * from './cli-flags.ts'
 export * from './loader.ts'

@@ -7,7 +7,6 @@ import {
   cleanValue,
   type IniComponent,
   type LoadOptions,
-  loadAgentRaw,
   loadIniRaw,
   parseBool,
   parseFloatOption,
@@ -97,15 +96,6 @@ export function loadIniConfig<S extends Schema>(
   const knownSections = [...new Set(Object.values(schema).map((s) => s.section ?? component))]
   const { sections, files } = loadIniRaw(component, { ...opts, knownSections })
   return { config: resolveConfig(schema, component, sections, opts.flags), files }
-}
-
-/** Loads the agent's TOML `[agent]` table, env and flags. */
-export function loadAgentTomlConfig<S extends Schema>(
-  schema: S,
-  opts: LoadOptions & { flags?: Flags<S> } = {},
-): Loaded<S> {
-  const { sections, files } = loadAgentRaw(opts)
-  return { config: resolveConfig(schema, 'agent', sections, opts.flags), files }
 }
 
 export { ConfigError }

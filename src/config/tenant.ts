@@ -1,4 +1,4 @@
-/** `tenant.conf` `[tenant]` (keylime-config-and-cli.md §2.3). The tenant team extends it. */
+/** `tenant.conf` `[tenant]` (keylime-config-and-cli.md §2.3). */
 import type { LoadOptions } from './loader.ts'
 import { type ConfigOf, type Flags, type Loaded, loadIniConfig, opt } from './schema.ts'
 

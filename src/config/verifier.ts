@@ -1,4 +1,4 @@
-/** `verifier.conf` `[verifier]` + `[revocations]` (keylime-config-and-cli.md §2.1). The verifier team extends it. */
+/** `verifier.conf` `[verifier]` + `[revocations]` (keylime-config-and-cli.md §2.1). */
 import type { LoadOptions } from './loader.ts'
 import { type ConfigOf, type Flags, type Loaded, loadIniConfig, opt } from './schema.ts'
 
@@ -30,7 +30,12 @@ export const verifierSchema = {
   max_retries: opt.int(5),
   exponential_backoff: opt.bool(true),
   request_timeout: opt.float(60),
+  /** Body limit of uploads that carry a policy: enrolment, runtime and measured-boot policies (upstream's). */
   max_upload_size: opt.int(104857600),
+  /** Keylime TS: body limit of every other request (bytes). */
+  max_body_size: opt.int(65536),
+  /** Keylime TS: body limit of the public `POST /verify/evidence` (quote, logs and policies; bytes). */
+  max_evidence_size: opt.int(8388608),
   measured_boot_policy_name: opt.string('accept-all'),
   measured_boot_imports: opt.list([]),
   measured_boot_evaluate: opt.string('once'),

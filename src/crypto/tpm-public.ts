@@ -1,7 +1,7 @@
 /**
  * TPM public areas (TPM2B_PUBLIC, as the registrar stores `aik_tpm` / `ek_tpm`) to node:crypto keys, object Names
  * and the AK attribute check. Only RSA and NIST-curve ECC objects occur in Keylime; other types are refused.
- * Decoding is team TPM's `decodeTpm2bPublic`; its TpmFormatError is reported here as TpmPublicError.
+ * Decoding is src/tpm's `decodeTpm2bPublic`; its TpmFormatError is reported here as TpmPublicError.
  */
 import { createHash, createPublicKey, type KeyObject } from 'node:crypto'
 import { KeylimeError } from '../common/errors.ts'
@@ -43,7 +43,7 @@ export const ECC_CURVES: ReadonlyMap<number, EccCurveInfo> = new Map([
   [TpmEccCurve.NistP521, { crv: 'P-521', nodeCurve: 'secp521r1', size: 66 }],
 ])
 
-/** A decoded public area (team TPM's TPMT_PUBLIC; `raw` is what the Name hashes). */
+/** A decoded public area (src/tpm's TPMT_PUBLIC; `raw` is what the Name hashes). */
 export type PublicArea = TpmtPublic
 
 /** Decodes a TPM2B_PUBLIC (u16 size + TPMT_PUBLIC) holding an RSA or ECC key; exact consumption. */

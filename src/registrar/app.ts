@@ -1,90 +1,180 @@
 /**
- * The registrar's route table (keylime-api.md §2) as a fastify app. The same table serves both listeners: on plain
- * HTTP only registration, activation and `/version` answer (admin routes give an empty 400, as upstream); on HTTPS
- * the admin routes need a client certificate chained to `trusted_client_ca`. Public writes (POST, PUT) are
- * rate-limited per source address before their body is read.
+ * The registrar's route table (keylime-api.md §2) on the shared server factory. The same table serves both
+ * listeners: on plain HTTP only registration, activation and `/version` answer (admin routes give an empty 400, as
+ * upstream); on HTTPS the admin routes need a client certificate chained to `trusted_client_ca`. Public writes (POST,
+ * PUT) are rate-limited per source address before their body is read.
  */
-import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
+import { Type } from '@sinclair/typebox'
+import type { FastifyReply, FastifyRequest } from 'fastify'
 import { errorEnvelope, ok } from '../api/envelope.ts'
+import {
+  ActivateBody,
+  AgentResults,
+  EmptyResults,
+  ListResults,
+  RegisterBody,
+  RegisterResults,
+  VersionResults,
+} from '../api/registrar/schemas.ts'
+import { AgentIdParams, AuthErrorBody, Envelope, ErrorEnvelope } from '../api/schemas.ts'
 import {
   addRoute,
   addVersionedRoute,
+  callerSubject,
   createKeylimeServer,
+  type KeylimeServer,
   type KeylimeServerOptions,
-  requireAdmin,
+  validationMessage,
 } from '../api/server.ts'
 import { CURRENT_API_VERSION, KNOWN_API_VERSIONS } from '../api/versions.ts'
+import type { Logger } from '../common/log.ts'
+import { AGENT_ID_INVALID, INVALID_DATA, RegistrarError } from './registrar-fns.ts'
 import type { RegistrarService } from './registrar-service.ts'
 
 export interface BuildRegistrarAppOptions extends KeylimeServerOptions {
   service: RegistrarService
+  /** Audit lines of admin actions (default: the server logger). */
+  log?: Logger
 }
 
-type AgentParams = { agent_id: string }
+const errors = { 400: ErrorEnvelope, 404: ErrorEnvelope }
+const adminErrors = { ...errors, 401: AuthErrorBody, 403: AuthErrorBody }
 
-export function buildRegistrarApp(opts: BuildRegistrarAppOptions): FastifyInstance {
+const AGENT_ID_MESSAGE = AGENT_ID_INVALID
+
+type SchemaErrors = Parameters<typeof validationMessage>[0]
+type DataVar = Parameters<typeof validationMessage>[1]
+
+/** Registration failures keep upstream's wording, with the field that did not fit. */
+const registrationSchemaError = (errors: SchemaErrors, dataVar: DataVar) =>
+  dataVar === 'params'
+    ? new RegistrarError(400, AGENT_ID_MESSAGE)
+    : new RegistrarError(
+        400,
+        `${INVALID_DATA}: ${validationMessage(errors, dataVar).replace(/^Malformed Request Parameter: /, '')}`,
+      )
+
+/** Activation without a usable auth_tag keeps upstream's text. */
+const activateError = (errors: SchemaErrors, dataVar: DataVar) =>
+  dataVar === 'body'
+    ? new RegistrarError(400, "Missing or invalid parameter 'auth_tag'")
+    : new RegistrarError(400, validationMessage(errors, dataVar, AGENT_ID_MESSAGE))
+
+export function buildRegistrarApp(opts: BuildRegistrarAppOptions): KeylimeServer {
   const { service } = opts
-  const app = createKeylimeServer({ bodyLimit: 1048576, ...opts })
+  const app = createKeylimeServer({
+    bodyLimit: 1048576,
+    agentIdMessage: AGENT_ID_MESSAGE,
+    openapi: { title: 'Keylime registrar', version: CURRENT_API_VERSION, documentedPrefixes: ['2.6', '3.0'] },
+    ...opts,
+  })
   app.addHook('onRequest', throttleWrites(service))
+  const audit = opts.log ?? (opts.logger || undefined)
 
   addRoute(app, {
     method: 'GET',
     url: '/version',
+    schema: { summary: 'API versions', response: { 200: Envelope(VersionResults) } },
     handler: async () =>
       ok({ current_version: CURRENT_API_VERSION, supported_versions: [...KNOWN_API_VERSIONS] }),
   })
-  addVersionedRoute(app, { method: 'GET', path: '/', v2: false, v3: true, handler: async () => ok({}) })
+  addVersionedRoute(app, {
+    method: 'GET',
+    path: '/',
+    v2: false,
+    v3: true,
+    schema: { summary: 'v3 probe', response: { 200: Envelope(Type.Object({})) } },
+    handler: async () => ok({}),
+  })
 
   // ADMIN: list / show / delete
   addVersionedRoute(app, {
     method: 'GET',
     path: '/agents',
     v3: true,
-    preHandler: requireAdmin,
+    admin: true,
+    schema: { summary: 'List registered agents', response: { 200: Envelope(ListResults), ...adminErrors } },
     handler: async () => ok({ uuids: await service.list() }),
   })
   addVersionedRoute(app, {
     method: 'GET',
     path: '/agents/:agent_id',
     v3: true,
-    preHandler: requireAdmin,
-    handler: async (req) => ok(await service.show((req.params as AgentParams).agent_id)),
+    admin: true,
+    schema: {
+      summary: 'Show an activated agent',
+      params: AgentIdParams,
+      response: { 200: Envelope(AgentResults), ...adminErrors },
+    },
+    handler: async (req) => ok(await service.show(req.params.agent_id)),
   })
   addVersionedRoute(app, {
     method: 'DELETE',
     path: '/agents/:agent_id',
     v3: true,
-    preHandler: requireAdmin,
+    admin: true,
+    schema: {
+      summary: 'Delete an agent',
+      params: AgentIdParams,
+      response: { 200: Envelope(EmptyResults), ...adminErrors },
+    },
     handler: async (req) => {
-      await service.delete((req.params as AgentParams).agent_id)
+      await service.delete(req.params.agent_id)
+      audit?.info(
+        { audit: 'agent.delete', by: callerSubject(req), agentId: req.params.agent_id },
+        'admin action',
+      )
       return ok({})
     },
   })
 
   // PUBLIC: registration
+  const registered = { 200: Envelope(RegisterResults), 403: ErrorEnvelope, ...errors }
   addVersionedRoute(app, {
     method: 'POST',
     path: '/agents',
     v3: true,
-    handler: async (req) => {
-      const body = req.body as Record<string, unknown> | undefined
-      return ok(await service.register(body?.agent_id, body))
-    },
+    schema: { summary: 'Register an agent (id in the body)', body: RegisterBody, response: registered },
+    schemaErrorFormatter: registrationSchemaError,
+    handler: async (req) => ok(await service.register(req.body.agent_id, req.body)),
   })
   addVersionedRoute(app, {
     method: 'POST',
     path: '/agents/:agent_id',
-    handler: async (req) => ok(await service.register((req.params as AgentParams).agent_id, req.body)),
+    schema: {
+      summary: 'Register an agent',
+      params: AgentIdParams,
+      body: RegisterBody,
+      response: registered,
+    },
+    schemaErrorFormatter: registrationSchemaError,
+    handler: async (req) => ok(await service.register(req.params.agent_id, req.body)),
   })
 
   // PUBLIC: activation (v2 PUT forms kept for the Rust agent and older clients)
-  const activate = async (req: { params: unknown; body: unknown }) => {
-    await service.activate((req.params as AgentParams).agent_id, req.body)
+  const activation = {
+    summary: 'Activate a registered agent with the auth_tag',
+    params: AgentIdParams,
+    body: ActivateBody,
+    response: { 200: Envelope(EmptyResults), ...errors },
+  }
+  const activate = async (req: { params: AgentIdParams; body: ActivateBody }) => {
+    await service.activate(req.params.agent_id, req.body)
     return ok({})
   }
-  addVersionedRoute(app, { method: 'POST', path: '/agents/:agent_id/activate', v3: true, handler: activate })
-  addVersionedRoute(app, { method: 'PUT', path: '/agents/:agent_id/activate', handler: activate })
-  addVersionedRoute(app, { method: 'PUT', path: '/agents/:agent_id', handler: activate })
+  for (const [method, path, v3] of [
+    ['POST', '/agents/:agent_id/activate', true],
+    ['PUT', '/agents/:agent_id/activate', false],
+    ['PUT', '/agents/:agent_id', false],
+  ] as const)
+    addVersionedRoute(app, {
+      method,
+      path,
+      v3,
+      schema: activation,
+      schemaErrorFormatter: activateError,
+      handler: activate,
+    })
   return app
 }
 

@@ -3,6 +3,7 @@
  * 400 errors, the identity-change rule, the challenge and the auth_tag.
  */
 import { createHmac, randomBytes, timingSafeEqual, X509Certificate } from 'node:crypto'
+import { isValidAgentId } from '../api/schemas.ts'
 import { KeylimeError } from '../common/errors.ts'
 import { parseCertificateTolerant, parsePemCertificates } from '../crypto/ek-trust.ts'
 import type { LenientCertificate } from '../crypto/x509-lenient.ts'
@@ -32,12 +33,12 @@ export class RegistrarError extends KeylimeError {
 export const invalid = (why: string, cause?: unknown) =>
   new RegistrarError(400, `${INVALID_DATA}: ${why}`, cause === undefined ? undefined : { cause })
 
-/** Agent ids as upstream accepts them (`[\w.-]+`), at most the 80 characters of the column. */
-const AGENT_ID = /^[\w.-]{1,80}$/
+export const AGENT_ID_INVALID =
+  'agent_id not valid: expected 1-80 characters of [A-Za-z0-9_.-], not only dots'
+
+/** Agent ids as every service accepts them (`AgentId` in src/api/schemas.ts). */
 export function checkAgentId(id: unknown): string {
-  if (typeof id !== 'string' || !AGENT_ID.test(id)) {
-    throw new RegistrarError(400, 'agent_id not valid: expected 1-80 characters of [A-Za-z0-9_.-]')
-  }
+  if (!isValidAgentId(id)) throw new RegistrarError(400, AGENT_ID_INVALID)
   return id
 }
 

@@ -2,7 +2,7 @@
  * Adapters from the tenant's ports to the project's typed REST clients of the registrar, the agent and the
  * verifier; they only translate outcomes (404 -> null, failures -> `TenantError` with an exit code).
  */
-import { AgentClient, agentSupportedVersions } from '../api/agent/client.ts'
+import { AgentClient, AgentClientError, agentSupportedVersions } from '../api/agent/client.ts'
 import { type ClientTls, PeerError } from '../api/client.ts'
 import type { RegistrarClient } from '../api/registrar/client.ts'
 import { VerifierClient, VerifierClientError } from '../api/verifier/client.ts'
@@ -42,12 +42,16 @@ function peerFailure(what: string, err: unknown): TenantError {
 export function registrarPort(client: RegistrarClient): RegistrarPort {
   return {
     async getAgent(uuid) {
+      let record: Awaited<ReturnType<RegistrarClient['show']>>
       try {
-        return (await client.show(uuid)) as unknown as RegistrarAgentRecord
+        record = await client.show(uuid)
       } catch (err) {
         if (is404(err)) return null
         throw peerFailure(`registrar lookup of ${uuid}`, err)
       }
+      const { ek_tpm } = record
+      if (ek_tpm === null) throw new TenantError(`registrar record of ${uuid} has no ek_tpm`, EXIT_FAILED)
+      return { ...record, ek_tpm } satisfies RegistrarAgentRecord
     },
     async listAgents() {
       try {
@@ -84,7 +88,20 @@ export function agentPortFactory(tls: { cert: string; key: string; ca: string[] 
       supportedVersions: async () => agentSupportedVersions(await client.getVersion()),
       identityQuote: (nonce) => client.identityQuote(nonce),
       postUkey: (body) => client.postUkey(body),
-      verify: async (challenge) => (await client.verify(challenge)).hmac,
+      verify: async (challenge) => {
+        try {
+          return { state: 'derived', hmac: (await client.verify(challenge)).hmac }
+        } catch (err) {
+          // 422: our agent refused the payload that came with K. Anything else (400 "Bootstrap key not yet
+          // available.", an unreachable agent) may still change, as upstream's tenant assumes.
+          if (err instanceof AgentClientError && err.httpStatus === 422)
+            return {
+              state: 'refused',
+              reason: (err.agentStatus ?? err.message).replace(/^payload refused: /, ''),
+            }
+          return { state: 'pending', detail: (err as Error).message }
+        }
+      },
       close: () => client.close(),
     }
   }

@@ -3,19 +3,16 @@
  * tested against real servers through thin adapters (`clients.ts`) and never depends on a server's internals.
  */
 import type { IdentityQuoteResults, UkeyBody } from '../api/agent/schemas.ts'
+import type { AgentResults } from '../api/registrar/schemas.ts'
+import type { EnrollBody, RuntimePolicyBody } from '../api/verifier/schemas.ts'
 
-/** A registrar record as `GET /v2.x/agents/:id` returns it (keylime-api.md §2). */
-export interface RegistrarAgentRecord {
-  agent_id?: string
-  aik_tpm: string
-  ek_tpm: string
-  /** b64 DER, or null when the agent sent none. */
-  ekcert: string | null
-  mtls_cert: string | null
-  ip: string | null
-  port: number | string | null
-  regcount: number
-}
+export type { RuntimePolicyBody }
+
+/**
+ * A registrar record as `GET /v2.x/agents/:id` returns it (keylime-api.md §2), with the EK the tenant needs
+ * (upstream's tenant refuses a record without `ek_tpm`, and so does `registrarPort`).
+ */
+export type RegistrarAgentRecord = AgentResults & { ek_tpm: string }
 
 export interface RegistrarPort {
   /** null when the registrar answers 404 (unknown or not activated). */
@@ -26,28 +23,7 @@ export interface RegistrarPort {
 }
 
 /** Body of `POST /v2.x/agents/:id` on the verifier (keylime-api.md §3.1). */
-export interface VerifierEnrollBody {
-  v: string | null
-  cloudagent_ip: string
-  cloudagent_port: number
-  verifier_ip: string
-  verifier_port: number
-  tpm_policy: string
-  runtime_policy: string
-  runtime_policy_name: string | null
-  runtime_policy_key: string
-  mb_policy: string | null
-  mb_policy_name: string | null
-  ima_sign_verification_keys: string
-  metadata: string
-  revocation_key: string
-  accept_tpm_hash_algs: string[]
-  accept_tpm_encryption_algs: string[]
-  accept_tpm_signing_algs: string[]
-  ak_tpm: string
-  mtls_cert: string | null
-  supported_version: string
-}
+export type VerifierEnrollBody = EnrollBody
 
 export type VerifierAgentStatus = Record<string, unknown> & {
   operational_state: number | null
@@ -79,17 +55,17 @@ export interface VerifierPort {
   listMbPolicies(): Promise<string[]>
 }
 
-export interface RuntimePolicyBody {
-  runtime_policy: string
-  runtime_policy_key?: string
-  tpm_policy?: string
-}
+/** The agent's `/keys/verify` answer: K derived and its payload installed, not yet, or the payload refused. */
+export type BootstrapKeyAnswer =
+  | { state: 'derived'; hmac: string }
+  | { state: 'pending'; detail: string }
+  | { state: 'refused'; reason: string }
 
 export interface AgentPort {
   supportedVersions(): Promise<string[]>
   identityQuote(nonce: string): Promise<IdentityQuoteResults>
   postUkey(body: UkeyBody): Promise<void>
-  verify(challenge: string): Promise<string>
+  verify(challenge: string): Promise<BootstrapKeyAnswer>
   close(): Promise<void>
 }
 

@@ -32,6 +32,9 @@ export function retryDelaySeconds(policy: RetryPolicy, attempt: number): number 
     : policy.retryInterval
 }
 
+/** Verifier states after which no V is delivered: Failed, Invalid Quote, Tenant Quote Failed. */
+const FAILED_STATES: ReadonlySet<number> = new Set([7, 9, 10])
+
 const ALNUM = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789'
 export function randomAlnum(length: number): string {
   let s = ''
@@ -231,8 +234,10 @@ export class TenantService {
     await this.waitFor('verifier status', async () => (await this.deps.verifier.getAgent(req.uuid)) !== null)
 
     let verified = false
-    if (req.verify && req.payload && !req.pushModel) {
-      verified = await this.verifyBootstrapKey(req, {
+    if (req.payload && !req.pushModel) {
+      // Upstream waits only with --verify; without it an operator would be told "added" for a payload the agent
+      // later refuses, so we always wait for the agent's answer (and stop attestation on failure only with --verify).
+      verified = await this.confirmPayload(req, {
         ip: ip as string,
         port: portRaw as number,
         record,
@@ -282,7 +287,11 @@ export class TenantService {
     return reply.pubkey
   }
 
-  private async verifyBootstrapKey(
+  /**
+   * Polls `/keys/verify` until the agent proves it derived K and installed the payload. Fails at once when the agent
+   * refused the payload or the verifier failed the agent (V is then never delivered), else after the retries.
+   */
+  private async confirmPayload(
     req: AddRequest,
     where: { ip: string; port: number; record: RegistrarAgentRecord; agentVersion: string | null },
   ): Promise<boolean> {
@@ -293,22 +302,37 @@ export class TenantService {
       mtlsCert: where.record.mtls_cert,
       apiVersion: where.agentVersion ?? '2.6',
     })
+    const fail = async (problem: string): Promise<never> => {
+      if (req.verify) await this.deps.verifier.stopAgent(req.uuid)
+      throw new TenantError(
+        `agent ${req.uuid} ${problem}${req.verify ? '; attestation stopped' : ' (it stays enrolled)'}`,
+        EXIT_FAILED,
+      )
+    }
     try {
       const challenge = randomAlnum(20)
       const expected = this.deps.payloadCrypto.hmacChallenge(payload.k, challenge)
+      let last = ''
       for (let attempt = 0; attempt <= this.deps.settings.retry.maxRetries; attempt++) {
-        try {
-          if ((await agent.verify(challenge)) === expected) {
-            this.deps.progress('agent: derived the bootstrap key K (payload delivered)')
-            return true
-          }
-        } catch {
-          // The agent answers 400 until it holds both U and V; keep polling.
+        const answer = await agent.verify(challenge)
+        if (answer.state === 'derived' && answer.hmac === expected) {
+          this.deps.progress('agent: derived the bootstrap key K and installed the payload')
+          return true
+        }
+        if (answer.state === 'refused') return await fail(`refused the payload: ${answer.reason}`)
+        // A wrong HMAC: the agent still holds an earlier K (its V for this enrolment has not arrived yet).
+        last = answer.state === 'pending' ? answer.detail : 'an HMAC from another bootstrap key'
+        const status = await this.deps.verifier.getAgent(req.uuid)
+        const code = status?.operational_state ?? null
+        if (code !== null && FAILED_STATES.has(code)) {
+          const state = OPERATIONAL_STATE_NAMES[code] ?? String(code)
+          return await fail(
+            `failed attestation (${state}${status?.last_event_id ? `, ${status.last_event_id}` : ''}) before it received V: the payload was not delivered`,
+          )
         }
         await this.sleep(retryDelaySeconds(this.deps.settings.retry, attempt + 1) * 1000)
       }
-      await this.deps.verifier.stopAgent(req.uuid)
-      throw new TenantError(`agent ${req.uuid} did not prove it derived K; attestation stopped`, EXIT_FAILED)
+      return await fail(`did not confirm the payload (last answer: ${last})`)
     } finally {
       await agent.close()
     }

@@ -2,7 +2,7 @@
  * `POST /v2.x/agents/:agent_id` (keylime-api.md §3.1) checked and turned into what is stored: the agent row and the
  * policies it brings along. Nothing is written here; the service stores the plan in one transaction.
  */
-import type { EnrollBody } from '../api/verifier/schemas.ts'
+import { asList, type EnrollBody } from '../api/verifier/schemas.ts'
 import { AgentState } from '../api/verifier/states.ts'
 import { AGENT_API_VERSIONS, CURRENT_API_VERSION } from '../api/versions.ts'
 import type { NewVerifierAgent, VerifierRepository } from '../db/verifier-repository.ts'
@@ -131,9 +131,9 @@ export async function planEnrolment(
       mb_policy_id: mbPolicyId,
       ima_sign_verification_keys: b.ima_sign_verification_keys,
       revocation_key: b.revocation_key === '' ? null : b.revocation_key,
-      accept_tpm_hash_algs: JSON.stringify(b.accept_tpm_hash_algs),
-      accept_tpm_encryption_algs: JSON.stringify(b.accept_tpm_encryption_algs),
-      accept_tpm_signing_algs: JSON.stringify(b.accept_tpm_signing_algs),
+      accept_tpm_hash_algs: JSON.stringify(asList(b.accept_tpm_hash_algs)),
+      accept_tpm_encryption_algs: JSON.stringify(asList(b.accept_tpm_encryption_algs)),
+      accept_tpm_signing_algs: JSON.stringify(asList(b.accept_tpm_signing_algs)),
       supported_version: supported,
       ak_tpm: b.ak_tpm,
       mtls_cert: mtls,

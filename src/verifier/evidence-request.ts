@@ -3,7 +3,6 @@
  * the same `EvidenceInput` the pull loop builds, so both go through one pipeline. No clock check (no history), no
  * key binding (no agent pubkey), IMA from entry 0.
  */
-import { envelope } from '../api/envelope.ts'
 import type { EvidenceInput, EvidenceResult } from '../evidence/pipeline.ts'
 import { akKeyObject, isQuoteHashAlg, parseTpmPolicy, requiredPcrs } from '../evidence/quote/index.ts'
 import { failure } from '../evidence/verdict.ts'
@@ -11,14 +10,10 @@ import type { VerifierOptions } from './options.ts'
 import { b64decode, parseMbInput, VerifierRequestError } from './policy-input.ts'
 import type { PolicyStore } from './policy-store.ts'
 
-/** 400 with `{valid:false, claims:{}, failures}` in the envelope, as upstream answers missing parameters. */
+/** Missing parameters: upstream answers 400 with `{valid: false, claims: {}, failures}`. */
 export class EvidenceParamsError extends VerifierRequestError {
   constructor(readonly failures: { type: string; context: unknown }[]) {
     super(400, 'Bad Request')
-  }
-
-  get body() {
-    return envelope(400, 'Bad Request', { valid: false, claims: {}, failures: this.failures })
   }
 }
 

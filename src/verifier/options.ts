@@ -26,7 +26,12 @@ export interface VerifierOptions {
   maxRetries: number
   exponentialBackoff: boolean
   requestTimeoutMs: number
+  /** Body limit of policy uploads (enrolment, allowlists, mbpolicies). */
   maxUploadSize: number
+  /** Body limit of every other request. */
+  maxBodySize: number
+  /** Body limit of the public `/verify/evidence`. */
+  maxEvidenceSize: number
   severityLabels: readonly string[]
   severityRules: readonly SeverityRule[]
   measuredBootEvaluate: 'once' | 'always'
@@ -62,6 +67,8 @@ export const DEFAULT_VERIFIER_OPTIONS: VerifierOptions = {
   exponentialBackoff: true,
   requestTimeoutMs: 60_000,
   maxUploadSize: 104_857_600,
+  maxBodySize: 65_536,
+  maxEvidenceSize: 8_388_608,
   severityLabels: DEFAULT_SEVERITY_LABELS,
   severityRules: [{ eventId: /.*/, label: 'emergency' }],
   measuredBootEvaluate: 'once',
@@ -113,6 +120,13 @@ export function verifierOptionsFromConfig(c: VerifierConfig): VerifierOptions {
     throw new VerifierConfigError(
       `measured_boot_policy_name ${c.measured_boot_policy_name} is not one of ${MB_POLICY_ENGINES.join(', ')}`,
     )
+  for (const [name, v] of [
+    ['max_upload_size', c.max_upload_size],
+    ['max_body_size', c.max_body_size],
+    ['max_evidence_size', c.max_evidence_size],
+  ] as const)
+    if (!Number.isSafeInteger(v) || v < 1024)
+      throw new VerifierConfigError(`${name} must be at least 1024 bytes`)
   if (c.max_concurrency < 1) throw new VerifierConfigError('max_concurrency must be >= 1')
   if (c.lease_seconds <= 0) throw new VerifierConfigError('lease_seconds must be > 0')
   if (c.max_agent_response_size < 1024 || c.agent_response_memory_limit < c.max_agent_response_size)
@@ -132,6 +146,8 @@ export function verifierOptionsFromConfig(c: VerifierConfig): VerifierOptions {
     exponentialBackoff: c.exponential_backoff,
     requestTimeoutMs: c.request_timeout * 1000,
     maxUploadSize: c.max_upload_size,
+    maxBodySize: c.max_body_size,
+    maxEvidenceSize: c.max_evidence_size,
     severityLabels: c.severity_labels,
     severityRules,
     measuredBootEvaluate: c.measured_boot_evaluate,

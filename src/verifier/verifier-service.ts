@@ -16,11 +16,15 @@ import { randomBytes } from 'node:crypto'
 import { hostname } from 'node:os'
 import type { Kysely } from 'kysely'
 import { Agent } from 'undici'
-import { envelope } from '../api/envelope.ts'
-import { ENROLL_REQUIRED_KEYS, type EnrollBody } from '../api/verifier/schemas.ts'
+import type { EnrollBody, VerifyEvidenceResults } from '../api/verifier/schemas.ts'
 import { AgentState, OPERATOR_HELD_STATES, RESUMABLE_STATES } from '../api/verifier/states.ts'
 import type { Logger } from '../common/log.ts'
-import { DuplicateError, type VerifierDatabase, VerifierRepository } from '../db/verifier-repository.ts'
+import {
+  DuplicateError,
+  type NewVerifierAgent,
+  type VerifierDatabase,
+  VerifierRepository,
+} from '../db/verifier-repository.ts'
 import { AgentConnections, type VerifierClientTls } from './agent-connections.ts'
 import { AttestationLoop } from './attestation-loop.ts'
 import { DbOutage } from './db-outage.ts'
@@ -264,15 +268,14 @@ export class VerifierService {
       this.deps.log.warn({ released: lost, held: this.loop.size }, 'lease: agents taken by another verifier')
   }
 
-  /** `POST /agents/:id`: checks, then stores the agent with its new policies in one transaction, then attests it. */
-  async enrol(agentId: string, body: unknown): Promise<Record<string, never>> {
-    if (typeof body !== 'object' || body === null)
-      throw new VerifierRequestError(400, 'Exception error: body must be JSON')
-    for (const k of ENROLL_REQUIRED_KEYS)
-      if (!(k in body)) throw new VerifierRequestError(400, `Exception error: '${k}'`)
+  /**
+   * `POST /agents/:id` (body already checked against its schema): checks what the schema cannot, then stores the
+   * agent with its new policies in one transaction and starts attesting it. Returns the stored row.
+   */
+  async enrol(agentId: string, body: EnrollBody): Promise<NewVerifierAgent> {
     if (await this.repo.getAgent(agentId))
       throw new VerifierRequestError(409, `Agent of uuid ${agentId} already exists`)
-    const plan = await planEnrolment(agentId, body as EnrollBody, {
+    const plan = await planEnrolment(agentId, body, {
       repo: this.repo,
       options: this.deps.options,
       policies: this.policies,
@@ -287,25 +290,19 @@ export class VerifierService {
     }
     const stored = await this.repo.getAgent(agentId)
     if (stored) this.loop.add(stored)
-    return {}
+    return stored ?? plan.row
   }
 
-  /** `POST /verify/evidence`: the caller's evidence through the loop's pipeline; answers status and body. */
-  async verifyEvidence(body: unknown): Promise<{ statusCode: number; body: unknown }> {
+  /** `POST /verify/evidence`: the caller's evidence through the loop's pipeline (400 names missing parameters). */
+  async verifyEvidence(body: unknown): Promise<{ statusCode: 200 | 400; results: VerifyEvidenceResults }> {
     let input: ReturnType<typeof evidenceInputFromRequest>
     try {
       input = evidenceInputFromRequest(body, this.deps.options, this.policies)
     } catch (err) {
       if (!(err instanceof EvidenceParamsError)) throw err
-      return {
-        statusCode: 400,
-        body: envelope(400, 'Bad Request', { valid: false, claims: {}, failures: err.failures }),
-      }
+      return { statusCode: 400, results: { valid: false, claims: {}, failures: err.failures } }
     }
-    return {
-      statusCode: 200,
-      body: envelope(200, 'Success', evidenceResults(await this.evidence.run(input))),
-    }
+    return { statusCode: 200, results: evidenceResults(await this.evidence.run(input)) }
   }
 
   private async postToAgents(exceptAgentId: string, wire: RevocationWire): Promise<void> {

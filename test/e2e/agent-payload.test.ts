@@ -1,8 +1,9 @@
 /**
  * Secure payload and revocation on the agent (issue #7, agent side), over HTTPS + mTLS on swtpm: U with the payload,
  * then V; K proven with /keys/verify; the zip is extracted with team CRYPTO's safe extractor and autorun.sh runs;
- * a signed revocation runs the local action and the payload's action; forged or unsigned ones run nothing;
- * a zip-slip payload writes nothing outside the secure directory.
+ * a signed revocation runs the local action and the payload's action; forged or unsigned ones run nothing; a
+ * captured one posted again runs nothing, also after a restart, and neither does an old one;
+ * a zip-slip payload writes nothing outside the secure directory and /keys/verify answers 422 with the reason.
  */
 import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { readFile } from 'node:fs/promises'
@@ -11,8 +12,7 @@ import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import yazl from 'yazl'
 import { loadAgentConfig } from '../../src/agent/config.ts'
-import { defaultAgentDeps } from '../../src/agent/default-deps.ts'
-import { type RunningAgent, startAgent } from '../../src/agent/runtime.ts'
+import { defaultAgentDeps, type RunningAgent, startAgent } from '../../src/agent/runtime.ts'
 import { AgentClient, AgentClientError } from '../../src/api/agent/client.ts'
 import { createLogger } from '../../src/common/log.ts'
 import { createCa, ensureTlsDir, issueCertificate } from '../../src/crypto/ca.ts'
@@ -27,6 +27,7 @@ let dir: string
 let agent: RunningAgent
 let client: AgentClient
 let notifier: { certPem: string; privateKeyPem: string }
+let config: ReturnType<typeof loadAgentConfig>
 
 async function until(cond: () => boolean, ms = 10_000): Promise<void> {
   for (const t0 = Date.now(); !cond(); ) {
@@ -48,7 +49,7 @@ beforeAll(async () => {
     `#!/bin/sh\necho "local $(head -c 200 "$1")" >> ${dir}/actions.log\n`,
   )
   chmodSync(join(actionsDir, 'local_action'), 0o755)
-  const config = loadAgentConfig({
+  config = loadAgentConfig({
     configDirs: [],
     env: {},
     overrides: {
@@ -59,6 +60,10 @@ beforeAll(async () => {
       revocation_actions_dir: actionsDir,
     },
   })
+  await startTestAgent()
+})
+
+async function startTestAgent(): Promise<void> {
   agent = await startAgent({ config, deps: defaultAgentDeps(), log, register: false })
   client = new AgentClient({
     baseUrl: `https://127.0.0.1:${agent.port}`,
@@ -69,7 +74,7 @@ beforeAll(async () => {
       key: await readFile(join(dir, 'cv_ca', 'client-private.pem'), 'utf8'),
     },
   })
-})
+}
 
 afterAll(async () => {
   await client?.close()
@@ -107,8 +112,8 @@ describe('payload and revocation', () => {
     expect(existsSync(join(unzipped(), 'marker.txt'))).toBe(false)
 
     await sendV()
-    expect((await client.verify('abc123')).hmac).toBe(authTag(k, 'abc123'))
     await agent.payload.whenIdle()
+    expect((await client.verify('abc123')).hmac).toBe(authTag(k, 'abc123'))
     expect(readFileSync(join(unzipped(), 'marker.txt'), 'utf8')).toBe('autorun ran\n')
     expect(readFileSync(join(unzipped(), 'secret.txt'), 'utf8')).toBe('top secret')
     expect(readFileSync(join(unzipped(), 'derived_tci_key'))).toEqual(k)
@@ -145,6 +150,55 @@ describe('payload and revocation', () => {
     expect(lines[1]).toBe('payload')
   })
 
+  it('runs a captured revocation posted again only once, also after a restart; an old one not at all', async () => {
+    const logFile = join(dir, 'actions.log')
+    const actionRuns = () => readFileSync(logFile, 'utf8').trim().split('\n').length
+    const before = actionRuns()
+    const captured = signRevocation(
+      {
+        type: 'revocation',
+        ip: '127.0.0.3',
+        agent_id: 'captured-agent',
+        port: 9002,
+        tpm_policy: '{}',
+        meta_data: '{}',
+        event_time: asctime(new Date()),
+      },
+      notifier.privateKeyPem,
+    )
+    const seen = agent.revocation.outcomes.length
+    await client.postRevocation(captured)
+    await client.postRevocation(captured)
+    await until(() => agent.revocation.outcomes.length === seen + 2)
+    expect(agent.revocation.outcomes.slice(seen).map((o) => o.status)).toEqual(['done', 'ignored'])
+    expect(actionRuns()).toBe(before + 2) // the local and the payload action, once
+
+    await client.close()
+    await agent.close()
+    await startTestAgent()
+    expect(agent.revocation.hasCertificate).toBe(true)
+    await client.postRevocation(captured)
+    const old = signRevocation(
+      {
+        type: 'revocation',
+        ip: '127.0.0.4',
+        agent_id: 'old-event',
+        port: 9002,
+        tpm_policy: '{}',
+        meta_data: '{}',
+        event_time: asctime(new Date(Date.now() - 2 * 3600_000)),
+      },
+      notifier.privateKeyPem,
+    )
+    await client.postRevocation(old)
+    await until(() => agent.revocation.outcomes.length === 2)
+    expect(agent.revocation.outcomes).toEqual([
+      { status: 'ignored', reason: 'already acted on (replayed)' },
+      { status: 'ignored', reason: expect.stringMatching(/older than revocation_max_age_seconds \(3600\)/) },
+    ])
+    expect(actionRuns()).toBe(before + 2)
+  })
+
   it('refuses a zip-slip payload without writing outside the secure directory', async () => {
     const evil = await new Promise<Buffer>((done) => {
       const z = new yazl.ZipFile()
@@ -166,6 +220,13 @@ describe('payload and revocation', () => {
     await sendV()
     await agent.payload.whenIdle()
     expect(agent.payload.lastResult?.ok).toBe(false)
+    // The tenant learns why from /keys/verify instead of an HMAC that would mean "delivered".
+    const refused = await client.verify('abc123').catch((e: unknown) => e)
+    expect(refused).toBeInstanceOf(AgentClientError)
+    expect((refused as AgentClientError).httpStatus).toBe(422)
+    expect((refused as AgentClientError).agentStatus).toMatch(
+      /^payload refused: archive rejected: .*escape\.txt/,
+    )
     expect(existsSync(join(dir, 'secure', 'escape.txt'))).toBe(false)
     expect(existsSync(join(dir, 'pwned.txt'))).toBe(false)
     expect(existsSync(join(unzipped(), 'autorun.sh'))).toBe(false)

@@ -337,7 +337,7 @@ describe('dm_policy schema', () => {
     ],
     [
       'regex',
-      (p) => (p.rules.example.table_load.name = '(?i)test'),
+      (p) => (p.rules.example.table_load.name = '(t)\\1'),
       'ima.dm_policy.rules["example"].table_load.name',
     ],
     [

@@ -63,3 +63,25 @@ export type RevocationBody = Static<typeof RevocationBody>
 
 /** Query-string limits of the quote routes (keylime-api.md §1). */
 export const NONCE_MAX_LENGTH = 64
+
+const Nonce = Type.String({
+  pattern: `^[A-Za-z0-9]{1,${NONCE_MAX_LENGTH}}$`,
+  description: 'alphanumeric, 1-64',
+})
+
+export const IdentityQuoteQuery = Type.Object({ nonce: Nonce })
+export type IdentityQuoteQuery = Static<typeof IdentityQuoteQuery>
+
+export const IntegrityQuoteQuery = Type.Object({
+  nonce: Nonce,
+  /** hex PCR mask, `0x` optional, PCRs 0-23 only */
+  mask: Type.String({ pattern: '^(0[xX])?[0-9a-fA-F]{1,8}$' }),
+  /** `0`: include the payload public key; `1`: omit it */
+  partial: Type.Union([Type.Literal('0'), Type.Literal('1')]),
+  /** first IMA entry to return; anything that is not a number means 0, as upstream */
+  ima_ml_entry: Type.Optional(Type.String()),
+})
+export type IntegrityQuoteQuery = Static<typeof IntegrityQuoteQuery>
+
+export const VerifyQuery = Type.Object({ challenge: Type.String({ pattern: '^[A-Za-z0-9]{1,1024}$' }) })
+export type VerifyQuery = Static<typeof VerifyQuery>

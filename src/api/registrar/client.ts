@@ -25,14 +25,23 @@ export interface RegistrarClientOptions {
 export class RegistrarClient {
   readonly apiVersion: string
   private readonly http: JsonClient
+  private readonly opts: RegistrarClientOptions
 
-  constructor(opts: RegistrarClientOptions) {
+  constructor(opts: RegistrarClientOptions, shared?: JsonClient) {
     this.apiVersion = opts.apiVersion ?? CURRENT_API_VERSION
-    this.http = new JsonClient({
-      baseUrl: opts.baseUrl,
-      ...(opts.tls ? { tls: opts.tls } : {}),
-      ...(opts.timeoutMs !== undefined ? { timeoutMs: opts.timeoutMs } : {}),
-    })
+    this.http =
+      shared ??
+      new JsonClient({
+        baseUrl: opts.baseUrl,
+        ...(opts.tls ? { tls: opts.tls } : {}),
+        ...(opts.timeoutMs !== undefined ? { timeoutMs: opts.timeoutMs } : {}),
+      })
+    this.opts = opts
+  }
+
+  /** The same connection pool speaking another API version (closing either closes both). */
+  atVersion(apiVersion: string): RegistrarClient {
+    return new RegistrarClient({ ...this.opts, apiVersion }, this.http)
   }
 
   private path(p: string): string {

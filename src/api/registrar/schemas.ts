@@ -3,12 +3,14 @@
  * field rules, and `RegistrarClient` checks replies with these schemas. Unknown fields are accepted.
  */
 import { type Static, Type } from '@sinclair/typebox'
+import { AgentId } from '../schemas.ts'
 
 const Nullable = <T extends ReturnType<typeof Type.String>>(t: T) => Type.Union([t, Type.Null()])
 
 /** POST /v{v}/agents[/:agent_id] */
 export const RegisterBody = Type.Object({
-  agent_id: Type.Optional(Type.String()),
+  /** only on the collection route; the path carries it otherwise */
+  agent_id: Type.Optional(AgentId),
   /** b64 TPM2B_PUBLIC of the AK (required) */
   aik_tpm: Type.String(),
   /** b64 TPM2B_PUBLIC of the EK */

@@ -40,7 +40,7 @@ export function registerTenantCommands(program: Command): void {
     .option('--mb-policy <path>', 'measured-boot reference state JSON (upstream --mb_refstate)')
     .option('--mb-policy-name <name>', 'name of a measured-boot policy stored at the verifier')
     .option('--tpm-policy <json>', 'static PCR policy, e.g. \'{"15":["0000..."]}\' (upstream --tpm_policy)')
-    .option('--verify', 'wait until the agent proves it derived the payload key K')
+    .option('--verify', 'also stop attestation when the agent does not confirm the payload')
     .option('--agent-api-version <version>', 'skip agent version detection (upstream --supported-version)')
     .option(
       '--config <file>',

@@ -3,9 +3,9 @@
  * allowlists, exclude lists, file digests computed by the caller (rootfs walk), keys. Time is an argument.
  */
 import type { KeyObject } from 'node:crypto'
+import { compilePythonRegex } from '../python-regex.ts'
 import { type ImaEntry, parseImaLine, splitImaLines } from './entry.ts'
 import { ImaParseError, RuntimePolicyError } from './errors.ts'
-import { translatePythonRegex } from './excludes.ts'
 import { ImaKeyring, parseKeyBuffer } from './keyring.ts'
 import {
   emptyRuntimePolicy,
@@ -147,7 +147,7 @@ export function createRuntimePolicy(input: CreateRuntimePolicyInput): RuntimePol
       const line = raw.trim()
       if (line === '' || line.startsWith('#')) continue
       try {
-        translatePythonRegex(line)
+        compilePythonRegex([line], 'match')
       } catch (err) {
         throw new RuntimePolicyError(
           `excludes[${policy.excludes.length}]`,

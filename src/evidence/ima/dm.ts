@@ -6,9 +6,9 @@
  */
 import { hash } from 'node:crypto'
 import { KeylimeError } from '../../common/errors.ts'
+import { compilePythonRegex, type LinearRegex, PythonRegexError } from '../python-regex.ts'
 import { type FailureEvent, failure } from '../verdict.ts'
 import { RuntimePolicyError } from './errors.ts'
-import { ExcludeSyntaxError, translatePythonRegex } from './excludes.ts'
 import { KERNEL_HASHES } from './hash-algs.ts'
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -499,11 +499,11 @@ function readBool(v: unknown, field: string): boolean {
   return v
 }
 
-function compileFullMatch(pattern: string, field: string): RegExp {
+function compileFullMatch(pattern: string, field: string): LinearRegex {
   try {
-    return new RegExp(`^(?:${translatePythonRegex(pattern).source})$`)
+    return compilePythonRegex([pattern], 'fullmatch')
   } catch (err) {
-    if (err instanceof ExcludeSyntaxError) {
+    if (err instanceof PythonRegexError) {
       throw new RuntimePolicyError(field, `${JSON.stringify(pattern)}: ${err.message}`)
     }
     throw err
@@ -621,13 +621,13 @@ export function parseDmPolicy(v: unknown, field = 'ima.dm_policy'): DmPolicy {
 
 interface CompiledAttribute {
   readonly expected: DmRuleAttribute
-  readonly regex: RegExp | null
+  readonly regex: LinearRegex | null
 }
 
 export interface CompiledDmRule {
   readonly name: string
   readonly rule: DmRule
-  readonly select: RegExp
+  readonly select: LinearRegex
   readonly metadata: readonly (readonly [keyof DmDeviceMetadata, string, CompiledAttribute])[]
   readonly numTargets: CompiledAttribute
   readonly validName: CompiledAttribute
@@ -694,7 +694,11 @@ export type DmValue = string | number | boolean | null | undefined
  * Upstream's attribute rule: null → always ok; boolean → the value read as y/yes/t/true/on/1 or
  * n/no/f/false/off/0 (any case); integer → integer compare; string → full-match regex on the value's text.
  */
-export function matchDmAttribute(actual: DmValue, expected: DmRuleAttribute, regex?: RegExp | null): boolean {
+export function matchDmAttribute(
+  actual: DmValue,
+  expected: DmRuleAttribute,
+  regex?: LinearRegex | null,
+): boolean {
   if (expected === null) return true
   if (actual === null || actual === undefined) return false
   if (typeof expected === 'boolean') {

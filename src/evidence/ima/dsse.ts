@@ -35,7 +35,8 @@ export function dsseKeyId(publicKey: KeyObject): string {
   return createHash('sha256').update(pem).digest('hex')
 }
 
-export function isDsseEnvelope(json: unknown): json is DsseEnvelope {
+/** Looks like a DSSE envelope (has a `payload`); its fields are checked when it is verified. */
+export function isDsseEnvelope(json: unknown): json is Record<string, unknown> & { payload: unknown } {
   return typeof json === 'object' && json !== null && !Array.isArray(json) && 'payload' in json
 }
 
@@ -58,7 +59,7 @@ function parseEnvelope(input: unknown): DsseEnvelope {
   }
   if (!isDsseEnvelope(json))
     throw new PolicySignatureError('Runtime policy is not signed!', { statusCode: 400 })
-  const env = json as unknown as Record<string, unknown>
+  const env = json
   if (
     typeof env.payload !== 'string' ||
     typeof env.payloadType !== 'string' ||
@@ -73,7 +74,11 @@ function parseEnvelope(input: unknown): DsseEnvelope {
       throw new PolicySignatureError('DSSE signature entries need a "sig" string', { statusCode: 400 })
     }
   }
-  return json as DsseEnvelope
+  const signatures = env.signatures.map((entry: { keyid?: unknown; sig: string }) => ({
+    keyid: typeof entry.keyid === 'string' ? entry.keyid : '',
+    sig: entry.sig,
+  }))
+  return { payload: env.payload, payloadType: env.payloadType, signatures }
 }
 
 function toPublicKey(key: KeyObject | string | Uint8Array): KeyObject {

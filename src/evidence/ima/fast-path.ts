@@ -116,8 +116,9 @@ export class ImaNgFastPath {
     }
 
     const policy = this.#policy
-    if (policy !== null && !policy.excludes?.test(name)) {
-      if (lookupDigest(policy.digests, name, digestHexText) !== 'ok') return false
+    // The digest lookup comes first: nearly every entry passes it, and excludes are only needed for the rest.
+    if (policy !== null && lookupDigest(policy.digests, name, digestHexText) !== 'ok') {
+      if (!policy.excludes?.test(name)) return false
     }
     const columnAlg = this.#columnAlg
     if (columnAlg === this.#bank) {

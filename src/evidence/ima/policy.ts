@@ -2,9 +2,11 @@
  * Keylime runtime policy, format version 1: validation (errors name the field), the empty policy, and compilation
  * into an immutable indexed form shared by every agent that uses the same policy bytes.
  */
+
+import { compilePythonRegex, PythonRegexError } from '../python-regex.ts'
 import { type CompiledDmPolicy, compileDmPolicy, type DmPolicy, parseDmPolicy } from './dm.ts'
 import { RuntimePolicyError } from './errors.ts'
-import { compileExcludes, type ExcludeMatcher, ExcludeSyntaxError, translatePythonRegex } from './excludes.ts'
+import { compileExcludes, type ExcludeMatcher } from './excludes.ts'
 import { ImaKeyring, type KeyringJson } from './keyring.ts'
 
 export type LogHashAlg = 'sha1' | 'sha256' | 'sha384' | 'sha512'
@@ -172,13 +174,20 @@ export function parseRuntimePolicy(input: unknown, options: ParseRuntimePolicyOp
   const excludes = json.excludes === undefined ? [] : readStringArray(json.excludes, 'excludes')
   excludes.forEach((pattern, i) => {
     try {
-      translatePythonRegex(pattern)
+      compilePythonRegex([pattern], 'match')
     } catch (err) {
-      if (err instanceof ExcludeSyntaxError)
+      if (err instanceof PythonRegexError)
         throw new RuntimePolicyError(`excludes[${i}]`, `${JSON.stringify(pattern)}: ${err.message}`)
       throw err
     }
   })
+  try {
+    compileExcludes(excludes)
+  } catch (err) {
+    // Each pattern compiles alone, so only the joined program's size is left to fail.
+    if (err instanceof PythonRegexError) throw new RuntimePolicyError('excludes', `together ${err.message}`)
+    throw err
+  }
 
   const imaIn = json.ima ?? empty.ima
   if (!isObject(imaIn)) throw new RuntimePolicyError('ima', 'must be an object')

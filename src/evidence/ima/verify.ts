@@ -7,6 +7,7 @@ import { type FailureEvent, failure, PASS, type Verdict } from '../verdict.ts'
 import { type DmState, DmStateError, DmValidator, isDmEventName } from './dm.ts'
 import { type ImaEntry, parseImaLine, splitImaLines } from './entry.ts'
 import { ImaParseError } from './errors.ts'
+import type { ExcludeMatcher } from './excludes.ts'
 import { ImaNgFastPath } from './fast-path.ts'
 import { BANK_SIZE, digestLatin1, digestWith, isPcrBank, type PcrBank } from './hash-algs.ts'
 import { ImaKeyring, type KeyringJson, parseKeyBuffer } from './keyring.ts'
@@ -159,14 +160,27 @@ class EntryValidator {
   }
 
   #checkFile(entry: ImaEntry, policy: CompiledRuntimePolicy): void {
-    if (policy.excludes?.test(entry.name)) return
     if (entry.name === 'boot_aggregate' && this.#bootAggregates.has(entry.digestHex)) return
-    this.#checkDigest(policy.digests, entry.name, entry.digestHex, entry.name === 'boot_aggregate')
+    this.#checkDigest(
+      policy.digests,
+      entry.name,
+      entry.digestHex,
+      entry.name === 'boot_aggregate',
+      policy.excludes,
+    )
   }
 
-  #checkDigest(index: DigestIndex, name: string, hex: string, bootAggregate = false): boolean {
+  /** `excludes`: an excluded name passes; tested only when the digest does not (the regex costs more). */
+  #checkDigest(
+    index: DigestIndex,
+    name: string,
+    hex: string,
+    bootAggregate = false,
+    excludes: ExcludeMatcher | null = null,
+  ): boolean {
     const found = lookupDigest(index, name, hex)
     if (found === 'ok') return true
+    if (excludes?.test(name)) return true
     if (found === 'missing' && !(bootAggregate && this.#bootAggregates.size > 0)) {
       this.#events.push(
         failure('ima.validation.ima-ng.not_in_allowlist', `File not found in allowlist: ${name}`),
@@ -228,8 +242,7 @@ class EntryValidator {
       this.#dm.validate({ name, digestAlg, digest, buffer: entry.buffer }, this.#events)
       return
     }
-    if (policy.excludes?.test(entry.name)) return
-    this.#checkDigest(policy.imaBuf, entry.name, entry.digestHex)
+    this.#checkDigest(policy.imaBuf, entry.name, entry.digestHex, false, policy.excludes)
   }
 
   /**

@@ -466,8 +466,7 @@ function kernelMismatch(e: Evaluation, k: MbKernel): string | null {
   if (k.cmdlineRegex !== undefined) {
     if (e.cmdlines.length !== 1) return `expected one kernel command line, found ${e.cmdlines.length}`
     const c = e.cmdlines[0] as { text: string; raw: string }
-    const upstreamForm = new RegExp(`^(?:kernel_cmdline: ${k.cmdline})$`)
-    if (!k.cmdlineRegex.test(c.text) && !upstreamForm.test(c.raw)) {
+    if (!k.cmdlineRegex.test(c.text) && !k.cmdlineUpstreamRegex?.test(c.raw)) {
       return `kernel command line ${JSON.stringify(c.text.slice(0, 200))} does not match ${k.cmdline}`
     }
   } else if (e.cmdlines.length > 0) return `no kernel command line expected, found ${e.cmdlines.length}`

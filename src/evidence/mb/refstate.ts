@@ -6,6 +6,7 @@
  * grub measured into PCR 9, e.g. a netboot kernel path) and kernel entries with fields left out meaning
  * "no such event may appear" (e.g. no initrd measured in PCR 9).
  */
+import { compilePythonRegex, type LinearRegex, PythonRegexError } from '../python-regex.ts'
 import { type BankName, isBankName } from './constants.ts'
 import { MbPolicyError } from './errors.ts'
 
@@ -29,7 +30,10 @@ export interface MbKernel {
   extraPcr9?: string[]
   /** Source regex of `kernel_cmdline` (Python `re` syntax as upstream writes it; `re.escape` output works). */
   cmdline?: string
-  cmdlineRegex?: RegExp
+  /** Full match of the command line's text. */
+  cmdlineRegex?: LinearRegex
+  /** Full match of the whole event string as upstream writes it (`kernel_cmdline: ` + the source); when it compiles. */
+  cmdlineUpstreamRegex?: LinearRegex
 }
 
 export interface MbScrtmAndBios {
@@ -95,12 +99,23 @@ function signature(v: unknown, field: string): MbSignature {
   return { owner: v.SignatureOwner.toLowerCase(), data: hexValue(v.SignatureData, `${field}.SignatureData`) }
 }
 
-/** Compiles a `kernel_cmdline` regex written for Python `re` (no `u` flag: `re.escape` output stays valid). */
-function cmdlineRegex(src: string, field: string): RegExp {
+/** Compiles a `kernel_cmdline` regex written for Python `re` (`re.escape` output included) to a full match. */
+function cmdlineRegex(src: string, field: string): LinearRegex {
   try {
-    return new RegExp(`^(?:${src})$`)
+    return compilePythonRegex([src], 'fullmatch')
   } catch (e) {
-    throw new MbPolicyError(field, `invalid regular expression: ${(e as Error).message}`)
+    if (e instanceof PythonRegexError) throw new MbPolicyError(field, `${JSON.stringify(src)}: ${e.message}`)
+    throw e
+  }
+}
+
+function cmdlineUpstreamRegex(src: string): LinearRegex | undefined {
+  try {
+    return compilePythonRegex([`kernel_cmdline: ${src}`], 'fullmatch')
+  } catch (e) {
+    // Only inline flags at the start of `src` fail here (they are no longer at the start), as in Python.
+    if (e instanceof PythonRegexError) return undefined
+    throw e
   }
 }
 
@@ -124,6 +139,7 @@ function kernel(v: unknown, field: string): MbKernel {
       throw new MbPolicyError(`${field}.kernel_cmdline`, 'must be a string')
     k.cmdline = v.kernel_cmdline
     k.cmdlineRegex = cmdlineRegex(v.kernel_cmdline, `${field}.kernel_cmdline`)
+    k.cmdlineUpstreamRegex = cmdlineUpstreamRegex(v.kernel_cmdline)
   }
   for (const key of Object.keys(k) as (keyof MbKernel)[]) if (k[key] === undefined) delete k[key]
   if (k.bootApps === undefined) {

@@ -63,7 +63,7 @@ export function clockInfoOf(attest: { clockInfo: TpmsClockInfo }): TpmClockInfo 
 
 export interface VerifyQuoteResult {
   verdict: Verdict
-  /** The decoded attestation (team TPM's TpmsAttest), when the quote decoded. */
+  /** The decoded attestation (src/tpm's TpmsAttest), when the quote decoded. */
   attest?: TpmsAttest
   /** Its clock info in the stored JSON shape, for checkClock. */
   clockInfo?: TpmClockInfo

@@ -26,6 +26,23 @@ describe('agent config', () => {
     expect(cfg.agent_data_path).toBe(join(dir, 'agent_data.json'))
   })
 
+  it('revocation_max_age_seconds: one hour by default, a whole number of seconds up to 30 days', () => {
+    expect(loadAgentConfig({ env: { KEYLIME_DIR: dir }, configDirs: [] }).revocation_max_age_seconds).toBe(
+      3600,
+    )
+    const env = { KEYLIME_DIR: dir, KEYLIME_AGENT_REVOCATION_MAX_AGE_SECONDS: '600' }
+    expect(loadAgentConfig({ env, configDirs: [] }).revocation_max_age_seconds).toBe(600)
+    for (const bad of ['0', '-1', '1.5', '2592001']) {
+      expect(() =>
+        loadAgentConfig({
+          env: { KEYLIME_DIR: dir },
+          configDirs: [],
+          overrides: { revocation_max_age_seconds: bad },
+        }),
+      ).toThrow(AgentConfigError)
+    }
+  })
+
   it('layers file < env < flags', () => {
     const file = join(dir, 'agent.conf')
     writeFileSync(

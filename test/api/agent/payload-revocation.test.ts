@@ -24,9 +24,10 @@ import * as x509 from '@peculiar/x509'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import yauzl from 'yauzl'
 import yazl from 'yazl'
-import { PayloadManager, PayloadRequestError } from '../../../src/agent/payload.ts'
-import { RevocationHandler } from '../../../src/agent/revocation.ts'
+import { PayloadManager, PayloadRefusedError, PayloadRequestError } from '../../../src/agent/payload.ts'
+import { parseEventTime, RevocationHandler } from '../../../src/agent/revocation.ts'
 import { createLogger } from '../../../src/common/log.ts'
+import { asctime } from '../../../src/crypto/revocation.ts'
 
 const log = createLogger('agent-test', 'silent')
 const UUID = 'd432fbb3-d2f1-4a97-9ef7-75bd81c00000'
@@ -122,8 +123,9 @@ describe('PayloadManager', () => {
     m.addU({ encrypted_key: oaep(keys.publicKey, u), auth_tag: authTag, payload })
     expect(m.verify('abc')).toBeNull()
     m.addV({ encrypted_key: oaep(keys.publicKey, v) })
-    expect(m.verify('abc')).toBe(createHmac('sha384', k).update('abc').digest('hex'))
+    expect(m.verify('abc')).toBeNull() // K derived, payload still being installed
     await m.whenIdle()
+    expect(m.verify('abc')).toBe(createHmac('sha384', k).update('abc').digest('hex'))
     expect(m.lastResult?.ok).toBe(true)
     const unz = join(dir, 'secure', 'unzipped')
     expect(statSync(unz).mode & 0o777).toBe(0o700)
@@ -142,7 +144,9 @@ describe('PayloadManager', () => {
       payload: encryptBlob(k, Buffer.from('x')),
     })
     await m.whenIdle()
-    expect(m.verify('z')).not.toBeNull()
+    expect(() => m.verify('z')).toThrow(
+      'payload refused: not run: mTLS is disabled and enable_insecure_payload is false',
+    )
     expect(existsSync(join(dir, 'secure', 'unzipped'))).toBe(false)
   })
 
@@ -182,6 +186,29 @@ describe('PayloadManager', () => {
     await m.whenIdle()
     expect(m.lastResult).toMatchObject({ ok: false })
     expect(m.lastResult?.message).toMatch(/authentication failed/)
+    // /keys/verify tells the tenant why (a 422 through the agent's error handler) instead of the HMAC.
+    const refused = (() => {
+      try {
+        m.verify('abc')
+      } catch (err) {
+        return err as PayloadRefusedError
+      }
+    })()
+    expect(refused).toBeInstanceOf(PayloadRefusedError)
+    expect(refused?.statusCode).toBe(422)
+    expect(refused?.message).toMatch(/^payload refused: .*authentication failed/)
+
+    // The next provisioning starts from a new U: nothing is answered for the old K until the new one is derived.
+    const next = split()
+    m.addU({
+      encrypted_key: oaep(keys.publicKey, next.u),
+      auth_tag: next.authTag,
+      payload: encryptBlob(next.k, await zip({ 'data.txt': 'again' })),
+    })
+    expect(m.verify('abc')).toBeNull()
+    m.addV({ encrypted_key: oaep(keys.publicKey, next.v) })
+    await m.whenIdle()
+    expect(m.verify('abc')).toBe(createHmac('sha384', next.k).update('abc').digest('hex'))
   })
 })
 
@@ -236,9 +263,16 @@ describe('RevocationHandler', () => {
       unzippedDir: unz,
       workDir: dir,
       timeoutMs: 5_000,
+      maxAgeMs: 3_600_000,
+      seenPath: join(dir, 'revocations_seen.json'),
       log,
     })
-    const msg = JSON.stringify({ type: 'revocation', agent_id: 'other', ip: '127.0.0.1' })
+    const msg = JSON.stringify({
+      type: 'revocation',
+      agent_id: 'other',
+      ip: '127.0.0.1',
+      event_time: asctime(new Date()),
+    })
     expect(await h.receive({ msg, signature: 'AAAA' })).toMatchObject({ status: 'dropped' })
     const key = await revocationCert(unz)
     expect(h.loadCertificate()).toBe(true)
@@ -255,5 +289,116 @@ describe('RevocationHandler', () => {
       failed: 'payload_b',
     })
     expect(readFileSync(out, 'utf8')).toBe(`a ${msg.slice(0, 40)}\nb\n`)
+  })
+
+  describe('replays', () => {
+    const HOUR = 3_600_000
+    let clock = Date.UTC(2026, 11, 6, 12, 0, 0)
+    let key: KeyObject
+    let unz: string
+    const out = () => join(dir, 'ran.txt')
+
+    async function setUp() {
+      unz = join(dir, 'unzipped')
+      mkdirSync(join(dir, 'actions'), { recursive: true })
+      mkdirSync(unz, { recursive: true })
+      writeFileSync(join(dir, 'actions', 'count'), `#!/bin/sh\necho ran >> ${out()}\n`)
+      chmodSync(join(dir, 'actions', 'count'), 0o700)
+      key = await revocationCert(unz)
+    }
+    /** A new handler on the same work directory: what an agent restart builds. */
+    function handler() {
+      const h = new RevocationHandler({
+        certPath: join(unz, 'RevocationNotifier-cert.crt'),
+        actions: 'count',
+        actionsDir: join(dir, 'actions'),
+        allowPayloadActions: false,
+        unzippedDir: unz,
+        workDir: dir,
+        timeoutMs: 5_000,
+        maxAgeMs: HOUR,
+        seenPath: join(dir, 'revocations_seen.json'),
+        log,
+        now: () => clock,
+      })
+      h.loadCertificate()
+      return h
+    }
+    const signed = (eventTime: number | string, agentId = 'bad-agent') => {
+      const msg = JSON.stringify({
+        type: 'revocation',
+        agent_id: agentId,
+        ip: '127.0.0.9',
+        event_time: typeof eventTime === 'string' ? eventTime : asctime(new Date(eventTime)),
+      })
+      return { msg, signature: signMsg(key, msg) }
+    }
+    const runs = () =>
+      existsSync(out()) ? readFileSync(out(), 'utf8').split('\n').filter(Boolean).length : 0
+
+    it('acts on a captured revocation once, also after a restart', async () => {
+      await setUp()
+      const captured = signed(clock - 60_000)
+      const first = handler()
+      expect(await first.receive(captured)).toEqual({ status: 'done', ran: ['count'] })
+      expect(await first.receive(captured)).toEqual({
+        status: 'ignored',
+        reason: 'already acted on (replayed)',
+      })
+      const restarted = handler()
+      expect(restarted.seenCount).toBe(1)
+      expect(await restarted.receive(captured)).toMatchObject({ status: 'ignored' })
+      expect(runs()).toBe(1)
+      // Another event, even for the same agent within the same second, is a different message.
+      expect(await restarted.receive(signed(clock - 60_000, 'other-agent'))).toMatchObject({ status: 'done' })
+      expect(runs()).toBe(2)
+    })
+
+    it('ignores revocations outside the age window and forgets entries once they leave it', async () => {
+      await setUp()
+      const h = handler()
+      expect(await h.receive(signed(clock - HOUR - 1000))).toEqual({
+        status: 'ignored',
+        reason: expect.stringMatching(/older than revocation_max_age_seconds \(3600\)/),
+      })
+      expect(await h.receive(signed(clock + HOUR + 1000))).toEqual({
+        status: 'ignored',
+        reason: expect.stringMatching(/later than now/),
+      })
+      expect(await h.receive(signed(clock - HOUR + 5000))).toMatchObject({ status: 'done' })
+      expect(runs()).toBe(1)
+      clock += 10_000
+      expect(handler().seenCount).toBe(0)
+    })
+
+    it('rejects a signed message without a readable event_time', async () => {
+      await setUp()
+      const h = handler()
+      for (const bad of ['yesterday', 'Tue Feb 31 10:00:00 2026', '2026-12-06T12:00:00Z']) {
+        expect(await h.receive(signed(bad))).toEqual({
+          status: 'rejected',
+          reason: 'event_time is missing or not an asctime date',
+        })
+      }
+      expect(runs()).toBe(0)
+    })
+
+    it('starts with an empty record when the file is unreadable, and rewrites it', async () => {
+      await setUp()
+      writeFileSync(join(dir, 'revocations_seen.json'), '{"version":1,"seen":[["zz",1]]}')
+      const h = handler()
+      expect(h.seenCount).toBe(0)
+      expect(await h.receive(signed(clock))).toMatchObject({ status: 'done' })
+      expect(JSON.parse(readFileSync(join(dir, 'revocations_seen.json'), 'utf8')).seen).toHaveLength(1)
+      expect(statSync(join(dir, 'revocations_seen.json')).mode & 0o777).toBe(0o600)
+    })
+  })
+
+  it('reads asctime as UTC, with a space-padded day', () => {
+    expect(parseEventTime('Sun Dec  6 09:03:07 2026')).toBe(Date.UTC(2026, 11, 6, 9, 3, 7))
+    expect(parseEventTime(asctime(new Date(Date.UTC(2025, 10, 26, 15, 9))))).toBe(
+      Date.UTC(2025, 10, 26, 15, 9),
+    )
+    expect(parseEventTime(undefined)).toBeNull()
   })
 })

@@ -1,3 +1,7 @@
+import { createServer } from 'node:net'
+import { Type } from '@sinclair/typebox'
+import { Kysely, PostgresDialect } from 'kysely'
+import pg from 'pg'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { JsonClient, PeerError } from '../../../src/api/client.ts'
 import { ok } from '../../../src/api/envelope.ts'
@@ -5,25 +9,38 @@ import {
   addRoute,
   addVersionedRoute,
   createKeylimeServer,
+  databaseUnavailableReason,
   type KeylimeServerOptions,
-  requireAdmin,
   sanitizeRequestId,
   tlsServerOptions,
 } from '../../../src/api/server.ts'
 import { InputFormatError } from '../../../src/common/errors.ts'
+import { type RegistrarDatabase, RegistrarRepository } from '../../../src/db/registrar-repository.ts'
+import { buildRegistrarApp } from '../../../src/registrar/app.ts'
+import { RegistrarService } from '../../../src/registrar/registrar-service.ts'
+import { softwareTpm } from './software-tpm.ts'
 import { makeTestPki, type TestPki } from './tls-material.ts'
+
+const Params = Type.Object({ id: Type.String() })
 
 function buildApp(https?: KeylimeServerOptions['https']) {
   const app = createKeylimeServer({ bodyLimit: 1024, https: https ?? null })
-  addRoute(app, { method: 'GET', url: '/version', handler: async () => ok({ current_version: '2.6' }) })
+  addRoute(app, {
+    method: 'GET',
+    url: '/version',
+    schema: {},
+    handler: async () => ok({ current_version: '2.6' }),
+  })
   addVersionedRoute(app, {
     method: 'POST',
     path: '/things/:id',
+    schema: { params: Params, body: Type.Object({ x: Type.Integer() }) },
     handler: async (req) => ok({ got: req.body }),
   })
   addVersionedRoute(app, {
     method: 'GET',
     path: '/things/:id',
+    schema: { params: Params },
     handler: async () => {
       throw new InputFormatError('bad thing')
     },
@@ -31,6 +48,7 @@ function buildApp(https?: KeylimeServerOptions['https']) {
   addVersionedRoute(app, {
     method: 'DELETE',
     path: '/things/:id',
+    schema: { params: Params },
     handler: async () => {
       throw new Error('secret internal detail')
     },
@@ -38,7 +56,8 @@ function buildApp(https?: KeylimeServerOptions['https']) {
   addVersionedRoute(app, {
     method: 'GET',
     path: '/admin',
-    preHandler: requireAdmin,
+    schema: {},
+    admin: true,
     handler: async () => ok({ admin: true }),
   })
   return app
@@ -165,5 +184,62 @@ describe('TLS listener + JsonClient', () => {
     const e = await c.request('GET', '/v2/things/x').catch((x: unknown) => x)
     expect(e).toMatchObject({ status: 400, peerStatus: 'bad thing' })
     await c.close()
+  })
+})
+
+describe('schema errors and an unreachable database', () => {
+  it('a body of the wrong type is a 400 naming the field', async () => {
+    const app = buildApp()
+    const r = await app.inject({ method: 'POST', url: '/v2/things/a', payload: { x: 'seven' } })
+    expect(r.statusCode).toBe(400)
+    expect(r.json()).toEqual({
+      code: 400,
+      status: 'Malformed Request Parameter: body.x must be integer',
+      results: {},
+    })
+    await app.close()
+  })
+
+  it('classifies database outages by code, including wrapped ones, and nothing else', () => {
+    const err = (code: string) => Object.assign(new Error('x'), { code })
+    expect(databaseUnavailableReason(err('ECONNREFUSED'))).toBe('ECONNREFUSED')
+    expect(databaseUnavailableReason(err('SQLITE_IOERR_WRITE'))).toBe('SQLITE_IOERR_WRITE')
+    expect(databaseUnavailableReason(err('57P01'))).toBe('57P01')
+    expect(databaseUnavailableReason(new Error('wrapped', { cause: err('08006') }))).toBe('08006')
+    expect(databaseUnavailableReason(new Error('Connection terminated unexpectedly'))).toBe('connection lost')
+    expect(databaseUnavailableReason(err('SQLITE_CONSTRAINT_PRIMARYKEY'))).toBeNull()
+    expect(databaseUnavailableReason(new InputFormatError('bad'))).toBeNull()
+  })
+
+  it('a registrar whose PostgreSQL cannot be reached answers 503 with Retry-After, not a bare 500', async () => {
+    const closedPort = await new Promise<number>((resolve) => {
+      const s = createServer()
+      s.listen(0, '127.0.0.1', () => {
+        const a = s.address()
+        s.close(() => resolve(typeof a === 'object' && a ? a.port : 1))
+      })
+    })
+    const db = new Kysely<RegistrarDatabase>({
+      dialect: new PostgresDialect({
+        pool: new pg.Pool({ host: '127.0.0.1', port: closedPort, user: 'postgres', database: 'test' }),
+      }),
+    })
+    const app = buildRegistrarApp({ service: new RegistrarService({ repo: new RegistrarRepository(db) }) })
+    const tpm = softwareTpm()
+    const b64 = (u: Uint8Array) => Buffer.from(u).toString('base64')
+    const r = await app.inject({
+      method: 'POST',
+      url: '/v2.6/agents/outage',
+      payload: { aik_tpm: b64(tpm.akTpm), ek_tpm: b64(tpm.ekTpm), ekcert: null, mtls_cert: 'disabled' },
+    })
+    expect(r.statusCode).toBe(503)
+    expect(r.headers['retry-after']).toBe('5')
+    expect(r.json()).toEqual({
+      code: 503,
+      status: 'Service Unavailable: database unavailable (ECONNREFUSED)',
+      results: {},
+    })
+    await app.close()
+    await db.destroy()
   })
 })

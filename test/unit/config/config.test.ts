@@ -2,7 +2,6 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
-import { loadAgentConfig } from '../../../src/config/agent.ts'
 import { ConfigError, parseIni, parseList } from '../../../src/config/loader.ts'
 import { loadRegistrarConfig } from '../../../src/config/registrar.ts'
 import { loadVerifierConfig } from '../../../src/config/verifier.ts'
@@ -109,23 +108,5 @@ describe('values', () => {
       expect(config.auto_migrate_db).toBe(want)
       expect(config.ip).toBe('1.2.3.4')
     }
-  })
-})
-
-describe('agent TOML (§1.2)', () => {
-  it('layers [agent] files, snippets and KEYLIME_AGENT_* env', () => {
-    mkdirSync(join(etc, 'agent.conf.d'), { recursive: true })
-    writeFileSync(join(etc, 'agent.conf'), '[agent]\nport = 9100\nuuid = "abc"\nenable_agent_mtls = false\n')
-    writeFileSync(join(etc, 'agent.conf.d', '50.conf'), '[agent]\nport = 9200\n')
-    const { config } = loadAgentConfig({ configDirs: [usr, etc], env: { KEYLIME_AGENT_UUID: 'from-env' } })
-    expect(config.port).toBe(9200)
-    expect(config.uuid).toBe('from-env')
-    expect(config.enable_agent_mtls).toBe(false)
-    expect(config.registrar_port).toBe(8890)
-  })
-  it('rejects invalid TOML with a ConfigError', () => {
-    const f = join(root, 'a.conf')
-    writeFileSync(f, '[agent\nport = ')
-    expect(() => loadAgentConfig({ configFile: f, env: {} })).toThrow(ConfigError)
   })
 })

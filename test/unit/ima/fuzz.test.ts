@@ -1,15 +1,14 @@
 import fc from 'fast-check'
 import { describe, expect, it } from 'vitest'
 import {
-  ExcludeSyntaxError,
   ImaParseError,
   parseBinaryImaList,
   parseImaLine,
   parseRuntimePolicy,
   RuntimePolicyError,
-  translatePythonRegex,
   verifyImaIncrement,
 } from '../../../src/evidence/ima/index.ts'
+import { compilePythonRegex, PythonRegexError } from '../../../src/evidence/python-regex.ts'
 import { fixture } from '../../helpers/fixture.ts'
 
 const corpusLines = [
@@ -115,7 +114,7 @@ describe('IMA parser fuzzing', () => {
     )
   })
 
-  it('translatePythonRegex only throws ExcludeSyntaxError', () => {
+  it('compilePythonRegex only throws PythonRegexError', () => {
     fc.assert(
       fc.property(
         fc
@@ -149,9 +148,9 @@ describe('IMA parser fuzzing', () => {
           .map((a) => a.join('')),
         (p) => {
           try {
-            translatePythonRegex(p)
+            compilePythonRegex([p], 'match').test('aaaa')
           } catch (err) {
-            expect(err).toBeInstanceOf(ExcludeSyntaxError)
+            expect(err).toBeInstanceOf(PythonRegexError)
           }
         },
       ),

@@ -42,7 +42,7 @@ export async function makeVerifier(
   // tests mark admin calls with a header; the real server uses the TLS handshake (see tls test)
   const identify = (req: { headers: Record<string, unknown> }): Identity =>
     req.headers['x-test-admin'] === '1' ? 'admin' : 'anonymous'
-  const app = await buildVerifierApp({ service, identify: identify as never })
+  const app = await buildVerifierApp({ service, log, identify: identify as never })
   return { db, service, app, options }
 }
 
