@@ -20,8 +20,9 @@ import { join, resolve } from 'node:path'
 import { monitorEventLoopDelay } from 'node:perf_hooks'
 import { createInterface } from 'node:readline'
 import pino from 'pino'
+import { AgentState } from '../src/api/verifier/states.ts'
 import { openDatabase } from '../src/db/database.ts'
-import { AgentState, type NewVerifierAgent, type VerifierDatabase } from '../src/db/verifier-repository.ts'
+import type { NewVerifierAgent, VerifierDatabase } from '../src/db/verifier-repository.ts'
 import { DEFAULT_VERIFIER_OPTIONS } from '../src/verifier/options.ts'
 import { VerifierService } from '../src/verifier/verifier-service.ts'
 
@@ -84,7 +85,7 @@ async function main(): Promise<void> {
     db,
     log,
     clientTls: null,
-    leaseHolder: 'bench',
+    leaseAddress: 'bench',
     options: {
       ...DEFAULT_VERIFIER_OPTIONS,
       enableAgentMtls: false,

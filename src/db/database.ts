@@ -192,6 +192,10 @@ class BusyRetryingDriver implements Driver {
     const c = connection as BusyRetryingConnection
     try {
       await c.inner.executeQuery(CompiledQuery.raw('rollback'))
+    } catch (err) {
+      // SQLite already rolled back on its own (e.g. a COMMIT that hit a disk I/O error): nothing is left to undo, and
+      // throwing here would replace the real cause with "cannot rollback - no transaction is active"
+      if (!/no transaction is active/.test((err as Error).message)) throw err
     } finally {
       c.inTransaction = false
     }

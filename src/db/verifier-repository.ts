@@ -1,11 +1,22 @@
 /**
- * The verifier's tables and every query the verifier runs. Writes from the attestation loop are guarded by
- * `operational_state NOT IN (8,10)` (protocols §D.7) and by the caller's lease, so a verifier that lost an agent to
- * another one, or an agent being deleted/stopped, is never overwritten.
+ * The verifier's tables and every query the verifier runs. Writes from the attestation loop are fenced: they apply
+ * only while `operational_state` is not one an operator set (TERMINATED, TENANT_FAILED; protocols §D.7) and while the
+ * caller still holds the agent's lease with the same epoch, so a verifier that lost an agent to another one (or a
+ * stale instance of itself) never overwrites it.
  */
-import type { Generated, Insertable, Kysely, Selectable, Transaction, Updateable } from 'kysely'
+import {
+  type Generated,
+  type Insertable,
+  type Kysely,
+  type Selectable,
+  sql,
+  type Transaction,
+  type Updateable,
+} from 'kysely'
+import { AgentState, OPERATOR_HELD_STATES, RESUMABLE_STATES } from '../api/verifier/states.ts'
 import { KeylimeError } from '../common/errors.ts'
-import { up as migrateVerifier } from './migrations/2026112601_verifier.ts'
+import { migrate } from './database.ts'
+import { VERIFIER_MIGRATIONS } from './migrations/index.ts'
 
 export interface VerifierMainTable {
   agent_id: string
@@ -37,6 +48,8 @@ export interface VerifierMainTable {
   ima_state: string | null
   severity_level: number | null
   last_event_id: string | null
+  /** JSON: the specific reason behind last_event_id (e.g. which quote check failed). */
+  last_event_context: string | null
   learned_ima_keyrings: string | null
   supported_version: string | null
   ak_tpm: string | null
@@ -49,6 +62,10 @@ export interface VerifierMainTable {
   consecutive_attestation_failures: number | null
   lease_holder: string | null
   lease_expires: number | null
+  /** Bumped on every claim; the loop's writes carry the epoch they claimed with. */
+  lease_epoch: Generated<number>
+  /** Bumped by a trigger when a column the loop attests with changes (see the migration). */
+  config_version: Generated<number>
 }
 
 export interface AllowlistsTable {
@@ -78,32 +95,7 @@ export type VerifierAgentPatch = Updateable<VerifierMainTable>
 export type AllowlistRow = Selectable<AllowlistsTable>
 export type MbPolicyRow = Selectable<MbPoliciesTable>
 
-/** Operational states (keylime-api.md §5). */
-export const AgentState = {
-  REGISTERED: 0,
-  START: 1,
-  SAVED: 2,
-  GET_QUOTE: 3,
-  GET_QUOTE_RETRY: 4,
-  PROVIDE_V: 5,
-  PROVIDE_V_RETRY: 6,
-  FAILED: 7,
-  TERMINATED: 8,
-  INVALID_QUOTE: 9,
-  TENANT_FAILED: 10,
-} as const
-export type AgentState = (typeof AgentState)[keyof typeof AgentState]
-
-/** States a restarted verifier resumes (reset to START). */
-export const RESUMABLE_STATES: readonly number[] = [1, 3, 4, 5, 6]
-const WRITE_GUARD_EXCLUDED = [AgentState.TERMINATED, AgentState.TENANT_FAILED]
-
-/** Pull-mode `attestation_status` (§5). */
-export function attestationStatus(state: number | null): 'PASS' | 'FAIL' | 'PENDING' {
-  if (state === 3 || state === 4 || state === 5 || state === 6) return 'PASS'
-  if (state === 7 || state === 9 || state === 10) return 'FAIL'
-  return 'PENDING'
-}
+const WRITE_GUARD_EXCLUDED = OPERATOR_HELD_STATES
 
 export class DuplicateError extends KeylimeError {
   constructor(what: string) {
@@ -112,12 +104,14 @@ export class DuplicateError extends KeylimeError {
 }
 
 export async function migrateVerifierDatabase(db: Kysely<VerifierDatabase>): Promise<void> {
-  await migrateVerifier(db)
+  await migrate(db, VERIFIER_MIGRATIONS, 'verifier')
 }
 
 /** One successful attestation, written in batches by the scheduler. */
 export interface AttestationSuccess {
   agentId: string
+  /** Lease epoch the agent was claimed with (fencing). */
+  leaseEpoch: number
   attestationCount: number
   lastReceivedQuote: number
   lastSuccessfulAttestation: number
@@ -138,14 +132,63 @@ export class VerifierRepository {
 
   // ---------------------------------------------------------------------------- agents
 
+  /** Inserts one agent row (tests and tools; enrolment goes through `enrolAgent`). */
   async insertAgent(row: NewVerifierAgent): Promise<void> {
-    const existing = await this.getAgent(row.agent_id)
-    if (existing) throw new DuplicateError(`agent ${row.agent_id}`)
+    await this.enrolAgent(row, {})
+  }
+
+  /**
+   * Enrolment in one transaction: the policies stored with this agent (if new) and the agent row. A duplicate agent
+   * or policy name (a racing identical add included) raises DuplicateError and leaves nothing behind.
+   */
+  async enrolAgent(
+    row: NewVerifierAgent,
+    newPolicies: { runtime?: Insertable<AllowlistsTable>; mb?: { name: string; mb_policy: string } },
+  ): Promise<void> {
     const values =
       row.next_ima_ml_entry === undefined
         ? { ...row, next_ima_ml_entry: nextImaEntryOf(row.ima_state ?? null) }
         : row
-    await this.db.insertInto('verifiermain').values(values).execute()
+    try {
+      await this.db.transaction().execute(async (tx) => {
+        if (
+          await tx
+            .selectFrom('verifiermain')
+            .select('agent_id')
+            .where('agent_id', '=', row.agent_id)
+            .executeTakeFirst()
+        )
+          throw new DuplicateError(`agent ${row.agent_id}`)
+        if (newPolicies.runtime) {
+          const r = newPolicies.runtime
+          if (await tx.selectFrom('allowlists').select('id').where('name', '=', r.name).executeTakeFirst())
+            throw new DuplicateError(`runtime policy ${r.name}`)
+          await tx.insertInto('allowlists').values(r).execute()
+          const id = await tx
+            .selectFrom('allowlists')
+            .select('id')
+            .where('name', '=', r.name)
+            .executeTakeFirstOrThrow()
+          values.ima_policy_id = id.id
+        }
+        if (newPolicies.mb) {
+          const m = newPolicies.mb
+          if (await tx.selectFrom('mbpolicies').select('id').where('name', '=', m.name).executeTakeFirst())
+            throw new DuplicateError(`measured boot policy ${m.name}`)
+          await tx.insertInto('mbpolicies').values(m).execute()
+          const id = await tx
+            .selectFrom('mbpolicies')
+            .select('id')
+            .where('name', '=', m.name)
+            .executeTakeFirstOrThrow()
+          values.mb_policy_id = id.id
+        }
+        await tx.insertInto('verifiermain').values(values).execute()
+      })
+    } catch (err) {
+      if (isUniqueViolation(err)) throw new DuplicateError(`agent ${row.agent_id} or one of its policies`)
+      throw err
+    }
   }
 
   async getAgent(agentId: string): Promise<VerifierAgentRow | undefined> {
@@ -174,7 +217,7 @@ export class VerifierRepository {
     return r.numUpdatedRows > 0n
   }
 
-  /** Used by reactivate: back to START, owned by `leaseHolder` (severity/last event kept, as upstream). */
+  /** Used by reactivate: back to START, owned by `leaseHolder` under a new epoch (severity/last event kept). */
   async reactivate(agentId: string, leaseHolder: string, leaseExpires: number): Promise<boolean> {
     const r = await this.db
       .updateTable('verifiermain')
@@ -182,24 +225,20 @@ export class VerifierRepository {
         operational_state: AgentState.START,
         lease_holder: leaseHolder,
         lease_expires: leaseExpires,
+        lease_epoch: sql`lease_epoch + 1`,
       })
       .where('agent_id', '=', agentId)
       .executeTakeFirst()
     return r.numUpdatedRows > 0n
   }
 
-  /** Guarded write from the attestation loop; false when the guard refused (deleted, stopped, lease lost). */
-  async updateGuarded(agentId: string, leaseHolder: string, patch: VerifierAgentPatch): Promise<boolean> {
-    const r = await this.db
-      .updateTable('verifiermain')
-      .set(withImaOffset(patch))
-      .where('agent_id', '=', agentId)
-      .where('lease_holder', '=', leaseHolder)
-      .where((eb) =>
-        eb.or([eb('operational_state', 'is', null), eb('operational_state', 'not in', WRITE_GUARD_EXCLUDED)]),
-      )
-      .executeTakeFirst()
-    return r.numUpdatedRows > 0n
+  /** Fenced write from the attestation loop; false when refused (deleted, stopped, lease lost or a newer epoch). */
+  async updateGuarded(
+    agentId: string,
+    lease: { holder: string; epoch: number },
+    patch: VerifierAgentPatch,
+  ): Promise<boolean> {
+    return updateGuardedIn(this.db, agentId, lease, patch)
   }
 
   /** Writes many successful attestations in one transaction; returns the agent ids the guard refused. */
@@ -221,7 +260,7 @@ export class VerifierRepository {
         }
         if (s.publicKey !== null) patch.public_key = s.publicKey
         if (s.nextImaEntry !== undefined) patch.next_ima_ml_entry = s.nextImaEntry
-        const ok = await updateGuardedIn(tx, s.agentId, leaseHolder, patch)
+        const ok = await updateGuardedIn(tx, s.agentId, { holder: leaseHolder, epoch: s.leaseEpoch }, patch)
         if (!ok) refused.push(s.agentId)
       }
     })
@@ -283,7 +322,12 @@ export class VerifierRepository {
     const ids = candidates.map((c) => c.agent_id)
     await this.db
       .updateTable('verifiermain')
-      .set({ lease_holder: leaseHolder, lease_expires: until, operational_state: AgentState.START })
+      .set({
+        lease_holder: leaseHolder,
+        lease_expires: until,
+        lease_epoch: sql`lease_epoch + 1`,
+        operational_state: AgentState.START,
+      })
       .where('agent_id', 'in', ids)
       .where('operational_state', 'in', RESUMABLE_STATES)
       .where((eb) => eb.or([eb('lease_holder', 'is', null), eb('lease_expires', '<', now)]))
@@ -297,21 +341,58 @@ export class VerifierRepository {
   }
 
   /**
-   * At start: agents this holder (same verifier id, host and port) held before a crash, in a resumable state, are
-   * reset to START and returned, so a restart resumes at once instead of waiting for its own lease to expire.
+   * At start: agents held by a previous instance at this same address (`<holder prefix>…`, a process that died) in
+   * a resumable state are taken over at once under a new epoch, instead of waiting for their lease to expire.
    */
-  async resumeOwnAgents(leaseHolder: string, until: number): Promise<VerifierAgentRow[]> {
-    await this.db
-      .updateTable('verifiermain')
-      .set({ operational_state: AgentState.START, lease_expires: until })
-      .where('lease_holder', '=', leaseHolder)
+  async takeOverFromAddress(
+    addressPrefix: string,
+    leaseHolder: string,
+    until: number,
+  ): Promise<{ agents: VerifierAgentRow[]; previousHolders: string[] }> {
+    const samePrefix = sql<boolean>`substr(lease_holder, 1, ${addressPrefix.length}) = ${addressPrefix}`
+    const previous = await this.db
+      .selectFrom('verifiermain')
+      .select('lease_holder')
+      .distinct()
+      .where(samePrefix)
+      .where('lease_holder', '!=', leaseHolder)
       .where('operational_state', 'in', RESUMABLE_STATES)
       .execute()
-    return this.db
+    if (previous.length > 0)
+      await this.db
+        .updateTable('verifiermain')
+        .set({
+          operational_state: AgentState.START,
+          lease_holder: leaseHolder,
+          lease_expires: until,
+          lease_epoch: sql`lease_epoch + 1`,
+        })
+        .where(samePrefix)
+        .where('lease_holder', '!=', leaseHolder)
+        .where('operational_state', 'in', RESUMABLE_STATES)
+        .execute()
+    const agents = await this.db
       .selectFrom('verifiermain')
       .selectAll()
       .where('lease_holder', '=', leaseHolder)
       .where('operational_state', 'in', RESUMABLE_STATES)
+      .execute()
+    return { agents, previousHolders: previous.map((p) => p.lease_holder as string) }
+  }
+
+  /**
+   * What changed under this holder since it loaded its agents: the lease, epoch, configuration version and state of
+   * every row it holds (rows taken over by another verifier are simply absent). One narrow query per heartbeat.
+   */
+  async heldRows(
+    leaseHolder: string,
+  ): Promise<
+    { agent_id: string; lease_epoch: number; config_version: number; operational_state: number | null }[]
+  > {
+    return this.db
+      .selectFrom('verifiermain')
+      .select(['agent_id', 'lease_epoch', 'config_version', 'operational_state'])
+      .where('lease_holder', '=', leaseHolder)
       .execute()
   }
 
@@ -328,12 +409,13 @@ export class VerifierRepository {
   }
 
   /** Gives up this holder's leases (graceful shutdown) so another verifier can pick the agents up at once. */
-  async releaseLeases(leaseHolder: string): Promise<void> {
-    await this.db
+  async releaseLeases(leaseHolder: string): Promise<number> {
+    const r = await this.db
       .updateTable('verifiermain')
       .set({ lease_holder: null, lease_expires: null })
       .where('lease_holder', '=', leaseHolder)
-      .execute()
+      .executeTakeFirst()
+    return Number(r.numUpdatedRows)
   }
 
   // ---------------------------------------------------------------------------- runtime policies
@@ -436,19 +518,26 @@ function withImaOffset(patch: VerifierAgentPatch): VerifierAgentPatch {
 }
 
 async function updateGuardedIn(
-  tx: Transaction<VerifierDatabase>,
+  db: Kysely<VerifierDatabase> | Transaction<VerifierDatabase>,
   agentId: string,
-  leaseHolder: string,
+  lease: { holder: string; epoch: number },
   patch: VerifierAgentPatch,
 ): Promise<boolean> {
-  const r = await tx
+  const r = await db
     .updateTable('verifiermain')
     .set(withImaOffset(patch))
     .where('agent_id', '=', agentId)
-    .where('lease_holder', '=', leaseHolder)
+    .where('lease_holder', '=', lease.holder)
+    .where('lease_epoch', '=', lease.epoch)
     .where((eb) =>
       eb.or([eb('operational_state', 'is', null), eb('operational_state', 'not in', WRITE_GUARD_EXCLUDED)]),
     )
     .executeTakeFirst()
   return r.numUpdatedRows > 0n
+}
+
+/** A unique or primary-key violation (SQLite SQLITE_CONSTRAINT_*, PostgreSQL 23505). */
+function isUniqueViolation(err: unknown): boolean {
+  const code = (err as { code?: unknown })?.code
+  return code === '23505' || code === 'SQLITE_CONSTRAINT_UNIQUE' || code === 'SQLITE_CONSTRAINT_PRIMARYKEY'
 }

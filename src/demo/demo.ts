@@ -15,6 +15,7 @@ import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, 
 import { tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
+import { AgentState } from '../api/verifier/states.ts'
 import { CliError, EXIT } from '../cli/errors.ts'
 import { createCa } from '../crypto/ca.ts'
 import type { RevocationMessage } from '../crypto/revocation.ts'
@@ -259,7 +260,8 @@ export async function runDemo(opts: DemoOptions): Promise<number> {
     let seen = 0
     await waitFor('three good attestations', opts.stepTimeout, async () => {
       const s = await status(web.uuid)
-      if (s.operational_state === 9) throw new Error(`agent1 failed attestation: ${s.last_event_id}`)
+      if (s.operational_state === AgentState.INVALID_QUOTE)
+        throw new Error(`agent1 failed attestation: ${s.last_event_id}`)
       const count = Number(s.attestation_count ?? 0)
       if (count > seen) {
         seen = count
@@ -271,7 +273,8 @@ export async function runDemo(opts: DemoOptions): Promise<number> {
     })
     await waitFor('agent2 to attest', opts.stepTimeout, async () => {
       const s = await status(db.uuid)
-      if (s.operational_state === 9) throw new Error(`agent2 failed attestation: ${s.last_event_id}`)
+      if (s.operational_state === AgentState.INVALID_QUOTE)
+        throw new Error(`agent2 failed attestation: ${s.last_event_id}`)
       return Number(s.attestation_count ?? 0) >= 1 ? true : undefined
     })
     say(
@@ -291,7 +294,7 @@ export async function runDemo(opts: DemoOptions): Promise<number> {
       opts.stepTimeout,
       async () => {
         const s = await status(web.uuid)
-        return s.operational_state === 9 ? s : undefined
+        return s.operational_state === AgentState.INVALID_QUOTE ? s : undefined
       },
     )
     say(`verifier: agent1 ${imaFailure.operational_state_name}, event ${imaFailure.last_event_id}`)
@@ -326,7 +329,7 @@ export async function runDemo(opts: DemoOptions): Promise<number> {
       opts.stepTimeout,
       async () => {
         const s = await status(db.uuid)
-        return s.operational_state === 9 ? s : undefined
+        return s.operational_state === AgentState.INVALID_QUOTE ? s : undefined
       },
     )
     say(

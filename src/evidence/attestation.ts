@@ -1,8 +1,7 @@
 /**
- * The verifier's attestation pipeline (keylime-protocols.md §A.2, §D.3): one pure function turns an agent's
- * integrity-quote response plus the verifier's stored expectations into one Verdict. No I/O, no clock reads.
- * It composes the quote checks (signature/nonce/PCR digest, TPM clock, static PCR policy + PCR 16 binding);
- * IMA and measured-boot evaluation plug in through `AttestationExtensions`.
+ * The quote stage of the evidence pipeline (keylime-protocols.md §A.2, §D.3): algorithms, signature/nonce/PCR digest,
+ * TPM clock, static PCR policy + PCR 16 binding, then the measured-boot and IMA checks plugged in through
+ * `AttestationExtensions`. Pure: no I/O, no clock reads. The verifier calls it through `pipeline.ts`.
  */
 import type { KeyObject } from 'node:crypto'
 import {
@@ -84,7 +83,10 @@ export function checkAlgorithms(
 }
 
 /** The whole pull-mode verdict for one quote response (§D.3 + §A.2). */
-export function evaluateAttestation(input: AttestationInput): AttestationOutcome {
+export function evaluateAttestation(
+  input: Omit<AttestationInput, 'extensions'>,
+  extensions?: AttestationExtensions,
+): AttestationOutcome {
   const algs = checkAlgorithms(input.hashAlg, input.encAlg, input.signAlg, input.accepted)
   if (!algs.ok) return { verdict: algs, clock: null, pcrs: EMPTY_PCRS }
   const hashAlg = input.hashAlg as QuoteHashAlg
@@ -106,7 +108,7 @@ export function evaluateAttestation(input: AttestationInput): AttestationOutcome
   })
   if (!pcrVerdict.ok) events.push(...pcrVerdict.events)
   // measured boot first: its boot aggregates feed the IMA `boot_aggregate` entry
-  const ext = input.extensions
+  const ext = extensions ?? (input as AttestationInput).extensions
   if (ext?.measuredBoot) {
     const v = ext.measuredBoot(q.pcrs, hashAlg)
     if (!v.ok) events.push(...v.events)

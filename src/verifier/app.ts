@@ -28,7 +28,6 @@ import {
   AgentList,
   AgentListQuery,
   AgentStatus,
-  asList,
   BulkAgents,
   EnrollBody,
   MbPolicyBody,
@@ -37,44 +36,26 @@ import {
   RuntimePolicyBody,
   RuntimePolicyNames,
   RuntimePolicyShow,
-  type TpmEvidenceData,
   VerifyEvidenceBody,
   VerifyEvidenceResults,
   VerifyIdentityQuery,
   VerifyIdentityResults,
   VersionResults,
 } from '../api/verifier/schemas.ts'
-import { AGENT_API_VERSIONS, CURRENT_API_VERSION, KNOWN_API_VERSIONS } from '../api/versions.ts'
+import { AgentState, attestationStatus, IDLE_STATES } from '../api/verifier/states.ts'
+import { CURRENT_API_VERSION, KNOWN_API_VERSIONS } from '../api/versions.ts'
 import { KeylimeError } from '../common/errors.ts'
 import type { Logger } from '../common/log.ts'
+import type { VerifierAgentRow } from '../db/verifier-repository.ts'
+import { RUNTIME_POLICY_GENERATOR } from '../evidence/ima/index.ts'
+import { akKeyObject, isQuoteHashAlg, verifyQuote } from '../evidence/quote/index.ts'
 import {
-  AgentState,
-  attestationStatus,
-  DuplicateError,
-  type NewVerifierAgent,
-  type VerifierAgentRow,
-} from '../db/verifier-repository.ts'
-import { evaluateAttestation } from '../evidence/attestation.ts'
-import {
-  isDsseEnvelope,
-  type PcrBank,
-  parseRuntimePolicy,
-  RUNTIME_POLICY_GENERATOR,
-  type RuntimePolicy,
-  verifyDsseEnvelope,
-  verifyImaIncrement,
-} from '../evidence/ima/index.ts'
-import { checkMeasuredBoot, type MbPolicy, parseMbPolicy } from '../evidence/mb/index.ts'
-import {
-  akKeyObject,
-  assertCheckableTpmPolicy,
-  isQuoteHashAlg,
-  parseTpmPolicy,
-  requiredPcrs,
-  verifyQuote,
-} from '../evidence/quote/index.ts'
-import { failure } from '../evidence/verdict.ts'
-import { agentKeyring } from './attestation-loop.ts'
+  b64decode,
+  generatorOf,
+  parseMbInput,
+  parseRuntimeInput,
+  unwrapRuntimePolicy,
+} from './policy-input.ts'
 import { PolicyStore } from './policy-store.ts'
 import type { VerifierService } from './verifier-service.ts'
 
@@ -128,9 +109,14 @@ const missingKey = (errors: SchemaErrors): string | null => {
     : null
 }
 
-function b64decode(name: string, v: string): Buffer {
-  if (!/^[A-Za-z0-9+/]*={0,2}$/.test(v)) throw new ApiError(400, `${name} is not valid base64`)
-  return Buffer.from(v, 'base64')
+/** The stored `last_event_context` JSON; a value that does not parse is shown as text, never a 500. */
+function eventContext(text: string | null): Record<string, unknown> | null {
+  if (text === null) return null
+  try {
+    return JSON.parse(text) as Record<string, unknown>
+  } catch {
+    return { unparsable: text }
+  }
 }
 
 function jsonList(text: string | null): string[] {
@@ -216,6 +202,7 @@ export async function buildVerifierApp(opts: VerifierAppOptions): Promise<Keylim
       verifier_port: row.verifier_port,
       severity_level: row.severity_level,
       last_event_id: row.last_event_id,
+      last_event_context: eventContext(row.last_event_context),
       attestation_count: row.attestation_count,
       last_received_quote: row.last_received_quote === null ? null : Number(row.last_received_quote),
       last_successful_attestation:
@@ -226,53 +213,9 @@ export async function buildVerifierApp(opts: VerifierAppOptions): Promise<Keylim
     }
   }
 
-  /** Runtime policy text -> parsed policy; schema errors are 400 "Runtime policy is malformatted: …". */
-  function parseRuntime(text: string, strict: boolean): RuntimePolicy {
-    try {
-      return parseRuntimePolicy(text, { strict })
-    } catch (err) {
-      if (err instanceof KeylimeError)
-        throw new ApiError(400, `Runtime policy is malformatted: ${err.message}`)
-      throw err
-    }
-  }
-  /**
-   * A runtime policy as uploaded: plain JSON, or a DSSE envelope verified with `runtime_policy_key` (b64 PEM);
-   * returns the policy JSON text. 401 on a bad signature or when signatures are required and missing.
-   */
-  function unwrapRuntimePolicy(text: string, keyB64: unknown): string {
-    let json: unknown
-    try {
-      json = JSON.parse(text)
-    } catch {
-      throw new ApiError(400, 'Runtime policy is malformatted: not valid JSON')
-    }
-    const key =
-      typeof keyB64 === 'string' && keyB64 !== ''
-        ? b64decode('runtime_policy_key', keyB64).toString('utf8')
-        : null
-    if (isDsseEnvelope(json)) {
-      try {
-        return verifyDsseEnvelope(json, key ? [key] : []).payload.toString('utf8')
-      } catch (err) {
-        if (err instanceof KeylimeError) throw new ApiError(err.statusCode ?? 401, err.message)
-        throw err
-      }
-    }
-    if (o.requireAllowListSignatures)
-      throw new ApiError(401, 'Runtime policy signature required (require_allow_list_signatures)')
-    return text
-  }
-
-  function parseMb(text: string): MbPolicy {
-    try {
-      return parseMbPolicy(text, { engine: o.mbPolicyEngine })
-    } catch (err) {
-      if (err instanceof KeylimeError)
-        throw new ApiError(400, `Measured boot policy is malformatted: ${err.message}`)
-      throw err
-    }
-  }
+  const parseMb = (text: string) => parseMbInput(text, o.mbPolicyEngine)
+  const unwrap = (text: string, keyB64: unknown) =>
+    unwrapRuntimePolicy(text, keyB64, o.requireAllowListSignatures)
 
   const adminErrors = { 400: ErrorEnvelope, 403: AuthErrorBody, 404: ErrorEnvelope, 409: ErrorEnvelope }
   const Empty = Envelope(Type.Object({}))
@@ -304,16 +247,7 @@ export async function buildVerifierApp(opts: VerifierAppOptions): Promise<Keylim
     handler: async (req, reply) => {
       const id = req.params.agent_id
       const b = req.body
-      if (await repo.getAgent(id)) throw new ApiError(409, `Agent of uuid ${id} already exists`)
-      const row = await enrollmentRow(id, b)
-      try {
-        await repo.insertAgent(row)
-      } catch (err) {
-        if (err instanceof DuplicateError) throw new ApiError(409, `Agent of uuid ${id} already exists`)
-        throw err
-      }
-      const stored = await repo.getAgent(id)
-      if (stored) service.loop.add(stored)
+      const row = await service.enrol(id, b)
       audit(req, 'agent.enrol', {
         agentId: id,
         ip: row.ip,
@@ -388,12 +322,7 @@ export async function buildVerifierApp(opts: VerifierAppOptions): Promise<Keylim
         return ok(reply, {}, code)
       }
       if (state === AgentState.TERMINATED) return done(202)
-      const idle = [
-        AgentState.SAVED,
-        AgentState.FAILED,
-        AgentState.TENANT_FAILED,
-        AgentState.INVALID_QUOTE,
-      ] as number[]
+      const idle = IDLE_STATES as readonly number[]
       const heldElsewhere =
         row.lease_holder !== null &&
         row.lease_holder !== service.leaseHolder &&
@@ -498,11 +427,11 @@ export async function buildVerifierApp(opts: VerifierAppOptions): Promise<Keylim
       handler: async (req, reply) => {
         const name = req.params.name
         const body = req.body
-        const text = unwrapRuntimePolicy(
+        const text = unwrap(
           b64decode('runtime_policy', body.runtime_policy).toString('utf8'),
           body.runtime_policy_key,
         )
-        const parsed = parseRuntime(text, true)
+        const parsed = parseRuntimeInput(text, true)
         const fields = {
           ima_policy: text,
           checksum: PolicyStore.checksum(text),
@@ -676,236 +605,12 @@ export async function buildVerifierApp(opts: VerifierAppOptions): Promise<Keylim
       response: { 200: Envelope(VerifyEvidenceResults), 400: ErrorEnvelope },
     },
     handler: async (req, reply) => {
-      const body = req.body
-      if (body.type !== 'tpm') throw new ApiError(400, 'invalid evidence type')
-      const data: TpmEvidenceData = body.data ?? {}
-      const failures: { type: string; context: unknown }[] = []
-      for (const k of ['quote', 'nonce', 'hash_alg', 'tpm_ek', 'tpm_ak'] as const)
-        if (typeof data[k] !== 'string' || data[k] === '')
-          failures.push({ type: 'qoute_validation.missing_param', context: { message: `missing ${k}` } })
-      if (
-        typeof data.tpm_policy !== 'string' &&
-        data.runtime_policy === undefined &&
-        data.mb_policy === undefined
-      )
-        failures.push({
-          type: 'default.missing_policy',
-          context: { message: 'one of tpm_policy, runtime_policy, mb_policy' },
-        })
-      if (failures.length > 0)
-        return reply.code(400).send(envelope(400, 'Bad Request', { valid: false, claims: {}, failures }))
-      const runtime =
-        data.runtime_policy === undefined
-          ? null
-          : service.policies.compileRuntimeTextChecked(String(data.runtime_policy))
-      const mbPolicy =
-        data.mb_policy === undefined || data.mb_policy === null ? null : parseMb(String(data.mb_policy))
-      const hashAlg = String(data.hash_alg)
-      if (!isQuoteHashAlg(hashAlg)) throw new ApiError(400, `unsupported hash_alg ${hashAlg}`)
-      let ak: ReturnType<typeof akKeyObject>
-      try {
-        ak = akKeyObject(new Uint8Array(b64decode('tpm_ak', String(data.tpm_ak))))
-      } catch (err) {
-        throw new ApiError(400, `tpm_ak: ${(err as Error).message}`)
-      }
-      let aggregates: Record<string, string[]> | undefined
-      const mbLog = typeof data.mb_log === 'string' ? data.mb_log : undefined
-      const imaList = typeof data.ima_measurement_list === 'string' ? data.ima_measurement_list : undefined
-      const tpmPolicy = typeof data.tpm_policy === 'string' ? parseTpmPolicy(data.tpm_policy) : null
-      const out = evaluateAttestation({
-        akPublic: ak,
-        quote: String(data.quote),
-        nonce: String(data.nonce),
-        hashAlg,
-        encAlg: 'any',
-        signAlg: 'any',
-        accepted: { hash: [hashAlg], encryption: ['any'], signing: ['any'] },
-        tpmPolicy,
-        requiredPcrs: requiredPcrs(tpmPolicy ?? { pcrs: new Map(), mask: '0x0' }, {
-          runtimePolicy: runtime !== null,
-          measuredBootPolicy: mbPolicy !== null && mbPolicy.refstate !== null,
-          bindsPubkey: false,
-        }),
-        previousClock: null,
-        checkClock: false,
-        extensions: {
-          ...(mbPolicy !== null || mbLog !== undefined
-            ? {
-                measuredBoot: (pcrs, alg) => {
-                  if (mbLog === undefined)
-                    return {
-                      ok: false,
-                      events: [failure('measured_boot.missing_param', 'mb_log is required', true)],
-                    }
-                  const r = checkMeasuredBoot({
-                    eventLog: b64decode('mb_log', mbLog),
-                    quotedPcrs: pcrs,
-                    hashAlg: alg,
-                    policy: mbPolicy,
-                    evaluatePolicy: true,
-                  })
-                  if (r.bootAggregates) aggregates = r.bootAggregates
-                  return r.verdict
-                },
-              }
-            : {}),
-          ...(runtime !== null || imaList !== undefined
-            ? {
-                ima: (pcrs, alg) => {
-                  if (imaList === undefined)
-                    return {
-                      ok: false,
-                      events: [failure('ima.missing_param', 'ima_measurement_list is required', true)],
-                    }
-                  return verifyImaIncrement({
-                    listText: imaList,
-                    firstEntry: 0,
-                    state: null,
-                    quotedPcr10: { hashAlg: alg as PcrBank, value: pcrs.get(10) ?? null },
-                    policy: runtime,
-                    ignoreTomtouErrors: o.ignoreTomtouErrors,
-                    ...(aggregates ? { bootAggregates: aggregates } : {}),
-                  }).verdict
-                },
-              }
-            : {}),
-        },
-      })
-      const claims =
-        out.pcrs.size === 0
-          ? {}
-          : {
-              pcrs: Object.fromEntries(
-                [...out.pcrs].map(([k, val]) => [String(k), Buffer.from(val).toString('hex')]),
-              ),
-            }
-      return ok(reply, {
-        valid: out.verdict.ok,
-        claims,
-        failures: out.verdict.ok
-          ? []
-          : out.verdict.events.map((e) => ({ type: e.eventId, context: e.context })),
-      })
+      const r = await service.verifyEvidence(req.body)
+      return reply
+        .code(r.statusCode)
+        .send(envelope(r.statusCode, r.statusCode === 200 ? 'Success' : 'Bad Request', r.results))
     },
   })
 
-  async function enrollmentRow(id: string, b: EnrollBody): Promise<NewVerifierAgent> {
-    assertCheckableTpmPolicy(parseTpmPolicy(b.tpm_policy))
-    try {
-      agentKeyring(b.ima_sign_verification_keys)
-    } catch (err) {
-      throw new ApiError(400, `ima_sign_verification_keys: ${(err as Error).message}`)
-    }
-    let v: string | null = null
-    if (b.v !== undefined && b.v !== null && b.v !== '') {
-      const raw = b64decode('v', b.v)
-      if (raw.length !== 32 && raw.length !== 16) throw new ApiError(400, 'v must be 16 or 32 bytes (base64)')
-      v = b.v
-    }
-    try {
-      akKeyObject(new Uint8Array(b64decode('ak_tpm', b.ak_tpm)))
-    } catch (err) {
-      throw new ApiError(400, `ak_tpm is not a usable TPM2B_PUBLIC: ${(err as Error).message}`)
-    }
-    const supported =
-      b.supported_version && (AGENT_API_VERSIONS as readonly string[]).includes(b.supported_version)
-        ? b.supported_version
-        : CURRENT_API_VERSION
-    const mtls = b.mtls_cert ?? null
-    if (o.enableAgentMtls && supported !== '1.0' && (mtls === null || mtls === ''))
-      throw new ApiError(400, 'mTLS certificate for agent is required!')
-    const ip = b.cloudagent_ip ?? null
-    const port =
-      b.cloudagent_port === undefined || b.cloudagent_port === null ? null : Number(b.cloudagent_port)
-    if (!ip || port === null || !Number.isInteger(port) || port < 1 || port > 65535)
-      throw new ApiError(400, 'cloudagent_ip and cloudagent_port are required')
-
-    // runtime policy (§3.1): name+policy -> store under name (409 if exists); name only -> the stored one (404);
-    // policy only -> store under the agent id; neither -> no runtime policy
-    const rawPolicy = b64decode('runtime_policy', b.runtime_policy).toString('utf8')
-    const policyText = rawPolicy.trim() === '' ? '' : unwrapRuntimePolicy(rawPolicy, b.runtime_policy_key)
-    const policyName = b.runtime_policy_name ?? null
-    let newRuntime: { name: string; text: string; generator: number } | null = null
-    let imaPolicyId: number | null = null
-    if (policyText.trim() !== '') {
-      const parsed = parseRuntime(policyText, false)
-      service.policies.compileRuntimeTextChecked(policyText)
-      const name = policyName || id
-      if (await repo.getAllowlist(name))
-        throw new ApiError(409, `Runtime policy with name ${name} already exists`)
-      newRuntime = { name, text: policyText, generator: generatorOf(parsed) }
-    } else if (policyName) {
-      const stored = await repo.getAllowlist(policyName)
-      if (!stored) throw new ApiError(404, `Runtime policy ${policyName} not found`)
-      imaPolicyId = stored.id
-    }
-    const mbName = b.mb_policy_name ?? null
-    let newMb: { name: string; text: string } | null = null
-    let mbPolicyId: number | null = null
-    if (b.mb_policy !== null && b.mb_policy.trim() !== '') {
-      parseMb(b.mb_policy)
-      const name = mbName || id
-      if (await repo.getMbPolicy(name))
-        throw new ApiError(409, `Measured boot policy with name ${name} already exists`)
-      newMb = { name, text: b.mb_policy }
-    } else if (mbName) {
-      const stored = await repo.getMbPolicy(mbName)
-      if (!stored) throw new ApiError(404, `Measured boot policy ${mbName} not found`)
-      mbPolicyId = stored.id
-    }
-    // stored last, after every check passed, so a refused enrollment leaves nothing behind
-    if (newRuntime)
-      imaPolicyId = await repo.insertAllowlist({
-        name: newRuntime.name,
-        ima_policy: newRuntime.text,
-        checksum: PolicyStore.checksum(newRuntime.text),
-        generator: newRuntime.generator,
-        tpm_policy: null,
-      })
-    if (newMb) mbPolicyId = await repo.insertMbPolicy(newMb.name, newMb.text)
-    return {
-      agent_id: id,
-      v,
-      ip,
-      port,
-      verifier_id: o.verifierId,
-      verifier_ip: b.verifier_ip ?? o.ip,
-      verifier_port:
-        b.verifier_port === undefined || b.verifier_port === null ? o.port : Number(b.verifier_port),
-      operational_state: AgentState.START,
-      public_key: null,
-      tpm_policy: b.tpm_policy,
-      meta_data: b.metadata,
-      ima_policy_id: imaPolicyId,
-      mb_policy_id: mbPolicyId,
-      ima_sign_verification_keys: b.ima_sign_verification_keys,
-      revocation_key: b.revocation_key === '' ? null : b.revocation_key,
-      accept_tpm_hash_algs: JSON.stringify(asList(b.accept_tpm_hash_algs)),
-      accept_tpm_encryption_algs: JSON.stringify(asList(b.accept_tpm_encryption_algs)),
-      accept_tpm_signing_algs: JSON.stringify(asList(b.accept_tpm_signing_algs)),
-      supported_version: supported,
-      ak_tpm: b.ak_tpm,
-      mtls_cert: mtls,
-      attestation_count: 0,
-      lease_holder: service.leaseHolder,
-      lease_expires: service.leaseUntil,
-    }
-  }
-
   return app
-}
-
-/** `generator` stored with a runtime policy; above EmptyAllowList counts as having a policy. */
-function generatorOf(p: RuntimePolicy): number {
-  const empty =
-    Object.keys(p.digests).length === 0 &&
-    p.excludes.length === 0 &&
-    Object.keys(p.keyrings).length === 0 &&
-    Object.keys(p['ima-buf']).length === 0 &&
-    p['verification-keys'] === ''
-  if (empty) return RUNTIME_POLICY_GENERATOR.EmptyAllowList
-  const g = p.meta.generator
-  return g !== undefined && g > RUNTIME_POLICY_GENERATOR.EmptyAllowList
-    ? g
-    : RUNTIME_POLICY_GENERATOR.LegacyAllowList
 }

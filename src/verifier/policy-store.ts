@@ -18,6 +18,13 @@ export class PolicyInputError extends KeylimeError {
   }
 }
 
+/** An enrolled policy that is gone or no longer parses: the verifier cannot evaluate its agents. */
+export class StoredPolicyError extends KeylimeError {
+  constructor(message: string) {
+    super('ERR_STORED_POLICY', message)
+  }
+}
+
 const digest = (text: string) => createHash('sha256').update(text).digest('hex')
 
 /** Bounded: policies are few; a pathological number of distinct ones evicts the oldest. */
@@ -74,7 +81,7 @@ export class PolicyStore {
     if (policyId === null) return null
     const row = await this.repo.getAllowlistById(policyId)
     // an enrolled policy that has vanished must not silently turn the IMA check off
-    if (!row) throw new Error(`runtime policy ${policyId} is enrolled but no longer stored`)
+    if (!row) throw new StoredPolicyError(`runtime policy ${policyId} is enrolled but no longer stored`)
     if (!row.ima_policy) return null
     return this.compileRuntimeText(row.ima_policy)
   }
@@ -83,7 +90,7 @@ export class PolicyStore {
   async mbFor(policyId: number | null): Promise<MbPolicy | null> {
     if (policyId === null) return null
     const row = await this.repo.getMbPolicyById(policyId)
-    if (!row) throw new Error(`measured-boot policy ${policyId} is enrolled but no longer stored`)
+    if (!row) throw new StoredPolicyError(`measured-boot policy ${policyId} is enrolled but no longer stored`)
     if (!row.mb_policy) return null
     const p = this.parseMbText(row.mb_policy)
     return p.refstate === null ? null : p

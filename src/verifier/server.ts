@@ -1,7 +1,8 @@
 /**
  * Runs the verifier process: TLS material (`tls_dir = generate` creates the CA and certificates under
  * `$KEYLIME_DIR/cv_ca` on first start), database, HTTPS listener on `ip:port`, then the attestation loop.
- * The listener binds before the loop starts, so two verifiers can never share a lease holder id (`uuid@ip:port`).
+ * The listener binds before the loop starts: a process that starts the loop is the only one listening at its address
+ * on this host, so the agents of a previous instance at that address (a dead process) can be taken over at once.
  */
 import { readFileSync } from 'node:fs'
 import { hostname } from 'node:os'

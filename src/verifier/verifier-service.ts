@@ -1,20 +1,38 @@
 /**
- * Ties the verifier together: repository, attestation loop, revocation notifier and the lease heartbeat.
+ * Ties the verifier together: repository, attestation loop, evidence runner, revocation notifier, leases, and the
+ * operations the REST routes call (enrolment, on-demand evidence verification).
  *
  * Multi-verifier (several processes on one PostgreSQL): every agent row carries `verifier_id` (the configured
- * `uuid`, as upstream) and a lease (`lease_holder`, `lease_expires`). A verifier attests only agents whose lease it
- * holds; every `leaseMs/3` it renews its leases and claims agents of its `verifier_id` that nobody holds or whose
- * lease expired — so a dead verifier's agents are picked up by a live one within one lease period. Each write of the
- * loop is guarded by the lease, so a verifier that lost an agent stops attesting it on its next write. The lease
- * holder id is `<uuid>@<host>:<port>`, so a verifier restarted on the same address resumes its agents at once.
+ * `uuid`, as upstream) and a lease (`lease_holder`, `lease_expires`, `lease_epoch`). The holder id is
+ * `<uuid>@<host>/<ip>:<port>#<instance>`, the instance part random for the life of the process, so identical
+ * replicas (same uuid, ip and port) never share one. A verifier attests only agents whose lease it holds; every
+ * `leaseMs/3` it renews its leases, claims agents of its `verifier_id` that nobody holds or whose lease expired, and
+ * compares what it holds with the stored rows (see `reconcile`). Every claim bumps the row's epoch and every write
+ * of the loop is fenced by holder and epoch, so a stale holder cannot write. At start a process takes over at once
+ * the agents of a previous instance at the same address: on one host only one process can listen there, so that
+ * instance is dead.
  */
+import { randomBytes } from 'node:crypto'
+import { hostname } from 'node:os'
 import type { Kysely } from 'kysely'
 import { Agent } from 'undici'
+import type { EnrollBody, VerifyEvidenceResults } from '../api/verifier/schemas.ts'
+import { AgentState, OPERATOR_HELD_STATES, RESUMABLE_STATES } from '../api/verifier/states.ts'
 import type { Logger } from '../common/log.ts'
-import { AgentState, type VerifierDatabase, VerifierRepository } from '../db/verifier-repository.ts'
+import {
+  DuplicateError,
+  type NewVerifierAgent,
+  type VerifierDatabase,
+  VerifierRepository,
+} from '../db/verifier-repository.ts'
 import { AgentConnections, type VerifierClientTls } from './agent-connections.ts'
-import { AttestationLoop, defaultLeaseHolder } from './attestation-loop.ts'
+import { AttestationLoop } from './attestation-loop.ts'
+import { DbOutage } from './db-outage.ts'
+import { planEnrolment } from './enrolment.ts'
+import { EvidenceParamsError, evidenceInputFromRequest, evidenceResults } from './evidence-request.ts'
+import { EvidenceRunner } from './evidence-runner.ts'
 import type { VerifierOptions } from './options.ts'
+import { VerifierRequestError } from './policy-input.ts'
 import { PolicyStore } from './policy-store.ts'
 import { postWebhookWithUndici, RevocationNotifier, type RevocationWire } from './revocation-notifier.ts'
 
@@ -24,19 +42,31 @@ export interface VerifierServiceDeps {
   log: Logger
   /** Client certificate toward agents and webhooks; null = plain HTTP to agents. */
   clientTls: VerifierClientTls | null
-  leaseHolder?: string
+  /** Stable part of the lease holder id; default `<uuid>@<host>/<ip>:<port>`. */
+  leaseAddress?: string
   now?: () => number
 }
 
 const CLAIM_BATCH = 1000
+
+/** The address part of the lease holder id: what a restarted process on the same host and port shares. */
+export function defaultLeaseAddress(verifierId: string, ip: string, port: number): string {
+  return `${verifierId}@${hostname()}/${ip}:${port}`
+}
 
 export class VerifierService {
   readonly repo: VerifierRepository
   readonly loop: AttestationLoop
   readonly notifier: RevocationNotifier
   readonly connections: AgentConnections
+  /** The one entry into the evidence pipeline, shared by the loop and `verifyEvidence`. */
+  readonly evidence: EvidenceRunner
   readonly leaseHolder: string
   readonly policies: PolicyStore
+  readonly outage: DbOutage
+  /** Rows the last reconcile found changed by someone else, by kind (tests and logs). */
+  readonly noticed = { configChanged: 0, leaseLost: 0, stoppedByOperator: 0, resumed: 0 }
+  private readonly leaseAddress: string
   /** https webhooks: the verifier's client certificate, server checked against `trusted_server_ca`. */
   private readonly webhookDispatcher: Agent | null
   private heartbeat: NodeJS.Timeout | null = null
@@ -47,7 +77,10 @@ export class VerifierService {
     const o = deps.options
     this.now = deps.now ?? Date.now
     this.repo = new VerifierRepository(deps.db)
-    this.leaseHolder = deps.leaseHolder ?? defaultLeaseHolder(o.verifierId, o.ip, o.port)
+    this.leaseAddress = deps.leaseAddress ?? defaultLeaseAddress(o.verifierId, o.ip, o.port)
+    this.leaseHolder = `${this.leaseAddress}#${randomBytes(6).toString('hex')}`
+    this.outage = new DbOutage(deps.log, this.now)
+    this.evidence = new EvidenceRunner()
     this.connections = new AgentConnections(deps.clientTls, o.requestTimeoutMs, {
       maxResponseBytes: o.maxAgentResponseBytes,
       memoryLimit: o.agentResponseMemoryLimit,
@@ -92,9 +125,11 @@ export class VerifierService {
       options: o,
       connections: this.connections,
       notifier: this.notifier,
+      evidence: this.evidence,
       log: deps.log,
       leaseHolder: this.leaseHolder,
       now: this.now,
+      outage: this.outage,
     })
   }
 
@@ -106,10 +141,19 @@ export class VerifierService {
     return this.now() + this.deps.options.leaseMs
   }
 
-  /** Resumes this holder's agents, claims free ones, starts the loop and the heartbeat. */
+  /** Takes over a dead predecessor's agents, claims free ones, starts the loop and the heartbeat. */
   async start(): Promise<void> {
-    const own = await this.repo.resumeOwnAgents(this.leaseHolder, this.leaseUntil)
-    for (const row of own) this.addSafely(row)
+    const { agents, previousHolders } = await this.repo.takeOverFromAddress(
+      this.leaseAddress,
+      this.leaseHolder,
+      this.leaseUntil,
+    )
+    for (const row of agents) this.loop.add(row)
+    if (previousHolders.length > 0)
+      this.deps.log.info(
+        { agents: agents.length, previousHolders, leaseHolder: this.leaseHolder },
+        'lease: took over the agents of a previous instance at this address',
+      )
     this.loop.start()
     await this.beat()
     const every = Math.max(200, Math.floor(this.deps.options.leaseMs / 3))
@@ -122,22 +166,12 @@ export class VerifierService {
     )
   }
 
-  private addSafely(row: Parameters<AttestationLoop['add']>[0]): void {
-    try {
-      this.loop.add(row)
-    } catch (err) {
-      this.deps.log.error(
-        { agentId: row.agent_id, err: (err as Error).message },
-        'cannot attest agent (bad stored data)',
-      )
-      void this.repo.updateGuarded(row.agent_id, this.leaseHolder, { operational_state: AgentState.FAILED })
-    }
-  }
-
-  /** Renew leases, then claim agents nobody (alive) attests. */
+  /** Renew leases, notice rows changed by others, then claim agents nobody (alive) attests. Never rejects. */
   async beat(): Promise<void> {
     try {
       await this.repo.renewLeases(this.leaseHolder, this.leaseUntil)
+      await this.reconcile()
+      let claimedTotal = 0
       for (;;) {
         const claimed = await this.repo.claimAgents(
           this.deps.options.verifierId,
@@ -146,15 +180,129 @@ export class VerifierService {
           this.leaseUntil,
           CLAIM_BATCH,
         )
-        for (const row of claimed) if (!this.loop.has(row.agent_id)) this.addSafely(row)
+        for (const row of claimed)
+          if (!this.loop.has(row.agent_id)) {
+            this.loop.add(row)
+            claimedTotal++
+          }
         if (claimed.length < CLAIM_BATCH) break
       }
+      if (claimedTotal > 0)
+        this.deps.log.info(
+          { claimed: claimedTotal, held: this.loop.size, leaseHolder: this.leaseHolder },
+          'lease: claimed agents nobody held',
+        )
       // deletions left pending (TERMINATED) by a verifier that died before finishing them
       for (const id of await this.repo.orphanedTerminated(this.deps.options.verifierId, this.now()))
         await this.repo.deleteAgent(id)
+      this.outage.succeeded()
     } catch (err) {
-      this.deps.log.error({ err: (err as Error).message }, 'lease heartbeat failed')
+      this.outage.failed(err, 'lease heartbeat')
     }
+  }
+
+  /**
+   * What a running verifier notices of changes made by another verifier or an operator, once per heartbeat:
+   * - a row it attests whose lease is now held by someone else or under a newer epoch: it stops attesting it;
+   * - a row set to TERMINATED or TENANT_FAILED: it stops (and finishes a pending delete);
+   * - a changed configuration column (`config_version`, bumped by a database trigger: ip, port, tpm_policy, accept
+   *   lists, AK, mTLS certificate, V, policies ids, keys, metadata): it restarts the agent from the new row;
+   * - a row it holds in a resumable state but does not attest: it resumes it.
+   * Edits of a stored policy's text by another verifier are not noticed until the agent restarts.
+   */
+  private async reconcile(): Promise<void> {
+    // agents the loop lets go of from now on wrote their final state first; only those absent already may be stuck
+    const attestedBefore = new Set(this.loop.agentIds())
+    const rows = new Map((await this.repo.heldRows(this.leaseHolder)).map((r) => [r.agent_id, r]))
+    let lost = 0
+    for (const id of [...this.loop.agentIds()]) {
+      const held = this.loop.heldVersion(id)
+      const row = rows.get(id)
+      if (!held) continue
+      if (!row || row.lease_epoch !== held.leaseEpoch) {
+        // read again: the API may have restarted the agent under a new epoch since the list was read
+        const fresh = await this.repo.getAgent(id)
+        const now = this.loop.heldVersion(id)
+        if (fresh?.lease_holder === this.leaseHolder && now && fresh.lease_epoch === now.leaseEpoch) continue
+        this.loop.remove(id)
+        lost++
+        continue
+      }
+      const state = row.operational_state
+      if (state !== null && (OPERATOR_HELD_STATES as readonly number[]).includes(state)) {
+        this.loop.remove(id)
+        this.noticed.stoppedByOperator++
+        if (state === AgentState.TERMINATED) await this.repo.deleteAgent(id)
+        this.deps.log.info({ agentId: id, state }, 'agent stopped or deleted elsewhere: no longer attested')
+      } else if (row.config_version !== held.configVersion) {
+        const full = await this.repo.getAgent(id)
+        if (full?.lease_holder === this.leaseHolder) {
+          this.deps.log.info(
+            { agentId: id },
+            'agent row changed elsewhere: attestation restarted from the new row',
+          )
+          this.loop.add(full)
+          this.noticed.configChanged++
+        }
+      }
+    }
+    // rows this verifier holds in a resumable state that it did not attest (a restart raced with a write): resume
+    const resumable = (state: number | null) =>
+      state !== null && (RESUMABLE_STATES as readonly number[]).includes(state)
+    for (const [id, row] of rows)
+      if (!attestedBefore.has(id) && !this.loop.has(id) && resumable(row.operational_state)) {
+        const full = await this.repo.getAgent(id)
+        if (
+          !full ||
+          full.lease_holder !== this.leaseHolder ||
+          !resumable(full.operational_state) ||
+          this.loop.has(id)
+        )
+          continue
+        this.deps.log.warn({ agentId: id }, 'held agent was not attested: resumed')
+        this.loop.add(full)
+        this.noticed.resumed++
+      }
+    this.noticed.leaseLost += lost
+    if (lost > 0)
+      this.deps.log.warn({ released: lost, held: this.loop.size }, 'lease: agents taken by another verifier')
+  }
+
+  /**
+   * `POST /agents/:id` (body already checked against its schema): checks what the schema cannot, then stores the
+   * agent with its new policies in one transaction and starts attesting it. Returns the stored row.
+   */
+  async enrol(agentId: string, body: EnrollBody): Promise<NewVerifierAgent> {
+    if (await this.repo.getAgent(agentId))
+      throw new VerifierRequestError(409, `Agent of uuid ${agentId} already exists`)
+    const plan = await planEnrolment(agentId, body, {
+      repo: this.repo,
+      options: this.deps.options,
+      policies: this.policies,
+      lease: { holder: this.leaseHolder, until: this.leaseUntil },
+    })
+    try {
+      await this.repo.enrolAgent(plan.row, plan.newPolicies)
+    } catch (err) {
+      if (err instanceof DuplicateError)
+        throw new VerifierRequestError(409, `Agent of uuid ${agentId} already exists`)
+      throw err
+    }
+    const stored = await this.repo.getAgent(agentId)
+    if (stored) this.loop.add(stored)
+    return stored ?? plan.row
+  }
+
+  /** `POST /verify/evidence`: the caller's evidence through the loop's pipeline (400 names missing parameters). */
+  async verifyEvidence(body: unknown): Promise<{ statusCode: 200 | 400; results: VerifyEvidenceResults }> {
+    let input: ReturnType<typeof evidenceInputFromRequest>
+    try {
+      input = evidenceInputFromRequest(body, this.deps.options, this.policies)
+    } catch (err) {
+      if (!(err instanceof EvidenceParamsError)) throw err
+      return { statusCode: 400, results: { valid: false, claims: {}, failures: err.failures } }
+    }
+    return { statusCode: 200, results: evidenceResults(await this.evidence.run(input)) }
   }
 
   private async postToAgents(exceptAgentId: string, wire: RevocationWire): Promise<void> {
@@ -194,8 +342,14 @@ export class VerifierService {
     if (this.heartbeat) clearInterval(this.heartbeat)
     this.heartbeat = null
     await this.beating
+    const held = this.loop.size
     await this.loop.stop(this.deps.options.shutdownDrainTimeoutMs)
-    await this.repo.releaseLeases(this.leaseHolder).catch(() => undefined)
+    try {
+      const released = await this.repo.releaseLeases(this.leaseHolder)
+      this.deps.log.info({ released, held, leaseHolder: this.leaseHolder }, 'lease: released on shutdown')
+    } catch (err) {
+      this.deps.log.warn({ err: (err as Error).message }, 'lease: release failed; leases expire on their own')
+    }
     await this.notifier.close()
     await this.connections.close()
     await this.webhookDispatcher?.close()

@@ -6,9 +6,9 @@
 import { type ChildProcess, spawn } from 'node:child_process'
 import { join } from 'node:path'
 import { afterEach, describe, expect, it } from 'vitest'
+import { AgentState } from '../../src/api/verifier/states.ts'
 import { privatePgCluster, sleep, startVerifierCluster, type VerifierCluster, waitFor } from './harness.ts'
 
-const FAILED = 7
 const cleanups: (() => Promise<void> | void)[] = []
 afterEach(async () => {
   for (const c of cleanups.splice(0).reverse()) await c()
@@ -31,7 +31,7 @@ async function worstVersionLatency(c: VerifierCluster, ms: number): Promise<numb
 
 async function convergesAfterFault(c: VerifierCluster, victimId: string): Promise<void> {
   await waitFor(
-    async () => (await c.states()).get(victimId)?.state === FAILED,
+    async () => (await c.states()).get(victimId)?.state === AgentState.FAILED,
     60_000,
     'the downed agent written FAILED',
   )
@@ -43,7 +43,7 @@ async function convergesAfterFault(c: VerifierCluster, victimId: string): Promis
   )
   for (const [id, s] of await c.states()) {
     if (id === victimId) continue
-    expect([3, 5], id).toContain(s.state)
+    expect([AgentState.GET_QUOTE, AgentState.PROVIDE_V] as number[], id).toContain(s.state)
     expect(s.status, id).toBe('PASS')
   }
   const revoked = c.webhook.received.filter((m) => m.type === 'revocation' || m.agent_id !== victimId)

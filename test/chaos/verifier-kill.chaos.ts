@@ -3,9 +3,11 @@
  * failed or revoked, and no stored attestation count goes backwards.
  */
 import { afterEach, describe, expect, it } from 'vitest'
+import { AgentState } from '../../src/api/verifier/states.ts'
 import { freshPgDatabase, sleep, startVerifierCluster, type VerifierCluster, waitFor } from './harness.ts'
 
-const GOOD_STATES = [3, 5] // GET_QUOTE, PROVIDE_V: attested
+/** Attested: polling normally or delivering V. */
+const GOOD_STATES: number[] = [AgentState.GET_QUOTE, AgentState.PROVIDE_V]
 const cleanups: (() => Promise<void>)[] = []
 afterEach(async () => {
   for (const c of cleanups.splice(0).reverse()) await c()

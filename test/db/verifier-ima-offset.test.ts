@@ -8,9 +8,9 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import type { Kysely } from 'kysely'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { AgentState } from '../../src/api/verifier/states.ts'
 import { dropPgSchema, openDatabase } from '../../src/db/database.ts'
 import {
-  AgentState,
   type AttestationSuccess,
   type VerifierDatabase,
   VerifierRepository,
@@ -18,6 +18,8 @@ import {
 
 const PG_URL = process.env.KEYLIME_TEST_PG_URL ?? 'postgresql://postgres@127.0.0.1:5432/test'
 const HOLDER = 'verifier-a'
+/** Rows inserted without a claim carry lease epoch 0. */
+const LEASE = { holder: HOLDER, epoch: 0 }
 
 const imaState = (nextEntry: number) =>
   JSON.stringify({
@@ -30,6 +32,7 @@ const imaState = (nextEntry: number) =>
 
 const success = (agentId: string, state: string | null): AttestationSuccess => ({
   agentId,
+  leaseEpoch: 0,
   attestationCount: 1,
   lastReceivedQuote: 1_700_000_000,
   lastSuccessfulAttestation: 1_700_000_000,
@@ -105,18 +108,18 @@ for (const dialect of dialects) {
       expect(await offset('ok')).toBe(1234)
       expect(await repo.recordSuccesses(HOLDER, [success('ok', imaState(5000))])).toEqual([])
       expect(await offset('ok')).toBe(5000)
-      expect(await repo.updateGuarded('ok', HOLDER, { attestation_count: 9 })).toBe(true)
+      expect(await repo.updateGuarded('ok', LEASE, { attestation_count: 9 })).toBe(true)
       expect(await offset('ok')).toBe(5000)
     })
 
     it('follows ima_state through a guarded failure write; a null state means entry 0 again', async () => {
       await repo.insertAgent({ agent_id: 'bad', operational_state: AgentState.START, lease_holder: HOLDER })
-      await repo.updateGuarded('bad', HOLDER, {
+      await repo.updateGuarded('bad', LEASE, {
         operational_state: AgentState.INVALID_QUOTE,
         ima_state: imaState(77),
       })
       expect(await offset('bad')).toBe(77)
-      await repo.updateGuarded('bad', HOLDER, { ima_state: null })
+      await repo.updateGuarded('bad', LEASE, { ima_state: null })
       expect(await offset('bad')).toBe(0)
     })
 

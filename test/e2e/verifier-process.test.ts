@@ -12,6 +12,7 @@ import { join, resolve } from 'node:path'
 import { Agent, request } from 'undici'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { type SimFleet, startSimFleet } from '../../bench/fleet-agents.ts'
+import { AgentState } from '../../src/api/verifier/states.ts'
 import { ensureTlsDir } from '../../src/crypto/ca.ts'
 import { enrollBody, waitFor } from '../unit/verifier/harness.ts'
 
@@ -196,7 +197,9 @@ describe('verifier process', () => {
     for (const a of fleet.agents) {
       const show = await call(admin, 'GET', `/v2.6/agents/${a.id}`)
       expect(show.json.results.attestation_status).toBe('PASS')
-      expect([3, 5]).toContain(show.json.results.operational_state)
+      expect([AgentState.GET_QUOTE, AgentState.PROVIDE_V] as number[]).toContain(
+        show.json.results.operational_state,
+      )
     }
     const victim = fleet.agents[0] as SimFleet['agents'][number]
     const saved = victim.quoter.pcrs.get(15) as Buffer
@@ -204,7 +207,8 @@ describe('verifier process', () => {
     victim.quoter.extend(15, Buffer.from('tamper'))
     await waitFor(
       async () =>
-        (await call(admin, 'GET', `/v2.6/agents/${victim.id}`)).json.results.operational_state === 9,
+        (await call(admin, 'GET', `/v2.6/agents/${victim.id}`)).json.results.operational_state ===
+        AgentState.INVALID_QUOTE,
       10_000,
       'INVALID_QUOTE',
     )

@@ -9,6 +9,7 @@ import { copyFileSync, createWriteStream, mkdirSync, mkdtempSync, writeFileSync 
 import { tmpdir } from 'node:os'
 import { basename, join, resolve } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { AgentState } from '../../src/api/verifier/states.ts'
 import {
   freePort,
   type SwtpmInstance,
@@ -213,14 +214,14 @@ describe('verifier with swtpm, registrar and agent', () => {
     await attestsBeyond(2, 'first attestations')
 
     await tenant.verifier.stopAgent(uuid)
-    expect(await state()).toBe(10)
+    expect(await state()).toBe(AgentState.TENANT_FAILED)
     await tenant.verifier.reactivateAgent(uuid)
     let n = await count()
     await attestsBeyond(n + 1, 'attestations after reactivate')
 
     // agent unreachable (frozen: connections hang until request_timeout), then back: retries, never FAILED
     procs.get('agent')?.kill('SIGSTOP')
-    await waitFor(async () => (await state()) === 4, 30_000, 'GET_QUOTE_RETRY')
+    await waitFor(async () => (await state()) === AgentState.GET_QUOTE_RETRY, 30_000, 'GET_QUOTE_RETRY')
     procs.get('agent')?.kill('SIGCONT')
     n = await count()
     await attestsBeyond(n + 1, 'attestations after the agent came back')
@@ -239,7 +240,7 @@ describe('verifier with swtpm, registrar and agent', () => {
     } finally {
       await tpm.close()
     }
-    await waitFor(async () => (await state()) === 9, 30_000, 'INVALID_QUOTE')
+    await waitFor(async () => (await state()) === AgentState.INVALID_QUOTE, 30_000, 'INVALID_QUOTE')
     expect((await status())?.last_event_id).toBe('pcr_validation.invalid_pcr_15')
 
     expect(await tenant.verifier.deleteAgent(uuid)).toBe('deleted')

@@ -71,6 +71,8 @@ export const AgentStatus = Type.Object(
     verifier_port: Nullable(Type.Integer()),
     severity_level: Nullable(Type.Integer()),
     last_event_id: Nullable(Type.String()),
+    /** The specific reason behind last_event_id (e.g. which quote check failed); not sent by upstream. */
+    last_event_context: Type.Optional(Nullable(Type.Record(Type.String(), Type.Unknown()))),
     attestation_count: Type.Integer(),
     last_received_quote: Nullable(Type.Integer()),
     last_successful_attestation: Nullable(Type.Integer()),

@@ -145,8 +145,21 @@ function isCryptoError(e: unknown): e is Error {
   return typeof code === 'string' && (code.startsWith('ERR_OSSL') || code.startsWith('ERR_CRYPTO'))
 }
 
-function fail(message: string, extra?: Record<string, unknown>): Verdict {
-  return { ok: false, events: [failure(QUOTE_VALIDATION_EVENT, { message, ...extra }, false)] }
+/**
+ * Why a quote failed. Every reason keeps upstream's one event id (`qoute_validation.quote_validation`) for
+ * compatibility; the reason goes into the event's context, which the verifier logs and shows as last_event_context.
+ */
+export type QuoteFailureReason =
+  | 'hash_algorithm'
+  | 'signature'
+  | 'not_a_quote'
+  | 'nonce'
+  | 'pcr_digest'
+  | 'malformed'
+  | 'clock'
+
+function fail(reason: QuoteFailureReason, message: string, extra?: Record<string, unknown>): Verdict {
+  return { ok: false, events: [failure(QUOTE_VALIDATION_EVENT, { reason, message, ...extra }, false)] }
 }
 
 function checkSignature(
@@ -191,27 +204,33 @@ function nonceMatches(extraData: Uint8Array, nonce: string | Uint8Array, acceptB
 
 export function verifyQuote(input: VerifyQuoteInput): VerifyQuoteResult {
   const { hashAlg } = input
-  if (!isQuoteHashAlg(hashAlg)) return { verdict: fail(`unsupported hash algorithm ${String(hashAlg)}`) }
+  if (!isQuoteHashAlg(hashAlg))
+    return { verdict: fail('hash_algorithm', `unsupported hash algorithm ${String(hashAlg)}`) }
   const hash = nodeHash(hashAlg)
-  if (hash === undefined) return { verdict: fail(`hash algorithm ${hashAlg} is not available`) }
+  if (hash === undefined)
+    return { verdict: fail('hash_algorithm', `hash algorithm ${hashAlg} is not available`) }
   let attest: TpmsAttest | undefined
   try {
     const ak = akKeyObject(input.akPublic)
     const parts = typeof input.quote === 'string' ? parseQuoteString(input.quote) : input.quote
     const sigProblem = checkSignature(ak, parts, hash, hashAlg)
-    if (sigProblem !== null) return { verdict: fail(sigProblem) }
+    if (sigProblem !== null) return { verdict: fail('signature', sigProblem) }
     attest = decodeTpmsAttest(parts.attest)
     const clockInfo = clockInfoOf(attest)
     if (attest.type !== TpmSt.AttestQuote || attest.attested.kind !== 'quote') {
       return {
-        verdict: fail(`attestation type 0x${attest.type.toString(16)} is not a quote`),
+        verdict: fail('not_a_quote', `attestation type 0x${attest.type.toString(16)} is not a quote`),
         attest,
         clockInfo,
       }
     }
     const quoted = attest.attested
     if (!nonceMatches(attest.extraData, input.nonce, input.acceptBase64Nonce === true)) {
-      return { verdict: fail('quote nonce (extraData) does not match the expected nonce'), attest, clockInfo }
+      return {
+        verdict: fail('nonce', 'quote nonce (extraData) does not match the expected nonce'),
+        attest,
+        clockInfo,
+      }
     }
     const pcrBlob = parsePcrBlob(parts.pcrBlob)
     const pcrs = pcrBank(pcrBlob, hashAlg) ?? new Map<number, Uint8Array>()
@@ -220,12 +239,19 @@ export function verifyQuote(input: VerifyQuoteInput): VerifyQuoteResult {
     const h = createHash(hash)
     for (const value of pcrBlob.ordered ?? []) h.update(value)
     if (!equalBytes(h.digest(), quoted.pcrDigest)) {
-      return { verdict: fail('PCR values do not match the quoted PCR digest'), attest, clockInfo }
+      return {
+        verdict: fail('pcr_digest', 'PCR values do not match the quoted PCR digest'),
+        attest,
+        clockInfo,
+      }
     }
     return { verdict: PASS, attest, clockInfo, pcrs, pcrBlob }
   } catch (e) {
     if (e instanceof KeylimeError || e instanceof TpmFormatError || isCryptoError(e)) {
-      return { verdict: fail(`malformed quote: ${e.message}`), ...(attest === undefined ? {} : { attest }) }
+      return {
+        verdict: fail('malformed', `malformed quote: ${e.message}`),
+        ...(attest === undefined ? {} : { attest }),
+      }
     }
     throw e
   }
@@ -247,7 +273,7 @@ export function checkClock(prev: TpmClockInfo | null, next: TpmClockInfo): Clock
   const resetDiff = next.resetCount - base.resetCount
   const restartDiff = next.restartCount - base.restartCount
   const bad = (message: string): ClockCheckResult => ({
-    verdict: fail(message, { data: message }),
+    verdict: fail('clock', message, { data: message }),
     clockInfo: base,
   })
   if (resetDiff < 0) return bad('resetCount value decreased on TPM between two consecutive quotes')

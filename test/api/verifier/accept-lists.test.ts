@@ -5,7 +5,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { type SimFleet, startSimFleet } from '../../../bench/fleet-agents.ts'
-import { AgentState } from '../../../src/db/verifier-repository.ts'
+import { AgentState } from '../../../src/api/verifier/states.ts'
 import { ADMIN, enrollBody, makeVerifier, waitFor } from '../../unit/verifier/harness.ts'
 
 let fleet: SimFleet

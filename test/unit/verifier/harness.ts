@@ -5,6 +5,7 @@ import pino, { type Logger } from 'pino'
 import type { SimAgent } from '../../../bench/fleet-agents.ts'
 import { migrateVerifierDatabase, type VerifierDatabase } from '../../../src/db/verifier-repository.ts'
 import { buildVerifierApp, type Identity } from '../../../src/verifier/app.ts'
+import type { StepEvent } from '../../../src/verifier/attestation-loop.ts'
 import { DEFAULT_VERIFIER_OPTIONS, type VerifierOptions } from '../../../src/verifier/options.ts'
 import { VerifierService } from '../../../src/verifier/verifier-service.ts'
 
@@ -17,7 +18,8 @@ export function memoryDb(): Kysely<VerifierDatabase> {
 export async function makeVerifier(
   opts: Partial<VerifierOptions> = {},
   db: Kysely<VerifierDatabase> = memoryDb(),
-  leaseHolder?: string,
+  /** Stable part of the lease holder id (two services with the same one act as one restarted process). */
+  leaseAddress?: string,
   log: Logger = silentLog,
 ) {
   await migrateVerifierDatabase(db)
@@ -35,7 +37,7 @@ export async function makeVerifier(
     options,
     log,
     clientTls: null,
-    ...(leaseHolder ? { leaseHolder } : {}),
+    ...(leaseAddress ? { leaseAddress } : {}),
   })
   // tests mark admin calls with a header; the real server uses the TLS handshake (see tls test)
   const identify = (req: { headers: Record<string, unknown> }): Identity =>
@@ -72,6 +74,35 @@ export function enrollBody(agent: SimAgent, port: number, extra: Record<string, 
     supported_version: '2.6',
     ...extra,
   }
+}
+
+/** A logger that keeps every line (as parsed JSON) for assertions. */
+export function capturingLog(): { log: Logger; lines: Record<string, unknown>[] } {
+  const lines: Record<string, unknown>[] = []
+  const log = pino({ level: 'info' }, { write: (s: string) => void lines.push(JSON.parse(s)) })
+  return { log, lines }
+}
+
+/** The next step event of an agent that matches (the loop's own event: no sleeping). */
+export function nextStep(
+  service: VerifierService,
+  agentId: string,
+  match: (e: StepEvent) => boolean,
+  timeoutMs = 5000,
+): Promise<StepEvent> {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      service.loop.events.off('step', on)
+      reject(new Error(`no matching step of ${agentId} within ${timeoutMs} ms`))
+    }, timeoutMs)
+    const on = (e: StepEvent) => {
+      if (e.agentId !== agentId || !match(e)) return
+      clearTimeout(timer)
+      service.loop.events.off('step', on)
+      resolve(e)
+    }
+    service.loop.events.on('step', on)
+  })
 }
 
 export async function waitFor(cond: () => boolean | Promise<boolean>, timeoutMs = 5000, what = 'condition') {

@@ -3,8 +3,9 @@ import { createServer } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { afterEach, describe, expect, it } from 'vitest'
 import { type SimFleet, simMeasure, startSimFleet } from '../../../bench/fleet-agents.ts'
-import { AgentState } from '../../../src/db/verifier-repository.ts'
-import { ADMIN, enrollBody, makeVerifier, memoryDb, waitFor } from './harness.ts'
+import { AgentState } from '../../../src/api/verifier/states.ts'
+import type { StepEvent } from '../../../src/verifier/attestation-loop.ts'
+import { ADMIN, enrollBody, makeVerifier, memoryDb, nextStep, waitFor } from './harness.ts'
 
 const cleanups: (() => Promise<void>)[] = []
 afterEach(async () => {
@@ -26,6 +27,12 @@ async function verifierWith(opts: Parameters<typeof makeVerifier>[0] = {}, ...re
   })
   return v
 }
+
+const stepOf = (
+  v: Awaited<ReturnType<typeof makeVerifier>>,
+  agentId: string,
+  match: (e: StepEvent) => boolean,
+) => nextStep(v.service, agentId, match)
 
 async function enroll(v: Awaited<ReturnType<typeof makeVerifier>>, f: SimFleet, i: number, extra = {}) {
   const a = f.agents[i]
@@ -201,14 +208,14 @@ describe('attestation loop against simulated agents', () => {
     const a = f.agents[0]
     if (!a) throw new Error('no agent')
     // the policy expects a PCR 15 value the agent does not have: its very first quote fails
+    const failedStep = stepOf(v, a.id, (e) => e.outcome === 'quote_failed')
     await enroll(v, f, 0, { tpm_policy: JSON.stringify({ '15': ['ff'.repeat(32)], mask: '0x8000' }) })
-    await waitFor(
-      async () => (await v.service.repo.getAgent(a.id))?.operational_state === AgentState.INVALID_QUOTE,
-      5000,
-      'INVALID_QUOTE on the first quote',
-    )
-    await new Promise((r) => setTimeout(r, 300))
-    expect(a.quotes).toBeGreaterThanOrEqual(1)
+    const failed = await failedStep
+    // the failing step ended with the agent out of the loop: no later step can deliver V
+    expect(failed).toMatchObject({ state: AgentState.INVALID_QUOTE, attested: false })
+    expect(v.service.loop.has(a.id)).toBe(false)
+    expect((await v.service.repo.getAgent(a.id))?.operational_state).toBe(AgentState.INVALID_QUOTE)
+    expect(a.quotes).toBe(1)
     expect(a.vKeys).toEqual([])
   })
 
@@ -233,10 +240,11 @@ describe('attestation loop against simulated agents', () => {
     const a = await enroll(v, f, 0, { revocation_key: privateKey.export({ type: 'pkcs8', format: 'pem' }) })
     const other = await enroll(v, f, 1)
     await waitFor(() => a.quotes >= 2 && other.quotes >= 2, 5000, 'first quotes')
+    const failedStep = stepOf(v, a.id, (e) => e.outcome === 'quote_failed')
     a.quoter.extend(15, Buffer.from('evil'))
-    await waitFor(
-      async () => (await v.service.repo.getAgent(a.id))?.operational_state === AgentState.INVALID_QUOTE,
-    )
+    // polling stops with the failing step itself (default severity: every failure is the highest)
+    expect(await failedStep).toMatchObject({ state: AgentState.INVALID_QUOTE, attested: false })
+    const quotesAtFailure = a.quotes
     const row = await v.service.repo.getAgent(a.id)
     expect(row?.last_event_id).toBe('pcr_validation.invalid_pcr_15')
     expect(row?.severity_level).toBe(6)
@@ -261,8 +269,8 @@ describe('attestation loop against simulated agents', () => {
     )
     expect(sigOk).toBe(true)
     await waitFor(() => other.revocations.length === 1, 5000, 'revocation to the other agent')
-    const quotesAtFailure = a.quotes
-    await new Promise((r) => setTimeout(r, 300))
+    // the other agent keeps being attested while the failed one is not asked again
+    await stepOf(v, other.id, (e) => e.outcome === 'quote_passed')
     expect(a.quotes).toBe(quotesAtFailure)
     expect(v.service.loop.has(a.id)).toBe(false)
     expect(v.service.loop.has(other.id)).toBe(true)
@@ -320,9 +328,8 @@ describe('attestation loop against simulated agents', () => {
     const stop = await v.app.inject({ method: 'PUT', url: `/v2.6/agents/${a.id}/stop`, headers: ADMIN })
     expect(stop.statusCode).toBe(200)
     expect((await v.service.repo.getAgent(a.id))?.operational_state).toBe(AgentState.TENANT_FAILED)
-    const q = a.quotes
-    await new Promise((r) => setTimeout(r, 200))
-    expect(a.quotes).toBeLessThanOrEqual(q + 1)
+    // stop took the agent out of the loop: nothing schedules another step for it
+    expect(v.service.loop.has(a.id)).toBe(false)
     const del = await v.app.inject({ method: 'DELETE', url: `/v2.6/agents/${a.id}`, headers: ADMIN })
     expect(del.statusCode).toBe(200)
     expect(await v.service.repo.getAgent(a.id)).toBeUndefined()
@@ -389,6 +396,6 @@ describe('attestation loop against simulated agents', () => {
       'quotes after takeover',
     )
     const holders = await db.selectFrom('verifiermain').select('lease_holder').execute()
-    expect(new Set(holders.map((h) => h.lease_holder))).toEqual(new Set(['B']))
+    expect(new Set(holders.map((h) => h.lease_holder))).toEqual(new Set([vb.service.leaseHolder]))
   })
 })

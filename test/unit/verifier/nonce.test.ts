@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest'
-import { randomNonce } from '../../../src/verifier/attestation-loop.ts'
+import { randomNonce } from '../../../src/verifier/nonce.ts'
 
 describe('randomNonce', () => {
   it('gives alphanumeric nonces of the asked length, all different', () => {

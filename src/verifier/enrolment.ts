@@ -1,0 +1,145 @@
+/**
+ * `POST /v2.x/agents/:agent_id` (keylime-api.md §3.1) checked and turned into what is stored: the agent row and the
+ * policies it brings along. Nothing is written here; the service stores the plan in one transaction.
+ */
+import { asList, type EnrollBody } from '../api/verifier/schemas.ts'
+import { AgentState } from '../api/verifier/states.ts'
+import { AGENT_API_VERSIONS, CURRENT_API_VERSION } from '../api/versions.ts'
+import type { NewVerifierAgent, VerifierRepository } from '../db/verifier-repository.ts'
+import { akKeyObject, assertCheckableTpmPolicy, parseTpmPolicy } from '../evidence/quote/index.ts'
+import { agentKeyring } from './agent-runtime.ts'
+import type { VerifierOptions } from './options.ts'
+import {
+  b64decode,
+  generatorOf,
+  parseMbInput,
+  parseRuntimeInput,
+  unwrapRuntimePolicy,
+  VerifierRequestError,
+} from './policy-input.ts'
+import { PolicyStore } from './policy-store.ts'
+
+export interface EnrolmentPlan {
+  row: NewVerifierAgent
+  newPolicies: {
+    runtime?: { name: string; ima_policy: string; checksum: string; generator: number; tpm_policy: null }
+    mb?: { name: string; mb_policy: string }
+  }
+}
+
+export interface EnrolmentContext {
+  repo: VerifierRepository
+  options: VerifierOptions
+  policies: PolicyStore
+  lease: { holder: string; until: number }
+}
+
+export async function planEnrolment(
+  id: string,
+  b: EnrollBody,
+  ctx: EnrolmentContext,
+): Promise<EnrolmentPlan> {
+  const { repo, options: o } = ctx
+  assertCheckableTpmPolicy(parseTpmPolicy(b.tpm_policy))
+  try {
+    agentKeyring(b.ima_sign_verification_keys)
+  } catch (err) {
+    throw new VerifierRequestError(400, `ima_sign_verification_keys: ${(err as Error).message}`)
+  }
+  let v: string | null = null
+  if (b.v !== undefined && b.v !== null && b.v !== '') {
+    const raw = b64decode('v', b.v)
+    if (raw.length !== 32 && raw.length !== 16)
+      throw new VerifierRequestError(400, 'v must be 16 or 32 bytes (base64)')
+    v = b.v
+  }
+  try {
+    akKeyObject(new Uint8Array(b64decode('ak_tpm', b.ak_tpm)))
+  } catch (err) {
+    throw new VerifierRequestError(400, `ak_tpm is not a usable TPM2B_PUBLIC: ${(err as Error).message}`)
+  }
+  const supported =
+    b.supported_version && (AGENT_API_VERSIONS as readonly string[]).includes(b.supported_version)
+      ? b.supported_version
+      : CURRENT_API_VERSION
+  const mtls = b.mtls_cert ?? null
+  if (o.enableAgentMtls && supported !== '1.0' && (mtls === null || mtls === ''))
+    throw new VerifierRequestError(400, 'mTLS certificate for agent is required!')
+  const ip = b.cloudagent_ip ?? null
+  const port =
+    b.cloudagent_port === undefined || b.cloudagent_port === null ? null : Number(b.cloudagent_port)
+  if (!ip || port === null || !Number.isInteger(port) || port < 1 || port > 65535)
+    throw new VerifierRequestError(400, 'cloudagent_ip and cloudagent_port are required')
+
+  // runtime policy (§3.1): name+policy -> store under name (409 if exists); name only -> the stored one (404);
+  // policy only -> store under the agent id; neither -> no runtime policy
+  const newPolicies: EnrolmentPlan['newPolicies'] = {}
+  const rawPolicy = b64decode('runtime_policy', b.runtime_policy).toString('utf8')
+  const policyText =
+    rawPolicy.trim() === ''
+      ? ''
+      : unwrapRuntimePolicy(rawPolicy, b.runtime_policy_key, o.requireAllowListSignatures)
+  const policyName = b.runtime_policy_name ?? null
+  let imaPolicyId: number | null = null
+  if (policyText.trim() !== '') {
+    const parsed = parseRuntimeInput(policyText, false)
+    ctx.policies.compileRuntimeTextChecked(policyText)
+    const name = policyName || id
+    if (await repo.getAllowlist(name))
+      throw new VerifierRequestError(409, `Runtime policy with name ${name} already exists`)
+    newPolicies.runtime = {
+      name,
+      ima_policy: policyText,
+      checksum: PolicyStore.checksum(policyText),
+      generator: generatorOf(parsed),
+      tpm_policy: null,
+    }
+  } else if (policyName) {
+    const stored = await repo.getAllowlist(policyName)
+    if (!stored) throw new VerifierRequestError(404, `Runtime policy ${policyName} not found`)
+    imaPolicyId = stored.id
+  }
+  const mbName = b.mb_policy_name ?? null
+  let mbPolicyId: number | null = null
+  if (b.mb_policy !== null && b.mb_policy.trim() !== '') {
+    parseMbInput(b.mb_policy, o.mbPolicyEngine)
+    const name = mbName || id
+    if (await repo.getMbPolicy(name))
+      throw new VerifierRequestError(409, `Measured boot policy with name ${name} already exists`)
+    newPolicies.mb = { name, mb_policy: b.mb_policy }
+  } else if (mbName) {
+    const stored = await repo.getMbPolicy(mbName)
+    if (!stored) throw new VerifierRequestError(404, `Measured boot policy ${mbName} not found`)
+    mbPolicyId = stored.id
+  }
+  return {
+    newPolicies,
+    row: {
+      agent_id: id,
+      v,
+      ip,
+      port,
+      verifier_id: o.verifierId,
+      verifier_ip: b.verifier_ip ?? o.ip,
+      verifier_port:
+        b.verifier_port === undefined || b.verifier_port === null ? o.port : Number(b.verifier_port),
+      operational_state: AgentState.START,
+      public_key: null,
+      tpm_policy: b.tpm_policy,
+      meta_data: b.metadata,
+      ima_policy_id: imaPolicyId,
+      mb_policy_id: mbPolicyId,
+      ima_sign_verification_keys: b.ima_sign_verification_keys,
+      revocation_key: b.revocation_key === '' ? null : b.revocation_key,
+      accept_tpm_hash_algs: JSON.stringify(asList(b.accept_tpm_hash_algs)),
+      accept_tpm_encryption_algs: JSON.stringify(asList(b.accept_tpm_encryption_algs)),
+      accept_tpm_signing_algs: JSON.stringify(asList(b.accept_tpm_signing_algs)),
+      supported_version: supported,
+      ak_tpm: b.ak_tpm,
+      mtls_cert: mtls,
+      attestation_count: 0,
+      lease_holder: ctx.lease.holder,
+      lease_expires: ctx.lease.until,
+    },
+  }
+}

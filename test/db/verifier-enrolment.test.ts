@@ -1,0 +1,141 @@
+/**
+ * Enrolment stores the agent and the policies it brings in one transaction: racing identical adds (two verifier
+ * services on separate connections) give one 200 and one 409 and leave only the winner's policies, on SQLite and
+ * PostgreSQL; a refused insert leaves no policy behind.
+ */
+import { randomBytes } from 'node:crypto'
+import { mkdtempSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import type { Kysely } from 'kysely'
+import { afterAll, describe, expect, it, vi } from 'vitest'
+import { SoftQuoter } from '../../bench/fleet-quoter.ts'
+import { AgentState } from '../../src/api/verifier/states.ts'
+import { dropPgSchema, openDatabase } from '../../src/db/database.ts'
+import {
+  DuplicateError,
+  type VerifierDatabase,
+  VerifierRepository,
+} from '../../src/db/verifier-repository.ts'
+import { makeVerifier } from '../unit/verifier/harness.ts'
+
+const PG_URL = process.env.KEYLIME_TEST_PG_URL ?? 'postgresql://postgres@127.0.0.1:5432/test'
+const quoter = new SoftQuoter()
+const runtimePolicy = (marker: string) =>
+  Buffer.from(
+    JSON.stringify({
+      meta: { version: 1, generator: 3 },
+      release: 0,
+      digests: { [`/usr/bin/${marker}`]: ['ab'.repeat(32)] },
+      excludes: [],
+      keyrings: {},
+      ima: { ignored_keyrings: [], log_hash_alg: 'sha1', dm_policy: null },
+      'ima-buf': {},
+      'verification-keys': '',
+    }),
+  ).toString('base64')
+
+function body(marker: string) {
+  return {
+    v: Buffer.alloc(32, 7).toString('base64'),
+    cloudagent_ip: '127.0.0.1',
+    cloudagent_port: 9002,
+    tpm_policy: '{}',
+    runtime_policy: runtimePolicy(marker),
+    runtime_policy_name: `rt-${marker}`,
+    mb_policy: JSON.stringify({ marker }),
+    mb_policy_name: `mb-${marker}`,
+    ima_sign_verification_keys: '',
+    metadata: '{}',
+    revocation_key: '',
+    accept_tpm_hash_algs: ['sha256'],
+    accept_tpm_encryption_algs: ['rsa', 'ecc'],
+    accept_tpm_signing_algs: ['rsassa', 'ecdsa'],
+    ak_tpm: quoter.akTpm,
+    mtls_cert: 'disabled',
+    supported_version: '2.6',
+  }
+}
+
+const cleanups: (() => Promise<void>)[] = []
+afterAll(async () => {
+  for (const c of cleanups.splice(0).reverse()) await c()
+})
+
+const dialects = [
+  {
+    name: 'sqlite',
+    open: async () => {
+      const dir = mkdtempSync(join(tmpdir(), 'kl-venrol-'))
+      cleanups.push(async () => rmSync(dir, { recursive: true, force: true }))
+      const url = `sqlite:///${join(dir, 'cv.sqlite')}`
+      return () => openDatabase<VerifierDatabase>(url, { migrations: 'verifier' })
+    },
+  },
+  {
+    name: 'postgresql',
+    open: async () => {
+      const schema = `t_venrol_${randomBytes(6).toString('hex')}`
+      cleanups.push(() => dropPgSchema(PG_URL, schema))
+      return () =>
+        openDatabase<VerifierDatabase>(PG_URL, { pgSchema: schema, migrations: 'verifier', poolSize: 4 })
+    },
+  },
+]
+
+for (const d of dialects) {
+  describe(`enrolment in one transaction (${d.name})`, () => {
+    let dbs: Kysely<VerifierDatabase>[] = []
+    afterAll(async () => {
+      for (const db of dbs) await db.destroy()
+    })
+
+    it('racing identical adds: one wins, the loser leaves no policy behind', async () => {
+      const open = await d.open()
+      dbs = [await open(), await open()]
+      const [a, b] = await Promise.all(dbs.map((db) => makeVerifier({}, db)))
+      if (!a || !b) throw new Error('verifiers')
+      const repo = new VerifierRepository(dbs[0] as Kysely<VerifierDatabase>)
+      const storeA = vi.spyOn(a.service.repo, 'enrolAgent')
+      const storeB = vi.spyOn(b.service.repo, 'enrolAgent')
+      for (let round = 0; round < 6; round++) {
+        const id = `race-${round}`
+        const results = await Promise.allSettled([
+          a.service.enrol(id, body(`a${round}`)),
+          b.service.enrol(id, body(`b${round}`)),
+        ])
+        const ok = results.filter((r) => r.status === 'fulfilled')
+        const refused = results.filter((r) => r.status === 'rejected')
+        expect(ok).toHaveLength(1)
+        expect(refused).toHaveLength(1)
+        expect((refused[0] as PromiseRejectedResult).reason).toMatchObject({ statusCode: 409 })
+        const winner = results[0]?.status === 'fulfilled' ? `a${round}` : `b${round}`
+        const loser = winner.startsWith('a') ? `b${round}` : `a${round}`
+        const row = await repo.getAgent(id)
+        expect((await repo.getAllowlistById(row?.ima_policy_id ?? -1))?.name).toBe(`rt-${winner}`)
+        expect((await repo.getMbPolicyById(row?.mb_policy_id ?? -1))?.name).toBe(`mb-${winner}`)
+        expect(await repo.getAllowlist(`rt-${loser}`)).toBeUndefined()
+        expect(await repo.getMbPolicy(`mb-${loser}`)).toBeUndefined()
+      }
+      // the race is real: both adds passed the early duplicate check and reached the transaction
+      expect(storeA.mock.calls.length + storeB.mock.calls.length).toBe(12)
+      await a.app.close()
+      await b.app.close()
+    })
+
+    it('a refused agent insert rolls its new policies back', async () => {
+      const repo = new VerifierRepository(dbs[0] as Kysely<VerifierDatabase>)
+      await expect(
+        repo.enrolAgent(
+          { agent_id: 'race-0', operational_state: AgentState.START },
+          {
+            runtime: { name: 'orphan-rt', ima_policy: '{}', checksum: null, generator: 3, tpm_policy: null },
+            mb: { name: 'orphan-mb', mb_policy: '{}' },
+          },
+        ),
+      ).rejects.toBeInstanceOf(DuplicateError)
+      expect(await repo.getAllowlist('orphan-rt')).toBeUndefined()
+      expect(await repo.getMbPolicy('orphan-mb')).toBeUndefined()
+    })
+  })
+}
