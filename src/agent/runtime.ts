@@ -8,6 +8,8 @@ import { type FSWatcher, readFileSync, watch } from 'node:fs'
 import type { Server } from 'node:https'
 import { join } from 'node:path'
 import type { FastifyInstance } from 'fastify'
+import { createMetricsRegistry } from '../api/metrics.ts'
+import { boundPort, startProbeListener } from '../api/server.ts'
 import { AGENT_API_VERSIONS } from '../api/versions.ts'
 import { KeylimeError } from '../common/errors.ts'
 import type { Logger } from '../common/log.ts'
@@ -28,6 +30,7 @@ import { type AgentConfig, servedApiVersions, trustedClientCaFiles } from './con
 import { ImaEmulator, type ImaNgFormatter } from './ima-emulator.ts'
 import { ImaMeasurementList } from './ima-list.ts'
 import { ensureMtlsIdentity, ensurePayloadKey } from './keys.ts'
+import { AgentMetrics, agentReadiness } from './metrics.ts'
 import { PayloadManager, type ZipExtractor } from './payload.ts'
 import { checkWritable, dropPrivileges, giveDirectory, giveFile, type RunAsIdentity } from './privileges.ts'
 import { formatAgentQuote, type QuoteFormatter, QuoteService } from './quote-service.ts'
@@ -75,6 +78,8 @@ export interface RunningAgent {
   app: FastifyInstance
   /** Bound address after listen. */
   port: number
+  /** Port of the plain probe listener (`metrics_port`); null when it is off. */
+  metricsPort: number | null
   akPublic: Uint8Array
   ekPublic: Uint8Array
   /** True when the AK was loaded from the agent data file rather than created. */
@@ -373,8 +378,19 @@ export async function startAgent(opts: StartAgentOptions): Promise<RunningAgent>
       giveDirectory(secureDir, runAs, true)
       if (cfg.ima_emulator_paths.trim() !== '') giveFile(cfg.ima_ml_path, runAs)
     }
-    const app = buildAgentApp({ services, apiVersions: versions, logger: log, https })
+    const registry = createMetricsRegistry()
+    const metrics = new AgentMetrics(registry)
+    const probes = {
+      readiness: agentReadiness(metrics, () => lock.run(() => tpm.pcrRead(hashAlg, [0]))),
+      metrics: registry,
+    }
+    const app = buildAgentApp({ services, apiVersions: versions, logger: log, https, metrics, probes })
     await app.listen({ host: cfg.ip, port: cfg.port })
+    // before privileges are dropped, so a port below 1024 can be bound
+    const probeApp =
+      cfg.metrics_port > 0
+        ? await startProbeListener({ ...probes, host: cfg.metrics_ip, port: cfg.metrics_port })
+        : null
     if (runAs) {
       // Synchronously after listen resolves, so no request is served as root.
       try {
@@ -382,6 +398,7 @@ export async function startAgent(opts: StartAgentOptions): Promise<RunningAgent>
         checkWritable(secureDir, runAs)
       } catch (err) {
         stopImaEmulator()
+        await probeApp?.close()
         await app.close()
         throw err
       }
@@ -394,6 +411,7 @@ export async function startAgent(opts: StartAgentOptions): Promise<RunningAgent>
       uuid,
       app,
       port,
+      metricsPort: probeApp ? boundPort(probeApp) : null,
       akPublic: ak.publicArea,
       ekPublic: ek.publicArea,
       akReused,
@@ -409,6 +427,7 @@ export async function startAgent(opts: StartAgentOptions): Promise<RunningAgent>
         if (closed) return
         closed = true
         stopImaEmulator()
+        await probeApp?.close()
         await app.close()
         await payload.whenIdle()
         await revocation.whenIdle()
