@@ -146,17 +146,17 @@ function registerScrapeGauges(registry: Registry, sources: VerifierMetricSources
       this.set(sources.stats().inFlight)
     },
   })
-  // counters the loop keeps itself; mirrored at scrape time (a counter restarts at zero with the process)
+  // counters the loop keeps itself, mirrored at scrape time (a counter restarts at zero with the process)
   new Counter({
-    name: 'keylime_verifier_loop_steps_total',
-    help: 'Attestation steps the loop finished since start, by outcome (ok, failed)',
-    labelNames: ['outcome'],
+    name: 'keylime_verifier_loop_attestations_total',
+    help: 'Quotes the loop judged since start: pass (verified) or fail (evidence refused, an invalid quote)',
+    labelNames: ['result'],
     registers,
     collect() {
       const s = sources.stats()
       this.reset()
-      this.inc({ outcome: 'ok' }, s.attestations - s.failures)
-      this.inc({ outcome: 'failed' }, s.failures)
+      this.inc({ result: 'pass' }, s.attestations)
+      this.inc({ result: 'fail' }, s.failures)
     },
   })
   new Gauge({
