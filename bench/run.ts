@@ -16,6 +16,7 @@ const BENCHES: Record<string, string[]> = {
   registrar: ['registrar.ts', '3'],
   agent: ['agent.ts', '300'],
   fleet: ['fleet.ts', '--agents', '1000'],
+  metrics: ['metrics.ts'],
 }
 
 const wanted = process.argv.slice(2)
