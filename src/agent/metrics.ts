@@ -3,7 +3,8 @@
  * PCR read now.
  */
 import { Histogram, type Registry } from 'prom-client'
-import type { ReadinessCheck } from '../api/server.ts'
+import { createMetricsRegistry } from '../api/metrics.ts'
+import type { ProbeOptions, ReadinessCheck } from '../api/server.ts'
 
 export type QuoteKind = 'identity' | 'integrity'
 
@@ -53,4 +54,14 @@ export function agentReadiness(metrics: AgentMetrics, askTpm: () => Promise<unkn
       return { tpm: false }
     }
   }
+}
+
+/** The agent's registry, quote timing and probe options; `askTpm` is a cheap TPM command run under the TPM lock. */
+export function agentObservability(askTpm: () => Promise<unknown>): {
+  metrics: AgentMetrics
+  probes: ProbeOptions
+} {
+  const registry = createMetricsRegistry()
+  const metrics = new AgentMetrics(registry)
+  return { metrics, probes: { readiness: agentReadiness(metrics, askTpm), metrics: registry } }
 }

@@ -8,7 +8,6 @@ import { type FSWatcher, readFileSync, watch } from 'node:fs'
 import type { Server } from 'node:https'
 import { join } from 'node:path'
 import type { FastifyInstance } from 'fastify'
-import { createMetricsRegistry } from '../api/metrics.ts'
 import { boundPort, startProbeListener } from '../api/server.ts'
 import { AGENT_API_VERSIONS } from '../api/versions.ts'
 import { KeylimeError } from '../common/errors.ts'
@@ -30,7 +29,7 @@ import { type AgentConfig, servedApiVersions, trustedClientCaFiles } from './con
 import { ImaEmulator, type ImaNgFormatter } from './ima-emulator.ts'
 import { ImaMeasurementList } from './ima-list.ts'
 import { ensureMtlsIdentity, ensurePayloadKey } from './keys.ts'
-import { AgentMetrics, agentReadiness } from './metrics.ts'
+import { agentObservability } from './metrics.ts'
 import { PayloadManager, type ZipExtractor } from './payload.ts'
 import { checkWritable, dropPrivileges, giveDirectory, giveFile, type RunAsIdentity } from './privileges.ts'
 import { formatAgentQuote, type QuoteFormatter, QuoteService } from './quote-service.ts'
@@ -378,19 +377,9 @@ export async function startAgent(opts: StartAgentOptions): Promise<RunningAgent>
       giveDirectory(secureDir, runAs, true)
       if (cfg.ima_emulator_paths.trim() !== '') giveFile(cfg.ima_ml_path, runAs)
     }
-    const registry = createMetricsRegistry()
-    const metrics = new AgentMetrics(registry)
-    const probes = {
-      readiness: agentReadiness(metrics, () => lock.run(() => tpm.pcrRead(hashAlg, [0]))),
-      metrics: registry,
-    }
+    const { metrics, probes } = agentObservability(() => lock.run(() => tpm.pcrRead(hashAlg, [0])))
     const app = buildAgentApp({ services, apiVersions: versions, logger: log, https, metrics, probes })
     await app.listen({ host: cfg.ip, port: cfg.port })
-    // before privileges are dropped, so a port below 1024 can be bound
-    const probeApp =
-      cfg.metrics_port > 0
-        ? await startProbeListener({ ...probes, host: cfg.metrics_ip, port: cfg.metrics_port })
-        : null
     if (runAs) {
       // Synchronously after listen resolves, so no request is served as root.
       try {
@@ -398,11 +387,21 @@ export async function startAgent(opts: StartAgentOptions): Promise<RunningAgent>
         checkWritable(secureDir, runAs)
       } catch (err) {
         stopImaEmulator()
-        await probeApp?.close()
         await app.close()
         throw err
       }
     }
+    // after privileges are dropped (with run_as, metrics_port must be 1024 or above)
+    const probeApp =
+      cfg.metrics_port > 0
+        ? await startProbeListener({ ...probes, host: cfg.metrics_ip, port: cfg.metrics_port }).catch(
+            async (err: unknown) => {
+              stopImaEmulator()
+              await app.close()
+              throw new AgentStartError(`cannot listen on metrics_port ${cfg.metrics_port}`, { cause: err })
+            },
+          )
+        : null
     const address = (app.server as Server).address()
     const port = typeof address === 'object' && address ? address.port : cfg.port
     log.info(`agent ${uuid} listening on ${cfg.enable_agent_mtls ? 'https' : 'http'}://${cfg.ip}:${port}`)
