@@ -44,6 +44,8 @@ export interface VerifierMetricSources {
   stats(): LoopStats
   db: Kysely<VerifierDatabase>
   leaseHolder: string
+  /** The revocation notifier's own counts (delivered, dropped when its queue overflowed). */
+  revocations?: () => { delivered: number; dropped: number }
   now?: () => number
 }
 
@@ -159,6 +161,20 @@ function registerScrapeGauges(registry: Registry, sources: VerifierMetricSources
       this.inc({ result: 'fail' }, s.failures)
     },
   })
+  const revocations = sources.revocations
+  if (revocations)
+    new Counter({
+      name: 'keylime_verifier_revocation_deliveries_total',
+      help: 'Revocation notifications the notifier delivered, or dropped because its queue was full',
+      labelNames: ['outcome'],
+      registers,
+      collect() {
+        const r = revocations()
+        this.reset()
+        this.inc({ outcome: 'delivered' }, r.delivered)
+        this.inc({ outcome: 'dropped' }, r.dropped)
+      },
+    })
   new Gauge({
     name: 'keylime_verifier_agents',
     help: 'Agents whose lease this verifier holds, by operational state (read from the database at scrape time)',

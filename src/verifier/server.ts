@@ -120,6 +120,7 @@ export async function startVerifier(config: VerifierConfig, log: Logger): Promis
     stats: () => service.loop.stats(),
     db,
     leaseHolder: service.leaseHolder,
+    revocations: () => service.notifier,
   })
   const probes: ProbeOptions = {
     readiness: async () => {

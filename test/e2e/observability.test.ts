@@ -262,6 +262,7 @@ describe('verifier process on PostgreSQL', () => {
     ).toBeGreaterThanOrEqual(1)
     expect(sample(text, 'keylime_verifier_leases', { status: 'valid' })).toBe(3)
     expect(sample(text, 'keylime_verifier_leases', { status: 'expired' })).toBe(0)
+    expect(sample(text, 'keylime_verifier_revocation_deliveries_total', { outcome: 'dropped' })).toBe(0)
     expect(
       sample(text, 'keylime_verifier_scheduler_lag_seconds', { quantile: '0.99' }),
     ).toBeGreaterThanOrEqual(0)
