@@ -193,11 +193,9 @@ export function buildRegistrarApp(opts: BuildRegistrarAppOptions): KeylimeServer
  */
 function writeKind(request: FastifyRequest): 'registration' | 'activation' | null {
   const url = request.routeOptions.url
-  if (url === undefined) return null
-  if (request.method === 'PUT' || url.endsWith('/activate'))
-    return request.method === 'GET' ? null : 'activation'
-  if (request.method === 'POST' && /\/agents(\/:agent_id)?$/.test(url)) return 'registration'
-  return null
+  if (url === undefined || (request.method !== 'POST' && request.method !== 'PUT')) return null
+  if (request.method === 'PUT' || url.endsWith('/activate')) return 'activation'
+  return /\/agents(\/:agent_id)?$/.test(url) ? 'registration' : null
 }
 
 /** 429 with `Retry-After` in the v2 envelope when the source has used up its registration/activation budget. */

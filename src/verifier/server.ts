@@ -161,7 +161,6 @@ export async function startVerifier(config: VerifierConfig, log: Logger): Promis
       err,
     )
   }
-  await service.start()
   let probeApp: FastifyInstance | null = null
   if (config.metrics_port > 0) {
     try {
@@ -173,7 +172,6 @@ export async function startVerifier(config: VerifierConfig, log: Logger): Promis
       })
     } catch (err) {
       await app.close()
-      await service.stop()
       await db.destroy()
       throw new VerifierStartError(
         `cannot listen on ${config.metrics_ip}:${config.metrics_port}: ${(err as Error).message}`,
@@ -181,6 +179,7 @@ export async function startVerifier(config: VerifierConfig, log: Logger): Promis
       )
     }
   }
+  await service.start()
   const url = `https://${options.ip.includes(':') ? `[${options.ip}]` : options.ip}:${options.port}`
   log.info({ url, verifierId: options.verifierId, agents: service.loop.size }, 'verifier listening')
   let closing: Promise<void> | null = null
