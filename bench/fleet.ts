@@ -5,6 +5,7 @@
  * verifier process only.
  *
  *   node --expose-gc --import tsx bench/fleet.ts --agents 10000 --interval 4 --seconds 20 --warmup 30
+ *   (add `--metrics 1` to run with the Prometheus registry live and scraped every second)
  *
  * Measured 2026-11-26 on the 2-core reference machine (verifier + simulated agents on the same 2 cores, P-256 AKs,
  * SQLite file database, plain HTTP to agents, load average < 2.5):
@@ -20,9 +21,11 @@ import { join, resolve } from 'node:path'
 import { monitorEventLoopDelay } from 'node:perf_hooks'
 import { createInterface } from 'node:readline'
 import pino from 'pino'
+import { createMetricsRegistry } from '../src/api/metrics.ts'
 import { AgentState } from '../src/api/verifier/states.ts'
 import { openDatabase } from '../src/db/database.ts'
 import type { NewVerifierAgent, VerifierDatabase } from '../src/db/verifier-repository.ts'
+import { PrometheusVerifierMetrics } from '../src/verifier/metrics.ts'
 import { DEFAULT_VERIFIER_OPTIONS } from '../src/verifier/options.ts'
 import { VerifierService } from '../src/verifier/verifier-service.ts'
 
@@ -36,6 +39,10 @@ const INTERVAL_S = arg('interval', AGENTS / 3000)
 const SECONDS = arg('seconds', 20)
 const CONCURRENCY = arg('concurrency', 128)
 const WARMUP_S = arg('warmup', Math.max(10, INTERVAL_S * 3))
+/** `--metrics 1`: the verifier's Prometheus registry (process metrics, event-loop monitor, loop and database gauges)
+ * scraped every `--scrape` seconds (default 1, fifteen times Prometheus' usual rate). */
+const METRICS = arg('metrics', 0) === 1
+const SCRAPE_S = arg('scrape', 1)
 
 interface FleetInfo {
   port: number
@@ -136,8 +143,17 @@ async function main(): Promise<void> {
   const memBefore = process.memoryUsage()
   const rssBefore = memBefore.rss
   await service.start()
+  let scrapes = 0
+  let scraper: NodeJS.Timeout | null = null
+  if (METRICS) {
+    const registry = createMetricsRegistry()
+    new PrometheusVerifierMetrics(registry, { stats: () => service.loop.stats(), db, leaseHolder: 'bench' })
+    scraper = setInterval(() => {
+      void registry.metrics().then(() => scrapes++)
+    }, SCRAPE_S * 1000)
+  }
   console.log(
-    `agents=${AGENTS} interval=${INTERVAL_S.toFixed(2)}s target=${(AGENTS / INTERVAL_S).toFixed(0)}/s concurrency=${CONCURRENCY}`,
+    `metrics=${METRICS ? `on, scraped every ${SCRAPE_S}s` : 'off'} agents=${AGENTS} interval=${INTERVAL_S.toFixed(2)}s target=${(AGENTS / INTERVAL_S).toFixed(0)}/s concurrency=${CONCURRENCY}`,
   )
   // warm-up: one full cycle plus V delivery
   await new Promise((r) => setTimeout(r, WARMUP_S * 1000))
@@ -154,6 +170,7 @@ async function main(): Promise<void> {
   }, 500)
   await new Promise((r) => setTimeout(r, SECONDS * 1000))
   clearInterval(sampler)
+  if (scraper) clearInterval(scraper)
   loopDelay.disable()
   const elapsed = (performance.now() - t0) / 1000
   const cpu = process.cpuUsage(cpu0)
@@ -185,6 +202,7 @@ async function main(): Promise<void> {
     verifierCpuCores: Number(((cpu.user + cpu.system) / 1e6 / elapsed).toFixed(2)),
     simulatedAgentsCpuCores: Number((fleetCpu / elapsed).toFixed(2)),
     loadAverage1m: Number(loadavg()[0]?.toFixed(2)),
+    scrapes,
   }
   console.log(JSON.stringify(result))
   await service.stop()

@@ -18,6 +18,7 @@ const BENCHES: Record<string, string[]> = {
   'agent-footprint': ['agent-footprint.ts', '10000'],
   fleet: ['fleet.ts', '--agents', '1000'],
   cli: ['cli.ts', '10'],
+  metrics: ['metrics.ts'],
 }
 
 const wanted = process.argv.slice(2)

@@ -27,10 +27,12 @@ import {
   addVersionedRoute,
   createKeylimeServer,
   type KeylimeServer,
+  type ProbeOptions,
   RequestSchemaError,
   validationMessage,
 } from '../api/server.ts'
 import type { Logger } from '../common/log.ts'
+import type { AgentMetrics } from './metrics.ts'
 
 export interface IntegrityQuoteParams {
   nonce: string
@@ -63,6 +65,10 @@ export interface BuildAgentAppOptions {
   https?: ServerOptions | null
   /** Body limit of `POST /keys/ukey`, which may carry the encrypted payload (default 4 MiB). */
   payloadLimit?: number
+  /** Times quote requests. */
+  metrics?: AgentMetrics
+  /** `/healthz`, `/readyz` and `/metrics` on this listener (behind its mTLS when that is on). */
+  probes?: ProbeOptions
 }
 
 const NOT_IMPLEMENTED = 'Not Implemented: Use /v2.1, /v2.2, ... or /version interfaces'
@@ -124,8 +130,17 @@ function wording(byField: Record<string, string>) {
 
 const errors = { 400: ErrorEnvelope }
 
+function timedQuotes(services: AgentServices, metrics: AgentMetrics): AgentServices {
+  return {
+    ...services,
+    identityQuote: (nonce, apiVersion) =>
+      metrics.timeQuote('identity', () => services.identityQuote(nonce, apiVersion)),
+    integrityQuote: (params) => metrics.timeQuote('integrity', () => services.integrityQuote(params)),
+  }
+}
+
 export function buildAgentApp(opts: BuildAgentAppOptions): KeylimeServer {
-  const svc = opts.services
+  const svc = opts.metrics ? timedQuotes(opts.services, opts.metrics) : opts.services
   const served = opts.apiVersions
   const latest = served[served.length - 1] as string
   const app = createKeylimeServer({
@@ -152,6 +167,7 @@ export function buildAgentApp(opts: BuildAgentAppOptions): KeylimeServer {
       return bad(reply, NOT_IMPLEMENTED)
     },
     openapi: { title: 'Keylime agent (pull)', version: latest, documentedPrefixes: [latest] },
+    ...(opts.probes ? { probes: opts.probes } : {}),
   })
 
   addRoute(app, {

@@ -88,6 +88,9 @@ export interface AgentConfig {
   run_as: string
   /** Keylime TS extension: files the agent measures into its IMA list itself (IMA emulator), comma list. */
   ima_emulator_paths: string
+  /** Keylime TS extension: plain-HTTP listener with only /healthz, /readyz and /metrics; 0 = off. */
+  metrics_port: number
+  metrics_ip: string
 }
 
 export const AGENT_CONFIG_DEFAULTS: Readonly<AgentConfig> = Object.freeze({
@@ -147,6 +150,8 @@ export const AGENT_CONFIG_DEFAULTS: Readonly<AgentConfig> = Object.freeze({
   idevid_cert: 'default',
   run_as: 'keylime:tss',
   ima_emulator_paths: '',
+  metrics_port: 0,
+  metrics_ip: '127.0.0.1',
 })
 
 type OptionName = keyof AgentConfig
@@ -284,7 +289,7 @@ function validate(cfg: AgentConfig): void {
   } catch (err) {
     throw new AgentConfigError((err as Error).message, { cause: err })
   }
-  for (const p of ['port', 'contact_port', 'registrar_port'] as const) {
+  for (const p of ['port', 'contact_port', 'registrar_port', 'metrics_port'] as const) {
     if (!Number.isInteger(cfg[p]) || cfg[p] < 0 || cfg[p] > 65535)
       throw new AgentConfigError(`${p} out of range`)
   }

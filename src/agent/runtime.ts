@@ -8,6 +8,7 @@ import { type FSWatcher, readFileSync, watch } from 'node:fs'
 import type { Server } from 'node:https'
 import { join } from 'node:path'
 import type { FastifyInstance } from 'fastify'
+import { boundPort, startProbeListener } from '../api/server.ts'
 import { AGENT_API_VERSIONS } from '../api/versions.ts'
 import { KeylimeError } from '../common/errors.ts'
 import type { Logger } from '../common/log.ts'
@@ -29,6 +30,7 @@ import { prepareDeviceIdentity } from './device-id.ts'
 import { ImaEmulator, type ImaNgFormatter } from './ima-emulator.ts'
 import { ImaMeasurementList } from './ima-list.ts'
 import { ensureMtlsIdentity, ensurePayloadKey } from './keys.ts'
+import { agentObservability } from './metrics.ts'
 import { PayloadManager, type ZipExtractor } from './payload.ts'
 import { checkWritable, dropPrivileges, giveDirectory, giveFile, type RunAsIdentity } from './privileges.ts'
 import { formatAgentQuote, type QuoteFormatter, QuoteService } from './quote-service.ts'
@@ -77,6 +79,8 @@ export interface RunningAgent {
   app: FastifyInstance
   /** Bound address after listen. */
   port: number
+  /** Port of the plain probe listener (`metrics_port`); null when it is off. */
+  metricsPort: number | null
   akPublic: Uint8Array
   ekPublic: Uint8Array
   /** True when the AK was loaded from the agent data file rather than created. */
@@ -418,7 +422,8 @@ export async function startAgent(opts: StartAgentOptions): Promise<RunningAgent>
       giveDirectory(secureDir, runAs, true)
       if (cfg.ima_emulator_paths.trim() !== '') giveFile(cfg.ima_ml_path, runAs)
     }
-    const app = buildAgentApp({ services, apiVersions: versions, logger: log, https })
+    const { metrics, probes } = agentObservability(() => lock.run(() => tpm.pcrRead(hashAlg, [0])))
+    const app = buildAgentApp({ services, apiVersions: versions, logger: log, https, metrics, probes })
     await app.listen({ host: cfg.ip, port: cfg.port })
     if (runAs) {
       // Synchronously after listen resolves, so no request is served as root.
@@ -431,6 +436,17 @@ export async function startAgent(opts: StartAgentOptions): Promise<RunningAgent>
         throw err
       }
     }
+    // after privileges are dropped (with run_as, metrics_port must be 1024 or above)
+    const probeApp =
+      cfg.metrics_port > 0
+        ? await startProbeListener({ ...probes, host: cfg.metrics_ip, port: cfg.metrics_port }).catch(
+            async (err: unknown) => {
+              stopImaEmulator()
+              await app.close()
+              throw new AgentStartError(`cannot listen on metrics_port ${cfg.metrics_port}`, { cause: err })
+            },
+          )
+        : null
     const address = (app.server as Server).address()
     const port = typeof address === 'object' && address ? address.port : cfg.port
     log.info(`agent ${uuid} listening on ${cfg.enable_agent_mtls ? 'https' : 'http'}://${cfg.ip}:${port}`)
@@ -439,6 +455,7 @@ export async function startAgent(opts: StartAgentOptions): Promise<RunningAgent>
       uuid,
       app,
       port,
+      metricsPort: probeApp ? boundPort(probeApp) : null,
       akPublic: ak.publicArea,
       ekPublic: ek.publicArea,
       akReused,
@@ -455,6 +472,7 @@ export async function startAgent(opts: StartAgentOptions): Promise<RunningAgent>
         if (closed) return
         closed = true
         stopImaEmulator()
+        await probeApp?.close()
         await app.close()
         await payload.whenIdle()
         await revocation.whenIdle()

@@ -26,6 +26,7 @@ import Fastify, {
   type RouteGenericInterface,
   type RouteHandlerMethod,
 } from 'fastify'
+import type { Registry } from 'prom-client'
 import { KeylimeError } from '../common/errors.ts'
 import type { Logger } from '../common/log.ts'
 import { errorEnvelope } from './envelope.ts'
@@ -76,6 +77,8 @@ export interface KeylimeServerOptions {
   notFound?: (request: FastifyRequest, reply: FastifyReply) => void
   /** OpenAPI `info` and the path prefixes the document lists (every prefix serves the same routes). */
   openapi?: { title: string; version: string; documentedPrefixes: readonly string[] }
+  /** `/healthz`, `/readyz` (unauthenticated) and `/metrics` (an ADMIN route on this listener); see `addProbeRoutes`. */
+  probes?: ProbeOptions
 }
 
 /** One registered route, as tests and the OpenAPI check see it. */
@@ -184,6 +187,7 @@ export function createKeylimeServer(opts: KeylimeServerOptions = {}): KeylimeSer
   }
 
   acceptJsonBodiesOfAnyContentType(app)
+  if (opts.probes) addProbeRoutes(app, opts.probes, { metricsAdmin: true })
 
   app.addHook('onRequest', async (request, reply) => {
     const id = sanitizeRequestId(request.headers['x-request-id'])
@@ -378,6 +382,111 @@ function hasBody(request: FastifyRequest): boolean {
   return (
     (h['content-length'] !== undefined && h['content-length'] !== '0') || h['transfer-encoding'] !== undefined
   )
+}
+
+// ---- health, readiness, metrics ----
+
+/**
+ * The named checks of a service's readiness, each true when it holds (`{database: true, migrations: true}`).
+ * Throwing counts as every check failing. Only the names and booleans are answered; causes go to the log.
+ */
+export type ReadinessCheck = () => Promise<Record<string, boolean>>
+
+export interface ProbeOptions {
+  readiness: ReadinessCheck
+  /** Registry `/metrics` renders; no `/metrics` route without one. */
+  metrics?: Registry | undefined
+}
+
+/** A readiness check that has not answered by then fails: a probe must not hang on a stuck database. */
+export const READINESS_TIMEOUT_MS = 2000
+
+/**
+ * Registers `GET /healthz` (the process answers), `GET /readyz` (the service's checks; 503 when one fails) and,
+ * with a registry, `GET /metrics` in Prometheus text format. Concurrent `/readyz` calls share one run of the
+ * checks, so a burst of probes costs one database round trip. `metricsAdmin` makes `/metrics` an ADMIN route (the
+ * service listeners); the plain probe listener serves it openly.
+ */
+export function addProbeRoutes(
+  app: KeylimeServer,
+  probes: ProbeOptions,
+  opts: { metricsAdmin: boolean },
+): void {
+  let running: Promise<Record<string, boolean>> | null = null
+  const readiness = (log: FastifyBaseLogger): Promise<Record<string, boolean>> => {
+    running ??= withTimeout(probes.readiness(), READINESS_TIMEOUT_MS)
+      .catch((err: unknown) => {
+        log.warn({ err }, 'readiness check failed')
+        return { checks: false }
+      })
+      .finally(() => {
+        running = null
+      })
+    return running
+  }
+  app.get('/healthz', { schema: { hide: true } }, async (_request, reply) =>
+    reply.header('Cache-Control', 'no-store').send({ status: 'ok' }),
+  )
+  app.get('/readyz', { schema: { hide: true } }, async (request, reply) => {
+    const checks = await readiness(request.log)
+    const ready = Object.values(checks).every(Boolean)
+    const named = Object.fromEntries(Object.entries(checks).map(([k, v]) => [k, v ? 'ok' : 'failing']))
+    return reply
+      .code(ready ? 200 : 503)
+      .header('Cache-Control', 'no-store')
+      .send({ status: ready ? 'ready' : 'not ready', checks: named })
+  })
+  const registry = probes.metrics
+  if (registry)
+    app.route({
+      method: 'GET',
+      url: '/metrics',
+      schema: { hide: true },
+      ...(opts.metricsAdmin ? { config: { admin: true } } : {}),
+      handler: async (_request, reply) =>
+        reply.header('Content-Type', registry.contentType).send(await registry.metrics()),
+    })
+}
+
+function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`no answer within ${ms} ms`)), ms)
+    timer.unref()
+    promise.then(
+      (v) => {
+        clearTimeout(timer)
+        resolve(v)
+      },
+      (err: unknown) => {
+        clearTimeout(timer)
+        reject(err)
+      },
+    )
+  })
+}
+
+export interface ProbeListenerOptions extends ProbeOptions {
+  host: string
+  port: number
+  logger?: Logger | false
+}
+
+/**
+ * The plain-HTTP probe listener (`metrics_port`): only `/healthz`, `/readyz` and `/metrics`, unauthenticated, for
+ * kubelet probes and Prometheus, which cannot present the services' client certificates. No other route exists on
+ * it, so it never reaches an admin action or agent data.
+ */
+export async function startProbeListener(opts: ProbeListenerOptions): Promise<KeylimeServer> {
+  const app = createKeylimeServer({ ...(opts.logger ? { logger: opts.logger } : {}) })
+  addProbeRoutes(app, { readiness: opts.readiness, metrics: opts.metrics }, { metricsAdmin: false })
+  await app.listen({ host: opts.host, port: opts.port })
+  return app
+}
+
+/** The port a started listener is bound to. */
+export function boundPort(app: KeylimeServer | FastifyInstance): number {
+  const addr = app.server.address()
+  return addr && typeof addr === 'object' ? addr.port : 0
 }
 
 // ---- route registration ----

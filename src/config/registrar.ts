@@ -40,6 +40,9 @@ export const registrarSchema = {
   registration_challenge_lifetime: opt.int(300),
   /** Refuse registrations whose EK certificate is missing or does not chain to `tpm_cert_store`. */
   require_trusted_ek_cert: opt.bool(false),
+  /** Plain-HTTP listener with only /healthz, /readyz and /metrics (docs/deploy.md); 0 = off. */
+  metrics_port: opt.int(0),
+  metrics_ip: opt.string('127.0.0.1'),
   /** Read from tenant.conf upstream; carried here so the registrar can be given it directly. */
   tpm_cert_store: opt.string('/var/lib/keylime/tpm_cert_store', { section: 'tenant' }),
 }

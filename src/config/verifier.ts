@@ -10,6 +10,9 @@ export const verifierSchema = {
   uuid: opt.string('default'),
   ip: opt.string('127.0.0.1'),
   port: opt.port(8881),
+  /** Plain-HTTP listener with only /healthz, /readyz and /metrics (docs/deploy.md); 0 = off. */
+  metrics_port: opt.int(0),
+  metrics_ip: opt.string('127.0.0.1'),
   registrar_ip: opt.string('127.0.0.1'),
   registrar_port: opt.port(8891),
   enable_agent_mtls: opt.bool(true),

@@ -28,6 +28,7 @@ import {
 } from '../api/server.ts'
 import { CURRENT_API_VERSION, KNOWN_API_VERSIONS } from '../api/versions.ts'
 import type { Logger } from '../common/log.ts'
+import type { RegistrarMetrics } from './metrics.ts'
 import { AGENT_ID_INVALID, INVALID_DATA, RegistrarError } from './registrar-fns.ts'
 import type { RegistrarService } from './registrar-service.ts'
 
@@ -35,6 +36,8 @@ export interface BuildRegistrarAppOptions extends KeylimeServerOptions {
   service: RegistrarService
   /** Audit lines of admin actions (default: the server logger). */
   log?: Logger
+  /** Counts registrations and activations by outcome. */
+  metrics?: RegistrarMetrics
 }
 
 const errors = { 400: ErrorEnvelope, 404: ErrorEnvelope }
@@ -69,6 +72,12 @@ export function buildRegistrarApp(opts: BuildRegistrarAppOptions): KeylimeServer
     ...opts,
   })
   app.addHook('onRequest', throttleWrites(service))
+  const metrics = opts.metrics
+  if (metrics)
+    app.addHook('onResponse', async (request, reply) => {
+      const kind = writeKind(request)
+      if (kind) metrics.answered(kind, reply.statusCode)
+    })
   const audit = opts.log ?? (opts.logger || undefined)
 
   addRoute(app, {
@@ -176,6 +185,17 @@ export function buildRegistrarApp(opts: BuildRegistrarAppOptions): KeylimeServer
       handler: activate,
     })
   return app
+}
+
+/**
+ * Which registrar write a request was: POST to the collection or to one agent registers; POST …/activate and the
+ * v2 PUT forms activate. Requests no route matched (404) are neither.
+ */
+function writeKind(request: FastifyRequest): 'registration' | 'activation' | null {
+  const url = request.routeOptions.url
+  if (url === undefined || (request.method !== 'POST' && request.method !== 'PUT')) return null
+  if (request.method === 'PUT' || url.endsWith('/activate')) return 'activation'
+  return /\/agents(\/:agent_id)?$/.test(url) ? 'registration' : null
 }
 
 /** 429 with `Retry-After` in the v2 envelope when the source has used up its registration/activation budget. */

@@ -7,21 +7,26 @@ import { existsSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import type { FastifyInstance } from 'fastify'
 import type { Kysely } from 'kysely'
-import { tlsServerOptions } from '../api/server.ts'
+import { createMetricsRegistry } from '../api/metrics.ts'
+import { type ProbeOptions, startProbeListener, tlsServerOptions } from '../api/server.ts'
 import type { Logger } from '../common/log.ts'
 import { ConfigError, keylimeDir, resolveInDir } from '../config/loader.ts'
 import type { RegistrarConfig } from '../config/registrar.ts'
 import { ensureTlsDir } from '../crypto/ca.ts'
 import { loadCertStore } from '../crypto/ek-trust.ts'
 import { openDatabase } from '../db/database.ts'
+import { databaseReadiness } from '../db/readiness.ts'
 import { type RegistrarDatabase, RegistrarRepository } from '../db/registrar-repository.ts'
 import { buildRegistrarApp } from './app.ts'
+import { RegistrarMetrics } from './metrics.ts'
 import type { MalformedCertAction } from './registrar-fns.ts'
 import { RegistrarService, type TpmIdentityMode } from './registrar-service.ts'
 
 export interface RunningRegistrar {
   httpPort: number
   tlsPort: number
+  /** Port of the plain probe listener (`metrics_port`); null when it is off. */
+  metricsPort: number | null
   service: RegistrarService
   close(): Promise<void>
 }
@@ -100,6 +105,9 @@ export async function startRegistrar(
       '[registrar] registration_rate_limit_per_ip must be >= 0 (0: no limit) and registration_rate_limit_window_ip >= 1',
     )
   }
+  if (config.metrics_port < 0 || config.metrics_port > 65535) {
+    throw new ConfigError('[registrar] metrics_port must be a port number (0: no probe listener)')
+  }
   if (config.registration_challenge_lifetime < 1) {
     throw new ConfigError('[registrar] registration_challenge_lifetime must be at least 1 second')
   }
@@ -152,16 +160,38 @@ export async function startRegistrar(
     )
     sweep.unref()
     stopSweep = () => clearInterval(sweep)
-    const common = { service, logger: log, bodyLimit: config.max_upload_size }
+    const registry = createMetricsRegistry()
+    const probes: ProbeOptions = {
+      readiness: async () => ({ ...(await databaseReadiness(db, 'registrar')) }),
+      metrics: registry,
+    }
+    const common = {
+      service,
+      logger: log,
+      bodyLimit: config.max_upload_size,
+      metrics: new RegistrarMetrics(registry),
+      probes,
+    }
     const httpApp = buildRegistrarApp(common)
     apps.push(httpApp)
     const httpsApp = buildRegistrarApp({ ...common, https: tlsServerOptions(tls) })
     apps.push(httpsApp)
     await httpApp.listen({ host: config.ip, port: config.port })
     await httpsApp.listen({ host: config.ip, port: config.tls_port })
+    const probeApp =
+      config.metrics_port > 0
+        ? await startProbeListener({
+            ...probes,
+            host: config.metrics_ip,
+            port: config.metrics_port,
+            logger: log,
+          })
+        : null
+    if (probeApp) apps.push(probeApp)
     const running: RunningRegistrar = {
       httpPort: listenPort(httpApp),
       tlsPort: listenPort(httpsApp),
+      metricsPort: probeApp ? listenPort(probeApp) : null,
       service,
       close: async () => {
         stopSweep()

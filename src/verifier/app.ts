@@ -22,6 +22,7 @@ import {
   callerSubject,
   createKeylimeServer,
   type KeylimeServer,
+  type ProbeOptions,
   validationMessage,
 } from '../api/server.ts'
 import {
@@ -68,6 +69,8 @@ export interface VerifierAppOptions {
   https?: Record<string, unknown>
   /** Who is calling; default: a TLS client certificate the handshake authorized = admin. */
   identify?: (req: FastifyRequest) => Identity
+  /** `/healthz`, `/readyz` and (admin) `/metrics` on this listener. */
+  probes?: ProbeOptions
 }
 
 class ApiError extends KeylimeError {
@@ -143,6 +146,7 @@ export async function buildVerifierApp(opts: VerifierAppOptions): Promise<Keylim
       if (identify(req) !== 'admin') forbidden(reply)
     },
     openapi: { title: 'Keylime verifier', version: CURRENT_API_VERSION, documentedPrefixes: ['2.6'] },
+    ...(opts.probes ? { probes: opts.probes } : {}),
   })
 
   /** One info line per admin action: who (certificate subject), what, on which agent or policy. */

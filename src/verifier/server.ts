@@ -9,14 +9,18 @@ import { hostname } from 'node:os'
 import { isAbsolute, join } from 'node:path'
 import type { FastifyInstance } from 'fastify'
 import type { Kysely } from 'kysely'
+import { createMetricsRegistry } from '../api/metrics.ts'
+import { boundPort, type ProbeOptions, startProbeListener } from '../api/server.ts'
 import { KeylimeError } from '../common/errors.ts'
 import type { Logger } from '../common/log.ts'
 import { keylimeDir } from '../config/loader.ts'
 import type { VerifierConfig } from '../config/verifier.ts'
 import { ensureTlsDir } from '../crypto/ca.ts'
 import { openDatabase } from '../db/database.ts'
+import { databaseReadiness } from '../db/readiness.ts'
 import type { VerifierDatabase } from '../db/verifier-repository.ts'
 import { buildVerifierApp, type Identity } from './app.ts'
+import { expiredLeaseCount, PrometheusVerifierMetrics } from './metrics.ts'
 import { verifierOptionsFromConfig } from './options.ts'
 import { VerifierService } from './verifier-service.ts'
 
@@ -85,6 +89,9 @@ export interface RunningVerifier {
   service: VerifierService
   db: Kysely<VerifierDatabase>
   url: string
+  /** Port of the plain probe listener (`metrics_port`); null when it is off. */
+  metricsPort: number | null
+  metrics: PrometheusVerifierMetrics
   /** Graceful shutdown: stop accepting, drain the loop, release leases, close the database. */
   close(): Promise<void>
 }
@@ -92,6 +99,8 @@ export interface RunningVerifier {
 export async function startVerifier(config: VerifierConfig, log: Logger): Promise<RunningVerifier> {
   if (config.mode !== '' && config.mode !== 'pull')
     throw new VerifierStartError(`mode = ${config.mode} is not supported by this verifier (pull mode only)`)
+  if (config.metrics_port < 0 || config.metrics_port > 65535)
+    throw new VerifierStartError('metrics_port must be a port number (0: no probe listener)')
   const options = verifierOptionsFromConfig(config)
   const workDir = keylimeDir()
   const tls = await loadVerifierTls(config, workDir)
@@ -107,6 +116,21 @@ export async function startVerifier(config: VerifierConfig, log: Logger): Promis
     log,
     clientTls: { cert: tls.clientCert, key: tls.clientKey, trustedServerCa: tls.serverCa },
   })
+  const registry = createMetricsRegistry()
+  const metrics = new PrometheusVerifierMetrics(registry, {
+    stats: () => service.loop.stats(),
+    db,
+    leaseHolder: service.leaseHolder,
+    revocations: () => service.notifier,
+  })
+  const probes: ProbeOptions = {
+    readiness: async () => {
+      const base = await databaseReadiness(db, 'verifier')
+      if (!base.database) return { ...base, leases: false }
+      return { ...base, leases: (await expiredLeaseCount(db, service.leaseHolder, Date.now())) === 0 }
+    },
+    metrics: registry,
+  }
   // with `trusted_client_ca = all` any presented certificate is accepted as admin (upstream semantics)
   const identify =
     tls.clientCa === null
@@ -127,6 +151,7 @@ export async function startVerifier(config: VerifierConfig, log: Logger): Promis
       minVersion: 'TLSv1.2',
     },
     ...(identify ? { identify: identify as never } : {}),
+    probes,
   })
   try {
     await app.listen({ host: options.ip, port: options.port })
@@ -137,6 +162,24 @@ export async function startVerifier(config: VerifierConfig, log: Logger): Promis
       err,
     )
   }
+  let probeApp: FastifyInstance | null = null
+  if (config.metrics_port > 0) {
+    try {
+      probeApp = await startProbeListener({
+        ...probes,
+        host: config.metrics_ip,
+        port: config.metrics_port,
+        logger: log,
+      })
+    } catch (err) {
+      await app.close()
+      await db.destroy()
+      throw new VerifierStartError(
+        `cannot listen on ${config.metrics_ip}:${config.metrics_port}: ${(err as Error).message}`,
+        err,
+      )
+    }
+  }
   await service.start()
   const url = `https://${options.ip.includes(':') ? `[${options.ip}]` : options.ip}:${options.port}`
   log.info({ url, verifierId: options.verifierId, agents: service.loop.size }, 'verifier listening')
@@ -146,8 +189,11 @@ export async function startVerifier(config: VerifierConfig, log: Logger): Promis
     service,
     db,
     url,
+    metricsPort: probeApp ? boundPort(probeApp) : null,
+    metrics,
     close: () => {
       closing ??= (async () => {
+        await probeApp?.close()
         await app.close()
         await service.stop()
         await db.destroy()

@@ -92,6 +92,7 @@ function spawnVerifier(
   dbUrl: string,
   webhookUrl: string,
   leaseSeconds: number,
+  extraEnv: Record<string, string>,
 ): VerifierProcess {
   const code = `
     const { Command } = await import('commander')
@@ -135,6 +136,7 @@ function spawnVerifier(
         KEYLIME_DIR: work,
         KEYLIME_VERIFIER_CONFIG: join(work, 'none.conf'),
         KEYLIME_LOG_LEVEL: 'warn',
+        ...extraEnv,
       },
       stdio: ['ignore', 'ignore', 'pipe'],
     },
@@ -168,13 +170,16 @@ export async function startVerifierCluster(opts: {
   agents: number
   dbUrl: string
   leaseSeconds?: number
+  /** More `KEYLIME_VERIFIER_*` settings for the verifier process. */
+  env?: Record<string, string>
 }): Promise<VerifierCluster> {
   const leaseSeconds = opts.leaseSeconds ?? 10
+  const extraEnv = opts.env ?? {}
   const work = mkdtempSync(join(tmpdir(), 'keylime-chaos-'))
   const port = await freePort()
   const webhook = await startWebhook()
   const fleet = await startSimFleet({ count: opts.agents, shareKeys: true })
-  let current = spawnVerifier(work, port, opts.dbUrl, webhook.url, leaseSeconds)
+  let current = spawnVerifier(work, port, opts.dbUrl, webhook.url, leaseSeconds, extraEnv)
   let admin: Agent | null = null
   let anonymous: Agent | null = null
 
@@ -238,7 +243,7 @@ export async function startVerifierCluster(opts: {
     fleet,
     webhook,
     async restart() {
-      current = spawnVerifier(work, port, opts.dbUrl, webhook.url, leaseSeconds)
+      current = spawnVerifier(work, port, opts.dbUrl, webhook.url, leaseSeconds, extraEnv)
       await waitUp()
     },
     call,
