@@ -9,6 +9,7 @@ import { AgentState } from '../api/verifier/states.ts'
 import type { Logger } from '../common/log.ts'
 import type { VerifierAgentPatch, VerifierAgentRow, VerifierRepository } from '../db/verifier-repository.ts'
 import type { AgentConnections } from './agent-connections.ts'
+import { NO_VERIFIER_METRICS, type VerifierMetrics } from './metrics.ts'
 import { type AgentRuntime, agentRuntimeFromRow } from './agent-runtime.ts'
 import { AgentSteps } from './agent-steps.ts'
 import { DbOutage } from './db-outage.ts'
@@ -69,6 +70,8 @@ export class AttestationLoop {
   attestations = 0
   failures = 0
   steps = 0
+  /** Where attestation results and batch writes are recorded (`/metrics`); a no-op until a service sets it. */
+  metrics: VerifierMetrics = NO_VERIFIER_METRICS
   /** `step` (StepEvent) after every applied outcome. */
   readonly events = new EventEmitter<{ step: [StepEvent] }>()
   private readonly now: () => number
@@ -91,6 +94,7 @@ export class AttestationLoop {
       flushMs: FLUSH_MS,
       isHeld: (id) => this.agents.has(id),
       // a success from an earlier claim (the agent was re-enrolled or reactivated meanwhile) says nothing of now
+      onWritten: (rows, seconds) => this.metrics.databaseWrite(rows, seconds),
       onRefused: async (s) => {
         if (this.agents.get(s.agentId)?.leaseEpoch === s.leaseEpoch) await this.refused(s.agentId)
       },
@@ -197,6 +201,7 @@ export class AttestationLoop {
   /** One step; never rejects: anything unexpected is the verifier's fault ("cannot evaluate"). */
   private async step(a: AgentRuntime, gen: number): Promise<void> {
     a.inFlight = true
+    const started = performance.now()
     try {
       const outcome =
         a.state === AgentState.PROVIDE_V || a.state === AgentState.PROVIDE_V_RETRY
@@ -205,6 +210,7 @@ export class AttestationLoop {
       if (outcome === null || gen !== a.generation) return
       if (outcome.kind === 'quote_passed') this.attestations++
       else if (outcome.kind === 'quote_failed') this.failures++
+      this.recordResult(outcome, (performance.now() - started) / 1000)
       await this.apply(a, gen, outcome)
     } catch (err) {
       this.deps.log.error(
@@ -220,6 +226,22 @@ export class AttestationLoop {
         )
     } finally {
       a.inFlight = false
+    }
+  }
+
+  /** Attestation steps in the metrics: evidence judged (pass/fail) or not obtained (error); V deliveries are not. */
+  private recordResult(outcome: StepOutcome, seconds: number): void {
+    switch (outcome.kind) {
+      case 'quote_passed':
+        return this.metrics.attestation('pass', null, seconds)
+      case 'quote_failed':
+        return this.metrics.attestation('fail', outcome.events[0]?.eventId ?? null, seconds)
+      case 'unreachable':
+      case 'refused':
+      case 'cannot_evaluate':
+        return this.metrics.attestation('error', null, seconds)
+      default:
+        return
     }
   }
 

@@ -8,7 +8,6 @@ import { Counter, Gauge, Histogram, type Registry } from 'prom-client'
 import { BoundedLabel } from '../api/metrics.ts'
 import { AgentState } from '../api/verifier/states.ts'
 import type { VerifierDatabase } from '../db/verifier-repository.ts'
-import type { LoopStats } from './attestation-loop.ts'
 
 /** How one attestation step ended: `pass` (evidence verified), `fail` (evidence refused: a policy or quote
  * failure with an event id), `error` (no evidence to judge: the agent did not answer or answered garbage). */
@@ -39,6 +38,16 @@ const MAX_EVENT_IDS = 200
 const STATE_NAMES = new Map<number, string>(
   Object.entries(AgentState).map(([name, code]): [number, string] => [code, name.toLowerCase()]),
 )
+
+/** The loop's counters the scrape reads (`AttestationLoop.stats()`). */
+export interface LoopStats {
+  agents: number
+  inFlight: number
+  attestations: number
+  failures: number
+  lagP50: number
+  lagP99: number
+}
 
 /** Where the scrape-time gauges read from. */
 export interface VerifierMetricSources {

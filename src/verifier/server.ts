@@ -123,6 +123,7 @@ export async function startVerifier(config: VerifierConfig, log: Logger): Promis
     leaseHolder: service.leaseHolder,
     revocations: () => service.notifier,
   })
+  service.loop.metrics = metrics
   const probes: ProbeOptions = {
     readiness: async () => {
       const base = await databaseReadiness(db, 'verifier')

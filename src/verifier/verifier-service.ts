@@ -187,6 +187,7 @@ export class VerifierService {
           }
         if (claimed.length < CLAIM_BATCH) break
       }
+      this.loop.metrics.leaseClaims(claimedTotal)
       if (claimedTotal > 0)
         this.deps.log.info(
           { claimed: claimedTotal, held: this.loop.size, leaseHolder: this.leaseHolder },

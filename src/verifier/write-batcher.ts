@@ -18,6 +18,8 @@ export interface WriteBatcherDeps {
   isHeld: (agentId: string) => boolean
   /** A success the fence refused (the caller checks it is not from an earlier claim of the agent). */
   onRefused: (success: AttestationSuccess) => Promise<void>
+  /** One batch written: rows and seconds (metrics). */
+  onWritten?: (rows: number, seconds: number) => void
 }
 
 export class WriteBatcher {
@@ -61,8 +63,10 @@ export class WriteBatcher {
       const batch = [...this.pending.values()]
       this.pending = new Map()
       let refused: string[]
+      const started = performance.now()
       try {
         refused = await this.deps.repo.recordSuccesses(this.deps.leaseHolder, batch)
+        this.deps.onWritten?.(batch.length, (performance.now() - started) / 1000)
       } catch (err) {
         this.deps.outage.failed(err, 'batched attestation results')
         for (const s of batch)

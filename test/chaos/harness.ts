@@ -206,7 +206,15 @@ export async function startVerifierCluster(opts: {
   }
 
   async function waitUp(): Promise<void> {
-    await waitFor(() => existsSync(join(work, 'cv_ca/client-private.pem')), 60_000, 'cv_ca generated')
+    // the verifier writes its CA and certificates one file at a time on first start
+    await waitFor(
+      () =>
+        ['cacert.crt', 'client-cert.crt', 'client-private.pem'].every((f) =>
+          existsSync(join(work, 'cv_ca', f)),
+        ),
+      60_000,
+      'cv_ca generated',
+    )
     if (!admin) {
       const ca = readFileSync(join(work, 'cv_ca/cacert.crt'), 'utf8')
       admin = new Agent({

@@ -260,6 +260,17 @@ describe('verifier process on PostgreSQL', () => {
     expect(
       sample(text, 'keylime_verifier_loop_attestations_total', { result: 'fail' }),
     ).toBeGreaterThanOrEqual(1)
+    // recorded by the loop itself: results with the failure's event id, and the batched result writes
+    expect(
+      sample(text, 'keylime_verifier_attestations_total', { result: 'pass', event_id: '' }),
+    ).toBeGreaterThanOrEqual(6)
+    expect(
+      sample(text, 'keylime_verifier_attestations_total', {
+        result: 'fail',
+        event_id: 'pcr_validation.invalid_pcr_15',
+      }),
+    ).toBeGreaterThanOrEqual(1)
+    expect(sample(text, 'keylime_verifier_db_write_batch_rows_count')).toBeGreaterThanOrEqual(1)
     expect(sample(text, 'keylime_verifier_leases', { status: 'valid' })).toBe(3)
     expect(sample(text, 'keylime_verifier_leases', { status: 'expired' })).toBe(0)
     expect(sample(text, 'keylime_verifier_revocation_deliveries_total', { outcome: 'dropped' })).toBe(0)
