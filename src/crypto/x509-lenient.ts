@@ -202,7 +202,7 @@ function parseTime(r: Reader, t: Tlv, what: string): Date {
   return new Date(ms - offsetMin * 60_000)
 }
 
-function derLength(n: number): Buffer {
+function encodeDerLength(n: number): Buffer {
   if (n < 0x80) return Buffer.from([n])
   const bytes: number[] = []
   while (n > 0) {
@@ -228,7 +228,7 @@ function importPublicKey(r: Reader, spki: Tlv, irregularities: string[]): KeyObj
       const body = Buffer.concat([RSA_ENCRYPTION_ALG, bitString])
       try {
         const key = createPublicKey({
-          key: Buffer.concat([Buffer.from([0x30]), derLength(body.length), body]),
+          key: Buffer.concat([Buffer.from([0x30]), encodeDerLength(body.length), body]),
           format: 'der',
           type: 'spki',
         })

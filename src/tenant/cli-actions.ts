@@ -66,7 +66,7 @@ function print(runtime: TenantRuntime, human: string, data: unknown): void {
   else process.stdout.write(`${human}\n`)
 }
 
-function table(record: Record<string, unknown>): string {
+function table(record: object): string {
   return Object.entries(record)
     .map(([k, v]) => `  ${k}: ${typeof v === 'object' && v !== null ? JSON.stringify(v) : String(v)}`)
     .join('\n')
@@ -195,13 +195,9 @@ async function dispatch(
     case 'regstatus': {
       const uuid = requireUuid(opts)
       const record = await service.regstatus(uuid)
-      print(
-        runtime,
-        `agent ${uuid} at the registrar:\n${table(record as unknown as Record<string, unknown>)}`,
-        {
-          [uuid]: record,
-        },
-      )
+      print(runtime, `agent ${uuid} at the registrar:\n${table(record)}`, {
+        [uuid]: record,
+      })
       return
     }
     case 'status': {

@@ -4,6 +4,7 @@
  * PCR read/extend/reset and TPM information. Every use of the EK goes through a fresh
  * PolicySecret(TPM_RH_ENDORSEMENT) policy session, as the TCG EK policy requires.
  */
+
 import { createHash, type JsonWebKey, X509Certificate } from 'node:crypto'
 import { Certify, Quote } from './commands/attestation.ts'
 import { GetCapability, type TpmsCapabilityData } from './commands/capability.ts'
@@ -27,6 +28,7 @@ import {
   tpmAlgName,
 } from './constants.ts'
 import { TpmUsageError } from './errors.ts'
+import { derSequenceLength } from './marshal/der.ts'
 import { TpmRc, TpmResponseError } from './rc.ts'
 import { PasswordSession } from './session.ts'
 import { ekPolicySession } from './sessions.ts'
@@ -156,18 +158,6 @@ export async function getHandleCounts(tpm: Tpm): Promise<{ transient: number; se
   return { transient, sessions: new Set([...loaded, ...saved]).size }
 }
 
-/** The DER length of a certificate that starts with a definite-length SEQUENCE, to drop NV padding. */
-function derLength(data: Uint8Array): number | undefined {
-  if (data[0] !== 0x30 || data.length < 2) return undefined
-  const first = data[1] ?? 0
-  if (first < 0x80) return 2 + first
-  const n = first & 0x7f
-  if (n === 0 || n > 4 || data.length < 2 + n) return undefined
-  let len = 0
-  for (let i = 0; i < n; i++) len = len * 256 + (data[2 + i] ?? 0)
-  return 2 + n + len
-}
-
 /** Reads a whole NV index in chunks of TPM_PT_NV_BUFFER_MAX, authorising with the index itself. */
 export async function nvReadAll(tpm: Tpm, nvIndex: number, password?: string): Promise<Uint8Array> {
   const { nvPublic } = await tpm.run(NvReadPublic, { nvIndex })
@@ -211,7 +201,7 @@ async function readCertificateAt(tpm: Tpm, index: number): Promise<Uint8Array | 
     if (err instanceof TpmResponseError && err.baseRc === TpmRc.Handle) return null
     throw err
   }
-  const len = derLength(data)
+  const len = derSequenceLength(data)
   return len !== undefined && len <= data.length ? data.slice(0, len) : data
 }
 
@@ -226,7 +216,7 @@ function unsignedBytes(bytes: Uint8Array): Buffer {
  * Whether a DER certificate certifies the key of a TPM2B_PUBLIC: same RSA modulus and exponent, or same ECC point.
  * undefined when node cannot parse the certificate (some vendors' DER is not strict), so the keys cannot be compared.
  */
-function certificateMatchesKey(der: Uint8Array, ekPublic: TpmtPublic): boolean | undefined {
+function certificateCertifiesEk(der: Uint8Array, ekPublic: TpmtPublic): boolean | undefined {
   let jwk: JsonWebKey
   try {
     jwk = new X509Certificate(der).publicKey.export({ format: 'jwk' })
@@ -282,7 +272,7 @@ export async function readEkCertificate(
       `the EK is not an ${alg.toUpperCase()} key (type 0x${ekPublic.type.toString(16)})`,
     )
   for (const { index, der } of await listEkCertificates(tpm, alg)) {
-    const matches = certificateMatchesKey(der, ekPublic)
+    const matches = certificateCertifiesEk(der, ekPublic)
     if (matches === true || (matches === undefined && index === defaultIndex)) return der
   }
   return null
@@ -609,7 +599,7 @@ export function splitDerCertificates(data: Uint8Array): Uint8Array[] {
   const out: Uint8Array[] = []
   let rest = data
   while (rest.length > 2 && rest[0] === 0x30) {
-    const len = derLength(rest)
+    const len = derSequenceLength(rest)
     if (len === undefined || len > rest.length) break
     out.push(rest.slice(0, len))
     rest = rest.subarray(len)

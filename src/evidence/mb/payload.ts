@@ -3,6 +3,7 @@
  * demand. Each returns null for a payload that does not have the expected structure (the record itself was
  * valid), so callers decide whether that is a policy failure or just shown as hex.
  */
+import { derSequenceLength } from '../../tpm/marshal/der.ts'
 import { EventType } from './constants.ts'
 import { devicePathToText } from './device-path.ts'
 import { guidAt, toHex } from './guid.ts'
@@ -103,18 +104,6 @@ export function signatureDataHexes(data: Uint8Array): string[] | null {
   return out
 }
 
-/** Length of a DER SEQUENCE starting at `o` (tag + length + content), or null. */
-function derLength(b: Buffer, o: number): number | null {
-  if (b.length - o < 2 || b[o] !== 0x30) return null
-  const l0 = b[o + 1] as number
-  if (l0 < 0x80) return 2 + l0
-  const n = l0 & 0x7f
-  if (n === 0 || n > 3 || b.length - o < 2 + n) return null
-  let len = 0
-  for (let i = 0; i < n; i++) len = len * 256 + (b[o + 2 + i] as number)
-  return 2 + n + len
-}
-
 /**
  * EFI_SIGNATURE_DATA entries without a list header (EV_EFI_VARIABLE_AUTHORITY: db, Shim, vendor_db). Several
  * back-to-back X.509 entries are split by their DER lengths; anything else is one entry.
@@ -126,7 +115,7 @@ export function decodeSignatureDataEntries(data: Uint8Array): EfiSignature[] | n
   let o = 0
   while (o < b.length) {
     if (b.length - o < 17) return null
-    const der = derLength(b, o + 16)
+    const der = derSequenceLength(b, o + 16) ?? null
     const end =
       der !== null && o + 16 + der < b.length && o + 16 + der + 17 <= b.length ? o + 16 + der : b.length
     out.push({ SignatureOwner: guidAt(b, o), SignatureData: toHex(b.subarray(o + 16, end)) })
