@@ -1,7 +1,7 @@
 /** `ca.conf` `[ca]` (keylime-config-and-cli.md §2.4). */
 import type { LoadOptions } from './loader.ts'
-import { type ConfigOf, type Flags, type Loaded, loadIniConfig, opt } from './schema.ts'
-import { refuseUnimplementedOptions } from './unimplemented.ts'
+import { type ConfigOf, type Flags, opt } from './schema.ts'
+import { loadCheckedIniConfig } from './unimplemented.ts'
 
 export const caSchema = {
   password: opt.string('default'),
@@ -18,10 +18,5 @@ export const caSchema = {
 }
 export type CaConfig = ConfigOf<typeof caSchema>
 
-export function loadCaConfig(
-  opts: LoadOptions & { flags?: Flags<typeof caSchema> } = {},
-): Loaded<typeof caSchema> {
-  const loaded = loadIniConfig('ca', caSchema, opts)
-  refuseUnimplementedOptions('ca', loaded.config)
-  return loaded
-}
+export const loadCaConfig = (opts: LoadOptions & { flags?: Flags<typeof caSchema> } = {}) =>
+  loadCheckedIniConfig('ca', caSchema, opts)

@@ -1,7 +1,7 @@
 /** `registrar.conf` `[registrar]` (keylime-config-and-cli.md §2.2) with upstream defaults. */
 import type { LoadOptions } from './loader.ts'
-import { type ConfigOf, type Flags, type Loaded, loadIniConfig, opt } from './schema.ts'
-import { refuseUnimplementedOptions } from './unimplemented.ts'
+import { type ConfigOf, type Flags, opt } from './schema.ts'
+import { loadCheckedIniConfig } from './unimplemented.ts'
 
 export const registrarSchema = {
   ip: opt.string('127.0.0.1'),
@@ -48,10 +48,5 @@ export const registrarSchema = {
 }
 export type RegistrarConfig = ConfigOf<typeof registrarSchema>
 
-export function loadRegistrarConfig(
-  opts: LoadOptions & { flags?: Flags<typeof registrarSchema> } = {},
-): Loaded<typeof registrarSchema> {
-  const loaded = loadIniConfig('registrar', registrarSchema, opts)
-  refuseUnimplementedOptions('registrar', loaded.config)
-  return loaded
-}
+export const loadRegistrarConfig = (opts: LoadOptions & { flags?: Flags<typeof registrarSchema> } = {}) =>
+  loadCheckedIniConfig('registrar', registrarSchema, opts)

@@ -1,7 +1,7 @@
 /** `tenant.conf` `[tenant]` (keylime-config-and-cli.md §2.3); options Keylime TS does not implement are refused. */
 import type { LoadOptions } from './loader.ts'
-import { type ConfigOf, type Flags, type Loaded, loadIniConfig, opt } from './schema.ts'
-import { refuseUnimplementedOptions } from './unimplemented.ts'
+import { type ConfigOf, type Flags, opt } from './schema.ts'
+import { loadCheckedIniConfig } from './unimplemented.ts'
 
 export const tenantSchema = {
   verifier_ip: opt.string('127.0.0.1'),
@@ -29,10 +29,5 @@ export const tenantSchema = {
 }
 export type TenantConfig = ConfigOf<typeof tenantSchema>
 
-export function loadTenantConfig(
-  opts: LoadOptions & { flags?: Flags<typeof tenantSchema> } = {},
-): Loaded<typeof tenantSchema> {
-  const loaded = loadIniConfig('tenant', tenantSchema, opts)
-  refuseUnimplementedOptions('tenant', loaded.config)
-  return loaded
-}
+export const loadTenantConfig = (opts: LoadOptions & { flags?: Flags<typeof tenantSchema> } = {}) =>
+  loadCheckedIniConfig('tenant', tenantSchema, opts)

@@ -4,6 +4,8 @@
  * it is not. The defaults (feature off) start as usual.
  */
 import { KeylimeError } from '../common/errors.ts'
+import type { LoadOptions } from './loader.ts'
+import { type Flags, type Loaded, loadIniConfig, type Schema } from './schema.ts'
 
 export class OptionNotImplementedError extends KeylimeError {
   constructor(message: string) {
@@ -117,4 +119,15 @@ export function refuseUnimplementedOptions(
       )
     }
   }
+}
+
+/** A component's INI configuration (files, `KEYLIME_*` environment, flags), refused if it turns on a missing feature. */
+export function loadCheckedIniConfig<S extends Schema>(
+  component: keyof typeof UNIMPLEMENTED_OPTIONS,
+  schema: S,
+  opts: LoadOptions & { flags?: Flags<S> } = {},
+): Loaded<S> {
+  const loaded = loadIniConfig(component, schema, opts)
+  refuseUnimplementedOptions(component, loaded.config)
+  return loaded
 }

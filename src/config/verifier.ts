@@ -3,8 +3,8 @@
  * not implement are read so that turning one on is refused at start-up (`unimplemented.ts`).
  */
 import type { LoadOptions } from './loader.ts'
-import { type ConfigOf, type Flags, type Loaded, loadIniConfig, opt } from './schema.ts'
-import { refuseUnimplementedOptions } from './unimplemented.ts'
+import { type ConfigOf, type Flags, opt } from './schema.ts'
+import { loadCheckedIniConfig } from './unimplemented.ts'
 
 export const verifierSchema = {
   uuid: opt.string('default'),
@@ -90,10 +90,5 @@ export const verifierSchema = {
 }
 export type VerifierConfig = ConfigOf<typeof verifierSchema>
 
-export function loadVerifierConfig(
-  opts: LoadOptions & { flags?: Flags<typeof verifierSchema> } = {},
-): Loaded<typeof verifierSchema> {
-  const loaded = loadIniConfig('verifier', verifierSchema, opts)
-  refuseUnimplementedOptions('verifier', loaded.config)
-  return loaded
-}
+export const loadVerifierConfig = (opts: LoadOptions & { flags?: Flags<typeof verifierSchema> } = {}) =>
+  loadCheckedIniConfig('verifier', verifierSchema, opts)
