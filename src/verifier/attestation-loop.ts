@@ -9,11 +9,11 @@ import { AgentState } from '../api/verifier/states.ts'
 import type { Logger } from '../common/log.ts'
 import type { VerifierAgentPatch, VerifierAgentRow, VerifierRepository } from '../db/verifier-repository.ts'
 import type { AgentConnections } from './agent-connections.ts'
-import { NO_VERIFIER_METRICS, type VerifierMetrics } from './metrics.ts'
 import { type AgentRuntime, agentRuntimeFromRow } from './agent-runtime.ts'
 import { AgentSteps } from './agent-steps.ts'
 import { DbOutage } from './db-outage.ts'
 import type { EvidenceRunner } from './evidence-runner.ts'
+import { NO_VERIFIER_METRICS, type VerifierMetrics } from './metrics.ts'
 import type { VerifierOptions } from './options.ts'
 import type { PolicyStore } from './policy-store.ts'
 import type { RevocationNotifier } from './revocation-notifier.ts'
@@ -231,18 +231,15 @@ export class AttestationLoop {
 
   /** Attestation steps in the metrics: evidence judged (pass/fail) or not obtained (error); V deliveries are not. */
   private recordResult(outcome: StepOutcome, seconds: number): void {
-    switch (outcome.kind) {
-      case 'quote_passed':
-        return this.metrics.attestation('pass', null, seconds)
-      case 'quote_failed':
-        return this.metrics.attestation('fail', outcome.events[0]?.eventId ?? null, seconds)
-      case 'unreachable':
-      case 'refused':
-      case 'cannot_evaluate':
-        return this.metrics.attestation('error', null, seconds)
-      default:
-        return
-    }
+    if (outcome.kind === 'quote_passed') this.metrics.attestation('pass', null, seconds)
+    else if (outcome.kind === 'quote_failed')
+      this.metrics.attestation('fail', outcome.events[0]?.eventId ?? null, seconds)
+    else if (
+      outcome.kind === 'unreachable' ||
+      outcome.kind === 'refused' ||
+      outcome.kind === 'cannot_evaluate'
+    )
+      this.metrics.attestation('error', null, seconds)
   }
 
   // ------------------------------------------------------------------------------------- outcomes
