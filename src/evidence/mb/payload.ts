@@ -52,33 +52,51 @@ export interface EfiSignatureList {
   Keys: EfiSignature[]
 }
 
+interface SignatureListHeader {
+  /** Offset of the list in the buffer. */
+  offset: number
+  listSize: number
+  headerSize: number
+  sigSize: number
+  /** Offset of the first EFI_SIGNATURE_DATA entry. */
+  first: number
+}
+
+/** Walks a concatenation of EFI_SIGNATURE_LISTs; false when one is malformed (then nothing more is visited). */
+function forEachSignatureList(b: Buffer, visit: (list: SignatureListHeader) => void): boolean {
+  let o = 0
+  while (o < b.length) {
+    if (b.length - o < 28) return false
+    const listSize = b.readUInt32LE(o + 16)
+    const headerSize = b.readUInt32LE(o + 20)
+    const sigSize = b.readUInt32LE(o + 24)
+    if (listSize < 28 || listSize > b.length - o || sigSize < 16) return false
+    const body = listSize - 28 - headerSize
+    if (body < 0 || body % sigSize !== 0) return false
+    visit({ offset: o, listSize, headerSize, sigSize, first: o + 28 + headerSize })
+    o += listSize
+  }
+  return true
+}
+
 /** A concatenation of EFI_SIGNATURE_LISTs (PK, KEK, db, dbx as EV_EFI_VARIABLE_DRIVER_CONFIG). */
 export function decodeSignatureLists(data: Uint8Array): EfiSignatureList[] | null {
   const b = buf(data)
   const lists: EfiSignatureList[] = []
-  let o = 0
-  while (o < b.length) {
-    if (b.length - o < 28) return null
-    const listSize = b.readUInt32LE(o + 16)
-    const headerSize = b.readUInt32LE(o + 20)
-    const sigSize = b.readUInt32LE(o + 24)
-    if (listSize < 28 || listSize > b.length - o || sigSize < 16) return null
-    const body = listSize - 28 - headerSize
-    if (body < 0 || body % sigSize !== 0) return null
+  const ok = forEachSignatureList(b, (l) => {
     const keys: EfiSignature[] = []
-    for (let k = o + 28 + headerSize; k < o + listSize; k += sigSize) {
-      keys.push({ SignatureOwner: guidAt(b, k), SignatureData: toHex(b.subarray(k + 16, k + sigSize)) })
+    for (let k = l.first; k < l.offset + l.listSize; k += l.sigSize) {
+      keys.push({ SignatureOwner: guidAt(b, k), SignatureData: toHex(b.subarray(k + 16, k + l.sigSize)) })
     }
     lists.push({
-      SignatureType: guidAt(b, o),
-      SignatureListSize: listSize,
-      SignatureHeaderSize: headerSize,
-      SignatureSize: sigSize,
+      SignatureType: guidAt(b, l.offset),
+      SignatureListSize: l.listSize,
+      SignatureHeaderSize: l.headerSize,
+      SignatureSize: l.sigSize,
       Keys: keys,
     })
-    o += listSize
-  }
-  return lists
+  })
+  return ok ? lists : null
 }
 
 /**
@@ -88,20 +106,11 @@ export function decodeSignatureLists(data: Uint8Array): EfiSignatureList[] | nul
 export function signatureDataHexes(data: Uint8Array): string[] | null {
   const b = buf(data)
   const out: string[] = []
-  let o = 0
-  while (o < b.length) {
-    if (b.length - o < 28) return null
-    const listSize = b.readUInt32LE(o + 16)
-    const headerSize = b.readUInt32LE(o + 20)
-    const sigSize = b.readUInt32LE(o + 24)
-    if (listSize < 28 || listSize > b.length - o || sigSize < 16) return null
-    const body = listSize - 28 - headerSize
-    if (body < 0 || body % sigSize !== 0) return null
-    for (let k = o + 28 + headerSize; k < o + listSize; k += sigSize)
-      out.push(b.toString('hex', k + 16, k + sigSize))
-    o += listSize
-  }
-  return out
+  const ok = forEachSignatureList(b, (l) => {
+    for (let k = l.first; k < l.offset + l.listSize; k += l.sigSize)
+      out.push(b.toString('hex', k + 16, k + l.sigSize))
+  })
+  return ok ? out : null
 }
 
 /**
