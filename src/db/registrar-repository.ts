@@ -7,10 +7,8 @@
 import type { ColumnType, Generated, Kysely, Selectable, Transaction } from 'kysely'
 import { KeylimeError } from '../common/errors.ts'
 
-export interface RegistrarMainTable {
-  agent_id: string
-  /** b64 of the 32-char challenge; the HMAC key of the auth_tag. */
-  key: string | null
+/** What one registration carries: the TPM identity and how to reach the agent (registrarmain and registrarpending). */
+export interface RegistrationColumns {
   aik_tpm: string | null
   ek_tpm: string | null
   /** b64 DER */
@@ -23,30 +21,25 @@ export interface RegistrarMainTable {
   idevid_cert: string | null
   /** PEM, or the literal `disabled` */
   mtls_cert: string | null
-  virtual: Generated<number>
   ip: string | null
   port: number | null
+}
+
+export interface RegistrarMainTable extends RegistrationColumns {
+  agent_id: string
+  /** b64 of the 32-char challenge; the HMAC key of the auth_tag. */
+  key: string | null
+  virtual: Generated<number>
   active: Generated<number>
   provider_keys: string | null
   regcount: Generated<number>
 }
 
 /** A registration awaiting activation (one row per challenge). */
-export interface RegistrarPendingTable {
+export interface RegistrarPendingTable extends RegistrationColumns {
   agent_id: string
   /** b64 of the 32-char challenge, as `registrarmain.key` */
   key: string
-  aik_tpm: string | null
-  ek_tpm: string | null
-  ekcert: string | null
-  iak_tpm: string | null
-  idevid_tpm: string | null
-  iak_cert: string | null
-  idevid_cert: string | null
-  mtls_cert: string | null
-  ek_ca_chain: string | null
-  ip: string | null
-  port: number | null
   /** ms since epoch (PostgreSQL hands bigint back as a string) */
   registered_at: ColumnType<number | string, number, number>
 }
@@ -56,20 +49,9 @@ export interface RegistrarDatabase {
   registrarpending: RegistrarPendingTable
 }
 
-export interface RegistrarRecord {
+export interface RegistrarRecord extends RegistrationColumns {
   agent_id: string
   key: string | null
-  aik_tpm: string | null
-  ek_tpm: string | null
-  ekcert: string | null
-  ek_ca_chain: string | null
-  iak_tpm: string | null
-  idevid_tpm: string | null
-  iak_cert: string | null
-  idevid_cert: string | null
-  mtls_cert: string | null
-  ip: string | null
-  port: number | null
   active: boolean
   provider_keys: Record<string, unknown> | null
   regcount: number
