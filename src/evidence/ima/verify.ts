@@ -12,6 +12,7 @@ import { ImaNgFastPath } from './fast-path.ts'
 import { BANK_SIZE, digestLatin1, digestWith, isPcrBank, type PcrBank } from './hash-algs.ts'
 import { ImaKeyring, type KeyringJson, parseKeyBuffer } from './keyring.ts'
 import { allowedDigests, type CompiledRuntimePolicy, type DigestIndex, lookupDigest } from './policy.ts'
+import { entryMeasurement } from './replay.ts'
 import { verifyImaSignature } from './signature.ts'
 
 /** Per-agent replay state; plain JSON, persisted by the verifier between quotes (and across verifier restarts). */
@@ -265,18 +266,10 @@ class EntryValidator {
         if (err instanceof ImaParseError) continue
         throw err
       }
-      again.validate(entry, bank, entry.violation ? FF[bank] : digestWith(bank, entry.templateData))
+      again.validate(entry, bank, entryMeasurement(entry, bank))
     }
     return again.#dm?.state()
   }
-}
-
-const FF: Record<PcrBank, Buffer> = {
-  sha1: Buffer.alloc(20, 0xff),
-  sha256: Buffer.alloc(32, 0xff),
-  sha384: Buffer.alloc(48, 0xff),
-  sha512: Buffer.alloc(64, 0xff),
-  sm3_256: Buffer.alloc(32, 0xff),
 }
 
 /**
@@ -394,7 +387,7 @@ export class ImaIncrementVerification {
           )
           continue
         }
-        const measurement = entry.violation ? FF[bank] : digestWith(bank, entry.templateData)
+        const measurement = entryMeasurement(entry, bank)
         joined.set(measurement, size)
         validator.validate(entry, bank, measurement)
       }

@@ -30,13 +30,17 @@ export interface CreationOutput {
   creationTicket: TpmtTicket
 }
 
-function decodeCreation(r: TpmReader): CreationOutput {
+/** A TPM2B_PUBLIC in a response: decoded, and its bytes as returned (what the object's Name hashes). */
+function decodeOutPublic(r: TpmReader): { outPublicBytes: Uint8Array; outPublic: TpmtPublic } {
   const start = r.offset
   const outPublic = r.scope('outPublic', () => Tpm2bPublic.decode(r))
   const outPublicBytes = r.bytes.slice(start, r.offset)
+  return { outPublicBytes, outPublic: { ...outPublic, raw: outPublicBytes.subarray(2) } }
+}
+
+function decodeCreation(r: TpmReader): CreationOutput {
   return {
-    outPublicBytes,
-    outPublic: { ...outPublic, raw: outPublicBytes.subarray(2) },
+    ...decodeOutPublic(r),
     creationData: r.tpm2b('creationData').slice(),
     creationHash: r.tpm2b('creationHash', 64).slice(),
     creationTicket: r.scope('creationTicket', () => TpmtTicket.decode(r)),
@@ -113,12 +117,8 @@ export const ReadPublic = defineCommand<{ objectHandle: number }, ReadPublicResp
   spec: 'Part 3, 12.4',
   handles: ['objectHandle'],
   decodeResponse: (r) => {
-    const start = r.offset
-    const outPublic = r.scope('outPublic', () => Tpm2bPublic.decode(r))
-    const outPublicBytes = r.bytes.slice(start, r.offset)
     return {
-      outPublicBytes,
-      outPublic: { ...outPublic, raw: outPublicBytes.subarray(2) },
+      ...decodeOutPublic(r),
       name: r.tpm2b('name').slice(),
       qualifiedName: r.tpm2b('qualifiedName').slice(),
     }
