@@ -6,7 +6,7 @@
 import { isAbsolute, join } from 'node:path'
 import { KeylimeError } from '../common/errors.ts'
 import { loadAgentRaw } from '../config/loader.ts'
-import { configuredDeviceIdTemplate, parseSecureSize } from './option-checks.ts'
+import { configuredDeviceIdTemplate, type DeviceIdOptions, parseSecureSize } from './option-checks.ts'
 
 export class AgentConfigError extends KeylimeError {
   constructor(message: string, options?: { cause?: unknown }) {
@@ -14,7 +14,8 @@ export class AgentConfigError extends KeylimeError {
   }
 }
 
-export interface AgentConfig {
+/** The `[agent]` options (the device identity ones, `iak_*`/`idevid_*`, are declared in option-checks.ts). */
+export interface AgentConfig extends DeviceIdOptions {
   api_versions: string
   uuid: string
   ip: string
@@ -72,18 +73,6 @@ export interface AgentConfig {
   enable_revocation_notifications: boolean
   /** Register with the IAK/IDevID too (TCG device identity), the AK certified by the IAK. */
   enable_iak_idevid: boolean
-  /** `detect` (from the IAK certificate), `H-1`..`H-4`, or `manual` (the two options below). */
-  iak_idevid_template: string
-  iak_idevid_asymmetric_alg: string
-  iak_idevid_name_alg: string
-  /** Persistent handles (hex) of provisioned keys instead of creating them from the template; auth values. */
-  iak_handle: string
-  iak_password: string
-  idevid_handle: string
-  idevid_password: string
-  /** Certificate files (PEM or DER, relative to keylime_dir), or `nv:0x…` for an NV index (Keylime TS extension). */
-  iak_cert: string
-  idevid_cert: string
   /** `user:group` to switch to once start-up needing root is done (root only); empty keeps the current user. */
   run_as: string
   /** Keylime TS extension: files the agent measures into its IMA list itself (IMA emulator), comma list. */

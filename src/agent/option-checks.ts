@@ -35,15 +35,18 @@ const MANUAL: Record<string, DeviceIdTemplateName> = {
   'ecc/sha512': 'H-4',
 }
 
-/** The `[agent]` options of the device identity (config.ts). */
+/** The `[agent]` options of the device identity (part of `AgentConfig`). */
 export interface DeviceIdOptions {
+  /** `detect` (from the IAK certificate), `H-1`..`H-4`, or `manual` (the two options below). */
   iak_idevid_template: string
   iak_idevid_asymmetric_alg: string
   iak_idevid_name_alg: string
+  /** Persistent handles (hex) of provisioned keys instead of creating them from the template; auth values. */
   iak_handle: string
   iak_password: string
   idevid_handle: string
   idevid_password: string
+  /** Certificate files (PEM or DER, relative to keylime_dir), or `nv:0x…` for an NV index (Keylime TS extension). */
   iak_cert: string
   idevid_cert: string
 }
