@@ -1,6 +1,7 @@
 /** `registrar.conf` `[registrar]` (keylime-config-and-cli.md §2.2) with upstream defaults. */
 import type { LoadOptions } from './loader.ts'
 import { type ConfigOf, type Flags, opt } from './schema.ts'
+import { DURABLE_ATTESTATION_OPTIONS, PROBE_LISTENER_OPTIONS, SERVER_TLS_OPTIONS } from './shared-options.ts'
 import { loadCheckedIniConfig } from './unimplemented.ts'
 
 export const registrarSchema = {
@@ -8,24 +9,13 @@ export const registrarSchema = {
   port: opt.port(8890),
   tls_port: opt.port(8891),
   tls_dir: opt.string('default'),
-  server_key: opt.string('default'),
-  server_cert: opt.string('default'),
-  server_key_password: opt.string(''),
-  cert_subject_alternative_names: opt.list([]),
-  trusted_client_ca: opt.list(['default']),
+  ...SERVER_TLS_OPTIONS,
   authorization_provider: opt.string('simple'),
   database_url: opt.string('sqlite'),
   database_pool_sz_ovfl: opt.string('5,10'),
   max_workers: opt.int(16),
   auto_migrate_db: opt.bool(true),
-  durable_attestation_import: opt.string(''),
-  persistent_store_url: opt.string(''),
-  transparency_log_url: opt.string(''),
-  time_stamp_authority_url: opt.string(''),
-  time_stamp_authority_certs_path: opt.string(''),
-  persistent_store_format: opt.string('json'),
-  persistent_store_encoding: opt.string(''),
-  transparency_log_sign_algo: opt.string('sha256'),
+  ...DURABLE_ATTESTATION_OPTIONS,
   signed_attributes: opt.list(['ek_tpm', 'aik_tpm', 'ekcert']),
   tpm_identity: opt.string('default'),
   malformed_cert_action: opt.string('warn'),
@@ -40,9 +30,7 @@ export const registrarSchema = {
   registration_challenge_lifetime: opt.int(300),
   /** Refuse registrations whose EK certificate is missing or does not chain to `tpm_cert_store`. */
   require_trusted_ek_cert: opt.bool(false),
-  /** Plain-HTTP listener with only /healthz, /readyz and /metrics (docs/deploy.md); 0 = off. */
-  metrics_port: opt.int(0),
-  metrics_ip: opt.string('127.0.0.1'),
+  ...PROBE_LISTENER_OPTIONS,
   /** Read from tenant.conf upstream; carried here so the registrar can be given it directly. */
   tpm_cert_store: opt.string('/var/lib/keylime/tpm_cert_store', { section: 'tenant' }),
 }

@@ -4,24 +4,19 @@
  */
 import type { LoadOptions } from './loader.ts'
 import { type ConfigOf, type Flags, opt } from './schema.ts'
+import { DURABLE_ATTESTATION_OPTIONS, PROBE_LISTENER_OPTIONS, SERVER_TLS_OPTIONS } from './shared-options.ts'
 import { loadCheckedIniConfig } from './unimplemented.ts'
 
 export const verifierSchema = {
   uuid: opt.string('default'),
   ip: opt.string('127.0.0.1'),
   port: opt.port(8881),
-  /** Plain-HTTP listener with only /healthz, /readyz and /metrics (docs/deploy.md); 0 = off. */
-  metrics_port: opt.int(0),
-  metrics_ip: opt.string('127.0.0.1'),
+  ...PROBE_LISTENER_OPTIONS,
   registrar_ip: opt.string('127.0.0.1'),
   registrar_port: opt.port(8891),
   enable_agent_mtls: opt.bool(true),
   tls_dir: opt.string('generate'),
-  server_key: opt.string('default'),
-  server_cert: opt.string('default'),
-  server_key_password: opt.string(''),
-  cert_subject_alternative_names: opt.list([]),
-  trusted_client_ca: opt.list(['default']),
+  ...SERVER_TLS_OPTIONS,
   client_key: opt.string('default'),
   client_cert: opt.string('default'),
   client_key_password: opt.string(''),
@@ -51,14 +46,7 @@ export const verifierSchema = {
   severity_policy: opt.string('[{"event_id": ".*", "severity_label": "emergency"}]'),
   ignore_tomtou_errors: opt.bool(false),
   require_allow_list_signatures: opt.bool(false),
-  durable_attestation_import: opt.string(''),
-  persistent_store_url: opt.string(''),
-  transparency_log_url: opt.string(''),
-  time_stamp_authority_url: opt.string(''),
-  time_stamp_authority_certs_path: opt.string(''),
-  persistent_store_format: opt.string('json'),
-  persistent_store_encoding: opt.string(''),
-  transparency_log_sign_algo: opt.string('sha256'),
+  ...DURABLE_ATTESTATION_OPTIONS,
   signed_attributes: opt.string(''),
   mode: opt.string('pull'),
   challenge_lifetime: opt.int(1800),
