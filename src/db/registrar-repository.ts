@@ -86,19 +86,9 @@ function toRecord(row: Selectable<RegistrarMainTable>): RegistrarRecord {
     }
   }
   return {
+    ...registrationColumns(row),
     agent_id: row.agent_id,
     key: row.key,
-    aik_tpm: row.aik_tpm,
-    ek_tpm: row.ek_tpm,
-    ekcert: row.ekcert,
-    ek_ca_chain: row.ek_ca_chain,
-    iak_tpm: row.iak_tpm,
-    idevid_tpm: row.idevid_tpm,
-    iak_cert: row.iak_cert,
-    idevid_cert: row.idevid_cert,
-    mtls_cert: row.mtls_cert,
-    ip: row.ip,
-    port: row.port === null ? null : Number(row.port),
     active: Number(row.active) !== 0,
     provider_keys: providerKeys,
     regcount: Number(row.regcount),
@@ -107,20 +97,27 @@ function toRecord(row: Selectable<RegistrarMainTable>): RegistrarRecord {
 
 function toPending(row: Selectable<RegistrarPendingTable>): PendingRegistration {
   return {
+    ...registrationColumns(row),
     agent_id: row.agent_id,
     key: row.key,
+    registered_at: Number(row.registered_at),
+  }
+}
+
+/** The registration columns of a row (PostgreSQL may hand the port back as a string). */
+function registrationColumns(row: Selectable<RegistrationColumns>): RegistrationColumns {
+  return {
     aik_tpm: row.aik_tpm,
     ek_tpm: row.ek_tpm,
     ekcert: row.ekcert,
+    ek_ca_chain: row.ek_ca_chain,
     iak_tpm: row.iak_tpm,
     idevid_tpm: row.idevid_tpm,
     iak_cert: row.iak_cert,
     idevid_cert: row.idevid_cert,
     mtls_cert: row.mtls_cert,
-    ek_ca_chain: row.ek_ca_chain,
     ip: row.ip,
     port: row.port === null ? null : Number(row.port),
-    registered_at: Number(row.registered_at),
   }
 }
 
