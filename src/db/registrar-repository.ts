@@ -159,14 +159,8 @@ export class RegistrarRepository {
   constructor(readonly db: Kysely<RegistrarDatabase>) {}
 
   /** The activated record. */
-  async find(agentId: string): Promise<RegistrarRecord | undefined> {
-    const row = await this.db
-      .selectFrom('registrarmain')
-      .selectAll()
-      .where('agent_id', '=', agentId)
-      .where('active', '=', 1)
-      .executeTakeFirst()
-    return row ? toRecord(row) : undefined
+  find(agentId: string): Promise<RegistrarRecord | undefined> {
+    return this.findActiveIn(this.db, agentId)
   }
 
   /** Registrations of the agent still waiting for activation, newest first. */
@@ -308,7 +302,7 @@ export class RegistrarRepository {
   }
 
   private async findActiveIn(
-    tx: Transaction<RegistrarDatabase>,
+    tx: Kysely<RegistrarDatabase> | Transaction<RegistrarDatabase>,
     agentId: string,
   ): Promise<RegistrarRecord | undefined> {
     const row = await tx

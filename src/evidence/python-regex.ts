@@ -74,12 +74,17 @@ export function translatePythonRegex(pattern: string, how: 'match' | 'fullmatch'
     return codePoint(value)
   }
 
-  const escapeOutsideClass = (): string => {
+  /** Consumes `\c`: the character, where the escape began, and the translation both contexts share (or null). */
+  const startEscape = (): { c: string; at: number; common: string | null } => {
     const at = i
     const c = pattern[i + 1]
     if (c === undefined) return refuse('pattern ends with a lone backslash')
     i += 2
-    const common = commonEscape(c, at)
+    return { c, at, common: commonEscape(c, at) }
+  }
+
+  const escapeOutsideClass = (): string => {
+    const { c, at, common } = startEscape()
     if (common !== null) return common
     switch (c) {
       case 'A':
@@ -123,11 +128,7 @@ export function translatePythonRegex(pattern: string, how: 'match' | 'fullmatch'
   }
 
   const escapeInClass = (): string => {
-    const at = i
-    const c = pattern[i + 1]
-    if (c === undefined) return refuse('pattern ends with a lone backslash')
-    i += 2
-    const common = commonEscape(c, at)
+    const { c, at, common } = startEscape()
     if (common !== null) return common
     if (c === 'b') return '\\x{8}' // backspace inside a set, as in Python
     if (c === 'w') return ascii ? '\\w' : UNICODE_WORD
