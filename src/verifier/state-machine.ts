@@ -106,34 +106,16 @@ export function transition(
             numRetries: 0,
             effects: [{ kind: 'persist', mode: 'batched' }, { kind: 'send_v' }],
           }
-        : {
-            state: AgentState.GET_QUOTE,
-            numRetries: 0,
-            effects: [
-              { kind: 'persist', mode: 'batched' },
-              { kind: 'reschedule', delayMs: o.quoteIntervalMs, sendPubkey: false },
-            ],
-          }
+        : nextQuote(o, 0, { kind: 'persist', mode: 'batched' })
     case 'quote_failed':
       if (!quoting) break
       return quoteFailed(outcome.events, agent, o)
     case 'v_delivered':
       if (quoting) break
-      return {
-        state: AgentState.GET_QUOTE,
-        numRetries: 0,
-        effects: [
-          { kind: 'persist', mode: 'now' },
-          { kind: 'reschedule', delayMs: o.quoteIntervalMs, sendPubkey: false },
-        ],
-      }
+      return nextQuote(o, 0, persistNow)
     case 'v_not_needed':
       if (quoting) break
-      return {
-        state: AgentState.GET_QUOTE,
-        numRetries: agent.numRetries,
-        effects: [{ kind: 'reschedule', delayMs: o.quoteIntervalMs, sendPubkey: false }],
-      }
+      return nextQuote(o, agent.numRetries, null)
     case 'unreachable':
       return unreachable(state, quoting, agent, o)
     case 'refused':
@@ -226,4 +208,10 @@ function unreachable(
     numRetries,
     effects: state === retryState ? [reschedule] : [persistNow, reschedule],
   }
+}
+
+/** GET_QUOTE with the next quote one interval away, after an optional write. */
+function nextQuote(o: MachineOptions, numRetries: number, persist: Effect | null): Transition {
+  const reschedule: Effect = { kind: 'reschedule', delayMs: o.quoteIntervalMs, sendPubkey: false }
+  return { state: AgentState.GET_QUOTE, numRetries, effects: persist ? [persist, reschedule] : [reschedule] }
 }
