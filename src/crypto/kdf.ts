@@ -62,19 +62,11 @@ export function kdfa(
   checkArgs(hash, bits)
   const lab = labelBytes(label)
   const size = be32(bits)
-  const blocks: Uint8Array[] = []
-  const count = Math.ceil(bits / 8 / HASH_SIZES[hash])
-  for (let i = 1; i <= count; i++) {
+  return counterBlocks(hash, bits, (counter) => {
     const h = createHmac(hash, key)
-    h.update(be32(i))
-    h.update(lab)
-    h.update(ZERO)
-    h.update(contextU)
-    h.update(contextV)
-    h.update(size)
-    blocks.push(h.digest())
-  }
-  return finish(blocks, bits)
+    for (const part of [counter, lab, ZERO, contextU, contextV, size]) h.update(part)
+    return h.digest()
+  })
 }
 
 /**
@@ -91,17 +83,21 @@ export function kdfe(
 ): Uint8Array {
   checkArgs(hash, bits)
   const lab = labelBytes(label)
+  return counterBlocks(hash, bits, (counter) => {
+    const h = createHash(hash)
+    for (const part of [counter, z, lab, ZERO, partyU, partyV]) h.update(part)
+    return h.digest()
+  })
+}
+
+/** Both KDFs: blocks made from a 32-bit big-endian counter starting at 1, until `bits` are produced. */
+function counterBlocks(
+  hash: TpmHashName,
+  bits: number,
+  block: (counter: Uint8Array) => Uint8Array,
+): Uint8Array {
   const blocks: Uint8Array[] = []
   const count = Math.ceil(bits / 8 / HASH_SIZES[hash])
-  for (let i = 1; i <= count; i++) {
-    const h = createHash(hash)
-    h.update(be32(i))
-    h.update(z)
-    h.update(lab)
-    h.update(ZERO)
-    h.update(partyU)
-    h.update(partyV)
-    blocks.push(h.digest())
-  }
+  for (let i = 1; i <= count; i++) blocks.push(block(be32(i)))
   return finish(blocks, bits)
 }

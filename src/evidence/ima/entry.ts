@@ -376,6 +376,7 @@ export function parseBinaryImaList(
     p += nameLen
     if (!isTemplateName(templateName)) return stop(`unsupported template ${JSON.stringify(templateName)}`)
     const violation = isAllZero(templateHash)
+    const header = { pcr, templateHash, templateName, violation }
     if (templateName === 'ima') {
       if (p + 24 > buf.length) return stop('truncated ima entry')
       const digest = Buffer.from(buf.subarray(p, p + 20))
@@ -387,11 +388,8 @@ export function parseBinaryImaList(
       digest.copy(templateData, 0)
       buf.copy(templateData, 20, p + 24, p + 24 + fileNameLen)
       entries.push({
-        pcr,
-        templateHash,
-        templateName,
+        ...header,
         templateData,
-        violation,
         digestAlg: 'sha1',
         digest,
         digestHex: digest.toString('hex'),
@@ -412,11 +410,8 @@ export function parseBinaryImaList(
       const { alg, digest } = decodeDigestNgData(fields[0] as Buffer, start)
       const sigOrBuf = fields[2]
       entries.push({
-        pcr,
-        templateHash,
-        templateName,
+        ...header,
         templateData,
-        violation,
         digestAlg: alg,
         digest,
         digestHex: digest.toString('hex'),
