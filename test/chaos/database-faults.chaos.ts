@@ -20,7 +20,9 @@ async function worstVersionLatency(c: VerifierCluster, ms: number): Promise<numb
   const until = Date.now() + ms
   while (Date.now() < until) {
     const t0 = Date.now()
-    const r = await c.call('GET', '/version')
+    const r = await c.call('GET', '/version').catch((err: Error) => {
+      throw new Error(`${err.message}; verifier exited: ${c.current.exited}\n${c.current.stderr}`)
+    })
     worst = Math.max(worst, Date.now() - t0)
     expect(r.status).toBe(200)
     expect(c.current.exited, `verifier exited:\n${c.current.stderr}`).toBe(false)
@@ -49,6 +51,7 @@ async function convergesAfterFault(c: VerifierCluster, victimId: string): Promis
   const revoked = c.webhook.received.filter((m) => m.type === 'revocation' || m.agent_id !== victimId)
   expect(revoked, 'no revocation and nothing about healthy agents').toEqual([])
   expect(c.current.exited, `verifier exited:\n${c.current.stderr}`).toBe(false)
+  expect(c.current.unhandledRejections, c.current.stderr).toBe(0)
 }
 
 describe('database faults', () => {

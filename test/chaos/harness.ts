@@ -68,6 +68,8 @@ export interface VerifierProcess {
   /** True once the process has exited, for whatever reason. */
   readonly exited: boolean
   readonly stderr: string
+  /** Rejections the process logged as unhandled (it keeps running; each is a bug). */
+  readonly unhandledRejections: number
   kill(signal: NodeJS.Signals): Promise<void>
 }
 
@@ -138,13 +140,21 @@ function spawnVerifier(
         KEYLIME_LOG_LEVEL: 'warn',
         ...extraEnv,
       },
-      stdio: ['ignore', 'ignore', 'pipe'],
+      stdio: ['ignore', 'pipe', 'pipe'],
     },
   )
-  const state = { exited: false, stderr: '' }
+  const state = { exited: false, stderr: '', unhandled: 0 }
   proc.stderr?.on('data', (d: Buffer) => {
     state.stderr += d.toString()
     if (state.stderr.length > 200_000) state.stderr = state.stderr.slice(-100_000)
+  })
+  // the log (stdout, warn and above): a rejection nobody handled is a bug even though the process survives it
+  proc.stdout?.on('data', (d: Buffer) => {
+    const text = d.toString()
+    if (text.includes('unhandled promise rejection')) {
+      state.unhandled++
+      state.stderr += text
+    }
   })
   proc.once('exit', () => {
     state.exited = true
@@ -156,6 +166,9 @@ function spawnVerifier(
     },
     get stderr() {
       return state.stderr
+    },
+    get unhandledRejections() {
+      return state.unhandled
     },
     async kill(signal) {
       if (state.exited) return

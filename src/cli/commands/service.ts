@@ -35,6 +35,15 @@ export function registerServiceCommand<C>(program: Command, service: ServiceComm
       }),
     )
     log.info({ files }, `${service.name} configuration loaded`)
+    // Every database and network failure is meant to be handled where it happens; one that slips through is a bug
+    // to log loudly, not a reason to stop attesting every other agent.
+    process.on('unhandledRejection', (reason) => {
+      const err = reason instanceof Error ? reason : new Error(String(reason))
+      log.error(
+        { err: err.message, stack: err.stack },
+        'unhandled promise rejection (bug): the service keeps running',
+      )
+    })
     const running = await step('starting', () => service.start(config, log))
     const shutdown = (signal: string) => {
       log.info({ signal }, `${service.name} shutting down`)
