@@ -38,6 +38,10 @@ export const verifierSchema = {
   max_body_size: opt.int(65536),
   /** Keylime TS: body limit of the public `POST /verify/evidence` (quote, logs and policies; bytes). */
   max_evidence_size: opt.int(8388608),
+  /** Keylime TS: `POST /verify/evidence` calls one source address (IPv6: one /64) may make per window; 0 = no limit. */
+  evidence_rate_limit_per_ip: opt.int(60),
+  /** Keylime TS: that rate limit's window in seconds. */
+  evidence_rate_limit_window_ip: opt.int(60),
   measured_boot_policy_name: opt.string('accept-all'),
   measured_boot_imports: opt.list([]),
   measured_boot_evaluate: opt.string('once'),

@@ -9,6 +9,7 @@
  * EK certificates that do not chain to `tpm_cert_store`.
  */
 import type { KeyObject } from 'node:crypto'
+import { type Admission, type RateLimitOptions, SourceRateLimiter } from '../api/rate-limit.ts'
 import type { AgentResults, RegisterResults } from '../api/registrar/schemas.ts'
 import type { Logger } from '../common/log.ts'
 import { type CertStore, verifyEkCertificateWithStore } from '../crypto/ek-trust.ts'
@@ -23,7 +24,6 @@ import type { LenientCertificate } from '../crypto/x509-lenient.ts'
 import type { RegistrarRecord, RegistrarRepository, RegistrationWrite } from '../db/registrar-repository.ts'
 import { ekCaChainOf } from './ek-chain.ts'
 import { hasIakIdevid, verifyIakIdevid } from './iak.ts'
-import { type Admission, type RateLimitOptions, SourceRateLimiter } from './rate-limit.ts'
 import {
   authTagMatches,
   checkAgentId,

@@ -8,6 +8,7 @@ import type { TLSSocket } from 'node:tls'
 import { Type } from '@sinclair/typebox'
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import { envelope, errorEnvelope } from '../api/envelope.ts'
+import { SourceRateLimiter } from '../api/rate-limit.ts'
 import {
   AgentIdParams,
   AuthErrorBody,
@@ -148,6 +149,28 @@ export async function buildVerifierApp(opts: VerifierAppOptions): Promise<Keylim
     openapi: { title: 'Keylime verifier', version: CURRENT_API_VERSION, documentedPrefixes: ['2.6'] },
     ...(opts.probes ? { probes: opts.probes } : {}),
   })
+
+  // The public evidence route runs real verification for anyone: a per-source rate limit, decided before the body
+  // is read, keeps one caller from taking the verifier's time from attestations.
+  const evidenceLimiter =
+    o.evidenceRateLimit.limit > 0
+      ? new SourceRateLimiter({ limit: o.evidenceRateLimit.limit, windowMs: o.evidenceRateLimit.windowMs })
+      : null
+  if (evidenceLimiter)
+    app.addHook('onRequest', async (req, reply) => {
+      if (req.method !== 'POST' || !req.routeOptions.url?.endsWith('/verify/evidence')) return
+      const admission = evidenceLimiter.admit(req.ip, Date.now())
+      if (admission.admitted) return
+      await reply
+        .code(429)
+        .header('Retry-After', String(admission.retryAfterSeconds))
+        .send(
+          errorEnvelope(
+            429,
+            `Too many evidence requests from this address; retry in ${admission.retryAfterSeconds} s`,
+          ),
+        )
+    })
 
   /** One info line per admin action: who (certificate subject), what, on which agent or policy. */
   const audit = (req: FastifyRequest, action: string, fields: Record<string, unknown>) =>

@@ -48,6 +48,8 @@ export interface VerifierOptions {
   /** Lease of an agent in the shared database; renewed every third of it. */
   leaseMs: number
   shutdownDrainTimeoutMs: number
+  /** `POST /verify/evidence` calls per source address per window (0 = unlimited) and the window in ms. */
+  evidenceRateLimit: { limit: number; windowMs: number }
   /** Largest agent reply read (`max_agent_response_size`); a larger one fails the attestation. */
   maxAgentResponseBytes: number
   /** Agent reply bytes buffered at once over the whole fleet (`agent_response_memory_limit`). */
@@ -80,6 +82,7 @@ export const DEFAULT_VERIFIER_OPTIONS: VerifierOptions = {
   maxConcurrency: 512,
   leaseMs: 30_000,
   shutdownDrainTimeoutMs: 10_000,
+  evidenceRateLimit: { limit: 60, windowMs: 60_000 },
   maxAgentResponseBytes: 64 * 1024 * 1024,
   agentResponseMemoryLimit: 1024 * 1024 * 1024,
 }
@@ -129,6 +132,10 @@ export function verifierOptionsFromConfig(c: VerifierConfig): VerifierOptions {
       throw new VerifierConfigError(`${name} must be at least 1024 bytes`)
   if (c.max_concurrency < 1) throw new VerifierConfigError('max_concurrency must be >= 1')
   if (c.lease_seconds <= 0) throw new VerifierConfigError('lease_seconds must be > 0')
+  if (c.evidence_rate_limit_per_ip < 0 || c.evidence_rate_limit_window_ip <= 0)
+    throw new VerifierConfigError(
+      'evidence_rate_limit_per_ip must be >= 0 and evidence_rate_limit_window_ip > 0',
+    )
   if (c.max_agent_response_size < 1024 || c.agent_response_memory_limit < c.max_agent_response_size)
     throw new VerifierConfigError(
       'max_agent_response_size must be >= 1024 and agent_response_memory_limit >= max_agent_response_size',
@@ -160,6 +167,10 @@ export function verifierOptionsFromConfig(c: VerifierConfig): VerifierOptions {
     maxConcurrency: c.max_concurrency,
     leaseMs: c.lease_seconds * 1000,
     shutdownDrainTimeoutMs: c.shutdown_drain_timeout * 1000,
+    evidenceRateLimit: {
+      limit: c.evidence_rate_limit_per_ip,
+      windowMs: c.evidence_rate_limit_window_ip * 1000,
+    },
     maxAgentResponseBytes: c.max_agent_response_size,
     agentResponseMemoryLimit: c.agent_response_memory_limit,
   }

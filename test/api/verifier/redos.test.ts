@@ -3,6 +3,7 @@
  * exponentially (`/(a+)+$`) and one IMA entry for `/aaaa…a!` froze the verifier for seconds per extra `a`.
  */
 import { createHash } from 'node:crypto'
+import { connect } from 'node:net'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { type SimFleet, startSimFleet } from '../../../bench/fleet-agents.ts'
 import { SoftQuoter } from '../../../bench/fleet-quoter.ts'
@@ -80,6 +81,77 @@ describe('POST /verify/evidence with a hostile exclude pattern', () => {
   })
 })
 
+describe('POST /verify/evidence rate limit', () => {
+  it('answers 429 with Retry-After in the envelope once a source has used its budget, before reading the body', async () => {
+    const limited = await makeVerifier({ evidenceRateLimit: { limit: 3, windowMs: 60_000 } })
+    try {
+      const codes: number[] = []
+      for (let i = 0; i < 5; i++) {
+        const res = await limited.app.inject({
+          method: 'POST',
+          url: '/v2.6/verify/evidence',
+          payload: evidence('/x', []),
+        })
+        codes.push(res.statusCode)
+        if (res.statusCode === 429) {
+          expect(res.json()).toMatchObject({ code: 429, results: {} })
+          expect(Number(res.headers['retry-after'])).toBeGreaterThan(0)
+        }
+      }
+      expect(codes).toEqual([200, 200, 200, 429, 429])
+      // another source has its own budget
+      const other = await limited.app.inject({
+        method: 'POST',
+        url: '/v2.6/verify/evidence',
+        remoteAddress: '10.0.0.7',
+        payload: evidence('/x', []),
+      })
+      expect(other.statusCode).toBe(200)
+    } finally {
+      await limited.app.close()
+    }
+  })
+})
+
+/**
+ * Sends a `bytes`-long body of `{}` repeated to `path` over a real socket for at most `ms`, as fast as the server takes
+ * it; resolves with the status line the server answered (or '' if none) and how much was sent.
+ */
+function floodBody(
+  port: number,
+  path: string,
+  bytes: number,
+  ms: number,
+): Promise<{ status: string; sent: number }> {
+  return new Promise((resolve) => {
+    const socket = connect(port, '127.0.0.1')
+    let answer = ''
+    let sent = 0
+    const chunk = Buffer.from('{}'.repeat(512 * 1024)) // 1 MiB
+    const stopAt = Date.now() + ms
+    const finish = () => {
+      socket.destroy()
+      resolve({ status: answer.split('\r\n')[0] ?? '', sent })
+    }
+    socket.on('data', (d) => (answer += d.toString()))
+    socket.on('error', finish)
+    socket.on('close', finish)
+    socket.on('connect', () => {
+      socket.write(
+        `POST ${path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: ${bytes}\r\n\r\n`,
+      )
+      const pump = () => {
+        while (sent < bytes && Date.now() < stopAt && answer === '') {
+          sent += chunk.length
+          if (!socket.write(chunk)) return void socket.once('drain', pump)
+        }
+        setTimeout(finish, 200)
+      }
+      pump()
+    })
+  })
+}
+
 describe('attestations continue during the hostile request', () => {
   let fleet: SimFleet
   let attesting: Awaited<ReturnType<typeof makeVerifier>>
@@ -133,5 +205,22 @@ describe('attestations continue during the hostile request', () => {
     expect(answers.every((code) => code === 200)).toBe(true)
     expect(quiet).toBeGreaterThan(500) // ~100 agents every 0.5 s over 5 s, less each attestation's own time
     expect(busy / quiet, `${busy} attestations under attack, ${quiet} before`).toBeGreaterThanOrEqual(0.9)
+
+    // 100 MB bodies without a client certificate to an admin route, and to the public evidence route
+    await attesting.app.listen({ port: 0, host: '127.0.0.1' })
+    const port = (attesting.app.server.address() as { port: number }).port
+    const flood0 = quotes()
+    const floods = Promise.all([
+      floodBody(port, '/v2.6/agents/flood', 100 * 1024 * 1024, windowMs),
+      floodBody(port, '/v2.6/verify/evidence', 100 * 1024 * 1024, windowMs),
+    ])
+    await sleep(windowMs)
+    const flooded = quotes() - flood0
+    const [admin, evidenceFlood] = await floods
+    expect(admin.status).toMatch(/ 403 /)
+    expect(evidenceFlood.status).toMatch(/ 413 /)
+    expect(flooded / quiet, `${flooded} attestations while flooded, ${quiet} before`).toBeGreaterThanOrEqual(
+      0.9,
+    )
   }, 90_000)
 })

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest'
-import { rateLimitKey, SourceRateLimiter } from '../../../src/registrar/rate-limit.ts'
+import { rateLimitKey, SourceRateLimiter } from '../../../src/api/rate-limit.ts'
 
 describe('rateLimitKey', () => {
   it('keys IPv4 by address, IPv4-mapped IPv6 as IPv4, IPv6 by its /64', () => {

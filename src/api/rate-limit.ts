@@ -1,8 +1,8 @@
 /**
- * Per-source token buckets for the registrar's public write routes (registration, activation): each source gets
- * `limit` requests, refilled evenly over `windowMs`. IPv6 sources count per /64, the smallest block one host is
- * usually given, so an attacker cannot mint a fresh bucket per address. Idle buckets are forgotten, and the table
- * is bounded so a flood of sources cannot grow it without limit.
+ * Per-source token buckets for public routes (the registrar's registration and activation, the verifier's
+ * `/verify/evidence`): each source gets `limit` requests, refilled evenly over `windowMs`. IPv6 sources count per
+ * /64, the smallest block one host is usually given, so an attacker cannot mint a fresh bucket per address. Idle
+ * buckets are forgotten, and the table is bounded so a flood of sources cannot grow it without limit.
  */
 import { isIPv4, isIPv6 } from 'node:net'
 
