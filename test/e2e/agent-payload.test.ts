@@ -1,6 +1,6 @@
 /**
  * Secure payload and revocation on the agent (issue #7, agent side), over HTTPS + mTLS on swtpm: U with the payload,
- * then V; K proven with /keys/verify; the zip is extracted with team CRYPTO's safe extractor and autorun.sh runs;
+ * then V; K proven with /keys/verify; the zip is extracted with the safe extractor of src/payload and autorun.sh runs;
  * a signed revocation runs the local action and the payload's action; forged or unsigned ones run nothing; a
  * captured one posted again runs nothing, also after a restart, and neither does an old one;
  * a zip-slip payload writes nothing outside the secure directory and /keys/verify answers 422 with the reason.

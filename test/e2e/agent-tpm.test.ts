@@ -1,5 +1,5 @@
 /**
- * The agent on a real swtpm, over real HTTPS + mTLS: identity and integrity quotes verify with team QUOTE's
+ * The agent on a real swtpm, over real HTTPS + mTLS: identity and integrity quotes verify with the verifier's
  * verifyQuote (PCR 16 bound to the payload key), IMA entries appended by the emulator are served from the right
  * offset and replay to the quoted PCR 10, the UEFI log only with PCR 0, concurrent quotes are serialised, bad
  * parameters get 400s, thousands of quotes leave the TPM's handle counts unchanged, and a restart reuses the AK.

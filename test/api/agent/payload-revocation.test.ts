@@ -53,7 +53,7 @@ function zip(files: Record<string, string>): Promise<Buffer> {
     z.outputStream.on('error', fail)
   })
 }
-// Minimal extractor for the test (plain names only); production wiring uses team CRYPTO's safe extractor.
+// Minimal extractor for the test (plain names only); production wiring uses the payload module's safe extractor.
 function testExtract(data: Uint8Array, dest: string): Promise<void> {
   return new Promise((done, fail) => {
     yauzl.fromBuffer(Buffer.from(data), { lazyEntries: true }, (err, zf) => {

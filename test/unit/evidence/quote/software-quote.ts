@@ -1,6 +1,6 @@
 /**
  * A software "TPM" for unit tests and benchmarks: an AK key pair with its TPM2B_PUBLIC, and quotes signed with it
- * (TPMS_ATTEST / TPMT_SIGNATURE built with team TPM's encoders, PCR blob with our codec). Real TPM behaviour is
+ * (TPMS_ATTEST / TPMT_SIGNATURE built with src/tpm's encoders, PCR blob with our codec). Real TPM behaviour is
  * covered by test/tpm/crosscheck-quote.test.ts; this only makes unit tests fast and able to forge bad cases.
  */
 import { constants, createHash, generateKeyPairSync, type KeyObject, sign } from 'node:crypto'
