@@ -13,24 +13,16 @@ import { type AgentRuntime, agentRuntimeFromRow } from './agent-runtime.ts'
 import { AgentSteps } from './agent-steps.ts'
 import { DbOutage } from './db-outage.ts'
 import type { EvidenceRunner } from './evidence-runner.ts'
-import { NO_VERIFIER_METRICS, type VerifierMetrics } from './metrics.ts'
+import { type LoopStats, NO_VERIFIER_METRICS, type VerifierMetrics } from './metrics.ts'
+
+export type { LoopStats }
+
 import type { VerifierOptions } from './options.ts'
 import type { PolicyStore } from './policy-store.ts'
 import type { RevocationNotifier } from './revocation-notifier.ts'
 import { Scheduler } from './scheduler.ts'
 import { type Effect, type StepOutcome, transition } from './state-machine.ts'
 import { WriteBatcher } from './write-batcher.ts'
-
-export interface LoopStats {
-  agents: number
-  inFlight: number
-  attestations: number
-  failures: number
-  /** Steps whose outcome the state machine applied (every quote, V delivery and error). */
-  steps: number
-  lagP50: number
-  lagP99: number
-}
 
 const FLUSH_MS = 200
 const MAX_WRITE_RETRY_MS = 5000

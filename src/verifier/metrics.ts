@@ -12,13 +12,10 @@ import type { VerifierDatabase } from '../db/verifier-repository.ts'
 /** How one attestation step ended: `pass` (evidence verified), `fail` (evidence refused: a policy or quote
  * failure with an event id), `error` (no evidence to judge: the agent did not answer or answered garbage). */
 export type AttestationResult = 'pass' | 'fail' | 'error'
-export type RevocationChannel = 'webhook' | 'agent'
 
 export interface VerifierMetrics {
   /** One finished attestation step; `failureEventId` is the verdict's first event id (null on pass). */
   attestation(result: AttestationResult, failureEventId: string | null, latencySeconds: number): void
-  /** One revocation notification delivered (`sent`) or given up (`failed`). */
-  revocation(channel: RevocationChannel, outcome: 'sent' | 'failed'): void
   /** One batched database write of attestation results: rows written and how long the write took. */
   databaseWrite(rows: number, latencySeconds: number): void
   /** Agents this verifier claimed on one heartbeat (free or expired leases taken over). */
@@ -27,7 +24,6 @@ export interface VerifierMetrics {
 
 export const NO_VERIFIER_METRICS: VerifierMetrics = {
   attestation: () => undefined,
-  revocation: () => undefined,
   databaseWrite: () => undefined,
   leaseClaims: () => undefined,
 }
@@ -45,6 +41,8 @@ export interface LoopStats {
   inFlight: number
   attestations: number
   failures: number
+  /** Steps whose outcome the state machine applied (every quote, V delivery and error). */
+  steps: number
   lagP50: number
   lagP99: number
 }
@@ -62,7 +60,6 @@ export interface VerifierMetricSources {
 export class PrometheusVerifierMetrics implements VerifierMetrics {
   private readonly attestations: Counter<'result' | 'event_id'>
   private readonly latency: Histogram<'result'>
-  private readonly revocations: Counter<'channel' | 'outcome'>
   private readonly writeRows: Histogram
   private readonly writeLatency: Histogram
   private readonly claims: Counter
@@ -81,12 +78,6 @@ export class PrometheusVerifierMetrics implements VerifierMetrics {
       help: 'Time of one attestation step: quote request, agent answer, verification',
       labelNames: ['result'],
       buckets: [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
-      registers,
-    })
-    this.revocations = new Counter({
-      name: 'keylime_verifier_revocations_total',
-      help: 'Revocation notifications by channel (webhook, agent) and outcome (sent, failed)',
-      labelNames: ['channel', 'outcome'],
       registers,
     })
     this.writeRows = new Histogram({
@@ -113,10 +104,6 @@ export class PrometheusVerifierMetrics implements VerifierMetrics {
     const eventId = failureEventId === null ? '' : this.eventIds.value(failureEventId)
     this.attestations.inc({ result, event_id: eventId })
     this.latency.observe({ result }, latencySeconds)
-  }
-
-  revocation(channel: RevocationChannel, outcome: 'sent' | 'failed'): void {
-    this.revocations.inc({ channel, outcome })
   }
 
   databaseWrite(rows: number, latencySeconds: number): void {
