@@ -15,8 +15,6 @@ import { DbOutage } from './db-outage.ts'
 import type { EvidenceRunner } from './evidence-runner.ts'
 import { type LoopStats, NO_VERIFIER_METRICS, type VerifierMetrics } from './metrics.ts'
 
-export type { LoopStats }
-
 import type { VerifierOptions } from './options.ts'
 import type { PolicyStore } from './policy-store.ts'
 import type { RevocationNotifier } from './revocation-notifier.ts'
