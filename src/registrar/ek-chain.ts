@@ -15,13 +15,16 @@ function pem(der: Uint8Array): string {
   return `-----BEGIN CERTIFICATE-----\n${b64.replace(/.{1,64}/g, '$&\n')}-----END CERTIFICATE-----\n`
 }
 
-/** PEM bundle of the chain, or null when there is none; `ekcertBundle` are the parsed `ekcert` certificates. */
+/**
+ * The chain's certificates and their PEM bundle (null when there is none); `ekcertBundle` are the parsed `ekcert`
+ * certificates.
+ */
 export function ekCaChainOf(
   body: Record<string, unknown>,
   ekcertBundle: readonly LenientCertificate[],
   ekCert: LenientCertificate | null,
   action: MalformedCertAction,
-): string | null {
+): { certificates: LenientCertificate[]; pem: string | null } {
   const field = optionalString(body, 'ek_ca_chain')
   const fromField =
     field !== null && field.trim() !== '' ? parseCertBundleField(field, 'ek_ca_chain', action) : []
@@ -36,5 +39,5 @@ export function ekCaChainOf(
   if (unique.length > MAX_CHAIN_CERTIFICATES) {
     throw invalid(`ek_ca_chain holds more than ${MAX_CHAIN_CERTIFICATES} certificates`)
   }
-  return unique.length === 0 ? null : unique.map((c) => pem(c.der)).join('')
+  return { certificates: unique, pem: unique.length === 0 ? null : unique.map((c) => pem(c.der)).join('') }
 }

@@ -224,12 +224,11 @@ export class RegistrarService {
       ekcertB64 = Buffer.from(cert.der).toString('base64')
       ekCert = cert
     }
-    const ekCaChain = ekCaChainOf(body, candidates, ekCert, this.malformedCertAction)
+    const chain = ekCaChainOf(body, candidates, ekCert, this.malformedCertAction)
     if (this.opts.requireTrustedEkCert && ekCert !== null && this.opts.certStore) {
       // the agent's chain (ek_ca_chain, or the rest of an ekcert bundle) may supply intermediates, never anchors
       const trust = verifyEkCertificateWithStore(ekCert, this.opts.certStore, {
-        extraCertificates:
-          ekCaChain === null ? [] : parseCertBundleField(ekCaChain, 'ek_ca_chain', this.malformedCertAction),
+        extraCertificates: chain.certificates,
       })
       if (!trust.trusted) throw invalid(`ekcert is not trusted (require_trusted_ek_cert): ${trust.reason}`)
       for (const warning of trust.warnings)
@@ -276,7 +275,7 @@ export class RegistrarService {
         aik_tpm: Buffer.from(aik).toString('base64'),
         ek_tpm: Buffer.from(ek).toString('base64'),
         ekcert: ekcertB64,
-        ek_ca_chain: ekCaChain,
+        ek_ca_chain: chain.pem,
         iak_tpm: iakIdevid?.iak_tpm ?? null,
         idevid_tpm: iakIdevid?.idevid_tpm ?? null,
         iak_cert: iakIdevid?.iak_cert ?? null,
