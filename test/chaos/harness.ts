@@ -3,22 +3,22 @@
  * in-process fleet of simulated agents, a webhook that records revocations, and PostgreSQL databases: a fresh
  * database on the shared server, or a private cluster the test may stop and start without disturbing anyone.
  */
-import { type ChildProcess, execFileSync, spawn } from 'node:child_process'
+import { type ChildProcess, execFileSync } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { chownSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs'
 import { createServer, type Server } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { tmpdir } from 'node:os'
-import { join, resolve } from 'node:path'
+import { join } from 'node:path'
 import pg from 'pg'
 import { Agent, request } from 'undici'
 import { type SimAgent, type SimFleet, startSimFleet } from '../../bench/fleet-agents.ts'
+import { spawnVerifierFromSource } from '../helpers/verifier-process.ts'
 import { enrollBody, waitFor } from '../unit/verifier/harness.ts'
 
 export type { SimAgent, SimFleet }
 export { waitFor }
 
-const ROOT = resolve(import.meta.dirname, '../..')
 export const SHARED_PG_URL = process.env.KEYLIME_TEST_PG_URL ?? 'postgresql://postgres@127.0.0.1:5432/test'
 
 export async function freePort(): Promise<number> {
@@ -96,20 +96,8 @@ function spawnVerifier(
   leaseSeconds: number,
   extraEnv: Record<string, string>,
 ): VerifierProcess {
-  const code = `
-    const { Command } = await import('commander')
-    const { registerVerifierCommand } = await import(${JSON.stringify(join(ROOT, 'src/cli/commands/verifier.ts'))})
-    const p = new Command('keylime'); registerVerifierCommand(p); await p.parseAsync(process.argv.slice(1), { from: 'user' })`
-  const proc = spawn(
-    process.execPath,
+  const proc = spawnVerifierFromSource(
     [
-      '--import',
-      'tsx',
-      '--input-type=module',
-      '-e',
-      code,
-      '--',
-      'verifier',
       '--port',
       String(port),
       '--quote-interval',
@@ -132,16 +120,12 @@ function spawnVerifier(
       dbUrl,
     ],
     {
-      cwd: ROOT,
-      env: {
-        ...process.env,
-        KEYLIME_DIR: work,
-        KEYLIME_VERIFIER_CONFIG: join(work, 'none.conf'),
-        KEYLIME_LOG_LEVEL: 'warn',
-        ...extraEnv,
-      },
-      stdio: ['ignore', 'pipe', 'pipe'],
+      KEYLIME_DIR: work,
+      KEYLIME_VERIFIER_CONFIG: join(work, 'none.conf'),
+      KEYLIME_LOG_LEVEL: 'warn',
+      ...extraEnv,
     },
+    ['ignore', 'pipe', 'pipe'],
   )
   const state = { exited: false, stderr: '', unhandled: 0 }
   proc.stderr?.on('data', (d: Buffer) => {

@@ -11,46 +11,16 @@ import { createServer, type Server } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
-import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest'
-import { run } from '../../src/cli/main.ts'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { ensureTlsDir } from '../../src/crypto/ca.ts'
 import { imaNgEntryFor } from '../../src/devtools/ima-writer.ts'
+import { runKeylime as keylime } from '../helpers/cli.ts'
 import { asciiImaList, generatedImaEntries } from '../helpers/ima-lists.ts'
 import { freePort, startSwtpm } from '../helpers/swtpm.ts'
 
 const ROOT = resolve(import.meta.dirname, '../..')
 const dir = mkdtempSync(join(tmpdir(), 'kl-cli-errors-'))
 afterAll(() => rmSync(dir, { recursive: true, force: true }))
-
-/** Runs `keylime ...args` in-process; stdout, stderr and the exit status it set. */
-async function keylime(
-  args: string[],
-  env: Record<string, string> = {},
-): Promise<{ out: string; err: string; code: number }> {
-  let out = ''
-  let err = ''
-  const o = vi.spyOn(process.stdout, 'write').mockImplementation((s) => {
-    out += String(s)
-    return true
-  })
-  const e = vi.spyOn(process.stderr, 'write').mockImplementation((s) => {
-    err += String(s)
-    return true
-  })
-  const saved = { ...process.env }
-  Object.assign(process.env, env)
-  process.exitCode = 0
-  try {
-    await run(['node', 'keylime', ...args])
-  } finally {
-    o.mockRestore()
-    e.mockRestore()
-    process.env = saved
-  }
-  const code = Number(process.exitCode ?? 0)
-  process.exitCode = 0
-  return { out, err, code }
-}
 
 /** Runs `keylime ...args` as a process (from source, as every test does). */
 function keylimeProcess(args: string[], env: Record<string, string> = {}) {

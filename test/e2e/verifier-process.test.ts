@@ -3,20 +3,20 @@
  * one from another CA; enrolled (simulated) agents are attested; SIGKILL + restart resumes them without failing any;
  * tampering is detected and the signed revocation reaches a local webhook; delete ends it.
  */
-import { type ChildProcess, spawn } from 'node:child_process'
+import type { ChildProcess } from 'node:child_process'
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { createServer } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { tmpdir } from 'node:os'
-import { join, resolve } from 'node:path'
+import { join } from 'node:path'
 import { Agent, request } from 'undici'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { type SimFleet, startSimFleet } from '../../bench/fleet-agents.ts'
 import { AgentState } from '../../src/api/verifier/states.ts'
 import { ensureTlsDir } from '../../src/crypto/ca.ts'
+import { spawnVerifierFromSource } from '../helpers/verifier-process.ts'
 import { enrollBody, waitFor } from '../unit/verifier/harness.ts'
 
-const ROOT = resolve(import.meta.dirname, '../..')
 const work = mkdtempSync(join(tmpdir(), 'kl-ver-e2e-'))
 let port = 0
 let proc: ChildProcess | null = null
@@ -40,20 +40,8 @@ async function freePort(): Promise<number> {
 }
 
 function startVerifierProcess(): ChildProcess {
-  const code = `
-    const { Command } = await import('commander')
-    const { registerVerifierCommand } = await import(${JSON.stringify(join(ROOT, 'src/cli/commands/verifier.ts'))})
-    const p = new Command('keylime'); registerVerifierCommand(p); await p.parseAsync(process.argv.slice(1), { from: 'user' })`
-  const child = spawn(
-    process.execPath,
+  const child = spawnVerifierFromSource(
     [
-      '--import',
-      'tsx',
-      '--input-type=module',
-      '-e',
-      code,
-      '--',
-      'verifier',
       '--port',
       String(port),
       '--quote-interval',
@@ -65,16 +53,7 @@ function startVerifierProcess(): ChildProcess {
       '--webhook-url',
       `http://127.0.0.1:${(hook.address() as AddressInfo).port}/`,
     ],
-    {
-      cwd: ROOT,
-      env: {
-        ...process.env,
-        KEYLIME_DIR: work,
-        KEYLIME_VERIFIER_CONFIG: join(work, 'none.conf'),
-        KEYLIME_LOG_LEVEL: 'warn',
-      },
-      stdio: ['ignore', 'ignore', 'pipe'],
-    },
+    { KEYLIME_DIR: work, KEYLIME_VERIFIER_CONFIG: join(work, 'none.conf'), KEYLIME_LOG_LEVEL: 'warn' },
   )
   child.stderr?.on('data', (d) => process.stderr.write(`[verifier] ${d}`))
   return child

@@ -1,41 +1,12 @@
 import { createHash } from 'node:crypto'
-import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { parsePcrSpec } from '../../src/cli/commands/tpm.ts'
-import { run } from '../../src/cli/main.ts'
 import { parseQuoteString } from '../../src/evidence/quote/index.ts'
 import { decodeTpmsAttest } from '../../src/tpm/index.ts'
+import { runKeylime } from '../helpers/cli.ts'
 import { type SwtpmInstance, startSwtpm } from '../helpers/swtpm.ts'
 
 let sw: SwtpmInstance
-
-async function runCli(
-  args: string[],
-  env: Record<string, string> = {},
-): Promise<{ out: string; err: string; code: number }> {
-  let out = ''
-  let err = ''
-  const o = vi.spyOn(process.stdout, 'write').mockImplementation((s) => {
-    out += String(s)
-    return true
-  })
-  const e = vi.spyOn(process.stderr, 'write').mockImplementation((s) => {
-    err += String(s)
-    return true
-  })
-  const saved = { ...process.env }
-  Object.assign(process.env, env)
-  process.exitCode = 0
-  try {
-    await run(['node', 'keylime', ...args])
-  } finally {
-    o.mockRestore()
-    e.mockRestore()
-    process.env = saved
-  }
-  const code = Number(process.exitCode ?? 0)
-  process.exitCode = 0
-  return { out, err, code }
-}
 
 beforeAll(async () => {
   sw = await startSwtpm()
@@ -53,7 +24,7 @@ describe('keylime tpm CLI', () => {
   })
 
   it('info prints manufacturer, banks and every stored EK certificate with its NV index', async () => {
-    const { out, code } = await runCli(['tpm', 'info', '--tpm', sw.transport])
+    const { out, code } = await runKeylime(['tpm', 'info', '--tpm', sw.transport])
     expect(code).toBe(0)
     expect(out).toMatch(/Manufacturer: +IBM/)
     expect(out).toMatch(/PCR banks: +sha1 \(24 PCRs\), sha256 \(24 PCRs\)/)
@@ -67,7 +38,7 @@ describe('keylime tpm CLI', () => {
   })
 
   it('quote takes the TPM from KEYLIME_TPM and prints a Keylime quote whose PCR digest matches', async () => {
-    const { out, code, err } = await runCli(
+    const { out, code, err } = await runKeylime(
       ['tpm', 'quote', '--pcrs', 'sha256:0,1,2,10', '--nonce', 'abcdefghij0123456789', '--json'],
       { KEYLIME_TPM: sw.transport },
     )
@@ -85,7 +56,7 @@ describe('keylime tpm CLI', () => {
   })
 
   it('names every algorithm the TPM lists (no bare 0x ids)', async () => {
-    const { out, code } = await runCli(['tpm', 'info', '--tpm', sw.transport, '--json'])
+    const { out, code } = await runKeylime(['tpm', 'info', '--tpm', sw.transport, '--json'])
     expect(code).toBe(0)
     const algorithms = JSON.parse(out).algorithms as string[]
     expect(algorithms).toEqual(expect.arrayContaining(['rsa', 'sha256', 'ecc', 'cmac']))
@@ -93,10 +64,10 @@ describe('keylime tpm CLI', () => {
   })
 
   it('pcrread reads the whole SHA-256 bank and quote quotes PCRs 0-10 when --pcrs is not given', async () => {
-    const read = await runCli(['tpm', 'pcrread', '--tpm', sw.transport, '--json'])
+    const read = await runKeylime(['tpm', 'pcrread', '--tpm', sw.transport, '--json'])
     expect(read.code).toBe(0)
     expect(Object.keys(JSON.parse(read.out).sha256)).toHaveLength(24)
-    const quote = await runCli(['tpm', 'quote', '--tpm', sw.transport, '--nonce', 'n0nce', '--json'])
+    const quote = await runKeylime(['tpm', 'quote', '--tpm', sw.transport, '--nonce', 'n0nce', '--json'])
     expect(quote.code).toBe(0)
     expect(Object.keys(JSON.parse(quote.out).pcrs)).toEqual([
       '0',
@@ -114,7 +85,7 @@ describe('keylime tpm CLI', () => {
   })
 
   it('reports a bad transport as an error, not a crash', async () => {
-    const { code, err } = await runCli([
+    const { code, err } = await runKeylime([
       'tpm',
       'pcrread',
       '--tpm',
@@ -127,7 +98,7 @@ describe('keylime tpm CLI', () => {
       /^keylime tpm pcrread: cannot connect to swtpm at 127\.0\.0\.1:1: connection refused by 127\.0\.0\.1:1 \(check the TPM transport/,
     )
     expect(err.trimEnd().split('\n')).toHaveLength(1)
-    const bad = await runCli(['tpm', 'info', '--tpm', 'carrier-pigeon:x'])
+    const bad = await runKeylime(['tpm', 'info', '--tpm', 'carrier-pigeon:x'])
     expect([bad.code, bad.err]).toEqual([
       2,
       expect.stringMatching(/^keylime tpm info: unknown TPM transport "carrier-pigeon:x"/),

@@ -1,35 +1,14 @@
 import { existsSync, mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { afterAll, describe, expect, it, vi } from 'vitest'
-import { run } from '../../../src/cli/main.ts'
+import { afterAll, describe, expect, it } from 'vitest'
+import { runKeylime } from '../../helpers/cli.ts'
+
+/** `keylime ca ...` in-process. */
+const ca = (...args: string[]) => runKeylime(['ca', ...args])
 
 const dir = join(mkdtempSync(join(tmpdir(), 'kl-cacli-')), 'ca')
 afterAll(() => rmSync(join(dir, '..'), { recursive: true, force: true }))
-
-/** Runs `keylime ca ...` in-process; returns stdout, stderr and the exit code it set. */
-async function ca(...args: string[]): Promise<{ out: string; err: string; code: number }> {
-  let out = ''
-  let err = ''
-  const o = vi.spyOn(process.stdout, 'write').mockImplementation((s) => {
-    out += String(s)
-    return true
-  })
-  const e = vi.spyOn(process.stderr, 'write').mockImplementation((s) => {
-    err += String(s)
-    return true
-  })
-  process.exitCode = 0
-  try {
-    await run(['node', 'keylime', 'ca', ...args])
-  } finally {
-    o.mockRestore()
-    e.mockRestore()
-  }
-  const code = Number(process.exitCode ?? 0)
-  process.exitCode = 0
-  return { out, err, code }
-}
 
 describe('keylime ca', () => {
   it('init, create, list, revoke, crl, pkg with --json; clear errors with exit codes', async () => {
