@@ -23,7 +23,9 @@ const INI_SCHEMAS: Record<Exclude<ConfigComponent, 'agent'>, Schema> = {
 }
 
 const PUSH_ONLY = 'push mode only (`mode = push` is refused): no effect'
-const DURABLE_ONLY = 'durable attestation only (not implemented): no effect'
+const DURABLE_ONLY =
+  'read only by durable attestation, which Keylime TS refuses at start-up (`durable_attestation_import`)'
+const ZEROMQ_ONLY = 'read only by ZeroMQ revocations, which Keylime TS refuses at start-up (`zeromq` channel)'
 const ONE_PROCESS = 'no effect: one process serves every request (see `max_concurrency` for the verifier)'
 
 /** What an option does in Keylime TS where that is not what its name says. */
@@ -36,8 +38,8 @@ const NOTES: Record<string, string> = {
   '[verifier] client_key_password': 'must be empty: encrypted TLS keys are refused at start-up',
   '[verifier] max_concurrency': 'Keylime TS: attestations in flight at once',
   '[verifier] lease_seconds': 'Keylime TS: how long a verifier holds an agent in a shared database',
-  '[revocations] zmq_ip': 'ZeroMQ is not implemented: no effect',
-  '[revocations] zmq_port': 'ZeroMQ is not implemented: no effect',
+  '[revocations] zmq_ip': ZEROMQ_ONLY,
+  '[revocations] zmq_port': ZEROMQ_ONLY,
   '[registrar] max_upload_size': 'Keylime TS: largest request body in bytes',
   '[tenant] tpm_cert_store':
     'read by the registrar too (IAK/IDevID); put TPM vendor EK root and intermediate certificates here',
