@@ -29,8 +29,9 @@ afterAll(async () => {
   for (const c of cleanups.splice(0).reverse()) await c()
 })
 
+/** One GET on its own connection: a reused keep-alive socket the server is closing would fail a poll spuriously. */
 async function get(url: string): Promise<{ status: number; text: string; type: string }> {
-  const res = await request(url, { headersTimeout: 5000, bodyTimeout: 5000 })
+  const res = await request(url, { headersTimeout: 5000, bodyTimeout: 5000, reset: true })
   return { status: res.statusCode, text: await res.body.text(), type: String(res.headers['content-type']) }
 }
 
