@@ -30,6 +30,7 @@ import type { Registry } from 'prom-client'
 import { KeylimeError } from '../common/errors.ts'
 import type { Logger } from '../common/log.ts'
 import { errorEnvelope } from './envelope.ts'
+import type { Admission } from './rate-limit.ts'
 import { V2_PREFIXES } from './versions.ts'
 
 /** A request body or parameter that does not fit the route's schema: a 400 with the v2 envelope. */
@@ -484,6 +485,31 @@ export async function startProbeListener(opts: ProbeListenerOptions): Promise<Ke
 }
 
 /** The port a started listener is bound to. */
+/**
+ * An `onRequest` hook that refuses, before any body is read, the requests `applies` selects once their source address
+ * has used its budget: 429 with `Retry-After` in the v2 envelope. `what` names the requests in the message.
+ */
+export function rateLimitHook(
+  admit: (address: string) => Admission,
+  applies: (request: FastifyRequest) => boolean,
+  what: string,
+) {
+  return async (request: FastifyRequest, reply: FastifyReply): Promise<void> => {
+    if (!applies(request)) return
+    const admission = admit(request.ip)
+    if (admission.admitted) return
+    await reply
+      .code(429)
+      .header('Retry-After', String(admission.retryAfterSeconds))
+      .send(
+        errorEnvelope(
+          429,
+          `Too many ${what} requests from this address; retry in ${admission.retryAfterSeconds} s`,
+        ),
+      )
+  }
+}
+
 export function boundPort(app: KeylimeServer | FastifyInstance): number {
   const addr = app.server.address()
   return addr && typeof addr === 'object' ? addr.port : 0

@@ -5,8 +5,8 @@
  * PUT) are rate-limited per source address before their body is read.
  */
 import { Type } from '@sinclair/typebox'
-import type { FastifyReply, FastifyRequest } from 'fastify'
-import { errorEnvelope, ok } from '../api/envelope.ts'
+import type { FastifyRequest } from 'fastify'
+import { ok } from '../api/envelope.ts'
 import {
   ActivateBody,
   AgentResults,
@@ -24,6 +24,7 @@ import {
   createKeylimeServer,
   type KeylimeServer,
   type KeylimeServerOptions,
+  rateLimitHook,
   validationMessage,
 } from '../api/server.ts'
 import { CURRENT_API_VERSION, KNOWN_API_VERSIONS } from '../api/versions.ts'
@@ -71,7 +72,14 @@ export function buildRegistrarApp(opts: BuildRegistrarAppOptions): KeylimeServer
     openapi: { title: 'Keylime registrar', version: CURRENT_API_VERSION, documentedPrefixes: ['2.6', '3.0'] },
     ...opts,
   })
-  app.addHook('onRequest', throttleWrites(service))
+  app.addHook(
+    'onRequest',
+    rateLimitHook(
+      (ip) => service.admit(ip),
+      (req) => req.method === 'POST' || req.method === 'PUT',
+      'registration',
+    ),
+  )
   const metrics = opts.metrics
   if (metrics)
     app.addHook('onResponse', async (request, reply) => {
@@ -196,22 +204,4 @@ function writeKind(request: FastifyRequest): 'registration' | 'activation' | nul
   if (url === undefined || (request.method !== 'POST' && request.method !== 'PUT')) return null
   if (request.method === 'PUT' || url.endsWith('/activate')) return 'activation'
   return /\/agents(\/:agent_id)?$/.test(url) ? 'registration' : null
-}
-
-/** 429 with `Retry-After` in the v2 envelope when the source has used up its registration/activation budget. */
-function throttleWrites(service: RegistrarService) {
-  return async (request: FastifyRequest, reply: FastifyReply): Promise<void> => {
-    if (request.method !== 'POST' && request.method !== 'PUT') return
-    const admission = service.admit(request.ip)
-    if (admission.admitted) return
-    await reply
-      .code(429)
-      .header('Retry-After', String(admission.retryAfterSeconds))
-      .send(
-        errorEnvelope(
-          429,
-          `Too many registration requests from this address; retry in ${admission.retryAfterSeconds} s`,
-        ),
-      )
-  }
 }

@@ -24,6 +24,7 @@ import {
   createKeylimeServer,
   type KeylimeServer,
   type ProbeOptions,
+  rateLimitHook,
   validationMessage,
 } from '../api/server.ts'
 import {
@@ -157,20 +158,14 @@ export async function buildVerifierApp(opts: VerifierAppOptions): Promise<Keylim
       ? new SourceRateLimiter({ limit: o.evidenceRateLimit.limit, windowMs: o.evidenceRateLimit.windowMs })
       : null
   if (evidenceLimiter)
-    app.addHook('onRequest', async (req, reply) => {
-      if (req.method !== 'POST' || !req.routeOptions.url?.endsWith('/verify/evidence')) return
-      const admission = evidenceLimiter.admit(req.ip, Date.now())
-      if (admission.admitted) return
-      await reply
-        .code(429)
-        .header('Retry-After', String(admission.retryAfterSeconds))
-        .send(
-          errorEnvelope(
-            429,
-            `Too many evidence requests from this address; retry in ${admission.retryAfterSeconds} s`,
-          ),
-        )
-    })
+    app.addHook(
+      'onRequest',
+      rateLimitHook(
+        (ip) => evidenceLimiter.admit(ip, Date.now()),
+        (req) => req.method === 'POST' && req.routeOptions.url?.endsWith('/verify/evidence') === true,
+        'evidence',
+      ),
+    )
 
   /** One info line per admin action: who (certificate subject), what, on which agent or policy. */
   const audit = (req: FastifyRequest, action: string, fields: Record<string, unknown>) =>
