@@ -22,7 +22,7 @@ const here = dirname(fileURLToPath(import.meta.url))
 const cli = join(here, '..', 'bin', 'keylime.js')
 
 function buildTree(root: string, count: number): void {
-  const marker = join(root, '.complete')
+  const marker = `${root}.complete`
   if (existsSync(marker)) return
   process.stderr.write(`building ${count} files under ${root} (once)...\n`)
   let seed = 1
