@@ -60,6 +60,15 @@ describe('policy create runtime --rootfs', () => {
   })
 })
 
+describe('policy create runtime -m without a file', () => {
+  it('reads the live IMA list, named in the error where the kernel has none', async () => {
+    const live = '/sys/kernel/security/ima/ascii_runtime_measurements'
+    const r = await keylime(['policy', 'create', 'runtime', '-m'])
+    if (statSync(live, { throwIfNoEntry: false })) expect(r.code).toBe(0)
+    else expect([r.code, r.err]).toEqual([2, expect.stringContaining(`reading ${live}`)])
+  })
+})
+
 describe('policy create runtime --ramdisk-dir', () => {
   let boot: string
   const mainFiles = {
@@ -420,6 +429,16 @@ describe('policy sign runtime and policy convert', () => {
     })
     // The converted policy is one the verifier's strict reader takes.
     expect((await keylime(['policy', 'sign', 'runtime', '-r', out, '-p', join(dir, 'k3.pem')])).code).toBe(0)
+
+    // IMA signature verification keys are added to the policy's keyring.
+    const imaKey = join(dir, 'ima-key.pem')
+    sh('openssl', ['genpkey', '-algorithm', 'EC', '-pkeyopt', 'ec_paramgen_curve:P-256', '-out', imaKey])
+    const imaPub = join(dir, 'ima-key.pub')
+    writeFileSync(imaPub, sh('openssl', ['pkey', '-in', imaKey, '-pubout']))
+    expect((await keylime(['policy', 'convert', '-r', old, '-v', imaPub, '-o', out])).code).toBe(0)
+    const ring = JSON.parse(read()['verification-keys'] as string) as { pubkeys: string[]; keyids: number[] }
+    expect(ring.pubkeys).toHaveLength(1)
+    expect(ring.keyids).toHaveLength(1)
 
     const both = await keylime(['policy', 'convert', '-a', flat, '-r', old, '-o', out])
     expect([both.code, both.err]).toEqual([2, expect.stringContaining('give one of -a')])
