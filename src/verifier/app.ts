@@ -59,6 +59,7 @@ import {
   saveRuntimePolicy,
   stopAgent,
 } from './management.ts'
+import { registerV3ManagementRoutes } from './v3-management.ts'
 import type { VerifierService } from './verifier-service.ts'
 
 export type Identity = 'admin' | 'anonymous'
@@ -126,7 +127,7 @@ export async function buildVerifierApp(opts: VerifierAppOptions): Promise<Keylim
     adminCheck: async (req, reply) => {
       if (identify(req) !== 'admin') forbidden(reply)
     },
-    openapi: { title: 'Keylime verifier', version: CURRENT_API_VERSION, documentedPrefixes: ['2.6'] },
+    openapi: { title: 'Keylime verifier', version: CURRENT_API_VERSION, documentedPrefixes: ['2.6', '3.0'] },
     ...(opts.probes ? { probes: opts.probes } : {}),
   })
 
@@ -502,5 +503,6 @@ export async function buildVerifierApp(opts: VerifierAppOptions): Promise<Keylim
     },
   })
 
+  registerV3ManagementRoutes(app, { service, audit })
   return app
 }
