@@ -19,7 +19,7 @@ export function pythonJsonDumps(value: unknown): string {
 
 function asciiString(s: string): string {
   return JSON.stringify(s).replace(
-    /[\u0080-\uffff]/g,
+    /[\u007f-\uffff]/g,
     (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`,
   )
 }
