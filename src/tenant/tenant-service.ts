@@ -344,6 +344,11 @@ export class TenantService {
     }
   }
 
+  /** The configured verifier, as `locate` returns a verifier. */
+  private configured(): { verifier: VerifierPort; close: () => Promise<void>; where: string } {
+    return { verifier: this.deps.verifier, close: async () => {}, where: 'the verifier' }
+  }
+
   /**
    * The verifier that attests the agent, as upstream's tenant finds it: the configured verifier's record of the
    * agent names the verifier (`verifier_ip`, `verifier_port`) it is enrolled at; another verifier of the group is
@@ -355,7 +360,7 @@ export class TenantService {
     const { settings, verifierAt } = this.deps
     const status = await this.deps.verifier.getAgent(uuid)
     if (!status) return null
-    const here = { verifier: this.deps.verifier, close: async () => {}, where: 'the verifier' }
+    const here = this.configured()
     const ip = typeof status.verifier_ip === 'string' ? status.verifier_ip : null
     const port =
       status.verifier_port === undefined || status.verifier_port === null
@@ -375,9 +380,7 @@ export class TenantService {
    * error (upstream's tenant reports it and succeeds); one enrolled at another verifier than the one asked is.
    */
   async delete(uuid: string, verifierCheck = true): Promise<DeleteResult> {
-    const located = verifierCheck
-      ? await this.locate(uuid)
-      : { verifier: this.deps.verifier, close: async () => {}, where: 'the verifier' }
+    const located = verifierCheck ? await this.locate(uuid) : this.configured()
     if (!located) {
       this.deps.progress(`verifier: agent ${uuid} is already absent`)
       return 'absent'
@@ -440,9 +443,7 @@ export class TenantService {
 
   /** `reactivate`, at the verifier the agent's record names unless `checkVerifier` is off (as `delete`). */
   async reactivate(uuid: string, checkVerifier: boolean): Promise<void> {
-    const located = checkVerifier
-      ? await this.locate(uuid)
-      : { verifier: this.deps.verifier, close: async () => {}, where: 'the verifier' }
+    const located = checkVerifier ? await this.locate(uuid) : this.configured()
     if (!located) throw new TenantError(`agent ${uuid} is not enrolled at the verifier`, EXIT_FAILED)
     try {
       await located.verifier.reactivateAgent(uuid)
