@@ -11,7 +11,7 @@ import {
   runtimePolicySource,
   verificationKeyring,
 } from './policy-sources.ts'
-import { pythonJsonDumps } from './python-json.ts'
+import { pythonJsonDumps, pythonRepr } from './python-format.ts'
 import type { AddRequest, TenantService } from './tenant-service.ts'
 import { createTenant, type TenantRuntime } from './wiring.ts'
 
@@ -45,6 +45,14 @@ function upstreamStatus(status: Record<string, unknown>, opts: TenantCliOptions)
   const { operational_state_name: name, operational_state: code, ...rest } = status
   if (opts.pushModel) return rest
   return { operational_state: code === null ? null : (name ?? code), ...rest }
+}
+
+/**
+ * What upstream's tenant prints for the policy show/list commands: `<what>: 200.` and the verifier's answer as a
+ * Python dict (`{'code': 200, 'status': 'Success', 'results': {...}}`).
+ */
+function upstreamAnswer(what: string, results: unknown): string {
+  return `${what}: 200.\n${pythonRepr({ code: 200, status: 'Success', results })}`
 }
 
 /** Upstream's `Agent Info from <peer>:` line followed by `{"<uuid>": {...}}` as Python prints it. */
@@ -279,7 +287,7 @@ async function dispatch(
       const name = requireName(opts, 'runtime')
       const policy = await v.getRuntimePolicy(name)
       if (!policy) throw new TenantError(`runtime policy ${name} not found`)
-      print(runtime, JSON.stringify(policy, null, 2), policy)
+      print(runtime, upstreamAnswer('Show allowlist command response', policy), policy)
       return
     }
     case 'deleteruntimepolicy':
@@ -291,7 +299,9 @@ async function dispatch(
     }
     case 'listruntimepolicy': {
       const names = await v.listRuntimePolicies()
-      print(runtime, names.join('\n') || '(no runtime policies)', { 'runtimepolicy names': names })
+      print(runtime, upstreamAnswer('list command response', { 'runtimepolicy names': names }), {
+        'runtimepolicy names': names,
+      })
       return
     }
     case 'addmbpolicy':
@@ -307,7 +317,7 @@ async function dispatch(
       const name = requireName(opts, 'mb')
       const policy = await v.getMbPolicy(name)
       if (!policy) throw new TenantError(`measured-boot policy ${name} not found`)
-      print(runtime, JSON.stringify(policy, null, 2), policy)
+      print(runtime, upstreamAnswer('showmbpolicy command response', policy), policy)
       return
     }
     case 'deletembpolicy': {
@@ -318,7 +328,9 @@ async function dispatch(
     }
     case 'listmbpolicy': {
       const names = await v.listMbPolicies()
-      print(runtime, names.join('\n') || '(no measured-boot policies)', { 'mbpolicy names': names })
+      print(runtime, upstreamAnswer('listmbpolicy command response', { 'mbpolicy names': names }), {
+        'mbpolicy names': names,
+      })
       return
     }
     default:

@@ -332,6 +332,11 @@ describe('runtime policy sources', () => {
     })
     expect(stored.excludes).toEqual(['/tmp/.*', '/var/log/.*'])
     expect(stored.meta.generator).toBe(3)
+    // upstream prints the verifier's answer as a Python dict
+    const listed = await tenant('-c', 'listruntimepolicy')
+    expect(listed.out).toMatch(
+      /^list command response: 200\.\n\{'code': 200, 'status': 'Success', 'results': \{'runtimepolicy names': \[.*'legacy'.*\]\}\}\n$/,
+    )
   })
 
   it('--allowlist-url takes upstream\'s JSON allowlist ("hashes")', async () => {

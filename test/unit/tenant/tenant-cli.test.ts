@@ -7,7 +7,7 @@ import { normalizeTenantArgv } from '../../../src/tenant/argv.ts'
 import { keepCurrentPolicies } from '../../../src/tenant/cli-actions.ts'
 import type { TenantError } from '../../../src/tenant/errors.ts'
 import { preparePayloadFromFiles } from '../../../src/tenant/payload-prep.ts'
-import { pythonJsonDumps } from '../../../src/tenant/python-json.ts'
+import { pythonJsonDumps, pythonRepr } from '../../../src/tenant/python-format.ts'
 import { retryDelaySeconds } from '../../../src/tenant/tenant-service.ts'
 
 describe('tenant argv', () => {
@@ -98,5 +98,19 @@ describe('tenant output in Python json.dumps spelling', () => {
       '{"a": [1, "\\u00e9", null, true], "b": {"c": "x\\"y", "d": "\\u007f\\u20ac"}}',
     )
     expect(pythonJsonDumps({ uuids: [['a'], ['b']] })).toBe('{"uuids": [["a"], ["b"]]}')
+  })
+})
+
+describe('tenant output in Python repr spelling', () => {
+  it('matches what Python prints for dicts, quotes, None, booleans and control characters', () => {
+    // python3 -c "print(repr({'code': 200, 'results': {'names': ['a', \"it's\", 'q\"\\'x', 'tab\tnl\n\x7f\x85é'], 'n': None, 't': True, 'i': 3}}))"
+    expect(
+      pythonRepr({
+        code: 200,
+        results: { names: ['a', "it's", `q"'x`, 'tab\tnl\n\u007f\u0085é'], n: null, t: true, i: 3 },
+      }),
+    ).toBe(
+      `{'code': 200, 'results': {'names': ['a', "it's", 'q"\\'x', 'tab\\tnl\\n\\x7f\\x85é'], 'n': None, 't': True, 'i': 3}}`,
+    )
   })
 })
