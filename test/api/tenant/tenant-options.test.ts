@@ -545,6 +545,14 @@ describe('status output, default UUID and delete across verifiers', () => {
         verifier_port: boundPort(vb.app),
       }) as never,
     )
+    // reactivate goes to the verifier the record names, which then holds the agent's lease
+    await vb.service.repo.setState(id, 10)
+    const reactivated = await tenant('-c', 'reactivate', '-u', id)
+    expect(reactivated.code, reactivated.err).toBe(0)
+    expect(reactivated.err).toContain(`agent ${id} is enrolled at verifier vb`)
+    const row = await vb.service.repo.getAgent(id)
+    expect([row?.operational_state, row?.lease_holder]).toEqual([1, vb.service.leaseHolder])
+
     // the configured verifier (va) sees the record but may not delete an agent of verifier vb
     const refused = await tenant('-c', 'delete', '-u', id, '-nvc')
     expect(refused.code).toBe(1)
