@@ -16,6 +16,7 @@ import {
   addVersionedRoute,
   DATABASE_RETRY_AFTER_SECONDS,
   databaseUnavailableReason,
+  dropConnectionAfterUnreadBody,
   type KeylimeServer,
 } from '../api/server.ts'
 import type { RuntimePolicyBody } from '../api/verifier/schemas.ts'
@@ -172,6 +173,7 @@ function v3Routes(app: KeylimeServer, { service, audit }: V3ManagementOptions): 
   const o = service.options
 
   app.setErrorHandler((error: FastifyError | KeylimeError | Error, request, reply) => {
+    dropConnectionAfterUnreadBody(error, request, reply)
     const unavailable = databaseUnavailableReason(error)
     if (unavailable !== null) {
       request.log.error({ err: error }, 'database unavailable')
