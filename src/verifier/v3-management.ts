@@ -22,6 +22,7 @@ import {
 import type { RuntimePolicyBody } from '../api/verifier/schemas.ts'
 import {
   AgentCollection,
+  AgentCollectionQuery,
   AgentDocument,
   CreateAgentBody,
   CreateImaPolicyBody,
@@ -219,11 +220,12 @@ function v3Routes(app: KeylimeServer, { service, audit }: V3ManagementOptions): 
     path: '/agents',
     admin: true,
     schema: {
-      summary: 'Agents enrolled at this verifier group, with their status',
+      summary: 'Agents enrolled at this verifier group (or at one verifier id), with their status',
+      querystring: AgentCollectionQuery,
       response: { 200: AgentCollection, ...adminErrors },
     },
     handler: async (req, reply) => {
-      const rows = await repo.listAgents()
+      const rows = await repo.listAgents(req.query['filter[verifier]'] || undefined)
       const data = []
       for (const row of rows)
         data.push({

@@ -85,6 +85,10 @@ export const PatchAgentBody = RequestDocument(
 )
 export type PatchAgentBody = Static<typeof PatchAgentBody>
 
+/** `GET /v3/agents?filter[verifier]=<id>`: only the agents of that verifier id (v2's `?verifier=`). */
+export const AgentCollectionQuery = Type.Object({ 'filter[verifier]': Type.Optional(Type.String()) })
+export type AgentCollectionQuery = Static<typeof AgentCollectionQuery>
+
 export const AgentDocument = ResourceDocument(V3_TYPES.agent, AgentStatus)
 export const AgentCollection = CollectionDocument(V3_TYPES.agent, AgentStatus)
 
