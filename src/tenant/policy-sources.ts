@@ -13,10 +13,11 @@ import { join } from 'node:path'
 import { promisify } from 'node:util'
 import { request } from 'undici'
 import {
-  createRuntimePolicy,
   emptyRuntimePolicy,
   ImaKeyring,
   parseKeyBuffer,
+  policyTimestamp,
+  RUNTIME_POLICY_GENERATOR,
   type RuntimePolicy,
 } from '../evidence/ima/index.ts'
 import type { TenantCliOptions } from './cli-options.ts'
@@ -128,14 +129,18 @@ export function checkPolicyOptions(command: string, opts: TenantCliOptions): voi
 }
 
 /**
- * A legacy allowlist as upstream's converter reads it: JSON with `hashes` (path -> digests, plus optional runtime
- * policy fields), or the flat `<digest> <path>` format; exclude-list lines become `excludes`.
+ * A legacy allowlist converted as upstream's tenant converts it (`convert_legacy_allowlist`): JSON with `hashes`
+ * (path -> digests; the other runtime-policy members it carries are kept), or the flat format, one `<digest> <path>`
+ * per line (`%keyring:<name>` paths go to `keyrings`; a line without both is skipped with a warning, as upstream).
+ * Exclude-list lines (not empty, not `#`) are appended to `excludes`. The verifier checks the result's schema.
  */
 export function convertLegacyAllowlist(
   text: string,
   excludeText: string | undefined,
   now: Date,
+  warn: (line: string) => void,
 ): RuntimePolicy {
+  const policy = emptyRuntimePolicy()
   let json: unknown
   try {
     json = JSON.parse(text)
@@ -152,25 +157,39 @@ export function convertLegacyAllowlist(
     const hashes = obj.hashes
     if (typeof hashes !== 'object' || hashes === null || Array.isArray(hashes))
       throw new TenantError('the JSON allowlist has no "hashes" map of paths to digests', EXIT_USAGE)
-    const base = emptyRuntimePolicy()
-    for (const [path, digests] of Object.entries(hashes)) {
-      if (!Array.isArray(digests) || digests.some((d) => typeof d !== 'string'))
-        throw new TenantError(`allowlist entry ${path} is not a list of digests`, EXIT_USAGE)
-      base.digests[path] = digests as string[]
-    }
-    if (Array.isArray(obj.excludes)) base.excludes = obj.excludes.map(String)
-    return createRuntimePolicy({
-      base,
-      ...(excludeText === undefined ? {} : { excludeListText: excludeText }),
-      now,
+    policy.digests = hashes as Record<string, string[]>
+    const carried = policy as unknown as Record<string, unknown>
+    for (const key of ['release', 'excludes', 'keyrings', 'ima', 'ima-buf', 'verification-keys'])
+      if (obj[key]) carried[key] = obj[key]
+  } else {
+    splitLines(text).forEach((raw, i) => {
+      const line = raw.trim()
+      if (line === '') return
+      const m = /^(\S+)\s+(.+)$/.exec(line)
+      if (!m) {
+        warn(`Line #${i} in Allowlist does not consist of hash and file path: ${line}`)
+        return
+      }
+      const [, digest, path] = m as unknown as [string, string, string]
+      const [map, key] = path.startsWith('%keyring:')
+        ? [policy.keyrings, path.slice('%keyring:'.length)]
+        : [policy.digests, path]
+      map[key] = [...(map[key] ?? []), digest]
     })
   }
-  return createRuntimePolicy({
-    allowlistText: text,
-    ...(excludeText === undefined ? {} : { excludeListText: excludeText }),
-    now,
-  })
+  for (const raw of splitLines(excludeText ?? '')) {
+    const line = raw.trim()
+    if (line !== '' && !line.startsWith('#')) policy.excludes.push(line)
+  }
+  policy.meta = {
+    version: 1,
+    generator: RUNTIME_POLICY_GENERATOR.LegacyAllowList,
+    timestamp: policyTimestamp(now),
+  }
+  return policy
 }
+
+const splitLines = (text: string) => text.split(/\r\n|\r|\n/)
 
 /**
  * The runtime policy to send (b64) with its DSSE key (b64 PEM), from `--runtime-policy[-url]` (checked against
@@ -191,7 +210,12 @@ export async function runtimePolicySource(
     if (opts.exclude) ctx.warn(`--exclude is deprecated. ${DEPRECATED_LISTS}`)
     let policy: RuntimePolicy
     try {
-      policy = convertLegacyAllowlist(list.toString('utf8'), exclude, (ctx.now ?? (() => new Date()))())
+      policy = convertLegacyAllowlist(
+        list.toString('utf8'),
+        exclude,
+        (ctx.now ?? (() => new Date()))(),
+        ctx.warn,
+      )
     } catch (err) {
       if (err instanceof TenantError) throw err
       throw new TenantError(`cannot convert the allowlist: ${(err as Error).message}`, EXIT_USAGE)

@@ -142,7 +142,7 @@ beforeAll(async () => {
 
   writeFileSync(
     join(dir, 'allowlist.txt'),
-    `${'c'.repeat(64)}  /usr/bin/cat\n${'d'.repeat(64)} /usr/lib/with space\n`,
+    `${'c'.repeat(64)}  /usr/bin/cat\n${'d'.repeat(64)} /usr/lib/with space\n${'f'.repeat(64)} %keyring:.ima\nonly-a-digest\n`,
   )
   const mbRefstate = join(dir, 'refstate.json')
   writeFileSync(mbRefstate, JSON.stringify({ scrtm_and_bios: [] }))
@@ -328,8 +328,11 @@ describe('runtime policy sources', () => {
     const stored = parseRuntimePolicy((await storedPolicy('legacy'))?.ima_policy as string)
     expect(stored.digests).toEqual({
       '/usr/bin/cat': ['c'.repeat(64)],
-      '/usr/lib/with_space': ['d'.repeat(64)],
+      '/usr/lib/with space': ['d'.repeat(64)],
     })
+    expect(stored.keyrings).toEqual({ '.ima': ['f'.repeat(64)] })
+    // as upstream: a line without a path is reported and skipped
+    expect(r.err).toContain('Line #3 in Allowlist does not consist of hash and file path: only-a-digest')
     expect(stored.excludes).toEqual(['/tmp/.*', '/var/log/.*'])
     expect(stored.meta.generator).toBe(3)
     // upstream prints the verifier's answer as a Python dict
