@@ -279,6 +279,18 @@ function publicMessage(error: unknown, status: number): string {
   return e.message || (status === 404 ? 'Not Found' : 'Bad Request')
 }
 
+/**
+ * For error handlers of their own (the verifier's JSON:API routes): a request whose body was refused unread (too
+ * large, wrong length) has its connection dropped soon after the answer, as the server's own handler does.
+ */
+export function dropConnectionAfterUnreadBody(
+  error: unknown,
+  request: FastifyRequest,
+  reply: FastifyReply,
+): void {
+  if (unreadBody(error)) closeSoonAfterAnswer(request, reply)
+}
+
 function unreadBody(error: unknown): boolean {
   const code = (error as { code?: unknown }).code
   return code === 'FST_ERR_CTP_BODY_TOO_LARGE' || code === 'FST_ERR_CTP_INVALID_CONTENT_LENGTH'
