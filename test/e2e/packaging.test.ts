@@ -1,12 +1,17 @@
 /**
  * The systemd units in packaging/systemd: `systemd-analyze verify` accepts each (with ExecStart pointed at this
- * checkout's CLI), each runs a real `keylime` command, and the hardening an operator relies on is there.
+ * checkout's CLI), each runs a real `keylime` command, and the hardening an operator relies on is there. A service
+ * started under a `$NOTIFY_SOCKET` of the test's own (a Python receiver, as node has no Unix datagram sockets) sends
+ * READY=1 only once its port accepts connections, as `Type=notify` expects.
  */
-import { spawnSync } from 'node:child_process'
+import { type ChildProcess, spawn, spawnSync } from 'node:child_process'
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { connect } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
+import { createInterface } from 'node:readline'
 import { afterAll, describe, expect, it } from 'vitest'
+import { freePort } from '../helpers/swtpm.ts'
 
 const ROOT = resolve(import.meta.dirname, '../..')
 const UNITS = join(ROOT, 'packaging/systemd')
@@ -57,6 +62,8 @@ describe('systemd units', () => {
         env: { ...process.env, KEYLIME_FROM_SOURCE: '1' },
       })
       expect(help.status, help.stderr).toBe(0)
+      expect(d.get('Type')).toBe('notify')
+      expect(d.get('NotifyAccess')).toBe('all')
       expect(d.get('NoNewPrivileges')).toBe('yes')
       expect(d.get('ProtectSystem')).toBe('strict')
       expect(d.get('ReadWritePaths')).toBe('/var/lib/keylime')
@@ -82,4 +89,89 @@ describe('systemd units', () => {
     // systemd only warns (exit 0) and ignores the line; the unit test above therefore requires an empty stderr
     expect(r.stderr).toMatch(/protect system value/i)
   })
+})
+
+/** Receives datagrams on a Unix socket as systemd does: prints each on a line, closes passed fds (the barrier). */
+const RECEIVER = `
+import array, os, socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.bind(sys.argv[1])
+s.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+print("bound", flush=True)
+while True:
+    msg, anc, _, _ = s.recvmsg(4096, socket.CMSG_SPACE(64))
+    for level, kind, data in anc:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds = array.array("i")
+            fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+            for fd in fds:
+                os.close(fd)
+    print(msg.decode().replace("\\n", " "), flush=True)
+`
+
+function portAccepts(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = connect({ host: '127.0.0.1', port })
+    socket.once('connect', () => {
+      socket.destroy()
+      resolve(true)
+    })
+    socket.once('error', () => resolve(false))
+  })
+}
+
+describe('Type=notify readiness', () => {
+  const children: ChildProcess[] = []
+  afterAll(() => {
+    for (const c of children) c.kill('SIGKILL')
+  })
+
+  it('the registrar sends READY=1 over $NOTIFY_SOCKET once its port accepts connections', async () => {
+    const socketPath = join(work, 'notify.sock')
+    const receiver = spawn('python3', ['-c', RECEIVER, socketPath], { stdio: ['ignore', 'pipe', 'inherit'] })
+    children.push(receiver)
+    const messages = createInterface({ input: receiver.stdout as NodeJS.ReadableStream })
+    const received: { text: string; accepting: Promise<boolean> }[] = []
+    let bound!: () => void
+    const isBound = new Promise<void>((r) => {
+      bound = r
+    })
+    const port = await freePort()
+    let ready!: () => void
+    const gotReady = new Promise<void>((r) => {
+      ready = r
+    })
+    messages.on('line', (line) => {
+      if (line === 'bound') return bound()
+      // checked the moment the message arrives: the port must already accept
+      received.push({ text: line, accepting: portAccepts(port) })
+      if (line.includes('READY=1')) ready()
+    })
+    await isBound
+    const dir = join(work, 'registrar')
+    const registrar = spawn(
+      process.execPath,
+      [
+        join(ROOT, 'bin/keylime.js'),
+        'registrar',
+        '--tls-dir',
+        'generate',
+        '--port',
+        String(port),
+        '--tls-port',
+        '0',
+        '--database-url',
+        'sqlite',
+      ],
+      {
+        env: { ...process.env, KEYLIME_FROM_SOURCE: '1', KEYLIME_DIR: dir, NOTIFY_SOCKET: socketPath },
+        stdio: ['ignore', 'ignore', 'inherit'],
+      },
+    )
+    children.push(registrar)
+    await gotReady
+    const first = received.find((m) => m.text.includes('READY=1'))
+    expect(first?.text).toContain('STATUS=registrar listening')
+    expect(await first?.accepting).toBe(true)
+  }, 60_000)
 })
