@@ -175,3 +175,79 @@ describe('Type=notify readiness', () => {
     expect(await first?.accepting).toBe(true)
   }, 60_000)
 })
+
+describe('Containerfile', () => {
+  const text = readFileSync(join(ROOT, 'Containerfile'), 'utf8')
+  /** Instructions with continuation lines joined, comments dropped. */
+  const instructions = text
+    .replace(/\\\n/g, ' ')
+    .split('\n')
+    .filter((l) => l.trim() !== '' && !l.startsWith('#'))
+    .map((l) => {
+      const [op = '', ...rest] = l.trim().split(/\s+/)
+      return { op: op.toUpperCase(), args: rest.join(' ') }
+    })
+  const stages: { name: string; body: typeof instructions }[] = []
+  for (const i of instructions) {
+    if (i.op === 'FROM') stages.push({ name: /\bAS (\S+)/i.exec(i.args)?.[1] ?? '', body: [] })
+    else stages[stages.length - 1]?.body.push(i)
+  }
+  const runtime = stages[stages.length - 1] as (typeof stages)[0]
+
+  it('dockerfile-utils (the Docker language server linter) reports nothing', async () => {
+    const { validate } = await import('dockerfile-utils')
+    expect(validate(text).map((d) => `${d.range.start.line + 1}: ${d.message}`)).toEqual([])
+    // the linter is live: a deprecated instruction is reported
+    expect(validate(`${text}\nMAINTAINER someone\n`).length).toBeGreaterThan(0)
+  })
+
+  it('is multi-stage; the runtime stage holds only the installed package, runs unprivileged, checks its health', () => {
+    expect(stages.map((s) => s.name)).toEqual(['build', 'install', 'runtime'])
+    // nothing of the build reaches the runtime but the folder the install stage filled from the packed tarball
+    const copies = runtime.body.filter((i) => i.op === 'COPY')
+    expect(copies.map((c) => c.args)).toEqual(['--from=install /opt/keylime /opt/keylime'])
+    expect(runtime.body.some((i) => /npm (ci|install)|tsx|--include=dev/.test(i.args))).toBe(false)
+    const user = runtime.body.filter((i) => i.op === 'USER').at(-1)?.args ?? ''
+    expect(user).toMatch(/^[1-9]\d*:[1-9]\d*$/)
+    expect(runtime.body.some((i) => i.op === 'RUN' && i.args.includes(`--uid ${user.split(':')[0]}`))).toBe(
+      true,
+    )
+    expect(runtime.body.find((i) => i.op === 'ENTRYPOINT')?.args).toBe('["keylime"]')
+    expect(runtime.body.find((i) => i.op === 'HEALTHCHECK')?.args).toContain('/healthz')
+  })
+
+  it('installs the packed package with the script .ci/run exercises', () => {
+    const install = stages.find((s) => s.name === 'install')
+    expect(install?.body.map((i) => i.args)).toContain(
+      'sh packaging/install-packed.sh /pkg/keylime-ts-*.tgz /opt/keylime',
+    )
+    expect(stages[0]?.body.some((i) => i.args.includes('npm pack --pack-destination /pkg'))).toBe(true)
+    const ci = readFileSync(join(ROOT, '.ci/run'), 'utf8')
+    expect(ci).toMatch(/packaging\/install-packed\.sh" \.\/keylime-ts-\*\.tgz \./)
+    expect(readFileSync(join(ROOT, 'packaging/install-packed.sh'), 'utf8')).toMatch(/npm install --omit=dev/)
+  })
+
+  it('its HEALTHCHECK command answers 0 against a live probe listener and 1 without one', async () => {
+    const { startProbeListener, boundPort } = await import('../../src/api/server.ts')
+    const exec = JSON.parse(
+      /CMD (\[.*\])$/.exec(runtime.body.find((i) => i.op === 'HEALTHCHECK')?.args ?? '')?.[1] ?? '[]',
+    ) as string[]
+    const probe = await startProbeListener({
+      host: '127.0.0.1',
+      port: 0,
+      readiness: async () => ({ ok: true }),
+    })
+    const port = boundPort(probe)
+    const withPort = exec.map((a) => a.replace('127.0.0.1:9090', `127.0.0.1:${port}`))
+    expect(withPort[0]).toBe('node')
+    // asynchronously: the listener answers from this process's event loop
+    const status = () =>
+      new Promise<number | null>((done) => {
+        const c = spawn(process.execPath, withPort.slice(1), { stdio: 'ignore' })
+        c.once('exit', (code) => done(code))
+      })
+    expect(await status()).toBe(0)
+    await probe.close()
+    expect(await status()).toBe(1)
+  })
+})
