@@ -553,5 +553,10 @@ describe('pods as processes (overlay demo)', () => {
         ? true
         : undefined
     })
+    // and Prometheus, scraping that pod's probe port as its annotations say, sees the passes counted there
+    const scrape = await request(`http://127.0.0.1:${other.metrics}/metrics`, { reset: true })
+    const text = await scrape.body.text()
+    const passes = /^keylime_verifier_attestations_total\{result="pass",event_id=""\} (\d+)$/m.exec(text)
+    expect(Number(passes?.[1])).toBeGreaterThanOrEqual(2)
   }, 240_000)
 })
