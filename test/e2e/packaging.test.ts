@@ -176,6 +176,21 @@ describe('Type=notify readiness', () => {
   }, 60_000)
 })
 
+describe('notifySystemdReady', () => {
+  it('does nothing outside systemd; a socket nobody reads is logged, never thrown', async () => {
+    const { notifySystemdReady } = await import('../../src/common/systemd.ts')
+    const lines: { msg: string; stderr?: string }[] = []
+    const log = {
+      error: (o: { stderr: string }, msg: string) => lines.push({ msg, stderr: o.stderr }),
+      debug: (_o: unknown, msg: string) => lines.push({ msg }),
+    } as unknown as Parameters<typeof notifySystemdReady>[1]
+    await notifySystemdReady('x', log, {})
+    expect(lines).toEqual([])
+    await notifySystemdReady('x', log, { ...process.env, NOTIFY_SOCKET: join(work, 'nobody.sock') })
+    expect(lines).toEqual([{ msg: 'systemd readiness notification failed', stderr: expect.any(String) }])
+  })
+})
+
 describe('Containerfile', () => {
   const text = readFileSync(join(ROOT, 'Containerfile'), 'utf8')
   /** Instructions with continuation lines joined, comments dropped. */
