@@ -180,6 +180,15 @@ describe.each(OVERLAYS)('overlay %s', (overlay) => {
     const verifier = named(objs, 'Deployment', 'keylime-verifier')
     expect(verifier.spec.replicas).toBeGreaterThanOrEqual(2)
     const agent = named(objs, 'DaemonSet', 'keylime-agent')
+    // the node's address, stable across agent restarts, is the one the verifier keeps
+    expect(agent.spec.template.spec).toMatchObject({
+      hostNetwork: true,
+      dnsPolicy: 'ClusterFirstWithHostNet',
+    })
+    expect(agent.spec.template.spec.containers[0].env).toContainEqual({
+      name: 'KEYLIME_AGENT_CONTACT_IP',
+      valueFrom: { fieldRef: { fieldPath: 'status.hostIP' } },
+    })
     expect(agent.spec.template.spec.volumes).toContainEqual({
       name: 'tpm',
       hostPath: { path: '/dev/tpmrm0', type: 'CharDevice' },
@@ -277,9 +286,11 @@ function localPod(
   for (const e of container.env ?? []) {
     const from = e.valueFrom
     if (from?.fieldRef)
-      env[e.name] = { 'metadata.namespace': opts.namespace, 'status.podIP': '127.0.0.1' }[
-        from.fieldRef.fieldPath as string
-      ] as string
+      env[e.name] = {
+        'metadata.namespace': opts.namespace,
+        'status.podIP': '127.0.0.1',
+        'status.hostIP': '127.0.0.1',
+      }[from.fieldRef.fieldPath as string] as string
     else if (from?.secretKeyRef)
       env[e.name] = secrets.get(from.secretKeyRef.name)?.[from.secretKeyRef.key] as string
     else env[e.name] = expand(e.value, env)
