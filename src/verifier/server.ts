@@ -18,6 +18,7 @@ import type { VerifierConfig } from '../config/verifier.ts'
 import { ensureTlsDir } from '../crypto/ca.ts'
 import { openDatabase } from '../db/database.ts'
 import { databaseReadiness } from '../db/readiness.ts'
+import { formatTakeoverReport } from '../db/takeover/index.ts'
 import type { VerifierDatabase } from '../db/verifier-repository.ts'
 import { buildVerifierApp, type Identity } from './app.ts'
 import { expiredLeaseCount, PrometheusVerifierMetrics } from './metrics.ts'
@@ -108,6 +109,8 @@ export async function startVerifier(config: VerifierConfig, log: Logger): Promis
     dataDir: workDir,
     name: 'cv_data',
     migrations: config.auto_migrate_db ? 'verifier' : false,
+    service: 'verifier',
+    onTakeover: (report) => log.warn({ takeover: report }, formatTakeoverReport(report, false).join('\n')),
     poolSize: Number(config.database_pool_sz_ovfl.split(',')[0]) || 5,
   })
   const service = new VerifierService({

@@ -18,6 +18,7 @@ import { dropPgSchema, type OpenDatabaseOptions, openDatabase } from '../../src/
 import { REGISTRAR_MIGRATIONS, VERIFIER_MIGRATIONS } from '../../src/db/migrations/index.ts'
 import { planTakeover, type TakeoverReport } from '../../src/db/takeover/index.ts'
 import type { VerifierDatabase } from '../../src/db/verifier-repository.ts'
+import { runKeylime } from '../helpers/cli.ts'
 import {
   buildUpstreamRegistrarDb,
   buildUpstreamVerifierDb,
@@ -475,3 +476,35 @@ for (const dialect of dialects) {
     }
   })
 }
+
+describe('keylime db upgrade', () => {
+  it('prints the takeover with --dry-run without changing anything, then performs it', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'kl-takeover-cli-'))
+    try {
+      const url = `sqlite:///${join(dir, 'cv_data.sqlite')}`
+      const raw: AnyDb = await openDatabase(url, { migrations: false })
+      await buildUpstreamVerifierDb(raw, '5a8b2c3d4e6f', fixtureAgents())
+      await raw.destroy()
+      const args = ['db', 'upgrade', '--service', 'verifier', '--database-url', url]
+      const dry = await runKeylime([...args, '--dry-run'])
+      expect(dry.code, dry.err).toBe(0)
+      expect(dry.out).toContain(
+        'verifier database: upstream Keylime at Alembic revision 5a8b2c3d4e6f (Keylime 7.14.0); would be taken over in place',
+      )
+      expect(dry.out).toMatch(/verifiermain: 3 rows/)
+      expect(dry.out).toContain('verifier database: would run 2026120601_verifier_events_leases')
+      const again = await runKeylime([...args, '--dry-run'])
+      expect(again.out).toBe(dry.out)
+      const done = await runKeylime(args)
+      expect(done.code, done.err).toBe(0)
+      expect(done.out).toContain('was taken over in place')
+      expect(done.out).toContain('verifier database: ran 2026120601_verifier_events_leases')
+      const after = await runKeylime([...args, '--dry-run'])
+      expect(after.out).toBe('verifier database: no migration to run\n')
+      const bad = await runKeylime(['db', 'upgrade', '--service', 'tenant', '--database-url', url])
+      expect(bad.code).toBe(2)
+    } finally {
+      rmSync(dir, { recursive: true, force: true })
+    }
+  })
+})
