@@ -336,6 +336,8 @@ async function convert(run: Run, service: ServiceName): Promise<void> {
   const tables = await tableNames(db)
   const own = OWN_TABLES[service].filter((t) => tables.has(t))
   const versionTable = `alembic_version_${UPSTREAM_NAME[service]}`
+  // another process starting on the same SQLite file may have converted it between our look and our write lock
+  if (!tables.has(versionTable)) return
   if (service === 'verifier') await alignPushTables(run, tables)
   if (run.dryRun) {
     if (service === 'registrar') await copyRegistrar(run)
@@ -460,7 +462,7 @@ export async function takeOverUpstreamDatabase(
     }
   }
   await migrate(db as Kysely<unknown>, { [FIRST_MIGRATION[service]]: { up } }, service, opts)
-  return report
+  return report.tables.length > 0 ? report : null
 }
 
 /** For a service started without migrations: an upstream database cannot be used as it is. */
