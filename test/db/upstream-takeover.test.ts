@@ -444,7 +444,8 @@ for (const dialect of dialects) {
             {
               ...agentRow(withIma, '0x8000', [15]),
               ima_policy_id: 1,
-              ima: { boottime: 1_780_000_000, pcr10, nextEntry: 5 },
+              // upstream stores boottime 0 for agents that do not report it (seen with upstream's own services)
+              ima: { boottime: 0, pcr10, nextEntry: 5 },
             },
             agentRow(plain, '0x8000', [15]),
           ],

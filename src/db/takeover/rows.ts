@@ -156,15 +156,16 @@ export function learnedKeyringsOf(value: string | null): Record<string, KeyringJ
 }
 
 /**
- * Our IMA replay state from upstream's columns (`boottime`, `ima_pcrs`, `pcr10`, `next_ima_ml_entry`,
- * `learned_ima_keyrings`): the list is asked for from the same entry, PCR 10 continues from the same running value.
+ * Our IMA replay state from upstream's columns (`ima_pcrs`, `pcr10`, `next_ima_ml_entry`, `learned_ima_keyrings`): the list is asked for from the same entry, PCR 10 continues from the same running value.
  * Null when upstream had no IMA state to continue from, or it is not usable: then the list is replayed from entry 0,
  * which is always correct, only slower once.
  */
 export function imaStateOf(r: UpstreamRow): string | null {
   const next = int(r.next_ima_ml_entry)
   const pcr10 = r.pcr10
-  if (!next || next <= 0 || !int(r.boottime) || !Buffer.isBuffer(pcr10)) return null
+  // `boottime` is not needed: it stays 0 for agents that do not report it, and a rebooted agent's list starts again at
+  // entry 0, which the verifier replays whatever state it kept
+  if (!next || next <= 0 || !Buffer.isBuffer(pcr10)) return null
   let pcrs: unknown
   try {
     pcrs = JSON.parse(text(r.ima_pcrs) ?? '[]')
