@@ -95,7 +95,12 @@ async function tableNames(db: AnyDb): Promise<Set<string>> {
 
 /** What a service's database holds: nothing yet, ours, upstream's at a revision, or something else. */
 export async function databaseOrigin(db: AnyDb, service: ServiceName): Promise<DatabaseOrigin> {
-  const tables = await tableNames(db)
+  let tables: Set<string>
+  try {
+    tables = await tableNames(db)
+  } catch (err) {
+    throw new DbError(`cannot read the ${service} database: ${(err as Error).message}`, { cause: err })
+  }
   const kyselyTable = `kysely_migration_${service}`
   if (tables.has(kyselyTable)) {
     const { rows } = await sql<{ name: string }>`select name from ${sql.table(kyselyTable)}`.execute(db)
