@@ -307,7 +307,7 @@ export class PushAttestations {
         code: 'evidence_immutable',
       })
     // verification starts once the answer is on its way (keylime-api.md §4.2)
-    setImmediate(() => this.track(this.evaluate(agentId, att.index)))
+    this.track(new Promise<void>((r) => setImmediate(r)).then(() => this.evaluate(agentId, att.index)))
     const self = `/v3.0/agents/${agentId}/attestations/${att.index}`
     return {
       body: {
