@@ -337,6 +337,13 @@ export class PushRepository {
     return Number(r.numDeletedRows)
   }
 
+  /**
+   * Deletes an agent's attestations (before the agent row: a table taken over from upstream may lack the cascade).
+   */
+  async deleteAttestations(agentId: string): Promise<void> {
+    await this.db.deleteFrom('attestations').where('agent_id', '=', agentId).execute()
+  }
+
   /** Drops the bulky logs of a verified attestation's stored evidence. */
   async storeEvidenceSummary(agentId: string, index: number, summary: string): Promise<void> {
     await this.db
@@ -393,11 +400,16 @@ export class PushRepository {
     return failed
   }
 
-  /** `PUT /agents/:id/reactivate` of a push agent: accept attestations again, evidence due within the timeout. */
+  /** `PUT /agents/:id/reactivate` of a push agent: failures cleared, attestations accepted, evidence due again. */
   async reactivate(agentId: string, deadline: number): Promise<boolean> {
     const r = await this.db
       .updateTable('verifiermain')
-      .set({ accept_attestations: 1, operational_state: AgentState.GET_QUOTE, push_deadline: deadline })
+      .set({
+        accept_attestations: 1,
+        consecutive_attestation_failures: 0,
+        operational_state: AgentState.GET_QUOTE,
+        push_deadline: deadline,
+      })
       .where('agent_id', '=', agentId)
       .executeTakeFirst()
     return r.numUpdatedRows > 0n

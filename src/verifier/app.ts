@@ -374,6 +374,12 @@ export async function buildVerifierApp(opts: VerifierAppOptions): Promise<Keylim
         return ok(reply, {}, code)
       }
       if (state === AgentState.TERMINATED) return done(202)
+      if (row.ip === null && push) {
+        // a push agent is never polled: deleted at once, its attestations first
+        await push.repo.deleteAttestations(id)
+        await repo.deleteAgent(id)
+        return done(200)
+      }
       const idle = IDLE_STATES as readonly number[]
       const heldElsewhere =
         row.lease_holder !== null &&
