@@ -7,6 +7,7 @@
  *
  *   node --import tsx bench/push-fleet.ts --agents 10000 --interval 4 --seconds 20
  *   node --import tsx bench/push-fleet.ts --agents 10000 --interval 4 --verifiers 2      (PostgreSQL, KEYLIME_TEST_PG_URL)
+ *   PUSH_FLEET_CPU_PROF=/tmp/prof node --import tsx bench/push-fleet.ts …                 (CPU profiles of the verifiers)
  *
  * Each agent logs in once, then attests every `--interval` s (a whole number: push mode's quote_interval); its
  * policy is a static PCR 15 value (no IMA or boot log, as the pull fleet benchmark), so this measures the push
@@ -168,6 +169,10 @@ async function main(): Promise<void> {
       const child = spawn(
         process.execPath,
         [
+          // PUSH_FLEET_CPU_PROF=<dir>: a CPU profile of each verifier process
+          ...(process.env.PUSH_FLEET_CPU_PROF
+            ? ['--cpu-prof', '--cpu-prof-dir', process.env.PUSH_FLEET_CPU_PROF]
+            : []),
           '--import',
           'tsx',
           resolve(import.meta.dirname, 'push-fleet-verifier.ts'),
