@@ -209,6 +209,50 @@ describe('push verifier: sessions', () => {
     expect(Number(last.headers['retry-after'])).toBe(60)
     expect(last.json().errors[0].status).toBe('429')
   })
+  it('the legacy routes: open on /agents/:id/session, answer on /agents/:id/session/:id, show by token', async () => {
+    const opened = await app.inject({
+      method: 'POST',
+      url: '/v3/agents/push-a/session',
+      headers: JSON_API,
+      payload: {
+        data: {
+          type: 'session',
+          attributes: {
+            authentication_supported: [{ authentication_class: 'pop', authentication_type: 'tpm_pop' }],
+          },
+        },
+      },
+    })
+    expect(opened.statusCode).toBe(200)
+    const d = opened.json().data
+    const challenge = Buffer.from(
+      d.attributes.authentication_requested[0].chosen_parameters.challenge,
+      'base64',
+    )
+    const answered = await app.inject({
+      method: 'PATCH',
+      url: `/v3/agents/push-a/session/${d.id}`,
+      headers: JSON_API,
+      payload: {
+        data: {
+          type: 'session',
+          attributes: {
+            authentication_provided: [
+              { authentication_class: 'pop', authentication_type: 'tpm_pop', data: await certify(challenge) },
+            ],
+          },
+        },
+      },
+    })
+    expect(answered.statusCode).toBe(200)
+    const token = answered.json().data.attributes.token as string
+    const shown = await app.inject({ method: 'GET', url: `/v3/agents/push-a/session/${token}` })
+    expect(shown.statusCode).toBe(200)
+    expect(shown.json().data.attributes.active).toBe(true)
+    expect((await app.inject({ method: 'GET', url: `/v3/agents/push-b/session/${token}` })).statusCode).toBe(
+      404,
+    )
+  })
 })
 
 describe('push verifier: attestations', () => {
