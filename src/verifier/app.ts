@@ -148,7 +148,11 @@ export async function buildVerifierApp(opts: VerifierAppOptions): Promise<Keylim
     adminCheck: async (req, reply) => {
       if (identify(req) !== 'admin') forbidden(reply)
     },
-    openapi: { title: 'Keylime verifier', version: CURRENT_API_VERSION, documentedPrefixes: ['2.6'] },
+    openapi: {
+      title: 'Keylime verifier',
+      version: CURRENT_API_VERSION,
+      documentedPrefixes: service.push ? ['2.6', '3.0'] : ['2.6'],
+    },
     ...(opts.probes ? { probes: opts.probes } : {}),
   })
 
