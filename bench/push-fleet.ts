@@ -164,6 +164,8 @@ async function main(): Promise<void> {
       .values(rows.slice(i, i + 500))
       .execute()
 
+  const progress = (what: string) => process.stderr.write(`${new Date().toISOString()} ${what}\n`)
+  progress(`${AGENTS} agents enrolled`)
   const children = await Promise.all(
     Array.from({ length: VERIFIERS }, async (_, n) => {
       const child = spawn(
@@ -191,6 +193,7 @@ async function main(): Promise<void> {
       return { child, pool: new Pool(`http://127.0.0.1:${port}`, { connections: 64, pipelining: 1 }) }
     }),
   )
+  progress(`${VERIFIERS} verifier(s) listening`)
   const rssBefore = children.map((c) => procStats(c.child.pid).rss)
   let rr = 0
   const call = async (method: 'POST' | 'PATCH', path: string, body: unknown, token?: string) => {
@@ -247,6 +250,7 @@ async function main(): Promise<void> {
     }),
   )
   const loginS = (Date.now() - t0) / 1000
+  progress(`every agent logged in (${loginS.toFixed(1)} s)`)
 
   // attestations: each agent every INTERVAL_S, spread evenly, at most CONCURRENCY in flight
   let measuring = false
