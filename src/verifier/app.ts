@@ -59,6 +59,7 @@ import {
   saveRuntimePolicy,
   stopAgent,
 } from './management.ts'
+import { addPushRoutes } from './push/routes.ts'
 import { registerV3ManagementRoutes } from './v3-management.ts'
 import type { VerifierService } from './verifier-service.ts'
 
@@ -153,19 +154,47 @@ export async function buildVerifierApp(opts: VerifierAppOptions): Promise<Keylim
   const ok = (reply: FastifyReply, results: unknown, code = 200) =>
     reply.code(code).send(envelope(code, 'Success', results))
 
+  const push = service.push
   const versionRoute = (url: string) =>
     addRoute(app, {
       method: 'GET',
       url,
-      schema: { summary: 'API versions', response: { 200: Envelope(VersionResults) } },
-      handler: async () =>
-        envelope(200, 'Success', {
-          current_version: CURRENT_API_VERSION,
-          supported_versions: [...KNOWN_API_VERSIONS],
-        }),
+      schema: {
+        summary: 'API versions (410 Gone in push mode)',
+        response: { 200: Envelope(VersionResults) },
+      },
+      handler: async (_req, reply) =>
+        push
+          ? (reply as FastifyReply).code(410).send()
+          : envelope(200, 'Success', {
+              current_version: CURRENT_API_VERSION,
+              supported_versions: [...KNOWN_API_VERSIONS],
+            }),
     })
   versionRoute('/version')
   versionRoute('/versions')
+  if (push) {
+    // upstream's push verifier: `/` redirects to the v3 root, which answers as a probe
+    addRoute(app, {
+      method: 'GET',
+      url: '/',
+      schema: { summary: 'Redirect to /v3.0/' },
+      handler: async (_req, reply) => reply.redirect('/v3.0/', 307),
+    })
+    addVersionedRoute(app, {
+      method: 'GET',
+      path: '/',
+      v2: false,
+      v3: true,
+      schema: { summary: 'API 3.0 root' },
+      handler: async (_req, reply) => reply.code(200).send({ data: null, meta: { api_version: '3.0' } }),
+    })
+    addPushRoutes(app, {
+      push,
+      ...(opts.log ? { log: opts.log } : {}),
+      evidenceBodyLimit: Math.max(o.maxEvidenceSize, o.maxAgentResponseBytes),
+    })
+  }
 
   const adminErrors = { 400: ErrorEnvelope, 403: AuthErrorBody, 404: ErrorEnvelope, 409: ErrorEnvelope }
   const Empty = Envelope(Type.Object({}))

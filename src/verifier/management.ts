@@ -4,7 +4,7 @@
  * `VerifierRequestError`s with upstream's texts; each route renders them in its own error format.
  */
 import type { RuntimePolicyBody } from '../api/verifier/schemas.ts'
-import { AgentState, attestationStatus, IDLE_STATES } from '../api/verifier/states.ts'
+import { AgentState, attestationStatus, IDLE_STATES, pushAttestationStatus } from '../api/verifier/states.ts'
 import type { VerifierAgentRow } from '../db/verifier-repository.ts'
 import { RUNTIME_POLICY_GENERATOR } from '../evidence/ima/index.ts'
 import {
@@ -88,7 +88,8 @@ export async function agentStatus(
     last_received_quote: row.last_received_quote === null ? null : Number(row.last_received_quote),
     last_successful_attestation:
       row.last_successful_attestation === null ? null : Number(row.last_successful_attestation),
-    attestation_status: attestationStatus(row.operational_state),
+    attestation_status:
+      row.ip === null ? pushAttestationStatus(row) : attestationStatus(row.operational_state),
     attestation_period: `${interval}s`,
     maximum_attestation_interval: `${interval * 5}s`,
   }
@@ -112,6 +113,13 @@ export async function deleteAgent(service: VerifierService, agentId: string): Pr
     throw new VerifierRequestError(404, 'agent id associated to this verifier')
   const state = row.operational_state
   if (state === AgentState.TERMINATED) return 202
+  const push = service.push
+  if (row.ip === null && push) {
+    // a push agent is never polled: deleted at once, its attestations first
+    await push.repo.deleteAttestations(agentId)
+    await repo.deleteAgent(agentId)
+    return 200
+  }
   const idle = IDLE_STATES as readonly number[]
   const heldElsewhere =
     row.lease_holder !== null &&
@@ -136,6 +144,12 @@ export async function reactivateAgent(
 ): Promise<number | null> {
   const row = await service.repo.getAgent(agentId)
   if (!row) throw new VerifierRequestError(missingStatus, 'agent id not found')
+  const push = service.push
+  if (row.ip === null && push) {
+    // a push agent: accept its attestations again, evidence due within the timeout
+    await push.repo.reactivate(agentId, Date.now() + service.options.push.evidenceTimeoutMs)
+    return row.operational_state
+  }
   await service.repo.reactivate(agentId, service.leaseHolder, service.leaseUntil)
   const fresh = await service.repo.getAgent(agentId)
   if (fresh && fresh.ip !== null && fresh.port !== null) service.loop.add(fresh)
