@@ -67,19 +67,23 @@ function stats(values: number[]): string {
   return `median ${ms(at(0.5))}, p95 ${ms(at(0.95))}, max ${ms(at(1))}`
 }
 
-/** Idle RSS of `node -e` with the given flags, and the median time for `node -e 0` to start and exit. */
-async function bareNode(flags: string[]): Promise<{ rss: number; startMs: number }> {
+/** Idle RSS of `node -e` with the given flags, and the median wall and CPU time of `node -e 0`. */
+async function bareNode(flags: string[]): Promise<{ rss: number; startMs: number; cpuMs: number }> {
   const child = spawn(process.execPath, [...flags, '-e', 'setInterval(() => {}, 1000)'], { stdio: 'ignore' })
   await sleep(1500)
   const rss = rssMiB(child.pid as number)
   child.kill()
   const times: number[] = []
+  const cpu: number[] = []
+  const report = 'const u = process.cpuUsage(); process.stdout.write(String((u.user + u.system) / 1000))'
   for (let i = 0; i < 5; i++) {
     const t = performance.now()
-    spawnSync(process.execPath, [...flags, '-e', '0'])
+    const run = spawnSync(process.execPath, [...flags, '-e', report], { encoding: 'utf8' })
     times.push(performance.now() - t)
+    cpu.push(Number(run.stdout))
   }
-  return { rss, startMs: times.sort((a, b) => a - b)[2] as number }
+  const median = (xs: number[]) => xs.sort((a, b) => a - b)[2] as number
+  return { rss, startMs: median(times), cpuMs: median(cpu) }
 }
 
 /**
@@ -176,7 +180,7 @@ try {
   const bareFlagged = await bareNode(FLAGS)
   console.log(
     `bare Node ${process.version} (node -e, idle): ${mib(bare.rss)}; with the agent's flags ${mib(bareFlagged.rss)}; ` +
-      `node -e 0 starts and exits in ${ms(bareFlagged.startMs)}`,
+      `node -e 0 starts and exits in ${ms(bareFlagged.startMs)} (${ms(bareFlagged.cpuMs)} CPU)`,
   )
 
   await timer.start(swtpm.port)
@@ -220,7 +224,11 @@ try {
     )
     agents.push(agent)
     const out = new ProcessOutput(agent)
-    const activated = out.until(' activated', 60_000)
+    let cpuAtActivation = Number.NaN
+    const activated = out.until(' activated', 60_000).then((at) => {
+      cpuAtActivation = cpuSeconds(agent.pid as number) * 1000
+      return at
+    })
     const listening = await out.until('listening on', 60_000)
     const wall = (await activated) - started
     const tpmMs = timer.busyMs - tpm0.busy
@@ -230,7 +238,9 @@ try {
       `${label}: spawn to registered + activated ${ms(wall)}, to listening ${ms(listening - started)}; ` +
         `of that: Node start ~${ms(nodeStart)}, TPM ${ms(tpmMs)} (${timer.commands - tpm0.n} commands), ` +
         `the rest ${ms(wall - nodeStart - tpmMs)} (agent code and the in-process registrar; ` +
-        `spawn to the agent's first log line, i.e. modules loaded, config read, TPM opened: ${ms(toFirstLog)})`,
+        `spawn to the agent's first log line, i.e. modules loaded, config read, TPM opened: ${ms(toFirstLog)}); ` +
+        `agent process CPU until activated ${ms(cpuAtActivation)}, ${ms(cpuAtActivation - (flags.length > 0 ? bareFlagged : bare).cpuMs)} ` +
+        `without Node's own start (CPU time is less disturbed by load than wall time)`,
     )
     return agent
   }
