@@ -419,6 +419,7 @@ try {
   writeSync(fd, chunk)
   closeSync(fd)
   let t = performance.now()
+  let tpmAt = timer.busyMs
   const fromEntry = IMA_ENTRIES - 9
   const tail = await client.integrityQuote({
     nonce: 'ima1',
@@ -427,6 +428,7 @@ try {
     imaMlEntry: fromEntry,
   })
   const firstRead = performance.now() - t
+  const firstTpm = timer.busyMs - tpmAt
   if (
     tail.ima_measurement_list_entry !== fromEntry ||
     !tail.ima_measurement_list?.startsWith(imaLine(fromEntry))
@@ -434,6 +436,7 @@ try {
     throw new Error(`IMA list served from entry ${tail.ima_measurement_list_entry}, not ${fromEntry}`)
   appendFileSync(imaPath, imaLine(IMA_ENTRIES + 1) + imaLine(IMA_ENTRIES + 2))
   t = performance.now()
+  tpmAt = timer.busyMs
   const next = await client.integrityQuote({
     nonce: 'ima2',
     mask: [10],
@@ -443,8 +446,8 @@ try {
   if (next.ima_measurement_list !== imaLine(IMA_ENTRIES + 1) + imaLine(IMA_ENTRIES + 2))
     throw new Error('the appended IMA entries were not served')
   console.log(
-    `IMA list grown by ${IMA_ENTRIES} entries while the agent runs: quote from entry ${fromEntry} ${ms(firstRead)} (indexes the new part once), ` +
-      `then from entry ${IMA_ENTRIES + 1} after 2 more ${ms(performance.now() - t)}; agent RSS ${mib(rssMiB(pid))} (${mib(rssMiB(pid) - idle)} more)`,
+    `IMA list grown by ${IMA_ENTRIES} entries while the agent runs: quote from entry ${fromEntry} ${ms(firstRead)} (TPM ${ms(firstTpm)}; indexes the new part once), ` +
+      `then from entry ${IMA_ENTRIES + 1} after 2 more ${ms(performance.now() - t)} (TPM ${ms(timer.busyMs - tpmAt)}); agent RSS ${mib(rssMiB(pid))} (${mib(rssMiB(pid) - idle)} more)`,
   )
   await stop(agent)
 
