@@ -18,6 +18,7 @@ const BENCHES: Record<string, string[]> = {
   fleet: ['fleet.ts', '--agents', '1000'],
   cli: ['cli.ts', '10'],
   metrics: ['metrics.ts'],
+  policy: ['policy.ts', '100000'],
 }
 
 const wanted = process.argv.slice(2)

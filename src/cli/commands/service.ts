@@ -45,6 +45,8 @@ export function registerServiceCommand<C>(program: Command, service: ServiceComm
       )
     })
     const running = await step('starting', () => service.start(config, log))
+    const { notifySystemdReady } = await import('../../common/systemd.ts')
+    await notifySystemdReady(`${service.name} listening`, log)
     const shutdown = (signal: string) => {
       log.info({ signal }, `${service.name} shutting down`)
       running.close().then(
