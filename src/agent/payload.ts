@@ -4,7 +4,6 @@
  * payload into `<keylime_dir>/secure/unzipped` (0700), optionally unzips it and runs the payload script with a
  * timeout. Key material is never logged.
  */
-import { spawn } from 'node:child_process'
 import type { KeyObject } from 'node:crypto'
 import { chmodSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { join, resolve, sep } from 'node:path'
@@ -18,6 +17,7 @@ import {
   tryCombine,
   type UKeyEntry,
 } from '../crypto/payload.ts'
+import { runProgram } from './run-program.ts'
 
 export class PayloadRequestError extends KeylimeError {
   constructor(message: string) {
@@ -196,14 +196,13 @@ export class PayloadManager {
       const script = this.o.payloadScript ? resolve(dir, this.o.payloadScript) : ''
       if (script?.startsWith(dir + sep) && existsSync(script)) {
         chmodSync(script, 0o700)
-        exitCode = await runScript(
-          'sh',
-          ['-c', script],
-          dir,
-          this.o.scriptTimeoutMs,
-          this.o.log,
-          'payload script',
-        )
+        const run = await runProgram('sh', ['-c', script], {
+          cwd: dir,
+          timeoutMs: this.o.scriptTimeoutMs,
+          log: this.o.log,
+          label: 'payload script',
+        })
+        exitCode = run.code
       }
       const actionList = join(dir, 'action_list')
       if (existsSync(actionList)) {
@@ -232,74 +231,4 @@ export class PayloadManager {
       key.fill(0)
     }
   }
-}
-
-/**
- * Runs a program with a timeout (SIGTERM, then SIGKILL), logging its output line by line.
- * Resolves to the exit code, or null when it was killed or could not start.
- */
-export function runScript(
-  cmd: string,
-  args: string[],
-  cwd: string,
-  timeoutMs: number,
-  log: Logger,
-  label: string,
-): Promise<number | null> {
-  return new Promise((done) => {
-    let child: ReturnType<typeof spawn>
-    try {
-      child = spawn(cmd, args, { cwd, stdio: ['ignore', 'pipe', 'pipe'], detached: true })
-    } catch (err) {
-      log.error(`${label}: could not start: ${(err as Error).message}`)
-      done(null)
-      return
-    }
-    const logLines = (stream: NodeJS.ReadableStream | null, level: 'info' | 'warn') => {
-      let buf = ''
-      stream?.setEncoding('utf8')
-      stream?.on('data', (chunk: string) => {
-        buf += chunk
-        let i = buf.indexOf('\n')
-        while (i !== -1) {
-          log[level](`${label}: ${buf.slice(0, i)}`)
-          buf = buf.slice(i + 1)
-          i = buf.indexOf('\n')
-        }
-        if (buf.length > 8192) {
-          log[level](`${label}: ${buf}`)
-          buf = ''
-        }
-      })
-      stream?.on('end', () => {
-        if (buf) log[level](`${label}: ${buf}`)
-      })
-    }
-    logLines(child.stdout, 'info')
-    logLines(child.stderr, 'warn')
-    let timedOut = false
-    const killGroup = (sig: NodeJS.Signals) => {
-      try {
-        if (child.pid) process.kill(-child.pid, sig)
-      } catch {
-        // already gone
-      }
-    }
-    const timer = setTimeout(() => {
-      timedOut = true
-      log.error(`${label}: timed out after ${timeoutMs} ms, killing it`)
-      killGroup('SIGTERM')
-      setTimeout(() => killGroup('SIGKILL'), 2_000).unref()
-    }, timeoutMs)
-    child.on('error', (err) => {
-      clearTimeout(timer)
-      log.error(`${label}: ${err.message}`)
-      done(null)
-    })
-    child.on('close', (code) => {
-      clearTimeout(timer)
-      if (!timedOut) log.info(`${label}: exited with status ${code}`)
-      done(timedOut ? null : code)
-    })
-  })
 }

@@ -5,7 +5,7 @@
  * with exponential backoff; any other 4xx answer (e.g. 403 for a UUID held by another TPM) is final.
  */
 import { createHmac } from 'node:crypto'
-import { PeerError } from '../api/client.ts'
+import { PeerError, plainHttpDispatcher } from '../api/client.ts'
 import { RegistrarClient } from '../api/registrar/client.ts'
 import type { VersionResults } from '../api/registrar/schemas.ts'
 import { AGENT_API_VERSIONS, compareVersions } from '../api/versions.ts'
@@ -121,7 +121,12 @@ export class RegistrarConnection {
   constructor(opts: { ip: string; port: number; timeoutMs?: number; log: Logger }) {
     const host = opts.ip.includes(':') && !opts.ip.startsWith('[') ? `[${opts.ip}]` : opts.ip
     this.baseUrl = `http://${host}:${opts.port}`
-    this.client = new RegistrarClient({ baseUrl: this.baseUrl, timeoutMs: opts.timeoutMs ?? 30_000 })
+    // node:http rather than undici for these few plain-HTTP calls: undici would stay resident in the agent
+    this.client = new RegistrarClient({
+      baseUrl: this.baseUrl,
+      timeoutMs: opts.timeoutMs ?? 30_000,
+      dispatcher: plainHttpDispatcher(),
+    })
     this.log = opts.log
   }
 

@@ -8,6 +8,11 @@
  * make every agent run its actions again. A message is acted on at most once: its digest is recorded, in a file
  * under the work directory so restarts keep it, before its actions run; one whose `event_time` is further than
  * `revocation_max_age_seconds` from the agent's clock is ignored, which also bounds what must be remembered.
+ *
+ * Each action runs as `<action> <message.json>` in the environment `actionEnvironment` builds (documented in
+ * docs/agent.md), bounded by `revocation_action_timeout_seconds` and with its output logged up to a limit
+ * (`run-program.ts`): an action that hangs, floods its output or fails is stopped or passed over, never waited on
+ * past its timeout.
  */
 import { createHash, createPublicKey, type KeyObject, X509Certificate } from 'node:crypto'
 import { existsSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs'
@@ -15,7 +20,7 @@ import { tmpdir } from 'node:os'
 import { join, resolve, sep } from 'node:path'
 import type { Logger } from '../common/log.ts'
 import { RevocationError, type RevocationMessage, verifyRevocation } from '../crypto/revocation.ts'
-import { runScript } from './payload.ts'
+import { runProgram } from './run-program.ts'
 
 export interface RevocationHandlerOptions {
   /** `revocation_cert` path (default `secure/unzipped/RevocationNotifier-cert.crt`). */
@@ -28,6 +33,8 @@ export interface RevocationHandlerOptions {
   unzippedDir: string
   /** Working directory for actions (keylime_dir). */
   workDir: string
+  /** This agent's UUID, given to actions as KEYLIME_AGENT_UUID. */
+  agentUuid: string
   timeoutMs: number
   /** `revocation_max_age_seconds` in ms: the accepted distance of `event_time` from now, either way. */
   maxAgeMs: number
@@ -48,6 +55,30 @@ export type RevocationOutcome =
   | { status: 'rejected'; reason: string }
   | { status: 'ignored'; reason: string }
   | { status: 'done'; ran: string[]; failed?: string }
+
+/** PATH of revocation actions: the system directories, never what the agent was started with. */
+export const ACTION_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
+
+/**
+ * The whole environment of a revocation action. Nothing of the agent's own environment is passed on: it can carry
+ * configuration (KEYLIME_* options, key passwords) that an action, possibly shipped in a payload, has no need of.
+ */
+export function actionEnvironment(o: {
+  agentUuid: string
+  workDir: string
+  unzippedDir: string
+  messagePath: string
+}): NodeJS.ProcessEnv {
+  return {
+    PATH: ACTION_PATH,
+    LANG: 'C.UTF-8',
+    HOME: o.workDir,
+    KEYLIME_AGENT_UUID: o.agentUuid,
+    KEYLIME_DIR: o.workDir,
+    KEYLIME_PAYLOAD_DIR: o.unzippedDir,
+    KEYLIME_REVOCATION_MESSAGE: o.messagePath,
+  }
+}
 
 /** Upper bound on remembered revocations; far above what a verifier sends within the age window. */
 export const MAX_SEEN_REVOCATIONS = 10_000
@@ -281,6 +312,12 @@ export class RevocationHandler {
     const tmp = mkdtempSync(join(tmpdir(), 'keylime-revocation-'))
     const msgFile = join(tmp, 'revocation.json')
     writeFileSync(msgFile, msgText, { mode: 0o600 })
+    const env = actionEnvironment({
+      agentUuid: this.o.agentUuid,
+      workDir: this.o.workDir,
+      unzippedDir: this.o.unzippedDir,
+      messagePath: msgFile,
+    })
     try {
       for (const name of names) {
         const path = this.resolveAction(name)
@@ -288,16 +325,17 @@ export class RevocationHandler {
           this.o.log.error(`revocation action '${name}' not found; stopping`)
           return { status: 'done', ran, failed: name }
         }
-        const code = await runScript(
-          path,
-          [msgFile],
-          this.o.workDir,
-          this.o.timeoutMs,
-          this.o.log,
-          `action ${name}`,
-        )
-        if (code !== 0) {
-          this.o.log.error(`revocation action '${name}' failed; stopping`)
+        const run = await runProgram(path, [msgFile], {
+          cwd: this.o.workDir,
+          timeoutMs: this.o.timeoutMs,
+          log: this.o.log,
+          label: `revocation action ${name}`,
+          env,
+        })
+        if (run.code !== 0) {
+          this.o.log.error(
+            `revocation action '${name}' ${run.timedOut ? 'timed out' : 'failed'}; the actions after it do not run`,
+          )
           return { status: 'done', ran, failed: name }
         }
         ran.push(name)

@@ -292,6 +292,7 @@ export async function startAgent(opts: StartAgentOptions): Promise<RunningAgent>
       allowPayloadActions: cfg.allow_payload_revocation_actions,
       unzippedDir: join(secureDir, 'unzipped'),
       workDir: cfg.keylime_dir,
+      agentUuid: uuid,
       timeoutMs: cfg.revocation_action_timeout_seconds * 1000,
       maxAgeMs: cfg.revocation_max_age_seconds * 1000,
       seenPath: join(cfg.keylime_dir, 'revocations_seen.json'),

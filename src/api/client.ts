@@ -2,12 +2,15 @@
  * undici JSON client for Keylime's v2 REST APIs: one connection pool per client (keep-alive reuse), mTLS with a
  * client certificate, server identity by CA chain or a pinned certificate (hostnames are never checked, as
  * upstream), timeouts on connect/headers/body, and envelope decoding: a non-2xx answer becomes `PeerError`.
+ * undici is loaded on a client's first request, and a caller that passes `plainHttpDispatcher()` never loads it: the
+ * agent's two plain-HTTP calls to the registrar would otherwise keep ~10 MiB of undici resident on every machine.
  */
 import { X509Certificate } from 'node:crypto'
+import { request as httpRequest } from 'node:http'
 import type { TLSSocket } from 'node:tls'
 import type { Static, TSchema } from '@sinclair/typebox'
 import { type TypeCheck, TypeCompiler } from '@sinclair/typebox/compiler'
-import { Agent, buildConnector, type Dispatcher } from 'undici'
+import type { buildConnector } from 'undici'
 import { KeylimeError } from '../common/errors.ts'
 import type { V2Envelope } from './envelope.ts'
 
@@ -52,7 +55,67 @@ export interface JsonClientOptions {
   /** Max sockets to the peer (default 16). */
   connections?: number
   /** Share a dispatcher across clients; the client then does not close it. */
-  dispatcher?: Dispatcher
+  dispatcher?: JsonDispatcher
+}
+
+/** The part of an HTTP client `JsonClient` uses: undici's `Dispatcher` is one, `plainHttpDispatcher()` another. */
+export interface JsonDispatcher {
+  request(options: {
+    origin: string
+    path: string
+    method: string
+    headers: Record<string, string>
+    body?: string
+    signal: AbortSignal
+  }): Promise<{ statusCode: number; body: { text(): Promise<string> } }>
+  close(): Promise<void>
+}
+
+/** Largest reply `plainHttpDispatcher` reads; a Keylime envelope is far smaller. */
+const PLAIN_HTTP_MAX_REPLY_BYTES = 1 << 20
+
+/**
+ * A dispatcher over node:http for plain-HTTP peers only (the agent's registration): one connection per request,
+ * replies above 1 MiB refused. TLS peers need undici's (the default).
+ */
+export function plainHttpDispatcher(): JsonDispatcher {
+  return {
+    request: (o) =>
+      new Promise((resolve, reject) => {
+        if (!o.origin.startsWith('http:')) {
+          reject(new Error(`plainHttpDispatcher serves http: origins only, not ${o.origin}`))
+          return
+        }
+        const body = o.body === undefined ? undefined : Buffer.from(o.body, 'utf8')
+        const req = httpRequest(
+          o.origin + o.path,
+          {
+            method: o.method,
+            signal: o.signal,
+            agent: false,
+            headers: body ? { ...o.headers, 'content-length': String(body.length) } : o.headers,
+          },
+          (res) => {
+            const chunks: Buffer[] = []
+            let size = 0
+            res.on('data', (c: Buffer) => {
+              size += c.length
+              if (size > PLAIN_HTTP_MAX_REPLY_BYTES)
+                req.destroy(new Error(`reply larger than ${PLAIN_HTTP_MAX_REPLY_BYTES} bytes`))
+              else chunks.push(c)
+            })
+            res.on('error', reject)
+            res.on('end', () => {
+              const text = Buffer.concat(chunks).toString('utf8')
+              resolve({ statusCode: res.statusCode ?? 0, body: { text: async () => text } })
+            })
+          },
+        )
+        req.on('error', reject)
+        req.end(body)
+      }),
+    close: async () => undefined,
+  }
 }
 
 export interface JsonRequest<S extends TSchema | undefined> {
@@ -78,12 +141,13 @@ function pemToDer(pem: string): Buffer {
  * verifies against `ca`, or when it presents exactly `pinnedServerCert` (checked on the finished handshake, since
  * OpenSSL does not accept a non-self-signed leaf as a trust anchor).
  */
-export function createDispatcher(
+async function createDispatcher(
   tls: ClientTls | undefined,
-  opts: { timeoutMs?: number; connections?: number } = {},
-) {
-  const timeout = opts.timeoutMs ?? 60000
-  const pinnedDer = tls?.pinnedServerCert ? pemToDer(tls.pinnedServerCert) : undefined
+  pinnedDer: Buffer | undefined,
+  opts: { timeoutMs: number; connections: number },
+): Promise<JsonDispatcher> {
+  const undici = await import('undici')
+  const timeout = opts.timeoutMs
   const caList = tls?.ca === undefined ? [] : Array.isArray(tls.ca) ? tls.ca : [tls.ca]
   const tlsOptions = {
     ...(caList.length > 0 ? { ca: caList } : {}),
@@ -95,7 +159,7 @@ export function createDispatcher(
     checkServerIdentity: () => undefined,
     timeout,
   }
-  const base = buildConnector(tlsOptions)
+  const base = undici.buildConnector(tlsOptions)
   const connect: buildConnector.connector = (options, callback) =>
     base(options, (err, socket) => {
       if (err || !socket || !pinnedDer || options.protocol !== 'https:') {
@@ -116,8 +180,8 @@ export function createDispatcher(
         null,
       )
     })
-  return new Agent({
-    connections: opts.connections ?? 16,
+  return new undici.Agent({
+    connections: opts.connections,
     headersTimeout: timeout,
     bodyTimeout: timeout,
     keepAliveTimeout: 30000,
@@ -137,7 +201,8 @@ function checkerFor(schema: TSchema): TypeCheck<TSchema> {
 
 export class JsonClient {
   readonly baseUrl: string
-  private readonly dispatcher: Dispatcher
+  private dispatcher: JsonDispatcher | Promise<JsonDispatcher> | null
+  private readonly makeDispatcher: () => Promise<JsonDispatcher>
   private readonly ownsDispatcher: boolean
   private readonly timeoutMs: number
 
@@ -145,9 +210,16 @@ export class JsonClient {
     this.baseUrl = opts.baseUrl.replace(/\/+$/, '')
     this.timeoutMs = opts.timeoutMs ?? 60000
     this.ownsDispatcher = opts.dispatcher === undefined
-    this.dispatcher =
-      opts.dispatcher ??
-      createDispatcher(opts.tls, { timeoutMs: this.timeoutMs, connections: opts.connections ?? 16 })
+    this.dispatcher = opts.dispatcher ?? null
+    // a malformed pinned certificate fails here, not at the first request
+    const pinnedDer = opts.tls?.pinnedServerCert ? pemToDer(opts.tls.pinnedServerCert) : undefined
+    const settings = { timeoutMs: this.timeoutMs, connections: opts.connections ?? 16 }
+    this.makeDispatcher = () => createDispatcher(opts.tls, pinnedDer, settings)
+  }
+
+  private dispatcherNow(): Promise<JsonDispatcher> {
+    this.dispatcher ??= this.makeDispatcher()
+    return Promise.resolve(this.dispatcher)
   }
 
   async request<S extends TSchema | undefined = undefined>(
@@ -161,7 +233,8 @@ export class JsonClient {
     let status: number
     let text: string
     try {
-      const res = await this.dispatcher.request({
+      const dispatcher = await this.dispatcherNow()
+      const res = await dispatcher.request({
         origin: url.origin,
         path: url.pathname + url.search,
         method,
@@ -223,6 +296,6 @@ export class JsonClient {
   }
 
   async close(): Promise<void> {
-    if (this.ownsDispatcher) await this.dispatcher.close()
+    if (this.ownsDispatcher && this.dispatcher !== null) await (await this.dispatcher).close()
   }
 }

@@ -2,7 +2,7 @@
  * Typed registrar client for the agent (register/activate over HTTP :8890) and the tenant (list/show/delete over
  * HTTPS :8891 with a client certificate). Errors are `PeerError` with the registrar's status and envelope.
  */
-import { type ClientTls, JsonClient } from '../client.ts'
+import { type ClientTls, JsonClient, type JsonDispatcher } from '../client.ts'
 import { CURRENT_API_VERSION } from '../versions.ts'
 import {
   AgentResults,
@@ -20,6 +20,8 @@ export interface RegistrarClientOptions {
   apiVersion?: string
   tls?: ClientTls
   timeoutMs?: number
+  /** HTTP client to use (default: undici's, loaded on the first request). */
+  dispatcher?: JsonDispatcher
 }
 
 export class RegistrarClient {
@@ -35,6 +37,7 @@ export class RegistrarClient {
         baseUrl: opts.baseUrl,
         ...(opts.tls ? { tls: opts.tls } : {}),
         ...(opts.timeoutMs !== undefined ? { timeoutMs: opts.timeoutMs } : {}),
+        ...(opts.dispatcher ? { dispatcher: opts.dispatcher } : {}),
       })
     this.opts = opts
   }

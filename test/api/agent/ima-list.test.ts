@@ -2,7 +2,7 @@ import { appendFileSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
-import { ImaMeasurementList } from '../../../src/agent/ima-list.ts'
+import { IMA_INDEX_STRIDE, ImaMeasurementList } from '../../../src/agent/ima-list.ts'
 
 const line = (i: number) =>
   `10 ${'ab'.repeat(20)} ima-ng sha256:${i.toString(16).padStart(64, '0')} /file/${i}\n`
@@ -63,5 +63,19 @@ describe('ImaMeasurementList', () => {
     const t0 = performance.now()
     for (let i = 0; i < 200; i++) expect((await list.read(19_999))?.text).toBe(line(19_999))
     expect(performance.now() - t0).toBeLessThan(2_000)
+  })
+
+  it('serves every entry around the remembered offsets, also after appends that cross one', async () => {
+    const n = IMA_INDEX_STRIDE * 3 + 5
+    const lines = Array.from({ length: n }, (_, i) => line(i))
+    writeFileSync(path, lines.slice(0, IMA_INDEX_STRIDE - 2).join(''))
+    const list = new ImaMeasurementList(path)
+    expect((await list.read(IMA_INDEX_STRIDE - 3))?.text).toBe(line(IMA_INDEX_STRIDE - 3))
+    appendFileSync(path, lines.slice(IMA_INDEX_STRIDE - 2).join(''))
+    const S = IMA_INDEX_STRIDE
+    for (const e of [0, 1, S - 1, S, S + 1, 2 * S - 1, 2 * S, 3 * S, n - 1, n]) {
+      expect(await list.read(e)).toEqual({ text: lines.slice(e).join(''), entry: e })
+    }
+    expect(list.indexedEntries).toBe(n)
   })
 })

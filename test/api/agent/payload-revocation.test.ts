@@ -25,7 +25,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import yauzl from 'yauzl'
 import yazl from 'yazl'
 import { PayloadManager, PayloadRefusedError, PayloadRequestError } from '../../../src/agent/payload.ts'
-import { parseEventTime, RevocationHandler } from '../../../src/agent/revocation.ts'
+import { ACTION_PATH, parseEventTime, RevocationHandler } from '../../../src/agent/revocation.ts'
 import { createLogger } from '../../../src/common/log.ts'
 import { asctime } from '../../../src/crypto/revocation.ts'
 
@@ -262,6 +262,7 @@ describe('RevocationHandler', () => {
       allowPayloadActions: true,
       unzippedDir: unz,
       workDir: dir,
+      agentUuid: 'agent-under-test',
       timeoutMs: 5_000,
       maxAgeMs: 3_600_000,
       seenPath: join(dir, 'revocations_seen.json'),
@@ -291,6 +292,68 @@ describe('RevocationHandler', () => {
     expect(readFileSync(out, 'utf8')).toBe(`a ${msg.slice(0, 40)}\nb\n`)
   })
 
+  it('runs actions in the documented environment; one that hangs is stopped and the next revocation still runs', async () => {
+    const unz = join(dir, 'unzipped')
+    const actionsDir = join(dir, 'actions')
+    mkdirSync(unz, { recursive: true })
+    mkdirSync(actionsDir)
+    const envOut = join(dir, 'env.txt')
+    const hang = join(dir, 'hang-once')
+    writeFileSync(
+      join(actionsDir, 'record'),
+      `#!/bin/sh\n{ pwd; echo "$1"; cat "$1"; echo; env | sort; } > ${envOut}\n`,
+    )
+    // hangs on the first revocation only (the marker file exists then)
+    writeFileSync(join(actionsDir, 'stuck'), `#!/bin/sh\nif [ -e ${hang} ]; then rm ${hang}; sleep 600; fi\n`)
+    for (const f of ['record', 'stuck']) chmodSync(join(actionsDir, f), 0o700)
+    writeFileSync(hang, '')
+    process.env.KEYLIME_TEST_AGENT_SECRET = 'not-for-actions'
+    const h = new RevocationHandler({
+      certPath: join(unz, 'RevocationNotifier-cert.crt'),
+      actions: 'stuck,record',
+      actionsDir,
+      allowPayloadActions: false,
+      unzippedDir: unz,
+      workDir: dir,
+      agentUuid: UUID,
+      timeoutMs: 500,
+      maxAgeMs: 3_600_000,
+      seenPath: join(dir, 'revocations_seen.json'),
+      log,
+    })
+    try {
+      const key = await revocationCert(unz)
+      h.loadCertificate()
+      const message = (id: string) => {
+        const msg = JSON.stringify({ type: 'revocation', agent_id: id, event_time: asctime(new Date()) })
+        return { msg, signature: signMsg(key, msg) }
+      }
+      const first = message('first')
+      const second = message('second')
+      const t = performance.now()
+      const [a, b] = await Promise.all([h.receive(first), h.receive(second)])
+      expect(performance.now() - t).toBeLessThan(10_000)
+      expect(a).toEqual({ status: 'done', ran: [], failed: 'stuck' })
+      expect(b).toEqual({ status: 'done', ran: ['stuck', 'record'] })
+      const [cwd, msgPath, msgText, ...env] = readFileSync(envOut, 'utf8').trim().split('\n')
+      expect(cwd).toBe(dir)
+      expect(msgText).toBe(second.msg)
+      expect(env.filter((l) => !/^(PWD|SHLVL|_)=/.test(l))).toEqual([
+        `HOME=${dir}`,
+        `KEYLIME_AGENT_UUID=${UUID}`,
+        `KEYLIME_DIR=${dir}`,
+        `KEYLIME_PAYLOAD_DIR=${unz}`,
+        `KEYLIME_REVOCATION_MESSAGE=${msgPath}`,
+        'LANG=C.UTF-8',
+        `PATH=${ACTION_PATH}`,
+      ])
+      // the message file is removed once the actions ran
+      expect(existsSync(msgPath as string)).toBe(false)
+    } finally {
+      delete process.env.KEYLIME_TEST_AGENT_SECRET
+    }
+  })
+
   describe('replays', () => {
     const HOUR = 3_600_000
     let clock = Date.UTC(2026, 11, 6, 12, 0, 0)
@@ -315,6 +378,7 @@ describe('RevocationHandler', () => {
         allowPayloadActions: false,
         unzippedDir: unz,
         workDir: dir,
+        agentUuid: 'agent-under-test',
         timeoutMs: 5_000,
         maxAgeMs: HOUR,
         seenPath: join(dir, 'revocations_seen.json'),
