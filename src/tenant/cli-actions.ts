@@ -12,6 +12,8 @@ import { createTenant, type TenantRuntime } from './wiring.ts'
 export { TENANT_COMMANDS, type TenantCliOptions }
 
 const AGENT_ID = /^[\w.-]+$/
+/** How upstream's tenant shows the pull-loop state of a push agent (it has none). */
+const PUSH_STATE = 'Not applicable (Push Mode)'
 
 function requireUuid(opts: TenantCliOptions): string {
   if (!opts.uuid) throw new TenantError('this command needs -u/--uuid', EXIT_USAGE)
@@ -187,6 +189,18 @@ async function dispatch(
     case 'cvstatus': {
       const uuid = requireUuid(opts)
       const status = await service.cvstatus(uuid)
+      if (opts.pushModel) {
+        // operational_state belongs to the pull loop: upstream leaves it out for push agents
+        const { operational_state: _, operational_state_name: __, ...push } = status
+        print(
+          runtime,
+          `agent ${uuid} at the verifier (push): ${String(push.attestation_status)}\n${table(push)}`,
+          {
+            [uuid]: push,
+          },
+        )
+        return
+      }
       print(runtime, `agent ${uuid} at the verifier: ${status.operational_state_name}\n${table(status)}`, {
         [uuid]: status,
       })
@@ -208,7 +222,11 @@ async function dispatch(
           ? `registrar: registered (regcount ${both.registrar.regcount})`
           : 'registrar: not registered',
         both.verifier
-          ? `verifier: ${String(both.verifier.operational_state)} ${String(both.verifier.attestation_status ?? '')}`
+          ? `verifier: ${
+              opts.pushModel || both.verifier.operational_state === null
+                ? PUSH_STATE
+                : String(both.verifier.operational_state)
+            } ${String(both.verifier.attestation_status ?? '')}`
           : 'verifier: not enrolled',
       ].join('\n')
       print(runtime, human, { [uuid]: both })
@@ -220,7 +238,12 @@ async function dispatch(
       return
     }
     case 'bulkinfo': {
-      const info = await v.bulkInfo(opts.cvid)
+      const info = Object.fromEntries(
+        Object.entries(await v.bulkInfo(opts.cvid)).map(([id, s]) => [
+          id,
+          s.operational_state === null ? { ...s, operational_state: PUSH_STATE } : s,
+        ]),
+      )
       print(
         runtime,
         Object.entries(info)

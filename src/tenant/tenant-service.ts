@@ -165,7 +165,14 @@ export class TenantService {
     }
 
     let agentVersion: string | null = null
-    if (!req.pushModel) {
+    if (req.pushModel) {
+      // Upstream enrolls a push agent without looking at its EK; the registrar only proved the AK lives in the TPM
+      // holding that EK, so the EK is still checked against tpm_cert_store here.
+      const ekProblem = await this.deps.identity.checkEk({ uuid: req.uuid, record })
+      if (ekProblem)
+        throw new TenantError(`EK of agent ${req.uuid} is not trusted: ${ekProblem}`, EXIT_UNTRUSTED)
+      progress('registrar: EK certificate trusted (push model: the agent is not contacted)')
+    } else {
       const contact = {
         ip: ip as string,
         port: portRaw as number,
