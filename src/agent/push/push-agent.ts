@@ -353,7 +353,7 @@ export async function startPushAgent(opts: PushAgentOptions): Promise<RunningPus
       const evidence = await collectEvidence(attestation.attributes.evidence_requested, source)
       const target = created.location
         ? locationPath(created.location)
-        : `${agentPath}/attestations/${typeof attestation.id === 'string' ? encodeURIComponent(attestation.id) : 'latest'}`
+        : `${agentPath}/attestations/${attestation.id !== undefined && attestation.id !== null ? encodeURIComponent(String(attestation.id)) : 'latest'}`
       const submitted = await verifier.request('PATCH', target, {
         token: current.value,
         body: {
@@ -361,7 +361,10 @@ export async function startPushAgent(opts: PushAgentOptions): Promise<RunningPus
         },
       })
       stats.attestations++
-      stats.lastAttestationId = typeof attestation.id === 'string' ? attestation.id : null
+      stats.lastAttestationId =
+        typeof attestation.id === 'string' || typeof attestation.id === 'number'
+          ? String(attestation.id)
+          : null
       const meta = submitted.body.meta as { seconds_to_next_attestation?: unknown } | undefined
       const next = meta?.seconds_to_next_attestation
       log.info(`evidence for attestation ${stats.lastAttestationId ?? '?'} accepted by the verifier`)
