@@ -95,8 +95,14 @@ async function buildAddRequest(
   const payloadModes = [opts.file, opts.key, opts.cert].filter((x) => x !== undefined).length
   if (payloadModes > 1) throw new TenantError('use only one of -f, -k/-p and --cert', EXIT_USAGE)
   if (opts.key && !opts.payload) throw new TenantError('-k needs -p (the encrypted payload)', EXIT_USAGE)
-  if (opts.pushModel && payloadModes > 0)
-    throw new TenantError('push-model agents take no payload', EXIT_USAGE)
+  // A push agent takes no payload; --cert still gives the verifier the revocation key (signed revocations).
+  if (opts.pushModel && (opts.file !== undefined || opts.key !== undefined))
+    throw new TenantError(
+      'push-model agents take no payload (only --cert, for the revocation key)',
+      EXIT_USAGE,
+    )
+  if (opts.pushModel && opts.verify)
+    throw new TenantError('--verify needs a payload: not with --push-model', EXIT_USAGE)
   const payload = await runtime.preparePayload(opts, uuid)
   return {
     uuid,

@@ -150,7 +150,7 @@ export class TenantService {
   /** `add` in pull or push mode, in upstream's order (keylime-protocols.md §C). */
   async add(req: AddRequest): Promise<{ agentVersion: string | null; verified: boolean }> {
     const { settings, progress } = this.deps
-    if (req.verify && !req.payload)
+    if (req.verify && (!req.payload || req.pushModel))
       throw new TenantError('--verify needs a payload (-f, -k/-p or --cert)', EXIT_USAGE)
     const record = await this.registrarRecord(req.uuid)
     progress(`registrar: agent ${req.uuid} registered (regcount ${record.regcount})`)
@@ -215,7 +215,7 @@ export class TenantService {
     }
 
     const body: VerifierEnrollBody = {
-      v: req.payload ? req.payload.v.toString('base64') : null,
+      v: req.payload && !req.pushModel ? req.payload.v.toString('base64') : null,
       cloudagent_ip: req.cvTargetHost ?? ip ?? '',
       cloudagent_port: portRaw ?? 0,
       verifier_ip: settings.verifierIp,
