@@ -22,7 +22,7 @@ const INI_SCHEMAS: Record<Exclude<ConfigComponent, 'agent'>, Schema> = {
   ca: caSchema,
 }
 
-const PUSH_ONLY = 'push mode only (`mode = push` is refused): no effect'
+const PUSH_ONLY = 'push mode only (`mode = push`); see docs/push.md'
 const DURABLE_ONLY =
   'read only by durable attestation, which Keylime TS refuses at start-up (`durable_attestation_import`)'
 const ZEROMQ_ONLY = 'read only by ZeroMQ revocations, which Keylime TS refuses at start-up (`zeromq` channel)'
@@ -33,7 +33,11 @@ const NOTES: Record<string, string> = {
   '[verifier] num_workers': ONE_PROCESS,
   '[verifier] max_workers': ONE_PROCESS,
   '[registrar] max_workers': ONE_PROCESS,
-  '[verifier] mode': '`pull` only; `push` is refused at start-up',
+  '[verifier] mode': 'the whole verifier: `pull` polls agents, `push` serves API 3.0 (docs/push.md)',
+  '[verifier] push_evidence_timeout':
+    'Keylime TS: push agent without evidence this long is failed (0: 5 x quote_interval)',
+  '[verifier] push_revocation_notifications':
+    'Keylime TS: revocation notifications for failed push agents (upstream sends none)',
   '[verifier] server_key_password': 'must be empty: encrypted TLS keys are refused at start-up',
   '[verifier] client_key_password': 'must be empty: encrypted TLS keys are refused at start-up',
   '[verifier] max_concurrency': 'Keylime TS: attestations in flight at once',
@@ -54,6 +58,7 @@ for (const key of [
   'session_create_rate_limit_window_agent',
   'session_lifetime',
   'extend_token_on_attestation',
+  'auto_recover_attestation_failures',
 ]) {
   NOTES[`[verifier] ${key}`] = PUSH_ONLY
 }

@@ -63,12 +63,6 @@ export const UNIMPLEMENTED_OPTIONS: Readonly<
       feature: 'importing measured-boot policy modules',
       instead: 'the built-in engines accept-all, reject-all and example are',
     },
-    {
-      name: '[verifier] auto_recover_attestation_failures',
-      enabled: (c) => c.auto_recover_attestation_failures === true,
-      feature: 'automatic recovery from attestation failures',
-      instead: '`keylime tenant -c reactivate` is',
-    },
     authorizationProvider('verifier'),
     ...durableAttestation('verifier'),
   ],

@@ -63,6 +63,10 @@ export const verifierSchema = {
   session_lifetime: opt.int(180),
   extend_token_on_attestation: opt.bool(true),
   auto_recover_attestation_failures: opt.bool(false),
+  /** Keylime TS: seconds without evidence before a push agent is failed as overdue; 0 = 5 x quote_interval. */
+  push_evidence_timeout: opt.float(0),
+  /** Keylime TS: send revocation notifications for failed push agents too (upstream sends none in push mode). */
+  push_revocation_notifications: opt.bool(true),
   shutdown_drain_timeout: opt.float(10),
   /** Keylime TS: attestations in flight at once (bounds sockets and memory). */
   max_concurrency: opt.int(512),

@@ -66,6 +66,8 @@ export interface VerifierMainTable {
   lease_epoch: Generated<number>
   /** Bumped by a trigger when a column the loop attests with changes (see the migration). */
   config_version: Generated<number>
+  /** Push agents: evidence is overdue after this time (ms since epoch); null for pull agents. */
+  push_deadline: number | null
 }
 
 export interface AllowlistsTable {
@@ -315,6 +317,8 @@ export class VerifierRepository {
       .select('agent_id')
       .where('verifier_id', '=', verifierId)
       .where('operational_state', 'in', RESUMABLE_STATES)
+      // push agents (no address) submit their evidence: never polled
+      .where('ip', 'is not', null)
       .where((eb) => eb.or([eb('lease_holder', 'is', null), eb('lease_expires', '<', now)]))
       .limit(limit)
       .execute()
@@ -357,6 +361,7 @@ export class VerifierRepository {
       .where(samePrefix)
       .where('lease_holder', '!=', leaseHolder)
       .where('operational_state', 'in', RESUMABLE_STATES)
+      .where('ip', 'is not', null)
       .execute()
     if (previous.length > 0)
       await this.db
@@ -370,6 +375,7 @@ export class VerifierRepository {
         .where(samePrefix)
         .where('lease_holder', '!=', leaseHolder)
         .where('operational_state', 'in', RESUMABLE_STATES)
+        .where('ip', 'is not', null)
         .execute()
     const agents = await this.db
       .selectFrom('verifiermain')

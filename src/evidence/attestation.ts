@@ -9,6 +9,7 @@ import {
   checkPcrPolicy,
   isQuoteHashAlg,
   type QuoteHashAlg,
+  type QuoteParts,
   type TpmClockInfo,
   type TpmPolicy,
   verifyQuote,
@@ -32,9 +33,10 @@ export interface AttestationExtensions {
 export interface AttestationInput {
   /** Parsed once per agent and cached by the caller (`akKeyObject`). */
   akPublic: KeyObject
-  quote: string
-  /** The nonce string sent to the agent; its ASCII bytes must be the quote's extraData. */
-  nonce: string
+  /** The quote string (pull) or its three decoded parts (push: message, signature, subject_data). */
+  quote: string | QuoteParts
+  /** Pull: the nonce string sent to the agent, whose ASCII bytes must be the quote's extraData. Push: the raw challenge. */
+  nonce: string | Uint8Array
   hashAlg: string
   encAlg: string
   signAlg: string

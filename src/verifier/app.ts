@@ -45,7 +45,7 @@ import {
   VerifyIdentityResults,
   VersionResults,
 } from '../api/verifier/schemas.ts'
-import { AgentState, attestationStatus, IDLE_STATES } from '../api/verifier/states.ts'
+import { AgentState, attestationStatus, IDLE_STATES, pushAttestationStatus } from '../api/verifier/states.ts'
 import { CURRENT_API_VERSION, KNOWN_API_VERSIONS } from '../api/versions.ts'
 import { KeylimeError } from '../common/errors.ts'
 import type { Logger } from '../common/log.ts'
@@ -60,6 +60,7 @@ import {
   unwrapRuntimePolicy,
 } from './policy-input.ts'
 import { PolicyStore } from './policy-store.ts'
+import { addPushRoutes } from './push/routes.ts'
 import type { VerifierService } from './verifier-service.ts'
 
 export type Identity = 'admin' | 'anonymous'
@@ -173,19 +174,47 @@ export async function buildVerifierApp(opts: VerifierAppOptions): Promise<Keylim
   const ok = (reply: FastifyReply, results: unknown, code = 200) =>
     reply.code(code).send(envelope(code, 'Success', results))
 
+  const push = service.push
   const versionRoute = (url: string) =>
     addRoute(app, {
       method: 'GET',
       url,
-      schema: { summary: 'API versions', response: { 200: Envelope(VersionResults) } },
-      handler: async () =>
-        envelope(200, 'Success', {
-          current_version: CURRENT_API_VERSION,
-          supported_versions: [...KNOWN_API_VERSIONS],
-        }),
+      schema: {
+        summary: 'API versions (410 Gone in push mode)',
+        response: { 200: Envelope(VersionResults) },
+      },
+      handler: async (_req, reply) =>
+        push
+          ? (reply as FastifyReply).code(410).send()
+          : envelope(200, 'Success', {
+              current_version: CURRENT_API_VERSION,
+              supported_versions: [...KNOWN_API_VERSIONS],
+            }),
     })
   versionRoute('/version')
   versionRoute('/versions')
+  if (push) {
+    // upstream's push verifier: `/` redirects to the v3 root, which answers as a probe
+    addRoute(app, {
+      method: 'GET',
+      url: '/',
+      schema: { summary: 'Redirect to /v3.0/' },
+      handler: async (_req, reply) => reply.redirect('/v3.0/', 307),
+    })
+    addVersionedRoute(app, {
+      method: 'GET',
+      path: '/',
+      v2: false,
+      v3: true,
+      schema: { summary: 'API 3.0 root' },
+      handler: async (_req, reply) => reply.code(200).send({ data: null, meta: { api_version: '3.0' } }),
+    })
+    addPushRoutes(app, {
+      push,
+      ...(opts.log ? { log: opts.log } : {}),
+      evidenceBodyLimit: Math.max(o.maxEvidenceSize, o.maxAgentResponseBytes),
+    })
+  }
 
   async function policyFlags(row: VerifierAgentRow): Promise<{ rt: number; mb: number }> {
     let rt = 0
@@ -229,7 +258,8 @@ export async function buildVerifierApp(opts: VerifierAppOptions): Promise<Keylim
       last_received_quote: row.last_received_quote === null ? null : Number(row.last_received_quote),
       last_successful_attestation:
         row.last_successful_attestation === null ? null : Number(row.last_successful_attestation),
-      attestation_status: attestationStatus(row.operational_state),
+      attestation_status:
+        row.ip === null ? pushAttestationStatus(row) : attestationStatus(row.operational_state),
       attestation_period: `${interval}s`,
       maximum_attestation_interval: `${interval * 5}s`,
     }
@@ -380,6 +410,12 @@ export async function buildVerifierApp(opts: VerifierAppOptions): Promise<Keylim
       const id = req.params.agent_id
       const row = await repo.getAgent(id)
       if (!row) throw new ApiError(400, 'agent id not found')
+      if (row.ip === null && push) {
+        // a push agent: accept its attestations again, evidence due within the timeout
+        await push.repo.reactivate(id, Date.now() + o.push.evidenceTimeoutMs)
+        audit(req, 'agent.reactivate', { agentId: id, previousState: row.operational_state })
+        return ok(reply, {})
+      }
       await repo.reactivate(id, service.leaseHolder, service.leaseUntil)
       const fresh = await repo.getAgent(id)
       if (fresh && fresh.ip !== null && fresh.port !== null) service.loop.add(fresh)

@@ -32,6 +32,8 @@ export interface EnrolmentContext {
   options: VerifierOptions
   policies: PolicyStore
   lease: { holder: string; until: number }
+  /** ms since the epoch (the push agent's first evidence deadline counts from enrolment). */
+  now: number
 }
 
 export async function planEnrolment(
@@ -63,12 +65,14 @@ export async function planEnrolment(
       ? b.supported_version
       : CURRENT_API_VERSION
   const mtls = b.mtls_cert ?? null
-  if (o.enableAgentMtls && supported !== '1.0' && (mtls === null || mtls === ''))
+  // push mode (keylime-api.md §3.1): the agent is never contacted, its address is not kept
+  const push = o.mode === 'push'
+  if (!push && o.enableAgentMtls && supported !== '1.0' && (mtls === null || mtls === ''))
     throw new VerifierRequestError(400, 'mTLS certificate for agent is required!')
-  const ip = b.cloudagent_ip ?? null
+  const ip = push ? null : (b.cloudagent_ip ?? null)
   const port =
-    b.cloudagent_port === undefined || b.cloudagent_port === null ? null : Number(b.cloudagent_port)
-  if (!ip || port === null || !Number.isInteger(port) || port < 1 || port > 65535)
+    push || b.cloudagent_port === undefined || b.cloudagent_port === null ? null : Number(b.cloudagent_port)
+  if (!push && (!ip || port === null || !Number.isInteger(port) || port < 1 || port > 65535))
     throw new VerifierRequestError(400, 'cloudagent_ip and cloudagent_port are required')
 
   // runtime policy (§3.1): name+policy -> store under name (409 if exists); name only -> the stored one (404);
@@ -123,7 +127,7 @@ export async function planEnrolment(
       verifier_ip: b.verifier_ip ?? o.ip,
       verifier_port:
         b.verifier_port === undefined || b.verifier_port === null ? o.port : Number(b.verifier_port),
-      operational_state: AgentState.START,
+      operational_state: push ? AgentState.GET_QUOTE : AgentState.START,
       public_key: null,
       tpm_policy: b.tpm_policy,
       meta_data: b.metadata,
@@ -138,8 +142,9 @@ export async function planEnrolment(
       ak_tpm: b.ak_tpm,
       mtls_cert: mtls,
       attestation_count: 0,
-      lease_holder: ctx.lease.holder,
-      lease_expires: ctx.lease.until,
+      ...(push
+        ? { push_deadline: ctx.now + o.push.evidenceTimeoutMs }
+        : { lease_holder: ctx.lease.holder, lease_expires: ctx.lease.until }),
     },
   }
 }

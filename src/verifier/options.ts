@@ -14,8 +14,31 @@ export class VerifierConfigError extends KeylimeError {
   }
 }
 
+/** Push mode (API 3.0) settings (keylime-config-and-cli.md §2.1); read only when `mode = push`. */
+export interface PushOptions {
+  /** `challenge_lifetime`: how long evidence may be submitted after the capabilities. */
+  challengeLifetimeMs: number
+  /** `verification_timeout`: minimum time after evidence before a new attestation may start (0 = none). */
+  verificationTimeoutMs: number
+  /** `nonce_lifetime`: how long a PoP challenge may be answered. */
+  nonceLifetimeMs: number
+  /** `session_lifetime`: bearer token lifetime. */
+  sessionLifetimeMs: number
+  extendTokenOnAttestation: boolean
+  autoRecoverAttestationFailures: boolean
+  /** `POST /sessions` limits: per source address and per agent id, each a count per window (0 = none). */
+  sessionRateLimit: { perIp: number; windowIpMs: number; perAgent: number; windowAgentMs: number }
+  /** Without evidence for this long a push agent is failed as overdue (`push_evidence_timeout`). */
+  evidenceTimeoutMs: number
+  /** Revocation notifications for failed push agents (`push_revocation_notifications`). */
+  revocationNotifications: boolean
+}
+
 export interface VerifierOptions {
   verifierId: string
+  /** `pull`: the verifier polls agents; `push`: agents submit evidence over API 3.0 (the whole verifier). */
+  mode: 'pull' | 'push'
+  push: PushOptions
   ip: string
   port: number
   enableAgentMtls: boolean
@@ -56,8 +79,22 @@ export interface VerifierOptions {
   agentResponseMemoryLimit: number
 }
 
+export const DEFAULT_PUSH_OPTIONS: PushOptions = {
+  challengeLifetimeMs: 1_800_000,
+  verificationTimeoutMs: 0,
+  nonceLifetimeMs: 60_000,
+  sessionLifetimeMs: 180_000,
+  extendTokenOnAttestation: true,
+  autoRecoverAttestationFailures: false,
+  sessionRateLimit: { perIp: 50, windowIpMs: 60_000, perAgent: 15, windowAgentMs: 60_000 },
+  evidenceTimeoutMs: 10_000,
+  revocationNotifications: true,
+}
+
 export const DEFAULT_VERIFIER_OPTIONS: VerifierOptions = {
   verifierId: 'default',
+  mode: 'pull',
+  push: DEFAULT_PUSH_OPTIONS,
   ip: '127.0.0.1',
   port: 8881,
   enableAgentMtls: true,
@@ -140,8 +177,48 @@ export function verifierOptionsFromConfig(c: VerifierConfig): VerifierOptions {
     throw new VerifierConfigError(
       'max_agent_response_size must be >= 1024 and agent_response_memory_limit >= max_agent_response_size',
     )
+  const mode = c.mode === '' ? 'pull' : c.mode
+  if (mode !== 'pull' && mode !== 'push')
+    throw new VerifierConfigError(`mode must be pull or push, not ${c.mode}`)
+  for (const [name, v] of [
+    ['challenge_lifetime', c.challenge_lifetime],
+    ['nonce_lifetime', c.nonce_lifetime],
+    ['session_lifetime', c.session_lifetime],
+    ['session_create_rate_limit_window_ip', c.session_create_rate_limit_window_ip],
+    ['session_create_rate_limit_window_agent', c.session_create_rate_limit_window_agent],
+  ] as const)
+    if (!(v > 0)) throw new VerifierConfigError(`${name} must be > 0`)
+  if (
+    c.verification_timeout < 0 ||
+    c.push_evidence_timeout < 0 ||
+    c.session_create_rate_limit_per_ip < 0 ||
+    c.session_create_rate_limit_per_agent < 0
+  )
+    throw new VerifierConfigError(
+      'verification_timeout, push_evidence_timeout and the session rate limits must be >= 0',
+    )
+  if (mode === 'push' && !Number.isInteger(c.quote_interval))
+    throw new VerifierConfigError('quote_interval must be a whole number of seconds in push mode')
   return {
     verifierId: c.uuid,
+    mode,
+    push: {
+      challengeLifetimeMs: c.challenge_lifetime * 1000,
+      verificationTimeoutMs: c.verification_timeout * 1000,
+      nonceLifetimeMs: c.nonce_lifetime * 1000,
+      sessionLifetimeMs: c.session_lifetime * 1000,
+      extendTokenOnAttestation: c.extend_token_on_attestation,
+      autoRecoverAttestationFailures: c.auto_recover_attestation_failures,
+      sessionRateLimit: {
+        perIp: c.session_create_rate_limit_per_ip,
+        windowIpMs: c.session_create_rate_limit_window_ip * 1000,
+        perAgent: c.session_create_rate_limit_per_agent,
+        windowAgentMs: c.session_create_rate_limit_window_agent * 1000,
+      },
+      // upstream's timeout of a push agent: five quote intervals
+      evidenceTimeoutMs: (c.push_evidence_timeout || c.quote_interval * 5) * 1000,
+      revocationNotifications: c.push_revocation_notifications,
+    },
     ip: c.ip,
     port: c.port,
     enableAgentMtls: c.enable_agent_mtls,

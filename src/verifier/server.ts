@@ -97,8 +97,6 @@ export interface RunningVerifier {
 }
 
 export async function startVerifier(config: VerifierConfig, log: Logger): Promise<RunningVerifier> {
-  if (config.mode !== '' && config.mode !== 'pull')
-    throw new VerifierStartError(`mode = ${config.mode} is not supported by this verifier (pull mode only)`)
   if (config.metrics_port < 0 || config.metrics_port > 65535)
     throw new VerifierStartError('metrics_port must be a port number (0: no probe listener)')
   const options = verifierOptionsFromConfig(config)

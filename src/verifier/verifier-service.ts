@@ -34,6 +34,7 @@ import { EvidenceRunner } from './evidence-runner.ts'
 import type { VerifierOptions } from './options.ts'
 import { VerifierRequestError } from './policy-input.ts'
 import { PolicyStore } from './policy-store.ts'
+import { PushVerifier } from './push/push-verifier.ts'
 import { postWebhookWithUndici, RevocationNotifier, type RevocationWire } from './revocation-notifier.ts'
 
 export interface VerifierServiceDeps {
@@ -64,6 +65,8 @@ export class VerifierService {
   readonly leaseHolder: string
   readonly policies: PolicyStore
   readonly outage: DbOutage
+  /** Push mode (API 3.0); null in pull mode. */
+  readonly push: PushVerifier | null
   /** Rows the last reconcile found changed by someone else, by kind (tests and logs). */
   readonly noticed = { configChanged: 0, leaseLost: 0, stoppedByOperator: 0, resumed: 0 }
   private readonly leaseAddress: string
@@ -131,6 +134,21 @@ export class VerifierService {
       now: this.now,
       outage: this.outage,
     })
+    this.push =
+      o.mode === 'push'
+        ? new PushVerifier({
+            db: deps.db,
+            agents: this.repo,
+            options: o,
+            policies: this.policies,
+            evidence: this.evidence,
+            notifier: this.notifier,
+            outage: this.outage,
+            log: deps.log,
+            now: this.now,
+            holder: this.leaseHolder,
+          })
+        : null
   }
 
   get options(): VerifierOptions {
@@ -143,6 +161,12 @@ export class VerifierService {
 
   /** Takes over a dead predecessor's agents, claims free ones, starts the loop and the heartbeat. */
   async start(): Promise<void> {
+    // a push verifier polls no agent: its agents come to it (docs/push.md)
+    if (this.push) {
+      this.push.start()
+      this.deps.log.info({ holder: this.leaseHolder }, 'verifier started in push mode')
+      return
+    }
     const { agents, previousHolders } = await this.repo.takeOverFromAddress(
       this.leaseAddress,
       this.leaseHolder,
@@ -281,6 +305,7 @@ export class VerifierService {
       options: this.deps.options,
       policies: this.policies,
       lease: { holder: this.leaseHolder, until: this.leaseUntil },
+      now: this.now(),
     })
     try {
       await this.repo.enrolAgent(plan.row, plan.newPolicies)
@@ -330,6 +355,7 @@ export class VerifierService {
 
   /** Stops everything without writing or releasing anything: what a SIGKILL leaves behind (tests use it). */
   async abandon(): Promise<void> {
+    await this.push?.monitor.stop()
     if (this.heartbeat) clearInterval(this.heartbeat)
     this.heartbeat = null
     await this.loop.stop(0, { flush: false })
@@ -340,6 +366,7 @@ export class VerifierService {
 
   /** Graceful stop: drain in-flight steps, write results, release leases so others take over at once. */
   async stop(): Promise<void> {
+    await this.push?.stop()
     if (this.heartbeat) clearInterval(this.heartbeat)
     this.heartbeat = null
     await this.beating

@@ -73,3 +73,18 @@ export function attestationStatus(state: number | null): 'PASS' | 'FAIL' | 'PEND
       return 'PENDING'
   }
 }
+
+/**
+ * Push-mode `attestation_status` (§5): not accepting attestations (overdue) -> FAIL after failures, else TIMEOUT;
+ * accepting -> FAIL after failures, PASS once attested, else PENDING.
+ */
+export function pushAttestationStatus(row: {
+  accept_attestations: number | boolean
+  consecutive_attestation_failures: number | null
+  attestation_count: number
+}): 'PASS' | 'FAIL' | 'PENDING' | 'TIMEOUT' {
+  const failures = (row.consecutive_attestation_failures ?? 0) > 0
+  if (!row.accept_attestations) return failures ? 'FAIL' : 'TIMEOUT'
+  if (failures) return 'FAIL'
+  return row.attestation_count > 0 ? 'PASS' : 'PENDING'
+}

@@ -1,0 +1,677 @@
+/**
+ * Push attestations (keylime-api.md §4.2, keylime-protocols.md §H.4-H.6): capabilities -> evidence requested,
+ * evidence -> 202, then verification through the same evidence pipeline as pull mode (`EvidenceRunner`), and the
+ * verdict written to the attestation and the agent. Every stage is a row in `attestations`; the verifier that
+ * accepted the evidence holds its evaluation for a while, and if it dies another verifier finishes it from the
+ * stored evidence (`resumeAbandoned`), so nothing is lost or counted twice.
+ */
+import type { KeyObject } from 'node:crypto'
+import { databaseUnavailableReason } from '../../api/server.ts'
+import { AgentState } from '../../api/verifier/states.ts'
+import type { Logger } from '../../common/log.ts'
+import { type AttestationRow, isDuplicateKey, type PushRepository } from '../../db/push-repository.ts'
+import type {
+  VerifierAgentPatch,
+  VerifierAgentRow,
+  VerifierRepository,
+} from '../../db/verifier-repository.ts'
+import type { ImaReplayState, PcrBank } from '../../evidence/ima/index.ts'
+import type { EvidenceInput } from '../../evidence/pipeline.ts'
+import {
+  akKeyObject,
+  decodeBase64Strict,
+  parsePcrBlob,
+  parseTpmPolicy,
+  pcrBank,
+  QuoteFormatError,
+  type QuoteHashAlg,
+  type QuoteParts,
+  requiredPcrs,
+  type TpmClockInfo,
+} from '../../evidence/quote/index.ts'
+import { type FailureEvent, failure, severityOf } from '../../evidence/verdict.ts'
+import { parseAcceptList, parseImaState } from '../agent-runtime.ts'
+import type { EvidenceRunner } from '../evidence-runner.ts'
+import type { VerifierOptions } from '../options.ts'
+import type { PolicyStore } from '../policy-store.ts'
+import type { RevocationNotifier } from '../revocation-notifier.ts'
+import { type EvidenceItemOffer, negotiateEvidence, type RequestedItem } from './capabilities.ts'
+import { alignImaList, chooseStartingOffset } from './ima-offset.ts'
+import { iso, PushApiError } from './json-api.ts'
+import { newChallenge } from './tokens.ts'
+
+export interface PushAttestationDeps {
+  push: PushRepository
+  agents: VerifierRepository
+  options: VerifierOptions
+  policies: PolicyStore
+  evidence: EvidenceRunner
+  notifier: RevocationNotifier
+  /** Extends the agent's token after a pass (`extend_token_on_attestation`). */
+  extendToken: (agentId: string) => Promise<void>
+  log: Logger
+  now: () => number
+  /** Who holds an evaluation (this process). */
+  holder: string
+}
+
+interface CollectedItem {
+  evidence_class?: unknown
+  evidence_type?: unknown
+  data?: Record<string, unknown>
+}
+
+/** What the agent's enrolment asks of every attestation. */
+interface AgentChecks {
+  akPublic: KeyObject
+  akKind: 'rsa' | 'ecc'
+  required: number[]
+  accepted: { hash: string[]; encryption: string[]; signing: string[] }
+  runtime: Awaited<ReturnType<PolicyStore['runtimeFor']>>
+  mb: Awaited<ReturnType<PolicyStore['mbFor']>>
+  tpmPolicy: ReturnType<typeof parseTpmPolicy>
+}
+
+/** Failures of the evidence chain itself (keylime-protocols.md §H.6); every other failure is a policy violation. */
+function failureReason(events: readonly FailureEvent[]): 'broken_evidence_chain' | 'policy_violation' {
+  const broken = events.some(
+    (e) =>
+      e.eventId.startsWith('qoute_validation.') ||
+      /^measured_boot\.invalid_pcr_/.test(e.eventId) ||
+      e.eventId === 'ima.pcr_mismatch',
+  )
+  return broken ? 'broken_evidence_chain' : 'policy_violation'
+}
+
+const parseJson = <T>(text: string | null, fallback: T): T => {
+  if (!text) return fallback
+  try {
+    return JSON.parse(text) as T
+  } catch {
+    return fallback
+  }
+}
+
+/** How long an accepted evaluation stays with its verifier before another may take it over. */
+const DEFAULT_EVALUATION_HOLD_MS = 120_000
+
+export class PushAttestations {
+  private readonly running = new Set<Promise<void>>()
+
+  constructor(private readonly deps: PushAttestationDeps) {}
+
+  private get o() {
+    return this.deps.options
+  }
+
+  /** Resolves when every evaluation this process started has finished (tests, shutdown). */
+  async idle(): Promise<void> {
+    while (this.running.size > 0) await Promise.allSettled([...this.running])
+  }
+
+  private async pushAgent(agentId: string): Promise<VerifierAgentRow> {
+    const row = await this.deps.agents.getAgent(agentId)
+    if (!row) throw new PushApiError(404, `Agent ${agentId} is not enrolled`, { code: 'not_found' })
+    if (row.ip !== null)
+      throw new PushApiError(403, 'attestations are not accepted for a pull-mode agent', {
+        code: 'attestations_disabled',
+      })
+    if (row.operational_state === AgentState.TENANT_FAILED || row.operational_state === AgentState.TERMINATED)
+      throw new PushApiError(403, 'attestation of this agent was stopped by an operator', {
+        code: 'attestations_disabled',
+      })
+    return row
+  }
+
+  private async checksOf(row: VerifierAgentRow): Promise<AgentChecks> {
+    const akTpm = new Uint8Array(Buffer.from(row.ak_tpm ?? '', 'base64'))
+    const akPublic = akKeyObject(akTpm)
+    const tpmPolicy = parseTpmPolicy(row.tpm_policy ?? '')
+    const runtime = await this.deps.policies.runtimeFor(row.ima_policy_id)
+    const mb = await this.deps.policies.mbFor(row.mb_policy_id)
+    return {
+      akPublic,
+      akKind: akPublic.asymmetricKeyType === 'ec' ? 'ecc' : 'rsa',
+      required: requiredPcrs(tpmPolicy, {
+        runtimePolicy: runtime !== null,
+        measuredBootPolicy: mb !== null,
+        bindsPubkey: false,
+      }),
+      accepted: {
+        hash: parseAcceptList(row.accept_tpm_hash_algs),
+        encryption: parseAcceptList(row.accept_tpm_encryption_algs),
+        signing: parseAcceptList(row.accept_tpm_signing_algs),
+      },
+      runtime,
+      mb,
+      tpmPolicy,
+    }
+  }
+
+  // ---------------------------------------------------------------------------- create
+
+  async create(
+    agentId: string,
+    attributes: { evidence_supported?: unknown; system_info?: { boot_time?: unknown } },
+  ): Promise<{ location: string; body: unknown }> {
+    const row = await this.pushAgent(agentId)
+    const now = this.deps.now()
+    const latest = await this.deps.push.latestAttestation(agentId)
+    if (latest?.stage === 'evaluating_evidence')
+      throw new PushApiError(503, 'the previous attestation is still being verified', {
+        code: 'verification_in_progress',
+        retryAfterSeconds: 1,
+      })
+    if (latest?.evidence_received_at) {
+      const received = Date.parse(latest.evidence_received_at)
+      const spacing = Math.max(this.o.quoteIntervalMs, this.o.push.verificationTimeoutMs)
+      const wait = received + spacing - now
+      if (wait > 0)
+        throw new PushApiError(429, 'the next attestation is not due yet', {
+          code: 'too_early',
+          retryAfterSeconds: Math.ceil(wait / 1000),
+        })
+    }
+    const offered = attributes.evidence_supported
+    if (!Array.isArray(offered))
+      throw new PushApiError(422, 'evidence_supported must be a list', {
+        code: 'invalid_resource_data',
+        pointer: '/evidence_supported',
+      })
+    const bootRaw = attributes.system_info?.boot_time
+    if (bootRaw !== undefined && (typeof bootRaw !== 'string' || Number.isNaN(Date.parse(bootRaw))))
+      throw new PushApiError(422, 'boot_time must be an ISO 8601 time', {
+        code: 'invalid_resource_data',
+        pointer: '/system_info/boot_time',
+      })
+    const bootTime = typeof bootRaw === 'string' ? bootRaw : null
+    const checks = await this.checksOf(row)
+    const previous = checks.runtime !== null ? await this.deps.push.latestPassed(agentId) : undefined
+    const challenge = newChallenge()
+    const negotiated = negotiateEvidence({
+      offered: offered as EvidenceItemOffer[],
+      bootTime,
+      requiredPcrs: checks.required,
+      acceptedHash: checks.accepted.hash,
+      acceptedSigning: checks.accepted.signing,
+      akKind: checks.akKind,
+      needsUefiLog: checks.mb !== null,
+      needsImaLog: checks.runtime !== null,
+      imaOffset: (count) =>
+        chooseStartingOffset(
+          previous
+            ? {
+                bootTime: previous.system_info__boot_time,
+                state: parseJson<ImaReplayState | null>(previous.ima_state, null),
+              }
+            : null,
+          bootTime,
+          count,
+        ),
+      challenge,
+    })
+    if (!negotiated.ok) {
+      const [first, ...more] = negotiated.errors
+      throw new PushApiError(422, first?.detail ?? 'invalid capabilities', {
+        code: 'invalid_resource_data',
+        ...(first?.source ? { pointer: first.source.pointer } : {}),
+        more,
+      })
+    }
+    const index = latest ? latest.index + 1 : 0
+    const requested = negotiated.requested
+    const ima = requested.find((r) => r.evidence_type === 'ima_log')
+    const row0 = {
+      agent_id: agentId,
+      index,
+      stage: 'awaiting_evidence' as const,
+      evaluation: 'pending' as const,
+      system_info__boot_time: bootTime,
+      capabilities_received_at: iso(now),
+      challenges_expire_at: iso(now + this.o.push.challengeLifetimeMs),
+      evidence_requested: JSON.stringify(requested),
+      ima_starting_offset: ima ? (ima.chosen_parameters.starting_offset as number) : null,
+    }
+    try {
+      await this.deps.push.createAttestation(row0)
+    } catch (err) {
+      if (isDuplicateKey(err))
+        throw new PushApiError(409, 'another attestation of this agent was created at the same time', {
+          code: 'conflict',
+        })
+      throw err
+    }
+    const location = `/v3.0/agents/${agentId}/attestations/${index}`
+    return {
+      location,
+      body: {
+        data: {
+          type: 'attestation',
+          id: String(index),
+          attributes: {
+            stage: 'awaiting_evidence',
+            evidence_requested: requested.map((r) => ({
+              evidence_class: r.evidence_class,
+              evidence_type: r.evidence_type,
+              chosen_parameters: r.chosen_parameters,
+            })),
+            system_info: { boot_time: bootTime },
+            capabilities_received_at: row0.capabilities_received_at,
+            challenges_expire_at: row0.challenges_expire_at,
+          },
+          links: { self: location },
+        },
+      },
+    }
+  }
+
+  // ---------------------------------------------------------------------------- evidence
+
+  async submit(
+    agentId: string,
+    which: string,
+    attributes: { evidence_collected?: unknown },
+  ): Promise<{ body: unknown }> {
+    await this.pushAgent(agentId)
+    const latest = await this.deps.push.latestAttestation(agentId)
+    const index = which === 'latest' ? latest?.index : Number(which)
+    const att =
+      index === undefined || !Number.isSafeInteger(index)
+        ? undefined
+        : index === latest?.index
+          ? latest
+          : await this.deps.push.getAttestation(agentId, index)
+    if (!att || !latest) throw new PushApiError(404, 'no such attestation', { code: 'not_found' })
+    if (att.index !== latest.index)
+      throw new PushApiError(403, 'only the latest attestation takes evidence', { code: 'old_attestation' })
+    if (att.stage !== 'awaiting_evidence')
+      throw new PushApiError(403, 'evidence was already received for this attestation', {
+        code: 'evidence_immutable',
+      })
+    const now = this.deps.now()
+    if ((att.challenges_expire_at ?? '') < iso(now))
+      throw new PushApiError(403, 'the challenges of this attestation have expired', {
+        code: 'challenges_expired',
+      })
+    const requested = parseJson<RequestedItem[]>(att.evidence_requested, [])
+    const collected = checkCollected(requested, attributes.evidence_collected)
+    const hold = this.o.push.verificationTimeoutMs || DEFAULT_EVALUATION_HOLD_MS
+    const accepted = await this.deps.push.submitEvidence(agentId, att.index, {
+      evidence_collected: JSON.stringify(collected),
+      evidence_received_at: iso(now),
+      holder: this.deps.holder,
+      expires: now + hold,
+    })
+    if (!accepted)
+      throw new PushApiError(403, 'evidence was already received for this attestation', {
+        code: 'evidence_immutable',
+      })
+    // verification starts once the answer is on its way (keylime-api.md §4.2)
+    this.track(new Promise<void>((r) => setImmediate(r)).then(() => this.evaluate(agentId, att.index)))
+    const self = `/v3.0/agents/${agentId}/attestations/${att.index}`
+    return {
+      body: {
+        data: {
+          type: 'attestation',
+          id: String(att.index),
+          attributes: {
+            stage: 'evaluating_evidence',
+            evidence: requested.map((r, i) => ({
+              evidence_class: r.evidence_class,
+              evidence_type: r.evidence_type,
+              capabilities: r.capabilities,
+              chosen_parameters: r.chosen_parameters,
+              data: collected[i]?.data ?? {},
+            })),
+            system_info: { boot_time: att.system_info__boot_time },
+            capabilities_received_at: att.capabilities_received_at,
+            challenges_expire_at: att.challenges_expire_at,
+            evidence_received_at: iso(now),
+          },
+          links: { self },
+        },
+        meta: { seconds_to_next_attestation: Math.ceil(this.o.quoteIntervalMs / 1000) },
+      },
+    }
+  }
+
+  private track(p: Promise<void>): void {
+    const done = p.catch((err: unknown) =>
+      this.deps.log.error(
+        { err: (err as Error).message },
+        'push evaluation failed; another verifier retries it',
+      ),
+    )
+    this.running.add(done)
+    void done.finally(() => this.running.delete(done))
+  }
+
+  /** Evaluations whose verifier died (hold expired): finished here from the stored evidence. */
+  async resumeAbandoned(limit = 100): Promise<number> {
+    const now = this.deps.now()
+    const hold = this.o.push.verificationTimeoutMs || DEFAULT_EVALUATION_HOLD_MS
+    const taken = await this.deps.push.takeAbandonedEvaluations(now, this.deps.holder, now + hold, limit)
+    for (const a of taken) {
+      this.deps.log.warn(
+        { agentId: a.agent_id, index: a.index },
+        'push: finishing an evaluation another verifier left',
+      )
+      this.track(this.evaluate(a.agent_id, a.index))
+    }
+    return taken.length
+  }
+
+  // ---------------------------------------------------------------------------- verification
+
+  private async evaluate(agentId: string, index: number): Promise<void> {
+    const att = await this.deps.push.getAttestation(agentId, index)
+    const row = await this.deps.agents.getAgent(agentId)
+    if (!att || !row || att.stage !== 'evaluating_evidence' || att.evaluation_holder !== this.deps.holder)
+      return
+    const requested = parseJson<RequestedItem[]>(att.evidence_requested, [])
+    const collected = parseJson<CollectedItem[]>(att.evidence_collected, [])
+    let events: FailureEvent[]
+    let clock: TpmClockInfo | null = null
+    let imaState: ImaReplayState | null = null
+    let quoteAlgs: { hash: string; sign: string; enc: string } | null = null
+    try {
+      const checks = await this.checksOf(row)
+      const previous = await this.deps.push.latestPassed(agentId)
+      const input = this.evidenceInput(row, att, checks, requested, collected, previous)
+      quoteAlgs = { hash: input.hashAlg, sign: input.signAlg, enc: input.encAlg }
+      const out = await this.deps.evidence.run(input)
+      events = out.verdict.ok ? [] : out.verdict.events
+      clock = out.clock
+      imaState = out.imaState
+    } catch (err) {
+      // an unreachable database leaves the evaluation held: it is retried once the hold expires
+      if (databaseUnavailableReason(err) !== null) throw err
+      // what cannot be evaluated is never a pass
+      events = [failure('internal.verifier.cannot_evaluate', { message: (err as Error).message }, false)]
+    }
+    await this.complete(row, att, events, clock, imaState, quoteAlgs)
+  }
+
+  private evidenceInput(
+    row: VerifierAgentRow,
+    att: AttestationRow,
+    checks: AgentChecks,
+    requested: RequestedItem[],
+    collected: CollectedItem[],
+    previous: AttestationRow | undefined,
+  ): EvidenceInput {
+    const quoteAt = requested.findIndex((r) => r.evidence_type === 'tpm_quote')
+    const quoteReq = requested[quoteAt]
+    const quoteData = collected[quoteAt]?.data ?? {}
+    if (!quoteReq) throw new Error('no quote was requested')
+    const params = quoteReq.chosen_parameters
+    const hashAlg = params.hash_algorithm as QuoteHashAlg
+    const parts: QuoteParts = {
+      attest: decodeBase64Strict(String(quoteData.message), 'message'),
+      signature: decodeBase64Strict(String(quoteData.signature), 'signature'),
+      pcrBlob: decodeBase64Strict(String(quoteData.subject_data), 'subject_data'),
+    }
+    const dataOf = (type: string) => {
+      const i = requested.findIndex((r) => r.evidence_type === type)
+      return i < 0 ? undefined : (collected[i]?.data ?? {})
+    }
+    const uefi = dataOf('uefi_log')
+    const ima = dataOf('ima_log')
+    const offset = att.ima_starting_offset ?? 0
+    // IMA continues from the last pass of this boot; from zero it starts over
+    const prevState = offset > 0 ? parseImaState(previous?.ima_state ?? null) : null
+    const aligned =
+      ima && typeof ima.entries === 'string'
+        ? alignImaList(ima.entries, offset, prevState, hashAlg as PcrBank)
+        : undefined
+    if (aligned?.wholeList)
+      this.deps.log.debug(
+        { agentId: row.agent_id, offset },
+        'push: whole IMA list received; verified prefix skipped',
+      )
+    return {
+      akPublic: checks.akPublic,
+      quote: parts,
+      nonce: new Uint8Array(Buffer.from(String(params.challenge), 'base64')),
+      hashAlg,
+      encAlg: checks.akKind,
+      signAlg: String(params.signature_scheme),
+      accepted: checks.accepted,
+      tpmPolicy: checks.tpmPolicy,
+      previousClock: parseJson<TpmClockInfo | null>(row.tpm_clockinfo, null),
+      requiredPcrs: checks.required,
+      measuredBoot:
+        checks.mb !== null || uefi !== undefined
+          ? {
+              eventLog: typeof uefi?.entries === 'string' ? Buffer.from(uefi.entries, 'base64') : undefined,
+              policy: checks.mb,
+              evaluatePolicy: this.o.measuredBootEvaluate === 'always' || row.attestation_count === 0,
+              missingLogEvent: failure('measured_boot.missing_event_log', 'agent sent no UEFI log', true),
+            }
+          : null,
+      ima: checks.required.includes(10)
+        ? {
+            listText: aligned?.listText,
+            firstEntry: aligned?.firstEntry ?? offset,
+            state: prevState,
+            policy: checks.runtime,
+            ignoreTomtouErrors: this.o.ignoreTomtouErrors,
+            verificationKeys: undefined,
+            missingListEvent: failure('pcr_validation.unused_pcr_10', 'agent sent no IMA list', true),
+          }
+        : null,
+    }
+  }
+
+  private async complete(
+    row: VerifierAgentRow,
+    att: AttestationRow,
+    events: FailureEvent[],
+    clock: TpmClockInfo | null,
+    imaState: ImaReplayState | null,
+    algs: { hash: string; sign: string; enc: string } | null,
+  ): Promise<void> {
+    const now = this.deps.now()
+    const nowS = Math.floor(now / 1000)
+    const passed = events.length === 0
+    const agent: VerifierAgentPatch = {
+      last_received_quote: nowS,
+      push_deadline: now + this.o.push.evidenceTimeoutMs,
+      accept_attestations: 1,
+      ...(algs ? { hash_alg: algs.hash, sign_alg: algs.sign, enc_alg: algs.enc } : {}),
+    }
+    let worst: { event: FailureEvent; level: number } | null = null
+    if (passed) {
+      agent.last_successful_attestation = nowS
+      if (clock) agent.tpm_clockinfo = JSON.stringify(clock)
+      if (imaState) {
+        agent.ima_state = JSON.stringify(imaState)
+        agent.next_ima_ml_entry = imaState.nextEntry
+      }
+      const failuresBefore = row.consecutive_attestation_failures ?? 0
+      if (failuresBefore === 0 || this.o.push.autoRecoverAttestationFailures) {
+        agent.consecutive_attestation_failures = 0
+        agent.operational_state = AgentState.GET_QUOTE
+      }
+    } else {
+      for (const event of events) {
+        const level = severityOf(event, this.o.severityRules, this.o.severityLabels)
+        if (!worst || level > worst.level) worst = { event, level }
+      }
+      if (worst) {
+        agent.operational_state = AgentState.INVALID_QUOTE
+        agent.last_event_id = worst.event.eventId
+        agent.last_event_context = JSON.stringify(worst.event.context)
+        agent.severity_level = worst.level
+      }
+    }
+    const done = await this.deps.push.completeEvaluation(
+      row.agent_id,
+      att.index,
+      this.deps.holder,
+      {
+        evaluation: passed ? 'pass' : 'fail',
+        failure_reason: passed ? null : failureReason(events),
+        verification_completed_at: iso(now),
+        ima_state: passed && imaState ? JSON.stringify(imaState) : null,
+        ima_certified_entry_count:
+          passed && imaState && att.ima_starting_offset !== null
+            ? Math.max(0, imaState.nextEntry - att.ima_starting_offset)
+            : null,
+        event_id: worst?.event.eventId ?? null,
+        event_context: worst ? JSON.stringify(worst.event.context) : null,
+        evidence_collected: summariseEvidence(att.evidence_collected),
+      },
+      agent,
+      passed ? 'pass' : 'fail',
+    )
+    // taken over by another verifier meanwhile, or the agent was deleted: its verdict is not ours to write
+    if (!done) return
+    if (passed) {
+      await this.deps.extendToken(row.agent_id)
+      await this.deps.push.applyRetention(row.agent_id)
+      return
+    }
+    this.deps.log.warn(
+      { agentId: row.agent_id, index: att.index, eventId: worst?.event.eventId },
+      'push attestation failed',
+    )
+    if (worst && this.o.push.revocationNotifications)
+      this.deps.notifier.notify(
+        {
+          agentId: row.agent_id,
+          ip: null,
+          port: null,
+          tpmPolicy: row.tpm_policy,
+          metaData: row.meta_data,
+          revocationKey: row.revocation_key,
+        },
+        'revocation',
+        new Date(now),
+        {
+          eventId: worst.event.eventId,
+          severityLabel: this.o.severityLabels[worst.level] ?? 'emergency',
+          context: worst.event.context,
+        },
+      )
+  }
+
+  // ---------------------------------------------------------------------------- reading
+
+  async get(agentId: string, which: string): Promise<unknown> {
+    if (!(await this.deps.agents.getAgent(agentId)))
+      throw new PushApiError(404, `Agent ${agentId} is not enrolled`, { code: 'not_found' })
+    const att =
+      which === 'latest'
+        ? await this.deps.push.latestAttestation(agentId)
+        : /^\d+$/.test(which)
+          ? await this.deps.push.getAttestation(agentId, Number(which))
+          : undefined
+    if (!att) throw new PushApiError(404, 'no such attestation', { code: 'not_found' })
+    return { data: renderAttestation(att) }
+  }
+
+  async list(agentId: string): Promise<unknown> {
+    if (!(await this.deps.agents.getAgent(agentId)))
+      throw new PushApiError(404, `Agent ${agentId} is not enrolled`, { code: 'not_found' })
+    return { data: (await this.deps.push.listAttestations(agentId)).map(renderAttestation) }
+  }
+}
+
+/** The evidence kept after verification: logs replaced by their size, the quote kept. */
+function summariseEvidence(text: string | null): string | null {
+  const items = parseJson<CollectedItem[]>(text, [])
+  return JSON.stringify(
+    items.map((it) => {
+      if (it.evidence_class !== 'log' || !it.data) return it
+      const entries = it.data.entries
+      const { entries: _dropped, ...rest } = it.data
+      return { ...it, data: { ...rest, entries_length: typeof entries === 'string' ? entries.length : 0 } }
+    }),
+  )
+}
+
+/** An attestation as `GET` renders it, `failure_reason` and `verification_completed_at` included. */
+export function renderAttestation(a: AttestationRow) {
+  const requested = parseJson<RequestedItem[]>(a.evidence_requested, [])
+  const collected = parseJson<CollectedItem[]>(a.evidence_collected, [])
+  const self = `/v3.0/agents/${a.agent_id}/attestations/${a.index}`
+  return {
+    type: 'attestation',
+    id: String(a.index),
+    attributes: {
+      stage: a.stage,
+      evaluation: a.evaluation,
+      failure_reason: a.failure_reason,
+      ...(a.event_id ? { failure: { event_id: a.event_id, context: parseJson(a.event_context, null) } } : {}),
+      evidence: requested.map((r, i) => ({
+        evidence_class: r.evidence_class,
+        evidence_type: r.evidence_type,
+        capabilities: r.capabilities,
+        chosen_parameters: r.chosen_parameters,
+        ...(collected[i]?.data ? { data: collected[i]?.data } : {}),
+      })),
+      system_info: { boot_time: a.system_info__boot_time },
+      capabilities_received_at: a.capabilities_received_at,
+      challenges_expire_at: a.challenges_expire_at,
+      evidence_received_at: a.evidence_received_at,
+      verification_completed_at: a.verification_completed_at,
+    },
+    links: { self },
+  }
+}
+
+const bad = (detail: string, pointer: string) =>
+  new PushApiError(400, detail, { code: 'invalid_resource_data', pointer })
+
+/** The submitted evidence matches what was requested, item by item (400 naming the first mismatch). */
+function checkCollected(requested: RequestedItem[], value: unknown): CollectedItem[] {
+  if (!Array.isArray(value)) throw bad('evidence_collected must be a list', '/evidence_collected')
+  if (value.length !== requested.length)
+    throw bad(`evidence_collected must have the ${requested.length} requested items`, '/evidence_collected')
+  return requested.map((r, i) => {
+    const item = value[i] as CollectedItem
+    const at = `/evidence_collected/${i}`
+    if (item?.evidence_class !== r.evidence_class || item.evidence_type !== r.evidence_type)
+      throw bad(`item ${i} must be ${r.evidence_class}/${r.evidence_type}`, at)
+    const data = item.data
+    if (typeof data !== 'object' || data === null) throw bad('data is required', `${at}/data`)
+    const str = (k: string) => {
+      if (typeof data[k] !== 'string' || data[k] === '') throw bad(`${k} is required`, `${at}/data/${k}`)
+      return data[k] as string
+    }
+    if (r.evidence_type === 'tpm_quote') {
+      let blob: ReturnType<typeof parsePcrBlob>
+      try {
+        decodeBase64Strict(str('message'), 'message')
+        decodeBase64Strict(str('signature'), 'signature')
+        blob = parsePcrBlob(decodeBase64Strict(str('subject_data'), 'subject_data'))
+      } catch (err) {
+        if (err instanceof QuoteFormatError) throw bad(err.message, `${at}/data`)
+        throw err
+      }
+      const selected = r.chosen_parameters.selected_subjects as Record<string, number[]>
+      for (const [bank, pcrs] of Object.entries(selected)) {
+        const values = pcrBank(blob, bank as QuoteHashAlg)
+        const missing = pcrs.filter((p) => !values?.has(p))
+        if (missing.length > 0)
+          throw bad(
+            `the quote lacks requested PCRs ${missing.join(', ')} of ${bank}`,
+            `${at}/data/subject_data`,
+          )
+      }
+    } else if (r.evidence_type === 'uefi_log') {
+      try {
+        decodeBase64Strict(str('entries'), 'entries')
+      } catch {
+        throw bad('entries must be base64', `${at}/data/entries`)
+      }
+    } else if (r.evidence_type === 'ima_log') {
+      if (typeof data.entries !== 'string') throw bad('entries must be text', `${at}/data/entries`)
+      const count = data.entry_count
+      if (count !== undefined && (typeof count !== 'number' || !Number.isSafeInteger(count) || count < 0))
+        throw bad('entry_count must be a whole number', `${at}/data/entry_count`)
+    }
+    return { evidence_class: r.evidence_class, evidence_type: r.evidence_type, data }
+  })
+}

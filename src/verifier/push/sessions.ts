@@ -1,0 +1,200 @@
+/**
+ * Push sessions (keylime-api.md §4.1, keylime-protocols.md §H.3): a challenge, its TPM proof of possession, and the
+ * bearer token that authenticates the agent's attestation requests. Everything lives in the `sessions` table, so
+ * any verifier of a group answers any step; the token itself is never stored (see tokens.ts).
+ */
+import type { Logger } from '../../common/log.ts'
+import type { PushRepository, SessionRow } from '../../db/push-repository.ts'
+import type { VerifierRepository } from '../../db/verifier-repository.ts'
+import { akKeyObject } from '../../evidence/quote/index.ts'
+import type { PushOptions } from '../options.ts'
+import { iso, PushApiError } from './json-api.ts'
+import { verifyProofOfPossession } from './pop.ts'
+import { newChallenge, newSessionId, newToken, sessionIdOfToken, tokenMatches } from './tokens.ts'
+
+export interface AuthMethod {
+  authentication_class?: unknown
+  authentication_type?: unknown
+}
+
+export interface ProvidedAuth extends AuthMethod {
+  data?: { message?: unknown; signature?: unknown }
+}
+
+export interface AuthenticatedAgent {
+  agentId: string
+  sessionId: string
+}
+
+const b64 = (b: Uint8Array | null) => (b ? Buffer.from(b).toString('base64') : '')
+const isPop = (m: AuthMethod) => m.authentication_class === 'pop' && m.authentication_type === 'tpm_pop'
+
+function decodeB64(v: unknown): Buffer | null {
+  if (typeof v !== 'string' || v === '') return null
+  const b = Buffer.from(v, 'base64')
+  return b.toString('base64') === v ? b : null
+}
+
+export class PushSessions {
+  constructor(
+    private readonly deps: {
+      push: PushRepository
+      agents: VerifierRepository
+      options: PushOptions
+      log: Logger
+      now: () => number
+    },
+  ) {}
+
+  /** `POST /sessions`: a fresh challenge for the agent (its enrolment is checked when it answers, as upstream). */
+  async create(agentId: string, supported: readonly AuthMethod[]) {
+    if (!supported.some(isPop))
+      throw new PushApiError(400, 'authentication_supported must offer pop/tpm_pop', {
+        pointer: '/data/attributes/authentication_supported',
+      })
+    const now = this.deps.now()
+    const sessionId = newSessionId()
+    const nonce = newChallenge()
+    await this.deps.push.insertSession({
+      session_id: sessionId,
+      agent_id: agentId,
+      active: 0,
+      nonce,
+      hash_algorithm: 'sha256',
+      signing_scheme: 'rsassa',
+      nonce_created_at: iso(now),
+      nonce_expires_at: iso(now + this.deps.options.nonceLifetimeMs),
+    })
+    return {
+      data: {
+        type: 'session',
+        id: sessionId,
+        attributes: {
+          agent_id: agentId,
+          authentication_requested: [
+            {
+              authentication_class: 'pop',
+              authentication_type: 'tpm_pop',
+              chosen_parameters: { challenge: nonce.toString('base64') },
+            },
+          ],
+          created_at: iso(now),
+          challenges_expire_at: iso(now + this.deps.options.nonceLifetimeMs),
+        },
+      },
+    }
+  }
+
+  /**
+   * `PATCH /sessions/:id`: checks the proof of possession. 200 with a token on a pass; 200 `evaluation: fail` when the
+   * challenge expired or the agent is not enrolled; 401 `evaluation: fail` when the proof does not verify. A
+   * challenge is answered once: a replayed or second answer finds no open session (404).
+   */
+  async answer(
+    sessionId: string,
+    agentId: string,
+    provided: readonly ProvidedAuth[],
+  ): Promise<{ status: 200 | 401; body: unknown }> {
+    const session = await this.deps.push.getSession(sessionId)
+    if (!session || session.token_hash !== null) throw new PushApiError(404, 'Session not found')
+    if (session.agent_id !== agentId) throw new PushApiError(400, 'Agent ID mismatch')
+    const now = this.deps.now()
+    const pop = provided.find(isPop)
+    const message = decodeB64(pop?.data?.message)
+    const signature = decodeB64(pop?.data?.signature)
+    const failed = async (status: 200 | 401, reason: string) => {
+      await this.deps.push.failSession(sessionId, iso(now))
+      this.deps.log.warn({ agentId, sessionId, reason }, 'push session: proof of possession refused')
+      return { status, body: this.render(session, now, 'fail', message, signature) }
+    }
+    if ((session.nonce_expires_at ?? '') < iso(now)) return failed(200, 'challenge expired')
+    const agent = await this.deps.agents.getAgent(agentId)
+    if (!agent?.ak_tpm) return failed(200, 'agent not enrolled')
+    if (!message || !signature) return failed(401, 'no tpm_pop message and signature')
+    let result: ReturnType<typeof verifyProofOfPossession>
+    try {
+      const akTpm = new Uint8Array(Buffer.from(agent.ak_tpm, 'base64'))
+      result = verifyProofOfPossession({
+        message,
+        signature,
+        challenge: new Uint8Array(session.nonce ?? []),
+        akTpm,
+        akKey: akKeyObject(akTpm),
+      })
+    } catch (err) {
+      result = { ok: false, reason: `enrolled AK unusable: ${(err as Error).message}` }
+    }
+    if (!result.ok) return failed(401, result.reason)
+    const { token, hash, salt } = newToken(sessionId)
+    const tokenExpires = iso(now + this.deps.options.sessionLifetimeMs)
+    const activated = await this.deps.push.activateSession(sessionId, agentId, {
+      token_hash: hash,
+      token_salt: salt,
+      ak_attest: message,
+      ak_sign: signature,
+      pop_received_at: iso(now),
+      token_expires_at: tokenExpires,
+    })
+    // another request answered the same challenge first
+    if (!activated) throw new PushApiError(404, 'Session not found')
+    const rendered = this.render(session, now, 'pass', message, signature)
+    rendered.data.attributes = {
+      ...rendered.data.attributes,
+      token,
+      token_expires_at: tokenExpires,
+    }
+    this.deps.log.info({ agentId, sessionId }, 'push session: agent authenticated')
+    return { status: 200, body: rendered }
+  }
+
+  private render(
+    s: SessionRow,
+    receivedAt: number,
+    evaluation: 'pass' | 'fail',
+    message: Uint8Array | null,
+    signature: Uint8Array | null,
+  ): { data: { type: string; id: string; attributes: Record<string, unknown> } } {
+    return {
+      data: {
+        type: 'session',
+        id: s.session_id,
+        attributes: {
+          agent_id: s.agent_id,
+          evaluation,
+          authentication: [
+            {
+              authentication_class: 'pop',
+              authentication_type: 'tpm_pop',
+              chosen_parameters: { challenge: b64(s.nonce) },
+              data: { message: b64(message), signature: b64(signature) },
+            },
+          ],
+          created_at: s.nonce_created_at,
+          challenges_expire_at: s.nonce_expires_at,
+          response_received_at: iso(receivedAt),
+        },
+      },
+    }
+  }
+
+  /** The agent behind `Authorization: Bearer <token>`; 401 with upstream's details otherwise. */
+  async authenticate(header: string | undefined): Promise<AuthenticatedAgent> {
+    const m = header === undefined ? null : /^Bearer\s+(\S+)\s*$/.exec(header)
+    if (!m?.[1]) throw new PushApiError(401, 'Invalid Authorization header format')
+    const token = m[1]
+    const sessionId = sessionIdOfToken(token)
+    const session = sessionId === null ? undefined : await this.deps.push.getSession(sessionId)
+    if (!session || !tokenMatches(token, session.token_salt, session.token_hash))
+      throw new PushApiError(401, 'Invalid authentication token')
+    if (!session.active) throw new PushApiError(401, 'Authentication session not active')
+    if ((session.token_expires_at ?? '') < iso(this.deps.now()))
+      throw new PushApiError(401, 'Authentication token expired')
+    return { agentId: session.agent_id, sessionId: session.session_id }
+  }
+
+  /** `extend_token_on_attestation`: a passed attestation keeps the token valid for another session lifetime. */
+  async extendAfterPass(agentId: string): Promise<void> {
+    if (!this.deps.options.extendTokenOnAttestation) return
+    await this.deps.push.extendToken(agentId, iso(this.deps.now() + this.deps.options.sessionLifetimeMs))
+  }
+}

@@ -1,0 +1,593 @@
+/**
+ * Push mode (API 3.0) of the verifier on a real swtpm: sessions answered with TPM2_Certify of the AK, quotes over the
+ * verifier's challenge, IMA extended into PCR 10, every §4 error path, tamper detection with a signed revocation
+ * webhook, and the overdue monitor. One swtpm, one verifier (SQLite) with a clock the tests can move forward.
+ */
+import { generateKeyPairSync } from 'node:crypto'
+import { createServer, type Server } from 'node:http'
+import type { AddressInfo } from 'node:net'
+import Database from 'better-sqlite3'
+import { Kysely, SqliteDialect } from 'kysely'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { verifyRevocation } from '../../../src/crypto/revocation.ts'
+import { migrateVerifierDatabase, type VerifierDatabase } from '../../../src/db/verifier-repository.ts'
+import { imaNgEntryFor } from '../../../src/devtools/ima-writer.ts'
+import { createRuntimePolicy, type FormattedImaEntry } from '../../../src/evidence/ima/index.ts'
+import { encodePcrBlob } from '../../../src/evidence/quote/index.ts'
+import { keylime, Tpm } from '../../../src/tpm/index.ts'
+import { buildVerifierApp, type Identity } from '../../../src/verifier/app.ts'
+import { DEFAULT_PUSH_OPTIONS, DEFAULT_VERIFIER_OPTIONS } from '../../../src/verifier/options.ts'
+import { VerifierService } from '../../../src/verifier/verifier-service.ts'
+import { asciiImaList } from '../../helpers/ima-lists.ts'
+import { type SwtpmInstance, startSwtpm } from '../../helpers/swtpm.ts'
+import { ADMIN, silentLog, waitFor } from '../../unit/verifier/harness.ts'
+
+let sw: SwtpmInstance
+let tpm: Tpm
+let ak: keylime.CreatedAk
+let service: VerifierService
+let app: Awaited<ReturnType<typeof buildVerifierApp>>
+let hook: Server
+const received: unknown[] = []
+let skewMs = 0
+const now = () => Date.now() + skewMs
+const revocation = generateKeyPairSync('rsa', { modulusLength: 2048 })
+/** Every IMA entry extended into PCR 10 so far, in order. */
+const log: FormattedImaEntry[] = []
+const QUOTE_INTERVAL_MS = 2000
+const BOOT_TIME = '2026-12-01T10:00:00Z'
+
+async function extend(entries: FormattedImaEntry[]): Promise<void> {
+  for (const e of entries) {
+    await keylime.pcrExtend(tpm, 10, { sha1: e.templateDigests.sha1, sha256: e.templateDigests.sha256 })
+    log.push(e)
+  }
+}
+
+const JSON_API = { 'content-type': 'application/vnd.api+json' }
+const bearer = (token: string) => ({ ...JSON_API, authorization: `Bearer ${token}` })
+
+async function openSession(agentId: string) {
+  const res = await app.inject({
+    method: 'POST',
+    url: '/v3.0/sessions',
+    headers: JSON_API,
+    payload: {
+      data: {
+        type: 'session',
+        attributes: {
+          agent_id: agentId,
+          authentication_supported: [{ authentication_class: 'pop', authentication_type: 'tpm_pop' }],
+        },
+      },
+    },
+  })
+  expect(res.statusCode, res.body).toBe(200)
+  const d = res.json().data
+  return {
+    id: d.id as string,
+    challenge: Buffer.from(d.attributes.authentication_requested[0].chosen_parameters.challenge, 'base64'),
+  }
+}
+
+async function certify(challenge: Uint8Array) {
+  const c = await keylime.certifyObject(tpm, {
+    objectHandle: ak.handle,
+    signHandle: ak.handle,
+    qualifyingData: challenge,
+  })
+  return {
+    message: Buffer.from(c.attest).toString('base64'),
+    signature: Buffer.from(c.signature).toString('base64'),
+  }
+}
+
+function answerSession(agentId: string, sessionId: string, data: { message: string; signature: string }) {
+  return app.inject({
+    method: 'PATCH',
+    url: `/v3.0/sessions/${sessionId}`,
+    headers: JSON_API,
+    payload: {
+      data: {
+        type: 'session',
+        attributes: {
+          agent_id: agentId,
+          authentication_provided: [{ authentication_class: 'pop', authentication_type: 'tpm_pop', data }],
+        },
+      },
+    },
+  })
+}
+
+async function login(agentId: string): Promise<string> {
+  const s = await openSession(agentId)
+  const res = await answerSession(agentId, s.id, await certify(s.challenge))
+  expect(res.statusCode, res.body).toBe(200)
+  expect(res.json().data.attributes.evaluation).toBe('pass')
+  return res.json().data.attributes.token as string
+}
+
+function capabilities(entryCount = log.length, componentVersion = '2.0') {
+  return {
+    data: {
+      type: 'attestation',
+      attributes: {
+        evidence_supported: [
+          {
+            evidence_class: 'certification',
+            evidence_type: 'tpm_quote',
+            capabilities: {
+              component_version: componentVersion,
+              signature_schemes: ['rsassa'],
+              hash_algorithms: ['sha256', 'sha1'],
+              available_subjects: { sha256: [...Array(24).keys()], sha1: [...Array(24).keys()] },
+              certification_keys: [
+                { key_class: 'asymmetric', key_algorithm: 'rsa', key_size: 2048, server_identifier: 'ak' },
+              ],
+            },
+          },
+          {
+            evidence_class: 'log',
+            evidence_type: 'ima_log',
+            capabilities: {
+              entry_count: entryCount,
+              supports_partial_access: true,
+              appendable: true,
+              formats: ['text/plain'],
+            },
+          },
+        ],
+        system_info: { boot_time: BOOT_TIME },
+      },
+    },
+  }
+}
+
+function startAttestation(agentId: string, token: string, body: object = capabilities()) {
+  return app.inject({
+    method: 'POST',
+    url: `/v3.0/agents/${agentId}/attestations`,
+    headers: bearer(token),
+    payload: body,
+  })
+}
+
+/** The evidence the verifier asked for: a quote over its challenge and the IMA list from its offset (or whole). */
+async function evidence(
+  requested: { chosen_parameters: Record<string, unknown> }[],
+  opts: { wholeLog?: boolean } = {},
+) {
+  const q = requested[0]?.chosen_parameters as { challenge: string; selected_subjects: { sha256: number[] } }
+  const quote = await keylime.quote(tpm, ak.handle, {
+    nonce: Buffer.from(q.challenge, 'base64'),
+    hashAlg: 'sha256',
+    pcrs: q.selected_subjects.sha256,
+    signAlg: 'rsassa',
+  })
+  const offset = opts.wholeLog ? 0 : (requested[1]?.chosen_parameters.starting_offset as number)
+  const lines = log.slice(offset)
+  return {
+    data: {
+      type: 'attestation',
+      attributes: {
+        evidence_collected: [
+          {
+            evidence_class: 'certification',
+            evidence_type: 'tpm_quote',
+            data: {
+              message: Buffer.from(quote.attest).toString('base64'),
+              signature: Buffer.from(quote.signature).toString('base64'),
+              subject_data: Buffer.from(
+                encodePcrBlob({ banks: [{ hashAlg: 'sha256', values: quote.pcrValues }] }),
+              ).toString('base64'),
+            },
+          },
+          {
+            evidence_class: 'log',
+            evidence_type: 'ima_log',
+            data: { entries: asciiImaList(lines), entry_count: lines.length },
+          },
+        ],
+      },
+    },
+  }
+}
+
+function submit(agentId: string, token: string, body: object, which = 'latest') {
+  return app.inject({
+    method: 'PATCH',
+    url: `/v3.0/agents/${agentId}/attestations/${which}`,
+    headers: bearer(token),
+    payload: body,
+  })
+}
+
+async function latest(agentId: string) {
+  await service.push?.attestations.idle()
+  const res = await app.inject({
+    method: 'GET',
+    url: `/v3.0/agents/${agentId}/attestations/latest`,
+    headers: ADMIN,
+  })
+  expect(res.statusCode, res.body).toBe(200)
+  return res.json().data
+}
+
+async function status(agentId: string) {
+  const res = await app.inject({ method: 'GET', url: `/v2.6/agents/${agentId}`, headers: ADMIN })
+  return res.json().results
+}
+
+/** One whole attestation; returns the created and the finished resource. */
+async function attest(agentId: string, token: string, opts: { wholeLog?: boolean } = {}) {
+  const created = await startAttestation(agentId, token)
+  expect(created.statusCode, created.body).toBe(201)
+  const requested = created.json().data.attributes.evidence_requested
+  const res = await submit(agentId, token, await evidence(requested, opts))
+  expect(res.statusCode, res.body).toBe(202)
+  const done = await latest(agentId)
+  skewMs += QUOTE_INTERVAL_MS
+  return { created: created.json().data, accepted: res.json(), done }
+}
+
+async function enrol(agentId: string, policyEntries: FormattedImaEntry[]) {
+  const policy = createRuntimePolicy({ imaListText: asciiImaList(policyEntries), now: new Date() })
+  const res = await app.inject({
+    method: 'POST',
+    url: `/v2.6/agents/${agentId}`,
+    headers: ADMIN,
+    // what upstream's tenant sends with --push-model (the address is dropped by a push verifier)
+    payload: {
+      v: null,
+      cloudagent_ip: '192.0.2.1',
+      cloudagent_port: 9002,
+      tpm_policy: JSON.stringify({ mask: '0x400' }),
+      runtime_policy: Buffer.from(JSON.stringify(policy)).toString('base64'),
+      runtime_policy_name: null,
+      runtime_policy_key: '',
+      mb_policy: null,
+      mb_policy_name: null,
+      ima_sign_verification_keys: '',
+      metadata: '{}',
+      revocation_key: revocation.privateKey.export({ type: 'pkcs8', format: 'pem' }).toString(),
+      accept_tpm_hash_algs: ['sha512', 'sha384', 'sha256'],
+      accept_tpm_encryption_algs: ['ecc', 'rsa'],
+      accept_tpm_signing_algs: ['ecschnorr', 'rsassa'],
+      ak_tpm: Buffer.from(ak.publicArea).toString('base64'),
+      mtls_cert: null,
+      supported_version: '2.6',
+    },
+  })
+  expect(res.statusCode, res.body).toBe(200)
+}
+
+const good = Array.from({ length: 30 }, (_, i) => imaNgEntryFor(`/usr/bin/good-${i}`, `good ${i}`))
+
+beforeAll(async () => {
+  sw = await startSwtpm()
+  tpm = await Tpm.open(sw.transport)
+  const ek = await keylime.createEk(tpm, 'rsa')
+  ak = await keylime.createAk(tpm, ek.handle, { hashAlg: 'sha256', signAlg: 'rsassa' })
+  hook = createServer((req, res) => {
+    let body = ''
+    req.on('data', (c) => (body += c))
+    req.on('end', () => {
+      received.push(JSON.parse(body))
+      res.writeHead(200).end()
+    })
+  })
+  await new Promise<void>((r) => hook.listen(0, '127.0.0.1', r))
+  const db = new Kysely<VerifierDatabase>({
+    dialect: new SqliteDialect({ database: new Database(':memory:') }),
+  })
+  await migrateVerifierDatabase(db)
+  service = new VerifierService({
+    db,
+    options: {
+      ...DEFAULT_VERIFIER_OPTIONS,
+      mode: 'push',
+      enableAgentMtls: false,
+      quoteIntervalMs: QUOTE_INTERVAL_MS,
+      revocationChannels: ['webhook'],
+      webhookUrl: `http://127.0.0.1:${(hook.address() as AddressInfo).port}/`,
+      retryInterval: 0.05,
+      push: {
+        ...DEFAULT_PUSH_OPTIONS,
+        evidenceTimeoutMs: 60_000,
+        sessionRateLimit: { perIp: 1000, windowIpMs: 60_000, perAgent: 20, windowAgentMs: 60_000 },
+      },
+    },
+    log: silentLog,
+    clientTls: null,
+    now,
+  })
+  const identify = (req: { headers: Record<string, unknown> }): Identity =>
+    req.headers['x-test-admin'] === '1' ? 'admin' : 'anonymous'
+  app = await buildVerifierApp({ service, log: silentLog, identify: identify as never })
+  await extend(good.slice(0, 10))
+  await enrol('push-a', good)
+  await enrol('push-b', good)
+}, 120_000)
+
+afterAll(async () => {
+  await app?.close()
+  await service?.stop()
+  await tpm?.close()
+  await sw?.stop()
+  await new Promise((r) => hook?.close(r))
+})
+
+describe('push verifier: version routes', () => {
+  it('GET /version is 410 Gone and / redirects to /v3.0/', async () => {
+    expect((await app.inject({ method: 'GET', url: '/version' })).statusCode).toBe(410)
+    const root = await app.inject({ method: 'GET', url: '/' })
+    expect(root.statusCode).toBe(307)
+    expect(root.headers.location).toBe('/v3.0/')
+  })
+  it('an enrolled push agent has no address and is never polled', async () => {
+    const s = await status('push-a')
+    expect(s.ip).toBeNull()
+    expect(s.operational_state).toBe(3)
+    expect(service.loop.has('push-a')).toBe(false)
+  })
+})
+
+describe('push verifier: sessions', () => {
+  it('a challenge answered by TPM2_Certify of the AK gives a token; only its hash is stored', async () => {
+    const s = await openSession('push-a')
+    expect(s.challenge.length).toBe(16)
+    const res = await answerSession('push-a', s.id, await certify(s.challenge))
+    expect(res.statusCode).toBe(200)
+    const attrs = res.json().data.attributes
+    expect(attrs.token).toMatch(new RegExp(`^${s.id}\\.[A-Za-z0-9_-]{43}$`))
+    expect(Date.parse(attrs.token_expires_at) - Date.parse(attrs.response_received_at)).toBe(180_000)
+    const row = await service.push?.repo.getSession(s.id)
+    expect(row?.token_hash).toMatch(/^[0-9a-f]{64}$/)
+    expect(JSON.stringify(row)).not.toContain(attrs.token.split('.')[1])
+  })
+  it('a bad signature is 401 evaluation fail; a replayed answer finds no open session', async () => {
+    const s = await openSession('push-a')
+    const proof = await certify(s.challenge)
+    const sig = Buffer.from(proof.signature, 'base64')
+    sig[sig.length - 1] = (sig[sig.length - 1] as number) ^ 1
+    const res = await answerSession('push-a', s.id, { ...proof, signature: sig.toString('base64') })
+    expect(res.statusCode).toBe(401)
+    expect(res.json().data.attributes.evaluation).toBe('fail')
+    expect((await answerSession('push-a', s.id, proof)).statusCode).toBe(404)
+  })
+  it('a certification over another challenge is refused (401)', async () => {
+    const s = await openSession('push-a')
+    const res = await answerSession('push-a', s.id, await certify(Buffer.alloc(16, 1)))
+    expect(res.statusCode).toBe(401)
+  })
+  it('an expired challenge or an agent not enrolled is 200 evaluation fail; a mismatched agent 400', async () => {
+    const s = await openSession('push-a')
+    const proof = await certify(s.challenge)
+    expect((await answerSession('push-b', s.id, proof)).statusCode).toBe(400)
+    skewMs += 61_000
+    const late = await answerSession('push-a', s.id, proof)
+    expect(late.statusCode).toBe(200)
+    expect(late.json().data.attributes.evaluation).toBe('fail')
+    const u = await openSession('nobody')
+    const res = await answerSession('nobody', u.id, await certify(u.challenge))
+    expect(res.statusCode).toBe(200)
+    expect(res.json().data.attributes.evaluation).toBe('fail')
+  })
+  it('missing agent_id or no tpm_pop is 400; the per-agent limit answers 429 with Retry-After', async () => {
+    const res = await app.inject({
+      method: 'POST',
+      url: '/v3/sessions',
+      headers: JSON_API,
+      payload: { data: { type: 'session', attributes: {} } },
+    })
+    expect(res.statusCode).toBe(400)
+    expect(res.json().errors[0].detail).toBe('agent_id is required')
+    const noPop = await app.inject({
+      method: 'POST',
+      url: '/v3/sessions',
+      headers: JSON_API,
+      payload: { data: { type: 'session', attributes: { agent_id: 'x', authentication_supported: [] } } },
+    })
+    expect(noPop.statusCode).toBe(400)
+    let last = noPop
+    for (let i = 0; i < 25 && last.statusCode !== 429; i++)
+      last = await app.inject({
+        method: 'POST',
+        url: '/v3/agents/limited/session',
+        headers: JSON_API,
+        payload: {
+          data: {
+            type: 'session',
+            attributes: {
+              authentication_supported: [{ authentication_class: 'pop', authentication_type: 'tpm_pop' }],
+            },
+          },
+        },
+      })
+    expect(last.statusCode).toBe(429)
+    expect(Number(last.headers['retry-after'])).toBe(60)
+    expect(last.json().errors[0].status).toBe('429')
+  })
+})
+
+describe('push verifier: attestations', () => {
+  let token: string
+  it('capabilities -> 201 with Location and only the evidence the policies need; evidence -> 202; pass', async () => {
+    token = await login('push-a')
+    const { created, accepted, done } = await attest('push-a', token)
+    const requested = created.attributes.evidence_requested
+    expect(requested.map((r: { evidence_type: string }) => r.evidence_type)).toEqual(['tpm_quote', 'ima_log'])
+    expect(requested[0].chosen_parameters.selected_subjects).toEqual({ sha256: [10] })
+    expect(requested[1].chosen_parameters.starting_offset).toBe(0)
+    expect(accepted.meta.seconds_to_next_attestation).toBe(2)
+    expect(accepted.data.attributes.stage).toBe('evaluating_evidence')
+    expect(done.attributes.stage).toBe('verification_complete')
+    expect(done.attributes.evaluation).toBe('pass')
+    expect(Date.parse(done.attributes.verification_completed_at)).toBeGreaterThan(0)
+    const s = await status('push-a')
+    expect(s.attestation_status).toBe('PASS')
+    expect(s.attestation_count).toBe(1)
+  })
+  it('the next attestation asks for the IMA increment from the verified offset, and it passes', async () => {
+    await extend(good.slice(10, 14))
+    const { created, done } = await attest('push-a', token)
+    expect(created.attributes.evidence_requested[1].chosen_parameters.starting_offset).toBe(10)
+    expect(done.attributes.evaluation).toBe('pass')
+  })
+  it('a whole IMA list re-sent from entry 0 (as a Rust push agent does) passes', async () => {
+    await extend(good.slice(14, 16))
+    const { created, done } = await attest('push-a', token, { wholeLog: true })
+    expect(created.attributes.evidence_requested[1].chosen_parameters.starting_offset).toBe(14)
+    expect(done.attributes.evaluation).toBe('pass')
+    expect((await status('push-a')).attestation_count).toBe(3)
+  })
+  it('retention keeps the first attestation of the boot and the latest, drops the ones between', async () => {
+    const list = await app.inject({ method: 'GET', url: '/v3.0/agents/push-a/attestations', headers: ADMIN })
+    expect(list.json().data.map((a: { id: string }) => a.id)).toEqual(['0', '2'])
+  })
+  it('429 with Retry-After before quote_interval has passed since the last evidence', async () => {
+    skewMs -= QUOTE_INTERVAL_MS
+    const res = await startAttestation('push-a', token)
+    expect(res.statusCode).toBe(429)
+    expect(Number(res.headers['retry-after'])).toBeGreaterThan(0)
+    skewMs += QUOTE_INTERVAL_MS
+  })
+  it('422 names the offending capability with source.pointer', async () => {
+    const res = await startAttestation('push-a', token, capabilities(log.length, '1.0'))
+    expect(res.statusCode).toBe(422)
+    expect(res.json().errors[0].source.pointer).toBe('/evidence_supported/0/capabilities/component_version')
+    const noBoot = capabilities()
+    ;(noBoot.data.attributes as Record<string, unknown>).system_info = {}
+    const r2 = await startAttestation('push-a', token, noBoot)
+    expect(r2.statusCode).toBe(422)
+    expect(r2.json().errors[0].source.pointer).toBe('/system_info/boot_time')
+  })
+  it('403 old_attestation, evidence_immutable (a replayed PATCH) and challenges_expired', async () => {
+    const first = await startAttestation('push-a', token)
+    const second = await startAttestation('push-a', token)
+    expect(second.statusCode).toBe(201)
+    const oldBody = await evidence(first.json().data.attributes.evidence_requested)
+    const old = await submit('push-a', token, oldBody, first.json().data.id)
+    expect(old.statusCode).toBe(403)
+    expect(old.json().errors[0].code).toBe('old_attestation')
+    const body = await evidence(second.json().data.attributes.evidence_requested)
+    expect((await submit('push-a', token, body)).statusCode).toBe(202)
+    const replay = await submit('push-a', token, body)
+    expect(replay.statusCode).toBe(403)
+    expect(replay.json().errors[0].code).toBe('evidence_immutable')
+    expect((await latest('push-a')).attributes.evaluation).toBe('pass')
+    skewMs += QUOTE_INTERVAL_MS
+    const third = await startAttestation('push-a', token)
+    skewMs += 1_801_000
+    token = await login('push-a')
+    const late = await submit(
+      'push-a',
+      token,
+      await evidence(third.json().data.attributes.evidence_requested),
+    )
+    expect(late.statusCode).toBe(403)
+    expect(late.json().errors[0].code).toBe('challenges_expired')
+  })
+  it('400 when the evidence does not match the request; 409 for a concurrent create', async () => {
+    const created = await startAttestation('push-a', token)
+    const res = await submit('push-a', token, {
+      data: { type: 'attestation', attributes: { evidence_collected: [] } },
+    })
+    expect(res.statusCode).toBe(400)
+    expect(res.json().errors[0].source.pointer).toBe('/evidence_collected')
+    expect(created.statusCode).toBe(201)
+    // another verifier of the group creates the same index between this one's read and its insert
+    const repo = service.push?.repo as NonNullable<typeof service.push>['repo']
+    const read = repo.latestAttestation.bind(repo)
+    repo.latestAttestation = async (id: string) => {
+      const r = await read(id)
+      repo.latestAttestation = read
+      await repo.createAttestation({
+        agent_id: id,
+        index: (r?.index ?? -1) + 1,
+        stage: 'awaiting_evidence',
+        evaluation: 'pending',
+      })
+      return r
+    }
+    const raced = await startAttestation('push-a', token)
+    expect(raced.statusCode).toBe(409)
+    expect(raced.json().errors[0].code).toBe('conflict')
+  })
+  it('503 with Retry-After while the previous evidence is being verified', async () => {
+    const res = await startAttestation('push-a', token)
+    const req = res.json().data.attributes.evidence_requested
+    const body = await evidence(req)
+    // the evaluation held by another verifier of the group (its hold not expired yet)
+    const repo = service.push?.repo
+    const index = Number(res.json().data.id)
+    await repo?.submitEvidence('push-a', index, {
+      evidence_collected: JSON.stringify(body.data.attributes.evidence_collected),
+      evidence_received_at: new Date(now() - QUOTE_INTERVAL_MS).toISOString(),
+      holder: 'another-verifier',
+      expires: now() + 1000,
+    })
+    const busy = await startAttestation('push-a', token)
+    expect(busy.statusCode).toBe(503)
+    expect(busy.headers['retry-after']).toBe('1')
+    // that verifier dies: once its hold expires, this one finishes the evaluation from the stored evidence
+    skewMs += 2000
+    expect(await service.push?.attestations.resumeAbandoned()).toBe(1)
+    expect((await latest('push-a')).attributes.evaluation).toBe('pass')
+    skewMs += QUOTE_INTERVAL_MS
+  })
+  it('401 without a token or with an expired one; 403 with a token of another agent; 404 for an unknown agent', async () => {
+    const none = await app.inject({
+      method: 'POST',
+      url: '/v3.0/agents/push-a/attestations',
+      headers: JSON_API,
+      payload: capabilities(),
+    })
+    expect(none.statusCode).toBe(401)
+    const tokenB = await login('push-b')
+    const other = await startAttestation('push-a', tokenB)
+    expect(other.statusCode).toBe(403)
+    await app.inject({ method: 'DELETE', url: '/v2.6/agents/push-b', headers: ADMIN })
+    const gone = await startAttestation('push-b', tokenB)
+    expect(gone.statusCode).toBe(404)
+    skewMs += 181_000
+    const expired = await startAttestation('push-a', token)
+    expect(expired.statusCode).toBe(401)
+    expect(expired.json().errors[0].detail).toBe('Authentication token expired')
+    token = await login('push-a')
+  })
+  it('an IMA entry not in the policy fails the agent and a signed revocation reaches the webhook', async () => {
+    await extend([imaNgEntryFor('/tmp/evil', 'rootkit')])
+    const { done } = await attest('push-a', token)
+    expect(done.attributes.evaluation).toBe('fail')
+    expect(done.attributes.failure_reason).toBe('policy_violation')
+    expect(done.attributes.failure.event_id).toBe('ima.validation.ima-ng.not_in_allowlist')
+    const s = await status('push-a')
+    expect(s.attestation_status).toBe('FAIL')
+    expect(s.operational_state).toBe(9)
+    await waitFor(() => received.length > 0, 5000, 'revocation webhook')
+    const msg = verifyRevocation(received[0], revocation.publicKey)
+    expect(msg).toMatchObject({
+      type: 'revocation',
+      agent_id: 'push-a',
+      event_id: 'ima.validation.ima-ng.not_in_allowlist',
+    })
+  })
+  it('evidence overdue: the monitor fails the agent with its own event and notifies', async () => {
+    const before = received.length
+    skewMs += 61_000
+    await service.push?.monitor.tick()
+    const s = await status('push-a')
+    expect(s.operational_state).toBe(7)
+    expect(s.last_event_id).toBe('internal.push.evidence_overdue')
+    expect(s.attestation_status).toBe('FAIL')
+    await waitFor(() => received.length > before, 5000, 'overdue notification')
+    expect(verifyRevocation(received[before], revocation.publicKey)).toMatchObject({
+      type: 'comm_error',
+      event_id: 'internal.push.evidence_overdue',
+    })
+    // a second round does not fail it again
+    await service.push?.monitor.tick()
+    expect(service.push?.monitor.overdue).toBe(1)
+  })
+})
