@@ -6,13 +6,14 @@
  * tampering is detected within one interval and a signed revocation reaches the webhook; an agent that stops is
  * failed by the monitor once its evidence is overdue.
  */
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import type { RunningPushAgent } from '../../src/agent/push/push-agent.ts'
 import { createCa } from '../../src/crypto/ca.ts'
 import { waitFor } from '../../src/devtools/local-cluster.ts'
+import { runTenantCommand } from '../../src/tenant/cli-actions.ts'
 import { type PushCluster, startPushCluster } from '../helpers/push-cluster.ts'
 
 const INTERVAL = 1
@@ -88,6 +89,31 @@ describe('push agent attested by our verifier (mode = push)', () => {
     // bulkinfo: the pull-loop state of a push agent is shown as upstream's tenant shows it, or its stored state
     const bulk = await cluster.tenant.verifier.bulkInfo()
     expect(Object.keys(bulk)).toEqual(expect.arrayContaining([agentA.uuid, agentB.uuid]))
+  })
+
+  it('enrolls only with a trusted EK certificate, and takes no payload in push mode', async () => {
+    const emptyStore = join(work, 'empty-store')
+    mkdirSync(emptyStore)
+    const untrusting = join(work, 'tenant-untrusting.conf')
+    writeFileSync(
+      untrusting,
+      readFileSync(cluster.tenantConf, 'utf8').replace(
+        /^tpm_cert_store = .*$/m,
+        `tpm_cert_store = ${emptyStore}`,
+      ),
+    )
+    // the EK check comes before the verifier is asked, so an enrolled agent shows it as well as a new one
+    await expect(
+      runTenantCommand('add', { config: untrusting, uuid: agentA.uuid, pushModel: true }),
+    ).rejects.toMatchObject({ exitCode: 3, message: expect.stringMatching(/EK of agent .* is not trusted/) })
+    await expect(
+      runTenantCommand('add', {
+        config: cluster.tenantConf,
+        uuid: agentA.uuid,
+        pushModel: true,
+        file: untrusting,
+      }),
+    ).rejects.toMatchObject({ exitCode: 2, message: expect.stringMatching(/take no payload/) })
   })
 
   it('renews its token when it expires (session_lifetime 3 s, no extension) without a failed round', async () => {
