@@ -1,7 +1,7 @@
 /**
  * `keylime demo --push`: the demo in push mode (API 3.0). The verifier runs with `mode = push`; the agent runs as
  * `keylime push-agent` on swtpm and opens no port: it registers, proves possession of its AK to the verifier and
- * submits a quote and its IMA increment every interval. The tenant enrolls it with `--push-model` (the agent is
+ * submits a quote, its UEFI boot log and its IMA increment every interval. The tenant enrolls it with `--push-model` (the agent is
  * never contacted; `--cert` gives the verifier the revocation key). Then a program the agent runs changes: its IMA
  * emulator measures the new content, the next evidence fails the runtime policy, and the verifier sends a signed
  * revocation to the local webhook, which upstream's push verifier does not do.
@@ -13,9 +13,11 @@ import { join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { CliError, EXIT } from '../cli/errors.ts'
 import { createCa } from '../crypto/ca.ts'
+import { extendEventLogIntoTpm } from '../devtools/event-log-replay.ts'
 import { type LocalCluster as Cluster, LocalCluster, waitFor } from '../devtools/local-cluster.ts'
 import { type RevocationWebhook, startRevocationWebhook } from '../devtools/revocation-webhook.ts'
 import { freePort, swtpmInstalled } from '../devtools/swtpm.ts'
+import { createSecureBootKeys, syntheticEventLog } from '../devtools/synthetic-event-log.ts'
 import { runTenantCommand, type TenantCliOptions } from '../tenant/cli-actions.ts'
 import { createTenant } from '../tenant/wiring.ts'
 import type { DemoOptions } from './demo.ts'
@@ -85,7 +87,7 @@ export async function runPushDemo(opts: DemoOptions): Promise<number> {
       quoteInterval: opts.quoteInterval,
       stepTimeout: opts.stepTimeout,
       webhookUrl: `http://127.0.0.1:${webhookPort}/revocation`,
-      verifierEnv: { KEYLIME_VERIFIER_MODE: 'push' },
+      verifierEnv: { KEYLIME_VERIFIER_MODE: 'push', KEYLIME_VERIFIER_MEASURED_BOOT_POLICY_NAME: 'example' },
       onExit: (name, log) => say(`${name} exited unexpectedly; see ${log}`),
     })
     await cluster.startServices()
@@ -101,8 +103,19 @@ export async function runPushDemo(opts: DemoOptions): Promise<number> {
     writeFileSync(backup, '#!/bin/sh\ntar czf /tmp/backup.tgz /etc\n', { mode: 0o700 })
     const health = join(programs, 'healthcheck.sh')
     writeFileSync(health, '#!/bin/sh\nexit 0\n', { mode: 0o700 })
-    const agent = await cluster.startPushAgent('push-agent1', ['--ima-emulator-paths', `${backup},${health}`])
+    // The boot log the agent serves as its UEFI evidence; extended into its TPM below, as firmware would have.
+    const bootLog = syntheticEventLog({ keys: await createSecureBootKeys() })
+    const bootLogPath = join(dir, 'binary_bios_measurements')
+    writeFileSync(bootLogPath, bootLog.bytes)
+    const agent = await cluster.startPushAgent('push-agent1', [
+      '--ima-emulator-paths',
+      `${backup},${health}`,
+      '--measuredboot-ml-path',
+      bootLogPath,
+    ])
     say(`push agent ${agent.uuid} started on swtpm (no listening port)`)
+    await extendEventLogIntoTpm(agent.swtpm.transport, bootLog.bytes)
+    say('measured boot: a synthetic UEFI boot log (Secure Boot, shim → grub → kernel) extended into its PCRs')
 
     const tenantBase: TenantCliOptions = { config: cluster.tenantConf }
     const tenant = await createTenant(tenantBase)
@@ -117,9 +130,12 @@ export async function runPushDemo(opts: DemoOptions): Promise<number> {
     const policyPath = join(dir, 'runtime-policy.json')
     await keylime(['policy', 'create', 'runtime', '-m', agent.imaList, '-o', policyPath])
     say("runtime policy generated from the agent's IMA list (2 programs + boot_aggregate)")
+    const refstatePath = join(dir, 'mb-refstate.json')
+    await keylime(['policy', 'create', 'measured-boot', '-e', bootLogPath, '-o', refstatePath])
+    say('measured-boot reference state generated from the boot log')
 
     say(
-      `tenant add --push-model ${agent.uuid}: tpm_policy {"15": [0…0]}, runtime policy, revocation key (--cert)`,
+      `tenant add --push-model ${agent.uuid}: tpm_policy {"15": [0…0]}, measured-boot and runtime policies, revocation key (--cert)`,
     )
     await runTenantCommand('add', {
       ...tenantBase,
@@ -127,6 +143,7 @@ export async function runPushDemo(opts: DemoOptions): Promise<number> {
       pushModel: true,
       tpmPolicy: JSON.stringify({ 15: ['0'.repeat(64)] }),
       runtimePolicy: policyPath,
+      mbPolicy: refstatePath,
       cert: tenantCa,
     })
 
@@ -139,7 +156,9 @@ export async function runPushDemo(opts: DemoOptions): Promise<number> {
       const count = Number(s.attestation_count ?? 0)
       if (count > seen) {
         seen = count
-        say(`push agent: attestation #${count} passed (PoP token, quote over the challenge, IMA increment)`)
+        say(
+          `push agent: attestation #${count} passed (PoP token, quote over the challenge, UEFI log, IMA increment)`,
+        )
       }
       return count >= 3 ? true : undefined
     })

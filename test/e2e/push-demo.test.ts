@@ -18,6 +18,7 @@ describe('keylime demo --push', () => {
         /push agent [\w-]+ started on swtpm \(no listening port\)/,
         /push agent registered with the registrar/,
         /registrar: EK certificate trusted \(push model: the agent is not contacted\)/,
+        /measured-boot reference state generated from the boot log/,
         /push agent: attestation #(?:[3-9]|[1-9]\d+) passed/,
         /verifier detected it after [\d.]+s: attestation_status FAIL, event ima\.validation\.ima-ng\.runtime_policy_hash/,
         /webhook: signed revocation for [\w-]+ verified \(event ima\.validation\.ima-ng\.runtime_policy_hash\)/,
@@ -27,6 +28,8 @@ describe('keylime demo --push', () => {
       // the push agent never listened: its log shows no listener, only its verifier
       const agentLog = readFileSync(join(dir, 'logs', 'push-agent1.log'), 'utf8')
       expect(agentLog).toMatch(/attesting to https:\/\/127\.0\.0\.1:\d+\/v3\.0/)
+      // the measured-boot policy made the verifier ask for the UEFI log too
+      expect(agentLog).toMatch(/evidence for attestation \d+ \(tpm_quote, uefi_log, ima_log\) accepted/)
       expect(agentLog).not.toMatch(/listening/)
     } finally {
       rmSync(dir, { recursive: true, force: true })

@@ -367,7 +367,10 @@ export async function startPushAgent(opts: PushAgentOptions): Promise<RunningPus
           : null
       const meta = submitted.body.meta as { seconds_to_next_attestation?: unknown } | undefined
       const next = meta?.seconds_to_next_attestation
-      log.info(`evidence for attestation ${stats.lastAttestationId ?? '?'} accepted by the verifier`)
+      const kinds = evidence.map((e) => String(e.evidence_type)).join(', ')
+      log.info(
+        `evidence for attestation ${stats.lastAttestationId ?? '?'} (${kinds}) accepted by the verifier`,
+      )
       return typeof next === 'number' && Number.isFinite(next) ? next : undefined
     }
 
