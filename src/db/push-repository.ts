@@ -123,14 +123,17 @@ export class PushRepository {
       .execute()
   }
 
-  /** Extends the agent's active token to `until` (never shortens it). */
-  async extendToken(agentId: string, until: string): Promise<void> {
+  /**
+   * Extends the agent's active token to `until` once it has less than until - `renewBefore` left: the write happens
+   * about twice per session lifetime, not on every attestation.
+   */
+  async extendToken(agentId: string, until: string, renewBefore: string): Promise<void> {
     await this.db
       .updateTable('sessions')
       .set({ token_expires_at: until })
       .where('agent_id', '=', agentId)
       .where('active', '=', 1)
-      .where('token_expires_at', '<', until)
+      .where('token_expires_at', '<', renewBefore)
       .execute()
   }
 
@@ -308,33 +311,30 @@ export class PushRepository {
    * first after a boot (IMA and clock continue from a boot's first attestation). Failed ones are kept as a record.
    */
   async applyRetention(agentId: string): Promise<number> {
-    const last = await this.db
+    const [newest, older, before] = await this.db
       .selectFrom('attestations')
       .select(['index', 'evaluation', 'system_info__boot_time'])
       .where('agent_id', '=', agentId)
       .where('stage', '=', 'verification_complete')
       .orderBy('index', 'desc')
-      .limit(2)
+      .limit(3)
       .execute()
-    const [newest, older] = last
     if (!newest || !older || newest.evaluation !== 'pass' || older.evaluation !== 'pass') return 0
-    const before = await this.db
-      .selectFrom('attestations')
-      .select(['system_info__boot_time'])
-      .where('agent_id', '=', agentId)
-      .where('index', '<', older.index)
-      .where('evaluation', '=', 'pass')
-      .orderBy('index', 'desc')
-      .limit(1)
-      .executeTakeFirst()
-    const firstAfterBoot = !before || before.system_info__boot_time !== older.system_info__boot_time
-    if (firstAfterBoot) return 0
+    // the first attestation of a boot stays (nothing before it, or a different boot before it)
+    if (!before || before.system_info__boot_time !== older.system_info__boot_time) return 0
     const r = await this.db
       .deleteFrom('attestations')
       .where('agent_id', '=', agentId)
       .where('index', '=', older.index)
       .executeTakeFirst()
     return Number(r.numDeletedRows)
+  }
+
+  /**
+   * Deletes an agent's attestations (before the agent row: a table taken over from upstream may lack the cascade).
+   */
+  async deleteAttestations(agentId: string): Promise<void> {
+    await this.db.deleteFrom('attestations').where('agent_id', '=', agentId).execute()
   }
 
   /** Drops the bulky logs of a verified attestation's stored evidence. */
@@ -393,11 +393,16 @@ export class PushRepository {
     return failed
   }
 
-  /** `PUT /agents/:id/reactivate` of a push agent: accept attestations again, evidence due within the timeout. */
+  /** `PUT /agents/:id/reactivate` of a push agent: failures cleared, attestations accepted, evidence due again. */
   async reactivate(agentId: string, deadline: number): Promise<boolean> {
     const r = await this.db
       .updateTable('verifiermain')
-      .set({ accept_attestations: 1, operational_state: AgentState.GET_QUOTE, push_deadline: deadline })
+      .set({
+        accept_attestations: 1,
+        consecutive_attestation_failures: 0,
+        operational_state: AgentState.GET_QUOTE,
+        push_deadline: deadline,
+      })
       .where('agent_id', '=', agentId)
       .executeTakeFirst()
     return r.numUpdatedRows > 0n

@@ -148,7 +148,11 @@ export async function buildVerifierApp(opts: VerifierAppOptions): Promise<Keylim
     adminCheck: async (req, reply) => {
       if (identify(req) !== 'admin') forbidden(reply)
     },
-    openapi: { title: 'Keylime verifier', version: CURRENT_API_VERSION, documentedPrefixes: ['2.6'] },
+    openapi: {
+      title: 'Keylime verifier',
+      version: CURRENT_API_VERSION,
+      documentedPrefixes: service.push ? ['2.6', '3.0'] : ['2.6'],
+    },
     ...(opts.probes ? { probes: opts.probes } : {}),
   })
 
@@ -374,6 +378,12 @@ export async function buildVerifierApp(opts: VerifierAppOptions): Promise<Keylim
         return ok(reply, {}, code)
       }
       if (state === AgentState.TERMINATED) return done(202)
+      if (row.ip === null && push) {
+        // a push agent is never polled: deleted at once, its attestations first
+        await push.repo.deleteAttestations(id)
+        await repo.deleteAgent(id)
+        return done(200)
+      }
       const idle = IDLE_STATES as readonly number[]
       const heldElsewhere =
         row.lease_holder !== null &&

@@ -92,11 +92,15 @@ const parseJson = <T>(text: string | null, fallback: T): T => {
   }
 }
 
+const MAX_CACHED_AKS = 20_000
+
 /** How long an accepted evaluation stays with its verifier before another may take it over. */
 const DEFAULT_EVALUATION_HOLD_MS = 120_000
 
 export class PushAttestations {
   private readonly running = new Set<Promise<void>>()
+  /** AK keys by their enrolled text: parsing one costs more than the rest of a quote check. */
+  private readonly aks = new Map<string, KeyObject>()
 
   constructor(private readonly deps: PushAttestationDeps) {}
 
@@ -124,8 +128,7 @@ export class PushAttestations {
   }
 
   private async checksOf(row: VerifierAgentRow): Promise<AgentChecks> {
-    const akTpm = new Uint8Array(Buffer.from(row.ak_tpm ?? '', 'base64'))
-    const akPublic = akKeyObject(akTpm)
+    const akPublic = this.akOf(row.ak_tpm ?? '')
     const tpmPolicy = parseTpmPolicy(row.tpm_policy ?? '')
     const runtime = await this.deps.policies.runtimeFor(row.ima_policy_id)
     const mb = await this.deps.policies.mbFor(row.mb_policy_id)
@@ -146,6 +149,16 @@ export class PushAttestations {
       mb,
       tpmPolicy,
     }
+  }
+
+  private akOf(akTpm: string): KeyObject {
+    let key = this.aks.get(akTpm)
+    if (!key) {
+      key = akKeyObject(new Uint8Array(Buffer.from(akTpm, 'base64')))
+      if (this.aks.size >= MAX_CACHED_AKS) this.aks.delete(this.aks.keys().next().value as string)
+      this.aks.set(akTpm, key)
+    }
+    return key
   }
 
   // ---------------------------------------------------------------------------- create
@@ -272,7 +285,7 @@ export class PushAttestations {
     which: string,
     attributes: { evidence_collected?: unknown },
   ): Promise<{ body: unknown }> {
-    await this.pushAgent(agentId)
+    const agentRow = await this.pushAgent(agentId)
     const latest = await this.deps.push.latestAttestation(agentId)
     const index = which === 'latest' ? latest?.index : Number(which)
     const att =
@@ -307,7 +320,19 @@ export class PushAttestations {
         code: 'evidence_immutable',
       })
     // verification starts once the answer is on its way (keylime-api.md §4.2)
-    this.track(new Promise<void>((r) => setImmediate(r)).then(() => this.evaluate(agentId, att.index)))
+    const evaluating: AttestationRow = {
+      ...att,
+      stage: 'evaluating_evidence',
+      evidence_collected: JSON.stringify(collected),
+      evidence_received_at: iso(now),
+      evaluation_holder: this.deps.holder,
+      evaluation_expires: now + hold,
+    }
+    this.track(
+      new Promise<void>((r) => setImmediate(r)).then(() =>
+        this.evaluate(agentId, att.index, { att: evaluating, row: agentRow }),
+      ),
+    )
     const self = `/v3.0/agents/${agentId}/attestations/${att.index}`
     return {
       body: {
@@ -363,9 +388,14 @@ export class PushAttestations {
 
   // ---------------------------------------------------------------------------- verification
 
-  private async evaluate(agentId: string, index: number): Promise<void> {
-    const att = await this.deps.push.getAttestation(agentId, index)
-    const row = await this.deps.agents.getAgent(agentId)
+  /** Verifies held evidence; `known` are the rows the accepting request just read and wrote (saves two reads). */
+  private async evaluate(
+    agentId: string,
+    index: number,
+    known?: { att: AttestationRow; row: VerifierAgentRow },
+  ): Promise<void> {
+    const att = known?.att ?? (await this.deps.push.getAttestation(agentId, index))
+    const row = known?.row ?? (await this.deps.agents.getAgent(agentId))
     if (!att || !row || att.stage !== 'evaluating_evidence' || att.evaluation_holder !== this.deps.holder)
       return
     const requested = parseJson<RequestedItem[]>(att.evidence_requested, [])
@@ -376,7 +406,11 @@ export class PushAttestations {
     let quoteAlgs: { hash: string; sign: string; enc: string } | null = null
     try {
       const checks = await this.checksOf(row)
-      const previous = await this.deps.push.latestPassed(agentId)
+      // IMA continues from the last passing attestation; without a runtime policy there is nothing to continue
+      const previous =
+        checks.runtime !== null && (att.ima_starting_offset ?? 0) > 0
+          ? await this.deps.push.latestPassed(agentId)
+          : undefined
       const input = this.evidenceInput(row, att, checks, requested, collected, previous)
       quoteAlgs = { hash: input.hashAlg, sign: input.signAlg, enc: input.encAlg }
       const out = await this.deps.evidence.run(input)

@@ -192,9 +192,14 @@ export class PushSessions {
     return { agentId: session.agent_id, sessionId: session.session_id }
   }
 
-  /** `extend_token_on_attestation`: a passed attestation keeps the token valid for another session lifetime. */
+  /**
+   * `extend_token_on_attestation`: after a passed attestation the token is valid for another session lifetime
+   * (written once less than half of it is left, so not every attestation writes).
+   */
   async extendAfterPass(agentId: string): Promise<void> {
     if (!this.deps.options.extendTokenOnAttestation) return
-    await this.deps.push.extendToken(agentId, iso(this.deps.now() + this.deps.options.sessionLifetimeMs))
+    const now = this.deps.now()
+    const lifetime = this.deps.options.sessionLifetimeMs
+    await this.deps.push.extendToken(agentId, iso(now + lifetime), iso(now + lifetime / 2))
   }
 }

@@ -12,19 +12,13 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { verifyRevocation } from '../../../src/crypto/revocation.ts'
 import { migrateVerifierDatabase, type VerifierDatabase } from '../../../src/db/verifier-repository.ts'
 import { imaNgEntryFor } from '../../../src/devtools/ima-writer.ts'
-import { createRuntimePolicy, type FormattedImaEntry } from '../../../src/evidence/ima/index.ts'
-import { encodePcrBlob } from '../../../src/evidence/quote/index.ts'
-import { keylime, Tpm } from '../../../src/tpm/index.ts'
 import { buildVerifierApp, type Identity } from '../../../src/verifier/app.ts'
 import { DEFAULT_PUSH_OPTIONS, DEFAULT_VERIFIER_OPTIONS } from '../../../src/verifier/options.ts'
 import { VerifierService } from '../../../src/verifier/verifier-service.ts'
-import { asciiImaList } from '../../helpers/ima-lists.ts'
-import { type SwtpmInstance, startSwtpm } from '../../helpers/swtpm.ts'
-import { ADMIN, silentLog, waitFor } from '../../unit/verifier/harness.ts'
+import { ADMIN_HEADERS as ADMIN, JSON_API, PushDriver } from '../../helpers/push-driver.ts'
+import { silentLog, waitFor } from '../../unit/verifier/harness.ts'
 
-let sw: SwtpmInstance
-let tpm: Tpm
-let ak: keylime.CreatedAk
+let agent: PushDriver
 let service: VerifierService
 let app: Awaited<ReturnType<typeof buildVerifierApp>>
 let hook: Server
@@ -32,190 +26,28 @@ const received: unknown[] = []
 let skewMs = 0
 const now = () => Date.now() + skewMs
 const revocation = generateKeyPairSync('rsa', { modulusLength: 2048 })
-/** Every IMA entry extended into PCR 10 so far, in order. */
-const log: FormattedImaEntry[] = []
 const QUOTE_INTERVAL_MS = 2000
-const BOOT_TIME = '2026-12-01T10:00:00Z'
 
-async function extend(entries: FormattedImaEntry[]): Promise<void> {
-  for (const e of entries) {
-    await keylime.pcrExtend(tpm, 10, { sha1: e.templateDigests.sha1, sha256: e.templateDigests.sha256 })
-    log.push(e)
-  }
-}
-
-const JSON_API = { 'content-type': 'application/vnd.api+json' }
-const bearer = (token: string) => ({ ...JSON_API, authorization: `Bearer ${token}` })
-
-async function openSession(agentId: string) {
-  const res = await app.inject({
-    method: 'POST',
-    url: '/v3.0/sessions',
-    headers: JSON_API,
-    payload: {
-      data: {
-        type: 'session',
-        attributes: {
-          agent_id: agentId,
-          authentication_supported: [{ authentication_class: 'pop', authentication_type: 'tpm_pop' }],
-        },
-      },
-    },
-  })
-  expect(res.statusCode, res.body).toBe(200)
-  const d = res.json().data
-  return {
-    id: d.id as string,
-    challenge: Buffer.from(d.attributes.authentication_requested[0].chosen_parameters.challenge, 'base64'),
-  }
-}
-
-async function certify(challenge: Uint8Array) {
-  const c = await keylime.certifyObject(tpm, {
-    objectHandle: ak.handle,
-    signHandle: ak.handle,
-    qualifyingData: challenge,
-  })
-  return {
-    message: Buffer.from(c.attest).toString('base64'),
-    signature: Buffer.from(c.signature).toString('base64'),
-  }
-}
-
-function answerSession(agentId: string, sessionId: string, data: { message: string; signature: string }) {
-  return app.inject({
-    method: 'PATCH',
-    url: `/v3.0/sessions/${sessionId}`,
-    headers: JSON_API,
-    payload: {
-      data: {
-        type: 'session',
-        attributes: {
-          agent_id: agentId,
-          authentication_provided: [{ authentication_class: 'pop', authentication_type: 'tpm_pop', data }],
-        },
-      },
-    },
-  })
-}
-
-async function login(agentId: string): Promise<string> {
-  const s = await openSession(agentId)
-  const res = await answerSession(agentId, s.id, await certify(s.challenge))
-  expect(res.statusCode, res.body).toBe(200)
-  expect(res.json().data.attributes.evaluation).toBe('pass')
-  return res.json().data.attributes.token as string
-}
-
-function capabilities(entryCount = log.length, componentVersion = '2.0') {
-  return {
-    data: {
-      type: 'attestation',
-      attributes: {
-        evidence_supported: [
-          {
-            evidence_class: 'certification',
-            evidence_type: 'tpm_quote',
-            capabilities: {
-              component_version: componentVersion,
-              signature_schemes: ['rsassa'],
-              hash_algorithms: ['sha256', 'sha1'],
-              available_subjects: { sha256: [...Array(24).keys()], sha1: [...Array(24).keys()] },
-              certification_keys: [
-                { key_class: 'asymmetric', key_algorithm: 'rsa', key_size: 2048, server_identifier: 'ak' },
-              ],
-            },
-          },
-          {
-            evidence_class: 'log',
-            evidence_type: 'ima_log',
-            capabilities: {
-              entry_count: entryCount,
-              supports_partial_access: true,
-              appendable: true,
-              formats: ['text/plain'],
-            },
-          },
-        ],
-        system_info: { boot_time: BOOT_TIME },
-      },
-    },
-  }
-}
-
-function startAttestation(agentId: string, token: string, body: object = capabilities()) {
-  return app.inject({
-    method: 'POST',
-    url: `/v3.0/agents/${agentId}/attestations`,
-    headers: bearer(token),
-    payload: body,
-  })
-}
-
-/** The evidence the verifier asked for: a quote over its challenge and the IMA list from its offset (or whole). */
-async function evidence(
+const extend = (entries: Parameters<PushDriver['extend']>[0]) => agent.extend(entries)
+const login = (id: string) => agent.login(id)
+const openSession = (id: string) => agent.openSession(id)
+const certify = (c: Uint8Array) => agent.certify(c)
+const answerSession = (id: string, sessionId: string, data: { message: string; signature: string }) =>
+  agent.answerSession(id, sessionId, data)
+const capabilities = (entryCount?: number, componentVersion?: string) =>
+  agent.capabilities(entryCount, componentVersion)
+const startAttestation = (id: string, token: string, body?: object) => agent.startAttestation(id, token, body)
+const evidence = (
   requested: { chosen_parameters: Record<string, unknown> }[],
-  opts: { wholeLog?: boolean } = {},
-) {
-  const q = requested[0]?.chosen_parameters as { challenge: string; selected_subjects: { sha256: number[] } }
-  const quote = await keylime.quote(tpm, ak.handle, {
-    nonce: Buffer.from(q.challenge, 'base64'),
-    hashAlg: 'sha256',
-    pcrs: q.selected_subjects.sha256,
-    signAlg: 'rsassa',
-  })
-  const offset = opts.wholeLog ? 0 : (requested[1]?.chosen_parameters.starting_offset as number)
-  const lines = log.slice(offset)
-  return {
-    data: {
-      type: 'attestation',
-      attributes: {
-        evidence_collected: [
-          {
-            evidence_class: 'certification',
-            evidence_type: 'tpm_quote',
-            data: {
-              message: Buffer.from(quote.attest).toString('base64'),
-              signature: Buffer.from(quote.signature).toString('base64'),
-              subject_data: Buffer.from(
-                encodePcrBlob({ banks: [{ hashAlg: 'sha256', values: quote.pcrValues }] }),
-              ).toString('base64'),
-            },
-          },
-          {
-            evidence_class: 'log',
-            evidence_type: 'ima_log',
-            data: { entries: asciiImaList(lines), entry_count: lines.length },
-          },
-        ],
-      },
-    },
-  }
-}
-
-function submit(agentId: string, token: string, body: object, which = 'latest') {
-  return app.inject({
-    method: 'PATCH',
-    url: `/v3.0/agents/${agentId}/attestations/${which}`,
-    headers: bearer(token),
-    payload: body,
-  })
-}
+  opts?: { wholeLog?: boolean },
+) => agent.evidence(requested, opts)
+const submit = (id: string, token: string, body: object, which?: string) =>
+  agent.submit(id, token, body, which)
+const status = (id: string) => agent.status(id)
 
 async function latest(agentId: string) {
   await service.push?.attestations.idle()
-  const res = await app.inject({
-    method: 'GET',
-    url: `/v3.0/agents/${agentId}/attestations/latest`,
-    headers: ADMIN,
-  })
-  expect(res.statusCode, res.body).toBe(200)
-  return res.json().data
-}
-
-async function status(agentId: string) {
-  const res = await app.inject({ method: 'GET', url: `/v2.6/agents/${agentId}`, headers: ADMIN })
-  return res.json().results
+  return agent.get(agentId)
 }
 
 /** One whole attestation; returns the created and the finished resource. */
@@ -230,44 +62,13 @@ async function attest(agentId: string, token: string, opts: { wholeLog?: boolean
   return { created: created.json().data, accepted: res.json(), done }
 }
 
-async function enrol(agentId: string, policyEntries: FormattedImaEntry[]) {
-  const policy = createRuntimePolicy({ imaListText: asciiImaList(policyEntries), now: new Date() })
-  const res = await app.inject({
-    method: 'POST',
-    url: `/v2.6/agents/${agentId}`,
-    headers: ADMIN,
-    // what upstream's tenant sends with --push-model (the address is dropped by a push verifier)
-    payload: {
-      v: null,
-      cloudagent_ip: '192.0.2.1',
-      cloudagent_port: 9002,
-      tpm_policy: JSON.stringify({ mask: '0x400' }),
-      runtime_policy: Buffer.from(JSON.stringify(policy)).toString('base64'),
-      runtime_policy_name: null,
-      runtime_policy_key: '',
-      mb_policy: null,
-      mb_policy_name: null,
-      ima_sign_verification_keys: '',
-      metadata: '{}',
-      revocation_key: revocation.privateKey.export({ type: 'pkcs8', format: 'pem' }).toString(),
-      accept_tpm_hash_algs: ['sha512', 'sha384', 'sha256'],
-      accept_tpm_encryption_algs: ['ecc', 'rsa'],
-      accept_tpm_signing_algs: ['ecschnorr', 'rsassa'],
-      ak_tpm: Buffer.from(ak.publicArea).toString('base64'),
-      mtls_cert: null,
-      supported_version: '2.6',
-    },
-  })
-  expect(res.statusCode, res.body).toBe(200)
-}
+const enrol = (agentId: string, entries: Parameters<PushDriver['enrol']>[1]) =>
+  agent.enrol(agentId, entries, revocation.privateKey.export({ type: 'pkcs8', format: 'pem' }).toString())
 
 const good = Array.from({ length: 30 }, (_, i) => imaNgEntryFor(`/usr/bin/good-${i}`, `good ${i}`))
 
 beforeAll(async () => {
-  sw = await startSwtpm()
-  tpm = await Tpm.open(sw.transport)
-  const ek = await keylime.createEk(tpm, 'rsa')
-  ak = await keylime.createAk(tpm, ek.handle, { hashAlg: 'sha256', signAlg: 'rsassa' })
+  agent = await PushDriver.start()
   hook = createServer((req, res) => {
     let body = ''
     req.on('data', (c) => (body += c))
@@ -304,6 +105,7 @@ beforeAll(async () => {
   const identify = (req: { headers: Record<string, unknown> }): Identity =>
     req.headers['x-test-admin'] === '1' ? 'admin' : 'anonymous'
   app = await buildVerifierApp({ service, log: silentLog, identify: identify as never })
+  agent.app = app
   await extend(good.slice(0, 10))
   await enrol('push-a', good)
   await enrol('push-b', good)
@@ -312,8 +114,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await app?.close()
   await service?.stop()
-  await tpm?.close()
-  await sw?.stop()
+  await agent?.close()
   await new Promise((r) => hook?.close(r))
 })
 
@@ -323,6 +124,10 @@ describe('push verifier: version routes', () => {
     const root = await app.inject({ method: 'GET', url: '/' })
     expect(root.statusCode).toBe(307)
     expect(root.headers.location).toBe('/v3.0/')
+    const doc = (await app.inject({ method: 'GET', url: '/openapi.json' })).json()
+    expect(Object.keys(doc.paths)).toEqual(
+      expect.arrayContaining(['/v3.0/sessions', '/v3.0/agents/{agent_id}/attestations', '/v2.6/agents/{agent_id}']),
+    )
   })
   it('an enrolled push agent has no address and is never polled', async () => {
     const s = await status('push-a')
@@ -408,6 +213,50 @@ describe('push verifier: sessions', () => {
     expect(Number(last.headers['retry-after'])).toBe(60)
     expect(last.json().errors[0].status).toBe('429')
   })
+  it('the legacy routes: open on /agents/:id/session, answer on /agents/:id/session/:id, show by token', async () => {
+    const opened = await app.inject({
+      method: 'POST',
+      url: '/v3/agents/push-a/session',
+      headers: JSON_API,
+      payload: {
+        data: {
+          type: 'session',
+          attributes: {
+            authentication_supported: [{ authentication_class: 'pop', authentication_type: 'tpm_pop' }],
+          },
+        },
+      },
+    })
+    expect(opened.statusCode).toBe(200)
+    const d = opened.json().data
+    const challenge = Buffer.from(
+      d.attributes.authentication_requested[0].chosen_parameters.challenge,
+      'base64',
+    )
+    const answered = await app.inject({
+      method: 'PATCH',
+      url: `/v3/agents/push-a/session/${d.id}`,
+      headers: JSON_API,
+      payload: {
+        data: {
+          type: 'session',
+          attributes: {
+            authentication_provided: [
+              { authentication_class: 'pop', authentication_type: 'tpm_pop', data: await certify(challenge) },
+            ],
+          },
+        },
+      },
+    })
+    expect(answered.statusCode).toBe(200)
+    const token = answered.json().data.attributes.token as string
+    const shown = await app.inject({ method: 'GET', url: `/v3/agents/push-a/session/${token}` })
+    expect(shown.statusCode).toBe(200)
+    expect(shown.json().data.attributes.active).toBe(true)
+    expect((await app.inject({ method: 'GET', url: `/v3/agents/push-b/session/${token}` })).statusCode).toBe(
+      404,
+    )
+  })
 })
 
 describe('push verifier: attestations', () => {
@@ -453,7 +302,7 @@ describe('push verifier: attestations', () => {
     skewMs += QUOTE_INTERVAL_MS
   })
   it('422 names the offending capability with source.pointer', async () => {
-    const res = await startAttestation('push-a', token, capabilities(log.length, '1.0'))
+    const res = await startAttestation('push-a', token, capabilities(agent.log.length, '1.0'))
     expect(res.statusCode).toBe(422)
     expect(res.json().errors[0].source.pointer).toBe('/evidence_supported/0/capabilities/component_version')
     const noBoot = capabilities()
@@ -589,5 +438,17 @@ describe('push verifier: attestations', () => {
     // a second round does not fail it again
     await service.push?.monitor.tick()
     expect(service.push?.monitor.overdue).toBe(1)
+  })
+  it('reactivate clears the failure; delete removes the agent and its attestations at once', async () => {
+    const re = await app.inject({ method: 'PUT', url: '/v2.6/agents/push-a/reactivate', headers: ADMIN })
+    expect(re.statusCode).toBe(200)
+    const s = await status('push-a')
+    expect(s.operational_state).toBe(3)
+    expect(s.attestation_status).toBe('PASS')
+    const del = await app.inject({ method: 'DELETE', url: '/v2.6/agents/push-a', headers: ADMIN })
+    expect(del.statusCode).toBe(200)
+    expect(await service.push?.repo.listAttestations('push-a')).toEqual([])
+    const gone = await app.inject({ method: 'GET', url: '/v3.0/agents/push-a/attestations', headers: ADMIN })
+    expect(gone.statusCode).toBe(404)
   })
 })
