@@ -12,6 +12,7 @@ import { KeylimeError } from '../../common/errors.ts'
 import type { Logger } from '../../common/log.ts'
 import { type AgentTpm, type EncAlgName, type HashAlgName, type SignAlgName, TpmLock } from '../agent-tpm.ts'
 import type { AgentConfig } from '../config.ts'
+import { type AgentDeviceIdentity, prepareDeviceIdentity } from '../device-id.ts'
 import { ImaEmulator, type ImaNgFormatter, measureAndWatch } from '../ima-emulator.ts'
 import { ImaMeasurementList } from '../ima-list.ts'
 import { type BackoffPolicy, RegistrarConnection, RegistrationError } from '../registration.ts'
@@ -199,6 +200,16 @@ export async function startPushAgent(opts: PushAgentOptions): Promise<RunningPus
     }
 
     async function registerUntilDone(): Promise<void> {
+      // IAK/IDevID (TCG device identity) as the pull agent registers them; released once registered
+      const deviceId = cfg.enable_iak_idevid ? await prepareDeviceIdentity(cfg, tpm, lock, log) : null
+      try {
+        await registerWithRetries(deviceId)
+      } finally {
+        await deviceId?.release()
+      }
+    }
+
+    async function registerWithRetries(deviceId: AgentDeviceIdentity | null): Promise<void> {
       const registrar = new RegistrarConnection({
         ip: cfg.registrar_ip,
         port: cfg.registrar_tls_enabled ? cfg.registrar_tls_port : cfg.registrar_port,
@@ -220,8 +231,21 @@ export async function startPushAgent(opts: PushAgentOptions): Promise<RunningPus
               lock,
               identity,
               registrar,
-              // no listener: the address fields only satisfy the registration schema
-              request: { mtlsCert: 'disabled', ip: cfg.contact_ip, port: cfg.contact_port },
+              request: {
+                // no listener: the address fields only satisfy the registration schema
+                mtlsCert: 'disabled',
+                ip: cfg.contact_ip,
+                port: cfg.contact_port,
+                ...(deviceId
+                  ? {
+                      deviceIdentity: {
+                        fields: deviceId.fields,
+                        certify: (version: string) =>
+                          deviceId.certifyAk(identity.ak.handle, identity.uuid, version),
+                      },
+                    }
+                  : {}),
+              },
               decodeCredentialBlob: deps.decodeCredentialBlob,
               policy,
               log,
