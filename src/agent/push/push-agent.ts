@@ -385,10 +385,11 @@ export async function startPushAgent(opts: PushAgentOptions): Promise<RunningPus
         },
       })
       stats.attestations++
+      // upstream's verifier names the attestation only in its Location
       stats.lastAttestationId =
         typeof attestation.id === 'string' || typeof attestation.id === 'number'
           ? String(attestation.id)
-          : null
+          : (target.split('/').pop() ?? null)
       const meta = submitted.body.meta as { seconds_to_next_attestation?: unknown } | undefined
       const next = meta?.seconds_to_next_attestation
       const kinds = evidence.map((e) => String(e.evidence_type)).join(', ')
