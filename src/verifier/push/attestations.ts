@@ -175,8 +175,13 @@ export class PushAttestations {
         code: 'verification_in_progress',
         retryAfterSeconds: 1,
       })
-    if (latest?.evidence_received_at) {
-      const received = Date.parse(latest.evidence_received_at)
+    // spacing from the last evidence: the latest attestation's, or the agent's last verified quote when the latest
+    // still awaits evidence (a new create must not skip the interval)
+    const received = Math.max(
+      latest?.evidence_received_at ? Date.parse(latest.evidence_received_at) : 0,
+      row.last_received_quote === null ? 0 : Number(row.last_received_quote) * 1000,
+    )
+    if (received > 0) {
       const spacing = Math.max(this.o.quoteIntervalMs, this.o.push.verificationTimeoutMs)
       const wait = received + spacing - now
       if (wait > 0)
