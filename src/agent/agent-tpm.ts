@@ -12,6 +12,7 @@ import {
   flushContext,
   flushTransientObjects,
   getHandleCounts,
+  getTpmInfo,
   loadAk,
   pcrExtend,
   pcrRead,
@@ -80,6 +81,8 @@ export interface AgentTpm {
   flush(handle: number): Promise<void>
   /** Flushes transient objects a killed earlier agent left loaded; returns how many. Only at start-up. */
   flushStaleObjects(): Promise<number>
+  /** The active PCR banks and their PCRs. */
+  pcrBanks(): Promise<{ hashAlg: string; pcrs: number[] }[]>
   /** Number of loaded transient objects and sessions, for leak checks. */
   handleCounts(): Promise<{ transient: number; sessions: number }>
   close(): Promise<void>
@@ -139,6 +142,7 @@ export async function openKeylimeTpm(
       }),
     flush: (handle) => flushContext(tpm, handle),
     flushStaleObjects: () => flushTransientObjects(tpm),
+    pcrBanks: async () => (await getTpmInfo(tpm)).pcrBanks,
     handleCounts: () => getHandleCounts(tpm),
     close: () => tpm.close(),
   }

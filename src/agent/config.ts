@@ -1,5 +1,6 @@
 /**
- * Pull-agent configuration (keylime-config-and-cli.md §1.2, §2.6): upstream option names and defaults, layered as
+ * Agent configuration (keylime-config-and-cli.md §1.2, §2.6), read by the pull agent (`keylime agent`) and the push
+ * agent (`keylime push-agent`) from the same agent.conf: upstream option names and defaults, layered as
  * defaults < TOML files (`[agent]` table) < conf.d snippets < `KEYLIME_AGENT_<OPTION>` env < flags.
  * `KEYLIME_AGENT_CONFIG=<file>` (or an explicit `--config`) replaces the file set.
  */
@@ -80,6 +81,23 @@ export interface AgentConfig extends DeviceIdOptions {
   /** Keylime TS extension: plain-HTTP listener with only /healthz, /readyz and /metrics; 0 = off. */
   metrics_port: number
   metrics_ip: string
+  /** Push agent (`keylime push-agent`) only, from here on. */
+  verifier_url: string
+  /** CA certificate(s) the verifier's server certificate must chain to. */
+  verifier_tls_ca_cert: string
+  /** Sleep between attestations when the verifier does not say (`seconds_to_next_attestation`). */
+  attestation_interval_seconds: number
+  certification_keys_server_identifier: string
+  uefi_logs_evidence_version: string
+  registrar_tls_enabled: boolean
+  registrar_tls_port: number
+  registrar_tls_ca_cert: string
+  /** Registrar API versions to try (`default` = all this agent speaks). */
+  registrar_api_versions: string
+  /** Testing only: accept any verifier/registrar certificate. */
+  tls_accept_invalid_certs: boolean
+  /** Accepted for compatibility: Keylime never checks hostnames (identity is the CA chain). */
+  tls_accept_invalid_hostnames: boolean
 }
 
 export const AGENT_CONFIG_DEFAULTS: Readonly<AgentConfig> = Object.freeze({
@@ -141,6 +159,17 @@ export const AGENT_CONFIG_DEFAULTS: Readonly<AgentConfig> = Object.freeze({
   ima_emulator_paths: '',
   metrics_port: 0,
   metrics_ip: '127.0.0.1',
+  verifier_url: 'https://localhost:8881',
+  verifier_tls_ca_cert: 'default',
+  attestation_interval_seconds: 60,
+  certification_keys_server_identifier: 'ak',
+  uefi_logs_evidence_version: '2.1',
+  registrar_tls_enabled: false,
+  registrar_tls_port: 8891,
+  registrar_tls_ca_cert: 'default',
+  registrar_api_versions: 'default',
+  tls_accept_invalid_certs: false,
+  tls_accept_invalid_hostnames: false,
 })
 
 type OptionName = keyof AgentConfig
@@ -156,6 +185,8 @@ const DEFAULT_PATHS: Partial<Record<OptionName, string>> = {
   agent_data_path: 'agent_data.json',
   iak_cert: 'iak-cert.crt',
   idevid_cert: 'idevid-cert.crt',
+  verifier_tls_ca_cert: 'cv_ca/cacert.crt',
+  registrar_tls_ca_cert: 'cv_ca/cacert.crt',
 }
 
 /** Options that name files under keylime_dir when relative. */
@@ -165,6 +196,8 @@ const RELATIVE_PATH_OPTIONS: OptionName[] = [
   'payload_key',
   'revocation_cert',
   'agent_data_path',
+  'verifier_tls_ca_cert',
+  'registrar_tls_ca_cert',
 ]
 
 export interface LoadAgentConfigOptions {
@@ -278,7 +311,7 @@ function validate(cfg: AgentConfig): void {
   } catch (err) {
     throw new AgentConfigError((err as Error).message, { cause: err })
   }
-  for (const p of ['port', 'contact_port', 'registrar_port', 'metrics_port'] as const) {
+  for (const p of ['port', 'contact_port', 'registrar_port', 'registrar_tls_port', 'metrics_port'] as const) {
     if (!Number.isInteger(cfg[p]) || cfg[p] < 0 || cfg[p] > 65535)
       throw new AgentConfigError(`${p} out of range`)
   }

@@ -4,8 +4,9 @@
  * entry of an empty list is `boot_aggregate` = H(PCR0 ‖ … ‖ PCR9) of the chosen bank, as recent kernels compute it.
  */
 import { createHash } from 'node:crypto'
-import { appendFileSync, existsSync, readFileSync, statSync } from 'node:fs'
+import { appendFileSync, existsSync, type FSWatcher, readFileSync, statSync, watch } from 'node:fs'
 import { resolve } from 'node:path'
+import type { Logger } from '../common/log.ts'
 import { formatImaNgEntry } from '../evidence/ima/entry.ts'
 import type { AgentTpm, HashAlgName, TpmLock } from './agent-tpm.ts'
 
@@ -80,4 +81,35 @@ export const imaNgFormatter: ImaNgFormatter = (path, fileDigest, hashAlg) => {
   const pcrDigests: Partial<Record<HashAlgName, Uint8Array>> = {}
   for (const b of banks) pcrDigests[b] = f.templateDigests[b]
   return { line: `${f.line}\n`, pcrDigests }
+}
+
+/**
+ * Measures `paths` now, then re-measures a file each time it changes (debounced); returns the function that stops
+ * watching. Used by agents with `ima_emulator_paths`.
+ */
+export async function measureAndWatch(
+  emulator: ImaEmulator,
+  paths: string[],
+  log: Logger,
+): Promise<() => void> {
+  await emulator.measure(paths)
+  const timers = new Map<string, NodeJS.Timeout>()
+  const watchers: FSWatcher[] = paths.map((p) =>
+    watch(p, () => {
+      clearTimeout(timers.get(p))
+      timers.set(
+        p,
+        setTimeout(() => {
+          emulator.measure([p]).then(
+            () => log.info(`IMA emulator re-measured ${p}`),
+            (err: unknown) => log.warn(`IMA emulator cannot measure ${p}: ${(err as Error).message}`),
+          )
+        }, 100),
+      )
+    }),
+  )
+  return () => {
+    for (const w of watchers) w.close()
+    for (const t of timers.values()) clearTimeout(t)
+  }
 }

@@ -48,6 +48,13 @@ export class ImaMeasurementList {
     return run
   }
 
+  /** Number of complete entries in the list now, or null when it does not exist (reads only what was appended). */
+  entryCount(): Promise<number | null> {
+    const run = this.queue.then(() => this.countNow())
+    this.queue = run.catch(() => undefined)
+    return run
+  }
+
   /** Opens the list now and reads through that handle from then on (a missing list is still looked up per read). */
   async holdOpen(): Promise<void> {
     if (this.held) return
@@ -69,20 +76,35 @@ export class ImaMeasurementList {
     return run
   }
 
-  private async readNow(entry: number): Promise<ImaListSlice | null> {
-    let fh = this.held
-    const ownHandle = fh === null
-    if (fh === null) {
-      try {
-        fh = await open(this.path, 'r')
-      } catch (err) {
-        if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
-          this.reset()
-          return null
-        }
-        throw err
-      }
+  private async countNow(): Promise<number | null> {
+    const fh = await this.handle()
+    if (fh === null) return null
+    try {
+      await this.extendIndex(fh)
+      return this.count
+    } finally {
+      if (fh !== this.held) await fh.close()
     }
+  }
+
+  /** The held handle, else a newly opened one (the caller closes it), else null when the list does not exist. */
+  private async handle(): Promise<FileHandle | null> {
+    if (this.held) return this.held
+    try {
+      return await open(this.path, 'r')
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
+        this.reset()
+        return null
+      }
+      throw err
+    }
+  }
+
+  private async readNow(entry: number): Promise<ImaListSlice | null> {
+    const fh = await this.handle()
+    if (fh === null) return null
+    const ownHandle = fh !== this.held
     try {
       await this.extendIndex(fh)
       const start = Number.isInteger(entry) && entry >= 0 && entry <= this.count ? entry : 0

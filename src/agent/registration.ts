@@ -5,7 +5,7 @@
  * with exponential backoff; any other 4xx answer (e.g. 403 for a UUID held by another TPM) is final.
  */
 import { createHmac } from 'node:crypto'
-import { PeerError, plainHttpDispatcher } from '../api/client.ts'
+import { type ClientTls, PeerError, plainHttpDispatcher } from '../api/client.ts'
 import { RegistrarClient } from '../api/registrar/client.ts'
 import type { VersionResults } from '../api/registrar/schemas.ts'
 import { AGENT_API_VERSIONS, compareVersions } from '../api/versions.ts'
@@ -79,7 +79,10 @@ export async function withBackoff<T>(
  * Chooses the registrar API version: its `current_version` if we enable it, else the newest of ours it lists.
  * Returns null when `/version` is unavailable (the caller then tries versions newest-first).
  */
-export async function negotiateRegistrarVersion(client: RegistrarClient): Promise<string | null> {
+export async function negotiateRegistrarVersion(
+  client: RegistrarClient,
+  ours: readonly string[] = AGENT_API_VERSIONS,
+): Promise<string | null> {
   let results: VersionResults
   try {
     results = await client.getVersion()
@@ -88,7 +91,6 @@ export async function negotiateRegistrarVersion(client: RegistrarClient): Promis
       throw new RegistrationError(`registrar unreachable: ${err.message}`, { retryable: true, cause: err })
     return null
   }
-  const ours: readonly string[] = AGENT_API_VERSIONS
   if (ours.includes(results.current_version)) return results.current_version
   const common = ours.filter((v) => results.supported_versions.includes(v)).sort(compareVersions)
   return common[common.length - 1] ?? null
@@ -116,24 +118,38 @@ export class RegistrarConnection {
   readonly baseUrl: string
   private readonly client: RegistrarClient
   private readonly log: Logger
+  private readonly versions: readonly string[]
   version: string | null = null
 
-  constructor(opts: { ip: string; port: number; timeoutMs?: number; log: Logger }) {
+  /**
+   * Plain HTTP, as the pull agent always talks to the registrar; HTTPS when `tls` is given (the push agent with
+   * `registrar_tls_enabled`). `versions` limits the API versions tried (`registrar_api_versions`).
+   */
+  constructor(opts: {
+    ip: string
+    port: number
+    tls?: ClientTls
+    versions?: readonly string[]
+    timeoutMs?: number
+    log: Logger
+  }) {
     const host = opts.ip.includes(':') && !opts.ip.startsWith('[') ? `[${opts.ip}]` : opts.ip
-    this.baseUrl = `http://${host}:${opts.port}`
-    // node:http rather than undici for these few plain-HTTP calls: undici would stay resident in the agent
+    this.baseUrl = `${opts.tls ? 'https' : 'http'}://${host}:${opts.port}`
+    // Plain HTTP over node:http rather than undici for these few calls: undici would stay resident in the agent.
+    // HTTPS (the push agent with registrar_tls_enabled) needs undici's TLS client.
     this.client = new RegistrarClient({
       baseUrl: this.baseUrl,
       timeoutMs: opts.timeoutMs ?? 30_000,
-      dispatcher: plainHttpDispatcher(),
+      ...(opts.tls ? { tls: opts.tls } : { dispatcher: plainHttpDispatcher() }),
     })
+    this.versions = opts.versions ?? AGENT_API_VERSIONS
     this.log = opts.log
   }
 
   private async versionsToTry(): Promise<string[]> {
     if (this.version) return [this.version]
-    const v = await negotiateRegistrarVersion(this.client)
-    return v ? [v] : [...AGENT_API_VERSIONS].sort(compareVersions).reverse()
+    const v = await negotiateRegistrarVersion(this.client, this.versions)
+    return v ? [v] : [...this.versions].sort(compareVersions).reverse()
   }
 
   /** POST the identity; returns the b64 MakeCredential blob. */
@@ -168,7 +184,8 @@ export class RegistrarConnection {
 
   /** PUT the auth_tag; a mismatch is refused and changes nothing at our registrar (upstream's deletes the record). */
   async activate(uuid: string, authTag: string): Promise<void> {
-    const version = this.version ?? (await this.versionsToTry())[0] ?? AGENT_API_VERSIONS[0]
+    const version =
+      this.version ?? (await this.versionsToTry())[0] ?? this.versions[0] ?? AGENT_API_VERSIONS[0]
     try {
       await this.client.atVersion(version).activate(uuid, authTag)
     } catch (err) {

@@ -4,7 +4,7 @@
  * The TPM, codecs and zip extraction arrive through `AgentDeps` (`defaultAgentDeps()` for the real ones), so tests
  * can drive start-up with a simulated TPM.
  */
-import { type FSWatcher, readFileSync, watch } from 'node:fs'
+import { readFileSync } from 'node:fs'
 import type { Server } from 'node:https'
 import { join } from 'node:path'
 import type { FastifyInstance } from 'fastify'
@@ -15,7 +15,6 @@ import type { Logger } from '../common/log.ts'
 import { decodeKeylimeCredentialBlob } from '../crypto/make-credential.ts'
 import { publicKeyPemOf } from '../crypto/tpm-public.ts'
 import { extractPayloadZipSafely } from '../payload/extract.ts'
-import { agentDataMatches, ekDigest, loadAgentData, saveAgentData } from './agent-data.ts'
 import {
   type AgentTpm,
   type EncAlgName,
@@ -27,17 +26,17 @@ import {
 import { type AgentServices, buildAgentApp } from './app.ts'
 import { type AgentConfig, servedApiVersions, trustedClientCaFiles } from './config.ts'
 import { prepareDeviceIdentity } from './device-id.ts'
-import { ImaEmulator, type ImaNgFormatter } from './ima-emulator.ts'
+import { ImaEmulator, type ImaNgFormatter, measureAndWatch } from './ima-emulator.ts'
 import { ImaMeasurementList } from './ima-list.ts'
 import { ensureMtlsIdentity, ensurePayloadKey } from './keys.ts'
 import { agentObservability } from './metrics.ts'
 import { PayloadManager, type ZipExtractor } from './payload.ts'
 import { checkWritable, dropPrivileges, giveDirectory, giveFile, type RunAsIdentity } from './privileges.ts'
 import { formatAgentQuote, type QuoteFormatter, QuoteService } from './quote-service.ts'
-import { activationAuthTag, RegistrarConnection, withBackoff } from './registration.ts'
+import { RegistrarConnection } from './registration.ts'
 import { RevocationHandler } from './revocation.ts'
 import { prepareSecureDir, type SecureDir } from './secure-dir.ts'
-import { resolveAgentUuid } from './uuid.ts'
+import { establishTpmIdentity, registerTpmIdentity } from './tpm-identity.ts'
 
 export class AgentStartError extends KeylimeError {
   constructor(message: string, options?: { cause?: unknown }) {
@@ -115,28 +114,12 @@ export interface StartAgentOptions {
   runAs?: RunAsIdentity
 }
 
-function parseHandle(v: string): number | null {
-  const s = v.trim()
-  if (s === '' || s === 'generate') return null
-  const n = Number.parseInt(s.replace(/^0x/i, ''), 16)
-  if (!Number.isInteger(n) || n < 0x81000000 || n > 0x81ffffff) {
-    throw new AgentStartError(`ek_handle '${v}' is not a persistent handle (0x81xxxxxx)`)
-  }
-  return n
-}
-
-function derToPem(der: Uint8Array): string {
-  const b64 = Buffer.from(der).toString('base64')
-  return `-----BEGIN CERTIFICATE-----\n${b64.replace(/.{1,64}/g, '$&\n')}-----END CERTIFICATE-----\n`
-}
-
 export async function startAgent(opts: StartAgentOptions): Promise<RunningAgent> {
   const { config: cfg, deps, log } = opts
   const hashAlg = cfg.tpm_hash_alg as HashAlgName
   const signAlg = cfg.tpm_signing_alg as SignAlgName
   const encAlg = cfg.tpm_encryption_alg as EncAlgName
   const versions = servedApiVersions(cfg, AGENT_API_VERSIONS)
-  const ekPersistent = parseHandle(cfg.ek_handle)
   if (cfg.enable_revocation_notifications) {
     log.warn(
       'enable_revocation_notifications (ZeroMQ) is not supported; revocations arrive over the REST API only',
@@ -162,56 +145,22 @@ export async function startAgent(opts: StartAgentOptions): Promise<RunningAgent>
     // slots (TPM_RC_OBJECT_MEMORY). Behind /dev/tpmrm0 this agent sees none of them and flushes nothing.
     const stale = await lock.run(() => tpm.flushStaleObjects())
     log.info(`flushed ${stale} transient TPM object(s) left loaded before this agent started`)
-    const ek = await lock.run(() => tpm.ek(encAlg, ekPersistent))
-    if (ekPersistent === null) transient.push(ek.handle)
-    const ekCertDer = await lock.run(() => tpm.readEkCertificate(encAlg, ek.publicArea))
-    if (ekCertDer === null) log.warn('the TPM holds no EK certificate for this EK; registering without one')
-    // Optional help for the tenant's path building: an unreadable chain index is reported, not fatal.
-    const ekCaChain = await lock
-      .run(() => tpm.readEkCaChain())
-      .catch((err: unknown) => {
-        log.warn(`the EK CA chain in NV cannot be read (${(err as Error).message}); registering without it`)
-        return [] as Uint8Array[]
-      })
-    if (ekCaChain.length > 0) log.info(`read ${ekCaChain.length} EK CA chain certificate(s) from NV`)
-    const uuid = resolveAgentUuid(cfg.uuid, () => deps.publicKeyPem(ek.publicArea))
-
-    // AK: reuse the stored one when algorithms and EK match, else create and persist a new one.
-    const stored = loadAgentData(cfg.agent_data_path)
-    let ak: { handle: number; publicArea: Uint8Array }
-    let akReused = false
-    const want = { hashAlg, signAlg, encAlg, ekPublicArea: ek.publicArea }
-    if (stored && agentDataMatches(stored, want)) {
-      const pub = Buffer.from(stored.ak_public, 'base64')
-      const priv = Buffer.from(stored.ak_private, 'base64')
-      try {
-        const loaded = await lock.run(() => tpm.loadAk(ek.handle, pub, priv))
-        ak = { handle: loaded.handle, publicArea: pub }
-        akReused = true
-        log.info('reusing the AK from the agent data file')
-      } catch (err) {
-        log.warn(`stored AK could not be loaded (${(err as Error).message}); creating a new one`)
-        ak = await createAndSaveAk()
-      }
-    } else {
-      ak = await createAndSaveAk()
-    }
-    transient.push(ak.handle)
-
-    async function createAndSaveAk(): Promise<{ handle: number; publicArea: Uint8Array }> {
-      const created = await lock.run(() => tpm.createAk(ek.handle, { hashAlg, signAlg }))
-      saveAgentData(cfg.agent_data_path, {
-        version: 1,
-        ak_hash_alg: hashAlg,
-        ak_sign_alg: signAlg,
-        ek_encryption_alg: encAlg,
-        ek_public_sha256: ekDigest(ek.publicArea),
-        ak_public: Buffer.from(created.publicArea).toString('base64'),
-        ak_private: Buffer.from(created.privateArea).toString('base64'),
-      })
-      log.info('created a new AK and saved it to the agent data file')
-      return { handle: created.handle, publicArea: created.publicArea }
-    }
+    const identity = await establishTpmIdentity(
+      tpm,
+      lock,
+      {
+        uuid: cfg.uuid,
+        hashAlg,
+        signAlg,
+        encAlg,
+        ekHandle: cfg.ek_handle,
+        agentDataPath: cfg.agent_data_path,
+      },
+      deps.publicKeyPem,
+      log,
+      transient,
+    )
+    const { uuid, ek, ak, akReused } = identity
 
     const payloadKey = ensurePayloadKey(cfg.payload_key, cfg.payload_key_password)
     const mtls = await ensureMtlsIdentity({
@@ -254,27 +203,9 @@ export async function startAgent(opts: StartAgentOptions): Promise<RunningAgent>
         hashAlg,
         format: opts.imaFormatter,
       })
-      await emulator.measure(paths)
+      const stop = await measureAndWatch(emulator, paths, log)
       log.info(`IMA emulator measured ${paths.length} file(s) into ${cfg.ima_ml_path}`)
-      const timers = new Map<string, NodeJS.Timeout>()
-      const watchers: FSWatcher[] = paths.map((p) =>
-        watch(p, () => {
-          clearTimeout(timers.get(p))
-          timers.set(
-            p,
-            setTimeout(() => {
-              emulator.measure([p]).then(
-                () => log.info(`IMA emulator re-measured ${p}`),
-                (err: unknown) => log.warn(`IMA emulator cannot measure ${p}: ${(err as Error).message}`),
-              )
-            }, 100),
-          )
-        }),
-      )
-      return () => {
-        for (const w of watchers) w.close()
-        for (const t of timers.values()) clearTimeout(t)
-      }
+      return stop
     }
 
     const secureDir = join(cfg.keylime_dir, 'secure')
@@ -326,42 +257,29 @@ export async function startAgent(opts: StartAgentOptions): Promise<RunningAgent>
         maxDelayMs: cfg.exponential_backoff_max_delay,
       }
       try {
-        const blob = await withBackoff(
-          'registration',
+        await registerTpmIdentity({
+          tpm,
+          lock,
+          identity,
+          registrar,
+          request: {
+            mtlsCert: cfg.enable_agent_mtls ? mtls.certPem : 'disabled',
+            ip: cfg.contact_ip,
+            port: cfg.contact_port,
+            ...(deviceId
+              ? {
+                  deviceIdentity: {
+                    fields: deviceId.fields,
+                    certify: (version: string) => deviceId.certifyAk(ak.handle, uuid, version),
+                  },
+                }
+              : {}),
+          },
+          decodeCredentialBlob: deps.decodeCredentialBlob,
           policy,
           log,
-          () =>
-            registrar.register({
-              uuid,
-              ekTpm: Buffer.from(ek.publicArea).toString('base64'),
-              ekCert: ekCertDer ? derToPem(ekCertDer) : null,
-              aikTpm: Buffer.from(ak.publicArea).toString('base64'),
-              mtlsCert: cfg.enable_agent_mtls ? mtls.certPem : 'disabled',
-              ip: cfg.contact_ip,
-              port: cfg.contact_port,
-              ekCaChain: ekCaChain.length > 0 ? ekCaChain.map(derToPem).join('') : null,
-              ...(deviceId
-                ? {
-                    deviceIdentity: {
-                      fields: deviceId.fields,
-                      certify: (version: string) => deviceId.certifyAk(ak.handle, uuid, version),
-                    },
-                  }
-                : {}),
-            }),
-          opts.sleep,
-        )
-        let parts: { credentialBlob: Uint8Array; encryptedSecret: Uint8Array }
-        try {
-          parts = deps.decodeCredentialBlob(blob)
-        } catch (err) {
-          throw new AgentStartError('registrar sent a malformed credential blob', { cause: err })
-        }
-        const challenge = await lock.run(() =>
-          tpm.activateCredential({ akHandle: ak.handle, ekHandle: ek.handle, ...parts }),
-        )
-        const authTag = activationAuthTag(challenge, uuid)
-        await withBackoff('activation', policy, log, () => registrar.activate(uuid, authTag), opts.sleep)
+          ...(opts.sleep ? { sleep: opts.sleep } : {}),
+        })
       } finally {
         await registrar.close()
       }

@@ -10,7 +10,7 @@ import { request as httpRequest } from 'node:http'
 import type { TLSSocket } from 'node:tls'
 import type { Static, TSchema } from '@sinclair/typebox'
 import { type TypeCheck, TypeCompiler } from '@sinclair/typebox/compiler'
-import type { buildConnector } from 'undici'
+import type { buildConnector, Dispatcher } from 'undici'
 import { KeylimeError } from '../common/errors.ts'
 import type { V2Envelope } from './envelope.ts'
 
@@ -141,11 +141,11 @@ function pemToDer(pem: string): Buffer {
  * verifies against `ca`, or when it presents exactly `pinnedServerCert` (checked on the finished handshake, since
  * OpenSSL does not accept a non-self-signed leaf as a trust anchor).
  */
-async function createDispatcher(
+export async function createDispatcher(
   tls: ClientTls | undefined,
   pinnedDer: Buffer | undefined,
   opts: { timeoutMs: number; connections: number },
-): Promise<JsonDispatcher> {
+): Promise<Dispatcher> {
   const undici = await import('undici')
   const timeout = opts.timeoutMs
   const caList = tls?.ca === undefined ? [] : Array.isArray(tls.ca) ? tls.ca : [tls.ca]

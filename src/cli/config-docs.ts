@@ -112,6 +112,21 @@ function iniRows(component: Exclude<ConfigComponent, 'agent'>): Row[] {
   })
 }
 
+/** agent.conf options only the push agent (`keylime push-agent`) reads. */
+const PUSH_AGENT_ONLY = new Set([
+  'verifier_url',
+  'verifier_tls_ca_cert',
+  'attestation_interval_seconds',
+  'certification_keys_server_identifier',
+  'uefi_logs_evidence_version',
+  'registrar_tls_enabled',
+  'registrar_tls_port',
+  'registrar_tls_ca_cert',
+  'registrar_api_versions',
+  'tls_accept_invalid_certs',
+  'tls_accept_invalid_hostnames',
+])
+
 function agentRows(): Row[] {
   return Object.entries(AGENT_CONFIG_DEFAULTS).map(([option, value]) => ({
     section: 'agent',
@@ -119,7 +134,7 @@ function agentRows(): Row[] {
     value: typeof value === 'string' ? JSON.stringify(value) : String(value),
     kind: typeof value === 'boolean' ? 'bool' : typeof value === 'number' ? 'int' : 'string',
     env: `KEYLIME_AGENT_${option.toUpperCase()}`,
-    note: undefined,
+    note: PUSH_AGENT_ONLY.has(option) ? 'push agent only (keylime push-agent)' : undefined,
   }))
 }
 

@@ -242,6 +242,10 @@ const KEYLIME_HINTS: Record<string, { hint: string; exitCode?: ExitStatus }> = {
     hint: 'check the TPM transport (--tpm, KEYLIME_TPM, tpm in agent.conf): a device needs its kernel driver and root or the tss group; swtpm must be listening at the address given',
     exitCode: EXIT.remote,
   },
+  ERR_PUSH_AGENT: {
+    hint: 'fix the push options it names in agent.conf (verifier_url, verifier_tls_ca_cert, tpm_hash_alg) or the flag',
+    exitCode: EXIT.usage,
+  },
   ERR_AGENT_REGISTRATION: {
     hint: 'check registrar_ip/registrar_port in agent.conf and that the registrar is running',
     exitCode: EXIT.remote,

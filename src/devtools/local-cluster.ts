@@ -49,6 +49,16 @@ export interface ClusterAgent {
   stop(): Promise<void>
 }
 
+/** A push agent: a process with no listening port, on its own swtpm. */
+export interface ClusterPushAgent {
+  uuid: string
+  dir: string
+  swtpm: SwtpmInstance
+  imaList: string
+  process: ChildProcess
+  stop(): Promise<void>
+}
+
 export interface LocalClusterOptions {
   dir: string
   quoteInterval: number
@@ -64,6 +74,7 @@ export interface LocalClusterOptions {
 export class LocalCluster {
   readonly children: { name: string; child: ChildProcess }[] = []
   readonly agents: ClusterAgent[] = []
+  readonly pushAgents: ClusterPushAgent[] = []
   private stopping = false
   private deviceIdCa: TestCa | undefined
   verifierPort = 0
@@ -286,10 +297,70 @@ export class LocalCluster {
     return agent
   }
 
+  /**
+   * Starts a push agent (`keylime push-agent`) on a fresh swtpm: it registers by itself, then attests to the
+   * verifier (which must run with `mode = push`, e.g. `verifierEnv: { KEYLIME_VERIFIER_MODE: 'push' }`). It opens no
+   * port, so this returns once the process runs; wait for its registration at the registrar.
+   */
+  async startPushAgent(
+    name = `push-agent${this.pushAgents.length + 1}`,
+    extraArgs: string[] = [],
+  ): Promise<ClusterPushAgent> {
+    const agentDir = join(this.opts.dir, name)
+    mkdirSync(agentDir, { recursive: true, mode: 0o700 })
+    const swtpm = await startSwtpm({ dir: join(agentDir, 'swtpm') })
+    const uuid = randomUUID()
+    const imaList = join(agentDir, 'ascii_runtime_measurements')
+    writeFileSync(imaList, '')
+    const child = this.spawn(name, [
+      'push-agent',
+      '--config',
+      this.emptyConf,
+      '--uuid',
+      uuid,
+      '--tpm',
+      swtpm.transport,
+      '--registrar-port',
+      String(this.registrarPort),
+      '--keylime-dir',
+      agentDir,
+      '--verifier-url',
+      `https://127.0.0.1:${this.verifierPort}`,
+      '--ca-certificate',
+      join(this.cvCa, 'cacert.crt'),
+      '--ima-ml-path',
+      imaList,
+      '--measuredboot-ml-path',
+      join(agentDir, 'no-boot-log'),
+      '--attestation-interval-seconds',
+      String(this.opts.quoteInterval),
+      '--exponential-backoff-initial-delay',
+      '500',
+      '--exponential-backoff-max-delay',
+      String(Math.max(1000, this.opts.quoteInterval * 1000)),
+      '--run-as',
+      '',
+      ...extraArgs,
+    ])
+    const agent: ClusterPushAgent = {
+      uuid,
+      dir: agentDir,
+      swtpm,
+      imaList,
+      process: child,
+      stop: async () => {
+        ;(child as { expectedExit?: boolean }).expectedExit = true
+        await stopChild(child)
+      },
+    }
+    this.pushAgents.push(agent)
+    return agent
+  }
+
   async stop(): Promise<void> {
     this.stopping = true
     await Promise.all(this.children.map(({ child }) => stopChild(child)))
-    await Promise.all(this.agents.map((a) => a.swtpm.stop()))
+    await Promise.all([...this.agents, ...this.pushAgents].map((a) => a.swtpm.stop()))
   }
 }
 

@@ -18,6 +18,8 @@ import { createTenant, type TenantRuntime } from './wiring.ts'
 export { TENANT_COMMANDS, type TenantCliOptions }
 
 const AGENT_ID = /^[\w.-]+$/
+/** How upstream's tenant shows the pull-loop state of a push agent (it has none). */
+const PUSH_STATE = 'Not applicable (Push Mode)'
 
 /** Upstream's agent id when `-u` is not given (with a warning). */
 export const DEFAULT_AGENT_UUID = 'd432fbb3-d2f1-4a97-9ef7-75bd81c00000'
@@ -44,7 +46,7 @@ function print(runtime: TenantRuntime, human: string, data: unknown): void {
 function upstreamStatus(status: Record<string, unknown>, opts: TenantCliOptions): Record<string, unknown> {
   const { operational_state_name: name, operational_state: code, ...rest } = status
   if (opts.pushModel) return rest
-  return { operational_state: code === null ? null : (name ?? code), ...rest }
+  return { operational_state: code === null ? PUSH_STATE : (name ?? code), ...rest }
 }
 
 /**
@@ -82,8 +84,14 @@ async function buildAddRequest(
   const payloadModes = [opts.file, opts.key, opts.cert].filter((x) => x !== undefined).length
   if (payloadModes > 1) throw new TenantError('use only one of -f, -k/-p and --cert', EXIT_USAGE)
   if (opts.key && !opts.payload) throw new TenantError('-k needs -p (the encrypted payload)', EXIT_USAGE)
-  if (opts.pushModel && payloadModes > 0)
-    throw new TenantError('push-model agents take no payload', EXIT_USAGE)
+  // A push agent takes no payload; --cert still gives the verifier the revocation key (signed revocations).
+  if (opts.pushModel && (opts.file !== undefined || opts.key !== undefined))
+    throw new TenantError(
+      'push-model agents take no payload (only --cert, for the revocation key)',
+      EXIT_USAGE,
+    )
+  if (opts.pushModel && opts.verify)
+    throw new TenantError('--verify needs a payload: not with --push-model', EXIT_USAGE)
   const payload = await runtime.preparePayload(opts, uuid)
   return {
     uuid,
@@ -235,7 +243,7 @@ async function dispatch(
             ...s,
             operational_state:
               s.operational_state === null
-                ? 'Not applicable (Push Mode)'
+                ? PUSH_STATE
                 : (OPERATIONAL_STATE_NAMES[s.operational_state] ?? s.operational_state),
           },
         ]),

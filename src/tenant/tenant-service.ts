@@ -156,7 +156,7 @@ export class TenantService {
   /** `add` in pull or push mode, in upstream's order (keylime-protocols.md §C). */
   async add(req: AddRequest): Promise<{ agentVersion: string | null; verified: boolean }> {
     const { settings, progress } = this.deps
-    if (req.verify && !req.payload)
+    if (req.verify && (!req.payload || req.pushModel))
       throw new TenantError('--verify needs a payload (-f, -k/-p or --cert)', EXIT_USAGE)
     const record = await this.registrarRecord(req.uuid)
     progress(`registrar: agent ${req.uuid} registered (regcount ${record.regcount})`)
@@ -171,7 +171,14 @@ export class TenantService {
     }
 
     let agentVersion: string | null = null
-    if (!req.pushModel) {
+    if (req.pushModel) {
+      // Upstream enrolls a push agent without looking at its EK; the registrar only proved the AK lives in the TPM
+      // holding that EK, so the EK is still checked against tpm_cert_store here.
+      const ekProblem = await this.deps.identity.checkEk({ uuid: req.uuid, record })
+      if (ekProblem)
+        throw new TenantError(`EK of agent ${req.uuid} is not trusted: ${ekProblem}`, EXIT_UNTRUSTED)
+      progress('registrar: EK certificate trusted (push model: the agent is not contacted)')
+    } else {
       const contact = {
         ip: ip as string,
         port: portRaw as number,
@@ -214,7 +221,7 @@ export class TenantService {
     }
 
     const body: VerifierEnrollBody = {
-      v: req.payload ? req.payload.v.toString('base64') : null,
+      v: req.payload && !req.pushModel ? req.payload.v.toString('base64') : null,
       cloudagent_ip: req.cvTargetHost ?? ip ?? '',
       cloudagent_port: portRaw ?? 0,
       verifier_ip: settings.verifierIp,

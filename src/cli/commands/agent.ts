@@ -1,10 +1,34 @@
 import { type Command, Option } from 'commander'
 import { AGENT_CONFIG_DEFAULTS } from '../../agent/config.ts'
+import { CliError, EXIT } from '../errors.ts'
 
 const HASH_ALGS = ['sha1', 'sha256', 'sha384', 'sha512'] as const
 
 function flagName(option: string): string {
   return option.replace(/_/g, '-')
+}
+
+/** One flag per agent.conf option (`--ima-ml-path <value>`). */
+function addConfigFlags(cmd: Command): void {
+  for (const [name, def] of Object.entries(AGENT_CONFIG_DEFAULTS)) {
+    const flag = flagName(name)
+    cmd.addOption(
+      typeof def === 'boolean'
+        ? new Option(`--${flag} <bool>`, `${name} (default ${def})`)
+        : new Option(`--${flag} <value>`, `${name} (default ${JSON.stringify(def)})`),
+    )
+  }
+}
+
+/** The agent.conf options given as flags, by option name. */
+function configOverrides(opts: Record<string, unknown>): Record<string, string> {
+  const overrides: Record<string, string> = {}
+  for (const name of Object.keys(AGENT_CONFIG_DEFAULTS)) {
+    const key = name.replace(/_([a-z])/g, (_, c: string) => c.toUpperCase())
+    const v = opts[key]
+    if (typeof v === 'string') overrides[name] = v
+  }
+  return overrides
 }
 
 export function registerAgentCommands(program: Command): void {
@@ -17,23 +41,13 @@ export function registerAgentCommands(program: Command): void {
     .option('-c, --config <file>', 'agent.conf (TOML, [agent] table); replaces the standard file set')
     // options after `ima-emulate` (e.g. --tpm) belong to it, not to the agent
     .enablePositionalOptions()
-  for (const [name, def] of Object.entries(AGENT_CONFIG_DEFAULTS)) {
-    const flag = flagName(name)
-    agent.addOption(
-      typeof def === 'boolean'
-        ? new Option(`--${flag} <bool>`, `${name} (default ${def})`)
-        : new Option(`--${flag} <value>`, `${name} (default ${JSON.stringify(def)})`),
-    )
-  }
+  addConfigFlags(agent)
   agent.action(async (opts: Record<string, string | undefined>) => {
-    const overrides: Record<string, string> = {}
-    for (const name of Object.keys(AGENT_CONFIG_DEFAULTS)) {
-      const key = name.replace(/_([a-z])/g, (_, c: string) => c.toUpperCase())
-      const v = opts[key]
-      if (v !== undefined) overrides[name] = v
-    }
     const { runAgentProcess } = await import('../../agent/main.ts')
-    await runAgentProcess({ ...(opts.config ? { configPath: opts.config } : {}), overrides })
+    await runAgentProcess({
+      ...(opts.config ? { configPath: opts.config } : {}),
+      overrides: configOverrides(opts),
+    })
   })
 
   agent
@@ -69,4 +83,47 @@ export function registerAgentCommands(program: Command): void {
         if (!o.watch) process.stdout.write(lines.join(''))
       },
     )
+
+  const push = program
+    .command('push-agent')
+    .description(
+      'Run the push-model agent (API 3.0): registers, then proves possession of its AK to the verifier and submits ' +
+        'evidence on its own schedule; opens no port (upstream keylime_push_model_agent)',
+    )
+    .option('-c, --config <file>', 'agent.conf (TOML, [agent] table); replaces the standard file set')
+  addConfigFlags(push)
+  push
+    .option(
+      '--registrar-url <url>',
+      'registrar http://host:port, or https://host:tls_port (sets registrar_* options)',
+    )
+    .option('--agent-identifier <id>', 'attest as this agent id instead of the registered UUID')
+    .option('--ca-certificate <file>', 'CA certificate of the verifier (verifier_tls_ca_cert)')
+    .option('--api-version <version>', 'verifier API version in paths', 'v3.0')
+    .option('--timeout <ms>', 'per-request timeout in milliseconds', '5000')
+    .option(
+      '--insecure',
+      'accept any verifier and registrar certificate (tls_accept_invalid_certs; testing only)',
+    )
+    .option('--avoid-tpm', 'refused: Keylime TS always attests with the TPM')
+    .action(async (opts: Record<string, unknown>) => {
+      if (opts.avoidTpm)
+        throw new CliError('--avoid-tpm is not supported: the push agent needs its TPM', EXIT.usage)
+      const timeout = Number(opts.timeout)
+      if (!Number.isInteger(timeout) || timeout <= 0)
+        throw new CliError('--timeout must be a positive number of ms', EXIT.usage)
+      const overrides = configOverrides(opts)
+      if (typeof opts.caCertificate === 'string') overrides.verifier_tls_ca_cert = opts.caCertificate
+      if (opts.insecure === true) overrides.tls_accept_invalid_certs = 'true'
+      const { runPushAgentProcess } = await import('../../agent/push/main.ts')
+      await runPushAgentProcess(
+        { ...(typeof opts.config === 'string' ? { configPath: opts.config } : {}), overrides },
+        {
+          ...(typeof opts.registrarUrl === 'string' ? { registrarUrl: opts.registrarUrl } : {}),
+          ...(typeof opts.agentIdentifier === 'string' ? { agentIdentifier: opts.agentIdentifier } : {}),
+          apiVersion: String(opts.apiVersion),
+          timeoutMs: timeout,
+        },
+      )
+    })
 }

@@ -13,6 +13,11 @@ export function registerDemoCommand(program: Command): void {
       false,
     )
     .option(
+      '--push',
+      'push mode (API 3.0): the verifier in mode push and a push agent that opens no port',
+      false,
+    )
+    .option(
       '--dir <dir>',
       'new or empty work directory, kept afterwards (default: a temporary one, removed at the end)',
     )
@@ -24,13 +29,23 @@ export function registerDemoCommand(program: Command): void {
         .argParser(seconds)
         .default(90),
     )
-    .action(async (o: { keep: boolean; dir?: string; quoteInterval: number; stepTimeout: number }) => {
-      const { runDemo } = await import('../../demo/demo.ts')
-      process.exitCode = await runDemo({
-        keep: o.keep,
-        ...(o.dir === undefined ? {} : { dir: o.dir }),
-        quoteInterval: o.quoteInterval,
-        stepTimeout: o.stepTimeout,
-      })
-    })
+    .action(
+      async (o: {
+        keep: boolean
+        push: boolean
+        dir?: string
+        quoteInterval: number
+        stepTimeout: number
+      }) => {
+        const run = o.push
+          ? (await import('../../demo/push-demo.ts')).runPushDemo
+          : (await import('../../demo/demo.ts')).runDemo
+        process.exitCode = await run({
+          keep: o.keep,
+          ...(o.dir === undefined ? {} : { dir: o.dir }),
+          quoteInterval: o.quoteInterval,
+          stepTimeout: o.stepTimeout,
+        })
+      },
+    )
 }

@@ -28,7 +28,10 @@ export function registerTenantCommands(program: Command): void {
     .option('-r, --registrarhost <ip>', 'registrar IP')
     .option('--registrarport <port>', 'registrar TLS port; upstream -rp', port)
     .option('--no-verifier-check', 'delete/reactivate without looking the agent up first; upstream -nvc')
-    .option('--push-model', 'enroll a push-mode agent (no agent contact, no payload)')
+    .option(
+      '--push-model',
+      'enroll a push-mode agent (no agent contact, no payload; --cert only supplies the revocation key)',
+    )
     .option('-f, --file <path>', 'payload file to encrypt and deliver')
     .option('-k, --key <path>', 'key file (b64 K, U, V lines) for a pre-encrypted payload')
     .option('-p, --payload <path>', 'pre-encrypted payload (with -k)')
