@@ -160,6 +160,8 @@ beforeAll(async () => {
       'retry_interval = 0.1',
       'exponential_backoff = False',
       'max_retries = 5',
+      // the simulated agents have no EK certificate; EK checks have tests of their own
+      'require_ek_cert = False',
       '',
     ].join('\n'),
   )
