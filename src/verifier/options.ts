@@ -48,6 +48,8 @@ export interface VerifierOptions {
   maxConcurrency: number
   /** Worker threads evaluating evidence; 0 = on the event loop. */
   evidenceWorkers: number
+  /** Connections to agents kept open at most (`max_open_agent_connections`). */
+  maxOpenAgentConnections: number
   /** Lease of an agent in the shared database; renewed every third of it. */
   leaseMs: number
   shutdownDrainTimeoutMs: number
@@ -84,6 +86,7 @@ export const DEFAULT_VERIFIER_OPTIONS: VerifierOptions = {
   webhookUrl: '',
   maxConcurrency: 512,
   evidenceWorkers: availableParallelism(),
+  maxOpenAgentConnections: 20_000,
   leaseMs: 30_000,
   shutdownDrainTimeoutMs: 10_000,
   evidenceRateLimit: { limit: 60, windowMs: 60_000 },
@@ -143,6 +146,8 @@ export function verifierOptionsFromConfig(c: VerifierConfig): VerifierOptions {
         : -1
   if (evidenceWorkers < 0 || evidenceWorkers > 256)
     throw new VerifierConfigError('evidence_workers must be auto or a number of threads from 0 to 256')
+  if (c.max_open_agent_connections < 0)
+    throw new VerifierConfigError('max_open_agent_connections must be >= 0')
   if (c.lease_seconds <= 0) throw new VerifierConfigError('lease_seconds must be > 0')
   if (c.evidence_rate_limit_per_ip < 0 || c.evidence_rate_limit_window_ip <= 0)
     throw new VerifierConfigError(
@@ -178,6 +183,7 @@ export function verifierOptionsFromConfig(c: VerifierConfig): VerifierOptions {
     webhookUrl: c.webhook_url,
     maxConcurrency: c.max_concurrency,
     evidenceWorkers,
+    maxOpenAgentConnections: c.max_open_agent_connections,
     leaseMs: c.lease_seconds * 1000,
     shutdownDrainTimeoutMs: c.shutdown_drain_timeout * 1000,
     evidenceRateLimit: {

@@ -94,6 +94,8 @@ export class VerifierService {
     this.connections = new AgentConnections(deps.clientTls, o.requestTimeoutMs, {
       maxResponseBytes: o.maxAgentResponseBytes,
       memoryLimit: o.agentResponseMemoryLimit,
+      quoteIntervalMs: o.quoteIntervalMs,
+      maxOpenConnections: o.maxOpenAgentConnections,
     })
     const tls = deps.clientTls
     this.webhookDispatcher = tls
