@@ -194,12 +194,14 @@ export async function startSimFleet(opts: SimFleetOptions): Promise<SimFleet> {
       let c = contexts.get(k)
       if (!c) {
         const pair = tls.certs[k] as { cert: string; key: string }
-        c = createSecureContext({ cert: pair.cert, key: pair.key, ca: tls.clientCa })
+        // a session id context lets clients resume sessions although a client certificate is required
+        c = createSecureContext({ cert: pair.cert, key: pair.key, ca: tls.clientCa, sessionIdContext: 'sim-agent' })
         contexts.set(k, c)
       }
       return c
     }
     const indexOf = new Map(agents.map((a, i) => [a, i]))
+
     listener = createNetServer((raw: Socket) => {
       const agent = byIp.get(raw.localAddress?.replace(/^::ffff:/, '') ?? '')
       if (!agent) {
