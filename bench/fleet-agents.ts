@@ -195,7 +195,12 @@ export async function startSimFleet(opts: SimFleetOptions): Promise<SimFleet> {
       if (!c) {
         const pair = tls.certs[k] as { cert: string; key: string }
         // a session id context lets clients resume sessions although a client certificate is required
-        c = createSecureContext({ cert: pair.cert, key: pair.key, ca: tls.clientCa, sessionIdContext: 'sim-agent' })
+        c = createSecureContext({
+          cert: pair.cert,
+          key: pair.key,
+          ca: tls.clientCa,
+          sessionIdContext: 'sim-agent',
+        })
         contexts.set(k, c)
       }
       return c

@@ -17,6 +17,7 @@ const BENCHES: Record<string, string[]> = {
   agent: ['agent.ts', '300'],
   'agent-footprint': ['agent-footprint.ts', '10000'],
   fleet: ['fleet.ts', '--agents', '1000'],
+  'agent-connections': ['agent-connections.ts', '--agents', '2000'],
   cli: ['cli.ts', '10'],
   metrics: ['metrics.ts'],
 }

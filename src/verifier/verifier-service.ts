@@ -86,6 +86,8 @@ export class VerifierService {
       o.evidenceWorkers > 0
         ? new EvidencePool({
             workers: o.evidenceWorkers,
+            // one evaluation may take as long as fetching the evidence may
+            jobTimeoutMs: o.requestTimeoutMs,
             sourceOf: (policy) => this.policies.sourceOf(policy),
             onWorkerDied: (reason) => deps.log.error({ err: reason }, 'evidence worker died: replaced'),
           })
