@@ -12,6 +12,7 @@ const BENCHES: Record<string, string[]> = {
   quote: ['quote.ts', '2'],
   crypto: ['crypto.ts', '1'],
   ima: ['ima.ts'],
+  'evidence-pool': ['evidence-pool.ts'],
   mb: ['mb.ts'],
   registrar: ['registrar.ts', '3'],
   agent: ['agent.ts', '300'],
