@@ -1,13 +1,21 @@
 /**
- * Simulated pull agents for the fleet benchmark and the verifier loop tests: ONE plain-HTTP server answers for many
- * agents, each reached at its own loopback address (127.0.x.y, all routed to `lo` on Linux), so the verifier sees
- * N distinct agents and N connections. Each agent is a SoftQuoter (software AK, PCR banks, TPM clock) that produces
- * wire-exact integrity quotes with PCR 16 bound to its payload pubkey.
+ * Simulated pull agents for the fleet benchmark and the verifier loop tests: ONE server answers for many agents, each
+ * reached at its own loopback address (127.0.x.y, all routed to `lo` on Linux), so the verifier sees N distinct
+ * agents and N connections. Each agent is a SoftQuoter (software AK, PCR banks, TPM clock) that produces wire-exact
+ * integrity quotes with PCR 16 bound to its payload pubkey. With `tls`, each connection is mTLS as with a real agent:
+ * the agent's own server certificate (chosen by the address the verifier dialled), the verifier's client
+ * certificate required and checked against the given CA, TLS session tickets on.
  */
 
 import { constants, createHash, generateKeyPairSync, type KeyObject, privateDecrypt } from 'node:crypto'
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
-import type { AddressInfo } from 'node:net'
+import {
+  type AddressInfo,
+  createServer as createNetServer,
+  type Server as NetServer,
+  type Socket,
+} from 'node:net'
+import { createSecureContext, type SecureContext, TLSSocket } from 'node:tls'
 import { formatImaNgEntry } from '../src/evidence/ima/index.ts'
 import { SoftQuoter } from './fleet-quoter.ts'
 
@@ -74,6 +82,8 @@ export interface SimFleetOptions {
   sharePayloadKey?: boolean
   akType?: 'rsa' | 'ecc'
   idPrefix?: string
+  /** mTLS: agent i serves `certs[i % certs.length]`; clients must present a certificate chained to `clientCa`. */
+  tls?: { certs: { cert: string; key: string }[]; clientCa: string }
 }
 
 export async function startSimFleet(opts: SimFleetOptions): Promise<SimFleet> {
@@ -111,8 +121,11 @@ export async function startSimFleet(opts: SimFleetOptions): Promise<SimFleet> {
     privByAgent.set(a, payload.priv)
   }
 
+  /** Agent of each TLS connection, by the address its raw socket was dialled at. */
+  const agentOfSocket = new WeakMap<object, SimAgent>()
   const server: Server = createServer(async (req, res) => {
-    const agent = byIp.get(req.socket.localAddress?.replace(/^::ffff:/, '') ?? '')
+    const agent =
+      agentOfSocket.get(req.socket) ?? byIp.get(req.socket.localAddress?.replace(/^::ffff:/, '') ?? '')
     if (!agent) return reply(res, 404, 'unknown agent address', {})
     if (agent.down) {
       req.socket.destroy()
@@ -172,8 +185,49 @@ export async function startSimFleet(opts: SimFleetOptions): Promise<SimFleet> {
   })
   server.keepAliveTimeout = 120_000
   server.maxConnections = 100_000
-  await new Promise<void>((resolve) => server.listen(opts.port ?? 0, '0.0.0.0', resolve))
-  const port = (server.address() as AddressInfo).port
+  let listener: Server | NetServer = server
+  if (opts.tls) {
+    const tls = opts.tls
+    const contexts = new Map<number, SecureContext>()
+    const contextFor = (i: number): SecureContext => {
+      const k = i % tls.certs.length
+      let c = contexts.get(k)
+      if (!c) {
+        const pair = tls.certs[k] as { cert: string; key: string }
+        // a session id context lets clients resume sessions although a client certificate is required
+        c = createSecureContext({
+          cert: pair.cert,
+          key: pair.key,
+          ca: tls.clientCa,
+          sessionIdContext: 'sim-agent',
+        })
+        contexts.set(k, c)
+      }
+      return c
+    }
+    const indexOf = new Map(agents.map((a, i) => [a, i]))
+
+    listener = createNetServer((raw: Socket) => {
+      const agent = byIp.get(raw.localAddress?.replace(/^::ffff:/, '') ?? '')
+      if (!agent) {
+        raw.destroy()
+        return
+      }
+      const secure = new TLSSocket(raw, {
+        isServer: true,
+        secureContext: contextFor(indexOf.get(agent) as number),
+        requestCert: true,
+        rejectUnauthorized: true,
+        ALPNProtocols: ['http/1.1'],
+      })
+      secure.on('error', () => secure.destroy())
+      agentOfSocket.set(secure, agent)
+      server.emit('connection', secure)
+    })
+    listener.maxConnections = 100_000
+  }
+  await new Promise<void>((resolve) => listener.listen(opts.port ?? 0, '0.0.0.0', resolve))
+  const port = (listener.address() as AddressInfo).port
   return {
     port,
     agents,
@@ -181,6 +235,7 @@ export async function startSimFleet(opts: SimFleetOptions): Promise<SimFleet> {
     close: () =>
       new Promise<void>((resolve) => {
         server.closeAllConnections()
+        if (listener !== server) listener.close()
         server.close(() => resolve())
       }),
   }

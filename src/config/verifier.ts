@@ -76,6 +76,17 @@ export const verifierSchema = {
   shutdown_drain_timeout: opt.float(10),
   /** Keylime TS: attestations in flight at once (bounds sockets and memory). */
   max_concurrency: opt.int(512),
+  /**
+   * Keylime TS: worker threads that evaluate evidence (quote signatures, boot-log and IMA replay, policies), so
+   * every core attests; `auto` = one per core, 0 = on the event loop (one core for everything).
+   */
+  evidence_workers: opt.string('auto'),
+  /**
+   * Keylime TS: connections to agents kept open at most. Connections stay open between attestations when
+   * quote_interval is 10 s or less and are closed after each reply (then resumed from the TLS session) above it;
+   * past this many open ones, replies close their connection whatever the interval (docs/performance.md).
+   */
+  max_open_agent_connections: opt.int(20000),
   /** Keylime TS: seconds an agent's lease lasts in a shared database; renewed every third of it. */
   lease_seconds: opt.float(30),
   /**

@@ -1,11 +1,27 @@
 /**
- * Connections from the verifier to pull agents: one keep-alive connection per agent (the loop never has two requests
- * to one agent in flight). Plain-HTTP agents share one undici Agent, which keeps a single-connection Client per
- * origin (`connections: 1`; a Pool per origin would cost ~16 KB of queue arrays each); mTLS agents each get their
- * own Client because the agent's server certificate is pinned to that agent's `mtls_cert`. One AgentClient per agent
- * is cached; `release` closes what an agent used.
+ * Connections from the verifier to pull agents, built for fleets: per agent the verifier keeps only its origin, the
+ * SHA-256 of its pinned `mtls_cert` and, when it closes connections, a TLS session to resume.
+ *
+ * - One undici Agent (one connection per origin: the loop never has two requests to one agent in flight) and one TLS
+ *   client context (the verifier's certificate and key, `trusted_server_ca`) for the whole fleet. A context per agent
+ *   (what `ca: [mtls_cert]` in the connect options costs) held the verifier's key and CA store once per agent. The
+ *   agent's certificate is checked on the finished handshake: exactly its pinned certificate, or a chain to
+ *   `trusted_server_ca` when one is configured; hostnames are not checked (keylime-api.md §0.1).
+ * - Connection policy (docs/performance.md): keep-alive while the quote interval is at most
+ *   `KEEP_ALIVE_MAX_INTERVAL_MS` (an idle TLS connection costs ~30-40 KB on each side; a new handshake costs CPU
+ *   on each attestation), closed after each reply for longer intervals, then resumed from the agent's TLS session
+ *   (no certificate exchange, no signature). At most `maxOpenConnections` stay open: past that, replies close
+ *   their connection whatever the interval.
  */
-import { Agent, Client, type Dispatcher } from 'undici'
+import { createHash, X509Certificate } from 'node:crypto'
+import { connect as netConnect, type Socket } from 'node:net'
+import {
+  type ConnectionOptions,
+  createSecureContext,
+  type SecureContext,
+  connect as tlsConnect,
+} from 'node:tls'
+import { Agent, type buildConnector } from 'undici'
 import { AgentClient, type ResponseBudget } from '../api/agent/client.ts'
 
 export interface VerifierClientTls {
@@ -24,63 +40,117 @@ export interface AgentEndpoint {
   mtlsCert: string | null
 }
 
+/** Longest quote interval at which connections stay open between attestations. */
+export const KEEP_ALIVE_MAX_INTERVAL_MS = 10_000
+
+export interface ConnectionLimits {
+  maxResponseBytes: number
+  memoryLimit: number
+  /** The loop's quote interval: decides keep-alive vs close-and-resume. */
+  quoteIntervalMs: number
+  /** Connections kept open at most; past it each reply closes its connection. */
+  maxOpenConnections: number
+}
+
+const DEFAULT_LIMITS: ConnectionLimits = {
+  maxResponseBytes: Number.POSITIVE_INFINITY,
+  memoryLimit: Number.POSITIVE_INFINITY,
+  quoteIntervalMs: 2000,
+  maxOpenConnections: 50_000,
+}
+
+/** What the verifier keeps per TLS origin between attestations. */
+interface Pin {
+  /** SHA-256 of the pinned certificate's DER; null when `mtls_cert` does not parse (every handshake fails). */
+  fingerprint: Buffer | null
+  /** The last TLS session with this agent, taken only from a trusted handshake. */
+  session: Buffer | null
+}
+
 interface Entry {
   client: AgentClient
-  pool: Client | null
-  key: string
+  origin: string
+  apiVersion: string
+  /** The `mtls_cert` text it was built for (the agent record's own string, not a copy). */
+  mtlsCert: string | null
+}
+
+function fingerprintOf(pem: string): Buffer | null {
+  try {
+    return createHash('sha256').update(new X509Certificate(pem).raw).digest()
+  } catch {
+    return null
+  }
 }
 
 export class AgentConnections {
-  private readonly shared: Agent
+  private readonly dispatcher: Agent
   private readonly entries = new Map<string, Entry>()
-
+  /** By `host:port`. */
+  private readonly pins = new Map<string, Pin>()
+  private readonly context: SecureContext | null
   private readonly budget: ResponseBudget
+  private readonly limits: ConnectionLimits
+  private readonly keepAlive: boolean
+  private open = 0
 
   constructor(
     private readonly tls: VerifierClientTls | null,
     private readonly timeoutMs: number,
-    private readonly limits: { maxResponseBytes: number; memoryLimit: number } = {
-      maxResponseBytes: Number.POSITIVE_INFINITY,
-      memoryLimit: Number.POSITIVE_INFINITY,
-    },
+    limits: Partial<ConnectionLimits> = {},
   ) {
-    this.budget = { limit: limits.memoryLimit, used: 0 }
-    this.shared = new Agent({ connections: 1, keepAliveTimeout: 60_000, keepAliveMaxTimeout: 600_000 })
+    this.limits = { ...DEFAULT_LIMITS, ...limits }
+    this.budget = { limit: this.limits.memoryLimit, used: 0 }
+    this.keepAlive = this.limits.quoteIntervalMs <= KEEP_ALIVE_MAX_INTERVAL_MS
+    this.context = tls
+      ? createSecureContext({
+          cert: tls.cert,
+          key: tls.key,
+          minVersion: 'TLSv1.2',
+          ...(tls.trustedServerCa.length > 0 ? { ca: tls.trustedServerCa } : {}),
+        })
+      : null
+    this.dispatcher = new Agent({
+      connections: 1,
+      // open across a whole interval when keeping connections, else only for the steps of one attestation
+      keepAliveTimeout: this.keepAlive ? this.limits.quoteIntervalMs * 2 + 5000 : 1000,
+      keepAliveMaxTimeout: 600_000,
+      connect: (opts, callback) => this.connect(opts, callback),
+    })
+  }
+
+  /** Open connections to agents now. */
+  get openConnections(): number {
+    return this.open
   }
 
   client(ep: AgentEndpoint): AgentClient {
     const useTls =
       this.tls !== null && ep.mtlsCert !== null && ep.mtlsCert !== '' && ep.mtlsCert !== 'disabled'
-    const origin = `${useTls ? 'https' : 'http'}://${ep.ip.includes(':') ? `[${ep.ip}]` : ep.ip}:${ep.port}`
-    const key = `${origin}|${ep.apiVersion}|${useTls ? ep.mtlsCert : ''}`
+    const host = ep.ip.includes(':') ? `[${ep.ip}]` : ep.ip
+    const origin = `${useTls ? 'https' : 'http'}://${host}:${ep.port}`
     const existing = this.entries.get(ep.agentId)
-    if (existing && existing.key === key) return existing.client
+    const mtlsCert = useTls ? ep.mtlsCert : null
+    if (
+      existing &&
+      existing.origin === origin &&
+      existing.apiVersion === ep.apiVersion &&
+      existing.mtlsCert === mtlsCert
+    )
+      return existing.client
     if (existing) this.release(ep.agentId)
-    let pool: Client | null = null
-    let dispatcher: Dispatcher = this.shared
-    if (useTls && this.tls) {
-      pool = new Client(origin, {
-        keepAliveTimeout: 60_000,
-        connect: {
-          ca: [ep.mtlsCert as string, ...this.tls.trustedServerCa],
-          cert: this.tls.cert,
-          key: this.tls.key,
-          rejectUnauthorized: true,
-          checkServerIdentity: () => undefined,
-          minVersion: 'TLSv1.2',
-        },
-      })
-      dispatcher = pool
-    }
+    if (mtlsCert !== null)
+      this.pins.set(`${ep.ip}:${ep.port}`, { fingerprint: fingerprintOf(mtlsCert), session: null })
     const client = new AgentClient({
       baseUrl: origin,
       apiVersion: ep.apiVersion,
       timeoutMs: this.timeoutMs,
-      dispatcher,
+      dispatcher: this.dispatcher,
       maxResponseBytes: this.limits.maxResponseBytes,
       responseBudget: this.budget,
+      keepConnection: () => this.keepAlive && this.open < this.limits.maxOpenConnections,
     })
-    this.entries.set(ep.agentId, { client, pool, key })
+    this.entries.set(ep.agentId, { client, origin, apiVersion: ep.apiVersion, mtlsCert })
     return client
   }
 
@@ -88,12 +158,86 @@ export class AgentConnections {
     const e = this.entries.get(agentId)
     if (!e) return
     this.entries.delete(agentId)
-    if (e.pool) e.pool.close().catch(() => undefined)
+    const url = new URL(e.origin)
+    this.pins.delete(`${url.hostname.replace(/^\[|\]$/g, '')}:${url.port}`)
   }
 
   async close(): Promise<void> {
-    const pools = [...this.entries.values()].flatMap((e) => (e.pool ? [e.pool] : []))
     this.entries.clear()
-    await Promise.allSettled([...pools.map((p) => p.close()), this.shared.close()])
+    this.pins.clear()
+    await this.dispatcher.close()
+  }
+
+  private connect(opts: buildConnector.Options, callback: buildConnector.Callback): void {
+    let done = false
+    const finish = (err: Error | null, socket: Socket | null) => {
+      if (done) return
+      done = true
+      if (err !== null) {
+        socket?.destroy()
+        callback(err, null)
+      } else callback(null, socket as Socket)
+    }
+    const host = opts.hostname.replace(/^\[|\]$/g, '')
+    const port = Number(opts.port || (opts.protocol === 'https:' ? 443 : 80))
+    let socket: Socket
+    if (opts.protocol === 'https:') {
+      const pin = this.pins.get(`${host}:${port}`)
+      if (!pin || this.context === null) {
+        callback(new Error(`no pinned certificate for agent ${host}:${port}`), null)
+        return
+      }
+      const tlsOpts: ConnectionOptions = {
+        host,
+        port,
+        secureContext: this.context,
+        // checked below: exactly the pinned certificate, or a chain to trusted_server_ca
+        rejectUnauthorized: false,
+        ALPNProtocols: ['http/1.1'],
+        ...(pin.session ? { session: pin.session } : {}),
+      }
+      const tlsSocket = tlsConnect(tlsOpts)
+      socket = tlsSocket
+      let trusted = false
+      let pendingSession: Buffer | null = null
+      tlsSocket.on('session', (session: Buffer) => {
+        if (trusted) pin.session = session
+        else pendingSession = session
+      })
+      tlsSocket.once('secureConnect', () => {
+        tlsSocket.setTimeout(0)
+        const peer = tlsSocket.getPeerCertificate()
+        trusted =
+          // a session is only ever stored from a handshake that passed this check, with this agent
+          (tlsSocket.isSessionReused() && pin.session !== null) ||
+          (pin.fingerprint !== null &&
+            peer?.raw !== undefined &&
+            createHash('sha256').update(peer.raw).digest().equals(pin.fingerprint)) ||
+          (this.tls !== null && this.tls.trustedServerCa.length > 0 && tlsSocket.authorized)
+        if (!trusted) {
+          pin.session = null
+          finish(
+            new Error('agent certificate is neither its pinned mtls_cert nor chained to a trusted CA'),
+            tlsSocket,
+          )
+          return
+        }
+        if (pendingSession !== null) pin.session = pendingSession
+        finish(null, tlsSocket)
+      })
+    } else {
+      socket = netConnect({ host, port })
+      socket.once('connect', () => {
+        socket.setTimeout(0)
+        finish(null, socket)
+      })
+    }
+    this.open++
+    socket.once('close', () => this.open--)
+    socket.setNoDelay(true)
+    socket.setTimeout(this.timeoutMs, () =>
+      finish(new Error(`connecting to ${host}:${port} timed out`), socket),
+    )
+    socket.once('error', (err) => finish(err, socket))
   }
 }

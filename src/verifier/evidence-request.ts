@@ -7,7 +7,7 @@ import type { EvidenceInput, EvidenceResult } from '../evidence/pipeline.ts'
 import { akKeyObject, isQuoteHashAlg, parseTpmPolicy, requiredPcrs } from '../evidence/quote/index.ts'
 import { failure } from '../evidence/verdict.ts'
 import type { VerifierOptions } from './options.ts'
-import { b64decode, parseMbInput, VerifierRequestError } from './policy-input.ts'
+import { b64decode, VerifierRequestError } from './policy-input.ts'
 import type { PolicyStore } from './policy-store.ts'
 
 /** Missing parameters: upstream answers 400 with `{valid: false, claims: {}, failures}`. */
@@ -45,7 +45,7 @@ export function evidenceInputFromRequest(
   const mbPolicy =
     data.mb_policy === undefined || data.mb_policy === null
       ? null
-      : parseMbInput(String(data.mb_policy), o.mbPolicyEngine)
+      : policies.parseMbTextChecked(String(data.mb_policy))
   const hashAlg = String(data.hash_alg)
   if (!isQuoteHashAlg(hashAlg)) throw new VerifierRequestError(400, `unsupported hash_alg ${hashAlg}`)
   let akPublic: ReturnType<typeof akKeyObject>

@@ -3,6 +3,7 @@
  * `verifierOptionsFrom` turns the flat `[verifier]`/`[revocations]` option maps into this typed object with
  * upstream's defaults, and rejects values the loop cannot run with.
  */
+import { availableParallelism } from 'node:os'
 import { KeylimeError } from '../common/errors.ts'
 import type { VerifierConfig } from '../config/verifier.ts'
 import { MB_POLICY_ENGINES, type MbPolicyEngine } from '../evidence/mb/index.ts'
@@ -68,6 +69,10 @@ export interface VerifierOptions {
   webhookUrl: string
   /** Attestations in flight at once (our own; bounds sockets and memory). */
   maxConcurrency: number
+  /** Worker threads evaluating evidence; 0 = on the event loop. */
+  evidenceWorkers: number
+  /** Connections to agents kept open at most (`max_open_agent_connections`). */
+  maxOpenAgentConnections: number
   /** Lease of an agent in the shared database; renewed every third of it. */
   leaseMs: number
   shutdownDrainTimeoutMs: number
@@ -117,6 +122,8 @@ export const DEFAULT_VERIFIER_OPTIONS: VerifierOptions = {
   revocationChannels: ['agent'],
   webhookUrl: '',
   maxConcurrency: 512,
+  evidenceWorkers: availableParallelism(),
+  maxOpenAgentConnections: 20_000,
   leaseMs: 30_000,
   shutdownDrainTimeoutMs: 10_000,
   evidenceRateLimit: { limit: 60, windowMs: 60_000 },
@@ -172,6 +179,16 @@ export function verifierOptionsFromConfig(c: VerifierConfig): VerifierOptions {
       `tomtou_violations ${JSON.stringify(c.tomtou_violations)} is not accept or fail (or empty: as ignore_tomtou_errors)`,
     )
   if (c.max_concurrency < 1) throw new VerifierConfigError('max_concurrency must be >= 1')
+  const evidenceWorkers =
+    c.evidence_workers === 'auto'
+      ? availableParallelism()
+      : /^\d+$/.test(c.evidence_workers)
+        ? Number(c.evidence_workers)
+        : -1
+  if (evidenceWorkers < 0 || evidenceWorkers > 256)
+    throw new VerifierConfigError('evidence_workers must be auto or a number of threads from 0 to 256')
+  if (c.max_open_agent_connections < 0)
+    throw new VerifierConfigError('max_open_agent_connections must be >= 0')
   if (c.lease_seconds <= 0) throw new VerifierConfigError('lease_seconds must be > 0')
   if (c.evidence_rate_limit_per_ip < 0 || c.evidence_rate_limit_window_ip <= 0)
     throw new VerifierConfigError(
@@ -245,6 +262,8 @@ export function verifierOptionsFromConfig(c: VerifierConfig): VerifierOptions {
     revocationChannels: channels as VerifierOptions['revocationChannels'],
     webhookUrl: c.webhook_url,
     maxConcurrency: c.max_concurrency,
+    evidenceWorkers,
+    maxOpenAgentConnections: c.max_open_agent_connections,
     leaseMs: c.lease_seconds * 1000,
     shutdownDrainTimeoutMs: c.shutdown_drain_timeout * 1000,
     evidenceRateLimit: {

@@ -1,6 +1,7 @@
 /**
  * Runtime (IMA) and measured-boot policies for the loop: parsed and compiled once per distinct policy text
- * (keyed by its SHA-256) and shared by every agent using it, so 10,000 agents on one policy hold one copy.
+ * (keyed by its SHA-256) and shared by every agent using it, so 10,000 agents on one policy hold one copy. Each
+ * compiled policy remembers its source, so the evidence pool can have its workers build the same one.
  */
 import { createHash } from 'node:crypto'
 import { KeylimeError } from '../common/errors.ts'
@@ -11,6 +12,7 @@ import {
   parseRuntimePolicy,
 } from '../evidence/ima/index.ts'
 import { type MbPolicy, type MbPolicyEngine, parseMbPolicy } from '../evidence/mb/index.ts'
+import type { PolicySource } from './evidence-job.ts'
 
 export class PolicyInputError extends KeylimeError {
   constructor(message: string) {
@@ -30,26 +32,31 @@ const digest = (text: string) => createHash('sha256').update(text).digest('hex')
 /** Bounded: policies are few; a pathological number of distinct ones evicts the oldest. */
 const MAX_CACHED = 1024
 
-export class PolicyStore {
+/** Compiled policies by the digest of their text, each with its source (no database). */
+export class CompiledPolicies {
   private readonly runtime = new Map<string, CompiledRuntimePolicy>()
   private readonly mb = new Map<string, MbPolicy>()
+  private readonly sources = new WeakMap<object, PolicySource>()
 
-  constructor(
-    private readonly repo: VerifierRepository,
-    private readonly mbEngine: MbPolicyEngine,
-  ) {}
+  constructor(protected readonly mbEngine: MbPolicyEngine) {}
 
   static checksum(text: string): string {
     return digest(text)
   }
 
+  /** The source a compiled policy was built from; undefined for one built elsewhere. */
+  sourceOf(policy: object): PolicySource | undefined {
+    return this.sources.get(policy)
+  }
+
   compileRuntimeText(text: string): CompiledRuntimePolicy {
-    const key = digest(text)
+    const key = `runtime:${digest(text)}`
     let c = this.runtime.get(key)
     if (!c) {
       c = compileRuntimePolicy(parseRuntimePolicy(text, { strict: false }))
       if (this.runtime.size >= MAX_CACHED) this.runtime.delete(this.runtime.keys().next().value as string)
       this.runtime.set(key, c)
+      this.sources.set(c, { kind: 'runtime', key, text })
     }
     return c
   }
@@ -66,14 +73,36 @@ export class PolicyStore {
   }
 
   parseMbText(text: string): MbPolicy {
-    const key = digest(text)
+    const key = `mb:${this.mbEngine}:${digest(text)}`
     let p = this.mb.get(key)
     if (!p) {
       p = parseMbPolicy(text, { engine: this.mbEngine })
       if (this.mb.size >= MAX_CACHED) this.mb.delete(this.mb.keys().next().value as string)
       this.mb.set(key, p)
+      this.sources.set(p, { kind: 'mb', key, text, engine: this.mbEngine })
     }
     return p
+  }
+
+  /** As parseMbText, with schema errors as a 400 naming the problem. */
+  parseMbTextChecked(text: string): MbPolicy {
+    try {
+      return this.parseMbText(text)
+    } catch (err) {
+      if (err instanceof KeylimeError)
+        throw new PolicyInputError(`Measured boot policy is malformatted: ${err.message}`)
+      throw err
+    }
+  }
+}
+
+/** The loop's policies: compiled policies loaded by the ids enrolled agents reference. */
+export class PolicyStore extends CompiledPolicies {
+  constructor(
+    private readonly repo: VerifierRepository,
+    mbEngine: MbPolicyEngine,
+  ) {
+    super(mbEngine)
   }
 
   /** The agent's runtime policy, or null when it has none. */

@@ -29,6 +29,7 @@ import { AgentConnections, type VerifierClientTls } from './agent-connections.ts
 import { AttestationLoop } from './attestation-loop.ts'
 import { DbOutage } from './db-outage.ts'
 import { planEnrolment } from './enrolment.ts'
+import { EvidencePool } from './evidence-pool.ts'
 import { EvidenceParamsError, evidenceInputFromRequest, evidenceResults } from './evidence-request.ts'
 import { EvidenceRunner } from './evidence-runner.ts'
 import type { VerifierOptions } from './options.ts'
@@ -83,10 +84,23 @@ export class VerifierService {
     this.leaseAddress = deps.leaseAddress ?? defaultLeaseAddress(o.verifierId, o.ip, o.port)
     this.leaseHolder = `${this.leaseAddress}#${randomBytes(6).toString('hex')}`
     this.outage = new DbOutage(deps.log, this.now)
-    this.evidence = new EvidenceRunner()
+    this.policies = new PolicyStore(this.repo, o.mbPolicyEngine)
+    this.evidence = new EvidenceRunner(
+      o.evidenceWorkers > 0
+        ? new EvidencePool({
+            workers: o.evidenceWorkers,
+            // one evaluation may take as long as fetching the evidence may
+            jobTimeoutMs: o.requestTimeoutMs,
+            sourceOf: (policy) => this.policies.sourceOf(policy),
+            onWorkerDied: (reason) => deps.log.error({ err: reason }, 'evidence worker died: replaced'),
+          })
+        : null,
+    )
     this.connections = new AgentConnections(deps.clientTls, o.requestTimeoutMs, {
       maxResponseBytes: o.maxAgentResponseBytes,
       memoryLimit: o.agentResponseMemoryLimit,
+      quoteIntervalMs: o.quoteIntervalMs,
+      maxOpenConnections: o.maxOpenAgentConnections,
     })
     const tls = deps.clientTls
     this.webhookDispatcher = tls
@@ -121,7 +135,6 @@ export class VerifierService {
       },
       deps.log,
     )
-    this.policies = new PolicyStore(this.repo, o.mbPolicyEngine)
     this.loop = new AttestationLoop({
       policies: this.policies,
       repo: this.repo,
@@ -161,6 +174,8 @@ export class VerifierService {
 
   /** Takes over a dead predecessor's agents, claims free ones, starts the loop and the heartbeat. */
   async start(): Promise<void> {
+    // the workers load their modules while the leases are claimed, not on the first attestation
+    this.evidence.pool?.warm()
     // a push verifier polls no agent: its agents come to it (docs/push.md)
     if (this.push) {
       this.push.start()
@@ -372,6 +387,7 @@ export class VerifierService {
     await this.beating
     const held = this.loop.size
     await this.loop.stop(this.deps.options.shutdownDrainTimeoutMs)
+    await this.evidence.close()
     try {
       const released = await this.repo.releaseLeases(this.leaseHolder)
       this.deps.log.info({ released, held, leaseHolder: this.leaseHolder }, 'lease: released on shutdown')

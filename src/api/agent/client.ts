@@ -66,6 +66,8 @@ export interface AgentClientOptions {
    * it over `limit` is dropped as a transient failure, so many large replies at once cannot exhaust memory.
    */
   responseBudget?: ResponseBudget
+  /** Asked before each request: false closes the connection after the reply (the verifier's connection policy). */
+  keepConnection?: () => boolean
 }
 
 export interface ResponseBudget {
@@ -107,8 +109,10 @@ export class AgentClient {
   private readonly timeoutMs: number
   private readonly maxResponseBytes: number
   private readonly budget: ResponseBudget | undefined
+  private readonly keepConnection: (() => boolean) | undefined
 
   constructor(opts: AgentClientOptions) {
+    this.keepConnection = opts.keepConnection
     this.maxResponseBytes = opts.maxResponseBytes ?? Number.POSITIVE_INFINITY
     this.budget = opts.responseBudget
     this.baseUrl = opts.baseUrl.replace(/\/+$/, '')
@@ -149,6 +153,7 @@ export class AgentClient {
         dispatcher: this.dispatcher,
         headersTimeout: this.timeoutMs,
         bodyTimeout: this.timeoutMs,
+        ...(this.keepConnection === undefined ? {} : { reset: !this.keepConnection() }),
         ...(body === undefined
           ? {}
           : { body: JSON.stringify(body), headers: { 'content-type': 'application/json' } }),

@@ -126,7 +126,11 @@ describe('push verifier: version routes', () => {
     expect(root.headers.location).toBe('/v3.0/')
     const doc = (await app.inject({ method: 'GET', url: '/openapi.json' })).json()
     expect(Object.keys(doc.paths)).toEqual(
-      expect.arrayContaining(['/v3.0/sessions', '/v3.0/agents/{agent_id}/attestations', '/v2.6/agents/{agent_id}']),
+      expect.arrayContaining([
+        '/v3.0/sessions',
+        '/v3.0/agents/{agent_id}/attestations',
+        '/v2.6/agents/{agent_id}',
+      ]),
     )
   })
   it('an enrolled push agent has no address and is never polled', async () => {

@@ -13,6 +13,13 @@ import { ADMIN, enrollBody, makeVerifier, waitFor } from '../../unit/verifier/ha
 let v: Awaited<ReturnType<typeof makeVerifier>>
 beforeAll(async () => {
   v = await makeVerifier()
+  // the first evaluation would also wait for the evidence workers to load
+  const warmUp = await v.app.inject({
+    method: 'POST',
+    url: '/v2.6/verify/evidence',
+    payload: evidence('/x', []),
+  })
+  expect(warmUp.statusCode).toBe(200)
 })
 afterAll(async () => {
   await v.app.close()

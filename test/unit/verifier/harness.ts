@@ -30,6 +30,8 @@ export async function makeVerifier(
     retryInterval: 0.05,
     exponentialBackoff: false,
     requestTimeoutMs: 2000,
+    // the loop's logic on the event loop; tests that want the worker pool ask for it
+    evidenceWorkers: 0,
     ...opts,
   }
   const service = new VerifierService({

@@ -48,9 +48,9 @@ async function enroll(v: Awaited<ReturnType<typeof makeVerifier>>, f: SimFleet, 
 }
 
 describe('attestation loop against simulated agents', () => {
-  it('verifies the IMA log incrementally against a runtime policy and fails on an unlisted file', async () => {
+  it('verifies the IMA log incrementally against a runtime policy on worker threads and fails on an unlisted file', async () => {
     const f = await fleet(1)
-    const v = await verifierWith()
+    const v = await verifierWith({ evidenceWorkers: 2 })
     const a = f.agents[0] as SimFleet['agents'][number]
     const good = createHash('sha256').update('good binary').digest('hex')
     simMeasure(a, '/usr/bin/good', 'good binary')
@@ -91,6 +91,11 @@ describe('attestation loop against simulated agents', () => {
     expect((await v.service.repo.getAgent(a.id))?.last_event_id).toBe(
       'ima.validation.ima-ng.not_in_allowlist',
     )
+    // every evaluation ran on the workers, the policy sent to each worker at most once
+    const pool = v.service.evidence.pool?.stats()
+    expect(pool).toMatchObject({ workerDeaths: 0, inFlight: 0 })
+    expect(pool?.policiesSent).toBeGreaterThanOrEqual(1)
+    expect(pool?.policiesSent).toBeLessThanOrEqual(2)
   })
 
   it('checks the IMA list of an agent enrolled with a runtime policy and an empty PCR mask', async () => {

@@ -1,3 +1,4 @@
+import { availableParallelism } from 'node:os'
 import { describe, expect, it } from 'vitest'
 import { loadVerifierConfig } from '../../../src/config/verifier.ts'
 import {
@@ -51,6 +52,21 @@ describe('verifierOptionsFromConfig', () => {
     expect(() => verifierOptionsFromConfig(load({ KEYLIME_VERIFIER_TOMTOU_VIOLATIONS: 'ignore' }))).toThrow(
       /tomtou_violations "ignore" is not accept or fail/,
     )
+  })
+
+  it('evidence_workers: auto is one per core, a number is that many, 0 keeps evidence on the event loop', () => {
+    expect(verifierOptionsFromConfig(load()).evidenceWorkers).toBe(availableParallelism())
+    expect(verifierOptionsFromConfig(load({ KEYLIME_VERIFIER_EVIDENCE_WORKERS: '3' })).evidenceWorkers).toBe(
+      3,
+    )
+    expect(verifierOptionsFromConfig(load({ KEYLIME_VERIFIER_EVIDENCE_WORKERS: '0' })).evidenceWorkers).toBe(
+      0,
+    )
+    for (const bad of ['-1', 'many', '1.5', '300'])
+      expect(() => verifierOptionsFromConfig(load({ KEYLIME_VERIFIER_EVIDENCE_WORKERS: bad }))).toThrow(
+        /evidence_workers/,
+      )
+    expect(verifierOptionsFromConfig(load()).maxOpenAgentConnections).toBe(20_000)
   })
 
   it('takes KEYLIME_VERIFIER_* env, including other sections', () => {

@@ -1,0 +1,317 @@
+/**
+ * The verifier's pool of evidence worker threads: the pure evidence pipeline (quote signature, clock, PCR policy,
+ * boot-log replay, IMA replay and policy) runs on every core while the event loop keeps scheduling, agent I/O and
+ * the database. Workers start as they are needed, up to `workers`.
+ *
+ * - Back-pressure: each worker holds at most `depth` jobs (enough to stay busy while the event loop is); further jobs
+ *   wait in one queue of at most `maxQueued`; past that `run` waits for room, so callers slow down instead of piling
+ *   inputs up.
+ * - Copies: a policy's text is sent to a worker once (it keeps the compiled policy by key, at most
+ *   `maxPoliciesPerWorker`, the oldest forgotten first); the boot log's bytes are transferred, not copied; the quote
+ *   and the IMA text are cloned once.
+ * - Failures fail closed for one attestation: a job that throws rejects with the worker's error; a worker that dies
+ *   (crash, or ended because one evaluation outlasted `jobTimeoutMs`) rejects the job it was running, re-queues the
+ *   jobs waiting behind it and is replaced.
+ */
+import { createRequire } from 'node:module'
+import { availableParallelism } from 'node:os'
+import { pathToFileURL } from 'node:url'
+import { Worker } from 'node:worker_threads'
+import type { EvidenceInput, EvidenceResult } from '../evidence/pipeline.ts'
+import type {
+  EvidenceJob,
+  EvidenceJobReply,
+  PolicyRef,
+  PolicySource,
+  WireEvidenceInput,
+} from './evidence-job.ts'
+
+export interface EvidencePoolOptions {
+  /** Worker threads at most; default one per core. */
+  workers?: number
+  /** Jobs handed to one worker at once. */
+  depth?: number
+  /** Jobs waiting for a worker before `run` itself waits. */
+  maxQueued?: number
+  /** Compiled policies kept by each worker. */
+  maxPoliciesPerWorker?: number
+  /** Longest one evaluation may run before its worker is ended (that attestation fails closed). */
+  jobTimeoutMs?: number
+  /** Where a compiled policy of an input came from (the policy store records it). */
+  sourceOf: (policy: object) => PolicySource | undefined
+  /** Told each time a worker dies (for the log). */
+  onWorkerDied?: (reason: string) => void
+}
+
+/** A job the pool could not evaluate: never a pass, never the agent's fault. */
+export class EvidenceWorkerError extends Error {
+  override name = 'EvidenceWorkerError'
+}
+
+interface Job {
+  input: EvidenceInput
+  resolve: (r: EvidenceResult) => void
+  reject: (e: Error) => void
+  /** The boot log's buffer moved to a worker: the job cannot be sent again. */
+  transferred: boolean
+}
+
+interface Slot {
+  worker: Worker
+  /** Jobs posted and not answered, oldest first (a worker answers in order). */
+  inFlight: Map<number, Job>
+  /** Policy keys this worker holds, least recently used first. */
+  known: Set<string>
+  lastError: string | null
+  /** The entry module has loaded: the oldest job's time limit runs from now on. */
+  ready: boolean
+  timer: NodeJS.Timeout | null
+}
+
+export interface EvidencePoolStats {
+  workers: number
+  inFlight: number
+  queued: number
+  /** Workers that died since the pool started. */
+  workerDeaths: number
+  /** Policy texts sent to workers (each worker compiles a policy once, until it forgets it). */
+  policiesSent: number
+}
+
+const WORKER_ENTRY = import.meta.url.endsWith('.ts')
+  ? new URL('./evidence-worker.ts', import.meta.url)
+  : // the bundle (scripts/build.mjs) puts its chunks and the worker entry two folders below the package root
+    new URL('../verifier/evidence-worker.js', import.meta.url)
+
+function startWorker(): Worker {
+  if (!WORKER_ENTRY.pathname.endsWith('.ts')) return new Worker(WORKER_ENTRY)
+  // from source (tsx, vitest): the thread registers tsx's loader before it imports the TypeScript entry
+  const tsxApi = createRequire(import.meta.url)
+    .resolve('tsx/esm/api')
+    .replace(/\.cjs$/, '.mjs')
+  const boot = `import(${JSON.stringify(pathToFileURL(tsxApi).href)}).then((m) => { m.register(); return import(${JSON.stringify(WORKER_ENTRY.href)}) })`
+  return new Worker(boot, { eval: true })
+}
+
+/** The boot log's buffer when it owns it whole (a Buffer from the small-allocation pool shares its buffer). */
+function transferList(log: Uint8Array | undefined): ArrayBuffer[] {
+  if (log === undefined) return []
+  const buf = log.buffer
+  return buf instanceof ArrayBuffer && log.byteOffset === 0 && log.byteLength === buf.byteLength ? [buf] : []
+}
+
+export class EvidencePool {
+  readonly workers: number
+  private readonly depth: number
+  private readonly maxQueued: number
+  private readonly maxPolicies: number
+  private readonly jobTimeoutMs: number
+  private readonly slots: Slot[] = []
+  private readonly queue: Job[] = []
+  private readonly roomWaiters: (() => void)[] = []
+  private nextId = 1
+  private closed = false
+  private deaths = 0
+  private policiesSent = 0
+
+  constructor(private readonly o: EvidencePoolOptions) {
+    this.workers = Math.max(1, o.workers ?? availableParallelism())
+    this.depth = Math.max(1, o.depth ?? 4)
+    this.maxQueued = Math.max(1, o.maxQueued ?? 64 * this.workers)
+    this.maxPolicies = Math.max(1, o.maxPoliciesPerWorker ?? 32)
+    this.jobTimeoutMs = o.jobTimeoutMs ?? 60_000
+  }
+
+  /** Evaluates one input on a worker; rejects with `EvidenceWorkerError` when it cannot be evaluated. */
+  async run(input: EvidenceInput): Promise<EvidenceResult> {
+    while (this.queue.length >= this.maxQueued && !this.closed)
+      await new Promise<void>((r) => this.roomWaiters.push(r))
+    if (this.closed) throw new EvidenceWorkerError('evidence pool is closed')
+    return new Promise<EvidenceResult>((resolve, reject) => {
+      this.queue.push({ input, resolve, reject, transferred: false })
+      this.pump()
+    })
+  }
+
+  /** Starts every worker now instead of on demand. */
+  warm(): void {
+    while (!this.closed && this.slots.length < this.workers) this.spawn()
+  }
+
+  stats(): EvidencePoolStats {
+    let inFlight = 0
+    for (const s of this.slots) inFlight += s.inFlight.size
+    return {
+      workers: this.slots.length,
+      inFlight,
+      queued: this.queue.length,
+      workerDeaths: this.deaths,
+      policiesSent: this.policiesSent,
+    }
+  }
+
+  /** Stops every worker; what is queued or running rejects. */
+  async close(): Promise<void> {
+    this.closed = true
+    const gone = new EvidenceWorkerError('evidence pool is closed')
+    for (const job of this.queue.splice(0)) job.reject(gone)
+    for (const w of this.roomWaiters.splice(0)) w()
+    const slots = this.slots.splice(0)
+    for (const s of slots) for (const job of s.inFlight.values()) job.reject(gone)
+    await Promise.all(slots.map((s) => s.worker.terminate()))
+  }
+
+  private pump(): void {
+    while (this.queue.length > 0) {
+      const slot = this.freeSlot()
+      if (slot === null) break
+      this.post(slot, this.queue.shift() as Job)
+    }
+    while (this.roomWaiters.length > 0 && this.queue.length < this.maxQueued)
+      (this.roomWaiters.shift() as () => void)()
+  }
+
+  /** An idle worker, else a new one while below `workers`, else the least busy one with room. */
+  private freeSlot(): Slot | null {
+    let best: Slot | null = null
+    for (const s of this.slots) {
+      if (s.inFlight.size === 0) return s
+      if (s.inFlight.size < this.depth && (best === null || s.inFlight.size < best.inFlight.size)) best = s
+    }
+    if (this.slots.length < this.workers) return this.spawn()
+    return best
+  }
+
+  private spawn(): Slot {
+    const worker = startWorker()
+    worker.unref()
+    const slot: Slot = {
+      worker,
+      inFlight: new Map(),
+      known: new Set(),
+      lastError: null,
+      ready: false,
+      timer: null,
+    }
+    worker.on('message', (reply: EvidenceJobReply) => this.answered(slot, reply))
+    worker.on('error', (err) => {
+      slot.lastError = err.message
+    })
+    // a reply that cannot be read belongs to the oldest job: end the worker, which fails exactly that job
+    worker.on('messageerror', (err) => {
+      slot.lastError = `unreadable reply: ${err.message}`
+      void worker.terminate()
+    })
+    worker.on('exit', (code) => this.died(slot, code))
+    this.slots.push(slot)
+    return slot
+  }
+
+  private post(slot: Slot, job: Job): void {
+    const added: string[] = []
+    let message: EvidenceJob
+    try {
+      message = { id: this.nextId++, input: this.toWire(job.input, slot, added), forget: [] }
+    } catch (err) {
+      job.reject(err instanceof EvidenceWorkerError ? err : new EvidenceWorkerError((err as Error).message))
+      return
+    }
+    // make room for the new policies, never forgetting one this job uses
+    const inUse = new Set([message.input.ima?.policy?.key, message.input.measuredBoot?.policy?.key])
+    for (const key of slot.known) {
+      if (slot.known.size + added.length - message.forget.length <= this.maxPolicies) break
+      if (!inUse.has(key)) message.forget.push(key)
+    }
+    const transfer = transferList(job.input.measuredBoot?.eventLog)
+    try {
+      slot.worker.postMessage(message, transfer)
+    } catch (err) {
+      job.reject(new EvidenceWorkerError(`evidence cannot be sent to a worker: ${(err as Error).message}`))
+      return
+    }
+    for (const key of message.forget) slot.known.delete(key)
+    for (const key of added) slot.known.add(key)
+    this.policiesSent += added.length
+    job.transferred = transfer.length > 0
+    if (slot.inFlight.size === 0) slot.worker.ref()
+    slot.inFlight.set(message.id, job)
+    this.armTimer(slot)
+  }
+
+  private toWire(input: EvidenceInput, slot: Slot, added: string[]): WireEvidenceInput {
+    const { measuredBoot: mb, ima, ...quote } = input
+    return {
+      ...quote,
+      measuredBoot:
+        mb === null ? null : { ...mb, policy: mb.policy ? this.ref(mb.policy, slot, added) : null },
+      ima:
+        ima === null
+          ? null
+          : {
+              ...ima,
+              policy: ima.policy ? this.ref(ima.policy, slot, added) : null,
+              verificationKeys: ima.verificationKeys ? ima.verificationKeys.toJSON() : null,
+            },
+    }
+  }
+
+  private ref(policy: object, slot: Slot, added: string[]): PolicyRef {
+    const source = this.o.sourceOf(policy)
+    if (source === undefined)
+      throw new EvidenceWorkerError('a policy of unknown origin cannot go to a worker')
+    if (slot.known.has(source.key)) {
+      // most recently used last
+      slot.known.delete(source.key)
+      slot.known.add(source.key)
+      return { key: source.key }
+    }
+    if (!added.includes(source.key)) added.push(source.key)
+    return { key: source.key, source }
+  }
+
+  /** Starts the time limit of the worker's oldest job, once the worker is ready. */
+  private armTimer(slot: Slot): void {
+    if (!slot.ready || slot.timer !== null || slot.inFlight.size === 0) return
+    slot.timer = setTimeout(() => {
+      slot.lastError = `one evaluation took longer than ${this.jobTimeoutMs} ms`
+      void slot.worker.terminate()
+    }, this.jobTimeoutMs)
+    slot.timer.unref()
+  }
+
+  private answered(slot: Slot, reply: EvidenceJobReply): void {
+    if ('ready' in reply) {
+      slot.ready = true
+      this.armTimer(slot)
+      return
+    }
+    if (slot.timer !== null) clearTimeout(slot.timer)
+    slot.timer = null
+    const job = slot.inFlight.get(reply.id)
+    if (job === undefined) return
+    slot.inFlight.delete(reply.id)
+    if (slot.inFlight.size === 0) slot.worker.unref()
+    if ('error' in reply) job.reject(new EvidenceWorkerError(reply.error))
+    else job.resolve(reply.result)
+    this.armTimer(slot)
+    this.pump()
+  }
+
+  private died(slot: Slot, code: number): void {
+    if (slot.timer !== null) clearTimeout(slot.timer)
+    const i = this.slots.indexOf(slot)
+    if (i < 0) return // closed
+    this.slots.splice(i, 1)
+    this.deaths++
+    const reason = `evidence worker died: ${slot.lastError ?? `exit code ${code}`}`
+    this.o.onWorkerDied?.(reason)
+    const [running, ...waiting] = slot.inFlight.values()
+    running?.reject(new EvidenceWorkerError(reason))
+    const again: Job[] = []
+    for (const job of waiting)
+      if (job.transferred) job.reject(new EvidenceWorkerError(reason))
+      else again.push(job)
+    this.queue.unshift(...again)
+    this.pump()
+  }
+}
