@@ -184,11 +184,6 @@ describe('options the services do not implement are refused at start-up', () => 
       'keylime registrar: reading the configuration: [registrar] server_key_password: password-protected TLS keys not implemented by Keylime TS; unencrypted keys readable only by the keylime user are implemented (remove the option or set it back to its default)\n',
     ],
     [
-      ['tenant', '-c', 'cvlist'],
-      { KEYLIME_TENANT_MB_REFSTATE: '/etc/keylime/refstate.json' },
-      'keylime tenant: [tenant] mb_refstate: a default measured-boot reference state in tenant.conf not implemented by Keylime TS; --mb-policy FILE or --mb-policy-name NAME on the command line is implemented (remove the option or set it back to its default)\n',
-    ],
-    [
       ['ca', 'init', '--dir', join(dir, 'ca-refused')],
       { KEYLIME_CA_PASSWORD: 'secret' },
       "keylime ca init: [ca] password: upstream's password-protected private.yml not implemented by Keylime TS; keys in 0600 PEM files are implemented (remove the option or set it back to its default)\n",
