@@ -196,7 +196,7 @@ export async function buildVerifierApp(opts: VerifierAppOptions): Promise<Keylim
     let mb = 0
     if (row.mb_policy_id !== null) {
       const p = await repo.getMbPolicyById(row.mb_policy_id)
-      mb = p?.mb_policy ? 1 : 0
+      mb = p?.body_digest ? 1 : 0
     }
     return { rt, mb }
   }
@@ -380,7 +380,7 @@ export async function buildVerifierApp(opts: VerifierAppOptions): Promise<Keylim
       const id = req.params.agent_id
       const row = await repo.getAgent(id)
       if (!row) throw new ApiError(400, 'agent id not found')
-      await repo.reactivate(id, service.leaseHolder, service.leaseUntil)
+      await repo.reactivate(id, service.leaseHolder)
       const fresh = await repo.getAgent(id)
       if (fresh && fresh.ip !== null && fresh.port !== null) service.loop.add(fresh)
       audit(req, 'agent.reactivate', { agentId: id, previousState: row.operational_state })
@@ -461,11 +461,11 @@ export async function buildVerifierApp(opts: VerifierAppOptions): Promise<Keylim
           tpm_policy: typeof body.tpm_policy === 'string' ? body.tpm_policy : null,
         }
         if (method === 'POST') {
-          if (await repo.getAllowlist(name))
+          if (await repo.allowlistMeta(name))
             throw new ApiError(409, `Runtime policy with name ${name} already exists`)
           await repo.insertAllowlist({ name, ...fields })
         } else {
-          const existing = await repo.getAllowlist(name)
+          const existing = await repo.allowlistMeta(name)
           if (!existing || !(await repo.updateAllowlist(name, fields)))
             throw new ApiError(404, `Runtime policy ${name} not found`)
           service.loop.invalidatePolicy('ima', existing.id)
@@ -488,7 +488,7 @@ export async function buildVerifierApp(opts: VerifierAppOptions): Promise<Keylim
       response: { 204: Type.Null(), ...adminErrors },
     },
     handler: async (req, reply) => {
-      const p = await repo.getAllowlist(req.params.name)
+      const p = await repo.allowlistMeta(req.params.name)
       if (!p) throw new ApiError(404, `Runtime policy ${req.params.name} not found`)
       const user = await repo.agentUsingPolicy('ima', p.id)
       if (user) throw new ApiError(409, `Can't delete allowlist as it's currently in use by agent ${user}`)
@@ -544,11 +544,11 @@ export async function buildVerifierApp(opts: VerifierAppOptions): Promise<Keylim
         const mb = req.body.mb_policy
         parseMb(mb)
         if (method === 'POST') {
-          if (await repo.getMbPolicy(name))
+          if (await repo.mbPolicyMeta(name))
             throw new ApiError(409, `Measured boot policy with name ${name} already exists`)
           await repo.insertMbPolicy(name, mb)
         } else {
-          const existing = await repo.getMbPolicy(name)
+          const existing = await repo.mbPolicyMeta(name)
           if (!existing || !(await repo.updateMbPolicy(name, mb)))
             throw new ApiError(409, `Measured boot policy ${name} does not exist`)
           service.loop.invalidatePolicy('mb', existing.id)
@@ -571,7 +571,7 @@ export async function buildVerifierApp(opts: VerifierAppOptions): Promise<Keylim
       response: { 204: Type.Null(), ...adminErrors },
     },
     handler: async (req, reply) => {
-      const p = await repo.getMbPolicy(req.params.name)
+      const p = await repo.mbPolicyMeta(req.params.name)
       if (!p) throw new ApiError(404, `Measured boot policy ${req.params.name} not found`)
       const user = await repo.agentUsingPolicy('mb', p.id)
       if (user) throw new ApiError(409, `Can't delete mb policy as it's currently in use by agent ${user}`)

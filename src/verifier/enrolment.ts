@@ -5,7 +5,12 @@
 import { asList, type EnrollBody } from '../api/verifier/schemas.ts'
 import { AgentState } from '../api/verifier/states.ts'
 import { AGENT_API_VERSIONS, CURRENT_API_VERSION } from '../api/versions.ts'
-import type { NewVerifierAgent, VerifierRepository } from '../db/verifier-repository.ts'
+import {
+  bodyInput,
+  type NewAgentPolicies,
+  type NewVerifierAgent,
+  type VerifierRepository,
+} from '../db/verifier-repository.ts'
 import { akKeyObject, assertCheckableTpmPolicy, parseTpmPolicy } from '../evidence/quote/index.ts'
 import { agentKeyring } from './agent-runtime.ts'
 import type { VerifierOptions } from './options.ts'
@@ -17,21 +22,18 @@ import {
   unwrapRuntimePolicy,
   VerifierRequestError,
 } from './policy-input.ts'
-import { PolicyStore } from './policy-store.ts'
+import type { PolicyStore } from './policy-store.ts'
 
 export interface EnrolmentPlan {
   row: NewVerifierAgent
-  newPolicies: {
-    runtime?: { name: string; ima_policy: string; checksum: string; generator: number; tpm_policy: null }
-    mb?: { name: string; mb_policy: string }
-  }
+  newPolicies: NewAgentPolicies
 }
 
 export interface EnrolmentContext {
   repo: VerifierRepository
   options: VerifierOptions
   policies: PolicyStore
-  lease: { holder: string; until: number }
+  lease: { holder: string }
 }
 
 export async function planEnrolment(
@@ -82,33 +84,36 @@ export async function planEnrolment(
   const policyName = b.runtime_policy_name ?? null
   let imaPolicyId: number | null = null
   if (policyText.trim() !== '') {
-    const parsed = parseRuntimeInput(policyText, false)
-    ctx.policies.compileRuntimeTextChecked(policyText)
     const name = policyName || id
-    if (await repo.getAllowlist(name))
+    if (await repo.allowlistMeta(name))
       throw new VerifierRequestError(409, `Runtime policy with name ${name} already exists`)
-    newPolicies.runtime = {
-      name,
-      ima_policy: policyText,
-      checksum: PolicyStore.checksum(policyText),
-      generator: generatorOf(parsed),
-      tpm_policy: null,
+    const body = bodyInput(policyText)
+    // a body already stored was checked when it was first stored: no parse again (large lists take seconds)
+    const stored = await repo.policyBody(body.digest)
+    let generator: number
+    if (stored?.kind === 'runtime' && stored.generator !== null) generator = stored.generator
+    else {
+      const parsed = parseRuntimeInput(policyText, false)
+      ctx.policies.compileRuntimeTextChecked(policyText)
+      generator = generatorOf(parsed)
     }
+    newPolicies.runtime = { name, body, checksum: body.digest, generator }
   } else if (policyName) {
-    const stored = await repo.getAllowlist(policyName)
+    const stored = await repo.allowlistMeta(policyName)
     if (!stored) throw new VerifierRequestError(404, `Runtime policy ${policyName} not found`)
     imaPolicyId = stored.id
   }
   const mbName = b.mb_policy_name ?? null
   let mbPolicyId: number | null = null
   if (b.mb_policy !== null && b.mb_policy.trim() !== '') {
-    parseMbInput(b.mb_policy, o.mbPolicyEngine)
     const name = mbName || id
-    if (await repo.getMbPolicy(name))
+    if (await repo.mbPolicyMeta(name))
       throw new VerifierRequestError(409, `Measured boot policy with name ${name} already exists`)
-    newPolicies.mb = { name, mb_policy: b.mb_policy }
+    const body = bodyInput(b.mb_policy)
+    if ((await repo.policyBody(body.digest))?.kind !== 'mb') parseMbInput(b.mb_policy, o.mbPolicyEngine)
+    newPolicies.mb = { name, body }
   } else if (mbName) {
-    const stored = await repo.getMbPolicy(mbName)
+    const stored = await repo.mbPolicyMeta(mbName)
     if (!stored) throw new VerifierRequestError(404, `Measured boot policy ${mbName} not found`)
     mbPolicyId = stored.id
   }
@@ -139,7 +144,6 @@ export async function planEnrolment(
       mtls_cert: mtls,
       attestation_count: 0,
       lease_holder: ctx.lease.holder,
-      lease_expires: ctx.lease.until,
     },
   }
 }

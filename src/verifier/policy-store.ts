@@ -2,9 +2,8 @@
  * Runtime (IMA) and measured-boot policies for the loop: parsed and compiled once per distinct policy text
  * (keyed by its SHA-256) and shared by every agent using it, so 10,000 agents on one policy hold one copy.
  */
-import { createHash } from 'node:crypto'
 import { KeylimeError } from '../common/errors.ts'
-import type { VerifierRepository } from '../db/verifier-repository.ts'
+import { policyDigest, type VerifierRepository } from '../db/verifier-repository.ts'
 import {
   type CompiledRuntimePolicy,
   compileRuntimePolicy,
@@ -25,7 +24,7 @@ export class StoredPolicyError extends KeylimeError {
   }
 }
 
-const digest = (text: string) => createHash('sha256').update(text).digest('hex')
+const digest = policyDigest
 
 /** Bounded: policies are few; a pathological number of distinct ones evicts the oldest. */
 const MAX_CACHED = 1024
@@ -76,14 +75,17 @@ export class PolicyStore {
     return p
   }
 
-  /** The agent's runtime policy, or null when it has none. */
+  /** The agent's runtime policy, or null when it has none. Compiled once per body digest, read only then. */
   async runtimeFor(policyId: number | null): Promise<CompiledRuntimePolicy | null> {
     if (policyId === null) return null
     const row = await this.repo.getAllowlistById(policyId)
     // an enrolled policy that has vanished must not silently turn the IMA check off
     if (!row) throw new StoredPolicyError(`runtime policy ${policyId} is enrolled but no longer stored`)
-    if (!row.ima_policy) return null
-    return this.compileRuntimeText(row.ima_policy)
+    if (row.body_digest === null) return null
+    const cached = this.runtime.get(row.body_digest)
+    if (cached) return cached
+    const text = await this.storedBody(row.name, row.body_digest)
+    return text ? this.compileRuntimeText(text) : null
   }
 
   /** The agent's measured-boot policy, or null when it has none (or an empty one). */
@@ -91,8 +93,20 @@ export class PolicyStore {
     if (policyId === null) return null
     const row = await this.repo.getMbPolicyById(policyId)
     if (!row) throw new StoredPolicyError(`measured-boot policy ${policyId} is enrolled but no longer stored`)
-    if (!row.mb_policy) return null
-    const p = this.parseMbText(row.mb_policy)
+    if (row.body_digest === null) return null
+    const cached = this.mb.get(row.body_digest)
+    const text = cached ? null : await this.storedBody(row.name, row.body_digest)
+    if (!cached && !text) return null
+    const p = cached ?? this.parseMbText(text as string)
     return p.refstate === null ? null : p
+  }
+
+  /** A stored body, checked against its digest (a body changed in place is not the policy that was enrolled). */
+  private async storedBody(name: string, bodyDigest: string): Promise<string> {
+    const text = await this.repo.policyBodyText(bodyDigest)
+    if (text === undefined) throw new StoredPolicyError(`policy ${name}: its body is no longer stored`)
+    if (digest(text) !== bodyDigest)
+      throw new StoredPolicyError(`policy ${name}: stored body does not match its digest`)
+    return text
   }
 }

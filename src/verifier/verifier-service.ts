@@ -3,11 +3,13 @@
  * operations the REST routes call (enrolment, on-demand evidence verification).
  *
  * Multi-verifier (several processes on one PostgreSQL): every agent row carries `verifier_id` (the configured
- * `uuid`, as upstream) and a lease (`lease_holder`, `lease_expires`, `lease_epoch`). The holder id is
+ * `uuid`, as upstream) and a lease (`lease_holder`, `lease_epoch`); each running instance has one heartbeat row
+ * (`verifier_holders`), and an agent's lease is valid while its holder's row has not expired. The holder id is
  * `<uuid>@<host>/<ip>:<port>#<instance>`, the instance part random for the life of the process, so identical
  * replicas (same uuid, ip and port) never share one. A verifier attests only agents whose lease it holds; every
- * `leaseMs/3` it renews its leases, claims agents of its `verifier_id` that nobody holds or whose lease expired, and
- * compares what it holds with the stored rows (see `reconcile`). Every claim bumps the row's epoch and every write
+ * `leaseMs/3` it extends its heartbeat row (one statement, however many agents it holds), claims agents of its
+ * `verifier_id` that nobody holds or whose holder's row expired, and compares what it holds with the stored rows
+ * (see `reconcile`). Every claim bumps the row's epoch and every write
  * of the loop is fenced by holder and epoch, so a stale holder cannot write. At start a process takes over at once
  * the agents of a previous instance at the same address: on one host only one process can listen there, so that
  * instance is dead.
@@ -143,10 +145,10 @@ export class VerifierService {
 
   /** Takes over a dead predecessor's agents, claims free ones, starts the loop and the heartbeat. */
   async start(): Promise<void> {
+    await this.repo.heartbeat(this.leaseHolder, this.now(), this.leaseUntil)
     const { agents, previousHolders } = await this.repo.takeOverFromAddress(
       this.leaseAddress,
       this.leaseHolder,
-      this.leaseUntil,
     )
     for (const row of agents) this.loop.add(row)
     if (previousHolders.length > 0)
@@ -166,10 +168,14 @@ export class VerifierService {
     )
   }
 
-  /** Renew leases, notice rows changed by others, then claim agents nobody (alive) attests. Never rejects. */
+  /** Renew the lease, notice rows changed by others, then claim agents nobody (alive) attests. Never rejects. */
   async beat(): Promise<void> {
     try {
-      await this.repo.renewLeases(this.leaseHolder, this.leaseUntil)
+      if (!(await this.repo.heartbeat(this.leaseHolder, this.now(), this.leaseUntil)))
+        this.deps.log.warn(
+          { leaseHolder: this.leaseHolder },
+          'lease: heartbeat row had expired; agents other verifiers claimed meanwhile are theirs',
+        )
       await this.reconcile()
       let claimedTotal = 0
       for (;;) {
@@ -177,7 +183,6 @@ export class VerifierService {
           this.deps.options.verifierId,
           this.leaseHolder,
           this.now(),
-          this.leaseUntil,
           CLAIM_BATCH,
         )
         for (const row of claimed)
@@ -280,7 +285,7 @@ export class VerifierService {
       repo: this.repo,
       options: this.deps.options,
       policies: this.policies,
-      lease: { holder: this.leaseHolder, until: this.leaseUntil },
+      lease: { holder: this.leaseHolder },
     })
     try {
       await this.repo.enrolAgent(plan.row, plan.newPolicies)

@@ -13,6 +13,7 @@ import { SoftQuoter } from '../../bench/fleet-quoter.ts'
 import { AgentState } from '../../src/api/verifier/states.ts'
 import { dropPgSchema, openDatabase } from '../../src/db/database.ts'
 import {
+  bodyInput,
   DuplicateError,
   type VerifierDatabase,
   VerifierRepository,
@@ -129,13 +130,15 @@ for (const d of dialects) {
         repo.enrolAgent(
           { agent_id: 'race-0', operational_state: AgentState.START },
           {
-            runtime: { name: 'orphan-rt', ima_policy: '{}', checksum: null, generator: 3, tpm_policy: null },
-            mb: { name: 'orphan-mb', mb_policy: '{}' },
+            runtime: { name: 'orphan-rt', body: bodyInput('{"rt":1}'), checksum: 'c', generator: 3 },
+            mb: { name: 'orphan-mb', body: bodyInput('{"mb":1}') },
           },
         ),
       ).rejects.toBeInstanceOf(DuplicateError)
       expect(await repo.getAllowlist('orphan-rt')).toBeUndefined()
       expect(await repo.getMbPolicy('orphan-mb')).toBeUndefined()
+      expect(await repo.policyBody(bodyInput('{"rt":1}').digest)).toBeUndefined()
+      expect(await repo.policyBody(bodyInput('{"mb":1}').digest)).toBeUndefined()
     })
   })
 }

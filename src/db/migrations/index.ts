@@ -9,6 +9,8 @@ import * as verifier0 from './2026112601_verifier.ts'
 import * as registrar1 from './2026120600_registrar_pending.ts'
 import * as registrar2 from './2026120601_registrar_ek_ca_chain.ts'
 import * as verifier1 from './2026120601_verifier_events_leases.ts'
+import * as verifier2 from './2026120720_verifier_fleet_policies.ts'
+import * as verifier3 from './2026120720_verifier_fleet_state.ts'
 
 export type MigrationSet = Readonly<Record<string, Migration>>
 
@@ -21,6 +23,8 @@ export const REGISTRAR_MIGRATIONS: MigrationSet = {
 export const VERIFIER_MIGRATIONS: MigrationSet = {
   '2026112601_verifier': verifier0,
   '2026120601_verifier_events_leases': verifier1,
+  '2026120720_verifier_fleet_policies': verifier2,
+  '2026120720_verifier_fleet_state': verifier3,
 }
 
 export const MIGRATION_SETS = {
