@@ -17,6 +17,7 @@ const BENCHES: Record<string, string[]> = {
   agent: ['agent.ts', '300'],
   'agent-footprint': ['agent-footprint.ts', '10000'],
   fleet: ['fleet.ts', '--agents', '1000'],
+  'fleet-db': ['fleet-db.ts', '--agents', '10000', '--rate', '2500', '--seconds', '60'],
   cli: ['cli.ts', '10'],
   metrics: ['metrics.ts'],
 }

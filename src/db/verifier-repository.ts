@@ -442,6 +442,15 @@ export class VerifierRepository {
     }
   }
 
+  async agentExists(agentId: string): Promise<boolean> {
+    const r = await this.db
+      .selectFrom('verifiermain')
+      .select('agent_id')
+      .where('agent_id', '=', agentId)
+      .executeTakeFirst()
+    return r !== undefined
+  }
+
   async getAgent(agentId: string): Promise<VerifierAgentRow | undefined> {
     const rows = await run<VerifierAgentRow>(this.db, `${AGENT_SELECT} WHERE m.agent_id = ${this.p(1)}`, [
       agentId,
@@ -1029,15 +1038,17 @@ async function insertPolicyName(
   what: string,
   values: Insertable<AllowlistsTable> | Insertable<MbPoliciesTable>,
 ): Promise<number> {
-  const name = values.name
-  if (await tx.selectFrom(table).select('id').where('name', '=', name).executeTakeFirst())
-    throw new DuplicateError(what)
-  await tx
-    .insertInto(table)
-    .values(values as Insertable<AllowlistsTable>)
-    .execute()
-  const r = await tx.selectFrom(table).select('id').where('name', '=', name).executeTakeFirstOrThrow()
-  return r.id
+  try {
+    const r = await tx
+      .insertInto(table)
+      .values(values as Insertable<AllowlistsTable>)
+      .returning('id')
+      .executeTakeFirstOrThrow()
+    return r.id
+  } catch (err) {
+    if (isUniqueViolation(err)) throw new DuplicateError(what)
+    throw err
+  }
 }
 
 /** Deletes a policy body no named policy references any more. */

@@ -9,6 +9,7 @@ import {
   bodyInput,
   type NewAgentPolicies,
   type NewVerifierAgent,
+  type PolicyBodyInput,
   type VerifierRepository,
 } from '../db/verifier-repository.ts'
 import { akKeyObject, assertCheckableTpmPolicy, parseTpmPolicy } from '../evidence/quote/index.ts'
@@ -77,25 +78,31 @@ export async function planEnrolment(
   // policy only -> store under the agent id; neither -> no runtime policy
   const newPolicies: EnrolmentPlan['newPolicies'] = {}
   const rawPolicy = b64decode('runtime_policy', b.runtime_policy).toString('utf8')
-  const policyText =
-    rawPolicy.trim() === ''
-      ? ''
-      : unwrapRuntimePolicy(rawPolicy, b.runtime_policy_key, o.requireAllowListSignatures)
   const policyName = b.runtime_policy_name ?? null
   let imaPolicyId: number | null = null
-  if (policyText.trim() !== '') {
+  if (rawPolicy.trim() !== '') {
     const name = policyName || id
     if (await repo.allowlistMeta(name))
       throw new VerifierRequestError(409, `Runtime policy with name ${name} already exists`)
-    const body = bodyInput(policyText)
-    // a body already stored was checked when it was first stored: no parse again (large lists take seconds)
-    const stored = await repo.policyBody(body.digest)
+    // a text already stored as a runtime policy was checked when it was first stored: it is used as it is, with no
+    // parse at all (a large list takes seconds); unless signatures are required, which a plain text never carries
+    const raw = bodyInput(rawPolicy)
+    const storedRaw = o.requireAllowListSignatures ? undefined : await repo.policyBody(raw.digest)
+    let body: PolicyBodyInput
     let generator: number
-    if (stored?.kind === 'runtime' && stored.generator !== null) generator = stored.generator
-    else {
-      const parsed = parseRuntimeInput(policyText, false)
-      ctx.policies.compileRuntimeTextChecked(policyText)
-      generator = generatorOf(parsed)
+    if (storedRaw?.kind === 'runtime' && storedRaw.generator !== null) {
+      body = raw
+      generator = storedRaw.generator
+    } else {
+      const policyText = unwrapRuntimePolicy(rawPolicy, b.runtime_policy_key, o.requireAllowListSignatures)
+      body = policyText === rawPolicy ? raw : bodyInput(policyText)
+      const stored = body === raw ? storedRaw : await repo.policyBody(body.digest)
+      if (stored?.kind === 'runtime' && stored.generator !== null) generator = stored.generator
+      else {
+        const parsed = parseRuntimeInput(policyText, false)
+        ctx.policies.compileRuntimeTextChecked(policyText)
+        generator = generatorOf(parsed)
+      }
     }
     newPolicies.runtime = { name, body, checksum: body.digest, generator }
   } else if (policyName) {

@@ -279,7 +279,7 @@ export class VerifierService {
    * agent with its new policies in one transaction and starts attesting it. Returns the stored row.
    */
   async enrol(agentId: string, body: EnrollBody): Promise<NewVerifierAgent> {
-    if (await this.repo.getAgent(agentId))
+    if (await this.repo.agentExists(agentId))
       throw new VerifierRequestError(409, `Agent of uuid ${agentId} already exists`)
     const plan = await planEnrolment(agentId, body, {
       repo: this.repo,
