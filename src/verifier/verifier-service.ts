@@ -343,21 +343,49 @@ export class VerifierService {
     await this.webhookDispatcher?.close()
   }
 
-  /** Graceful stop: drain in-flight steps, write results, release leases so others take over at once. */
-  async stop(): Promise<void> {
+  /**
+   * Graceful stop within `shutdown_drain_timeout`, however slow the database is: drain in-flight steps, write
+   * results, release leases so others take over at once. A step of it still waiting when the time is up is left
+   * behind (its transaction rolls back when the connection closes; unreleased leases expire with the heartbeat row).
+   */
+  async stop(deadline = Date.now() + this.deps.options.shutdownDrainTimeoutMs): Promise<void> {
+    const left = () => Math.max(0, deadline - Date.now())
     if (this.heartbeat) clearInterval(this.heartbeat)
     this.heartbeat = null
-    await this.beating
+    await settleWithin(this.beating, left())
     const held = this.loop.size
-    await this.loop.stop(this.deps.options.shutdownDrainTimeoutMs)
-    try {
-      const released = await this.repo.releaseLeases(this.leaseHolder)
-      this.deps.log.info({ released, held, leaseHolder: this.leaseHolder }, 'lease: released on shutdown')
-    } catch (err) {
-      this.deps.log.warn({ err: (err as Error).message }, 'lease: release failed; leases expire on their own')
-    }
-    await this.notifier.close()
+    if (!(await settleWithin(this.loop.stop(left()), left())))
+      this.deps.log.warn({ held }, 'shutdown: results not all written within the drain time')
+    const release = this.repo.releaseLeases(this.leaseHolder).then(
+      (released) =>
+        this.deps.log.info({ released, held, leaseHolder: this.leaseHolder }, 'lease: released on shutdown'),
+      (err: unknown) =>
+        this.deps.log.warn(
+          { err: (err as Error).message },
+          'lease: release failed; leases expire on their own',
+        ),
+    )
+    if (!(await settleWithin(release, left())))
+      this.deps.log.warn('lease: release not done within the drain time; leases expire on their own')
+    await this.notifier.close(Math.min(2000, left()))
     await this.connections.close()
     await this.webhookDispatcher?.close()
+  }
+}
+
+/** Whether `p` settled within `ms` (false: it is left behind, still running). */
+export async function settleWithin(p: Promise<unknown>, ms: number): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined
+  const settled = p.then(
+    () => true,
+    () => true,
+  )
+  const timeout = new Promise<boolean>((r) => {
+    timer = setTimeout(() => r(false), ms)
+  })
+  try {
+    return await Promise.race([settled, timeout])
+  } finally {
+    clearTimeout(timer)
   }
 }

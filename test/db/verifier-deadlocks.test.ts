@@ -79,15 +79,18 @@ describe('verifiers sharing PostgreSQL never deadlock', () => {
   })
 
   it('heartbeats, claims, batched results and state changes of two verifiers under load: zero deadlocks, fences hold', async () => {
-    const AGENTS = 300
+    const AGENTS = 200
     const setup = await open()
     const setupRepo = new VerifierRepository(setup)
-    for (let i = 0; i < AGENTS; i++)
-      await setupRepo.insertAgent({
-        agent_id: `load-${String(i).padStart(4, '0')}`,
-        verifier_id: 'v',
-        operational_state: AgentState.START,
-      })
+    const ids = Array.from({ length: AGENTS }, (_, i) => `load-${String(i).padStart(4, '0')}`)
+    await setup
+      .insertInto('verifiermain')
+      .values(ids.map((agent_id) => ({ agent_id, verifier_id: 'v', operational_state: AgentState.START })))
+      .execute()
+    await setup
+      .insertInto('verifier_attestation_state')
+      .values(ids.map((agent_id) => ({ agent_id })))
+      .execute()
     const before = await deadlocks()
     const errors: unknown[] = []
     let refusedStale = 0
@@ -99,6 +102,8 @@ describe('verifiers sharing PostgreSQL never deadlock', () => {
       const repo = new VerifierRepository(db)
       const holder = `${name}@host/127.0.0.1:1#${randomBytes(3).toString('hex')}`
       const held = new Map<string, number>()
+      /** Its heartbeat is stalled until then (its writers go on, as those of a paused heartbeat would). */
+      const stall = { until: 0 }
       let count = 0
       const leaseMs = 400
       const claim = async () => {
@@ -128,10 +133,11 @@ describe('verifiers sharing PostgreSQL never deadlock', () => {
       }
       const heartbeats = (async () => {
         while (Date.now() < stopAt) {
-          await guard(async () => {
-            await repo.heartbeat(holder, Date.now(), Date.now() + leaseMs)
-            await claim()
-          })
+          if (Date.now() >= stall.until)
+            await guard(async () => {
+              await repo.heartbeat(holder, Date.now(), Date.now() + leaseMs)
+              await claim()
+            })
           await new Promise((r) => setTimeout(r, leaseMs / 4))
         }
       })()
@@ -166,7 +172,7 @@ describe('verifiers sharing PostgreSQL never deadlock', () => {
               )
               if (!ok) held.delete(id)
             })
-          else await new Promise((r) => setTimeout(r, 5))
+          await new Promise((r) => setTimeout(r, 2))
         }
       })()
       return {
@@ -177,16 +183,18 @@ describe('verifiers sharing PostgreSQL never deadlock', () => {
         db,
         done: Promise.all([heartbeats, batches, stateChanges]),
         success,
+        stall,
       }
     }
 
-    const stopAt = Date.now() + 5000
+    const stopAt = Date.now() + 4000
     const [a, b] = await Promise.all([verifier('A', stopAt), verifier('B', stopAt)])
     // stalls: each side's heartbeat row lapses in turn while it keeps writing, so the other claims its agents
     const stalls = (async () => {
       for (let i = 0; Date.now() < stopAt - 600; i++) {
         await new Promise((r) => setTimeout(r, 350))
         const victim = i % 2 === 0 ? a : b
+        victim.stall.until = Date.now() + 250
         await setup
           .updateTable('verifier_holders')
           .set({ expires: 0 })
@@ -225,7 +233,7 @@ describe('verifiers sharing PostgreSQL never deadlock', () => {
     }
     await Promise.all([a.db.destroy(), b.db.destroy(), setup.destroy()])
     expect(await deadlocks()).toBe(before)
-  }, 30_000)
+  }, 90_000)
 
   it('two verifier services attesting one fleet, one dying and the other taking over: zero deadlocks', async () => {
     const fleet: SimFleet = await startSimFleet({ count: 24, shareKeys: true, akType: 'ecc' })
@@ -267,5 +275,5 @@ describe('verifiers sharing PostgreSQL never deadlock', () => {
       await Promise.all([dbA.destroy(), dbB.destroy()])
     }
     expect(await deadlocks()).toBe(before)
-  }, 60_000)
+  }, 90_000)
 })
