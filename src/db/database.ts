@@ -127,12 +127,22 @@ export function registerPreparedStatement(text: string): void {
     preparedNames.set(text, `keylime_${createHash('sha256').update(text).digest('hex').slice(0, 24)}`)
 }
 
-/** kysely's view of a pg pool, naming registered statements. */
+/**
+ * kysely's view of a pg pool, naming registered statements. A client checked out of the pool has no `error`
+ * listener of the pool's: one whose connection the server ends meanwhile (PostgreSQL stopped) would raise an
+ * unhandled `error` event and end the process. The query running on it fails instead, and the pool drops it on
+ * release.
+ */
 function preparingPool(pool: pg.Pool): PostgresPool {
+  const guarded = new WeakSet<pg.PoolClient>()
   return {
     end: () => pool.end(),
     async connect(): Promise<PostgresPoolClient> {
       const client = await pool.connect()
+      if (!guarded.has(client)) {
+        guarded.add(client)
+        client.on('error', () => {})
+      }
       const query = (q: unknown, parameters?: ReadonlyArray<unknown>) => {
         const name = typeof q === 'string' ? preparedNames.get(q) : undefined
         if (name !== undefined)
