@@ -237,9 +237,9 @@ const AGENT_SELECT = `SELECT ${MAIN_COLUMNS.map((c) => `m.${c}`).join(', ')}, ${
 
 const NOT_OPERATOR_HELD = `(operational_state IS NULL OR operational_state NOT IN (${WRITE_GUARD_EXCLUDED.join(', ')}))`
 const RESUMABLE = `operational_state IN (${RESUMABLE_STATES.join(', ')})`
-/** The agent's holder has no live heartbeat row (or there is none): anyone may claim it. */
-const HOLDER_GONE = `(lease_holder IS NULL OR NOT EXISTS
-  (SELECT 1 FROM verifier_holders h WHERE h.holder = verifiermain.lease_holder AND h.expires >= ${'$NOW'}))`
+/** The agent's holder has no live heartbeat row at `now` (or there is none): anyone may claim it. */
+const holderGone = (now: string) => `(lease_holder IS NULL OR NOT EXISTS
+  (SELECT 1 FROM verifier_holders h WHERE h.holder = verifiermain.lease_holder AND h.expires >= ${now}))`
 
 /**
  * The statements of the hot paths, written once per dialect and run as they are (no query building per call;
@@ -253,6 +253,8 @@ interface Statements {
   heartbeat: string
   register: string
   unregister: string
+  /** Heartbeat rows long expired: whether a row is missing or expired makes no difference to a claim. */
+  forgetExpired: string
   /** Locks the batch's rows the holder still holds (ordered) and returns what the batch compares with. */
   lockBatch: string
   upsertHot: string
@@ -277,7 +279,6 @@ function statements(dialect: 'sqlite' | 'postgres'): Statements {
   const list = (pgType: string) =>
     pg ? `(SELECT unnest(${p(`::${pgType}[]`)}))` : `(SELECT value FROM json_each(${p()}))`
   const lock = (mode: string) => (pg ? ` FOR ${mode}` : '')
-  const holderGone = () => HOLDER_GONE.replace('$NOW', p('::bigint'))
   const hotCols = HOT_COLUMNS.join(', ')
   return {
     heartbeat: reset(
@@ -288,6 +289,7 @@ function statements(dialect: 'sqlite' | 'postgres'): Statements {
        ON CONFLICT (holder) DO UPDATE SET expires = excluded.expires`,
     ),
     unregister: reset(() => `DELETE FROM verifier_holders WHERE holder = ${p()}`),
+    forgetExpired: reset(() => `DELETE FROM verifier_holders WHERE expires < ${p()}`),
     lockBatch: reset(
       () => `SELECT agent_id, lease_epoch, operational_state, public_key, hash_alg, enc_alg, sign_alg FROM verifiermain
        WHERE agent_id IN ${list('text')} AND lease_holder = ${p()} AND ${NOT_OPERATOR_HELD}
@@ -316,7 +318,7 @@ function statements(dialect: 'sqlite' | 'postgres'): Statements {
     ),
     claimLock: reset(
       () => `SELECT agent_id FROM verifiermain
-       WHERE verifier_id = ${p()} AND ${RESUMABLE} AND ${holderGone()}
+       WHERE verifier_id = ${p()} AND ${RESUMABLE} AND ${holderGone(p('::bigint'))}
        ORDER BY agent_id LIMIT ${p('::int')}${lock('NO KEY UPDATE SKIP LOCKED')}`,
     ),
     claimApply: reset(
@@ -661,6 +663,11 @@ export class VerifierRepository {
     if (Number(r.numAffectedRows ?? 0n) > 0) return true
     await run(this.db, this.sql.register, [leaseHolder, until])
     return false
+  }
+
+  /** Deletes heartbeat rows expired before `before` (dead processes'); their agents stay claimable. */
+  async forgetExpiredHolders(before: number): Promise<void> {
+    await run(this.db, this.sql.forgetExpired, [before])
   }
 
   /**

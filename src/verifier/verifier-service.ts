@@ -198,6 +198,7 @@ export class VerifierService {
           { claimed: claimedTotal, held: this.loop.size, leaseHolder: this.leaseHolder },
           'lease: claimed agents nobody held',
         )
+      await this.repo.forgetExpiredHolders(this.now() - this.deps.options.leaseMs)
       // deletions left pending (TERMINATED) by a verifier that died before finishing them
       for (const id of await this.repo.orphanedTerminated(this.deps.options.verifierId, this.now()))
         await this.repo.deleteAgent(id)

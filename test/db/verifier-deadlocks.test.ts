@@ -205,7 +205,7 @@ describe('verifiers sharing PostgreSQL never deadlock', () => {
     await Promise.all([a.done, b.done, stalls])
     expect(errors).toEqual([])
     expect(refusedStale).toBeGreaterThan(0)
-    expect(written).toBeGreaterThan(AGENTS * 10)
+    expect(written).toBeGreaterThan(AGENTS * 2)
 
     // settle: both alive, every agent claimed, each holder writes once more for what it holds
     for (const v of [a, b]) await v.repo.heartbeat(v.holder, Date.now(), Date.now() + 60_000)
