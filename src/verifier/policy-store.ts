@@ -81,7 +81,11 @@ export class PolicyStore {
     const row = await this.repo.getAllowlistById(policyId)
     // an enrolled policy that has vanished must not silently turn the IMA check off
     if (!row) throw new StoredPolicyError(`runtime policy ${policyId} is enrolled but no longer stored`)
-    if (row.body_digest === null) return null
+    if (row.body_digest === null) {
+      // a row written in the old shape (text inline) after the migration moved the texts: still enforced
+      const inline = (await this.repo.getAllowlist(row.name))?.ima_policy
+      return inline ? this.compileRuntimeText(inline) : null
+    }
     const cached = this.runtime.get(row.body_digest)
     if (cached) return cached
     const text = await this.storedBody(row.name, row.body_digest)
@@ -93,7 +97,11 @@ export class PolicyStore {
     if (policyId === null) return null
     const row = await this.repo.getMbPolicyById(policyId)
     if (!row) throw new StoredPolicyError(`measured-boot policy ${policyId} is enrolled but no longer stored`)
-    if (row.body_digest === null) return null
+    if (row.body_digest === null) {
+      const inline = (await this.repo.getMbPolicy(row.name))?.mb_policy
+      const p = inline ? this.parseMbText(inline) : null
+      return p && p.refstate !== null ? p : null
+    }
     const cached = this.mb.get(row.body_digest)
     const text = cached ? null : await this.storedBody(row.name, row.body_digest)
     if (!cached && !text) return null

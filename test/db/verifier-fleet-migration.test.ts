@@ -13,6 +13,7 @@ import { AgentState } from '../../src/api/verifier/states.ts'
 import { dropPgSchema, migrate, openDatabase } from '../../src/db/database.ts'
 import { VERIFIER_MIGRATIONS } from '../../src/db/migrations/index.ts'
 import { type VerifierDatabase, VerifierRepository } from '../../src/db/verifier-repository.ts'
+import { PolicyStore } from '../../src/verifier/policy-store.ts'
 
 const PG_URL = process.env.KEYLIME_TEST_PG_URL ?? 'postgresql://postgres@127.0.0.1:5432/test'
 const EARLIER = Object.fromEntries(
@@ -155,6 +156,44 @@ for (const d of dialects) {
       await db.updateTable('verifiermain').set({ verifier_id: 'v' }).execute()
       expect((await repo.claimAgents('v', 'me', Date.now(), 10)).map((r) => r.agent_id)).toEqual(['a1', 'a2'])
 
+      // the loop's policy store: a body by digest, a row written inline in the old shape, a body changed in place
+      const store = new PolicyStore(repo, 'example')
+      const valid = JSON.stringify({
+        meta: { version: 1, generator: 3 },
+        digests: { '/bin/ok': ['cc'.repeat(32)] },
+      })
+      const inlineId = await db
+        .insertInto('allowlists')
+        .values({
+          name: 'inline',
+          ima_policy: valid,
+          generator: 3,
+          checksum: null,
+          tpm_policy: null,
+          body_digest: null,
+        })
+        .returning('id')
+        .executeTakeFirstOrThrow()
+      expect(await store.runtimeFor(inlineId.id)).not.toBeNull()
+      await repo.insertAllowlist({
+        name: 'stored',
+        ima_policy: valid,
+        checksum: sha256(valid),
+        generator: 3,
+        tpm_policy: null,
+      })
+      const stored = await repo.allowlistMeta('stored')
+      await db
+        .updateTable('verifier_policy_bodies')
+        .set({ body: `${valid} ` })
+        .where('digest', '=', sha256(valid))
+        .execute()
+      // (a store that compiled it already keeps what was enrolled under that digest; a fresh one reads the body)
+      await expect(new PolicyStore(repo, 'example').runtimeFor(stored?.id as number)).rejects.toThrow(
+        /does not match its digest/,
+      )
+      await repo.deleteAllowlist('stored')
+      await repo.deleteAllowlist('inline')
       // deleting an agent deletes its attestation state with it
       await repo.deleteAgent('a1')
       expect(await db.selectFrom('verifier_attestation_state').select('agent_id').execute()).toEqual([
