@@ -40,6 +40,12 @@ module.exports = {
     layer('api-is-plumbing', 'api', ['common'], 'REST plumbing and wire schemas: no service, database or config'),
     layer('db-is-storage', 'db', ['api', 'common'], 'databases and repositories: wire constants from src/api at most'),
     layer('config-is-config', 'config', ['common'], 'config loading: no services'),
+    layer(
+      'policy-tools-are-below-the-cli',
+      'policy',
+      ['evidence', 'crypto', 'common'],
+      'policy creation reads files, initrds and repositories and builds on the pure policy code; no services',
+    ),
     {
       name: 'services-do-not-import-each-other',
       severity: 'error',

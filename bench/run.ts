@@ -20,6 +20,7 @@ const BENCHES: Record<string, string[]> = {
   'fleet-db': ['fleet-db.ts', '--agents', '10000', '--rate', '2500', '--seconds', '60'],
   cli: ['cli.ts', '10'],
   metrics: ['metrics.ts'],
+  policy: ['policy.ts', '100000'],
 }
 
 const wanted = process.argv.slice(2)

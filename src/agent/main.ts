@@ -3,6 +3,7 @@
  */
 import { watch } from 'node:fs'
 import { createLogger, type Logger } from '../common/log.ts'
+import { notifySystemdReady } from '../common/systemd.ts'
 import { TpmLock } from './agent-tpm.ts'
 import {
   AGENT_CONFIG_DEFAULTS,
@@ -31,6 +32,7 @@ export async function runAgentProcess(
     imaFormatter: imaNgFormatter,
     ...(runAs ? { runAs } : {}),
   })
+  await notifySystemdReady('agent registered and listening', log)
   await new Promise<void>((done) => {
     let stopping = false
     const stop = (sig: string) => {

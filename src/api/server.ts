@@ -6,6 +6,7 @@
  * fastify itself raises becomes the `{code, status, results}` envelope (router-level 404/405 keep upstream's empty
  * bodies), 5xx bodies stay generic, and an unreachable database is a 503 with `Retry-After`.
  */
+import { randomUUID } from 'node:crypto'
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import type { ServerOptions as HttpsServerOptions } from 'node:https'
 import { Socket } from 'node:net'
@@ -146,8 +147,10 @@ export function createKeylimeServer(opts: KeylimeServerOptions = {}): KeylimeSer
       reply.code(400).send(errorEnvelope(400, 'Malformed Request Parameter: the URL is not valid'))
     },
     clientErrorHandler: answerClientError,
-    // per-request access logs would dominate the hot path; handlers log what matters
+    // fastify's two lines per request are replaced by one access line at debug level (`accessLog` below)
     logController: new LogController({ disableRequestLogging: true }),
+    // the id a log line carries is the one the response echoes: the caller's sanitised X-Request-ID, else a fresh one
+    genReqId: (req) => sanitizeRequestId(req.headers['x-request-id']) ?? randomUUID(),
   }).withTypeProvider<TypeBoxTypeProvider>() as unknown as KeylimeServer
   app.decorate('keylimeRoutes', [] as RoutePattern[])
   app.decorate('keylimeRouteTable', [] as RouteEntry[])
@@ -191,9 +194,9 @@ export function createKeylimeServer(opts: KeylimeServerOptions = {}): KeylimeSer
   if (opts.probes) addProbeRoutes(app, opts.probes, { metricsAdmin: true })
 
   app.addHook('onRequest', async (request, reply) => {
-    const id = sanitizeRequestId(request.headers['x-request-id'])
-    if (id) reply.header('X-Request-ID', id)
+    reply.header('X-Request-ID', request.id)
   })
+  if (opts.logger) addAccessLog(app)
 
   app.setNotFoundHandler(
     opts.notFound ??
@@ -213,6 +216,7 @@ export function createKeylimeServer(opts: KeylimeServerOptions = {}): KeylimeSer
   )
 
   app.setErrorHandler((error: FastifyError | KeylimeError | Error, request, reply) => {
+    // pino's error serializer writes the type, message, stack and the chain of causes
     if (unreadBody(error)) closeSoonAfterAnswer(request, reply)
     const unavailable = databaseUnavailableReason(error)
     if (unavailable !== null) {
@@ -234,6 +238,33 @@ export function createKeylimeServer(opts: KeylimeServerOptions = {}): KeylimeSer
     reply.code(status).send(errorEnvelope(status, publicMessage(error, status)))
   })
   return app
+}
+
+const ACCESS_LOG_LEVELS = new Set(['debug', 'trace'])
+/** Paths polled by kubelets and Prometheus every few seconds: never access-logged. */
+const PROBE_PATHS = new Set(['/healthz', '/readyz', '/metrics'])
+
+/**
+ * One access line per answered request at `debug` (`KEYLIME_LOG_LEVEL=debug` turns them on): method, path without
+ * the query, status, milliseconds, with the request id the response echoed (pino's `reqId`). At the default level
+ * the hook costs one level check per request; probes are skipped either way.
+ */
+function addAccessLog(app: KeylimeServer): void {
+  app.addHook('onResponse', async (request, reply) => {
+    if (!ACCESS_LOG_LEVELS.has(request.log.level)) return
+    const path = request.url.split('?')[0] ?? ''
+    if (PROBE_PATHS.has(path)) return
+    request.log.debug(
+      {
+        method: request.method,
+        path,
+        status: reply.statusCode,
+        ms: Math.round(reply.elapsedTime * 10) / 10,
+        remote: request.ip,
+      },
+      'request',
+    )
+  })
 }
 
 /** Names the first field that does not fit: `body.accept_tpm_hash_algs must be array`. */
@@ -277,6 +308,18 @@ function publicMessage(error: unknown, status: number): string {
   }
   if (e instanceof SyntaxError) return 'Malformed Request Parameter'
   return e.message || (status === 404 ? 'Not Found' : 'Bad Request')
+}
+
+/**
+ * For error handlers of their own (the verifier's JSON:API routes): a request whose body was refused unread (too
+ * large, wrong length) has its connection dropped soon after the answer, as the server's own handler does.
+ */
+export function dropConnectionAfterUnreadBody(
+  error: unknown,
+  request: FastifyRequest,
+  reply: FastifyReply,
+): void {
+  if (unreadBody(error)) closeSoonAfterAnswer(request, reply)
 }
 
 function unreadBody(error: unknown): boolean {

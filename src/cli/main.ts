@@ -8,6 +8,7 @@ import { Command, CommanderError } from 'commander'
 import { registerAgentCommands } from './commands/agent.ts'
 import { registerCaCommands } from './commands/ca.ts'
 import { registerConfigCommands } from './commands/config.ts'
+import { registerDbCommands } from './commands/db.ts'
 import { registerDemoCommand } from './commands/demo.ts'
 import { registerDevtoolsCommands } from './commands/devtools.ts'
 import { registerEventlogCommand } from './commands/eventlog.ts'
@@ -56,6 +57,7 @@ ${EXIT_STATUS_HELP}`,
   registerImaCommands(program)
   registerEventlogCommand(program)
   registerConfigCommands(program)
+  registerDbCommands(program)
   registerDemoCommand(program)
   registerDevtoolsCommands(program)
   return program

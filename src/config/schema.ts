@@ -105,6 +105,28 @@ export function resolveConfig<S extends Schema>(
 export interface Loaded<S extends Schema> {
   config: ConfigOf<S>
   files: string[]
+  /** `[section] option` of the files (or environment) that Keylime TS does not read: reported, never fatal. */
+  unknown: string[]
+}
+
+/** Options a file may carry that no schema lists: the template version. */
+const BOOKKEEPING = new Set(['version'])
+
+/** Every `[section] option` of `sections` (in the schema's sections) that `schema` does not read. */
+export function unknownOptions(schema: Schema, component: string, sections: RawSections): string[] {
+  const known = new Map<string, Set<string>>()
+  for (const [key, spec] of Object.entries(schema)) {
+    const section = spec.section ?? component
+    const set = known.get(section) ?? new Set<string>()
+    set.add(spec.option ?? key)
+    known.set(section, set)
+  }
+  const out: string[] = []
+  for (const [section, options] of known) {
+    for (const option of Object.keys(sections[section] ?? {}))
+      if (!options.has(option) && !BOOKKEEPING.has(option)) out.push(`[${section}] ${option}`)
+  }
+  return out
 }
 
 /** Loads an INI component: files, conf.d, env, then flags. */
@@ -115,7 +137,11 @@ export function loadIniConfig<S extends Schema>(
 ): Loaded<S> {
   const knownSections = [...new Set(Object.values(schema).map((s) => s.section ?? component))]
   const { sections, files } = loadIniRaw(component, { ...opts, knownSections })
-  return { config: resolveConfig(schema, component, sections, opts.flags), files }
+  return {
+    config: resolveConfig(schema, component, sections, opts.flags),
+    files,
+    unknown: unknownOptions(schema, component, sections),
+  }
 }
 
 export { ConfigError }

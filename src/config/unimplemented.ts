@@ -89,12 +89,6 @@ export const UNIMPLEMENTED_OPTIONS: Readonly<
       feature: 'password-protected TLS keys',
       instead: 'unencrypted keys readable only by the operator are',
     },
-    {
-      name: '[tenant] mb_refstate',
-      enabled: nonEmpty('mb_refstate'),
-      feature: 'a default measured-boot reference state in tenant.conf',
-      instead: '--mb-policy FILE or --mb-policy-name NAME on the command line is',
-    },
   ],
   ca: [
     {

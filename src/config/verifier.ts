@@ -48,7 +48,13 @@ export const verifierSchema = {
   severity_labels: opt.list(['info', 'notice', 'warning', 'error', 'critical', 'alert', 'emergency']),
   /** JSON list of `{event_id, severity_label}` rules. */
   severity_policy: opt.string('[{"event_id": ".*", "severity_label": "emergency"}]'),
+  /** Read as upstream Keylime 7.x reads it, inverted (see `tomtou_violations`): False accepts, True fails. */
   ignore_tomtou_errors: opt.bool(false),
+  /**
+   * Keylime TS: what a ToMToU / open-writers violation in an IMA list does: `accept` (no event) or `fail`
+   * (`ima.validation.tomtou`); wins over `ignore_tomtou_errors`. Empty: as upstream reads `ignore_tomtou_errors`.
+   */
+  tomtou_violations: opt.string(''),
   require_allow_list_signatures: opt.bool(false),
   ...DURABLE_ATTESTATION_OPTIONS,
   signed_attributes: opt.string(''),

@@ -604,33 +604,40 @@ export async function ensureTlsDir(dir: string, options: TlsDirOptions = {}): Pr
   await mkdir(dir, { recursive: true, mode: 0o700 })
   return withDirLock(dir, async () => {
     const created: string[] = []
-    let ca: CertificateAuthority
-    if (await caExists(dir)) {
-      ca = await loadCa(dir)
-    } else {
-      ca = await createCaUnlocked(dir, {
-        ...options.ca,
-        ...(options.keyType ? { keyType: options.keyType } : {}),
-      })
-      created.push(CA_FILES.cert, CA_FILES.privateKey)
-    }
     const serverSans = options.serverSans ?? ['localhost', '127.0.0.1', '::1']
     const wanted: Array<{ name: 'server' | 'client'; commonName: string; sans: readonly string[] }> = [
       { name: 'server', commonName: options.serverCommonName ?? serverSans[0] ?? 'server', sans: serverSans },
       { name: 'client', commonName: 'client', sans: [] },
     ]
+    const missing: typeof wanted = []
     for (const w of wanted) {
       const paths = certPaths(dir, w.name)
-      if ((await exists(paths.cert)) && (await exists(paths.privateKey))) continue
-      await issueUnlocked(ca, {
-        name: w.name,
-        commonName: w.commonName,
-        sans: w.sans,
-        usage: 'both',
-        overwrite: true,
-        ...(options.keyType ? { keyType: options.keyType } : {}),
-      })
-      created.push(`${w.name}-cert.crt`, `${w.name}-private.pem`)
+      if (!((await exists(paths.cert)) && (await exists(paths.privateKey)))) missing.push(w)
+    }
+    // the CA key is needed only to issue what is missing: a directory whose certificates all exist is used as it
+    // is, e.g. the cv_ca of upstream Keylime, which keeps its CA key encrypted in private.yml
+    if (missing.length > 0 || !(await exists(join(dir, CA_FILES.cert)))) {
+      let ca: CertificateAuthority
+      if (await caExists(dir)) {
+        ca = await loadCa(dir)
+      } else {
+        ca = await createCaUnlocked(dir, {
+          ...options.ca,
+          ...(options.keyType ? { keyType: options.keyType } : {}),
+        })
+        created.push(CA_FILES.cert, CA_FILES.privateKey)
+      }
+      for (const w of missing) {
+        await issueUnlocked(ca, {
+          name: w.name,
+          commonName: w.commonName,
+          sans: w.sans,
+          usage: 'both',
+          overwrite: true,
+          ...(options.keyType ? { keyType: options.keyType } : {}),
+        })
+        created.push(`${w.name}-cert.crt`, `${w.name}-private.pem`)
+      }
     }
     const server = certPaths(dir, 'server')
     const client = certPaths(dir, 'client')

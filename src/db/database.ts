@@ -13,9 +13,6 @@ import {
   type DatabaseConnection,
   type Driver,
   Kysely,
-  type Migration,
-  type MigrationProvider,
-  Migrator,
   PostgresDialect,
   type PostgresPool,
   type PostgresPoolClient,
@@ -26,15 +23,12 @@ import {
   type TransactionSettings,
 } from 'kysely'
 import pg from 'pg'
-import { KeylimeError } from '../common/errors.ts'
+import { DbError } from './db-error.ts'
+import { migrate } from './migrate.ts'
 import { MIGRATION_SETS, type MigrationSet, type ServiceName } from './migrations/index.ts'
+import { refuseUpstreamDatabase, type TakeoverReport, takeOverUpstreamDatabase } from './takeover/takeover.ts'
 
-/** Database failures the caller cannot fix by changing its input: a 5xx on the API. */
-export class DbError extends KeylimeError {
-  constructor(message: string, options?: { cause?: unknown }) {
-    super('ERR_DB', message, { statusCode: 500, ...options })
-  }
-}
+export { DbError, migrate }
 
 export type DbDialect = 'sqlite' | 'postgres'
 
@@ -47,6 +41,13 @@ export interface OpenDatabaseOptions {
   migrations?: ServiceName | MigrationSet | false
   /** PostgreSQL only: schema used as `search_path` (created if missing). Tests use one per run. */
   pgSchema?: string
+  /** Called with what the takeover of an upstream Keylime 7.x database did (src/db/takeover), for the log. */
+  onTakeover?: (report: TakeoverReport) => void
+  /**
+   * With `migrations: false`, the service whose database this is: an upstream Keylime database is then refused, as
+   * it cannot be used before `keylime db upgrade` (or a start with `auto_migrate_db = True`) converted it.
+   */
+  service?: ServiceName
   /** PostgreSQL pool size (upstream `database_pool_sz_ovfl` first number). */
   poolSize?: number
 }
@@ -302,14 +303,27 @@ export async function openDatabase<DB>(url: string, opts: OpenDatabaseOptions = 
   }
   dialectOf.set(db, parsed.dialect)
   const set = opts.migrations === undefined ? undefined : opts.migrations
+  const schema = { schema: parsed.dialect === 'postgres' ? opts.pgSchema : undefined }
+  if (set === false && opts.service !== undefined) {
+    try {
+      await refuseUpstreamDatabase(db, opts.service)
+    } catch (err) {
+      await db.destroy().catch(() => {})
+      throw err
+    }
+  }
   if (set !== undefined && set !== false) {
     try {
+      if (typeof set === 'string') {
+        const report = await takeOverUpstreamDatabase(db, set, schema)
+        if (report !== null) opts.onTakeover?.(report)
+      }
       await migrate(
         db,
         typeof set === 'string' ? MIGRATION_SETS[set] : set,
         typeof set === 'string' ? set : 'custom',
         // kysely looks for its bookkeeping tables in every schema; pin them to ours or another schema's hide them
-        { schema: parsed.dialect === 'postgres' ? opts.pgSchema : undefined },
+        schema,
       )
     } catch (err) {
       await db.destroy().catch(() => {})
@@ -317,34 +331,6 @@ export async function openDatabase<DB>(url: string, opts: OpenDatabaseOptions = 
     }
   }
   return db
-}
-
-/** Runs the set's pending migrations with kysely's Migrator; refuses out-of-order history. */
-export async function migrate(
-  // biome-ignore lint/suspicious/noExplicitAny: migrations are not typed against the app schema
-  db: Kysely<any>,
-  set: MigrationSet,
-  tag: string,
-  opts: { schema?: string | undefined } = {},
-): Promise<void> {
-  const provider: MigrationProvider = { getMigrations: async () => ({ ...set }) as Record<string, Migration> }
-  const migrator = new Migrator({
-    db,
-    provider,
-    migrationTableName: `kysely_migration_${tag}`,
-    migrationLockTableName: `kysely_migration_lock_${tag}`,
-    ...(opts.schema !== undefined ? { migrationTableSchema: opts.schema } : {}),
-  })
-  const { error, results } = await migrator.migrateToLatest()
-  if (error) {
-    const failed = results?.find((r) => r.status === 'Error')?.migrationName
-    throw new DbError(
-      `database migration ${failed ?? ''} failed: ${(error as Error).message ?? String(error)}`,
-      {
-        cause: error,
-      },
-    )
-  }
 }
 
 /** Drops a PostgreSQL schema (test cleanup). */

@@ -28,3 +28,18 @@ export async function databaseReadiness(db: Kysely<any>, service: ServiceName): 
     return { database: true, migrations: false }
   }
 }
+
+/** Migrations of the service's set not recorded as applied (all of them in a new or an upstream database). */
+// biome-ignore lint/suspicious/noExplicitAny: only the bookkeeping table is read, whatever the service schema
+export async function pendingMigrations(db: Kysely<any>, service: ServiceName): Promise<string[]> {
+  let applied = new Set<string>()
+  try {
+    const { rows } = await sql<{
+      name: string
+    }>`select name from ${sql.table(`kysely_migration_${service}`)}`.execute(db)
+    applied = new Set(rows.map((r) => r.name))
+  } catch {
+    // no bookkeeping table yet: nothing applied
+  }
+  return Object.keys(MIGRATION_SETS[service]).filter((m) => !applied.has(m))
+}

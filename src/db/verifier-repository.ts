@@ -823,6 +823,15 @@ export class VerifierRepository {
 
   /** A named runtime policy with its text. */
   async getAllowlist(name: string): Promise<AllowlistRow | undefined> {
+    return this.allowlistWithText().where('a.name', '=', name).executeTakeFirst()
+  }
+
+  /** A runtime policy with its text, by id. */
+  async getAllowlistById(id: number): Promise<AllowlistRow | undefined> {
+    return this.allowlistWithText().where('a.id', '=', id).executeTakeFirst()
+  }
+
+  private allowlistWithText() {
     return this.db
       .selectFrom('allowlists as a')
       .leftJoin('verifier_policy_bodies as b', 'b.digest', 'a.body_digest')
@@ -835,8 +844,6 @@ export class VerifierRepository {
         'a.body_digest',
         sql<string | null>`coalesce(b.body, a.ima_policy)`.as('ima_policy'),
       ])
-      .where('a.name', '=', name)
-      .executeTakeFirst()
   }
 
   /** A named runtime policy without its text. */
@@ -848,7 +855,8 @@ export class VerifierRepository {
       .executeTakeFirst()
   }
 
-  async getAllowlistById(id: number): Promise<PolicyMeta | undefined> {
+  /** A runtime policy without its text, by id. */
+  async allowlistMetaById(id: number): Promise<PolicyMeta | undefined> {
     return this.db
       .selectFrom('allowlists')
       .select(['id', 'name', 'generator', 'body_digest'])
@@ -929,6 +937,15 @@ export class VerifierRepository {
 
   /** A named measured-boot policy with its text. */
   async getMbPolicy(name: string): Promise<MbPolicyRow | undefined> {
+    return this.mbPolicyWithText().where('p.name', '=', name).executeTakeFirst()
+  }
+
+  /** A measured-boot policy with its text, by id. */
+  async getMbPolicyById(id: number): Promise<MbPolicyRow | undefined> {
+    return this.mbPolicyWithText().where('p.id', '=', id).executeTakeFirst()
+  }
+
+  private mbPolicyWithText() {
     return this.db
       .selectFrom('mbpolicies as p')
       .leftJoin('verifier_policy_bodies as b', 'b.digest', 'p.body_digest')
@@ -938,8 +955,6 @@ export class VerifierRepository {
         'p.body_digest',
         sql<string | null>`coalesce(b.body, p.mb_policy)`.as('mb_policy'),
       ])
-      .where('p.name', '=', name)
-      .executeTakeFirst()
   }
 
   async mbPolicyMeta(name: string): Promise<PolicyMeta | undefined> {
@@ -950,7 +965,8 @@ export class VerifierRepository {
       .executeTakeFirst()
   }
 
-  async getMbPolicyById(id: number): Promise<PolicyMeta | undefined> {
+  /** A measured-boot policy without its text, by id. */
+  async mbPolicyMetaById(id: number): Promise<PolicyMeta | undefined> {
     return this.db
       .selectFrom('mbpolicies')
       .select(['id', 'name', sql<null>`null`.as('generator'), 'body_digest'])

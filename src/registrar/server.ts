@@ -17,6 +17,7 @@ import { loadCertStore } from '../crypto/ek-trust.ts'
 import { openDatabase } from '../db/database.ts'
 import { databaseReadiness } from '../db/readiness.ts'
 import { type RegistrarDatabase, RegistrarRepository } from '../db/registrar-repository.ts'
+import { formatTakeoverReport } from '../db/takeover/index.ts'
 import { buildRegistrarApp } from './app.ts'
 import { RegistrarMetrics } from './metrics.ts'
 import type { MalformedCertAction } from './registrar-fns.ts'
@@ -118,6 +119,8 @@ export async function startRegistrar(
     dataDir: workDir,
     name: 'reg_data',
     migrations: config.auto_migrate_db ? 'registrar' : false,
+    service: 'registrar',
+    onTakeover: (report) => log.warn({ takeover: report }, formatTakeoverReport(report, false).join('\n')),
     poolSize,
   })
   const apps: FastifyInstance[] = []

@@ -16,6 +16,7 @@ const ALIASES: Record<string, string> = {
   '--supported-version': '--agent-api-version',
   '--cv_targethost': '--cv-targethost',
   '--tpm_policy': '--tpm-policy',
+  '--sign_verification_key': '--signature-verification-key',
 }
 
 export function normalizeTenantArgv(args: readonly string[]): string[] {

@@ -2,10 +2,16 @@
  * `keylime tenant <command>`: turns CLI options into TenantService calls and prints the results, human-readable by
  * default and as one JSON document with `--json`.
  */
-import { createHash } from 'node:crypto'
-import { readFileSync } from 'node:fs'
+import { OPERATIONAL_STATE_NAMES } from '../api/verifier/states.ts'
 import { TENANT_COMMANDS, type TenantCliOptions } from './cli-options.ts'
 import { EXIT_USAGE, TenantError } from './errors.ts'
+import {
+  checkPolicyOptions,
+  mbPolicySource,
+  runtimePolicySource,
+  verificationKeyring,
+} from './policy-sources.ts'
+import { pythonJsonDumps, pythonRepr } from './python-format.ts'
 import type { AddRequest, TenantService } from './tenant-service.ts'
 import { createTenant, type TenantRuntime } from './wiring.ts'
 
@@ -13,52 +19,17 @@ export { TENANT_COMMANDS, type TenantCliOptions }
 
 const AGENT_ID = /^[\w.-]+$/
 
+/** Upstream's agent id when `-u` is not given (with a warning). */
+export const DEFAULT_AGENT_UUID = 'd432fbb3-d2f1-4a97-9ef7-75bd81c00000'
+
 function requireUuid(opts: TenantCliOptions): string {
-  if (!opts.uuid) throw new TenantError('this command needs -u/--uuid', EXIT_USAGE)
+  if (!opts.uuid) {
+    process.stderr.write(`warning: Using default UUID ${DEFAULT_AGENT_UUID}\n`)
+    return DEFAULT_AGENT_UUID
+  }
   if (!AGENT_ID.test(opts.uuid))
     throw new TenantError(`agent id "${opts.uuid}" is not valid ([\\w.-]+)`, EXIT_USAGE)
   return opts.uuid
-}
-
-function readText(path: string, what: string): string {
-  try {
-    return readFileSync(path, 'utf8')
-  } catch (err) {
-    throw new TenantError(`cannot read ${what} ${path}: ${(err as Error).message}`, EXIT_USAGE)
-  }
-}
-
-/** Reads the runtime policy file, checks the optional checksum, and returns it b64 as the verifier expects. */
-export function loadRuntimePolicy(opts: TenantCliOptions): { policyB64: string; keyB64: string } | undefined {
-  if (!opts.runtimePolicy) {
-    if (opts.runtimePolicyChecksum)
-      throw new TenantError('--runtime-policy-checksum needs --runtime-policy', EXIT_USAGE)
-    return undefined
-  }
-  let bytes: Buffer
-  try {
-    bytes = readFileSync(opts.runtimePolicy)
-  } catch (err) {
-    throw new TenantError(
-      `cannot read runtime policy ${opts.runtimePolicy}: ${(err as Error).message}`,
-      EXIT_USAGE,
-    )
-  }
-  if (opts.runtimePolicyChecksum) {
-    const actual = createHash('sha256').update(bytes).digest('hex')
-    if (actual !== opts.runtimePolicyChecksum.toLowerCase()) {
-      throw new TenantError(`runtime policy checksum mismatch: file has ${actual}`, EXIT_USAGE)
-    }
-  }
-  try {
-    JSON.parse(bytes.toString('utf8'))
-  } catch {
-    throw new TenantError(`runtime policy ${opts.runtimePolicy} is not JSON`, EXIT_USAGE)
-  }
-  const keyB64 = opts.runtimePolicySigKey
-    ? Buffer.from(readText(opts.runtimePolicySigKey, 'runtime policy signing key')).toString('base64')
-    : ''
-  return { policyB64: bytes.toString('base64'), keyB64 }
 }
 
 function print(runtime: TenantRuntime, human: string, data: unknown): void {
@@ -66,10 +37,31 @@ function print(runtime: TenantRuntime, human: string, data: unknown): void {
   else process.stdout.write(`${human}\n`)
 }
 
-function table(record: object): string {
-  return Object.entries(record)
-    .map(([k, v]) => `  ${k}: ${typeof v === 'object' && v !== null ? JSON.stringify(v) : String(v)}`)
-    .join('\n')
+/**
+ * A verifier status as upstream's tenant prints it: `operational_state` by name, left out for `--push-model`
+ * (a pull-mode field), and without our own `operational_state_name`.
+ */
+function upstreamStatus(status: Record<string, unknown>, opts: TenantCliOptions): Record<string, unknown> {
+  const { operational_state_name: name, operational_state: code, ...rest } = status
+  if (opts.pushModel) return rest
+  return { operational_state: code === null ? null : (name ?? code), ...rest }
+}
+
+/**
+ * What upstream's tenant prints for the policy show/list commands: `<what>: 200.` and the verifier's answer as a
+ * Python dict (`{'code': 200, 'status': 'Success', 'results': {...}}`).
+ */
+function upstreamAnswer(what: string, results: unknown): string {
+  return `${what}: 200.\n${pythonRepr({ code: 200, status: 'Success', results })}`
+}
+
+/** Upstream's `Agent Info from <peer>:` line followed by `{"<uuid>": {...}}` as Python prints it. */
+function agentInfo(peer: string, uuid: string, record: Record<string, unknown>): string {
+  return `Agent Info from ${peer}:\n${pythonJsonDumps({ [uuid]: record })}`
+}
+
+function registrarInfo(runtime: TenantRuntime, uuid: string, record: object): string {
+  return agentInfo(runtime.peerNames.registrar, uuid, { ...record, operational_state: 'Registered' })
 }
 
 async function buildAddRequest(
@@ -77,17 +69,14 @@ async function buildAddRequest(
   opts: TenantCliOptions,
   uuid: string,
 ): Promise<AddRequest> {
-  const runtimePolicy = loadRuntimePolicy(opts)
-  const mbPolicy = opts.mbPolicy ? readText(opts.mbPolicy, 'measured-boot policy') : undefined
-  if (mbPolicy !== undefined) {
-    try {
-      JSON.parse(mbPolicy)
-    } catch {
-      throw new TenantError(`measured-boot policy ${opts.mbPolicy} is not JSON`, EXIT_USAGE)
-    }
-  }
+  const runtimePolicy = await runtimePolicySource(opts, runtime.sources)
+  const mbPolicy = await mbPolicySource(opts, runtime.sources)
+  const imaSignVerificationKeys = await verificationKeyring(opts, runtime.sources)
+  const runtimePolicyName = opts.runtimePolicyName ?? opts.allowlistName
   const tpmPolicy = runtime.buildTpmPolicy(opts.tpmPolicy, {
-    runtimePolicy: runtimePolicy !== undefined || opts.runtimePolicyName !== undefined,
+    // a verification keyring needs the IMA PCR quoted too (upstream sets it in the mask)
+    runtimePolicy:
+      runtimePolicy !== undefined || runtimePolicyName !== undefined || imaSignVerificationKeys !== '',
     mbPolicy: mbPolicy !== undefined || opts.mbPolicyName !== undefined,
   })
   const payloadModes = [opts.file, opts.key, opts.cert].filter((x) => x !== undefined).length
@@ -106,7 +95,8 @@ async function buildAddRequest(
     ...(runtimePolicy
       ? { runtimePolicy: runtimePolicy.policyB64, runtimePolicyKey: runtimePolicy.keyB64 }
       : {}),
-    ...(opts.runtimePolicyName === undefined ? {} : { runtimePolicyName: opts.runtimePolicyName }),
+    ...(runtimePolicyName === undefined ? {} : { runtimePolicyName }),
+    ...(imaSignVerificationKeys === '' ? {} : { imaSignVerificationKeys }),
     ...(mbPolicy === undefined ? {} : { mbPolicy }),
     ...(opts.mbPolicyName === undefined ? {} : { mbPolicyName: opts.mbPolicyName }),
     ...(payload === undefined ? {} : { payload }),
@@ -127,7 +117,14 @@ export function keepCurrentPolicies(
   opts: TenantCliOptions,
 ): TenantCliOptions {
   const missing: string[] = []
-  if (Number(current.has_runtime_policy) === 1 && !opts.runtimePolicy && !opts.runtimePolicyName) {
+  const runtimeGiven =
+    opts.runtimePolicy ||
+    opts.runtimePolicyUrl ||
+    opts.runtimePolicyName ||
+    opts.allowlist ||
+    opts.allowlistUrl ||
+    opts.allowlistName
+  if (Number(current.has_runtime_policy) === 1 && !runtimeGiven) {
     missing.push('its runtime policy (--runtime-policy FILE or --runtime-policy-name NAME)')
   }
   if (Number(current.has_mb_refstate) === 1 && !opts.mbPolicy && !opts.mbPolicyName) {
@@ -144,7 +141,7 @@ export function keepCurrentPolicies(
 }
 
 function requireName(opts: TenantCliOptions, kind: 'runtime' | 'mb'): string {
-  const name = kind === 'runtime' ? opts.runtimePolicyName : opts.mbPolicyName
+  const name = kind === 'runtime' ? (opts.runtimePolicyName ?? opts.allowlistName) : opts.mbPolicyName
   if (!name)
     throw new TenantError(
       `this command needs --${kind === 'runtime' ? 'runtime' : 'mb'}-policy-name`,
@@ -167,7 +164,8 @@ async function dispatch(
       const given =
         command === 'update' ? keepCurrentPolicies(uuid, await service.cvstatus(uuid), opts) : opts
       const req = await buildAddRequest(runtime, given, uuid)
-      const result = command === 'add' ? await service.add(req) : await service.update(req)
+      const result =
+        command === 'add' ? await service.add(req) : await service.update(req, opts.verifierCheck !== false)
       print(
         runtime,
         `agent ${uuid} ${command === 'add' ? 'added' : 'updated'}${result.verified ? ' and verified' : ''}`,
@@ -180,14 +178,20 @@ async function dispatch(
     }
     case 'delete': {
       const uuid = requireUuid(opts)
-      const outcome = await service.delete(uuid)
-      print(runtime, `agent ${uuid} deleted`, { agent_id: uuid, outcome })
+      const outcome = await service.delete(uuid, opts.verifierCheck !== false)
+      print(
+        runtime,
+        outcome === 'absent'
+          ? `Agent ${uuid} is already absent from the CV`
+          : `Agent ${uuid} deleted from the CV`,
+        { agent_id: uuid, outcome },
+      )
       return
     }
     case 'cvstatus': {
       const uuid = requireUuid(opts)
       const status = await service.cvstatus(uuid)
-      print(runtime, `agent ${uuid} at the verifier: ${status.operational_state_name}\n${table(status)}`, {
+      print(runtime, agentInfo(runtime.peerNames.verifier, uuid, upstreamStatus(status, opts)), {
         [uuid]: status,
       })
       return
@@ -195,9 +199,7 @@ async function dispatch(
     case 'regstatus': {
       const uuid = requireUuid(opts)
       const record = await service.regstatus(uuid)
-      print(runtime, `agent ${uuid} at the registrar:\n${table(record)}`, {
-        [uuid]: record,
-      })
+      print(runtime, registrarInfo(runtime, uuid, record), { [uuid]: record })
       return
     }
     case 'status': {
@@ -205,29 +207,40 @@ async function dispatch(
       const both = await service.status(uuid)
       const human = [
         both.registrar
-          ? `registrar: registered (regcount ${both.registrar.regcount})`
-          : 'registrar: not registered',
+          ? registrarInfo(runtime, uuid, both.registrar)
+          : `Agent ${uuid} does not exist on the registrar.`,
         both.verifier
-          ? `verifier: ${String(both.verifier.operational_state)} ${String(both.verifier.attestation_status ?? '')}`
-          : 'verifier: not enrolled',
+          ? agentInfo(runtime.peerNames.verifier, uuid, upstreamStatus(both.verifier, opts))
+          : `${runtime.peerNames.verifier} does not have agent ${uuid}.`,
       ].join('\n')
       print(runtime, human, { [uuid]: both })
       return
     }
     case 'cvlist': {
       const uuids = await v.listAgents(opts.cvid)
-      print(runtime, uuids.join('\n') || '(no agents)', { uuids })
+      // upstream prints the verifier's results: one-element lists of ids
+      print(
+        runtime,
+        `Agent list from ${runtime.peerNames.verifier} retrieved: \n${pythonJsonDumps({ uuids: uuids.map((u) => [u]) })}`,
+        { uuids },
+      )
       return
     }
     case 'bulkinfo': {
       const info = await v.bulkInfo(opts.cvid)
-      print(
-        runtime,
-        Object.entries(info)
-          .map(([id, s]) => `${id}:\n${table(s)}`)
-          .join('\n') || '(no agents)',
-        info,
+      const named = Object.fromEntries(
+        Object.entries(info).map(([id, s]) => [
+          id,
+          {
+            ...s,
+            operational_state:
+              s.operational_state === null
+                ? 'Not applicable (Push Mode)'
+                : (OPERATIONAL_STATE_NAMES[s.operational_state] ?? s.operational_state),
+          },
+        ]),
       )
+      print(runtime, `Bulk Agent Info:\n${pythonJsonDumps(named)}`, info)
       return
     }
     case 'reactivate': {
@@ -238,7 +251,11 @@ async function dispatch(
     }
     case 'reglist': {
       const uuids = await runtime.registrar.listAgents()
-      print(runtime, uuids.join('\n') || '(no agents)', { uuids })
+      print(
+        runtime,
+        `Agent list from ${runtime.peerNames.registrar} retrieved: \n${pythonJsonDumps({ uuids })}`,
+        { uuids },
+      )
       return
     }
     case 'regdelete': {
@@ -251,7 +268,7 @@ async function dispatch(
     case 'updateruntimepolicy':
     case 'addallowlist': {
       const name = requireName(opts, 'runtime')
-      const policy = loadRuntimePolicy(opts)
+      const policy = await runtimePolicySource(opts, runtime.sources)
       if (!policy) throw new TenantError('this command needs --runtime-policy', EXIT_USAGE)
       await v.addRuntimePolicy(
         name,
@@ -270,7 +287,7 @@ async function dispatch(
       const name = requireName(opts, 'runtime')
       const policy = await v.getRuntimePolicy(name)
       if (!policy) throw new TenantError(`runtime policy ${name} not found`)
-      print(runtime, JSON.stringify(policy, null, 2), policy)
+      print(runtime, upstreamAnswer('Show allowlist command response', policy), policy)
       return
     }
     case 'deleteruntimepolicy':
@@ -282,14 +299,16 @@ async function dispatch(
     }
     case 'listruntimepolicy': {
       const names = await v.listRuntimePolicies()
-      print(runtime, names.join('\n') || '(no runtime policies)', { 'runtimepolicy names': names })
+      print(runtime, upstreamAnswer('list command response', { 'runtimepolicy names': names }), {
+        'runtimepolicy names': names,
+      })
       return
     }
     case 'addmbpolicy':
     case 'updatembpolicy': {
       const name = requireName(opts, 'mb')
-      if (!opts.mbPolicy) throw new TenantError('this command needs --mb-policy', EXIT_USAGE)
-      const text = readText(opts.mbPolicy, 'measured-boot policy')
+      const text = await mbPolicySource(opts, runtime.sources)
+      if (text === undefined) throw new TenantError('this command needs --mb-policy', EXIT_USAGE)
       await v.addMbPolicy(name, text, command === 'updatembpolicy')
       print(runtime, `measured-boot policy ${name} stored`, { name, stored: true })
       return
@@ -298,7 +317,7 @@ async function dispatch(
       const name = requireName(opts, 'mb')
       const policy = await v.getMbPolicy(name)
       if (!policy) throw new TenantError(`measured-boot policy ${name} not found`)
-      print(runtime, JSON.stringify(policy, null, 2), policy)
+      print(runtime, upstreamAnswer('showmbpolicy command response', policy), policy)
       return
     }
     case 'deletembpolicy': {
@@ -309,7 +328,9 @@ async function dispatch(
     }
     case 'listmbpolicy': {
       const names = await v.listMbPolicies()
-      print(runtime, names.join('\n') || '(no measured-boot policies)', { 'mbpolicy names': names })
+      print(runtime, upstreamAnswer('listmbpolicy command response', { 'mbpolicy names': names }), {
+        'mbpolicy names': names,
+      })
       return
     }
     default:
@@ -327,6 +348,7 @@ export async function runTenantCommand(command: string, opts: TenantCliOptions):
       EXIT_USAGE,
     )
   }
+  checkPolicyOptions(command, opts)
   const runtime = await createTenant(opts)
   try {
     await dispatch(runtime.service, runtime, command, opts)

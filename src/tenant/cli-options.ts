@@ -46,9 +46,24 @@ export interface TenantCliOptions {
   cert?: string
   include?: string
   runtimePolicy?: string
+  /** Downloaded (needs `runtimePolicyChecksum`). */
+  runtimePolicyUrl?: string
   runtimePolicyChecksum?: string
   runtimePolicySigKey?: string
   runtimePolicyName?: string
+  /** Deprecated legacy allowlist (file or URL) and exclude list, converted to a runtime policy. */
+  allowlist?: string
+  allowlistUrl?: string
+  allowlistName?: string
+  exclude?: string
+  /** Deprecated per-agent IMA keyring: key files / URLs, each optionally with a GPG signature and its key. */
+  signatureVerificationKey?: string[]
+  signatureVerificationKeySig?: string[]
+  signatureVerificationKeySigKey?: string[]
+  signatureVerificationKeyUrl?: string[]
+  signatureVerificationKeySigUrl?: string[]
+  signatureVerificationKeySigUrlKey?: string[]
+  /** A file, or `default` for tenant.conf `mb_refstate`. */
   mbPolicy?: string
   mbPolicyName?: string
   tpmPolicy?: string

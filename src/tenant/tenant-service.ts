@@ -9,7 +9,6 @@ import { negotiateVersion } from '../api/versions.ts'
 import { EXIT_FAILED, EXIT_PEER, EXIT_UNTRUSTED, EXIT_USAGE, TenantError } from './errors.ts'
 import type {
   AgentPortFactory,
-  DeleteOutcome,
   RegistrarAgentRecord,
   RegistrarPort,
   VerifierAgentStatus,
@@ -112,6 +111,8 @@ export interface AddRequest {
   runtimePolicyKey?: string
   mbPolicy?: string
   mbPolicyName?: string
+  /** Deprecated per-agent IMA keyring JSON (`ima_sign_verification_keys`). */
+  imaSignVerificationKeys?: string
   payload?: PreparedPayload
   verify: boolean
   pushModel: boolean
@@ -126,7 +127,12 @@ export interface TenantDeps {
   settings: TenantSettings
   progress: (line: string) => void
   sleep?: (ms: number) => Promise<void>
+  /** A client of another verifier of the deployment (same TLS), where an agent's record says it is attested. */
+  verifierAt?: (ip: string, port: number) => VerifierPort & { close(): Promise<void> }
 }
+
+/** What `delete` did: deleted now, deleted after the verifier finished it, or nothing to delete. */
+export type DeleteResult = 'deleted' | 'terminating' | 'absent'
 
 const defaultSleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms))
 
@@ -219,7 +225,7 @@ export class TenantService {
       runtime_policy_key: req.runtimePolicyKey ?? '',
       mb_policy: req.mbPolicy ?? null,
       mb_policy_name: req.mbPolicyName ?? null,
-      ima_sign_verification_keys: '',
+      ima_sign_verification_keys: req.imaSignVerificationKeys ?? '',
       metadata: JSON.stringify(req.payload?.metadata ?? {}),
       revocation_key: req.payload?.revocationKey ?? '',
       accept_tpm_hash_algs: settings.acceptTpmHashAlgs,
@@ -338,19 +344,74 @@ export class TenantService {
     }
   }
 
-  async delete(uuid: string): Promise<DeleteOutcome> {
-    const outcome = await this.deps.verifier.deleteAgent(uuid)
-    if (outcome === 'not-found')
-      throw new TenantError(`agent ${uuid} is not enrolled at the verifier`, EXIT_FAILED)
-    if (outcome === 'terminating') {
-      await this.waitFor('deletion', async () => (await this.deps.verifier.getAgent(uuid)) === null)
-    }
-    this.deps.progress(`verifier: agent ${uuid} deleted`)
-    return outcome
+  /** The configured verifier, as `locate` returns a verifier. */
+  private configured(): { verifier: VerifierPort; close: () => Promise<void>; where: string } {
+    return { verifier: this.deps.verifier, close: async () => {}, where: 'the verifier' }
   }
 
-  async update(req: AddRequest): Promise<{ agentVersion: string | null; verified: boolean }> {
-    await this.delete(req.uuid)
+  /**
+   * The verifier that attests the agent, as upstream's tenant finds it: the configured verifier's record of the
+   * agent names the verifier (`verifier_ip`, `verifier_port`) it is enrolled at; another verifier of the group is
+   * then called directly. null when the configured verifier does not know the agent.
+   */
+  private async locate(
+    uuid: string,
+  ): Promise<{ verifier: VerifierPort; close: () => Promise<void>; where: string } | null> {
+    const { settings, verifierAt } = this.deps
+    const status = await this.deps.verifier.getAgent(uuid)
+    if (!status) return null
+    const here = this.configured()
+    const ip = typeof status.verifier_ip === 'string' ? status.verifier_ip : null
+    const port =
+      status.verifier_port === undefined || status.verifier_port === null
+        ? null
+        : Number(status.verifier_port)
+    if (ip === null || port === null || !verifierAt) return here
+    if (ip === settings.verifierIp && port === settings.verifierPort) return here
+    const other = verifierAt(ip, port)
+    const where = `verifier ${status.verifier_id ? `${status.verifier_id} ` : ''}(${ip}:${port})`
+    this.deps.progress(`verifier: agent ${uuid} is enrolled at ${where}`)
+    return { verifier: other, close: () => other.close(), where }
+  }
+
+  /**
+   * `delete` (keylime-config-and-cli.md §4): unless `verifierCheck` is off, the agent is looked up first and deleted
+   * at the verifier its record names; a 202 is followed until the record is gone. An agent already absent is not an
+   * error (upstream's tenant reports it and succeeds); one enrolled at another verifier than the one asked is.
+   */
+  async delete(uuid: string, verifierCheck = true): Promise<DeleteResult> {
+    const located = verifierCheck ? await this.locate(uuid) : this.configured()
+    if (!located) {
+      this.deps.progress(`verifier: agent ${uuid} is already absent`)
+      return 'absent'
+    }
+    const { verifier, where } = located
+    try {
+      const outcome = await verifier.deleteAgent(uuid)
+      if (outcome === 'not-found') {
+        const still = await verifier.getAgent(uuid)
+        if (still)
+          throw new TenantError(
+            `agent ${uuid} is enrolled at verifier ${String(still.verifier_id)} (${String(still.verifier_ip)}:${String(still.verifier_port)}), which alone may delete it: ask it, or leave out --no-verifier-check`,
+            EXIT_FAILED,
+          )
+        this.deps.progress(`verifier: agent ${uuid} is already absent`)
+        return 'absent'
+      }
+      if (outcome === 'terminating')
+        await this.waitFor('deletion', async () => (await verifier.getAgent(uuid)) === null)
+      this.deps.progress(`verifier: agent ${uuid} deleted from ${where}`)
+      return outcome
+    } finally {
+      await located.close()
+    }
+  }
+
+  async update(
+    req: AddRequest,
+    verifierCheck = true,
+  ): Promise<{ agentVersion: string | null; verified: boolean }> {
+    await this.delete(req.uuid, verifierCheck)
     return this.add(req)
   }
 
@@ -380,11 +441,15 @@ export class TenantService {
     return { registrar, verifier }
   }
 
+  /** `reactivate`, at the verifier the agent's record names unless `checkVerifier` is off (as `delete`). */
   async reactivate(uuid: string, checkVerifier: boolean): Promise<void> {
-    if (checkVerifier && !(await this.deps.verifier.getAgent(uuid))) {
-      throw new TenantError(`agent ${uuid} is not enrolled at the verifier`, EXIT_FAILED)
+    const located = checkVerifier ? await this.locate(uuid) : this.configured()
+    if (!located) throw new TenantError(`agent ${uuid} is not enrolled at the verifier`, EXIT_FAILED)
+    try {
+      await located.verifier.reactivateAgent(uuid)
+    } finally {
+      await located.close()
     }
-    await this.deps.verifier.reactivateAgent(uuid)
     this.deps.progress(`verifier: agent ${uuid} reactivated`)
   }
 

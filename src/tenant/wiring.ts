@@ -15,6 +15,7 @@ import { agentPortFactory, registrarPort, verifierPort } from './clients.ts'
 import { EXIT_USAGE, TenantError } from './errors.ts'
 import { createIdentityChecker } from './identity.ts'
 import { payloadCrypto, preparePayloadFromFiles } from './payload-prep.ts'
+import { MAX_DOWNLOAD_BYTES, type SourceContext } from './policy-sources.ts'
 import type { RegistrarPort, VerifierPort } from './ports.ts'
 import type { PreparedPayload } from './tenant-service.ts'
 import { TENANT_API_VERSIONS, TenantService } from './tenant-service.ts'
@@ -24,6 +25,10 @@ export interface TenantRuntime {
   verifier: VerifierPort
   registrar: RegistrarPort
   json: boolean
+  /** Where policies and keys are read or downloaded from (timeouts, `mb_refstate`, warnings). */
+  sources: SourceContext
+  /** Upstream's names of the peers in messages: `Verifier (127.0.0.1:8881)`, `Registrar (127.0.0.1:8891)`. */
+  peerNames: { verifier: string; registrar: string }
   buildTpmPolicy(userJson: string | undefined, with_: { runtimePolicy: boolean; mbPolicy: boolean }): string
   preparePayload(opts: TenantCliOptions, uuid: string): Promise<PreparedPayload | undefined>
   close(): Promise<void>
@@ -92,6 +97,13 @@ export async function createTenant(opts: TenantCliOptions): Promise<TenantRuntim
     tls: clientTls,
     timeoutMs,
   })
+  const verifierAt = (ip: string, port: number) =>
+    verifierPort({
+      baseUrl: `https://${host(ip)}:${port}`,
+      apiVersion: verifierVersion,
+      tls: clientTls,
+      timeoutMs,
+    })
   const registrar = registrarPort(registrarClient)
   const warn = (m: string) => process.stderr.write(`warning: ${m}\n`)
   const progress = opts.json ? () => {} : (line: string) => process.stderr.write(`${line}\n`)
@@ -124,6 +136,7 @@ export async function createTenant(opts: TenantCliOptions): Promise<TenantRuntim
       maxPayloadSize: config.max_payload_size,
     },
     progress,
+    verifierAt,
   })
 
   return {
@@ -131,6 +144,17 @@ export async function createTenant(opts: TenantCliOptions): Promise<TenantRuntim
     verifier,
     registrar,
     json: opts.json === true,
+    sources: {
+      timeoutMs,
+      maxDownloadBytes: MAX_DOWNLOAD_BYTES,
+      mbRefstate: config.mb_refstate ? resolveInDir(keylimeDir(), config.mb_refstate) : '',
+      warn,
+      progress,
+    },
+    peerNames: {
+      verifier: `Verifier${opts.cvid ? ` ${opts.cvid}` : ''} (${config.verifier_ip}:${config.verifier_port})`,
+      registrar: `Registrar (${config.registrar_ip}:${config.registrar_port})`,
+    },
     buildTpmPolicy(userJson, with_) {
       try {
         return JSON.stringify(buildTpmPolicy(userJson ?? null, with_))

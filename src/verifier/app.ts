@@ -45,21 +45,21 @@ import {
   VerifyIdentityResults,
   VersionResults,
 } from '../api/verifier/schemas.ts'
-import { AgentState, attestationStatus, IDLE_STATES } from '../api/verifier/states.ts'
 import { CURRENT_API_VERSION, KNOWN_API_VERSIONS } from '../api/versions.ts'
 import { KeylimeError } from '../common/errors.ts'
 import type { Logger } from '../common/log.ts'
-import type { VerifierAgentRow } from '../db/verifier-repository.ts'
-import { RUNTIME_POLICY_GENERATOR } from '../evidence/ima/index.ts'
 import { akKeyObject, isQuoteHashAlg, verifyQuote } from '../evidence/quote/index.ts'
 import {
-  b64decode,
-  generatorOf,
-  parseMbInput,
-  parseRuntimeInput,
-  unwrapRuntimePolicy,
-} from './policy-input.ts'
-import { PolicyStore } from './policy-store.ts'
+  agentStatus,
+  deleteAgent,
+  deleteMbPolicy,
+  deleteRuntimePolicy,
+  reactivateAgent,
+  saveMbPolicy,
+  saveRuntimePolicy,
+  stopAgent,
+} from './management.ts'
+import { registerV3ManagementRoutes } from './v3-management.ts'
 import type { VerifierService } from './verifier-service.ts'
 
 export type Identity = 'admin' | 'anonymous'
@@ -114,26 +114,6 @@ const missingKey = (errors: SchemaErrors): string | null => {
     : null
 }
 
-/** The stored `last_event_context` JSON; a value that does not parse is shown as text, never a 500. */
-function eventContext(text: string | null): Record<string, unknown> | null {
-  if (text === null) return null
-  try {
-    return JSON.parse(text) as Record<string, unknown>
-  } catch {
-    return { unparsable: text }
-  }
-}
-
-function jsonList(text: string | null): string[] {
-  if (!text) return []
-  try {
-    const v = JSON.parse(text)
-    return Array.isArray(v) ? v.map(String) : []
-  } catch {
-    return []
-  }
-}
-
 export async function buildVerifierApp(opts: VerifierAppOptions): Promise<KeylimeServer> {
   const { service } = opts
   const repo = service.repo
@@ -147,7 +127,7 @@ export async function buildVerifierApp(opts: VerifierAppOptions): Promise<Keylim
     adminCheck: async (req, reply) => {
       if (identify(req) !== 'admin') forbidden(reply)
     },
-    openapi: { title: 'Keylime verifier', version: CURRENT_API_VERSION, documentedPrefixes: ['2.6'] },
+    openapi: { title: 'Keylime verifier', version: CURRENT_API_VERSION, documentedPrefixes: ['2.6', '3.0'] },
     ...(opts.probes ? { probes: opts.probes } : {}),
   })
 
@@ -186,58 +166,6 @@ export async function buildVerifierApp(opts: VerifierAppOptions): Promise<Keylim
     })
   versionRoute('/version')
   versionRoute('/versions')
-
-  async function policyFlags(row: VerifierAgentRow): Promise<{ rt: number; mb: number }> {
-    let rt = 0
-    if (row.ima_policy_id !== null) {
-      const p = await repo.getAllowlistById(row.ima_policy_id)
-      rt = p && (p.generator ?? 0) > RUNTIME_POLICY_GENERATOR.EmptyAllowList ? 1 : 0
-    }
-    let mb = 0
-    if (row.mb_policy_id !== null) {
-      const p = await repo.getMbPolicyById(row.mb_policy_id)
-      mb = p?.body_digest ? 1 : 0
-    }
-    return { rt, mb }
-  }
-
-  async function statusOf(row: VerifierAgentRow): Promise<Record<string, unknown>> {
-    const flags = await policyFlags(row)
-    const interval = Math.round(o.quoteIntervalMs / 1000)
-    return {
-      operational_state: row.operational_state,
-      v: row.v,
-      ip: row.ip,
-      port: row.port,
-      tpm_policy: row.tpm_policy,
-      meta_data: row.meta_data,
-      has_mb_refstate: flags.mb,
-      has_runtime_policy: flags.rt,
-      accept_tpm_hash_algs: jsonList(row.accept_tpm_hash_algs),
-      accept_tpm_encryption_algs: jsonList(row.accept_tpm_encryption_algs),
-      accept_tpm_signing_algs: jsonList(row.accept_tpm_signing_algs),
-      hash_alg: row.hash_alg,
-      enc_alg: row.enc_alg,
-      sign_alg: row.sign_alg,
-      verifier_id: row.verifier_id,
-      verifier_ip: row.verifier_ip,
-      verifier_port: row.verifier_port,
-      severity_level: row.severity_level,
-      last_event_id: row.last_event_id,
-      last_event_context: eventContext(row.last_event_context),
-      attestation_count: row.attestation_count,
-      last_received_quote: row.last_received_quote === null ? null : Number(row.last_received_quote),
-      last_successful_attestation:
-        row.last_successful_attestation === null ? null : Number(row.last_successful_attestation),
-      attestation_status: attestationStatus(row.operational_state),
-      attestation_period: `${interval}s`,
-      maximum_attestation_interval: `${interval * 5}s`,
-    }
-  }
-
-  const parseMb = (text: string) => parseMbInput(text, o.mbPolicyEngine)
-  const unwrap = (text: string, keyB64: unknown) =>
-    unwrapRuntimePolicy(text, keyB64, o.requireAllowListSignatures)
 
   const adminErrors = { 400: ErrorEnvelope, 403: AuthErrorBody, 404: ErrorEnvelope, 409: ErrorEnvelope }
   const Empty = Envelope(Type.Object({}))
@@ -297,7 +225,7 @@ export async function buildVerifierApp(opts: VerifierAppOptions): Promise<Keylim
     handler: async (req, reply) => {
       const row = await repo.getAgent(req.params.agent_id)
       if (!row) throw new ApiError(404, 'agent id not found')
-      return ok(reply, await statusOf(row))
+      return ok(reply, await agentStatus(service, row))
     },
   })
 
@@ -316,7 +244,7 @@ export async function buildVerifierApp(opts: VerifierAppOptions): Promise<Keylim
       if (req.query.bulk !== undefined) {
         const rows = await repo.listAgents(verifier)
         const out: Record<string, unknown> = {}
-        for (const r of rows) out[r.agent_id] = await statusOf(r)
+        for (const r of rows) out[r.agent_id] = await agentStatus(service, r)
         return ok(reply, out)
       }
       const ids = await repo.listAgentIds(verifier)
@@ -335,34 +263,9 @@ export async function buildVerifierApp(opts: VerifierAppOptions): Promise<Keylim
     },
     handler: async (req, reply) => {
       const id = req.params.agent_id
-      const row = await repo.getAgent(id)
-      if (!row) throw new ApiError(404, 'agent id not found')
-      if (row.verifier_id !== o.verifierId) throw new ApiError(404, 'agent id associated to this verifier')
-      const state = row.operational_state
-      const done = (code: 200 | 202) => {
-        audit(req, 'agent.delete', { agentId: id, completed: code === 200 })
-        return ok(reply, {}, code)
-      }
-      if (state === AgentState.TERMINATED) return done(202)
-      const idle = IDLE_STATES as readonly number[]
-      const heldElsewhere =
-        row.lease_holder !== null &&
-        row.lease_holder !== service.leaseHolder &&
-        (row.lease_expires ?? 0) > Date.now()
-      if (state !== null && idle.includes(state)) {
-        service.loop.remove(id)
-        await repo.deleteAgent(id)
-        return done(200)
-      }
-      if (heldElsewhere) {
-        // the verifier holding it finishes the deletion when its next guarded write is refused
-        await repo.setState(id, AgentState.TERMINATED)
-        return done(202)
-      }
-      // held here: cancelling the loop's step (its result is discarded) makes an immediate delete safe
-      service.loop.remove(id)
-      await repo.deleteAgent(id)
-      return done(200)
+      const code = await deleteAgent(service, id)
+      audit(req, 'agent.delete', { agentId: id, completed: code === 200 })
+      return ok(reply, {}, code)
     },
   })
 
@@ -378,12 +281,9 @@ export async function buildVerifierApp(opts: VerifierAppOptions): Promise<Keylim
     },
     handler: async (req, reply) => {
       const id = req.params.agent_id
-      const row = await repo.getAgent(id)
-      if (!row) throw new ApiError(400, 'agent id not found')
-      await repo.reactivate(id, service.leaseHolder)
-      const fresh = await repo.getAgent(id)
-      if (fresh && fresh.ip !== null && fresh.port !== null) service.loop.add(fresh)
-      audit(req, 'agent.reactivate', { agentId: id, previousState: row.operational_state })
+      // upstream answers 400 here (its `.one()` raises), not 404
+      const previousState = await reactivateAgent(service, id, 400)
+      audit(req, 'agent.reactivate', { agentId: id, previousState })
       return ok(reply, {})
     },
   })
@@ -400,8 +300,7 @@ export async function buildVerifierApp(opts: VerifierAppOptions): Promise<Keylim
     },
     handler: async (req, reply) => {
       const id = req.params.agent_id
-      if (!(await repo.setState(id, AgentState.TENANT_FAILED))) throw new ApiError(404, 'agent id not found')
-      service.loop.remove(id)
+      await stopAgent(service, id)
       audit(req, 'agent.stop', { agentId: id })
       return ok(reply, {})
     },
@@ -448,31 +347,15 @@ export async function buildVerifierApp(opts: VerifierAppOptions): Promise<Keylim
       schemaErrorFormatter: upstreamWording((errors) => `Runtime policy is malformatted: ${fieldOf(errors)}`),
       handler: async (req, reply) => {
         const name = req.params.name
-        const body = req.body
-        const text = unwrap(
-          b64decode('runtime_policy', body.runtime_policy).toString('utf8'),
-          body.runtime_policy_key,
+        const checksum = await saveRuntimePolicy(
+          service,
+          name,
+          req.body,
+          method === 'POST' ? 'create' : 'replace',
         )
-        const parsed = parseRuntimeInput(text, true)
-        const fields = {
-          ima_policy: text,
-          checksum: PolicyStore.checksum(text),
-          generator: generatorOf(parsed),
-          tpm_policy: typeof body.tpm_policy === 'string' ? body.tpm_policy : null,
-        }
-        if (method === 'POST') {
-          if (await repo.allowlistMeta(name))
-            throw new ApiError(409, `Runtime policy with name ${name} already exists`)
-          await repo.insertAllowlist({ name, ...fields })
-        } else {
-          const existing = await repo.allowlistMeta(name)
-          if (!existing || !(await repo.updateAllowlist(name, fields)))
-            throw new ApiError(404, `Runtime policy ${name} not found`)
-          service.loop.invalidatePolicy('ima', existing.id)
-        }
         audit(req, method === 'POST' ? 'runtime_policy.add' : 'runtime_policy.update', {
           policy: name,
-          checksum: fields.checksum,
+          checksum,
         })
         return ok(reply, {}, 201)
       },
@@ -488,12 +371,8 @@ export async function buildVerifierApp(opts: VerifierAppOptions): Promise<Keylim
       response: { 204: Type.Null(), ...adminErrors },
     },
     handler: async (req, reply) => {
-      const p = await repo.allowlistMeta(req.params.name)
-      if (!p) throw new ApiError(404, `Runtime policy ${req.params.name} not found`)
-      const user = await repo.agentUsingPolicy('ima', p.id)
-      if (user) throw new ApiError(409, `Can't delete allowlist as it's currently in use by agent ${user}`)
-      await repo.deleteAllowlist(p.name)
-      audit(req, 'runtime_policy.delete', { policy: p.name })
+      await deleteRuntimePolicy(service, req.params.name)
+      audit(req, 'runtime_policy.delete', { policy: req.params.name })
       return reply.code(204).send(null)
     },
   })
@@ -541,21 +420,15 @@ export async function buildVerifierApp(opts: VerifierAppOptions): Promise<Keylim
       ),
       handler: async (req, reply) => {
         const name = req.params.name
-        const mb = req.body.mb_policy
-        parseMb(mb)
-        if (method === 'POST') {
-          if (await repo.mbPolicyMeta(name))
-            throw new ApiError(409, `Measured boot policy with name ${name} already exists`)
-          await repo.insertMbPolicy(name, mb)
-        } else {
-          const existing = await repo.mbPolicyMeta(name)
-          if (!existing || !(await repo.updateMbPolicy(name, mb)))
-            throw new ApiError(409, `Measured boot policy ${name} does not exist`)
-          service.loop.invalidatePolicy('mb', existing.id)
-        }
+        const checksum = await saveMbPolicy(
+          service,
+          name,
+          req.body.mb_policy,
+          method === 'POST' ? 'create' : 'replace',
+        )
         audit(req, method === 'POST' ? 'mb_policy.add' : 'mb_policy.update', {
           policy: name,
-          checksum: PolicyStore.checksum(mb),
+          checksum,
         })
         return ok(reply, {}, 201)
       },
@@ -571,12 +444,8 @@ export async function buildVerifierApp(opts: VerifierAppOptions): Promise<Keylim
       response: { 204: Type.Null(), ...adminErrors },
     },
     handler: async (req, reply) => {
-      const p = await repo.mbPolicyMeta(req.params.name)
-      if (!p) throw new ApiError(404, `Measured boot policy ${req.params.name} not found`)
-      const user = await repo.agentUsingPolicy('mb', p.id)
-      if (user) throw new ApiError(409, `Can't delete mb policy as it's currently in use by agent ${user}`)
-      await repo.deleteMbPolicy(p.name)
-      audit(req, 'mb_policy.delete', { policy: p.name })
+      await deleteMbPolicy(service, req.params.name)
+      audit(req, 'mb_policy.delete', { policy: req.params.name })
       return reply.code(204).send(null)
     },
   })
@@ -634,5 +503,6 @@ export async function buildVerifierApp(opts: VerifierAppOptions): Promise<Keylim
     },
   })
 
+  registerV3ManagementRoutes(app, { service, audit })
   return app
 }

@@ -130,6 +130,10 @@ export function verifierOptionsFromConfig(c: VerifierConfig): VerifierOptions {
   ] as const)
     if (!Number.isSafeInteger(v) || v < 1024)
       throw new VerifierConfigError(`${name} must be at least 1024 bytes`)
+  if (!['', 'accept', 'fail'].includes(c.tomtou_violations))
+    throw new VerifierConfigError(
+      `tomtou_violations ${JSON.stringify(c.tomtou_violations)} is not accept or fail (or empty: as ignore_tomtou_errors)`,
+    )
   if (c.max_concurrency < 1) throw new VerifierConfigError('max_concurrency must be >= 1')
   if (c.lease_seconds <= 0) throw new VerifierConfigError('lease_seconds must be > 0')
   if (c.evidence_rate_limit_per_ip < 0 || c.evidence_rate_limit_window_ip <= 0)
@@ -159,8 +163,7 @@ export function verifierOptionsFromConfig(c: VerifierConfig): VerifierOptions {
     severityRules,
     measuredBootEvaluate: c.measured_boot_evaluate,
     mbPolicyEngine: c.measured_boot_policy_name as MbPolicyEngine,
-    // as the option's name says (upstream's code inverts it, a documented bug we do not reproduce: docs/ima.md)
-    ignoreTomtouErrors: c.ignore_tomtou_errors,
+    ignoreTomtouErrors: tomtouViolationsAccepted(c),
     requireAllowListSignatures: c.require_allow_list_signatures,
     revocationChannels: channels as VerifierOptions['revocationChannels'],
     webhookUrl: c.webhook_url,
@@ -174,4 +177,29 @@ export function verifierOptionsFromConfig(c: VerifierConfig): VerifierOptions {
     maxAgentResponseBytes: c.max_agent_response_size,
     agentResponseMemoryLimit: c.agent_response_memory_limit,
   }
+}
+
+/**
+ * Whether ToMToU / open-writers violations pass. `tomtou_violations` says it plainly; without it
+ * `ignore_tomtou_errors` is read as upstream Keylime 7.x reads it, inverted: its shipped value False accepts them and
+ * True fails them, so a fleet moved over with its configuration is judged as before (docs/upgrade-from-upstream.md).
+ */
+export function tomtouViolationsAccepted(
+  c: Pick<VerifierConfig, 'tomtou_violations' | 'ignore_tomtou_errors'>,
+): boolean {
+  if (c.tomtou_violations === 'accept') return true
+  if (c.tomtou_violations === 'fail') return false
+  return !c.ignore_tomtou_errors
+}
+
+/** The start-up warning for a configuration that relies on upstream's inverted reading, or null. */
+export function tomtouWarning(
+  c: Pick<VerifierConfig, 'tomtou_violations' | 'ignore_tomtou_errors'>,
+): string | null {
+  if (c.tomtou_violations !== '') return null
+  return c.ignore_tomtou_errors
+    ? 'ignore_tomtou_errors = True: ToMToU/open-writers violations FAIL attestation, as upstream Keylime 7.x reads ' +
+        'this option (inverted). Set tomtou_violations = fail (or accept) to say what you mean.'
+    : 'ignore_tomtou_errors = False: ToMToU/open-writers violations are ACCEPTED, as upstream Keylime 7.x reads ' +
+        'this option (inverted). Set tomtou_violations = accept to keep this, or fail to report them.'
 }

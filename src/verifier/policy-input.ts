@@ -52,6 +52,13 @@ export function unwrapRuntimePolicy(text: string, keyB64: unknown, requireSignat
       ? b64decode('runtime_policy_key', keyB64).toString('utf8')
       : null
   if (isDsseEnvelope(json)) {
+    // A certificate the envelope carries (x509 backend) proves integrity, not who signed: when signatures are
+    // required, the signer's key must come from the operator.
+    if (requireSignatures && key === null)
+      throw new VerifierRequestError(
+        401,
+        'Runtime policy signature verification required but no key was given!',
+      )
     try {
       return verifyDsseEnvelope(json, key ? [key] : []).payload.toString('utf8')
     } catch (err) {

@@ -78,7 +78,7 @@ export class PolicyStore {
   /** The agent's runtime policy, or null when it has none. Compiled once per body digest, read only then. */
   async runtimeFor(policyId: number | null): Promise<CompiledRuntimePolicy | null> {
     if (policyId === null) return null
-    const row = await this.repo.getAllowlistById(policyId)
+    const row = await this.repo.allowlistMetaById(policyId)
     // an enrolled policy that has vanished must not silently turn the IMA check off
     if (!row) throw new StoredPolicyError(`runtime policy ${policyId} is enrolled but no longer stored`)
     if (row.body_digest === null) {
@@ -95,7 +95,7 @@ export class PolicyStore {
   /** The agent's measured-boot policy, or null when it has none (or an empty one). */
   async mbFor(policyId: number | null): Promise<MbPolicy | null> {
     if (policyId === null) return null
-    const row = await this.repo.getMbPolicyById(policyId)
+    const row = await this.repo.mbPolicyMetaById(policyId)
     if (!row) throw new StoredPolicyError(`measured-boot policy ${policyId} is enrolled but no longer stored`)
     if (row.body_digest === null) {
       const inline = (await this.repo.getMbPolicy(row.name))?.mb_policy

@@ -18,10 +18,11 @@ import type { VerifierConfig } from '../config/verifier.ts'
 import { ensureTlsDir } from '../crypto/ca.ts'
 import { openDatabase } from '../db/database.ts'
 import { databaseReadiness } from '../db/readiness.ts'
+import { formatTakeoverReport } from '../db/takeover/index.ts'
 import type { VerifierDatabase } from '../db/verifier-repository.ts'
 import { buildVerifierApp, type Identity } from './app.ts'
 import { expiredLeaseCount, PrometheusVerifierMetrics } from './metrics.ts'
-import { verifierOptionsFromConfig } from './options.ts'
+import { tomtouWarning, verifierOptionsFromConfig } from './options.ts'
 import { settleWithin, VerifierService } from './verifier-service.ts'
 
 export class VerifierStartError extends KeylimeError {
@@ -105,12 +106,16 @@ export async function startVerifier(config: VerifierConfig, log: Logger): Promis
   if (config.metrics_port < 0 || config.metrics_port > 65535)
     throw new VerifierStartError('metrics_port must be a port number (0: no probe listener)')
   const options = verifierOptionsFromConfig(config)
+  const tomtou = tomtouWarning(config)
+  if (tomtou !== null) log.warn({ ignoreTomtouErrors: options.ignoreTomtouErrors }, tomtou)
   const workDir = keylimeDir()
   const tls = await loadVerifierTls(config, workDir)
   const db = await openDatabase<VerifierDatabase>(options.databaseUrl, {
     dataDir: workDir,
     name: 'cv_data',
     migrations: config.auto_migrate_db ? 'verifier' : false,
+    service: 'verifier',
+    onTakeover: (report) => log.warn({ takeover: report }, formatTakeoverReport(report, false).join('\n')),
     poolSize: Number(config.database_pool_sz_ovfl.split(',')[0]) || 5,
   })
   const service = new VerifierService({

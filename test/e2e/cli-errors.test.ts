@@ -338,7 +338,7 @@ describe('small ones', () => {
     expect([r.code, r.out, r.err]).toEqual([
       2,
       '',
-      'keylime policy create runtime: no input: the policy would allow nothing (give an IMA list (-m), a root filesystem (--rootfs), an allowlist (-a), a base policy (-p) or a signing key (-A))\n',
+      'keylime policy create runtime: no input: the policy would allow nothing (give an IMA list (-m, alone for the live one), a root filesystem (--rootfs), initrds (--ramdisk-dir), an RPM repository (--local-rpm-repo, --remote-rpm-repo), an allowlist (-a), a base policy (-p) or a signing key (-A))\n',
     ])
   })
 

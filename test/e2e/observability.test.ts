@@ -297,8 +297,20 @@ describe('verifier process on PostgreSQL', () => {
     expect(sample(down.text, 'keylime_verifier_agents', { state: 'get_quote' })).toBeUndefined()
     expect(sample(down.text, 'keylime_verifier_loop_agents')).toBeGreaterThanOrEqual(2)
 
+    const passedBeforeRestart =
+      sample(down.text, 'keylime_verifier_loop_attestations_total', { result: 'pass' }) ?? 0
     pg.start()
     await waitFor(async () => (await get(`${probe}/readyz`)).status === 200, 30_000, 'ready again')
     expect(c.current.exited, c.current.stderr).toBe(false)
+    // recovered, not only ready: the counters move on
+    await waitFor(
+      async () =>
+        (sample((await get(`${probe}/metrics`)).text, 'keylime_verifier_loop_attestations_total', {
+          result: 'pass',
+        }) ?? 0) >=
+        passedBeforeRestart + 2,
+      30_000,
+      'attestations after the restart',
+    )
   }, 180_000)
 })

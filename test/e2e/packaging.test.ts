@@ -1,12 +1,17 @@
 /**
  * The systemd units in packaging/systemd: `systemd-analyze verify` accepts each (with ExecStart pointed at this
- * checkout's CLI), each runs a real `keylime` command, and the hardening an operator relies on is there.
+ * checkout's CLI), each runs a real `keylime` command, and the hardening an operator relies on is there. A service
+ * started under a `$NOTIFY_SOCKET` of the test's own (a Python receiver, as node has no Unix datagram sockets) sends
+ * READY=1 only once its port accepts connections, as `Type=notify` expects.
  */
-import { spawnSync } from 'node:child_process'
+import { type ChildProcess, spawn, spawnSync } from 'node:child_process'
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { connect } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
+import { createInterface } from 'node:readline'
 import { afterAll, describe, expect, it } from 'vitest'
+import { freePort } from '../helpers/swtpm.ts'
 
 const ROOT = resolve(import.meta.dirname, '../..')
 const UNITS = join(ROOT, 'packaging/systemd')
@@ -57,6 +62,8 @@ describe('systemd units', () => {
         env: { ...process.env, KEYLIME_FROM_SOURCE: '1' },
       })
       expect(help.status, help.stderr).toBe(0)
+      expect(d.get('Type')).toBe('notify')
+      expect(d.get('NotifyAccess')).toBe('all')
       expect(d.get('NoNewPrivileges')).toBe('yes')
       expect(d.get('ProtectSystem')).toBe('strict')
       expect(d.get('ReadWritePaths')).toBe('/var/lib/keylime')
@@ -81,5 +88,181 @@ describe('systemd units', () => {
     const r = verify('broken.service', text)
     // systemd only warns (exit 0) and ignores the line; the unit test above therefore requires an empty stderr
     expect(r.stderr).toMatch(/protect system value/i)
+  })
+})
+
+/** Receives datagrams on a Unix socket as systemd does: prints each on a line, closes passed fds (the barrier). */
+const RECEIVER = `
+import array, os, socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.bind(sys.argv[1])
+s.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+print("bound", flush=True)
+while True:
+    msg, anc, _, _ = s.recvmsg(4096, socket.CMSG_SPACE(64))
+    for level, kind, data in anc:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds = array.array("i")
+            fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+            for fd in fds:
+                os.close(fd)
+    print(msg.decode().replace("\\n", " "), flush=True)
+`
+
+function portAccepts(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = connect({ host: '127.0.0.1', port })
+    socket.once('connect', () => {
+      socket.destroy()
+      resolve(true)
+    })
+    socket.once('error', () => resolve(false))
+  })
+}
+
+describe('Type=notify readiness', () => {
+  const children: ChildProcess[] = []
+  afterAll(() => {
+    for (const c of children) c.kill('SIGKILL')
+  })
+
+  it('the registrar sends READY=1 over $NOTIFY_SOCKET once its port accepts connections', async () => {
+    const socketPath = join(work, 'notify.sock')
+    const receiver = spawn('python3', ['-c', RECEIVER, socketPath], { stdio: ['ignore', 'pipe', 'inherit'] })
+    children.push(receiver)
+    const messages = createInterface({ input: receiver.stdout as NodeJS.ReadableStream })
+    const received: { text: string; accepting: Promise<boolean> }[] = []
+    let bound!: () => void
+    const isBound = new Promise<void>((r) => {
+      bound = r
+    })
+    const port = await freePort()
+    let ready!: () => void
+    const gotReady = new Promise<void>((r) => {
+      ready = r
+    })
+    messages.on('line', (line) => {
+      if (line === 'bound') return bound()
+      // checked the moment the message arrives: the port must already accept
+      received.push({ text: line, accepting: portAccepts(port) })
+      if (line.includes('READY=1')) ready()
+    })
+    await isBound
+    const dir = join(work, 'registrar')
+    const registrar = spawn(
+      process.execPath,
+      [
+        join(ROOT, 'bin/keylime.js'),
+        'registrar',
+        '--tls-dir',
+        'generate',
+        '--port',
+        String(port),
+        '--tls-port',
+        '0',
+        '--database-url',
+        'sqlite',
+      ],
+      {
+        env: { ...process.env, KEYLIME_FROM_SOURCE: '1', KEYLIME_DIR: dir, NOTIFY_SOCKET: socketPath },
+        stdio: ['ignore', 'ignore', 'inherit'],
+      },
+    )
+    children.push(registrar)
+    await gotReady
+    const first = received.find((m) => m.text.includes('READY=1'))
+    expect(first?.text).toContain('STATUS=registrar listening')
+    expect(await first?.accepting).toBe(true)
+  }, 60_000)
+})
+
+describe('notifySystemdReady', () => {
+  it('does nothing outside systemd; a socket nobody reads is logged, never thrown', async () => {
+    const { notifySystemdReady } = await import('../../src/common/systemd.ts')
+    const lines: { msg: string; stderr?: string }[] = []
+    const log = {
+      error: (o: { stderr: string }, msg: string) => lines.push({ msg, stderr: o.stderr }),
+      debug: (_o: unknown, msg: string) => lines.push({ msg }),
+    } as unknown as Parameters<typeof notifySystemdReady>[1]
+    await notifySystemdReady('x', log, {})
+    expect(lines).toEqual([])
+    await notifySystemdReady('x', log, { ...process.env, NOTIFY_SOCKET: join(work, 'nobody.sock') })
+    expect(lines).toEqual([{ msg: 'systemd readiness notification failed', stderr: expect.any(String) }])
+  })
+})
+
+describe('Containerfile', () => {
+  const text = readFileSync(join(ROOT, 'Containerfile'), 'utf8')
+  /** Instructions with continuation lines joined, comments dropped. */
+  const instructions = text
+    .replace(/\\\n/g, ' ')
+    .split('\n')
+    .filter((l) => l.trim() !== '' && !l.startsWith('#'))
+    .map((l) => {
+      const [op = '', ...rest] = l.trim().split(/\s+/)
+      return { op: op.toUpperCase(), args: rest.join(' ') }
+    })
+  const stages: { name: string; body: typeof instructions }[] = []
+  for (const i of instructions) {
+    if (i.op === 'FROM') stages.push({ name: /\bAS (\S+)/i.exec(i.args)?.[1] ?? '', body: [] })
+    else stages[stages.length - 1]?.body.push(i)
+  }
+  const runtime = stages[stages.length - 1] as (typeof stages)[0]
+
+  it('dockerfile-utils (the Docker language server linter) reports nothing', async () => {
+    const { validate } = await import('dockerfile-utils')
+    expect(validate(text).map((d) => `${d.range.start.line + 1}: ${d.message}`)).toEqual([])
+    // the linter is live: a deprecated instruction is reported
+    expect(validate(`${text}\nMAINTAINER someone\n`).length).toBeGreaterThan(0)
+  })
+
+  it('is multi-stage; the runtime stage holds only the installed package, runs unprivileged, checks its health', () => {
+    expect(stages.map((s) => s.name)).toEqual(['build', 'install', 'runtime'])
+    // nothing of the build reaches the runtime but the folder the install stage filled from the packed tarball
+    const copies = runtime.body.filter((i) => i.op === 'COPY')
+    expect(copies.map((c) => c.args)).toEqual(['--from=install /opt/keylime /opt/keylime'])
+    expect(runtime.body.some((i) => /npm (ci|install)|tsx|--include=dev/.test(i.args))).toBe(false)
+    const user = runtime.body.filter((i) => i.op === 'USER').at(-1)?.args ?? ''
+    expect(user).toMatch(/^[1-9]\d*:[1-9]\d*$/)
+    expect(runtime.body.some((i) => i.op === 'RUN' && i.args.includes(`--uid ${user.split(':')[0]}`))).toBe(
+      true,
+    )
+    expect(runtime.body.find((i) => i.op === 'ENTRYPOINT')?.args).toBe('["keylime"]')
+    expect(runtime.body.find((i) => i.op === 'HEALTHCHECK')?.args).toContain('/healthz')
+  })
+
+  it('installs the packed package with the script .ci/run exercises', () => {
+    const install = stages.find((s) => s.name === 'install')
+    expect(install?.body.map((i) => i.args)).toContain(
+      'sh packaging/install-packed.sh /pkg/keylime-ts-*.tgz /opt/keylime',
+    )
+    expect(stages[0]?.body.some((i) => i.args.includes('npm pack --pack-destination /pkg'))).toBe(true)
+    const ci = readFileSync(join(ROOT, '.ci/run'), 'utf8')
+    expect(ci).toMatch(/packaging\/install-packed\.sh" \.\/keylime-ts-\*\.tgz \./)
+    expect(readFileSync(join(ROOT, 'packaging/install-packed.sh'), 'utf8')).toMatch(/npm install --omit=dev/)
+  })
+
+  it('its HEALTHCHECK command answers 0 against a live probe listener and 1 without one', async () => {
+    const { startProbeListener, boundPort } = await import('../../src/api/server.ts')
+    const exec = JSON.parse(
+      /CMD (\[.*\])$/.exec(runtime.body.find((i) => i.op === 'HEALTHCHECK')?.args ?? '')?.[1] ?? '[]',
+    ) as string[]
+    const probe = await startProbeListener({
+      host: '127.0.0.1',
+      port: 0,
+      readiness: async () => ({ ok: true }),
+    })
+    const port = boundPort(probe)
+    const withPort = exec.map((a) => a.replace('127.0.0.1:9090', `127.0.0.1:${port}`))
+    expect(withPort[0]).toBe('node')
+    // asynchronously: the listener answers from this process's event loop
+    const status = () =>
+      new Promise<number | null>((done) => {
+        const c = spawn(process.execPath, withPort.slice(1), { stdio: 'ignore' })
+        c.once('exit', (code) => done(code))
+      })
+    expect(await status()).toBe(0)
+    await probe.close()
+    expect(await status()).toBe(1)
   })
 })

@@ -15,6 +15,7 @@ export interface ServiceCommand<C> {
   loadConfig: (opts: { configFile: string | undefined; flags: Record<string, string> }) => {
     config: C
     files: string[]
+    unknown: string[]
   }
   /** Imported only when the command runs, so other commands never load the service. */
   start: (config: C, log: Logger) => Promise<{ close(): Promise<void> }>
@@ -28,13 +29,18 @@ export function registerServiceCommand<C>(program: Command, service: ServiceComm
     const { createLogger } = await import('../../common/log.ts')
     const log = createLogger(service.name)
     // A start-up failure propagates to the CLI's error path: one line on stderr, exit status 2 or 4.
-    const { config, files } = await step('reading the configuration', () =>
+    const { config, files, unknown } = await step('reading the configuration', () =>
       service.loadConfig({
         configFile: typeof opts.config === 'string' ? opts.config : undefined,
         flags: flagsFromOptions(opts, service.flagKeys),
       }),
     )
     log.info({ files }, `${service.name} configuration loaded`)
+    if (unknown.length > 0)
+      log.warn(
+        { unknown },
+        `options Keylime TS does not read (ignored; \`keylime config upgrade ${service.name}\` lists them): ${unknown.join(', ')}`,
+      )
     // Every database and network failure is meant to be handled where it happens; one that slips through is a bug
     // to log loudly, not a reason to stop attesting every other agent.
     process.on('unhandledRejection', (reason) => {
@@ -45,6 +51,8 @@ export function registerServiceCommand<C>(program: Command, service: ServiceComm
       )
     })
     const running = await step('starting', () => service.start(config, log))
+    const { notifySystemdReady } = await import('../../common/systemd.ts')
+    await notifySystemdReady(`${service.name} listening`, log)
     const shutdown = (signal: string) => {
       log.info({ signal }, `${service.name} shutting down`)
       running.close().then(

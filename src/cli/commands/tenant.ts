@@ -6,6 +6,9 @@ import { EXIT_STATUS_HELP } from '../errors.ts'
 
 export { normalizeTenantArgv }
 
+/** A repeatable option: each occurrence appends its value. */
+const collect = (value: string, previous: string[] | undefined): string[] => [...(previous ?? []), value]
+
 export function registerTenantCommands(program: Command): void {
   const tenant = program
     .command('tenant')
@@ -35,10 +38,50 @@ export function registerTenantCommands(program: Command): void {
     )
     .option('--include <dir>', 'extra files to add to the payload archive')
     .option('--runtime-policy <path>', 'runtime (IMA) policy JSON, plain or DSSE-signed')
-    .option('--runtime-policy-checksum <sha256>', 'expected SHA-256 of the runtime policy file')
+    .option(
+      '--runtime-policy-url <url>',
+      'download the runtime policy (needs --runtime-policy-checksum; redirects are not followed)',
+    )
+    .option('--runtime-policy-checksum <sha256>', 'expected SHA-256 of the runtime policy file or download')
     .option('--runtime-policy-sig-key <pem>', 'public key that signed a DSSE runtime policy')
     .option('--runtime-policy-name <name>', 'name of a runtime policy stored at the verifier')
-    .option('--mb-policy <path>', 'measured-boot reference state JSON (upstream --mb_refstate)')
+    .option(
+      '--allowlist <file>',
+      'deprecated: legacy allowlist (flat or JSON), converted to a runtime policy',
+    )
+    .option('--allowlist-url <url>', 'deprecated: download the legacy allowlist')
+    .option('--allowlist-name <name>', 'deprecated: same as --runtime-policy-name')
+    .option('--exclude <file>', 'deprecated: exclude list (one regex per line) for --allowlist')
+    .option(
+      '--signature-verification-key <file>',
+      'deprecated: IMA file signature verification key (repeatable; upstream --sign_verification_key)',
+      collect,
+    )
+    .option(
+      '--signature-verification-key-sig <file>',
+      'deprecated: GPG signature of the key of the same position',
+      collect,
+    )
+    .option(
+      '--signature-verification-key-sig-key <file>',
+      'deprecated: GPG public key that checks the --signature-verification-key-sig of the same position',
+      collect,
+    )
+    .option('--signature-verification-key-url <url>', 'deprecated: download an IMA verification key', collect)
+    .option(
+      '--signature-verification-key-sig-url <url>',
+      'deprecated: download the GPG signature of that key',
+      collect,
+    )
+    .option(
+      '--signature-verification-key-sig-url-key <file>',
+      'deprecated: GPG public key that checks the --signature-verification-key-sig-url of the same position',
+      collect,
+    )
+    .option(
+      '--mb-policy <path>',
+      'measured-boot reference state JSON, or "default" for tenant.conf mb_refstate (upstream --mb_refstate)',
+    )
     .option('--mb-policy-name <name>', 'name of a measured-boot policy stored at the verifier')
     .option('--tpm-policy <json>', 'static PCR policy, e.g. \'{"15":["0000..."]}\' (upstream --tpm_policy)')
     .option('--verify', 'also stop attestation when the agent does not confirm the payload')

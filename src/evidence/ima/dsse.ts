@@ -140,11 +140,15 @@ export function verifyDsseEnvelope(
   throw new PolicySignatureError('Runtime policy signature verification failed')
 }
 
-/** Signs `payload` as a DSSE envelope with an EC private key (PEM), key id as Keylime's `ecdsa` backend. */
+/**
+ * Signs `payload` as a DSSE envelope with an EC private key (PEM). The key id is Keylime's `ecdsa` backend's unless
+ * given (the `x509` backend passes the base64 of its certificate).
+ */
 export function signDsseEnvelope(
   payload: Uint8Array,
   privateKey: KeyObject | string,
   payloadType = KEYLIME_PAYLOAD_TYPE,
+  keyid?: string,
 ): DsseEnvelope {
   const key = typeof privateKey === 'string' ? createPrivateKey(privateKey) : privateKey
   if (key.asymmetricKeyType !== 'ec')
@@ -153,6 +157,6 @@ export function signDsseEnvelope(
   return {
     payload: Buffer.from(payload).toString('base64'),
     payloadType,
-    signatures: [{ keyid: dsseKeyId(createPublicKey(key)), sig: sig.toString('base64') }],
+    signatures: [{ keyid: keyid ?? dsseKeyId(createPublicKey(key)), sig: sig.toString('base64') }],
   }
 }

@@ -2,7 +2,7 @@
  * Every route of the registrar, the verifier and the agent, taken from the apps' own route tables (a new route is
  * covered without editing this file), requested over real sockets with: a body of the wrong type, an agent id or
  * policy name of `..` (raw, percent-encoded, with a trailing slash) and 1,000 characters, and a 10 MB body. Each
- * answer must be a 4xx in the Keylime envelope, and no hostile request may reach the agent's services.
+ * answer must be a 4xx in the Keylime envelope (a JSON:API error document on the verifier's v3 routes), and no hostile request may reach the agent's services.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import type { RawResponse, ServiceUnderTest, ThreeServices } from './three-services.ts'
@@ -30,7 +30,7 @@ function targets(s: ServiceUnderTest): Target[] {
     const t = {
       method: r.method,
       url: r.url,
-      hasBody: r.method === 'POST' || r.method === 'PUT',
+      hasBody: r.method === 'POST' || r.method === 'PUT' || r.method === 'PATCH',
       objectBody: body?.type === 'object',
     }
     const prev = seen.get(key)
@@ -42,10 +42,16 @@ function targets(s: ServiceUnderTest): Target[] {
 
 const versionOf = (url: string) => Number(/^\/v(\d+(?:\.\d+)?)/.exec(url)?.[1] ?? 0)
 
+/** A 4xx in the Keylime envelope; the verifier's v3 routes answer a JSON:API error document instead. */
 function expectEnvelope4xx(r: RawResponse, what: string): void {
   expect(r.status, `${what}: ${r.body.slice(0, 200)}`).toBeGreaterThanOrEqual(400)
   expect(r.status, what).toBeLessThan(500)
   const body = JSON.parse(r.body) as Record<string, unknown>
+  if (/^(GET|POST|PUT|PATCH|DELETE) \/v3[./]/.test(what) && Array.isArray(body.errors)) {
+    expect(body.errors[0], what).toMatchObject({ status: String(r.status) })
+    expect(typeof body.errors[0].detail, what).toBe('string')
+    return
+  }
   expect(body, what).toMatchObject({ code: r.status, results: {} })
   expect(typeof body.status, what).toBe('string')
 }

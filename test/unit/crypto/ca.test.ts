@@ -97,6 +97,20 @@ describe('certificate authority', () => {
     const second = await ensureTlsDir(dir, { serverSans: ['localhost', '127.0.0.1'] })
     expect(second.created).toEqual([])
     expect(readFileSync(second.serverCert, 'utf8')).toBe(serverPem)
+    // a directory whose certificates all exist is used without its CA key (upstream's cv_ca keeps it in private.yml)
+    const upstreamLike = join(root, 'upstream_cv_ca')
+    mkdirSync(upstreamLike)
+    for (const f of [
+      'cacert.crt',
+      'server-cert.crt',
+      'server-private.pem',
+      'client-cert.crt',
+      'client-private.pem',
+    ])
+      writeFileSync(join(upstreamLike, f), readFileSync(join(dir, f)))
+    const reused = await ensureTlsDir(upstreamLike, { serverSans: ['localhost'] })
+    expect(reused.created).toEqual([])
+    expect(readFileSync(reused.serverCert, 'utf8')).toBe(serverPem)
     expect(new NodeX509(readFileSync(first.clientCert)).subject).toContain('CN=client')
 
     const other = await ensureTlsDir(join(root, 'other'), { keyType: 'ec' })

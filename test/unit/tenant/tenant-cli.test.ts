@@ -7,6 +7,7 @@ import { normalizeTenantArgv } from '../../../src/tenant/argv.ts'
 import { keepCurrentPolicies } from '../../../src/tenant/cli-actions.ts'
 import type { TenantError } from '../../../src/tenant/errors.ts'
 import { preparePayloadFromFiles } from '../../../src/tenant/payload-prep.ts'
+import { pythonJsonDumps, pythonRepr } from '../../../src/tenant/python-format.ts'
 import { retryDelaySeconds } from '../../../src/tenant/tenant-service.ts'
 
 describe('tenant argv', () => {
@@ -87,5 +88,29 @@ describe('tenant update keeps the current policies', () => {
     expect(
       keepCurrentPolicies(uuid, current, { runtimePolicyName: 'rt', mbPolicyName: 'mb' }).tpmPolicy,
     ).toBe(tpmPolicy)
+  })
+})
+
+describe('tenant output in Python json.dumps spelling', () => {
+  it('matches what Python prints (separators, non-ASCII escapes, nested values)', () => {
+    // python3 -c 'import json; print(json.dumps({"a": [1, "é", None, True], "b": {"c": "x\"y", "d": "\x7f€"}}))'
+    expect(pythonJsonDumps({ a: [1, 'é', null, true], b: { c: 'x"y', d: '\u007f€' } })).toBe(
+      '{"a": [1, "\\u00e9", null, true], "b": {"c": "x\\"y", "d": "\\u007f\\u20ac"}}',
+    )
+    expect(pythonJsonDumps({ uuids: [['a'], ['b']] })).toBe('{"uuids": [["a"], ["b"]]}')
+  })
+})
+
+describe('tenant output in Python repr spelling', () => {
+  it('matches what Python prints for dicts, quotes, None, booleans and control characters', () => {
+    // python3 -c "print(repr({'code': 200, 'results': {'names': ['a', \"it's\", 'q\"\\'x', 'tab\tnl\n\x7f\x85é'], 'n': None, 't': True, 'i': 3}}))"
+    expect(
+      pythonRepr({
+        code: 200,
+        results: { names: ['a', "it's", `q"'x`, 'tab\tnl\n\u007f\u0085é'], n: null, t: true, i: 3 },
+      }),
+    ).toBe(
+      `{'code': 200, 'results': {'names': ['a', "it's", 'q"\\'x', 'tab\\tnl\\n\\x7f\\x85é'], 'n': None, 't': True, 'i': 3}}`,
+    )
   })
 })

@@ -1,6 +1,10 @@
 import { describe, expect, it } from 'vitest'
 import { loadVerifierConfig } from '../../../src/config/verifier.ts'
-import { VerifierConfigError, verifierOptionsFromConfig } from '../../../src/verifier/options.ts'
+import {
+  tomtouWarning,
+  VerifierConfigError,
+  verifierOptionsFromConfig,
+} from '../../../src/verifier/options.ts'
 
 const load = (env: Record<string, string> = {}) => loadVerifierConfig({ configDirs: [], env }).config
 
@@ -18,11 +22,35 @@ describe('verifierOptionsFromConfig', () => {
       revocationChannels: ['agent'],
       measuredBootEvaluate: 'once',
       mbPolicyEngine: 'accept-all',
-      ignoreTomtouErrors: false,
+      // upstream's shipped ignore_tomtou_errors = False, read as upstream reads it: violations accepted
+      ignoreTomtouErrors: true,
       leaseMs: 30_000,
     })
     expect(o.severityRules).toHaveLength(1)
     expect(o.severityLabels.at(-1)).toBe('emergency')
+  })
+
+  it('reads ignore_tomtou_errors as upstream 7.x does unless tomtou_violations says it plainly, and warns', () => {
+    const cases: [Record<string, string>, boolean, RegExp | null][] = [
+      [{}, true, /ignore_tomtou_errors = False: .*ACCEPTED/],
+      [{ KEYLIME_VERIFIER_IGNORE_TOMTOU_ERRORS: 'True' }, false, /ignore_tomtou_errors = True: .*FAIL/],
+      [{ KEYLIME_VERIFIER_TOMTOU_VIOLATIONS: 'fail' }, false, null],
+      [
+        { KEYLIME_VERIFIER_TOMTOU_VIOLATIONS: 'accept', KEYLIME_VERIFIER_IGNORE_TOMTOU_ERRORS: 'True' },
+        true,
+        null,
+      ],
+    ]
+    for (const [env, accepted, warning] of cases) {
+      const c = load(env)
+      expect(verifierOptionsFromConfig(c).ignoreTomtouErrors, JSON.stringify(env)).toBe(accepted)
+      const w = tomtouWarning(c)
+      if (warning === null) expect(w).toBeNull()
+      else expect(w).toMatch(warning)
+    }
+    expect(() => verifierOptionsFromConfig(load({ KEYLIME_VERIFIER_TOMTOU_VIOLATIONS: 'ignore' }))).toThrow(
+      /tomtou_violations "ignore" is not accept or fail/,
+    )
   })
 
   it('takes KEYLIME_VERIFIER_* env, including other sections', () => {
