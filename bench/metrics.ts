@@ -52,9 +52,12 @@ for (let i = 0; i < 1000; i++)
       agent_id: `agent-${i}`,
       operational_state: i % 50 === 0 ? AgentState.FAILED : AgentState.GET_QUOTE,
       lease_holder: holder,
-      lease_expires: now + 60_000,
     } as never)
     .execute()
+await db
+  .insertInto('verifier_holders')
+  .values({ holder, expires: now + 60_000 })
+  .execute()
 const registry = createMetricsRegistry()
 const stats = { agents: 1000, inFlight: 12, attestations: 0, failures: 0, steps: 0, lagP50: 2, lagP99: 60 }
 const verifier = new PrometheusVerifierMetrics(registry, { stats: () => stats, db, leaseHolder: holder })

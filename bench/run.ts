@@ -19,6 +19,7 @@ const BENCHES: Record<string, string[]> = {
   fleet: ['fleet.ts', '--agents', '1000'],
   'push-fleet': ['push-fleet.ts', '--agents', '1000'],
   'agent-connections': ['agent-connections.ts', '--agents', '2000'],
+  'fleet-db': ['fleet-db.ts', '--agents', '10000', '--rate', '2500', '--seconds', '60'],
   cli: ['cli.ts', '10'],
   metrics: ['metrics.ts'],
   policy: ['policy.ts', '100000'],

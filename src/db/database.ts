@@ -4,6 +4,7 @@
  * `auto_migrate_db`). SQLite runs in WAL mode so a second process can read while one writes; a write that meets
  * another process's lock waits asynchronously (see `BusyRetryingDriver`), never blocking the event loop for long.
  */
+import { createHash } from 'node:crypto'
 import { mkdirSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import SqliteDatabase from 'better-sqlite3'
@@ -13,6 +14,8 @@ import {
   type Driver,
   Kysely,
   PostgresDialect,
+  type PostgresPool,
+  type PostgresPoolClient,
   type QueryResult,
   SqliteDialect,
   type SqliteDialectConfig,
@@ -109,6 +112,46 @@ function withStatementCache(handle: SqliteDatabase.Database): SqliteDialectConfi
         statements.set(sqlText, statement)
       }
       return statement
+    },
+  }
+}
+
+/**
+ * Statement texts of hot paths, run as named prepared statements on PostgreSQL: parsed and planned once per
+ * connection instead of on every call. Only registered texts are named (each name stays prepared on every pooled
+ * connection), so queries built with ever-new text never accumulate on the server.
+ */
+const preparedNames = new Map<string, string>()
+
+export function registerPreparedStatement(text: string): void {
+  if (!preparedNames.has(text))
+    preparedNames.set(text, `keylime_${createHash('sha256').update(text).digest('hex').slice(0, 24)}`)
+}
+
+/**
+ * kysely's view of a pg pool, naming registered statements. A client checked out of the pool has no `error`
+ * listener of the pool's: one whose connection the server ends meanwhile (PostgreSQL stopped) would raise an
+ * unhandled `error` event and end the process. The query running on it fails instead, and the pool drops it on
+ * release.
+ */
+function preparingPool(pool: pg.Pool): PostgresPool {
+  const guarded = new WeakSet<pg.PoolClient>()
+  return {
+    end: () => pool.end(),
+    async connect(): Promise<PostgresPoolClient> {
+      const client = await pool.connect()
+      if (!guarded.has(client)) {
+        guarded.add(client)
+        client.on('error', () => {})
+      }
+      const query = (q: unknown, parameters?: ReadonlyArray<unknown>) => {
+        const name = typeof q === 'string' ? preparedNames.get(q) : undefined
+        if (name !== undefined)
+          return client.query({ name, text: q as string, values: parameters as unknown[] })
+        // biome-ignore lint/suspicious/noExplicitAny: plain text queries and cursors pass through unchanged
+        return (client.query as any)(q, parameters)
+      }
+      return { query, release: (destroy?: boolean) => client.release(destroy) } as PostgresPoolClient
     },
   }
 }
@@ -256,7 +299,7 @@ export async function openDatabase<DB>(url: string, opts: OpenDatabaseOptions = 
     })
     // idle-client errors (server restart) must not crash the process; the next query reports them
     pool.on('error', () => {})
-    db = new Kysely<DB>({ dialect: new PostgresDialect({ pool }) })
+    db = new Kysely<DB>({ dialect: new PostgresDialect({ pool: preparingPool(pool) }) })
   }
   dialectOf.set(db, parsed.dialect)
   const set = opts.migrations === undefined ? undefined : opts.migrations

@@ -4,10 +4,10 @@
  * verifier of a group sharing it can take any request of any agent. Stage changes are conditional updates (the
  * expected stage in the WHERE clause), so two verifiers racing on one attestation cannot both win.
  */
-import type { Insertable, Kysely, Selectable, Updateable } from 'kysely'
+import type { ExpressionBuilder, Insertable, Kysely, Selectable, Updateable } from 'kysely'
 import { sql } from 'kysely'
 import { AgentState } from '../api/verifier/states.ts'
-import type { VerifierAgentPatch, VerifierDatabase } from './verifier-repository.ts'
+import { HOT_COLUMNS, type VerifierAgentPatch, type VerifierDatabase } from './verifier-repository.ts'
 
 export interface SessionsTable {
   session_id: string
@@ -286,21 +286,49 @@ export class PushRepository {
         .where('evaluation_holder', '=', holder)
         .executeTakeFirst()
       if (r.numUpdatedRows === 0n) return false
-      await tx
-        .updateTable('verifiermain')
-        .set(agent)
-        .set(
-          count === 'pass'
-            ? { attestation_count: sql`attestation_count + 1` }
-            : { consecutive_attestation_failures: sql`coalesce(consecutive_attestation_failures, 0) + 1` },
-        )
-        .where('agent_id', '=', agentId)
-        .where((eb) =>
+      // the enrolment row takes the state; the columns every attestation rewrites live in verifier_attestation_state
+      const main: Record<string, unknown> = {}
+      const hot: Record<string, unknown> = {}
+      for (const [k, v] of Object.entries(agent)) {
+        if (v === undefined) continue
+        if ((HOT_COLUMNS as readonly string[]).includes(k)) hot[k] = v
+        else main[k] = v
+      }
+      const set = {
+        ...main,
+        ...(count === 'fail'
+          ? { consecutive_attestation_failures: sql`coalesce(consecutive_attestation_failures, 0) + 1` }
+          : {}),
+      }
+      const live = (eb: ExpressionBuilder<VerifierDatabase, 'verifiermain'>) =>
+        eb.and([
+          eb('agent_id', '=', agentId),
           eb.or([
             eb('operational_state', 'is', null),
             eb('operational_state', 'not in', [AgentState.TERMINATED, AgentState.TENANT_FAILED]),
           ]),
-        )
+        ])
+      const stillEnrolled =
+        Object.keys(set).length > 0
+          ? (
+              await tx
+                .updateTable('verifiermain')
+                .set(set as VerifierAgentPatch)
+                .where(live)
+                .executeTakeFirst()
+            ).numUpdatedRows > 0n
+          : (await tx.selectFrom('verifiermain').select('agent_id').where(live).executeTakeFirst()) !==
+            undefined
+      if (!stillEnrolled) return true
+      const increment =
+        count === 'pass'
+          ? { attestation_count: sql<number>`verifier_attestation_state.attestation_count + 1` }
+          : {}
+      if (Object.keys(hot).length === 0 && count === 'fail') return true
+      await tx
+        .insertInto('verifier_attestation_state')
+        .values({ agent_id: agentId, ...hot, attestation_count: count === 'pass' ? 1 : 0 } as never)
+        .onConflict((oc) => oc.column('agent_id').doUpdateSet({ ...hot, ...increment } as never))
         .execute()
       return true
     })

@@ -4,7 +4,10 @@
  * caller still holds the agent's lease with the same epoch, so a verifier that lost an agent to another one (or a
  * stale instance of itself) never overwrites it.
  */
+import { createHash } from 'node:crypto'
 import {
+  CompiledQuery,
+  type ExpressionBuilder,
   type Generated,
   type Insertable,
   type Kysely,
@@ -15,7 +18,7 @@ import {
 } from 'kysely'
 import { AgentState, OPERATOR_HELD_STATES, RESUMABLE_STATES } from '../api/verifier/states.ts'
 import { KeylimeError } from '../common/errors.ts'
-import { migrate } from './database.ts'
+import { databaseDialect, migrate, registerPreparedStatement } from './database.ts'
 import { VERIFIER_MIGRATIONS } from './migrations/index.ts'
 
 export interface VerifierMainTable {
@@ -61,6 +64,10 @@ export interface VerifierMainTable {
   accept_attestations: Generated<number>
   consecutive_attestation_failures: number | null
   lease_holder: string | null
+  /**
+   * Read: when the holder's heartbeat row expires (the lease of every agent it holds). The column itself is no
+   * longer maintained.
+   */
   lease_expires: number | null
   /** Bumped on every claim; the loop's writes carry the epoch they claimed with. */
   lease_epoch: Generated<number>
@@ -76,26 +83,66 @@ export interface AllowlistsTable {
   checksum: string | null
   generator: number | null
   tpm_policy: string | null
+  /** Texts from before bodies were stored once; new rows reference `body_digest`. */
   ima_policy: string | null
+  body_digest: string | null
 }
 
 export interface MbPoliciesTable {
   id: Generated<number>
   name: string
+  /** Texts from before bodies were stored once; new rows reference `body_digest`. */
   mb_policy: string | null
+  body_digest: string | null
+}
+
+/** Each distinct policy text once, by SHA-256 (hex); referenced by `allowlists` / `mbpolicies` rows. */
+export interface PolicyBodiesTable {
+  digest: string
+  kind: string
+  /** Runtime policies: the generator their one parse found. */
+  generator: number | null
+  body: string
+}
+
+/** One row per running verifier instance; its agents' leases are valid while `expires` (ms) is ahead. */
+export interface HoldersTable {
+  holder: string
+  expires: number
+}
+
+/** What every successful attestation rewrites, apart from the wide enrolment row. */
+export interface AttestationStateTable {
+  agent_id: string
+  attestation_count: Generated<number>
+  last_received_quote: number | null
+  last_successful_attestation: number | null
+  tpm_clockinfo: string | null
+  next_ima_ml_entry: number | null
+  ima_state: string | null
 }
 
 export interface VerifierDatabase {
   verifiermain: VerifierMainTable
   allowlists: AllowlistsTable
   mbpolicies: MbPoliciesTable
+  verifier_policy_bodies: PolicyBodiesTable
+  verifier_holders: HoldersTable
+  verifier_attestation_state: AttestationStateTable
 }
 
 export type VerifierAgentRow = Selectable<VerifierMainTable>
 export type NewVerifierAgent = Insertable<VerifierMainTable>
 export type VerifierAgentPatch = Updateable<VerifierMainTable>
 export type AllowlistRow = Selectable<AllowlistsTable>
-export type MbPolicyRow = Selectable<MbPoliciesTable>
+export type MbPolicyRow = Pick<Selectable<MbPoliciesTable>, 'id' | 'name' | 'mb_policy' | 'body_digest'>
+/** A named policy without its text. */
+export interface PolicyMeta {
+  id: number
+  name: string
+  generator: number | null
+  body_digest: string | null
+}
 
 const WRITE_GUARD_EXCLUDED = OPERATOR_HELD_STATES
 
@@ -129,8 +176,217 @@ export interface AttestationSuccess {
   signAlg: string
 }
 
+/** The columns a successful attestation rewrites, kept in `verifier_attestation_state` (see the migration). */
+export const HOT_COLUMNS = [
+  'attestation_count',
+  'last_received_quote',
+  'last_successful_attestation',
+  'tpm_clockinfo',
+  'next_ima_ml_entry',
+  'ima_state',
+] as const
+
+/** `verifiermain` columns read as they are (the hot ones and `lease_expires` come from elsewhere). */
+const MAIN_COLUMNS = [
+  'agent_id',
+  'v',
+  'ip',
+  'port',
+  'verifier_id',
+  'verifier_ip',
+  'verifier_port',
+  'operational_state',
+  'public_key',
+  'tpm_policy',
+  'meta_data',
+  'ima_policy_id',
+  'mb_policy_id',
+  'ima_sign_verification_keys',
+  'revocation_key',
+  'accept_tpm_hash_algs',
+  'accept_tpm_encryption_algs',
+  'accept_tpm_signing_algs',
+  'hash_alg',
+  'enc_alg',
+  'sign_alg',
+  'boottime',
+  'ima_pcrs',
+  'pcr10',
+  'severity_level',
+  'last_event_id',
+  'last_event_context',
+  'learned_ima_keyrings',
+  'supported_version',
+  'ak_tpm',
+  'mtls_cert',
+  'accept_attestations',
+  'consecutive_attestation_failures',
+  'lease_holder',
+  'lease_epoch',
+  'config_version',
+] as const
+
+/**
+ * An agent as one row: the enrolment row, its attestation state (the enrolment row's old values for a row that has
+ * none yet) and `lease_expires`, the expiry of its holder's heartbeat row.
+ */
+const AGENT_SELECT = `SELECT ${MAIN_COLUMNS.map((c) => `m.${c}`).join(', ')}, ${HOT_COLUMNS.map(
+  (c) => `CASE WHEN s.agent_id IS NULL THEN m.${c} ELSE s.${c} END AS ${c}`,
+).join(', ')}, h.expires AS lease_expires
+  FROM verifiermain m
+  LEFT JOIN verifier_attestation_state s ON s.agent_id = m.agent_id
+  LEFT JOIN verifier_holders h ON h.holder = m.lease_holder`
+
+const NOT_OPERATOR_HELD = `(operational_state IS NULL OR operational_state NOT IN (${WRITE_GUARD_EXCLUDED.join(', ')}))`
+const RESUMABLE = `operational_state IN (${RESUMABLE_STATES.join(', ')})`
+/** Pull agents only: push agents (no address) submit their evidence and are never polled. */
+const POLLED = 'ip IS NOT NULL'
+/** The agent's holder has no live heartbeat row at `now` (or there is none): anyone may claim it. */
+const holderGone = (now: string) => `(lease_holder IS NULL OR NOT EXISTS
+  (SELECT 1 FROM verifier_holders h WHERE h.holder = verifiermain.lease_holder AND h.expires >= ${now}))`
+
+/**
+ * The statements of the hot paths, written once per dialect and run as they are (no query building per call;
+ * SQLite reuses the prepared statement by its text, PostgreSQL gets a named prepared statement). A list of agents
+ * is one parameter (a PostgreSQL array, a JSON array on SQLite), so the text never depends on the batch size.
+ * Every statement that locks several agent rows locks them in `agent_id` order (or skips locked ones), and the
+ * attestation state row of an agent is written only by a transaction already holding its `verifiermain` row: one
+ * lock order, so the verifiers sharing a database cannot deadlock.
+ */
+interface Statements {
+  heartbeat: string
+  register: string
+  unregister: string
+  /** Heartbeat rows long expired: whether a row is missing or expired makes no difference to a claim. */
+  forgetExpired: string
+  /** Locks the batch's rows the holder still holds (ordered) and returns what the batch compares with. */
+  lockBatch: string
+  upsertHot: string
+  updateMainChanged: string
+  claimLock: string
+  claimApply: string
+  lockHeld: string
+  release: string
+  takeOverLock: string
+  takeOverApply: string
+}
+
+function statements(dialect: 'sqlite' | 'postgres'): Statements {
+  const pg = dialect === 'postgres'
+  let n = 0
+  // positional placeholders: $1, $2… on PostgreSQL, ? on SQLite (each used once, in order of appearance)
+  const p = (pgType = '') => (pg ? `$${++n}${pgType}` : '?')
+  const reset = (build: () => string) => {
+    n = 0
+    return build()
+  }
+  const list = (pgType: string) =>
+    pg ? `(SELECT unnest(${p(`::${pgType}[]`)}))` : `(SELECT value FROM json_each(${p()}))`
+  const lock = (mode: string) => (pg ? ` FOR ${mode}` : '')
+  const hotCols = HOT_COLUMNS.join(', ')
+  return {
+    heartbeat: reset(
+      () => `UPDATE verifier_holders SET expires = ${p()} WHERE holder = ${p()} AND expires >= ${p()}`,
+    ),
+    register: reset(
+      () => `INSERT INTO verifier_holders (holder, expires) VALUES (${p()}, ${p()})
+       ON CONFLICT (holder) DO UPDATE SET expires = excluded.expires`,
+    ),
+    unregister: reset(() => `DELETE FROM verifier_holders WHERE holder = ${p()}`),
+    forgetExpired: reset(() => `DELETE FROM verifier_holders WHERE expires < ${p()}`),
+    lockBatch: reset(
+      () => `SELECT agent_id, lease_epoch, operational_state, public_key, hash_alg, enc_alg, sign_alg FROM verifiermain
+       WHERE agent_id IN ${list('text')} AND lease_holder = ${p()} AND ${NOT_OPERATOR_HELD}
+       ORDER BY agent_id${lock('NO KEY UPDATE')}`,
+    ),
+    upsertHot: reset(() =>
+      pg
+        ? `INSERT INTO verifier_attestation_state (agent_id, ${hotCols})
+           SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[], $4::bigint[], $5::text[], $6::int[], $7::text[])
+           ON CONFLICT (agent_id) DO UPDATE SET ${HOT_COLUMNS.map((c) => `${c} = excluded.${c}`).join(', ')}`
+        : `INSERT INTO verifier_attestation_state (agent_id, ${hotCols})
+           SELECT value->>0, ${HOT_COLUMNS.map((_, i) => `value->>${i + 1}`).join(', ')} FROM json_each(?) WHERE true
+           ON CONFLICT (agent_id) DO UPDATE SET ${HOT_COLUMNS.map((c) => `${c} = excluded.${c}`).join(', ')}`,
+    ),
+    updateMainChanged: reset(() =>
+      pg
+        ? `UPDATE verifiermain AS m SET operational_state = v.state, public_key = COALESCE(v.public_key, m.public_key),
+             hash_alg = v.hash_alg, enc_alg = v.enc_alg, sign_alg = v.sign_alg
+           FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::text[], $6::text[])
+             AS v(agent_id, state, public_key, hash_alg, enc_alg, sign_alg)
+           WHERE m.agent_id = v.agent_id`
+        : `UPDATE verifiermain SET operational_state = j.value->>1,
+             public_key = COALESCE(j.value->>2, verifiermain.public_key),
+             hash_alg = j.value->>3, enc_alg = j.value->>4, sign_alg = j.value->>5
+           FROM json_each(?) AS j WHERE verifiermain.agent_id = j.value->>0`,
+    ),
+    claimLock: reset(
+      () => `SELECT agent_id FROM verifiermain
+       WHERE verifier_id = ${p()} AND ${RESUMABLE} AND ${POLLED} AND ${holderGone(p('::bigint'))}
+       ORDER BY agent_id LIMIT ${p('::int')}${lock('NO KEY UPDATE SKIP LOCKED')}`,
+    ),
+    claimApply: reset(
+      () => `UPDATE verifiermain SET lease_holder = ${p()}, lease_epoch = lease_epoch + 1, operational_state = ${AgentState.START}
+       WHERE agent_id IN ${list('text')}`,
+    ),
+    lockHeld: reset(
+      () =>
+        `SELECT agent_id FROM verifiermain WHERE lease_holder = ${p()} ORDER BY agent_id${lock('NO KEY UPDATE')}`,
+    ),
+    release: reset(() => `UPDATE verifiermain SET lease_holder = NULL WHERE lease_holder = ${p()}`),
+    takeOverLock: reset(
+      () => `SELECT agent_id, lease_holder FROM verifiermain
+       WHERE substr(lease_holder, 1, ${p('::int')}) = ${p()} AND lease_holder <> ${p()} AND ${RESUMABLE} AND ${POLLED}
+       ORDER BY agent_id${lock('NO KEY UPDATE')}`,
+    ),
+    takeOverApply: reset(
+      () => `UPDATE verifiermain SET lease_holder = ${p()}, lease_epoch = lease_epoch + 1, operational_state = ${AgentState.START}
+       WHERE agent_id IN ${list('text')}`,
+    ),
+  }
+}
+
+/** A list of values as one statement parameter: an array for PostgreSQL, JSON text for SQLite. */
+function listParam(dialect: 'sqlite' | 'postgres', values: readonly unknown[]): unknown {
+  return dialect === 'postgres' ? values : JSON.stringify(values)
+}
+
+type Queryable = Kysely<VerifierDatabase> | Transaction<VerifierDatabase>
+
+async function run<R>(db: Queryable, sqlText: string, params: readonly unknown[]): Promise<R[]> {
+  return (await db.executeQuery<R>(CompiledQuery.raw(sqlText, [...params]))).rows
+}
+
+interface LockedRow {
+  agent_id: string
+  lease_epoch: number
+  operational_state: number | null
+  public_key: string | null
+  hash_alg: string | null
+  enc_alg: string | null
+  sign_alg: string | null
+}
+
+function toAgentRow(r: VerifierAgentRow): VerifierAgentRow {
+  if (r.lease_expires !== null && typeof r.lease_expires !== 'number')
+    r.lease_expires = Number(r.lease_expires)
+  return r
+}
+
 export class VerifierRepository {
-  constructor(readonly db: Kysely<VerifierDatabase>) {}
+  readonly dialect: 'sqlite' | 'postgres'
+  private readonly sql: Statements
+
+  constructor(readonly db: Kysely<VerifierDatabase>) {
+    this.dialect = databaseDialect(db)
+    this.sql = statements(this.dialect)
+    if (this.dialect === 'postgres')
+      for (const text of Object.values(this.sql)) registerPreparedStatement(text)
+  }
+
+  private list(values: readonly unknown[]): unknown {
+    return listParam(this.dialect, values)
+  }
 
   // ---------------------------------------------------------------------------- agents
 
@@ -140,52 +396,51 @@ export class VerifierRepository {
   }
 
   /**
-   * Enrolment in one transaction: the policies stored with this agent (if new) and the agent row. A duplicate agent
-   * or policy name (a racing identical add included) raises DuplicateError and leaves nothing behind.
+   * Enrolment in one transaction: the policies stored with this agent (if new; a body already stored is only
+   * referenced), the agent row and its attestation state. A duplicate agent or policy name (a racing identical add
+   * included) raises DuplicateError and leaves nothing behind.
    */
-  async enrolAgent(
-    row: NewVerifierAgent,
-    newPolicies: { runtime?: Insertable<AllowlistsTable>; mb?: { name: string; mb_policy: string } },
-  ): Promise<void> {
-    const values =
-      row.next_ima_ml_entry === undefined
-        ? { ...row, next_ima_ml_entry: nextImaEntryOf(row.ima_state ?? null) }
-        : row
+  async enrolAgent(row: NewVerifierAgent, newPolicies: NewAgentPolicies): Promise<void> {
+    const hot: Record<string, unknown> = { agent_id: row.agent_id }
+    const main: Record<string, unknown> = {}
+    for (const [k, v] of Object.entries(row)) {
+      if (v === undefined || k === 'lease_expires') continue
+      if ((HOT_COLUMNS as readonly string[]).includes(k)) hot[k] = v
+      else main[k] = v
+    }
+    if (hot.next_ima_ml_entry === undefined)
+      hot.next_ima_ml_entry = nextImaEntryOf((row.ima_state as string | null | undefined) ?? null)
     try {
       await this.db.transaction().execute(async (tx) => {
-        if (
-          await tx
-            .selectFrom('verifiermain')
-            .select('agent_id')
-            .where('agent_id', '=', row.agent_id)
-            .executeTakeFirst()
-        )
-          throw new DuplicateError(`agent ${row.agent_id}`)
         if (newPolicies.runtime) {
           const r = newPolicies.runtime
-          if (await tx.selectFrom('allowlists').select('id').where('name', '=', r.name).executeTakeFirst())
-            throw new DuplicateError(`runtime policy ${r.name}`)
-          await tx.insertInto('allowlists').values(r).execute()
-          const id = await tx
-            .selectFrom('allowlists')
-            .select('id')
-            .where('name', '=', r.name)
-            .executeTakeFirstOrThrow()
-          values.ima_policy_id = id.id
+          const digest = await this.storeBody(tx, 'runtime', r.body, r.generator)
+          main.ima_policy_id = await insertPolicyName(tx, 'allowlists', `runtime policy ${r.name}`, {
+            name: r.name,
+            checksum: r.checksum,
+            generator: r.generator,
+            tpm_policy: null,
+            ima_policy: null,
+            body_digest: digest,
+          })
         }
         if (newPolicies.mb) {
           const m = newPolicies.mb
-          if (await tx.selectFrom('mbpolicies').select('id').where('name', '=', m.name).executeTakeFirst())
-            throw new DuplicateError(`measured boot policy ${m.name}`)
-          await tx.insertInto('mbpolicies').values(m).execute()
-          const id = await tx
-            .selectFrom('mbpolicies')
-            .select('id')
-            .where('name', '=', m.name)
-            .executeTakeFirstOrThrow()
-          values.mb_policy_id = id.id
+          const digest = await this.storeBody(tx, 'mb', m.body, null)
+          main.mb_policy_id = await insertPolicyName(tx, 'mbpolicies', `measured boot policy ${m.name}`, {
+            name: m.name,
+            mb_policy: null,
+            body_digest: digest,
+          })
         }
-        await tx.insertInto('verifiermain').values(values).execute()
+        await tx
+          .insertInto('verifiermain')
+          .values(main as NewVerifierAgent)
+          .execute()
+        await tx
+          .insertInto('verifier_attestation_state')
+          .values(hot as Insertable<AttestationStateTable>)
+          .execute()
       })
     } catch (err) {
       if (isUniqueViolation(err)) throw new DuplicateError(`agent ${row.agent_id} or one of its policies`)
@@ -193,8 +448,20 @@ export class VerifierRepository {
     }
   }
 
+  async agentExists(agentId: string): Promise<boolean> {
+    const r = await this.db
+      .selectFrom('verifiermain')
+      .select('agent_id')
+      .where('agent_id', '=', agentId)
+      .executeTakeFirst()
+    return r !== undefined
+  }
+
   async getAgent(agentId: string): Promise<VerifierAgentRow | undefined> {
-    return this.db.selectFrom('verifiermain').selectAll().where('agent_id', '=', agentId).executeTakeFirst()
+    const rows = await run<VerifierAgentRow>(this.db, `${AGENT_SELECT} WHERE m.agent_id = ${this.p(1)}`, [
+      agentId,
+    ])
+    return rows[0] ? toAgentRow(rows[0]) : undefined
   }
 
   async listAgentIds(verifierId?: string): Promise<string[]> {
@@ -204,9 +471,32 @@ export class VerifierRepository {
   }
 
   async listAgents(verifierId?: string): Promise<VerifierAgentRow[]> {
-    let q = this.db.selectFrom('verifiermain').selectAll().orderBy('agent_id')
-    if (verifierId !== undefined) q = q.where('verifier_id', '=', verifierId)
-    return q.execute()
+    const rows =
+      verifierId === undefined
+        ? await run<VerifierAgentRow>(this.db, `${AGENT_SELECT} ORDER BY m.agent_id`, [])
+        : await run<VerifierAgentRow>(
+            this.db,
+            `${AGENT_SELECT} WHERE m.verifier_id = ${this.p(1)} ORDER BY m.agent_id`,
+            [verifierId],
+          )
+    return rows.map(toAgentRow)
+  }
+
+  /** Agents by id (held by `leaseHolder`), as one row each. */
+  private async agentsHeldBy(ids: readonly string[], leaseHolder: string): Promise<VerifierAgentRow[]> {
+    if (ids.length === 0) return []
+    const inList =
+      this.dialect === 'postgres' ? '(SELECT unnest($1::text[]))' : '(SELECT value FROM json_each(?))'
+    const rows = await run<VerifierAgentRow>(
+      this.db,
+      `${AGENT_SELECT} WHERE m.agent_id IN ${inList} AND m.lease_holder = ${this.p(2)}`,
+      [this.list(ids), leaseHolder],
+    )
+    return rows.map(toAgentRow)
+  }
+
+  private p(i: number): string {
+    return this.dialect === 'postgres' ? `$${i}` : '?'
   }
 
   /** Unconditional state change (API stop/terminate). */
@@ -220,13 +510,12 @@ export class VerifierRepository {
   }
 
   /** Used by reactivate: back to START, owned by `leaseHolder` under a new epoch (severity/last event kept). */
-  async reactivate(agentId: string, leaseHolder: string, leaseExpires: number): Promise<boolean> {
+  async reactivate(agentId: string, leaseHolder: string): Promise<boolean> {
     const r = await this.db
       .updateTable('verifiermain')
       .set({
         operational_state: AgentState.START,
         lease_holder: leaseHolder,
-        lease_expires: leaseExpires,
         lease_epoch: sql`lease_epoch + 1`,
       })
       .where('agent_id', '=', agentId)
@@ -234,55 +523,133 @@ export class VerifierRepository {
     return r.numUpdatedRows > 0n
   }
 
-  /** Fenced write from the attestation loop; false when refused (deleted, stopped, lease lost or a newer epoch). */
+  /**
+   * Fenced write from the attestation loop (state changes, failures); false when refused (deleted, stopped, lease
+   * lost or a newer epoch). The enrolment row is written (or locked) first, then the attestation state: the one
+   * lock order.
+   */
   async updateGuarded(
     agentId: string,
     lease: { holder: string; epoch: number },
     patch: VerifierAgentPatch,
   ): Promise<boolean> {
-    return updateGuardedIn(this.db, agentId, lease, patch)
+    const main: Record<string, unknown> = {}
+    const hot: Record<string, unknown> = {}
+    for (const [k, v] of Object.entries(withImaOffset(patch))) {
+      if (v === undefined || k === 'lease_expires') continue
+      if ((HOT_COLUMNS as readonly string[]).includes(k)) hot[k] = v
+      else main[k] = v
+    }
+    const pg = this.dialect === 'postgres'
+    return this.db.transaction().execute(async (tx) => {
+      const fence = (eb: ExpressionBuilder<VerifierDatabase, 'verifiermain'>) =>
+        eb.and([
+          eb('agent_id', '=', agentId),
+          eb('lease_holder', '=', lease.holder),
+          eb('lease_epoch', '=', lease.epoch),
+          eb.or([
+            eb('operational_state', 'is', null),
+            eb('operational_state', 'not in', WRITE_GUARD_EXCLUDED),
+          ]),
+        ])
+      let ok: boolean
+      if (Object.keys(main).length > 0) {
+        const r = await tx
+          .updateTable('verifiermain')
+          .set(main as VerifierAgentPatch)
+          .where(fence)
+          .executeTakeFirst()
+        ok = r.numUpdatedRows > 0n
+      } else {
+        let q = tx.selectFrom('verifiermain').select('agent_id').where(fence)
+        if (pg) q = q.forNoKeyUpdate()
+        ok = (await q.executeTakeFirst()) !== undefined
+      }
+      if (ok && Object.keys(hot).length > 0)
+        await tx
+          .insertInto('verifier_attestation_state')
+          .values({ agent_id: agentId, ...hot } as Insertable<AttestationStateTable>)
+          .onConflict((oc) => oc.column('agent_id').doUpdateSet(hot as Updateable<AttestationStateTable>))
+          .execute()
+      return ok
+    })
   }
 
-  /** Writes many successful attestations in one transaction; returns the agent ids the guard refused. */
+  /**
+   * Writes many successful attestations in one transaction of a few statements whatever the batch size: lock the
+   * rows still held under the same epoch (in `agent_id` order), upsert their attestation state, and write the
+   * enrolment row only for the few whose state, key or algorithms changed. Returns the agent ids the fence refused.
+   */
   async recordSuccesses(leaseHolder: string, batch: readonly AttestationSuccess[]): Promise<string[]> {
     if (batch.length === 0) return []
-    const refused: string[] = []
-    await this.db.transaction().execute(async (tx) => {
+    return this.db.transaction().execute(async (tx) => {
+      const locked = await run<LockedRow>(tx, this.sql.lockBatch, [
+        this.list(batch.map((s) => s.agentId)),
+        leaseHolder,
+      ])
+      const byId = new Map(locked.map((r) => [r.agent_id, r]))
+      const accepted: AttestationSuccess[] = []
+      const refused: string[] = []
       for (const s of batch) {
-        const patch: VerifierAgentPatch = {
-          attestation_count: s.attestationCount,
-          last_received_quote: s.lastReceivedQuote,
-          last_successful_attestation: s.lastSuccessfulAttestation,
-          tpm_clockinfo: s.tpmClockinfo,
-          operational_state: s.operationalState,
-          ima_state: s.imaState,
-          hash_alg: s.hashAlg,
-          enc_alg: s.encAlg,
-          sign_alg: s.signAlg,
-        }
-        if (s.publicKey !== null) patch.public_key = s.publicKey
-        if (s.nextImaEntry !== undefined) patch.next_ima_ml_entry = s.nextImaEntry
-        const ok = await updateGuardedIn(tx, s.agentId, { holder: leaseHolder, epoch: s.leaseEpoch }, patch)
-        if (!ok) refused.push(s.agentId)
+        const row = byId.get(s.agentId)
+        if (row && Number(row.lease_epoch) === s.leaseEpoch) accepted.push(s)
+        else refused.push(s.agentId)
       }
+      if (accepted.length === 0) return refused
+      const hot = accepted.map((s) => [
+        s.agentId,
+        s.attestationCount,
+        s.lastReceivedQuote,
+        s.lastSuccessfulAttestation,
+        s.tpmClockinfo,
+        s.nextImaEntry ?? nextImaEntryOf(s.imaState),
+        s.imaState,
+      ])
+      await run(tx, this.sql.upsertHot, this.rowsParam(hot))
+      const changed = accepted
+        .filter((s) => {
+          const row = byId.get(s.agentId) as LockedRow
+          return (
+            row.operational_state !== s.operationalState ||
+            (s.publicKey !== null && s.publicKey !== row.public_key) ||
+            row.hash_alg !== s.hashAlg ||
+            row.enc_alg !== s.encAlg ||
+            row.sign_alg !== s.signAlg
+          )
+        })
+        .map((s) => [s.agentId, s.operationalState, s.publicKey, s.hashAlg, s.encAlg, s.signAlg])
+      if (changed.length > 0) await run(tx, this.sql.updateMainChanged, this.rowsParam(changed))
+      return refused
     })
-    return refused
   }
 
-  /** Deletes the agent and the policies named after it that no other agent uses. */
+  /** Rows as statement parameters: one array per column on PostgreSQL (for unnest), one JSON array on SQLite. */
+  private rowsParam(rows: unknown[][]): unknown[] {
+    if (this.dialect === 'sqlite') return [JSON.stringify(rows)]
+    const width = rows[0]?.length ?? 0
+    return Array.from({ length: width }, (_, i) => rows.map((r) => r[i]))
+  }
+
+  /** Deletes the agent (its attestation state goes with it) and its own policies no other agent uses. */
   async deleteAgent(agentId: string): Promise<boolean> {
     return this.db.transaction().execute(async (tx) => {
       const r = await tx.deleteFrom('verifiermain').where('agent_id', '=', agentId).executeTakeFirst()
       for (const table of ['allowlists', 'mbpolicies'] as const) {
         const col = table === 'allowlists' ? 'ima_policy_id' : 'mb_policy_id'
-        const pol = await tx.selectFrom(table).select('id').where('name', '=', agentId).executeTakeFirst()
+        const pol = await tx
+          .selectFrom(table)
+          .select(['id', 'body_digest'])
+          .where('name', '=', agentId)
+          .executeTakeFirst()
         if (!pol) continue
         const user = await tx
           .selectFrom('verifiermain')
           .select('agent_id')
           .where(col, '=', pol.id)
           .executeTakeFirst()
-        if (!user) await tx.deleteFrom(table).where('id', '=', pol.id).execute()
+        if (user) continue
+        await tx.deleteFrom(table).where('id', '=', pol.id).execute()
+        await collectBody(tx, pol.body_digest)
       }
       return r.numDeletedRows > 0n
     })
@@ -290,58 +657,42 @@ export class VerifierRepository {
 
   // ---------------------------------------------------------------------------- leases (multi-verifier)
 
-  /** Extends every lease this holder has; returns how many rows it holds. */
-  async renewLeases(leaseHolder: string, until: number): Promise<number> {
-    const r = await this.db
-      .updateTable('verifiermain')
-      .set({ lease_expires: until })
-      .where('lease_holder', '=', leaseHolder)
-      .executeTakeFirst()
-    return Number(r.numUpdatedRows)
+  /**
+   * The heartbeat: one statement extending this holder's row, whatever the number of agents. False when the row had
+   * expired (or did not exist): it is registered again, and agents other verifiers claimed meanwhile are theirs
+   * (their writes from here are refused by the epoch fence).
+   */
+  async heartbeat(leaseHolder: string, now: number, until: number): Promise<boolean> {
+    const r = await this.db.executeQuery(CompiledQuery.raw(this.sql.heartbeat, [until, leaseHolder, now]))
+    if (Number(r.numAffectedRows ?? 0n) > 0) return true
+    await run(this.db, this.sql.register, [leaseHolder, until])
+    return false
+  }
+
+  /** Deletes heartbeat rows expired before `before` (dead processes'); their agents stay claimable. */
+  async forgetExpiredHolders(before: number): Promise<void> {
+    await run(this.db, this.sql.forgetExpired, [before])
   }
 
   /**
-   * Claims up to `limit` resumable agents of `verifierId` that nobody holds or whose lease expired (a dead
-   * verifier's), resets them to START and returns them. Row-level atomic on PostgreSQL (the WHERE is re-checked on
-   * concurrent updates), so two verifiers never both get one agent.
+   * Claims up to `limit` resumable agents of `verifierId` that nobody holds or whose holder's heartbeat expired (a
+   * dead verifier's), resets them to START under a new epoch and returns them. Rows another transaction has locked
+   * are skipped (PostgreSQL), so two verifiers never both get one agent and a claim never waits on a lock.
    */
   async claimAgents(
     verifierId: string,
     leaseHolder: string,
     now: number,
-    until: number,
     limit: number,
   ): Promise<VerifierAgentRow[]> {
-    const candidates = await this.db
-      .selectFrom('verifiermain')
-      .select('agent_id')
-      .where('verifier_id', '=', verifierId)
-      .where('operational_state', 'in', RESUMABLE_STATES)
-      // push agents (no address) submit their evidence: never polled
-      .where('ip', 'is not', null)
-      .where((eb) => eb.or([eb('lease_holder', 'is', null), eb('lease_expires', '<', now)]))
-      .limit(limit)
-      .execute()
-    if (candidates.length === 0) return []
-    const ids = candidates.map((c) => c.agent_id)
-    await this.db
-      .updateTable('verifiermain')
-      .set({
-        lease_holder: leaseHolder,
-        lease_expires: until,
-        lease_epoch: sql`lease_epoch + 1`,
-        operational_state: AgentState.START,
-      })
-      .where('agent_id', 'in', ids)
-      .where('operational_state', 'in', RESUMABLE_STATES)
-      .where((eb) => eb.or([eb('lease_holder', 'is', null), eb('lease_expires', '<', now)]))
-      .execute()
-    return this.db
-      .selectFrom('verifiermain')
-      .selectAll()
-      .where('agent_id', 'in', ids)
-      .where('lease_holder', '=', leaseHolder)
-      .execute()
+    const ids = await this.db.transaction().execute(async (tx) => {
+      const rows = await run<{ agent_id: string }>(tx, this.sql.claimLock, [verifierId, now, limit])
+      if (rows.length === 0) return []
+      const ids = rows.map((r) => r.agent_id)
+      await run(tx, this.sql.claimApply, [leaseHolder, this.list(ids)])
+      return ids
+    })
+    return this.agentsHeldBy(ids, leaseHolder)
   }
 
   /**
@@ -351,44 +702,30 @@ export class VerifierRepository {
   async takeOverFromAddress(
     addressPrefix: string,
     leaseHolder: string,
-    until: number,
   ): Promise<{ agents: VerifierAgentRow[]; previousHolders: string[] }> {
-    const samePrefix = sql<boolean>`substr(lease_holder, 1, ${addressPrefix.length}) = ${addressPrefix}`
-    const previous = await this.db
-      .selectFrom('verifiermain')
-      .select('lease_holder')
-      .distinct()
-      .where(samePrefix)
-      .where('lease_holder', '!=', leaseHolder)
-      .where('operational_state', 'in', RESUMABLE_STATES)
-      .where('ip', 'is not', null)
-      .execute()
-    if (previous.length > 0)
-      await this.db
-        .updateTable('verifiermain')
-        .set({
-          operational_state: AgentState.START,
-          lease_holder: leaseHolder,
-          lease_expires: until,
-          lease_epoch: sql`lease_epoch + 1`,
-        })
-        .where(samePrefix)
-        .where('lease_holder', '!=', leaseHolder)
-        .where('operational_state', 'in', RESUMABLE_STATES)
-        .where('ip', 'is not', null)
-        .execute()
-    const agents = await this.db
-      .selectFrom('verifiermain')
-      .selectAll()
-      .where('lease_holder', '=', leaseHolder)
-      .where('operational_state', 'in', RESUMABLE_STATES)
-      .execute()
-    return { agents, previousHolders: previous.map((p) => p.lease_holder as string) }
+    const previous = await this.db.transaction().execute(async (tx) => {
+      const rows = await run<{ agent_id: string; lease_holder: string }>(tx, this.sql.takeOverLock, [
+        addressPrefix.length,
+        addressPrefix,
+        leaseHolder,
+      ])
+      if (rows.length > 0)
+        await run(tx, this.sql.takeOverApply, [leaseHolder, this.list(rows.map((r) => r.agent_id))])
+      const holders = [...new Set(rows.map((r) => r.lease_holder))]
+      for (const h of holders) await run(tx, this.sql.unregister, [h])
+      return holders
+    })
+    const held = await run<VerifierAgentRow>(
+      this.db,
+      `${AGENT_SELECT} WHERE m.lease_holder = ${this.p(1)} AND m.${RESUMABLE}`,
+      [leaseHolder],
+    )
+    return { agents: held.map(toAgentRow), previousHolders: previous }
   }
 
   /**
-   * What changed under this holder since it loaded its agents: the lease, epoch, configuration version and state of
-   * every row it holds (rows taken over by another verifier are simply absent). One narrow query per heartbeat.
+   * What changed under this holder since it loaded its agents: the epoch, configuration version and state of every
+   * row it holds (rows taken over by another verifier are simply absent). One narrow query per heartbeat.
    */
   async heldRows(
     leaseHolder: string,
@@ -409,29 +746,126 @@ export class VerifierRepository {
       .select('agent_id')
       .where('verifier_id', '=', verifierId)
       .where('operational_state', '=', AgentState.TERMINATED)
-      .where((eb) => eb.or([eb('lease_holder', 'is', null), eb('lease_expires', '<', now)]))
+      .where((eb) =>
+        eb.or([
+          eb('lease_holder', 'is', null),
+          eb.not(
+            eb.exists(
+              eb
+                .selectFrom('verifier_holders')
+                .select('holder')
+                .whereRef('verifier_holders.holder', '=', 'verifiermain.lease_holder')
+                .where('verifier_holders.expires', '>=', now),
+            ),
+          ),
+        ]),
+      )
       .execute()
     return rows.map((r) => r.agent_id)
   }
 
   /** Gives up this holder's leases (graceful shutdown) so another verifier can pick the agents up at once. */
   async releaseLeases(leaseHolder: string): Promise<number> {
+    return this.db.transaction().execute(async (tx) => {
+      const held = await run(tx, this.sql.lockHeld, [leaseHolder])
+      await run(tx, this.sql.release, [leaseHolder])
+      await run(tx, this.sql.unregister, [leaseHolder])
+      return held.length
+    })
+  }
+
+  /** Whether a holder's heartbeat row is live at `now` (another verifier attests its agents). */
+  async holderAlive(leaseHolder: string, now: number): Promise<boolean> {
     const r = await this.db
-      .updateTable('verifiermain')
-      .set({ lease_holder: null, lease_expires: null })
-      .where('lease_holder', '=', leaseHolder)
+      .selectFrom('verifier_holders')
+      .select('holder')
+      .where('holder', '=', leaseHolder)
+      .where('expires', '>=', now)
       .executeTakeFirst()
-    return Number(r.numUpdatedRows)
+    return r !== undefined
+  }
+
+  // ---------------------------------------------------------------------------- policy bodies
+
+  /** Kind and parse result of a stored policy body, or undefined when no body has this digest. */
+  async policyBody(digest: string): Promise<{ kind: string; generator: number | null } | undefined> {
+    return this.db
+      .selectFrom('verifier_policy_bodies')
+      .select(['kind', 'generator'])
+      .where('digest', '=', digest)
+      .executeTakeFirst()
+  }
+
+  async policyBodyText(digest: string): Promise<string | undefined> {
+    const r = await this.db
+      .selectFrom('verifier_policy_bodies')
+      .select('body')
+      .where('digest', '=', digest)
+      .executeTakeFirst()
+    return r?.body
+  }
+
+  /** Stores a body unless one with its digest is there (then it is only locked against collection). */
+  private async storeBody(
+    tx: Transaction<VerifierDatabase>,
+    kind: 'runtime' | 'mb',
+    body: PolicyBodyInput,
+    generator: number | null,
+  ): Promise<string> {
+    let present = tx.selectFrom('verifier_policy_bodies').select('digest').where('digest', '=', body.digest)
+    if (this.dialect === 'postgres') present = present.forKeyShare()
+    if (!(await present.executeTakeFirst()))
+      await tx
+        .insertInto('verifier_policy_bodies')
+        .values({ digest: body.digest, kind, generator, body: body.text })
+        .onConflict((oc) => oc.column('digest').doNothing())
+        .execute()
+    return body.digest
   }
 
   // ---------------------------------------------------------------------------- runtime policies
 
+  /** A named runtime policy with its text. */
   async getAllowlist(name: string): Promise<AllowlistRow | undefined> {
-    return this.db.selectFrom('allowlists').selectAll().where('name', '=', name).executeTakeFirst()
+    return this.allowlistWithText().where('a.name', '=', name).executeTakeFirst()
   }
 
+  /** A runtime policy with its text, by id. */
   async getAllowlistById(id: number): Promise<AllowlistRow | undefined> {
-    return this.db.selectFrom('allowlists').selectAll().where('id', '=', id).executeTakeFirst()
+    return this.allowlistWithText().where('a.id', '=', id).executeTakeFirst()
+  }
+
+  private allowlistWithText() {
+    return this.db
+      .selectFrom('allowlists as a')
+      .leftJoin('verifier_policy_bodies as b', 'b.digest', 'a.body_digest')
+      .select([
+        'a.id',
+        'a.name',
+        'a.checksum',
+        'a.generator',
+        'a.tpm_policy',
+        'a.body_digest',
+        sql<string | null>`coalesce(b.body, a.ima_policy)`.as('ima_policy'),
+      ])
+  }
+
+  /** A named runtime policy without its text. */
+  async allowlistMeta(name: string): Promise<PolicyMeta | undefined> {
+    return this.db
+      .selectFrom('allowlists')
+      .select(['id', 'name', 'generator', 'body_digest'])
+      .where('name', '=', name)
+      .executeTakeFirst()
+  }
+
+  /** A runtime policy without its text, by id. */
+  async allowlistMetaById(id: number): Promise<PolicyMeta | undefined> {
+    return this.db
+      .selectFrom('allowlists')
+      .select(['id', 'name', 'generator', 'body_digest'])
+      .where('id', '=', id)
+      .executeTakeFirst()
   }
 
   async listAllowlistNames(): Promise<string[]> {
@@ -440,20 +874,57 @@ export class VerifierRepository {
     )
   }
 
-  async insertAllowlist(row: Insertable<AllowlistsTable>): Promise<number> {
-    if (await this.getAllowlist(row.name)) throw new DuplicateError(`runtime policy ${row.name}`)
-    await this.db.insertInto('allowlists').values(row).execute()
-    return (await this.getAllowlist(row.name))?.id as number
+  async insertAllowlist(row: NewRuntimePolicy): Promise<number> {
+    return this.db.transaction().execute(async (tx) => {
+      const digest = await this.storeBody(tx, 'runtime', bodyInput(row.ima_policy), row.generator)
+      return insertPolicyName(tx, 'allowlists', `runtime policy ${row.name}`, {
+        name: row.name,
+        checksum: row.checksum,
+        generator: row.generator,
+        tpm_policy: row.tpm_policy,
+        ima_policy: null,
+        body_digest: digest,
+      })
+    })
   }
 
-  async updateAllowlist(name: string, patch: Updateable<AllowlistsTable>): Promise<boolean> {
-    const r = await this.db.updateTable('allowlists').set(patch).where('name', '=', name).executeTakeFirst()
-    return r.numUpdatedRows > 0n
+  async updateAllowlist(name: string, row: Omit<NewRuntimePolicy, 'name'>): Promise<boolean> {
+    return this.db.transaction().execute(async (tx) => {
+      const old = await tx
+        .selectFrom('allowlists')
+        .select('body_digest')
+        .where('name', '=', name)
+        .executeTakeFirst()
+      if (!old) return false
+      const digest = await this.storeBody(tx, 'runtime', bodyInput(row.ima_policy), row.generator)
+      await tx
+        .updateTable('allowlists')
+        .set({
+          checksum: row.checksum,
+          generator: row.generator,
+          tpm_policy: row.tpm_policy,
+          ima_policy: null,
+          body_digest: digest,
+        })
+        .where('name', '=', name)
+        .execute()
+      if (old.body_digest !== digest) await collectBody(tx, old.body_digest)
+      return true
+    })
   }
 
   async deleteAllowlist(name: string): Promise<boolean> {
-    const r = await this.db.deleteFrom('allowlists').where('name', '=', name).executeTakeFirst()
-    return r.numDeletedRows > 0n
+    return this.db.transaction().execute(async (tx) => {
+      const old = await tx
+        .selectFrom('allowlists')
+        .select('body_digest')
+        .where('name', '=', name)
+        .executeTakeFirst()
+      if (!old) return false
+      await tx.deleteFrom('allowlists').where('name', '=', name).execute()
+      await collectBody(tx, old.body_digest)
+      return true
+    })
   }
 
   async agentUsingPolicy(kind: 'ima' | 'mb', id: number): Promise<string | undefined> {
@@ -468,12 +939,43 @@ export class VerifierRepository {
 
   // ---------------------------------------------------------------------------- measured-boot policies
 
+  /** A named measured-boot policy with its text. */
   async getMbPolicy(name: string): Promise<MbPolicyRow | undefined> {
-    return this.db.selectFrom('mbpolicies').selectAll().where('name', '=', name).executeTakeFirst()
+    return this.mbPolicyWithText().where('p.name', '=', name).executeTakeFirst()
   }
 
+  /** A measured-boot policy with its text, by id. */
   async getMbPolicyById(id: number): Promise<MbPolicyRow | undefined> {
-    return this.db.selectFrom('mbpolicies').selectAll().where('id', '=', id).executeTakeFirst()
+    return this.mbPolicyWithText().where('p.id', '=', id).executeTakeFirst()
+  }
+
+  private mbPolicyWithText() {
+    return this.db
+      .selectFrom('mbpolicies as p')
+      .leftJoin('verifier_policy_bodies as b', 'b.digest', 'p.body_digest')
+      .select([
+        'p.id',
+        'p.name',
+        'p.body_digest',
+        sql<string | null>`coalesce(b.body, p.mb_policy)`.as('mb_policy'),
+      ])
+  }
+
+  async mbPolicyMeta(name: string): Promise<PolicyMeta | undefined> {
+    return this.db
+      .selectFrom('mbpolicies')
+      .select(['id', 'name', sql<null>`null`.as('generator'), 'body_digest'])
+      .where('name', '=', name)
+      .executeTakeFirst()
+  }
+
+  /** A measured-boot policy without its text, by id. */
+  async mbPolicyMetaById(id: number): Promise<PolicyMeta | undefined> {
+    return this.db
+      .selectFrom('mbpolicies')
+      .select(['id', 'name', sql<null>`null`.as('generator'), 'body_digest'])
+      .where('id', '=', id)
+      .executeTakeFirst()
   }
 
   async listMbPolicyNames(): Promise<string[]> {
@@ -482,25 +984,115 @@ export class VerifierRepository {
     )
   }
 
+  /** Stores a named measured-boot policy; `null` (or empty) text is a policy without a body. */
   async insertMbPolicy(name: string, mbPolicy: string | null): Promise<number> {
-    if (await this.getMbPolicy(name)) throw new DuplicateError(`measured boot policy ${name}`)
-    await this.db.insertInto('mbpolicies').values({ name, mb_policy: mbPolicy }).execute()
-    return (await this.getMbPolicy(name))?.id as number
+    return this.db.transaction().execute(async (tx) => {
+      const digest = mbPolicy ? await this.storeBody(tx, 'mb', bodyInput(mbPolicy), null) : null
+      return insertPolicyName(tx, 'mbpolicies', `measured boot policy ${name}`, {
+        name,
+        mb_policy: null,
+        body_digest: digest,
+      })
+    })
   }
 
   async updateMbPolicy(name: string, mbPolicy: string | null): Promise<boolean> {
-    const r = await this.db
-      .updateTable('mbpolicies')
-      .set({ mb_policy: mbPolicy })
-      .where('name', '=', name)
-      .executeTakeFirst()
-    return r.numUpdatedRows > 0n
+    return this.db.transaction().execute(async (tx) => {
+      const old = await tx
+        .selectFrom('mbpolicies')
+        .select('body_digest')
+        .where('name', '=', name)
+        .executeTakeFirst()
+      if (!old) return false
+      const digest = mbPolicy ? await this.storeBody(tx, 'mb', bodyInput(mbPolicy), null) : null
+      await tx
+        .updateTable('mbpolicies')
+        .set({ mb_policy: null, body_digest: digest })
+        .where('name', '=', name)
+        .execute()
+      if (old.body_digest !== digest) await collectBody(tx, old.body_digest)
+      return true
+    })
   }
 
   async deleteMbPolicy(name: string): Promise<boolean> {
-    const r = await this.db.deleteFrom('mbpolicies').where('name', '=', name).executeTakeFirst()
-    return r.numDeletedRows > 0n
+    return this.db.transaction().execute(async (tx) => {
+      const old = await tx
+        .selectFrom('mbpolicies')
+        .select('body_digest')
+        .where('name', '=', name)
+        .executeTakeFirst()
+      if (!old) return false
+      await tx.deleteFrom('mbpolicies').where('name', '=', name).execute()
+      await collectBody(tx, old.body_digest)
+      return true
+    })
   }
+}
+
+/** A policy text and its SHA-256 (hex), the key it is stored under. */
+export interface PolicyBodyInput {
+  digest: string
+  text: string
+}
+
+export function bodyInput(text: string): PolicyBodyInput {
+  return { digest: policyDigest(text), text }
+}
+
+export function policyDigest(text: string): string {
+  return createHash('sha256').update(text).digest('hex')
+}
+
+/** Policies an enrolment brings along, stored under their names (bodies shared by digest). */
+export interface NewAgentPolicies {
+  runtime?: { name: string; body: PolicyBodyInput; checksum: string; generator: number }
+  mb?: { name: string; body: PolicyBodyInput }
+}
+
+export interface NewRuntimePolicy {
+  name: string
+  ima_policy: string
+  checksum: string
+  generator: number
+  tpm_policy: string | null
+}
+
+/** Inserts a named policy row; a name already taken raises DuplicateError. Returns its id. */
+async function insertPolicyName(
+  tx: Transaction<VerifierDatabase>,
+  table: 'allowlists' | 'mbpolicies',
+  what: string,
+  values: Insertable<AllowlistsTable> | Insertable<MbPoliciesTable>,
+): Promise<number> {
+  try {
+    const r = await tx
+      .insertInto(table)
+      .values(values as Insertable<AllowlistsTable>)
+      .returning('id')
+      .executeTakeFirstOrThrow()
+    return r.id
+  } catch (err) {
+    if (isUniqueViolation(err)) throw new DuplicateError(what)
+    throw err
+  }
+}
+
+/** Deletes a policy body no named policy references any more. */
+async function collectBody(tx: Transaction<VerifierDatabase>, digest: string | null): Promise<void> {
+  if (digest === null) return
+  await tx
+    .deleteFrom('verifier_policy_bodies')
+    .where('digest', '=', digest)
+    .where((eb) =>
+      eb.not(
+        eb.or([
+          eb.exists(eb.selectFrom('allowlists').select('id').where('body_digest', '=', digest)),
+          eb.exists(eb.selectFrom('mbpolicies').select('id').where('body_digest', '=', digest)),
+        ]),
+      ),
+    )
+    .execute()
 }
 
 /**
@@ -521,25 +1113,6 @@ function nextImaEntryOf(imaState: string | null): number {
 function withImaOffset(patch: VerifierAgentPatch): VerifierAgentPatch {
   if (patch.ima_state === undefined || patch.next_ima_ml_entry !== undefined) return patch
   return { ...patch, next_ima_ml_entry: nextImaEntryOf(patch.ima_state) }
-}
-
-async function updateGuardedIn(
-  db: Kysely<VerifierDatabase> | Transaction<VerifierDatabase>,
-  agentId: string,
-  lease: { holder: string; epoch: number },
-  patch: VerifierAgentPatch,
-): Promise<boolean> {
-  const r = await db
-    .updateTable('verifiermain')
-    .set(withImaOffset(patch))
-    .where('agent_id', '=', agentId)
-    .where('lease_holder', '=', lease.holder)
-    .where('lease_epoch', '=', lease.epoch)
-    .where((eb) =>
-      eb.or([eb('operational_state', 'is', null), eb('operational_state', 'not in', WRITE_GUARD_EXCLUDED)]),
-    )
-    .executeTakeFirst()
-  return r.numUpdatedRows > 0n
 }
 
 /** A unique or primary-key violation (SQLite SQLITE_CONSTRAINT_*, PostgreSQL 23505). */

@@ -5,7 +5,13 @@
 import { asList, type EnrollBody } from '../api/verifier/schemas.ts'
 import { AgentState } from '../api/verifier/states.ts'
 import { AGENT_API_VERSIONS, CURRENT_API_VERSION } from '../api/versions.ts'
-import type { NewVerifierAgent, VerifierRepository } from '../db/verifier-repository.ts'
+import {
+  bodyInput,
+  type NewAgentPolicies,
+  type NewVerifierAgent,
+  type PolicyBodyInput,
+  type VerifierRepository,
+} from '../db/verifier-repository.ts'
 import { akKeyObject, assertCheckableTpmPolicy, parseTpmPolicy } from '../evidence/quote/index.ts'
 import { agentKeyring } from './agent-runtime.ts'
 import type { VerifierOptions } from './options.ts'
@@ -17,21 +23,18 @@ import {
   unwrapRuntimePolicy,
   VerifierRequestError,
 } from './policy-input.ts'
-import { PolicyStore } from './policy-store.ts'
+import type { PolicyStore } from './policy-store.ts'
 
 export interface EnrolmentPlan {
   row: NewVerifierAgent
-  newPolicies: {
-    runtime?: { name: string; ima_policy: string; checksum: string; generator: number; tpm_policy: null }
-    mb?: { name: string; mb_policy: string }
-  }
+  newPolicies: NewAgentPolicies
 }
 
 export interface EnrolmentContext {
   repo: VerifierRepository
   options: VerifierOptions
   policies: PolicyStore
-  lease: { holder: string; until: number }
+  lease: { holder: string }
   /** ms since the epoch (the push agent's first evidence deadline counts from enrolment). */
   now: number
 }
@@ -79,40 +82,49 @@ export async function planEnrolment(
   // policy only -> store under the agent id; neither -> no runtime policy
   const newPolicies: EnrolmentPlan['newPolicies'] = {}
   const rawPolicy = b64decode('runtime_policy', b.runtime_policy).toString('utf8')
-  const policyText =
-    rawPolicy.trim() === ''
-      ? ''
-      : unwrapRuntimePolicy(rawPolicy, b.runtime_policy_key, o.requireAllowListSignatures)
   const policyName = b.runtime_policy_name ?? null
   let imaPolicyId: number | null = null
-  if (policyText.trim() !== '') {
-    const parsed = parseRuntimeInput(policyText, false)
-    ctx.policies.compileRuntimeTextChecked(policyText)
+  if (rawPolicy.trim() !== '') {
     const name = policyName || id
-    if (await repo.getAllowlist(name))
+    if (await repo.allowlistMeta(name))
       throw new VerifierRequestError(409, `Runtime policy with name ${name} already exists`)
-    newPolicies.runtime = {
-      name,
-      ima_policy: policyText,
-      checksum: PolicyStore.checksum(policyText),
-      generator: generatorOf(parsed),
-      tpm_policy: null,
+    // a text already stored as a runtime policy was checked when it was first stored: it is used as it is, with no
+    // parse at all (a large list takes seconds); unless signatures are required, which a plain text never carries
+    const raw = bodyInput(rawPolicy)
+    const storedRaw = o.requireAllowListSignatures ? undefined : await repo.policyBody(raw.digest)
+    let body: PolicyBodyInput
+    let generator: number
+    if (storedRaw?.kind === 'runtime' && storedRaw.generator !== null) {
+      body = raw
+      generator = storedRaw.generator
+    } else {
+      const policyText = unwrapRuntimePolicy(rawPolicy, b.runtime_policy_key, o.requireAllowListSignatures)
+      body = policyText === rawPolicy ? raw : bodyInput(policyText)
+      const stored = body === raw ? storedRaw : await repo.policyBody(body.digest)
+      if (stored?.kind === 'runtime' && stored.generator !== null) generator = stored.generator
+      else {
+        const parsed = parseRuntimeInput(policyText, false)
+        ctx.policies.compileRuntimeTextChecked(policyText)
+        generator = generatorOf(parsed)
+      }
     }
+    newPolicies.runtime = { name, body, checksum: body.digest, generator }
   } else if (policyName) {
-    const stored = await repo.getAllowlist(policyName)
+    const stored = await repo.allowlistMeta(policyName)
     if (!stored) throw new VerifierRequestError(404, `Runtime policy ${policyName} not found`)
     imaPolicyId = stored.id
   }
   const mbName = b.mb_policy_name ?? null
   let mbPolicyId: number | null = null
   if (b.mb_policy !== null && b.mb_policy.trim() !== '') {
-    parseMbInput(b.mb_policy, o.mbPolicyEngine)
     const name = mbName || id
-    if (await repo.getMbPolicy(name))
+    if (await repo.mbPolicyMeta(name))
       throw new VerifierRequestError(409, `Measured boot policy with name ${name} already exists`)
-    newPolicies.mb = { name, mb_policy: b.mb_policy }
+    const body = bodyInput(b.mb_policy)
+    if ((await repo.policyBody(body.digest))?.kind !== 'mb') parseMbInput(b.mb_policy, o.mbPolicyEngine)
+    newPolicies.mb = { name, body }
   } else if (mbName) {
-    const stored = await repo.getMbPolicy(mbName)
+    const stored = await repo.mbPolicyMeta(mbName)
     if (!stored) throw new VerifierRequestError(404, `Measured boot policy ${mbName} not found`)
     mbPolicyId = stored.id
   }
@@ -142,9 +154,7 @@ export async function planEnrolment(
       ak_tpm: b.ak_tpm,
       mtls_cert: mtls,
       attestation_count: 0,
-      ...(push
-        ? { push_deadline: ctx.now + o.push.evidenceTimeoutMs }
-        : { lease_holder: ctx.lease.holder, lease_expires: ctx.lease.until }),
+      ...(push ? { push_deadline: ctx.now + o.push.evidenceTimeoutMs } : { lease_holder: ctx.lease.holder }),
     },
   }
 }

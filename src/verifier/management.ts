@@ -45,13 +45,13 @@ async function policyFlags(
   const repo = service.repo
   let rt = 0
   if (row.ima_policy_id !== null) {
-    const p = await repo.getAllowlistById(row.ima_policy_id)
+    const p = await repo.allowlistMetaById(row.ima_policy_id)
     rt = p && (p.generator ?? 0) > RUNTIME_POLICY_GENERATOR.EmptyAllowList ? 1 : 0
   }
   let mb = 0
   if (row.mb_policy_id !== null) {
-    const p = await repo.getMbPolicyById(row.mb_policy_id)
-    mb = p?.mb_policy ? 1 : 0
+    const p = await repo.mbPolicyMetaById(row.mb_policy_id)
+    mb = p?.body_digest ? 1 : 0
   }
   return { rt, mb }
 }
@@ -150,7 +150,7 @@ export async function reactivateAgent(
     await push.repo.reactivate(agentId, Date.now() + service.options.push.evidenceTimeoutMs)
     return row.operational_state
   }
-  await service.repo.reactivate(agentId, service.leaseHolder, service.leaseUntil)
+  await service.repo.reactivate(agentId, service.leaseHolder)
   const fresh = await service.repo.getAgent(agentId)
   if (fresh && fresh.ip !== null && fresh.port !== null) service.loop.add(fresh)
   return row.operational_state
@@ -189,11 +189,11 @@ export async function saveRuntimePolicy(
     tpm_policy: typeof body.tpm_policy === 'string' ? body.tpm_policy : null,
   }
   if (mode === 'create') {
-    if (await repo.getAllowlist(name))
+    if (await repo.allowlistMeta(name))
       throw new VerifierRequestError(409, `Runtime policy with name ${name} already exists`)
     await repo.insertAllowlist({ name, ...fields })
   } else {
-    const existing = await repo.getAllowlist(name)
+    const existing = await repo.allowlistMeta(name)
     if (!existing || !(await repo.updateAllowlist(name, fields)))
       throw new VerifierRequestError(404, `Runtime policy ${name} not found`)
     service.loop.invalidatePolicy('ima', existing.id)
@@ -204,7 +204,7 @@ export async function saveRuntimePolicy(
 /** Deletes a runtime policy no agent uses (404 absent, 409 in use). */
 export async function deleteRuntimePolicy(service: VerifierService, name: string): Promise<void> {
   const repo = service.repo
-  const p = await repo.getAllowlist(name)
+  const p = await repo.allowlistMeta(name)
   if (!p) throw new VerifierRequestError(404, `Runtime policy ${name} not found`)
   const user = await repo.agentUsingPolicy('ima', p.id)
   if (user)
@@ -226,11 +226,11 @@ export async function saveMbPolicy(
   const repo = service.repo
   parseMbInput(mbPolicy, service.options.mbPolicyEngine)
   if (mode === 'create') {
-    if (await repo.getMbPolicy(name))
+    if (await repo.mbPolicyMeta(name))
       throw new VerifierRequestError(409, `Measured boot policy with name ${name} already exists`)
     await repo.insertMbPolicy(name, mbPolicy)
   } else {
-    const existing = await repo.getMbPolicy(name)
+    const existing = await repo.mbPolicyMeta(name)
     if (!existing || !(await repo.updateMbPolicy(name, mbPolicy)))
       throw new VerifierRequestError(missingStatus, `Measured boot policy ${name} does not exist`)
     service.loop.invalidatePolicy('mb', existing.id)
@@ -241,7 +241,7 @@ export async function saveMbPolicy(
 /** Deletes a measured-boot policy no agent uses (404 absent, 409 in use). */
 export async function deleteMbPolicy(service: VerifierService, name: string): Promise<void> {
   const repo = service.repo
-  const p = await repo.getMbPolicy(name)
+  const p = await repo.mbPolicyMeta(name)
   if (!p) throw new VerifierRequestError(404, `Measured boot policy ${name} not found`)
   const user = await repo.agentUsingPolicy('mb', p.id)
   if (user)

@@ -226,9 +226,10 @@ function leaseRows(sources: VerifierMetricSources): Promise<LeaseRow[] | null> {
   let p = pendingLeaseRows.get(sources)
   if (!p) {
     const now = (sources.now ?? Date.now)()
-    p = sql<LeaseRow>`select operational_state as state, count(*) as agents,
-        sum(case when lease_expires > ${now} then 1 else 0 end) as valid
-        from verifiermain where lease_holder = ${sources.leaseHolder} group by operational_state`
+    p = sql<LeaseRow>`select m.operational_state as state, count(*) as agents,
+        sum(case when h.expires > ${now} then 1 else 0 end) as valid
+        from verifiermain m left join verifier_holders h on h.holder = m.lease_holder
+        where m.lease_holder = ${sources.leaseHolder} group by m.operational_state`
       .execute(sources.db)
       .then(
         (r) => r.rows,
@@ -241,7 +242,7 @@ function leaseRows(sources: VerifierMetricSources): Promise<LeaseRow[] | null> {
 }
 
 /**
- * Agents whose lease this verifier holds but let expire: the heartbeat renews every lease a third of the lease time
+ * Agents whose lease this verifier holds but let expire: the heartbeat renews its row a third of the lease time
  * before it runs out, so an expired one means renewal has been failing (readiness fails; other verifiers take over).
  */
 export async function expiredLeaseCount(
@@ -253,7 +254,17 @@ export async function expiredLeaseCount(
     .selectFrom('verifiermain')
     .select((eb) => eb.fn.countAll<number | string>().as('n'))
     .where('lease_holder', '=', leaseHolder)
-    .where('lease_expires', '<', now)
+    .where((eb) =>
+      eb.not(
+        eb.exists(
+          eb
+            .selectFrom('verifier_holders')
+            .select('holder')
+            .where('holder', '=', leaseHolder)
+            .where('expires', '>=', now),
+        ),
+      ),
+    )
     .executeTakeFirst()
   return Number(row?.n ?? 0)
 }

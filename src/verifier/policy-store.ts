@@ -3,9 +3,8 @@
  * (keyed by its SHA-256) and shared by every agent using it, so 10,000 agents on one policy hold one copy. Each
  * compiled policy remembers its source, so the evidence pool can have its workers build the same one.
  */
-import { createHash } from 'node:crypto'
 import { KeylimeError } from '../common/errors.ts'
-import type { VerifierRepository } from '../db/verifier-repository.ts'
+import { policyDigest, type VerifierRepository } from '../db/verifier-repository.ts'
 import {
   type CompiledRuntimePolicy,
   compileRuntimePolicy,
@@ -27,15 +26,15 @@ export class StoredPolicyError extends KeylimeError {
   }
 }
 
-const digest = (text: string) => createHash('sha256').update(text).digest('hex')
+const digest = policyDigest
 
 /** Bounded: policies are few; a pathological number of distinct ones evicts the oldest. */
 const MAX_CACHED = 1024
 
 /** Compiled policies by the digest of their text, each with its source (no database). */
 export class CompiledPolicies {
-  private readonly runtime = new Map<string, CompiledRuntimePolicy>()
-  private readonly mb = new Map<string, MbPolicy>()
+  protected readonly runtime = new Map<string, CompiledRuntimePolicy>()
+  protected readonly mb = new Map<string, MbPolicy>()
   private readonly sources = new WeakMap<object, PolicySource>()
 
   constructor(protected readonly mbEngine: MbPolicyEngine) {}
@@ -105,23 +104,46 @@ export class PolicyStore extends CompiledPolicies {
     super(mbEngine)
   }
 
-  /** The agent's runtime policy, or null when it has none. */
+  /** The agent's runtime policy, or null when it has none. Compiled once per body digest, read only then. */
   async runtimeFor(policyId: number | null): Promise<CompiledRuntimePolicy | null> {
     if (policyId === null) return null
-    const row = await this.repo.getAllowlistById(policyId)
+    const row = await this.repo.allowlistMetaById(policyId)
     // an enrolled policy that has vanished must not silently turn the IMA check off
     if (!row) throw new StoredPolicyError(`runtime policy ${policyId} is enrolled but no longer stored`)
-    if (!row.ima_policy) return null
-    return this.compileRuntimeText(row.ima_policy)
+    if (row.body_digest === null) {
+      // a row written in the old shape (text inline) after the migration moved the texts: still enforced
+      const inline = (await this.repo.getAllowlist(row.name))?.ima_policy
+      return inline ? this.compileRuntimeText(inline) : null
+    }
+    const cached = this.runtime.get(`runtime:${row.body_digest}`)
+    if (cached) return cached
+    const text = await this.storedBody(row.name, row.body_digest)
+    return text ? this.compileRuntimeText(text) : null
   }
 
   /** The agent's measured-boot policy, or null when it has none (or an empty one). */
   async mbFor(policyId: number | null): Promise<MbPolicy | null> {
     if (policyId === null) return null
-    const row = await this.repo.getMbPolicyById(policyId)
+    const row = await this.repo.mbPolicyMetaById(policyId)
     if (!row) throw new StoredPolicyError(`measured-boot policy ${policyId} is enrolled but no longer stored`)
-    if (!row.mb_policy) return null
-    const p = this.parseMbText(row.mb_policy)
+    if (row.body_digest === null) {
+      const inline = (await this.repo.getMbPolicy(row.name))?.mb_policy
+      const p = inline ? this.parseMbText(inline) : null
+      return p && p.refstate !== null ? p : null
+    }
+    const cached = this.mb.get(`mb:${this.mbEngine}:${row.body_digest}`)
+    const text = cached ? null : await this.storedBody(row.name, row.body_digest)
+    if (!cached && !text) return null
+    const p = cached ?? this.parseMbText(text as string)
     return p.refstate === null ? null : p
+  }
+
+  /** A stored body, checked against its digest (a body changed in place is not the policy that was enrolled). */
+  private async storedBody(name: string, bodyDigest: string): Promise<string> {
+    const text = await this.repo.policyBodyText(bodyDigest)
+    if (text === undefined) throw new StoredPolicyError(`policy ${name}: its body is no longer stored`)
+    if (digest(text) !== bodyDigest)
+      throw new StoredPolicyError(`policy ${name}: stored body does not match its digest`)
+    return text
   }
 }

@@ -23,7 +23,7 @@ import type { VerifierDatabase } from '../db/verifier-repository.ts'
 import { buildVerifierApp, type Identity } from './app.ts'
 import { expiredLeaseCount, PrometheusVerifierMetrics } from './metrics.ts'
 import { tomtouWarning, verifierOptionsFromConfig } from './options.ts'
-import { VerifierService } from './verifier-service.ts'
+import { settleWithin, VerifierService } from './verifier-service.ts'
 
 export class VerifierStartError extends KeylimeError {
   constructor(message: string, cause?: unknown) {
@@ -96,6 +96,9 @@ export interface RunningVerifier {
   /** Graceful shutdown: stop accepting, drain the loop, release leases, close the database. */
   close(): Promise<void>
 }
+
+/** How long closing the database may wait for queries still running at shutdown. */
+const DB_CLOSE_MS = 2000
 
 export async function startVerifier(config: VerifierConfig, log: Logger): Promise<RunningVerifier> {
   if (config.metrics_port < 0 || config.metrics_port > 65535)
@@ -196,11 +199,13 @@ export async function startVerifier(config: VerifierConfig, log: Logger): Promis
     metricsPort: probeApp ? boundPort(probeApp) : null,
     metrics,
     close: () => {
+      // bounded by the drain time: requests still running after it (a database that does not answer) are cut off
       closing ??= (async () => {
+        const deadline = Date.now() + options.shutdownDrainTimeoutMs
         await probeApp?.close()
-        await app.close()
-        await service.stop()
-        await db.destroy()
+        await settleWithin(app.close(), options.shutdownDrainTimeoutMs)
+        await service.stop(deadline)
+        await settleWithin(db.destroy(), DB_CLOSE_MS)
       })()
       return closing
     },

@@ -3,11 +3,13 @@
  * operations the REST routes call (enrolment, on-demand evidence verification).
  *
  * Multi-verifier (several processes on one PostgreSQL): every agent row carries `verifier_id` (the configured
- * `uuid`, as upstream) and a lease (`lease_holder`, `lease_expires`, `lease_epoch`). The holder id is
+ * `uuid`, as upstream) and a lease (`lease_holder`, `lease_epoch`); each running instance has one heartbeat row
+ * (`verifier_holders`), and an agent's lease is valid while its holder's row has not expired. The holder id is
  * `<uuid>@<host>/<ip>:<port>#<instance>`, the instance part random for the life of the process, so identical
  * replicas (same uuid, ip and port) never share one. A verifier attests only agents whose lease it holds; every
- * `leaseMs/3` it renews its leases, claims agents of its `verifier_id` that nobody holds or whose lease expired, and
- * compares what it holds with the stored rows (see `reconcile`). Every claim bumps the row's epoch and every write
+ * `leaseMs/3` it extends its heartbeat row (one statement, however many agents it holds), claims agents of its
+ * `verifier_id` that nobody holds or whose holder's row expired, and compares what it holds with the stored rows
+ * (see `reconcile`). Every claim bumps the row's epoch and every write
  * of the loop is fenced by holder and epoch, so a stale holder cannot write. At start a process takes over at once
  * the agents of a previous instance at the same address: on one host only one process can listen there, so that
  * instance is dead.
@@ -182,10 +184,10 @@ export class VerifierService {
       this.deps.log.info({ holder: this.leaseHolder }, 'verifier started in push mode')
       return
     }
+    await this.repo.heartbeat(this.leaseHolder, this.now(), this.leaseUntil)
     const { agents, previousHolders } = await this.repo.takeOverFromAddress(
       this.leaseAddress,
       this.leaseHolder,
-      this.leaseUntil,
     )
     for (const row of agents) this.loop.add(row)
     if (previousHolders.length > 0)
@@ -205,10 +207,14 @@ export class VerifierService {
     )
   }
 
-  /** Renew leases, notice rows changed by others, then claim agents nobody (alive) attests. Never rejects. */
+  /** Renew the lease, notice rows changed by others, then claim agents nobody (alive) attests. Never rejects. */
   async beat(): Promise<void> {
     try {
-      await this.repo.renewLeases(this.leaseHolder, this.leaseUntil)
+      if (!(await this.repo.heartbeat(this.leaseHolder, this.now(), this.leaseUntil)))
+        this.deps.log.warn(
+          { leaseHolder: this.leaseHolder },
+          'lease: heartbeat row had expired; agents other verifiers claimed meanwhile are theirs',
+        )
       await this.reconcile()
       let claimedTotal = 0
       for (;;) {
@@ -216,7 +222,6 @@ export class VerifierService {
           this.deps.options.verifierId,
           this.leaseHolder,
           this.now(),
-          this.leaseUntil,
           CLAIM_BATCH,
         )
         for (const row of claimed)
@@ -232,6 +237,7 @@ export class VerifierService {
           { claimed: claimedTotal, held: this.loop.size, leaseHolder: this.leaseHolder },
           'lease: claimed agents nobody held',
         )
+      await this.repo.forgetExpiredHolders(this.now() - this.deps.options.leaseMs)
       // deletions left pending (TERMINATED) by a verifier that died before finishing them
       for (const id of await this.repo.orphanedTerminated(this.deps.options.verifierId, this.now()))
         await this.repo.deleteAgent(id)
@@ -313,13 +319,13 @@ export class VerifierService {
    * agent with its new policies in one transaction and starts attesting it. Returns the stored row.
    */
   async enrol(agentId: string, body: EnrollBody): Promise<NewVerifierAgent> {
-    if (await this.repo.getAgent(agentId))
+    if (await this.repo.agentExists(agentId))
       throw new VerifierRequestError(409, `Agent of uuid ${agentId} already exists`)
     const plan = await planEnrolment(agentId, body, {
       repo: this.repo,
       options: this.deps.options,
       policies: this.policies,
-      lease: { holder: this.leaseHolder, until: this.leaseUntil },
+      lease: { holder: this.leaseHolder },
       now: this.now(),
     })
     try {
@@ -379,23 +385,51 @@ export class VerifierService {
     await this.webhookDispatcher?.close()
   }
 
-  /** Graceful stop: drain in-flight steps, write results, release leases so others take over at once. */
-  async stop(): Promise<void> {
+  /**
+   * Graceful stop within `shutdown_drain_timeout`, however slow the database is: drain in-flight steps, write
+   * results, release leases so others take over at once. A step of it still waiting when the time is up is left
+   * behind (its transaction rolls back when the connection closes; unreleased leases expire with the heartbeat row).
+   */
+  async stop(deadline = Date.now() + this.deps.options.shutdownDrainTimeoutMs): Promise<void> {
+    const left = () => Math.max(0, deadline - Date.now())
     await this.push?.stop()
     if (this.heartbeat) clearInterval(this.heartbeat)
     this.heartbeat = null
-    await this.beating
+    await settleWithin(this.beating, left())
     const held = this.loop.size
-    await this.loop.stop(this.deps.options.shutdownDrainTimeoutMs)
-    await this.evidence.close()
-    try {
-      const released = await this.repo.releaseLeases(this.leaseHolder)
-      this.deps.log.info({ released, held, leaseHolder: this.leaseHolder }, 'lease: released on shutdown')
-    } catch (err) {
-      this.deps.log.warn({ err: (err as Error).message }, 'lease: release failed; leases expire on their own')
-    }
-    await this.notifier.close()
+    if (!(await settleWithin(this.loop.stop(left()), left())))
+      this.deps.log.warn({ held }, 'shutdown: results not all written within the drain time')
+    await settleWithin(this.evidence.close(), left())
+    const release = this.repo.releaseLeases(this.leaseHolder).then(
+      (released) =>
+        this.deps.log.info({ released, held, leaseHolder: this.leaseHolder }, 'lease: released on shutdown'),
+      (err: unknown) =>
+        this.deps.log.warn(
+          { err: (err as Error).message },
+          'lease: release failed; leases expire on their own',
+        ),
+    )
+    if (!(await settleWithin(release, left())))
+      this.deps.log.warn('lease: release not done within the drain time; leases expire on their own')
+    await this.notifier.close(Math.min(2000, left()))
     await this.connections.close()
     await this.webhookDispatcher?.close()
+  }
+}
+
+/** Whether `p` settled within `ms` (false: it is left behind, still running). */
+export async function settleWithin(p: Promise<unknown>, ms: number): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined
+  const settled = p.then(
+    () => true,
+    () => true,
+  )
+  const timeout = new Promise<boolean>((r) => {
+    timer = setTimeout(() => r(false), ms)
+  })
+  try {
+    return await Promise.race([settled, timeout])
+  } finally {
+    clearTimeout(timer)
   }
 }

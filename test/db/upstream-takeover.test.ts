@@ -17,7 +17,7 @@ import { AgentState } from '../../src/api/verifier/states.ts'
 import { dropPgSchema, type OpenDatabaseOptions, openDatabase } from '../../src/db/database.ts'
 import { REGISTRAR_MIGRATIONS, VERIFIER_MIGRATIONS } from '../../src/db/migrations/index.ts'
 import { planTakeover, type TakeoverReport } from '../../src/db/takeover/index.ts'
-import type { VerifierDatabase } from '../../src/db/verifier-repository.ts'
+import { type VerifierDatabase, VerifierRepository } from '../../src/db/verifier-repository.ts'
 import { runKeylime } from '../helpers/cli.ts'
 import {
   buildUpstreamRegistrarDb,
@@ -278,9 +278,11 @@ for (const dialect of dialects) {
           expect(all).not.toContain('alembic_version_cloud_verifier')
           expect(all.filter((n) => n.startsWith('upstream_takeover_'))).toEqual([])
 
-          const agents = await db.selectFrom('verifiermain').selectAll().orderBy('agent_id').execute()
+          // read as the verifier reads them: the fleet migrations moved attestation state and policy texts
+          const repo = new VerifierRepository(db as Kysely<VerifierDatabase>)
+          const agents = await repo.listAgents()
           expect(agents.map((a) => a.agent_id)).toEqual(['agent-a', 'agent-b', 'agent-c'])
-          const [a, b, c] = agents as [AnyRow, AnyRow, AnyRow]
+          const [a, b, c] = agents as unknown as [AnyRow, AnyRow, AnyRow]
           expect(a.tpm_policy).toBe(fixture.agents[0]?.tpm_policy)
           expect(JSON.parse(a.accept_tpm_hash_algs)).toEqual(['sha512', 'sha384', 'sha256'])
           expect(JSON.parse(c.accept_tpm_signing_algs)).toEqual(['rsassa'])
@@ -307,10 +309,11 @@ for (const dialect of dialects) {
           expect(c.ima_state).toBeNull()
           expect(Number(c.accept_attestations)).toBe(1)
 
-          const policies = (await db.selectFrom('allowlists').selectAll().orderBy('id').execute()) as [
-            AnyRow,
-            AnyRow,
-          ]
+          const policies = (await Promise.all(
+            (
+              await db.selectFrom('allowlists').select('name').orderBy('id').execute()
+            ).map((p) => repo.getAllowlist(p.name)),
+          )) as unknown as [AnyRow, AnyRow]
           expect(policies.map((p) => [Number(p.id), p.name])).toEqual([
             [1, 'agent-a'],
             [2, 'fleet-signed'],
@@ -319,11 +322,7 @@ for (const dialect of dialects) {
           expect(JSON.parse(policies[1].ima_policy).digests['/usr/sbin/sshd']).toEqual([sha256('sshd')])
           expect(policies[1].checksum).toBe(fixture.policies[1]?.checksum)
           expect(Number(a.ima_policy_id)).toBe(1)
-          const mb = await db
-            .selectFrom('mbpolicies')
-            .selectAll()
-            .where('id', '=', a.mb_policy_id)
-            .executeTakeFirst()
+          const mb = await repo.getMbPolicyById(a.mb_policy_id)
           expect(mb).toMatchObject({ name: 'agent-a', mb_policy: mbRefstate })
           // ids handed out after the takeover do not collide with the ones carried over
           await db.insertInto('allowlists').values({ name: 'after-takeover', ima_policy: null }).execute()

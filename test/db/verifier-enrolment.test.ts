@@ -3,7 +3,7 @@
  * services on separate connections) give one 200 and one 409 and leave only the winner's policies, on SQLite and
  * PostgreSQL; a refused insert leaves no policy behind.
  */
-import { randomBytes } from 'node:crypto'
+import { createHash, randomBytes } from 'node:crypto'
 import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -13,6 +13,7 @@ import { SoftQuoter } from '../../bench/fleet-quoter.ts'
 import { AgentState } from '../../src/api/verifier/states.ts'
 import { dropPgSchema, openDatabase } from '../../src/db/database.ts'
 import {
+  bodyInput,
   DuplicateError,
   type VerifierDatabase,
   VerifierRepository,
@@ -123,19 +124,53 @@ for (const d of dialects) {
       await b.app.close()
     })
 
+    it('agents enrolled with one policy text store it once and parse it once; the last one out collects it', async () => {
+      const [a] = await Promise.all([makeVerifier({}, dbs[0] as Kysely<VerifierDatabase>)])
+      if (!a) throw new Error('verifier')
+      const parse = vi.spyOn(a.service.policies, 'compileRuntimeTextChecked')
+      const repo = a.service.repo
+      const shared = { ...body('shared'), runtime_policy_name: null, mb_policy_name: null }
+      for (let i = 0; i < 3; i++) await a.service.enrol(`same-${i}`, shared)
+      expect(parse).toHaveBeenCalledTimes(1)
+      const digest = createHash('sha256')
+        .update(Buffer.from(runtimePolicy('shared'), 'base64').toString('utf8'))
+        .digest('hex')
+      const names = await repo.db
+        .selectFrom('allowlists')
+        .select(['name', 'body_digest'])
+        .where('name', 'like', 'same-%')
+        .orderBy('name')
+        .execute()
+      expect(names).toEqual([0, 1, 2].map((i) => ({ name: `same-${i}`, body_digest: digest })))
+      const bodies = await repo.db
+        .selectFrom('verifier_policy_bodies')
+        .select((eb) => eb.fn.countAll<number | string>().as('n'))
+        .where('digest', '=', digest)
+        .executeTakeFirstOrThrow()
+      expect(Number(bodies.n)).toBe(1)
+      for (let i = 0; i < 3; i++) {
+        expect(await repo.policyBody(digest)).toMatchObject({ kind: 'runtime', generator: 3 })
+        await repo.deleteAgent(`same-${i}`)
+      }
+      expect(await repo.policyBody(digest)).toBeUndefined()
+      await a.app.close()
+    })
+
     it('a refused agent insert rolls its new policies back', async () => {
       const repo = new VerifierRepository(dbs[0] as Kysely<VerifierDatabase>)
       await expect(
         repo.enrolAgent(
           { agent_id: 'race-0', operational_state: AgentState.START },
           {
-            runtime: { name: 'orphan-rt', ima_policy: '{}', checksum: null, generator: 3, tpm_policy: null },
-            mb: { name: 'orphan-mb', mb_policy: '{}' },
+            runtime: { name: 'orphan-rt', body: bodyInput('{"rt":1}'), checksum: 'c', generator: 3 },
+            mb: { name: 'orphan-mb', body: bodyInput('{"mb":1}') },
           },
         ),
       ).rejects.toBeInstanceOf(DuplicateError)
       expect(await repo.getAllowlist('orphan-rt')).toBeUndefined()
       expect(await repo.getMbPolicy('orphan-mb')).toBeUndefined()
+      expect(await repo.policyBody(bodyInput('{"rt":1}').digest)).toBeUndefined()
+      expect(await repo.policyBody(bodyInput('{"mb":1}').digest)).toBeUndefined()
     })
   })
 }

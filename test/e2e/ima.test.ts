@@ -89,9 +89,9 @@ describe('IMA runtime attestation end to end (swtpm)', () => {
   const storedNextEntry = (): number => {
     const db = new Database(verifierDb(), { readonly: true, fileMustExist: true })
     try {
-      const row = db.prepare('select ima_state from verifiermain where agent_id = ?').get(agent.uuid) as
-        | { ima_state: string | null }
-        | undefined
+      const row = db
+        .prepare('select ima_state from verifier_attestation_state where agent_id = ?')
+        .get(agent.uuid) as { ima_state: string | null } | undefined
       return row?.ima_state ? (JSON.parse(row.ima_state) as { nextEntry: number }).nextEntry : -1
     } finally {
       db.close()

@@ -10,6 +10,8 @@ import * as registrar1 from './2026120600_registrar_pending.ts'
 import * as registrar2 from './2026120601_registrar_ek_ca_chain.ts'
 import * as verifier1 from './2026120601_verifier_events_leases.ts'
 import * as verifierPush from './2026120710_verifier_push_tables.ts'
+import * as verifier2 from './2026120720_verifier_fleet_policies.ts'
+import * as verifier3 from './2026120720_verifier_fleet_state.ts'
 
 export type MigrationSet = Readonly<Record<string, Migration>>
 
@@ -23,6 +25,8 @@ export const VERIFIER_MIGRATIONS: MigrationSet = {
   '2026112601_verifier': verifier0,
   '2026120601_verifier_events_leases': verifier1,
   '2026120710_verifier_push_tables': verifierPush,
+  '2026120720_verifier_fleet_policies': verifier2,
+  '2026120720_verifier_fleet_state': verifier3,
 }
 
 export const MIGRATION_SETS = {

@@ -237,8 +237,12 @@ describe('verifier API: agents', () => {
     const id = agent(2).id
     await v.app.inject({ method: 'POST', url: `/v2.6/agents/${id}`, headers: ADMIN, payload: body(2) })
     await v.service.repo.db
+      .insertInto('verifier_holders')
+      .values({ holder: 'someone-else', expires: Date.now() + 60_000 })
+      .execute()
+    await v.service.repo.db
       .updateTable('verifiermain')
-      .set({ lease_holder: 'someone-else', lease_expires: Date.now() + 60_000, operational_state: 3 })
+      .set({ lease_holder: 'someone-else', operational_state: 3 })
       .where('agent_id', '=', id)
       .execute()
     const res = await v.app.inject({ method: 'DELETE', url: `/v2.6/agents/${id}`, headers: ADMIN })

@@ -8,6 +8,7 @@ import { afterEach, describe, expect, it, vi } from 'vitest'
 import { type SimFleet, simMeasure, startSimFleet } from '../../../bench/fleet-agents.ts'
 import { SoftQuoter } from '../../../bench/fleet-quoter.ts'
 import { AgentState } from '../../../src/api/verifier/states.ts'
+import { bodyInput } from '../../../src/db/verifier-repository.ts'
 import { CANNOT_EVALUATE_EVENT } from '../../../src/verifier/state-machine.ts'
 import { ADMIN, capturingLog, enrollBody, makeVerifier, memoryDb, nextStep, waitFor } from './harness.ts'
 
@@ -89,7 +90,7 @@ describe('the verifier’s own faults (cannot evaluate) and failure reasons', ()
     await first.service.start()
     const a = await enroll(first, f, 0)
     await first.service.abandon()
-    await db.updateTable('verifiermain').set({ ima_state: '{"version":1,"next' }).execute()
+    await db.updateTable('verifier_attestation_state').set({ ima_state: '{"version":1,"next' }).execute()
     const { log, lines } = capturingLog()
     const second = await makeVerifier({}, db, 'v@host/127.0.0.1:8881', log)
     const notify = vi.spyOn(second.service.notifier, 'notify')
@@ -145,8 +146,14 @@ describe('the verifier’s own faults (cannot evaluate) and failure reasons', ()
     await enroll(v, f, 0, { runtime_policy: Buffer.from(JSON.stringify(policy)).toString('base64') })
     const row = await v.service.repo.getAgent(a.id)
     const notify = vi.spyOn(v.service.notifier, 'notify')
-    // the stored text no longer parses (edited behind the verifier's back); a PUT would invalidate it the same way
-    await v.db.updateTable('allowlists').set({ ima_policy: '{"meta": ' }).execute()
+    // the policy now names a body that does not parse (changed behind the verifier's back); a PUT would invalidate
+    // it the same way
+    const broken = bodyInput('{"meta": ')
+    await v.db
+      .insertInto('verifier_policy_bodies')
+      .values({ digest: broken.digest, kind: 'runtime', generator: 3, body: broken.text })
+      .execute()
+    await v.db.updateTable('allowlists').set({ body_digest: broken.digest }).execute()
     const failed = nextStep(v.service, a.id, (e) => e.outcome === 'cannot_evaluate')
     v.service.loop.invalidatePolicy('ima', row?.ima_policy_id as number)
     await failed
@@ -207,9 +214,13 @@ describe('leases: identical replicas and fencing', () => {
     for (let i = 0; i < 4; i++) await enroll(va, f, i)
     await vb.service.beat()
     expect(vb.service.loop.size).toBe(0)
-    // A stalls past its leases (as a paused process would); B claims them under a new epoch
+    // A stalls past its lease (as a paused process would); B claims its agents under a new epoch
     const epochs = await db.selectFrom('verifiermain').select(['agent_id', 'lease_epoch']).execute()
-    await db.updateTable('verifiermain').set({ lease_expires: 0 }).execute()
+    await db
+      .updateTable('verifier_holders')
+      .set({ expires: 0 })
+      .where('holder', '=', va.service.leaseHolder)
+      .execute()
     await vb.service.beat()
     expect(vb.service.loop.size).toBe(4)
     const claimed = logB.lines.find((l) => l.msg === 'lease: claimed agents nobody held')
@@ -245,6 +256,10 @@ describe('leases: identical replicas and fencing', () => {
       .updateTable('verifiermain')
       .set({ operational_state: AgentState.TERMINATED })
       .where('agent_id', '=', gone.id)
+      .execute()
+    await db
+      .insertInto('verifier_holders')
+      .values({ holder: 'other@host/127.0.0.1:8881#0', expires: Date.now() + 60_000 })
       .execute()
     await db
       .updateTable('verifiermain')
