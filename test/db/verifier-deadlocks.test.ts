@@ -85,7 +85,15 @@ describe('verifiers sharing PostgreSQL never deadlock', () => {
     const ids = Array.from({ length: AGENTS }, (_, i) => `load-${String(i).padStart(4, '0')}`)
     await setup
       .insertInto('verifiermain')
-      .values(ids.map((agent_id) => ({ agent_id, verifier_id: 'v', operational_state: AgentState.START })))
+      .values(
+        ids.map((agent_id) => ({
+          agent_id,
+          verifier_id: 'v',
+          ip: '127.0.0.1',
+          port: 9002,
+          operational_state: AgentState.START,
+        })),
+      )
       .execute()
     await setup
       .insertInto('verifier_attestation_state')

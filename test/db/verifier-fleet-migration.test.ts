@@ -92,6 +92,8 @@ for (const d of dialects) {
         .values([
           {
             agent_id: 'a1',
+            ip: '127.0.0.1',
+            port: 9002,
             operational_state: AgentState.GET_QUOTE,
             ima_policy_id: ids.p1,
             attestation_count: 7,
@@ -105,6 +107,8 @@ for (const d of dialects) {
           },
           {
             agent_id: 'a2',
+            ip: '127.0.0.1',
+            port: 9003,
             operational_state: AgentState.GET_QUOTE,
             ima_policy_id: ids.p2,
             attestation_count: 0,
