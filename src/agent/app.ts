@@ -1,11 +1,12 @@
 /**
- * The pull agent's HTTP surface (keylime-api.md §0.2, §1): routes under every served `/v2.x` prefix, query
- * validation with upstream's rules, the v2 envelope, and upstream's 400/405 answers for unknown versions, paths and
- * methods. Transport (HTTPS + mTLS) is chosen by `server.ts`; this file only needs the services below.
+ * The pull agent's HTTP surface (keylime-api.md §0.2, §1): routes under every served `/v2.x` prefix, query and body
+ * checks with upstream's rules and texts, the v2 envelope, and upstream's 400/405 answers for unknown versions, paths
+ * and methods. Served by the agent's own lean HTTP layer (`http-server.ts`), not fastify; the typebox schemas only
+ * document the routes (OpenAPI), the checks below are written out. Transport (HTTPS + mTLS) is chosen by the runtime.
  */
 import type { ServerOptions } from 'node:https'
 import { Type } from '@sinclair/typebox'
-import type { FastifyReply, FastifyRequest } from 'fastify'
+import type { Logger } from 'pino'
 import {
   AgentInfoResults,
   AgentVersionResults,
@@ -20,18 +21,10 @@ import {
   VerifyResults,
   VkeyBody,
 } from '../api/agent/schemas.ts'
-import { errorEnvelope, ok } from '../api/envelope.ts'
+import { ok } from '../api/envelope.ts'
+import type { ProbeOptions } from '../api/http-common.ts'
 import { Envelope, ErrorEnvelope } from '../api/schemas.ts'
-import {
-  addRoute,
-  addVersionedRoute,
-  createKeylimeServer,
-  type KeylimeServer,
-  type ProbeOptions,
-  RequestSchemaError,
-  validationMessage,
-} from '../api/server.ts'
-import type { Logger } from '../common/log.ts'
+import { AgentHttpServer, type Answer, envelope, type Route } from './http-server.ts'
 import type { AgentMetrics } from './metrics.ts'
 
 export interface IntegrityQuoteParams {
@@ -104,29 +97,94 @@ export function parsePcrMask(mask: string): number[] | null {
   return pcrs
 }
 
-function bad(reply: FastifyReply, status: string, code = 400): FastifyReply {
-  return reply.code(code).send(errorEnvelope(code, status))
+const bad = (status: string, code = 400, headers?: Record<string, string>): Answer =>
+  envelope(code, status, headers)
+
+/** A string field of a query or body; `oneOf` lists the only values allowed. */
+interface StringField {
+  name: string
+  optional?: boolean
+  pattern?: RegExp
+  oneOf?: readonly string[]
 }
 
-type SchemaErrors = Parameters<typeof validationMessage>[0]
-type DataVar = Parameters<typeof validationMessage>[1]
+/** The pattern a documented typebox string schema declares (one source for the OpenAPI and the check). */
+const patternOf = (schema: { pattern?: string }): RegExp => new RegExp(schema.pattern ?? '')
 
-/** Schema errors worded as the Rust agent words them, per field. */
-function wording(byField: Record<string, string>) {
-  return (errors: SchemaErrors, dataVar: DataVar) => {
-    const e = errors[0]
-    const field =
-      e?.keyword === 'required' && typeof e.params.missingProperty === 'string'
-        ? e.params.missingProperty
-        : (e?.instancePath.split('/')[1] ?? '')
-    const text = byField[field] ?? byField['*']
-    return new RequestSchemaError(
-      text
-        ? `${text} (${validationMessage(errors, dataVar).replace(/^Malformed Request Parameter: /, '')})`
-        : validationMessage(errors, dataVar),
-    )
+/**
+ * The first problem of a query or body made of string fields, worded as schema validation words it
+ * (`querystring.nonce is required`, `body must be object`): whole-value check, then every required field in order,
+ * then each field's type and form. Extra fields are allowed. Null when all fields fit.
+ */
+function firstProblem(
+  where: 'querystring' | 'body',
+  value: unknown,
+  fields: readonly StringField[],
+): { field: string; detail: string } | null {
+  if (typeof value !== 'object' || value === null || Array.isArray(value))
+    return { field: '', detail: `${where} must be object` }
+  const record = value as Record<string, unknown>
+  for (const f of fields)
+    if (!f.optional && record[f.name] === undefined)
+      return { field: f.name, detail: `${where}.${f.name} is required` }
+  for (const f of fields) {
+    const v = record[f.name]
+    if (v === undefined) continue
+    const at = `${where}.${f.name}`
+    if (typeof v !== 'string') return { field: f.name, detail: `${at} must be string` }
+    if (f.pattern && !f.pattern.test(v))
+      return { field: f.name, detail: `${at} must match pattern "${f.pattern.source}"` }
+    if (f.oneOf && !f.oneOf.includes(v)) return { field: f.name, detail: `${at} must be equal to constant` }
   }
+  return null
 }
+
+/** The query's fields as schema validation sees them: a repeated parameter is a list (not a string). */
+function queryRecord(query: URLSearchParams, fields: readonly StringField[]): Record<string, unknown> {
+  const record: Record<string, unknown> = {}
+  for (const f of fields) {
+    const all = query.getAll(f.name)
+    if (all.length > 0) record[f.name] = all.length === 1 ? all[0] : all
+  }
+  return record
+}
+
+/**
+ * Checks a query or body; on a problem, the 400 worded as the Rust agent words it per field (`*`: any field), with
+ * the schema detail in parentheses.
+ */
+function check(
+  where: 'querystring' | 'body',
+  value: unknown,
+  fields: readonly StringField[],
+  wording: Record<string, string>,
+): Answer | null {
+  const problem = firstProblem(where, value, fields)
+  if (!problem) return null
+  const text = wording[problem.field] ?? wording['*']
+  return bad(text ? `${text} (${problem.detail})` : `Malformed Request Parameter: ${problem.detail}`)
+}
+
+const IDENTITY_QUERY: StringField[] = [
+  { name: 'nonce', pattern: patternOf(IdentityQuoteQuery.properties.nonce) },
+]
+const INTEGRITY_QUERY: StringField[] = [
+  { name: 'nonce', pattern: patternOf(IntegrityQuoteQuery.properties.nonce) },
+  { name: 'mask', pattern: patternOf(IntegrityQuoteQuery.properties.mask) },
+  { name: 'partial', oneOf: ['0', '1'] },
+  { name: 'ima_ml_entry', optional: true },
+]
+const VERIFY_QUERY: StringField[] = [
+  { name: 'challenge', pattern: patternOf(VerifyQuery.properties.challenge) },
+]
+const UKEY_BODY: StringField[] = [
+  { name: 'encrypted_key' },
+  { name: 'auth_tag' },
+  { name: 'payload', optional: true },
+]
+const VKEY_BODY: StringField[] = [{ name: 'encrypted_key' }]
+const REVOCATION_BODY: StringField[] = [{ name: 'msg' }, { name: 'signature' }]
+const MASK_MESSAGE = 'Mask must be a hexadecimal PCR mask naming PCRs 0-23 only'
 
 const errors = { 400: ErrorEnvelope }
 
@@ -139,177 +197,234 @@ function timedQuotes(services: AgentServices, metrics: AgentMetrics): AgentServi
   }
 }
 
-export function buildAgentApp(opts: BuildAgentAppOptions): KeylimeServer {
+export function buildAgentApp(opts: BuildAgentAppOptions): AgentHttpServer {
   const svc = opts.metrics ? timedQuotes(opts.services, opts.metrics) : opts.services
   const served = opts.apiVersions
   const latest = served[served.length - 1] as string
-  const app = createKeylimeServer({
-    // per-request logs would repeat every verifier poll; handler errors still go to the agent's logger
-    ...(opts.logger ? { logger: opts.logger.child({}, { level: 'warn' }) } : {}),
-    ...(opts.https ? { https: opts.https } : {}),
-    notFound: (req: FastifyRequest, reply: FastifyReply) => {
-      const path = req.url.split('?')[0] ?? ''
-      if (req.method !== 'GET' && req.method !== 'POST') {
-        reply.header('Allow', 'GET, POST')
-        return bad(reply, `Method ${req.method} not allowed`, 405)
-      }
-      const m = /^\/v(\d+(?:\.\d+)?)(\/.*)?$/.exec(path)
-      if (m) {
-        const version = m[1] as string
-        const rest = (m[2] ?? '').replace(/\/+$/, '')
-        if (!served.includes(version)) return bad(reply, `API version not supported: v${version}`)
-        const known = ROUTES.find((r) => r.path === rest)
-        if (known && known.method !== req.method) {
-          reply.header('Allow', known.method)
-          return bad(reply, `Method ${req.method} not allowed on ${rest}, use ${known.method}`, 405)
-        }
-      }
-      return bad(reply, NOT_IMPLEMENTED)
-    },
-    openapi: { title: 'Keylime agent (pull)', version: latest, documentedPrefixes: [latest] },
-    ...(opts.probes ? { probes: opts.probes } : {}),
-  })
-
-  addRoute(app, {
-    method: 'GET',
-    url: '/version',
-    schema: { summary: 'API versions served', response: { 200: Envelope(AgentVersionResults) } },
-    handler: async () => ok({ supported_version: latest, supported_versions: served }),
-  })
-
   const versions = (min?: string) => (min ? served.filter((v) => versionAtLeast(v, min)) : served)
-  const apiVersionOf = (url: string) => /^\/v(\d+(?:\.\d+)?)\//.exec(url)?.[1] ?? latest
+  const routes: Route[] = [
+    {
+      method: 'GET',
+      url: '/version',
+      schema: { summary: 'API versions served', response: { 200: Envelope(AgentVersionResults) } },
+      handler: () => answer(ok({ supported_version: latest, supported_versions: served })),
+    },
+  ]
+  /** Registers a route under each served prefix; the handler gets the prefix's version. */
+  const versioned = (
+    route: Omit<Route, 'url' | 'handler'> & {
+      path: string
+      minVersion?: string
+      handler: (req: Parameters<Route['handler']>[0], apiVersion: string) => Answer | Promise<Answer>
+    },
+  ) => {
+    const { path, minVersion, handler, ...rest } = route
+    for (const v of versions(minVersion))
+      routes.push({ ...rest, url: `/v${v}${path}`, handler: (req) => handler(req, v) })
+  }
 
-  addVersionedRoute(app, {
+  versioned({
     method: 'GET',
     path: '/agent/info',
-    v2: versions('2.2'),
+    minVersion: '2.2',
     schema: {
       summary: 'Agent identity and TPM algorithms',
       response: { 200: Envelope(AgentInfoResults), ...errors },
     },
-    handler: async (req) => ok(svc.info(apiVersionOf(req.url))),
+    handler: (_req, v) => answer(ok(svc.info(v))),
   })
-  addVersionedRoute(app, {
+  versioned({
     method: 'GET',
     path: '/keys/pubkey',
-    v2: served,
     schema: { summary: 'Payload public key (PEM)', response: { 200: Envelope(PubkeyResults), ...errors } },
-    handler: async () => ok({ pubkey: svc.pubkeyPem() }),
+    handler: () => answer(ok({ pubkey: svc.pubkeyPem() })),
   })
-  addVersionedRoute(app, {
+  versioned({
     method: 'GET',
     path: '/quotes/identity',
-    v2: served,
     schema: {
       summary: 'Identity quote (PCR 16 bound to the payload key)',
       querystring: IdentityQuoteQuery,
       response: { 200: Envelope(IdentityQuoteResults), ...errors },
     },
-    schemaErrorFormatter: wording({ nonce: NONCE_MESSAGE }),
-    handler: async (req) => ok(await svc.identityQuote(req.query.nonce, apiVersionOf(req.url))),
+    handler: async (req, v) => {
+      const q = queryRecord(req.query, IDENTITY_QUERY)
+      const refused = check('querystring', q, IDENTITY_QUERY, { nonce: NONCE_MESSAGE })
+      if (refused) return refused
+      return answer(ok(await svc.identityQuote(q.nonce as string, v)))
+    },
   })
-  addVersionedRoute(app, {
+  versioned({
     method: 'GET',
     path: '/quotes/integrity',
-    v2: served,
     schema: {
       summary: 'Integrity quote with the IMA list from an entry and the boot log',
       querystring: IntegrityQuoteQuery,
       response: { 200: Envelope(IntegrityQuoteResults), ...errors },
     },
-    schemaErrorFormatter: wording({
-      nonce: NONCE_MESSAGE,
-      mask: 'Mask must be a hexadecimal PCR mask naming PCRs 0-23 only',
-      partial: "Partial must be '0' or '1'",
-    }),
-    handler: async (req, reply) => {
-      const q = req.query
-      const pcrs = parsePcrMask(q.mask)
-      if (pcrs === null) return bad(reply, 'Mask must be a hexadecimal PCR mask naming PCRs 0-23 only')
-      const rawEntry = q.ima_ml_entry ?? '0'
+    handler: async (req, v) => {
+      const q = queryRecord(req.query, INTEGRITY_QUERY)
+      const refused = check('querystring', q, INTEGRITY_QUERY, {
+        nonce: NONCE_MESSAGE,
+        mask: MASK_MESSAGE,
+        partial: "Partial must be '0' or '1'",
+      })
+      if (refused) return refused
+      const pcrs = parsePcrMask(q.mask as string)
+      if (pcrs === null) return bad(MASK_MESSAGE)
+      const rawEntry = (q.ima_ml_entry as string | undefined) ?? '0'
       // as upstream: an unparsable entry number means "from the start"
       const entry = /^\d+$/.test(rawEntry) ? Number.parseInt(rawEntry, 10) : 0
-      return ok(
-        await svc.integrityQuote({
-          nonce: q.nonce,
-          pcrs,
-          partial: q.partial === '1',
-          imaMlEntry: Number.isSafeInteger(entry) ? entry : 0,
-          apiVersion: apiVersionOf(req.url),
-        }),
+      return answer(
+        ok(
+          await svc.integrityQuote({
+            nonce: q.nonce as string,
+            pcrs,
+            partial: q.partial === '1',
+            imaMlEntry: Number.isSafeInteger(entry) ? entry : 0,
+            apiVersion: v,
+          }),
+        ),
       )
     },
   })
-  addVersionedRoute(app, {
+  versioned({
     method: 'POST',
     path: '/keys/ukey',
-    v2: served,
     bodyLimit: opts.payloadLimit ?? 4 * 1024 * 1024,
     schema: {
       summary: 'Deliver the U key share (and the encrypted payload)',
       body: UkeyBody,
       response: { 200: Envelope(Type.Object({})), ...errors },
     },
-    schemaErrorFormatter: wording({
-      '*': 'Body must be JSON with string encrypted_key and auth_tag',
-      payload: 'payload must be a string',
-    }),
     handler: async (req) => {
-      const b = req.body
+      const refused = check('body', req.body, UKEY_BODY, {
+        '*': 'Body must be JSON with string encrypted_key and auth_tag',
+        payload: 'payload must be a string',
+      })
+      if (refused) return refused
+      const b = req.body as UkeyBody
       await svc.postUkey({
         encrypted_key: b.encrypted_key,
         auth_tag: b.auth_tag,
         ...(b.payload !== undefined ? { payload: b.payload } : {}),
       })
-      return ok({})
+      return answer(ok({}))
     },
   })
-  addVersionedRoute(app, {
+  versioned({
     method: 'POST',
     path: '/keys/vkey',
-    v2: served,
     schema: {
       summary: 'Deliver the V key share',
       body: VkeyBody,
       response: { 200: Envelope(Type.Object({})), ...errors },
     },
-    schemaErrorFormatter: wording({ '*': 'Body must be JSON with string encrypted_key' }),
     handler: async (req) => {
-      await svc.postVkey({ encrypted_key: req.body.encrypted_key })
-      return ok({})
+      const refused = check('body', req.body, VKEY_BODY, {
+        '*': 'Body must be JSON with string encrypted_key',
+      })
+      if (refused) return refused
+      await svc.postVkey({ encrypted_key: (req.body as VkeyBody).encrypted_key })
+      return answer(ok({}))
     },
   })
-  addVersionedRoute(app, {
+  versioned({
     method: 'GET',
     path: '/keys/verify',
-    v2: served,
     schema: {
       summary: 'HMAC of a challenge with the bootstrap key K',
       querystring: VerifyQuery,
       response: { 200: Envelope(VerifyResults), ...errors },
     },
-    schemaErrorFormatter: wording({ challenge: 'Challenge must be a non-empty alphanumeric string' }),
-    handler: async (req, reply) => {
-      const hmac = svc.verify(req.query.challenge)
-      if (hmac === null) return bad(reply, 'Bootstrap key not yet available.')
-      return ok({ hmac })
+    handler: (req) => {
+      const q = queryRecord(req.query, VERIFY_QUERY)
+      const refused = check('querystring', q, VERIFY_QUERY, {
+        challenge: 'Challenge must be a non-empty alphanumeric string',
+      })
+      if (refused) return refused
+      const hmac = svc.verify(q.challenge as string)
+      if (hmac === null) return bad('Bootstrap key not yet available.')
+      return answer(ok({ hmac }))
     },
   })
-  addVersionedRoute(app, {
+  versioned({
     method: 'POST',
     path: '/notifications/revocation',
-    v2: served,
     schema: {
       summary: 'Signed revocation notification (verified asynchronously)',
       body: RevocationBody,
       response: { 200: Envelope(Type.Object({})), ...errors },
     },
-    schemaErrorFormatter: wording({ '*': 'Body must be JSON with string msg and signature' }),
-    handler: async (req) => {
-      svc.postRevocation({ msg: req.body.msg, signature: req.body.signature })
-      return ok({})
+    handler: (req) => {
+      const refused = check('body', req.body, REVOCATION_BODY, {
+        '*': 'Body must be JSON with string msg and signature',
+      })
+      if (refused) return refused
+      const b = req.body as RevocationBody
+      svc.postRevocation({ msg: b.msg, signature: b.signature })
+      return answer(ok({}))
     },
   })
-  return app
+
+  return new AgentHttpServer({
+    routes,
+    notFound: (method, path) => {
+      if (method !== 'GET' && method !== 'POST')
+        return bad(`Method ${method} not allowed`, 405, { Allow: 'GET, POST' })
+      const m = /^\/v(\d+(?:\.\d+)?)(\/.*)?$/.exec(path)
+      if (m) {
+        const version = m[1] as string
+        const rest = (m[2] ?? '').replace(/\/+$/, '')
+        if (!served.includes(version)) return bad(`API version not supported: v${version}`)
+        const known = ROUTES.find((r) => r.path === rest)
+        if (known && known.method !== method)
+          return bad(`Method ${method} not allowed on ${rest}, use ${known.method}`, 405, {
+            Allow: known.method,
+          })
+      }
+      return bad(NOT_IMPLEMENTED)
+    },
+    https: opts.https ?? null,
+    logger: opts.logger ?? false,
+    ...(opts.probes ? { probes: opts.probes } : {}),
+    openapi: () => openapiDocument(routes, latest),
+  })
+}
+
+const answer = (body: unknown): Answer => ({ status: 200, body })
+
+/** OpenAPI 3 document of the newest version's routes and `/version` (older prefixes serve the same routes). */
+function openapiDocument(routes: readonly Route[], latest: string): unknown {
+  const paths: Record<string, Record<string, unknown>> = {}
+  for (const r of routes) {
+    if (/^\/v\d/.test(r.url) && !r.url.startsWith(`/v${latest}/`)) continue
+    const s = r.schema
+    const query = s.querystring as { properties: Record<string, unknown>; required?: string[] } | undefined
+    const responses = Object.fromEntries(
+      Object.entries(s.response).map(([code, schema]) => [
+        code,
+        { description: code === '200' ? 'Success' : 'Error', content: { 'application/json': { schema } } },
+      ]),
+    )
+    paths[r.url] ??= {}
+    ;(paths[r.url] as Record<string, unknown>)[r.method.toLowerCase()] = {
+      summary: s.summary,
+      ...(query
+        ? {
+            parameters: Object.entries(query.properties).map(([name, schema]) => ({
+              name,
+              in: 'query',
+              required: query.required?.includes(name) ?? false,
+              schema,
+            })),
+          }
+        : {}),
+      ...(s.body
+        ? { requestBody: { required: true, content: { 'application/json': { schema: s.body } } } }
+        : {}),
+      responses,
+    }
+  }
+  return { openapi: '3.0.3', info: { title: 'Keylime agent (pull)', version: latest }, paths }
 }

@@ -3,8 +3,8 @@
  * PCR read now.
  */
 import { Histogram, type Registry } from 'prom-client'
+import type { ProbeOptions, ReadinessCheck } from '../api/http-common.ts'
 import { createMetricsRegistry } from '../api/metrics.ts'
-import type { ProbeOptions, ReadinessCheck } from '../api/server.ts'
 
 export type QuoteKind = 'identity' | 'integrity'
 

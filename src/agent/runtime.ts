@@ -5,10 +5,7 @@
  * can drive start-up with a simulated TPM.
  */
 import { readFileSync } from 'node:fs'
-import type { Server } from 'node:https'
 import { join } from 'node:path'
-import type { FastifyInstance } from 'fastify'
-import { boundPort, startProbeListener } from '../api/server.ts'
 import { AGENT_API_VERSIONS } from '../api/versions.ts'
 import { KeylimeError } from '../common/errors.ts'
 import type { Logger } from '../common/log.ts'
@@ -26,6 +23,7 @@ import {
 import { type AgentServices, buildAgentApp } from './app.ts'
 import { type AgentConfig, servedApiVersions, trustedClientCaFiles } from './config.ts'
 import { prepareDeviceIdentity } from './device-id.ts'
+import { type AgentHttpServer, startAgentProbeListener } from './http-server.ts'
 import { ImaEmulator, type ImaNgFormatter, measureAndWatch } from './ima-emulator.ts'
 import { ImaMeasurementList } from './ima-list.ts'
 import { ensureMtlsIdentity, ensurePayloadKey } from './keys.ts'
@@ -75,7 +73,7 @@ export function defaultAgentDeps(): AgentDeps {
 
 export interface RunningAgent {
   uuid: string
-  app: FastifyInstance
+  app: AgentHttpServer
   /** Bound address after listen. */
   port: number
   /** Port of the plain probe listener (`metrics_port`); null when it is off. */
@@ -358,7 +356,7 @@ export async function startAgent(opts: StartAgentOptions): Promise<RunningAgent>
     // after privileges are dropped (with run_as, metrics_port must be 1024 or above)
     const probeApp =
       cfg.metrics_port > 0
-        ? await startProbeListener({ ...probes, host: cfg.metrics_ip, port: cfg.metrics_port }).catch(
+        ? await startAgentProbeListener({ ...probes, host: cfg.metrics_ip, port: cfg.metrics_port }).catch(
             async (err: unknown) => {
               stopImaEmulator()
               await app.close()
@@ -366,15 +364,14 @@ export async function startAgent(opts: StartAgentOptions): Promise<RunningAgent>
             },
           )
         : null
-    const address = (app.server as Server).address()
-    const port = typeof address === 'object' && address ? address.port : cfg.port
+    const port = app.port()
     log.info(`agent ${uuid} listening on ${cfg.enable_agent_mtls ? 'https' : 'http'}://${cfg.ip}:${port}`)
 
     return {
       uuid,
       app,
       port,
-      metricsPort: probeApp ? boundPort(probeApp) : null,
+      metricsPort: probeApp ? probeApp.port() : null,
       akPublic: ak.publicArea,
       ekPublic: ek.publicArea,
       akReused,

@@ -27,10 +27,19 @@ import Fastify, {
   type RouteGenericInterface,
   type RouteHandlerMethod,
 } from 'fastify'
-import type { Registry } from 'prom-client'
 import { KeylimeError } from '../common/errors.ts'
 import type { Logger } from '../common/log.ts'
 import { errorEnvelope } from './envelope.ts'
+import {
+  answerClientError,
+  authErrorBody,
+  type ClientCertStatus,
+  type ProbeOptions,
+  SMALL_BODY_LIMIT,
+  sanitizeRequestId,
+  sharedReadiness,
+  socketCertificateStatus,
+} from './http-common.ts'
 import type { Admission } from './rate-limit.ts'
 import { V2_PREFIXES } from './versions.ts'
 
@@ -43,10 +52,18 @@ export class RequestSchemaError extends KeylimeError {
 
 type SchemaErrorDataVar = 'body' | 'headers' | 'params' | 'querystring'
 
+export {
+  authErrorBody,
+  type ClientCertStatus,
+  type ProbeOptions,
+  READINESS_TIMEOUT_MS,
+  type ReadinessCheck,
+  SMALL_BODY_LIMIT,
+  sanitizeRequestId,
+} from './http-common.ts'
+
 export const V3_PREFIXES = ['3', '3.0'] as const
 
-/** Default body limit of a route: enough for any request that does not upload a policy. */
-export const SMALL_BODY_LIMIT = 64 * 1024
 /** Longest path parameter the router matches; longer ones answer 414 (ids are validated far below this). */
 const MAX_PARAM_LENGTH = 2048
 /** Seconds a client is asked to wait when the database is unreachable. */
@@ -106,14 +123,6 @@ declare module 'fastify' {
     /** ADMIN route (§0.5): the server's admin check runs before the body is read. */
     admin?: boolean
   }
-}
-
-/** Upstream sanitising of `X-Request-ID`: non-word characters stripped, at most 36 kept. */
-export function sanitizeRequestId(raw: string | string[] | undefined): string | null {
-  const v = Array.isArray(raw) ? raw[0] : raw
-  if (v === undefined) return null
-  const clean = v.replace(/\W/g, '').slice(0, 36)
-  return clean === '' ? null : clean
 }
 
 function patternRegex(path: string): RegExp {
@@ -367,24 +376,6 @@ export function databaseUnavailableReason(error: unknown): string | null {
   return null
 }
 
-/** Errors node's HTTP parser raises before fastify sees a request (bad request line, huge headers, timeouts). */
-function answerClientError(error: Error & { code?: string }, socket: Socket): void {
-  if (error.code === 'ECONNRESET' || !socket.writable) {
-    socket.destroy()
-    return
-  }
-  const [status, text] =
-    error.code === 'HPE_HEADER_OVERFLOW'
-      ? [431, 'Request Header Fields Too Large']
-      : error.code === 'ERR_HTTP_REQUEST_TIMEOUT'
-        ? [408, 'Request Timeout']
-        : [400, 'Bad Request']
-  const body = JSON.stringify(errorEnvelope(status, text))
-  socket.end(
-    `HTTP/1.1 ${status} ${text}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
-  )
-}
-
 /**
  * Runs the admin check in `onRequest`, before fastify reads a body: a refused caller's upload is never buffered or
  * parsed, and the connection is dropped soon after the refusal.
@@ -431,21 +422,6 @@ function hasBody(request: FastifyRequest): boolean {
 // ---- health, readiness, metrics ----
 
 /**
- * The named checks of a service's readiness, each true when it holds (`{database: true, migrations: true}`).
- * Throwing counts as every check failing. Only the names and booleans are answered; causes go to the log.
- */
-export type ReadinessCheck = () => Promise<Record<string, boolean>>
-
-export interface ProbeOptions {
-  readiness: ReadinessCheck
-  /** Registry `/metrics` renders; no `/metrics` route without one. */
-  metrics?: Registry | undefined
-}
-
-/** A readiness check that has not answered by then fails: a probe must not hang on a stuck database. */
-export const READINESS_TIMEOUT_MS = 2000
-
-/**
  * Registers `GET /healthz` (the process answers), `GET /readyz` (the service's checks; 503 when one fails) and,
  * with a registry, `GET /metrics` in Prometheus text format. Concurrent `/readyz` calls share one run of the
  * checks, so a burst of probes costs one database round trip. `metricsAdmin` makes `/metrics` an ADMIN route (the
@@ -456,29 +432,13 @@ export function addProbeRoutes(
   probes: ProbeOptions,
   opts: { metricsAdmin: boolean },
 ): void {
-  let running: Promise<Record<string, boolean>> | null = null
-  const readiness = (log: FastifyBaseLogger): Promise<Record<string, boolean>> => {
-    running ??= withTimeout(probes.readiness(), READINESS_TIMEOUT_MS)
-      .catch((err: unknown) => {
-        log.warn({ err }, 'readiness check failed')
-        return { checks: false }
-      })
-      .finally(() => {
-        running = null
-      })
-    return running
-  }
+  const readiness = sharedReadiness(probes.readiness)
   app.get('/healthz', { schema: { hide: true } }, async (_request, reply) =>
     reply.header('Cache-Control', 'no-store').send({ status: 'ok' }),
   )
   app.get('/readyz', { schema: { hide: true } }, async (request, reply) => {
-    const checks = await readiness(request.log)
-    const ready = Object.values(checks).every(Boolean)
-    const named = Object.fromEntries(Object.entries(checks).map(([k, v]) => [k, v ? 'ok' : 'failing']))
-    return reply
-      .code(ready ? 200 : 503)
-      .header('Cache-Control', 'no-store')
-      .send({ status: ready ? 'ready' : 'not ready', checks: named })
+    const answer = await readiness((err) => request.log.warn({ err }, 'readiness check failed'))
+    return reply.code(answer.status).header('Cache-Control', 'no-store').send(answer.body)
   })
   const registry = probes.metrics
   if (registry)
@@ -490,23 +450,6 @@ export function addProbeRoutes(
       handler: async (_request, reply) =>
         reply.header('Content-Type', registry.contentType).send(await registry.metrics()),
     })
-}
-
-function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {
-  return new Promise<T>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`no answer within ${ms} ms`)), ms)
-    timer.unref()
-    promise.then(
-      (v) => {
-        clearTimeout(timer)
-        resolve(v)
-      },
-      (err: unknown) => {
-        clearTimeout(timer)
-        reject(err)
-      },
-    )
-  })
 }
 
 export interface ProbeListenerOptions extends ProbeOptions {
@@ -642,15 +585,9 @@ export function tlsServerOptions(m: TlsServerMaterial): HttpsServerOptions {
   }
 }
 
-export type ClientCertStatus = 'plain-http' | 'none' | 'untrusted' | 'trusted'
-
 /** Whether the request came with a client certificate chained to the listener's trusted CA. */
 export function clientCertificateStatus(request: FastifyRequest): ClientCertStatus {
-  const socket = request.raw.socket
-  if (!(socket instanceof TLSSocket)) return 'plain-http'
-  const peer = socket.getPeerCertificate()
-  if (!peer || Object.keys(peer).length === 0) return 'none'
-  return socket.authorized ? 'trusted' : 'untrusted'
+  return socketCertificateStatus(request.raw.socket)
 }
 
 /** The client certificate's subject (`CN=…, O=…`) for audit lines; null without one. */
@@ -662,13 +599,6 @@ export function callerSubject(request: FastifyRequest): string | null {
   return Object.entries(subject)
     .map(([k, v]) => `${k}=${[v].flat().join('+')}`)
     .join(', ')
-}
-
-/** The JSON (non-envelope) auth error bodies of keylime-api.md §0.3. */
-export function authErrorBody(status: 401 | 403, detail: string) {
-  return {
-    errors: [{ status: String(status), title: status === 401 ? 'Unauthorized' : 'Forbidden', detail }],
-  }
 }
 
 /**

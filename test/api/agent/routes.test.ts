@@ -1,4 +1,4 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { afterAll, describe, expect, it } from 'vitest'
 import {
   type AgentServices,
   buildAgentApp,
@@ -35,7 +35,6 @@ const services: AgentServices = {
   postRevocation: () => undefined,
 }
 const app = buildAgentApp({ services, apiVersions: [...AGENT_API_VERSIONS] })
-beforeAll(() => app.ready())
 afterAll(() => app.close())
 
 const get = (url: string) => app.inject({ method: 'GET', url })

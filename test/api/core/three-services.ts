@@ -13,6 +13,7 @@ import { join } from 'node:path'
 import type { Kysely } from 'kysely'
 import pino from 'pino'
 import { type AgentServices, buildAgentApp } from '../../../src/agent/app.ts'
+import type { AgentHttpServer } from '../../../src/agent/http-server.ts'
 import { type KeylimeServer, tlsServerOptions } from '../../../src/api/server.ts'
 import { AGENT_API_VERSIONS } from '../../../src/api/versions.ts'
 import { openDatabase } from '../../../src/db/database.ts'
@@ -22,9 +23,15 @@ import { RegistrarService } from '../../../src/registrar/registrar-service.ts'
 import { ADMIN, makeVerifier } from '../../unit/verifier/harness.ts'
 import { makeTestPki } from '../registrar/tls-material.ts'
 
+/** What the tests use of an app: the registrar's and verifier's fastify, or the agent's own HTTP layer. */
+export type TestedApp = Pick<
+  KeylimeServer | AgentHttpServer,
+  'server' | 'keylimeRouteTable' | 'inject' | 'close'
+>
+
 export interface ServiceUnderTest {
   name: 'registrar' | 'verifier' | 'agent'
-  app: KeylimeServer
+  app: TestedApp
   /** Sends one raw request (the path goes out exactly as given). */
   send(
     method: string,
@@ -49,7 +56,7 @@ export interface ThreeServices {
   close(): Promise<void>
 }
 
-function port(app: KeylimeServer): number {
+function port(app: TestedApp): number {
   const a = app.server.address()
   if (!a || typeof a === 'string') throw new Error('not listening')
   return a.port
@@ -121,7 +128,7 @@ export async function startThreeServices(): Promise<ThreeServices> {
   await agent.listen({ host: '127.0.0.1', port: 0 })
 
   const sender =
-    (app: KeylimeServer, tls: boolean, extraHeaders: Record<string, string>) =>
+    (app: TestedApp, tls: boolean, extraHeaders: Record<string, string>) =>
     (method: string, path: string, body?: string | Buffer, headers: Record<string, string> = {}) =>
       new Promise<RawResponse>((resolve, reject) => {
         const options = {
