@@ -48,6 +48,7 @@ describe('systemd units', () => {
   it('ships one unit per service', () => {
     expect(units.sort()).toEqual([
       'keylime-agent.service',
+      'keylime-push-agent.service',
       'keylime-registrar.service',
       'keylime-verifier.service',
     ])
@@ -71,19 +72,36 @@ describe('systemd units', () => {
       expect(d.get('NoNewPrivileges')).toBe('yes')
       expect(d.get('ProtectSystem')).toBe('strict')
       expect(d.get('ReadWritePaths')).toBe('/var/lib/keylime')
-      if (unit === 'keylime-agent.service') {
+      if (unit === 'keylime-agent.service' || unit === 'keylime-push-agent.service') {
         // the V8 flags bench/agent.ts measures (docs/agent.md)
         expect(d.get('Environment')).toBe(
           'KEYLIME_DIR=/var/lib/keylime\n"NODE_OPTIONS=--max-semi-space-size=1 --v8-pool-size=1"',
         )
-        // root only to start: the agent itself drops to run_as; only the TPM device is reachable
+        // only the TPM device is reachable
         expect(d.get('DevicePolicy')).toBe('closed')
         expect(d.get('DeviceAllow')).toBe('/dev/tpmrm0 rw')
+        expect(d.get('ReadOnlyPaths')).toBe('/sys/kernel/security')
       } else {
         expect(d.get('Environment')).toBe('KEYLIME_DIR=/var/lib/keylime')
         expect(d.get('User')).toBe('keylime')
         expect(d.get('CapabilityBoundingSet')).toBe('')
         expect(d.get('PrivateDevices')).toBe('yes')
+      }
+      if (unit === 'keylime-agent.service') {
+        // root only to start: the agent itself drops to run_as
+        expect(d.get('User')).toBe('root')
+        expect(d.get('SocketBindDeny')).toBeUndefined()
+      }
+      if (unit === 'keylime-push-agent.service') {
+        // never root: the tss group opens the TPM, one capability reads the securityfs logs; no port at all
+        expect(d.get('User')).toBe('keylime')
+        expect(d.get('Group')).toBe('tss')
+        expect(d.get('CapabilityBoundingSet')).toBe('CAP_DAC_READ_SEARCH')
+        expect(d.get('AmbientCapabilities')).toBe('CAP_DAC_READ_SEARCH')
+        expect(d.get('SocketBindDeny')).toBe('any')
+        // one agent per TPM: starting one stops the other (as upstream's push agent unit)
+        expect(d.get('Conflicts')).toBe('keylime-agent.service')
+        expect(d.get('ExecStart')).toBe('/usr/bin/keylime push-agent')
       }
     })
   }

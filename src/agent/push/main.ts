@@ -1,8 +1,9 @@
 /**
  * `keylime push-agent`: loads agent.conf (the same file and options as the pull agent, plus the push ones), applies
- * upstream's push-agent flags, runs the push agent until SIGTERM/SIGINT.
+ * upstream's push-agent flags, runs the push agent until SIGTERM/SIGINT (READY=1 to systemd once registered).
  */
 import { createLogger, type Logger } from '../../common/log.ts'
+import { notifySystemdReady } from '../../common/systemd.ts'
 import { type LoadAgentConfigOptions, loadAgentConfig } from '../config.ts'
 import { imaNgFormatter } from '../ima-emulator.ts'
 import { defaultAgentDeps } from '../runtime.ts'
@@ -57,6 +58,8 @@ export async function runPushAgentProcess(
     ...(flags.timeoutMs !== undefined ? { timeoutMs: flags.timeoutMs } : {}),
     ...(flags.agentIdentifier ? { agentIdentifier: flags.agentIdentifier } : {}),
   })
+  // startPushAgent returns once registration and activation are done; attestation runs on from here
+  await notifySystemdReady('push agent registered and activated', log)
   await new Promise<void>((done) => {
     let stopping = false
     const stop = (sig: string) => {
