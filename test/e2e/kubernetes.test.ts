@@ -135,6 +135,18 @@ describe.each(OVERLAYS)('overlay %s', (overlay) => {
             expect(secrets, `${c.name}: ${ref.name}`).toContain(ref.name)
         }
         if (w.kind === 'Job') continue
+        if (c.command[1] === 'push-agent') {
+          // listens on nothing: no port, no probe listener to probe or scrape; root only for the TPM and securityfs
+          expect(c.ports).toBeUndefined()
+          expect([c.livenessProbe, c.readinessProbe, c.startupProbe]).toEqual([
+            undefined,
+            undefined,
+            undefined,
+          ])
+          expect(w.spec.template.metadata.annotations).toBeUndefined()
+          expect(c.securityContext.runAsUser).toBe(0)
+          continue
+        }
         // probes on the probe listener: the port named metrics is the metrics_port of the component's config
         const metrics = c.ports.find((p: Obj) => p.name === 'metrics').containerPort
         expect(c.livenessProbe.httpGet).toEqual({ path: '/healthz', port: 'metrics' })
@@ -183,7 +195,57 @@ describe.each(OVERLAYS)('overlay %s', (overlay) => {
       ).toBe(true)
     const verifier = named(objs, 'Deployment', 'keylime-verifier')
     expect(verifier.spec.replicas).toBeGreaterThanOrEqual(2)
-    const agent = named(objs, 'DaemonSet', 'keylime-agent')
+    const pullAgent = named(objs, 'DaemonSet', 'keylime-agent')
+    const pushAgent = named(objs, 'DaemonSet', 'keylime-push-agent')
+    // one kind of agent per overlay (both on one node would share its TPM identity)
+    expect([pullAgent, pushAgent].filter(Boolean)).toHaveLength(1)
+    const agent = pullAgent ?? pushAgent
+    expect(agent.spec.template.spec.volumes).toContainEqual({
+      name: 'tpm',
+      hostPath: { path: '/dev/tpmrm0', type: 'CharDevice' },
+    })
+    const verifierEnv = verifier.spec.template.spec.containers[0].env
+    if (pushAgent) {
+      expect(verifierEnv).toContainEqual({ name: 'KEYLIME_VERIFIER_MODE', value: 'push' })
+      // nothing connects to a push agent: the pod network is enough
+      expect(pushAgent.spec.template.spec.hostNetwork).toBeUndefined()
+      // it reaches the registrar and the verifiers through their Services' ports
+      const pod = pushAgent.spec.template.spec
+      const confVolume = pod.volumes.find((v: Obj) => v.configMap)
+      const conf: string = named(objs, 'ConfigMap', confVolume.configMap.name).data['push-agent.conf']
+      expect(pod.containers[0].env).toContainEqual({
+        name: 'KEYLIME_AGENT_CONFIG',
+        value: '/etc/keylime/push-agent.conf',
+      })
+      const servicePorts = (name: string): number[] =>
+        named(objs, 'Service', name).spec.ports.map((p: Obj) => p.port)
+      const url = new URL(/^verifier_url = "(.*)"$/m.exec(conf)?.[1] ?? '')
+      expect(url.protocol).toBe('https:')
+      expect(servicePorts(url.hostname)).toContain(Number(url.port))
+      const registrarHost = /^registrar_ip = "(.*)"$/m.exec(conf)?.[1] ?? ''
+      expect(servicePorts(registrarHost)).toContain(Number(/^registrar_port = (\d+)$/m.exec(conf)?.[1]))
+      // its NetworkPolicies admit nothing in and let out only registration, the verifiers and DNS
+      const policies = byKind(objs, 'NetworkPolicy').filter((n) =>
+        selects(n.spec.podSelector.matchLabels, pushAgent.spec.template.metadata.labels),
+      )
+      expect(policies.flatMap((n) => n.spec.ingress ?? [])).toEqual([])
+      expect(policies.filter((n) => n.spec.policyTypes.includes('Egress'))).toHaveLength(1)
+      const np = named(objs, 'NetworkPolicy', 'keylime-push-agent')
+      expect(np.spec.policyTypes).toEqual(['Ingress', 'Egress'])
+      expect(np.spec.ingress ?? []).toEqual([])
+      const targets = np.spec.egress.map((e: Obj) => [
+        e.to[0].podSelector.matchLabels['app.kubernetes.io/name'] ??
+          e.to[0].podSelector.matchLabels['k8s-app'],
+        e.ports.map((p: Obj) => p.port),
+      ])
+      expect(targets).toEqual([
+        ['keylime-registrar', servicePorts('keylime-registrar')],
+        ['keylime-verifier', servicePorts('keylime-verifier')],
+        ['kube-dns', [53, 53]],
+      ])
+      return
+    }
+    expect(verifierEnv.find((e: Obj) => e.name === 'KEYLIME_VERIFIER_MODE')).toBeUndefined()
     // the node's address, stable across agent restarts, is the one the verifier keeps
     expect(agent.spec.template.spec).toMatchObject({
       hostNetwork: true,
@@ -192,10 +254,6 @@ describe.each(OVERLAYS)('overlay %s', (overlay) => {
     expect(agent.spec.template.spec.containers[0].env).toContainEqual({
       name: 'KEYLIME_AGENT_CONTACT_IP',
       valueFrom: { fieldRef: { fieldPath: 'status.hostIP' } },
-    })
-    expect(agent.spec.template.spec.volumes).toContainEqual({
-      name: 'tpm',
-      hostPath: { path: '/dev/tpmrm0', type: 'CharDevice' },
     })
   })
 })
