@@ -58,9 +58,7 @@ export async function runPushAgentProcess(
     ...(flags.timeoutMs !== undefined ? { timeoutMs: flags.timeoutMs } : {}),
     ...(flags.agentIdentifier ? { agentIdentifier: flags.agentIdentifier } : {}),
   })
-  // startPushAgent returns once registration and activation are done; attestation runs on from here
-  await notifySystemdReady('push agent registered and activated', log)
-  await new Promise<void>((done) => {
+  const stopped = new Promise<void>((done) => {
     let stopping = false
     const stop = (sig: string) => {
       if (stopping) return
@@ -74,4 +72,8 @@ export async function runPushAgentProcess(
     process.once('SIGTERM', () => stop('SIGTERM'))
     process.once('SIGINT', () => stop('SIGINT'))
   })
+  // startPushAgent returns once registration and activation are done; attestation runs on from here. Signals are
+  // handled before systemd hears READY=1, so a stop right after it still shuts down cleanly.
+  await notifySystemdReady('push agent registered and activated', log)
+  await stopped
 }
