@@ -3,14 +3,16 @@
  * API schema (kubernetes-models), and the wiring holds (probes on the probe listener's port, scrape annotations,
  * PDB and Service selectors, Secrets and ConfigMaps that exist or that the CA Job writes, the image's user).
  *
- * Then "pods as processes": the demo overlay's CA Job, registrar, verifier replicas and agent run as local processes
- * with the manifests' commands, environment and mounted files. ConfigMaps and Secrets are written to temp folders in
+ * Then "pods as processes": the demo and push overlays' CA Job, registrar, verifier replicas and agent run as local
+ * processes with the manifests' commands, environment and mounted files. ConfigMaps and Secrets are written to temp folders in
  * place of their mount paths; the Job's Secrets are made by kubectl itself (`create secret --dry-run=client`) from
  * what its first container issued. What the test substitutes, and nothing else: mount paths by temp folders,
  * Service names and the pod address by 127.0.0.1, the container ports by free ports (through the services'
- * KEYLIME_*_PORT variables), `/dev/tpmrm0` by a swtpm, and the demo's PostgreSQL by databases of the test's own.
+ * KEYLIME_*_PORT variables), `/dev/tpmrm0` by a swtpm, and the demo's PostgreSQL by databases of the test's own
+ * (the push agent's verifier_url by the forwarder below, standing in for the Service).
  * An agent is enrolled through one verifier replica, read through the other, and keeps being attested when the
- * replica holding its lease stops.
+ * replica holding its lease stops. The push overlay the same way: its push agent reaches the two push-mode replicas
+ * through a round-robin stand-in for their Service, and attests with requests answered by both.
  */
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process'
 import {
@@ -23,6 +25,7 @@ import {
   rmSync,
   writeFileSync,
 } from 'node:fs'
+import { createServer } from 'node:https'
 import { tmpdir } from 'node:os'
 import { basename, join, resolve } from 'node:path'
 import * as apps from 'kubernetes-models/apps/v1'
@@ -32,7 +35,7 @@ import * as policy from 'kubernetes-models/policy/v1'
 import * as rbac from 'kubernetes-models/rbac.authorization.k8s.io/v1'
 import * as core from 'kubernetes-models/v1'
 import pg from 'pg'
-import { request } from 'undici'
+import { Agent, request } from 'undici'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { parseAllDocuments } from 'yaml'
 import { waitFor } from '../../src/devtools/local-cluster.ts'
@@ -135,6 +138,18 @@ describe.each(OVERLAYS)('overlay %s', (overlay) => {
             expect(secrets, `${c.name}: ${ref.name}`).toContain(ref.name)
         }
         if (w.kind === 'Job') continue
+        if (c.command[1] === 'push-agent') {
+          // listens on nothing: no port, no probe listener to probe or scrape; root only for the TPM and securityfs
+          expect(c.ports).toBeUndefined()
+          expect([c.livenessProbe, c.readinessProbe, c.startupProbe]).toEqual([
+            undefined,
+            undefined,
+            undefined,
+          ])
+          expect(w.spec.template.metadata.annotations).toBeUndefined()
+          expect(c.securityContext.runAsUser).toBe(0)
+          continue
+        }
         // probes on the probe listener: the port named metrics is the metrics_port of the component's config
         const metrics = c.ports.find((p: Obj) => p.name === 'metrics').containerPort
         expect(c.livenessProbe.httpGet).toEqual({ path: '/healthz', port: 'metrics' })
@@ -183,7 +198,57 @@ describe.each(OVERLAYS)('overlay %s', (overlay) => {
       ).toBe(true)
     const verifier = named(objs, 'Deployment', 'keylime-verifier')
     expect(verifier.spec.replicas).toBeGreaterThanOrEqual(2)
-    const agent = named(objs, 'DaemonSet', 'keylime-agent')
+    const pullAgent = named(objs, 'DaemonSet', 'keylime-agent')
+    const pushAgent = named(objs, 'DaemonSet', 'keylime-push-agent')
+    // one kind of agent per overlay (both on one node would share its TPM identity)
+    expect([pullAgent, pushAgent].filter(Boolean)).toHaveLength(1)
+    const agent = pullAgent ?? pushAgent
+    expect(agent.spec.template.spec.volumes).toContainEqual({
+      name: 'tpm',
+      hostPath: { path: '/dev/tpmrm0', type: 'CharDevice' },
+    })
+    const verifierEnv = verifier.spec.template.spec.containers[0].env
+    if (pushAgent) {
+      expect(verifierEnv).toContainEqual({ name: 'KEYLIME_VERIFIER_MODE', value: 'push' })
+      // nothing connects to a push agent: the pod network is enough
+      expect(pushAgent.spec.template.spec.hostNetwork).toBeUndefined()
+      // it reaches the registrar and the verifiers through their Services' ports
+      const pod = pushAgent.spec.template.spec
+      const confVolume = pod.volumes.find((v: Obj) => v.configMap)
+      const conf: string = named(objs, 'ConfigMap', confVolume.configMap.name).data['push-agent.conf']
+      expect(pod.containers[0].env).toContainEqual({
+        name: 'KEYLIME_AGENT_CONFIG',
+        value: '/etc/keylime/push-agent.conf',
+      })
+      const servicePorts = (name: string): number[] =>
+        named(objs, 'Service', name).spec.ports.map((p: Obj) => p.port)
+      const url = new URL(/^verifier_url = "(.*)"$/m.exec(conf)?.[1] ?? '')
+      expect(url.protocol).toBe('https:')
+      expect(servicePorts(url.hostname)).toContain(Number(url.port))
+      const registrarHost = /^registrar_ip = "(.*)"$/m.exec(conf)?.[1] ?? ''
+      expect(servicePorts(registrarHost)).toContain(Number(/^registrar_port = (\d+)$/m.exec(conf)?.[1]))
+      // its NetworkPolicies admit nothing in and let out only registration, the verifiers and DNS
+      const policies = byKind(objs, 'NetworkPolicy').filter((n) =>
+        selects(n.spec.podSelector.matchLabels, pushAgent.spec.template.metadata.labels),
+      )
+      expect(policies.flatMap((n) => n.spec.ingress ?? [])).toEqual([])
+      expect(policies.filter((n) => n.spec.policyTypes.includes('Egress'))).toHaveLength(1)
+      const np = named(objs, 'NetworkPolicy', 'keylime-push-agent')
+      expect(np.spec.policyTypes).toEqual(['Ingress', 'Egress'])
+      expect(np.spec.ingress ?? []).toEqual([])
+      const targets = np.spec.egress.map((e: Obj) => [
+        e.to[0].podSelector.matchLabels['app.kubernetes.io/name'] ??
+          e.to[0].podSelector.matchLabels['k8s-app'],
+        e.ports.map((p: Obj) => p.port),
+      ])
+      expect(targets).toEqual([
+        ['keylime-registrar', servicePorts('keylime-registrar')],
+        ['keylime-verifier', servicePorts('keylime-verifier')],
+        ['kube-dns', [53, 53]],
+      ])
+      return
+    }
+    expect(verifierEnv.find((e: Obj) => e.name === 'KEYLIME_VERIFIER_MODE')).toBeUndefined()
     // the node's address, stable across agent restarts, is the one the verifier keeps
     expect(agent.spec.template.spec).toMatchObject({
       hostNetwork: true,
@@ -192,10 +257,6 @@ describe.each(OVERLAYS)('overlay %s', (overlay) => {
     expect(agent.spec.template.spec.containers[0].env).toContainEqual({
       name: 'KEYLIME_AGENT_CONTACT_IP',
       valueFrom: { fieldRef: { fieldPath: 'status.hostIP' } },
-    })
-    expect(agent.spec.template.spec.volumes).toContainEqual({
-      name: 'tpm',
-      hostPath: { path: '/dev/tpmrm0', type: 'CharDevice' },
     })
   })
 })
@@ -353,17 +414,28 @@ async function ready(port: number, child?: ChildProcess): Promise<boolean | unde
   }
 }
 
-describe('pods as processes (overlay demo)', () => {
-  const objs = render('demo')
+/**
+ * One overlay's pods as processes: its Secrets decoded, its PostgreSQL replaced by fresh databases of the test's own,
+ * a swtpm for the node's TPM, and the CA Job run the way the cluster runs it (registers a beforeAll and one test).
+ */
+function overlayPods(overlay: string) {
+  const objs = render(overlay)
   const namespace: string = objs.find((o) => o.kind === 'Namespace').metadata.name
   const hosts = byKind(objs, 'Service').map((s) => s.metadata.name as string)
   const secrets = new Map<string, Record<string, string>>()
-  let bin = ''
-  let swtpm: SwtpmInstance
-  const databases: Record<string, string> = {}
+  const ctx = {
+    objs,
+    namespace,
+    hosts,
+    secrets,
+    bin: '',
+    swtpm: undefined as unknown as SwtpmInstance,
+    databases: {} as Record<string, string>,
+    dir: join(work, overlay),
+  }
 
   beforeAll(async () => {
-    bin = keylimeOnPath()
+    ctx.bin = keylimeOnPath()
     for (const s of byKind(objs, 'Secret'))
       secrets.set(
         s.metadata.name,
@@ -371,23 +443,23 @@ describe('pods as processes (overlay demo)', () => {
           Object.entries(s.data as Env).map(([k, v]) => [k, Buffer.from(v, 'base64').toString()]),
         ),
       )
-    // the demo's in-cluster PostgreSQL becomes databases of this test's own
+    // the overlay's in-cluster PostgreSQL becomes databases of this test's own
     const dbSecret = [...secrets.keys()].find((k) => k.startsWith('keylime-database')) as string
     for (const key of ['verifier', 'registrar']) {
       const db = await freshPgDatabase()
       cleanups.push(() => db.drop())
-      databases[key] = db.url
+      ctx.databases[key] = db.url
       ;(secrets.get(dbSecret) as Env)[key] = db.url
     }
-    swtpm = await startSwtpm({ dir: join(work, 'swtpm') })
-    cleanups.push(() => swtpm.stop())
+    ctx.swtpm = await startSwtpm({ dir: join(ctx.dir, 'swtpm') })
+    cleanups.push(() => ctx.swtpm.stop())
   }, 60_000)
 
   it('the CA Job issues the TLS material; kubectl turns it into the Secrets the pods mount', async () => {
     const job = named(objs, 'Job', 'keylime-ca-bootstrap').spec.template.spec
-    const dir = join(work, 'job')
+    const dir = join(ctx.dir, 'job')
     const issue = localPod(objs, secrets, job, job.initContainers[0], dir, { namespace, hosts: [] })
-    const child = run(issue, {}, bin)
+    const child = run(issue, {}, ctx.bin)
     const code = await new Promise((r) => child.once('exit', r))
     expect(code).toBe(0)
     const publish = localPod(objs, secrets, job, job.containers[0], dir, { namespace, hosts: [] })
@@ -419,35 +491,36 @@ describe('pods as processes (overlay demo)', () => {
     expect(Object.keys(secrets.get('keylime-ca') ?? {})).toContain('ca-private.pem')
   }, 60_000)
 
-  it('registrar, two verifier replicas and the agent start from their manifests; the agent is attested through both', async () => {
-    expect(secrets.has('keylime-tls')).toBe(true)
-    const ports = { registrar: 0, registrarTls: 0, registrarMetrics: 0 }
-    ports.registrar = await freePort()
-    ports.registrarTls = await freePort()
-    ports.registrarMetrics = await freePort()
+  /** The registrar Deployment's pod on free ports, ready as its readiness probe says. */
+  async function startRegistrar() {
+    const ports = { registrar: await freePort(), registrarTls: await freePort(), metrics: await freePort() }
     const reg = named(objs, 'Deployment', 'keylime-registrar').spec.template.spec
-    const registrar = localPod(objs, secrets, reg, reg.containers[0], join(work, 'registrar'), {
+    const pod = localPod(objs, secrets, reg, reg.containers[0], join(ctx.dir, 'registrar'), {
       namespace,
       hosts,
     })
-    const registrarChild = run(
-      registrar,
+    const child = run(
+      pod,
       {
         KEYLIME_REGISTRAR_IP: '127.0.0.1',
         KEYLIME_REGISTRAR_PORT: String(ports.registrar),
         KEYLIME_REGISTRAR_TLS_PORT: String(ports.registrarTls),
         KEYLIME_REGISTRAR_METRICS_IP: '127.0.0.1',
-        KEYLIME_REGISTRAR_METRICS_PORT: String(ports.registrarMetrics),
+        KEYLIME_REGISTRAR_METRICS_PORT: String(ports.metrics),
       },
-      bin,
+      ctx.bin,
     )
+    return { ports, child }
+  }
 
+  /** Every replica of the verifier Deployment, each on free ports (not yet waited for). */
+  async function startVerifiers(registrarTlsPort: number, extraEnv: Env) {
     const ver = named(objs, 'Deployment', 'keylime-verifier')
     const replicas: { port: number; metrics: number; child: ChildProcess; pod: Pod }[] = []
     for (let i = 0; i < ver.spec.replicas; i++) {
       const [port, metrics] = [await freePort(), await freePort()]
       const spec = ver.spec.template.spec
-      const pod = localPod(objs, secrets, spec, spec.containers[0], join(work, `verifier-${i}`), {
+      const pod = localPod(objs, secrets, spec, spec.containers[0], join(ctx.dir, `verifier-${i}`), {
         namespace,
         hosts,
       })
@@ -458,31 +531,83 @@ describe('pods as processes (overlay demo)', () => {
           KEYLIME_VERIFIER_PORT: String(port),
           KEYLIME_VERIFIER_METRICS_IP: '127.0.0.1',
           KEYLIME_VERIFIER_METRICS_PORT: String(metrics),
-          KEYLIME_VERIFIER_REGISTRAR_PORT: String(ports.registrarTls),
-          // short leases so the takeover below is quick; the manifests' 30 s works the same way, only slower
-          KEYLIME_VERIFIER_LEASE_SECONDS: '6',
+          KEYLIME_VERIFIER_REGISTRAR_PORT: String(registrarTlsPort),
+          ...extraEnv,
         },
-        bin,
+        ctx.bin,
       )
       replicas.push({ port, metrics, child, pod })
     }
+    return replicas
+  }
 
-    const agentPort = await freePort()
-    const agentMetrics = await freePort()
-    const ds = named(objs, 'DaemonSet', 'keylime-agent').spec.template.spec
-    const agentDir = join(work, 'agent')
-    const agent = localPod(objs, secrets, ds, ds.containers[0], agentDir, {
+  /** The agent DaemonSet's pod, with the swtpm as /dev/tpmrm0 and an empty IMA list in its securityfs. */
+  function agentPod(daemonSet: string): Pod {
+    const ds = named(objs, 'DaemonSet', daemonSet).spec.template.spec
+    const pod = localPod(objs, secrets, ds, ds.containers[0], join(ctx.dir, 'agent'), {
       namespace,
       hosts,
-      special: { '/dev/tpmrm0': swtpm.transport },
+      special: { '/dev/tpmrm0': ctx.swtpm.transport },
     })
     // securityfs: an empty IMA list (swtpm's PCR 10 is untouched); no boot log
-    const securityfs = agent.mounts.find(([p]) => p === '/sys/kernel/security')?.[1] as string
+    const securityfs = pod.mounts.find(([p]) => p === '/sys/kernel/security')?.[1] as string
     mkdirSync(join(securityfs, 'ima'), { recursive: true })
     writeFileSync(join(securityfs, 'ima/ascii_runtime_measurements'), '')
+    return pod
+  }
+
+  /** The one agent id in the registrar's database (hash_ek: a 64-hex-digit id). */
+  async function registeredAgent(): Promise<string> {
+    const registrarDb = new pg.Client({ connectionString: ctx.databases.registrar })
+    await registrarDb.connect()
+    try {
+      const ids = (await registrarDb.query('select agent_id from registrarmain')).rows.map((r) => r.agent_id)
+      expect(ids).toHaveLength(1)
+      expect(ids[0]).toMatch(/^[0-9a-f]{64}$/)
+      return ids[0] as string
+    } finally {
+      await registrarDb.end()
+    }
+  }
+
+  /** The tenant as an operator runs it in a verifier pod (`kubectl exec`): its tenant.conf and client certificate. */
+  function tenant(verifierPod: Pod, registrarTlsPort: number) {
+    const certStore = join(ctx.dir, 'ek-cert-store')
+    mkdirSync(certStore, { recursive: true })
+    for (const pem of swtpmLocalCaCertificates()) copyFileSync(pem, join(certStore, basename(pem)))
+    return (verifierPort: number, ...args: string[]) =>
+      runKeylime(['tenant', ...args], {
+        ...verifierPod.env,
+        KEYLIME_TENANT_VERIFIER_PORT: String(verifierPort),
+        KEYLIME_TENANT_REGISTRAR_PORT: String(registrarTlsPort),
+        KEYLIME_TENANT_TPM_CERT_STORE: certStore,
+      })
+  }
+
+  return { ctx, startRegistrar, startVerifiers, agentPod, registeredAgent, tenant }
+}
+
+describe('pods as processes (overlay demo)', () => {
+  const {
+    ctx,
+    startRegistrar,
+    startVerifiers,
+    agentPod,
+    registeredAgent,
+    tenant: tenantIn,
+  } = overlayPods('demo')
+
+  it('registrar, two verifier replicas and the agent start from their manifests; the agent is attested through both', async () => {
+    expect(ctx.secrets.has('keylime-tls')).toBe(true)
+    const { ports, child: registrarChild } = await startRegistrar()
+    // short leases so the takeover below is quick; the manifests' 30 s works the same way, only slower
+    const replicas = await startVerifiers(ports.registrarTls, { KEYLIME_VERIFIER_LEASE_SECONDS: '6' })
+    const agentPort = await freePort()
+    const agentMetrics = await freePort()
+    const agent = agentPod('keylime-agent')
 
     // readiness as the kubelet asks it, on each pod's probe port
-    await waitFor('registrar ready', 60, () => ready(ports.registrarMetrics, registrarChild))
+    await waitFor('registrar ready', 60, () => ready(ports.metrics, registrarChild))
     for (const r of replicas) await waitFor('verifier ready', 60, () => ready(r.metrics, r.child))
     const agentChild = run(
       agent,
@@ -496,33 +621,14 @@ describe('pods as processes (overlay demo)', () => {
         // root in CI gets the real tmpfs; elsewhere only a disk folder is possible
         KEYLIME_AGENT_SECURE_DIR_ALLOW_DISK: String(process.geteuid?.() !== 0),
       },
-      bin,
+      ctx.bin,
     )
     await waitFor('agent ready', 90, () => ready(agentMetrics, agentChild))
     expect(agent.env.KEYLIME_AGENT_CONTACT_IP).toBe('127.0.0.1')
 
     // the agent registered under hash_ek: its id is the one registrar row
-    const registrarDb = new pg.Client({ connectionString: databases.registrar })
-    await registrarDb.connect()
-    cleanups.push(() => registrarDb.end())
-    const agentId = (await registrarDb.query('select agent_id from registrarmain')).rows.map(
-      (r) => r.agent_id,
-    )
-    expect(agentId).toHaveLength(1)
-    const uuid = agentId[0] as string
-    expect(uuid).toMatch(/^[0-9a-f]{64}$/)
-
-    // the tenant as an operator runs it in a verifier pod (`kubectl exec`): its tenant.conf and client certificate
-    const certStore = join(work, 'ek-cert-store')
-    mkdirSync(certStore, { recursive: true })
-    for (const pem of swtpmLocalCaCertificates()) copyFileSync(pem, join(certStore, basename(pem)))
-    const tenant = (verifierPort: number, ...args: string[]) =>
-      runKeylime(['tenant', ...args], {
-        ...replicas[0]?.pod.env,
-        KEYLIME_TENANT_VERIFIER_PORT: String(verifierPort),
-        KEYLIME_TENANT_REGISTRAR_PORT: String(ports.registrarTls),
-        KEYLIME_TENANT_TPM_CERT_STORE: certStore,
-      })
+    const uuid = await registeredAgent()
+    const tenant = tenantIn(replicas[0]?.pod as Pod, ports.registrarTls)
     const [first, second] = replicas as [(typeof replicas)[0], (typeof replicas)[0]]
     const add = await tenant(
       first.port,
@@ -546,7 +652,7 @@ describe('pods as processes (overlay demo)', () => {
     })
 
     // the replica holding the lease stops (SIGTERM releases it); the other takes the agent over and attests on
-    const verifierDb = new pg.Client({ connectionString: databases.verifier })
+    const verifierDb = new pg.Client({ connectionString: ctx.databases.verifier })
     await verifierDb.connect()
     cleanups.push(() => verifierDb.end())
     const holder = async () =>
@@ -574,4 +680,149 @@ describe('pods as processes (overlay demo)', () => {
     const passes = /^keylime_verifier_attestations_total\{result="pass",event_id=""\} (\d+)$/m.exec(text)
     expect(Number(passes?.[1])).toBeGreaterThanOrEqual(2)
   }, 240_000)
+})
+
+/**
+ * The keylime-verifier Service as a round-robin HTTPS forwarder (request i to replica i mod n), with the verifiers'
+ * certificate as a TLS-passthrough Service would present it; records which replica answered what.
+ */
+async function roundRobinService(tls: Env, ports: number[]) {
+  const served: { replica: number; method: string; path: string; status: number }[] = []
+  const upstream = new Agent({ connect: { ca: tls['cacert.crt'], checkServerIdentity: () => undefined } })
+  let next = 0
+  const server = createServer(
+    { cert: tls['server-cert.crt'], key: tls['server-private.pem'] },
+    (req, res) => {
+      const replica = next++ % ports.length
+      const chunks: Buffer[] = []
+      req.on('data', (c: Buffer) => chunks.push(c))
+      req.on('end', () => {
+        const headers: Record<string, string> = {}
+        for (const [k, v] of Object.entries(req.headers))
+          if (typeof v === 'string' && k !== 'host' && k !== 'connection') headers[k] = v
+        const method = req.method ?? 'GET'
+        const path = req.url ?? '/'
+        upstream
+          .request({
+            origin: `https://127.0.0.1:${ports[replica]}`,
+            path,
+            method: method as 'GET',
+            headers,
+            ...(chunks.length > 0 ? { body: Buffer.concat(chunks) } : {}),
+          })
+          .then(async (r) => {
+            const body = Buffer.from(await r.body.arrayBuffer())
+            served.push({ replica, method, path, status: r.statusCode })
+            const out: Record<string, string | string[]> = {}
+            for (const [k, v] of Object.entries(r.headers))
+              if (v !== undefined && k !== 'transfer-encoding' && k !== 'connection') out[k] = v
+            res.writeHead(r.statusCode, out).end(body)
+          })
+          .catch((err: Error) => {
+            served.push({ replica, method, path, status: 502 })
+            res.writeHead(502).end(err.message)
+          })
+      })
+    },
+  )
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()))
+  cleanups.push(async () => {
+    await new Promise((r) => server.close(r))
+    await upstream.close()
+  })
+  const address = server.address()
+  return { port: typeof address === 'object' && address ? address.port : 0, served }
+}
+
+describe('pods as processes (overlay push)', () => {
+  const {
+    ctx,
+    startRegistrar,
+    startVerifiers,
+    agentPod,
+    registeredAgent,
+    tenant: tenantIn,
+  } = overlayPods('push')
+
+  it('registrar, two push verifier replicas behind their Service and the push agent start from their manifests; every attestation passes, spread over both', async () => {
+    const { ports, child: registrarChild } = await startRegistrar()
+    // quote_interval 1 s so that a few attestations take seconds, as in the other push tests
+    const replicas = await startVerifiers(ports.registrarTls, { KEYLIME_VERIFIER_QUOTE_INTERVAL: '1' })
+    expect(replicas).toHaveLength(2)
+    for (const r of replicas) expect(r.pod.env.KEYLIME_VERIFIER_MODE).toBe('push')
+    const service = await roundRobinService(
+      ctx.secrets.get('keylime-tls') as Env,
+      replicas.map((r) => r.port),
+    )
+    const agent = agentPod('keylime-push-agent')
+    // the manifest's verifier_url names the Service on 8881; locally the Service is the forwarder's port
+    const conf = readFileSync(
+      join(agent.mounts.find(([p]) => p === '/etc/keylime')?.[1] as string, 'push-agent.conf'),
+      'utf8',
+    )
+    expect(conf).toMatch(/^verifier_url = "https:\/\/127\.0\.0\.1:8881"$/m)
+
+    await waitFor('registrar ready', 60, () => ready(ports.metrics, registrarChild))
+    for (const r of replicas) await waitFor('verifier ready', 60, () => ready(r.metrics, r.child))
+    const agentChild = run(
+      agent,
+      {
+        KEYLIME_AGENT_VERIFIER_URL: `https://127.0.0.1:${service.port}`,
+        KEYLIME_AGENT_REGISTRAR_PORT: String(ports.registrar),
+      },
+      ctx.bin,
+    )
+    const uuid = await waitFor('push agent registered', 90, async () => {
+      if (agentChild.exitCode !== null) throw new Error(`push agent exited with ${agentChild.exitCode}`)
+      return registeredAgent().catch(() => undefined)
+    })
+
+    const tenant = tenantIn(replicas[0]?.pod as Pod, ports.registrarTls)
+    const add = await tenant(
+      replicas[0]?.port as number,
+      '-c',
+      'add',
+      '--push-model',
+      '-u',
+      uuid,
+      '--tpm_policy',
+      `{"15":["${'0'.repeat(64)}"]}`,
+    )
+    expect(add.code, add.err).toBe(0)
+    const enrolledAt = service.served.length
+    // read through the other replica: the database they share
+    const status = await waitFor('attested', 60, async () => {
+      const s = await tenant(
+        replicas[1]?.port as number,
+        '-c',
+        'cvstatus',
+        '--push-model',
+        '-u',
+        uuid,
+        '--json',
+      )
+      const st = JSON.parse(s.out)[uuid] as { attestation_count: number; attestation_status: string }
+      return st.attestation_count >= 4 ? st : undefined
+    })
+    expect(status.attestation_status).toBe('PASS')
+    expect(agentChild.exitCode).toBeNull()
+    // both replicas answered the agent, and evidence was accepted by the replica that had not created the attestation
+    const since = service.served.slice(enrolledAt)
+    expect(new Set(since.filter((s) => s.status < 300).map((s) => s.replica))).toEqual(new Set([0, 1]))
+    const crossed = since.filter((s, i) => {
+      const created = since[i - 1]
+      return (
+        s.method === 'PATCH' &&
+        s.path.includes('/attestations/') &&
+        s.status === 202 &&
+        created?.method === 'POST' &&
+        created.status === 201 &&
+        created.replica !== s.replica
+      )
+    })
+    expect(crossed.length).toBeGreaterThanOrEqual(3)
+    // once attesting, nothing the agent sent was refused
+    const firstAccepted = since.findIndex((s) => s.status === 202)
+    expect(since.slice(firstAccepted).filter((s) => s.status >= 400)).toEqual([])
+  }, 180_000)
 })

@@ -2,16 +2,18 @@
  * The systemd units in packaging/systemd: `systemd-analyze verify` accepts each (with ExecStart pointed at this
  * checkout's CLI), each runs a real `keylime` command, and the hardening an operator relies on is there. A service
  * started under a `$NOTIFY_SOCKET` of the test's own (a Python receiver, as node has no Unix datagram sockets) sends
- * READY=1 only once its port accepts connections, as `Type=notify` expects.
+ * READY=1 only once its port accepts connections, as `Type=notify` expects; the push agent, which has no port, only
+ * once the registrar has activated it.
  */
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process'
-import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { connect } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
 import { createInterface } from 'node:readline'
+import Database from 'better-sqlite3'
 import { afterAll, describe, expect, it } from 'vitest'
-import { freePort } from '../helpers/swtpm.ts'
+import { freePort, startSwtpm, swtpmLocalCaCertificates } from '../helpers/swtpm.ts'
 
 const ROOT = resolve(import.meta.dirname, '../..')
 const UNITS = join(ROOT, 'packaging/systemd')
@@ -48,6 +50,7 @@ describe('systemd units', () => {
   it('ships one unit per service', () => {
     expect(units.sort()).toEqual([
       'keylime-agent.service',
+      'keylime-push-agent.service',
       'keylime-registrar.service',
       'keylime-verifier.service',
     ])
@@ -71,19 +74,36 @@ describe('systemd units', () => {
       expect(d.get('NoNewPrivileges')).toBe('yes')
       expect(d.get('ProtectSystem')).toBe('strict')
       expect(d.get('ReadWritePaths')).toBe('/var/lib/keylime')
-      if (unit === 'keylime-agent.service') {
+      if (unit === 'keylime-agent.service' || unit === 'keylime-push-agent.service') {
         // the V8 flags bench/agent.ts measures (docs/agent.md)
         expect(d.get('Environment')).toBe(
           'KEYLIME_DIR=/var/lib/keylime\n"NODE_OPTIONS=--max-semi-space-size=1 --v8-pool-size=1"',
         )
-        // root only to start: the agent itself drops to run_as; only the TPM device is reachable
+        // only the TPM device is reachable
         expect(d.get('DevicePolicy')).toBe('closed')
         expect(d.get('DeviceAllow')).toBe('/dev/tpmrm0 rw')
+        expect(d.get('ReadOnlyPaths')).toBe('/sys/kernel/security')
       } else {
         expect(d.get('Environment')).toBe('KEYLIME_DIR=/var/lib/keylime')
         expect(d.get('User')).toBe('keylime')
         expect(d.get('CapabilityBoundingSet')).toBe('')
         expect(d.get('PrivateDevices')).toBe('yes')
+      }
+      if (unit === 'keylime-agent.service') {
+        // root only to start: the agent itself drops to run_as
+        expect(d.get('User')).toBe('root')
+        expect(d.get('SocketBindDeny')).toBeUndefined()
+      }
+      if (unit === 'keylime-push-agent.service') {
+        // never root: the tss group opens the TPM, one capability reads the securityfs logs; no port at all
+        expect(d.get('User')).toBe('keylime')
+        expect(d.get('Group')).toBe('tss')
+        expect(d.get('CapabilityBoundingSet')).toBe('CAP_DAC_READ_SEARCH')
+        expect(d.get('AmbientCapabilities')).toBe('CAP_DAC_READ_SEARCH')
+        expect(d.get('SocketBindDeny')).toBe('any')
+        // one agent per TPM: starting one stops the other (as upstream's push agent unit)
+        expect(d.get('Conflicts')).toBe('keylime-agent.service')
+        expect(d.get('ExecStart')).toBe('/usr/bin/keylime push-agent')
       }
     })
   }
@@ -128,35 +148,44 @@ function portAccepts(port: number): Promise<boolean> {
   })
 }
 
+/** A `$NOTIFY_SOCKET` of the test's own: each message with the result of `check` taken the moment it arrived. */
+async function notifyReceiver<T>(
+  socketPath: string,
+  check: () => Promise<T>,
+  children: ChildProcess[],
+): Promise<{ ready: Promise<{ text: string; checked: Promise<T> }> }> {
+  const receiver = spawn('python3', ['-c', RECEIVER, socketPath], { stdio: ['ignore', 'pipe', 'inherit'] })
+  children.push(receiver)
+  const messages = createInterface({ input: receiver.stdout as NodeJS.ReadableStream })
+  let bound!: () => void
+  const isBound = new Promise<void>((r) => {
+    bound = r
+  })
+  let gotReady!: (m: { text: string; checked: Promise<T> }) => void
+  const ready = new Promise<{ text: string; checked: Promise<T> }>((r) => {
+    gotReady = r
+  })
+  messages.on('line', (line) => {
+    if (line === 'bound') return bound()
+    // checked the moment the message arrives: what READY=1 promises must already hold
+    if (line.includes('READY=1')) gotReady({ text: line, checked: check() })
+  })
+  await isBound
+  return { ready }
+}
+
 describe('Type=notify readiness', () => {
   const children: ChildProcess[] = []
   afterAll(() => {
     for (const c of children) c.kill('SIGKILL')
   })
+  const registrarDir = join(work, 'registrar')
+  let registrarPort = 0
 
   it('the registrar sends READY=1 over $NOTIFY_SOCKET once its port accepts connections', async () => {
     const socketPath = join(work, 'notify.sock')
-    const receiver = spawn('python3', ['-c', RECEIVER, socketPath], { stdio: ['ignore', 'pipe', 'inherit'] })
-    children.push(receiver)
-    const messages = createInterface({ input: receiver.stdout as NodeJS.ReadableStream })
-    const received: { text: string; accepting: Promise<boolean> }[] = []
-    let bound!: () => void
-    const isBound = new Promise<void>((r) => {
-      bound = r
-    })
     const port = await freePort()
-    let ready!: () => void
-    const gotReady = new Promise<void>((r) => {
-      ready = r
-    })
-    messages.on('line', (line) => {
-      if (line === 'bound') return bound()
-      // checked the moment the message arrives: the port must already accept
-      received.push({ text: line, accepting: portAccepts(port) })
-      if (line.includes('READY=1')) ready()
-    })
-    await isBound
-    const dir = join(work, 'registrar')
+    const { ready } = await notifyReceiver(socketPath, () => portAccepts(port), children)
     const registrar = spawn(
       process.execPath,
       [
@@ -172,16 +201,77 @@ describe('Type=notify readiness', () => {
         'sqlite',
       ],
       {
-        env: { ...process.env, KEYLIME_FROM_SOURCE: '1', KEYLIME_DIR: dir, NOTIFY_SOCKET: socketPath },
+        env: {
+          ...process.env,
+          KEYLIME_FROM_SOURCE: '1',
+          KEYLIME_DIR: registrarDir,
+          NOTIFY_SOCKET: socketPath,
+        },
         stdio: ['ignore', 'ignore', 'inherit'],
       },
     )
     children.push(registrar)
-    await gotReady
-    const first = received.find((m) => m.text.includes('READY=1'))
-    expect(first?.text).toContain('STATUS=registrar listening')
-    expect(await first?.accepting).toBe(true)
+    const first = await ready
+    expect(first.text).toContain('STATUS=registrar listening')
+    expect(await first.checked).toBe(true)
+    registrarPort = port
   }, 60_000)
+
+  it('the push agent (no port of its own) sends READY=1 once the registrar has activated it', async () => {
+    expect(registrarPort).toBeGreaterThan(0)
+    const socketPath = join(work, 'notify-push.sock')
+    const activeRows = async () => {
+      const db = new Database(join(registrarDir, 'reg_data.sqlite'), { readonly: true })
+      try {
+        return db.prepare('select agent_id, active from registrarmain').all()
+      } finally {
+        db.close()
+      }
+    }
+    const { ready } = await notifyReceiver(socketPath, activeRows, children)
+    const swtpm = await startSwtpm({ dir: join(work, 'swtpm') })
+    const dir = join(work, 'push-agent')
+    mkdirSync(dir, { recursive: true })
+    writeFileSync(join(dir, 'ascii_runtime_measurements'), '')
+    try {
+      const agent = spawn(
+        process.execPath,
+        [
+          join(ROOT, 'bin/keylime.js'),
+          'push-agent',
+          '--registrar-url',
+          `http://127.0.0.1:${registrarPort}`,
+          // nothing listens there: readiness is about registration, attestation is retried for ever
+          '--verifier-url',
+          `https://127.0.0.1:${await freePort()}`,
+          '--ca-certificate',
+          swtpmLocalCaCertificates()[0] as string,
+        ],
+        {
+          env: {
+            ...process.env,
+            KEYLIME_FROM_SOURCE: '1',
+            KEYLIME_DIR: dir,
+            KEYLIME_AGENT_KEYLIME_DIR: dir,
+            KEYLIME_AGENT_UUID: 'd432fbb3-d2f1-4a97-9ef7-75bd81c00000',
+            KEYLIME_AGENT_TPM: swtpm.transport,
+            KEYLIME_AGENT_IMA_ML_PATH: join(dir, 'ascii_runtime_measurements'),
+            KEYLIME_AGENT_MEASUREDBOOT_ML_PATH: join(dir, 'no-boot-log'),
+            NOTIFY_SOCKET: socketPath,
+          },
+          stdio: ['ignore', 'ignore', 'inherit'],
+        },
+      )
+      children.push(agent)
+      const first = await ready
+      expect(first.text).toContain('STATUS=push agent registered and activated')
+      expect(await first.checked).toEqual([{ agent_id: 'd432fbb3-d2f1-4a97-9ef7-75bd81c00000', active: 1 }])
+      agent.kill('SIGTERM')
+      expect(await new Promise((r) => agent.once('exit', r))).toBe(0)
+    } finally {
+      await swtpm.stop()
+    }
+  }, 90_000)
 })
 
 describe('notifySystemdReady', () => {

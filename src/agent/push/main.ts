@@ -1,8 +1,9 @@
 /**
  * `keylime push-agent`: loads agent.conf (the same file and options as the pull agent, plus the push ones), applies
- * upstream's push-agent flags, runs the push agent until SIGTERM/SIGINT.
+ * upstream's push-agent flags, runs the push agent until SIGTERM/SIGINT (READY=1 to systemd once registered).
  */
 import { createLogger, type Logger } from '../../common/log.ts'
+import { notifySystemdReady } from '../../common/systemd.ts'
 import { type LoadAgentConfigOptions, loadAgentConfig } from '../config.ts'
 import { imaNgFormatter } from '../ima-emulator.ts'
 import { defaultAgentDeps } from '../runtime.ts'
@@ -57,7 +58,7 @@ export async function runPushAgentProcess(
     ...(flags.timeoutMs !== undefined ? { timeoutMs: flags.timeoutMs } : {}),
     ...(flags.agentIdentifier ? { agentIdentifier: flags.agentIdentifier } : {}),
   })
-  await new Promise<void>((done) => {
+  const stopped = new Promise<void>((done) => {
     let stopping = false
     const stop = (sig: string) => {
       if (stopping) return
@@ -71,4 +72,8 @@ export async function runPushAgentProcess(
     process.once('SIGTERM', () => stop('SIGTERM'))
     process.once('SIGINT', () => stop('SIGINT'))
   })
+  // startPushAgent returns once registration and activation are done; attestation runs on from here. Signals are
+  // handled before systemd hears READY=1, so a stop right after it still shuts down cleanly.
+  await notifySystemdReady('push agent registered and activated', log)
+  await stopped
 }
