@@ -175,7 +175,12 @@ async function main(): Promise<void> {
   let scraper: NodeJS.Timeout | null = null
   if (METRICS) {
     const registry = createMetricsRegistry()
-    new PrometheusVerifierMetrics(registry, { stats: () => service.loop.stats(), db, leaseHolder: 'bench' })
+    // recorded by the loop on every attestation, as the verifier's server wires it
+    service.loop.metrics = new PrometheusVerifierMetrics(registry, {
+      stats: () => service.loop.stats(),
+      db,
+      leaseHolder: 'bench',
+    })
     scraper = setInterval(() => {
       void registry.metrics().then(() => scrapes++)
     }, SCRAPE_S * 1000)
