@@ -273,7 +273,9 @@ export class AgentHttpServer {
 
   /** Sends a request through the handler without a socket (tests); light-my-request is loaded only then. */
   async inject(opts: InjectOptions | string): Promise<InjectResponse> {
-    const { inject } = await import('light-my-request')
+    const loaded = await import('light-my-request')
+    // bundled, the CommonJS package is its chunk's default export
+    const { inject } = (loaded as unknown as { default?: typeof loaded }).default ?? loaded
     return inject(this.dispatch, opts)
   }
 }

@@ -146,7 +146,9 @@ export async function createDispatcher(
   pinnedDer: Buffer | undefined,
   opts: { timeoutMs: number; connections: number },
 ): Promise<Dispatcher> {
-  const undici = await import('undici')
+  const loaded = await import('undici')
+  // Bundled (dist/), the CommonJS package arrives as the default export of its chunk; from source, as named exports.
+  const undici = (loaded as unknown as { default?: typeof loaded }).default ?? loaded
   const timeout = opts.timeoutMs
   const caList = tls?.ca === undefined ? [] : Array.isArray(tls.ca) ? tls.ca : [tls.ca]
   const tlsOptions = {

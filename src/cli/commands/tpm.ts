@@ -122,7 +122,9 @@ export function registerTpmCommands(program: Command): void {
     .option('--json', 'print JSON', false)
     .action(async (o: { tpm: string; json: boolean }) => {
       const { keylime } = await import('../../tpm/index.ts')
-      const { X509Certificate } = await import('@peculiar/x509')
+      const x509 = await import('@peculiar/x509')
+      // a CommonJS build, when bundled, is its chunk's default export
+      const { X509Certificate } = (x509 as unknown as { default?: typeof x509 }).default ?? x509
       const stored = (c: { index: number; template: string; der: Uint8Array }) =>
         describeStoredCert(c, X509Certificate)
       {
