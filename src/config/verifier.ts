@@ -78,7 +78,8 @@ export const verifierSchema = {
   max_concurrency: opt.int(512),
   /**
    * Keylime TS: worker threads that evaluate evidence (quote signatures, boot-log and IMA replay, policies), so
-   * every core attests; `auto` = one per core, 0 = on the event loop (one core for everything).
+   * every core attests; `auto` = one per core on machines with more than two cores, none on one or two (measured:
+   * there the threads' hand-over costs more than the second core gives, docs/performance.md); 0 = on the event loop.
    */
   evidence_workers: opt.string('auto'),
   /**

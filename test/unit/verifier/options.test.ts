@@ -2,6 +2,7 @@ import { availableParallelism } from 'node:os'
 import { describe, expect, it } from 'vitest'
 import { loadVerifierConfig } from '../../../src/config/verifier.ts'
 import {
+  autoEvidenceWorkers,
   tomtouWarning,
   VerifierConfigError,
   verifierOptionsFromConfig,
@@ -54,8 +55,11 @@ describe('verifierOptionsFromConfig', () => {
     )
   })
 
-  it('evidence_workers: auto is one per core, a number is that many, 0 keeps evidence on the event loop', () => {
-    expect(verifierOptionsFromConfig(load()).evidenceWorkers).toBe(availableParallelism())
+  it('evidence_workers: auto is one per core above two cores, a number is that many, 0 keeps evidence on the event loop', () => {
+    expect(verifierOptionsFromConfig(load()).evidenceWorkers).toBe(
+      availableParallelism() > 2 ? availableParallelism() : 0,
+    )
+    expect([1, 2, 3, 8].map((n) => autoEvidenceWorkers(n))).toEqual([0, 0, 3, 8])
     expect(verifierOptionsFromConfig(load({ KEYLIME_VERIFIER_EVIDENCE_WORKERS: '3' })).evidenceWorkers).toBe(
       3,
     )
