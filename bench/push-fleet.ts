@@ -362,8 +362,9 @@ async function main(): Promise<void> {
   let counted = 0
   let pendingEvaluations = 0
   for (let i = 0; i < 50; i++) {
+    // the count lives with the attestation state, apart from the enrolment row
     const row = await db
-      .selectFrom('verifiermain')
+      .selectFrom('verifier_attestation_state')
       .select(sql<number>`coalesce(sum(attestation_count), 0)`.as('n'))
       .executeTakeFirstOrThrow()
     counted = Number(row.n)
