@@ -33,7 +33,15 @@ export async function runAgentProcess(
     ...(runAs ? { runAs } : {}),
   })
   await notifySystemdReady('agent registered and listening', log)
-  await new Promise<void>((done) => {
+  await closeOnSignal(agent, log)
+}
+
+/**
+ * Resolves once SIGTERM or SIGINT has closed `agent` (the first signal only; a failed close is logged). Handlers are
+ * installed when called.
+ */
+export function closeOnSignal(agent: { close(): Promise<void> }, log: Logger): Promise<void> {
+  return new Promise<void>((done) => {
     let stopping = false
     const stop = (sig: string) => {
       if (stopping) return

@@ -6,6 +6,7 @@ import { createLogger, type Logger } from '../../common/log.ts'
 import { notifySystemdReady } from '../../common/systemd.ts'
 import { type LoadAgentConfigOptions, loadAgentConfig } from '../config.ts'
 import { imaNgFormatter } from '../ima-emulator.ts'
+import { closeOnSignal } from '../main.ts'
 import { defaultAgentDeps } from '../runtime.ts'
 import { PushAgentError, startPushAgent } from './push-agent.ts'
 
@@ -58,20 +59,7 @@ export async function runPushAgentProcess(
     ...(flags.timeoutMs !== undefined ? { timeoutMs: flags.timeoutMs } : {}),
     ...(flags.agentIdentifier ? { agentIdentifier: flags.agentIdentifier } : {}),
   })
-  const stopped = new Promise<void>((done) => {
-    let stopping = false
-    const stop = (sig: string) => {
-      if (stopping) return
-      stopping = true
-      log.info(`${sig} received, shutting down`)
-      agent.close().then(done, (err: unknown) => {
-        log.error(`shutdown error: ${(err as Error).message}`)
-        done()
-      })
-    }
-    process.once('SIGTERM', () => stop('SIGTERM'))
-    process.once('SIGINT', () => stop('SIGINT'))
-  })
+  const stopped = closeOnSignal(agent, log)
   // startPushAgent returns once registration and activation are done; attestation runs on from here. Signals are
   // handled before systemd hears READY=1, so a stop right after it still shuts down cleanly.
   await notifySystemdReady('push agent registered and activated', log)
