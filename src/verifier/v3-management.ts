@@ -42,21 +42,21 @@ import {
 } from '../api/verifier/v3-management-schemas.ts'
 import { KeylimeError } from '../common/errors.ts'
 import {
+  type ActionAudit,
   agentStatus,
   deleteAgent,
   deleteMbPolicy,
   deleteRuntimePolicy,
+  enrolAgent,
   reactivateAgent,
   requireAgent,
+  requireMbPolicy,
+  requireRuntimePolicy,
   saveMbPolicy,
   saveRuntimePolicy,
   stopAgent,
 } from './management.ts'
-import { VerifierRequestError } from './policy-input.ts'
 import type { VerifierService } from './verifier-service.ts'
-
-/** One audit line per admin action (the v2 routes' `audit`). */
-export type AuditFn = (req: FastifyRequest, action: string, fields: Record<string, unknown>) => void
 
 /** The JSON:API `code` of an error status (§0.3: not_found, conflict, invalid_resource_data). */
 const CODES: Record<number, string> = {
@@ -160,7 +160,8 @@ function checkPatchId(data: { id?: string | undefined }, id: string): void {
 
 export interface V3ManagementOptions {
   service: VerifierService
-  audit: AuditFn
+  /** The audit line writer of a request (the v2 routes' own). */
+  auditOf: (req: FastifyRequest) => ActionAudit
 }
 
 export function registerV3ManagementRoutes(app: KeylimeServer, opts: V3ManagementOptions): void {
@@ -169,7 +170,7 @@ export function registerV3ManagementRoutes(app: KeylimeServer, opts: V3Managemen
   })
 }
 
-function v3Routes(app: KeylimeServer, { service, audit }: V3ManagementOptions): void {
+function v3Routes(app: KeylimeServer, { service, auditOf }: V3ManagementOptions): void {
   const repo = service.repo
   const o = service.options
 
@@ -253,18 +254,7 @@ function v3Routes(app: KeylimeServer, { service, audit }: V3ManagementOptions): 
       const data = req.body.data
       const id = resourceId(data, 'agent_id')
       const { agent_id: _, ...enrolment } = data.attributes
-      const row = await service.enrol(id, enrolment)
-      audit(req, 'agent.enrol', {
-        agentId: id,
-        ip: row.ip,
-        port: row.port,
-        runtimePolicyId: row.ima_policy_id,
-        mbPolicyId: row.mb_policy_id,
-        runtimePolicyName: enrolment.runtime_policy_name ?? null,
-        mbPolicyName: enrolment.mb_policy_name,
-        tpmPolicy: enrolment.tpm_policy,
-        payloadKey: row.v !== null,
-      })
+      await enrolAgent(service, id, enrolment, auditOf(req))
       const resource = await agentResource(req, id)
       reply.header('Location', resource.links.self)
       return send(reply, 201, { data: resource })
@@ -298,13 +288,8 @@ function v3Routes(app: KeylimeServer, { service, audit }: V3ManagementOptions): 
     handler: async (req, reply) => {
       const id = req.params.agent_id
       checkPatchId(req.body.data, id)
-      if (req.body.data.attributes.accept_attestations) {
-        const previousState = await reactivateAgent(service, id, 404)
-        audit(req, 'agent.reactivate', { agentId: id, previousState })
-      } else {
-        await stopAgent(service, id)
-        audit(req, 'agent.stop', { agentId: id })
-      }
+      if (req.body.data.attributes.accept_attestations) await reactivateAgent(service, id, 404, auditOf(req))
+      else await stopAgent(service, id, auditOf(req))
       return send(reply, 200, { data: await agentResource(req, id) })
     },
   })
@@ -324,9 +309,7 @@ function v3Routes(app: KeylimeServer, { service, audit }: V3ManagementOptions): 
       },
     },
     handler: async (req, reply) => {
-      const id = req.params.agent_id
-      const code = await deleteAgent(service, id)
-      audit(req, 'agent.delete', { agentId: id, completed: code === 200 })
+      const code = await deleteAgent(service, req.params.agent_id, auditOf(req))
       if (code === 200) return reply.code(204).send(null)
       return send(reply, 202, { meta: { status: 'terminating' } })
     },
@@ -334,8 +317,7 @@ function v3Routes(app: KeylimeServer, { service, audit }: V3ManagementOptions): 
 
   // ------------------------------------------------------------------------------ IMA policies
   const imaPolicyResource = async (req: FastifyRequest, name: string) => {
-    const p = await repo.getAllowlist(name)
-    if (!p) throw new VerifierRequestError(404, `Runtime policy ${name} not found`)
+    const p = await requireRuntimePolicy(service, name)
     return {
       type: V3_TYPES.imaPolicy,
       id: p.name,
@@ -403,8 +385,7 @@ function v3Routes(app: KeylimeServer, { service, audit }: V3ManagementOptions): 
     handler: async (req, reply) => {
       const data = req.body.data
       const name = resourceId(data, 'name')
-      const checksum = await saveRuntimePolicy(service, name, runtimeBody(data.attributes), 'create')
-      audit(req, 'runtime_policy.add', { policy: name, checksum })
+      await saveRuntimePolicy(service, name, runtimeBody(data.attributes), 'create', auditOf(req))
       const resource = await imaPolicyResource(req, name)
       reply.header('Location', resource.links.self)
       return send(reply, 201, { data: resource })
@@ -425,13 +406,7 @@ function v3Routes(app: KeylimeServer, { service, audit }: V3ManagementOptions): 
     handler: async (req, reply) => {
       const name = req.params.name
       checkPatchId(req.body.data, name)
-      const checksum = await saveRuntimePolicy(
-        service,
-        name,
-        runtimeBody(req.body.data.attributes),
-        'replace',
-      )
-      audit(req, 'runtime_policy.update', { policy: name, checksum })
+      await saveRuntimePolicy(service, name, runtimeBody(req.body.data.attributes), 'replace', auditOf(req))
       return send(reply, 200, { data: await imaPolicyResource(req, name) })
     },
   })
@@ -446,16 +421,14 @@ function v3Routes(app: KeylimeServer, { service, audit }: V3ManagementOptions): 
       response: { 204: Type.Null(), ...adminErrors },
     },
     handler: async (req, reply) => {
-      await deleteRuntimePolicy(service, req.params.name)
-      audit(req, 'runtime_policy.delete', { policy: req.params.name })
+      await deleteRuntimePolicy(service, req.params.name, auditOf(req))
       return reply.code(204).send(null)
     },
   })
 
   // ------------------------------------------------------------------------------ UEFI reference states
   const refstateResource = async (req: FastifyRequest, name: string) => {
-    const p = await repo.getMbPolicy(name)
-    if (!p) throw new VerifierRequestError(404, `Measured boot policy ${name} not found`)
+    const p = await requireMbPolicy(service, name)
     return {
       type: V3_TYPES.uefiRefstate,
       id: p.name,
@@ -510,8 +483,7 @@ function v3Routes(app: KeylimeServer, { service, audit }: V3ManagementOptions): 
     handler: async (req, reply) => {
       const data = req.body.data
       const name = resourceId(data, 'name')
-      const checksum = await saveMbPolicy(service, name, data.attributes.mb_policy, 'create')
-      audit(req, 'mb_policy.add', { policy: name, checksum })
+      await saveMbPolicy(service, name, data.attributes.mb_policy, 'create', auditOf(req))
       const resource = await refstateResource(req, name)
       reply.header('Location', resource.links.self)
       return send(reply, 201, { data: resource })
@@ -532,8 +504,7 @@ function v3Routes(app: KeylimeServer, { service, audit }: V3ManagementOptions): 
     handler: async (req, reply) => {
       const name = req.params.name
       checkPatchId(req.body.data, name)
-      const checksum = await saveMbPolicy(service, name, req.body.data.attributes.mb_policy, 'replace', 404)
-      audit(req, 'mb_policy.update', { policy: name, checksum })
+      await saveMbPolicy(service, name, req.body.data.attributes.mb_policy, 'replace', auditOf(req), 404)
       return send(reply, 200, { data: await refstateResource(req, name) })
     },
   })
@@ -548,8 +519,7 @@ function v3Routes(app: KeylimeServer, { service, audit }: V3ManagementOptions): 
       response: { 204: Type.Null(), ...adminErrors },
     },
     handler: async (req, reply) => {
-      await deleteMbPolicy(service, req.params.name)
-      audit(req, 'mb_policy.delete', { policy: req.params.name })
+      await deleteMbPolicy(service, req.params.name, auditOf(req))
       return reply.code(204).send(null)
     },
   })
