@@ -65,7 +65,7 @@ import {
   stopAgent,
 } from './management.ts'
 import { addPushRoutes } from './push/routes.ts'
-import { registerV3ManagementRoutes } from './v3-management.ts'
+import { refusalOfApi, registerV3ManagementRoutes } from './v3-management.ts'
 import type { VerifierService } from './verifier-service.ts'
 
 export type Identity = 'admin' | 'anonymous'
@@ -150,6 +150,7 @@ export async function buildVerifierApp(opts: VerifierAppOptions): Promise<Keylim
         (ip) => evidenceLimiter.admit(ip, Date.now()),
         (req) => req.method === 'POST' && req.routeOptions.url?.endsWith('/verify/evidence') === true,
         'evidence',
+        refusalOfApi,
       ),
     )
 

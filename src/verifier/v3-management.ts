@@ -11,6 +11,7 @@
  */
 import { Type } from '@sinclair/typebox'
 import type { FastifyError, FastifyReply, FastifyRequest, FastifySchemaValidationError } from 'fastify'
+import { errorEnvelope } from '../api/envelope.ts'
 import { AgentIdParams, AuthErrorBody, PolicyNameParams } from '../api/schemas.ts'
 import {
   addVersionedRoute,
@@ -18,6 +19,7 @@ import {
   databaseUnavailableReason,
   dropConnectionAfterUnreadBody,
   type KeylimeServer,
+  type RefusalRenderer,
 } from '../api/server.ts'
 import type { RuntimePolicyBody } from '../api/verifier/schemas.ts'
 import {
@@ -68,6 +70,7 @@ const CODES: Record<number, string> = {
   413: 'payload_too_large',
   415: 'unsupported_media_type',
   422: 'invalid_resource_data',
+  429: 'too_many_requests',
 }
 
 interface ErrorSource {
@@ -86,7 +89,13 @@ class JsonApiRequestError extends KeylimeError {
   }
 }
 
-function errorDocument(status: number, detail: string, source?: ErrorSource, code?: string): JsonApiErrors {
+/** A JSON:API error document of one error (§0.3), e.g. `{"errors": [{"status": "404", "code": "not_found", …}]}`. */
+export function errorDocument(
+  status: number,
+  detail: string,
+  source?: ErrorSource,
+  code?: string,
+): JsonApiErrors {
   return {
     errors: [
       {
@@ -125,6 +134,12 @@ function schemaError(errors: FastifySchemaValidationError[], dataVar: string): E
     })
   return new JsonApiRequestError(422, `${member} ${why}`, { pointer: member })
 }
+
+/** Refusals outside a route's handler (the evidence rate limit): JSON:API on v3 paths, the v2 envelope elsewhere. */
+export const refusalOfApi: RefusalRenderer = (request, status, detail) =>
+  /^\/v3(?:\.\d+)?\//.test(request.url)
+    ? { body: errorDocument(status, detail), contentType: JSON_API_MEDIA_TYPE }
+    : { body: errorEnvelope(status, detail) }
 
 /** The version prefix the request used (`/v3` or `/v3.0`), for `links.self`. */
 function prefixOf(req: FastifyRequest): string {
