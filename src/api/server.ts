@@ -533,6 +533,8 @@ export interface VersionedRoute<S extends FastifySchema> {
   schema: S
   /** ADMIN route: the server's admin check runs in `onRequest`, before any body is read. */
   admin?: boolean
+  /** The route's own authorization, run in `onRequest` (before any body is read) where `admin` does not fit. */
+  onRequest?: (request: FastifyRequest, reply: FastifyReply) => Promise<void>
   /** Body limit in bytes when larger than the server's default (policy uploads). */
   bodyLimit?: number
   /** Route-specific wording of schema errors (upstream's texts for the same failures). */
@@ -565,6 +567,7 @@ export function addRoute<S extends FastifySchema>(
     url: route.url,
     schema: route.schema,
     ...(route.admin ? { config: { admin: true } } : {}),
+    ...(route.onRequest ? { onRequest: route.onRequest } : {}),
     ...(route.bodyLimit !== undefined ? { bodyLimit: route.bodyLimit } : {}),
     ...(route.schemaErrorFormatter ? { schemaErrorFormatter: route.schemaErrorFormatter } : {}),
     handler: route.handler as RouteHandlerMethod,

@@ -125,14 +125,15 @@ export async function buildVerifierApp(opts: VerifierAppOptions): Promise<Keylim
   const repo = service.repo
   const o = service.options
   const identify = opts.identify ?? tlsIdentity
+  const requireAdmin = async (req: FastifyRequest, reply: FastifyReply) => {
+    if (identify(req) !== 'admin') forbidden(reply)
+  }
   const app = createKeylimeServer({
     ...(opts.log ? { logger: opts.log } : {}),
     ...(opts.https ? { https: opts.https } : {}),
     bodyLimit: o.maxBodySize,
     agentIdMessage: AGENT_ID_MESSAGE,
-    adminCheck: async (req, reply) => {
-      if (identify(req) !== 'admin') forbidden(reply)
-    },
+    adminCheck: requireAdmin,
     openapi: { title: 'Keylime verifier', version: CURRENT_API_VERSION, documentedPrefixes: ['2.6', '3.0'] },
     ...(opts.probes ? { probes: opts.probes } : {}),
   })
@@ -496,6 +497,6 @@ export async function buildVerifierApp(opts: VerifierAppOptions): Promise<Keylim
     },
   })
 
-  registerV3ManagementRoutes(app, { service, auditOf })
+  registerV3ManagementRoutes(app, { service, auditOf, requireAdmin })
   return app
 }

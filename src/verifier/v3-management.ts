@@ -4,7 +4,8 @@
  * (`/v3/refstates/uefi[/:name]`) and `POST /v3/verify/evidence`, with JSON:API bodies (§0.3). They carry the same
  * data and run the same checks as the v2 routes: every operation is the one in `management.ts` or the service's
  * `enrol`/`verifyEvidence`. Authorization is v2's (§0.5): ADMIN for everything but evidence verification, checked
- * before the body is read. They are registered on every verifier, whatever its `mode` (docs/api.md says why).
+ * before the body is read; reading one agent is upstream's AGENT_OR_ADMIN (an agent reads its own record with its
+ * push-session token). They are registered on every verifier, whatever its `mode` (docs/api.md says why).
  *
  * Errors are JSON:API error documents (`{"errors": [{status, code, detail, source}]}`), rendered by this scope's
  * own error handler; routes outside it keep the v2 envelope.
@@ -177,6 +178,8 @@ export interface V3ManagementOptions {
   service: VerifierService
   /** The audit line writer of a request (the v2 routes' own). */
   auditOf: (req: FastifyRequest) => ActionAudit
+  /** The server's ADMIN check (it answers the refusal itself). */
+  requireAdmin: (req: FastifyRequest, reply: FastifyReply) => Promise<void>
 }
 
 export function registerV3ManagementRoutes(app: KeylimeServer, opts: V3ManagementOptions): void {
@@ -185,7 +188,7 @@ export function registerV3ManagementRoutes(app: KeylimeServer, opts: V3Managemen
   })
 }
 
-function v3Routes(app: KeylimeServer, { service, auditOf }: V3ManagementOptions): void {
+function v3Routes(app: KeylimeServer, { service, auditOf, requireAdmin }: V3ManagementOptions): void {
   const repo = service.repo
   const o = service.options
 
@@ -276,15 +279,35 @@ function v3Routes(app: KeylimeServer, { service, auditOf }: V3ManagementOptions)
     },
   })
 
+  /**
+   * AGENT_OR_ADMIN (upstream's READ_AGENT): with an `Authorization` header the caller is the agent of that push
+   * session and reads only its own record; without one, the admin check. As upstream, a token is never combined
+   * with the client certificate, so an agent that also holds one cannot read other agents through it.
+   */
+  const agentOrAdmin = async (req: FastifyRequest, reply: FastifyReply) => {
+    const authorization = req.headers.authorization
+    if (authorization === undefined) return requireAdmin(req, reply)
+    // pull mode has no push sessions, so no token can be valid
+    if (!service.push) throw new JsonApiRequestError(401, 'Invalid authentication token')
+    const caller = await service.push.sessions.authenticate(authorization).catch((err: unknown) => {
+      if (err instanceof KeylimeError && err.statusCode === 401)
+        throw new JsonApiRequestError(401, err.message)
+      throw err
+    })
+    const agentId = (req.params as { agent_id?: string }).agent_id
+    if (caller.agentId !== agentId)
+      throw new JsonApiRequestError(403, `Agent ${caller.agentId} cannot read agent ${agentId}`)
+  }
+
   addVersionedRoute(app, {
     ...common,
     method: 'GET',
     path: '/agents/:agent_id',
-    admin: true,
+    onRequest: agentOrAdmin,
     schema: {
-      summary: 'Status of an agent',
+      summary: 'Status of an agent (an admin, or the agent itself with its push-session token)',
       params: AgentIdParams,
-      response: { 200: AgentDocument, ...adminErrors },
+      response: { 200: AgentDocument, 401: JsonApiErrors, ...adminErrors },
     },
     handler: async (req, reply) => send(reply, 200, { data: await agentResource(req, req.params.agent_id) }),
   })

@@ -263,6 +263,38 @@ describe('push verifier: sessions', () => {
   })
 })
 
+describe('push verifier: an agent reads its own record (AGENT_OR_ADMIN, as upstream)', () => {
+  const read = (id: string, headers: Record<string, string> = {}) =>
+    app.inject({ method: 'GET', url: `/v3/agents/${id}`, headers })
+  it("GET /v3/agents/:id with its session token: its own record, never another agent's", async () => {
+    const tokenA = await login('push-a')
+    const own = await read('push-a', { authorization: `Bearer ${tokenA}` })
+    expect(own.statusCode, own.body).toBe(200)
+    expect(own.json().data).toMatchObject({ type: 'agent', id: 'push-a' })
+    expect(own.json().data.attributes.ip).toBeNull()
+    const other = await read('push-b', { authorization: `Bearer ${tokenA}` })
+    expect(other.statusCode).toBe(403)
+    expect(other.json().errors[0]).toMatchObject({ status: '403', code: 'forbidden' })
+    // a token that is not a session's, or no bearer at all: 401, and the admin certificate is not consulted instead
+    const forged = `${tokenA.split('.')[0]}.${'A'.repeat(43)}`
+    for (const authorization of [`Bearer ${forged}`, 'Basic YWRtaW46YWRtaW4=']) {
+      const refused = await read('push-a', { authorization, ...ADMIN })
+      expect(refused.statusCode, authorization).toBe(401)
+      expect(refused.json().errors[0]).toMatchObject({ status: '401', code: 'unauthorized' })
+    }
+    // the other v3 agent routes stay admin-only, token or not
+    const list = await app.inject({
+      method: 'GET',
+      url: '/v3/agents',
+      headers: { authorization: `Bearer ${tokenA}` },
+    })
+    expect(list.statusCode).toBe(403)
+    // without a token: the admin reads any agent, anyone else is refused
+    expect((await read('push-b', ADMIN)).statusCode).toBe(200)
+    expect((await read('push-b')).statusCode).toBe(403)
+  })
+})
+
 describe('push verifier: attestations', () => {
   let token: string
   it('capabilities -> 201 with Location and only the evidence the policies need; evidence -> 202; pass', async () => {

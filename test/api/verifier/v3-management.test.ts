@@ -154,6 +154,15 @@ describe('v3 agents', () => {
     expectError(await call('GET', '/v3/agents/a%20b'), 400, 'bad_request', { parameter: 'agent_id' })
   })
 
+  it('GET one with a bearer token is 401 in pull mode: there are no push sessions, and the token is never ignored', async () => {
+    const res = await v.app.inject({
+      method: 'GET',
+      url: '/v3/agents/v3-a1',
+      headers: { ...ADMIN, authorization: 'Bearer x.y' },
+    })
+    expectError(res, 401, 'unauthorized')
+  })
+
   it('PATCH accept_attestations stops and restarts an agent', async () => {
     const stopped = await call('PATCH', '/v3/agents/v3-a1', agentDoc('v3-a1', { accept_attestations: false }))
     expect(stopped.statusCode, stopped.body).toBe(200)
