@@ -20,17 +20,8 @@ import { parseEventLog } from '../evidence/mb/index.ts'
 import { runTenantCommand } from '../tenant/cli-actions.ts'
 import { pcrExtend } from '../tpm/keylime-client.ts'
 import { Tpm } from '../tpm/tpm.ts'
-import {
-  type DemoOptions,
-  type DemoStage,
-  keylime,
-  nextRevocation,
-  runOnDemoStage,
-  say,
-  writePrograms,
-} from './demo-stage.ts'
-
-export type { DemoOptions } from './demo-stage.ts'
+import type { DemoOptions, DemoStage } from './demo-stage.ts'
+import { keylime, nextRevocation, runOnDemoStage, say, writePrograms } from './demo-stage.ts'
 
 const POLICY_PCR = 15
 const RUNTIME_POLICY = 'demo-runtime'

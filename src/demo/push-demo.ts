@@ -12,15 +12,8 @@ import { extendEventLogIntoTpm } from '../devtools/event-log-replay.ts'
 import { waitFor } from '../devtools/local-cluster.ts'
 import { syntheticEventLog } from '../devtools/synthetic-event-log.ts'
 import { runTenantCommand } from '../tenant/cli-actions.ts'
-import {
-  type DemoOptions,
-  type DemoStage,
-  keylime,
-  nextRevocation,
-  runOnDemoStage,
-  say,
-  writePrograms,
-} from './demo-stage.ts'
+import type { DemoOptions, DemoStage } from './demo-stage.ts'
+import { keylime, nextRevocation, runOnDemoStage, say, writePrograms } from './demo-stage.ts'
 
 export function runPushDemo(opts: DemoOptions): Promise<number> {
   return runOnDemoStage(

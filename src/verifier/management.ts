@@ -5,7 +5,12 @@
  */
 import type { EnrollBody, RuntimePolicyBody } from '../api/verifier/schemas.ts'
 import { AgentState, attestationStatus, IDLE_STATES, pushAttestationStatus } from '../api/verifier/states.ts'
-import type { AllowlistRow, MbPolicyRow, VerifierAgentRow } from '../db/verifier-repository.ts'
+import type {
+  AllowlistRow,
+  MbPolicyRow,
+  VerifierAgentRow,
+  VerifierRepository,
+} from '../db/verifier-repository.ts'
 import { RUNTIME_POLICY_GENERATOR } from '../evidence/ima/index.ts'
 import {
   b64decode,
@@ -259,22 +264,6 @@ export async function saveRuntimePolicy(
   })
 }
 
-/** Deletes a runtime policy no agent uses (404 absent, 409 in use). */
-export async function deleteRuntimePolicy(
-  service: VerifierService,
-  name: string,
-  audit: ActionAudit,
-): Promise<void> {
-  const repo = service.repo
-  const p = await repo.allowlistMeta(name)
-  if (!p) throw new VerifierRequestError(404, `Runtime policy ${name} not found`)
-  const user = await repo.agentUsingPolicy('ima', p.id)
-  if (user)
-    throw new VerifierRequestError(409, `Can't delete allowlist as it's currently in use by agent ${user}`)
-  await repo.deleteAllowlist(p.name)
-  audit('runtime_policy.delete', { policy: name })
-}
-
 /**
  * `POST`/`PUT` of a measured-boot policy (§3.3): the policy is checked by the configured engine; 409 when creating
  * an existing name, and (as upstream) 409 when replacing a missing one, unless `missingStatus` says otherwise.
@@ -305,18 +294,44 @@ export async function saveMbPolicy(
   })
 }
 
-/** Deletes a measured-boot policy no agent uses (404 absent, 409 in use). */
-export async function deleteMbPolicy(
+/** How each kind of policy is found and removed, in upstream's words. */
+const POLICY_DELETION = {
+  ima: {
+    find: (repo: VerifierRepository, name: string) => repo.allowlistMeta(name),
+    remove: (repo: VerifierRepository, name: string) => repo.deleteAllowlist(name),
+    missing: (name: string) => `Runtime policy ${name} not found`,
+    inUse: (agent: string) => `Can't delete allowlist as it's currently in use by agent ${agent}`,
+    action: 'runtime_policy.delete',
+  },
+  mb: {
+    find: (repo: VerifierRepository, name: string) => repo.mbPolicyMeta(name),
+    remove: (repo: VerifierRepository, name: string) => repo.deleteMbPolicy(name),
+    missing: (name: string) => `Measured boot policy ${name} not found`,
+    inUse: (agent: string) => `Can't delete mb policy as it's currently in use by agent ${agent}`,
+    action: 'mb_policy.delete',
+  },
+} as const
+
+/** Deletes a policy no agent uses (404 absent, 409 in use). */
+async function deleteUnusedPolicy(
   service: VerifierService,
+  kind: keyof typeof POLICY_DELETION,
   name: string,
   audit: ActionAudit,
 ): Promise<void> {
-  const repo = service.repo
-  const p = await repo.mbPolicyMeta(name)
-  if (!p) throw new VerifierRequestError(404, `Measured boot policy ${name} not found`)
-  const user = await repo.agentUsingPolicy('mb', p.id)
-  if (user)
-    throw new VerifierRequestError(409, `Can't delete mb policy as it's currently in use by agent ${user}`)
-  await repo.deleteMbPolicy(p.name)
-  audit('mb_policy.delete', { policy: name })
+  const how = POLICY_DELETION[kind]
+  const p = await how.find(service.repo, name)
+  if (!p) throw new VerifierRequestError(404, how.missing(name))
+  const user = await service.repo.agentUsingPolicy(kind, p.id)
+  if (user) throw new VerifierRequestError(409, how.inUse(user))
+  await how.remove(service.repo, p.name)
+  audit(how.action, { policy: name })
 }
+
+/** Deletes a runtime policy no agent uses (404 absent, 409 in use). */
+export const deleteRuntimePolicy = (service: VerifierService, name: string, audit: ActionAudit) =>
+  deleteUnusedPolicy(service, 'ima', name, audit)
+
+/** Deletes a measured-boot policy no agent uses (404 absent, 409 in use). */
+export const deleteMbPolicy = (service: VerifierService, name: string, audit: ActionAudit) =>
+  deleteUnusedPolicy(service, 'mb', name, audit)
