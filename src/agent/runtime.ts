@@ -350,6 +350,7 @@ export async function startAgent(opts: StartAgentOptions): Promise<RunningAgent>
       } catch (err) {
         stopImaEmulator()
         await app.close()
+        metrics.stop()
         throw err
       }
     }
@@ -360,6 +361,7 @@ export async function startAgent(opts: StartAgentOptions): Promise<RunningAgent>
             async (err: unknown) => {
               stopImaEmulator()
               await app.close()
+              metrics.stop()
               throw new AgentStartError(`cannot listen on metrics_port ${cfg.metrics_port}`, { cause: err })
             },
           )
@@ -390,6 +392,7 @@ export async function startAgent(opts: StartAgentOptions): Promise<RunningAgent>
         stopImaEmulator()
         await probeApp?.close()
         await app.close()
+        metrics.stop()
         await payload.whenIdle()
         await revocation.whenIdle()
         await quotes.closeMeasurementFiles()

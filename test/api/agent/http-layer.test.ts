@@ -1,6 +1,7 @@
 /**
  * The agent's own HTTP layer (no fastify): what it answers beyond the routes (probes, request ids, bad URLs, body
- * limits, handler failures), its plain probe listener, and that loading the agent never loads fastify.
+ * limits, handler failures), its plain probe listener, and that loading the agents never loads fastify, prom-client
+ * or typebox.
  */
 import { spawnSync } from 'node:child_process'
 import { get as httpGet, request as httpRequest } from 'node:http'
@@ -138,22 +139,46 @@ describe('the agent HTTP layer', () => {
     expect(await fetchRaw(port, 'POST', '/healthz')).toEqual({ status: 405, body: '', allow: 'GET' })
   })
 
-  it('loading the agent never loads fastify (the registrar and verifier factory does)', () => {
+  it('loading the agents never loads fastify, prom-client or typebox (the registrar and verifier do)', () => {
+    /** Which of the packages the given modules load (CommonJS ones through the require cache, ES ones by hook). */
     const loaded = (modules: string[]) => {
       const script = `
+        const { register, createRequire } = await import('node:module')
+        const { MessageChannel } = await import('node:worker_threads')
+        const urls = []
+        const { port1, port2 } = new MessageChannel()
+        port1.on('message', (u) => urls.push(u))
+        register('data:text/javascript,' + encodeURIComponent(
+          'let port; export function initialize(d) { port = d.port }' +
+          'export async function load(u, c, next) { port.postMessage(u); return next(u, c) }'),
+          { data: { port: port2 }, transferList: [port2] })
         for (const m of ${JSON.stringify(modules)}) await import(m)
-        const { createRequire } = await import('node:module')
-        const cache = createRequire(import.meta.url).cache
-        console.log(Object.keys(cache).some((k) => k.includes('/node_modules/fastify/')))`
+        await new Promise((r) => setTimeout(r, 100))
+        port1.close()
+        const all = [...urls, ...Object.keys(createRequire(import.meta.url).cache)]
+        const names = { fastify: '/node_modules/fastify/', 'prom-client': '/node_modules/prom-client/',
+          typebox: '/node_modules/@sinclair/typebox/' }
+        console.log(JSON.stringify(Object.keys(names).filter((n) => all.some((u) => u.includes(names[n])))))`
       const r = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], {
         encoding: 'utf8',
         timeout: 60_000,
       })
       expect(r.status, r.stderr).toBe(0)
-      return r.stdout.trim()
+      return JSON.parse(r.stdout.trim()) as string[]
     }
     const root = new URL('../../../', import.meta.url).pathname
-    expect(loaded([`${root}src/cli/commands/agent.ts`, `${root}src/agent/main.ts`])).toBe('false')
-    expect(loaded([`${root}src/api/server.ts`])).toBe('true')
+    expect(
+      loaded([
+        `${root}src/cli/commands/agent.ts`,
+        `${root}src/agent/main.ts`,
+        `${root}src/agent/push/main.ts`,
+        `${root}src/agent/runtime.ts`,
+        `${root}src/agent/registration.ts`,
+      ]),
+    ).toEqual([])
+    // the check sees each of them where they are used
+    expect(
+      loaded([`${root}src/api/server.ts`, `${root}src/api/metrics.ts`, `${root}src/api/schemas.ts`]),
+    ).toEqual(['fastify', 'prom-client', 'typebox'])
   }, 120_000)
 })
