@@ -1,7 +1,8 @@
 /**
  * The agent's own Prometheus writer against prom-client, which the registrar and verifier use: the same metric
  * families (names, types, help texts, label names) as prom-client's default process metrics, the quote histogram
- * rendered line for line as prom-client renders it, and label values escaped.
+ * rendered line for line as prom-client renders it, label values escaped, the event loop sampled from the first
+ * scrape on.
  */
 import { collectDefaultMetrics, Histogram as PromHistogram, Registry } from 'prom-client'
 import { afterAll, describe, expect, it } from 'vitest'
@@ -36,7 +37,13 @@ describe('agent Prometheus writer', () => {
     // a GC so both sides have a gc histogram sample
     await agent.timeQuote('identity', async () => 'q')
     await new Promise((r) => setTimeout(r, 50))
-    const ours = families(await agent.metrics())
+    const first = await agent.metrics()
+    // the event loop is sampled from the first scrape on: no delay samples yet, the families are there
+    expect(first).toContain('# TYPE nodejs_eventloop_lag_p99_seconds gauge')
+    expect(first).not.toMatch(/^nodejs_eventloop_lag_p99_seconds /m)
+    await new Promise((r) => setTimeout(r, 50))
+    const second = await agent.metrics()
+    const ours = families(second)
     const theirs = families(await registry.metrics())
     expect([...ours.keys()].sort()).toEqual([...theirs.keys(), 'keylime_agent_quote_duration_seconds'].sort())
     for (const [name, f] of theirs) {
@@ -46,12 +53,15 @@ describe('agent Prometheus writer', () => {
       if (f.labels.length > 0 && (o?.labels.length ?? 0) > 0) expect(o?.labels, name).toEqual(f.labels)
     }
     expect(agent.contentType).toBe(registry.contentType)
-    const text = await agent.metrics()
+    const text = second
     const value = (name: string) => Number(new RegExp(`^${name} (\\S+)$`, 'm').exec(text)?.[1])
     expect(value('process_resident_memory_bytes')).toBeGreaterThan(10 * 2 ** 20)
     expect(value('nodejs_heap_size_used_bytes')).toBeGreaterThan(2 ** 20)
     expect(value('nodejs_active_handles_total')).toBeGreaterThanOrEqual(0)
     expect(value('process_open_fds')).toBeGreaterThan(2)
+    // sampled at 10 ms resolution since the previous scrape
+    expect(value('nodejs_eventloop_lag_p99_seconds')).toBeGreaterThan(0)
+    expect(value('nodejs_eventloop_lag_p99_seconds')).toBeLessThan(5)
     expect(text).toMatch(
       /^nodejs_version_info\{version="v\d+\.\d+\.\d+",major="\d+",minor="\d+",patch="\d+"\} 1$/m,
     )
