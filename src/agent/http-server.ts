@@ -303,8 +303,27 @@ export function envelope(status: number, text: string, headers?: Record<string, 
   return { status, body: errorEnvelope(status, text), ...(headers ? { headers } : {}) }
 }
 
+const DAYS = ['Sun', 'Mon', 'Tue', 'Wed', 'Thu', 'Fri', 'Sat']
+const MONTHS = ['Jan', 'Feb', 'Mar', 'Apr', 'May', 'Jun', 'Jul', 'Aug', 'Sep', 'Oct', 'Nov', 'Dec']
+const pad2 = (n: number) => String(n).padStart(2, '0')
+
+/**
+ * The `Date` header's IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`), as `toUTCString` writes it for years 1000-9999.
+ * node's own Date header calls `getMilliseconds` and `toUTCString`, which in Node 20 load ICU's time-zone data
+ * (~0.8 MiB resident, docs/agent.md); the UTC getters need none of it.
+ */
+export function httpDate(ms: number): string {
+  const d = new Date(ms)
+  return (
+    `${DAYS[d.getUTCDay()]}, ${pad2(d.getUTCDate())} ${MONTHS[d.getUTCMonth()]} ${d.getUTCFullYear()} ` +
+    `${pad2(d.getUTCHours())}:${pad2(d.getUTCMinutes())}:${pad2(d.getUTCSeconds())} GMT`
+  )
+}
+
 function send(res: ServerResponse, a: Answer): void {
   if (res.headersSent) return
+  res.sendDate = false
+  res.setHeader('Date', httpDate(Date.now()))
   res.statusCode = a.status
   for (const [k, v] of Object.entries(a.headers ?? {})) res.setHeader(k, v)
   if (a.body === undefined) {

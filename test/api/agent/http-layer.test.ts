@@ -9,7 +9,7 @@ import pino from 'pino'
 import { Registry } from 'prom-client'
 import { afterAll, describe, expect, it } from 'vitest'
 import { type AgentServices, buildAgentApp } from '../../../src/agent/app.ts'
-import { type AgentHttpServer, startAgentProbeListener } from '../../../src/agent/http-server.ts'
+import { type AgentHttpServer, httpDate, startAgentProbeListener } from '../../../src/agent/http-server.ts'
 import { AGENT_API_VERSIONS } from '../../../src/api/versions.ts'
 
 const services: AgentServices = {
@@ -79,6 +79,27 @@ describe('the agent HTTP layer', () => {
     expect(fresh.headers['x-request-id']).toMatch(/^[0-9a-f-]{36}$/)
   })
 
+  it('dates every answer (HTTP Date header), written as toUTCString writes it', async () => {
+    const before = Math.floor(Date.now() / 1000) * 1000
+    for (const url of ['/version', '/nowhere', '/healthz']) {
+      const date = String((await app.inject({ url })).headers.date)
+      expect(date).toMatch(
+        /^(Mon|Tue|Wed|Thu|Fri|Sat|Sun), \d\d (Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) \d{4} \d\d:\d\d:\d\d GMT$/,
+      )
+      expect(Date.parse(date)).toBeGreaterThanOrEqual(before)
+      expect(Date.parse(date)).toBeLessThanOrEqual(Date.now())
+    }
+    const times = [
+      0,
+      Date.UTC(2024, 1, 29, 23, 59, 59),
+      Date.UTC(2026, 11, 31, 0, 0, 1),
+      Date.UTC(9999, 11, 31),
+    ]
+    for (let i = 0; i < 1000; i++)
+      times.push(Date.UTC(1000, 0, 1) + Math.floor(Math.random() * Date.UTC(8999, 0, 1)))
+    for (const t of times) expect(httpDate(t), String(t)).toBe(new Date(t).toUTCString())
+  })
+
   it('answers bad percent-encoding in the path with a 400 envelope, and decodes good escapes', async () => {
     const r = await app.inject({ url: '/v2.6/keys/%zz' })
     expect(r.statusCode).toBe(400)
@@ -139,7 +160,9 @@ describe('the agent HTTP layer', () => {
     expect(await fetchRaw(port, 'POST', '/healthz')).toEqual({ status: 405, body: '', allow: 'GET' })
   })
 
-  it('loading the agents never loads fastify, prom-client or typebox (the registrar and verifier do)', () => {
+  // undici too: it needs WebAssembly, which the pull agent's unit turns off (--jitless); the push agent loads it
+  // on its first request to the verifier, never at start
+  it('loading the agents never loads fastify, prom-client, typebox or undici (the registrar and verifier do)', () => {
     /** Which of the packages the given modules load (CommonJS ones through the require cache, ES ones by hook). */
     const loaded = (modules: string[]) => {
       const script = `
@@ -157,7 +180,7 @@ describe('the agent HTTP layer', () => {
         port1.close()
         const all = [...urls, ...Object.keys(createRequire(import.meta.url).cache)]
         const names = { fastify: '/node_modules/fastify/', 'prom-client': '/node_modules/prom-client/',
-          typebox: '/node_modules/@sinclair/typebox/' }
+          typebox: '/node_modules/@sinclair/typebox/', undici: '/node_modules/undici/' }
         console.log(JSON.stringify(Object.keys(names).filter((n) => all.some((u) => u.includes(names[n])))))`
       const r = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], {
         encoding: 'utf8',
@@ -178,7 +201,12 @@ describe('the agent HTTP layer', () => {
     ).toEqual([])
     // the check sees each of them where they are used
     expect(
-      loaded([`${root}src/api/server.ts`, `${root}src/api/metrics.ts`, `${root}src/api/schemas.ts`]),
-    ).toEqual(['fastify', 'prom-client', 'typebox'])
+      loaded([
+        `${root}src/api/server.ts`,
+        `${root}src/api/metrics.ts`,
+        `${root}src/api/schemas.ts`,
+        `${root}src/api/agent/client.ts`,
+      ]),
+    ).toEqual(['fastify', 'prom-client', 'typebox', 'undici'])
   }, 120_000)
 })
