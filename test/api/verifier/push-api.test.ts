@@ -351,13 +351,13 @@ describe('push verifier: attestations', () => {
     expect(created.statusCode).toBe(201)
     // another verifier of the group creates the same index between this one's read and its insert
     const repo = service.push?.repo as NonNullable<typeof service.push>['repo']
-    const read = repo.latestAttestation.bind(repo)
-    repo.latestAttestation = async (id: string) => {
+    const read = repo.agentForAttestation.bind(repo)
+    repo.agentForAttestation = async (id: string) => {
       const r = await read(id)
-      repo.latestAttestation = read
+      repo.agentForAttestation = read
       await repo.createAttestation({
         agent_id: id,
-        index: (r?.index ?? -1) + 1,
+        index: (r?.latest?.index ?? -1) + 1,
         stage: 'awaiting_evidence',
         evaluation: 'pending',
       })
