@@ -59,7 +59,7 @@ async function attest(agentId: string, token: string, opts: { wholeLog?: boolean
   expect(res.statusCode, res.body).toBe(202)
   const done = await latest(agentId)
   skewMs += QUOTE_INTERVAL_MS
-  return { created: created.json().data, accepted: res.json(), done }
+  return { created: created.json().data, createdMeta: created.json().meta, accepted: res.json(), done }
 }
 
 const enrol = (agentId: string, entries: Parameters<PushDriver['enrol']>[1]) =>
@@ -265,9 +265,14 @@ describe('push verifier: sessions', () => {
 
 describe('push verifier: attestations', () => {
   let token: string
+  let firstExpiry: number
   it('capabilities -> 201 with Location and only the evidence the policies need; evidence -> 202; pass', async () => {
     token = await login('push-a')
-    const { created, accepted, done } = await attest('push-a', token)
+    const { created, createdMeta, accepted, done } = await attest('push-a', token)
+    // the token's expiry travels with the 201 and the 202 (extend_token_on_attestation)
+    firstExpiry = Date.parse(createdMeta.token_expires_at)
+    expect(firstExpiry).toBeGreaterThan(now())
+    expect(Date.parse(accepted.meta.token_expires_at)).toBe(firstExpiry)
     const requested = created.attributes.evidence_requested
     expect(requested.map((r: { evidence_type: string }) => r.evidence_type)).toEqual(['tpm_quote', 'ima_log'])
     expect(requested[0].chosen_parameters.selected_subjects).toEqual({ sha256: [10] })
@@ -289,7 +294,9 @@ describe('push verifier: attestations', () => {
   })
   it('a whole IMA list re-sent from entry 0 (as a Rust push agent does) passes', async () => {
     await extend(good.slice(14, 16))
-    const { created, done } = await attest('push-a', token, { wholeLog: true })
+    const { created, createdMeta, done } = await attest('push-a', token, { wholeLog: true })
+    // the previous pass (QUOTE_INTERVAL_MS later than the first) extended the token: the 201 says so
+    expect(Date.parse(createdMeta.token_expires_at)).toBeGreaterThanOrEqual(firstExpiry + QUOTE_INTERVAL_MS)
     expect(created.attributes.evidence_requested[1].chosen_parameters.starting_offset).toBe(14)
     expect(done.attributes.evaluation).toBe('pass')
     expect((await status('push-a')).attestation_count).toBe(3)
