@@ -126,6 +126,7 @@ export interface CompletedEvaluation {
     ima_certified_entry_count: number | null
     event_id: string | null
     event_context: string | null
+    /** the evidence without its logs; null keeps what is stored */
     evidence_collected: string | null
   }
   agent: {

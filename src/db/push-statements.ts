@@ -117,7 +117,7 @@ export function pushStatements(dialect: DbDialect): PushStatements {
     completeAttestations: `UPDATE attestations SET stage = 'verification_complete', evaluation = v.evaluation,
         failure_reason = v.reason, verification_completed_at = v.completed, ima_state = v.ima_state,
         ima_certified_entry_count = v.ima_count, event_id = v.event_id, event_context = v.event_context,
-        evidence_collected = v.evidence, evaluation_holder = NULL, evaluation_expires = NULL
+        evidence_collected = COALESCE(v.evidence, attestations.evidence_collected), evaluation_holder = NULL, evaluation_expires = NULL
       FROM ${rows(
         [
           'agent_id',

@@ -654,9 +654,13 @@ export class PushAttestations {
   }
 }
 
-/** The evidence kept after verification: logs replaced by their size, the quote kept. */
+/**
+ * The evidence kept after verification: logs replaced by their size, the quote kept; null when there is no log to
+ * drop (the stored evidence stays as it is, not written again).
+ */
 function summariseEvidence(text: string | null): string | null {
   const items = parseJson<CollectedItem[]>(text, [])
+  if (!items.some((it) => it.evidence_class === 'log' && it.data)) return null
   return JSON.stringify(
     items.map((it) => {
       if (it.evidence_class !== 'log' || !it.data) return it
