@@ -5,7 +5,7 @@
  * expected stage in the WHERE clause), so two verifiers racing on one attestation cannot both win.
  */
 import type { Insertable, Kysely, Selectable, Transaction, Updateable } from 'kysely'
-import { CompiledQuery } from 'kysely'
+import { CompiledQuery, sql } from 'kysely'
 import { AgentState } from '../api/verifier/states.ts'
 import { type DbDialect, databaseDialect, registerPreparedStatement } from './database.ts'
 import {
@@ -261,7 +261,8 @@ export class PushRepository {
 
   /**
    * Many `awaiting_evidence` -> `evaluating_evidence` in one statement, each held by its holder until `expires`;
-   * returns the keys of those that changed (the others were no longer awaiting evidence).
+   * returns the keys of those that changed (the others were no longer awaiting evidence, no longer the latest, or
+   * their agent was deleted or stopped meanwhile).
    */
   async submitEvidenceMany(
     rows: readonly SubmittedEvidence[],
@@ -531,6 +532,37 @@ export class PushRepository {
       .where('evaluation_expires', '<', now)
       .limit(limit)
       .execute()
+    return this.takeEvaluations(candidates, holder, expires)
+  }
+
+  /**
+   * Evaluations held by earlier processes at this verifier's address (`<address>#…`): a restarted verifier owns its
+   * address, so they are abandoned whatever their hold says, and taken over at once instead of when it expires.
+   */
+  async takeEvaluationsOfPredecessors(
+    address: string,
+    holder: string,
+    expires: number,
+    limit: number,
+  ): Promise<AttestationRow[]> {
+    const prefix = `${address}#`
+    const candidates = await this.db
+      .selectFrom('attestations')
+      .select(['agent_id', 'index', 'evaluation_holder'])
+      .where('stage', '=', 'evaluating_evidence')
+      .where(sql<string>`substr(evaluation_holder, 1, ${prefix.length})`, '=', prefix)
+      .where('evaluation_holder', '<>', holder)
+      .limit(limit)
+      .execute()
+    return this.takeEvaluations(candidates, holder, expires)
+  }
+
+  /** Each candidate taken over only if still held by the holder it was found with (one verifier wins). */
+  private async takeEvaluations(
+    candidates: readonly { agent_id: string; index: number; evaluation_holder: string | null }[],
+    holder: string,
+    expires: number,
+  ): Promise<AttestationRow[]> {
     const taken: AttestationRow[] = []
     for (const c of candidates) {
       const r = await this.db
@@ -540,7 +572,6 @@ export class PushRepository {
         .where('index', '=', c.index)
         .where('stage', '=', 'evaluating_evidence')
         .where('evaluation_holder', c.evaluation_holder === null ? 'is' : '=', c.evaluation_holder)
-        .where('evaluation_expires', '<', now)
         .executeTakeFirst()
       if (r.numUpdatedRows === 0n) continue
       const row = await this.getAttestation(c.agent_id, c.index)

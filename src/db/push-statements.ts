@@ -18,7 +18,10 @@ export interface PushStatements {
   latestPassed: string
   /** Many new attestations; a row whose (agent, index) exists is skipped and missing from what is returned. */
   insertAttestations: string
-  /** Many `awaiting_evidence` -> `evaluating_evidence`; returns the rows that changed. */
+  /**
+   * Many `awaiting_evidence` -> `evaluating_evidence`, each only while it is its agent's latest attestation and the
+   * agent may attest (a push agent not stopped by an operator); returns the rows that changed.
+   */
   submitEvidence: string
   /** Many verdicts, each only when still held by its holder; returns the rows written. */
   completeAttestations: string
@@ -113,6 +116,8 @@ export function pushStatements(dialect: DbDialect): PushStatements {
       )}
       WHERE attestations.agent_id = v.agent_id AND attestations."index" = v.idx
         AND attestations.stage = 'awaiting_evidence'
+        AND NOT EXISTS (SELECT 1 FROM attestations n WHERE n.agent_id = v.agent_id AND n."index" > v.idx)
+        AND EXISTS (SELECT 1 FROM verifiermain m WHERE m.agent_id = v.agent_id AND m.ip IS NULL AND ${LIVE('m')})
       RETURNING attestations.agent_id, attestations."index"`,
     completeAttestations: `UPDATE attestations SET stage = 'verification_complete', evaluation = v.evaluation,
         failure_reason = v.reason, verification_completed_at = v.completed, ima_state = v.ima_state,

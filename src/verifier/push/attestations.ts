@@ -13,6 +13,7 @@ import type {
   AgentForAttestation,
   AttestationRow,
   CompletedEvaluation,
+  NewAttestationRow,
   PushRepository,
 } from '../../db/push-repository.ts'
 import type { ImaReplayState, PcrBank } from '../../evidence/ima/index.ts'
@@ -115,12 +116,26 @@ function remember<V>(map: Map<string, V>, max: number, key: string, make: () => 
 /** How long an accepted evaluation stays with its verifier before another may take it over. */
 const DEFAULT_EVALUATION_HOLD_MS = 120_000
 
+interface Awaiting {
+  att: AttestationRow
+  row: AgentForAttestation
+  requested: RequestedItem[]
+}
+
+const MAX_AWAITING = 50_000
+
 export class PushAttestations {
   private readonly running = new Set<Promise<void>>()
   /** AK keys by their enrolled text: parsing one costs more than the rest of a quote check. */
   private readonly aks = new Map<string, KeyObject>()
   private readonly tpmPolicies = new Map<string, ReturnType<typeof parseTpmPolicy>>()
   private readonly acceptLists = new Map<string, string[]>()
+  /**
+   * Attestations this process created whose evidence it has not received yet, with the agent as the create read it:
+   * when the PATCH comes back here it needs no read (the conditional update still checks, in the database, that the
+   * attestation awaits evidence, is the agent's latest and that the agent may attest; if not, the full path says why).
+   */
+  private readonly awaiting = new Map<string, Awaiting>()
   private readonly metrics: PushMetrics
 
   constructor(private readonly deps: PushAttestationDeps) {
@@ -276,11 +291,13 @@ export class PushAttestations {
       evidence_requested: JSON.stringify(requested),
       ima_starting_offset: ima ? (ima.chosen_parameters.starting_offset as number) : null,
     }
+    this.awaiting.delete(agentId)
     if (!(await this.deps.writes.insert(row0)))
       throw new PushApiError(409, 'another attestation of this agent was created at the same time', {
         code: 'conflict',
       })
     this.metrics.attestationCreated()
+    remember(this.awaiting, MAX_AWAITING, agentId, () => ({ att: newAttestation(row0), row, requested }))
     const location = `/v3.0/agents/${agentId}/attestations/${index}`
     return {
       location,
@@ -312,6 +329,13 @@ export class PushAttestations {
     which: string,
     attributes: { evidence_collected?: unknown },
   ): Promise<{ body: unknown }> {
+    const mine = this.awaiting.get(agentId)
+    this.awaiting.delete(agentId)
+    if (mine && (which === 'latest' || which === String(mine.att.index))) {
+      const done = await this.accept(mine, attributes)
+      if (done) return done
+      // refused by the database: the full path below says why
+    }
     const agentRow = await this.pushAgent(agentId)
     const latest = agentRow.latest
     const index = which === 'latest' ? latest?.index : Number(which)
@@ -328,12 +352,26 @@ export class PushAttestations {
       throw new PushApiError(403, 'evidence was already received for this attestation', {
         code: 'evidence_immutable',
       })
+    const requested = parseJson<RequestedItem[]>(att.evidence_requested, [])
+    const done = await this.accept({ att, row: agentRow, requested }, attributes)
+    if (!done)
+      throw new PushApiError(403, 'evidence was already received for this attestation', {
+        code: 'evidence_immutable',
+      })
+    return done
+  }
+
+  /** Checks and stores the evidence; null when the database refused it (see `submitEvidenceMany`). */
+  private async accept(
+    { att, row: agentRow, requested }: Awaiting,
+    attributes: { evidence_collected?: unknown },
+  ): Promise<{ body: unknown } | null> {
+    const agentId = agentRow.agent_id
     const now = this.deps.now()
     if ((att.challenges_expire_at ?? '') < iso(now))
       throw new PushApiError(403, 'the challenges of this attestation have expired', {
         code: 'challenges_expired',
       })
-    const requested = parseJson<RequestedItem[]>(att.evidence_requested, [])
     const collected = checkCollected(requested, attributes.evidence_collected)
     const hold = this.o.push.verificationTimeoutMs || DEFAULT_EVALUATION_HOLD_MS
     const collectedText = JSON.stringify(collected)
@@ -345,10 +383,7 @@ export class PushAttestations {
       holder: this.deps.holder,
       expires: now + hold,
     })
-    if (!accepted)
-      throw new PushApiError(403, 'evidence was already received for this attestation', {
-        code: 'evidence_immutable',
-      })
+    if (!accepted) return null
     // verification starts once the answer is on its way (keylime-api.md §4.2)
     this.metrics.evidenceAccepted(
       att.capabilities_received_at
@@ -409,8 +444,35 @@ export class PushAttestations {
   /** Evaluations whose verifier died (hold expired): finished here from the stored evidence. */
   async resumeAbandoned(limit = 100): Promise<number> {
     const now = this.deps.now()
-    const hold = this.o.push.verificationTimeoutMs || DEFAULT_EVALUATION_HOLD_MS
-    const taken = await this.deps.push.takeAbandonedEvaluations(now, this.deps.holder, now + hold, limit)
+    const taken = await this.deps.push.takeAbandonedEvaluations(
+      now,
+      this.deps.holder,
+      now + this.hold(),
+      limit,
+    )
+    return this.resume(taken)
+  }
+
+  /**
+   * At start: evaluations an earlier process at this address left (killed before their verdicts were written) are
+   * finished at once, not once their hold expires (the agents would get 503 until then).
+   */
+  async resumePredecessors(address: string, limit = 10_000): Promise<number> {
+    const now = this.deps.now()
+    const taken = await this.deps.push.takeEvaluationsOfPredecessors(
+      address,
+      this.deps.holder,
+      now + this.hold(),
+      limit,
+    )
+    return this.resume(taken)
+  }
+
+  private hold(): number {
+    return this.o.push.verificationTimeoutMs || DEFAULT_EVALUATION_HOLD_MS
+  }
+
+  private resume(taken: AttestationRow[]): number {
     for (const a of taken) {
       this.deps.log.warn(
         { agentId: a.agent_id, index: a.index },
@@ -703,6 +765,25 @@ export function renderAttestation(a: AttestationRow) {
 
 const bad = (detail: string, pointer: string) =>
   new PushApiError(400, detail, { code: 'invalid_resource_data', pointer })
+
+/** The row `insertAttestations` writes, as a whole attestation. */
+function newAttestation(r: NewAttestationRow): AttestationRow {
+  return {
+    ...r,
+    stage: 'awaiting_evidence',
+    evaluation: 'pending',
+    failure_reason: null,
+    evidence_received_at: null,
+    verification_completed_at: null,
+    evidence_collected: null,
+    ima_certified_entry_count: null,
+    ima_state: null,
+    event_id: null,
+    event_context: null,
+    evaluation_holder: null,
+    evaluation_expires: null,
+  }
+}
 
 /** The submitted evidence matches what was requested, item by item (400 naming the first mismatch). */
 function checkCollected(requested: RequestedItem[], value: unknown): CollectedItem[] {

@@ -43,11 +43,13 @@ export class PushVerifier {
   readonly monitor: PushMonitor
   readonly limits: { perIp: EscalatingRateLimiter; perAgent: EscalatingRateLimiter }
   readonly results: PushResultBatcher
+  private readonly log: Logger
   /** Where push metrics are recorded (`/metrics`); a no-op until the server sets it. */
   metrics: PushMetrics = NO_PUSH_METRICS
 
   constructor(deps: PushVerifierDeps) {
     const o = deps.options
+    this.log = deps.log
     // the push tables live in the verifier's database, created by its migrations
     this.repo = new PushRepository(deps.db as unknown as Kysely<PushDatabase>)
     // the parts record through this object, so metrics set after construction reach them
@@ -109,7 +111,14 @@ export class PushVerifier {
     }
   }
 
-  start(): void {
+  /** Starts the monitor; finishes first what an earlier process at `address` (this verifier restarted) left. */
+  async start(address: string): Promise<void> {
+    try {
+      await this.attestations.resumePredecessors(address)
+    } catch (err) {
+      // the monitor finishes them once their hold expires
+      this.log.warn({ err: (err as Error).message }, 'push: evaluations of a previous instance not resumed')
+    }
     this.monitor.start()
   }
 
