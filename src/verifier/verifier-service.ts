@@ -180,7 +180,7 @@ export class VerifierService {
     this.evidence.pool?.warm()
     // a push verifier polls no agent: its agents come to it (docs/push.md)
     if (this.push) {
-      this.push.start()
+      await this.push.start(this.leaseAddress)
       this.deps.log.info({ holder: this.leaseHolder }, 'verifier started in push mode')
       return
     }
