@@ -328,15 +328,15 @@ export class VerifierService {
       lease: { holder: this.leaseHolder },
       now: this.now(),
     })
+    let stored: Awaited<ReturnType<VerifierRepository['enrolAgent']>>
     try {
-      await this.repo.enrolAgent(plan.row, plan.newPolicies)
+      stored = await this.repo.enrolAgent(plan.row, plan.newPolicies)
     } catch (err) {
       if (err instanceof DuplicateError)
         throw new VerifierRequestError(409, `Agent of uuid ${agentId} already exists`)
       throw err
     }
-    const stored = await this.repo.getAgent(agentId)
-    if (stored) this.loop.add(stored)
+    if (stored) this.loop.add(stored, plan.akPublic)
     return stored ?? plan.row
   }
 
