@@ -197,6 +197,11 @@ async function main(): Promise<void> {
   service.loop.resetLagStats()
   const loopDelay = monitorEventLoopDelay({ resolution: 10 })
   loopDelay.enable()
+  // connections opened and closed during the measurement (each open is a TLS handshake, full or resumed)
+  const churn = { connects: 0, disconnects: 0, connectionErrors: 0 }
+  service.connections.dispatcherEvents.on('connect', () => churn.connects++)
+  service.connections.dispatcherEvents.on('disconnect', () => churn.disconnects++)
+  service.connections.dispatcherEvents.on('connectionError', () => churn.connectionErrors++)
   const a0 = service.loop.attestations
   const cpu0 = process.cpuUsage()
   const fleetCpu0 = procCpuSeconds(fleet.pid)
@@ -239,6 +244,7 @@ async function main(): Promise<void> {
     cpuPerAttestationUs: Math.round((cpu.user + cpu.system) / Math.max(1, done)),
     peakRssMB: Number(mb(Math.max(rss, peakRss))),
     openConnections: service.connections.openConnections,
+    connectionChurn: churn,
     evidencePool: service.evidence.pool?.stats() ?? null,
     verifierCpuCores: Number(((cpu.user + cpu.system) / 1e6 / elapsed).toFixed(2)),
     simulatedAgentsCpuCores: Number((fleetCpu / elapsed).toFixed(2)),

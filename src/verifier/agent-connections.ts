@@ -119,6 +119,11 @@ export class AgentConnections {
     })
   }
 
+  /** The shared dispatcher's `connect`, `disconnect` and `connectionError` events (benchmarks count churn). */
+  get dispatcherEvents(): Pick<Agent, 'on'> {
+    return this.dispatcher
+  }
+
   /** Open connections to agents now. */
   get openConnections(): number {
     return this.open
