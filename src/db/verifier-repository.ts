@@ -541,8 +541,13 @@ export class VerifierRepository {
       return rows[0] ? toAgentRow(rows[0]) : undefined
     } catch (err) {
       if ((err as { code?: unknown })?.code === FOREIGN_KEY_VIOLATION) return undefined
-      if (isUniqueViolation(err))
+      if (isUniqueViolation(err)) {
+        // named as the transaction names them: the table PostgreSQL reports tells which insert clashed
+        const table = (err as { table?: unknown }).table
+        if (table === 'allowlists' && runtime) throw new DuplicateError(`runtime policy ${runtime.name}`)
+        if (table === 'mbpolicies' && mb) throw new DuplicateError(`measured boot policy ${mb.name}`)
         throw new DuplicateError(`agent ${String(main.agent_id)} or one of its policies`)
+      }
       throw err
     }
   }
