@@ -17,10 +17,11 @@
  */
 import { spawn } from 'node:child_process'
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
-import { availableParallelism, loadavg, tmpdir } from 'node:os'
+import { loadavg, tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
 import { monitorEventLoopDelay } from 'node:perf_hooks'
 import { createInterface } from 'node:readline'
+import { writeHeapSnapshot } from 'node:v8'
 import { sql } from 'kysely'
 import pino from 'pino'
 import { createMetricsRegistry } from '../src/api/metrics.ts'
@@ -28,7 +29,7 @@ import { AgentState } from '../src/api/verifier/states.ts'
 import { openDatabase } from '../src/db/database.ts'
 import type { NewVerifierAgent, VerifierDatabase } from '../src/db/verifier-repository.ts'
 import { PrometheusVerifierMetrics } from '../src/verifier/metrics.ts'
-import { DEFAULT_VERIFIER_OPTIONS } from '../src/verifier/options.ts'
+import { autoEvidenceWorkers, DEFAULT_VERIFIER_OPTIONS } from '../src/verifier/options.ts'
 import { VerifierService } from '../src/verifier/verifier-service.ts'
 
 function arg(name: string, dflt: number): number {
@@ -50,7 +51,8 @@ const WARMUP_S = arg('warmup', Math.max(10, INTERVAL_S * 3))
 const METRICS = arg('metrics', 0) === 1
 const SCRAPE_S = arg('scrape', 1)
 const TLS_CERTS = arg('tls', 256)
-const WORKERS = arg('workers', availableParallelism())
+/** Default: what `evidence_workers = auto` starts on this machine (none on one or two cores). */
+const WORKERS = arg('workers', autoEvidenceWorkers())
 const DB = textArg('db', 'sqlite')
 const PG_URL = textArg(
   'pg-url',
@@ -197,6 +199,11 @@ async function main(): Promise<void> {
   service.loop.resetLagStats()
   const loopDelay = monitorEventLoopDelay({ resolution: 10 })
   loopDelay.enable()
+  // connections opened and closed during the measurement (each open is a TLS handshake, full or resumed)
+  const churn = { connects: 0, disconnects: 0, connectionErrors: 0 }
+  service.connections.dispatcherEvents.on('connect', () => churn.connects++)
+  service.connections.dispatcherEvents.on('disconnect', () => churn.disconnects++)
+  service.connections.dispatcherEvents.on('connectionError', () => churn.connectionErrors++)
   const a0 = service.loop.attestations
   const cpu0 = process.cpuUsage()
   const fleetCpu0 = procCpuSeconds(fleet.pid)
@@ -216,6 +223,9 @@ async function main(): Promise<void> {
   const stats = service.loop.stats()
   global.gc?.()
   const mem = process.memoryUsage()
+  // `--heap-snapshot FILE`: the verifier's heap at the end of the run (what each agent costs, by constructor)
+  const snapshotFile = textArg('heap-snapshot', '')
+  if (snapshotFile !== '') writeHeapSnapshot(snapshotFile)
   const rss = mem.rss
   const result = {
     agents: AGENTS,
@@ -239,6 +249,7 @@ async function main(): Promise<void> {
     cpuPerAttestationUs: Math.round((cpu.user + cpu.system) / Math.max(1, done)),
     peakRssMB: Number(mb(Math.max(rss, peakRss))),
     openConnections: service.connections.openConnections,
+    connectionChurn: churn,
     evidencePool: service.evidence.pool?.stats() ?? null,
     verifierCpuCores: Number(((cpu.user + cpu.system) / 1e6 / elapsed).toFixed(2)),
     simulatedAgentsCpuCores: Number((fleetCpu / elapsed).toFixed(2)),

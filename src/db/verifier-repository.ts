@@ -353,6 +353,61 @@ function listParam(dialect: 'sqlite' | 'postgres', values: readonly unknown[]): 
 
 type Queryable = Kysely<VerifierDatabase> | Transaction<VerifierDatabase>
 
+/** Lookups every enrolment makes, as fixed texts (prepared on PostgreSQL, reused by text on SQLite). */
+const PG_AGENT_EXISTS = 'SELECT 1 FROM verifiermain WHERE agent_id = $1'
+const SQLITE_AGENT_EXISTS = 'SELECT 1 FROM verifiermain WHERE agent_id = ?'
+const PG_ALLOWLIST_META = 'SELECT id, name, generator, body_digest FROM allowlists WHERE name = $1'
+const SQLITE_ALLOWLIST_META = 'SELECT id, name, generator, body_digest FROM allowlists WHERE name = ?'
+const PG_POLICY_BODY_META = 'SELECT kind, generator FROM verifier_policy_bodies WHERE digest = $1'
+const SQLITE_POLICY_BODY_META = 'SELECT kind, generator FROM verifier_policy_bodies WHERE digest = ?'
+for (const text of [PG_AGENT_EXISTS, PG_ALLOWLIST_META, PG_POLICY_BODY_META]) registerPreparedStatement(text)
+
+const FOREIGN_KEY_VIOLATION = '23503'
+
+/** PostgreSQL enrolment statements by the columns they insert (a handful of shapes: pull, push, tests' rows). */
+const enrolStatements = new Map<string, string>()
+
+/**
+ * One PostgreSQL statement enrolling an agent: data-modifying CTEs insert the new policy names (referencing bodies
+ * already stored; the foreign key refuses a missing one), the agent row with their ids and its attestation state,
+ * and return the row as `AGENT_SELECT` reads it. Parameters in order: runtime policy name, checksum, generator,
+ * body digest; measured-boot policy name, body digest; the main columns; the attestation state columns.
+ */
+function enrolStatement(mainCols: string[], hotCols: string[], runtime: boolean, mb: boolean): string {
+  const key = `${mainCols.join(',')}|${hotCols.join(',')}|${runtime}|${mb}`
+  let text = enrolStatements.get(key)
+  if (text !== undefined) return text
+  let n = 0
+  const p = () => `$${++n}`
+  const ctes: string[] = []
+  const policyCols: string[] = []
+  const policyValues: string[] = []
+  if (runtime) {
+    ctes.push(`rt AS (INSERT INTO allowlists (name, checksum, generator, tpm_policy, ima_policy, body_digest)
+      VALUES (${p()}, ${p()}, ${p()}, NULL, NULL, ${p()}) RETURNING id)`)
+    policyCols.push('ima_policy_id')
+    policyValues.push('(SELECT id FROM rt)')
+  }
+  if (mb) {
+    ctes.push(
+      `mbp AS (INSERT INTO mbpolicies (name, mb_policy, body_digest) VALUES (${p()}, NULL, ${p()}) RETURNING id)`,
+    )
+    policyCols.push('mb_policy_id')
+    policyValues.push('(SELECT id FROM mbp)')
+  }
+  ctes.push(`m AS (INSERT INTO verifiermain (${[...mainCols, ...policyCols].join(', ')})
+    VALUES (${[...mainCols.map(p), ...policyValues].join(', ')}) RETURNING *)`)
+  ctes.push(`s AS (INSERT INTO verifier_attestation_state (${hotCols.join(', ')})
+    VALUES (${hotCols.map(p).join(', ')}) RETURNING *)`)
+  text = `WITH ${ctes.join(',\n')}
+    SELECT ${MAIN_COLUMNS.map((c) => `m.${c}`).join(', ')}, ${HOT_COLUMNS.map((c) => `s.${c}`).join(', ')},
+      h.expires AS lease_expires
+    FROM m JOIN s ON s.agent_id = m.agent_id LEFT JOIN verifier_holders h ON h.holder = m.lease_holder`
+  enrolStatements.set(key, text)
+  registerPreparedStatement(text)
+  return text
+}
+
 async function run<R>(db: Queryable, sqlText: string, params: readonly unknown[]): Promise<R[]> {
   return (await db.executeQuery<R>(CompiledQuery.raw(sqlText, [...params]))).rows
 }
@@ -398,9 +453,12 @@ export class VerifierRepository {
   /**
    * Enrolment in one transaction: the policies stored with this agent (if new; a body already stored is only
    * referenced), the agent row and its attestation state. A duplicate agent or policy name (a racing identical add
-   * included) raises DuplicateError and leaves nothing behind.
+   * included) raises DuplicateError and leaves nothing behind. Returns the stored agent as `getAgent` reads it.
    */
-  async enrolAgent(row: NewVerifierAgent, newPolicies: NewAgentPolicies): Promise<void> {
+  async enrolAgent(
+    row: NewVerifierAgent,
+    newPolicies: NewAgentPolicies,
+  ): Promise<VerifierAgentRow | undefined> {
     const hot: Record<string, unknown> = { agent_id: row.agent_id }
     const main: Record<string, unknown> = {}
     for (const [k, v] of Object.entries(row)) {
@@ -410,6 +468,10 @@ export class VerifierRepository {
     }
     if (hot.next_ima_ml_entry === undefined)
       hot.next_ima_ml_entry = nextImaEntryOf((row.ima_state as string | null | undefined) ?? null)
+    if (this.dialect === 'postgres') {
+      const stored = await this.enrolInOneStatement(main, hot, newPolicies)
+      if (stored) return stored
+    }
     try {
       await this.db.transaction().execute(async (tx) => {
         if (newPolicies.runtime) {
@@ -446,15 +508,55 @@ export class VerifierRepository {
       if (isUniqueViolation(err)) throw new DuplicateError(`agent ${row.agent_id} or one of its policies`)
       throw err
     }
+    return this.getAgent(row.agent_id)
+  }
+
+  /**
+   * PostgreSQL: the whole enrolment as one prepared statement (its new policy names, the agent row, its attestation
+   * state, the stored row read back) instead of a transaction of five to eight round trips; a statement is atomic, so
+   * a refused part leaves nothing behind. New policy bodies are not written here: undefined when a body is not
+   * stored yet (a foreign-key violation, nothing written), and the caller stores it in the transaction.
+   */
+  private async enrolInOneStatement(
+    main: Record<string, unknown>,
+    hot: Record<string, unknown>,
+    newPolicies: NewAgentPolicies,
+  ): Promise<VerifierAgentRow | undefined> {
+    const { runtime, mb } = newPolicies
+    const mainCols = Object.keys(main).filter(
+      (c) => !(runtime && c === 'ima_policy_id') && !(mb && c === 'mb_policy_id'),
+    )
+    const hotCols = Object.keys(hot)
+    const params: unknown[] = []
+    if (runtime) params.push(runtime.name, runtime.checksum, runtime.generator, runtime.body.digest)
+    if (mb) params.push(mb.name, mb.body.digest)
+    for (const c of mainCols) params.push(main[c])
+    for (const c of hotCols) params.push(hot[c])
+    try {
+      const rows = await run<VerifierAgentRow>(
+        this.db,
+        enrolStatement(mainCols, hotCols, runtime !== undefined, mb !== undefined),
+        params,
+      )
+      return rows[0] ? toAgentRow(rows[0]) : undefined
+    } catch (err) {
+      if ((err as { code?: unknown })?.code === FOREIGN_KEY_VIOLATION) return undefined
+      if (isUniqueViolation(err)) {
+        // named as the transaction names them: the table PostgreSQL reports tells which insert clashed
+        const table = (err as { table?: unknown }).table
+        if (table === 'allowlists' && runtime) throw new DuplicateError(`runtime policy ${runtime.name}`)
+        if (table === 'mbpolicies' && mb) throw new DuplicateError(`measured boot policy ${mb.name}`)
+        throw new DuplicateError(`agent ${String(main.agent_id)} or one of its policies`)
+      }
+      throw err
+    }
   }
 
   async agentExists(agentId: string): Promise<boolean> {
-    const r = await this.db
-      .selectFrom('verifiermain')
-      .select('agent_id')
-      .where('agent_id', '=', agentId)
-      .executeTakeFirst()
-    return r !== undefined
+    const rows = await run(this.db, this.dialect === 'postgres' ? PG_AGENT_EXISTS : SQLITE_AGENT_EXISTS, [
+      agentId,
+    ])
+    return rows.length > 0
   }
 
   async getAgent(agentId: string): Promise<VerifierAgentRow | undefined> {
@@ -789,11 +891,12 @@ export class VerifierRepository {
 
   /** Kind and parse result of a stored policy body, or undefined when no body has this digest. */
   async policyBody(digest: string): Promise<{ kind: string; generator: number | null } | undefined> {
-    return this.db
-      .selectFrom('verifier_policy_bodies')
-      .select(['kind', 'generator'])
-      .where('digest', '=', digest)
-      .executeTakeFirst()
+    const rows = await run<{ kind: string; generator: number | null }>(
+      this.db,
+      this.dialect === 'postgres' ? PG_POLICY_BODY_META : SQLITE_POLICY_BODY_META,
+      [digest],
+    )
+    return rows[0]
   }
 
   async policyBodyText(digest: string): Promise<string | undefined> {
@@ -852,11 +955,12 @@ export class VerifierRepository {
 
   /** A named runtime policy without its text. */
   async allowlistMeta(name: string): Promise<PolicyMeta | undefined> {
-    return this.db
-      .selectFrom('allowlists')
-      .select(['id', 'name', 'generator', 'body_digest'])
-      .where('name', '=', name)
-      .executeTakeFirst()
+    const rows = await run<PolicyMeta>(
+      this.db,
+      this.dialect === 'postgres' ? PG_ALLOWLIST_META : SQLITE_ALLOWLIST_META,
+      [name],
+    )
+    return rows[0]
   }
 
   /** A runtime policy without its text, by id. */

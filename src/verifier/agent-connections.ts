@@ -119,6 +119,11 @@ export class AgentConnections {
     })
   }
 
+  /** The shared dispatcher's `connect`, `disconnect` and `connectionError` events (benchmarks count churn). */
+  get dispatcherEvents(): Pick<Agent, 'on'> {
+    return this.dispatcher
+  }
+
   /** Open connections to agents now. */
   get openConnections(): number {
     return this.open
@@ -206,13 +211,20 @@ export class AgentConnections {
       })
       tlsSocket.once('secureConnect', () => {
         tlsSocket.setTimeout(0)
-        const peer = tlsSocket.getPeerCertificate()
+        // the peer's certificate is read only after a full handshake: a resumed one (at long intervals, every
+        // attestation) skips turning it into an object
+        const pinned = () => {
+          const peer = tlsSocket.getPeerCertificate()
+          return (
+            pin.fingerprint !== null &&
+            peer?.raw !== undefined &&
+            createHash('sha256').update(peer.raw).digest().equals(pin.fingerprint)
+          )
+        }
         trusted =
           // a session is only ever stored from a handshake that passed this check, with this agent
           (tlsSocket.isSessionReused() && pin.session !== null) ||
-          (pin.fingerprint !== null &&
-            peer?.raw !== undefined &&
-            createHash('sha256').update(peer.raw).digest().equals(pin.fingerprint)) ||
+          pinned() ||
           (this.tls !== null && this.tls.trustedServerCa.length > 0 && tlsSocket.authorized)
         if (!trusted) {
           pin.session = null

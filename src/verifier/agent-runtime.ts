@@ -113,8 +113,14 @@ function sharedTpmPolicy(text: string): TpmPolicy {
 
 const NO_POLICY: TpmPolicy = { pcrs: new Map(), mask: '0x0' }
 
-/** Builds the runtime record of an agent row that has an address (the caller checks ip and port). */
-export function agentRuntimeFromRow(row: VerifierAgentRow & { ip: string; port: number }): AgentRuntime {
+/**
+ * Builds the runtime record of an agent row that has an address (the caller checks ip and port). `akPublic`: the
+ * row's AK already imported from this very `ak_tpm` (enrolment checked it), so it is not imported again.
+ */
+export function agentRuntimeFromRow(
+  row: VerifierAgentRow & { ip: string; port: number },
+  akPublic?: KeyObject,
+): AgentRuntime {
   let unusable: AgentRuntime['unusable'] = null
   const parse = <T>(field: string, fallback: T, f: () => T): T => {
     if (unusable !== null) return fallback
@@ -127,9 +133,11 @@ export function agentRuntimeFromRow(row: VerifierAgentRow & { ip: string; port: 
   }
   const tpmPolicy = parse('tpm_policy', NO_POLICY, () => sharedTpmPolicy(row.tpm_policy ?? ''))
   // without a usable AK nothing can be verified; a placeholder keeps the record's type, `unusable` stops the agent
-  const akPublic = parse('ak_tpm', null as KeyObject | null, () =>
-    akKeyObject(new Uint8Array(Buffer.from(row.ak_tpm ?? '', 'base64'))),
-  )
+  const ak =
+    akPublic ??
+    parse('ak_tpm', null as KeyObject | null, () =>
+      akKeyObject(new Uint8Array(Buffer.from(row.ak_tpm ?? '', 'base64'))),
+    )
   const accepted = {
     hash: parse('accept_tpm_hash_algs', [] as string[], () => parseAcceptList(row.accept_tpm_hash_algs)),
     encryption: parse('accept_tpm_encryption_algs', [] as string[], () =>
@@ -159,7 +167,7 @@ export function agentRuntimeFromRow(row: VerifierAgentRow & { ip: string; port: 
     tpmPolicy,
     requiredPcrs: [],
     pcrMask: tpmPolicy.mask,
-    akPublic: akPublic as KeyObject,
+    akPublic: ak as KeyObject,
     accepted,
     subject: {
       agentId: row.agent_id,

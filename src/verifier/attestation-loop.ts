@@ -4,6 +4,7 @@
  * machine (what follows) and the repository (what is kept). Successful attestations are written in batches, state
  * changes at once and retried until written.
  */
+import type { KeyObject } from 'node:crypto'
 import { EventEmitter } from 'node:events'
 import { AgentState } from '../api/verifier/states.ts'
 import type { Logger } from '../common/log.ts'
@@ -109,14 +110,14 @@ export class AttestationLoop {
     return this.agents.size
   }
 
-  /** Starts (or restarts) attesting an agent from START. */
-  add(row: VerifierAgentRow): void {
+  /** Starts (or restarts) attesting an agent from START (`akPublic`: its AK when the caller has just imported it). */
+  add(row: VerifierAgentRow, akPublic?: KeyObject): void {
     this.remove(row.agent_id)
     if (!row.ip || row.port === null) {
       this.deps.log.warn({ agentId: row.agent_id }, 'agent row has no ip/port: not attested')
       return
     }
-    const a = agentRuntimeFromRow({ ...row, ip: row.ip, port: row.port })
+    const a = agentRuntimeFromRow({ ...row, ip: row.ip, port: row.port }, akPublic)
     this.agents.set(a.id, a)
     this.scheduler.schedule({ a, gen: a.generation }, this.now())
   }

@@ -2,6 +2,7 @@
  * `POST /v2.x/agents/:agent_id` (keylime-api.md §3.1) checked and turned into what is stored: the agent row and the
  * policies it brings along. Nothing is written here; the service stores the plan in one transaction.
  */
+import type { KeyObject } from 'node:crypto'
 import { asList, type EnrollBody } from '../api/verifier/schemas.ts'
 import { AgentState } from '../api/verifier/states.ts'
 import { AGENT_API_VERSIONS, CURRENT_API_VERSION } from '../api/versions.ts'
@@ -28,6 +29,8 @@ import type { PolicyStore } from './policy-store.ts'
 export interface EnrolmentPlan {
   row: NewVerifierAgent
   newPolicies: NewAgentPolicies
+  /** The AK of `ak_tpm`, built once here to check it and handed to the loop (no second import). */
+  akPublic: KeyObject
 }
 
 export interface EnrolmentContext {
@@ -58,8 +61,9 @@ export async function planEnrolment(
       throw new VerifierRequestError(400, 'v must be 16 or 32 bytes (base64)')
     v = b.v
   }
+  let akPublic: KeyObject
   try {
-    akKeyObject(new Uint8Array(b64decode('ak_tpm', b.ak_tpm)))
+    akPublic = akKeyObject(new Uint8Array(b64decode('ak_tpm', b.ak_tpm)))
   } catch (err) {
     throw new VerifierRequestError(400, `ak_tpm is not a usable TPM2B_PUBLIC: ${(err as Error).message}`)
   }
@@ -130,6 +134,7 @@ export async function planEnrolment(
   }
   return {
     newPolicies,
+    akPublic,
     row: {
       agent_id: id,
       v,

@@ -327,8 +327,9 @@ export class VerifierService {
       lease: { holder: this.leaseHolder },
       now: this.now(),
     })
+    let stored: Awaited<ReturnType<VerifierRepository['enrolAgent']>>
     try {
-      await this.repo.enrolAgent(plan.row, plan.newPolicies)
+      stored = await this.repo.enrolAgent(plan.row, plan.newPolicies)
     } catch (err) {
       if (!(err instanceof DuplicateError)) throw err
       // The agent's primary key decides between adds of one id, however they interleave: exactly one insert commits
@@ -337,8 +338,7 @@ export class VerifierService {
         throw new VerifierRequestError(409, `Agent of uuid ${agentId} already exists`)
       throw new VerifierRequestError(409, err.message)
     }
-    const stored = await this.repo.getAgent(agentId)
-    if (stored) this.loop.add(stored)
+    if (stored) this.loop.add(stored, plan.akPublic)
     return stored ?? plan.row
   }
 

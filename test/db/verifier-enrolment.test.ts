@@ -134,13 +134,53 @@ for (const d of dialects) {
       await b.app.close()
     })
 
+    it('racing adds whose policy bodies are already stored: one wins, the loser leaves no policy name behind', async () => {
+      const [a, b] = await Promise.all(dbs.map((db) => makeVerifier({}, db)))
+      if (!a || !b) throw new Error('verifiers')
+      const repo = a.service.repo
+      const seeded = (marker: string) => ({
+        ...body(marker),
+        runtime_policy: runtimePolicy('seed'),
+        mb_policy: JSON.stringify({ marker: 'seed' }),
+      })
+      await a.service.enrol('seed', seeded('seed'))
+      for (let round = 0; round < 4; round++) {
+        const id = `stored-race-${round}`
+        const results = await Promise.allSettled([
+          a.service.enrol(id, seeded(`sa${round}`)),
+          b.service.enrol(id, seeded(`sb${round}`)),
+        ])
+        expect(results.filter((r) => r.status === 'fulfilled')).toHaveLength(1)
+        const refused = results.filter((r) => r.status === 'rejected') as PromiseRejectedResult[]
+        expect(refused).toHaveLength(1)
+        expect(refused[0]?.reason).toMatchObject({ statusCode: 409 })
+        const winner = results[0]?.status === 'fulfilled' ? `sa${round}` : `sb${round}`
+        const loser = winner === `sa${round}` ? `sb${round}` : `sa${round}`
+        const row = await repo.getAgent(id)
+        expect((await repo.getAllowlistById(row?.ima_policy_id ?? -1))?.name).toBe(`rt-${winner}`)
+        expect((await repo.getMbPolicyById(row?.mb_policy_id ?? -1))?.name).toBe(`mb-${winner}`)
+        expect(await repo.getAllowlist(`rt-${loser}`)).toBeUndefined()
+        expect(await repo.getMbPolicy(`mb-${loser}`)).toBeUndefined()
+      }
+      await a.app.close()
+      await b.app.close()
+    })
+
     it('agents enrolled with one policy text store it once and parse it once; the last one out collects it', async () => {
       const [a] = await Promise.all([makeVerifier({}, dbs[0] as Kysely<VerifierDatabase>)])
       if (!a) throw new Error('verifier')
       const parse = vi.spyOn(a.service.policies, 'compileRuntimeTextChecked')
       const repo = a.service.repo
       const shared = { ...body('shared'), runtime_policy_name: null, mb_policy_name: null }
-      for (let i = 0; i < 3; i++) await a.service.enrol(`same-${i}`, shared)
+      for (let i = 0; i < 3; i++) {
+        const returned = await a.service.enrol(`same-${i}`, shared)
+        // what enrolment hands the loop is the row as stored (PostgreSQL reads it back in the insert itself)
+        const stored = await repo.getAgent(`same-${i}`)
+        expect(returned).toEqual(stored)
+        expect((await repo.getAllowlistById(stored?.ima_policy_id ?? -1))?.name).toBe(`same-${i}`)
+        expect((await repo.getMbPolicyById(stored?.mb_policy_id ?? -1))?.name).toBe(`same-${i}`)
+        expect(a.service.loop.has(`same-${i}`)).toBe(true)
+      }
       expect(parse).toHaveBeenCalledTimes(1)
       const digest = createHash('sha256')
         .update(Buffer.from(runtimePolicy('shared'), 'base64').toString('utf8'))

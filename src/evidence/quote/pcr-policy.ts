@@ -170,17 +170,25 @@ export function expectedDataPcr(pubkeyPem: string, hashAlg: QuoteHashAlg): Uint8
   )
 }
 
-/** Agents keep their key for a long time: remember recent bindings (bounded, so it cannot grow without limit). */
-const DATA_PCR_CACHE = new Map<string, string>()
+/**
+ * Agents keep their key for a long time: remember recent bindings (bounded, so it cannot grow without limit). Keyed
+ * by the PEM string itself, per hash algorithm: the loop passes the same string object on every attestation, whose
+ * hash V8 keeps, where a key concatenated per call was copied and hashed anew each time.
+ */
+const DATA_PCR_CACHE = new Map<QuoteHashAlg, Map<string, string>>()
 const DATA_PCR_CACHE_MAX = 8192
 
 function expectedDataPcrHex(pubkeyPem: string, hashAlg: QuoteHashAlg): string {
-  const key = `${hashAlg}\n${pubkeyPem}`
-  let value = DATA_PCR_CACHE.get(key)
+  let byPem = DATA_PCR_CACHE.get(hashAlg)
+  if (byPem === undefined) {
+    byPem = new Map()
+    DATA_PCR_CACHE.set(hashAlg, byPem)
+  }
+  let value = byPem.get(pubkeyPem)
   if (value === undefined) {
     value = hex(expectedDataPcr(pubkeyPem, hashAlg))
-    if (DATA_PCR_CACHE.size >= DATA_PCR_CACHE_MAX) DATA_PCR_CACHE.clear()
-    DATA_PCR_CACHE.set(key, value)
+    if (byPem.size >= DATA_PCR_CACHE_MAX) byPem.clear()
+    byPem.set(pubkeyPem, value)
   }
   return value
 }
