@@ -251,8 +251,9 @@ class EntryValidator {
    * next time and must not count twice (a table load would become a second load). Only when a dm line follows the
    * match are the dm lines before it validated again, from the stored state, by this same code.
    */
-  dmStateAt(lines: readonly string[], matchedAt: number, bank: PcrBank): DmState | undefined {
+  dmStateAt(text: string, matchedAt: number, bank: PcrBank): DmState | undefined {
     if (this.#dm === null) return undefined
+    const lines = splitImaLines(text)
     const maybeDm = (text: string) => text.includes(' ima-buf ') && text.includes(' dm_')
     if (!lines.slice(matchedAt).some(maybeDm)) return this.#dm.state()
     const again = new EntryValidator(this.#input, new Map(), [])
@@ -293,12 +294,14 @@ export class ImaIncrementVerification {
   readonly #continuing: boolean
   readonly #events: FailureEvent[] = []
   readonly #learned = new Map<string, ImaKeyring>()
-  readonly #lines: string[]
+  readonly #text: string
   /** Running PCR 10 in the first half, the next measurement in the second. */
   readonly #joined: Buffer
   readonly #fastPath: ImaNgFastPath | null
   #validator: EntryValidator | null = null
+  /** Lines processed so far, and where the next one starts in the text. */
   #index = 0
+  #offset = 0
   #matchedAt: number | null = null
   #matchedRunning: Buffer | null = null
   #early: VerifyImaIncrementResult | null = null
@@ -317,7 +320,7 @@ export class ImaIncrementVerification {
     this.#targetLatin1 = target === null ? null : target.toString('latin1')
     this.#joined = Buffer.alloc(size * 2)
     this.#fastPath = null
-    this.#lines = []
+    this.#text = ''
     const state = input.state
     this.#continuing = input.firstEntry !== 0
     if (this.#continuing) {
@@ -344,7 +347,7 @@ export class ImaIncrementVerification {
     }
     this.#validator = new EntryValidator(input, this.#learned, this.#events)
     this.#fastPath = new ImaNgFastPath(bank, this.#validator.logHashAlg, input.policy)
-    this.#lines = splitImaLines(input.listText)
+    this.#text = input.listText
     const running = this.#joined.subarray(0, size)
     if (target !== null && running.equals(target)) {
       this.#matchedAt = 0
@@ -354,11 +357,6 @@ export class ImaIncrementVerification {
 
   #runningHex(): string {
     return this.#joined.toString('hex', 0, BANK_SIZE[this.#bank])
-  }
-
-  /** Lines processed so far and in total. */
-  get progress(): { done: number; total: number } {
-    return { done: this.#index, total: this.#lines.length }
   }
 
   /** Processes up to `maxLines` more lines; true once every line has been processed. */
@@ -371,19 +369,27 @@ export class ImaIncrementVerification {
     const joined = this.#joined
     const fast = this.#fastPath
     const target = this.#targetLatin1
-    const lines = this.#lines
-    const end = Math.min(lines.length, this.#index + maxLines)
-    for (let i = this.#index; i < end; i++) {
-      const text = lines[i] as string
-      if (text === '') continue
-      if (fast === null || !fast.measureInto(text, joined, size)) {
+    // Lines as `splitImaLines` cuts them (on "\n", no line after a final "\n"), read in place in the text.
+    const text = this.#text
+    const length = text.length
+    let offset = this.#offset
+    let i = this.#index
+    const stop = Math.min(Number.MAX_SAFE_INTEGER, i + maxLines)
+    for (; i < stop && offset < length; i++) {
+      let end = text.indexOf('\n', offset)
+      if (end < 0) end = length
+      const start = offset
+      offset = end + 1
+      if (start === end) continue
+      if (fast === null || !fast.measureInto(text, start, end, joined, size)) {
+        const line = text.slice(start, end)
         let entry: ImaEntry
         try {
-          entry = parseImaLine(text, i + 1)
+          entry = parseImaLine(line, i + 1)
         } catch (err) {
           if (!(err instanceof ImaParseError)) throw err
           this.#events.push(
-            failure('ima.parser.entry', `Line was not parsable into a valid IMA entry: ${text}`),
+            failure('ima.parser.entry', `Line was not parsable into a valid IMA entry: ${line}`),
           )
           continue
         }
@@ -392,14 +398,15 @@ export class ImaIncrementVerification {
         validator.validate(entry, bank, measurement)
       }
       const running = digestLatin1(bank, joined)
-      joined.write(running, 0, 'latin1')
-      if (this.#matchedAt === null && running === target) {
+      for (let b = 0; b < size; b++) joined[b] = running.charCodeAt(b)
+      if (running === target && this.#matchedAt === null) {
         this.#matchedAt = i + 1
         this.#matchedRunning = Buffer.from(running, 'latin1')
       }
     }
-    this.#index = end
-    return end >= lines.length
+    this.#index = i
+    this.#offset = offset
+    return offset >= length
   }
 
   /** Processes what is left and returns the verdict and the state to persist. */
@@ -407,7 +414,7 @@ export class ImaIncrementVerification {
     if (this.#early !== null) return this.#early
     this.step()
     const events = this.#events
-    const lines = this.#lines
+    const lineCount = this.#index
     const matchedAt = this.#matchedAt
     const state = this.#input.state
     const runningHex = this.#runningHex()
@@ -419,7 +426,7 @@ export class ImaIncrementVerification {
     const previous = this.#continuing ? (state?.progress ?? null) : null
     if (matchedAt !== null && previous !== null) {
       const lag = previous.logLength - previous.matchLine
-      if (lag > 0 && matchedAt !== lines.length && matchedAt < lag) {
+      if (lag > 0 && matchedAt !== lineCount && matchedAt < lag) {
         events.push(
           failure(
             'ima.quote_progress',
@@ -428,24 +435,24 @@ export class ImaIncrementVerification {
         )
       }
     }
-    if (events.length > 0) return resetResult(events, runningHex, lines.length)
+    if (events.length > 0) return resetResult(events, runningHex, lineCount)
 
     const learnedJson: Record<string, KeyringJson> = {}
     for (const [name, ring] of this.#learned) learnedJson[name] = ring.toJSON()
     let next: ImaReplayState
     if (matchedAt !== null && this.#matchedRunning !== null) {
-      const dm = this.#validator?.dmStateAt(lines, matchedAt, this.#bank)
+      const dm = this.#validator?.dmStateAt(this.#text, matchedAt, this.#bank)
       next = {
         version: 1,
         nextEntry: this.#input.firstEntry + matchedAt,
         pcr10: { [this.#bank]: this.#matchedRunning.toString('hex') },
         learnedKeyrings: learnedJson,
-        progress: { matchLine: matchedAt, logLength: lines.length },
+        progress: { matchLine: matchedAt, logLength: lineCount },
         ...(dm === undefined ? {} : { dm }),
       }
     } else {
       next = this.#continuing && state !== null ? state : initialImaReplayState()
     }
-    return { verdict: PASS, state: next, matchedAt, running: runningHex, lines: lines.length }
+    return { verdict: PASS, state: next, matchedAt, running: runningHex, lines: lineCount }
   }
 }
