@@ -22,14 +22,13 @@ const ASCII = /^[\x00-\x7f]*$/
 const built = new WeakMap<DigestIndex, DigestByteIndex>()
 
 export class DigestByteIndex {
-  /** Open addressing: entry number + 1 per slot, 0 for an empty slot. */
+  /**
+   * Open addressing, two numbers per slot: the name's hash and 1 + where its record starts in `#bytes` (0: empty).
+   * A record is the name's length (two bytes), its number of digests, the name, then each digest as one length byte
+   * and the digest: one lookup reads one slot and one record, mostly one cache line each.
+   */
   readonly #slots: Int32Array
   readonly #mask: number
-  readonly #hash: Int32Array
-  /** Where an entry's name bytes start in `#bytes`; its digests follow, each as one length byte and the digest. */
-  readonly #at: Int32Array
-  readonly #nameLength: Int32Array
-  readonly #digestCount: Int32Array
   readonly #bytes: Uint8Array
 
   /** The index of `digests`, built on first use. */
@@ -47,48 +46,46 @@ export class DigestByteIndex {
     const lists: string[][] = []
     let size = 0
     for (const [name, allowed] of digests) {
-      if (!ASCII.test(name)) continue
-      const usable = (typeof allowed === 'string' ? [allowed] : allowed).filter(
-        (d) => d.length <= 510 && LOWER_HEX_DIGIT.test(d),
-      )
+      if (name.length > 0xffff || !ASCII.test(name)) continue
+      const usable = (typeof allowed === 'string' ? [allowed] : allowed)
+        .filter((d) => d.length <= 510 && LOWER_HEX_DIGIT.test(d))
+        .slice(0, 255) // a miss only sends the entry to the general path
       names.push(name)
       lists.push(usable)
-      size += name.length
+      size += 3 + name.length
       for (const d of usable) size += 1 + d.length / 2
     }
-    const count = names.length
     let capacity = 16
-    while (capacity < count * 2) capacity *= 2
-    this.#slots = new Int32Array(capacity)
-    this.#mask = capacity - 1
-    this.#hash = new Int32Array(count)
-    this.#at = new Int32Array(count)
-    this.#nameLength = new Int32Array(count)
-    this.#digestCount = new Int32Array(count)
+    while (capacity < names.length * 2) capacity *= 2
+    const slots = new Int32Array(capacity * 2)
+    const mask = capacity - 1
     const bytes = new Uint8Array(size)
-    this.#bytes = bytes
     let at = 0
-    for (let e = 0; e < count; e++) {
+    for (let e = 0; e < names.length; e++) {
       const name = names[e] as string
+      const usable = lists[e] as string[]
+      const record = at
+      bytes[at++] = name.length & 0xff
+      bytes[at++] = name.length >>> 8
+      bytes[at++] = usable.length
       let hash = NAME_HASH_SEED
-      this.#at[e] = at
       for (let i = 0; i < name.length; i++) {
         const c = name.charCodeAt(i)
         bytes[at++] = c
         hash = nameHashStep(hash, c)
       }
-      this.#hash[e] = hash
-      this.#nameLength[e] = name.length
-      const usable = lists[e] as string[]
-      this.#digestCount[e] = usable.length
       for (const d of usable) {
         bytes[at++] = d.length / 2
         for (let i = 0; i < d.length; i += 2) bytes[at++] = Number.parseInt(d.slice(i, i + 2), 16)
       }
-      let slot = hash & this.#mask
-      while (this.#slots[slot] !== 0) slot = (slot + 1) & this.#mask
-      this.#slots[slot] = e + 1
+      let slot = hash & mask
+      while (slots[slot * 2 + 1] !== 0) slot = (slot + 1) & mask
+      slots[slot * 2] = hash
+      slots[slot * 2 + 1] = record + 1
     }
+    this.#slots = slots
+    this.#mask = mask
+    this.#bytes = bytes
   }
 
   /**
@@ -103,29 +100,26 @@ export class DigestByteIndex {
     digestAt: number,
     digestLength: number,
   ): boolean {
+    const slots = this.#slots
     const bytes = this.#bytes
     const mask = this.#mask
     for (let slot = hash & mask; ; slot = (slot + 1) & mask) {
-      const e = (this.#slots[slot] as number) - 1
-      if (e < 0) return false
-      if (this.#hash[e] !== hash || this.#nameLength[e] !== nameLength) continue
-      let p = this.#at[e] as number
-      let same = true
-      for (let i = 0; i < nameLength; i++) {
-        if (bytes[p + i] !== data[nameAt + i]) {
-          same = false
-          break
-        }
-      }
-      if (!same) continue
-      p += nameLength
-      for (let n = this.#digestCount[e] as number; n > 0; n--) {
+      const record = (slots[slot * 2 + 1] as number) - 1
+      if (record < 0) return false
+      if (slots[slot * 2] !== hash) continue
+      if ((bytes[record] as number) + ((bytes[record + 1] as number) << 8) !== nameLength) continue
+      const nameStart = record + 3
+      let i = 0
+      while (i < nameLength && bytes[nameStart + i] === data[nameAt + i]) i++
+      if (i !== nameLength) continue
+      let p = nameStart + nameLength
+      for (let n = bytes[record + 2] as number; n > 0; n--) {
         const length = bytes[p] as number
         p++
         if (length === digestLength) {
-          let i = 0
-          while (i < length && bytes[p + i] === data[digestAt + i]) i++
-          if (i === length) return true
+          let k = 0
+          while (k < length && bytes[p + k] === data[digestAt + k]) k++
+          if (k === length) return true
         }
         p += length
       }

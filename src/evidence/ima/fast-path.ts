@@ -68,22 +68,42 @@ export class ImaNgFastPath {
       text.charCodeAt(start + 2) !== SPACE
     )
       return false
+    // The template-hash column: hex (either case, as the general parser reads it) of the column's size, not all
+    // zeros (the kernel logs a violation as zeros of whatever width the column has). Its hex digits are checked
+    // below, so the space after them is the first one of the line.
     const hashAt = start + 3
-    const s2 = text.indexOf(' ', hashAt)
-    if (s2 < 0 || s2 >= end) return false
+    const columnSize = this.#columnSize
+    const s2 = hashAt + columnSize * 2
+    if (s2 + 10 >= end || text.charCodeAt(s2) !== SPACE) return false
     // ima-sig without a signature (files the kernel measured but nobody signed) checks exactly like ima-ng, except
     // that without a policy the general path reports it as unsigned.
-    const unsignedImaSig = text.startsWith('ima-sig ', s2 + 1)
-    if (!unsignedImaSig && !text.startsWith('ima-ng ', s2 + 1)) return false
-    if (unsignedImaSig && this.#policy === null) return false
-    const fieldsAt = s2 + (unsignedImaSig ? 9 : 8)
-    const s4 = text.indexOf(' ', fieldsAt)
-    if (s4 < 0 || s4 + 1 >= end) return false
-
-    // The template-hash column: hex (either case, as the general parser reads it) of the column's size, not all
-    // zeros (the kernel logs a violation as zeros of whatever width the column has).
-    const columnSize = this.#columnSize
-    if (s2 - hashAt !== columnSize * 2) return false
+    if (
+      text.charCodeAt(s2 + 1) !== 105 || // i
+      text.charCodeAt(s2 + 2) !== 109 || // m
+      text.charCodeAt(s2 + 3) !== 97 || // a
+      text.charCodeAt(s2 + 4) !== 45 // -
+    )
+      return false
+    let fieldsAt: number
+    const unsignedImaSig = text.charCodeAt(s2 + 5) === 115 // s
+    if (unsignedImaSig) {
+      if (
+        text.charCodeAt(s2 + 6) !== 105 ||
+        text.charCodeAt(s2 + 7) !== 103 ||
+        text.charCodeAt(s2 + 8) !== SPACE
+      )
+        return false
+      if (this.#policy === null) return false
+      fieldsAt = s2 + 9
+    } else {
+      if (
+        text.charCodeAt(s2 + 5) !== 110 ||
+        text.charCodeAt(s2 + 6) !== 103 ||
+        text.charCodeAt(s2 + 7) !== SPACE
+      )
+        return false
+      fieldsAt = s2 + 8
+    }
     const column = this.#column
     let nonZero = 0
     for (let i = 0, p = hashAt; i < columnSize; i++, p += 2) {
@@ -97,14 +117,17 @@ export class ImaNgFastPath {
     if (nonZero === 0) return false
 
     // Lists use one file-hash algorithm almost always: remember the last one instead of looking it up per line.
+    // Its name and the hex digits checked below hold no space, so the one after them is the first of the fields.
     const cachedAlg = this.#alg
     let algLength = cachedAlg.length
     if (
+      algLength === 0 ||
       text.charCodeAt(fieldsAt + algLength) !== COLON ||
-      !text.startsWith(cachedAlg, fieldsAt) ||
-      algLength === 0
+      !text.startsWith(cachedAlg, fieldsAt)
     ) {
-      const colon = text.lastIndexOf(':', s4 - 1)
+      const space = text.indexOf(' ', fieldsAt)
+      if (space < 0 || space >= end) return false
+      const colon = text.lastIndexOf(':', space - 1)
       if (colon <= fieldsAt) return false
       const alg = text.slice(fieldsAt, colon)
       if (!Object.hasOwn(KERNEL_HASHES, alg)) return false
@@ -114,7 +137,8 @@ export class ImaNgFastPath {
     }
     const colon = fieldsAt + algLength
     const digestLength = this.#algDigestLength
-    if (s4 - colon - 1 !== digestLength * 2) return false
+    const s4 = colon + 1 + digestLength * 2
+    if (s4 + 1 >= end || text.charCodeAt(s4) !== SPACE) return false
 
     let nameEnd = end
     if (unsignedImaSig) {
