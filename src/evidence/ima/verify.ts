@@ -4,6 +4,7 @@
  * returned one; no I/O, no clock.
  */
 import { type FailureEvent, failure, PASS, type Verdict } from '../verdict.ts'
+import { type ImaChunkPlan, ImaChunkReader } from './chunks.ts'
 import { type DmState, DmStateError, DmValidator, isDmEventName } from './dm.ts'
 import { type ImaEntry, parseImaLine, splitImaLines } from './entry.ts'
 import { ImaParseError } from './errors.ts'
@@ -54,6 +55,8 @@ export interface VerifyImaIncrementInput {
    * behaviour of no event).
    */
   ignoreTomtouErrors?: boolean
+  /** Helper threads check chunks of a long list with this plan (`chunks.ts`); ignored when it does not fit. */
+  chunks?: ImaChunkPlan
 }
 
 export interface VerifyImaIncrementResult {
@@ -298,6 +301,15 @@ export class ImaIncrementVerification {
   /** Running PCR 10 in the first half, the next measurement in the second. */
   readonly #joined: Buffer
   readonly #fastPath: ImaNgFastPath | null
+  /** Helpers' results for a chunked list; null: every line is checked here. */
+  readonly #chunks: ImaChunkReader | null = null
+  /** The chunk being read: its number, where it starts and where the next one starts. */
+  #chunk = 0
+  #chunkStart = 0
+  #chunkEnd = Number.POSITIVE_INFINITY
+  /** Lines the helper accepted in this chunk (-1: the chunk is checked here), and the next of them to meet. */
+  #accepted = -1
+  #nextAccepted = 0
   #validator: EntryValidator | null = null
   /** Lines processed so far, and where the next one starts in the text. */
   #index = 0
@@ -348,6 +360,8 @@ export class ImaIncrementVerification {
     this.#validator = new EntryValidator(input, this.#learned, this.#events)
     this.#fastPath = new ImaNgFastPath(bank, this.#validator.logHashAlg, input.policy)
     this.#text = input.listText
+    this.#chunks = ImaChunkReader.for(input.chunks, input.listText.length, bank, this.#validator.logHashAlg)
+    if (this.#chunks !== null) this.#chunkEnd = this.#chunks.start(1)
     const running = this.#joined.subarray(0, size)
     if (target !== null && running.equals(target)) {
       this.#matchedAt = 0
@@ -368,6 +382,7 @@ export class ImaIncrementVerification {
     // running ‖ measurement: each extend hashes this buffer and writes the result back into its first half.
     const joined = this.#joined
     const fast = this.#fastPath
+    const chunks = this.#chunks
     const target = this.#targetLatin1
     // Lines as `splitImaLines` cuts them (on "\n", no line after a final "\n"), read in place in the text.
     const text = this.#text
@@ -380,8 +395,21 @@ export class ImaIncrementVerification {
       if (end < 0) end = length
       const start = offset
       offset = end + 1
+      if (chunks !== null && start >= this.#chunkEnd) this.#nextChunk(chunks, start)
       if (start === end) continue
-      if (fast === null || !fast.measureInto(text, start, end, joined, size)) {
+      let measured: boolean
+      if (this.#accepted < 0) measured = fast?.measureInto(text, start, end, joined, size) === true
+      else {
+        // the helper's fast path accepted this line, or refused it and left it to the general path below
+        const k = this.#chunk
+        const next = this.#nextAccepted
+        measured = next < this.#accepted && chunks?.offsetAt(k, next) === start - this.#chunkStart
+        if (measured) {
+          chunks?.copyMeasurement(k, next, joined, size)
+          this.#nextAccepted = next + 1
+        }
+      }
+      if (!measured) {
         const line = text.slice(start, end)
         let entry: ImaEntry
         try {
@@ -407,6 +435,17 @@ export class ImaIncrementVerification {
     this.#index = i
     this.#offset = offset
     return offset >= length
+  }
+
+  /** Moves to the chunk holding the line that starts at `start`: claims it, or takes the helper's results. */
+  #nextChunk(chunks: ImaChunkReader, start: number): void {
+    while (start >= this.#chunkEnd) {
+      const k = ++this.#chunk
+      this.#chunkStart = chunks.start(k)
+      this.#chunkEnd = k + 1 < chunks.chunks ? chunks.start(k + 1) : Number.POSITIVE_INFINITY
+      this.#accepted = chunks.claim(k)
+      this.#nextAccepted = 0
+    }
   }
 
   /** Processes what is left and returns the verdict and the state to persist. */
