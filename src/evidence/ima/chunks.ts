@@ -115,7 +115,11 @@ export function planImaChunks(
  * A helper thread's part: claims chunks from the end until it meets the verifying thread, and runs the fast path
  * over each. Returns the number of chunks it checked.
  */
-export function helpWithImaChunks(plan: ImaChunkPlan, text: string, policy: CompiledRuntimePolicy): number {
+export function helpWithImaChunks(
+  plan: ImaChunkPlan,
+  text: string,
+  policy: CompiledRuntimePolicy | null,
+): number {
   if (text.length !== plan.textLength) return 0
   const { header, offsets, measurements, capacity } = layout(plan)
   const size = BANK_SIZE[plan.bank]
