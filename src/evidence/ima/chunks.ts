@@ -11,7 +11,7 @@
  * verification up: a chunk nobody took when the verifying thread reaches it is simply done there. Pure: no I/O; the
  * verifier's evidence pool (`src/verifier/evidence-pool.ts`) hands the plan to its workers.
  */
-import { ImaNgFastPath } from './fast-path.ts'
+import { ImaNgFastPath, PREFETCH_LINES } from './fast-path.ts'
 import { BANK_SIZE, type PcrBank } from './hash-algs.ts'
 import type { CompiledRuntimePolicy } from './policy.ts'
 
@@ -124,6 +124,8 @@ export function helpWithImaChunks(
   const { header, offsets, measurements, capacity } = layout(plan)
   const size = BANK_SIZE[plan.bank]
   const fast = new ImaNgFastPath(plan.bank, plan.columnAlg, policy)
+  const starts = new Int32Array(PREFETCH_LINES)
+  const ends = new Int32Array(PREFETCH_LINES)
   let helped = 0
   for (;;) {
     const k = Atomics.sub(header, CURSOR, 1) - 1
@@ -137,17 +139,28 @@ export function helpWithImaChunks(
       const at = offsets[k] as Int32Array
       const out = measurements[k] as Uint8Array
       const room = capacity[k] as number
-      for (let offset = start; offset < end; ) {
-        let lineEnd = text.indexOf('\n', offset)
-        if (lineEnd < 0 || lineEnd > end) lineEnd = end
-        if (lineEnd > offset && fast.measureInto(text, offset, lineEnd, out, count * size)) {
-          if (count === room) {
-            state = FAILED
-            break
-          }
-          at[count++] = offset - start
+      for (let offset = start; offset < end && state === DONE; ) {
+        let batch = 0
+        while (batch < PREFETCH_LINES && offset < end) {
+          let lineEnd = text.indexOf('\n', offset)
+          if (lineEnd < 0 || lineEnd > end) lineEnd = end
+          starts[batch] = offset
+          ends[batch] = lineEnd
+          offset = lineEnd + 1
+          batch++
         }
-        offset = lineEnd + 1
+        fast.prefetch(text, starts, ends, batch)
+        for (let j = 0; j < batch; j++) {
+          const lineStart = starts[j] as number
+          const lineEnd = ends[j] as number
+          if (lineEnd > lineStart && fast.measureInto(text, lineStart, lineEnd, out, count * size)) {
+            if (count === room) {
+              state = FAILED
+              break
+            }
+            at[count++] = lineStart - start
+          }
+        }
       }
     } catch {
       state = FAILED

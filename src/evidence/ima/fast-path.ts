@@ -29,6 +29,9 @@ for (let c = 0; c < 6; c++) {
   LOWER_HEX[97 + c] = 10 + c
 }
 
+/** Lines whose policy lookups `prefetch` starts together. */
+export const PREFETCH_LINES = 16
+
 export class ImaNgFastPath {
   readonly #bank: PcrBank
   readonly #bankSize: number
@@ -44,6 +47,10 @@ export class ImaNgFastPath {
   #views: Buffer[] = []
   #alg = ''
   #algDigestLength = 0
+  /** `prefetch` scratch, and what it read (kept so that the reads are not optimised away). */
+  readonly #hashes = new Int32Array(PREFETCH_LINES)
+  readonly #records = new Int32Array(PREFETCH_LINES)
+  #sink = 0
 
   constructor(bank: PcrBank, columnAlg: PcrBank, policy: CompiledRuntimePolicy | null) {
     this.#bank = bank
@@ -52,6 +59,37 @@ export class ImaNgFastPath {
     this.#columnSize = BANK_SIZE[columnAlg]
     this.#policy = policy
     this.#index = policy === null ? null : DigestByteIndex.of(policy)
+  }
+
+  /**
+   * Brings the policy-index entries of the next lines (`text[starts[j], ends[j])`, j < `count` ≤ `PREFETCH_LINES`)
+   * into the cache together before `measureInto` checks them one by one. Takes the usual line layout for granted
+   * and skips any line that does not have it: it only affects speed.
+   */
+  prefetch(text: string, starts: Int32Array, ends: Int32Array, count: number): void {
+    const index = this.#index
+    const algLength = this.#alg.length
+    if (index === null || algLength === 0) return
+    const hashes = this.#hashes
+    const head = 3 + this.#columnSize * 2
+    const tail = algLength + 2 + this.#algDigestLength * 2
+    let n = 0
+    for (let j = 0; j < count; j++) {
+      const start = starts[j] as number
+      let end = ends[j] as number
+      const template = start + head + 5
+      let nameAt: number
+      if (text.charCodeAt(template) === 110) nameAt = template + 3 + tail
+      else {
+        nameAt = template + 4 + tail
+        end--
+      }
+      if (nameAt >= end) continue
+      let hash = NAME_HASH_SEED
+      for (let p = nameAt; p < end; p++) hash = nameHashStep(hash, text.charCodeAt(p))
+      hashes[n++] = hash
+    }
+    this.#sink = (this.#sink + index.touch(hashes, n, this.#records)) | 0
   }
 
   /**

@@ -9,7 +9,7 @@ import { type DmState, DmStateError, DmValidator, isDmEventName } from './dm.ts'
 import { type ImaEntry, parseImaLine, splitImaLines } from './entry.ts'
 import { ImaParseError } from './errors.ts'
 import type { ExcludeMatcher } from './excludes.ts'
-import { ImaNgFastPath } from './fast-path.ts'
+import { ImaNgFastPath, PREFETCH_LINES } from './fast-path.ts'
 import { BANK_SIZE, digestLatin1, digestWith, isPcrBank, type PcrBank } from './hash-algs.ts'
 import { ImaKeyring, type KeyringJson, parseKeyBuffer } from './keyring.ts'
 import { allowedDigests, type CompiledRuntimePolicy, type DigestIndex, lookupDigest } from './policy.ts'
@@ -310,6 +310,8 @@ export class ImaIncrementVerification {
   /** Lines the helper accepted in this chunk (-1: the chunk is checked here), and the next of them to meet. */
   #accepted = -1
   #nextAccepted = 0
+  readonly #batchStarts = new Int32Array(PREFETCH_LINES)
+  readonly #batchEnds = new Int32Array(PREFETCH_LINES)
   #validator: EntryValidator | null = null
   /** Lines processed so far, and where the next one starts in the text. */
   #index = 0
@@ -390,46 +392,59 @@ export class ImaIncrementVerification {
     let offset = this.#offset
     let i = this.#index
     const stop = Math.min(Number.MAX_SAFE_INTEGER, i + maxLines)
-    for (; i < stop && offset < length; i++) {
-      let end = text.indexOf('\n', offset)
-      if (end < 0) end = length
-      const start = offset
-      offset = end + 1
-      if (chunks !== null && start >= this.#chunkEnd) this.#nextChunk(chunks, start)
-      if (start === end) continue
-      let measured: boolean
-      if (this.#accepted < 0) measured = fast?.measureInto(text, start, end, joined, size) === true
-      else {
-        // the helper's fast path accepted this line, or refused it and left it to the general path below
-        const k = this.#chunk
-        const next = this.#nextAccepted
-        measured = next < this.#accepted && chunks?.offsetAt(k, next) === start - this.#chunkStart
-        if (measured) {
-          chunks?.copyMeasurement(k, next, joined, size)
-          this.#nextAccepted = next + 1
-        }
+    // lines go in batches, so that the fast path can fetch their policy entries together first
+    const starts = this.#batchStarts
+    const ends = this.#batchEnds
+    while (i < stop && offset < length) {
+      let batch = 0
+      while (batch < PREFETCH_LINES && i + batch < stop && offset < length) {
+        let end = text.indexOf('\n', offset)
+        if (end < 0) end = length
+        starts[batch] = offset
+        ends[batch] = end
+        offset = end + 1
+        batch++
       }
-      if (!measured) {
-        const line = text.slice(start, end)
-        let entry: ImaEntry
-        try {
-          entry = parseImaLine(line, i + 1)
-        } catch (err) {
-          if (!(err instanceof ImaParseError)) throw err
-          this.#events.push(
-            failure('ima.parser.entry', `Line was not parsable into a valid IMA entry: ${line}`),
-          )
-          continue
+      if (this.#accepted < 0) fast?.prefetch(text, starts, ends, batch)
+      for (let j = 0; j < batch; j++, i++) {
+        const start = starts[j] as number
+        const end = ends[j] as number
+        if (chunks !== null && start >= this.#chunkEnd) this.#nextChunk(chunks, start)
+        if (start === end) continue
+        let measured: boolean
+        if (this.#accepted < 0) measured = fast?.measureInto(text, start, end, joined, size) === true
+        else {
+          // the helper's fast path accepted this line, or refused it and left it to the general path below
+          const k = this.#chunk
+          const next = this.#nextAccepted
+          measured = next < this.#accepted && chunks?.offsetAt(k, next) === start - this.#chunkStart
+          if (measured) {
+            chunks?.copyMeasurement(k, next, joined, size)
+            this.#nextAccepted = next + 1
+          }
         }
-        const measurement = entryMeasurement(entry, bank)
-        joined.set(measurement, size)
-        validator.validate(entry, bank, measurement)
-      }
-      const running = digestLatin1(bank, joined)
-      for (let b = 0; b < size; b++) joined[b] = running.charCodeAt(b)
-      if (running === target && this.#matchedAt === null) {
-        this.#matchedAt = i + 1
-        this.#matchedRunning = Buffer.from(running, 'latin1')
+        if (!measured) {
+          const line = text.slice(start, end)
+          let entry: ImaEntry
+          try {
+            entry = parseImaLine(line, i + 1)
+          } catch (err) {
+            if (!(err instanceof ImaParseError)) throw err
+            this.#events.push(
+              failure('ima.parser.entry', `Line was not parsable into a valid IMA entry: ${line}`),
+            )
+            continue
+          }
+          const measurement = entryMeasurement(entry, bank)
+          joined.set(measurement, size)
+          validator.validate(entry, bank, measurement)
+        }
+        const running = digestLatin1(bank, joined)
+        for (let b = 0; b < size; b++) joined[b] = running.charCodeAt(b)
+        if (running === target && this.#matchedAt === null) {
+          this.#matchedAt = i + 1
+          this.#matchedRunning = Buffer.from(running, 'latin1')
+        }
       }
     }
     this.#index = i
