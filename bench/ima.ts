@@ -3,7 +3,8 @@
  * one compiled policy, and the whole pipeline (quote + IMA replay + 100k-path policy) on the verifier's evidence pool
  * with every core, and one 1,000,000-entry list on one thread and on the pool. Run: `node --import tsx bench/ima.ts`
  * (add `--expose-gc` for steadier memory figures); `--pool-only [--workers N]` runs only the pool parts,
- * `--list-only [--workers N]` only the one long list.
+ * `--list-only [--workers N] [--list-entries N]` only the one long list; `--chunk-chars 0` keeps the pool from
+ * splitting a list between workers (to compare).
  */
 import { createHash, generateKeyPairSync, sign } from 'node:crypto'
 import { availableParallelism, loadavg } from 'node:os'
@@ -33,6 +34,9 @@ const LIST_ONLY = process.argv.includes('--list-only')
 const POOL_ONLY = process.argv.includes('--pool-only') || LIST_ONLY
 const workersAt = process.argv.indexOf('--workers')
 const WORKERS = workersAt > 0 ? Number(process.argv[workersAt + 1]) : availableParallelism()
+// `--chunk-chars 0`: the pool leaves each IMA list to one worker (no helpers), to compare
+const chunkAt = process.argv.indexOf('--chunk-chars')
+const CHUNK_CHARS = chunkAt > 0 ? Number(process.argv[chunkAt + 1]) || Number.MAX_SAFE_INTEGER : undefined
 
 const gc = (globalThis as { gc?: () => void }).gc ?? (() => {})
 const mib = (n: number) => `${(n / 1024 / 1024).toFixed(1)} MiB`
@@ -265,7 +269,8 @@ if (!LIST_ONLY) {
 // against a 100,000-path policy, the entries going round the policy's paths: on one thread (the event loop's way,
 // `evidence_workers = 0`), then as one job on the evidence pool, whose idle workers check chunks of it.
 {
-  const ENTRIES = Number(process.env.ENTRIES ?? 1_000_000)
+  const entriesAt = process.argv.indexOf('--list-entries')
+  const ENTRIES = entriesAt > 0 ? Number(process.argv[entriesAt + 1]) : 1_000_000
   const PATHS = 100_000
   const policies = new CompiledPolicies('accept-all')
   const paths = Array.from({ length: PATHS }, (_, i) => `/usr/lib/pkg-${i % 997}/file-${i}.so`)
@@ -324,7 +329,11 @@ if (!LIST_ONLY) {
     )
   }
   await measure('event loop alone', 1, async (nonce) => evaluateEvidence(input(nonce)).verdict.ok)
-  const pool = new EvidencePool({ workers: WORKERS, sourceOf: (p) => policies.sourceOf(p) })
+  const pool = new EvidencePool({
+    workers: WORKERS,
+    sourceOf: (p) => policies.sourceOf(p),
+    ...(CHUNK_CHARS === undefined ? {} : { imaChunkChars: CHUNK_CHARS }),
+  })
   pool.warm()
   await measure(
     `evidence pool of ${WORKERS} workers`,
