@@ -20,7 +20,7 @@ import { createRequire } from 'node:module'
 import { availableParallelism } from 'node:os'
 import { pathToFileURL } from 'node:url'
 import { Worker } from 'node:worker_threads'
-import { type ImaChunkPlan, isPcrBank, planImaChunks } from '../evidence/ima/index.ts'
+import { abandonImaChunks, type ImaChunkPlan, isPcrBank, planImaChunks } from '../evidence/ima/index.ts'
 import type { EvidenceInput, EvidenceResult } from '../evidence/pipeline.ts'
 import type {
   EvidenceJob,
@@ -365,6 +365,8 @@ export class EvidencePool {
     const reason = `evidence worker died: ${slot.lastError ?? `exit code ${code}`}`
     this.o.onWorkerDied?.(reason)
     const [running, ...waiting] = slot.inFlight.values()
+    // the job's worker must not wait for chunks this one will never finish
+    if (running?.help !== undefined) abandonImaChunks(running.help)
     running?.reject(new EvidenceWorkerError(reason))
     const again: Job[] = []
     for (const job of waiting)

@@ -172,6 +172,19 @@ export function helpWithImaChunks(
   }
 }
 
+/**
+ * Gives up every chunk a helper is still checking: the verifying thread checks those itself instead of waiting (for a
+ * helper that died). A helper that is in fact alive may still finish one; its results are then used or not, both
+ * being right.
+ */
+export function abandonImaChunks(plan: ImaChunkPlan): void {
+  const header = new Int32Array(plan.shared, 0, 1 + 2 * plan.starts.length)
+  for (let k = 1; k < plan.starts.length; k++) {
+    if (Atomics.compareExchange(header, stateAt(k), HELPING, FAILED) === HELPING)
+      Atomics.notify(header, stateAt(k))
+  }
+}
+
 /** The verifying thread's side of a plan: per chunk, either "check it here" or the helper's accepted lines. */
 export class ImaChunkReader {
   readonly #plan: ImaChunkPlan

@@ -7,6 +7,7 @@ import { createHash } from 'node:crypto'
 import fc from 'fast-check'
 import { describe, expect, it } from 'vitest'
 import {
+  abandonImaChunks,
   compileRuntimePolicy,
   digestWith,
   emptyRuntimePolicy,
@@ -122,6 +123,28 @@ describe('IMA lists checked in chunks', () => {
       chunks: plan,
     })
     expect(helped.finish().verdict).toEqual({ ok: true })
+  })
+
+  it('checks a chunk itself when its helper died mid-chunk (abandoned), instead of waiting for it', () => {
+    const lines = Array.from({ length: 1000 }, (_, i) => good[i % good.length] as string)
+    const listText = `${lines.join('\n')}\n`
+    const plan = planImaChunks(listText, 'sha256', 'sha1', 5000)
+    if (plan === null) throw new Error('no plan')
+    // a helper claimed the last chunk and died: its state stays "helping" (header: cursor, then state and count)
+    const header = new Int32Array(plan.shared)
+    const last = plan.starts.length - 1
+    expect(Atomics.compareExchange(header, 1 + 2 * last, 0, 1)).toBe(0)
+    abandonImaChunks(plan)
+    // without the abandon the verification would wait for that chunk forever (the test would time out)
+    const r = verifyImaIncrement({
+      listText,
+      firstEntry: 0,
+      state: null,
+      quotedPcr10: { hashAlg: 'sha256', value: pcrAfter(lines, 'sha256') },
+      policy,
+      chunks: plan,
+    })
+    expect(r.verdict).toEqual({ ok: true })
   })
 
   it('ignores a plan made for another text, bank or template-hash column', () => {
