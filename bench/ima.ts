@@ -1,8 +1,10 @@
 /**
  * IMA benchmark: replay + policy check throughput, 20 MiB policy load/compile time, memory for 1,000 agents sharing
  * one compiled policy, and the whole pipeline (quote + IMA replay + 100k-path policy) on the verifier's evidence pool
- * with every core. Run: `node --import tsx bench/ima.ts` (add `--expose-gc` for steadier memory figures);
- * `node --import tsx bench/ima.ts --pool-only [--workers N]` runs only the last part.
+ * with every core, and one 1,000,000-entry list on one thread and on the pool. Run: `node --import tsx bench/ima.ts`
+ * (add `--expose-gc` for steadier memory figures); `--pool-only [--workers N]` runs only the pool parts,
+ * `--list-only [--workers N] [--list-entries N]` only the one long list; `--chunk-chars 0` keeps the pool from
+ * splitting a list between workers (to compare).
  */
 import { createHash, generateKeyPairSync, sign } from 'node:crypto'
 import { availableParallelism, loadavg } from 'node:os'
@@ -21,16 +23,20 @@ import {
   replayImaEntries,
   verifyImaIncrement,
 } from '../src/evidence/ima/index.ts'
-import type { EvidenceInput } from '../src/evidence/pipeline.ts'
+import { type EvidenceInput, evaluateEvidence } from '../src/evidence/pipeline.ts'
 import { akKeyObject, parseTpmPolicy } from '../src/evidence/quote/index.ts'
 import { failure } from '../src/evidence/verdict.ts'
 import { EvidencePool } from '../src/verifier/evidence-pool.ts'
 import { CompiledPolicies } from '../src/verifier/policy-store.ts'
 import { SoftQuoter } from './fleet-quoter.ts'
 
-const POOL_ONLY = process.argv.includes('--pool-only')
+const LIST_ONLY = process.argv.includes('--list-only')
+const POOL_ONLY = process.argv.includes('--pool-only') || LIST_ONLY
 const workersAt = process.argv.indexOf('--workers')
 const WORKERS = workersAt > 0 ? Number(process.argv[workersAt + 1]) : availableParallelism()
+// `--chunk-chars 0`: the pool leaves each IMA list to one worker (no helpers), to compare
+const chunkAt = process.argv.indexOf('--chunk-chars')
+const CHUNK_CHARS = chunkAt > 0 ? Number(process.argv[chunkAt + 1]) || Number.MAX_SAFE_INTEGER : undefined
 
 const gc = (globalThis as { gc?: () => void }).gc ?? (() => {})
 const mib = (n: number) => `${(n / 1024 / 1024).toFixed(1)} MiB`
@@ -204,7 +210,7 @@ if (!POOL_ONLY) {
 
 // 4. Every core: agents' first attestations (quote + 100,000 IMA entries against a 100,000-path policy) evaluated
 // by the verifier's evidence pool, as the loop hands them over; wall-clock rate over all workers.
-{
+if (!LIST_ONLY) {
   const ENTRIES = 100_000
   const JOBS = WORKERS * 6
   const policies = new CompiledPolicies('accept-all')
@@ -255,6 +261,84 @@ if (!POOL_ONLY) {
   const entries = ENTRIES * JOBS
   console.log(
     `evidence pool, ${WORKERS} workers: ${JOBS} attestations of ${ENTRIES.toLocaleString('en')} ima-ng entries each (100k-path policy, P-256 quote): ${Math.round(entries / wall).toLocaleString('en')} entries/s wall (target 1,000,000), ${Math.round(entries / ((cpu.user + cpu.system) / 1e6)).toLocaleString('en')} per CPU-second over all threads, load average ${loadavg()[0]?.toFixed(1)}`,
+  )
+  await pool.close()
+}
+
+// 5. One agent's 1,000,000-entry list (ima-ng, sha1 template-hash column, sha256 bank: three digests per entry)
+// against a 100,000-path policy, the entries going round the policy's paths: on one thread (the event loop's way,
+// `evidence_workers = 0`), then as one job on the evidence pool, whose idle workers check chunks of it.
+{
+  const entriesAt = process.argv.indexOf('--list-entries')
+  const ENTRIES = entriesAt > 0 ? Number(process.argv[entriesAt + 1]) : 1_000_000
+  const PATHS = 100_000
+  const policies = new CompiledPolicies('accept-all')
+  const paths = Array.from({ length: PATHS }, (_, i) => `/usr/lib/pkg-${i % 997}/file-${i}.so`)
+  const policy = emptyRuntimePolicy()
+  for (const p of paths) policy.digests[p] = [sha256(p).toString('hex')]
+  policy.excludes = ['/tmp/', '/var/log/', '/proc/', '.*\\.pyc$']
+  const compiled = policies.compileRuntimeText(JSON.stringify(policy))
+  const quoter = new SoftQuoter({ keyType: 'ecc' })
+  const perPath = paths.map((p) => formatImaNgEntry(p, sha256(p), 'sha256'))
+  const lines: string[] = []
+  for (let i = 0; i < ENTRIES; i++) {
+    // a stride through the paths, so that consecutive entries are far apart in the policy, as in a real list
+    const e = perPath[(i * 7919) % PATHS] as ReturnType<typeof formatImaNgEntry>
+    quoter.extendDigest(10, e.templateDigests.sha256)
+    lines.push(e.line)
+  }
+  // flat, as JSON.parse hands it to the verifier
+  const listText = JSON.parse(JSON.stringify(`${lines.join('\n')}\n`)) as string
+  lines.length = 0
+  const akPublic = akKeyObject(new Uint8Array(Buffer.from(quoter.akTpm, 'base64')))
+  const input = (nonce: string): EvidenceInput => ({
+    akPublic,
+    quote: quoter.quote(nonce, [10]),
+    nonce,
+    hashAlg: 'sha256',
+    encAlg: 'ecc',
+    signAlg: 'ecdsa',
+    accepted: { hash: ['sha256'], encryption: ['ecc'], signing: ['ecdsa'] },
+    tpmPolicy: parseTpmPolicy('{}'),
+    previousClock: null,
+    requiredPcrs: [10],
+    measuredBoot: null,
+    ima: {
+      listText,
+      firstEntry: 0,
+      state: null,
+      policy: compiled,
+      ignoreTomtouErrors: true,
+      missingListEvent: failure('pcr_validation.unused_pcr_10', 'none', true),
+    },
+  })
+  const rounds = 3
+  const measure = async (label: string, threads: number, evaluate: (nonce: string) => Promise<boolean>) => {
+    await evaluate('warm-up')
+    let best = { wall: Number.POSITIVE_INFINITY, cpu: 0 }
+    for (let i = 0; i < rounds; i++) {
+      const cpu0 = process.cpuUsage()
+      const t0 = performance.now()
+      if (!(await evaluate(`n-${i}`))) throw new Error('benchmark list failed verification')
+      const wall = (performance.now() - t0) / 1000
+      const cpu = process.cpuUsage(cpu0)
+      if (wall < best.wall) best = { wall, cpu: (cpu.user + cpu.system) / 1e6 }
+    }
+    console.log(
+      `one ${ENTRIES.toLocaleString('en')}-entry list, ${PATHS.toLocaleString('en')}-path policy, ${label} (${threads} thread${threads === 1 ? '' : 's'}): ${Math.round(ENTRIES / best.wall).toLocaleString('en')} entries/s wall (${best.wall.toFixed(2)} s, best of ${rounds}), ${best.cpu.toFixed(2)} CPU-s = ${Math.round(ENTRIES / best.cpu).toLocaleString('en')} entries per CPU-second, load average ${loadavg()[0]?.toFixed(1)}`,
+    )
+  }
+  await measure('event loop alone', 1, async (nonce) => evaluateEvidence(input(nonce)).verdict.ok)
+  const pool = new EvidencePool({
+    workers: WORKERS,
+    sourceOf: (p) => policies.sourceOf(p),
+    ...(CHUNK_CHARS === undefined ? {} : { imaChunkChars: CHUNK_CHARS }),
+  })
+  pool.warm()
+  await measure(
+    `evidence pool of ${WORKERS} workers`,
+    WORKERS,
+    async (nonce) => (await pool.run(input(nonce))).verdict.ok,
   )
   await pool.close()
 }

@@ -8,6 +8,7 @@
 import { type AttestationInput, evaluateAttestation, type TpmClockInfo } from './attestation.ts'
 import {
   type CompiledRuntimePolicy,
+  type ImaChunkPlan,
   ImaIncrementVerification,
   type ImaKeyring,
   type ImaReplayState,
@@ -38,6 +39,8 @@ export interface ImaEvidence {
   verificationKeys?: ImaKeyring | undefined
   /** Reported when PCR 10 was quoted and no list came. */
   missingListEvent: FailureEvent
+  /** Helper threads check chunks of a long list with this plan (the evidence pool makes one). */
+  chunks?: ImaChunkPlan | undefined
 }
 
 export interface EvidenceInput extends Omit<AttestationInput, 'extensions'> {
@@ -124,6 +127,7 @@ export class EvidenceEvaluation {
       ignoreTomtouErrors: ima.ignoreTomtouErrors,
       ...(aggregates ? { bootAggregates: aggregates } : {}),
       ...(ima.verificationKeys ? { verificationKeys: ima.verificationKeys } : {}),
+      ...(ima.chunks ? { chunks: ima.chunks } : {}),
     })
   }
 

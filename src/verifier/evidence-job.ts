@@ -7,6 +7,7 @@
 import {
   type CompiledRuntimePolicy,
   compileRuntimePolicy,
+  type ImaChunkPlan,
   ImaKeyring,
   type KeyringJson,
   parseRuntimePolicy,
@@ -47,9 +48,20 @@ export interface EvidenceJob {
   forget: string[]
 }
 
-/** A job's answer, or the worker's word that its entry module has loaded. */
+/**
+ * Help with another worker's long IMA list: check chunks of `text` from the end (`helpWithImaChunks`) until the
+ * verifying worker catches up. `text` is the list itself (cloned), `policy` the list's runtime policy.
+ */
+export interface ImaHelpJob {
+  id: number
+  help: { plan: ImaChunkPlan; text: string; policy: PolicyRef | null }
+  forget: string[]
+}
+
+/** A job's answer (a helper's: how many chunks it checked), or the worker's word that its entry module has loaded. */
 export type EvidenceJobReply =
   | { id: number; result: EvidenceResult }
+  | { id: number; helped: number }
   | { id: number; error: string }
   | { ready: true }
 

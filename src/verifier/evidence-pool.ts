@@ -9,6 +9,9 @@
  * - Copies: a policy's text is sent to a worker once (it keeps the compiled policy by key, at most
  *   `maxPoliciesPerWorker`, the oldest forgotten first); the boot log's bytes are transferred, not copied; the quote
  *   and the IMA text are cloned once.
+ * - One long IMA list uses every idle worker: the job's worker verifies it from the start while the idle ones check
+ *   chunks of it from the end (`src/evidence/ima/chunks.ts`), meeting through one SharedArrayBuffer; a busy worker
+ *   is never waited for.
  * - Failures fail closed for one attestation: a job that throws rejects with the worker's error; a worker that dies
  *   (crash, or ended because one evaluation outlasted `jobTimeoutMs`) rejects the job it was running, re-queues the
  *   jobs waiting behind it and is replaced.
@@ -17,10 +20,12 @@ import { createRequire } from 'node:module'
 import { availableParallelism } from 'node:os'
 import { pathToFileURL } from 'node:url'
 import { Worker } from 'node:worker_threads'
+import { abandonImaChunks, type ImaChunkPlan, isPcrBank, planImaChunks } from '../evidence/ima/index.ts'
 import type { EvidenceInput, EvidenceResult } from '../evidence/pipeline.ts'
 import type {
   EvidenceJob,
   EvidenceJobReply,
+  ImaHelpJob,
   PolicyRef,
   PolicySource,
   WireEvidenceInput,
@@ -41,6 +46,11 @@ export interface EvidencePoolOptions {
   sourceOf: (policy: object) => PolicySource | undefined
   /** Told each time a worker dies (for the log). */
   onWorkerDied?: (reason: string) => void
+  /**
+   * About how many characters of an IMA list one helper chunk holds; lists shorter than two chunks stay on one
+   * worker. Default 512 Ki (~4,500 entries, a few milliseconds of work against the message that carries it).
+   */
+  imaChunkChars?: number
 }
 
 /** A job the pool could not evaluate: never a pass, never the agent's fault. */
@@ -54,6 +64,8 @@ interface Job {
   reject: (e: Error) => void
   /** The boot log's buffer moved to a worker: the job cannot be sent again. */
   transferred: boolean
+  /** A helper's share of another job's IMA list: answered with a count, never re-sent. */
+  help?: ImaChunkPlan
 }
 
 interface Slot {
@@ -76,6 +88,8 @@ export interface EvidencePoolStats {
   workerDeaths: number
   /** Policy texts sent to workers (each worker compiles a policy once, until it forgets it). */
   policiesSent: number
+  /** Chunks of long IMA lists checked by helping workers, for the job's worker to only extend PCR 10 with. */
+  imaChunksHelped: number
 }
 
 const WORKER_ENTRY = import.meta.url.endsWith('.ts')
@@ -113,6 +127,7 @@ export class EvidencePool {
   private closed = false
   private deaths = 0
   private policiesSent = 0
+  private imaChunksHelped = 0
 
   constructor(private readonly o: EvidencePoolOptions) {
     this.workers = Math.max(1, o.workers ?? availableParallelism())
@@ -147,6 +162,7 @@ export class EvidencePool {
       queued: this.queue.length,
       workerDeaths: this.deaths,
       policiesSent: this.policiesSent,
+      imaChunksHelped: this.imaChunksHelped,
     }
   }
 
@@ -209,15 +225,35 @@ export class EvidencePool {
 
   private post(slot: Slot, job: Job): void {
     const added: string[] = []
-    let message: EvidenceJob
+    let message: EvidenceJob | ImaHelpJob
+    let helpers: Slot[] = []
     try {
-      message = { id: this.nextId++, input: this.toWire(job.input, slot, added), forget: [] }
+      if (job.help !== undefined) {
+        const policy = job.input.ima?.policy
+        const help = {
+          plan: job.help,
+          text: job.input.ima?.listText ?? '',
+          policy: policy ? this.ref(policy, slot, added) : null,
+        }
+        message = { id: this.nextId++, help, forget: [] }
+      } else {
+        const input = this.toWire(job.input, slot, added)
+        helpers = this.idleHelpers(slot)
+        const plan = helpers.length > 0 ? this.imaPlan(job.input) : null
+        if (plan === null) helpers = []
+        else if (input.ima !== null) input.ima.chunks = plan
+        message = { id: this.nextId++, input, forget: [] }
+      }
     } catch (err) {
       job.reject(err instanceof EvidenceWorkerError ? err : new EvidenceWorkerError((err as Error).message))
       return
     }
     // make room for the new policies, never forgetting one this job uses
-    const inUse = new Set([message.input.ima?.policy?.key, message.input.measuredBoot?.policy?.key])
+    const inUse = new Set(
+      'help' in message
+        ? [message.help.policy?.key]
+        : [message.input.ima?.policy?.key, message.input.measuredBoot?.policy?.key],
+    )
     for (const key of slot.known) {
       if (slot.known.size + added.length - message.forget.length <= this.maxPolicies) break
       if (!inUse.has(key)) message.forget.push(key)
@@ -236,6 +272,28 @@ export class EvidencePool {
     if (slot.inFlight.size === 0) slot.worker.ref()
     slot.inFlight.set(message.id, job)
     this.armTimer(slot)
+    const plan = 'input' in message ? message.input.ima?.chunks : undefined
+    if (plan === undefined) return
+    const ignore = () => {}
+    for (const helper of helpers)
+      this.post(helper, { input: job.input, resolve: ignore, reject: ignore, transferred: false, help: plan })
+  }
+
+  /** Workers other than `busy` with nothing to do: the ones that may help with its IMA list. */
+  private idleHelpers(busy: Slot): Slot[] {
+    if (this.workers < 2) return []
+    const idle = this.slots.filter((s) => s !== busy && s.inFlight.size === 0 && this.queue.length === 0)
+    // a pool that has not started all its workers starts one to help (it joins once it has loaded)
+    if (idle.length === 0 && this.queue.length === 0 && this.slots.length < this.workers)
+      idle.push(this.spawn())
+    return idle
+  }
+
+  /** How to split the input's IMA list between workers, or null when it is too short. */
+  private imaPlan(input: EvidenceInput): ImaChunkPlan | null {
+    const ima = input.ima
+    if (ima === null || ima.listText === undefined || !isPcrBank(input.hashAlg)) return null
+    return planImaChunks(ima.listText, input.hashAlg, ima.policy?.logHashAlg ?? 'sha1', this.o.imaChunkChars)
   }
 
   private toWire(input: EvidenceInput, slot: Slot, added: string[]): WireEvidenceInput {
@@ -292,7 +350,8 @@ export class EvidencePool {
     slot.inFlight.delete(reply.id)
     if (slot.inFlight.size === 0) slot.worker.unref()
     if ('error' in reply) job.reject(new EvidenceWorkerError(reply.error))
-    else job.resolve(reply.result)
+    else if ('result' in reply) job.resolve(reply.result)
+    else this.imaChunksHelped += reply.helped
     this.armTimer(slot)
     this.pump()
   }
@@ -306,11 +365,13 @@ export class EvidencePool {
     const reason = `evidence worker died: ${slot.lastError ?? `exit code ${code}`}`
     this.o.onWorkerDied?.(reason)
     const [running, ...waiting] = slot.inFlight.values()
+    // the job's worker must not wait for chunks this one will never finish
+    if (running?.help !== undefined) abandonImaChunks(running.help)
     running?.reject(new EvidenceWorkerError(reason))
     const again: Job[] = []
     for (const job of waiting)
       if (job.transferred) job.reject(new EvidenceWorkerError(reason))
-      else again.push(job)
+      else if (job.help === undefined) again.push(job)
     this.queue.unshift(...again)
     this.pump()
   }

@@ -4,13 +4,14 @@
  * the pool says to forget them, so a policy's text crosses the thread boundary once per worker.
  */
 import { parentPort } from 'node:worker_threads'
-import type { CompiledRuntimePolicy } from '../evidence/ima/index.ts'
+import { type CompiledRuntimePolicy, helpWithImaChunks } from '../evidence/ima/index.ts'
 import type { MbPolicy } from '../evidence/mb/index.ts'
 import { evaluateEvidence } from '../evidence/pipeline.ts'
 import {
   buildPolicy,
   type EvidenceJob,
   type EvidenceJobReply,
+  type ImaHelpJob,
   inputFromWire,
   type PolicyRef,
 } from './evidence-job.ts'
@@ -30,11 +31,15 @@ function policyFor(ref: PolicyRef): CompiledRuntimePolicy | MbPolicy {
   return p
 }
 
-port.on('message', (job: EvidenceJob) => {
+port.on('message', (job: EvidenceJob | ImaHelpJob) => {
   for (const key of job.forget) policies.delete(key)
   let reply: EvidenceJobReply
   try {
-    reply = { id: job.id, result: evaluateEvidence(inputFromWire(job.input, policyFor)) }
+    if ('help' in job) {
+      const { plan, text, policy } = job.help
+      const compiled = policy === null ? null : (policyFor(policy) as CompiledRuntimePolicy)
+      reply = { id: job.id, helped: helpWithImaChunks(plan, text, compiled) }
+    } else reply = { id: job.id, result: evaluateEvidence(inputFromWire(job.input, policyFor)) }
   } catch (err) {
     reply = { id: job.id, error: err instanceof Error ? err.message : String(err) }
   }

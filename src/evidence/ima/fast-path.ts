@@ -1,110 +1,236 @@
 /**
  * Shortcut for the entry that makes up nearly every real list: an ima-ng line (or an ima-sig line without a
- * signature) for PCR 10 whose template hash is right and whose file passes the policy. It parses the line in place (no entry object, template data written into
- * one reused buffer) and keeps digests as latin1 strings, because node's `hash()` returns strings about three times
- * faster than Buffers. It only ever answers "this entry is fine, here is its measurement"; anything else (another
- * template, a violation, odd hex, a policy miss, boot_aggregate) returns false and takes the general path, which
- * produces the failure events. Equivalence with the general path is a property test.
+ * signature) for PCR 10 whose template hash is right and whose file passes the policy. It reads the line in place
+ * in the list text (no substring for the line, its hashes or its digest), writes the template data into one reused
+ * buffer with plain loops (each `Buffer.write` is a native call costing more than the loop), and keeps digests as
+ * latin1 strings, because node's `hash()` returns strings about three times faster than Buffers. It only ever
+ * answers "this entry is fine, here is its measurement"; anything else (another template, a violation, odd hex, a
+ * policy miss, boot_aggregate) returns false and takes the general path, which produces the failure events.
+ * Equivalence with the general path is a property test.
  */
-import { digestHex, digestLatin1, KERNEL_HASHES, type PcrBank } from './hash-algs.ts'
+
+import { DigestByteIndex, NAME_HASH_SEED, nameHashStep } from './digest-byte-index.ts'
+import { BANK_SIZE, digestLatin1, KERNEL_HASHES, type PcrBank } from './hash-algs.ts'
 import { type CompiledRuntimePolicy, lookupDigest } from './policy.ts'
 
 const SPACE = 32
+const COLON = 58
 
-/**
- * True for a template-hash column the general parser accepts as a non-violation: even-length hex of at least 16
- * bytes, not all zeros (the kernel logs a violation as zeros of whatever width the column has).
- */
-function isPlainHashColumn(line: string, start: number, end: number): boolean {
-  const length = end - start
-  if (length < 32 || (length & 1) !== 0) return false
-  let nonZero = false
-  for (let i = start; i < end; i++) {
-    const c = line.charCodeAt(i)
-    if (c === 48) continue
-    if (!((c > 48 && c <= 57) || (c >= 97 && c <= 102) || (c >= 65 && c <= 70))) return false
-    nonZero = true
-  }
-  return nonZero
+/** Nibble of a UTF-16 code unit that is a hex digit, else -1; `LOWER_HEX` accepts lowercase digits only. */
+const ANY_HEX = new Int8Array(65536).fill(-1)
+const LOWER_HEX = new Int8Array(65536).fill(-1)
+for (let c = 0; c < 10; c++) {
+  ANY_HEX[48 + c] = c
+  LOWER_HEX[48 + c] = c
 }
+for (let c = 0; c < 6; c++) {
+  ANY_HEX[97 + c] = 10 + c
+  ANY_HEX[65 + c] = 10 + c
+  LOWER_HEX[97 + c] = 10 + c
+}
+
+/** Lines whose policy lookups `prefetch` starts together. */
+export const PREFETCH_LINES = 16
 
 export class ImaNgFastPath {
   readonly #bank: PcrBank
+  readonly #bankSize: number
   /** Algorithm of the template-hash column (the policy's `log_hash_alg`). */
   readonly #columnAlg: PcrBank
+  readonly #columnSize: number
   readonly #policy: CompiledRuntimePolicy | null
+  readonly #index: DigestByteIndex | null
+  /** The logged template hash, decoded. */
+  readonly #column = new Uint8Array(64)
   #scratch = Buffer.allocUnsafe(1024)
   /** `#scratch.subarray(0, n)` per length n, made once: a view per entry would be most of the garbage. */
   #views: Buffer[] = []
   #alg = ''
   #algDigestLength = 0
+  /** `prefetch` scratch, and what it read (kept so that the reads are not optimised away). */
+  readonly #hashes = new Int32Array(PREFETCH_LINES)
+  readonly #records = new Int32Array(PREFETCH_LINES)
+  #sink = 0
 
   constructor(bank: PcrBank, columnAlg: PcrBank, policy: CompiledRuntimePolicy | null) {
     this.#bank = bank
+    this.#bankSize = BANK_SIZE[bank]
     this.#columnAlg = columnAlg
+    this.#columnSize = BANK_SIZE[columnAlg]
     this.#policy = policy
+    this.#index = policy === null ? null : DigestByteIndex.of(policy)
   }
 
   /**
-   * Writes the entry's measurement for the replayed bank into `out` at `offset` and returns true, or returns false
-   * (with `out` untouched) when the general path must decide.
+   * Brings the policy-index entries of the next lines (`text[starts[j], ends[j])`, j < `count` ≤ `PREFETCH_LINES`)
+   * into the cache together before `measureInto` checks them one by one. Takes the usual line layout for granted
+   * and skips any line that does not have it: it only affects speed.
    */
-  measureInto(line: string, out: Buffer, offset: number): boolean {
+  prefetch(text: string, starts: Int32Array, ends: Int32Array, count: number): void {
+    const index = this.#index
+    const algLength = this.#alg.length
+    if (index === null || algLength === 0) return
+    const hashes = this.#hashes
+    const head = 3 + this.#columnSize * 2
+    const tail = algLength + 2 + this.#algDigestLength * 2
+    let n = 0
+    for (let j = 0; j < count; j++) {
+      const start = starts[j] as number
+      let end = ends[j] as number
+      const template = start + head + 5
+      let nameAt: number
+      if (text.charCodeAt(template) === 110) nameAt = template + 3 + tail
+      else {
+        nameAt = template + 4 + tail
+        end--
+      }
+      if (nameAt >= end) continue
+      let hash = NAME_HASH_SEED
+      for (let p = nameAt; p < end; p++) hash = nameHashStep(hash, text.charCodeAt(p))
+      hashes[n++] = hash
+    }
+    this.#sink = (this.#sink + index.touch(hashes, n, this.#records)) | 0
+  }
+
+  /**
+   * Checks the line `text[start, end)` (without its newline). Writes the entry's measurement for the replayed bank
+   * into `out` at `offset` and returns true, or returns false (with `out` untouched) when the general path must
+   * decide.
+   */
+  measureInto(text: string, start: number, end: number, out: Uint8Array, offset: number): boolean {
     // "10 <template hash> ima-ng <alg>:<hex> <name>"
-    if (line.charCodeAt(0) !== 49 || line.charCodeAt(1) !== 48 || line.charCodeAt(2) !== SPACE) return false
-    const s2 = line.indexOf(' ', 3)
-    if (s2 < 0) return false
+    if (
+      end - start < 8 ||
+      text.charCodeAt(start) !== 49 ||
+      text.charCodeAt(start + 1) !== 48 ||
+      text.charCodeAt(start + 2) !== SPACE
+    )
+      return false
+    // The template-hash column: hex (either case, as the general parser reads it) of the column's size, not all
+    // zeros (the kernel logs a violation as zeros of whatever width the column has). Its hex digits are checked
+    // below, so the space after them is the first one of the line.
+    const hashAt = start + 3
+    const columnSize = this.#columnSize
+    const s2 = hashAt + columnSize * 2
+    if (s2 + 10 >= end || text.charCodeAt(s2) !== SPACE) return false
     // ima-sig without a signature (files the kernel measured but nobody signed) checks exactly like ima-ng, except
     // that without a policy the general path reports it as unsigned.
-    const unsignedImaSig = line.startsWith('ima-sig ', s2 + 1)
-    if (!unsignedImaSig && !line.startsWith('ima-ng ', s2 + 1)) return false
-    if (unsignedImaSig && this.#policy === null) return false
-    const fieldsAt = s2 + (unsignedImaSig ? 9 : 8)
-    const s4 = line.indexOf(' ', fieldsAt)
-    if (s4 < 0 || s4 + 1 >= line.length) return false
-    const colon = line.lastIndexOf(':', s4 - 1)
-    if (colon <= fieldsAt) return false
-    const templateHashLength = s2 - 3
-    if (!isPlainHashColumn(line, 3, s2)) return false
-    const algLength = colon - fieldsAt
-    // Lists use one file-hash algorithm almost always: remember the last one instead of looking it up per line.
-    if (algLength !== this.#alg.length || !line.startsWith(this.#alg, fieldsAt)) {
-      const alg = line.slice(fieldsAt, colon)
-      if (!Object.hasOwn(KERNEL_HASHES, alg)) return false
-      const known = KERNEL_HASHES[alg] as { size: number }
-      this.#alg = alg
-      this.#algDigestLength = known.size
+    if (
+      text.charCodeAt(s2 + 1) !== 105 || // i
+      text.charCodeAt(s2 + 2) !== 109 || // m
+      text.charCodeAt(s2 + 3) !== 97 || // a
+      text.charCodeAt(s2 + 4) !== 45 // -
+    )
+      return false
+    let fieldsAt: number
+    const unsignedImaSig = text.charCodeAt(s2 + 5) === 115 // s
+    if (unsignedImaSig) {
+      if (
+        text.charCodeAt(s2 + 6) !== 105 ||
+        text.charCodeAt(s2 + 7) !== 103 ||
+        text.charCodeAt(s2 + 8) !== SPACE
+      )
+        return false
+      if (this.#policy === null) return false
+      fieldsAt = s2 + 9
+    } else {
+      if (
+        text.charCodeAt(s2 + 5) !== 110 ||
+        text.charCodeAt(s2 + 6) !== 103 ||
+        text.charCodeAt(s2 + 7) !== SPACE
+      )
+        return false
+      fieldsAt = s2 + 8
     }
-    const hexLength = s4 - colon - 1
+    const column = this.#column
+    let nonZero = 0
+    for (let i = 0, p = hashAt; i < columnSize; i++, p += 2) {
+      const hi = ANY_HEX[text.charCodeAt(p)] as number
+      const lo = ANY_HEX[text.charCodeAt(p + 1)] as number
+      if ((hi | lo) < 0) return false
+      const byte = (hi << 4) | lo
+      column[i] = byte
+      nonZero |= byte
+    }
+    if (nonZero === 0) return false
+
+    // Lists use one file-hash algorithm almost always: remember the last one instead of looking it up per line.
+    // Its name and the hex digits checked below hold no space, so the one after them is the first of the fields.
+    const cachedAlg = this.#alg
+    let algLength = cachedAlg.length
+    if (
+      algLength === 0 ||
+      text.charCodeAt(fieldsAt + algLength) !== COLON ||
+      !text.startsWith(cachedAlg, fieldsAt)
+    ) {
+      const space = text.indexOf(' ', fieldsAt)
+      if (space < 0 || space >= end) return false
+      const colon = text.lastIndexOf(':', space - 1)
+      if (colon <= fieldsAt) return false
+      const alg = text.slice(fieldsAt, colon)
+      if (!Object.hasOwn(KERNEL_HASHES, alg)) return false
+      this.#alg = alg
+      this.#algDigestLength = (KERNEL_HASHES[alg] as { size: number }).size
+      algLength = alg.length
+    }
+    const colon = fieldsAt + algLength
     const digestLength = this.#algDigestLength
-    if (hexLength !== digestLength * 2) return false
-    let name: string
+    const s4 = colon + 1 + digestLength * 2
+    if (s4 + 1 >= end || text.charCodeAt(s4) !== SPACE) return false
+
+    let nameEnd = end
     if (unsignedImaSig) {
       // "<digest> <name> <sig hex>": the name ends at the next space, and an empty sig leaves only that space
-      const s5 = line.indexOf(' ', s4 + 1)
-      if (s5 !== line.length - 1 || s5 === s4 + 1) return false
-      name = line.slice(s4 + 1, s5)
-    } else name = line.slice(s4 + 1)
-    if (name === 'boot_aggregate') return false
+      const s5 = text.indexOf(' ', s4 + 1)
+      if (s5 !== end - 1 || s5 === s4 + 1) return false
+      nameEnd = s5
+    }
+    const nameAt = s4 + 1
+    const nameLength = nameEnd - nameAt
+    if (nameLength === 14 && text.startsWith('boot_aggregate', nameAt)) return false
 
     const fieldLength = algLength + 2 + digestLength
-    const maxSize = 12 + fieldLength + name.length * 3 + 1
+    const maxSize = 12 + fieldLength + nameLength * 3 + 1
     if (this.#scratch.length < maxSize) {
       this.#scratch = Buffer.allocUnsafe(maxSize * 2)
       this.#views = []
     }
     const data = this.#scratch
     data.writeUInt32LE(fieldLength, 0)
-    data.write(this.#alg, 4, 'latin1')
-    data[4 + algLength] = 58 // ':'
+    for (let i = 0; i < algLength; i++) data[4 + i] = text.charCodeAt(fieldsAt + i)
+    data[4 + algLength] = COLON
     data[5 + algLength] = 0
-    const digestHexText = line.slice(colon + 1, s4)
-    if (data.write(digestHexText, 6 + algLength, 'hex') !== digestLength) return false
-    const nameAt = 4 + fieldLength
-    const nameBytes = data.write(name, nameAt + 4, 'utf8')
-    data.writeUInt32LE(nameBytes + 1, nameAt)
-    data[nameAt + 4 + nameBytes] = 0
-    let length = nameAt + 5 + nameBytes
+    // The file digest; `lowercase` stays true while it is the lowercase hex the policy is written in.
+    const digestAt = 6 + algLength
+    let lowercase = true
+    for (let i = 0, p = colon + 1; i < digestLength; i++, p += 2) {
+      const c1 = text.charCodeAt(p)
+      const c2 = text.charCodeAt(p + 1)
+      const hi = ANY_HEX[c1] as number
+      const lo = ANY_HEX[c2] as number
+      if ((hi | lo) < 0) return false
+      if (((LOWER_HEX[c1] as number) | (LOWER_HEX[c2] as number)) < 0) lowercase = false
+      data[digestAt + i] = (hi << 4) | lo
+    }
+    // The name: ASCII is copied (and hashed for the policy lookup) here; anything else is left to Buffer's UTF-8
+    // encoder, with the name looked up as a string.
+    const nameFieldAt = 4 + fieldLength
+    const nameBytesAt = nameFieldAt + 4
+    let nameHash = NAME_HASH_SEED
+    let ascii = true
+    for (let i = 0; i < nameLength; i++) {
+      const c = text.charCodeAt(nameAt + i)
+      if (c >= 0x80) {
+        ascii = false
+        break
+      }
+      data[nameBytesAt + i] = c
+      nameHash = nameHashStep(nameHash, c)
+    }
+    const nameBytes = ascii ? nameLength : data.write(text.slice(nameAt, nameEnd), nameBytesAt, 'utf8')
+    data.writeUInt32LE(nameBytes + 1, nameFieldAt)
+    data[nameBytesAt + nameBytes] = 0
+    let length = nameBytesAt + nameBytes + 1
     if (unsignedImaSig) {
       data.writeUInt32LE(0, length) // the empty sig field
       length += 4
@@ -116,20 +242,21 @@ export class ImaNgFastPath {
     }
 
     const policy = this.#policy
+    const index = this.#index
     // The digest lookup comes first: nearly every entry passes it, and excludes are only needed for the rest.
-    if (policy !== null && lookupDigest(policy.digests, name, digestHexText) !== 'ok') {
-      if (!policy.excludes?.test(name)) return false
+    if (policy !== null && index !== null) {
+      const allowed =
+        lowercase &&
+        (ascii
+          ? index.allows(data, nameBytesAt, nameLength, nameHash | 0, digestAt, digestLength)
+          : lookupDigest(policy.digests, text.slice(nameAt, nameEnd), text.slice(colon + 1, s4)) === 'ok')
+      if (!allowed && !policy.excludes?.test(text.slice(nameAt, nameEnd))) return false
     }
-    const columnAlg = this.#columnAlg
-    if (columnAlg === this.#bank) {
-      const measurement = digestHex(columnAlg, templateData)
-      if (measurement.length !== templateHashLength || !line.startsWith(measurement, 3)) return false
-      out.write(measurement, offset, 'hex')
-      return true
-    }
-    const templateHash = digestHex(columnAlg, templateData)
-    if (templateHash.length !== templateHashLength || !line.startsWith(templateHash, 3)) return false
-    out.write(digestLatin1(this.#bank, templateData), offset, 'latin1')
+
+    const computed = digestLatin1(this.#columnAlg, templateData)
+    for (let i = 0; i < columnSize; i++) if (computed.charCodeAt(i) !== column[i]) return false
+    const measurement = this.#columnAlg === this.#bank ? computed : digestLatin1(this.#bank, templateData)
+    for (let i = 0, n = this.#bankSize; i < n; i++) out[offset + i] = measurement.charCodeAt(i)
     return true
   }
 }

@@ -1,3 +1,4 @@
+export * from './chunks.ts'
 export * from './create-policy.ts'
 export * from './dm.ts'
 export * from './dsse.ts'

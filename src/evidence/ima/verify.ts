@@ -4,11 +4,12 @@
  * returned one; no I/O, no clock.
  */
 import { type FailureEvent, failure, PASS, type Verdict } from '../verdict.ts'
+import { type ImaChunkPlan, ImaChunkReader } from './chunks.ts'
 import { type DmState, DmStateError, DmValidator, isDmEventName } from './dm.ts'
 import { type ImaEntry, parseImaLine, splitImaLines } from './entry.ts'
 import { ImaParseError } from './errors.ts'
 import type { ExcludeMatcher } from './excludes.ts'
-import { ImaNgFastPath } from './fast-path.ts'
+import { ImaNgFastPath, PREFETCH_LINES } from './fast-path.ts'
 import { BANK_SIZE, digestLatin1, digestWith, isPcrBank, type PcrBank } from './hash-algs.ts'
 import { ImaKeyring, type KeyringJson, parseKeyBuffer } from './keyring.ts'
 import { allowedDigests, type CompiledRuntimePolicy, type DigestIndex, lookupDigest } from './policy.ts'
@@ -54,6 +55,8 @@ export interface VerifyImaIncrementInput {
    * behaviour of no event).
    */
   ignoreTomtouErrors?: boolean
+  /** Helper threads check chunks of a long list with this plan (`chunks.ts`); ignored when it does not fit. */
+  chunks?: ImaChunkPlan
 }
 
 export interface VerifyImaIncrementResult {
@@ -251,8 +254,9 @@ class EntryValidator {
    * next time and must not count twice (a table load would become a second load). Only when a dm line follows the
    * match are the dm lines before it validated again, from the stored state, by this same code.
    */
-  dmStateAt(lines: readonly string[], matchedAt: number, bank: PcrBank): DmState | undefined {
+  dmStateAt(text: string, matchedAt: number, bank: PcrBank): DmState | undefined {
     if (this.#dm === null) return undefined
+    const lines = splitImaLines(text)
     const maybeDm = (text: string) => text.includes(' ima-buf ') && text.includes(' dm_')
     if (!lines.slice(matchedAt).some(maybeDm)) return this.#dm.state()
     const again = new EntryValidator(this.#input, new Map(), [])
@@ -293,12 +297,25 @@ export class ImaIncrementVerification {
   readonly #continuing: boolean
   readonly #events: FailureEvent[] = []
   readonly #learned = new Map<string, ImaKeyring>()
-  readonly #lines: string[]
+  readonly #text: string
   /** Running PCR 10 in the first half, the next measurement in the second. */
   readonly #joined: Buffer
   readonly #fastPath: ImaNgFastPath | null
+  /** Helpers' results for a chunked list; null: every line is checked here. */
+  readonly #chunks: ImaChunkReader | null = null
+  /** The chunk being read: its number, where it starts and where the next one starts. */
+  #chunk = 0
+  #chunkStart = 0
+  #chunkEnd = Number.POSITIVE_INFINITY
+  /** Lines the helper accepted in this chunk (-1: the chunk is checked here), and the next of them to meet. */
+  #accepted = -1
+  #nextAccepted = 0
+  readonly #batchStarts = new Int32Array(PREFETCH_LINES)
+  readonly #batchEnds = new Int32Array(PREFETCH_LINES)
   #validator: EntryValidator | null = null
+  /** Lines processed so far, and where the next one starts in the text. */
   #index = 0
+  #offset = 0
   #matchedAt: number | null = null
   #matchedRunning: Buffer | null = null
   #early: VerifyImaIncrementResult | null = null
@@ -317,7 +334,7 @@ export class ImaIncrementVerification {
     this.#targetLatin1 = target === null ? null : target.toString('latin1')
     this.#joined = Buffer.alloc(size * 2)
     this.#fastPath = null
-    this.#lines = []
+    this.#text = ''
     const state = input.state
     this.#continuing = input.firstEntry !== 0
     if (this.#continuing) {
@@ -344,7 +361,9 @@ export class ImaIncrementVerification {
     }
     this.#validator = new EntryValidator(input, this.#learned, this.#events)
     this.#fastPath = new ImaNgFastPath(bank, this.#validator.logHashAlg, input.policy)
-    this.#lines = splitImaLines(input.listText)
+    this.#text = input.listText
+    this.#chunks = ImaChunkReader.for(input.chunks, input.listText.length, bank, this.#validator.logHashAlg)
+    if (this.#chunks !== null) this.#chunkEnd = this.#chunks.start(1)
     const running = this.#joined.subarray(0, size)
     if (target !== null && running.equals(target)) {
       this.#matchedAt = 0
@@ -356,11 +375,6 @@ export class ImaIncrementVerification {
     return this.#joined.toString('hex', 0, BANK_SIZE[this.#bank])
   }
 
-  /** Lines processed so far and in total. */
-  get progress(): { done: number; total: number } {
-    return { done: this.#index, total: this.#lines.length }
-  }
-
   /** Processes up to `maxLines` more lines; true once every line has been processed. */
   step(maxLines = Number.POSITIVE_INFINITY): boolean {
     const validator = this.#validator
@@ -370,36 +384,83 @@ export class ImaIncrementVerification {
     // running ‖ measurement: each extend hashes this buffer and writes the result back into its first half.
     const joined = this.#joined
     const fast = this.#fastPath
+    const chunks = this.#chunks
     const target = this.#targetLatin1
-    const lines = this.#lines
-    const end = Math.min(lines.length, this.#index + maxLines)
-    for (let i = this.#index; i < end; i++) {
-      const text = lines[i] as string
-      if (text === '') continue
-      if (fast === null || !fast.measureInto(text, joined, size)) {
-        let entry: ImaEntry
-        try {
-          entry = parseImaLine(text, i + 1)
-        } catch (err) {
-          if (!(err instanceof ImaParseError)) throw err
-          this.#events.push(
-            failure('ima.parser.entry', `Line was not parsable into a valid IMA entry: ${text}`),
-          )
-          continue
-        }
-        const measurement = entryMeasurement(entry, bank)
-        joined.set(measurement, size)
-        validator.validate(entry, bank, measurement)
+    // Lines as `splitImaLines` cuts them (on "\n", no line after a final "\n"), read in place in the text.
+    const text = this.#text
+    const length = text.length
+    let offset = this.#offset
+    let i = this.#index
+    const stop = Math.min(Number.MAX_SAFE_INTEGER, i + maxLines)
+    // lines go in batches, so that the fast path can fetch their policy entries together first
+    const starts = this.#batchStarts
+    const ends = this.#batchEnds
+    while (i < stop && offset < length) {
+      let batch = 0
+      while (batch < PREFETCH_LINES && i + batch < stop && offset < length) {
+        let end = text.indexOf('\n', offset)
+        if (end < 0) end = length
+        starts[batch] = offset
+        ends[batch] = end
+        offset = end + 1
+        batch++
       }
-      const running = digestLatin1(bank, joined)
-      joined.write(running, 0, 'latin1')
-      if (this.#matchedAt === null && running === target) {
-        this.#matchedAt = i + 1
-        this.#matchedRunning = Buffer.from(running, 'latin1')
+      if (this.#accepted < 0) fast?.prefetch(text, starts, ends, batch)
+      for (let j = 0; j < batch; j++, i++) {
+        const start = starts[j] as number
+        const end = ends[j] as number
+        if (chunks !== null && start >= this.#chunkEnd) this.#nextChunk(chunks, start)
+        if (start === end) continue
+        let measured: boolean
+        if (this.#accepted < 0) measured = fast?.measureInto(text, start, end, joined, size) === true
+        else {
+          // the helper's fast path accepted this line, or refused it and left it to the general path below
+          const k = this.#chunk
+          const next = this.#nextAccepted
+          measured = next < this.#accepted && chunks?.offsetAt(k, next) === start - this.#chunkStart
+          if (measured) {
+            chunks?.copyMeasurement(k, next, joined, size)
+            this.#nextAccepted = next + 1
+          }
+        }
+        if (!measured) {
+          const line = text.slice(start, end)
+          let entry: ImaEntry
+          try {
+            entry = parseImaLine(line, i + 1)
+          } catch (err) {
+            if (!(err instanceof ImaParseError)) throw err
+            this.#events.push(
+              failure('ima.parser.entry', `Line was not parsable into a valid IMA entry: ${line}`),
+            )
+            continue
+          }
+          const measurement = entryMeasurement(entry, bank)
+          joined.set(measurement, size)
+          validator.validate(entry, bank, measurement)
+        }
+        const running = digestLatin1(bank, joined)
+        for (let b = 0; b < size; b++) joined[b] = running.charCodeAt(b)
+        if (running === target && this.#matchedAt === null) {
+          this.#matchedAt = i + 1
+          this.#matchedRunning = Buffer.from(running, 'latin1')
+        }
       }
     }
-    this.#index = end
-    return end >= lines.length
+    this.#index = i
+    this.#offset = offset
+    return offset >= length
+  }
+
+  /** Moves to the chunk holding the line that starts at `start`: claims it, or takes the helper's results. */
+  #nextChunk(chunks: ImaChunkReader, start: number): void {
+    while (start >= this.#chunkEnd) {
+      const k = ++this.#chunk
+      this.#chunkStart = chunks.start(k)
+      this.#chunkEnd = k + 1 < chunks.chunks ? chunks.start(k + 1) : Number.POSITIVE_INFINITY
+      this.#accepted = chunks.claim(k)
+      this.#nextAccepted = 0
+    }
   }
 
   /** Processes what is left and returns the verdict and the state to persist. */
@@ -407,7 +468,7 @@ export class ImaIncrementVerification {
     if (this.#early !== null) return this.#early
     this.step()
     const events = this.#events
-    const lines = this.#lines
+    const lineCount = this.#index
     const matchedAt = this.#matchedAt
     const state = this.#input.state
     const runningHex = this.#runningHex()
@@ -419,7 +480,7 @@ export class ImaIncrementVerification {
     const previous = this.#continuing ? (state?.progress ?? null) : null
     if (matchedAt !== null && previous !== null) {
       const lag = previous.logLength - previous.matchLine
-      if (lag > 0 && matchedAt !== lines.length && matchedAt < lag) {
+      if (lag > 0 && matchedAt !== lineCount && matchedAt < lag) {
         events.push(
           failure(
             'ima.quote_progress',
@@ -428,24 +489,24 @@ export class ImaIncrementVerification {
         )
       }
     }
-    if (events.length > 0) return resetResult(events, runningHex, lines.length)
+    if (events.length > 0) return resetResult(events, runningHex, lineCount)
 
     const learnedJson: Record<string, KeyringJson> = {}
     for (const [name, ring] of this.#learned) learnedJson[name] = ring.toJSON()
     let next: ImaReplayState
     if (matchedAt !== null && this.#matchedRunning !== null) {
-      const dm = this.#validator?.dmStateAt(lines, matchedAt, this.#bank)
+      const dm = this.#validator?.dmStateAt(this.#text, matchedAt, this.#bank)
       next = {
         version: 1,
         nextEntry: this.#input.firstEntry + matchedAt,
         pcr10: { [this.#bank]: this.#matchedRunning.toString('hex') },
         learnedKeyrings: learnedJson,
-        progress: { matchLine: matchedAt, logLength: lines.length },
+        progress: { matchLine: matchedAt, logLength: lineCount },
         ...(dm === undefined ? {} : { dm }),
       }
     } else {
       next = this.#continuing && state !== null ? state : initialImaReplayState()
     }
-    return { verdict: PASS, state: next, matchedAt, running: runningHex, lines: lines.length }
+    return { verdict: PASS, state: next, matchedAt, running: runningHex, lines: lineCount }
   }
 }

@@ -121,11 +121,16 @@ describe('ImaNgFastPath', () => {
             fc.constantFrom('sha256', 'sha1', 'sha512', 'md5'),
             fc.constantFrom(...contents),
             fc.array(mutation, { maxLength: 2 }),
-            (template, name, fileAlg, content, edits) => {
+            fc.constantFrom('', '10 ab', 'x:y z'),
+            fc.constantFrom('', ' ', ' :ff', '10 00 ima-ng sha256:00 /x'),
+            (template, name, fileAlg, content, edits, before, after) => {
               let line = entryLine(template, name, fileAlg, content, logAlg)
               for (const e of edits) line = mutate(line, e)
               const out = Buffer.alloc(size * 2, 0x5a)
-              const ok = fast.measureInto(line, out, size)
+              // read in place between other lines, as the verifier reads a list
+              const text = `${before}\n${line}\n${after}`
+              const start = before.length + 1
+              const ok = fast.measureInto(text, start, start + line.length, out, size)
               const expected = generalVerdict(line, bank, logAlg, policy)
               if (ok) {
                 accepted++

@@ -1,0 +1,165 @@
+/**
+ * A long list checked with helper threads' chunks (`chunks.ts`) must give exactly the one-thread result: the same
+ * verdict, events, state and running PCR 10, whether helpers took every chunk, some of them or none, and whatever
+ * lines (refused, broken, empty, violations, signed) fall in a helper's chunk.
+ */
+import { createHash } from 'node:crypto'
+import fc from 'fast-check'
+import { describe, expect, it } from 'vitest'
+import {
+  abandonImaChunks,
+  compileRuntimePolicy,
+  digestWith,
+  emptyRuntimePolicy,
+  formatImaNgEntry,
+  helpWithImaChunks,
+  ImaIncrementVerification,
+  type PcrBank,
+  parseImaLine,
+  parseRuntimePolicy,
+  planImaChunks,
+  replayImaEntries,
+  verifyImaIncrement,
+} from '../../../src/evidence/ima/index.ts'
+
+const sha256 = (data: string) => createHash('sha256').update(data).digest()
+
+const paths = Array.from({ length: 400 }, (_, i) => `/usr/lib/chunked/file-${i}.so`)
+const good = paths.map((p) => formatImaNgEntry(p, sha256(p), 'sha256').line)
+const policyJson = emptyRuntimePolicy()
+for (const p of paths) policyJson.digests[p] = [sha256(p).toString('hex')]
+policyJson.excludes = ['/tmp/']
+const policy = compileRuntimePolicy(parseRuntimePolicy(JSON.stringify(policyJson)))
+
+/** Lines the fast path refuses, each for another reason. */
+const odd = [
+  formatImaNgEntry('/usr/bin/not-in-policy', sha256('x'), 'sha256').line,
+  formatImaNgEntry('/tmp/excluded', sha256('y'), 'sha256').line,
+  `10 ${'0'.repeat(40)} ima-ng sha256:${'0'.repeat(64)} /violation`,
+  'a broken line',
+  '',
+  good[3]?.replace(/ima-ng sha256:(.)/, 'ima-ng sha256:f') ?? '',
+  `10 ${digestWith('sha1', parseImaLine(`10 ${'1'.repeat(40)} ima-ng sha256:${'a'.repeat(64)} boot_aggregate`).templateData).toString('hex')} ima-ng sha256:${'a'.repeat(64)} boot_aggregate`,
+]
+
+function pcrAfter(lines: string[], bank: PcrBank): string {
+  const entries = lines.flatMap((l) => {
+    try {
+      return [parseImaLine(l)]
+    } catch {
+      return []
+    }
+  })
+  return replayImaEntries(entries, bank).toString('hex')
+}
+
+describe('IMA lists checked in chunks', () => {
+  it('gives the one-thread result whatever the helpers did', () => {
+    fc.assert(
+      fc.property(
+        fc.array(fc.tuple(fc.nat(good.length - 1), fc.option(fc.nat(odd.length - 1), { freq: 8 })), {
+          minLength: 50,
+          maxLength: 400,
+        }),
+        fc.constantFrom<PcrBank>('sha256', 'sha1'),
+        fc.nat(400),
+        fc.integer({ min: 200, max: 3000 }),
+        fc.boolean(),
+        (picks, bank, quoteAt, chunkChars, helpFirst) => {
+          const lines = picks.map(([g, o]) => (o === null ? (good[g] as string) : (odd[o] as string)))
+          const listText = `${lines.join('\n')}\n`
+          const input = {
+            listText,
+            firstEntry: 0,
+            state: null,
+            quotedPcr10: {
+              hashAlg: bank,
+              value: pcrAfter(lines.slice(0, quoteAt % (lines.length + 1)), bank),
+            },
+            policy,
+          }
+          const alone = verifyImaIncrement(input)
+          const plan = planImaChunks(listText, bank, 'sha1', chunkChars)
+          if (plan === null) return
+          const verification = new ImaIncrementVerification({ ...input, chunks: plan })
+          if (helpFirst) helpWithImaChunks(plan, listText, policy)
+          else {
+            // the verifying thread gets ahead first: the helper takes only the chunks after it
+            verification.step(Math.floor(lines.length / 3))
+            helpWithImaChunks(plan, listText, policy)
+          }
+          expect(verification.finish()).toEqual(alone)
+        },
+      ),
+      { numRuns: 150 },
+    )
+  })
+
+  it('lets helpers take the chunks from the end until they meet the verifying thread', () => {
+    const lines = Array.from({ length: 2000 }, (_, i) => good[i % good.length] as string)
+    const listText = `${lines.join('\n')}\n`
+    const plan = planImaChunks(listText, 'sha256', 'sha1', 10_000)
+    expect(plan).not.toBeNull()
+    if (plan === null) return
+    expect(plan.starts.length).toBeGreaterThan(10)
+    for (const start of plan.starts.slice(1)) expect(listText[start - 1]).toBe('\n')
+    const verification = new ImaIncrementVerification({
+      listText,
+      firstEntry: 0,
+      state: null,
+      quotedPcr10: { hashAlg: 'sha256', value: pcrAfter(lines, 'sha256') },
+      policy,
+    })
+    // not handed the plan: a plan is only an offer, the verification works without it
+    expect(helpWithImaChunks(plan, listText, policy)).toBe(plan.starts.length - 1)
+    expect(helpWithImaChunks(plan, listText, policy)).toBe(0)
+    expect(verification.finish().verdict).toEqual({ ok: true })
+    const helped = new ImaIncrementVerification({
+      listText,
+      firstEntry: 0,
+      state: null,
+      quotedPcr10: { hashAlg: 'sha256', value: pcrAfter(lines, 'sha256') },
+      policy,
+      chunks: plan,
+    })
+    expect(helped.finish().verdict).toEqual({ ok: true })
+  })
+
+  it('checks a chunk itself when its helper died mid-chunk (abandoned), instead of waiting for it', () => {
+    const lines = Array.from({ length: 1000 }, (_, i) => good[i % good.length] as string)
+    const listText = `${lines.join('\n')}\n`
+    const plan = planImaChunks(listText, 'sha256', 'sha1', 5000)
+    if (plan === null) throw new Error('no plan')
+    // a helper claimed the last chunk and died: its state stays "helping" (header: cursor, then state and count)
+    const header = new Int32Array(plan.shared)
+    const last = plan.starts.length - 1
+    expect(Atomics.compareExchange(header, 1 + 2 * last, 0, 1)).toBe(0)
+    abandonImaChunks(plan)
+    // without the abandon the verification would wait for that chunk forever (the test would time out)
+    const r = verifyImaIncrement({
+      listText,
+      firstEntry: 0,
+      state: null,
+      quotedPcr10: { hashAlg: 'sha256', value: pcrAfter(lines, 'sha256') },
+      policy,
+      chunks: plan,
+    })
+    expect(r.verdict).toEqual({ ok: true })
+  })
+
+  it('ignores a plan made for another text, bank or template-hash column', () => {
+    const lines = Array.from({ length: 500 }, (_, i) => good[i % good.length] as string)
+    const listText = `${lines.join('\n')}\n`
+    const quotedPcr10 = { hashAlg: 'sha256' as const, value: pcrAfter(lines, 'sha256') }
+    const base = { listText, firstEntry: 0, state: null, quotedPcr10, policy }
+    for (const plan of [
+      planImaChunks(`${listText}\n`, 'sha256', 'sha1', 5000),
+      planImaChunks(listText, 'sha1', 'sha1', 5000),
+      planImaChunks(listText, 'sha256', 'sha256', 5000),
+    ]) {
+      if (plan === null) throw new Error('no plan')
+      helpWithImaChunks(plan, plan.textLength === listText.length ? listText : `${listText}\n`, policy)
+      expect(verifyImaIncrement({ ...base, chunks: plan }).verdict).toEqual({ ok: true })
+    }
+  })
+})
