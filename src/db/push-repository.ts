@@ -7,6 +7,7 @@
 import type { ExpressionBuilder, Insertable, Kysely, Selectable, Updateable } from 'kysely'
 import { sql } from 'kysely'
 import { AgentState } from '../api/verifier/states.ts'
+import { sqlDialectOf } from './sql-dialect.ts'
 import { HOT_COLUMNS, type VerifierAgentPatch, type VerifierDatabase } from './verifier-repository.ts'
 
 export interface SessionsTable {
@@ -64,10 +65,15 @@ export type SessionRow = Selectable<SessionsTable>
 export type AttestationRow = Selectable<AttestationsTable>
 export type NewAttestation = Insertable<AttestationsTable>
 
-/** A unique or primary-key violation (SQLite, PostgreSQL 23505). */
+/** A unique or primary-key violation (SQLite, PostgreSQL 23505, MySQL ER_DUP_ENTRY). */
 export function isDuplicateKey(err: unknown): boolean {
   const code = (err as { code?: unknown })?.code
-  return code === '23505' || code === 'SQLITE_CONSTRAINT_UNIQUE' || code === 'SQLITE_CONSTRAINT_PRIMARYKEY'
+  return (
+    code === '23505' ||
+    code === 'SQLITE_CONSTRAINT_UNIQUE' ||
+    code === 'SQLITE_CONSTRAINT_PRIMARYKEY' ||
+    code === 'ER_DUP_ENTRY'
+  )
 }
 
 export class PushRepository {
@@ -325,11 +331,13 @@ export class PushRepository {
           ? { attestation_count: sql<number>`verifier_attestation_state.attestation_count + 1` }
           : {}
       if (Object.keys(hot).length === 0 && count === 'fail') return true
-      await tx
+      const insert = tx
         .insertInto('verifier_attestation_state')
         .values({ agent_id: agentId, ...hot, attestation_count: count === 'pass' ? 1 : 0 } as never)
-        .onConflict((oc) => oc.column('agent_id').doUpdateSet({ ...hot, ...increment } as never))
-        .execute()
+      await (sqlDialectOf(tx) === 'mysql'
+        ? insert.onDuplicateKeyUpdate({ ...hot, ...increment } as never)
+        : insert.onConflict((oc) => oc.column('agent_id').doUpdateSet({ ...hot, ...increment } as never))
+      ).execute()
       return true
     })
   }

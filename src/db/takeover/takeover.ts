@@ -13,6 +13,7 @@ import { type Kysely, type Migration, PostgresAdapter, sql, type Transaction } f
 import { DbError } from '../db-error.ts'
 import { migrate } from '../migrate.ts'
 import { REGISTRAR_MIGRATIONS, type ServiceName, VERIFIER_MIGRATIONS } from '../migrations/index.ts'
+import { sqlDialectOf } from '../sql-dialect.ts'
 import {
   atLeast,
   describeRevision,
@@ -83,6 +84,12 @@ function dialectOf(db: AnyDb): 'sqlite' | 'postgres' {
 }
 
 async function tableNames(db: AnyDb): Promise<Set<string>> {
+  if (sqlDialectOf(db) === 'mysql') {
+    const q = sql<{
+      name: string
+    }>`select table_name as name from information_schema.tables where table_schema = database()`
+    return new Set((await q.execute(db)).rows.map((r) => r.name))
+  }
   const dialect = dialectOf(db)
   const q =
     dialect === 'postgres'
