@@ -223,9 +223,10 @@ function preparingPool(pool: pg.Pool): PostgresPool {
 /**
  * The MySQL/MariaDB pool. Every connection reads and locks at READ COMMITTED, as PostgreSQL does: InnoDB's default
  * REPEATABLE READ takes gap locks on the range a locking read scans, so two verifiers claiming agents would block
- * (and deadlock) on rows neither of them touches. A pooled connection the server drops (restart, idle timeout)
- * emits `error`: without a listener that would end the process; the query on it fails instead and mysql2 removes
- * it from the pool.
+ * (and deadlock) on rows neither of them touches. A pooled connection the server drops (restart, idle timeout,
+ * KILL) emits `error`: mysql2's pool drops it, and the listener here makes sure that event is never unhandled (it
+ * would end the process); the query running on it fails with PROTOCOL_CONNECTION_LOST, which the API and the
+ * loop treat as the database being unavailable (src/api/server.ts `databaseUnavailableReason`).
  */
 function mysqlDialect(target: string, poolSize: number): MysqlDialect {
   const pool = mysql.createPool({
