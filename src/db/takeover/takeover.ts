@@ -147,6 +147,19 @@ function refuseRevision(service: ServiceName, revision: string): DbError {
   )
 }
 
+/**
+ * An upstream database on MySQL/MariaDB is recognised but not converted: MySQL cannot roll back table changes, so
+ * the in-place conversion (set aside, rebuild, copy, compare, drop) could not promise "nothing was changed" when
+ * it fails halfway. The operator gets the way through SQLite or PostgreSQL instead of a half-converted database.
+ */
+function refuseMysqlTakeover(db: AnyDb, service: ServiceName, revision: string): void {
+  if (sqlDialectOf(db) !== 'mysql') return
+  throw new DbError(
+    `the ${service} database is upstream Keylime's on MySQL/MariaDB (Alembic revision ${describeRevision(revision)}): ` +
+      'Keylime TS does not take over upstream databases on MySQL; nothing was changed (see docs/upgrade-from-upstream.md)',
+  )
+}
+
 /** Counters and notes of one run, with the source tables to read from. */
 interface Run {
   db: AnyDb
@@ -424,6 +437,7 @@ export async function planTakeover(db: AnyDb, service: ServiceName): Promise<Tak
   if (origin.kind === 'unknown') throw new DbError(`cannot use the ${service} database: ${origin.reason}`)
   if (origin.kind !== 'upstream') return null
   if (revisionIndex(origin.revision) < 0) throw refuseRevision(service, origin.revision)
+  refuseMysqlTakeover(db, service, origin.revision)
   const report = newReport(service, origin.revision)
   await convert(
     {
@@ -454,6 +468,7 @@ export async function takeOverUpstreamDatabase(
   if (origin.kind !== 'upstream') return null
   const revision = origin.revision
   if (revisionIndex(revision) < 0) throw refuseRevision(service, revision)
+  refuseMysqlTakeover(db, service, revision)
   const dialect = dialectOf(db)
   const report = newReport(service, revision)
   const source = (t: string) =>
