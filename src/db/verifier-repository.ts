@@ -291,6 +291,10 @@ function statements(dialect: DbDialect): Statements {
   // MySQL has no NO KEY UPDATE: FOR UPDATE is the lock that keeps a row from being written meanwhile
   const lock = (mode: string) =>
     pg ? ` FOR ${mode}` : my ? ` FOR ${mode.replace('NO KEY UPDATE', 'UPDATE')}` : ''
+  // InnoDB locks the index records a locking read walks: through `ix_verifiermain_lease_holder` a reader would hold
+  // secondary-index locks that a claim moving the row to another holder must take, while waiting for the row that
+  // claim holds (a deadlock PostgreSQL's row locks cannot have). Locking reads walk the primary key, in its order.
+  const pkOnly = my ? ' FORCE INDEX (PRIMARY)' : ''
   const hotCols = HOT_COLUMNS.join(', ')
   return {
     heartbeat: reset(
@@ -305,8 +309,15 @@ function statements(dialect: DbDialect): Statements {
     ),
     unregister: reset(() => `DELETE FROM verifier_holders WHERE holder = ${p()}`),
     forgetExpired: reset(() => `DELETE FROM verifier_holders WHERE expires < ${p()}`),
-    lockBatch: reset(
-      () => `SELECT agent_id, lease_epoch, operational_state, public_key, hash_alg, enc_alg, sign_alg FROM verifiermain
+    lockBatch: reset(() =>
+      my
+        ? // rows are locked as the join reaches them (before ORDER BY sorts): one primary-key lookup per id, in the
+          // order of the list, which listParam sorts
+          `SELECT STRAIGHT_JOIN m.agent_id, m.lease_epoch, m.operational_state, m.public_key, m.hash_alg, m.enc_alg,
+             m.sign_alg
+           FROM ${mysqlListTable('?')} JOIN verifiermain m ON m.agent_id = l.value
+           WHERE m.lease_holder = ? AND ${NOT_OPERATOR_HELD} ORDER BY m.agent_id FOR UPDATE`
+        : `SELECT agent_id, lease_epoch, operational_state, public_key, hash_alg, enc_alg, sign_alg FROM verifiermain
        WHERE agent_id IN ${list('text')} AND lease_holder = ${p()} AND ${NOT_OPERATOR_HELD}
        ORDER BY agent_id${lock('NO KEY UPDATE')}`,
     ),
@@ -342,7 +353,7 @@ function statements(dialect: DbDialect): Statements {
            FROM json_each(?) AS j WHERE verifiermain.agent_id = j.value->>0`,
     ),
     claimLock: reset(
-      () => `SELECT agent_id FROM verifiermain
+      () => `SELECT agent_id FROM verifiermain${pkOnly}
        WHERE verifier_id = ${p()} AND ${RESUMABLE} AND ${POLLED} AND ${holderGone(p('::bigint'))}
        ORDER BY agent_id LIMIT ${p('::int')}${lock('NO KEY UPDATE SKIP LOCKED')}`,
     ),
@@ -352,11 +363,11 @@ function statements(dialect: DbDialect): Statements {
     ),
     lockHeld: reset(
       () =>
-        `SELECT agent_id FROM verifiermain WHERE lease_holder = ${p()} ORDER BY agent_id${lock('NO KEY UPDATE')}`,
+        `SELECT agent_id FROM verifiermain${pkOnly} WHERE lease_holder = ${p()} ORDER BY agent_id${lock('NO KEY UPDATE')}`,
     ),
     release: reset(() => `UPDATE verifiermain SET lease_holder = NULL WHERE lease_holder = ${p()}`),
     takeOverLock: reset(
-      () => `SELECT agent_id, lease_holder FROM verifiermain
+      () => `SELECT agent_id, lease_holder FROM verifiermain${pkOnly}
        WHERE substr(lease_holder, 1, ${p('::int')}) = ${p()} AND lease_holder <> ${p()} AND ${RESUMABLE} AND ${POLLED}
        ORDER BY agent_id${lock('NO KEY UPDATE')}`,
     ),
@@ -389,13 +400,22 @@ function mysqlRows(columns: readonly string[]): string {
   return `JSON_TABLE(?, '$[*]' COLUMNS (${defs})) AS v`
 }
 
-/** MySQL: the values of one JSON array parameter, as an `IN` list. */
-function mysqlList(placeholder: string): string {
-  return `(SELECT l.value FROM JSON_TABLE(${placeholder}, '$[*]' COLUMNS (value VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin PATH '$')) AS l)`
+/** MySQL: the values of one JSON array parameter as a table `l` of one column, `value`. */
+function mysqlListTable(placeholder: string): string {
+  return `JSON_TABLE(${placeholder}, '$[*]' COLUMNS (value VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin PATH '$')) AS l`
 }
 
-/** A list of values as one statement parameter: an array for PostgreSQL, JSON text for SQLite and MySQL. */
+/** MySQL: the values of one JSON array parameter, as an `IN` list. */
+function mysqlList(placeholder: string): string {
+  return `(SELECT l.value FROM ${mysqlListTable(placeholder)})`
+}
+
+/**
+ * A list of values as one statement parameter: an array for PostgreSQL, JSON text for SQLite and MySQL (sorted
+ * there: MySQL locks rows in the order a join reads the list, see lockBatch).
+ */
 function listParam(dialect: DbDialect, values: readonly unknown[]): unknown {
+  if (dialect === 'mysql') return JSON.stringify([...values].sort())
   return dialect === 'postgres' ? values : JSON.stringify(values)
 }
 

@@ -61,13 +61,14 @@ describe('MariaDB connections killed under the pool', () => {
     cleanups.push(target.drop)
     const db = await openDatabase<RegistrarDatabase>(target.url, { migrations: 'registrar', poolSize: 2 })
     cleanups.push(() => db.destroy())
-    const slow = sql`SELECT SLEEP(5)`.execute(db)
-    await new Promise((r) => setTimeout(r, 300))
-    expect(await killConnections(target.name)).toBeGreaterThanOrEqual(1)
-    const err = await slow.then(
+    // its outcome is taken at once: the failure arrives while the connection is being killed
+    const outcome = sql`SELECT SLEEP(5)`.execute(db).then(
       () => null,
       (e: unknown) => e,
     )
+    await new Promise((r) => setTimeout(r, 300))
+    expect(await killConnections(target.name)).toBeGreaterThanOrEqual(1)
+    const err = await outcome
     expect(err).not.toBeNull()
     expect(databaseUnavailableReason(err), String(err)).not.toBeNull()
     await expect(sql`SELECT 1 AS one`.execute(db)).resolves.toMatchObject({ rows: [{ one: 1 }] })
