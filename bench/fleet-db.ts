@@ -2,9 +2,9 @@
  * Database benchmark of the verifier's fleet paths, without agents: enrolment of N agents through the REST route
  * (each with the same runtime policy sent inline, as a tenant does), then attestation results written at a fixed
  * rate through the loop's own WriteBatcher while each verifier runs its real heartbeat (`beat`: lease renewal,
- * reconcile, claims), for one verifier on SQLite and one and two verifiers sharing PostgreSQL (or MariaDB). Reports enrolment
- * time, statements per second, batch write latency p50/p99, lease lapses, deadlocks (PostgreSQL's counter, in a
- * database of its own), dead tuples and table sizes after the run, and how long a graceful stop (final flush and
+ * reconcile, claims), for one verifier on SQLite and one and two verifiers sharing PostgreSQL (or MariaDB). Reports
+ * enrolment time, statements per second, batch write latency p50/p99, lease lapses, deadlocks (PostgreSQL's counter,
+ * in a database of its own; InnoDB's, server-wide), dead tuples and table sizes after the run, and how long a graceful stop (final flush and
  * lease release) took under the load.
  *
  *   node --import tsx bench/fleet-db.ts --agents 10000 --rate 2500 --seconds 60 [--db sqlite,postgres,mariadb]

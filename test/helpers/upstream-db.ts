@@ -1,9 +1,9 @@
 /**
  * Builds databases in the shape upstream Keylime 7.x leaves them, at any of its Alembic revisions, for the takeover
  * tests: the tables of keylime-config-and-cli.md §6 as each revision of upstream's migration chain has them (column
- * types, nullability, defaults, named constraints, indexes), on SQLite, PostgreSQL or MySQL/MariaDB, and rows written the way
- * upstream's services write them (JSON-pickled columns, booleans, base64 DER certificates from 7.12 on, IMA state
- * in four columns). Checked against databases upstream's own migrations produce (see docs/upgrade-from-upstream.md).
+ * types, nullability, defaults, named constraints, indexes), on SQLite, PostgreSQL or MySQL/MariaDB, and rows
+ * written the way upstream's services write them (JSON-pickled columns, booleans, base64 DER certificates from 7.12
+ * on, IMA state in four columns). Checked against databases upstream's own migrations produce (see docs/upgrade-from-upstream.md).
  */
 import { type Kysely, MysqlAdapter, PostgresAdapter, sql } from 'kysely'
 import { atLeast, UPSTREAM_REVISIONS } from '../../src/db/takeover/revisions.ts'

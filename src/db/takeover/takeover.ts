@@ -1,6 +1,7 @@
 /**
  * Takeover of a database created and used by upstream Keylime 7.x. Upstream records its schema position in
- * `alembic_version_cloud_verifier` / `alembic_version_registrar`; a known revision is converted, in one transaction,
+ * `alembic_version_cloud_verifier` / `alembic_version_registrar`; a known revision is converted, in one transaction
+ * (on MySQL, which commits table changes on their own, step by step with every step undone on failure),
  * into the shape of this project's first migration of the service (2026112600_registrar, 2026112601_verifier), which
  * kysely then records as applied, so the ordinary migration chain continues from there. Every row is kept: upstream's
  * tables are set aside, ours are created by that very migration, the rows are copied over converted (rows.ts), the
@@ -531,7 +532,8 @@ export async function planTakeover(db: AnyDb, service: ServiceName): Promise<Tak
 /**
  * Converts an upstream database of `service` in place (see the file comment) and records the first migration as
  * applied; returns what it did, or null when the database is not upstream's. Runs inside kysely's migrator, so
- * two processes starting at once do not both convert (the migration lock on PostgreSQL; one connection on SQLite).
+ * two processes starting at once do not both convert (the migration lock on PostgreSQL and MySQL; one connection
+ * on SQLite).
  */
 export async function takeOverUpstreamDatabase(
   db: AnyDb,
