@@ -68,7 +68,8 @@ const dialects: { name: string; target(): Promise<Target> }[] = [
   {
     name: 'mariadb',
     target: async () => {
-      const created = await createMysqlDatabase('takeover')
+      // upstream's tables in the server's default collation, as upstream's services leave them
+      const created = await createMysqlDatabase('takeover', { serverCollation: true })
       return { url: created.url, opts: { poolSize: 2 }, cleanup: created.drop }
     },
   },

@@ -21,12 +21,20 @@ export interface MysqlTestDatabase {
   drop(): Promise<void>
 }
 
-/** Creates an empty database `kl_<prefix>_<random>` on the server of MYSQL_URL. */
-export async function createMysqlDatabase(prefix: string): Promise<MysqlTestDatabase> {
+/**
+ * Creates an empty database `kl_<prefix>_<random>` on the server of MYSQL_URL; with `serverCollation`, in the
+ * server's default collation (as an operator's `CREATE DATABASE` leaves it, e.g. utf8mb4_general_ci), else binary.
+ */
+export async function createMysqlDatabase(
+  prefix: string,
+  opts: { serverCollation?: boolean } = {},
+): Promise<MysqlTestDatabase> {
   const name = `kl_${prefix}_${randomBytes(6).toString('hex')}`
   const admin = await mysqlAdmin()
   try {
-    await admin.query(`CREATE DATABASE \`${name}\` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin`)
+    await admin.query(
+      `CREATE DATABASE \`${name}\` CHARACTER SET utf8mb4${opts.serverCollation ? '' : ' COLLATE utf8mb4_bin'}`,
+    )
   } finally {
     await admin.end()
   }

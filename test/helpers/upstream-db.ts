@@ -33,6 +33,8 @@ export function verifierDdl(rev: string, pg: boolean, my = false): string[] {
   // which MySQL makes LONGTEXT
   const serial = pg ? 'SERIAL' : my ? 'INTEGER AUTO_INCREMENT' : 'INTEGER'
   const index = quoted('index', my)
+  // SQLAlchemy's Text of upstream's models (no length) is LONGTEXT on MySQL where upstream's migrations say so
+  const longText = my ? 'LONGTEXT' : 'TEXT'
   const out = [
     `CREATE TABLE allowlists (
       id ${serial} NOT NULL, name VARCHAR(255) NOT NULL, tpm_policy TEXT, ima_policy ${my ? 'LONGTEXT' : 'TEXT'},
@@ -42,7 +44,7 @@ export function verifierDdl(rev: string, pg: boolean, my = false): string[] {
   ]
   if (at('32902c0a8d90'))
     out.push(`CREATE TABLE mbpolicies (
-      id ${serial} NOT NULL, name VARCHAR(255) NOT NULL, mb_policy TEXT,
+      id ${serial} NOT NULL, name VARCHAR(255) NOT NULL, mb_policy ${longText},
       PRIMARY KEY (id), CONSTRAINT uniq_mbpolicies_name UNIQUE (name))`)
   const cols = [
     'agent_id VARCHAR(80) NOT NULL',
@@ -52,7 +54,7 @@ export function verifierDdl(rev: string, pg: boolean, my = false): string[] {
     'operational_state INTEGER',
     'public_key VARCHAR(500)',
     'tpm_policy TEXT',
-    `meta_data ${at('57b24ee21dfa') ? 'TEXT' : 'VARCHAR(200)'}`,
+    `meta_data ${at('57b24ee21dfa') ? longText : 'VARCHAR(200)'}`,
     'revocation_key VARCHAR(2800)',
     'tpm_version INTEGER',
     'accept_tpm_hash_algs TEXT',
@@ -62,7 +64,7 @@ export function verifierDdl(rev: string, pg: boolean, my = false): string[] {
     'enc_alg VARCHAR(10)',
     'sign_alg VARCHAR(10)',
     'ima_sign_verification_keys VARCHAR(1000)',
-    ...(at('f4196d13fe45') ? [] : ['mb_refstate TEXT']),
+    ...(at('f4196d13fe45') ? [] : [`mb_refstate ${longText}`]),
     'verifier_id VARCHAR(100)',
     `verifier_ip ${at('160f932fde5b') ? 'VARCHAR(255)' : 'VARCHAR(20)'}`,
     'verifier_port INTEGER',
@@ -116,7 +118,8 @@ export function verifierDdl(rev: string, pg: boolean, my = false): string[] {
       PRIMARY KEY (id),
       FOREIGN KEY (agent_id, attestation_index) REFERENCES attestations (agent_id, ${index}))`)
   }
-  const sessionTail = `agent_id VARCHAR(80), active BOOLEAN, nonce ${blob(pg)}, hash_algorithm VARCHAR(15),
+  // LargeBinary(128): TINYBLOB on MySQL
+  const sessionTail = `agent_id VARCHAR(80), active BOOLEAN, nonce ${my ? 'BLOB(128)' : blob(pg)}, hash_algorithm VARCHAR(15),
       signing_scheme VARCHAR(15), ak_attest ${blob(pg)}, ak_sign ${blob(pg)}, nonce_created_at VARCHAR(32),
       nonce_expires_at VARCHAR(32), pop_received_at VARCHAR(32), token_expires_at VARCHAR(32)`
   if (at('5a8b2c3d4e6f'))

@@ -349,17 +349,18 @@ async function pgForeignKeysInto(
   return rows
 }
 
-/** Foreign keys of tables that stay (push tables) pointing at tables the takeover rebuilds (MySQL). */
+/** Foreign keys (MySQL) of tables other than `from` pointing at `into`, or of `from` among themselves. */
 async function mysqlForeignKeysInto(
   db: AnyDb,
   rebuilt: readonly string[],
+  among = false,
 ): Promise<{ table: string; name: string; columns: string[]; target: string; targetColumns: string[] }[]> {
   const { rows } = await sql<{ t: string; n: string; c: string; rt: string; rc: string }>`
     select k.table_name as t, k.constraint_name as n, k.column_name as c,
       k.referenced_table_name as rt, k.referenced_column_name as rc
     from information_schema.key_column_usage k
     where k.table_schema = database() and k.referenced_table_name in (${sql.join(rebuilt)})
-      and k.table_name not in (${sql.join(rebuilt)})
+      and ${among ? sql`` : sql`not`} k.table_name in (${sql.join(rebuilt)})
     order by k.table_name, k.constraint_name, k.ordinal_position`.execute(db)
   const byName = new Map<
     string,
@@ -391,15 +392,41 @@ async function convertMysql(
   const { db } = run
   const foreignKeys = await mysqlForeignKeysInto(db, own)
   const ids = (names: string[]) => sql.join(names.map((c) => sql.id(c)))
-  const addForeignKeys = async () => {
-    for (const fk of foreignKeys)
+  const addForeignKeys = async (keys = foreignKeys) => {
+    for (const fk of keys)
       await sql`alter table ${sql.table(fk.table)} add constraint ${sql.id(fk.name)} foreign key (${ids(fk.columns)})
         references ${sql.table(fk.target)} (${ids(fk.targetColumns)})`.execute(db)
   }
-  for (const fk of foreignKeys)
-    await sql`alter table ${sql.table(fk.table)} drop foreign key ${sql.id(fk.name)}`.execute(db)
+  const dropForeignKeys = async (keys: typeof foreignKeys) => {
+    for (const fk of keys)
+      await sql`alter table ${sql.table(fk.table)} drop foreign key ${sql.id(fk.name)}`.execute(db)
+  }
+  // Our tables compare byte for byte (utf8mb4_bin); a foreign key needs the same collation on both sides, so the
+  // push tables that stay (server default collation, usually utf8mb4_general_ci) are converted to ours
+  const staying = ['attestations', 'evidence_items', 'sessions'].filter((t) => tables.has(t))
+  const { rows: collations } = await sql<{ t: string; c: string }>`
+    select table_name as t, table_collation as c from information_schema.tables
+    where table_schema = database() and table_name in (${sql.join(staying.length > 0 ? staying : [''])})`.execute(
+    db,
+  )
+  // evidence_items references attestations: that key goes while both change (MySQL changes no key's column)
+  const amongStaying = staying.length > 0 ? await mysqlForeignKeysInto(db, staying, true) : []
+  const convertStaying = async (collation: (table: string) => string) => {
+    for (const t of staying)
+      await sql`alter table ${sql.table(t)} convert to character set utf8mb4 collate ${sql.raw(collation(t))}`.execute(
+        db,
+      )
+  }
+  const original = (t: string) => {
+    const c = collations.find((r) => r.t === t)?.c ?? 'utf8mb4_general_ci'
+    if (!/^utf8mb4_[a-z0-9_]+$/.test(c)) throw new DbError(`table ${t} has collation ${c}, not utf8mb4`)
+    return c
+  }
+  for (const t of staying) original(t)
+  await dropForeignKeys(foreignKeys)
   const setAside: string[] = []
   let created = false
+  let converted = false
   try {
     for (const t of own) {
       await sql`rename table ${sql.table(t)} to ${sql.table(run.source(t))}`.execute(db)
@@ -413,8 +440,17 @@ async function convertMysql(
     if (service === 'registrar') await copyRegistrar(run)
     else await copyVerifier(run, tables)
     await compareCounts(run, own)
+    converted = true
+    await dropForeignKeys(amongStaying)
+    await convertStaying(() => 'utf8mb4_bin')
+    await addForeignKeys(amongStaying)
     await addForeignKeys()
   } catch (err) {
+    if (converted) {
+      await dropForeignKeys(amongStaying).catch(() => {})
+      await convertStaying(original).catch(() => {})
+      await addForeignKeys(amongStaying).catch(() => {})
+    }
     if (created)
       for (const t of [...OWN_TABLES[service]].reverse())
         await sql`drop table if exists ${sql.table(t)}`.execute(db).catch(() => {})
