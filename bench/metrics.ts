@@ -72,7 +72,7 @@ await measure('verifier attestation(fail, event id, latency)', CALLS, (i) => {
 await measure('verifier databaseWrite(rows, latency)', CALLS, (i) => {
   verifier.databaseWrite(i % 300, 0.004)
 })
-const agent = new AgentMetrics(createMetricsRegistry())
+const agent = new AgentMetrics()
 const answer = Promise.resolve('quote')
 await measure('agent timeQuote wrapper (around a resolved promise)', CALLS / 10, () =>
   agent.timeQuote('integrity', () => answer),

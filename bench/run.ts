@@ -16,6 +16,7 @@ const BENCHES: Record<string, string[]> = {
   mb: ['mb.ts'],
   registrar: ['registrar.ts', '3'],
   agent: ['agent.ts', '10000'],
+  'agent-idle': ['agent-idle.ts', '2'],
   fleet: ['fleet.ts', '--agents', '1000'],
   'push-fleet': ['push-fleet.ts', '--agents', '1000'],
   'agent-connections': ['agent-connections.ts', '--agents', '2000'],

@@ -2,28 +2,22 @@
  * The pull agent's HTTP surface (keylime-api.md §0.2, §1): routes under every served `/v2.x` prefix, query and body
  * checks with upstream's rules and texts, the v2 envelope, and upstream's 400/405 answers for unknown versions, paths
  * and methods. Served by the agent's own lean HTTP layer (`http-server.ts`), not fastify; the typebox schemas only
- * document the routes (OpenAPI), the checks below are written out. Transport (HTTPS + mTLS) is chosen by the runtime.
+ * document the routes (OpenAPI, `route-docs.ts`, loaded on demand), the checks below are written out with the same
+ * patterns. Transport (HTTPS + mTLS) is chosen by the runtime.
  */
 import type { ServerOptions } from 'node:https'
-import { Type } from '@sinclair/typebox'
 import type { Logger } from 'pino'
-import {
+import { CHALLENGE_PATTERN, MASK_PATTERN, NONCE_PATTERN } from '../api/agent/query-rules.ts'
+import type {
   AgentInfoResults,
-  AgentVersionResults,
-  IdentityQuoteQuery,
   IdentityQuoteResults,
-  IntegrityQuoteQuery,
   IntegrityQuoteResults,
-  PubkeyResults,
   RevocationBody,
   UkeyBody,
-  VerifyQuery,
-  VerifyResults,
   VkeyBody,
 } from '../api/agent/schemas.ts'
 import { ok } from '../api/envelope.ts'
 import type { ProbeOptions } from '../api/http-common.ts'
-import { Envelope, ErrorEnvelope } from '../api/schemas.ts'
 import { AgentHttpServer, type Answer, envelope, type Route } from './http-server.ts'
 import type { AgentMetrics } from './metrics.ts'
 
@@ -108,9 +102,6 @@ interface StringField {
   oneOf?: readonly string[]
 }
 
-/** The pattern a documented typebox string schema declares (one source for the OpenAPI and the check). */
-const patternOf = (schema: { pattern?: string }): RegExp => new RegExp(schema.pattern ?? '')
-
 /**
  * The first problem of a query or body made of string fields, worded as schema validation words it
  * (`querystring.nonce is required`, `body must be object`): whole-value check, then every required field in order,
@@ -165,18 +156,14 @@ function check(
   return bad(text ? `${text} (${problem.detail})` : `Malformed Request Parameter: ${problem.detail}`)
 }
 
-const IDENTITY_QUERY: StringField[] = [
-  { name: 'nonce', pattern: patternOf(IdentityQuoteQuery.properties.nonce) },
-]
+const IDENTITY_QUERY: StringField[] = [{ name: 'nonce', pattern: new RegExp(NONCE_PATTERN) }]
 const INTEGRITY_QUERY: StringField[] = [
-  { name: 'nonce', pattern: patternOf(IntegrityQuoteQuery.properties.nonce) },
-  { name: 'mask', pattern: patternOf(IntegrityQuoteQuery.properties.mask) },
+  { name: 'nonce', pattern: new RegExp(NONCE_PATTERN) },
+  { name: 'mask', pattern: new RegExp(MASK_PATTERN) },
   { name: 'partial', oneOf: ['0', '1'] },
   { name: 'ima_ml_entry', optional: true },
 ]
-const VERIFY_QUERY: StringField[] = [
-  { name: 'challenge', pattern: patternOf(VerifyQuery.properties.challenge) },
-]
+const VERIFY_QUERY: StringField[] = [{ name: 'challenge', pattern: new RegExp(CHALLENGE_PATTERN) }]
 const UKEY_BODY: StringField[] = [
   { name: 'encrypted_key' },
   { name: 'auth_tag' },
@@ -185,8 +172,6 @@ const UKEY_BODY: StringField[] = [
 const VKEY_BODY: StringField[] = [{ name: 'encrypted_key' }]
 const REVOCATION_BODY: StringField[] = [{ name: 'msg' }, { name: 'signature' }]
 const MASK_MESSAGE = 'Mask must be a hexadecimal PCR mask naming PCRs 0-23 only'
-
-const errors = { 400: ErrorEnvelope }
 
 function timedQuotes(services: AgentServices, metrics: AgentMetrics): AgentServices {
   return {
@@ -206,13 +191,13 @@ export function buildAgentApp(opts: BuildAgentAppOptions): AgentHttpServer {
     {
       method: 'GET',
       url: '/version',
-      schema: { summary: 'API versions served', response: { 200: Envelope(AgentVersionResults) } },
+      doc: 'GET /version',
       handler: () => answer(ok({ supported_version: latest, supported_versions: served })),
     },
   ]
   /** Registers a route under each served prefix; the handler gets the prefix's version. */
   const versioned = (
-    route: Omit<Route, 'url' | 'handler'> & {
+    route: Omit<Route, 'url' | 'doc' | 'handler'> & {
       path: string
       minVersion?: string
       handler: (req: Parameters<Route['handler']>[0], apiVersion: string) => Answer | Promise<Answer>
@@ -220,33 +205,28 @@ export function buildAgentApp(opts: BuildAgentAppOptions): AgentHttpServer {
   ) => {
     const { path, minVersion, handler, ...rest } = route
     for (const v of versions(minVersion))
-      routes.push({ ...rest, url: `/v${v}${path}`, handler: (req) => handler(req, v) })
+      routes.push({
+        ...rest,
+        url: `/v${v}${path}`,
+        doc: `${rest.method} ${path}`,
+        handler: (req) => handler(req, v),
+      })
   }
 
   versioned({
     method: 'GET',
     path: '/agent/info',
     minVersion: '2.2',
-    schema: {
-      summary: 'Agent identity and TPM algorithms',
-      response: { 200: Envelope(AgentInfoResults), ...errors },
-    },
     handler: (_req, v) => answer(ok(svc.info(v))),
   })
   versioned({
     method: 'GET',
     path: '/keys/pubkey',
-    schema: { summary: 'Payload public key (PEM)', response: { 200: Envelope(PubkeyResults), ...errors } },
     handler: () => answer(ok({ pubkey: svc.pubkeyPem() })),
   })
   versioned({
     method: 'GET',
     path: '/quotes/identity',
-    schema: {
-      summary: 'Identity quote (PCR 16 bound to the payload key)',
-      querystring: IdentityQuoteQuery,
-      response: { 200: Envelope(IdentityQuoteResults), ...errors },
-    },
     handler: async (req, v) => {
       const q = queryRecord(req.query, IDENTITY_QUERY)
       const refused = check('querystring', q, IDENTITY_QUERY, { nonce: NONCE_MESSAGE })
@@ -257,11 +237,6 @@ export function buildAgentApp(opts: BuildAgentAppOptions): AgentHttpServer {
   versioned({
     method: 'GET',
     path: '/quotes/integrity',
-    schema: {
-      summary: 'Integrity quote with the IMA list from an entry and the boot log',
-      querystring: IntegrityQuoteQuery,
-      response: { 200: Envelope(IntegrityQuoteResults), ...errors },
-    },
     handler: async (req, v) => {
       const q = queryRecord(req.query, INTEGRITY_QUERY)
       const refused = check('querystring', q, INTEGRITY_QUERY, {
@@ -292,11 +267,6 @@ export function buildAgentApp(opts: BuildAgentAppOptions): AgentHttpServer {
     method: 'POST',
     path: '/keys/ukey',
     bodyLimit: opts.payloadLimit ?? 4 * 1024 * 1024,
-    schema: {
-      summary: 'Deliver the U key share (and the encrypted payload)',
-      body: UkeyBody,
-      response: { 200: Envelope(Type.Object({})), ...errors },
-    },
     handler: async (req) => {
       const refused = check('body', req.body, UKEY_BODY, {
         '*': 'Body must be JSON with string encrypted_key and auth_tag',
@@ -315,11 +285,6 @@ export function buildAgentApp(opts: BuildAgentAppOptions): AgentHttpServer {
   versioned({
     method: 'POST',
     path: '/keys/vkey',
-    schema: {
-      summary: 'Deliver the V key share',
-      body: VkeyBody,
-      response: { 200: Envelope(Type.Object({})), ...errors },
-    },
     handler: async (req) => {
       const refused = check('body', req.body, VKEY_BODY, {
         '*': 'Body must be JSON with string encrypted_key',
@@ -332,11 +297,6 @@ export function buildAgentApp(opts: BuildAgentAppOptions): AgentHttpServer {
   versioned({
     method: 'GET',
     path: '/keys/verify',
-    schema: {
-      summary: 'HMAC of a challenge with the bootstrap key K',
-      querystring: VerifyQuery,
-      response: { 200: Envelope(VerifyResults), ...errors },
-    },
     handler: (req) => {
       const q = queryRecord(req.query, VERIFY_QUERY)
       const refused = check('querystring', q, VERIFY_QUERY, {
@@ -351,11 +311,6 @@ export function buildAgentApp(opts: BuildAgentAppOptions): AgentHttpServer {
   versioned({
     method: 'POST',
     path: '/notifications/revocation',
-    schema: {
-      summary: 'Signed revocation notification (verified asynchronously)',
-      body: RevocationBody,
-      response: { 200: Envelope(Type.Object({})), ...errors },
-    },
     handler: (req) => {
       const refused = check('body', req.body, REVOCATION_BODY, {
         '*': 'Body must be JSON with string msg and signature',
@@ -388,43 +343,11 @@ export function buildAgentApp(opts: BuildAgentAppOptions): AgentHttpServer {
     https: opts.https ?? null,
     logger: opts.logger ?? false,
     ...(opts.probes ? { probes: opts.probes } : {}),
-    openapi: () => openapiDocument(routes, latest),
+    docs: async () => {
+      const { AGENT_ROUTE_SCHEMAS, openapiDocument } = await import('./route-docs.ts')
+      return { schemas: AGENT_ROUTE_SCHEMAS, openapi: (table) => openapiDocument(table, latest) }
+    },
   })
 }
 
 const answer = (body: unknown): Answer => ({ status: 200, body })
-
-/** OpenAPI 3 document of the newest version's routes and `/version` (older prefixes serve the same routes). */
-function openapiDocument(routes: readonly Route[], latest: string): unknown {
-  const paths: Record<string, Record<string, unknown>> = {}
-  for (const r of routes) {
-    if (/^\/v\d/.test(r.url) && !r.url.startsWith(`/v${latest}/`)) continue
-    const s = r.schema
-    const query = s.querystring as { properties: Record<string, unknown>; required?: string[] } | undefined
-    const responses = Object.fromEntries(
-      Object.entries(s.response).map(([code, schema]) => [
-        code,
-        { description: code === '200' ? 'Success' : 'Error', content: { 'application/json': { schema } } },
-      ]),
-    )
-    paths[r.url] ??= {}
-    ;(paths[r.url] as Record<string, unknown>)[r.method.toLowerCase()] = {
-      summary: s.summary,
-      ...(query
-        ? {
-            parameters: Object.entries(query.properties).map(([name, schema]) => ({
-              name,
-              in: 'query',
-              required: query.required?.includes(name) ?? false,
-              schema,
-            })),
-          }
-        : {}),
-      ...(s.body
-        ? { requestBody: { required: true, content: { 'application/json': { schema: s.body } } } }
-        : {}),
-      responses,
-    }
-  }
-  return { openapi: '3.0.3', info: { title: 'Keylime agent (pull)', version: latest }, paths }
-}

@@ -43,7 +43,7 @@ export interface AgentRequest {
   body: unknown
 }
 
-/** The schemas a route documents itself with (OpenAPI, and tests that walk every route). */
+/** The schemas a route is documented with (OpenAPI, and tests that walk every route). */
 export interface RouteSchema {
   summary: string
   querystring?: unknown
@@ -54,10 +54,25 @@ export interface RouteSchema {
 export interface Route {
   method: 'GET' | 'POST'
   url: string
-  schema: RouteSchema
+  /** Key of the route's schemas in the documentation (`RouteDocs.schemas`), e.g. `GET /quotes/identity`. */
+  doc: string
   /** Bytes a POST body may have (413 above it); default `SMALL_BODY_LIMIT`. */
   bodyLimit?: number
   handler: (request: AgentRequest) => Answer | Promise<Answer>
+}
+
+/** A route as the OpenAPI document and the route-walking tests see it. */
+export interface RouteTableEntry {
+  method: string
+  url: string
+  schema: RouteSchema | undefined
+  bodyLimit?: number
+}
+
+/** The routes' documentation, loaded on demand: it needs typebox, which a serving agent does not load. */
+export interface RouteDocs {
+  schemas: Readonly<Record<string, RouteSchema>>
+  openapi(table: readonly RouteTableEntry[]): unknown
 }
 
 export interface AgentHttpOptions {
@@ -70,8 +85,8 @@ export interface AgentHttpOptions {
   probes?: ProbeOptions
   /** `/metrics` without a client certificate (the plain probe listener). */
   openMetrics?: boolean
-  /** Serves `/openapi.json`, built on first request (it is documentation, not needed to serve quotes). */
-  openapi?: () => unknown
+  /** Loads the routes' documentation: `/openapi.json` (built on its first request) and `routeTable()`. */
+  docs?: () => Promise<RouteDocs>
 }
 
 /** How long a refused request's remaining body is read and discarded before the connection is dropped. */
@@ -135,8 +150,6 @@ function lingerOnUnreadBody(req: IncomingMessage, res: ServerResponse): void {
 
 export class AgentHttpServer {
   readonly server: Server
-  /** Every route with its schemas, as the OpenAPI document and the route-walking tests see them. */
-  readonly keylimeRouteTable: { method: string; url: string; schema: RouteSchema; bodyLimit?: number }[]
   private readonly routes = new Map<string, Route[]>()
   private readonly opts: AgentHttpOptions
   private readonly readiness: ReturnType<typeof sharedReadiness> | null
@@ -149,16 +162,21 @@ export class AgentHttpServer {
       if (same) same.push(r)
       else this.routes.set(r.url, [r])
     }
-    this.keylimeRouteTable = opts.routes.map((r) => ({
-      method: r.method,
-      url: r.url,
-      schema: r.schema,
-      ...(r.bodyLimit !== undefined ? { bodyLimit: r.bodyLimit } : {}),
-    }))
     this.readiness = opts.probes ? sharedReadiness(opts.probes.readiness) : null
     this.server = opts.https ? createHttpsServer(opts.https, this.dispatch) : createHttpServer(this.dispatch)
     this.server.keepAliveTimeout = KEEP_ALIVE_TIMEOUT_MS
     this.server.on('clientError', answerClientError)
+  }
+
+  /** Every route with its schemas (loading the documentation), as the OpenAPI document and tests see them. */
+  async routeTable(): Promise<RouteTableEntry[]> {
+    const schemas = this.opts.docs ? (await this.opts.docs()).schemas : {}
+    return this.opts.routes.map((r) => ({
+      method: r.method,
+      url: r.url,
+      schema: schemas[r.doc],
+      ...(r.bodyLimit !== undefined ? { bodyLimit: r.bodyLimit } : {}),
+    }))
   }
 
   /** The node request listener (also what `inject` drives). */
@@ -201,8 +219,8 @@ export class AgentHttpServer {
 
   private async probe(path: string, req: IncomingMessage): Promise<Answer | null> {
     const probes = this.opts.probes
-    if (path === '/openapi.json' && this.opts.openapi) {
-      this.openapiDocument ??= JSON.stringify(this.opts.openapi())
+    if (path === '/openapi.json' && this.opts.docs) {
+      this.openapiDocument ??= JSON.stringify((await this.opts.docs()).openapi(await this.routeTable()))
       return { status: 200, body: this.openapiDocument }
     }
     if (!probes || !this.readiness) return null
@@ -285,8 +303,27 @@ export function envelope(status: number, text: string, headers?: Record<string, 
   return { status, body: errorEnvelope(status, text), ...(headers ? { headers } : {}) }
 }
 
+const DAYS = ['Sun', 'Mon', 'Tue', 'Wed', 'Thu', 'Fri', 'Sat']
+const MONTHS = ['Jan', 'Feb', 'Mar', 'Apr', 'May', 'Jun', 'Jul', 'Aug', 'Sep', 'Oct', 'Nov', 'Dec']
+const pad2 = (n: number) => String(n).padStart(2, '0')
+
+/**
+ * The `Date` header's IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`), as `toUTCString` writes it for years 1000-9999.
+ * node's own Date header calls `getMilliseconds` and `toUTCString`, which in Node 20 load ICU's time-zone data
+ * (~0.8 MiB resident, docs/agent.md); the UTC getters need none of it.
+ */
+export function httpDate(ms: number): string {
+  const d = new Date(ms)
+  return (
+    `${DAYS[d.getUTCDay()]}, ${pad2(d.getUTCDate())} ${MONTHS[d.getUTCMonth()]} ${d.getUTCFullYear()} ` +
+    `${pad2(d.getUTCHours())}:${pad2(d.getUTCMinutes())}:${pad2(d.getUTCSeconds())} GMT`
+  )
+}
+
 function send(res: ServerResponse, a: Answer): void {
   if (res.headersSent) return
+  res.sendDate = false
+  res.setHeader('Date', httpDate(Date.now()))
   res.statusCode = a.status
   for (const [k, v] of Object.entries(a.headers ?? {})) res.setHeader(k, v)
   if (a.body === undefined) {

@@ -11,7 +11,6 @@ import { KeylimeError } from '../common/errors.ts'
 import type { Logger } from '../common/log.ts'
 import { decodeKeylimeCredentialBlob } from '../crypto/make-credential.ts'
 import { publicKeyPemOf } from '../crypto/tpm-public.ts'
-import { extractPayloadZipSafely } from '../payload/extract.ts'
 import {
   type AgentTpm,
   type EncAlgName,
@@ -65,7 +64,9 @@ export function defaultAgentDeps(): AgentDeps {
       return { credentialBlob: c.credentialBlob, encryptedSecret: c.encryptedSecret }
     },
     publicKeyPem: (pub) => publicKeyPemOf(pub),
+    // the zip reader (yauzl) is loaded by the first payload only: most agents never receive one
     extractZip: async (zip, destDir) => {
+      const { extractPayloadZipSafely } = await import('../payload/extract.ts')
       await extractPayloadZipSafely(zip, destDir, PAYLOAD_ZIP_LIMITS)
     },
   }
@@ -350,6 +351,7 @@ export async function startAgent(opts: StartAgentOptions): Promise<RunningAgent>
       } catch (err) {
         stopImaEmulator()
         await app.close()
+        metrics.stop()
         throw err
       }
     }
@@ -360,6 +362,7 @@ export async function startAgent(opts: StartAgentOptions): Promise<RunningAgent>
             async (err: unknown) => {
               stopImaEmulator()
               await app.close()
+              metrics.stop()
               throw new AgentStartError(`cannot listen on metrics_port ${cfg.metrics_port}`, { cause: err })
             },
           )
@@ -390,6 +393,7 @@ export async function startAgent(opts: StartAgentOptions): Promise<RunningAgent>
         stopImaEmulator()
         await probeApp?.close()
         await app.close()
+        metrics.stop()
         await payload.whenIdle()
         await revocation.whenIdle()
         await quotes.closeMeasurementFiles()

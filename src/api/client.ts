@@ -4,15 +4,18 @@
  * upstream), timeouts on connect/headers/body, and envelope decoding: a non-2xx answer becomes `PeerError`.
  * undici is loaded on a client's first request, and a caller that passes `plainHttpDispatcher()` never loads it: the
  * agent's two plain-HTTP calls to the registrar would otherwise keep ~10 MiB of undici resident on every machine.
+ * Replies are checked with a typebox schema (its compiler loaded on the first such check) or with a plain
+ * `ReplyCheck` function, which is what the agents use so that typebox is never loaded there.
  */
 import { X509Certificate } from 'node:crypto'
 import { request as httpRequest } from 'node:http'
 import type { TLSSocket } from 'node:tls'
 import type { Static, TSchema } from '@sinclair/typebox'
-import { type TypeCheck, TypeCompiler } from '@sinclair/typebox/compiler'
+import type { TypeCheck } from '@sinclair/typebox/compiler'
 import type { buildConnector, Dispatcher } from 'undici'
 import { KeylimeError } from '../common/errors.ts'
 import type { V2Envelope } from './envelope.ts'
+import type { ReplyCheck } from './reply-check.ts'
 
 /** The peer answered with an error status, garbage, or not at all (`status` undefined). */
 export class PeerError extends KeylimeError {
@@ -118,10 +121,15 @@ export function plainHttpDispatcher(): JsonDispatcher {
   }
 }
 
-export interface JsonRequest<S extends TSchema | undefined> {
+/** What `results` must fit: a typebox schema or a plain check. */
+export type ResultsShape = TSchema | ReplyCheck<unknown>
+/** The type of results that fit a shape. */
+export type ResultsOf<S> = S extends TSchema ? Static<S> : S extends ReplyCheck<infer T> ? T : unknown
+
+export interface JsonRequest<S extends ResultsShape | undefined> {
   query?: Record<string, string | number | boolean | undefined>
   body?: unknown
-  /** Typebox schema of `results`; a reply that does not fit raises PeerError. */
+  /** What `results` must fit; a reply that does not fit raises PeerError. */
   results?: S
   headers?: Record<string, string>
 }
@@ -192,13 +200,18 @@ export async function createDispatcher(
 }
 
 const compiled = new WeakMap<TSchema, TypeCheck<TSchema>>()
-function checkerFor(schema: TSchema): TypeCheck<TSchema> {
-  let c = compiled.get(schema)
+/** Null when `value` fits, else the first problem; typebox's compiler is loaded on the first schema checked. */
+async function misfit(shape: ResultsShape, value: unknown): Promise<string | null> {
+  if (typeof shape === 'function') return shape(value)
+  let c = compiled.get(shape)
   if (!c) {
-    c = TypeCompiler.Compile(schema)
-    compiled.set(schema, c)
+    const { TypeCompiler } = await import('@sinclair/typebox/compiler')
+    c = TypeCompiler.Compile(shape)
+    compiled.set(shape, c)
   }
-  return c
+  if (c.Check(value)) return null
+  const first = c.Errors(value).First()
+  return first ? `${first.path || '/'}: ${first.message}` : ''
 }
 
 export class JsonClient {
@@ -224,11 +237,11 @@ export class JsonClient {
     return Promise.resolve(this.dispatcher)
   }
 
-  async request<S extends TSchema | undefined = undefined>(
+  async request<S extends ResultsShape | undefined = undefined>(
     method: 'GET' | 'POST' | 'PUT' | 'DELETE' | 'PATCH',
     path: string,
     req: JsonRequest<S> = {},
-  ): Promise<JsonResponse<S extends TSchema ? Static<S> : unknown>> {
+  ): Promise<JsonResponse<ResultsOf<S>>> {
     const url = new URL(this.baseUrl + path)
     for (const [k, v] of Object.entries(req.query ?? {}))
       if (v !== undefined) url.searchParams.set(k, String(v))
@@ -281,19 +294,17 @@ export class JsonClient {
     }
     const results = (env?.results ?? null) as unknown
     if (req.results !== undefined) {
-      const check = checkerFor(req.results)
-      if (!check.Check(results)) {
-        const first = check.Errors(results).First()
+      const problem = await misfit(req.results, results)
+      if (problem !== null)
         throw new PeerError(
-          `${method} ${url.pathname}: reply does not fit the expected schema${first ? ` (${first.path || '/'}: ${first.message})` : ''}`,
+          `${method} ${url.pathname}: reply does not fit the expected schema${problem ? ` (${problem})` : ''}`,
           { status, body: json },
         )
-      }
     }
     return {
       status,
-      envelope: json as V2Envelope<S extends TSchema ? Static<S> : unknown>,
-      results: results as S extends TSchema ? Static<S> : unknown,
+      envelope: json as V2Envelope<ResultsOf<S>>,
+      results: results as ResultsOf<S>,
     }
   }
 

@@ -6,7 +6,6 @@
  */
 import type { Socket } from 'node:net'
 import { TLSSocket } from 'node:tls'
-import type { Registry } from 'prom-client'
 import { errorEnvelope } from './envelope.ts'
 
 /** Default body limit of a route: enough for any request that does not upload a policy. */
@@ -63,10 +62,16 @@ export function authErrorBody(status: 401 | 403, detail: string) {
  */
 export type ReadinessCheck = () => Promise<Record<string, boolean>>
 
+/** What `/metrics` renders: a prom-client `Registry` (registrar, verifier) or the agent's own writer. */
+export interface MetricsSource {
+  readonly contentType: string
+  metrics(): Promise<string>
+}
+
 export interface ProbeOptions {
   readiness: ReadinessCheck
-  /** Registry `/metrics` renders; no `/metrics` route without one. */
-  metrics?: Registry | undefined
+  /** What `/metrics` renders; no `/metrics` route without it. */
+  metrics?: MetricsSource | undefined
 }
 
 /** A readiness check that has not answered by then fails: a probe must not hang on a stuck database. */

@@ -485,32 +485,41 @@ export async function startProbeListener(opts: ProbeListenerOptions): Promise<Ke
   return app
 }
 
-/** The port a started listener is bound to. */
+/** A refusal's body and media type, as the API the request addressed words its errors. */
+export type RefusalRenderer = (
+  request: FastifyRequest,
+  status: number,
+  detail: string,
+) => { body: unknown; contentType?: string }
+
+const v2Refusal: RefusalRenderer = (_request, status, detail) => ({ body: errorEnvelope(status, detail) })
+
 /**
  * An `onRequest` hook that refuses, before any body is read, the requests `applies` selects once their source address
- * has used its budget: 429 with `Retry-After` in the v2 envelope. `what` names the requests in the message.
+ * has used its budget: 429 with `Retry-After`, in the v2 envelope unless `render` words it otherwise. `what` names
+ * the requests in the message.
  */
 export function rateLimitHook(
   admit: (address: string) => Admission,
   applies: (request: FastifyRequest) => boolean,
   what: string,
+  render: RefusalRenderer = v2Refusal,
 ) {
   return async (request: FastifyRequest, reply: FastifyReply): Promise<void> => {
     if (!applies(request)) return
     const admission = admit(request.ip)
     if (admission.admitted) return
-    await reply
-      .code(429)
-      .header('Retry-After', String(admission.retryAfterSeconds))
-      .send(
-        errorEnvelope(
-          429,
-          `Too many ${what} requests from this address; retry in ${admission.retryAfterSeconds} s`,
-        ),
-      )
+    const refusal = render(
+      request,
+      429,
+      `Too many ${what} requests from this address; retry in ${admission.retryAfterSeconds} s`,
+    )
+    if (refusal.contentType !== undefined) reply.header('Content-Type', refusal.contentType)
+    await reply.code(429).header('Retry-After', String(admission.retryAfterSeconds)).send(refusal.body)
   }
 }
 
+/** The port a started listener is bound to. */
 export function boundPort(app: KeylimeServer | FastifyInstance): number {
   const addr = app.server.address()
   return addr && typeof addr === 'object' ? addr.port : 0
@@ -539,6 +548,8 @@ export interface VersionedRoute<S extends FastifySchema> {
   schema: S
   /** ADMIN route: the server's admin check runs in `onRequest`, before any body is read. */
   admin?: boolean
+  /** The route's own authorization, run in `onRequest` (before any body is read) where `admin` does not fit. */
+  onRequest?: (request: FastifyRequest, reply: FastifyReply) => Promise<void>
   /** Body limit in bytes when larger than the server's default (policy uploads). */
   bodyLimit?: number
   /** Route-specific wording of schema errors (upstream's texts for the same failures). */
@@ -571,6 +582,7 @@ export function addRoute<S extends FastifySchema>(
     url: route.url,
     schema: route.schema,
     ...(route.admin ? { config: { admin: true } } : {}),
+    ...(route.onRequest ? { onRequest: route.onRequest } : {}),
     ...(route.bodyLimit !== undefined ? { bodyLimit: route.bodyLimit } : {}),
     ...(route.schemaErrorFormatter ? { schemaErrorFormatter: route.schemaErrorFormatter } : {}),
     handler: route.handler as RouteHandlerMethod,

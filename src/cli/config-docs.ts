@@ -46,7 +46,7 @@ const NOTES: Record<string, string> = {
   '[revocations] zmq_port': ZEROMQ_ONLY,
   '[registrar] max_upload_size': 'Keylime TS: largest request body in bytes',
   '[tenant] tpm_cert_store':
-    'read by the registrar too (IAK/IDevID); put TPM vendor EK root and intermediate certificates here',
+    'read by the registrar too (IAK/IDevID; as upstream, `KEYLIME_TENANT_TPM_CERT_STORE` sets it for the registrar unless `KEYLIME_REGISTRAR_TENANT_TPM_CERT_STORE` does); put TPM vendor EK root and intermediate certificates here',
 }
 for (const key of [
   'challenge_lifetime',

@@ -36,5 +36,17 @@ export const registrarSchema = {
 }
 export type RegistrarConfig = ConfigOf<typeof registrarSchema>
 
-export const loadRegistrarConfig = (opts: LoadOptions & { flags?: Flags<typeof registrarSchema> } = {}) =>
-  loadCheckedIniConfig('registrar', registrarSchema, opts)
+/**
+ * Upstream's registrar reads `tpm_cert_store` as the tenant's option (`config.get("tenant", "tpm_cert_store")`), so
+ * `KEYLIME_TENANT_TPM_CERT_STORE` names its store too; the registrar's own `KEYLIME_REGISTRAR_TENANT_TPM_CERT_STORE`
+ * wins over it, and both over `[tenant] tpm_cert_store` in the registrar's files.
+ */
+export function loadRegistrarConfig(opts: LoadOptions & { flags?: Flags<typeof registrarSchema> } = {}) {
+  const env = opts.env ?? process.env
+  const tenantStore = env.KEYLIME_TENANT_TPM_CERT_STORE
+  const withStore =
+    tenantStore === undefined || env.KEYLIME_REGISTRAR_TENANT_TPM_CERT_STORE !== undefined
+      ? env
+      : { ...env, KEYLIME_REGISTRAR_TENANT_TPM_CERT_STORE: tenantStore }
+  return loadCheckedIniConfig('registrar', registrarSchema, { ...opts, env: withStore })
+}

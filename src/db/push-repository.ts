@@ -4,11 +4,18 @@
  * verifier of a group sharing it can take any request of any agent. Stage changes are conditional updates (the
  * expected stage in the WHERE clause), so two verifiers racing on one attestation cannot both win.
  */
-import type { ExpressionBuilder, Insertable, Kysely, Selectable, Updateable } from 'kysely'
-import { sql } from 'kysely'
+import type { Insertable, Kysely, Selectable, Transaction, Updateable } from 'kysely'
+import { CompiledQuery, sql } from 'kysely'
 import { AgentState } from '../api/verifier/states.ts'
-import { sqlDialectOf } from './sql-dialect.ts'
-import { HOT_COLUMNS, type VerifierAgentPatch, type VerifierDatabase } from './verifier-repository.ts'
+import { type DbDialect, databaseDialect, registerPreparedStatement } from './database.ts'
+import {
+  ATTESTATION_COLUMNS,
+  listParam,
+  type PushStatements,
+  pushStatements,
+  rowsParam,
+} from './push-statements.ts'
+import type { VerifierDatabase } from './verifier-repository.ts'
 
 export interface SessionsTable {
   session_id: string
@@ -65,19 +72,324 @@ export type SessionRow = Selectable<SessionsTable>
 export type AttestationRow = Selectable<AttestationsTable>
 export type NewAttestation = Insertable<AttestationsTable>
 
-/** A unique or primary-key violation (SQLite, PostgreSQL 23505, MySQL ER_DUP_ENTRY). */
-export function isDuplicateKey(err: unknown): boolean {
-  const code = (err as { code?: unknown })?.code
-  return (
-    code === '23505' ||
-    code === 'SQLITE_CONSTRAINT_UNIQUE' ||
-    code === 'SQLITE_CONSTRAINT_PRIMARYKEY' ||
-    code === 'ER_DUP_ENTRY'
-  )
+/** What an attestation request reads of its agent (one statement): the changing state and the latest attestation. */
+export interface AgentForAttestation {
+  agent_id: string
+  ip: string | null
+  operational_state: number | null
+  consecutive_attestation_failures: number | null
+  ak_tpm: string | null
+  tpm_policy: string | null
+  accept_tpm_hash_algs: string | null
+  accept_tpm_encryption_algs: string | null
+  accept_tpm_signing_algs: string | null
+  ima_policy_id: number | null
+  mb_policy_id: number | null
+  meta_data: string | null
+  revocation_key: string | null
+  last_received_quote: number | null
+  tpm_clockinfo: string | null
+  attestation_count: number
+  latest: AttestationRow | undefined
 }
 
+/** A new attestation as `insertAttestations` takes it. */
+export interface NewAttestationRow {
+  agent_id: string
+  index: number
+  system_info__boot_time: string | null
+  capabilities_received_at: string
+  challenges_expire_at: string
+  evidence_requested: string
+  ima_starting_offset: number | null
+}
+
+export interface SubmittedEvidence {
+  agentId: string
+  index: number
+  evidenceCollected: string
+  receivedAt: string
+  holder: string
+  expires: number
+}
+
+/** One verdict as `completeMany` writes it (see `completeEvaluation` for the meaning of each part). */
+export interface CompletedEvaluation {
+  agentId: string
+  index: number
+  holder: string
+  attestation: {
+    evaluation: 'pass' | 'fail'
+    failure_reason: string | null
+    verification_completed_at: string
+    ima_state: string | null
+    ima_certified_entry_count: number | null
+    event_id: string | null
+    event_context: string | null
+    /** the evidence without its logs; null keeps what is stored */
+    evidence_collected: string | null
+  }
+  agent: {
+    push_deadline: number
+    hash_alg: string | null
+    sign_alg: string | null
+    enc_alg: string | null
+    /** null keeps the state */
+    operational_state: number | null
+    /** keep, reset to 0, or add one (in SQL) */
+    failures: 'keep' | 'reset' | 'increment'
+    last_event_id: string | null
+    last_event_context: string | null
+    severity_level: number | null
+  }
+  state: {
+    passed: boolean
+    last_received_quote: number
+    last_successful_attestation: number | null
+    tpm_clockinfo: string | null
+    next_ima_ml_entry: number | null
+    ima_state: string | null
+  }
+}
+
+export interface CompletedBatch {
+  /** Agents whose verdict was written (still held by its holder). */
+  written: Set<string>
+  /** Of those, the agents still enrolled (their state was written). */
+  enrolled: Set<string>
+  /** Sessions whose token was extended, with the new expiry. */
+  extended: { session_id: string; agent_id: string; token_expires_at: string }[]
+}
+
+const FAILURES = { keep: 0, reset: 1, increment: 2 } as const
+
+type Queryable = Kysely<PushDatabase> | Transaction<PushDatabase>
+
+async function run<R>(db: Queryable, text: string, params: readonly unknown[]): Promise<R[]> {
+  return (await db.executeQuery<R>(CompiledQuery.raw(text, [...params]))).rows
+}
+
+const attestationKey = (agentId: string, index: number) => `${agentId}\u0000${index}`
+
 export class PushRepository {
-  constructor(readonly db: Kysely<PushDatabase>) {}
+  readonly dialect: DbDialect
+  private readonly sql: PushStatements
+
+  constructor(readonly db: Kysely<PushDatabase>) {
+    this.dialect = databaseDialect(db)
+    this.sql = pushStatements(this.dialect)
+    if (this.dialect === 'postgres')
+      for (const text of Object.values(this.sql)) registerPreparedStatement(text)
+  }
+
+  /** The key `insertAttestations` and `submitEvidenceMany` return for an attestation. */
+  static key = attestationKey
+
+  // ---------------------------------------------------------------------------- hot path (precompiled)
+
+  /** What a token check needs of a session. */
+  async sessionForToken(
+    sessionId: string,
+  ): Promise<
+    | Pick<
+        SessionRow,
+        'session_id' | 'agent_id' | 'active' | 'token_hash' | 'token_salt' | 'token_expires_at'
+      >
+    | undefined
+  > {
+    return (await run<SessionRow>(this.db, this.sql.sessionById, [sessionId]))[0]
+  }
+
+  /** The agent's changing state and latest attestation in one read; undefined when the agent is not enrolled. */
+  async agentForAttestation(agentId: string): Promise<AgentForAttestation | undefined> {
+    const r = (await run<Record<string, unknown>>(this.db, this.sql.agentForAttestation, [agentId]))[0]
+    if (!r) return undefined
+    let latest: AttestationRow | undefined
+    if (r.a_index !== null && r.a_index !== undefined) {
+      const a: Record<string, unknown> = { agent_id: agentId }
+      for (const c of ATTESTATION_COLUMNS) a[c] = r[`a_${c}`]
+      a.index = Number(a.index)
+      if (a.evaluation_expires !== null) a.evaluation_expires = Number(a.evaluation_expires)
+      latest = a as unknown as AttestationRow
+    }
+    const num = (v: unknown) => (v === null || v === undefined ? null : Number(v))
+    return {
+      agent_id: agentId,
+      ip: r.ip as string | null,
+      operational_state: num(r.operational_state),
+      consecutive_attestation_failures: num(r.consecutive_attestation_failures),
+      ak_tpm: r.ak_tpm as string | null,
+      tpm_policy: r.tpm_policy as string | null,
+      accept_tpm_hash_algs: r.accept_tpm_hash_algs as string | null,
+      accept_tpm_encryption_algs: r.accept_tpm_encryption_algs as string | null,
+      accept_tpm_signing_algs: r.accept_tpm_signing_algs as string | null,
+      ima_policy_id: num(r.ima_policy_id),
+      mb_policy_id: num(r.mb_policy_id),
+      meta_data: r.meta_data as string | null,
+      revocation_key: r.revocation_key as string | null,
+      last_received_quote: num(r.last_received_quote),
+      tpm_clockinfo: r.tpm_clockinfo as string | null,
+      attestation_count: Number(r.attestation_count ?? 0),
+      latest,
+    }
+  }
+
+  /**
+   * Many new attestations in one statement; returns the keys (`PushRepository.key`) of those inserted. A row whose
+   * agent and index exist already (another create won) is not inserted.
+   */
+  async insertAttestations(
+    rows: readonly NewAttestationRow[],
+    db: Queryable = this.db,
+  ): Promise<Set<string>> {
+    const values = rows.map((r) => [
+      r.agent_id,
+      r.index,
+      r.system_info__boot_time,
+      r.capabilities_received_at,
+      r.challenges_expire_at,
+      r.evidence_requested,
+      r.ima_starting_offset,
+    ])
+    const done = await run<{ agent_id: string; index: number }>(
+      db,
+      this.sql.insertAttestations,
+      rowsParam(this.dialect, values, 7),
+    )
+    return new Set(done.map((d) => attestationKey(d.agent_id, Number(d.index))))
+  }
+
+  /**
+   * Many `awaiting_evidence` -> `evaluating_evidence` in one statement, each held by its holder until `expires`;
+   * returns the keys of those that changed (the others were no longer awaiting evidence, no longer the latest, or
+   * their agent was deleted or stopped meanwhile).
+   */
+  async submitEvidenceMany(
+    rows: readonly SubmittedEvidence[],
+    db: Queryable = this.db,
+  ): Promise<Set<string>> {
+    const values = rows.map((r) => [
+      r.agentId,
+      r.index,
+      r.evidenceCollected,
+      r.receivedAt,
+      r.holder,
+      r.expires,
+    ])
+    const done = await run<{ agent_id: string; index: number }>(
+      db,
+      this.sql.submitEvidence,
+      rowsParam(this.dialect, values, 6),
+    )
+    return new Set(done.map((d) => attestationKey(d.agent_id, Number(d.index))))
+  }
+
+  /**
+   * Many verdicts in one transaction of five statements whatever their number: the attestations still held by their
+   * holder, the enrolment rows of those agents still enrolled, their attestation state, the tokens of the passing
+   * ones extended to `extendUntil` (unless null), and retention. At most one verdict per agent.
+   */
+  async completeMany(
+    items: readonly CompletedEvaluation[],
+    extendUntil: string | null,
+  ): Promise<CompletedBatch> {
+    const none: CompletedBatch = { written: new Set(), enrolled: new Set(), extended: [] }
+    if (items.length === 0) return none
+    return this.db.transaction().execute(async (tx) => {
+      const written = new Set(
+        (
+          await run<{ agent_id: string }>(
+            tx,
+            this.sql.completeAttestations,
+            rowsParam(
+              this.dialect,
+              items.map((i) => [
+                i.agentId,
+                i.index,
+                i.holder,
+                i.attestation.evaluation,
+                i.attestation.failure_reason,
+                i.attestation.verification_completed_at,
+                i.attestation.ima_state,
+                i.attestation.ima_certified_entry_count,
+                i.attestation.event_id,
+                i.attestation.event_context,
+                i.attestation.evidence_collected,
+              ]),
+              11,
+            ),
+          )
+        ).map((r) => r.agent_id),
+      )
+      const mine = items.filter((i) => written.has(i.agentId))
+      if (mine.length === 0) return none
+      const enrolled = new Set(
+        (
+          await run<{ agent_id: string }>(
+            tx,
+            this.sql.completeAgents,
+            rowsParam(
+              this.dialect,
+              mine.map((i) => [
+                i.agentId,
+                i.agent.push_deadline,
+                i.agent.hash_alg,
+                i.agent.sign_alg,
+                i.agent.enc_alg,
+                i.agent.operational_state,
+                FAILURES[i.agent.failures],
+                i.agent.last_event_id,
+                i.agent.last_event_context,
+                i.agent.severity_level,
+              ]),
+              10,
+            ),
+          )
+        ).map((r) => r.agent_id),
+      )
+      const live = mine.filter((i) => enrolled.has(i.agentId))
+      if (live.length === 0) return { written, enrolled, extended: [] }
+      await run(
+        tx,
+        this.sql.completeState,
+        rowsParam(
+          this.dialect,
+          live.map((i) => [
+            i.agentId,
+            i.state.passed ? 1 : 0,
+            i.state.last_received_quote,
+            i.state.last_successful_attestation,
+            i.state.tpm_clockinfo,
+            i.state.next_ima_ml_entry,
+            i.state.ima_state,
+          ]),
+          7,
+        ),
+      )
+      const passed = live.filter((i) => i.state.passed).map((i) => i.agentId)
+      if (passed.length === 0) return { written, enrolled, extended: [] }
+      const extended =
+        extendUntil === null
+          ? []
+          : await run<{ session_id: string; agent_id: string; token_expires_at: string }>(
+              tx,
+              this.sql.extendTokens,
+              [extendUntil, listParam(this.dialect, passed), extendUntil],
+            )
+      await run(tx, this.sql.retention, [listParam(this.dialect, passed)])
+      return { written, enrolled, extended }
+    })
+  }
+
+  /** The latest attestation that passed (where IMA continues from). */
+  async latestPassed(agentId: string): Promise<AttestationRow | undefined> {
+    const r = (await run<AttestationRow>(this.db, this.sql.latestPassed, [agentId]))[0]
+    if (r) {
+      r.index = Number(r.index)
+      if (r.evaluation_expires !== null) r.evaluation_expires = Number(r.evaluation_expires)
+    }
+    return r
+  }
 
   // ---------------------------------------------------------------------------- sessions
 
@@ -129,20 +441,6 @@ export class PushRepository {
       .execute()
   }
 
-  /**
-   * Extends the agent's active token to `until` once it has less than until - `renewBefore` left: the write happens
-   * about twice per session lifetime, not on every attestation.
-   */
-  async extendToken(agentId: string, until: string, renewBefore: string): Promise<void> {
-    await this.db
-      .updateTable('sessions')
-      .set({ token_expires_at: until })
-      .where('agent_id', '=', agentId)
-      .where('active', '=', 1)
-      .where('token_expires_at', '<', renewBefore)
-      .execute()
-  }
-
   /** Deletes sessions whose token and challenge have both expired; returns how many. */
   async purgeExpiredSessions(nowIso: string): Promise<number> {
     const r = await this.db
@@ -164,18 +462,6 @@ export class PushRepository {
       .selectFrom('attestations')
       .selectAll()
       .where('agent_id', '=', agentId)
-      .orderBy('index', 'desc')
-      .limit(1)
-      .executeTakeFirst()
-  }
-
-  /** The latest attestation that passed (where IMA continues from). */
-  async latestPassed(agentId: string): Promise<AttestationRow | undefined> {
-    return this.db
-      .selectFrom('attestations')
-      .selectAll()
-      .where('agent_id', '=', agentId)
-      .where('evaluation', '=', 'pass')
       .orderBy('index', 'desc')
       .limit(1)
       .executeTakeFirst()
@@ -246,6 +532,37 @@ export class PushRepository {
       .where('evaluation_expires', '<', now)
       .limit(limit)
       .execute()
+    return this.takeEvaluations(candidates, holder, expires)
+  }
+
+  /**
+   * Evaluations held by earlier processes at this verifier's address (`<address>#…`): a restarted verifier owns its
+   * address, so they are abandoned whatever their hold says, and taken over at once instead of when it expires.
+   */
+  async takeEvaluationsOfPredecessors(
+    address: string,
+    holder: string,
+    expires: number,
+    limit: number,
+  ): Promise<AttestationRow[]> {
+    const prefix = `${address}#`
+    const candidates = await this.db
+      .selectFrom('attestations')
+      .select(['agent_id', 'index', 'evaluation_holder'])
+      .where('stage', '=', 'evaluating_evidence')
+      .where(sql<string>`substr(evaluation_holder, 1, ${prefix.length})`, '=', prefix)
+      .where('evaluation_holder', '<>', holder)
+      .limit(limit)
+      .execute()
+    return this.takeEvaluations(candidates, holder, expires)
+  }
+
+  /** Each candidate taken over only if still held by the holder it was found with (one verifier wins). */
+  private async takeEvaluations(
+    candidates: readonly { agent_id: string; index: number; evaluation_holder: string | null }[],
+    holder: string,
+    expires: number,
+  ): Promise<AttestationRow[]> {
     const taken: AttestationRow[] = []
     for (const c of candidates) {
       const r = await this.db
@@ -255,7 +572,6 @@ export class PushRepository {
         .where('index', '=', c.index)
         .where('stage', '=', 'evaluating_evidence')
         .where('evaluation_holder', c.evaluation_holder === null ? 'is' : '=', c.evaluation_holder)
-        .where('evaluation_expires', '<', now)
         .executeTakeFirst()
       if (r.numUpdatedRows === 0n) continue
       const row = await this.getAttestation(c.agent_id, c.index)
@@ -265,122 +581,10 @@ export class PushRepository {
   }
 
   /**
-   * Writes the verdict of an attestation held by `holder` and the agent's new state in one transaction. False when
-   * the attestation is no longer this holder's to finish (taken over, or the agent was deleted).
-   */
-  async completeEvaluation(
-    agentId: string,
-    index: number,
-    holder: string,
-    attestation: Updateable<AttestationsTable>,
-    agent: VerifierAgentPatch,
-    /** pass: attestation_count + 1; fail: consecutive_attestation_failures + 1 (done in SQL, races included). */
-    count: 'pass' | 'fail',
-  ): Promise<boolean> {
-    return this.db.transaction().execute(async (tx) => {
-      const r = await tx
-        .updateTable('attestations')
-        .set({
-          ...attestation,
-          stage: 'verification_complete',
-          evaluation_holder: null,
-          evaluation_expires: null,
-        })
-        .where('agent_id', '=', agentId)
-        .where('index', '=', index)
-        .where('stage', '=', 'evaluating_evidence')
-        .where('evaluation_holder', '=', holder)
-        .executeTakeFirst()
-      if (r.numUpdatedRows === 0n) return false
-      // the enrolment row takes the state; the columns every attestation rewrites live in verifier_attestation_state
-      const main: Record<string, unknown> = {}
-      const hot: Record<string, unknown> = {}
-      for (const [k, v] of Object.entries(agent)) {
-        if (v === undefined) continue
-        if ((HOT_COLUMNS as readonly string[]).includes(k)) hot[k] = v
-        else main[k] = v
-      }
-      const set = {
-        ...main,
-        ...(count === 'fail'
-          ? { consecutive_attestation_failures: sql`coalesce(consecutive_attestation_failures, 0) + 1` }
-          : {}),
-      }
-      const live = (eb: ExpressionBuilder<VerifierDatabase, 'verifiermain'>) =>
-        eb.and([
-          eb('agent_id', '=', agentId),
-          eb.or([
-            eb('operational_state', 'is', null),
-            eb('operational_state', 'not in', [AgentState.TERMINATED, AgentState.TENANT_FAILED]),
-          ]),
-        ])
-      const stillEnrolled =
-        Object.keys(set).length > 0
-          ? (
-              await tx
-                .updateTable('verifiermain')
-                .set(set as VerifierAgentPatch)
-                .where(live)
-                .executeTakeFirst()
-            ).numUpdatedRows > 0n
-          : (await tx.selectFrom('verifiermain').select('agent_id').where(live).executeTakeFirst()) !==
-            undefined
-      if (!stillEnrolled) return true
-      const increment =
-        count === 'pass'
-          ? { attestation_count: sql<number>`verifier_attestation_state.attestation_count + 1` }
-          : {}
-      if (Object.keys(hot).length === 0 && count === 'fail') return true
-      const insert = tx
-        .insertInto('verifier_attestation_state')
-        .values({ agent_id: agentId, ...hot, attestation_count: count === 'pass' ? 1 : 0 } as never)
-      await (sqlDialectOf(tx) === 'mysql'
-        ? insert.onDuplicateKeyUpdate({ ...hot, ...increment } as never)
-        : insert.onConflict((oc) => oc.column('agent_id').doUpdateSet({ ...hot, ...increment } as never))
-      ).execute()
-      return true
-    })
-  }
-
-  /**
-   * Retention (keylime-api.md §4.2): when the two latest attestations passed, the older one goes unless it is the
-   * first after a boot (IMA and clock continue from a boot's first attestation). Failed ones are kept as a record.
-   */
-  async applyRetention(agentId: string): Promise<number> {
-    const [newest, older, before] = await this.db
-      .selectFrom('attestations')
-      .select(['index', 'evaluation', 'system_info__boot_time'])
-      .where('agent_id', '=', agentId)
-      .where('stage', '=', 'verification_complete')
-      .orderBy('index', 'desc')
-      .limit(3)
-      .execute()
-    if (!newest || !older || newest.evaluation !== 'pass' || older.evaluation !== 'pass') return 0
-    // the first attestation of a boot stays (nothing before it, or a different boot before it)
-    if (!before || before.system_info__boot_time !== older.system_info__boot_time) return 0
-    const r = await this.db
-      .deleteFrom('attestations')
-      .where('agent_id', '=', agentId)
-      .where('index', '=', older.index)
-      .executeTakeFirst()
-    return Number(r.numDeletedRows)
-  }
-
-  /**
    * Deletes an agent's attestations (before the agent row: a table taken over from upstream may lack the cascade).
    */
   async deleteAttestations(agentId: string): Promise<void> {
     await this.db.deleteFrom('attestations').where('agent_id', '=', agentId).execute()
-  }
-
-  /** Drops the bulky logs of a verified attestation's stored evidence. */
-  async storeEvidenceSummary(agentId: string, index: number, summary: string): Promise<void> {
-    await this.db
-      .updateTable('attestations')
-      .set({ evidence_collected: summary })
-      .where('agent_id', '=', agentId)
-      .where('index', '=', index)
-      .execute()
   }
 
   // ---------------------------------------------------------------------------- push agents

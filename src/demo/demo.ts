@@ -9,86 +9,25 @@
  * verifier fails the agent, a local webhook receives the signed revocation, and the other agent acts on it.
  */
 
-import { execFile } from 'node:child_process'
 import { createHash } from 'node:crypto'
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
-import { tmpdir } from 'node:os'
-import { join, resolve } from 'node:path'
-import { fileURLToPath } from 'node:url'
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
+import { join } from 'node:path'
 import { AgentState } from '../api/verifier/states.ts'
-import { CliError, EXIT } from '../cli/errors.ts'
-import { createCa } from '../crypto/ca.ts'
-import type { RevocationMessage } from '../crypto/revocation.ts'
 import { extendEventLogIntoTpm } from '../devtools/event-log-replay.ts'
-import { type LocalCluster as Cluster, LocalCluster, waitFor } from '../devtools/local-cluster.ts'
-import { type RevocationWebhook, startRevocationWebhook } from '../devtools/revocation-webhook.ts'
-import { freePort, swtpmInstalled } from '../devtools/swtpm.ts'
-import { createSecureBootKeys, syntheticEventLog } from '../devtools/synthetic-event-log.ts'
+import { waitFor } from '../devtools/local-cluster.ts'
+import { syntheticEventLog } from '../devtools/synthetic-event-log.ts'
 import { parseEventLog } from '../evidence/mb/index.ts'
-import { runTenantCommand, type TenantCliOptions } from '../tenant/cli-actions.ts'
-import { createTenant } from '../tenant/wiring.ts'
+import { runTenantCommand } from '../tenant/cli-actions.ts'
 import { pcrExtend } from '../tpm/keylime-client.ts'
 import { Tpm } from '../tpm/tpm.ts'
-
-export interface DemoOptions {
-  /** Leave everything running at the end and print how to use the tenant against it. */
-  keep: boolean
-  /** Work directory (default: a new temporary directory). */
-  dir?: string
-  /** Seconds between quotes. */
-  quoteInterval: number
-  /** Give up on any step after this many seconds. */
-  stepTimeout: number
-}
+import type { DemoOptions, DemoStage } from './demo-stage.ts'
+import { keylime, nextRevocation, runOnDemoStage, say, writePrograms } from './demo-stage.ts'
 
 const POLICY_PCR = 15
 const RUNTIME_POLICY = 'demo-runtime'
 const MB_POLICY = 'demo-boot'
-const BIN = resolve(fileURLToPath(new URL('../../bin/keylime.js', import.meta.url)))
-
-/** Runs a `keylime` subcommand as a separate process (as an operator would); rejects with its output on failure. */
-function keylime(args: string[]): Promise<string> {
-  return new Promise((res, rej) => {
-    execFile(process.execPath, [BIN, ...args], { timeout: 120_000 }, (err, stdout, stderr) =>
-      err
-        ? rej(new Error(`keylime ${args.slice(0, 3).join(' ')} failed: ${stderr || err.message}`))
-        : res(stdout),
-    )
-  })
-}
-
-/** Two small "programs" the agents run before enrollment; their digests go into the runtime policy. */
-function writePrograms(dir: string): string[] {
-  mkdirSync(dir, { recursive: true, mode: 0o700 })
-  const files = [
-    ['backup.sh', '#!/bin/sh\ntar czf /tmp/backup.tgz /etc\n'],
-    ['healthcheck.sh', '#!/bin/sh\nexit 0\n'],
-  ] as const
-  return files.map(([name, text]) => {
-    const path = join(dir, name)
-    writeFileSync(path, text, { mode: 0o700 })
-    return path
-  })
-}
-
-async function nextRevocation(
-  hook: RevocationWebhook | undefined,
-  index: number,
-  timeoutS: number,
-): Promise<RevocationMessage> {
-  const got = await waitFor('a revocation at the webhook', timeoutS, () => hook?.received[index])
-  if (!got.message) throw new Error(`webhook got a revocation it could not verify: ${got.error}`)
-  return got.message
-}
-const START = Date.now()
-
 /** Number of records in a log (for the demo's narration). */
 const parseEventCount = (bytes: Uint8Array) => parseEventLog(bytes).events.length
-
-function say(line: string): void {
-  const t = ((Date.now() - START) / 1000).toFixed(1).padStart(5)
-  process.stdout.write(`[${t}s] ${line}\n`)
-}
 
 /** Payload for an agent: autorun.sh writes a marker; action_list names an action that records revocations. */
 function writePayloadDir(dir: string, agentDir: string): { marker: string; revocationMarker: string } {
@@ -108,264 +47,190 @@ function writePayloadDir(dir: string, agentDir: string): { marker: string; revoc
   return { marker, revocationMarker }
 }
 
-export async function runDemo(opts: DemoOptions): Promise<number> {
-  if (!swtpmInstalled()) {
-    process.stderr.write(
-      'keylime demo needs swtpm: install it with `sudo apt-get install -y swtpm swtpm-tools tpm2-tools`\n',
-    )
-    return 1
-  }
-  if (opts.dir !== undefined && existsSync(opts.dir) && readdirSync(opts.dir).length > 0) {
-    throw new CliError(
-      `--dir ${opts.dir} is not empty: the CA and agents of an earlier run would clash`,
-      EXIT.usage,
-      'give a new or empty folder, or remove that one',
-    )
-  }
-  // A folder of its own is the operator's to keep; a temporary one (private keys inside) goes unless --keep.
-  const temporary = opts.dir === undefined
-  const dir = opts.dir ? resolve(opts.dir) : mkdtempSync(join(tmpdir(), 'keylime-demo-'))
-  mkdirSync(dir, { recursive: true, mode: 0o700 })
-  say(`work directory ${dir} (logs in ${join(dir, 'logs')})`)
-  let webhook: RevocationWebhook | undefined
-  let cluster: Cluster | undefined
-  let closeTenant: (() => Promise<void>) | undefined
-  let cleaned = false
-  const cleanUp = async () => {
-    if (cleaned) return
-    cleaned = true
-    await closeTenant?.()
-    await cluster?.stop()
-    await webhook?.close()
-    if (temporary && !opts.keep) rmSync(dir, { recursive: true, force: true })
-  }
-  // Ctrl-C in the middle of the run stops the processes and removes the temporary folder too.
-  const interrupted = () => {
-    say('interrupted: stopping')
-    cleanUp().finally(() => process.exit(130))
-  }
-  if (!opts.keep) process.once('SIGINT', interrupted)
-  try {
-    // Tenant-side CA for the payload packages (agent certificates + RevocationNotifier key/cert).
-    const tenantCa = join(dir, 'tenant-ca')
-    await createCa(tenantCa, { commonName: 'Keylime TS demo tenant CA' })
-    const webhookPort = await freePort()
-    webhook = startRevocationWebhook(webhookPort, () =>
-      readFileSync(join(tenantCa, 'RevocationNotifier-cert.crt'), 'utf8'),
-    )
-    // The boot log both agents serve: the Secure Boot certificates are generated while the services start.
-    const secureBootKeys = createSecureBootKeys()
-
-    cluster = new LocalCluster({
-      dir,
-      quoteInterval: opts.quoteInterval,
-      stepTimeout: opts.stepTimeout,
-      webhookUrl: `http://127.0.0.1:${webhookPort}/revocation`,
+export function runDemo(opts: DemoOptions): Promise<number> {
+  return runOnDemoStage(
+    opts,
+    {
+      tempPrefix: 'keylime-demo-',
+      intro: (dir) => `work directory ${dir} (logs in ${join(dir, 'logs')})`,
+      tenantCaName: 'Keylime TS demo tenant CA',
       // upstream's default measured-boot engine is accept-all; `example` checks the log against the reference state
       verifierEnv: { KEYLIME_VERIFIER_MEASURED_BOOT_POLICY_NAME: 'example' },
-      onExit: (name, log) => say(`${name} exited unexpectedly; see ${log}`),
-    })
-    await cluster.startServices()
-    say(
-      `verifier https://127.0.0.1:${cluster.verifierPort} (generated CA and certificates in ${cluster.cvCa})`,
-    )
-    say(
-      `registrar http://127.0.0.1:${cluster.registrarPort} and https://127.0.0.1:${cluster.registrarTlsPort}`,
-    )
-    const bootLog = syntheticEventLog({ keys: await secureBootKeys })
-    const bootLogPath = (name: string) => join(dir, 'boot-logs', `${name}-binary_bios_measurements`)
-    mkdirSync(join(dir, 'boot-logs'), { recursive: true, mode: 0o700 })
-    for (const name of ['agent1', 'agent2']) writeFileSync(bootLogPath(name), bootLog.bytes)
-    // One at a time: swtpm_setup signs EK certificates with a shared local CA that it locks.
-    const web = await cluster.startAgent('agent1', ['--measuredboot-ml-path', bootLogPath('agent1')], {
-      deviceIdentity: true,
-    })
-    const db = await cluster.startAgent('agent2', ['--measuredboot-ml-path', bootLogPath('agent2')])
-    say(`agents started on two swtpm instances: ${web.uuid} (agent1) and ${db.uuid} (agent2)`)
-    const tenantBase: TenantCliOptions = { config: cluster.tenantConf }
-    const tenantRuntime = await createTenant(tenantBase)
-    closeTenant = () => tenantRuntime.close()
-    for (const agent of [web, db]) {
-      await waitFor('the agents to register and activate', opts.stepTimeout, async () =>
-        (await tenantRuntime.registrar.getAgent(agent.uuid)) ? true : undefined,
-      )
-    }
-    say('both agents registered with the registrar (EK certificate, AK, credential activation)')
-    const webRecord = (await tenantRuntime.registrar.getAgent(web.uuid)) as { iak_tpm?: string | null } | null
-    if (webRecord?.iak_tpm) {
-      say(
-        'agent1 also registered its IAK and IDevID (TCG device identity, development CA); its AK is certified by the IAK',
-      )
-    }
+      verifierLine: (cluster) =>
+        `verifier https://127.0.0.1:${cluster.verifierPort} (generated CA and certificates in ${cluster.cvCa})`,
+    },
+    (stage) => pullScenario(opts, stage),
+  )
+}
 
-    // Measured boot: what firmware, shim and grub would have measured before the agent ran. Quotes only start
-    // after enrollment, so extending now is indistinguishable from a real boot.
-    for (const agent of [web, db]) await extendEventLogIntoTpm(agent.swtpm.transport, bootLog.bytes)
-    say(
-      `measured boot: each agent serves a synthetic UEFI boot log (${parseEventCount(bootLog.bytes)} events, Secure Boot on, shim → grub → kernel ${bootLog.digests.kernel.slice(0, 12)}…), extended into its TPM's PCRs 0-9 and 14`,
+/** Two pull agents: enrolled with PCR, measured-boot and runtime policies and a payload, then tampered twice. */
+async function pullScenario(opts: DemoOptions, stage: DemoStage): Promise<string[]> {
+  const { dir, tenantCa, cluster, webhook, tenantBase, tenant } = stage
+  const bootLog = syntheticEventLog({ keys: await stage.secureBootKeys })
+  const bootLogPath = (name: string) => join(dir, 'boot-logs', `${name}-binary_bios_measurements`)
+  mkdirSync(join(dir, 'boot-logs'), { recursive: true, mode: 0o700 })
+  for (const name of ['agent1', 'agent2']) writeFileSync(bootLogPath(name), bootLog.bytes)
+  // One at a time: swtpm_setup signs EK certificates with a shared local CA that it locks.
+  const web = await cluster.startAgent('agent1', ['--measuredboot-ml-path', bootLogPath('agent1')], {
+    deviceIdentity: true,
+  })
+  const db = await cluster.startAgent('agent2', ['--measuredboot-ml-path', bootLogPath('agent2')])
+  say(`agents started on two swtpm instances: ${web.uuid} (agent1) and ${db.uuid} (agent2)`)
+  for (const agent of [web, db]) {
+    await waitFor('the agents to register and activate', opts.stepTimeout, async () =>
+      (await tenant.registrar.getAgent(agent.uuid)) ? true : undefined,
     )
-
-    // Runtime integrity: each agent "runs" two programs; the IMA emulator measures them into its IMA list and
-    // PCR 10, as kernel IMA would. The runtime policy is generated from agent1's list.
-    const programs = writePrograms(join(dir, 'programs'))
-    for (const agent of [web, db]) {
-      await keylime([
-        'agent',
-        'ima-emulate',
-        '--tpm',
-        agent.swtpm.transport,
-        '--list',
-        agent.imaList,
-        ...programs,
-      ])
-    }
-    const policyPath = join(dir, 'runtime-policy.json')
-    await keylime(['policy', 'create', 'runtime', '-m', web.imaList, '-o', policyPath])
-    say(`runtime policy generated from agent1's IMA list (${programs.length} programs + boot_aggregate)`)
-    await runTenantCommand('addruntimepolicy', {
-      ...tenantBase,
-      runtimePolicyName: RUNTIME_POLICY,
-      runtimePolicy: policyPath,
-    })
-
-    // Measured-boot reference state, generated from the boot log as an operator would from a known-good machine.
-    const refstatePath = join(dir, 'mb-refstate.json')
-    await keylime(['policy', 'create', 'measured-boot', '-e', bootLogPath('agent1'), '-o', refstatePath])
-    await runTenantCommand('addmbpolicy', { ...tenantBase, mbPolicyName: MB_POLICY, mbPolicy: refstatePath })
-    say(
-      `measured-boot policy ${MB_POLICY} generated from agent1's boot log (Secure Boot keys, shim/grub/kernel digests, kernel command line)`,
-    )
-
-    const zeros = '0'.repeat(64)
-    const markers = new Map<string, { marker: string; revocationMarker: string }>()
-    for (const agent of [web, db]) {
-      const payloadDir = join(dir, 'payloads', agent.uuid)
-      markers.set(agent.uuid, writePayloadDir(payloadDir, agent.dir))
-      say(
-        `tenant add ${agent.uuid}: tpm_policy {"${POLICY_PCR}": [0…0]}, measured-boot policy ${MB_POLICY}, runtime policy ${RUNTIME_POLICY}, certificate payload with autorun.sh`,
-      )
-      await runTenantCommand('add', {
-        ...tenantBase,
-        uuid: agent.uuid,
-        tpmPolicy: JSON.stringify({ [POLICY_PCR]: [zeros] }),
-        runtimePolicyName: RUNTIME_POLICY,
-        mbPolicyName: MB_POLICY,
-        cert: tenantCa,
-        include: payloadDir,
-        verify: true,
-      })
-    }
-
-    const status = (uuid: string) => tenantRuntime.service.cvstatus(uuid)
-    let seen = 0
-    await waitFor('three good attestations', opts.stepTimeout, async () => {
-      const s = await status(web.uuid)
-      if (s.operational_state === AgentState.INVALID_QUOTE)
-        throw new Error(`agent1 failed attestation: ${s.last_event_id}`)
-      const count = Number(s.attestation_count ?? 0)
-      if (count > seen) {
-        seen = count
-        say(
-          `agent1: attestation #${count} passed (${s.operational_state_name}: quote, PCR policy, measured boot, IMA list)`,
-        )
-      }
-      return count >= 3 ? true : undefined
-    })
-    await waitFor('agent2 to attest', opts.stepTimeout, async () => {
-      const s = await status(db.uuid)
-      if (s.operational_state === AgentState.INVALID_QUOTE)
-        throw new Error(`agent2 failed attestation: ${s.last_event_id}`)
-      return Number(s.attestation_count ?? 0) >= 1 ? true : undefined
-    })
-    say(
-      'measured boot passes on both agents: the boot log replays to the quoted PCRs 0-9 and 14, and matches the reference state',
-    )
-    const { marker } = markers.get(web.uuid) as { marker: string }
-    await waitFor('the payload to run', opts.stepTimeout, () => (markerWritten(marker) ? true : undefined))
-    say(`agent1: payload ran after the first good attestation: ${readFileSync(marker, 'utf8').trim()}`)
-
-    // Tampering 1: agent1 runs a program that is not in the runtime policy.
-    const intruder = join(web.dir, 'cryptominer.sh')
-    writeFileSync(intruder, '#!/bin/sh\necho mining\n', { mode: 0o700 })
-    say(`tampering 1: agent1 executes ${intruder}, which is not in the runtime policy`)
-    await keylime(['agent', 'ima-emulate', '--tpm', web.swtpm.transport, '--list', web.imaList, intruder])
-    const imaFailure = await waitFor(
-      'the verifier to detect the unknown program',
-      opts.stepTimeout,
-      async () => {
-        const s = await status(web.uuid)
-        return s.operational_state === AgentState.INVALID_QUOTE ? s : undefined
-      },
-    )
-    say(`verifier: agent1 ${imaFailure.operational_state_name}, event ${imaFailure.last_event_id}`)
-    const first = await nextRevocation(webhook, 0, opts.stepTimeout)
-    say(`webhook: signed revocation for ${first.agent_id} verified; context: ${first.context ?? '(none)'}`)
-    const { revocationMarker } = markers.get(db.uuid) as { revocationMarker: string }
-    await waitFor("agent2's revocation action", opts.stepTimeout, () =>
-      markerWritten(revocationMarker) ? true : undefined,
-    )
-    say(
-      `agent2: verified the revocation and ran its action: ${readFileSync(revocationMarker, 'utf8').trim()}`,
-    )
-
-    // Tampering 2: agent2's boot loader changed. Its TPM gets a PCR 4 measurement (an EFI application's digest)
-    // that the boot log it serves does not contain, so the log no longer replays to the quoted PCRs.
-    say(
-      "tampering 2: agent2's boot loader changed: its TPM's PCR 4 gets a measurement its boot log does not have",
-    )
-    const modifiedBootloader = createHash('sha256').update('a modified grubx64.efi').digest()
-    const tpm = await Tpm.open(db.swtpm.transport)
-    try {
-      await pcrExtend(tpm, 4, {
-        sha256: modifiedBootloader,
-        sha1: createHash('sha1').update('a modified grubx64.efi').digest(),
-      })
-    } finally {
-      await tpm.close()
-    }
-    const tamperedAt = Date.now()
-    const bootFailure = await waitFor(
-      'the verifier to detect the boot change',
-      opts.stepTimeout,
-      async () => {
-        const s = await status(db.uuid)
-        return s.operational_state === AgentState.INVALID_QUOTE ? s : undefined
-      },
-    )
-    say(
-      `verifier detected it after ${((Date.now() - tamperedAt) / 1000).toFixed(1)}s: agent2 ${bootFailure.operational_state_name}, event ${bootFailure.last_event_id}`,
-    )
-    const second = await nextRevocation(webhook, 1, opts.stepTimeout)
-    say(`webhook: signed revocation for ${second.agent_id} verified; event ${second.event_id ?? '(none)'}`)
-
-    say(
-      'summary: enrolled, attested (PCRs + measured boot + IMA), payload delivered, both tamperings detected, revocations signed and acted on',
-    )
-    if (opts.keep) {
-      process.stdout.write(
-        [
-          '',
-          'Everything is still running (Ctrl-C to stop). Try the tenant:',
-          `  npx keylime tenant -c cvstatus -u ${web.uuid} --config ${cluster.tenantConf}`,
-          `  npx keylime tenant -c reglist --config ${cluster.tenantConf}`,
-          `  npx keylime tenant -c reactivate -u ${web.uuid} --config ${cluster.tenantConf}`,
-          '',
-        ].join('\n'),
-      )
-      await new Promise<void>((r) => {
-        process.once('SIGINT', () => r())
-        process.once('SIGTERM', () => r())
-      })
-    }
-    return 0
-  } catch (err) {
-    say(`demo failed: ${(err as Error).message}`)
-    if (temporary) say('rerun with --dir DIR to keep the logs and files of the run')
-    return 1
-  } finally {
-    process.removeListener('SIGINT', interrupted)
-    await cleanUp()
   }
+  say('both agents registered with the registrar (EK certificate, AK, credential activation)')
+  const webRecord = (await tenant.registrar.getAgent(web.uuid)) as { iak_tpm?: string | null } | null
+  if (webRecord?.iak_tpm) {
+    say(
+      'agent1 also registered its IAK and IDevID (TCG device identity, development CA); its AK is certified by the IAK',
+    )
+  }
+
+  // Measured boot: what firmware, shim and grub would have measured before the agent ran. Quotes only start
+  // after enrollment, so extending now is indistinguishable from a real boot.
+  for (const agent of [web, db]) await extendEventLogIntoTpm(agent.swtpm.transport, bootLog.bytes)
+  say(
+    `measured boot: each agent serves a synthetic UEFI boot log (${parseEventCount(bootLog.bytes)} events, Secure Boot on, shim → grub → kernel ${bootLog.digests.kernel.slice(0, 12)}…), extended into its TPM's PCRs 0-9 and 14`,
+  )
+
+  // Runtime integrity: each agent "runs" two programs; the IMA emulator measures them into its IMA list and
+  // PCR 10, as kernel IMA would. The runtime policy is generated from agent1's list.
+  const programs = writePrograms(join(dir, 'programs'))
+  for (const agent of [web, db]) {
+    await keylime([
+      'agent',
+      'ima-emulate',
+      '--tpm',
+      agent.swtpm.transport,
+      '--list',
+      agent.imaList,
+      ...programs,
+    ])
+  }
+  const policyPath = join(dir, 'runtime-policy.json')
+  await keylime(['policy', 'create', 'runtime', '-m', web.imaList, '-o', policyPath])
+  say(`runtime policy generated from agent1's IMA list (${programs.length} programs + boot_aggregate)`)
+  await runTenantCommand('addruntimepolicy', {
+    ...tenantBase,
+    runtimePolicyName: RUNTIME_POLICY,
+    runtimePolicy: policyPath,
+  })
+
+  // Measured-boot reference state, generated from the boot log as an operator would from a known-good machine.
+  const refstatePath = join(dir, 'mb-refstate.json')
+  await keylime(['policy', 'create', 'measured-boot', '-e', bootLogPath('agent1'), '-o', refstatePath])
+  await runTenantCommand('addmbpolicy', { ...tenantBase, mbPolicyName: MB_POLICY, mbPolicy: refstatePath })
+  say(
+    `measured-boot policy ${MB_POLICY} generated from agent1's boot log (Secure Boot keys, shim/grub/kernel digests, kernel command line)`,
+  )
+
+  const zeros = '0'.repeat(64)
+  const markers = new Map<string, { marker: string; revocationMarker: string }>()
+  for (const agent of [web, db]) {
+    const payloadDir = join(dir, 'payloads', agent.uuid)
+    markers.set(agent.uuid, writePayloadDir(payloadDir, agent.dir))
+    say(
+      `tenant add ${agent.uuid}: tpm_policy {"${POLICY_PCR}": [0…0]}, measured-boot policy ${MB_POLICY}, runtime policy ${RUNTIME_POLICY}, certificate payload with autorun.sh`,
+    )
+    await runTenantCommand('add', {
+      ...tenantBase,
+      uuid: agent.uuid,
+      tpmPolicy: JSON.stringify({ [POLICY_PCR]: [zeros] }),
+      runtimePolicyName: RUNTIME_POLICY,
+      mbPolicyName: MB_POLICY,
+      cert: tenantCa,
+      include: payloadDir,
+      verify: true,
+    })
+  }
+
+  const status = (uuid: string) => tenant.service.cvstatus(uuid)
+  let seen = 0
+  await waitFor('three good attestations', opts.stepTimeout, async () => {
+    const s = await status(web.uuid)
+    if (s.operational_state === AgentState.INVALID_QUOTE)
+      throw new Error(`agent1 failed attestation: ${s.last_event_id}`)
+    const count = Number(s.attestation_count ?? 0)
+    if (count > seen) {
+      seen = count
+      say(
+        `agent1: attestation #${count} passed (${s.operational_state_name}: quote, PCR policy, measured boot, IMA list)`,
+      )
+    }
+    return count >= 3 ? true : undefined
+  })
+  await waitFor('agent2 to attest', opts.stepTimeout, async () => {
+    const s = await status(db.uuid)
+    if (s.operational_state === AgentState.INVALID_QUOTE)
+      throw new Error(`agent2 failed attestation: ${s.last_event_id}`)
+    return Number(s.attestation_count ?? 0) >= 1 ? true : undefined
+  })
+  say(
+    'measured boot passes on both agents: the boot log replays to the quoted PCRs 0-9 and 14, and matches the reference state',
+  )
+  const { marker } = markers.get(web.uuid) as { marker: string }
+  await waitFor('the payload to run', opts.stepTimeout, () => (markerWritten(marker) ? true : undefined))
+  say(`agent1: payload ran after the first good attestation: ${readFileSync(marker, 'utf8').trim()}`)
+
+  // Tampering 1: agent1 runs a program that is not in the runtime policy.
+  const intruder = join(web.dir, 'cryptominer.sh')
+  writeFileSync(intruder, '#!/bin/sh\necho mining\n', { mode: 0o700 })
+  say(`tampering 1: agent1 executes ${intruder}, which is not in the runtime policy`)
+  await keylime(['agent', 'ima-emulate', '--tpm', web.swtpm.transport, '--list', web.imaList, intruder])
+  const imaFailure = await waitFor(
+    'the verifier to detect the unknown program',
+    opts.stepTimeout,
+    async () => {
+      const s = await status(web.uuid)
+      return s.operational_state === AgentState.INVALID_QUOTE ? s : undefined
+    },
+  )
+  say(`verifier: agent1 ${imaFailure.operational_state_name}, event ${imaFailure.last_event_id}`)
+  const first = await nextRevocation(webhook, 0, opts.stepTimeout)
+  say(`webhook: signed revocation for ${first.agent_id} verified; context: ${first.context ?? '(none)'}`)
+  const { revocationMarker } = markers.get(db.uuid) as { revocationMarker: string }
+  await waitFor("agent2's revocation action", opts.stepTimeout, () =>
+    markerWritten(revocationMarker) ? true : undefined,
+  )
+  say(`agent2: verified the revocation and ran its action: ${readFileSync(revocationMarker, 'utf8').trim()}`)
+
+  // Tampering 2: agent2's boot loader changed. Its TPM gets a PCR 4 measurement (an EFI application's digest)
+  // that the boot log it serves does not contain, so the log no longer replays to the quoted PCRs.
+  say(
+    "tampering 2: agent2's boot loader changed: its TPM's PCR 4 gets a measurement its boot log does not have",
+  )
+  const modifiedBootloader = createHash('sha256').update('a modified grubx64.efi').digest()
+  const tpm = await Tpm.open(db.swtpm.transport)
+  try {
+    await pcrExtend(tpm, 4, {
+      sha256: modifiedBootloader,
+      sha1: createHash('sha1').update('a modified grubx64.efi').digest(),
+    })
+  } finally {
+    await tpm.close()
+  }
+  const tamperedAt = Date.now()
+  const bootFailure = await waitFor('the verifier to detect the boot change', opts.stepTimeout, async () => {
+    const s = await status(db.uuid)
+    return s.operational_state === AgentState.INVALID_QUOTE ? s : undefined
+  })
+  say(
+    `verifier detected it after ${((Date.now() - tamperedAt) / 1000).toFixed(1)}s: agent2 ${bootFailure.operational_state_name}, event ${bootFailure.last_event_id}`,
+  )
+  const second = await nextRevocation(webhook, 1, opts.stepTimeout)
+  say(`webhook: signed revocation for ${second.agent_id} verified; event ${second.event_id ?? '(none)'}`)
+
+  say(
+    'summary: enrolled, attested (PCRs + measured boot + IMA), payload delivered, both tamperings detected, revocations signed and acted on',
+  )
+  return [
+    `npx keylime tenant -c cvstatus -u ${web.uuid} --config ${cluster.tenantConf}`,
+    `npx keylime tenant -c reglist --config ${cluster.tenantConf}`,
+    `npx keylime tenant -c reactivate -u ${web.uuid} --config ${cluster.tenantConf}`,
+  ]
 }
 
 /** A marker file a script writes with `echo … > file`: the shell creates it before the text arrives. */

@@ -50,14 +50,7 @@ export interface ClusterAgent {
 }
 
 /** A push agent: a process with no listening port, on its own swtpm. */
-export interface ClusterPushAgent {
-  uuid: string
-  dir: string
-  swtpm: SwtpmInstance
-  imaList: string
-  process: ChildProcess
-  stop(): Promise<void>
-}
+export type ClusterPushAgent = Omit<ClusterAgent, 'port'>
 
 export interface LocalClusterOptions {
   dir: string
@@ -227,6 +220,35 @@ export class LocalCluster {
     extraArgs: string[] = [],
     opts: { deviceIdentity?: boolean } = {},
   ): Promise<ClusterAgent> {
+    const agent = await this.launchAgent('pull', name, extraArgs, opts)
+    this.agents.push(agent)
+    return agent
+  }
+
+  /**
+   * Starts a push agent (`keylime push-agent`) on a fresh swtpm: it registers by itself, then attests to the
+   * verifier (which must run with `mode = push`, e.g. `verifierEnv: { KEYLIME_VERIFIER_MODE: 'push' }`). It opens no
+   * port, so this returns once the process runs; wait for its registration at the registrar.
+   */
+  async startPushAgent(
+    name = `push-agent${this.pushAgents.length + 1}`,
+    extraArgs: string[] = [],
+  ): Promise<ClusterPushAgent> {
+    const { port: _none, ...agent } = await this.launchAgent('push', name, extraArgs, {})
+    this.pushAgents.push(agent)
+    return agent
+  }
+
+  /**
+   * An agent process of either model on its own swtpm, with its folder and IMA list. A pull agent listens on a
+   * free port (started again on another one if it was taken); a push agent listens on none (port 0).
+   */
+  private async launchAgent(
+    mode: 'pull' | 'push',
+    name: string,
+    extraArgs: string[],
+    opts: { deviceIdentity?: boolean },
+  ): Promise<ClusterAgent> {
     const agentDir = join(this.opts.dir, name)
     mkdirSync(join(agentDir, 'actions'), { recursive: true, mode: 0o700 })
     const swtpm = await startSwtpm({ dir: join(agentDir, 'swtpm') })
@@ -244,44 +266,66 @@ export class LocalCluster {
     const uuid = randomUUID()
     const imaList = join(agentDir, 'ascii_runtime_measurements')
     writeFileSync(imaList, '')
+    const common = [
+      '--config',
+      this.emptyConf,
+      '--uuid',
+      uuid,
+      '--tpm',
+      swtpm.transport,
+      '--registrar-port',
+      String(this.registrarPort),
+      '--keylime-dir',
+      agentDir,
+      '--ima-ml-path',
+      imaList,
+      '--measuredboot-ml-path',
+      join(agentDir, 'no-boot-log'),
+      // cluster processes run as the invoking user (root in CI) and there is no `keylime` account to switch to
+      '--run-as',
+      '',
+    ]
     let child!: ChildProcess
-    const port = await this.startListening(name, async () => {
-      const port = await freePort()
+    let port = 0
+    if (mode === 'push') {
       child = this.spawn(name, [
-        'agent',
-        '--config',
-        this.emptyConf,
-        '--uuid',
-        uuid,
-        '--tpm',
-        swtpm.transport,
-        '--port',
-        String(port),
-        '--contact-port',
-        String(port),
-        '--registrar-port',
-        String(this.registrarPort),
-        '--keylime-dir',
-        agentDir,
-        '--trusted-client-ca',
+        'push-agent',
+        ...common,
+        '--verifier-url',
+        `https://127.0.0.1:${this.verifierPort}`,
+        '--ca-certificate',
         join(this.cvCa, 'cacert.crt'),
-        '--ima-ml-path',
-        imaList,
-        '--measuredboot-ml-path',
-        join(agentDir, 'no-boot-log'),
-        '--revocation-actions-dir',
-        join(agentDir, 'actions'),
-        // cluster processes run as the invoking user (root in CI) and there is no `keylime` account to switch to
-        '--run-as',
-        '',
-        // root (CI) gets the real tmpfs for the secure directory; without root only a disk directory is possible
-        '--secure-dir-allow-disk',
-        String(process.geteuid?.() !== 0),
+        '--attestation-interval-seconds',
+        String(this.opts.quoteInterval),
+        '--exponential-backoff-initial-delay',
+        '500',
+        '--exponential-backoff-max-delay',
+        String(Math.max(1000, this.opts.quoteInterval * 1000)),
         ...extraArgs,
       ])
-      return { child, port }
-    })
-    const agent: ClusterAgent = {
+    } else {
+      port = await this.startListening(name, async () => {
+        const port = await freePort()
+        child = this.spawn(name, [
+          'agent',
+          ...common,
+          '--port',
+          String(port),
+          '--contact-port',
+          String(port),
+          '--trusted-client-ca',
+          join(this.cvCa, 'cacert.crt'),
+          '--revocation-actions-dir',
+          join(agentDir, 'actions'),
+          // root (CI) gets the real tmpfs for the secure directory; without root only a disk directory is possible
+          '--secure-dir-allow-disk',
+          String(process.geteuid?.() !== 0),
+          ...extraArgs,
+        ])
+        return { child, port }
+      })
+    }
+    return {
       uuid,
       port,
       dir: agentDir,
@@ -293,68 +337,6 @@ export class LocalCluster {
         await stopChild(child)
       },
     }
-    this.agents.push(agent)
-    return agent
-  }
-
-  /**
-   * Starts a push agent (`keylime push-agent`) on a fresh swtpm: it registers by itself, then attests to the
-   * verifier (which must run with `mode = push`, e.g. `verifierEnv: { KEYLIME_VERIFIER_MODE: 'push' }`). It opens no
-   * port, so this returns once the process runs; wait for its registration at the registrar.
-   */
-  async startPushAgent(
-    name = `push-agent${this.pushAgents.length + 1}`,
-    extraArgs: string[] = [],
-  ): Promise<ClusterPushAgent> {
-    const agentDir = join(this.opts.dir, name)
-    mkdirSync(agentDir, { recursive: true, mode: 0o700 })
-    const swtpm = await startSwtpm({ dir: join(agentDir, 'swtpm') })
-    const uuid = randomUUID()
-    const imaList = join(agentDir, 'ascii_runtime_measurements')
-    writeFileSync(imaList, '')
-    const child = this.spawn(name, [
-      'push-agent',
-      '--config',
-      this.emptyConf,
-      '--uuid',
-      uuid,
-      '--tpm',
-      swtpm.transport,
-      '--registrar-port',
-      String(this.registrarPort),
-      '--keylime-dir',
-      agentDir,
-      '--verifier-url',
-      `https://127.0.0.1:${this.verifierPort}`,
-      '--ca-certificate',
-      join(this.cvCa, 'cacert.crt'),
-      '--ima-ml-path',
-      imaList,
-      '--measuredboot-ml-path',
-      join(agentDir, 'no-boot-log'),
-      '--attestation-interval-seconds',
-      String(this.opts.quoteInterval),
-      '--exponential-backoff-initial-delay',
-      '500',
-      '--exponential-backoff-max-delay',
-      String(Math.max(1000, this.opts.quoteInterval * 1000)),
-      '--run-as',
-      '',
-      ...extraArgs,
-    ])
-    const agent: ClusterPushAgent = {
-      uuid,
-      dir: agentDir,
-      swtpm,
-      imaList,
-      process: child,
-      stop: async () => {
-        ;(child as { expectedExit?: boolean }).expectedExit = true
-        await stopChild(child)
-      },
-    }
-    this.pushAgents.push(agent)
-    return agent
   }
 
   async stop(): Promise<void> {

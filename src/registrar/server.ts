@@ -133,8 +133,12 @@ export async function startRegistrar(
         `require_trusted_ek_cert is on but tpm_cert_store (${config.tpm_cert_store}) holds no certificate`,
       )
     }
-    if (certStore === null)
-      log.warn({ dir: config.tpm_cert_store }, 'no tpm_cert_store: IAK/IDevID registrations refused')
+    // a missing folder and one without certificates refuse the same registrations
+    if (certStore === null || certStore.certificates.length === 0)
+      log.warn(
+        { dir: config.tpm_cert_store },
+        `no certificate in tpm_cert_store ${config.tpm_cert_store} (KEYLIME_REGISTRAR_TENANT_TPM_CERT_STORE, KEYLIME_TENANT_TPM_CERT_STORE or [tenant] tpm_cert_store of registrar.conf): IAK/IDevID registrations refused`,
+      )
     const lifetimeMs = config.registration_challenge_lifetime * 1000
     const service = new RegistrarService({
       repo: new RegistrarRepository(db),

@@ -131,6 +131,16 @@ export interface TenantDeps {
   verifierAt?: (ip: string, port: number) => VerifierPort & { close(): Promise<void> }
 }
 
+/** A verifier the tenant talks to for one agent, and the address an enrolment there names it by. */
+interface LocatedVerifier {
+  verifier: VerifierPort
+  close: () => Promise<void>
+  /** Its name in progress messages. */
+  where: string
+  ip: string
+  port: number
+}
+
 /** What `delete` did: deleted now, deleted after the verifier finished it, or nothing to delete. */
 export type DeleteResult = 'deleted' | 'terminating' | 'absent'
 
@@ -155,6 +165,14 @@ export class TenantService {
 
   /** `add` in pull or push mode, in upstream's order (keylime-protocols.md §C). */
   async add(req: AddRequest): Promise<{ agentVersion: string | null; verified: boolean }> {
+    return this.addAt(req, this.configured())
+  }
+
+  /** `add` at the given verifier: enrolled there, and its `verifier_ip`/`verifier_port` name it. */
+  private async addAt(
+    req: AddRequest,
+    at: LocatedVerifier,
+  ): Promise<{ agentVersion: string | null; verified: boolean }> {
     const { settings, progress } = this.deps
     if (req.verify && (!req.payload || req.pushModel))
       throw new TenantError('--verify needs a payload (-f, -k/-p or --cert)', EXIT_USAGE)
@@ -224,8 +242,8 @@ export class TenantService {
       v: req.payload && !req.pushModel ? req.payload.v.toString('base64') : null,
       cloudagent_ip: req.cvTargetHost ?? ip ?? '',
       cloudagent_port: portRaw ?? 0,
-      verifier_ip: settings.verifierIp,
-      verifier_port: settings.verifierPort,
+      verifier_ip: at.ip,
+      verifier_port: at.port,
       tpm_policy: req.tpmPolicy,
       runtime_policy: req.runtimePolicy ?? '',
       runtime_policy_name: req.runtimePolicyName ?? null,
@@ -242,15 +260,15 @@ export class TenantService {
       mtls_cert: record.mtls_cert,
       supported_version: agentVersion ?? '2.6',
     }
-    await this.deps.verifier.addAgent(req.uuid, body)
+    await at.verifier.addAgent(req.uuid, body)
     progress(`verifier: agent ${req.uuid} enrolled`)
-    await this.waitFor('verifier status', async () => (await this.deps.verifier.getAgent(req.uuid)) !== null)
+    await this.waitFor('verifier status', async () => (await at.verifier.getAgent(req.uuid)) !== null)
 
     let verified = false
     if (req.payload && !req.pushModel) {
       // Upstream waits only with --verify; without it an operator would be told "added" for a payload the agent
       // later refuses, so we always wait for the agent's answer (and stop attestation on failure only with --verify).
-      verified = await this.confirmPayload(req, {
+      verified = await this.confirmPayload(req, at.verifier, {
         ip: ip as string,
         port: portRaw as number,
         record,
@@ -306,6 +324,7 @@ export class TenantService {
    */
   private async confirmPayload(
     req: AddRequest,
+    verifier: VerifierPort,
     where: { ip: string; port: number; record: RegistrarAgentRecord; agentVersion: string | null },
   ): Promise<boolean> {
     const payload = req.payload as PreparedPayload
@@ -316,7 +335,7 @@ export class TenantService {
       apiVersion: where.agentVersion ?? '2.6',
     })
     const fail = async (problem: string): Promise<never> => {
-      if (req.verify) await this.deps.verifier.stopAgent(req.uuid)
+      if (req.verify) await verifier.stopAgent(req.uuid)
       throw new TenantError(
         `agent ${req.uuid} ${problem}${req.verify ? '; attestation stopped' : ' (it stays enrolled)'}`,
         EXIT_FAILED,
@@ -335,7 +354,7 @@ export class TenantService {
         if (answer.state === 'refused') return await fail(`refused the payload: ${answer.reason}`)
         // A wrong HMAC: the agent still holds an earlier K (its V for this enrolment has not arrived yet).
         last = answer.state === 'pending' ? answer.detail : 'an HMAC from another bootstrap key'
-        const status = await this.deps.verifier.getAgent(req.uuid)
+        const status = await verifier.getAgent(req.uuid)
         const code = status?.operational_state ?? null
         if (code !== null && FAILED_STATES.has(code)) {
           const state = OPERATIONAL_STATE_NAMES[code] ?? String(code)
@@ -352,8 +371,9 @@ export class TenantService {
   }
 
   /** The configured verifier, as `locate` returns a verifier. */
-  private configured(): { verifier: VerifierPort; close: () => Promise<void>; where: string } {
-    return { verifier: this.deps.verifier, close: async () => {}, where: 'the verifier' }
+  private configured(): LocatedVerifier {
+    const { verifierIp: ip, verifierPort: port } = this.deps.settings
+    return { verifier: this.deps.verifier, close: async () => {}, where: 'the verifier', ip, port }
   }
 
   /**
@@ -361,9 +381,7 @@ export class TenantService {
    * agent names the verifier (`verifier_ip`, `verifier_port`) it is enrolled at; another verifier of the group is
    * then called directly. null when the configured verifier does not know the agent.
    */
-  private async locate(
-    uuid: string,
-  ): Promise<{ verifier: VerifierPort; close: () => Promise<void>; where: string } | null> {
+  private async locate(uuid: string): Promise<LocatedVerifier | null> {
     const { settings, verifierAt } = this.deps
     const status = await this.deps.verifier.getAgent(uuid)
     if (!status) return null
@@ -378,7 +396,7 @@ export class TenantService {
     const other = verifierAt(ip, port)
     const where = `verifier ${status.verifier_id ? `${status.verifier_id} ` : ''}(${ip}:${port})`
     this.deps.progress(`verifier: agent ${uuid} is enrolled at ${where}`)
-    return { verifier: other, close: () => other.close(), where }
+    return { verifier: other, close: () => other.close(), where, ip, port }
   }
 
   /**
@@ -388,38 +406,52 @@ export class TenantService {
    */
   async delete(uuid: string, verifierCheck = true): Promise<DeleteResult> {
     const located = verifierCheck ? await this.locate(uuid) : this.configured()
+    try {
+      return await this.deleteAt(uuid, located)
+    } finally {
+      await located?.close()
+    }
+  }
+
+  /** `delete` at the verifier found (null: the agent is not enrolled); the caller closes it. */
+  private async deleteAt(uuid: string, located: LocatedVerifier | null): Promise<DeleteResult> {
     if (!located) {
       this.deps.progress(`verifier: agent ${uuid} is already absent`)
       return 'absent'
     }
     const { verifier, where } = located
-    try {
-      const outcome = await verifier.deleteAgent(uuid)
-      if (outcome === 'not-found') {
-        const still = await verifier.getAgent(uuid)
-        if (still)
-          throw new TenantError(
-            `agent ${uuid} is enrolled at verifier ${String(still.verifier_id)} (${String(still.verifier_ip)}:${String(still.verifier_port)}), which alone may delete it: ask it, or leave out --no-verifier-check`,
-            EXIT_FAILED,
-          )
-        this.deps.progress(`verifier: agent ${uuid} is already absent`)
-        return 'absent'
-      }
-      if (outcome === 'terminating')
-        await this.waitFor('deletion', async () => (await verifier.getAgent(uuid)) === null)
-      this.deps.progress(`verifier: agent ${uuid} deleted from ${where}`)
-      return outcome
-    } finally {
-      await located.close()
+    const outcome = await verifier.deleteAgent(uuid)
+    if (outcome === 'not-found') {
+      const still = await verifier.getAgent(uuid)
+      if (still)
+        throw new TenantError(
+          `agent ${uuid} is enrolled at verifier ${String(still.verifier_id)} (${String(still.verifier_ip)}:${String(still.verifier_port)}), which alone may delete it: ask it, or leave out --no-verifier-check`,
+          EXIT_FAILED,
+        )
+      this.deps.progress(`verifier: agent ${uuid} is already absent`)
+      return 'absent'
     }
+    if (outcome === 'terminating')
+      await this.waitFor('deletion', async () => (await verifier.getAgent(uuid)) === null)
+    this.deps.progress(`verifier: agent ${uuid} deleted from ${where}`)
+    return outcome
   }
 
+  /**
+   * `update`: `delete`, then `add` at the verifier the agent was found at (as upstream's tenant, whose delete points
+   * it at the verifier the record names); an agent not enrolled anywhere is added at the configured verifier.
+   */
   async update(
     req: AddRequest,
     verifierCheck = true,
   ): Promise<{ agentVersion: string | null; verified: boolean }> {
-    await this.delete(req.uuid, verifierCheck)
-    return this.add(req)
+    const located = verifierCheck ? await this.locate(req.uuid) : this.configured()
+    try {
+      await this.deleteAt(req.uuid, located)
+      return await this.addAt(req, located ?? this.configured())
+    } finally {
+      await located?.close()
+    }
   }
 
   async cvstatus(uuid: string): Promise<VerifierAgentStatus & { operational_state_name: string | null }> {

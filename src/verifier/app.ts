@@ -50,17 +50,22 @@ import { KeylimeError } from '../common/errors.ts'
 import type { Logger } from '../common/log.ts'
 import { akKeyObject, isQuoteHashAlg, verifyQuote } from '../evidence/quote/index.ts'
 import {
+  type ActionAudit,
   agentStatus,
   deleteAgent,
   deleteMbPolicy,
   deleteRuntimePolicy,
+  enrolAgent,
   reactivateAgent,
+  requireAgent,
+  requireMbPolicy,
+  requireRuntimePolicy,
   saveMbPolicy,
   saveRuntimePolicy,
   stopAgent,
 } from './management.ts'
 import { addPushRoutes } from './push/routes.ts'
-import { registerV3ManagementRoutes } from './v3-management.ts'
+import { refusalOfApi, registerV3ManagementRoutes } from './v3-management.ts'
 import type { VerifierService } from './verifier-service.ts'
 
 export type Identity = 'admin' | 'anonymous'
@@ -120,14 +125,15 @@ export async function buildVerifierApp(opts: VerifierAppOptions): Promise<Keylim
   const repo = service.repo
   const o = service.options
   const identify = opts.identify ?? tlsIdentity
+  const requireAdmin = async (req: FastifyRequest, reply: FastifyReply) => {
+    if (identify(req) !== 'admin') forbidden(reply)
+  }
   const app = createKeylimeServer({
     ...(opts.log ? { logger: opts.log } : {}),
     ...(opts.https ? { https: opts.https } : {}),
     bodyLimit: o.maxBodySize,
     agentIdMessage: AGENT_ID_MESSAGE,
-    adminCheck: async (req, reply) => {
-      if (identify(req) !== 'admin') forbidden(reply)
-    },
+    adminCheck: requireAdmin,
     openapi: { title: 'Keylime verifier', version: CURRENT_API_VERSION, documentedPrefixes: ['2.6', '3.0'] },
     ...(opts.probes ? { probes: opts.probes } : {}),
   })
@@ -145,12 +151,17 @@ export async function buildVerifierApp(opts: VerifierAppOptions): Promise<Keylim
         (ip) => evidenceLimiter.admit(ip, Date.now()),
         (req) => req.method === 'POST' && req.routeOptions.url?.endsWith('/verify/evidence') === true,
         'evidence',
+        refusalOfApi,
       ),
     )
 
   /** One info line per admin action: who (certificate subject), what, on which agent or policy. */
   const audit = (req: FastifyRequest, action: string, fields: Record<string, unknown>) =>
     opts.log?.info({ audit: action, by: callerSubject(req), ...fields }, 'admin action')
+  const auditOf =
+    (req: FastifyRequest): ActionAudit =>
+    (action, fields) =>
+      audit(req, action, fields)
   const ok = (reply: FastifyReply, results: unknown, code = 200) =>
     reply.code(code).send(envelope(code, 'Success', results))
 
@@ -224,20 +235,7 @@ export async function buildVerifierApp(opts: VerifierAppOptions): Promise<Keylim
       return key !== null ? `Exception error: '${key}'` : `Exception error: ${fieldOf(errors)}`
     }),
     handler: async (req, reply) => {
-      const id = req.params.agent_id
-      const b = req.body
-      const row = await service.enrol(id, b)
-      audit(req, 'agent.enrol', {
-        agentId: id,
-        ip: row.ip,
-        port: row.port,
-        runtimePolicyId: row.ima_policy_id,
-        mbPolicyId: row.mb_policy_id,
-        runtimePolicyName: b.runtime_policy_name ?? null,
-        mbPolicyName: b.mb_policy_name,
-        tpmPolicy: b.tpm_policy,
-        payloadKey: row.v !== null,
-      })
+      await enrolAgent(service, req.params.agent_id, req.body, auditOf(req))
       return ok(reply, {})
     },
   })
@@ -251,11 +249,8 @@ export async function buildVerifierApp(opts: VerifierAppOptions): Promise<Keylim
       params: AgentIdParams,
       response: { 200: Envelope(AgentStatus), ...adminErrors },
     },
-    handler: async (req, reply) => {
-      const row = await repo.getAgent(req.params.agent_id)
-      if (!row) throw new ApiError(404, 'agent id not found')
-      return ok(reply, await agentStatus(service, row))
-    },
+    handler: async (req, reply) =>
+      ok(reply, await agentStatus(service, await requireAgent(service, req.params.agent_id))),
   })
 
   addVersionedRoute(app, {
@@ -290,12 +285,8 @@ export async function buildVerifierApp(opts: VerifierAppOptions): Promise<Keylim
       params: AgentIdParams,
       response: { 200: Empty, 202: Empty, ...adminErrors },
     },
-    handler: async (req, reply) => {
-      const id = req.params.agent_id
-      const code = await deleteAgent(service, id)
-      audit(req, 'agent.delete', { agentId: id, completed: code === 200 })
-      return ok(reply, {}, code)
-    },
+    handler: async (req, reply) =>
+      ok(reply, {}, await deleteAgent(service, req.params.agent_id, auditOf(req))),
   })
 
   addVersionedRoute(app, {
@@ -309,10 +300,8 @@ export async function buildVerifierApp(opts: VerifierAppOptions): Promise<Keylim
       response: { 200: Empty, ...adminErrors },
     },
     handler: async (req, reply) => {
-      const id = req.params.agent_id
       // upstream answers 400 here (its `.one()` raises), not 404
-      const previousState = await reactivateAgent(service, id, 400)
-      audit(req, 'agent.reactivate', { agentId: id, previousState })
+      await reactivateAgent(service, req.params.agent_id, 400, auditOf(req))
       return ok(reply, {})
     },
   })
@@ -328,9 +317,7 @@ export async function buildVerifierApp(opts: VerifierAppOptions): Promise<Keylim
       response: { 200: Empty, ...adminErrors },
     },
     handler: async (req, reply) => {
-      const id = req.params.agent_id
-      await stopAgent(service, id)
-      audit(req, 'agent.stop', { agentId: id })
+      await stopAgent(service, req.params.agent_id, auditOf(req))
       return ok(reply, {})
     },
   })
@@ -356,8 +343,7 @@ export async function buildVerifierApp(opts: VerifierAppOptions): Promise<Keylim
       response: { 200: Envelope(RuntimePolicyShow), ...adminErrors },
     },
     handler: async (req, reply) => {
-      const p = await repo.getAllowlist(req.params.name)
-      if (!p) throw new ApiError(404, `Runtime policy ${req.params.name} not found`)
+      const p = await requireRuntimePolicy(service, req.params.name)
       return ok(reply, { name: p.name, tmp_policy: null, runtime_policy: p.ima_policy })
     },
   })
@@ -375,17 +361,8 @@ export async function buildVerifierApp(opts: VerifierAppOptions): Promise<Keylim
       },
       schemaErrorFormatter: upstreamWording((errors) => `Runtime policy is malformatted: ${fieldOf(errors)}`),
       handler: async (req, reply) => {
-        const name = req.params.name
-        const checksum = await saveRuntimePolicy(
-          service,
-          name,
-          req.body,
-          method === 'POST' ? 'create' : 'replace',
-        )
-        audit(req, method === 'POST' ? 'runtime_policy.add' : 'runtime_policy.update', {
-          policy: name,
-          checksum,
-        })
+        const mode = method === 'POST' ? 'create' : 'replace'
+        await saveRuntimePolicy(service, req.params.name, req.body, mode, auditOf(req))
         return ok(reply, {}, 201)
       },
     })
@@ -400,8 +377,7 @@ export async function buildVerifierApp(opts: VerifierAppOptions): Promise<Keylim
       response: { 204: Type.Null(), ...adminErrors },
     },
     handler: async (req, reply) => {
-      await deleteRuntimePolicy(service, req.params.name)
-      audit(req, 'runtime_policy.delete', { policy: req.params.name })
+      await deleteRuntimePolicy(service, req.params.name, auditOf(req))
       return reply.code(204).send(null)
     },
   })
@@ -427,8 +403,7 @@ export async function buildVerifierApp(opts: VerifierAppOptions): Promise<Keylim
       response: { 200: Envelope(MbPolicyShow), ...adminErrors },
     },
     handler: async (req, reply) => {
-      const p = await repo.getMbPolicy(req.params.name)
-      if (!p) throw new ApiError(404, `Measured boot policy ${req.params.name} not found`)
+      const p = await requireMbPolicy(service, req.params.name)
       return ok(reply, { name: p.name, mb_policy: p.mb_policy })
     },
   })
@@ -448,17 +423,8 @@ export async function buildVerifierApp(opts: VerifierAppOptions): Promise<Keylim
         (errors) => `mb_policy (JSON text) is required: ${fieldOf(errors)}`,
       ),
       handler: async (req, reply) => {
-        const name = req.params.name
-        const checksum = await saveMbPolicy(
-          service,
-          name,
-          req.body.mb_policy,
-          method === 'POST' ? 'create' : 'replace',
-        )
-        audit(req, method === 'POST' ? 'mb_policy.add' : 'mb_policy.update', {
-          policy: name,
-          checksum,
-        })
+        const mode = method === 'POST' ? 'create' : 'replace'
+        await saveMbPolicy(service, req.params.name, req.body.mb_policy, mode, auditOf(req))
         return ok(reply, {}, 201)
       },
     })
@@ -473,8 +439,7 @@ export async function buildVerifierApp(opts: VerifierAppOptions): Promise<Keylim
       response: { 204: Type.Null(), ...adminErrors },
     },
     handler: async (req, reply) => {
-      await deleteMbPolicy(service, req.params.name)
-      audit(req, 'mb_policy.delete', { policy: req.params.name })
+      await deleteMbPolicy(service, req.params.name, auditOf(req))
       return reply.code(204).send(null)
     },
   })
@@ -532,6 +497,6 @@ export async function buildVerifierApp(opts: VerifierAppOptions): Promise<Keylim
     },
   })
 
-  registerV3ManagementRoutes(app, { service, audit })
+  registerV3ManagementRoutes(app, { service, auditOf, requireAdmin })
   return app
 }

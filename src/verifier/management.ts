@@ -3,9 +3,14 @@
  * routes (`v3-management.ts`): one implementation of each check, so the two APIs cannot drift apart. Refusals are
  * `VerifierRequestError`s with upstream's texts; each route renders them in its own error format.
  */
-import type { RuntimePolicyBody } from '../api/verifier/schemas.ts'
+import type { EnrollBody, RuntimePolicyBody } from '../api/verifier/schemas.ts'
 import { AgentState, attestationStatus, IDLE_STATES, pushAttestationStatus } from '../api/verifier/states.ts'
-import type { VerifierAgentRow } from '../db/verifier-repository.ts'
+import type {
+  AllowlistRow,
+  MbPolicyRow,
+  VerifierAgentRow,
+  VerifierRepository,
+} from '../db/verifier-repository.ts'
 import { RUNTIME_POLICY_GENERATOR } from '../evidence/ima/index.ts'
 import {
   b64decode,
@@ -17,6 +22,9 @@ import {
 } from './policy-input.ts'
 import { PolicyStore } from './policy-store.ts'
 import type { VerifierService } from './verifier-service.ts'
+
+/** Records one admin action of the request at hand (who is the route's to add): `agent.enrol`, `mb_policy.add`… */
+export type ActionAudit = (action: string, fields: Record<string, unknown>) => void
 
 /** The stored `last_event_context` JSON; a value that does not parse is shown as text, never a 500. */
 function eventContext(text: string | null): Record<string, unknown> | null {
@@ -102,11 +110,42 @@ export async function requireAgent(service: VerifierService, agentId: string): P
   return row
 }
 
+/** `POST /agents` (§3.1): enrols the agent and its policies, audited with what it brought along. */
+export async function enrolAgent(
+  service: VerifierService,
+  agentId: string,
+  body: EnrollBody,
+  audit: ActionAudit,
+): Promise<void> {
+  const row = await service.enrol(agentId, body)
+  audit('agent.enrol', {
+    agentId,
+    ip: row.ip,
+    port: row.port,
+    runtimePolicyId: row.ima_policy_id,
+    mbPolicyId: row.mb_policy_id,
+    runtimePolicyName: body.runtime_policy_name ?? null,
+    mbPolicyName: body.mb_policy_name,
+    tpmPolicy: body.tpm_policy,
+    payloadKey: row.v !== null,
+  })
+}
+
 /**
  * `DELETE /agents/:agent_id` (§3.1): 200 when deleted now, 202 when the verifier attesting it finishes the deletion.
  * 404 when absent or enrolled at another verifier id.
  */
-export async function deleteAgent(service: VerifierService, agentId: string): Promise<200 | 202> {
+export async function deleteAgent(
+  service: VerifierService,
+  agentId: string,
+  audit: ActionAudit,
+): Promise<200 | 202> {
+  const code = await removeAgent(service, agentId)
+  audit('agent.delete', { agentId, completed: code === 200 })
+  return code
+}
+
+async function removeAgent(service: VerifierService, agentId: string): Promise<200 | 202> {
   const repo = service.repo
   const row = await requireAgent(service, agentId)
   if (row.verifier_id !== service.options.verifierId)
@@ -136,36 +175,56 @@ export async function deleteAgent(service: VerifierService, agentId: string): Pr
   return 200
 }
 
-/** `PUT /agents/:agent_id/reactivate`: back to START under this verifier; returns the previous state. */
+/** `PUT /agents/:agent_id/reactivate`: back to START under this verifier, audited with the previous state. */
 export async function reactivateAgent(
   service: VerifierService,
   agentId: string,
   missingStatus: 400 | 404,
-): Promise<number | null> {
+  audit: ActionAudit,
+): Promise<void> {
   const row = await service.repo.getAgent(agentId)
   if (!row) throw new VerifierRequestError(missingStatus, 'agent id not found')
   const push = service.push
   if (row.ip === null && push) {
     // a push agent: accept its attestations again, evidence due within the timeout
     await push.repo.reactivate(agentId, Date.now() + service.options.push.evidenceTimeoutMs)
-    return row.operational_state
+  } else {
+    await service.repo.reactivate(agentId, service.leaseHolder)
+    const fresh = await service.repo.getAgent(agentId)
+    if (fresh && fresh.ip !== null && fresh.port !== null) service.loop.add(fresh)
   }
-  await service.repo.reactivate(agentId, service.leaseHolder)
-  const fresh = await service.repo.getAgent(agentId)
-  if (fresh && fresh.ip !== null && fresh.port !== null) service.loop.add(fresh)
-  return row.operational_state
+  audit('agent.reactivate', { agentId, previousState: row.operational_state })
 }
 
 /** `PUT /agents/:agent_id/stop`: state TENANT_FAILED, no longer attested. */
-export async function stopAgent(service: VerifierService, agentId: string): Promise<void> {
+export async function stopAgent(
+  service: VerifierService,
+  agentId: string,
+  audit: ActionAudit,
+): Promise<void> {
   if (!(await service.repo.setState(agentId, AgentState.TENANT_FAILED)))
     throw new VerifierRequestError(404, 'agent id not found')
   service.loop.remove(agentId)
+  audit('agent.stop', { agentId })
+}
+
+/** A runtime policy by name, or a 404 `Runtime policy NAME not found`. */
+export async function requireRuntimePolicy(service: VerifierService, name: string): Promise<AllowlistRow> {
+  const p = await service.repo.getAllowlist(name)
+  if (!p) throw new VerifierRequestError(404, `Runtime policy ${name} not found`)
+  return p
+}
+
+/** A measured-boot policy by name, or a 404 `Measured boot policy NAME not found`. */
+export async function requireMbPolicy(service: VerifierService, name: string): Promise<MbPolicyRow> {
+  const p = await service.repo.getMbPolicy(name)
+  if (!p) throw new VerifierRequestError(404, `Measured boot policy ${name} not found`)
+  return p
 }
 
 /**
  * `POST` (create) or `PUT` (replace) of a runtime policy (§3.2): the DSSE envelope checked with its key, the
- * policy's schema checked; 409 when creating an existing name, 404 when replacing a missing one. Returns the
+ * policy's schema checked; 409 when creating an existing name, 404 when replacing a missing one. Audited with the
  * stored checksum.
  */
 export async function saveRuntimePolicy(
@@ -173,7 +232,8 @@ export async function saveRuntimePolicy(
   name: string,
   body: RuntimePolicyBody,
   mode: 'create' | 'replace',
-): Promise<string> {
+  audit: ActionAudit,
+): Promise<void> {
   const repo = service.repo
   const o = service.options
   const text = unwrapRuntimePolicy(
@@ -198,18 +258,10 @@ export async function saveRuntimePolicy(
       throw new VerifierRequestError(404, `Runtime policy ${name} not found`)
     service.loop.invalidatePolicy('ima', existing.id)
   }
-  return fields.checksum
-}
-
-/** Deletes a runtime policy no agent uses (404 absent, 409 in use). */
-export async function deleteRuntimePolicy(service: VerifierService, name: string): Promise<void> {
-  const repo = service.repo
-  const p = await repo.allowlistMeta(name)
-  if (!p) throw new VerifierRequestError(404, `Runtime policy ${name} not found`)
-  const user = await repo.agentUsingPolicy('ima', p.id)
-  if (user)
-    throw new VerifierRequestError(409, `Can't delete allowlist as it's currently in use by agent ${user}`)
-  await repo.deleteAllowlist(p.name)
+  audit(mode === 'create' ? 'runtime_policy.add' : 'runtime_policy.update', {
+    policy: name,
+    checksum: fields.checksum,
+  })
 }
 
 /**
@@ -221,8 +273,9 @@ export async function saveMbPolicy(
   name: string,
   mbPolicy: string,
   mode: 'create' | 'replace',
+  audit: ActionAudit,
   missingStatus: 404 | 409 = 409,
-): Promise<string> {
+): Promise<void> {
   const repo = service.repo
   parseMbInput(mbPolicy, service.options.mbPolicyEngine)
   if (mode === 'create') {
@@ -235,16 +288,50 @@ export async function saveMbPolicy(
       throw new VerifierRequestError(missingStatus, `Measured boot policy ${name} does not exist`)
     service.loop.invalidatePolicy('mb', existing.id)
   }
-  return PolicyStore.checksum(mbPolicy)
+  audit(mode === 'create' ? 'mb_policy.add' : 'mb_policy.update', {
+    policy: name,
+    checksum: PolicyStore.checksum(mbPolicy),
+  })
 }
 
-/** Deletes a measured-boot policy no agent uses (404 absent, 409 in use). */
-export async function deleteMbPolicy(service: VerifierService, name: string): Promise<void> {
-  const repo = service.repo
-  const p = await repo.mbPolicyMeta(name)
-  if (!p) throw new VerifierRequestError(404, `Measured boot policy ${name} not found`)
-  const user = await repo.agentUsingPolicy('mb', p.id)
-  if (user)
-    throw new VerifierRequestError(409, `Can't delete mb policy as it's currently in use by agent ${user}`)
-  await repo.deleteMbPolicy(p.name)
+/** How each kind of policy is found and removed, in upstream's words. */
+const POLICY_DELETION = {
+  ima: {
+    find: (repo: VerifierRepository, name: string) => repo.allowlistMeta(name),
+    remove: (repo: VerifierRepository, name: string) => repo.deleteAllowlist(name),
+    missing: (name: string) => `Runtime policy ${name} not found`,
+    inUse: (agent: string) => `Can't delete allowlist as it's currently in use by agent ${agent}`,
+    action: 'runtime_policy.delete',
+  },
+  mb: {
+    find: (repo: VerifierRepository, name: string) => repo.mbPolicyMeta(name),
+    remove: (repo: VerifierRepository, name: string) => repo.deleteMbPolicy(name),
+    missing: (name: string) => `Measured boot policy ${name} not found`,
+    inUse: (agent: string) => `Can't delete mb policy as it's currently in use by agent ${agent}`,
+    action: 'mb_policy.delete',
+  },
+} as const
+
+/** Deletes a policy no agent uses (404 absent, 409 in use). */
+async function deleteUnusedPolicy(
+  service: VerifierService,
+  kind: keyof typeof POLICY_DELETION,
+  name: string,
+  audit: ActionAudit,
+): Promise<void> {
+  const how = POLICY_DELETION[kind]
+  const p = await how.find(service.repo, name)
+  if (!p) throw new VerifierRequestError(404, how.missing(name))
+  const user = await service.repo.agentUsingPolicy(kind, p.id)
+  if (user) throw new VerifierRequestError(409, how.inUse(user))
+  await how.remove(service.repo, p.name)
+  audit(how.action, { policy: name })
 }
+
+/** Deletes a runtime policy no agent uses (404 absent, 409 in use). */
+export const deleteRuntimePolicy = (service: VerifierService, name: string, audit: ActionAudit) =>
+  deleteUnusedPolicy(service, 'ima', name, audit)
+
+/** Deletes a measured-boot policy no agent uses (404 absent, 409 in use). */
+export const deleteMbPolicy = (service: VerifierService, name: string, audit: ActionAudit) =>
+  deleteUnusedPolicy(service, 'mb', name, audit)

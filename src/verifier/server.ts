@@ -23,6 +23,7 @@ import type { VerifierDatabase } from '../db/verifier-repository.ts'
 import { buildVerifierApp, type Identity } from './app.ts'
 import { expiredLeaseCount, PrometheusVerifierMetrics } from './metrics.ts'
 import { tomtouWarning, verifierOptionsFromConfig } from './options.ts'
+import { PrometheusPushMetrics } from './push/push-metrics.ts'
 import { settleWithin, VerifierService } from './verifier-service.ts'
 
 export class VerifierStartError extends KeylimeError {
@@ -130,6 +131,7 @@ export async function startVerifier(config: VerifierConfig, log: Logger): Promis
     revocations: () => service.notifier,
   })
   service.loop.metrics = metrics
+  if (service.push) service.push.metrics = new PrometheusPushMetrics(registry, db)
   const probes: ProbeOptions = {
     readiness: async () => {
       const base = await databaseReadiness(db, 'verifier')

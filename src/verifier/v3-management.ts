@@ -4,13 +4,15 @@
  * (`/v3/refstates/uefi[/:name]`) and `POST /v3/verify/evidence`, with JSON:API bodies (§0.3). They carry the same
  * data and run the same checks as the v2 routes: every operation is the one in `management.ts` or the service's
  * `enrol`/`verifyEvidence`. Authorization is v2's (§0.5): ADMIN for everything but evidence verification, checked
- * before the body is read. They are registered on every verifier, whatever its `mode` (docs/api.md says why).
+ * before the body is read; reading one agent is upstream's AGENT_OR_ADMIN (an agent reads its own record with its
+ * push-session token). They are registered on every verifier, whatever its `mode` (docs/api.md says why).
  *
  * Errors are JSON:API error documents (`{"errors": [{status, code, detail, source}]}`), rendered by this scope's
  * own error handler; routes outside it keep the v2 envelope.
  */
 import { Type } from '@sinclair/typebox'
 import type { FastifyError, FastifyReply, FastifyRequest, FastifySchemaValidationError } from 'fastify'
+import { errorEnvelope } from '../api/envelope.ts'
 import { AgentIdParams, AuthErrorBody, PolicyNameParams } from '../api/schemas.ts'
 import {
   addVersionedRoute,
@@ -18,6 +20,7 @@ import {
   databaseUnavailableReason,
   dropConnectionAfterUnreadBody,
   type KeylimeServer,
+  type RefusalRenderer,
 } from '../api/server.ts'
 import type { RuntimePolicyBody } from '../api/verifier/schemas.ts'
 import {
@@ -42,21 +45,21 @@ import {
 } from '../api/verifier/v3-management-schemas.ts'
 import { KeylimeError } from '../common/errors.ts'
 import {
+  type ActionAudit,
   agentStatus,
   deleteAgent,
   deleteMbPolicy,
   deleteRuntimePolicy,
+  enrolAgent,
   reactivateAgent,
   requireAgent,
+  requireMbPolicy,
+  requireRuntimePolicy,
   saveMbPolicy,
   saveRuntimePolicy,
   stopAgent,
 } from './management.ts'
-import { VerifierRequestError } from './policy-input.ts'
 import type { VerifierService } from './verifier-service.ts'
-
-/** One audit line per admin action (the v2 routes' `audit`). */
-export type AuditFn = (req: FastifyRequest, action: string, fields: Record<string, unknown>) => void
 
 /** The JSON:API `code` of an error status (§0.3: not_found, conflict, invalid_resource_data). */
 const CODES: Record<number, string> = {
@@ -68,6 +71,7 @@ const CODES: Record<number, string> = {
   413: 'payload_too_large',
   415: 'unsupported_media_type',
   422: 'invalid_resource_data',
+  429: 'too_many_requests',
 }
 
 interface ErrorSource {
@@ -86,7 +90,13 @@ class JsonApiRequestError extends KeylimeError {
   }
 }
 
-function errorDocument(status: number, detail: string, source?: ErrorSource, code?: string): JsonApiErrors {
+/** A JSON:API error document of one error (§0.3), e.g. `{"errors": [{"status": "404", "code": "not_found", …}]}`. */
+export function errorDocument(
+  status: number,
+  detail: string,
+  source?: ErrorSource,
+  code?: string,
+): JsonApiErrors {
   return {
     errors: [
       {
@@ -126,6 +136,12 @@ function schemaError(errors: FastifySchemaValidationError[], dataVar: string): E
   return new JsonApiRequestError(422, `${member} ${why}`, { pointer: member })
 }
 
+/** Refusals outside a route's handler (the evidence rate limit): JSON:API on v3 paths, the v2 envelope elsewhere. */
+export const refusalOfApi: RefusalRenderer = (request, status, detail) =>
+  /^\/v3(?:\.\d+)?\//.test(request.url)
+    ? { body: errorDocument(status, detail), contentType: JSON_API_MEDIA_TYPE }
+    : { body: errorEnvelope(status, detail) }
+
 /** The version prefix the request used (`/v3` or `/v3.0`), for `links.self`. */
 function prefixOf(req: FastifyRequest): string {
   return /^\/v3(?:\.0)?(?=\/)/.exec(req.url)?.[0] ?? '/v3'
@@ -160,7 +176,10 @@ function checkPatchId(data: { id?: string | undefined }, id: string): void {
 
 export interface V3ManagementOptions {
   service: VerifierService
-  audit: AuditFn
+  /** The audit line writer of a request (the v2 routes' own). */
+  auditOf: (req: FastifyRequest) => ActionAudit
+  /** The server's ADMIN check (it answers the refusal itself). */
+  requireAdmin: (req: FastifyRequest, reply: FastifyReply) => Promise<void>
 }
 
 export function registerV3ManagementRoutes(app: KeylimeServer, opts: V3ManagementOptions): void {
@@ -169,7 +188,7 @@ export function registerV3ManagementRoutes(app: KeylimeServer, opts: V3Managemen
   })
 }
 
-function v3Routes(app: KeylimeServer, { service, audit }: V3ManagementOptions): void {
+function v3Routes(app: KeylimeServer, { service, auditOf, requireAdmin }: V3ManagementOptions): void {
   const repo = service.repo
   const o = service.options
 
@@ -253,33 +272,42 @@ function v3Routes(app: KeylimeServer, { service, audit }: V3ManagementOptions): 
       const data = req.body.data
       const id = resourceId(data, 'agent_id')
       const { agent_id: _, ...enrolment } = data.attributes
-      const row = await service.enrol(id, enrolment)
-      audit(req, 'agent.enrol', {
-        agentId: id,
-        ip: row.ip,
-        port: row.port,
-        runtimePolicyId: row.ima_policy_id,
-        mbPolicyId: row.mb_policy_id,
-        runtimePolicyName: enrolment.runtime_policy_name ?? null,
-        mbPolicyName: enrolment.mb_policy_name,
-        tpmPolicy: enrolment.tpm_policy,
-        payloadKey: row.v !== null,
-      })
+      await enrolAgent(service, id, enrolment, auditOf(req))
       const resource = await agentResource(req, id)
       reply.header('Location', resource.links.self)
       return send(reply, 201, { data: resource })
     },
   })
 
+  /**
+   * AGENT_OR_ADMIN (upstream's READ_AGENT): with an `Authorization` header the caller is the agent of that push
+   * session and reads only its own record; without one, the admin check. As upstream, a token is never combined
+   * with the client certificate, so an agent that also holds one cannot read other agents through it.
+   */
+  const agentOrAdmin = async (req: FastifyRequest, reply: FastifyReply) => {
+    const authorization = req.headers.authorization
+    if (authorization === undefined) return requireAdmin(req, reply)
+    // pull mode has no push sessions, so no token can be valid
+    if (!service.push) throw new JsonApiRequestError(401, 'Invalid authentication token')
+    const caller = await service.push.sessions.authenticate(authorization).catch((err: unknown) => {
+      if (err instanceof KeylimeError && err.statusCode === 401)
+        throw new JsonApiRequestError(401, err.message)
+      throw err
+    })
+    const agentId = (req.params as { agent_id?: string }).agent_id
+    if (caller.agentId !== agentId)
+      throw new JsonApiRequestError(403, `Agent ${caller.agentId} cannot read agent ${agentId}`)
+  }
+
   addVersionedRoute(app, {
     ...common,
     method: 'GET',
     path: '/agents/:agent_id',
-    admin: true,
+    onRequest: agentOrAdmin,
     schema: {
-      summary: 'Status of an agent',
+      summary: 'Status of an agent (an admin, or the agent itself with its push-session token)',
       params: AgentIdParams,
-      response: { 200: AgentDocument, ...adminErrors },
+      response: { 200: AgentDocument, 401: JsonApiErrors, ...adminErrors },
     },
     handler: async (req, reply) => send(reply, 200, { data: await agentResource(req, req.params.agent_id) }),
   })
@@ -298,13 +326,8 @@ function v3Routes(app: KeylimeServer, { service, audit }: V3ManagementOptions): 
     handler: async (req, reply) => {
       const id = req.params.agent_id
       checkPatchId(req.body.data, id)
-      if (req.body.data.attributes.accept_attestations) {
-        const previousState = await reactivateAgent(service, id, 404)
-        audit(req, 'agent.reactivate', { agentId: id, previousState })
-      } else {
-        await stopAgent(service, id)
-        audit(req, 'agent.stop', { agentId: id })
-      }
+      if (req.body.data.attributes.accept_attestations) await reactivateAgent(service, id, 404, auditOf(req))
+      else await stopAgent(service, id, auditOf(req))
       return send(reply, 200, { data: await agentResource(req, id) })
     },
   })
@@ -324,9 +347,7 @@ function v3Routes(app: KeylimeServer, { service, audit }: V3ManagementOptions): 
       },
     },
     handler: async (req, reply) => {
-      const id = req.params.agent_id
-      const code = await deleteAgent(service, id)
-      audit(req, 'agent.delete', { agentId: id, completed: code === 200 })
+      const code = await deleteAgent(service, req.params.agent_id, auditOf(req))
       if (code === 200) return reply.code(204).send(null)
       return send(reply, 202, { meta: { status: 'terminating' } })
     },
@@ -334,8 +355,7 @@ function v3Routes(app: KeylimeServer, { service, audit }: V3ManagementOptions): 
 
   // ------------------------------------------------------------------------------ IMA policies
   const imaPolicyResource = async (req: FastifyRequest, name: string) => {
-    const p = await repo.getAllowlist(name)
-    if (!p) throw new VerifierRequestError(404, `Runtime policy ${name} not found`)
+    const p = await requireRuntimePolicy(service, name)
     return {
       type: V3_TYPES.imaPolicy,
       id: p.name,
@@ -403,8 +423,7 @@ function v3Routes(app: KeylimeServer, { service, audit }: V3ManagementOptions): 
     handler: async (req, reply) => {
       const data = req.body.data
       const name = resourceId(data, 'name')
-      const checksum = await saveRuntimePolicy(service, name, runtimeBody(data.attributes), 'create')
-      audit(req, 'runtime_policy.add', { policy: name, checksum })
+      await saveRuntimePolicy(service, name, runtimeBody(data.attributes), 'create', auditOf(req))
       const resource = await imaPolicyResource(req, name)
       reply.header('Location', resource.links.self)
       return send(reply, 201, { data: resource })
@@ -425,13 +444,7 @@ function v3Routes(app: KeylimeServer, { service, audit }: V3ManagementOptions): 
     handler: async (req, reply) => {
       const name = req.params.name
       checkPatchId(req.body.data, name)
-      const checksum = await saveRuntimePolicy(
-        service,
-        name,
-        runtimeBody(req.body.data.attributes),
-        'replace',
-      )
-      audit(req, 'runtime_policy.update', { policy: name, checksum })
+      await saveRuntimePolicy(service, name, runtimeBody(req.body.data.attributes), 'replace', auditOf(req))
       return send(reply, 200, { data: await imaPolicyResource(req, name) })
     },
   })
@@ -446,16 +459,14 @@ function v3Routes(app: KeylimeServer, { service, audit }: V3ManagementOptions): 
       response: { 204: Type.Null(), ...adminErrors },
     },
     handler: async (req, reply) => {
-      await deleteRuntimePolicy(service, req.params.name)
-      audit(req, 'runtime_policy.delete', { policy: req.params.name })
+      await deleteRuntimePolicy(service, req.params.name, auditOf(req))
       return reply.code(204).send(null)
     },
   })
 
   // ------------------------------------------------------------------------------ UEFI reference states
   const refstateResource = async (req: FastifyRequest, name: string) => {
-    const p = await repo.getMbPolicy(name)
-    if (!p) throw new VerifierRequestError(404, `Measured boot policy ${name} not found`)
+    const p = await requireMbPolicy(service, name)
     return {
       type: V3_TYPES.uefiRefstate,
       id: p.name,
@@ -510,8 +521,7 @@ function v3Routes(app: KeylimeServer, { service, audit }: V3ManagementOptions): 
     handler: async (req, reply) => {
       const data = req.body.data
       const name = resourceId(data, 'name')
-      const checksum = await saveMbPolicy(service, name, data.attributes.mb_policy, 'create')
-      audit(req, 'mb_policy.add', { policy: name, checksum })
+      await saveMbPolicy(service, name, data.attributes.mb_policy, 'create', auditOf(req))
       const resource = await refstateResource(req, name)
       reply.header('Location', resource.links.self)
       return send(reply, 201, { data: resource })
@@ -532,8 +542,7 @@ function v3Routes(app: KeylimeServer, { service, audit }: V3ManagementOptions): 
     handler: async (req, reply) => {
       const name = req.params.name
       checkPatchId(req.body.data, name)
-      const checksum = await saveMbPolicy(service, name, req.body.data.attributes.mb_policy, 'replace', 404)
-      audit(req, 'mb_policy.update', { policy: name, checksum })
+      await saveMbPolicy(service, name, req.body.data.attributes.mb_policy, 'replace', auditOf(req), 404)
       return send(reply, 200, { data: await refstateResource(req, name) })
     },
   })
@@ -548,8 +557,7 @@ function v3Routes(app: KeylimeServer, { service, audit }: V3ManagementOptions): 
       response: { 204: Type.Null(), ...adminErrors },
     },
     handler: async (req, reply) => {
-      await deleteMbPolicy(service, req.params.name)
-      audit(req, 'mb_policy.delete', { policy: req.params.name })
+      await deleteMbPolicy(service, req.params.name, auditOf(req))
       return reply.code(204).send(null)
     },
   })

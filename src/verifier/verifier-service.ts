@@ -180,7 +180,7 @@ export class VerifierService {
     this.evidence.pool?.warm()
     // a push verifier polls no agent: its agents come to it (docs/push.md)
     if (this.push) {
-      this.push.start()
+      await this.push.start(this.leaseAddress)
       this.deps.log.info({ holder: this.leaseHolder }, 'verifier started in push mode')
       return
     }
@@ -316,11 +316,10 @@ export class VerifierService {
 
   /**
    * `POST /agents/:id` (body already checked against its schema): checks what the schema cannot, then stores the
-   * agent with its new policies in one transaction and starts attesting it. Returns the stored row.
+   * agent with its new policies in one transaction and starts attesting it. Returns the stored row. An agent that
+   * exists is refused by the insert (409), after the checks of its input, in upstream's order.
    */
   async enrol(agentId: string, body: EnrollBody): Promise<NewVerifierAgent> {
-    if (await this.repo.agentExists(agentId))
-      throw new VerifierRequestError(409, `Agent of uuid ${agentId} already exists`)
     const plan = await planEnrolment(agentId, body, {
       repo: this.repo,
       options: this.deps.options,
@@ -331,9 +330,12 @@ export class VerifierService {
     try {
       await this.repo.enrolAgent(plan.row, plan.newPolicies)
     } catch (err) {
-      if (err instanceof DuplicateError)
+      if (!(err instanceof DuplicateError)) throw err
+      // The agent's primary key decides between adds of one id, however they interleave: exactly one insert commits
+      // and every other one lands here (a check before the insert would only sometimes catch the loser).
+      if (await this.repo.agentExists(agentId))
         throw new VerifierRequestError(409, `Agent of uuid ${agentId} already exists`)
-      throw err
+      throw new VerifierRequestError(409, err.message)
     }
     const stored = await this.repo.getAgent(agentId)
     if (stored) this.loop.add(stored)

@@ -118,7 +118,10 @@ for (const d of dialects) {
         const refused = results.filter((r) => r.status === 'rejected')
         expect(ok).toHaveLength(1)
         expect(refused).toHaveLength(1)
-        expect((refused[0] as PromiseRejectedResult).reason).toMatchObject({ statusCode: 409 })
+        expect((refused[0] as PromiseRejectedResult).reason).toMatchObject({
+          statusCode: 409,
+          message: `Agent of uuid ${id} already exists`,
+        })
         const winner = results[0]?.status === 'fulfilled' ? `a${round}` : `b${round}`
         const loser = winner.startsWith('a') ? `b${round}` : `a${round}`
         const row = await repo.getAgent(id)
@@ -127,8 +130,15 @@ for (const d of dialects) {
         expect(await repo.getAllowlist(`rt-${loser}`)).toBeUndefined()
         expect(await repo.getMbPolicy(`mb-${loser}`)).toBeUndefined()
       }
-      // the race is real: both adds passed the early duplicate check and reached the transaction
+      // the primary key decides every round: both adds reach the insert, whichever finishes its checks first
       expect(storeA.mock.calls.length + storeB.mock.calls.length).toBe(12)
+      // an add of an agent long enrolled is refused by the same insert
+      await expect(a.service.enrol('race-0', body('late'))).rejects.toMatchObject({
+        statusCode: 409,
+        message: 'Agent of uuid race-0 already exists',
+      })
+      expect((await repo.getAgent('race-0'))?.ima_policy_id).not.toBeNull()
+      expect(await repo.getAllowlist('rt-late')).toBeUndefined()
       await a.app.close()
       await b.app.close()
     })

@@ -1,6 +1,7 @@
 /**
  * `keylime agent` as a real process: configured by a TOML file plus flags, it registers with the registrar,
- * serves quotes over mTLS, and on SIGTERM exits 0 after flushing its transient TPM objects.
+ * serves quotes over mTLS, and on SIGTERM exits 0 after flushing its transient TPM objects. It runs with the Node
+ * flags of its systemd unit (no JIT among them), as on an attested machine.
  */
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process'
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
@@ -21,6 +22,11 @@ import { Tpm } from '../../src/tpm/tpm.ts'
 import { type SwtpmInstance, startSwtpm } from '../helpers/swtpm.ts'
 
 const UUID = 'c0ffee00-0000-4000-8000-000000000001'
+/** `NODE_OPTIONS` of packaging/systemd/keylime-agent.service. */
+const UNIT_NODE_OPTIONS =
+  /^Environment="NODE_OPTIONS=([^"]*)"/m.exec(
+    readFileSync(new URL('../../packaging/systemd/keylime-agent.service', import.meta.url), 'utf8'),
+  )?.[1] ?? ''
 let dir: string
 let swtpm: SwtpmInstance
 let registrar: RunningRegistrar
@@ -88,7 +94,10 @@ describe('keylime agent process', () => {
     child = spawn(
       process.execPath,
       ['bin/keylime.js', 'agent', '--config', conf, '--tpm', swtpm.transport, '--port', String(port)],
-      { env: { ...process.env, KEYLIME_LOG_LEVEL: 'info' }, stdio: ['ignore', 'pipe', 'pipe'] },
+      {
+        env: { ...process.env, KEYLIME_LOG_LEVEL: 'info', NODE_OPTIONS: UNIT_NODE_OPTIONS },
+        stdio: ['ignore', 'pipe', 'pipe'],
+      },
     )
     let output = ''
     child.stdout?.on('data', (c: Buffer) => {

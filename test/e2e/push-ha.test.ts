@@ -85,7 +85,8 @@ beforeAll(async () => {
     work,
     dbUrl: url.toString(),
     quoteInterval: 1,
-    verifierEnv: { KEYLIME_VERIFIER_PUSH_EVIDENCE_TIMEOUT: '30' },
+    // short tokens, extended by every pass: the agent keeps its one session (see the last test)
+    verifierEnv: { KEYLIME_VERIFIER_PUSH_EVIDENCE_TIMEOUT: '30', KEYLIME_VERIFIER_SESSION_LIFETIME: '6' },
   })
   // the second verifier starts while the agent registers (the proxy's port is known before either)
   const { freePort } = await import('../helpers/swtpm.ts')
@@ -159,5 +160,16 @@ describe('two push verifiers on PostgreSQL behind a round-robin proxy', () => {
       expect(new Set(items.map((i) => i.id)).size).toBe(items.length)
       expect(items.every((i) => i.attributes.evaluation !== 'fail')).toBe(true)
     }
+  })
+
+  it('keeps one session over three token lifetimes: passes extend the token and the agent learns it from the 201/202', async () => {
+    const sessions = agent.stats.sessions
+    const attestations = agent.stats.attestations
+    // session_lifetime 6 s, one attestation a second: 18 attestations span three lifetimes
+    await waitFor('eighteen more attestations', 90, () =>
+      agent.stats.attestations >= attestations + 18 ? true : undefined,
+    )
+    expect(agent.stats.sessions).toBe(sessions)
+    expect(agent.stats.consecutiveFailures).toBe(0)
   })
 })

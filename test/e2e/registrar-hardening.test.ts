@@ -3,7 +3,7 @@
  * per-source rate limit answers 429 with Retry-After over HTTP, the sweep timer deletes registrations never
  * activated, our agent on swtpm rides out a 429 during its start, and unusable settings refuse to start.
  */
-import { mkdtempSync, rmSync } from 'node:fs'
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { Writable } from 'node:stream'
@@ -20,6 +20,7 @@ import { openDatabase } from '../../src/db/database.ts'
 import type { RegistrarDatabase } from '../../src/db/registrar-repository.ts'
 import { type RunningRegistrar, startRegistrar } from '../../src/registrar/server.ts'
 import { softwareTpm } from '../api/registrar/software-tpm.ts'
+import { makeTestPki } from '../api/registrar/tls-material.ts'
 import { type SwtpmInstance, startSwtpm } from '../helpers/swtpm.ts'
 
 const log = createLogger('registrar-hardening-e2e', 'silent')
@@ -151,6 +152,45 @@ describe('registrar protections over real sockets', () => {
     } finally {
       await second.close()
     }
+  }, 60_000)
+
+  it('warns of a tpm_cert_store without certificates, naming the folder; KEYLIME_TENANT_TPM_CERT_STORE gives it one', async () => {
+    const empty = join(workDir, 'empty-store')
+    const filled = join(workDir, 'filled-store')
+    mkdirSync(empty)
+    mkdirSync(filled)
+    writeFileSync(join(filled, 'vendor-root.pem'), makeTestPki().caCert)
+    const warningsWith = async (env: Record<string, string>) => {
+      const warnings: string[] = []
+      const capture = pino(
+        { level: 'warn' },
+        new Writable({
+          write(chunk, _enc, done) {
+            warnings.push(JSON.parse(String(chunk)).msg)
+            done()
+          },
+        }),
+      )
+      const config = loadRegistrarConfig({
+        configDirs: [],
+        env: { KEYLIME_DIR: workDir, ...env },
+        flags: { tls_dir: 'generate', port: 0, tls_port: 0, database_url: 'sqlite' },
+      }).config
+      const running = await startRegistrar(config, capture, { env: { KEYLIME_DIR: workDir } })
+      await running.close()
+      return warnings.filter((w) => w.includes('tpm_cert_store'))
+    }
+    // the folder exists but holds nothing: every IAK/IDevID registration would be refused
+    const none = await warningsWith({ KEYLIME_TENANT_TPM_CERT_STORE: empty })
+    expect(none).toHaveLength(1)
+    expect(none[0]).toContain(`no certificate in tpm_cert_store ${empty}`)
+    expect(await warningsWith({ KEYLIME_TENANT_TPM_CERT_STORE: filled })).toEqual([])
+    expect(
+      await warningsWith({
+        KEYLIME_TENANT_TPM_CERT_STORE: filled,
+        KEYLIME_REGISTRAR_TENANT_TPM_CERT_STORE: join(workDir, 'absent'),
+      }),
+    ).toHaveLength(1)
   }, 60_000)
 
   it('refuses to start with unusable settings', async () => {

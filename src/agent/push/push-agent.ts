@@ -364,6 +364,17 @@ export async function startPushAgent(opts: PushAgentOptions): Promise<RunningPus
       return { value: result.token, expiresAt: Number.isNaN(expires) ? Number.POSITIVE_INFINITY : expires }
     }
 
+    /**
+     * A verifier that extends tokens on passing attestations (`extend_token_on_attestation`) tells the current expiry
+     * in `meta.token_expires_at` of its 201 and 202 (Keylime TS; upstream tells none, and its agents authenticate
+     * again at the first expiry). An expiry only moves later: a verifier of a group may know an older one for a while.
+     */
+    function learnTokenExpiry(body: { meta?: unknown }): void {
+      const until = (body.meta as { token_expires_at?: unknown } | undefined)?.token_expires_at
+      const ms = typeof until === 'string' ? Date.parse(until) : Number.NaN
+      if (token !== null && !Number.isNaN(ms) && ms > token.expiresAt) token = { ...token, expiresAt: ms }
+    }
+
     /** One round: capabilities, evidence; returns the seconds the verifier asks us to wait. */
     async function attestOnce(): Promise<number | undefined> {
       const current = token !== null && Date.now() < token.expiresAt ? token : await authenticate()
@@ -373,6 +384,7 @@ export async function startPushAgent(opts: PushAgentOptions): Promise<RunningPus
         token: current.value,
         body: { data: { type: 'attestation', attributes: capabilities } },
       })
+      learnTokenExpiry(created.body)
       const attestation = data(created.body)
       const evidence = await collectEvidence(attestation.attributes.evidence_requested, source)
       const target = created.location
@@ -384,6 +396,7 @@ export async function startPushAgent(opts: PushAgentOptions): Promise<RunningPus
           data: { type: 'attestation', attributes: { evidence_collected: evidence } },
         },
       })
+      learnTokenExpiry(submitted.body)
       stats.attestations++
       // upstream's verifier names the attestation only in its Location
       stats.lastAttestationId =

@@ -1,9 +1,10 @@
 /**
- * Pull-agent REST schemas (keylime-api.md §1), declared once: the agent's routes use them for request validation
- * and response serialisation, and `AgentClient` compiles the same ones to check replies. Unknown fields from an
- * upstream agent are accepted.
+ * Pull-agent REST schemas (keylime-api.md §1), declared once: they document the agent's routes (its OpenAPI
+ * document, loaded on demand: the agent itself checks requests without typebox) and `AgentClient` compiles the
+ * same ones to check replies. Unknown fields from an upstream agent are accepted.
  */
 import { type Static, Type } from '@sinclair/typebox'
+import { CHALLENGE_PATTERN, MASK_PATTERN, NONCE_PATTERN } from './query-rules.ts'
 
 export const AgentVersionResults = Type.Object({
   supported_version: Type.String(),
@@ -61,11 +62,8 @@ export type VerifyResults = Static<typeof VerifyResults>
 export const RevocationBody = Type.Object({ msg: Type.String(), signature: Type.String() })
 export type RevocationBody = Static<typeof RevocationBody>
 
-/** Query-string limits of the quote routes (keylime-api.md §1). */
-export const NONCE_MAX_LENGTH = 64
-
 const Nonce = Type.String({
-  pattern: `^[A-Za-z0-9]{1,${NONCE_MAX_LENGTH}}$`,
+  pattern: NONCE_PATTERN,
   description: 'alphanumeric, 1-64',
 })
 
@@ -75,7 +73,7 @@ export type IdentityQuoteQuery = Static<typeof IdentityQuoteQuery>
 export const IntegrityQuoteQuery = Type.Object({
   nonce: Nonce,
   /** hex PCR mask, `0x` optional, PCRs 0-23 only */
-  mask: Type.String({ pattern: '^(0[xX])?[0-9a-fA-F]{1,8}$' }),
+  mask: Type.String({ pattern: MASK_PATTERN }),
   /** `0`: include the payload public key; `1`: omit it */
   partial: Type.Union([Type.Literal('0'), Type.Literal('1')]),
   /** first IMA entry to return; anything that is not a number means 0, as upstream */
@@ -83,5 +81,5 @@ export const IntegrityQuoteQuery = Type.Object({
 })
 export type IntegrityQuoteQuery = Static<typeof IntegrityQuoteQuery>
 
-export const VerifyQuery = Type.Object({ challenge: Type.String({ pattern: '^[A-Za-z0-9]{1,1024}$' }) })
+export const VerifyQuery = Type.Object({ challenge: Type.String({ pattern: CHALLENGE_PATTERN }) })
 export type VerifyQuery = Static<typeof VerifyQuery>

@@ -1,17 +1,37 @@
 /**
  * Typed registrar client for the agent (register/activate over HTTP :8890) and the tenant (list/show/delete over
  * HTTPS :8891 with a client certificate). Errors are `PeerError` with the registrar's status and envelope.
+ * Replies are checked with plain functions of the same shapes as the typebox schemas in `schemas.ts` (a test holds
+ * the two to the same answers), so the agents, which register through this client, never load typebox.
  */
 import { type ClientTls, JsonClient, type JsonDispatcher } from '../client.ts'
+import { emptyResultsCheck, objectCheck } from '../reply-check.ts'
 import { CURRENT_API_VERSION } from '../versions.ts'
-import {
-  AgentResults,
-  EmptyResults,
-  ListResults,
-  type RegisterBody,
-  RegisterResults,
-  VersionResults,
-} from './schemas.ts'
+import type { AgentResults, ListResults, RegisterBody, RegisterResults, VersionResults } from './schemas.ts'
+
+/** The registrar's replies, as `VersionResults`, `RegisterResults`, `ListResults` and `AgentResults` declare them. */
+export const REGISTRAR_REPLY_CHECKS = {
+  version: objectCheck<VersionResults>({ current_version: 'string', supported_versions: 'string[]' }),
+  register: objectCheck<RegisterResults>({ blob: 'string' }),
+  list: objectCheck<ListResults>({ uuids: 'string[]' }),
+  agent: objectCheck<AgentResults>({
+    agent_id: 'string',
+    aik_tpm: 'string',
+    ek_tpm: 'string|null',
+    ekcert: 'string|null',
+    ek_ca_chain: 'string|null?',
+    iak_tpm: 'string|null?',
+    idevid_tpm: 'string|null?',
+    iak_cert: 'string|null?',
+    idevid_cert: 'string|null?',
+    mtls_cert: 'string|null',
+    ip: 'string|null',
+    port: 'integer|null',
+    regcount: 'integer',
+  }),
+  empty: emptyResultsCheck,
+}
+const REPLY = REGISTRAR_REPLY_CHECKS
 
 export interface RegistrarClientOptions {
   /** `http://127.0.0.1:8890` or `https://127.0.0.1:8891` */
@@ -52,14 +72,14 @@ export class RegistrarClient {
   }
 
   async getVersion(): Promise<VersionResults> {
-    return (await this.http.request('GET', '/version', { results: VersionResults })).results
+    return (await this.http.request('GET', '/version', { results: REPLY.version })).results
   }
 
   /** `POST /v{v}/agents/:agent_id` (the form the Rust agent uses); returns the b64 credential blob. */
   async register(agentId: string, body: Omit<RegisterBody, 'agent_id'>): Promise<RegisterResults> {
     const res = await this.http.request('POST', this.path(`/agents/${encodeURIComponent(agentId)}`), {
       body,
-      results: RegisterResults,
+      results: REPLY.register,
     })
     return res.results
   }
@@ -68,24 +88,24 @@ export class RegistrarClient {
   async activate(agentId: string, authTag: string): Promise<void> {
     await this.http.request('PUT', this.path(`/agents/${encodeURIComponent(agentId)}`), {
       body: { auth_tag: authTag },
-      results: EmptyResults,
+      results: REPLY.empty,
     })
   }
 
   async list(): Promise<string[]> {
-    return (await this.http.request('GET', this.path('/agents'), { results: ListResults })).results.uuids
+    return (await this.http.request('GET', this.path('/agents'), { results: REPLY.list })).results.uuids
   }
 
   async show(agentId: string): Promise<AgentResults> {
     const res = await this.http.request('GET', this.path(`/agents/${encodeURIComponent(agentId)}`), {
-      results: AgentResults,
+      results: REPLY.agent,
     })
     return res.results
   }
 
   async delete(agentId: string): Promise<void> {
     await this.http.request('DELETE', this.path(`/agents/${encodeURIComponent(agentId)}`), {
-      results: EmptyResults,
+      results: REPLY.empty,
     })
   }
 

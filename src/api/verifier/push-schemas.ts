@@ -28,7 +28,13 @@ export const JsonApiResource = Type.Object({
 
 export const JsonApiDocument = Type.Object({
   data: Type.Union([JsonApiResource, Type.Array(JsonApiResource)]),
-  meta: Type.Optional(Type.Object({ seconds_to_next_attestation: Type.Optional(Type.Integer()) })),
+  meta: Type.Optional(
+    Type.Object({
+      seconds_to_next_attestation: Type.Optional(Type.Integer()),
+      // Keylime TS: when the bearer token expires (extended by passing attestations); upstream sends none
+      token_expires_at: Type.Optional(Type.String()),
+    }),
+  ),
 })
 
 export const JsonApiErrors = Type.Object({

@@ -9,12 +9,13 @@ import type { KeyObject } from 'node:crypto'
 import { databaseUnavailableReason } from '../../api/server.ts'
 import { AgentState } from '../../api/verifier/states.ts'
 import type { Logger } from '../../common/log.ts'
-import { type AttestationRow, isDuplicateKey, type PushRepository } from '../../db/push-repository.ts'
 import type {
-  VerifierAgentPatch,
-  VerifierAgentRow,
-  VerifierRepository,
-} from '../../db/verifier-repository.ts'
+  AgentForAttestation,
+  AttestationRow,
+  CompletedEvaluation,
+  NewAttestationRow,
+  PushRepository,
+} from '../../db/push-repository.ts'
 import type { ImaReplayState, PcrBank } from '../../evidence/ima/index.ts'
 import type { EvidenceInput } from '../../evidence/pipeline.ts'
 import {
@@ -38,21 +39,26 @@ import type { RevocationNotifier } from '../revocation-notifier.ts'
 import { type EvidenceItemOffer, negotiateEvidence, type RequestedItem } from './capabilities.ts'
 import { alignImaList, chooseStartingOffset } from './ima-offset.ts'
 import { iso, PushApiError } from './json-api.ts'
+import { NO_PUSH_METRICS, type PushMetrics } from './push-metrics.ts'
+import type { PushResultBatcher } from './push-results.ts'
+import type { PushWriteQueue } from './push-writes.ts'
 import { newChallenge } from './tokens.ts'
 
 export interface PushAttestationDeps {
   push: PushRepository
-  agents: VerifierRepository
+  /** Group commit of new attestations and accepted evidence (answered once committed). */
+  writes: PushWriteQueue
+  /** Batched verdicts (written after the 202; see push-results.ts for why nothing is lost). */
+  results: PushResultBatcher
   options: VerifierOptions
   policies: PolicyStore
   evidence: EvidenceRunner
   notifier: RevocationNotifier
-  /** Extends the agent's token after a pass (`extend_token_on_attestation`). */
-  extendToken: (agentId: string) => Promise<void>
   log: Logger
   now: () => number
   /** Who holds an evaluation (this process). */
   holder: string
+  metrics?: PushMetrics
 }
 
 interface CollectedItem {
@@ -92,17 +98,49 @@ const parseJson = <T>(text: string | null, fallback: T): T => {
   }
 }
 
+/** Parsed forms of enrolment columns, cached by their text (so never stale: a changed column is a new key). */
 const MAX_CACHED_AKS = 20_000
+const MAX_CACHED_POLICIES = 20_000
+
+/** A bounded map: the oldest entry goes when it is full. */
+function remember<V>(map: Map<string, V>, max: number, key: string, make: () => V): V {
+  let v = map.get(key)
+  if (v === undefined) {
+    v = make()
+    if (map.size >= max) map.delete(map.keys().next().value as string)
+    map.set(key, v)
+  }
+  return v
+}
 
 /** How long an accepted evaluation stays with its verifier before another may take it over. */
 const DEFAULT_EVALUATION_HOLD_MS = 120_000
+
+interface Awaiting {
+  att: AttestationRow
+  row: AgentForAttestation
+  requested: RequestedItem[]
+}
+
+const MAX_AWAITING = 50_000
 
 export class PushAttestations {
   private readonly running = new Set<Promise<void>>()
   /** AK keys by their enrolled text: parsing one costs more than the rest of a quote check. */
   private readonly aks = new Map<string, KeyObject>()
+  private readonly tpmPolicies = new Map<string, ReturnType<typeof parseTpmPolicy>>()
+  private readonly acceptLists = new Map<string, string[]>()
+  /**
+   * Attestations this process created whose evidence it has not received yet, with the agent as the create read it:
+   * when the PATCH comes back here it needs no read (the conditional update still checks, in the database, that the
+   * attestation awaits evidence, is the agent's latest and that the agent may attest; if not, the full path says why).
+   */
+  private readonly awaiting = new Map<string, Awaiting>()
+  private readonly metrics: PushMetrics
 
-  constructor(private readonly deps: PushAttestationDeps) {}
+  constructor(private readonly deps: PushAttestationDeps) {
+    this.metrics = deps.metrics ?? NO_PUSH_METRICS
+  }
 
   private get o() {
     return this.deps.options
@@ -110,11 +148,13 @@ export class PushAttestations {
 
   /** Resolves when every evaluation this process started has finished (tests, shutdown). */
   async idle(): Promise<void> {
+    // an evaluation finishes once its verdict's batch is written
     while (this.running.size > 0) await Promise.allSettled([...this.running])
   }
 
-  private async pushAgent(agentId: string): Promise<VerifierAgentRow> {
-    const row = await this.deps.agents.getAgent(agentId)
+  /** The agent (enrolment, attestation state, latest attestation: one read), refused unless it may attest. */
+  private async pushAgent(agentId: string): Promise<AgentForAttestation> {
+    const row = await this.deps.push.agentForAttestation(agentId)
     if (!row) throw new PushApiError(404, `Agent ${agentId} is not enrolled`, { code: 'not_found' })
     if (row.ip !== null)
       throw new PushApiError(403, 'attestations are not accepted for a pull-mode agent', {
@@ -127,9 +167,12 @@ export class PushAttestations {
     return row
   }
 
-  private async checksOf(row: VerifierAgentRow): Promise<AgentChecks> {
+  private async checksOf(row: AgentForAttestation): Promise<AgentChecks> {
     const akPublic = this.akOf(row.ak_tpm ?? '')
-    const tpmPolicy = parseTpmPolicy(row.tpm_policy ?? '')
+    const policyText = row.tpm_policy ?? ''
+    const tpmPolicy = remember(this.tpmPolicies, MAX_CACHED_POLICIES, policyText, () =>
+      parseTpmPolicy(policyText),
+    )
     const runtime = await this.deps.policies.runtimeFor(row.ima_policy_id)
     const mb = await this.deps.policies.mbFor(row.mb_policy_id)
     return {
@@ -141,9 +184,9 @@ export class PushAttestations {
         bindsPubkey: false,
       }),
       accepted: {
-        hash: parseAcceptList(row.accept_tpm_hash_algs),
-        encryption: parseAcceptList(row.accept_tpm_encryption_algs),
-        signing: parseAcceptList(row.accept_tpm_signing_algs),
+        hash: this.acceptList(row.accept_tpm_hash_algs),
+        encryption: this.acceptList(row.accept_tpm_encryption_algs),
+        signing: this.acceptList(row.accept_tpm_signing_algs),
       },
       runtime,
       mb,
@@ -152,13 +195,13 @@ export class PushAttestations {
   }
 
   private akOf(akTpm: string): KeyObject {
-    let key = this.aks.get(akTpm)
-    if (!key) {
-      key = akKeyObject(new Uint8Array(Buffer.from(akTpm, 'base64')))
-      if (this.aks.size >= MAX_CACHED_AKS) this.aks.delete(this.aks.keys().next().value as string)
-      this.aks.set(akTpm, key)
-    }
-    return key
+    return remember(this.aks, MAX_CACHED_AKS, akTpm, () =>
+      akKeyObject(new Uint8Array(Buffer.from(akTpm, 'base64'))),
+    )
+  }
+
+  private acceptList(text: string | null): string[] {
+    return remember(this.acceptLists, 1000, text ?? '', () => parseAcceptList(text))
   }
 
   // ---------------------------------------------------------------------------- create
@@ -169,7 +212,7 @@ export class PushAttestations {
   ): Promise<{ location: string; body: unknown }> {
     const row = await this.pushAgent(agentId)
     const now = this.deps.now()
-    const latest = await this.deps.push.latestAttestation(agentId)
+    const latest = row.latest
     if (latest?.stage === 'evaluating_evidence')
       throw new PushApiError(503, 'the previous attestation is still being verified', {
         code: 'verification_in_progress',
@@ -242,23 +285,19 @@ export class PushAttestations {
     const row0 = {
       agent_id: agentId,
       index,
-      stage: 'awaiting_evidence' as const,
-      evaluation: 'pending' as const,
       system_info__boot_time: bootTime,
       capabilities_received_at: iso(now),
       challenges_expire_at: iso(now + this.o.push.challengeLifetimeMs),
       evidence_requested: JSON.stringify(requested),
       ima_starting_offset: ima ? (ima.chosen_parameters.starting_offset as number) : null,
     }
-    try {
-      await this.deps.push.createAttestation(row0)
-    } catch (err) {
-      if (isDuplicateKey(err))
-        throw new PushApiError(409, 'another attestation of this agent was created at the same time', {
-          code: 'conflict',
-        })
-      throw err
-    }
+    this.awaiting.delete(agentId)
+    if (!(await this.deps.writes.insert(row0)))
+      throw new PushApiError(409, 'another attestation of this agent was created at the same time', {
+        code: 'conflict',
+      })
+    this.metrics.attestationCreated()
+    remember(this.awaiting, MAX_AWAITING, agentId, () => ({ att: newAttestation(row0), row, requested }))
     const location = `/v3.0/agents/${agentId}/attestations/${index}`
     return {
       location,
@@ -290,8 +329,15 @@ export class PushAttestations {
     which: string,
     attributes: { evidence_collected?: unknown },
   ): Promise<{ body: unknown }> {
+    const mine = this.awaiting.get(agentId)
+    this.awaiting.delete(agentId)
+    if (mine && (which === 'latest' || which === String(mine.att.index))) {
+      const done = await this.accept(mine, attributes)
+      if (done) return done
+      // refused by the database: the full path below says why
+    }
     const agentRow = await this.pushAgent(agentId)
-    const latest = await this.deps.push.latestAttestation(agentId)
+    const latest = agentRow.latest
     const index = which === 'latest' ? latest?.index : Number(which)
     const att =
       index === undefined || !Number.isSafeInteger(index)
@@ -306,29 +352,48 @@ export class PushAttestations {
       throw new PushApiError(403, 'evidence was already received for this attestation', {
         code: 'evidence_immutable',
       })
+    const requested = parseJson<RequestedItem[]>(att.evidence_requested, [])
+    const done = await this.accept({ att, row: agentRow, requested }, attributes)
+    if (!done)
+      throw new PushApiError(403, 'evidence was already received for this attestation', {
+        code: 'evidence_immutable',
+      })
+    return done
+  }
+
+  /** Checks and stores the evidence; null when the database refused it (see `submitEvidenceMany`). */
+  private async accept(
+    { att, row: agentRow, requested }: Awaiting,
+    attributes: { evidence_collected?: unknown },
+  ): Promise<{ body: unknown } | null> {
+    const agentId = agentRow.agent_id
     const now = this.deps.now()
     if ((att.challenges_expire_at ?? '') < iso(now))
       throw new PushApiError(403, 'the challenges of this attestation have expired', {
         code: 'challenges_expired',
       })
-    const requested = parseJson<RequestedItem[]>(att.evidence_requested, [])
     const collected = checkCollected(requested, attributes.evidence_collected)
     const hold = this.o.push.verificationTimeoutMs || DEFAULT_EVALUATION_HOLD_MS
-    const accepted = await this.deps.push.submitEvidence(agentId, att.index, {
-      evidence_collected: JSON.stringify(collected),
-      evidence_received_at: iso(now),
+    const collectedText = JSON.stringify(collected)
+    const accepted = await this.deps.writes.submit({
+      agentId,
+      index: att.index,
+      evidenceCollected: collectedText,
+      receivedAt: iso(now),
       holder: this.deps.holder,
       expires: now + hold,
     })
-    if (!accepted)
-      throw new PushApiError(403, 'evidence was already received for this attestation', {
-        code: 'evidence_immutable',
-      })
+    if (!accepted) return null
     // verification starts once the answer is on its way (keylime-api.md §4.2)
+    this.metrics.evidenceAccepted(
+      att.capabilities_received_at
+        ? (this.deps.now() - Date.parse(att.capabilities_received_at)) / 1000
+        : null,
+    )
     const evaluating: AttestationRow = {
       ...att,
       stage: 'evaluating_evidence',
-      evidence_collected: JSON.stringify(collected),
+      evidence_collected: collectedText,
       evidence_received_at: iso(now),
       evaluation_holder: this.deps.holder,
       evaluation_expires: now + hold,
@@ -379,8 +444,35 @@ export class PushAttestations {
   /** Evaluations whose verifier died (hold expired): finished here from the stored evidence. */
   async resumeAbandoned(limit = 100): Promise<number> {
     const now = this.deps.now()
-    const hold = this.o.push.verificationTimeoutMs || DEFAULT_EVALUATION_HOLD_MS
-    const taken = await this.deps.push.takeAbandonedEvaluations(now, this.deps.holder, now + hold, limit)
+    const taken = await this.deps.push.takeAbandonedEvaluations(
+      now,
+      this.deps.holder,
+      now + this.hold(),
+      limit,
+    )
+    return this.resume(taken)
+  }
+
+  /**
+   * At start: evaluations an earlier process at this address left (killed before their verdicts were written) are
+   * finished at once, not once their hold expires (the agents would get 503 until then).
+   */
+  async resumePredecessors(address: string, limit = 10_000): Promise<number> {
+    const now = this.deps.now()
+    const taken = await this.deps.push.takeEvaluationsOfPredecessors(
+      address,
+      this.deps.holder,
+      now + this.hold(),
+      limit,
+    )
+    return this.resume(taken)
+  }
+
+  private hold(): number {
+    return this.o.push.verificationTimeoutMs || DEFAULT_EVALUATION_HOLD_MS
+  }
+
+  private resume(taken: AttestationRow[]): number {
     for (const a of taken) {
       this.deps.log.warn(
         { agentId: a.agent_id, index: a.index },
@@ -397,10 +489,10 @@ export class PushAttestations {
   private async evaluate(
     agentId: string,
     index: number,
-    known?: { att: AttestationRow; row: VerifierAgentRow },
+    known?: { att: AttestationRow; row: AgentForAttestation },
   ): Promise<void> {
     const att = known?.att ?? (await this.deps.push.getAttestation(agentId, index))
-    const row = known?.row ?? (await this.deps.agents.getAgent(agentId))
+    const row = known?.row ?? (await this.deps.push.agentForAttestation(agentId))
     if (!att || !row || att.stage !== 'evaluating_evidence' || att.evaluation_holder !== this.deps.holder)
       return
     const requested = parseJson<RequestedItem[]>(att.evidence_requested, [])
@@ -432,7 +524,7 @@ export class PushAttestations {
   }
 
   private evidenceInput(
-    row: VerifierAgentRow,
+    row: AgentForAttestation,
     att: AttestationRow,
     checks: AgentChecks,
     requested: RequestedItem[],
@@ -503,7 +595,7 @@ export class PushAttestations {
   }
 
   private async complete(
-    row: VerifierAgentRow,
+    row: AgentForAttestation,
     att: AttestationRow,
     events: FailureEvent[],
     clock: TpmClockInfo | null,
@@ -513,42 +605,19 @@ export class PushAttestations {
     const now = this.deps.now()
     const nowS = Math.floor(now / 1000)
     const passed = events.length === 0
-    const agent: VerifierAgentPatch = {
-      last_received_quote: nowS,
-      push_deadline: now + this.o.push.evidenceTimeoutMs,
-      accept_attestations: 1,
-      ...(algs ? { hash_alg: algs.hash, sign_alg: algs.sign, enc_alg: algs.enc } : {}),
-    }
     let worst: { event: FailureEvent; level: number } | null = null
-    if (passed) {
-      agent.last_successful_attestation = nowS
-      if (clock) agent.tpm_clockinfo = JSON.stringify(clock)
-      if (imaState) {
-        agent.ima_state = JSON.stringify(imaState)
-        agent.next_ima_ml_entry = imaState.nextEntry
-      }
-      const failuresBefore = row.consecutive_attestation_failures ?? 0
-      if (failuresBefore === 0 || this.o.push.autoRecoverAttestationFailures) {
-        agent.consecutive_attestation_failures = 0
-        agent.operational_state = AgentState.GET_QUOTE
-      }
-    } else {
-      for (const event of events) {
-        const level = severityOf(event, this.o.severityRules, this.o.severityLabels)
-        if (!worst || level > worst.level) worst = { event, level }
-      }
-      if (worst) {
-        agent.operational_state = AgentState.INVALID_QUOTE
-        agent.last_event_id = worst.event.eventId
-        agent.last_event_context = JSON.stringify(worst.event.context)
-        agent.severity_level = worst.level
-      }
+    for (const event of events) {
+      const level = severityOf(event, this.o.severityRules, this.o.severityLabels)
+      if (!worst || level > worst.level) worst = { event, level }
     }
-    const done = await this.deps.push.completeEvaluation(
-      row.agent_id,
-      att.index,
-      this.deps.holder,
-      {
+    const recovers =
+      passed &&
+      ((row.consecutive_attestation_failures ?? 0) === 0 || this.o.push.autoRecoverAttestationFailures)
+    const item: CompletedEvaluation = {
+      agentId: row.agent_id,
+      index: att.index,
+      holder: this.deps.holder,
+      attestation: {
         evaluation: passed ? 'pass' : 'fail',
         failure_reason: passed ? null : failureReason(events),
         verification_completed_at: iso(now),
@@ -561,44 +630,74 @@ export class PushAttestations {
         event_context: worst ? JSON.stringify(worst.event.context) : null,
         evidence_collected: summariseEvidence(att.evidence_collected),
       },
-      agent,
-      passed ? 'pass' : 'fail',
-    )
-    // taken over by another verifier meanwhile, or the agent was deleted: its verdict is not ours to write
-    if (!done) return
-    if (passed) {
-      await this.deps.extendToken(row.agent_id)
-      await this.deps.push.applyRetention(row.agent_id)
-      return
+      agent: {
+        push_deadline: now + this.o.push.evidenceTimeoutMs,
+        hash_alg: algs?.hash ?? null,
+        sign_alg: algs?.sign ?? null,
+        enc_alg: algs?.enc ?? null,
+        operational_state: passed
+          ? recovers
+            ? AgentState.GET_QUOTE
+            : null
+          : worst
+            ? AgentState.INVALID_QUOTE
+            : null,
+        failures: passed ? (recovers ? 'reset' : 'keep') : 'increment',
+        last_event_id: worst?.event.eventId ?? null,
+        last_event_context: worst ? JSON.stringify(worst.event.context) : null,
+        severity_level: worst?.level ?? null,
+      },
+      state: {
+        passed,
+        last_received_quote: nowS,
+        last_successful_attestation: passed ? nowS : null,
+        tpm_clockinfo: passed && clock ? JSON.stringify(clock) : null,
+        next_ima_ml_entry: passed && imaState ? imaState.nextEntry : null,
+        ima_state: passed && imaState ? JSON.stringify(imaState) : null,
+      },
     }
-    this.deps.log.warn(
-      { agentId: row.agent_id, index: att.index, eventId: worst?.event.eventId },
-      'push attestation failed',
+    const receivedAt = att.evidence_received_at ? Date.parse(att.evidence_received_at) : now
+    await new Promise<void>((resolve) =>
+      this.deps.results.put(item, (outcome) => {
+        resolve()
+        // taken over by another verifier meanwhile, or the agent was deleted: its verdict is not ours to report
+        if (!outcome.written) return
+        this.metrics.verdict(
+          passed ? 'pass' : 'fail',
+          worst?.event.eventId ?? null,
+          (this.deps.now() - receivedAt) / 1000,
+        )
+        if (passed || !outcome.enrolled) return
+        this.deps.log.warn(
+          { agentId: row.agent_id, index: att.index, eventId: worst?.event.eventId },
+          'push attestation failed',
+        )
+        if (worst && this.o.push.revocationNotifications)
+          this.deps.notifier.notify(
+            {
+              agentId: row.agent_id,
+              ip: null,
+              port: null,
+              tpmPolicy: row.tpm_policy,
+              metaData: row.meta_data,
+              revocationKey: row.revocation_key,
+            },
+            'revocation',
+            new Date(now),
+            {
+              eventId: worst.event.eventId,
+              severityLabel: this.o.severityLabels[worst.level] ?? 'emergency',
+              context: worst.event.context,
+            },
+          )
+      }),
     )
-    if (worst && this.o.push.revocationNotifications)
-      this.deps.notifier.notify(
-        {
-          agentId: row.agent_id,
-          ip: null,
-          port: null,
-          tpmPolicy: row.tpm_policy,
-          metaData: row.meta_data,
-          revocationKey: row.revocation_key,
-        },
-        'revocation',
-        new Date(now),
-        {
-          eventId: worst.event.eventId,
-          severityLabel: this.o.severityLabels[worst.level] ?? 'emergency',
-          context: worst.event.context,
-        },
-      )
   }
 
   // ---------------------------------------------------------------------------- reading
 
   async get(agentId: string, which: string): Promise<unknown> {
-    if (!(await this.deps.agents.getAgent(agentId)))
+    if (!(await this.deps.push.agentForAttestation(agentId)))
       throw new PushApiError(404, `Agent ${agentId} is not enrolled`, { code: 'not_found' })
     const att =
       which === 'latest'
@@ -611,15 +710,19 @@ export class PushAttestations {
   }
 
   async list(agentId: string): Promise<unknown> {
-    if (!(await this.deps.agents.getAgent(agentId)))
+    if (!(await this.deps.push.agentForAttestation(agentId)))
       throw new PushApiError(404, `Agent ${agentId} is not enrolled`, { code: 'not_found' })
     return { data: (await this.deps.push.listAttestations(agentId)).map(renderAttestation) }
   }
 }
 
-/** The evidence kept after verification: logs replaced by their size, the quote kept. */
+/**
+ * The evidence kept after verification: logs replaced by their size, the quote kept; null when there is no log to
+ * drop (the stored evidence stays as it is, not written again).
+ */
 function summariseEvidence(text: string | null): string | null {
   const items = parseJson<CollectedItem[]>(text, [])
+  if (!items.some((it) => it.evidence_class === 'log' && it.data)) return null
   return JSON.stringify(
     items.map((it) => {
       if (it.evidence_class !== 'log' || !it.data) return it
@@ -662,6 +765,25 @@ export function renderAttestation(a: AttestationRow) {
 
 const bad = (detail: string, pointer: string) =>
   new PushApiError(400, detail, { code: 'invalid_resource_data', pointer })
+
+/** The row `insertAttestations` writes, as a whole attestation. */
+function newAttestation(r: NewAttestationRow): AttestationRow {
+  return {
+    ...r,
+    stage: 'awaiting_evidence',
+    evaluation: 'pending',
+    failure_reason: null,
+    evidence_received_at: null,
+    verification_completed_at: null,
+    evidence_collected: null,
+    ima_certified_entry_count: null,
+    ima_state: null,
+    event_id: null,
+    event_context: null,
+    evaluation_holder: null,
+    evaluation_expires: null,
+  }
+}
 
 /** The submitted evidence matches what was requested, item by item (400 naming the first mismatch). */
 function checkCollected(requested: RequestedItem[], value: unknown): CollectedItem[] {

@@ -14,6 +14,7 @@ import type { VerifierOptions } from '../options.ts'
 import type { RevocationNotifier } from '../revocation-notifier.ts'
 import type { PushAttestations } from './attestations.ts'
 import { iso } from './json-api.ts'
+import type { PushMetrics } from './push-metrics.ts'
 
 export const OVERDUE_EVENT = 'internal.push.evidence_overdue'
 const SESSION_PURGE_EVERY_MS = 60_000
@@ -34,6 +35,7 @@ export class PushMonitor {
       log: Logger
       outage: DbOutage
       now: () => number
+      metrics?: PushMetrics
     },
   ) {}
 
@@ -65,6 +67,7 @@ export class PushMonitor {
         context: JSON.stringify(event.context),
         severityLevel: level,
       })
+      this.deps.metrics?.overdue(failed.length)
       for (const row of failed) {
         this.overdue++
         this.deps.log.warn({ agentId: row.agent_id }, 'push agent evidence overdue: failed')

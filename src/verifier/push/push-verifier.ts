@@ -13,6 +13,9 @@ import type { PolicyStore } from '../policy-store.ts'
 import type { RevocationNotifier } from '../revocation-notifier.ts'
 import { PushAttestations } from './attestations.ts'
 import { PushMonitor } from './monitor.ts'
+import { NO_PUSH_METRICS, type PushMetrics } from './push-metrics.ts'
+import { PushResultBatcher } from './push-results.ts'
+import { PushWriteQueue } from './push-writes.ts'
 import { EscalatingRateLimiter } from './rate-limits.ts'
 import { PushSessions } from './sessions.ts'
 
@@ -30,35 +33,66 @@ export interface PushVerifierDeps {
   holder: string
 }
 
+/** How often batched verdicts are written (the agent's next attestation waits for its verdict: 503 until then). */
+const VERDICT_FLUSH_MS = 100
+
 export class PushVerifier {
   readonly repo: PushRepository
   readonly sessions: PushSessions
   readonly attestations: PushAttestations
   readonly monitor: PushMonitor
   readonly limits: { perIp: EscalatingRateLimiter; perAgent: EscalatingRateLimiter }
+  readonly results: PushResultBatcher
+  private readonly log: Logger
+  /** Where push metrics are recorded (`/metrics`); a no-op until the server sets it. */
+  metrics: PushMetrics = NO_PUSH_METRICS
 
   constructor(deps: PushVerifierDeps) {
     const o = deps.options
+    this.log = deps.log
     // the push tables live in the verifier's database, created by its migrations
     this.repo = new PushRepository(deps.db as unknown as Kysely<PushDatabase>)
+    // the parts record through this object, so metrics set after construction reach them
+    const metrics: PushMetrics = {
+      session: (outcome) => this.metrics.session(outcome),
+      attestationCreated: () => this.metrics.attestationCreated(),
+      evidenceAccepted: (s) => this.metrics.evidenceAccepted(s),
+      verdict: (r, e, s) => this.metrics.verdict(r, e, s),
+      overdue: (n) => this.metrics.overdue(n),
+      databaseWrite: (k, r, s) => this.metrics.databaseWrite(k, r, s),
+    }
     this.sessions = new PushSessions({
       push: this.repo,
       agents: deps.agents,
       options: o.push,
       log: deps.log,
       now: deps.now,
+      metrics,
+    })
+    this.results = new PushResultBatcher({
+      repo: this.repo,
+      flushMs: VERDICT_FLUSH_MS,
+      extendUntil: () => this.sessions.extensionUntil(),
+      onExtended: (sessions) => this.sessions.extended(sessions),
+      outage: deps.outage,
+      log: deps.log,
+      onWritten: (rows, seconds) => metrics.databaseWrite('verdicts', rows, seconds),
     })
     this.attestations = new PushAttestations({
       push: this.repo,
-      agents: deps.agents,
+      writes: new PushWriteQueue({
+        repo: this.repo,
+        onWritten: (rows, seconds) => metrics.databaseWrite('requests', rows, seconds),
+      }),
+      results: this.results,
       options: o,
       policies: deps.policies,
       evidence: deps.evidence,
       notifier: deps.notifier,
-      extendToken: (agentId) => this.sessions.extendAfterPass(agentId),
       log: deps.log,
       now: deps.now,
       holder: deps.holder,
+      metrics,
     })
     this.monitor = new PushMonitor({
       push: this.repo,
@@ -68,6 +102,7 @@ export class PushVerifier {
       log: deps.log,
       outage: deps.outage,
       now: deps.now,
+      metrics,
     })
     const r = o.push.sessionRateLimit
     this.limits = {
@@ -76,12 +111,20 @@ export class PushVerifier {
     }
   }
 
-  start(): void {
+  /** Starts the monitor; finishes first what an earlier process at `address` (this verifier restarted) left. */
+  async start(address: string): Promise<void> {
+    try {
+      await this.attestations.resumePredecessors(address)
+    } catch (err) {
+      // the monitor finishes them once their hold expires
+      this.log.warn({ err: (err as Error).message }, 'push: evaluations of a previous instance not resumed')
+    }
     this.monitor.start()
   }
 
   async stop(): Promise<void> {
     await this.monitor.stop()
     await this.attestations.idle()
+    await this.results.stop()
   }
 }

@@ -91,6 +91,7 @@ export function addPushRoutes(app: KeylimeServer, opts: PushRouteOptions): void 
   // ------------------------------------------------------------------ sessions (PUBLIC)
   const limitAddress = async (req: FastifyRequest, reply: FastifyReply) => {
     const wait = push.limits.perIp.check(addressKey(req.ip), Date.now())
+    if (wait !== null) push.metrics.session('rate_limited')
     if (wait !== null)
       await sendError(
         reply,
@@ -101,6 +102,7 @@ export function addPushRoutes(app: KeylimeServer, opts: PushRouteOptions): void 
     if (typeof agentId !== 'string' || agentId === '')
       throw new PushApiError(400, 'agent_id is required', { pointer: '/data/attributes/agent_id' })
     const wait = push.limits.perAgent.check(`agent:${agentId}`, Date.now())
+    if (wait !== null) push.metrics.session('rate_limited')
     if (wait !== null)
       throw new PushApiError(429, 'Rate limit exceeded for this agent. Please try again later.', {
         retryAfterSeconds: wait,
@@ -185,24 +187,34 @@ export function addPushRoutes(app: KeylimeServer, opts: PushRouteOptions): void 
       const who = await push.sessions.authenticate(`Bearer ${p.token}`).catch(() => null)
       if (!who || who.agentId !== p.agent_id)
         throw new PushApiError(404, `Agent with ID '${p.agent_id}' not found`)
-      const s = await push.repo.getSession(who.sessionId)
       return json(reply, 200, {
         data: {
           type: 'session',
           id: who.sessionId,
-          attributes: { agent_id: who.agentId, active: true, token_expires_at: s?.token_expires_at ?? null },
+          attributes: { agent_id: who.agentId, active: true, token_expires_at: who.tokenExpiresAt },
         },
       })
     },
   })
 
   // ------------------------------------------------------------------ attestations
+  /**
+   * When the request's token expires (Keylime TS: sent as `meta.token_expires_at` with every 201 and 202, so an
+   * agent whose token passing attestations extended keeps using it instead of authenticating again at the old expiry).
+   */
+  const tokenExpiry = new WeakMap<FastifyRequest, string>()
+  const withTokenExpiry = (req: FastifyRequest, body: unknown) => {
+    const until = tokenExpiry.get(req)
+    const doc = body as { meta?: Record<string, unknown> }
+    return until === undefined ? body : { ...doc, meta: { ...doc.meta, token_expires_at: until } }
+  }
   /** AGENT_ONLY (§0.5): the bearer token of the agent in the path, checked before the body is read. */
   const agentOnly = async (req: FastifyRequest, reply: FastifyReply) => {
     try {
       const who = await push.sessions.authenticate(req.headers.authorization)
       const agentId = (req.params as { agent_id?: string }).agent_id
       if (who.agentId !== agentId) throw new PushApiError(403, 'the token belongs to another agent')
+      tokenExpiry.set(req, who.tokenExpiresAt)
     } catch (err) {
       if (err instanceof PushApiError) {
         await sendError(reply, err)
@@ -234,7 +246,11 @@ export function addPushRoutes(app: KeylimeServer, opts: PushRouteOptions): void 
     handler: async (req, reply) => {
       const { agent_id } = req.params as AgentIdParams
       const r = await push.attestations.create(agent_id, attrsOf(req))
-      return reply.header('Location', r.location).code(201).type(JSON_API_TYPE).send(r.body)
+      return reply
+        .header('Location', r.location)
+        .code(201)
+        .type(JSON_API_TYPE)
+        .send(withTokenExpiry(req, r.body))
     },
   })
   route({
@@ -251,7 +267,7 @@ export function addPushRoutes(app: KeylimeServer, opts: PushRouteOptions): void 
     handler: async (req, reply) => {
       const p = req.params as AttestationParams
       const r = await push.attestations.submit(p.agent_id, p.index, attrsOf(req))
-      return json(reply, 202, r.body)
+      return json(reply, 202, withTokenExpiry(req, r.body))
     },
   })
   const adminErrors = { 401: AuthErrorBody, 403: AuthErrorBody, 404: JsonApiErrors }

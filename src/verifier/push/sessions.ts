@@ -3,6 +3,7 @@
  * bearer token that authenticates the agent's attestation requests. Everything lives in the `sessions` table, so
  * any verifier of a group answers any step; the token itself is never stored (see tokens.ts).
  */
+import { createHash } from 'node:crypto'
 import type { Logger } from '../../common/log.ts'
 import type { PushRepository, SessionRow } from '../../db/push-repository.ts'
 import type { VerifierRepository } from '../../db/verifier-repository.ts'
@@ -10,7 +11,26 @@ import { akKeyObject } from '../../evidence/quote/index.ts'
 import type { PushOptions } from '../options.ts'
 import { iso, PushApiError } from './json-api.ts'
 import { verifyProofOfPossession } from './pop.ts'
+import { NO_PUSH_METRICS, type PushMetrics } from './push-metrics.ts'
 import { newChallenge, newSessionId, newToken, sessionIdOfToken, tokenMatches } from './tokens.ts'
+
+/**
+ * How long a checked token is trusted without reading its session again. Within a process the cache is exact (a new
+ * session of the agent, an extension, a purge all update it); another verifier's changes reach it within this time:
+ * an agent's old token may keep working here that long after the agent authenticated again elsewhere (the agent
+ * itself has dropped it), and an extension made elsewhere is seen once the entry is read again.
+ */
+export const SESSION_CACHE_MS = 15_000
+const MAX_CACHED_SESSIONS = 200_000
+
+interface CachedSession {
+  agentId: string
+  sessionId: string
+  /** ISO time, as stored. */
+  tokenExpiresAt: string
+  expiresMs: number
+  checkedUntil: number
+}
 
 export interface AuthMethod {
   authentication_class?: unknown
@@ -24,6 +44,8 @@ export interface ProvidedAuth extends AuthMethod {
 export interface AuthenticatedAgent {
   agentId: string
   sessionId: string
+  /** When the token expires, as far as this verifier knows (extended by passing attestations). */
+  tokenExpiresAt: string
 }
 
 const b64 = (b: Uint8Array | null) => (b ? Buffer.from(b).toString('base64') : '')
@@ -36,6 +58,12 @@ function decodeB64(v: unknown): Buffer | null {
 }
 
 export class PushSessions {
+  /** Checked tokens by their SHA-256 (the token itself is not kept). */
+  private readonly cache = new Map<string, CachedSession>()
+  /** The cache key of each agent's token (one active session per agent). */
+  private readonly keyOfAgent = new Map<string, string>()
+  private readonly metrics: PushMetrics
+
   constructor(
     private readonly deps: {
       push: PushRepository
@@ -43,8 +71,11 @@ export class PushSessions {
       options: PushOptions
       log: Logger
       now: () => number
+      metrics?: PushMetrics
     },
-  ) {}
+  ) {
+    this.metrics = deps.metrics ?? NO_PUSH_METRICS
+  }
 
   /** `POST /sessions`: a fresh challenge for the agent (its enrolment is checked when it answers, as upstream). */
   async create(agentId: string, supported: readonly AuthMethod[]) {
@@ -65,6 +96,7 @@ export class PushSessions {
       nonce_created_at: iso(now),
       nonce_expires_at: iso(now + this.deps.options.nonceLifetimeMs),
     })
+    this.metrics.session('created')
     return {
       data: {
         type: 'session',
@@ -104,6 +136,7 @@ export class PushSessions {
     const signature = decodeB64(pop?.data?.signature)
     const failed = async (status: 200 | 401, reason: string) => {
       await this.deps.push.failSession(sessionId, iso(now))
+      this.metrics.session('refused')
       this.deps.log.warn({ agentId, sessionId, reason }, 'push session: proof of possession refused')
       return { status, body: this.render(session, now, 'fail', message, signature) }
     }
@@ -137,6 +170,9 @@ export class PushSessions {
     })
     // another request answered the same challenge first
     if (!activated) throw new PushApiError(404, 'Session not found')
+    // the agent's previous token is gone from the database: here at once, elsewhere within SESSION_CACHE_MS
+    this.forgetAgent(agentId)
+    this.metrics.session('authenticated')
     const rendered = this.render(session, now, 'pass', message, signature)
     rendered.data.attributes = {
       ...rendered.data.attributes,
@@ -182,24 +218,69 @@ export class PushSessions {
     const m = header === undefined ? null : /^Bearer\s+(\S+)\s*$/.exec(header)
     if (!m?.[1]) throw new PushApiError(401, 'Invalid Authorization header format')
     const token = m[1]
+    const now = this.deps.now()
+    const key = createHash('sha256').update(token).digest('base64')
+    const cached = this.cache.get(key)
+    if (cached && now < cached.checkedUntil) {
+      if (now <= cached.expiresMs)
+        return { agentId: cached.agentId, sessionId: cached.sessionId, tokenExpiresAt: cached.tokenExpiresAt }
+      // expired as far as this process knows: another verifier may have extended it, so the database decides
+    }
+    this.cache.delete(key)
     const sessionId = sessionIdOfToken(token)
-    const session = sessionId === null ? undefined : await this.deps.push.getSession(sessionId)
+    const session = sessionId === null ? undefined : await this.deps.push.sessionForToken(sessionId)
     if (!session || !tokenMatches(token, session.token_salt, session.token_hash))
       throw new PushApiError(401, 'Invalid authentication token')
     if (!session.active) throw new PushApiError(401, 'Authentication session not active')
-    if ((session.token_expires_at ?? '') < iso(this.deps.now()))
-      throw new PushApiError(401, 'Authentication token expired')
-    return { agentId: session.agent_id, sessionId: session.session_id }
+    const expiresAt = session.token_expires_at ?? ''
+    if (expiresAt < iso(now)) throw new PushApiError(401, 'Authentication token expired')
+    this.remember(key, {
+      agentId: session.agent_id,
+      sessionId: session.session_id,
+      tokenExpiresAt: expiresAt,
+      expiresMs: Date.parse(expiresAt),
+      checkedUntil: now + SESSION_CACHE_MS,
+    })
+    return { agentId: session.agent_id, sessionId: session.session_id, tokenExpiresAt: expiresAt }
   }
 
-  /**
-   * `extend_token_on_attestation`: after a passed attestation the token is valid for another session lifetime
-   * (written once less than half of it is left, so not every attestation writes).
-   */
-  async extendAfterPass(agentId: string): Promise<void> {
-    if (!this.deps.options.extendTokenOnAttestation) return
-    const now = this.deps.now()
-    const lifetime = this.deps.options.sessionLifetimeMs
-    await this.deps.push.extendToken(agentId, iso(now + lifetime), iso(now + lifetime / 2))
+  private remember(key: string, entry: CachedSession): void {
+    const previous = this.keyOfAgent.get(entry.agentId)
+    if (previous !== undefined && previous !== key) this.cache.delete(previous)
+    if (this.cache.size >= MAX_CACHED_SESSIONS) {
+      const oldest = this.cache.keys().next().value as string
+      const gone = this.cache.get(oldest)
+      this.cache.delete(oldest)
+      if (gone && this.keyOfAgent.get(gone.agentId) === oldest) this.keyOfAgent.delete(gone.agentId)
+    }
+    this.cache.set(key, entry)
+    this.keyOfAgent.set(entry.agentId, key)
+  }
+
+  /** Drops the agent's cached token (a new session, the agent deleted). */
+  forgetAgent(agentId: string): void {
+    const key = this.keyOfAgent.get(agentId)
+    if (key === undefined) return
+    this.keyOfAgent.delete(agentId)
+    this.cache.delete(key)
+  }
+
+  /** Tokens this verifier extended: their cached expiry follows. */
+  extended(sessions: readonly { session_id: string; agent_id: string; token_expires_at: string }[]): void {
+    for (const s of sessions) {
+      const key = this.keyOfAgent.get(s.agent_id)
+      const entry = key === undefined ? undefined : this.cache.get(key)
+      if (entry?.sessionId === s.session_id) {
+        entry.tokenExpiresAt = s.token_expires_at
+        entry.expiresMs = Date.parse(s.token_expires_at)
+      }
+    }
+  }
+
+  /** The expiry a passing attestation extends its token to now (`extend_token_on_attestation`), or null. */
+  extensionUntil(): string | null {
+    return this.deps.options.extendTokenOnAttestation
+      ? iso(this.deps.now() + this.deps.options.sessionLifetimeMs)
+      : null
   }
 }

@@ -1,6 +1,7 @@
 /**
  * The agent's own HTTP layer (no fastify): what it answers beyond the routes (probes, request ids, bad URLs, body
- * limits, handler failures), its plain probe listener, and that loading the agent never loads fastify.
+ * limits, handler failures), its plain probe listener, and that loading the agents never loads fastify, prom-client
+ * or typebox.
  */
 import { spawnSync } from 'node:child_process'
 import { get as httpGet, request as httpRequest } from 'node:http'
@@ -8,7 +9,7 @@ import pino from 'pino'
 import { Registry } from 'prom-client'
 import { afterAll, describe, expect, it } from 'vitest'
 import { type AgentServices, buildAgentApp } from '../../../src/agent/app.ts'
-import { type AgentHttpServer, startAgentProbeListener } from '../../../src/agent/http-server.ts'
+import { type AgentHttpServer, httpDate, startAgentProbeListener } from '../../../src/agent/http-server.ts'
 import { AGENT_API_VERSIONS } from '../../../src/api/versions.ts'
 
 const services: AgentServices = {
@@ -78,6 +79,27 @@ describe('the agent HTTP layer', () => {
     expect(fresh.headers['x-request-id']).toMatch(/^[0-9a-f-]{36}$/)
   })
 
+  it('dates every answer (HTTP Date header), written as toUTCString writes it', async () => {
+    const before = Math.floor(Date.now() / 1000) * 1000
+    for (const url of ['/version', '/nowhere', '/healthz']) {
+      const date = String((await app.inject({ url })).headers.date)
+      expect(date).toMatch(
+        /^(Mon|Tue|Wed|Thu|Fri|Sat|Sun), \d\d (Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) \d{4} \d\d:\d\d:\d\d GMT$/,
+      )
+      expect(Date.parse(date)).toBeGreaterThanOrEqual(before)
+      expect(Date.parse(date)).toBeLessThanOrEqual(Date.now())
+    }
+    const times = [
+      0,
+      Date.UTC(2024, 1, 29, 23, 59, 59),
+      Date.UTC(2026, 11, 31, 0, 0, 1),
+      Date.UTC(9999, 11, 31),
+    ]
+    for (let i = 0; i < 1000; i++)
+      times.push(Date.UTC(1000, 0, 1) + Math.floor(Math.random() * Date.UTC(8999, 0, 1)))
+    for (const t of times) expect(httpDate(t), String(t)).toBe(new Date(t).toUTCString())
+  })
+
   it('answers bad percent-encoding in the path with a 400 envelope, and decodes good escapes', async () => {
     const r = await app.inject({ url: '/v2.6/keys/%zz' })
     expect(r.statusCode).toBe(400)
@@ -138,22 +160,53 @@ describe('the agent HTTP layer', () => {
     expect(await fetchRaw(port, 'POST', '/healthz')).toEqual({ status: 405, body: '', allow: 'GET' })
   })
 
-  it('loading the agent never loads fastify (the registrar and verifier factory does)', () => {
+  // undici too: it needs WebAssembly, which the pull agent's unit turns off (--jitless); the push agent loads it
+  // on its first request to the verifier, never at start
+  it('loading the agents never loads fastify, prom-client, typebox or undici (the registrar and verifier do)', () => {
+    /** Which of the packages the given modules load (CommonJS ones through the require cache, ES ones by hook). */
     const loaded = (modules: string[]) => {
       const script = `
+        const { register, createRequire } = await import('node:module')
+        const { MessageChannel } = await import('node:worker_threads')
+        const urls = []
+        const { port1, port2 } = new MessageChannel()
+        port1.on('message', (u) => urls.push(u))
+        register('data:text/javascript,' + encodeURIComponent(
+          'let port; export function initialize(d) { port = d.port }' +
+          'export async function load(u, c, next) { port.postMessage(u); return next(u, c) }'),
+          { data: { port: port2 }, transferList: [port2] })
         for (const m of ${JSON.stringify(modules)}) await import(m)
-        const { createRequire } = await import('node:module')
-        const cache = createRequire(import.meta.url).cache
-        console.log(Object.keys(cache).some((k) => k.includes('/node_modules/fastify/')))`
+        await new Promise((r) => setTimeout(r, 100))
+        port1.close()
+        const all = [...urls, ...Object.keys(createRequire(import.meta.url).cache)]
+        const names = { fastify: '/node_modules/fastify/', 'prom-client': '/node_modules/prom-client/',
+          typebox: '/node_modules/@sinclair/typebox/', undici: '/node_modules/undici/' }
+        console.log(JSON.stringify(Object.keys(names).filter((n) => all.some((u) => u.includes(names[n])))))`
       const r = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], {
         encoding: 'utf8',
         timeout: 60_000,
       })
       expect(r.status, r.stderr).toBe(0)
-      return r.stdout.trim()
+      return JSON.parse(r.stdout.trim()) as string[]
     }
     const root = new URL('../../../', import.meta.url).pathname
-    expect(loaded([`${root}src/cli/commands/agent.ts`, `${root}src/agent/main.ts`])).toBe('false')
-    expect(loaded([`${root}src/api/server.ts`])).toBe('true')
+    expect(
+      loaded([
+        `${root}src/cli/commands/agent.ts`,
+        `${root}src/agent/main.ts`,
+        `${root}src/agent/push/main.ts`,
+        `${root}src/agent/runtime.ts`,
+        `${root}src/agent/registration.ts`,
+      ]),
+    ).toEqual([])
+    // the check sees each of them where they are used
+    expect(
+      loaded([
+        `${root}src/api/server.ts`,
+        `${root}src/api/metrics.ts`,
+        `${root}src/api/schemas.ts`,
+        `${root}src/api/agent/client.ts`,
+      ]),
+    ).toEqual(['fastify', 'prom-client', 'typebox', 'undici'])
   }, 120_000)
 })

@@ -7,7 +7,7 @@
 import { Counter, Registry } from 'prom-client'
 import { describe, expect, it } from 'vitest'
 import { AgentMetrics, agentReadiness } from '../../../src/agent/metrics.ts'
-import { BoundedLabel, createMetricsRegistry } from '../../../src/api/metrics.ts'
+import { BoundedLabel } from '../../../src/api/metrics.ts'
 import {
   createKeylimeServer,
   READINESS_TIMEOUT_MS,
@@ -109,7 +109,7 @@ describe('bounded labels', () => {
 
 describe('agent readiness', () => {
   it('asks the TPM when no quote succeeded recently; a failing TPM is not ready; a quote makes it ready', async () => {
-    const metrics = new AgentMetrics(createMetricsRegistry())
+    const metrics = new AgentMetrics()
     let asked = 0
     const failing = agentReadiness(metrics, async () => {
       asked++
@@ -126,5 +126,6 @@ describe('agent readiness', () => {
     expect(await metrics.timeQuote('integrity', async () => 'quote')).toBe('quote')
     expect(await failing()).toEqual({ tpm: true })
     expect(asked).toBe(2)
+    metrics.stop()
   })
 })

@@ -13,7 +13,7 @@ import { join } from 'node:path'
 import type { Kysely } from 'kysely'
 import pino from 'pino'
 import { type AgentServices, buildAgentApp } from '../../../src/agent/app.ts'
-import type { AgentHttpServer } from '../../../src/agent/http-server.ts'
+import type { AgentHttpServer, RouteSchema } from '../../../src/agent/http-server.ts'
 import { type KeylimeServer, tlsServerOptions } from '../../../src/api/server.ts'
 import { AGENT_API_VERSIONS } from '../../../src/api/versions.ts'
 import { openDatabase } from '../../../src/db/database.ts'
@@ -23,11 +23,17 @@ import { RegistrarService } from '../../../src/registrar/registrar-service.ts'
 import { ADMIN, makeVerifier } from '../../unit/verifier/harness.ts'
 import { makeTestPki } from '../registrar/tls-material.ts'
 
-/** What the tests use of an app: the registrar's and verifier's fastify, or the agent's own HTTP layer. */
-export type TestedApp = Pick<
-  KeylimeServer | AgentHttpServer,
-  'server' | 'keylimeRouteTable' | 'inject' | 'close'
->
+/**
+ * What the tests use of an app: the registrar's and verifier's fastify, or the agent's own HTTP layer with its route
+ * table loaded (the agent loads its route schemas only on demand).
+ */
+export type TestedApp = Pick<KeylimeServer | AgentHttpServer, 'server' | 'inject' | 'close'> & {
+  keylimeRouteTable: readonly {
+    method: string
+    url: string
+    schema: KeylimeServer['keylimeRouteTable'][number]['schema'] | RouteSchema
+  }[]
+}
 
 export interface ServiceUnderTest {
   name: 'registrar' | 'verifier' | 'agent'
@@ -124,8 +130,14 @@ export async function startThreeServices(): Promise<ThreeServices> {
     verify: counted(() => null),
     postRevocation: counted(() => undefined),
   }
-  const agent = buildAgentApp({ services: agentServices, apiVersions: [...AGENT_API_VERSIONS] })
-  await agent.listen({ host: '127.0.0.1', port: 0 })
+  const agentApp = buildAgentApp({ services: agentServices, apiVersions: [...AGENT_API_VERSIONS] })
+  await agentApp.listen({ host: '127.0.0.1', port: 0 })
+  const agent: TestedApp = {
+    server: agentApp.server,
+    inject: agentApp.inject.bind(agentApp),
+    close: () => agentApp.close(),
+    keylimeRouteTable: await agentApp.routeTable(),
+  }
 
   const sender =
     (app: TestedApp, tls: boolean, extraHeaders: Record<string, string>) =>

@@ -574,4 +574,32 @@ describe('status output, default UUID and delete across verifiers', () => {
     expect(again.code).toBe(0)
     expect(again.out).toBe(`Agent ${id} is already absent from the CV\n`)
   })
+
+  it('update enrols the agent again at the verifier it was found at, not at the configured one', async () => {
+    const [va, vb] = verifiers as [(typeof verifiers)[number], (typeof verifiers)[number]]
+    const id = agentId(2)
+    const vbPort = boundPort(vb.app)
+    await vb.service.enrol(
+      id,
+      enrollBody(fleet.agents[2] as SimFleet['agents'][number], fleet.port, {
+        verifier_ip: '127.0.0.1',
+        verifier_port: vbPort,
+      }) as never,
+    )
+    // push model: the agent itself is not contacted; a pull-mode verifier still wants an address
+    const update = (...extra: string[]) =>
+      tenant('-c', 'update', '-u', id, '--push-model', '-t', '127.0.0.1', '-tp', String(fleet.port), ...extra)
+    const updated = await update()
+    expect(updated.code, updated.err).toBe(0)
+    expect(updated.err).toContain(`agent ${id} is enrolled at verifier vb (127.0.0.1:${vbPort})`)
+    const row = await vb.service.repo.getAgent(id)
+    expect([row?.verifier_id, row?.verifier_ip, row?.verifier_port]).toEqual(['vb', '127.0.0.1', vbPort])
+
+    // -nvc: deleted and added at the configured verifier only, which refuses to delete another verifier's agent
+    const refused = await update('-nvc')
+    expect(refused.code).toBe(1)
+    expect(refused.err).toContain(`agent ${id} is enrolled at verifier vb (127.0.0.1:${vbPort})`)
+    expect((await va.service.repo.getAgent(id))?.verifier_id).toBe('vb')
+    await vb.service.repo.deleteAgent(id)
+  })
 })

@@ -8,12 +8,14 @@ import { createServer, type Server } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import Database from 'better-sqlite3'
 import { Kysely, SqliteDialect } from 'kysely'
+import { Registry } from 'prom-client'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { verifyRevocation } from '../../../src/crypto/revocation.ts'
 import { migrateVerifierDatabase, type VerifierDatabase } from '../../../src/db/verifier-repository.ts'
 import { imaNgEntryFor } from '../../../src/devtools/ima-writer.ts'
 import { buildVerifierApp, type Identity } from '../../../src/verifier/app.ts'
 import { DEFAULT_PUSH_OPTIONS, DEFAULT_VERIFIER_OPTIONS } from '../../../src/verifier/options.ts'
+import { PrometheusPushMetrics } from '../../../src/verifier/push/push-metrics.ts'
 import { VerifierService } from '../../../src/verifier/verifier-service.ts'
 import { ADMIN_HEADERS as ADMIN, JSON_API, PushDriver } from '../../helpers/push-driver.ts'
 import { silentLog, waitFor } from '../../unit/verifier/harness.ts'
@@ -24,6 +26,7 @@ let app: Awaited<ReturnType<typeof buildVerifierApp>>
 let hook: Server
 const received: unknown[] = []
 let skewMs = 0
+const registry = new Registry()
 const now = () => Date.now() + skewMs
 const revocation = generateKeyPairSync('rsa', { modulusLength: 2048 })
 const QUOTE_INTERVAL_MS = 2000
@@ -59,7 +62,7 @@ async function attest(agentId: string, token: string, opts: { wholeLog?: boolean
   expect(res.statusCode, res.body).toBe(202)
   const done = await latest(agentId)
   skewMs += QUOTE_INTERVAL_MS
-  return { created: created.json().data, accepted: res.json(), done }
+  return { created: created.json().data, createdMeta: created.json().meta, accepted: res.json(), done }
 }
 
 const enrol = (agentId: string, entries: Parameters<PushDriver['enrol']>[1]) =>
@@ -102,6 +105,7 @@ beforeAll(async () => {
     clientTls: null,
     now,
   })
+  if (service.push) service.push.metrics = new PrometheusPushMetrics(registry, db)
   const identify = (req: { headers: Record<string, unknown> }): Identity =>
     req.headers['x-test-admin'] === '1' ? 'admin' : 'anonymous'
   app = await buildVerifierApp({ service, log: silentLog, identify: identify as never })
@@ -263,11 +267,48 @@ describe('push verifier: sessions', () => {
   })
 })
 
+describe('push verifier: an agent reads its own record (AGENT_OR_ADMIN, as upstream)', () => {
+  const read = (id: string, headers: Record<string, string> = {}) =>
+    app.inject({ method: 'GET', url: `/v3/agents/${id}`, headers })
+  it("GET /v3/agents/:id with its session token: its own record, never another agent's", async () => {
+    const tokenA = await login('push-a')
+    const own = await read('push-a', { authorization: `Bearer ${tokenA}` })
+    expect(own.statusCode, own.body).toBe(200)
+    expect(own.json().data).toMatchObject({ type: 'agent', id: 'push-a' })
+    expect(own.json().data.attributes.ip).toBeNull()
+    const other = await read('push-b', { authorization: `Bearer ${tokenA}` })
+    expect(other.statusCode).toBe(403)
+    expect(other.json().errors[0]).toMatchObject({ status: '403', code: 'forbidden' })
+    // a token that is not a session's, or no bearer at all: 401, and the admin certificate is not consulted instead
+    const forged = `${tokenA.split('.')[0]}.${'A'.repeat(43)}`
+    for (const authorization of [`Bearer ${forged}`, 'Basic YWRtaW46YWRtaW4=']) {
+      const refused = await read('push-a', { authorization, ...ADMIN })
+      expect(refused.statusCode, authorization).toBe(401)
+      expect(refused.json().errors[0]).toMatchObject({ status: '401', code: 'unauthorized' })
+    }
+    // the other v3 agent routes stay admin-only, token or not
+    const list = await app.inject({
+      method: 'GET',
+      url: '/v3/agents',
+      headers: { authorization: `Bearer ${tokenA}` },
+    })
+    expect(list.statusCode).toBe(403)
+    // without a token: the admin reads any agent, anyone else is refused
+    expect((await read('push-b', ADMIN)).statusCode).toBe(200)
+    expect((await read('push-b')).statusCode).toBe(403)
+  })
+})
+
 describe('push verifier: attestations', () => {
   let token: string
+  let firstExpiry: number
   it('capabilities -> 201 with Location and only the evidence the policies need; evidence -> 202; pass', async () => {
     token = await login('push-a')
-    const { created, accepted, done } = await attest('push-a', token)
+    const { created, createdMeta, accepted, done } = await attest('push-a', token)
+    // the token's expiry travels with the 201 and the 202 (extend_token_on_attestation)
+    firstExpiry = Date.parse(createdMeta.token_expires_at)
+    expect(firstExpiry).toBeGreaterThan(now())
+    expect(Date.parse(accepted.meta.token_expires_at)).toBe(firstExpiry)
     const requested = created.attributes.evidence_requested
     expect(requested.map((r: { evidence_type: string }) => r.evidence_type)).toEqual(['tpm_quote', 'ima_log'])
     expect(requested[0].chosen_parameters.selected_subjects).toEqual({ sha256: [10] })
@@ -289,7 +330,9 @@ describe('push verifier: attestations', () => {
   })
   it('a whole IMA list re-sent from entry 0 (as a Rust push agent does) passes', async () => {
     await extend(good.slice(14, 16))
-    const { created, done } = await attest('push-a', token, { wholeLog: true })
+    const { created, createdMeta, done } = await attest('push-a', token, { wholeLog: true })
+    // the previous pass (QUOTE_INTERVAL_MS later than the first) extended the token: the 201 says so
+    expect(Date.parse(createdMeta.token_expires_at)).toBeGreaterThanOrEqual(firstExpiry + QUOTE_INTERVAL_MS)
     expect(created.attributes.evidence_requested[1].chosen_parameters.starting_offset).toBe(14)
     expect(done.attributes.evaluation).toBe('pass')
     expect((await status('push-a')).attestation_count).toBe(3)
@@ -351,13 +394,13 @@ describe('push verifier: attestations', () => {
     expect(created.statusCode).toBe(201)
     // another verifier of the group creates the same index between this one's read and its insert
     const repo = service.push?.repo as NonNullable<typeof service.push>['repo']
-    const read = repo.latestAttestation.bind(repo)
-    repo.latestAttestation = async (id: string) => {
+    const read = repo.agentForAttestation.bind(repo)
+    repo.agentForAttestation = async (id: string) => {
       const r = await read(id)
-      repo.latestAttestation = read
+      repo.agentForAttestation = read
       await repo.createAttestation({
         agent_id: id,
-        index: (r?.index ?? -1) + 1,
+        index: (r?.latest?.index ?? -1) + 1,
         stage: 'awaiting_evidence',
         evaluation: 'pending',
       })
@@ -442,6 +485,30 @@ describe('push verifier: attestations', () => {
     // a second round does not fail it again
     await service.push?.monitor.tick()
     expect(service.push?.monitor.overdue).toBe(1)
+  })
+  it('push metrics: sessions, evidence accepted, verdicts by event id, time to 202, overdue agents', async () => {
+    const text = await registry.metrics()
+    const value = (series: string) => {
+      const line = text.split('\n').find((l) => l.startsWith(`${series} `))
+      return line === undefined ? Number.NaN : Number(line.slice(series.length + 1))
+    }
+    expect(value('keylime_verifier_push_sessions_total{outcome="authenticated"}')).toBeGreaterThanOrEqual(3)
+    expect(value('keylime_verifier_push_sessions_total{outcome="refused"}')).toBeGreaterThanOrEqual(1)
+    const passed = value('keylime_verifier_push_attestations_total{result="pass",event_id=""}')
+    expect(passed).toBeGreaterThanOrEqual(3)
+    expect(
+      value(
+        'keylime_verifier_push_attestations_total{result="fail",event_id="ima.validation.ima-ng.not_in_allowlist"}',
+      ),
+    ).toBe(1)
+    const accepted = value('keylime_verifier_push_evidence_accepted_total')
+    // four whole attestations went through the routes (one more passed from evidence stored directly)
+    expect(accepted).toBeGreaterThanOrEqual(4)
+    expect(value('keylime_verifier_push_attestations_received_total')).toBeGreaterThan(accepted)
+    expect(value('keylime_verifier_push_time_to_202_seconds_count')).toBe(accepted)
+    expect(value('keylime_verifier_push_evaluation_duration_seconds_count{result="fail"}')).toBe(1)
+    expect(value('keylime_verifier_push_overdue_total')).toBe(1)
+    expect(value('keylime_verifier_push_overdue_agents')).toBe(1)
   })
   it('reactivate clears the failure; delete removes the agent and its attestations at once', async () => {
     const re = await app.inject({ method: 'PUT', url: '/v2.6/agents/push-a/reactivate', headers: ADMIN })

@@ -118,6 +118,40 @@ describe('POST /verify/evidence rate limit', () => {
       await limited.app.close()
     }
   })
+  it('answers the v3 route in JSON:API (errors document, its media type) with Retry-After', async () => {
+    const limited = await makeVerifier({ evidenceRateLimit: { limit: 1, windowMs: 60_000 } })
+    try {
+      const post = (url: string) =>
+        limited.app.inject({
+          method: 'POST',
+          url,
+          headers: { 'content-type': 'application/vnd.api+json' },
+          payload: { data: { type: 'evidence_verification', attributes: {} } },
+        })
+      expect((await post('/v3/verify/evidence')).statusCode).not.toBe(429)
+      for (const url of ['/v3/verify/evidence', '/v3.0/verify/evidence']) {
+        const res = await post(url)
+        expect(res.statusCode).toBe(429)
+        expect(res.headers['content-type']).toContain('application/vnd.api+json')
+        expect(Number(res.headers['retry-after'])).toBeGreaterThan(0)
+        expect(res.json()).toEqual({
+          errors: [
+            {
+              status: '429',
+              code: 'too_many_requests',
+              detail: expect.stringMatching(/^Too many evidence requests from this address; retry in \d+ s$/),
+            },
+          ],
+        })
+      }
+      // the v2 route of the same source keeps the v2 envelope
+      const v2 = await post('/v2.6/verify/evidence')
+      expect(v2.statusCode).toBe(429)
+      expect(v2.json()).toMatchObject({ code: 429, results: {} })
+    } finally {
+      await limited.app.close()
+    }
+  })
 })
 
 /**

@@ -154,6 +154,15 @@ describe('v3 agents', () => {
     expectError(await call('GET', '/v3/agents/a%20b'), 400, 'bad_request', { parameter: 'agent_id' })
   })
 
+  it('GET one with a bearer token is 401 in pull mode: there are no push sessions, and the token is never ignored', async () => {
+    const res = await v.app.inject({
+      method: 'GET',
+      url: '/v3/agents/v3-a1',
+      headers: { ...ADMIN, authorization: 'Bearer x.y' },
+    })
+    expectError(res, 401, 'unauthorized')
+  })
+
   it('PATCH accept_attestations stops and restarts an agent', async () => {
     const stopped = await call('PATCH', '/v3/agents/v3-a1', agentDoc('v3-a1', { accept_attestations: false }))
     expect(stopped.statusCode, stopped.body).toBe(200)
@@ -224,6 +233,13 @@ describe('v3 IMA policies', () => {
     expect(v2.json().results.runtime_policy).toBe(policyText('/bin/b'))
     expect((await call('DELETE', '/v3/policies/ima/p1')).statusCode).toBe(204)
     expectError(await call('GET', '/v3/policies/ima/p1'), 404, 'not_found')
+    // the same audit lines as the v2 routes write: action, policy and the stored checksum
+    const digest = (text: string) => createHash('sha256').update(text).digest('hex')
+    expect(captured.lines.filter((l) => l.policy === 'p1').map((l) => [l.audit, l.checksum])).toEqual([
+      ['runtime_policy.add', digest(policyText('/bin/a'))],
+      ['runtime_policy.update', digest(policyText('/bin/b'))],
+      ['runtime_policy.delete', undefined],
+    ])
   })
 
   it('refuses duplicates, missing policies, malformed ones and policies in use', async () => {
@@ -307,6 +323,12 @@ describe('v3 UEFI reference states', () => {
     expect(bad.detail).toMatch(/^Measured boot policy is malformatted/)
     expect((await call('DELETE', '/v3/refstates/uefi/r1')).statusCode).toBe(204)
     expectError(await call('DELETE', '/v3/refstates/uefi/r1'), 404, 'not_found')
+    // refused requests leave no audit line
+    expect(captured.lines.filter((l) => l.policy === 'r1').map((l) => l.audit)).toEqual([
+      'mb_policy.add',
+      'mb_policy.update',
+      'mb_policy.delete',
+    ])
   })
 })
 

@@ -48,6 +48,23 @@ describe('INI layering (§1.1)', () => {
     expect(withFlags.config.port).toBe(9999)
   })
 
+  it("KEYLIME_TENANT_TPM_CERT_STORE names the registrar's store, as upstream; the registrar's own variable wins", () => {
+    writeFileSync(
+      join(etc, 'registrar.conf'),
+      '[registrar]\nport = 2222\n[tenant]\ntpm_cert_store = /from-file\n',
+    )
+    const store = (env: Record<string, string>) =>
+      loadRegistrarConfig({ configDirs: [usr, etc], env }).config.tpm_cert_store
+    expect(store({})).toBe('/from-file')
+    expect(store({ KEYLIME_TENANT_TPM_CERT_STORE: '/tenant-env' })).toBe('/tenant-env')
+    expect(
+      store({
+        KEYLIME_TENANT_TPM_CERT_STORE: '/tenant-env',
+        KEYLIME_REGISTRAR_TENANT_TPM_CERT_STORE: '/own',
+      }),
+    ).toBe('/own')
+  })
+
   it('KEYLIME_REGISTRAR_CONFIG replaces the file set (no snippets)', () => {
     writeFileSync(join(etc, 'registrar.conf.d', '10-a.conf'), '[registrar]\ntls_port = 5555\n')
     const only = join(root, 'only.conf')

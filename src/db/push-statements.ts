@@ -1,0 +1,224 @@
+/**
+ * The statements of push mode's hot path, written once per dialect and run as they are (no query building per
+ * request; SQLite reuses the prepared statement by its text, PostgreSQL gets a named prepared statement). A batch of
+ * rows is one parameter per column on PostgreSQL (`unnest`) and one JSON array on SQLite (`json_each`), so the text
+ * never depends on the batch size. Kept apart from the repository so a further dialect adds its branch here.
+ */
+import { AgentState } from '../api/verifier/states.ts'
+import type { DbDialect } from './database.ts'
+import { DbError } from './db-error.ts'
+
+export interface PushStatements {
+  /** What a token check needs of a session. */
+  sessionById: string
+  /**
+   * What an attestation request needs of its agent, in one read: the enrolment columns the checks derive from (their
+   * parsed forms are cached by text), the state that changes with every attestation, and the latest attestation.
+   */
+  agentForAttestation: string
+  latestPassed: string
+  /** Many new attestations; a row whose (agent, index) exists is skipped and missing from what is returned. */
+  insertAttestations: string
+  /**
+   * Many `awaiting_evidence` -> `evaluating_evidence`, each only while it is its agent's latest attestation and the
+   * agent may attest (a push agent not stopped by an operator); returns the rows that changed.
+   */
+  submitEvidence: string
+  /** Many verdicts, each only when still held by its holder; returns the rows written. */
+  completeAttestations: string
+  /** The enrolment rows of the agents whose verdict was written (still enrolled ones only; returned). */
+  completeAgents: string
+  /** Their attestation state: counts, times, clock and IMA state. */
+  completeState: string
+  /** Extends the active tokens of many agents to one expiry (returns the sessions extended). */
+  extendTokens: string
+  /** Retention for many agents: when the two latest attestations passed, the older goes unless first of its boot. */
+  retention: string
+}
+
+/** Latest attestation columns, selected with an `a_` prefix by `agentForAttestation`. */
+export const ATTESTATION_COLUMNS = [
+  'index',
+  'stage',
+  'evaluation',
+  'failure_reason',
+  'system_info__boot_time',
+  'capabilities_received_at',
+  'challenges_expire_at',
+  'evidence_received_at',
+  'verification_completed_at',
+  'evidence_requested',
+  'evidence_collected',
+  'ima_starting_offset',
+  'ima_certified_entry_count',
+  'ima_state',
+  'event_id',
+  'event_context',
+  'evaluation_holder',
+  'evaluation_expires',
+] as const
+
+/** The enrolment columns `agentForAttestation` reads (besides the attestation state and the latest attestation). */
+export const AGENT_COLUMNS = [
+  'ip',
+  'operational_state',
+  'consecutive_attestation_failures',
+  'ak_tpm',
+  'tpm_policy',
+  'accept_tpm_hash_algs',
+  'accept_tpm_encryption_algs',
+  'accept_tpm_signing_algs',
+  'ima_policy_id',
+  'mb_policy_id',
+  'meta_data',
+  'revocation_key',
+] as const
+
+const q = (c: string) => (c === 'index' ? '"index"' : c)
+const LIVE = (table: string) =>
+  `(${table}.operational_state IS NULL OR ${table}.operational_state NOT IN (${AgentState.TERMINATED}, ${AgentState.TENANT_FAILED}))`
+
+export function pushStatements(dialect: DbDialect): PushStatements {
+  // MySQL has no UPDATE … RETURNING, which the batched writes below answer with: refused by name rather than run
+  // as SQLite's text
+  if (dialect === 'mysql')
+    throw new DbError(
+      'push mode is not available on MySQL/MariaDB databases yet: use SQLite or PostgreSQL for a push verifier',
+    )
+  const pg = dialect === 'postgres'
+  const one = pg ? '$1' : '?'
+  /** Rows of `types.length` columns named `names`, as a FROM item called `v`. */
+  const rows = (names: readonly string[], pgTypes: readonly string[], first = 1) =>
+    pg
+      ? `unnest(${pgTypes.map((t, i) => `$${first + i}::${t}[]`).join(', ')}) AS v(${names.join(', ')})`
+      : `(SELECT ${names.map((n, i) => `j.value->>${i} AS ${n}`).join(', ')} FROM json_each(?) AS j) AS v`
+  const list = (n = 1) => (pg ? `(SELECT unnest($${n}::text[]))` : '(SELECT value FROM json_each(?))')
+  const hot = (c: string) => `CASE WHEN s.agent_id IS NULL THEN m.${c} ELSE s.${c} END AS ${c}`
+  const active = pg ? 'active' : 'active = 1'
+  return {
+    sessionById: `SELECT session_id, agent_id, active, token_hash, token_salt, token_expires_at FROM sessions
+      WHERE session_id = ${one}`,
+    agentForAttestation: `SELECT m.agent_id, ${AGENT_COLUMNS.map((c) => `m.${c}`).join(', ')}, ${hot('last_received_quote')}, ${hot('tpm_clockinfo')},
+        ${hot('attestation_count')}, ${ATTESTATION_COLUMNS.map((c) => `a.${q(c)} AS a_${c}`).join(', ')}
+      FROM verifiermain m
+      LEFT JOIN verifier_attestation_state s ON s.agent_id = m.agent_id
+      LEFT JOIN attestations a ON a.agent_id = m.agent_id
+        AND a."index" = (SELECT max(x."index") FROM attestations x WHERE x.agent_id = m.agent_id)
+      WHERE m.agent_id = ${one}`,
+    latestPassed: `SELECT * FROM attestations WHERE agent_id = ${one} AND evaluation = 'pass'
+      ORDER BY "index" DESC LIMIT 1`,
+    insertAttestations: `INSERT INTO attestations (agent_id, "index", stage, evaluation, system_info__boot_time,
+        capabilities_received_at, challenges_expire_at, evidence_requested, ima_starting_offset)
+      SELECT v.agent_id, v.idx, 'awaiting_evidence', 'pending', v.boot, v.received, v.expires, v.requested, v.ima
+      FROM ${rows(
+        ['agent_id', 'idx', 'boot', 'received', 'expires', 'requested', 'ima'],
+        ['text', 'int', 'text', 'text', 'text', 'text', 'int'],
+      )} WHERE true
+      ON CONFLICT (agent_id, "index") DO NOTHING RETURNING agent_id, "index"`,
+    submitEvidence: `UPDATE attestations SET stage = 'evaluating_evidence', evidence_collected = v.evidence,
+        evidence_received_at = v.received, evaluation_holder = v.holder, evaluation_expires = v.expires
+      FROM ${rows(
+        ['agent_id', 'idx', 'evidence', 'received', 'holder', 'expires'],
+        ['text', 'int', 'text', 'text', 'text', 'bigint'],
+      )}
+      WHERE attestations.agent_id = v.agent_id AND attestations."index" = v.idx
+        AND attestations.stage = 'awaiting_evidence'
+        AND NOT EXISTS (SELECT 1 FROM attestations n WHERE n.agent_id = v.agent_id AND n."index" > v.idx)
+        AND EXISTS (SELECT 1 FROM verifiermain m WHERE m.agent_id = v.agent_id AND m.ip IS NULL AND ${LIVE('m')})
+      RETURNING attestations.agent_id, attestations."index"`,
+    completeAttestations: `UPDATE attestations SET stage = 'verification_complete', evaluation = v.evaluation,
+        failure_reason = v.reason, verification_completed_at = v.completed, ima_state = v.ima_state,
+        ima_certified_entry_count = v.ima_count, event_id = v.event_id, event_context = v.event_context,
+        evidence_collected = COALESCE(v.evidence, attestations.evidence_collected), evaluation_holder = NULL, evaluation_expires = NULL
+      FROM ${rows(
+        [
+          'agent_id',
+          'idx',
+          'holder',
+          'evaluation',
+          'reason',
+          'completed',
+          'ima_state',
+          'ima_count',
+          'event_id',
+          'event_context',
+          'evidence',
+        ],
+        ['text', 'int', 'text', 'text', 'text', 'text', 'text', 'int', 'text', 'text', 'text'],
+      )}
+      WHERE attestations.agent_id = v.agent_id AND attestations."index" = v.idx
+        AND attestations.stage = 'evaluating_evidence' AND attestations.evaluation_holder = v.holder
+      RETURNING attestations.agent_id`,
+    // failures: 0 keeps the count, 1 resets it (a pass that recovers), 2 adds one (a failure, counted in SQL)
+    completeAgents: `UPDATE verifiermain SET push_deadline = v.deadline, accept_attestations = 1,
+        hash_alg = COALESCE(v.hash_alg, verifiermain.hash_alg), sign_alg = COALESCE(v.sign_alg, verifiermain.sign_alg),
+        enc_alg = COALESCE(v.enc_alg, verifiermain.enc_alg),
+        operational_state = COALESCE(v.state, verifiermain.operational_state),
+        consecutive_attestation_failures = CASE v.failures WHEN 1 THEN 0
+          WHEN 2 THEN COALESCE(verifiermain.consecutive_attestation_failures, 0) + 1
+          ELSE verifiermain.consecutive_attestation_failures END,
+        last_event_id = COALESCE(v.event_id, verifiermain.last_event_id),
+        last_event_context = COALESCE(v.event_context, verifiermain.last_event_context),
+        severity_level = COALESCE(v.severity, verifiermain.severity_level)
+      FROM ${rows(
+        [
+          'agent_id',
+          'deadline',
+          'hash_alg',
+          'sign_alg',
+          'enc_alg',
+          'state',
+          'failures',
+          'event_id',
+          'event_context',
+          'severity',
+        ],
+        ['text', 'bigint', 'text', 'text', 'text', 'int', 'int', 'text', 'text', 'int'],
+      )}
+      WHERE verifiermain.agent_id = v.agent_id AND ${LIVE('verifiermain')}
+      RETURNING verifiermain.agent_id`,
+    completeState: `INSERT INTO verifier_attestation_state (agent_id, attestation_count, last_received_quote,
+        last_successful_attestation, tpm_clockinfo, next_ima_ml_entry, ima_state)
+      SELECT v.agent_id, v.passed, v.received, v.succeeded, v.clock, v.next_ima, v.ima_state
+      FROM ${rows(
+        ['agent_id', 'passed', 'received', 'succeeded', 'clock', 'next_ima', 'ima_state'],
+        ['text', 'int', 'bigint', 'bigint', 'text', 'int', 'text'],
+      )} WHERE true
+      ON CONFLICT (agent_id) DO UPDATE SET
+        attestation_count = verifier_attestation_state.attestation_count + excluded.attestation_count,
+        last_received_quote = excluded.last_received_quote,
+        last_successful_attestation = COALESCE(excluded.last_successful_attestation,
+          verifier_attestation_state.last_successful_attestation),
+        tpm_clockinfo = COALESCE(excluded.tpm_clockinfo, verifier_attestation_state.tpm_clockinfo),
+        next_ima_ml_entry = COALESCE(excluded.next_ima_ml_entry, verifier_attestation_state.next_ima_ml_entry),
+        ima_state = COALESCE(excluded.ima_state, verifier_attestation_state.ima_state)`,
+    // parameters: the new expiry, the agents, the new expiry again
+    extendTokens: `UPDATE sessions SET token_expires_at = ${pg ? '$1' : '?'} WHERE agent_id IN ${list(2)} AND ${active}
+      AND token_expires_at < ${pg ? '$3' : '?'} RETURNING session_id, agent_id, token_expires_at`,
+    retention: `WITH r AS (
+        SELECT agent_id, "index", evaluation, system_info__boot_time,
+          row_number() OVER (PARTITION BY agent_id ORDER BY "index" DESC) AS rn
+        FROM attestations WHERE agent_id IN ${list()} AND stage = 'verification_complete')
+      DELETE FROM attestations WHERE (agent_id, "index") IN (
+        SELECT o.agent_id, o."index" FROM r o
+        JOIN r n ON n.agent_id = o.agent_id AND n.rn = 1
+        JOIN r b ON b.agent_id = o.agent_id AND b.rn = 3
+        WHERE o.rn = 2 AND n.evaluation = 'pass' AND o.evaluation = 'pass'
+          AND b.system_info__boot_time IS NOT DISTINCT FROM o.system_info__boot_time)`,
+  }
+}
+
+/** Rows as statement parameters: one array per column on PostgreSQL (for unnest), one JSON array on SQLite. */
+export function rowsParam(
+  dialect: DbDialect,
+  rows: readonly (readonly unknown[])[],
+  width: number,
+): unknown[] {
+  if (dialect !== 'postgres') return [JSON.stringify(rows)]
+  return Array.from({ length: width }, (_, i) => rows.map((r) => r[i] ?? null))
+}
+
+/** A list of values as one parameter: an array on PostgreSQL, JSON text on SQLite. */
+export function listParam(dialect: DbDialect, values: readonly unknown[]): unknown {
+  return dialect === 'postgres' ? values : JSON.stringify(values)
+}
