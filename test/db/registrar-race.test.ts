@@ -49,7 +49,8 @@ for (const server of SHARED_SERVERS)
       const T0 = Date.now()
       const reg = { now: T0, lifetimeMs: 60_000, maxPendingPerAgent: 8 }
       let conflicts = 0
-      for (let round = 0; round < 10; round++) {
+      // the conflict path needs the loser to read before the winner commits: rounds enough that some do, any server
+      for (let round = 0; round < 40; round++) {
         const id = `race-${round}`
         // two TPM identities registered for one fresh id: whichever activates first owns it
         await a.register(id, { ...write, key: 'a2V5QQ==', ek_tpm: 'QUFB' }, () => {}, reg)
