@@ -2,12 +2,12 @@
  * Database benchmark of the verifier's fleet paths, without agents: enrolment of N agents through the REST route
  * (each with the same runtime policy sent inline, as a tenant does), then attestation results written at a fixed
  * rate through the loop's own WriteBatcher while each verifier runs its real heartbeat (`beat`: lease renewal,
- * reconcile, claims), for one verifier on SQLite and one and two verifiers sharing PostgreSQL. Reports enrolment
- * time, statements per second, batch write latency p50/p99, lease lapses, deadlocks (PostgreSQL's counter, in a
- * database of its own), dead tuples and table sizes after the run, and how long a graceful stop (final flush and
+ * reconcile, claims), for one verifier on SQLite and one and two verifiers sharing PostgreSQL (or MariaDB). Reports
+ * enrolment time, statements per second, batch write latency p50/p99, lease lapses, deadlocks (PostgreSQL's counter,
+ * in a database of its own; InnoDB's, server-wide), dead tuples and table sizes after the run, and how long a graceful stop (final flush and
  * lease release) took under the load.
  *
- *   node --import tsx bench/fleet-db.ts --agents 10000 --rate 2500 --seconds 60 [--db sqlite,postgres]
+ *   node --import tsx bench/fleet-db.ts --agents 10000 --rate 2500 --seconds 60 [--db sqlite,postgres,mariadb]
  *     [--verifiers 1,2] [--policy-entries 1000] [--concurrency 16]     (npm run bench -- fleet-db)
  *     [--policy inline|named|none] [--enrol-only]
  *   --seconds 900 is the issue's 15-minute run.
@@ -17,10 +17,12 @@ import { loadavg, tmpdir } from 'node:os'
 import { join } from 'node:path'
 import Database from 'better-sqlite3'
 import type { Kysely } from 'kysely'
+import mysql from 'mysql2'
+import mysqlPromise from 'mysql2/promise'
 import pg from 'pg'
 import pino from 'pino'
 import { AgentState } from '../src/api/verifier/states.ts'
-import { openDatabase } from '../src/db/database.ts'
+import { mysqlPoolOptions, openDatabase, parseDatabaseUrl } from '../src/db/database.ts'
 import type { AttestationSuccess, VerifierDatabase } from '../src/db/verifier-repository.ts'
 import { buildVerifierApp, type Identity } from '../src/verifier/app.ts'
 import { DbOutage } from '../src/verifier/db-outage.ts'
@@ -47,6 +49,7 @@ const POLICY = arg('policy', 'inline') as 'inline' | 'named' | 'none'
 const ENROL_ONLY = process.argv.includes('--enrol-only')
 const LEASE_MS = 6000
 const PG_URL = process.env.KEYLIME_TEST_PG_URL ?? 'postgresql://postgres@127.0.0.1:5432/test'
+const MYSQL_URL = process.env.KEYLIME_TEST_MYSQL_URL ?? 'mysql://root@127.0.0.1:3306/test'
 const log = pino({ level: 'warn' })
 
 // ------------------------------------------------------------------ statements sent, counted at the drivers
@@ -66,6 +69,16 @@ pg.Client.prototype.query = function (this: pg.Client, ...args: unknown[]) {
       return original.apply(this, args)
     }
   }
+}
+
+{
+  // mysql2: every statement of a pooled connection goes through Connection.prototype.query
+  const original = mysql.Connection.prototype.query
+  mysql.Connection.prototype.query = function (this: mysql.Connection, ...args: unknown[]) {
+    statements++
+    // biome-ignore lint/suspicious/noExplicitAny: counting wrapper around every overload
+    return (original as any).apply(this, args)
+  } as typeof mysql.Connection.prototype.query
 }
 
 // ------------------------------------------------------------------ what every agent is enrolled with
@@ -197,6 +210,52 @@ async function postgresTarget(): Promise<Target> {
     },
     cleanup: () =>
       admin((c) => c.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`)).then(() => undefined),
+  }
+}
+
+async function mariadbTarget(): Promise<Target> {
+  const name = `kl_bench_${process.pid}_${Date.now().toString(36)}`
+  const admin = async <T>(f: (c: mysqlPromise.Connection) => Promise<T>) => {
+    const c = await mysqlPromise.createConnection(mysqlPoolOptions(parseDatabaseUrl(MYSQL_URL).target))
+    try {
+      return await f(c)
+    } finally {
+      await c.end()
+    }
+  }
+  await admin((c) => c.query(`CREATE DATABASE ${name} CHARACTER SET utf8mb4`))
+  const url = new URL(MYSQL_URL)
+  url.pathname = `/${name}`
+  // InnoDB counts for the whole server: run the benchmark alone on it
+  const deadlocks = async () =>
+    Number(
+      (
+        (await admin((c) => c.query("SHOW GLOBAL STATUS LIKE 'Innodb_deadlocks'")))[0] as { Value: string }[]
+      )[0]?.Value ?? 0,
+    )
+  const before = await deadlocks()
+  return {
+    name: 'MariaDB',
+    open: () => openDatabase<VerifierDatabase>(url.toString(), { migrations: 'verifier', poolSize: 8 }),
+    report: async () => {
+      const [rows] = await admin((c) =>
+        c.query(
+          `SELECT table_name AS t, table_rows AS n, data_length + index_length AS size, data_free AS free
+           FROM information_schema.tables WHERE table_schema = ? ORDER BY table_name`,
+          [name],
+        ),
+      )
+      return [
+        `deadlocks: ${(await deadlocks()) - before}`,
+        ...(rows as { t: string; n: number; size: number; free: number }[])
+          .filter((r) => !r.t.startsWith('kysely_'))
+          .map(
+            (r) =>
+              `${String(r.t).padEnd(27)} rows ~${String(r.n).padStart(6)}  size ${(Number(r.size) / 1e6).toFixed(1)} MB  free ${(Number(r.free) / 1e6).toFixed(1)} MB`,
+          ),
+      ]
+    },
+    cleanup: () => admin((c) => c.query(`DROP DATABASE IF EXISTS ${name}`)).then(() => undefined),
   }
 }
 
@@ -375,7 +434,12 @@ process.stdout.write(
 )
 for (const kind of DBS) {
   for (const n of kind === 'sqlite' ? [1] : VERIFIERS) {
-    const target = kind === 'sqlite' ? await sqliteTarget() : await postgresTarget()
+    const target =
+      kind === 'sqlite'
+        ? await sqliteTarget()
+        : kind === 'mariadb'
+          ? await mariadbTarget()
+          : await postgresTarget()
     try {
       await run(target, n)
     } finally {

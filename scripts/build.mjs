@@ -8,6 +8,7 @@ import { build } from 'esbuild'
 const EXTERNAL = [
   'better-sqlite3', // native addon
   'pg', // optional native binding, loaded by name
+  'mysql2', // iconv-lite loads its encoding tables by name
   'pino', // starts its transports in worker threads by file path
   'pino-pretty', // required by name when --log-format pretty is asked for
   'fastify', // plugins are loaded by name at run time

@@ -354,6 +354,17 @@ const DATABASE_ERROR_CODES = new Set([
   '57P02',
   '57P03',
   '53300',
+  // MySQL/MariaDB (mysql2): connection lost or killed, server shutting down, too many connections, a read-only
+  // server (a replica during failover), disk full
+  'PROTOCOL_CONNECTION_LOST',
+  'ER_CONNECTION_KILLED',
+  'ER_SERVER_SHUTDOWN',
+  'ER_CON_COUNT_ERROR',
+  'ER_TOO_MANY_USER_CONNECTIONS',
+  'ER_OPTION_PREVENTS_STATEMENT',
+  'ER_READ_ONLY_MODE',
+  'ER_DISK_FULL',
+  'ER_RECORD_FILE_FULL',
 ])
 
 /**
@@ -369,7 +380,11 @@ export function databaseUnavailableReason(error: unknown): string | null {
       // PostgreSQL class 08: connection exceptions
       if (/^08[0-9A-Z]{3}$/.test(code)) return code
     }
-    if (/Connection terminated|timeout exceeded when trying to connect/.test(e.message))
+    if (
+      /Connection terminated|timeout exceeded when trying to connect|connection is in closed state|Can't write in closed state/.test(
+        e.message,
+      )
+    )
       return 'connection lost'
     e = (e as { cause?: unknown }).cause
   }

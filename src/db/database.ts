@@ -1,11 +1,12 @@
 /**
- * Database factory: `sqlite` (file `<dataDir>/<name>.sqlite`), `sqlite:///abs/path`, `sqlite::memory:` or
- * `postgresql://…` / `postgres://…` (pg Pool). Migrations of the chosen set run on open (upstream
+ * Database factory: `sqlite` (file `<dataDir>/<name>.sqlite`), `sqlite:///abs/path`, `sqlite::memory:`,
+ * `postgresql://…` / `postgres://…` (pg Pool) or `mysql://…` / `mariadb://…` (mysql2 pool; MariaDB 10.6+ or
+ * MySQL 8). Migrations of the chosen set run on open (upstream
  * `auto_migrate_db`). SQLite runs in WAL mode so a second process can read while one writes; a write that meets
  * another process's lock waits asynchronously (see `BusyRetryingDriver`), never blocking the event loop for long.
  */
 import { createHash } from 'node:crypto'
-import { mkdirSync } from 'node:fs'
+import { mkdirSync, readFileSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import SqliteDatabase from 'better-sqlite3'
 import {
@@ -13,6 +14,7 @@ import {
   type DatabaseConnection,
   type Driver,
   Kysely,
+  MysqlDialect,
   PostgresDialect,
   type PostgresPool,
   type PostgresPoolClient,
@@ -22,6 +24,7 @@ import {
   sql,
   type TransactionSettings,
 } from 'kysely'
+import mysql from 'mysql2'
 import pg from 'pg'
 import { DbError } from './db-error.ts'
 import { migrate } from './migrate.ts'
@@ -30,7 +33,7 @@ import { refuseUpstreamDatabase, type TakeoverReport, takeOverUpstreamDatabase }
 
 export { DbError, migrate }
 
-export type DbDialect = 'sqlite' | 'postgres'
+export type DbDialect = 'sqlite' | 'postgres' | 'mysql'
 
 export interface OpenDatabaseOptions {
   /** Directory for the bare `sqlite` URL (upstream: `$KEYLIME_DIR`). */
@@ -48,13 +51,13 @@ export interface OpenDatabaseOptions {
    * it cannot be used before `keylime db upgrade` (or a start with `auto_migrate_db = True`) converted it.
    */
   service?: ServiceName
-  /** PostgreSQL pool size (upstream `database_pool_sz_ovfl` first number). */
+  /** PostgreSQL and MySQL pool size (upstream `database_pool_sz_ovfl` first number). */
   poolSize?: number
 }
 
 export interface ParsedDbUrl {
   dialect: DbDialect
-  /** SQLite file path (or `:memory:`); PostgreSQL connection string. */
+  /** SQLite file path (or `:memory:`); PostgreSQL connection string; `mysql://` URL without driver suffix. */
   target: string
 }
 
@@ -77,9 +80,70 @@ export function parseDatabaseUrl(
     // SQLAlchemy spellings such as postgresql+psycopg2:// carry a driver suffix pg does not understand
     return { dialect: 'postgres', target: u.replace(/^postgres(ql)?\+\w+:/, 'postgresql:') }
   }
+  if (/^(mysql|mariadb)(\+\w+)?:\/\//.test(u)) {
+    // SQLAlchemy spellings: mysql+pymysql://, mysql+mysqldb://, mysql+mysqlconnector://, mariadb+mariadbconnector://
+    const target = u.replace(/^(mysql|mariadb)(\+\w+)?:/, 'mysql:')
+    mysqlPoolOptions(target) // refuses what the pool could not honour, before anything connects
+    return { dialect: 'mysql', target }
+  }
   throw new DbError(
-    `unsupported database_url ${JSON.stringify(url.replace(/:[^:@/]*@/, ':***@'))}: use sqlite, sqlite:///path or postgresql://`,
+    `unsupported database_url ${JSON.stringify(redactUrl(url))}: use sqlite, sqlite:///path, postgresql:// or mysql://`,
   )
+}
+
+function redactUrl(url: string): string {
+  return url.replace(/:[^:@/]*@/, ':***@')
+}
+
+/** Query parameters of SQLAlchemy MySQL URLs that the mysql2 pool honours; any other is refused by name. */
+const MYSQL_URL_PARAMS = new Set(['charset', 'unix_socket', 'ssl_ca', 'ssl_cert', 'ssl_key'])
+
+/**
+ * mysql2 pool options from a `mysql://user:password@host:port/database?…` URL. Parsed here rather than by mysql2,
+ * which ignores unknown parameters with a console warning: an `ssl_ca` it did not understand would silently mean
+ * an unencrypted connection.
+ */
+export function mysqlPoolOptions(target: string): mysql.PoolOptions {
+  let u: URL
+  try {
+    u = new URL(target)
+  } catch {
+    throw new DbError(`database_url ${JSON.stringify(redactUrl(target))} is not a valid URL`)
+  }
+  const database = decodeURIComponent(u.pathname.replace(/^\//, ''))
+  if (database === '' || database.includes('/'))
+    throw new DbError(
+      `database_url ${JSON.stringify(redactUrl(target))} names no database (mysql://host/database)`,
+    )
+  const options: mysql.PoolOptions = {
+    host: u.hostname === '' ? 'localhost' : u.hostname,
+    port: u.port === '' ? 3306 : Number(u.port),
+    user: decodeURIComponent(u.username),
+    password: decodeURIComponent(u.password),
+    database,
+    charset: 'utf8mb4',
+  }
+  const ssl: Record<string, string> = {}
+  for (const [key, value] of u.searchParams) {
+    if (!MYSQL_URL_PARAMS.has(key))
+      throw new DbError(
+        `database_url parameter ${JSON.stringify(key)} is not supported for MySQL (supported: ${[...MYSQL_URL_PARAMS].join(', ')})`,
+      )
+    if (key === 'charset') options.charset = value
+    else if (key === 'unix_socket') options.socketPath = value
+    else ssl[key.slice('ssl_'.length)] = value
+  }
+  if (Object.keys(ssl).length > 0) {
+    const read = (path: string | undefined) => (path === undefined ? undefined : readFileSync(path, 'utf8'))
+    try {
+      options.ssl = { ca: read(ssl.ca), cert: read(ssl.cert), key: read(ssl.key) }
+    } catch (err) {
+      throw new DbError(`cannot read the MySQL TLS files of database_url: ${(err as Error).message}`, {
+        cause: err,
+      })
+    }
+  }
+  return options
 }
 
 /** Which dialect a Kysely instance talks to (some SQL differs: upsert conflict syntax is shared, types are not). */
@@ -154,6 +218,37 @@ function preparingPool(pool: pg.Pool): PostgresPool {
       return { query, release: (destroy?: boolean) => client.release(destroy) } as PostgresPoolClient
     },
   }
+}
+
+/**
+ * The MySQL/MariaDB pool. Every connection reads and locks at READ COMMITTED, as PostgreSQL does: InnoDB's default
+ * REPEATABLE READ takes gap locks on the range a locking read scans, so two verifiers claiming agents would block
+ * (and deadlock) on rows neither of them touches. A pooled connection the server drops (restart, idle timeout,
+ * KILL) emits `error`: mysql2's pool drops it, and the listener here makes sure that event is never unhandled (it
+ * would end the process); the query running on it fails with PROTOCOL_CONNECTION_LOST, which the API and the
+ * loop treat as the database being unavailable (src/api/server.ts `databaseUnavailableReason`).
+ */
+function mysqlDialect(target: string, poolSize: number): MysqlDialect {
+  const pool = mysql.createPool({
+    ...mysqlPoolOptions(target),
+    connectionLimit: poolSize,
+    // BIGINT millisecond timestamps as numbers (all below 2^53)
+    supportBigNumbers: true,
+    bigNumberStrings: false,
+    // no client-side datetime conversion: no column is a DATETIME
+    dateStrings: true,
+  })
+  pool.on('connection', (connection) => {
+    connection.on('error', () => {})
+  })
+  return new MysqlDialect({
+    pool,
+    onCreateConnection: async (connection) => {
+      await connection.executeQuery(
+        CompiledQuery.raw('SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED'),
+      )
+    },
+  })
 }
 
 /** SQLite's own busy wait, which blocks the event loop: kept short, the rest of the wait is asynchronous. */
@@ -278,6 +373,8 @@ export async function openDatabase<DB>(url: string, opts: OpenDatabaseOptions = 
       })
     }
     db = new Kysely<DB>({ dialect: new BusyRetryingSqliteDialect({ database: withStatementCache(handle) }) })
+  } else if (parsed.dialect === 'mysql') {
+    db = new Kysely<DB>({ dialect: mysqlDialect(parsed.target, opts.poolSize ?? 10) })
   } else {
     const schema = opts.pgSchema
     if (schema !== undefined) {

@@ -6,6 +6,7 @@
  */
 import { AgentState } from '../api/verifier/states.ts'
 import type { DbDialect } from './database.ts'
+import { DbError } from './db-error.ts'
 
 export interface PushStatements {
   /** What a token check needs of a session. */
@@ -78,6 +79,12 @@ const LIVE = (table: string) =>
   `(${table}.operational_state IS NULL OR ${table}.operational_state NOT IN (${AgentState.TERMINATED}, ${AgentState.TENANT_FAILED}))`
 
 export function pushStatements(dialect: DbDialect): PushStatements {
+  // MySQL has no UPDATE … RETURNING, which the batched writes below answer with: refused by name rather than run
+  // as SQLite's text
+  if (dialect === 'mysql')
+    throw new DbError(
+      'push mode is not available on MySQL/MariaDB databases yet: use SQLite or PostgreSQL for a push verifier',
+    )
   const pg = dialect === 'postgres'
   const one = pg ? '$1' : '?'
   /** Rows of `types.length` columns named `names`, as a FROM item called `v`. */

@@ -125,6 +125,7 @@ function isUniqueViolation(err: unknown): boolean {
   const e = err as { code?: string; message?: string }
   return (
     e?.code === '23505' ||
+    e?.code === 'ER_DUP_ENTRY' ||
     e?.code === 'SQLITE_CONSTRAINT_PRIMARYKEY' ||
     /UNIQUE constraint/.test(e?.message ?? '')
   )

@@ -18,8 +18,9 @@ import {
 } from 'kysely'
 import { AgentState, OPERATOR_HELD_STATES, RESUMABLE_STATES } from '../api/verifier/states.ts'
 import { KeylimeError } from '../common/errors.ts'
-import { databaseDialect, migrate, registerPreparedStatement } from './database.ts'
+import { type DbDialect, databaseDialect, migrate, registerPreparedStatement } from './database.ts'
 import { VERIFIER_MIGRATIONS } from './migrations/index.ts'
+import { sqlDialectOf } from './sql-dialect.ts'
 
 export interface VerifierMainTable {
   agent_id: string
@@ -271,8 +272,9 @@ interface Statements {
   takeOverApply: string
 }
 
-function statements(dialect: 'sqlite' | 'postgres'): Statements {
+function statements(dialect: DbDialect): Statements {
   const pg = dialect === 'postgres'
+  const my = dialect === 'mysql'
   let n = 0
   // positional placeholders: $1, $2… on PostgreSQL, ? on SQLite (each used once, in order of appearance)
   const p = (pgType = '') => (pg ? `$${++n}${pgType}` : '?')
@@ -281,21 +283,41 @@ function statements(dialect: 'sqlite' | 'postgres'): Statements {
     return build()
   }
   const list = (pgType: string) =>
-    pg ? `(SELECT unnest(${p(`::${pgType}[]`)}))` : `(SELECT value FROM json_each(${p()}))`
-  const lock = (mode: string) => (pg ? ` FOR ${mode}` : '')
+    pg
+      ? `(SELECT unnest(${p(`::${pgType}[]`)}))`
+      : my
+        ? mysqlList(p())
+        : `(SELECT value FROM json_each(${p()}))`
+  // MySQL has no NO KEY UPDATE: FOR UPDATE is the lock that keeps a row from being written meanwhile
+  const lock = (mode: string) =>
+    pg ? ` FOR ${mode}` : my ? ` FOR ${mode.replace('NO KEY UPDATE', 'UPDATE')}` : ''
+  // InnoDB locks the index records a locking read walks: through `ix_verifiermain_lease_holder` a reader would hold
+  // secondary-index locks that a claim moving the row to another holder must take, while waiting for the row that
+  // claim holds (a deadlock PostgreSQL's row locks cannot have). Locking reads walk the primary key, in its order.
+  const pkOnly = my ? ' FORCE INDEX (PRIMARY)' : ''
   const hotCols = HOT_COLUMNS.join(', ')
   return {
     heartbeat: reset(
       () => `UPDATE verifier_holders SET expires = ${p()} WHERE holder = ${p()} AND expires >= ${p()}`,
     ),
-    register: reset(
-      () => `INSERT INTO verifier_holders (holder, expires) VALUES (${p()}, ${p()})
+    register: reset(() =>
+      my
+        ? `INSERT INTO verifier_holders (holder, expires) VALUES (?, ?)
+           ON DUPLICATE KEY UPDATE expires = VALUES(expires)`
+        : `INSERT INTO verifier_holders (holder, expires) VALUES (${p()}, ${p()})
        ON CONFLICT (holder) DO UPDATE SET expires = excluded.expires`,
     ),
     unregister: reset(() => `DELETE FROM verifier_holders WHERE holder = ${p()}`),
     forgetExpired: reset(() => `DELETE FROM verifier_holders WHERE expires < ${p()}`),
-    lockBatch: reset(
-      () => `SELECT agent_id, lease_epoch, operational_state, public_key, hash_alg, enc_alg, sign_alg FROM verifiermain
+    lockBatch: reset(() =>
+      my
+        ? // rows are locked as the join reaches them (before ORDER BY sorts): one primary-key lookup per id, in the
+          // order of the list, which listParam sorts
+          `SELECT STRAIGHT_JOIN m.agent_id, m.lease_epoch, m.operational_state, m.public_key, m.hash_alg, m.enc_alg,
+             m.sign_alg
+           FROM ${mysqlListTable('?')} JOIN verifiermain m ON m.agent_id = l.value
+           WHERE m.lease_holder = ? AND ${NOT_OPERATOR_HELD} ORDER BY m.agent_id FOR UPDATE`
+        : `SELECT agent_id, lease_epoch, operational_state, public_key, hash_alg, enc_alg, sign_alg FROM verifiermain
        WHERE agent_id IN ${list('text')} AND lease_holder = ${p()} AND ${NOT_OPERATOR_HELD}
        ORDER BY agent_id${lock('NO KEY UPDATE')}`,
     ),
@@ -304,7 +326,11 @@ function statements(dialect: 'sqlite' | 'postgres'): Statements {
         ? `INSERT INTO verifier_attestation_state (agent_id, ${hotCols})
            SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[], $4::bigint[], $5::text[], $6::int[], $7::text[])
            ON CONFLICT (agent_id) DO UPDATE SET ${HOT_COLUMNS.map((c) => `${c} = excluded.${c}`).join(', ')}`
-        : `INSERT INTO verifier_attestation_state (agent_id, ${hotCols})
+        : my
+          ? `INSERT INTO verifier_attestation_state (agent_id, ${hotCols})
+             SELECT agent_id, ${hotCols} FROM ${mysqlRows(['agent_id', ...HOT_COLUMNS])}
+             ON DUPLICATE KEY UPDATE ${HOT_COLUMNS.map((c) => `${c} = VALUES(${c})`).join(', ')}`
+          : `INSERT INTO verifier_attestation_state (agent_id, ${hotCols})
            SELECT value->>0, ${HOT_COLUMNS.map((_, i) => `value->>${i + 1}`).join(', ')} FROM json_each(?) WHERE true
            ON CONFLICT (agent_id) DO UPDATE SET ${HOT_COLUMNS.map((c) => `${c} = excluded.${c}`).join(', ')}`,
     ),
@@ -315,13 +341,19 @@ function statements(dialect: 'sqlite' | 'postgres'): Statements {
            FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::text[], $6::text[])
              AS v(agent_id, state, public_key, hash_alg, enc_alg, sign_alg)
            WHERE m.agent_id = v.agent_id`
-        : `UPDATE verifiermain SET operational_state = j.value->>1,
+        : my
+          ? `UPDATE verifiermain AS m
+             JOIN ${mysqlRows(['agent_id', 'operational_state', 'public_key', 'hash_alg', 'enc_alg', 'sign_alg'])}
+               ON m.agent_id = v.agent_id
+             SET m.operational_state = v.operational_state, m.public_key = COALESCE(v.public_key, m.public_key),
+               m.hash_alg = v.hash_alg, m.enc_alg = v.enc_alg, m.sign_alg = v.sign_alg`
+          : `UPDATE verifiermain SET operational_state = j.value->>1,
              public_key = COALESCE(j.value->>2, verifiermain.public_key),
              hash_alg = j.value->>3, enc_alg = j.value->>4, sign_alg = j.value->>5
            FROM json_each(?) AS j WHERE verifiermain.agent_id = j.value->>0`,
     ),
     claimLock: reset(
-      () => `SELECT agent_id FROM verifiermain
+      () => `SELECT agent_id FROM verifiermain${pkOnly}
        WHERE verifier_id = ${p()} AND ${RESUMABLE} AND ${POLLED} AND ${holderGone(p('::bigint'))}
        ORDER BY agent_id LIMIT ${p('::int')}${lock('NO KEY UPDATE SKIP LOCKED')}`,
     ),
@@ -331,11 +363,11 @@ function statements(dialect: 'sqlite' | 'postgres'): Statements {
     ),
     lockHeld: reset(
       () =>
-        `SELECT agent_id FROM verifiermain WHERE lease_holder = ${p()} ORDER BY agent_id${lock('NO KEY UPDATE')}`,
+        `SELECT agent_id FROM verifiermain${pkOnly} WHERE lease_holder = ${p()} ORDER BY agent_id${lock('NO KEY UPDATE')}`,
     ),
     release: reset(() => `UPDATE verifiermain SET lease_holder = NULL WHERE lease_holder = ${p()}`),
     takeOverLock: reset(
-      () => `SELECT agent_id, lease_holder FROM verifiermain
+      () => `SELECT agent_id, lease_holder FROM verifiermain${pkOnly}
        WHERE substr(lease_holder, 1, ${p('::int')}) = ${p()} AND lease_holder <> ${p()} AND ${RESUMABLE} AND ${POLLED}
        ORDER BY agent_id${lock('NO KEY UPDATE')}`,
     ),
@@ -346,8 +378,44 @@ function statements(dialect: 'sqlite' | 'postgres'): Statements {
   }
 }
 
-/** A list of values as one statement parameter: an array for PostgreSQL, JSON text for SQLite. */
-function listParam(dialect: 'sqlite' | 'postgres', values: readonly unknown[]): unknown {
+/** MySQL types of the columns a JSON row parameter carries (binary collation: compared with our tables' keys). */
+const MYSQL_JSON_COLUMN_TYPES: Record<string, string> = {
+  agent_id: 'VARCHAR(80) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin',
+  attestation_count: 'INT',
+  last_received_quote: 'BIGINT',
+  last_successful_attestation: 'BIGINT',
+  tpm_clockinfo: 'LONGTEXT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin',
+  next_ima_ml_entry: 'INT',
+  ima_state: 'LONGTEXT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin',
+  operational_state: 'INT',
+  public_key: 'VARCHAR(500) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin',
+  hash_alg: 'VARCHAR(10) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin',
+  enc_alg: 'VARCHAR(10) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin',
+  sign_alg: 'VARCHAR(10) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin',
+}
+
+/** MySQL: the rows of one JSON parameter (an array of arrays, columns in this order) as a table `v`. */
+function mysqlRows(columns: readonly string[]): string {
+  const defs = columns.map((c, i) => `${c} ${MYSQL_JSON_COLUMN_TYPES[c]} PATH '$[${i}]'`).join(', ')
+  return `JSON_TABLE(?, '$[*]' COLUMNS (${defs})) AS v`
+}
+
+/** MySQL: the values of one JSON array parameter as a table `l` of one column, `value`. */
+function mysqlListTable(placeholder: string): string {
+  return `JSON_TABLE(${placeholder}, '$[*]' COLUMNS (value VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin PATH '$')) AS l`
+}
+
+/** MySQL: the values of one JSON array parameter, as an `IN` list. */
+function mysqlList(placeholder: string): string {
+  return `(SELECT l.value FROM ${mysqlListTable(placeholder)})`
+}
+
+/**
+ * A list of values as one statement parameter: an array for PostgreSQL, JSON text for SQLite and MySQL (sorted
+ * there: MySQL locks rows in the order a join reads the list, see lockBatch).
+ */
+function listParam(dialect: DbDialect, values: readonly unknown[]): unknown {
+  if (dialect === 'mysql') return JSON.stringify([...values].sort())
   return dialect === 'postgres' ? values : JSON.stringify(values)
 }
 
@@ -429,7 +497,7 @@ function toAgentRow(r: VerifierAgentRow): VerifierAgentRow {
 }
 
 export class VerifierRepository {
-  readonly dialect: 'sqlite' | 'postgres'
+  readonly dialect: DbDialect
   private readonly sql: Statements
 
   constructor(readonly db: Kysely<VerifierDatabase>) {
@@ -588,7 +656,11 @@ export class VerifierRepository {
   private async agentsHeldBy(ids: readonly string[], leaseHolder: string): Promise<VerifierAgentRow[]> {
     if (ids.length === 0) return []
     const inList =
-      this.dialect === 'postgres' ? '(SELECT unnest($1::text[]))' : '(SELECT value FROM json_each(?))'
+      this.dialect === 'postgres'
+        ? '(SELECT unnest($1::text[]))'
+        : this.dialect === 'mysql'
+          ? mysqlList('?')
+          : '(SELECT value FROM json_each(?))'
     const rows = await run<VerifierAgentRow>(
       this.db,
       `${AGENT_SELECT} WHERE m.agent_id IN ${inList} AND m.lease_holder = ${this.p(2)}`,
@@ -665,14 +737,20 @@ export class VerifierRepository {
       } else {
         let q = tx.selectFrom('verifiermain').select('agent_id').where(fence)
         if (pg) q = q.forNoKeyUpdate()
+        else if (this.dialect === 'mysql') q = q.forUpdate()
         ok = (await q.executeTakeFirst()) !== undefined
       }
-      if (ok && Object.keys(hot).length > 0)
-        await tx
+      if (ok && Object.keys(hot).length > 0) {
+        const insert = tx
           .insertInto('verifier_attestation_state')
           .values({ agent_id: agentId, ...hot } as Insertable<AttestationStateTable>)
-          .onConflict((oc) => oc.column('agent_id').doUpdateSet(hot as Updateable<AttestationStateTable>))
-          .execute()
+        await (this.dialect === 'mysql'
+          ? insert.onDuplicateKeyUpdate(hot as Updateable<AttestationStateTable>)
+          : insert.onConflict((oc) =>
+              oc.column('agent_id').doUpdateSet(hot as Updateable<AttestationStateTable>),
+            )
+        ).execute()
+      }
       return ok
     })
   }
@@ -727,7 +805,7 @@ export class VerifierRepository {
 
   /** Rows as statement parameters: one array per column on PostgreSQL (for unnest), one JSON array on SQLite. */
   private rowsParam(rows: unknown[][]): unknown[] {
-    if (this.dialect === 'sqlite') return [JSON.stringify(rows)]
+    if (this.dialect !== 'postgres') return [JSON.stringify(rows)]
     const width = rows[0]?.length ?? 0
     return Array.from({ length: width }, (_, i) => rows.map((r) => r[i]))
   }
@@ -917,12 +995,16 @@ export class VerifierRepository {
   ): Promise<string> {
     let present = tx.selectFrom('verifier_policy_bodies').select('digest').where('digest', '=', body.digest)
     if (this.dialect === 'postgres') present = present.forKeyShare()
-    if (!(await present.executeTakeFirst()))
-      await tx
+    else if (this.dialect === 'mysql') present = present.modifyEnd(sql`LOCK IN SHARE MODE`)
+    if (!(await present.executeTakeFirst())) {
+      const insert = tx
         .insertInto('verifier_policy_bodies')
         .values({ digest: body.digest, kind, generator, body: body.text })
-        .onConflict((oc) => oc.column('digest').doNothing())
-        .execute()
+      await (this.dialect === 'mysql'
+        ? insert.onDuplicateKeyUpdate({ digest: (eb) => eb.ref('digest') })
+        : insert.onConflict((oc) => oc.column('digest').doNothing())
+      ).execute()
+    }
     return body.digest
   }
 
@@ -1170,11 +1252,10 @@ async function insertPolicyName(
   values: Insertable<AllowlistsTable> | Insertable<MbPoliciesTable>,
 ): Promise<number> {
   try {
-    const r = await tx
-      .insertInto(table)
-      .values(values as Insertable<AllowlistsTable>)
-      .returning('id')
-      .executeTakeFirstOrThrow()
+    const insert = tx.insertInto(table).values(values as Insertable<AllowlistsTable>)
+    // MySQL has no RETURNING (MariaDB has, MySQL 8 not): the driver reports the new id
+    if (sqlDialectOf(tx) === 'mysql') return Number((await insert.executeTakeFirstOrThrow()).insertId)
+    const r = await insert.returning('id').executeTakeFirstOrThrow()
     return r.id
   } catch (err) {
     if (isUniqueViolation(err)) throw new DuplicateError(what)
@@ -1219,8 +1300,13 @@ function withImaOffset(patch: VerifierAgentPatch): VerifierAgentPatch {
   return { ...patch, next_ima_ml_entry: nextImaEntryOf(patch.ima_state) }
 }
 
-/** A unique or primary-key violation (SQLite SQLITE_CONSTRAINT_*, PostgreSQL 23505). */
+/** A unique or primary-key violation (SQLite SQLITE_CONSTRAINT_*, PostgreSQL 23505, MySQL ER_DUP_ENTRY). */
 function isUniqueViolation(err: unknown): boolean {
   const code = (err as { code?: unknown })?.code
-  return code === '23505' || code === 'SQLITE_CONSTRAINT_UNIQUE' || code === 'SQLITE_CONSTRAINT_PRIMARYKEY'
+  return (
+    code === '23505' ||
+    code === 'SQLITE_CONSTRAINT_UNIQUE' ||
+    code === 'SQLITE_CONSTRAINT_PRIMARYKEY' ||
+    code === 'ER_DUP_ENTRY'
+  )
 }

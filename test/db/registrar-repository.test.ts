@@ -4,7 +4,14 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import type { Kysely } from 'kysely'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { DbError, dropPgSchema, migrate, openDatabase, parseDatabaseUrl } from '../../src/db/database.ts'
+import {
+  DbError,
+  dropPgSchema,
+  migrate,
+  mysqlPoolOptions,
+  openDatabase,
+  parseDatabaseUrl,
+} from '../../src/db/database.ts'
 import * as registrarInitial from '../../src/db/migrations/2026112600_registrar.ts'
 import {
   type ActivateOptions,
@@ -13,6 +20,7 @@ import {
   RegistrarRepository,
   type RegistrationWrite,
 } from '../../src/db/registrar-repository.ts'
+import { createMysqlDatabase, type MysqlTestDatabase } from '../helpers/mysql.ts'
 
 const PG_URL = process.env.KEYLIME_TEST_PG_URL ?? 'postgresql://postgres@127.0.0.1:5432/test'
 
@@ -42,8 +50,22 @@ describe('parseDatabaseUrl', () => {
       dialect: 'postgres',
       target: 'postgresql://u@h/db',
     })
-    expect(() => parseDatabaseUrl('mysql://u:secret@h/db')).toThrow(DbError)
-    expect(() => parseDatabaseUrl('mysql://u:secret@h/db')).not.toThrow(/secret/)
+    for (const url of ['mysql://u@h:3307/db', 'mysql+pymysql://u@h:3307/db', 'mysql+mysqldb://u@h:3307/db'])
+      expect(parseDatabaseUrl(url)).toEqual({ dialect: 'mysql', target: 'mysql://u@h:3307/db' })
+    expect(parseDatabaseUrl('mariadb+mariadbconnector://u@h/db?charset=utf8mb4').dialect).toBe('mysql')
+    expect(mysqlPoolOptions('mysql://u:p%40ss@h/db?unix_socket=/run/mysqld/mysqld.sock')).toMatchObject({
+      user: 'u',
+      password: 'p@ss',
+      database: 'db',
+      socketPath: '/run/mysqld/mysqld.sock',
+    })
+    // a parameter the pool cannot honour (a TLS mode, say) is refused by name, never silently dropped
+    expect(() => parseDatabaseUrl('mysql://u:secret@h/db?ssl_mode=REQUIRED')).toThrow(/ssl_mode/)
+    expect(() => parseDatabaseUrl('mysql://u:secret@h/db?ssl_mode=REQUIRED')).not.toThrow(/secret/)
+    expect(() => parseDatabaseUrl('mysql://u:secret@h')).toThrow(/names no database/)
+    expect(() => parseDatabaseUrl('mysql://u:secret@h')).not.toThrow(/secret/)
+    expect(() => parseDatabaseUrl('oracle://u:secret@h/db')).toThrow(DbError)
+    expect(() => parseDatabaseUrl('oracle://u:secret@h/db')).not.toThrow(/secret/)
     expect(() => parseDatabaseUrl('sqlite')).toThrow(DbError)
   })
 })
@@ -90,6 +112,25 @@ const dialects: DialectCase[] = [
     },
     reopen: () => openDatabase(PG_URL, { pgSchema, migrations: 'registrar' }),
   },
+  (() => {
+    let mysqlDb: MysqlTestDatabase | undefined
+    return {
+      name: 'mariadb',
+      open: async () => {
+        const created = await createMysqlDatabase('reg')
+        mysqlDb = created
+        const db = await openDatabase<RegistrarDatabase>(created.url, { migrations: 'registrar' })
+        return {
+          db,
+          cleanup: async () => {
+            await db.destroy()
+            await created.drop()
+          },
+        }
+      },
+      reopen: () => openDatabase((mysqlDb as MysqlTestDatabase).url, { migrations: 'registrar' }),
+    }
+  })(),
 ]
 
 for (const dialect of dialects) {
@@ -240,14 +281,17 @@ for (const dialect of dialects) {
 }
 
 describe('migration 2026120600_registrar_pending on a database with unactivated rows', () => {
-  for (const dialectName of ['sqlite', 'postgres'] as const) {
+  for (const dialectName of ['sqlite', 'postgres', 'mariadb'] as const) {
     it(`moves them into registrarpending, where they expire (${dialectName})`, async () => {
       const dir = mkdtempSync(join(tmpdir(), 'kl-db-mig-'))
       const schema = `t_regmig_${randomBytes(6).toString('hex')}`
+      const mysqlDb = dialectName === 'mariadb' ? await createMysqlDatabase('regmig') : undefined
       const open = (migrations: false | 'registrar') =>
         dialectName === 'sqlite'
           ? openDatabase<RegistrarDatabase>('sqlite', { dataDir: dir, name: 'reg_data', migrations })
-          : openDatabase<RegistrarDatabase>(PG_URL, { pgSchema: schema, migrations })
+          : mysqlDb
+            ? openDatabase<RegistrarDatabase>(mysqlDb.url, { migrations })
+            : openDatabase<RegistrarDatabase>(PG_URL, { pgSchema: schema, migrations })
       try {
         const old = await open(false)
         await migrate(old, { '2026112600_registrar': registrarInitial }, 'registrar', {
@@ -279,6 +323,7 @@ describe('migration 2026120600_registrar_pending on a database with unactivated 
       } finally {
         rmSync(dir, { recursive: true, force: true })
         if (dialectName === 'postgres') await dropPgSchema(PG_URL, schema)
+        await mysqlDb?.drop()
       }
     })
   }

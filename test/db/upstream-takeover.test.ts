@@ -1,5 +1,5 @@
 /**
- * Takeover of databases left by upstream Keylime 7.x (src/db/takeover), on SQLite and PostgreSQL: for every Alembic
+ * Takeover of databases left by upstream Keylime 7.x (src/db/takeover), on SQLite, PostgreSQL and MariaDB: for every Alembic
  * revision of 7.x a generated upstream database (test/helpers/upstream-db.ts) is opened by our services' database
  * factory, and every row is found again, converted, in the shape a new database has; the verifier then keeps
  * attesting the agents it took over, continuing their IMA lists where upstream stopped. Unknown and 6.x revisions
@@ -14,11 +14,12 @@ import { type Kysely, sql } from 'kysely'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { type SimFleet, simMeasure, startSimFleet } from '../../bench/fleet-agents.ts'
 import { AgentState } from '../../src/api/verifier/states.ts'
-import { dropPgSchema, type OpenDatabaseOptions, openDatabase } from '../../src/db/database.ts'
+import { DbError, dropPgSchema, type OpenDatabaseOptions, openDatabase } from '../../src/db/database.ts'
 import { REGISTRAR_MIGRATIONS, VERIFIER_MIGRATIONS } from '../../src/db/migrations/index.ts'
 import { planTakeover, type TakeoverReport } from '../../src/db/takeover/index.ts'
 import { type VerifierDatabase, VerifierRepository } from '../../src/db/verifier-repository.ts'
 import { runKeylime } from '../helpers/cli.ts'
+import { createMysqlDatabase } from '../helpers/mysql.ts'
 import {
   buildUpstreamRegistrarDb,
   buildUpstreamVerifierDb,
@@ -62,6 +63,14 @@ const dialects: { name: string; target(): Promise<Target> }[] = [
         opts: { pgSchema: schema, poolSize: 2 },
         cleanup: () => dropPgSchema(PG_URL, schema),
       }
+    },
+  },
+  {
+    name: 'mariadb',
+    target: async () => {
+      // upstream's tables in the server's default collation, as upstream's services leave them
+      const created = await createMysqlDatabase('takeover', { serverCollation: true })
+      return { url: created.url, opts: { poolSize: 2 }, cleanup: created.drop }
     },
   },
 ]
@@ -184,25 +193,36 @@ function registrarAgents(): UpstreamRegistrarAgent[] {
   ]
 }
 
-async function columnsOf(db: AnyDb, table: string, pg: boolean): Promise<string[]> {
-  const q = pg
-    ? sql<{
-        c: string
-      }>`select column_name || ' ' || data_type || ' ' || is_nullable || ' ' || coalesce(column_default, '') as c
+async function columnsOf(db: AnyDb, table: string, kind: string): Promise<string[]> {
+  const q =
+    kind === 'mariadb'
+      ? sql<{
+          c: string
+        }>`select concat(column_name, ' ', column_type, ' ', is_nullable, ' ', coalesce(column_default, '')) as c
+         from information_schema.columns where table_schema = database() and table_name = ${table}`
+      : kind === 'postgres'
+        ? sql<{
+            c: string
+          }>`select column_name || ' ' || data_type || ' ' || is_nullable || ' ' || coalesce(column_default, '') as c
          from information_schema.columns where table_schema = current_schema() and table_name = ${table}`
-    : sql<{
-        c: string
-      }>`select name || ' ' || type || ' ' || "notnull" || ' ' || coalesce(dflt_value, '') as c
+        : sql<{
+            c: string
+          }>`select name || ' ' || type || ' ' || "notnull" || ' ' || coalesce(dflt_value, '') as c
          from pragma_table_info(${table})`
   return (await q.execute(db)).rows.map((r) => r.c.replace(/_seq\d*'/, "_seq'")).sort()
 }
 
-async function tables(db: AnyDb, pg: boolean): Promise<string[]> {
-  const q = pg
-    ? sql<{
-        n: string
-      }>`select table_name as n from information_schema.tables where table_schema = current_schema()`
-    : sql<{ n: string }>`select name as n from sqlite_master where type = 'table'`
+async function tables(db: AnyDb, kind: string): Promise<string[]> {
+  const q =
+    kind === 'mariadb'
+      ? sql<{
+          n: string
+        }>`select table_name as n from information_schema.tables where table_schema = database()`
+      : kind === 'postgres'
+        ? sql<{
+            n: string
+          }>`select table_name as n from information_schema.tables where table_schema = current_schema()`
+        : sql<{ n: string }>`select name as n from sqlite_master where type = 'table'`
   return (await q.execute(db)).rows.map((r) => r.n).sort()
 }
 
@@ -213,9 +233,12 @@ const OUR_TABLES = ['verifiermain', 'allowlists', 'mbpolicies', 'registrarmain',
  * policy tables, booleans of the registrar, plain-token sessions); SQLite runs every revision.
  */
 const PG_REVISIONS = ['f838d3cdeead', '9d2f6fab52b1', '330024be7bef', '460d7adda633', 'a59cc9366774']
+/** MariaDB: the first and the last revision (AUTO_INCREMENT ids, LONGTEXT policies, TINYINT booleans). */
+const MARIADB_REVISIONS = [UPSTREAM_REVISION_IDS[0] as string, UPSTREAM_REVISION_IDS.at(-1) as string]
 
 for (const dialect of dialects) {
   const pg = dialect.name === 'postgres'
+  const kind = dialect.name
   describe(`takeover of upstream databases (${dialect.name})`, () => {
     const cleanups: (() => Promise<void>)[] = []
     afterAll(async () => {
@@ -234,12 +257,12 @@ for (const dialect of dialects) {
       const v = await openDatabase(t.url, { ...t.opts, migrations: 'verifier' })
       const r = await openDatabase(t.url, { ...t.opts, migrations: 'registrar' })
       freshShape = {}
-      for (const table of OUR_TABLES) freshShape[table] = await columnsOf(v, table, pg)
+      for (const table of OUR_TABLES) freshShape[table] = await columnsOf(v, table, kind)
       await v.destroy()
       await r.destroy()
     })
 
-    it.each(pg ? PG_REVISIONS : UPSTREAM_REVISION_IDS)(
+    it.each(kind === 'mariadb' ? MARIADB_REVISIONS : pg ? PG_REVISIONS : UPSTREAM_REVISION_IDS)(
       'revision %s: every row kept, converted, in the shape of a new database',
       async (rev) => {
         const t = await fresh()
@@ -247,7 +270,7 @@ for (const dialect of dialects) {
         const fixture = fixtureAgents()
         await buildUpstreamVerifierDb(raw, rev, { ...fixture, pushAttestations: true })
         await buildUpstreamRegistrarDb(raw, rev, registrarAgents())
-        const pushBefore = (await tables(raw, pg)).filter((n) =>
+        const pushBefore = (await tables(raw, kind)).filter((n) =>
           ['attestations', 'evidence_items'].includes(n),
         )
         await raw.destroy()
@@ -262,7 +285,7 @@ for (const dialect of dialects) {
             ['registrar', rev],
           ])
           for (const table of OUR_TABLES)
-            expect(await columnsOf(db, table, pg), table).toEqual(freshShape[table])
+            expect(await columnsOf(db, table, kind), table).toEqual(freshShape[table])
           const applied = async (service: string) =>
             (
               await sql<{
@@ -273,7 +296,7 @@ for (const dialect of dialects) {
               .sort()
           expect(await applied('verifier')).toEqual(Object.keys(VERIFIER_MIGRATIONS).sort())
           expect(await applied('registrar')).toEqual(Object.keys(REGISTRAR_MIGRATIONS).sort())
-          const all = await tables(db, pg)
+          const all = await tables(db, kind)
           expect(all).toContain('upstream_alembic_version_cloud_verifier')
           expect(all).not.toContain('alembic_version_cloud_verifier')
           expect(all.filter((n) => n.startsWith('upstream_takeover_'))).toEqual([])
@@ -377,20 +400,57 @@ for (const dialect of dialects) {
         const raw: AnyDb = await openDatabase(t.url, { ...t.opts, migrations: false })
         await buildUpstreamVerifierDb(raw, 'f838d3cdeead', fixtureAgents())
         await sql`update alembic_version_cloud_verifier set version_num = ${rev}`.execute(raw)
-        const before = await tables(raw, pg)
+        const before = await tables(raw, kind)
         await raw.destroy()
         await expect(openDatabase(t.url, { ...t.opts, migrations: 'verifier' })).rejects.toThrow(message)
         const after: AnyDb = await openDatabase(t.url, { ...t.opts, migrations: false })
-        expect(await tables(after, pg)).toEqual(before)
+        expect(await tables(after, kind)).toEqual(before)
         await after.destroy()
       }
     })
+
+    if (kind === 'mariadb')
+      it('a takeover failing halfway undoes its table changes (MySQL cannot roll them back)', async () => {
+        const t = await fresh()
+        const raw: AnyDb = await openDatabase(t.url, { ...t.opts, migrations: false })
+        const rev = UPSTREAM_REVISION_IDS.at(-1) as string
+        await buildUpstreamVerifierDb(raw, rev, { ...fixtureAgents(), pushAttestations: true })
+        // the name verifiermain is to be set aside under is taken: the third rename fails, after two succeeded
+        await sql`create table upstream_takeover_verifiermain (x integer)`.execute(raw)
+        const before = await tables(raw, kind)
+        const shapes = async (db: AnyDb) =>
+          Promise.all(['allowlists', 'verifiermain', 'attestations'].map((x) => columnsOf(db, x, kind)))
+        const shapeBefore = await shapes(raw)
+        await expect(openDatabase(t.url, { ...t.opts, migrations: 'verifier' })).rejects.toThrow(DbError)
+        // kysely's own bookkeeping tables stay, empty: the next start still finds upstream's database
+        expect((await tables(raw, kind)).filter((x) => !x.startsWith('kysely_migration'))).toEqual(before)
+        expect(await raw.selectFrom('kysely_migration_verifier').selectAll().execute()).toEqual([])
+        expect(await shapes(raw)).toEqual(shapeBefore)
+        // the push table's reference into verifiermain is back: a push row of an unknown agent is refused
+        await expect(
+          raw
+            .insertInto('attestations')
+            .values({
+              agent_id: 'nobody',
+              index: 0,
+              system_info__boot_time: 'x',
+              capabilities_received_at: 'x',
+            })
+            .execute(),
+        ).rejects.toMatchObject({ code: 'ER_NO_REFERENCED_ROW_2' })
+        // with the obstacle gone, the takeover goes through
+        await sql`drop table upstream_takeover_verifiermain`.execute(raw)
+        await raw.destroy()
+        const db: AnyDb = await openDatabase(t.url, { ...t.opts, migrations: 'verifier' })
+        expect((await new VerifierRepository(db as Kysely<VerifierDatabase>).listAgents()).length).toBe(3)
+        await db.destroy()
+      })
 
     it('dry run: reports what would change and changes nothing; auto_migrate_db off refuses to start', async () => {
       const t = await fresh()
       const raw: AnyDb = await openDatabase(t.url, { ...t.opts, migrations: false })
       await buildUpstreamVerifierDb(raw, '160f932fde5b', fixtureAgents())
-      const before = await tables(raw, pg)
+      const before = await tables(raw, kind)
       const report = await planTakeover(raw, 'verifier')
       expect(report?.revision).toBe('160f932fde5b')
       expect(report?.description).toBe('160f932fde5b (Keylime 7.9.0)')
@@ -400,7 +460,7 @@ for (const dialect of dialects) {
       )
       expect(report?.conversions['tpm_policy double JSON encoding removed']).toBe(3)
       expect(report?.conversions['runtime policy kept as its verified DSSE payload']).toBe(1)
-      expect(await tables(raw, pg)).toEqual(before)
+      expect(await tables(raw, kind)).toEqual(before)
       expect(
         Number((await raw.selectFrom('verifiermain').select(sql`count(*)`.as('n')).executeTakeFirst())?.n),
       ).toBe(3)
@@ -412,7 +472,7 @@ for (const dialect of dialects) {
       )
     })
 
-    const attested = pg ? [UPSTREAM_REVISION_IDS.at(-1)] : UPSTREAM_REVISION_IDS
+    const attested = pg || kind === 'mariadb' ? [UPSTREAM_REVISION_IDS.at(-1)] : UPSTREAM_REVISION_IDS
     for (const rev of attested as string[]) {
       it(`revision ${rev}: the verifier keeps attesting the agents it took over, IMA lists continued`, async () => {
         const fleet: SimFleet = await startSimFleet({ count: 2, shareKeys: true })

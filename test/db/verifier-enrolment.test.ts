@@ -18,6 +18,7 @@ import {
   type VerifierDatabase,
   VerifierRepository,
 } from '../../src/db/verifier-repository.ts'
+import { createMysqlDatabase } from '../helpers/mysql.ts'
 import { makeVerifier } from '../unit/verifier/harness.ts'
 
 const PG_URL = process.env.KEYLIME_TEST_PG_URL ?? 'postgresql://postgres@127.0.0.1:5432/test'
@@ -80,6 +81,14 @@ const dialects = [
       cleanups.push(() => dropPgSchema(PG_URL, schema))
       return () =>
         openDatabase<VerifierDatabase>(PG_URL, { pgSchema: schema, migrations: 'verifier', poolSize: 4 })
+    },
+  },
+  {
+    name: 'mariadb',
+    open: async () => {
+      const created = await createMysqlDatabase('venrol')
+      cleanups.push(() => created.drop())
+      return () => openDatabase<VerifierDatabase>(created.url, { migrations: 'verifier', poolSize: 4 })
     },
   },
 ]

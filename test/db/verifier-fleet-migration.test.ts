@@ -14,6 +14,7 @@ import { dropPgSchema, migrate, openDatabase } from '../../src/db/database.ts'
 import { VERIFIER_MIGRATIONS } from '../../src/db/migrations/index.ts'
 import { type VerifierDatabase, VerifierRepository } from '../../src/db/verifier-repository.ts'
 import { PolicyStore } from '../../src/verifier/policy-store.ts'
+import { createMysqlDatabase } from '../helpers/mysql.ts'
 
 const PG_URL = process.env.KEYLIME_TEST_PG_URL ?? 'postgresql://postgres@127.0.0.1:5432/test'
 const EARLIER = Object.fromEntries(
@@ -49,6 +50,15 @@ const dialects = [
       })
       cleanups.push(() => dropPgSchema(PG_URL, schema))
       return { db, schema }
+    },
+  },
+  {
+    name: 'mariadb',
+    open: async () => {
+      const created = await createMysqlDatabase('vmig')
+      cleanups.push(() => created.drop())
+      const db = await openDatabase<VerifierDatabase>(created.url, { migrations: false, poolSize: 2 })
+      return { db, schema: undefined }
     },
   },
 ]
@@ -166,7 +176,7 @@ for (const d of dialects) {
         meta: { version: 1, generator: 3 },
         digests: { '/bin/ok': ['cc'.repeat(32)] },
       })
-      const inlineId = await db
+      await db
         .insertInto('allowlists')
         .values({
           name: 'inline',
@@ -176,7 +186,12 @@ for (const d of dialects) {
           tpm_policy: null,
           body_digest: null,
         })
-        .returning('id')
+        .execute()
+      // read back by name: MySQL has no INSERT … RETURNING
+      const inlineId = await db
+        .selectFrom('allowlists')
+        .select('id')
+        .where('name', '=', 'inline')
         .executeTakeFirstOrThrow()
       expect(await store.runtimeFor(inlineId.id)).not.toBeNull()
       await repo.insertAllowlist({

@@ -15,6 +15,7 @@ import {
   type VerifierDatabase,
   VerifierRepository,
 } from '../../src/db/verifier-repository.ts'
+import { createMysqlDatabase } from '../helpers/mysql.ts'
 
 const PG_URL = process.env.KEYLIME_TEST_PG_URL ?? 'postgresql://postgres@127.0.0.1:5432/test'
 const HOLDER = 'verifier-a'
@@ -74,6 +75,20 @@ const dialects = [
         cleanup: async () => {
           await db.destroy()
           await dropPgSchema(PG_URL, schema)
+        },
+      }
+    },
+  },
+  {
+    name: 'mariadb',
+    open: async () => {
+      const created = await createMysqlDatabase('vima')
+      const db = await openDatabase<VerifierDatabase>(created.url, { migrations: 'verifier' })
+      return {
+        db,
+        cleanup: async () => {
+          await db.destroy()
+          await created.drop()
         },
       }
     },

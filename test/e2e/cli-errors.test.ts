@@ -155,6 +155,24 @@ describe('configuration and start-up errors', () => {
     )
   })
 
+  it('keylime verifier with MariaDB refusing connections: 4, printed once, says connection refused', async () => {
+    const port = await freePort()
+    const r = keylimeProcess(
+      ['verifier', '--database-url', `mysql+pymysql://root@127.0.0.1:${port}/keylime`],
+      {
+        KEYLIME_DIR: join(dir, 'v3'),
+      },
+    )
+    expect(r.code).toBe(4)
+    const lines = messageLines(r.err)
+    expect(lines).toHaveLength(1)
+    expect(lines[0]).toMatch(
+      new RegExp(
+        `^keylime verifier: starting: .*connection refused by 127\\.0\\.0\\.1:${port} \\(check database_url, and that the database server runs and accepts this user\\)$`,
+      ),
+    )
+  })
+
   it('--debug adds the stack (with TypeScript file names) after the one line', () => {
     const r = keylimeProcess(['eventlog', join(dir, 'missing.bin'), '--debug'])
     expect(r.code).toBe(2)

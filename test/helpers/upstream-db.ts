@@ -1,11 +1,11 @@
 /**
  * Builds databases in the shape upstream Keylime 7.x leaves them, at any of its Alembic revisions, for the takeover
  * tests: the tables of keylime-config-and-cli.md §6 as each revision of upstream's migration chain has them (column
- * types, nullability, defaults, named constraints, indexes), on SQLite or PostgreSQL, and rows written the way
- * upstream's services write them (JSON-pickled columns, booleans, base64 DER certificates from 7.12 on, IMA state
- * in four columns). Checked against databases upstream's own migrations produce (see docs/upgrade-from-upstream.md).
+ * types, nullability, defaults, named constraints, indexes), on SQLite, PostgreSQL or MySQL/MariaDB, and rows
+ * written the way upstream's services write them (JSON-pickled columns, booleans, base64 DER certificates from 7.12
+ * on, IMA state in four columns). Checked against databases upstream's own migrations produce (see docs/upgrade-from-upstream.md).
  */
-import { type Kysely, PostgresAdapter, sql } from 'kysely'
+import { type Kysely, MysqlAdapter, PostgresAdapter, sql } from 'kysely'
 import { atLeast, UPSTREAM_REVISIONS } from '../../src/db/takeover/revisions.ts'
 
 // biome-ignore lint/suspicious/noExplicitAny: upstream's tables are not ours
@@ -17,22 +17,34 @@ function isPg(db: AnyDb): boolean {
   return db.getExecutor().adapter instanceof PostgresAdapter
 }
 
+function isMysql(db: AnyDb): boolean {
+  return db.getExecutor().adapter instanceof MysqlAdapter
+}
+
+/** A column name MySQL reserves (`index`, `key`), quoted for the dialect. */
+const quoted = (name: string, my: boolean) => (my ? `\`${name}\`` : `"${name}"`)
+
 const blob = (pg: boolean) => (pg ? 'BYTEA' : 'BLOB')
 
 /** `CREATE TABLE` statements of the verifier database at `rev` (upstream's `cloud_verifier`). */
-export function verifierDdl(rev: string, pg: boolean): string[] {
+export function verifierDdl(rev: string, pg: boolean, my = false): string[] {
   const at = (r: string) => atLeast(rev, r)
-  const serial = pg ? 'SERIAL' : 'INTEGER'
+  // MySQL: SQLAlchemy's Integer primary keys are AUTO_INCREMENT, and upstream's ima_policy is Text(429400000),
+  // which MySQL makes LONGTEXT
+  const serial = pg ? 'SERIAL' : my ? 'INTEGER AUTO_INCREMENT' : 'INTEGER'
+  const index = quoted('index', my)
+  // SQLAlchemy's Text of upstream's models (no length) is LONGTEXT on MySQL where upstream's migrations say so
+  const longText = my ? 'LONGTEXT' : 'TEXT'
   const out = [
     `CREATE TABLE allowlists (
-      id ${serial} NOT NULL, name VARCHAR(255) NOT NULL, tpm_policy TEXT, ima_policy TEXT,
+      id ${serial} NOT NULL, name VARCHAR(255) NOT NULL, tpm_policy TEXT, ima_policy ${my ? 'LONGTEXT' : 'TEXT'},
       checksum VARCHAR(128), generator INTEGER,
       PRIMARY KEY (id), CONSTRAINT uniq_allowlists0name UNIQUE (name))`,
     'CREATE INDEX ix_allowlists_checksum ON allowlists (checksum)',
   ]
   if (at('32902c0a8d90'))
     out.push(`CREATE TABLE mbpolicies (
-      id ${serial} NOT NULL, name VARCHAR(255) NOT NULL, mb_policy TEXT,
+      id ${serial} NOT NULL, name VARCHAR(255) NOT NULL, mb_policy ${longText},
       PRIMARY KEY (id), CONSTRAINT uniq_mbpolicies_name UNIQUE (name))`)
   const cols = [
     'agent_id VARCHAR(80) NOT NULL',
@@ -42,7 +54,7 @@ export function verifierDdl(rev: string, pg: boolean): string[] {
     'operational_state INTEGER',
     'public_key VARCHAR(500)',
     'tpm_policy TEXT',
-    `meta_data ${at('57b24ee21dfa') ? 'TEXT' : 'VARCHAR(200)'}`,
+    `meta_data ${at('57b24ee21dfa') ? longText : 'VARCHAR(200)'}`,
     'revocation_key VARCHAR(2800)',
     'tpm_version INTEGER',
     'accept_tpm_hash_algs TEXT',
@@ -52,7 +64,7 @@ export function verifierDdl(rev: string, pg: boolean): string[] {
     'enc_alg VARCHAR(10)',
     'sign_alg VARCHAR(10)',
     'ima_sign_verification_keys VARCHAR(1000)',
-    ...(at('f4196d13fe45') ? [] : ['mb_refstate TEXT']),
+    ...(at('f4196d13fe45') ? [] : [`mb_refstate ${longText}`]),
     'verifier_id VARCHAR(100)',
     `verifier_ip ${at('160f932fde5b') ? 'VARCHAR(255)' : 'VARCHAR(20)'}`,
     'verifier_port INTEGER',
@@ -83,12 +95,12 @@ export function verifierDdl(rev: string, pg: boolean): string[] {
   out.push(`CREATE TABLE verifiermain (${cols.join(', ')})`)
   if (at('870c218abd9a')) {
     out.push(`CREATE TABLE attestations (
-      agent_id VARCHAR(80) NOT NULL, "index" INTEGER NOT NULL,
+      agent_id VARCHAR(80) NOT NULL, ${index} INTEGER NOT NULL,
       stage VARCHAR(25) DEFAULT 'awaiting_evidence' NOT NULL, evaluation VARCHAR(10) DEFAULT 'pending' NOT NULL,
       failure_reason VARCHAR(25), system_info__boot_time VARCHAR(32) NOT NULL,
       capabilities_received_at VARCHAR(32) NOT NULL, challenges_expire_at VARCHAR(32),
       evidence_received_at VARCHAR(32), verification_completed_at VARCHAR(32),
-      PRIMARY KEY (agent_id, "index"), FOREIGN KEY (agent_id) REFERENCES verifiermain (agent_id))`)
+      PRIMARY KEY (agent_id, ${index}), FOREIGN KEY (agent_id) REFERENCES verifiermain (agent_id))`)
     out.push(`CREATE TABLE evidence_items (
       id ${serial} NOT NULL, agent_id VARCHAR(${at('a59cc9366774') ? 80 : 20}) NOT NULL,
       attestation_index INTEGER NOT NULL, evidence_class VARCHAR(20) NOT NULL, evidence_type VARCHAR(30) NOT NULL,
@@ -104,9 +116,10 @@ export function verifierDdl(rev: string, pg: boolean): string[] {
       data__subject_data TEXT, data__message ${blob(pg)}, data__signature ${blob(pg)}, data__entry_count INTEGER,
       data__entries TEXT, data__meta TEXT, results__certified_entry_count INTEGER, results__meta TEXT,
       PRIMARY KEY (id),
-      FOREIGN KEY (agent_id, attestation_index) REFERENCES attestations (agent_id, "index"))`)
+      FOREIGN KEY (agent_id, attestation_index) REFERENCES attestations (agent_id, ${index}))`)
   }
-  const sessionTail = `agent_id VARCHAR(80), active BOOLEAN, nonce ${blob(pg)}, hash_algorithm VARCHAR(15),
+  // LargeBinary(128): TINYBLOB on MySQL
+  const sessionTail = `agent_id VARCHAR(80), active BOOLEAN, nonce ${my ? 'BLOB(128)' : blob(pg)}, hash_algorithm VARCHAR(15),
       signing_scheme VARCHAR(15), ak_attest ${blob(pg)}, ak_sign ${blob(pg)}, nonce_created_at VARCHAR(32),
       nonce_expires_at VARCHAR(32), pop_received_at VARCHAR(32), token_expires_at VARCHAR(32)`
   if (at('5a8b2c3d4e6f'))
@@ -119,12 +132,12 @@ export function verifierDdl(rev: string, pg: boolean): string[] {
 }
 
 /** `CREATE TABLE` statement of the registrar database at `rev`. */
-export function registrarDdl(rev: string): string[] {
+export function registrarDdl(rev: string, my = false): string[] {
   const at = (r: string) => atLeast(rev, r)
   const typed = at('330024be7bef')
   const cols = [
     'agent_id VARCHAR(80) NOT NULL',
-    'key VARCHAR(45)',
+    `${my ? quoted('key', my) : 'key'} VARCHAR(45)`,
     `ekcert ${typed ? 'TEXT' : 'VARCHAR(2048)'}`,
     `virtual ${typed ? 'BOOLEAN' : 'INTEGER'}`,
     `active ${typed ? 'BOOLEAN' : 'INTEGER'}`,
@@ -215,7 +228,7 @@ export async function buildUpstreamVerifierDb(
   data: { agents: UpstreamVerifierAgent[]; policies: UpstreamPolicy[]; pushAttestations?: boolean },
 ): Promise<void> {
   const pg = isPg(db)
-  for (const stmt of verifierDdl(rev, pg)) await sql.raw(stmt).execute(db)
+  for (const stmt of verifierDdl(rev, pg, isMysql(db))) await sql.raw(stmt).execute(db)
   await createVersionTable(db, 'cloud_verifier', rev)
   // ids come from the database's own sequence, as with upstream's inserts (1, 2, … in a new database)
   for (const p of data.policies)
@@ -229,12 +242,12 @@ export async function buildUpstreamVerifierDb(
     let mbPolicyId: number | null = null
     if (movedMb) {
       // upstream 7.10+ (and its f4196d13fe45 migration) keeps one measured-boot policy row per agent
-      const { id } = await db
+      const insert = db
         .insertInto('mbpolicies')
         .values({ name: a.agent_id, mb_policy: a.mb_refstate ?? null })
-        .returning('id')
-        .executeTakeFirstOrThrow()
-      mbPolicyId = Number(id)
+      mbPolicyId = isMysql(db)
+        ? Number((await insert.executeTakeFirstOrThrow()).insertId)
+        : Number((await insert.returning('id').executeTakeFirstOrThrow()).id)
     }
     const row: Record<string, unknown> = {
       agent_id: a.agent_id,
@@ -340,7 +353,7 @@ export async function buildUpstreamRegistrarDb(
   agents: UpstreamRegistrarAgent[],
 ): Promise<void> {
   const pg = isPg(db)
-  for (const stmt of registrarDdl(rev)) await sql.raw(stmt).execute(db)
+  for (const stmt of registrarDdl(rev, isMysql(db))) await sql.raw(stmt).execute(db)
   await createVersionTable(db, 'registrar', rev)
   const typed = atLeast(rev, '330024be7bef')
   for (const a of agents) {

@@ -25,7 +25,7 @@ describe('architecture', () => {
 
   it('test/unit starts no process, TPM or database server (those tests live in e2e, tpm, db or api)', () => {
     const starters =
-      /node:child_process|helpers\/swtpm\.ts|devtools\/swtpm\.ts|devtools\/local-cluster\.ts|KEYLIME_TEST_PG_URL|from 'pg'/
+      /node:child_process|helpers\/swtpm\.ts|devtools\/swtpm\.ts|devtools\/local-cluster\.ts|KEYLIME_TEST_PG_URL|from 'pg'|KEYLIME_TEST_MYSQL_URL|from 'mysql2|helpers\/(mysql|db-servers)\.ts/
     const offenders = testFiles('test/unit').filter((f) => starters.test(readFileSync(join(ROOT, f), 'utf8')))
     expect(offenders).toEqual([])
   })

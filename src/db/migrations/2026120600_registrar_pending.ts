@@ -6,6 +6,7 @@
  * Rows that older versions left unactivated in `registrarmain` move here and expire like any other.
  */
 import { type Kysely, sql } from 'kysely'
+import { mysqlTableOptions, textType } from '../sql-dialect.ts'
 
 const FIELDS = [
   'aik_tpm',
@@ -22,19 +23,21 @@ const FIELDS = [
 
 // biome-ignore lint/suspicious/noExplicitAny: migrations never import app types (kysely convention)
 export async function up(db: Kysely<any>): Promise<void> {
+  const text = textType(db)
   await db.schema
     .createTable('registrarpending')
     .ifNotExists()
+    .$call(mysqlTableOptions(db))
     .addColumn('agent_id', 'varchar(80)', (c) => c.notNull())
     .addColumn('key', 'varchar(45)', (c) => c.notNull())
-    .addColumn('aik_tpm', 'text')
-    .addColumn('ek_tpm', 'text')
-    .addColumn('ekcert', 'text')
-    .addColumn('iak_tpm', 'text')
-    .addColumn('idevid_tpm', 'text')
-    .addColumn('iak_cert', 'text')
-    .addColumn('idevid_cert', 'text')
-    .addColumn('mtls_cert', 'text')
+    .addColumn('aik_tpm', text)
+    .addColumn('ek_tpm', text)
+    .addColumn('ekcert', text)
+    .addColumn('iak_tpm', text)
+    .addColumn('idevid_tpm', text)
+    .addColumn('iak_cert', text)
+    .addColumn('idevid_cert', text)
+    .addColumn('mtls_cert', text)
     .addColumn('ip', 'varchar(255)')
     .addColumn('port', 'integer')
     .addColumn('registered_at', 'bigint', (c) => c.notNull())

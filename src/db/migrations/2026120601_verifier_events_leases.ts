@@ -5,6 +5,7 @@
  * whoever changes it, so a running verifier notices edits made by another verifier or an operator).
  */
 import { type Kysely, PostgresAdapter, sql } from 'kysely'
+import { sqlDialectOf, textType } from '../sql-dialect.ts'
 
 /** Columns whose change makes the loop reload the agent (not the ones the loop itself writes). */
 export const CONFIG_COLUMNS = [
@@ -26,8 +27,9 @@ export const CONFIG_COLUMNS = [
 
 // biome-ignore lint/suspicious/noExplicitAny: migrations never import app types (kysely convention)
 export async function up(db: Kysely<any>): Promise<void> {
+  const text = textType(db)
   const isPg = db.getExecutor().adapter instanceof PostgresAdapter
-  await db.schema.alterTable('verifiermain').addColumn('last_event_context', 'text').execute()
+  await db.schema.alterTable('verifiermain').addColumn('last_event_context', text).execute()
   await db.schema
     .alterTable('verifiermain')
     .addColumn('lease_epoch', 'integer', (c) => c.notNull().defaultTo(0))
@@ -49,6 +51,16 @@ export async function up(db: Kysely<any>): Promise<void> {
       .raw(
         `CREATE TRIGGER verifiermain_config_version BEFORE UPDATE OF ${cols} ON verifiermain
          FOR EACH ROW WHEN (${changed}) EXECUTE FUNCTION verifiermain_bump_config_version()`,
+      )
+      .execute(db)
+  } else if (sqlDialectOf(db) === 'mysql') {
+    // MySQL triggers fire on any UPDATE of the row (no column list, no WHEN): the condition moves into the body,
+    // which sets the new row's column directly (a BEFORE trigger may not update its own table)
+    const changed = CONFIG_COLUMNS.map((c) => `NOT (OLD.${c} <=> NEW.${c})`).join(' OR ')
+    await sql
+      .raw(
+        `CREATE TRIGGER verifiermain_config_version BEFORE UPDATE ON verifiermain FOR EACH ROW
+         SET NEW.config_version = IF(${changed}, OLD.config_version + 1, NEW.config_version)`,
       )
       .execute(db)
   } else {

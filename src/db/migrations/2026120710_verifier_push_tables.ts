@@ -10,13 +10,16 @@
  * - `verifiermain.push_deadline` (ms since epoch): evidence is overdue after it (the push monitor fails the agent).
  */
 import { type Kysely, PostgresAdapter } from 'kysely'
+import { mysqlTableOptions, textType } from '../sql-dialect.ts'
 
 // biome-ignore lint/suspicious/noExplicitAny: migrations never import app types (kysely convention)
 export async function up(db: Kysely<any>): Promise<void> {
+  const text = textType(db)
   const blob = db.getExecutor().adapter instanceof PostgresAdapter ? 'bytea' : 'blob'
   await db.schema
     .createTable('sessions')
     .ifNotExists()
+    .$call(mysqlTableOptions(db))
     .addColumn('session_id', 'varchar(36)', (c) => c.primaryKey())
     .addColumn('token_hash', 'varchar(64)')
     .addColumn('token_salt', 'varchar(32)')
@@ -41,6 +44,7 @@ export async function up(db: Kysely<any>): Promise<void> {
   await db.schema
     .createTable('attestations')
     .ifNotExists()
+    .$call(mysqlTableOptions(db))
     .addColumn('agent_id', 'varchar(80)', (c) =>
       c.notNull().references('verifiermain.agent_id').onDelete('cascade'),
     )
@@ -56,13 +60,13 @@ export async function up(db: Kysely<any>): Promise<void> {
     .addPrimaryKeyConstraint('pk_attestations', ['agent_id', 'index'])
     .execute()
   for (const [name, type] of [
-    ['evidence_requested', 'text'],
-    ['evidence_collected', 'text'],
+    ['evidence_requested', text],
+    ['evidence_collected', text],
     ['ima_starting_offset', 'integer'],
     ['ima_certified_entry_count', 'integer'],
-    ['ima_state', 'text'],
+    ['ima_state', text],
     ['event_id', 'varchar(200)'],
-    ['event_context', 'text'],
+    ['event_context', text],
     ['evaluation_holder', 'varchar(255)'],
     ['evaluation_expires', 'bigint'],
   ] as const)

@@ -5,7 +5,8 @@
  * fleet enrolled with one large policy stores it once. Existing texts move into the new table row by row.
  */
 import { createHash } from 'node:crypto'
-import type { Kysely } from 'kysely'
+import { type Kysely, sql } from 'kysely'
+import { mysqlTableOptions, sqlDialectOf, textType } from '../sql-dialect.ts'
 
 const TABLES = [
   { table: 'allowlists', column: 'ima_policy', kind: 'runtime' },
@@ -14,13 +15,15 @@ const TABLES = [
 
 // biome-ignore lint/suspicious/noExplicitAny: migrations never import app types (kysely convention)
 export async function up(db: Kysely<any>): Promise<void> {
+  const text = textType(db)
   await db.schema
     .createTable('verifier_policy_bodies')
     .ifNotExists()
+    .$call(mysqlTableOptions(db))
     .addColumn('digest', 'varchar(64)', (c) => c.primaryKey())
     .addColumn('kind', 'varchar(16)', (c) => c.notNull())
     .addColumn('generator', 'integer')
-    .addColumn('body', 'text', (c) => c.notNull())
+    .addColumn('body', text, (c) => c.notNull())
     .execute()
   for (const { table, column, kind } of TABLES) {
     await db.schema
@@ -38,11 +41,14 @@ export async function up(db: Kysely<any>): Promise<void> {
         .executeTakeFirstOrThrow()
       const body = row[column] as string
       const digest = createHash('sha256').update(body).digest('hex')
-      await db
+      const insert = db
         .insertInto('verifier_policy_bodies')
         .values({ digest, kind, generator: row.generator ?? null, body })
-        .onConflict((oc) => oc.column('digest').doNothing())
-        .execute()
+      // a body two policies share is stored once
+      await (sqlDialectOf(db) === 'mysql'
+        ? insert.onDuplicateKeyUpdate({ digest: sql.ref('digest') })
+        : insert.onConflict((oc) => oc.column('digest').doNothing())
+      ).execute()
       await db
         .updateTable(table)
         .set({ body_digest: digest, [column]: null })

@@ -10,6 +10,7 @@
  * maintained) and `lease_expires` is no longer used.
  */
 import { type Kysely, PostgresAdapter, sql } from 'kysely'
+import { mysqlTableOptions, textType } from '../sql-dialect.ts'
 
 const MOVED = [
   'attestation_count',
@@ -22,25 +23,28 @@ const MOVED = [
 
 // biome-ignore lint/suspicious/noExplicitAny: migrations never import app types (kysely convention)
 export async function up(db: Kysely<any>): Promise<void> {
+  const text = textType(db)
   const isPg = db.getExecutor().adapter instanceof PostgresAdapter
   await db.schema
     .createTable('verifier_holders')
     .ifNotExists()
+    .$call(mysqlTableOptions(db))
     .addColumn('holder', 'varchar(255)', (c) => c.primaryKey())
     .addColumn('expires', 'bigint', (c) => c.notNull())
     .execute()
   await db.schema
     .createTable('verifier_attestation_state')
     .ifNotExists()
+    .$call(mysqlTableOptions(db))
     .addColumn('agent_id', 'varchar(80)', (c) =>
       c.primaryKey().references('verifiermain.agent_id').onDelete('cascade'),
     )
     .addColumn('attestation_count', 'integer', (c) => c.notNull().defaultTo(0))
     .addColumn('last_received_quote', 'bigint')
     .addColumn('last_successful_attestation', 'bigint')
-    .addColumn('tpm_clockinfo', 'text')
+    .addColumn('tpm_clockinfo', text)
     .addColumn('next_ima_ml_entry', 'integer')
-    .addColumn('ima_state', 'text')
+    .addColumn('ima_state', text)
     .execute()
   if (isPg) await sql`ALTER TABLE verifier_attestation_state SET (fillfactor = 50)`.execute(db)
   const cols = MOVED.join(', ')

@@ -1,6 +1,7 @@
 /**
  * Takeover of a database created and used by upstream Keylime 7.x. Upstream records its schema position in
- * `alembic_version_cloud_verifier` / `alembic_version_registrar`; a known revision is converted, in one transaction,
+ * `alembic_version_cloud_verifier` / `alembic_version_registrar`; a known revision is converted, in one transaction
+ * (on MySQL, which commits table changes on their own, step by step with every step undone on failure),
  * into the shape of this project's first migration of the service (2026112600_registrar, 2026112601_verifier), which
  * kysely then records as applied, so the ordinary migration chain continues from there. Every row is kept: upstream's
  * tables are set aside, ours are created by that very migration, the rows are copied over converted (rows.ts), the
@@ -9,10 +10,11 @@
  * (`upstream_alembic_version_*`): it records where the database came from, and an upstream service started on the
  * converted database by mistake finds no version and refuses to create tables that exist, instead of writing to it.
  */
-import { type Kysely, type Migration, PostgresAdapter, sql, type Transaction } from 'kysely'
+import { type Kysely, type Migration, sql, type Transaction } from 'kysely'
 import { DbError } from '../db-error.ts'
 import { migrate } from '../migrate.ts'
 import { REGISTRAR_MIGRATIONS, type ServiceName, VERIFIER_MIGRATIONS } from '../migrations/index.ts'
+import { type SqlDialect, sqlDialectOf } from '../sql-dialect.ts'
 import {
   atLeast,
   describeRevision,
@@ -58,7 +60,7 @@ const BATCH: Record<string, number> = {
 }
 /** Where PostgreSQL's upstream tables wait during the takeover (same names, other schema: no name clashes). */
 const PG_ASIDE_SCHEMA = 'keylime_takeover_upstream'
-/** SQLite's names for upstream's tables during the takeover. */
+/** SQLite's and MySQL's names for upstream's tables during the takeover. */
 const SQLITE_ASIDE_PREFIX = 'upstream_takeover_'
 
 export type DatabaseOrigin =
@@ -78,11 +80,17 @@ export interface TakeoverReport {
 }
 
 /** The dialect of any Kysely handle (a transaction or a connection too, which the dialect registry does not know). */
-function dialectOf(db: AnyDb): 'sqlite' | 'postgres' {
-  return db.getExecutor().adapter instanceof PostgresAdapter ? 'postgres' : 'sqlite'
+function dialectOf(db: AnyDb): SqlDialect {
+  return sqlDialectOf(db)
 }
 
 async function tableNames(db: AnyDb): Promise<Set<string>> {
+  if (sqlDialectOf(db) === 'mysql') {
+    const q = sql<{
+      name: string
+    }>`select table_name as name from information_schema.tables where table_schema = database()`
+    return new Set((await q.execute(db)).rows.map((r) => r.name))
+  }
   const dialect = dialectOf(db)
   const q =
     dialect === 'postgres'
@@ -143,7 +151,7 @@ function refuseRevision(service: ServiceName, revision: string): DbError {
 /** Counters and notes of one run, with the source tables to read from. */
 interface Run {
   db: AnyDb
-  dialect: 'sqlite' | 'postgres'
+  dialect: SqlDialect
   revision: string
   dryRun: boolean
   report: TakeoverReport
@@ -313,7 +321,12 @@ async function alignPushTables(run: Run, tables: Set<string>): Promise<void> {
     if (!run.dryRun) await run.db.schema.dropTable('sessions').execute()
     tables.delete('sessions')
   }
-  if (tables.has('evidence_items') && !atLeast(run.revision, 'a59cc9366774')) {
+  if (tables.has('evidence_items') && !atLeast(run.revision, 'a59cc9366774') && run.dialect === 'mysql') {
+    // MySQL refuses to change a column of a foreign key (ER_FK_COLUMN_CANNOT_CHANGE)
+    run.report.notes.push(
+      'evidence_items.agent_id left at VARCHAR(20): MySQL cannot widen a foreign-key column',
+    )
+  } else if (tables.has('evidence_items') && !atLeast(run.revision, 'a59cc9366774')) {
     run.report.notes.push('evidence_items.agent_id widened to VARCHAR(80), as upstream a59cc9366774 does')
     if (!run.dryRun && run.dialect === 'postgres')
       await sql`alter table evidence_items alter column agent_id type varchar(80)`.execute(run.db)
@@ -336,6 +349,131 @@ async function pgForeignKeysInto(
   return rows
 }
 
+/** Foreign keys (MySQL) of tables other than `from` pointing at `into`, or of `from` among themselves. */
+async function mysqlForeignKeysInto(
+  db: AnyDb,
+  rebuilt: readonly string[],
+  among = false,
+): Promise<{ table: string; name: string; columns: string[]; target: string; targetColumns: string[] }[]> {
+  const { rows } = await sql<{ t: string; n: string; c: string; rt: string; rc: string }>`
+    select k.table_name as t, k.constraint_name as n, k.column_name as c,
+      k.referenced_table_name as rt, k.referenced_column_name as rc
+    from information_schema.key_column_usage k
+    where k.table_schema = database() and k.referenced_table_name in (${sql.join(rebuilt)})
+      and ${among ? sql`` : sql`not`} k.table_name in (${sql.join(rebuilt)})
+    order by k.table_name, k.constraint_name, k.ordinal_position`.execute(db)
+  const byName = new Map<
+    string,
+    { table: string; name: string; columns: string[]; target: string; targetColumns: string[] }
+  >()
+  for (const r of rows) {
+    const key = `${r.t}.${r.n}`
+    const fk = byName.get(key) ?? { table: r.t, name: r.n, columns: [], target: r.rt, targetColumns: [] }
+    fk.columns.push(r.c)
+    fk.targetColumns.push(r.rc)
+    byName.set(key, fk)
+  }
+  return [...byName.values()]
+}
+
+/**
+ * MySQL: its table changes commit on their own, so the conversion cannot run in one transaction. Upstream's tables
+ * are renamed aside, the push tables' references into them dropped and re-created on the rebuilt tables; any
+ * failure undoes what was done (our tables dropped, upstream's renamed back, their references restored), so a
+ * failed takeover still leaves the database as it was.
+ */
+async function convertMysql(
+  run: Run,
+  service: ServiceName,
+  tables: Set<string>,
+  own: string[],
+  versionTable: string,
+): Promise<void> {
+  const { db } = run
+  const foreignKeys = await mysqlForeignKeysInto(db, own)
+  const ids = (names: string[]) => sql.join(names.map((c) => sql.id(c)))
+  const addForeignKeys = async (keys = foreignKeys) => {
+    for (const fk of keys)
+      await sql`alter table ${sql.table(fk.table)} add constraint ${sql.id(fk.name)} foreign key (${ids(fk.columns)})
+        references ${sql.table(fk.target)} (${ids(fk.targetColumns)})`.execute(db)
+  }
+  const dropForeignKeys = async (keys: typeof foreignKeys) => {
+    for (const fk of keys)
+      await sql`alter table ${sql.table(fk.table)} drop foreign key ${sql.id(fk.name)}`.execute(db)
+  }
+  // Our tables compare byte for byte (utf8mb4_bin); a foreign key needs the same collation on both sides, so the
+  // push tables that stay (server default collation, usually utf8mb4_general_ci) are converted to ours
+  const staying = ['attestations', 'evidence_items', 'sessions'].filter((t) => tables.has(t))
+  const { rows: collations } = await sql<{ t: string; c: string }>`
+    select table_name as t, table_collation as c from information_schema.tables
+    where table_schema = database() and table_name in (${sql.join(staying.length > 0 ? staying : [''])})`.execute(
+    db,
+  )
+  // evidence_items references attestations: that key goes while both change (MySQL changes no key's column)
+  const amongStaying = staying.length > 0 ? await mysqlForeignKeysInto(db, staying, true) : []
+  const convertStaying = async (collation: (table: string) => string) => {
+    for (const t of staying)
+      await sql`alter table ${sql.table(t)} convert to character set utf8mb4 collate ${sql.raw(collation(t))}`.execute(
+        db,
+      )
+  }
+  const original = (t: string) => {
+    const c = collations.find((r) => r.t === t)?.c ?? 'utf8mb4_general_ci'
+    if (!/^utf8mb4_[a-z0-9_]+$/.test(c)) throw new DbError(`table ${t} has collation ${c}, not utf8mb4`)
+    return c
+  }
+  for (const t of staying) original(t)
+  await dropForeignKeys(foreignKeys)
+  const setAside: string[] = []
+  let created = false
+  let converted = false
+  try {
+    for (const t of own) {
+      await sql`rename table ${sql.table(t)} to ${sql.table(run.source(t))}`.execute(db)
+      setAside.push(t)
+    }
+    const first = (service === 'verifier' ? VERIFIER_MIGRATIONS : REGISTRAR_MIGRATIONS)[
+      FIRST_MIGRATION[service]
+    ]
+    created = true
+    await (first as Migration).up(db as Kysely<unknown>)
+    if (service === 'registrar') await copyRegistrar(run)
+    else await copyVerifier(run, tables)
+    await compareCounts(run, own)
+    converted = true
+    await dropForeignKeys(amongStaying)
+    await convertStaying(() => 'utf8mb4_bin')
+    await addForeignKeys(amongStaying)
+    await addForeignKeys()
+  } catch (err) {
+    if (converted) {
+      await dropForeignKeys(amongStaying).catch(() => {})
+      await convertStaying(original).catch(() => {})
+      await addForeignKeys(amongStaying).catch(() => {})
+    }
+    if (created)
+      for (const t of [...OWN_TABLES[service]].reverse())
+        await sql`drop table if exists ${sql.table(t)}`.execute(db).catch(() => {})
+    for (const t of setAside.reverse())
+      await sql`rename table ${sql.table(run.source(t))} to ${sql.table(t)}`.execute(db).catch(() => {})
+    await addForeignKeys().catch(() => {})
+    throw err
+  }
+  for (const t of [...own].reverse()) await sql`drop table ${sql.table(run.source(t))}`.execute(db)
+  await sql`rename table ${sql.table(versionTable)} to ${sql.table(`upstream_${versionTable}`)}`.execute(db)
+}
+
+/** Every upstream row of the rebuilt tables was copied (or counted into another table, as refstates are). */
+async function compareCounts(run: Run, own: readonly string[]): Promise<void> {
+  for (const t of own) {
+    const before = await rowCount(run.db, run.source(t))
+    const after = await rowCount(run.db, t)
+    const expected = run.report.tables.find((x) => x.name === t)?.rows ?? before
+    if (after !== expected || before > after)
+      throw new DbError(`takeover of ${t}: ${before} upstream rows but ${after} copied; nothing was changed`)
+  }
+}
+
 async function convert(run: Run, service: ServiceName): Promise<void> {
   const { db, dialect } = run
   const tables = await tableNames(db)
@@ -349,6 +487,7 @@ async function convert(run: Run, service: ServiceName): Promise<void> {
     else await copyVerifier(run, tables)
     return
   }
+  if (dialect === 'mysql') return convertMysql(run, service, tables, own, versionTable)
   const foreignKeys = dialect === 'postgres' ? await pgForeignKeysInto(db, own) : []
   if (dialect === 'postgres') {
     await sql`create schema ${sql.id(PG_ASIDE_SCHEMA)}`.execute(db)
@@ -368,13 +507,7 @@ async function convert(run: Run, service: ServiceName): Promise<void> {
   if (service === 'registrar') await copyRegistrar(run)
   else await copyVerifier(run, tables)
 
-  for (const t of own) {
-    const before = await rowCount(db, run.source(t))
-    const after = await rowCount(db, t)
-    const expected = run.report.tables.find((x) => x.name === t)?.rows ?? before
-    if (after !== expected || before > after)
-      throw new DbError(`takeover of ${t}: ${before} upstream rows but ${after} copied; nothing was changed`)
-  }
+  await compareCounts(run, own)
   if (dialect === 'postgres') {
     for (const t of ['allowlists', 'mbpolicies'].filter((x) => own.includes(x)))
       await sql`select setval(pg_get_serial_sequence(${t}, 'id'), coalesce(max(id), 0) + 1, false)
@@ -435,7 +568,8 @@ export async function planTakeover(db: AnyDb, service: ServiceName): Promise<Tak
 /**
  * Converts an upstream database of `service` in place (see the file comment) and records the first migration as
  * applied; returns what it did, or null when the database is not upstream's. Runs inside kysely's migrator, so
- * two processes starting at once do not both convert (the migration lock on PostgreSQL; one connection on SQLite).
+ * two processes starting at once do not both convert (the migration lock on PostgreSQL and MySQL; one connection
+ * on SQLite).
  */
 export async function takeOverUpstreamDatabase(
   db: AnyDb,
@@ -453,6 +587,11 @@ export async function takeOverUpstreamDatabase(
     dialect === 'postgres' ? `${PG_ASIDE_SCHEMA}.${t}` : `${SQLITE_ASIDE_PREFIX}${t}`
   const up = async (conn: AnyDb): Promise<void> => {
     const run: Run = { db: conn, dialect, revision, dryRun: false, report, source }
+    if (dialect === 'mysql') {
+      // no transaction to run in (MySQL commits table changes on its own): convertMysql undoes a failure itself
+      await convert(run, service)
+      return
+    }
     if (dialect === 'postgres') {
       // the migrator runs this inside its transaction
       await convert(run, service)

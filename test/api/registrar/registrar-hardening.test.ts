@@ -18,6 +18,7 @@ import { dropPgSchema, openDatabase } from '../../../src/db/database.ts'
 import { type RegistrarDatabase, RegistrarRepository } from '../../../src/db/registrar-repository.ts'
 import { buildRegistrarApp } from '../../../src/registrar/app.ts'
 import { RegistrarService, type RegistrarServiceOptions } from '../../../src/registrar/registrar-service.ts'
+import { createMysqlDatabase } from '../../helpers/mysql.ts'
 import { activateCredentialInSoftware, deviceCa, type SoftwareTpm, softwareTpm } from './software-tpm.ts'
 
 const PG_URL = process.env.KEYLIME_TEST_PG_URL ?? 'postgresql://postgres@127.0.0.1:5432/test'
@@ -59,7 +60,7 @@ interface Harness {
 
 type DbHandle = { db: Kysely<RegistrarDatabase>; drop: () => Promise<void> }
 
-async function openDb(dialect: 'sqlite' | 'postgres'): Promise<DbHandle> {
+async function openDb(dialect: 'sqlite' | 'postgres' | 'mariadb'): Promise<DbHandle> {
   if (dialect === 'sqlite') {
     const dir = mkdtempSync(join(tmpdir(), 'kl-reg-hard-'))
     const db = await openDatabase<RegistrarDatabase>('sqlite', {
@@ -68,6 +69,11 @@ async function openDb(dialect: 'sqlite' | 'postgres'): Promise<DbHandle> {
       migrations: 'registrar',
     })
     return { db, drop: async () => rmSync(dir, { recursive: true, force: true }) }
+  }
+  if (dialect === 'mariadb') {
+    const created = await createMysqlDatabase('reghard')
+    const db = await openDatabase<RegistrarDatabase>(created.url, { migrations: 'registrar' })
+    return { db, drop: created.drop }
   }
   const schema = `t_reghard_${randomBytes(6).toString('hex')}`
   const db = await openDatabase<RegistrarDatabase>(PG_URL, { pgSchema: schema, migrations: 'registrar' })
@@ -118,7 +124,7 @@ async function pendingCount(h: Harness, id?: string): Promise<number> {
   return Number((await q.executeTakeFirstOrThrow()).n)
 }
 
-for (const dialect of ['sqlite', 'postgres'] as const) {
+for (const dialect of ['sqlite', 'postgres', 'mariadb'] as const) {
   describe(`registrar hardening on ${dialect}`, () => {
     let handle: DbHandle
     beforeAll(async () => {

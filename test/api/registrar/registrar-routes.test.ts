@@ -9,6 +9,7 @@ import { dropPgSchema, openDatabase } from '../../../src/db/database.ts'
 import { type RegistrarDatabase, RegistrarRepository } from '../../../src/db/registrar-repository.ts'
 import { buildRegistrarApp } from '../../../src/registrar/app.ts'
 import { RegistrarService } from '../../../src/registrar/registrar-service.ts'
+import { createMysqlDatabase } from '../../helpers/mysql.ts'
 import {
   activateCredentialInSoftware,
   ekCertificateFor,
@@ -33,7 +34,7 @@ interface Harness {
   cleanup: () => Promise<void>
 }
 
-async function harness(dialect: 'sqlite' | 'postgres'): Promise<Harness> {
+async function harness(dialect: 'sqlite' | 'postgres' | 'mariadb'): Promise<Harness> {
   let db: Kysely<RegistrarDatabase>
   let cleanupDb: () => Promise<void>
   if (dialect === 'sqlite') {
@@ -44,6 +45,10 @@ async function harness(dialect: 'sqlite' | 'postgres'): Promise<Harness> {
       migrations: 'registrar',
     })
     cleanupDb = async () => rmSync(dir, { recursive: true, force: true })
+  } else if (dialect === 'mariadb') {
+    const created = await createMysqlDatabase('regapi')
+    db = await openDatabase<RegistrarDatabase>(created.url, { migrations: 'registrar' })
+    cleanupDb = created.drop
   } else {
     const schema = `t_regapi_${randomBytes(6).toString('hex')}`
     db = await openDatabase<RegistrarDatabase>(PG_URL, { pgSchema: schema, migrations: 'registrar' })
@@ -87,7 +92,7 @@ function registration(tpm: SoftwareTpm, extra: Record<string, unknown> = {}) {
   }
 }
 
-for (const dialect of ['sqlite', 'postgres'] as const) {
+for (const dialect of ['sqlite', 'postgres', 'mariadb'] as const) {
   describe(`registrar routes on ${dialect}`, () => {
     let h: Harness
     beforeAll(async () => {

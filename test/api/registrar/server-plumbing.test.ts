@@ -15,6 +15,7 @@ import {
   tlsServerOptions,
 } from '../../../src/api/server.ts'
 import { InputFormatError } from '../../../src/common/errors.ts'
+import { openDatabase } from '../../../src/db/database.ts'
 import { type RegistrarDatabase, RegistrarRepository } from '../../../src/db/registrar-repository.ts'
 import { buildRegistrarApp } from '../../../src/registrar/app.ts'
 import { RegistrarService } from '../../../src/registrar/registrar-service.ts'
@@ -207,6 +208,9 @@ describe('schema errors and an unreachable database', () => {
     expect(databaseUnavailableReason(err('57P01'))).toBe('57P01')
     expect(databaseUnavailableReason(new Error('wrapped', { cause: err('08006') }))).toBe('08006')
     expect(databaseUnavailableReason(new Error('Connection terminated unexpectedly'))).toBe('connection lost')
+    expect(databaseUnavailableReason(err('PROTOCOL_CONNECTION_LOST'))).toBe('PROTOCOL_CONNECTION_LOST')
+    expect(databaseUnavailableReason(err('ER_CON_COUNT_ERROR'))).toBe('ER_CON_COUNT_ERROR')
+    expect(databaseUnavailableReason(err('ER_DUP_ENTRY'))).toBeNull()
     expect(databaseUnavailableReason(err('SQLITE_CONSTRAINT_PRIMARYKEY'))).toBeNull()
     expect(databaseUnavailableReason(new InputFormatError('bad'))).toBeNull()
   })
@@ -223,6 +227,36 @@ describe('schema errors and an unreachable database', () => {
       dialect: new PostgresDialect({
         pool: new pg.Pool({ host: '127.0.0.1', port: closedPort, user: 'postgres', database: 'test' }),
       }),
+    })
+    const app = buildRegistrarApp({ service: new RegistrarService({ repo: new RegistrarRepository(db) }) })
+    const tpm = softwareTpm()
+    const b64 = (u: Uint8Array) => Buffer.from(u).toString('base64')
+    const r = await app.inject({
+      method: 'POST',
+      url: '/v2.6/agents/outage',
+      payload: { aik_tpm: b64(tpm.akTpm), ek_tpm: b64(tpm.ekTpm), ekcert: null, mtls_cert: 'disabled' },
+    })
+    expect(r.statusCode).toBe(503)
+    expect(r.headers['retry-after']).toBe('5')
+    expect(r.json()).toEqual({
+      code: 503,
+      status: 'Service Unavailable: database unavailable (ECONNREFUSED)',
+      results: {},
+    })
+    await app.close()
+    await db.destroy()
+  })
+
+  it('a registrar whose MariaDB cannot be reached answers 503 with Retry-After, not a bare 500', async () => {
+    const closedPort = await new Promise<number>((resolve) => {
+      const s = createServer()
+      s.listen(0, '127.0.0.1', () => {
+        const a = s.address()
+        s.close(() => resolve(typeof a === 'object' && a ? a.port : 1))
+      })
+    })
+    const db = await openDatabase<RegistrarDatabase>(`mysql+pymysql://root@127.0.0.1:${closedPort}/test`, {
+      migrations: false,
     })
     const app = buildRegistrarApp({ service: new RegistrarService({ repo: new RegistrarRepository(db) }) })
     const tpm = softwareTpm()
