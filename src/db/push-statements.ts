@@ -385,17 +385,20 @@ function mysqlPushStatements(): PushStatements {
 }
 
 /**
- * Rows as statement parameters: one array per column on PostgreSQL (for unnest), one JSON array on SQLite and MySQL
- * (sorted by their first two columns there, the key: the order MySQL's locking reads lock them in).
+ * Rows as statement parameters: one array per column on PostgreSQL (for unnest), one JSON array on SQLite and MySQL.
+ * Sorted by their first two columns, the key, on the servers where two verifiers write concurrently: rows are locked
+ * (and inserted) in the order the statement reads them, and two batches of the same rows in opposite orders would
+ * deadlock (MySQL's locking reads follow the parameter; PostgreSQL's inserts and small joins follow unnest).
  */
 export function rowsParam(
   dialect: DbDialect,
   rows: readonly (readonly unknown[])[],
   width: number,
 ): unknown[] {
-  if (dialect === 'mysql') return [JSON.stringify([...rows].sort(byKey))]
-  if (dialect !== 'postgres') return [JSON.stringify(rows)]
-  return Array.from({ length: width }, (_, i) => rows.map((r) => r[i] ?? null))
+  if (dialect === 'sqlite') return [JSON.stringify(rows)]
+  const sorted = [...rows].sort(byKey)
+  if (dialect === 'mysql') return [JSON.stringify(sorted)]
+  return Array.from({ length: width }, (_, i) => sorted.map((r) => r[i] ?? null))
 }
 
 /** A list of values as one parameter: an array on PostgreSQL, JSON text on SQLite and MySQL (sorted there). */

@@ -199,6 +199,73 @@ for (const server of SHARED_SERVERS)
       expect(racer?.latest).toMatchObject({ index: 1, stage: 'verification_complete', evaluation: 'pass' })
     })
 
+    it('two verifiers writing the same batches in different orders neither deadlock nor both win a row', async () => {
+      agent.app = a.app
+      const ids = Array.from({ length: 24 }, (_, i) => `crowd-${String(i).padStart(2, '0')}`)
+      for (const id of ids) await agent.enrol(id, entries)
+      const repos = [a, b].map((v) => new PushRepository(v.db as unknown as Kysely<PushDatabase>))
+      const [repoA, repoB] = repos as [PushRepository, PushRepository]
+      /** The ids in a different order per verifier and round (as requests arrive). */
+      const shuffled = (seed: number) =>
+        [...ids].sort(
+          (x, y) =>
+            ((x.charCodeAt(6) * 7 + x.charCodeAt(7) * seed) % 11) -
+            ((y.charCodeAt(6) * 7 + y.charCodeAt(7) * seed) % 11),
+        )
+      for (let index = 0; index < 3; index++) {
+        const inserted = await Promise.all(
+          repos.map((repo, r) =>
+            repo.insertAttestations(
+              shuffled(index * 2 + r + 1).map((id) => ({
+                agent_id: id,
+                index,
+                system_info__boot_time: '2026-12-01T00:00:00Z',
+                capabilities_received_at: '2026-12-06T00:00:00Z',
+                challenges_expire_at: '2099-01-01T00:00:00Z',
+                evidence_requested: JSON.stringify([id, index, r]),
+                ima_starting_offset: 0,
+              })),
+            ),
+          ),
+        )
+        expectSplit(inserted, ids.length)
+        const submitted = await Promise.all(
+          repos.map((repo, r) =>
+            repo.submitEvidenceMany(
+              shuffled(index * 3 + r + 2).map((id) => ({
+                agentId: id,
+                index,
+                evidenceCollected: '[]',
+                receivedAt: '2026-12-06T00:00:01Z',
+                holder: `crowd-${r}`,
+                expires: Date.now() + 60_000,
+              })),
+            ),
+          ),
+        )
+        expectSplit(submitted, ids.length)
+        // each verifier completes every row, but only those it holds are written (each exactly once)
+        const completed = await Promise.all(
+          repos.map((repo, r) =>
+            repo.completeMany(
+              shuffled(index * 5 + r + 3).map((id) => crowdVerdict(id, index, `crowd-${r}`)),
+              null,
+            ),
+          ),
+        )
+        for (const [r, c] of completed.entries())
+          expect([...c.written].sort()).toEqual(
+            [...(submitted[r] as Set<string>)].map((k) => k.split('\u0000')[0]).sort(),
+          )
+      }
+      for (const id of ids) {
+        const row = await repoB.agentForAttestation(id)
+        expect(row?.attestation_count).toBe(3)
+        // retention: the first of the boot and the latest
+        expect((await repoA.listAttestations(id)).map((r) => r.index)).toEqual([0, 2])
+      }
+    })
+
     it('a pull verifier on the same database never claims the push agent', async () => {
       const pull = await makeVerifier({ leaseMs: 1000 }, await open(), 'P@127.0.0.1:3')
       try {
@@ -213,3 +280,47 @@ for (const server of SHARED_SERVERS)
       }
     })
   })
+
+/** Each row went to exactly one of the two racing writers. */
+function expectSplit(sets: readonly Set<string>[], total: number): void {
+  const [x, y] = sets as [Set<string>, Set<string>]
+  expect([...x].filter((k) => y.has(k))).toEqual([])
+  expect(x.size + y.size).toBe(total)
+}
+
+function crowdVerdict(agentId: string, index: number, holder: string): CompletedEvaluation {
+  return {
+    agentId,
+    index,
+    holder,
+    attestation: {
+      evaluation: 'pass',
+      failure_reason: null,
+      verification_completed_at: '2026-12-06T00:00:02Z',
+      ima_state: null,
+      ima_certified_entry_count: 0,
+      event_id: null,
+      event_context: null,
+      evidence_collected: null,
+    },
+    agent: {
+      push_deadline: Date.now() + 60_000,
+      hash_alg: null,
+      sign_alg: null,
+      enc_alg: null,
+      operational_state: null,
+      failures: 'reset',
+      last_event_id: null,
+      last_event_context: null,
+      severity_level: null,
+    },
+    state: {
+      passed: true,
+      last_received_quote: 1,
+      last_successful_attestation: 1,
+      tpm_clockinfo: null,
+      next_ima_ml_entry: null,
+      ima_state: null,
+    },
+  }
+}
