@@ -271,14 +271,17 @@ export class PushRepository {
     rows: readonly SubmittedEvidence[],
     db: Queryable = this.db,
   ): Promise<Set<string>> {
-    const values = rows.map((r) => [
-      r.agentId,
-      r.index,
-      r.evidenceCollected,
-      r.receivedAt,
-      r.holder,
-      r.expires,
-    ])
+    let values = rows.map((r) => [r.agentId, r.index, r.evidenceCollected, r.receivedAt, r.holder, r.expires])
+    if (this.sql.mysql) {
+      const eligible = await run<{ agent_id: string; index: number }>(
+        db,
+        this.sql.mysql.submitEligible,
+        rowsParam(this.dialect, values, 6),
+      )
+      const keys = new Set(eligible.map((e) => attestationKey(e.agent_id, Number(e.index))))
+      values = values.filter((v) => keys.has(attestationRowKey(v)))
+      if (values.length === 0) return new Set()
+    }
     const done = await this.updateReturning<{ agent_id: string; index: number }>(
       db,
       this.sql.submitEvidence,
@@ -398,9 +401,20 @@ export class PushRepository {
       const passed = live.filter((i) => i.state.passed).map((i) => i.agentId)
       if (passed.length === 0) return { written, enrolled, extended: [] }
       const extended = extendUntil === null ? [] : await this.extendTokens(tx, passed, extendUntil)
-      await run(tx, this.sql.retention, [listParam(this.dialect, passed)])
+      await this.retention(tx, passed)
       return { written, enrolled, extended }
     })
+  }
+
+  /** Retention of the agents whose attestation passed (see `PushStatements.retention`). */
+  private async retention(tx: Queryable, agentIds: readonly string[]): Promise<void> {
+    const found = await run<{ agent_id: string; index: number }>(tx, this.sql.retention, [
+      listParam(this.dialect, agentIds),
+    ])
+    if (!this.sql.mysql || found.length === 0) return
+    await run(tx, this.sql.mysql.retentionDelete, [
+      JSON.stringify(found.map((r) => [r.agent_id, Number(r.index)])),
+    ])
   }
 
   /** The active tokens of `agentIds` extended to `until` (those expiring earlier); returns the sessions extended. */
@@ -420,7 +434,7 @@ export class PushRepository {
       this.dialect,
       locked.map((s) => s.session_id),
     )
-    await run(tx, this.sql.mysql.extendTokens, [until, sessions, until])
+    await run(tx, this.sql.mysql.extendTokens, [sessions, until, until])
     return locked.map((s) => ({ ...s, token_expires_at: until }))
   }
 

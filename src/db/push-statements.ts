@@ -48,6 +48,10 @@ export interface PushStatements {
 }
 
 export interface MysqlPushStatements {
+  /** Of the rows given to `submitEvidence`, those that may take evidence (latest, agent a live push agent). */
+  submitEligible: string
+  /** Deletes the attestations `retention` found (rows of agent and index). */
+  retentionDelete: string
   /** Of the rows given to `insertAttestations`, those inserted by it: the stored request is this one (its challenge). */
   insertedAttestations: string
   /** The locked attestations to `evaluating_evidence` (the rows of `submitEvidence`'s parameter that it returned). */
@@ -287,8 +291,7 @@ const MYSQL_AGENT_TYPES = ['key', 'bigint', 'text', 'text', 'text', 'int', 'int'
 function mysqlPushStatements(): PushStatements {
   const rows = (names: readonly string[], types: readonly string[]) =>
     `JSON_TABLE(?, '$[*]' COLUMNS (${names.map((n, i) => `${n} ${MYSQL_TYPES[types[i] as string]} PATH '$[${i}]'`).join(', ')})) AS v`
-  const list = () =>
-    `(SELECT l.value FROM JSON_TABLE(?, '$[*]' COLUMNS (value ${MYSQL_TYPES.key} PATH '$')) AS l)`
+  const list = `JSON_TABLE(?, '$[*]' COLUMNS (value ${MYSQL_TYPES.key} PATH '$')) AS l`
   const hot = (c: string) => `CASE WHEN s.agent_id IS NULL THEN m.${c} ELSE s.${c} END AS ${c}`
   const byKey = 'FORCE INDEX (PRIMARY) ON a.agent_id = v.agent_id AND a.`index` = v.idx'
   return {
@@ -309,12 +312,11 @@ function mysqlPushStatements(): PushStatements {
       SELECT v.agent_id, v.idx, 'awaiting_evidence', 'pending', v.boot, v.received, v.expires, v.requested, v.ima
       FROM ${rows(MYSQL_INSERT_COLUMNS, MYSQL_INSERT_TYPES)}
       ON DUPLICATE KEY UPDATE attestations.agent_id = attestations.agent_id`,
+    // only the attestation rows: which of them may take evidence is read beforehand without locks
+    // (`mysql.submitEligible`), as a locking read would lock the rows its subqueries read too
     submitEvidence: `SELECT STRAIGHT_JOIN a.agent_id, a.\`index\`
       FROM ${rows(MYSQL_SUBMIT_COLUMNS, MYSQL_SUBMIT_TYPES)} JOIN attestations a ${byKey}
-      WHERE a.stage = 'awaiting_evidence'
-        AND NOT EXISTS (SELECT 1 FROM attestations n WHERE n.agent_id = v.agent_id AND n.\`index\` > v.idx)
-        AND EXISTS (SELECT 1 FROM verifiermain m WHERE m.agent_id = v.agent_id AND m.ip IS NULL AND ${LIVE('m')})
-      ORDER BY a.agent_id, a.\`index\` FOR UPDATE`,
+      WHERE a.stage = 'awaiting_evidence' ORDER BY a.agent_id, a.\`index\` FOR UPDATE`,
     completeAttestations: `SELECT STRAIGHT_JOIN a.agent_id, a.\`index\`
       FROM ${rows(MYSQL_VERDICT_COLUMNS, MYSQL_VERDICT_TYPES)} JOIN attestations a ${byKey}
       WHERE a.stage = 'evaluating_evidence' AND a.evaluation_holder = v.holder
@@ -339,36 +341,45 @@ function mysqlPushStatements(): PushStatements {
         next_ima_ml_entry = COALESCE(VALUES(next_ima_ml_entry), verifier_attestation_state.next_ima_ml_entry),
         ima_state = COALESCE(VALUES(ima_state), verifier_attestation_state.ima_state)`,
     // parameters: the agents, the new expiry
-    extendTokens: `SELECT session_id, agent_id FROM sessions WHERE agent_id IN ${list()} AND active = 1
-      AND token_expires_at < ? ORDER BY session_id FOR UPDATE`,
-    // the attestation two back per agent (LEAD) must exist and share the boot time of the one removed (rn = 2)
-    retention: `DELETE a FROM attestations a JOIN (
-        SELECT r.agent_id, r.\`index\` FROM (
-          SELECT agent_id, \`index\`, evaluation, system_info__boot_time AS boot,
-            row_number() OVER w AS rn, LAG(evaluation) OVER w AS newer_evaluation,
-            LEAD(\`index\`) OVER w AS older_index, LEAD(system_info__boot_time) OVER w AS older_boot
-          FROM attestations WHERE agent_id IN ${list()} AND stage = 'verification_complete'
-          WINDOW w AS (PARTITION BY agent_id ORDER BY \`index\` DESC)) r
-        WHERE r.rn = 2 AND r.newer_evaluation = 'pass' AND r.evaluation = 'pass' AND r.older_index IS NOT NULL
-          AND r.older_boot <=> r.boot) d ON a.agent_id = d.agent_id AND a.\`index\` = d.\`index\``,
+    extendTokens: `SELECT STRAIGHT_JOIN s.session_id, s.agent_id
+      FROM ${list}
+      JOIN sessions s FORCE INDEX (ix_sessions_agent_id) ON s.agent_id = l.value
+      WHERE s.active = 1 AND s.token_expires_at < ? ORDER BY s.agent_id, s.session_id FOR UPDATE`,
+    // the attestation two back per agent (LEAD) must exist and share the boot time of the one removed (rn = 2);
+    // a plain read of the agents' attestations by primary key, then `mysql.retentionDelete` of the keys found (a
+    // DELETE joined to this read would lock the rows it scans)
+    retention: `SELECT r.agent_id, r.\`index\` FROM (
+        SELECT STRAIGHT_JOIN x.agent_id, x.\`index\`, x.evaluation, x.system_info__boot_time AS boot,
+          row_number() OVER w AS rn, LAG(x.evaluation) OVER w AS newer_evaluation,
+          LEAD(x.\`index\`) OVER w AS older_index, LEAD(x.system_info__boot_time) OVER w AS older_boot
+        FROM ${list}
+        JOIN attestations x FORCE INDEX (PRIMARY) ON x.agent_id = l.value
+        WHERE x.stage = 'verification_complete'
+        WINDOW w AS (PARTITION BY x.agent_id ORDER BY x.\`index\` DESC)) r
+      WHERE r.rn = 2 AND r.newer_evaluation = 'pass' AND r.evaluation = 'pass' AND r.older_index IS NOT NULL
+        AND r.older_boot <=> r.boot ORDER BY r.agent_id, r.\`index\``,
     mysql: {
+      submitEligible: `SELECT STRAIGHT_JOIN a.agent_id, a.\`index\`
+        FROM ${rows(MYSQL_SUBMIT_COLUMNS, MYSQL_SUBMIT_TYPES)} JOIN attestations a ${byKey}
+        JOIN verifiermain m FORCE INDEX (PRIMARY) ON m.agent_id = v.agent_id
+        WHERE a.stage = 'awaiting_evidence' AND m.ip IS NULL AND ${LIVE('m')}
+          AND NOT EXISTS (SELECT 1 FROM attestations n WHERE n.agent_id = v.agent_id AND n.\`index\` > v.idx)`,
       insertedAttestations: `SELECT STRAIGHT_JOIN a.agent_id, a.\`index\`
         FROM ${rows(MYSQL_INSERT_COLUMNS, MYSQL_INSERT_TYPES)} JOIN attestations a ${byKey}
         WHERE a.evidence_requested = v.requested`,
-      submitEvidence: `UPDATE attestations a JOIN ${rows(MYSQL_SUBMIT_COLUMNS, MYSQL_SUBMIT_TYPES)}
-          ON a.agent_id = v.agent_id AND a.\`index\` = v.idx
+      submitEvidence: `UPDATE ${rows(MYSQL_SUBMIT_COLUMNS, MYSQL_SUBMIT_TYPES)} STRAIGHT_JOIN attestations a ${byKey}
         SET a.stage = 'evaluating_evidence', a.evidence_collected = v.evidence, a.evidence_received_at = v.received,
           a.evaluation_holder = v.holder, a.evaluation_expires = v.expires
         WHERE a.stage = 'awaiting_evidence'`,
-      completeAttestations: `UPDATE attestations a JOIN ${rows(MYSQL_VERDICT_COLUMNS, MYSQL_VERDICT_TYPES)}
-          ON a.agent_id = v.agent_id AND a.\`index\` = v.idx
+      completeAttestations: `UPDATE ${rows(MYSQL_VERDICT_COLUMNS, MYSQL_VERDICT_TYPES)} STRAIGHT_JOIN attestations a ${byKey}
         SET a.stage = 'verification_complete', a.evaluation = v.evaluation, a.failure_reason = v.reason,
           a.verification_completed_at = v.completed, a.ima_state = v.ima_state, a.ima_certified_entry_count = v.ima_count,
           a.event_id = v.event_id, a.event_context = v.event_context,
           a.evidence_collected = COALESCE(v.evidence, a.evidence_collected), a.evaluation_holder = NULL,
           a.evaluation_expires = NULL
         WHERE a.stage = 'evaluating_evidence' AND a.evaluation_holder = v.holder`,
-      completeAgents: `UPDATE verifiermain m JOIN ${rows(MYSQL_AGENT_COLUMNS, MYSQL_AGENT_TYPES)} ON m.agent_id = v.agent_id
+      completeAgents: `UPDATE ${rows(MYSQL_AGENT_COLUMNS, MYSQL_AGENT_TYPES)}
+          STRAIGHT_JOIN verifiermain m FORCE INDEX (PRIMARY) ON m.agent_id = v.agent_id
         SET m.push_deadline = v.deadline, m.accept_attestations = 1, m.hash_alg = COALESCE(v.hash_alg, m.hash_alg),
           m.sign_alg = COALESCE(v.sign_alg, m.sign_alg), m.enc_alg = COALESCE(v.enc_alg, m.enc_alg),
           m.operational_state = COALESCE(v.state, m.operational_state),
@@ -378,8 +389,10 @@ function mysqlPushStatements(): PushStatements {
           m.last_event_id = COALESCE(v.event_id, m.last_event_id),
           m.last_event_context = COALESCE(v.event_context, m.last_event_context),
           m.severity_level = COALESCE(v.severity, m.severity_level)`,
-      extendTokens: `UPDATE sessions SET token_expires_at = ? WHERE session_id IN ${list()} AND active = 1
-        AND token_expires_at < ?`,
+      retentionDelete: `DELETE a FROM ${rows(['agent_id', 'idx'], ['key', 'int'])} STRAIGHT_JOIN attestations a ${byKey}`,
+      extendTokens: `UPDATE ${list}
+          STRAIGHT_JOIN sessions s FORCE INDEX (PRIMARY) ON s.session_id = l.value
+        SET s.token_expires_at = ? WHERE s.active = 1 AND s.token_expires_at < ?`,
     },
   }
 }
