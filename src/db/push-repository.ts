@@ -170,6 +170,9 @@ async function run<R>(db: Queryable, text: string, params: readonly unknown[]): 
 }
 
 const attestationKey = (agentId: string, index: number) => `${agentId}\u0000${index}`
+/** Keys of row parameters: an attestation's (agent and index, its first two columns), or an agent's. */
+const attestationRowKey = (row: readonly unknown[]) => attestationKey(row[0] as string, row[1] as number)
+const agentRowKey = (row: readonly unknown[]) => row[0] as string
 
 export class PushRepository {
   readonly dialect: DbDialect
@@ -251,11 +254,11 @@ export class PushRepository {
       r.evidence_requested,
       r.ima_starting_offset,
     ])
-    const done = await run<{ agent_id: string; index: number }>(
-      db,
-      this.sql.insertAttestations,
-      rowsParam(this.dialect, values, 7),
-    )
+    const params = rowsParam(this.dialect, values, 7)
+    let done = await run<{ agent_id: string; index: number }>(db, this.sql.insertAttestations, params)
+    // MySQL returns nothing: the rows that hold this request's challenges are the ones inserted (a row's
+    // requested evidence never changes, so no transaction is needed to read it back)
+    if (this.sql.mysql) done = await run(db, this.sql.mysql.insertedAttestations, params)
     return new Set(done.map((d) => attestationKey(d.agent_id, Number(d.index))))
   }
 
@@ -268,20 +271,51 @@ export class PushRepository {
     rows: readonly SubmittedEvidence[],
     db: Queryable = this.db,
   ): Promise<Set<string>> {
-    const values = rows.map((r) => [
-      r.agentId,
-      r.index,
-      r.evidenceCollected,
-      r.receivedAt,
-      r.holder,
-      r.expires,
-    ])
-    const done = await run<{ agent_id: string; index: number }>(
+    let values = rows.map((r) => [r.agentId, r.index, r.evidenceCollected, r.receivedAt, r.holder, r.expires])
+    if (this.sql.mysql) {
+      const eligible = await run<{ agent_id: string; index: number }>(
+        db,
+        this.sql.mysql.submitEligible,
+        rowsParam(this.dialect, values, 6),
+      )
+      const keys = new Set(eligible.map((e) => attestationKey(e.agent_id, Number(e.index))))
+      values = values.filter((v) => keys.has(attestationRowKey(v)))
+      if (values.length === 0) return new Set()
+    }
+    const done = await this.updateReturning<{ agent_id: string; index: number }>(
       db,
       this.sql.submitEvidence,
-      rowsParam(this.dialect, values, 6),
+      this.sql.mysql?.submitEvidence,
+      values,
+      (r) => attestationKey(r.agent_id, Number(r.index)),
+      attestationRowKey,
     )
     return new Set(done.map((d) => attestationKey(d.agent_id, Number(d.index))))
+  }
+
+  /**
+   * One batched conditional update returning the rows it wrote: the statement itself on SQLite and PostgreSQL; on
+   * MySQL, in one transaction, `statement` locks and returns the rows that qualify and `mysqlApply` writes them
+   * (given only those rows: `keyOf` a locked row is `rowKeyOf` its parameter row).
+   */
+  private async updateReturning<R>(
+    db: Queryable,
+    statement: string,
+    mysqlApply: string | undefined,
+    rows: readonly (readonly unknown[])[],
+    keyOf: (locked: R) => string,
+    rowKeyOf: (row: readonly unknown[]) => string,
+  ): Promise<R[]> {
+    const params = rowsParam(this.dialect, rows, rows[0]?.length ?? 0)
+    if (mysqlApply === undefined) return run<R>(db, statement, params)
+    const apply = async (tx: Queryable) => {
+      const locked = await run<R>(tx, statement, params)
+      const keys = new Set(locked.map(keyOf))
+      const mine = rows.filter((r) => keys.has(rowKeyOf(r)))
+      if (mine.length > 0) await run(tx, mysqlApply, rowsParam(this.dialect, mine, mine[0]?.length ?? 0))
+      return locked
+    }
+    return db.isTransaction ? apply(db) : db.transaction().execute(apply)
   }
 
   /**
@@ -298,26 +332,25 @@ export class PushRepository {
     return this.db.transaction().execute(async (tx) => {
       const written = new Set(
         (
-          await run<{ agent_id: string }>(
+          await this.updateReturning<{ agent_id: string; index: number }>(
             tx,
             this.sql.completeAttestations,
-            rowsParam(
-              this.dialect,
-              items.map((i) => [
-                i.agentId,
-                i.index,
-                i.holder,
-                i.attestation.evaluation,
-                i.attestation.failure_reason,
-                i.attestation.verification_completed_at,
-                i.attestation.ima_state,
-                i.attestation.ima_certified_entry_count,
-                i.attestation.event_id,
-                i.attestation.event_context,
-                i.attestation.evidence_collected,
-              ]),
-              11,
-            ),
+            this.sql.mysql?.completeAttestations,
+            items.map((i) => [
+              i.agentId,
+              i.index,
+              i.holder,
+              i.attestation.evaluation,
+              i.attestation.failure_reason,
+              i.attestation.verification_completed_at,
+              i.attestation.ima_state,
+              i.attestation.ima_certified_entry_count,
+              i.attestation.event_id,
+              i.attestation.event_context,
+              i.attestation.evidence_collected,
+            ]),
+            (r) => attestationKey(r.agent_id, Number(r.index)),
+            attestationRowKey,
           )
         ).map((r) => r.agent_id),
       )
@@ -325,25 +358,24 @@ export class PushRepository {
       if (mine.length === 0) return none
       const enrolled = new Set(
         (
-          await run<{ agent_id: string }>(
+          await this.updateReturning<{ agent_id: string }>(
             tx,
             this.sql.completeAgents,
-            rowsParam(
-              this.dialect,
-              mine.map((i) => [
-                i.agentId,
-                i.agent.push_deadline,
-                i.agent.hash_alg,
-                i.agent.sign_alg,
-                i.agent.enc_alg,
-                i.agent.operational_state,
-                FAILURES[i.agent.failures],
-                i.agent.last_event_id,
-                i.agent.last_event_context,
-                i.agent.severity_level,
-              ]),
-              10,
-            ),
+            this.sql.mysql?.completeAgents,
+            mine.map((i) => [
+              i.agentId,
+              i.agent.push_deadline,
+              i.agent.hash_alg,
+              i.agent.sign_alg,
+              i.agent.enc_alg,
+              i.agent.operational_state,
+              FAILURES[i.agent.failures],
+              i.agent.last_event_id,
+              i.agent.last_event_context,
+              i.agent.severity_level,
+            ]),
+            (r) => r.agent_id,
+            agentRowKey,
           )
         ).map((r) => r.agent_id),
       )
@@ -368,17 +400,42 @@ export class PushRepository {
       )
       const passed = live.filter((i) => i.state.passed).map((i) => i.agentId)
       if (passed.length === 0) return { written, enrolled, extended: [] }
-      const extended =
-        extendUntil === null
-          ? []
-          : await run<{ session_id: string; agent_id: string; token_expires_at: string }>(
-              tx,
-              this.sql.extendTokens,
-              [extendUntil, listParam(this.dialect, passed), extendUntil],
-            )
-      await run(tx, this.sql.retention, [listParam(this.dialect, passed)])
+      const extended = extendUntil === null ? [] : await this.extendTokens(tx, passed, extendUntil)
+      await this.retention(tx, passed)
       return { written, enrolled, extended }
     })
+  }
+
+  /** Retention of the agents whose attestation passed (see `PushStatements.retention`). */
+  private async retention(tx: Queryable, agentIds: readonly string[]): Promise<void> {
+    const found = await run<{ agent_id: string; index: number }>(tx, this.sql.retention, [
+      listParam(this.dialect, agentIds),
+    ])
+    if (!this.sql.mysql || found.length === 0) return
+    await run(tx, this.sql.mysql.retentionDelete, [
+      JSON.stringify(found.map((r) => [r.agent_id, Number(r.index)])),
+    ])
+  }
+
+  /** The active tokens of `agentIds` extended to `until` (those expiring earlier); returns the sessions extended. */
+  private async extendTokens(
+    tx: Queryable,
+    agentIds: readonly string[],
+    until: string,
+  ): Promise<{ session_id: string; agent_id: string; token_expires_at: string }[]> {
+    const agents = listParam(this.dialect, agentIds)
+    if (!this.sql.mysql) return run(tx, this.sql.extendTokens, [until, agents, until])
+    const locked = await run<{ session_id: string; agent_id: string }>(tx, this.sql.extendTokens, [
+      agents,
+      until,
+    ])
+    if (locked.length === 0) return []
+    const sessions = listParam(
+      this.dialect,
+      locked.map((s) => s.session_id),
+    )
+    await run(tx, this.sql.mysql.extendTokens, [sessions, until, until])
+    return locked.map((s) => ({ ...s, token_expires_at: until }))
   }
 
   /** The latest attestation that passed (where IMA continues from). */

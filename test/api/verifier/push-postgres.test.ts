@@ -1,24 +1,27 @@
 /**
  * Stateless push verifiers: two verifier services (each its own connection pool, as two processes) on one PostgreSQL
- * schema (or MariaDB database) take alternating requests of the same agent, as behind a round-robin load balancer: the session opened on
- * one is answered on the other, capabilities go to one and evidence to the other, and every attestation is
+ * schema, then on one MariaDB database, take alternating requests of the same agent, as behind a round-robin load
+ * balancer: the session opened on one is answered on the other, capabilities go to one and evidence to the other, and every attestation is
  * verified and counted exactly once.
  */
 import type { Kysely } from 'kysely'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { openDatabase } from '../../../src/db/database.ts'
+import {
+  type CompletedEvaluation,
+  type PushDatabase,
+  PushRepository,
+} from '../../../src/db/push-repository.ts'
 import type { VerifierDatabase } from '../../../src/db/verifier-repository.ts'
 import { imaNgEntryFor } from '../../../src/devtools/ima-writer.ts'
 import { DEFAULT_PUSH_OPTIONS } from '../../../src/verifier/options.ts'
 import { SHARED_SERVERS } from '../../helpers/db-servers.ts'
-import { createMysqlDatabase } from '../../helpers/mysql.ts'
 import { PushDriver } from '../../helpers/push-driver.ts'
 import { makeVerifier } from '../../unit/verifier/harness.ts'
 
 const entries = Array.from({ length: 12 }, (_, i) => imaNgEntryFor(`/usr/sbin/daemon-${i}`, `daemon ${i}`))
 
-// push mode's batched statements need UPDATE … RETURNING, which MySQL lacks: PostgreSQL only (see below)
-for (const server of SHARED_SERVERS.filter((x) => x.name === 'PostgreSQL'))
+for (const server of SHARED_SERVERS)
   describe(`two push verifiers sharing ${server.name}`, () => {
     let open: () => Promise<Kysely<VerifierDatabase>>
     let agent: PushDriver
@@ -95,6 +98,172 @@ for (const server of SHARED_SERVERS.filter((x) => x.name === 'PostgreSQL'))
       const status = await agent.status('shared')
       expect(status.attestation_count).toBe(4)
       expect(status.attestation_status).toBe('PASS')
+      // retention kept the first attestation of the boot and the latest
+      const repo = new PushRepository(a.db as unknown as Kysely<PushDatabase>)
+      expect((await repo.listAttestations('shared')).map((r) => r.index)).toEqual([0, 3])
+    })
+
+    it('the batched conditional writes decide races as one statement would', async () => {
+      agent.app = a.app
+      await agent.enrol('racer', entries)
+      const repo = new PushRepository(a.db as unknown as Kysely<PushDatabase>)
+      const key = PushRepository.key
+      const attestation = (index: number, requested: string) => ({
+        agent_id: 'racer',
+        index,
+        system_info__boot_time: '2026-12-01T00:00:00Z',
+        capabilities_received_at: '2026-12-06T00:00:00Z',
+        challenges_expire_at: '2099-01-01T00:00:00Z',
+        evidence_requested: requested,
+        ima_starting_offset: 0,
+      })
+      // another create of the same index lost: not inserted, the first request's row stays
+      expect(await repo.insertAttestations([attestation(0, '["first"]')])).toEqual(new Set([key('racer', 0)]))
+      expect(await repo.insertAttestations([attestation(0, '["second"]')])).toEqual(new Set())
+      expect((await repo.getAttestation('racer', 0))?.evidence_requested).toBe('["first"]')
+      await expect(
+        repo.insertAttestations([{ ...attestation(0, '[]'), agent_id: 'nobody' }]),
+      ).rejects.toThrow()
+      expect(await repo.insertAttestations([attestation(1, '["third"]')])).toEqual(new Set([key('racer', 1)]))
+
+      const evidence = (index: number, holder: string) => ({
+        agentId: 'racer',
+        index,
+        evidenceCollected: '[]',
+        receivedAt: '2026-12-06T00:00:01Z',
+        holder,
+        expires: Date.now() + 60_000,
+      })
+      // no longer the latest, then accepted once, then a replay refused
+      expect(await repo.submitEvidenceMany([evidence(0, 'H')])).toEqual(new Set())
+      expect(await repo.submitEvidenceMany([evidence(1, 'H')])).toEqual(new Set([key('racer', 1)]))
+      expect(await repo.submitEvidenceMany([evidence(1, 'H2')])).toEqual(new Set())
+      expect((await repo.getAttestation('racer', 1))?.evaluation_holder).toBe('H')
+
+      await repo.insertSession({
+        session_id: 'racer-session',
+        agent_id: 'racer',
+        active: 1,
+        token_expires_at: '2000-01-01T00:00:00Z',
+      })
+      const verdict = (holder: string): CompletedEvaluation => ({
+        agentId: 'racer',
+        index: 1,
+        holder,
+        attestation: {
+          evaluation: 'pass',
+          failure_reason: null,
+          verification_completed_at: '2026-12-06T00:00:02Z',
+          ima_state: null,
+          ima_certified_entry_count: 0,
+          event_id: null,
+          event_context: null,
+          evidence_collected: null,
+        },
+        agent: {
+          push_deadline: Date.now() + 60_000,
+          hash_alg: 'sha256',
+          sign_alg: null,
+          enc_alg: null,
+          operational_state: null,
+          failures: 'increment',
+          last_event_id: null,
+          last_event_context: null,
+          severity_level: null,
+        },
+        state: {
+          passed: true,
+          last_received_quote: 1234,
+          last_successful_attestation: 1234,
+          tpm_clockinfo: null,
+          next_ima_ml_entry: null,
+          ima_state: null,
+        },
+      })
+      const until = '2099-01-01T00:00:00Z'
+      // held by another verifier: nothing written
+      expect((await repo.completeMany([verdict('H2')], until)).written).toEqual(new Set())
+      const done = await repo.completeMany([verdict('H')], until)
+      expect(done.written).toEqual(new Set(['racer']))
+      expect(done.enrolled).toEqual(new Set(['racer']))
+      expect(done.extended).toEqual([
+        { session_id: 'racer-session', agent_id: 'racer', token_expires_at: until },
+      ])
+      expect((await repo.getSession('racer-session'))?.token_expires_at).toBe(until)
+      // written once: a second verdict of the same holder finds the attestation complete
+      expect((await repo.completeMany([verdict('H')], until)).written).toEqual(new Set())
+      const racer = await repo.agentForAttestation('racer')
+      expect(racer?.attestation_count).toBe(1)
+      expect(racer?.consecutive_attestation_failures).toBe(1)
+      expect(racer?.last_received_quote).toBe(1234)
+      expect(racer?.latest).toMatchObject({ index: 1, stage: 'verification_complete', evaluation: 'pass' })
+    })
+
+    it('two verifiers writing the same batches in different orders neither deadlock nor both win a row', async () => {
+      agent.app = a.app
+      const ids = Array.from({ length: 24 }, (_, i) => `crowd-${String(i).padStart(2, '0')}`)
+      for (const id of ids) await agent.enrol(id, entries)
+      const repos = [a, b].map((v) => new PushRepository(v.db as unknown as Kysely<PushDatabase>))
+      const [repoA, repoB] = repos as [PushRepository, PushRepository]
+      /** The ids in a different order per verifier and round (as requests arrive). */
+      const shuffled = (seed: number) =>
+        [...ids].sort(
+          (x, y) =>
+            ((x.charCodeAt(6) * 7 + x.charCodeAt(7) * seed) % 11) -
+            ((y.charCodeAt(6) * 7 + y.charCodeAt(7) * seed) % 11),
+        )
+      for (let index = 0; index < 3; index++) {
+        const inserted = await Promise.all(
+          repos.map((repo, r) =>
+            repo.insertAttestations(
+              shuffled(index * 2 + r + 1).map((id) => ({
+                agent_id: id,
+                index,
+                system_info__boot_time: '2026-12-01T00:00:00Z',
+                capabilities_received_at: '2026-12-06T00:00:00Z',
+                challenges_expire_at: '2099-01-01T00:00:00Z',
+                evidence_requested: JSON.stringify([id, index, r]),
+                ima_starting_offset: 0,
+              })),
+            ),
+          ),
+        )
+        expectSplit(inserted, ids.length)
+        const submitted = await Promise.all(
+          repos.map((repo, r) =>
+            repo.submitEvidenceMany(
+              shuffled(index * 3 + r + 2).map((id) => ({
+                agentId: id,
+                index,
+                evidenceCollected: '[]',
+                receivedAt: '2026-12-06T00:00:01Z',
+                holder: `crowd-${r}`,
+                expires: Date.now() + 60_000,
+              })),
+            ),
+          ),
+        )
+        expectSplit(submitted, ids.length)
+        // each verifier completes every row, but only those it holds are written (each exactly once)
+        const completed = await Promise.all(
+          repos.map((repo, r) =>
+            repo.completeMany(
+              shuffled(index * 5 + r + 3).map((id) => crowdVerdict(id, index, `crowd-${r}`)),
+              null,
+            ),
+          ),
+        )
+        for (const [r, c] of completed.entries())
+          expect([...c.written].sort()).toEqual(
+            [...(submitted[r] as Set<string>)].map((k) => k.split('\u0000')[0]).sort(),
+          )
+      }
+      for (const id of ids) {
+        const row = await repoB.agentForAttestation(id)
+        expect(row?.attestation_count).toBe(3)
+        // retention: the first of the boot and the latest
+        expect((await repoA.listAttestations(id)).map((r) => r.index)).toEqual([0, 2])
+      }
     })
 
     it('a pull verifier on the same database never claims the push agent', async () => {
@@ -112,18 +281,46 @@ for (const server of SHARED_SERVERS.filter((x) => x.name === 'PostgreSQL'))
     })
   })
 
-describe('a push verifier on MariaDB', () => {
-  it("is refused by name at start, not run with another dialect's statements", async () => {
-    const target = await createMysqlDatabase('push')
-    const db = await openDatabase<VerifierDatabase>(target.url, { migrations: 'verifier', poolSize: 2 })
-    try {
-      const push = { mode: 'push' as const, quoteIntervalMs: 0, push: { ...DEFAULT_PUSH_OPTIONS } }
-      await expect(makeVerifier(push, db, 'A@127.0.0.1:1')).rejects.toThrow(
-        /push mode is not available on MySQL\/MariaDB databases yet/,
-      )
-    } finally {
-      await db.destroy()
-      await target.drop()
-    }
-  })
-})
+/** Each row went to exactly one of the two racing writers. */
+function expectSplit(sets: readonly Set<string>[], total: number): void {
+  const [x, y] = sets as [Set<string>, Set<string>]
+  expect([...x].filter((k) => y.has(k))).toEqual([])
+  expect(x.size + y.size).toBe(total)
+}
+
+function crowdVerdict(agentId: string, index: number, holder: string): CompletedEvaluation {
+  return {
+    agentId,
+    index,
+    holder,
+    attestation: {
+      evaluation: 'pass',
+      failure_reason: null,
+      verification_completed_at: '2026-12-06T00:00:02Z',
+      ima_state: null,
+      ima_certified_entry_count: 0,
+      event_id: null,
+      event_context: null,
+      evidence_collected: null,
+    },
+    agent: {
+      push_deadline: Date.now() + 60_000,
+      hash_alg: null,
+      sign_alg: null,
+      enc_alg: null,
+      operational_state: null,
+      failures: 'reset',
+      last_event_id: null,
+      last_event_context: null,
+      severity_level: null,
+    },
+    state: {
+      passed: true,
+      last_received_quote: 1,
+      last_successful_attestation: 1,
+      tpm_clockinfo: null,
+      next_ima_ml_entry: null,
+      ima_state: null,
+    },
+  }
+}
