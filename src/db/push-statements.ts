@@ -113,15 +113,64 @@ const MYSQL_TYPES: Record<string, string> = {
   bigint: 'BIGINT',
 }
 
+/**
+ * The batch row shapes both dialects send: column names and types (`key`: an agent id; PostgreSQL reads it as text,
+ * MySQL as a binary-collated VARCHAR so it can be joined to the primary keys).
+ */
+const INSERT_ROW = {
+  names: ['agent_id', 'idx', 'boot', 'received', 'expires', 'requested', 'ima'],
+  types: ['key', 'int', 'text', 'text', 'text', 'text', 'int'],
+}
+const SUBMIT_ROW = {
+  names: ['agent_id', 'idx', 'evidence', 'received', 'holder', 'expires'],
+  types: ['key', 'int', 'text', 'text', 'text', 'bigint'],
+}
+const VERDICT_ROW = {
+  names: [
+    'agent_id',
+    'idx',
+    'holder',
+    'evaluation',
+    'reason',
+    'completed',
+    'ima_state',
+    'ima_count',
+    'event_id',
+    'event_context',
+    'evidence',
+  ],
+  types: ['key', 'int', 'text', 'text', 'text', 'text', 'text', 'int', 'text', 'text', 'text'],
+}
+const AGENT_ROW = {
+  names: [
+    'agent_id',
+    'deadline',
+    'hash_alg',
+    'sign_alg',
+    'enc_alg',
+    'state',
+    'failures',
+    'event_id',
+    'event_context',
+    'severity',
+  ],
+  types: ['key', 'bigint', 'text', 'text', 'text', 'int', 'int', 'text', 'text', 'int'],
+}
+const STATE_ROW = {
+  names: ['agent_id', 'passed', 'received', 'succeeded', 'clock', 'next_ima', 'ima_state'],
+  types: ['key', 'int', 'bigint', 'bigint', 'text', 'int', 'text'],
+}
+type RowShape = { names: readonly string[]; types: readonly string[] }
+
 export function pushStatements(dialect: DbDialect): PushStatements {
   if (dialect === 'mysql') return mysqlPushStatements()
   const pg = dialect === 'postgres'
   const q = (c: string) => (c === 'index' ? '"index"' : c)
   const one = pg ? '$1' : '?'
   /** Rows of `types.length` columns named `names`, as a FROM item called `v`. */
-  const rows = (names: readonly string[], pgTypes: readonly string[], first = 1) =>
+  const rows = ({ names, types }: RowShape, first = 1) =>
     pg
-      ? `unnest(${pgTypes.map((t, i) => `$${first + i}::${t}[]`).join(', ')}) AS v(${names.join(', ')})`
+      ? `unnest(${types.map((t, i) => `$${first + i}::${t === 'key' ? 'text' : t}[]`).join(', ')}) AS v(${names.join(', ')})`
       : `(SELECT ${names.map((n, i) => `j.value->>${i} AS ${n}`).join(', ')} FROM json_each(?) AS j) AS v`
   const list = (n = 1) => (pg ? `(SELECT unnest($${n}::text[]))` : '(SELECT value FROM json_each(?))')
   const hot = (c: string) => `CASE WHEN s.agent_id IS NULL THEN m.${c} ELSE s.${c} END AS ${c}`
@@ -141,17 +190,11 @@ export function pushStatements(dialect: DbDialect): PushStatements {
     insertAttestations: `INSERT INTO attestations (agent_id, "index", stage, evaluation, system_info__boot_time,
         capabilities_received_at, challenges_expire_at, evidence_requested, ima_starting_offset)
       SELECT v.agent_id, v.idx, 'awaiting_evidence', 'pending', v.boot, v.received, v.expires, v.requested, v.ima
-      FROM ${rows(
-        ['agent_id', 'idx', 'boot', 'received', 'expires', 'requested', 'ima'],
-        ['text', 'int', 'text', 'text', 'text', 'text', 'int'],
-      )} WHERE true
+      FROM ${rows(INSERT_ROW)} WHERE true
       ON CONFLICT (agent_id, "index") DO NOTHING RETURNING agent_id, "index"`,
     submitEvidence: `UPDATE attestations SET stage = 'evaluating_evidence', evidence_collected = v.evidence,
         evidence_received_at = v.received, evaluation_holder = v.holder, evaluation_expires = v.expires
-      FROM ${rows(
-        ['agent_id', 'idx', 'evidence', 'received', 'holder', 'expires'],
-        ['text', 'int', 'text', 'text', 'text', 'bigint'],
-      )}
+      FROM ${rows(SUBMIT_ROW)}
       WHERE attestations.agent_id = v.agent_id AND attestations."index" = v.idx
         AND attestations.stage = 'awaiting_evidence'
         AND NOT EXISTS (SELECT 1 FROM attestations n WHERE n.agent_id = v.agent_id AND n."index" > v.idx)
@@ -161,22 +204,7 @@ export function pushStatements(dialect: DbDialect): PushStatements {
         failure_reason = v.reason, verification_completed_at = v.completed, ima_state = v.ima_state,
         ima_certified_entry_count = v.ima_count, event_id = v.event_id, event_context = v.event_context,
         evidence_collected = COALESCE(v.evidence, attestations.evidence_collected), evaluation_holder = NULL, evaluation_expires = NULL
-      FROM ${rows(
-        [
-          'agent_id',
-          'idx',
-          'holder',
-          'evaluation',
-          'reason',
-          'completed',
-          'ima_state',
-          'ima_count',
-          'event_id',
-          'event_context',
-          'evidence',
-        ],
-        ['text', 'int', 'text', 'text', 'text', 'text', 'text', 'int', 'text', 'text', 'text'],
-      )}
+      FROM ${rows(VERDICT_ROW)}
       WHERE attestations.agent_id = v.agent_id AND attestations."index" = v.idx
         AND attestations.stage = 'evaluating_evidence' AND attestations.evaluation_holder = v.holder
       RETURNING attestations.agent_id`,
@@ -191,30 +219,13 @@ export function pushStatements(dialect: DbDialect): PushStatements {
         last_event_id = COALESCE(v.event_id, verifiermain.last_event_id),
         last_event_context = COALESCE(v.event_context, verifiermain.last_event_context),
         severity_level = COALESCE(v.severity, verifiermain.severity_level)
-      FROM ${rows(
-        [
-          'agent_id',
-          'deadline',
-          'hash_alg',
-          'sign_alg',
-          'enc_alg',
-          'state',
-          'failures',
-          'event_id',
-          'event_context',
-          'severity',
-        ],
-        ['text', 'bigint', 'text', 'text', 'text', 'int', 'int', 'text', 'text', 'int'],
-      )}
+      FROM ${rows(AGENT_ROW)}
       WHERE verifiermain.agent_id = v.agent_id AND ${LIVE('verifiermain')}
       RETURNING verifiermain.agent_id`,
     completeState: `INSERT INTO verifier_attestation_state (agent_id, attestation_count, last_received_quote,
         last_successful_attestation, tpm_clockinfo, next_ima_ml_entry, ima_state)
       SELECT v.agent_id, v.passed, v.received, v.succeeded, v.clock, v.next_ima, v.ima_state
-      FROM ${rows(
-        ['agent_id', 'passed', 'received', 'succeeded', 'clock', 'next_ima', 'ima_state'],
-        ['text', 'int', 'bigint', 'bigint', 'text', 'int', 'text'],
-      )} WHERE true
+      FROM ${rows(STATE_ROW)} WHERE true
       ON CONFLICT (agent_id) DO UPDATE SET
         attestation_count = verifier_attestation_state.attestation_count + excluded.attestation_count,
         last_received_quote = excluded.last_received_quote,
@@ -239,57 +250,13 @@ export function pushStatements(dialect: DbDialect): PushStatements {
   }
 }
 
-const MYSQL_INSERT_COLUMNS = ['agent_id', 'idx', 'boot', 'received', 'expires', 'requested', 'ima']
-const MYSQL_INSERT_TYPES = ['key', 'int', 'text', 'text', 'text', 'text', 'int']
-const MYSQL_SUBMIT_COLUMNS = ['agent_id', 'idx', 'evidence', 'received', 'holder', 'expires']
-const MYSQL_SUBMIT_TYPES = ['key', 'int', 'text', 'text', 'text', 'bigint']
-const MYSQL_VERDICT_COLUMNS = [
-  'agent_id',
-  'idx',
-  'holder',
-  'evaluation',
-  'reason',
-  'completed',
-  'ima_state',
-  'ima_count',
-  'event_id',
-  'event_context',
-  'evidence',
-]
-const MYSQL_VERDICT_TYPES = [
-  'key',
-  'int',
-  'text',
-  'text',
-  'text',
-  'text',
-  'text',
-  'int',
-  'text',
-  'text',
-  'text',
-]
-const MYSQL_AGENT_COLUMNS = [
-  'agent_id',
-  'deadline',
-  'hash_alg',
-  'sign_alg',
-  'enc_alg',
-  'state',
-  'failures',
-  'event_id',
-  'event_context',
-  'severity',
-]
-const MYSQL_AGENT_TYPES = ['key', 'bigint', 'text', 'text', 'text', 'int', 'int', 'text', 'text', 'int']
-
 /**
  * MySQL/MariaDB (MariaDB 10.6+, MySQL 8): `JSON_TABLE` rows, `ON DUPLICATE KEY UPDATE`, and the two-statement
  * conditional writes described at the top. Locking reads are `STRAIGHT_JOIN`s driven by the parameter, whose rows
  * `rowsParam` sorts by key: InnoDB locks rows as the join reaches them, so in key order (ORDER BY sorts only after).
  */
 function mysqlPushStatements(): PushStatements {
-  const rows = (names: readonly string[], types: readonly string[]) =>
+  const rows = ({ names, types }: RowShape) =>
     `JSON_TABLE(?, '$[*]' COLUMNS (${names.map((n, i) => `${n} ${MYSQL_TYPES[types[i] as string]} PATH '$[${i}]'`).join(', ')})) AS v`
   const list = `JSON_TABLE(?, '$[*]' COLUMNS (value ${MYSQL_TYPES.key} PATH '$')) AS l`
   const hot = (c: string) => `CASE WHEN s.agent_id IS NULL THEN m.${c} ELSE s.${c} END AS ${c}`
@@ -310,28 +277,25 @@ function mysqlPushStatements(): PushStatements {
     insertAttestations: `INSERT INTO attestations (agent_id, \`index\`, stage, evaluation, system_info__boot_time,
         capabilities_received_at, challenges_expire_at, evidence_requested, ima_starting_offset)
       SELECT v.agent_id, v.idx, 'awaiting_evidence', 'pending', v.boot, v.received, v.expires, v.requested, v.ima
-      FROM ${rows(MYSQL_INSERT_COLUMNS, MYSQL_INSERT_TYPES)}
+      FROM ${rows(INSERT_ROW)}
       ON DUPLICATE KEY UPDATE attestations.agent_id = attestations.agent_id`,
     // only the attestation rows: which of them may take evidence is read beforehand without locks
     // (`mysql.submitEligible`), as a locking read would lock the rows its subqueries read too
     submitEvidence: `SELECT STRAIGHT_JOIN a.agent_id, a.\`index\`
-      FROM ${rows(MYSQL_SUBMIT_COLUMNS, MYSQL_SUBMIT_TYPES)} JOIN attestations a ${byKey}
+      FROM ${rows(SUBMIT_ROW)} JOIN attestations a ${byKey}
       WHERE a.stage = 'awaiting_evidence' ORDER BY a.agent_id, a.\`index\` FOR UPDATE`,
     completeAttestations: `SELECT STRAIGHT_JOIN a.agent_id, a.\`index\`
-      FROM ${rows(MYSQL_VERDICT_COLUMNS, MYSQL_VERDICT_TYPES)} JOIN attestations a ${byKey}
+      FROM ${rows(VERDICT_ROW)} JOIN attestations a ${byKey}
       WHERE a.stage = 'evaluating_evidence' AND a.evaluation_holder = v.holder
       ORDER BY a.agent_id, a.\`index\` FOR UPDATE`,
     completeAgents: `SELECT STRAIGHT_JOIN m.agent_id
-      FROM ${rows(MYSQL_AGENT_COLUMNS, MYSQL_AGENT_TYPES)} JOIN verifiermain m FORCE INDEX (PRIMARY) ON m.agent_id = v.agent_id
+      FROM ${rows(AGENT_ROW)} JOIN verifiermain m FORCE INDEX (PRIMARY) ON m.agent_id = v.agent_id
       WHERE ${LIVE('m')} ORDER BY m.agent_id FOR UPDATE`,
     // each assignment reads only its own column: MySQL gives a multi-table UPDATE's assignments no order
     completeState: `INSERT INTO verifier_attestation_state (agent_id, attestation_count, last_received_quote,
         last_successful_attestation, tpm_clockinfo, next_ima_ml_entry, ima_state)
       SELECT v.agent_id, v.passed, v.received, v.succeeded, v.clock, v.next_ima, v.ima_state
-      FROM ${rows(
-        ['agent_id', 'passed', 'received', 'succeeded', 'clock', 'next_ima', 'ima_state'],
-        ['key', 'int', 'bigint', 'bigint', 'text', 'int', 'text'],
-      )}
+      FROM ${rows(STATE_ROW)}
       ON DUPLICATE KEY UPDATE
         attestation_count = verifier_attestation_state.attestation_count + VALUES(attestation_count),
         last_received_quote = VALUES(last_received_quote),
@@ -360,25 +324,25 @@ function mysqlPushStatements(): PushStatements {
         AND r.older_boot <=> r.boot ORDER BY r.agent_id, r.\`index\``,
     mysql: {
       submitEligible: `SELECT STRAIGHT_JOIN a.agent_id, a.\`index\`
-        FROM ${rows(MYSQL_SUBMIT_COLUMNS, MYSQL_SUBMIT_TYPES)} JOIN attestations a ${byKey}
+        FROM ${rows(SUBMIT_ROW)} JOIN attestations a ${byKey}
         JOIN verifiermain m FORCE INDEX (PRIMARY) ON m.agent_id = v.agent_id
         WHERE a.stage = 'awaiting_evidence' AND m.ip IS NULL AND ${LIVE('m')}
           AND NOT EXISTS (SELECT 1 FROM attestations n WHERE n.agent_id = v.agent_id AND n.\`index\` > v.idx)`,
       insertedAttestations: `SELECT STRAIGHT_JOIN a.agent_id, a.\`index\`
-        FROM ${rows(MYSQL_INSERT_COLUMNS, MYSQL_INSERT_TYPES)} JOIN attestations a ${byKey}
+        FROM ${rows(INSERT_ROW)} JOIN attestations a ${byKey}
         WHERE a.evidence_requested = v.requested`,
-      submitEvidence: `UPDATE ${rows(MYSQL_SUBMIT_COLUMNS, MYSQL_SUBMIT_TYPES)} STRAIGHT_JOIN attestations a ${byKey}
+      submitEvidence: `UPDATE ${rows(SUBMIT_ROW)} STRAIGHT_JOIN attestations a ${byKey}
         SET a.stage = 'evaluating_evidence', a.evidence_collected = v.evidence, a.evidence_received_at = v.received,
           a.evaluation_holder = v.holder, a.evaluation_expires = v.expires
         WHERE a.stage = 'awaiting_evidence'`,
-      completeAttestations: `UPDATE ${rows(MYSQL_VERDICT_COLUMNS, MYSQL_VERDICT_TYPES)} STRAIGHT_JOIN attestations a ${byKey}
+      completeAttestations: `UPDATE ${rows(VERDICT_ROW)} STRAIGHT_JOIN attestations a ${byKey}
         SET a.stage = 'verification_complete', a.evaluation = v.evaluation, a.failure_reason = v.reason,
           a.verification_completed_at = v.completed, a.ima_state = v.ima_state, a.ima_certified_entry_count = v.ima_count,
           a.event_id = v.event_id, a.event_context = v.event_context,
           a.evidence_collected = COALESCE(v.evidence, a.evidence_collected), a.evaluation_holder = NULL,
           a.evaluation_expires = NULL
         WHERE a.stage = 'evaluating_evidence' AND a.evaluation_holder = v.holder`,
-      completeAgents: `UPDATE ${rows(MYSQL_AGENT_COLUMNS, MYSQL_AGENT_TYPES)}
+      completeAgents: `UPDATE ${rows(AGENT_ROW)}
           STRAIGHT_JOIN verifiermain m FORCE INDEX (PRIMARY) ON m.agent_id = v.agent_id
         SET m.push_deadline = v.deadline, m.accept_attestations = 1, m.hash_alg = COALESCE(v.hash_alg, m.hash_alg),
           m.sign_alg = COALESCE(v.sign_alg, m.sign_alg), m.enc_alg = COALESCE(v.enc_alg, m.enc_alg),
@@ -389,7 +353,7 @@ function mysqlPushStatements(): PushStatements {
           m.last_event_id = COALESCE(v.event_id, m.last_event_id),
           m.last_event_context = COALESCE(v.event_context, m.last_event_context),
           m.severity_level = COALESCE(v.severity, m.severity_level)`,
-      retentionDelete: `DELETE a FROM ${rows(['agent_id', 'idx'], ['key', 'int'])} STRAIGHT_JOIN attestations a ${byKey}`,
+      retentionDelete: `DELETE a FROM ${rows({ names: ['agent_id', 'idx'], types: ['key', 'int'] })} STRAIGHT_JOIN attestations a ${byKey}`,
       extendTokens: `UPDATE ${list}
           STRAIGHT_JOIN sessions s FORCE INDEX (PRIMARY) ON s.session_id = l.value
         SET s.token_expires_at = ? WHERE s.active = 1 AND s.token_expires_at < ?`,
