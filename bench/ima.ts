@@ -23,6 +23,7 @@ import {
   replayImaEntries,
   verifyImaIncrement,
 } from '../src/evidence/ima/index.ts'
+import type { CompiledRuntimePolicy } from '../src/evidence/ima/policy.ts'
 import { type EvidenceInput, evaluateEvidence } from '../src/evidence/pipeline.ts'
 import { akKeyObject, parseTpmPolicy } from '../src/evidence/quote/index.ts'
 import { failure } from '../src/evidence/verdict.ts'
@@ -43,6 +44,36 @@ const mib = (n: number) => `${(n / 1024 / 1024).toFixed(1)} MiB`
 
 function sha256(s: string): Buffer {
   return createHash('sha256').update(s).digest()
+}
+
+/** One agent's evidence for the pool: a PCR 10 quote over the whole list, checked against `policy` from entry 0. */
+function poolInput(
+  quoter: SoftQuoter,
+  listText: string,
+  policy: CompiledRuntimePolicy,
+): (nonce: string) => EvidenceInput {
+  const akPublic = akKeyObject(new Uint8Array(Buffer.from(quoter.akTpm, 'base64')))
+  return (nonce) => ({
+    akPublic,
+    quote: quoter.quote(nonce, [10]),
+    nonce,
+    hashAlg: 'sha256',
+    encAlg: 'ecc',
+    signAlg: 'ecdsa',
+    accepted: { hash: ['sha256'], encryption: ['ecc'], signing: ['ecdsa'] },
+    tpmPolicy: parseTpmPolicy('{}'),
+    previousClock: null,
+    requiredPcrs: [10],
+    measuredBoot: null,
+    ima: {
+      listText,
+      firstEntry: 0,
+      state: null,
+      policy,
+      ignoreTomtouErrors: true,
+      missingListEvent: failure('pcr_validation.unused_pcr_10', 'none', true),
+    },
+  })
 }
 
 function buildPolicyJson(targetBytes: number): { json: string; paths: string[] } {
@@ -225,28 +256,7 @@ if (!LIST_ONLY) {
     return e.line
   })
   const listText = `${lines.join('\n')}\n`
-  const akPublic = akKeyObject(new Uint8Array(Buffer.from(quoter.akTpm, 'base64')))
-  const input = (nonce: string): EvidenceInput => ({
-    akPublic,
-    quote: quoter.quote(nonce, [10]),
-    nonce,
-    hashAlg: 'sha256',
-    encAlg: 'ecc',
-    signAlg: 'ecdsa',
-    accepted: { hash: ['sha256'], encryption: ['ecc'], signing: ['ecdsa'] },
-    tpmPolicy: parseTpmPolicy('{}'),
-    previousClock: null,
-    requiredPcrs: [10],
-    measuredBoot: null,
-    ima: {
-      listText,
-      firstEntry: 0,
-      state: null,
-      policy: compiled,
-      ignoreTomtouErrors: true,
-      missingListEvent: failure('pcr_validation.unused_pcr_10', 'none', true),
-    },
-  })
+  const input = poolInput(quoter, listText, compiled)
   const pool = new EvidencePool({ workers: WORKERS, sourceOf: (p) => policies.sourceOf(p) })
   pool.warm()
   // warm-up: every worker compiles the policy and JITs the replay
@@ -290,28 +300,7 @@ if (!LIST_ONLY) {
   // flat, as JSON.parse hands it to the verifier
   const listText = JSON.parse(JSON.stringify(`${lines.join('\n')}\n`)) as string
   lines.length = 0
-  const akPublic = akKeyObject(new Uint8Array(Buffer.from(quoter.akTpm, 'base64')))
-  const input = (nonce: string): EvidenceInput => ({
-    akPublic,
-    quote: quoter.quote(nonce, [10]),
-    nonce,
-    hashAlg: 'sha256',
-    encAlg: 'ecc',
-    signAlg: 'ecdsa',
-    accepted: { hash: ['sha256'], encryption: ['ecc'], signing: ['ecdsa'] },
-    tpmPolicy: parseTpmPolicy('{}'),
-    previousClock: null,
-    requiredPcrs: [10],
-    measuredBoot: null,
-    ima: {
-      listText,
-      firstEntry: 0,
-      state: null,
-      policy: compiled,
-      ignoreTomtouErrors: true,
-      missingListEvent: failure('pcr_validation.unused_pcr_10', 'none', true),
-    },
-  })
+  const input = poolInput(quoter, listText, compiled)
   const rounds = 3
   const measure = async (label: string, threads: number, evaluate: (nonce: string) => Promise<boolean>) => {
     await evaluate('warm-up')
