@@ -15,7 +15,6 @@ import {
   type Driver,
   Kysely,
   MysqlDialect,
-  PostgresDialect,
   type PostgresPool,
   type PostgresPoolClient,
   type QueryResult,
@@ -29,6 +28,7 @@ import pg from 'pg'
 import { DbError } from './db-error.ts'
 import { migrate } from './migrate.ts'
 import { MIGRATION_SETS, type MigrationSet, type ServiceName } from './migrations/index.ts'
+import { CurrentSchemaPostgresDialect } from './pg-introspector.ts'
 import { refuseUpstreamDatabase, type TakeoverReport, takeOverUpstreamDatabase } from './takeover/takeover.ts'
 
 export { DbError, migrate }
@@ -396,7 +396,7 @@ export async function openDatabase<DB>(url: string, opts: OpenDatabaseOptions = 
     })
     // idle-client errors (server restart) must not crash the process; the next query reports them
     pool.on('error', () => {})
-    db = new Kysely<DB>({ dialect: new PostgresDialect({ pool: preparingPool(pool) }) })
+    db = new Kysely<DB>({ dialect: new CurrentSchemaPostgresDialect({ pool: preparingPool(pool) }) })
   }
   dialectOf.set(db, parsed.dialect)
   const set = opts.migrations === undefined ? undefined : opts.migrations
@@ -419,7 +419,7 @@ export async function openDatabase<DB>(url: string, opts: OpenDatabaseOptions = 
         db,
         typeof set === 'string' ? MIGRATION_SETS[set] : set,
         typeof set === 'string' ? set : 'custom',
-        // kysely looks for its bookkeeping tables in every schema; pin them to ours or another schema's hide them
+        // pins kysely's bookkeeping tables to our schema
         schema,
       )
     } catch (err) {
