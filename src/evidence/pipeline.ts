@@ -29,7 +29,8 @@ export interface MeasuredBootEvidence {
 
 export interface ImaEvidence {
   /** The IMA list text from `firstEntry` on; undefined when the agent sent none. */
-  listText: string | undefined
+  /** The list, or its UTF-8 bytes (the evidence pool shares a long list's bytes with its workers). */
+  listText: string | Uint8Array | undefined
   firstEntry: number
   /** Replay state of the previous good attestation; null starts from entry 0. */
   state: ImaReplayState | null
