@@ -74,6 +74,8 @@ export interface VerifyImaIncrementResult {
 }
 
 const NEWLINE = 10
+/** About how many characters of a list given as text are encoded at a time. */
+const TEXT_SEGMENT_CHARS = 1 << 18
 
 function toHex(v: string | Uint8Array): string {
   return typeof v === 'string' ? v.toLowerCase().replace(/^0x/, '') : Buffer.from(v).toString('hex')
@@ -259,9 +261,9 @@ class EntryValidator {
    * next time and must not count twice (a table load would become a second load). Only when a dm line follows the
    * match are the dm lines before it validated again, from the stored state, by this same code.
    */
-  dmStateAt(list: Buffer, matchedAt: number, bank: PcrBank): DmState | undefined {
+  dmStateAt(list: string | Buffer, matchedAt: number, bank: PcrBank): DmState | undefined {
     if (this.#dm === null) return undefined
-    const lines = splitImaLines(list.toString('utf8'))
+    const lines = splitImaLines(typeof list === 'string' ? list : list.toString('utf8'))
     const maybeDm = (text: string) => text.includes(' ima-buf ') && text.includes(' dm_')
     if (!lines.slice(matchedAt).some(maybeDm)) return this.#dm.state()
     const again = new EntryValidator(this.#input, new Map(), [])
@@ -302,8 +304,15 @@ export class ImaIncrementVerification {
   readonly #continuing: boolean
   readonly #events: FailureEvent[] = []
   readonly #learned = new Map<string, ImaKeyring>()
-  /** The list's UTF-8 bytes, read in place. */
-  readonly #list: Buffer
+  /**
+   * The list's UTF-8 bytes, read in place: all of them, or for a list given as text the segment being read (a list
+   * is encoded a segment of whole lines at a time, so that a long one is never copied whole).
+   */
+  #list: Buffer
+  /** A list given as text, and how many of its characters the segments so far hold. */
+  readonly #text: string | null = null
+  #textAt = 0
+  #segment = Buffer.alloc(0)
   /** Running PCR 10 in the first half, the next measurement in the second. */
   readonly #joined: Buffer
   readonly #fastPath: ImaNgFastPath | null
@@ -368,14 +377,35 @@ export class ImaIncrementVerification {
     this.#validator = new EntryValidator(input, this.#learned, this.#events)
     this.#fastPath = new ImaNgFastPath(bank, this.#validator.logHashAlg, input.policy)
     const list = input.listText
-    this.#list = typeof list === 'string' ? Buffer.from(list, 'utf8') : listBuffer(list)
-    this.#chunks = ImaChunkReader.for(input.chunks, this.#list, bank, this.#validator.logHashAlg)
+    if (typeof list === 'string') {
+      this.#text = list
+      this.#nextSegment()
+    } else {
+      this.#list = listBuffer(list)
+      this.#chunks = ImaChunkReader.for(input.chunks, this.#list, bank, this.#validator.logHashAlg)
+    }
     if (this.#chunks !== null) this.#chunkEnd = this.#chunks.start(1)
     const running = this.#joined.subarray(0, size)
     if (target !== null && running.equals(target)) {
       this.#matchedAt = 0
       this.#matchedRunning = Buffer.from(running)
     }
+  }
+
+  /** Encodes the next segment of a list given as text; false when there is none. */
+  #nextSegment(): boolean {
+    const text = this.#text
+    if (text === null || this.#textAt >= text.length) return false
+    let end = text.indexOf('\n', this.#textAt + TEXT_SEGMENT_CHARS)
+    end = end < 0 ? text.length : end + 1
+    // UTF-8 takes at most three bytes per UTF-16 code unit
+    const most = 3 * (end - this.#textAt)
+    if (this.#segment.length < most) this.#segment = Buffer.allocUnsafe(most)
+    const bytes = this.#segment.write(text.slice(this.#textAt, end), 0, 'utf8')
+    this.#list = this.#segment.subarray(0, bytes)
+    this.#textAt = end
+    this.#offset = 0
+    return true
   }
 
   #runningHex(): string {
@@ -394,15 +424,21 @@ export class ImaIncrementVerification {
     const chunks = this.#chunks
     const target = this.#targetLatin1
     // Lines as `splitImaLines` cuts them (on "\n", no line after a final "\n"), read in place in the list.
-    const list = this.#list
-    const length = list.length
+    let list = this.#list
+    let length = list.length
     let offset = this.#offset
     let i = this.#index
     const stop = Math.min(Number.MAX_SAFE_INTEGER, i + maxLines)
     // lines go in batches, so that the fast path can fetch their policy entries together first
     const starts = this.#batchStarts
     const ends = this.#batchEnds
-    while (i < stop && offset < length) {
+    while (i < stop) {
+      if (offset >= length) {
+        if (!this.#nextSegment()) break
+        list = this.#list
+        length = list.length
+        offset = 0
+      }
       if (chunks !== null && offset >= this.#chunkEnd) this.#nextChunk(chunks, offset)
       const accepted = this.#accepted
       if (
@@ -470,7 +506,7 @@ export class ImaIncrementVerification {
     }
     this.#index = i
     this.#offset = offset
-    return offset >= length
+    return offset >= length && (this.#text === null || this.#textAt >= this.#text.length)
   }
 
   /** Extends PCR 10 with every measurement of the current chunk (all its lines, as its helper accepted them). */
@@ -539,7 +575,7 @@ export class ImaIncrementVerification {
     for (const [name, ring] of this.#learned) learnedJson[name] = ring.toJSON()
     let next: ImaReplayState
     if (matchedAt !== null && this.#matchedRunning !== null) {
-      const dm = this.#validator?.dmStateAt(this.#list, matchedAt, this.#bank)
+      const dm = this.#validator?.dmStateAt(this.#text ?? this.#list, matchedAt, this.#bank)
       next = {
         version: 1,
         nextEntry: this.#input.firstEntry + matchedAt,

@@ -184,4 +184,29 @@ describe('IMA lists checked in chunks', () => {
     expect(planImaChunks(Buffer.from(listText), 'sha256', 'sha1', 5000)).toBeNull()
     expect(planImaChunks(sharedListBytes(listText), 'sha256', 'sha1', 5000)).not.toBeNull()
   })
+
+  it('reads a long list given as text in segments, with the result of its bytes', () => {
+    // longer than a segment (256 Ki characters) several times over, odd and non-ASCII lines throughout
+    const lines = Array.from({ length: 12_000 }, (_, i) =>
+      i % 97 === 0 ? (odd[i % odd.length] as string) : (good[(i * 7) % good.length] as string),
+    )
+    const listText = `${lines.join('\n')}\n`
+    expect(listText.length).toBeGreaterThan(4 * 2 ** 18)
+    for (const quoteAt of [lines.length, 7_001]) {
+      const input = {
+        listText,
+        firstEntry: 0,
+        state: null,
+        quotedPcr10: { hashAlg: 'sha256' as const, value: pcrAfter(lines.slice(0, quoteAt), 'sha256') },
+        policy,
+      }
+      const fromBytes = verifyImaIncrement({ ...input, listText: Buffer.from(listText) })
+      expect(fromBytes.verdict.ok).toBe(false) // the odd lines fail, after the replay found the quote
+      expect(fromBytes.lines).toBe(lines.length)
+      const sliced = new ImaIncrementVerification(input)
+      while (!sliced.step(1_234)) {}
+      expect(sliced.finish()).toEqual(fromBytes)
+      expect(verifyImaIncrement(input)).toEqual(fromBytes)
+    }
+  })
 })
