@@ -268,6 +268,11 @@ export class ImaChunkReader {
     return (this.#layout.offsets[k] as Int32Array)[i] as number
   }
 
+  /** The measurements of chunk `k`'s accepted lines, one after the other (bank size each). */
+  measurements(k: number): Uint8Array {
+    return this.#layout.measurements[k] as Uint8Array
+  }
+
   /** Copies the measurement of chunk `k`'s `i`th accepted line into `out` at `offset`. */
   copyMeasurement(k: number, i: number, out: Uint8Array, offset: number): void {
     const from = this.#layout.measurements[k] as Uint8Array

@@ -518,8 +518,9 @@ export class ImaIncrementVerification {
     const k = this.#chunk
     const count = this.#accepted
     let i = first
-    for (let n = 0; n < count; n++) {
-      chunks.copyMeasurement(k, n, joined, size)
+    const from = chunks.measurements(k)
+    for (let n = 0, p = 0; n < count; n++) {
+      for (let b = size; b < 2 * size; b++, p++) joined[b] = from[p] as number
       const running = digestLatin1(bank, joined)
       for (let b = 0; b < size; b++) joined[b] = running.charCodeAt(b)
       i++
