@@ -106,6 +106,8 @@ export interface EvidencePoolStats {
   policiesSent: number
   /** Chunks of long IMA lists checked by helping workers, for the job's worker to only extend PCR 10 with. */
   imaChunksHelped: number
+  /** IMA lists written into shared memory for the workers to read in place (instead of a copy each). */
+  imaListsShared: number
 }
 
 const WORKER_ENTRY = import.meta.url.endsWith('.ts')
@@ -145,6 +147,7 @@ export class EvidencePool {
   private deaths = 0
   private policiesSent = 0
   private imaChunksHelped = 0
+  private imaListsShared = 0
 
   constructor(private readonly o: EvidencePoolOptions) {
     this.workers = Math.max(1, o.workers ?? availableParallelism())
@@ -181,6 +184,7 @@ export class EvidencePool {
       workerDeaths: this.deaths,
       policiesSent: this.policiesSent,
       imaChunksHelped: this.imaChunksHelped,
+      imaListsShared: this.imaListsShared,
     }
   }
 
@@ -314,9 +318,10 @@ export class EvidencePool {
     const { measuredBoot: mb, ima, ...quote } = job.input
     const text = ima?.listText
     if (job.sharedList === undefined) {
-      if (typeof text === 'string' && text.length >= this.shareImaListChars)
+      if (typeof text === 'string' && text.length >= this.shareImaListChars) {
         job.sharedList = sharedListBytes(text)
-      else if (text instanceof Uint8Array && text.buffer instanceof SharedArrayBuffer) job.sharedList = text
+        this.imaListsShared++
+      } else if (text instanceof Uint8Array && text.buffer instanceof SharedArrayBuffer) job.sharedList = text
     }
     return {
       ...quote,
