@@ -28,8 +28,11 @@ export interface MeasuredBootEvidence {
 }
 
 export interface ImaEvidence {
-  /** The IMA list text from `firstEntry` on; undefined when the agent sent none. */
-  listText: string | undefined
+  /**
+   * The IMA list text from `firstEntry` on, or its UTF-8 bytes (the evidence pool shares a long list's bytes with its
+   * workers); undefined when the agent sent none.
+   */
+  listText: string | Uint8Array | undefined
   firstEntry: number
   /** Replay state of the previous good attestation; null starts from entry 0. */
   state: ImaReplayState | null

@@ -49,12 +49,12 @@ export interface EvidenceJob {
 }
 
 /**
- * Help with another worker's long IMA list: check chunks of `text` from the end (`helpWithImaChunks`) until the
- * verifying worker catches up. `text` is the list itself (cloned), `policy` the list's runtime policy.
+ * Help with another worker's long IMA list: check chunks of it from the end (`helpWithImaChunks`) until the
+ * verifying worker catches up. The plan carries the list's bytes (shared, not copied); `policy` is its runtime policy.
  */
 export interface ImaHelpJob {
   id: number
-  help: { plan: ImaChunkPlan; text: string; policy: PolicyRef | null }
+  help: { plan: ImaChunkPlan; policy: PolicyRef | null }
   forget: string[]
 }
 

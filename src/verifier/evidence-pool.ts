@@ -7,11 +7,12 @@
  *   wait in one queue of at most `maxQueued`; past that `run` waits for room, so callers slow down instead of piling
  *   inputs up.
  * - Copies: a policy's text is sent to a worker once (it keeps the compiled policy by key, at most
- *   `maxPoliciesPerWorker`, the oldest forgotten first); the boot log's bytes are transferred, not copied; the quote
- *   and the IMA text are cloned once.
+ *   `maxPoliciesPerWorker`, the oldest forgotten first); the boot log's bytes are transferred, not copied; a long
+ *   IMA list is written once into a SharedArrayBuffer as UTF-8, which every worker reads in place; the quote and a
+ *   short IMA list are cloned.
  * - One long IMA list uses every idle worker: the job's worker verifies it from the start while the idle ones check
- *   chunks of it from the end (`src/evidence/ima/chunks.ts`), meeting through one SharedArrayBuffer; a busy worker
- *   is never waited for.
+ *   chunks of it from the end (`src/evidence/ima/chunks.ts`), meeting through one more SharedArrayBuffer; a busy
+ *   worker is never waited for.
  * - Failures fail closed for one attestation: a job that throws rejects with the worker's error; a worker that dies
  *   (crash, or ended because one evaluation outlasted `jobTimeoutMs`) rejects the job it was running, re-queues the
  *   jobs waiting behind it and is replaced.
@@ -20,7 +21,13 @@ import { createRequire } from 'node:module'
 import { availableParallelism } from 'node:os'
 import { pathToFileURL } from 'node:url'
 import { Worker } from 'node:worker_threads'
-import { abandonImaChunks, type ImaChunkPlan, isPcrBank, planImaChunks } from '../evidence/ima/index.ts'
+import {
+  abandonImaChunks,
+  type ImaChunkPlan,
+  isPcrBank,
+  planImaChunks,
+  sharedListBytes,
+} from '../evidence/ima/index.ts'
 import type { EvidenceInput, EvidenceResult } from '../evidence/pipeline.ts'
 import type {
   EvidenceJob,
@@ -47,11 +54,18 @@ export interface EvidencePoolOptions {
   /** Told each time a worker dies (for the log). */
   onWorkerDied?: (reason: string) => void
   /**
-   * About how many characters of an IMA list one helper chunk holds; lists shorter than two chunks stay on one
-   * worker. Default 512 Ki (~4,500 entries, a few milliseconds of work against the message that carries it).
+   * About how many bytes of an IMA list one helper chunk holds; lists shorter than two chunks stay on one worker.
+   * Default 512 Ki (~3,500 entries, a few milliseconds of work against the message that starts a helper).
    */
   imaChunkChars?: number
 }
+
+/**
+ * IMA lists at least this long go to workers as shared bytes: writing them once beats the structured clone (a copy
+ * on the event loop and one on the worker); shorter ones, nearly every incremental attestation, are cloned (unless
+ * they are long enough for helpers, who can only read shared bytes).
+ */
+const SHARE_IMA_LIST_CHARS = 64 * 1024
 
 /** A job the pool could not evaluate: never a pass, never the agent's fault. */
 export class EvidenceWorkerError extends Error {
@@ -66,6 +80,8 @@ interface Job {
   transferred: boolean
   /** A helper's share of another job's IMA list: answered with a count, never re-sent. */
   help?: ImaChunkPlan
+  /** The IMA list's bytes in a SharedArrayBuffer, made once (a job sent again reuses them). */
+  sharedList?: Uint8Array
 }
 
 interface Slot {
@@ -90,6 +106,8 @@ export interface EvidencePoolStats {
   policiesSent: number
   /** Chunks of long IMA lists checked by helping workers, for the job's worker to only extend PCR 10 with. */
   imaChunksHelped: number
+  /** IMA lists written into shared memory for the workers to read in place (instead of a copy each). */
+  imaListsShared: number
 }
 
 const WORKER_ENTRY = import.meta.url.endsWith('.ts')
@@ -120,6 +138,7 @@ export class EvidencePool {
   private readonly maxQueued: number
   private readonly maxPolicies: number
   private readonly jobTimeoutMs: number
+  private readonly shareImaListChars: number
   private readonly slots: Slot[] = []
   private readonly queue: Job[] = []
   private readonly roomWaiters: (() => void)[] = []
@@ -128,6 +147,7 @@ export class EvidencePool {
   private deaths = 0
   private policiesSent = 0
   private imaChunksHelped = 0
+  private imaListsShared = 0
 
   constructor(private readonly o: EvidencePoolOptions) {
     this.workers = Math.max(1, o.workers ?? availableParallelism())
@@ -135,6 +155,7 @@ export class EvidencePool {
     this.maxQueued = Math.max(1, o.maxQueued ?? 64 * this.workers)
     this.maxPolicies = Math.max(1, o.maxPoliciesPerWorker ?? 32)
     this.jobTimeoutMs = o.jobTimeoutMs ?? 60_000
+    this.shareImaListChars = Math.min(SHARE_IMA_LIST_CHARS, 2 * (o.imaChunkChars ?? SHARE_IMA_LIST_CHARS))
   }
 
   /** Evaluates one input on a worker; rejects with `EvidenceWorkerError` when it cannot be evaluated. */
@@ -163,6 +184,7 @@ export class EvidencePool {
       workerDeaths: this.deaths,
       policiesSent: this.policiesSent,
       imaChunksHelped: this.imaChunksHelped,
+      imaListsShared: this.imaListsShared,
     }
   }
 
@@ -230,16 +252,12 @@ export class EvidencePool {
     try {
       if (job.help !== undefined) {
         const policy = job.input.ima?.policy
-        const help = {
-          plan: job.help,
-          text: job.input.ima?.listText ?? '',
-          policy: policy ? this.ref(policy, slot, added) : null,
-        }
+        const help = { plan: job.help, policy: policy ? this.ref(policy, slot, added) : null }
         message = { id: this.nextId++, help, forget: [] }
       } else {
-        const input = this.toWire(job.input, slot, added)
+        const input = this.toWire(job, slot, added)
         helpers = this.idleHelpers(slot)
-        const plan = helpers.length > 0 ? this.imaPlan(job.input) : null
+        const plan = helpers.length > 0 && job.sharedList ? this.imaPlan(job.input, job.sharedList) : null
         if (plan === null) helpers = []
         else if (input.ima !== null) input.ima.chunks = plan
         message = { id: this.nextId++, input, forget: [] }
@@ -289,15 +307,22 @@ export class EvidencePool {
     return idle
   }
 
-  /** How to split the input's IMA list between workers, or null when it is too short. */
-  private imaPlan(input: EvidenceInput): ImaChunkPlan | null {
+  /** How to split the input's IMA list (`list`, its shared bytes) between workers, or null when it is too short. */
+  private imaPlan(input: EvidenceInput, list: Uint8Array): ImaChunkPlan | null {
     const ima = input.ima
-    if (ima === null || ima.listText === undefined || !isPcrBank(input.hashAlg)) return null
-    return planImaChunks(ima.listText, input.hashAlg, ima.policy?.logHashAlg ?? 'sha1', this.o.imaChunkChars)
+    if (ima === null || !isPcrBank(input.hashAlg)) return null
+    return planImaChunks(list, input.hashAlg, ima.policy?.logHashAlg ?? 'sha1', this.o.imaChunkChars)
   }
 
-  private toWire(input: EvidenceInput, slot: Slot, added: string[]): WireEvidenceInput {
-    const { measuredBoot: mb, ima, ...quote } = input
+  private toWire(job: Job, slot: Slot, added: string[]): WireEvidenceInput {
+    const { measuredBoot: mb, ima, ...quote } = job.input
+    const text = ima?.listText
+    if (job.sharedList === undefined) {
+      if (typeof text === 'string' && text.length >= this.shareImaListChars) {
+        job.sharedList = sharedListBytes(text)
+        this.imaListsShared++
+      } else if (text instanceof Uint8Array && text.buffer instanceof SharedArrayBuffer) job.sharedList = text
+    }
     return {
       ...quote,
       measuredBoot:
@@ -307,6 +332,7 @@ export class EvidencePool {
           ? null
           : {
               ...ima,
+              listText: job.sharedList ?? ima.listText,
               policy: ima.policy ? this.ref(ima.policy, slot, added) : null,
               verificationKeys: ima.verificationKeys ? ima.verificationKeys.toJSON() : null,
             },

@@ -36,9 +36,9 @@ port.on('message', (job: EvidenceJob | ImaHelpJob) => {
   let reply: EvidenceJobReply
   try {
     if ('help' in job) {
-      const { plan, text, policy } = job.help
+      const { plan, policy } = job.help
       const compiled = policy === null ? null : (policyFor(policy) as CompiledRuntimePolicy)
-      reply = { id: job.id, helped: helpWithImaChunks(plan, text, compiled) }
+      reply = { id: job.id, helped: helpWithImaChunks(plan, compiled) }
     } else reply = { id: job.id, result: evaluateEvidence(inputFromWire(job.input, policyFor)) }
   } catch (err) {
     reply = { id: job.id, error: err instanceof Error ? err.message : String(err) }

@@ -1,11 +1,12 @@
 /**
  * One long IMA list on several threads. The PCR 10 replay is a chain (each extend needs the previous value), but
  * what costs most per entry does not: parsing the line, the template hash (checked against the logged one), the
- * bank's measurement and the policy lookup. The list is cut into chunks of whole lines; helper threads take chunks
- * from the end and run the fast path (`fast-path.ts`) over them, while the verifying thread goes from the start,
- * checking the chunks no helper has claimed itself and, for the others, only extending PCR 10 with the helpers'
- * measurements. A line a helper's fast path refused goes to the general path on the verifying thread, so failure
- * events, learned keys and device-mapper state come out exactly as in one thread.
+ * bank's measurement and the policy lookup. The list (its UTF-8 bytes, in a SharedArrayBuffer that every thread
+ * reads in place) is cut into chunks of whole lines; helper threads take chunks from the end and run the fast path
+ * (`fast-path.ts`) over them, while the verifying thread goes from the start, checking the chunks no helper has
+ * claimed itself and, for the others, only extending PCR 10 with the helpers' measurements (without even reading
+ * the lines when the helper accepted every one). A line a helper's fast path refused goes to the general path on the
+ * verifying thread, so failure events, learned keys and device-mapper state come out exactly as in one thread.
  *
  * Claims go through one SharedArrayBuffer (compare-and-swap per chunk), so a busy or slow helper never holds the
  * verification up: a chunk nobody took when the verifying thread reaches it is simply done there. Pure: no I/O; the
@@ -23,24 +24,26 @@ const DONE = 3
 const FAILED = 4
 
 /**
- * Fewest characters (newline included) of a line the fast path accepts: "10 " + a 20-byte (sha1) column in hex +
+ * Fewest bytes (newline included) of a line the fast path accepts: "10 " + a 20-byte (sha1) column in hex +
  * " ima-ng " + a three-letter algorithm + ":" + a 16-byte digest in hex + " " + a one-character name + "\n". It only
  * sizes the shared buffer: a chunk holding more accepted lines than this allows is left to the verifying thread.
  */
 const MIN_ACCEPTED_LINE = 3 + 40 + 8 + 4 + 32 + 1 + 1 + 1
 
-/** How one list is split, and where its helpers' results go; cloned to each thread (the buffer is shared). */
+const NEWLINE = 10
+
+/** How one list is split, and where its helpers' results go; cloned to each thread (its buffers are shared). */
 export interface ImaChunkPlan {
   bank: PcrBank
   /** Template-hash column algorithm (the policy's `log_hash_alg`) the fast path checks. */
   columnAlg: PcrBank
-  /** Characters of the list text the plan was made for. */
-  textLength: number
-  /** Chunk k is the text from `starts[k]` to `starts[k + 1]` (the last one ends at `textLength`), whole lines. */
+  /** The list's UTF-8 bytes, in a SharedArrayBuffer: every thread reads this one copy. */
+  list: Uint8Array
+  /** Chunk k is the list from `starts[k]` to `starts[k + 1]` (the last one ends at its end), whole lines. */
   starts: number[]
   /**
-   * Int32 header (a cursor, then per chunk its state and its number of accepted lines), then per chunk the offsets
-   * of its accepted lines (from the chunk's start, Int32) and their measurements.
+   * Int32 header (a cursor, then per chunk its state, its number of accepted lines and its number of lines), then
+   * per chunk the offsets of its accepted lines (from the chunk's start, Int32) and their measurements.
    */
   shared: SharedArrayBuffer
 }
@@ -54,19 +57,33 @@ interface Layout {
 }
 
 const CURSOR = 0
-const stateAt = (k: number) => 1 + 2 * k
-const countAt = (k: number) => 2 + 2 * k
+const stateAt = (k: number) => 1 + 3 * k
+const countAt = (k: number) => 2 + 3 * k
+const linesAt = (k: number) => 3 + 3 * k
+const headerInts = (chunks: number) => 1 + 3 * chunks
+
+/** A Buffer over `list`'s memory (shared or not): its `indexOf` is several times faster than Uint8Array's. */
+export function listBuffer(list: Uint8Array): Buffer {
+  return Buffer.isBuffer(list) ? list : Buffer.from(list.buffer, list.byteOffset, list.byteLength)
+}
+
+/** The UTF-8 bytes of `text` in a SharedArrayBuffer, for threads to read in place. */
+export function sharedListBytes(text: string): Uint8Array {
+  const list = new Uint8Array(new SharedArrayBuffer(Buffer.byteLength(text, 'utf8')))
+  listBuffer(list).write(text, 0, 'utf8')
+  return list
+}
 
 function layout(plan: ImaChunkPlan): Layout {
   const chunks = plan.starts.length
   const size = BANK_SIZE[plan.bank]
-  const header = new Int32Array(plan.shared, 0, 1 + 2 * chunks)
+  const header = new Int32Array(plan.shared, 0, headerInts(chunks))
   let at = header.byteLength
   const offsets: Int32Array[] = []
   const measurements: Uint8Array[] = []
   const capacity: number[] = []
   for (let k = 0; k < chunks; k++) {
-    const end = k + 1 < chunks ? (plan.starts[k + 1] as number) : plan.textLength
+    const end = k + 1 < chunks ? (plan.starts[k + 1] as number) : plan.list.length
     const lines = Math.floor((end - (plan.starts[k] as number)) / MIN_ACCEPTED_LINE) + 1
     capacity.push(lines)
     offsets.push(new Int32Array(plan.shared, at, lines))
@@ -79,49 +96,47 @@ function layout(plan: ImaChunkPlan): Layout {
 }
 
 /**
- * A plan for checking `text` on several threads, or null when it is too short to be worth it (`chunkChars`: about
- * how long a chunk is; the verifying thread alone then takes the first chunk).
+ * A plan for checking `list` (UTF-8 bytes in a SharedArrayBuffer, see `sharedListBytes`) on several threads, or null
+ * when it is too short to be worth it (`chunkBytes`: about how long a chunk is; the verifying thread alone then
+ * takes the first chunk).
  */
 export function planImaChunks(
-  text: string,
+  list: Uint8Array,
   bank: PcrBank,
   columnAlg: PcrBank,
-  chunkChars = 1 << 19,
+  chunkBytes = 1 << 19,
 ): ImaChunkPlan | null {
-  if (text.length < 2 * chunkChars) return null
+  if (list.length < 2 * chunkBytes || !(list.buffer instanceof SharedArrayBuffer)) return null
+  const bytesOf = listBuffer(list)
   const starts = [0]
-  for (let at = chunkChars; at < text.length; ) {
-    // the line holding character `at - 1` ends the chunk, so each chunk is at least `chunkChars` long
-    const newline = text.indexOf('\n', at - 1)
-    if (newline < 0 || newline + 1 >= text.length) break
+  for (let at = chunkBytes; at < list.length; ) {
+    // the line holding byte `at - 1` ends the chunk, so each chunk is at least `chunkBytes` long
+    const newline = bytesOf.indexOf(NEWLINE, at - 1)
+    if (newline < 0 || newline + 1 >= list.length) break
     starts.push(newline + 1)
-    at = newline + 1 + chunkChars
+    at = newline + 1 + chunkBytes
   }
   if (starts.length < 2) return null
   const size = BANK_SIZE[bank]
-  let bytes = 4 * (1 + 2 * starts.length)
+  let bytes = 4 * headerInts(starts.length)
   for (let k = 0; k < starts.length; k++) {
-    const end = k + 1 < starts.length ? (starts[k + 1] as number) : text.length
+    const end = k + 1 < starts.length ? (starts[k + 1] as number) : list.length
     const lines = Math.floor((end - (starts[k] as number)) / MIN_ACCEPTED_LINE) + 1
     bytes += lines * (4 + size)
     bytes = (bytes + 3) & ~3
   }
-  const plan = { bank, columnAlg, textLength: text.length, starts, shared: new SharedArrayBuffer(bytes) }
+  const plan = { bank, columnAlg, list, starts, shared: new SharedArrayBuffer(bytes) }
   Atomics.store(layout(plan).header, CURSOR, starts.length)
   return plan
 }
 
 /**
  * A helper thread's part: claims chunks from the end until it meets the verifying thread, and runs the fast path
- * over each. Returns the number of chunks it checked.
+ * over each (reading the plan's shared list in place). Returns the number of chunks it checked.
  */
-export function helpWithImaChunks(
-  plan: ImaChunkPlan,
-  text: string,
-  policy: CompiledRuntimePolicy | null,
-): number {
-  if (text.length !== plan.textLength) return 0
+export function helpWithImaChunks(plan: ImaChunkPlan, policy: CompiledRuntimePolicy | null): number {
   const { header, offsets, measurements, capacity } = layout(plan)
+  const list = listBuffer(plan.list)
   const size = BANK_SIZE[plan.bank]
   const fast = new ImaNgFastPath(plan.bank, plan.columnAlg, policy)
   const starts = new Int32Array(PREFETCH_LINES)
@@ -133,27 +148,29 @@ export function helpWithImaChunks(
     if (k < 1 || Atomics.compareExchange(header, stateAt(k), FREE, HELPING) !== FREE) return helped
     let state = DONE
     let count = 0
+    let lines = 0
     try {
       const start = plan.starts[k] as number
-      const end = k + 1 < plan.starts.length ? (plan.starts[k + 1] as number) : text.length
+      const end = k + 1 < plan.starts.length ? (plan.starts[k + 1] as number) : list.length
       const at = offsets[k] as Int32Array
       const out = measurements[k] as Uint8Array
       const room = capacity[k] as number
       for (let offset = start; offset < end && state === DONE; ) {
         let batch = 0
         while (batch < PREFETCH_LINES && offset < end) {
-          let lineEnd = text.indexOf('\n', offset)
+          let lineEnd = list.indexOf(NEWLINE, offset)
           if (lineEnd < 0 || lineEnd > end) lineEnd = end
           starts[batch] = offset
           ends[batch] = lineEnd
           offset = lineEnd + 1
           batch++
         }
-        fast.prefetch(text, starts, ends, batch)
+        lines += batch
+        fast.prefetch(list, starts, ends, batch)
         for (let j = 0; j < batch; j++) {
           const lineStart = starts[j] as number
           const lineEnd = ends[j] as number
-          if (lineEnd > lineStart && fast.measureInto(text, lineStart, lineEnd, out, count * size)) {
+          if (lineEnd > lineStart && fast.measureInto(list, lineStart, lineEnd, out, count * size)) {
             if (count === room) {
               state = FAILED
               break
@@ -166,6 +183,7 @@ export function helpWithImaChunks(
       state = FAILED
     }
     Atomics.store(header, countAt(k), count)
+    Atomics.store(header, linesAt(k), lines)
     Atomics.store(header, stateAt(k), state)
     Atomics.notify(header, stateAt(k))
     helped++
@@ -178,7 +196,7 @@ export function helpWithImaChunks(
  * being right.
  */
 export function abandonImaChunks(plan: ImaChunkPlan): void {
-  const header = new Int32Array(plan.shared, 0, 1 + 2 * plan.starts.length)
+  const header = new Int32Array(plan.shared, 0, headerInts(plan.starts.length))
   for (let k = 1; k < plan.starts.length; k++) {
     if (Atomics.compareExchange(header, stateAt(k), HELPING, FAILED) === HELPING)
       Atomics.notify(header, stateAt(k))
@@ -191,16 +209,18 @@ export class ImaChunkReader {
   readonly #layout: Layout
   readonly #size: number
 
-  /** null when the plan does not fit this verification (another text, bank or column algorithm). */
+  /** null when the plan does not fit this verification (another list, bank or column algorithm). */
   static for(
     plan: ImaChunkPlan | undefined,
-    textLength: number,
+    list: Uint8Array,
     bank: PcrBank,
     columnAlg: PcrBank,
   ): ImaChunkReader | null {
     if (
       plan === undefined ||
-      plan.textLength !== textLength ||
+      plan.list.buffer !== list.buffer ||
+      plan.list.byteOffset !== list.byteOffset ||
+      plan.list.length !== list.length ||
       plan.bank !== bank ||
       plan.columnAlg !== columnAlg
     )
@@ -238,9 +258,19 @@ export class ImaChunkReader {
     return state === DONE ? Atomics.load(header, countAt(k)) : -1
   }
 
+  /** Lines in chunk `k` as its helper counted them (once `claim` returned its accepted lines). */
+  lines(k: number): number {
+    return Atomics.load(this.#layout.header, linesAt(k))
+  }
+
   /** Offset from the chunk's start of its `i`th accepted line. */
   offsetAt(k: number, i: number): number {
     return (this.#layout.offsets[k] as Int32Array)[i] as number
+  }
+
+  /** The measurements of chunk `k`'s accepted lines, one after the other (bank size each). */
+  measurements(k: number): Uint8Array {
+    return this.#layout.measurements[k] as Uint8Array
   }
 
   /** Copies the measurement of chunk `k`'s `i`th accepted line into `out` at `offset`. */

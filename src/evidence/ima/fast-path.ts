@@ -1,9 +1,10 @@
 /**
  * Shortcut for the entry that makes up nearly every real list: an ima-ng line (or an ima-sig line without a
  * signature) for PCR 10 whose template hash is right and whose file passes the policy. It reads the line in place
- * in the list text (no substring for the line, its hashes or its digest), writes the template data into one reused
- * buffer with plain loops (each `Buffer.write` is a native call costing more than the loop), and keeps digests as
- * latin1 strings, because node's `hash()` returns strings about three times faster than Buffers. It only ever
+ * in the list's UTF-8 bytes (no string for the line, its hashes or its digest; a byte read costs about half a
+ * `charCodeAt`, and bytes can be shared between threads), writes the template data into one reused buffer with plain
+ * loops (each `Buffer.write` is a native call costing more than the loop), and keeps digests as latin1 strings,
+ * because node's `hash()` returns strings about three times faster than Buffers. It only ever
  * answers "this entry is fine, here is its measurement"; anything else (another template, a violation, odd hex, a
  * policy miss, boot_aggregate) returns false and takes the general path, which produces the failure events.
  * Equivalence with the general path is a property test.
@@ -16,9 +17,9 @@ import { type CompiledRuntimePolicy, lookupDigest } from './policy.ts'
 const SPACE = 32
 const COLON = 58
 
-/** Nibble of a UTF-16 code unit that is a hex digit, else -1; `LOWER_HEX` accepts lowercase digits only. */
-const ANY_HEX = new Int8Array(65536).fill(-1)
-const LOWER_HEX = new Int8Array(65536).fill(-1)
+/** Nibble of a byte that is a hex digit, else -1; `LOWER_HEX` accepts lowercase digits only. */
+const ANY_HEX = new Int8Array(256).fill(-1)
+const LOWER_HEX = new Int8Array(256).fill(-1)
 for (let c = 0; c < 10; c++) {
   ANY_HEX[48 + c] = c
   LOWER_HEX[48 + c] = c
@@ -45,7 +46,8 @@ export class ImaNgFastPath {
   #scratch = Buffer.allocUnsafe(1024)
   /** `#scratch.subarray(0, n)` per length n, made once: a view per entry would be most of the garbage. */
   #views: Buffer[] = []
-  #alg = ''
+  /** The last file-hash algorithm seen, its name's bytes, and its digest size. */
+  #alg = new Uint8Array(0)
   #algDigestLength = 0
   /** `prefetch` scratch, and what it read (kept so that the reads are not optimised away). */
   readonly #hashes = new Int32Array(PREFETCH_LINES)
@@ -62,11 +64,11 @@ export class ImaNgFastPath {
   }
 
   /**
-   * Brings the policy-index entries of the next lines (`text[starts[j], ends[j])`, j < `count` ≤ `PREFETCH_LINES`)
+   * Brings the policy-index entries of the next lines (`list[starts[j], ends[j])`, j < `count` ≤ `PREFETCH_LINES`)
    * into the cache together before `measureInto` checks them one by one. Takes the usual line layout for granted
    * and skips any line that does not have it: it only affects speed.
    */
-  prefetch(text: string, starts: Int32Array, ends: Int32Array, count: number): void {
+  prefetch(list: Buffer, starts: Int32Array, ends: Int32Array, count: number): void {
     const index = this.#index
     const algLength = this.#alg.length
     if (index === null || algLength === 0) return
@@ -79,32 +81,27 @@ export class ImaNgFastPath {
       let end = ends[j] as number
       const template = start + head + 5
       let nameAt: number
-      if (text.charCodeAt(template) === 110) nameAt = template + 3 + tail
+      if (list[template] === 110) nameAt = template + 3 + tail
       else {
         nameAt = template + 4 + tail
         end--
       }
       if (nameAt >= end) continue
       let hash = NAME_HASH_SEED
-      for (let p = nameAt; p < end; p++) hash = nameHashStep(hash, text.charCodeAt(p))
+      for (let p = nameAt; p < end; p++) hash = nameHashStep(hash, list[p] as number)
       hashes[n++] = hash
     }
     this.#sink = (this.#sink + index.touch(hashes, n, this.#records)) | 0
   }
 
   /**
-   * Checks the line `text[start, end)` (without its newline). Writes the entry's measurement for the replayed bank
+   * Checks the line `list[start, end)` (UTF-8, without its newline). Writes the entry's measurement for the replayed bank
    * into `out` at `offset` and returns true, or returns false (with `out` untouched) when the general path must
    * decide.
    */
-  measureInto(text: string, start: number, end: number, out: Uint8Array, offset: number): boolean {
+  measureInto(list: Buffer, start: number, end: number, out: Uint8Array, offset: number): boolean {
     // "10 <template hash> ima-ng <alg>:<hex> <name>"
-    if (
-      end - start < 8 ||
-      text.charCodeAt(start) !== 49 ||
-      text.charCodeAt(start + 1) !== 48 ||
-      text.charCodeAt(start + 2) !== SPACE
-    )
+    if (end - start < 8 || list[start] !== 49 || list[start + 1] !== 48 || list[start + 2] !== SPACE)
       return false
     // The template-hash column: hex (either case, as the general parser reads it) of the column's size, not all
     // zeros (the kernel logs a violation as zeros of whatever width the column has). Its hex digits are checked
@@ -112,41 +109,31 @@ export class ImaNgFastPath {
     const hashAt = start + 3
     const columnSize = this.#columnSize
     const s2 = hashAt + columnSize * 2
-    if (s2 + 10 >= end || text.charCodeAt(s2) !== SPACE) return false
+    if (s2 + 10 >= end || list[s2] !== SPACE) return false
     // ima-sig without a signature (files the kernel measured but nobody signed) checks exactly like ima-ng, except
     // that without a policy the general path reports it as unsigned.
     if (
-      text.charCodeAt(s2 + 1) !== 105 || // i
-      text.charCodeAt(s2 + 2) !== 109 || // m
-      text.charCodeAt(s2 + 3) !== 97 || // a
-      text.charCodeAt(s2 + 4) !== 45 // -
+      list[s2 + 1] !== 105 || // i
+      list[s2 + 2] !== 109 || // m
+      list[s2 + 3] !== 97 || // a
+      list[s2 + 4] !== 45 // -
     )
       return false
     let fieldsAt: number
-    const unsignedImaSig = text.charCodeAt(s2 + 5) === 115 // s
+    const unsignedImaSig = list[s2 + 5] === 115 // s
     if (unsignedImaSig) {
-      if (
-        text.charCodeAt(s2 + 6) !== 105 ||
-        text.charCodeAt(s2 + 7) !== 103 ||
-        text.charCodeAt(s2 + 8) !== SPACE
-      )
-        return false
+      if (list[s2 + 6] !== 105 || list[s2 + 7] !== 103 || list[s2 + 8] !== SPACE) return false
       if (this.#policy === null) return false
       fieldsAt = s2 + 9
     } else {
-      if (
-        text.charCodeAt(s2 + 5) !== 110 ||
-        text.charCodeAt(s2 + 6) !== 103 ||
-        text.charCodeAt(s2 + 7) !== SPACE
-      )
-        return false
+      if (list[s2 + 5] !== 110 || list[s2 + 6] !== 103 || list[s2 + 7] !== SPACE) return false
       fieldsAt = s2 + 8
     }
     const column = this.#column
     let nonZero = 0
     for (let i = 0, p = hashAt; i < columnSize; i++, p += 2) {
-      const hi = ANY_HEX[text.charCodeAt(p)] as number
-      const lo = ANY_HEX[text.charCodeAt(p + 1)] as number
+      const hi = ANY_HEX[list[p] as number] as number
+      const lo = ANY_HEX[list[p + 1] as number] as number
       if ((hi | lo) < 0) return false
       const byte = (hi << 4) | lo
       column[i] = byte
@@ -158,36 +145,35 @@ export class ImaNgFastPath {
     // Its name and the hex digits checked below hold no space, so the one after them is the first of the fields.
     const cachedAlg = this.#alg
     let algLength = cachedAlg.length
-    if (
-      algLength === 0 ||
-      text.charCodeAt(fieldsAt + algLength) !== COLON ||
-      !text.startsWith(cachedAlg, fieldsAt)
-    ) {
-      const space = text.indexOf(' ', fieldsAt)
+    let sameAlg = algLength > 0 && list[fieldsAt + algLength] === COLON
+    for (let i = 0; sameAlg && i < algLength; i++) sameAlg = list[fieldsAt + i] === cachedAlg[i]
+    if (!sameAlg) {
+      const space = list.indexOf(SPACE, fieldsAt)
       if (space < 0 || space >= end) return false
-      const colon = text.lastIndexOf(':', space - 1)
+      const colon = list.lastIndexOf(COLON, space - 1)
       if (colon <= fieldsAt) return false
-      const alg = text.slice(fieldsAt, colon)
+      // latin1: a name with any byte above 0x7f is no key of the (ASCII) table
+      const alg = list.toString('latin1', fieldsAt, colon)
       if (!Object.hasOwn(KERNEL_HASHES, alg)) return false
-      this.#alg = alg
+      this.#alg = list.subarray(fieldsAt, colon).slice()
       this.#algDigestLength = (KERNEL_HASHES[alg] as { size: number }).size
       algLength = alg.length
     }
     const colon = fieldsAt + algLength
     const digestLength = this.#algDigestLength
     const s4 = colon + 1 + digestLength * 2
-    if (s4 + 1 >= end || text.charCodeAt(s4) !== SPACE) return false
+    if (s4 + 1 >= end || list[s4] !== SPACE) return false
 
     let nameEnd = end
     if (unsignedImaSig) {
       // "<digest> <name> <sig hex>": the name ends at the next space, and an empty sig leaves only that space
-      const s5 = text.indexOf(' ', s4 + 1)
+      const s5 = list.indexOf(SPACE, s4 + 1)
       if (s5 !== end - 1 || s5 === s4 + 1) return false
       nameEnd = s5
     }
     const nameAt = s4 + 1
     const nameLength = nameEnd - nameAt
-    if (nameLength === 14 && text.startsWith('boot_aggregate', nameAt)) return false
+    if (nameLength === 14 && list.toString('latin1', nameAt, nameEnd) === 'boot_aggregate') return false
 
     const fieldLength = algLength + 2 + digestLength
     const maxSize = 12 + fieldLength + nameLength * 3 + 1
@@ -197,29 +183,29 @@ export class ImaNgFastPath {
     }
     const data = this.#scratch
     data.writeUInt32LE(fieldLength, 0)
-    for (let i = 0; i < algLength; i++) data[4 + i] = text.charCodeAt(fieldsAt + i)
+    for (let i = 0; i < algLength; i++) data[4 + i] = list[fieldsAt + i] as number
     data[4 + algLength] = COLON
     data[5 + algLength] = 0
     // The file digest; `lowercase` stays true while it is the lowercase hex the policy is written in.
     const digestAt = 6 + algLength
     let lowercase = true
     for (let i = 0, p = colon + 1; i < digestLength; i++, p += 2) {
-      const c1 = text.charCodeAt(p)
-      const c2 = text.charCodeAt(p + 1)
+      const c1 = list[p] as number
+      const c2 = list[p + 1] as number
       const hi = ANY_HEX[c1] as number
       const lo = ANY_HEX[c2] as number
       if ((hi | lo) < 0) return false
       if (((LOWER_HEX[c1] as number) | (LOWER_HEX[c2] as number)) < 0) lowercase = false
       data[digestAt + i] = (hi << 4) | lo
     }
-    // The name: ASCII is copied (and hashed for the policy lookup) here; anything else is left to Buffer's UTF-8
-    // encoder, with the name looked up as a string.
+    // The name: ASCII is copied (and hashed for the policy lookup) here; anything else goes through a string, as in
+    // the general path (bytes that are not UTF-8 come out as U+FFFD there), and is looked up as a string.
     const nameFieldAt = 4 + fieldLength
     const nameBytesAt = nameFieldAt + 4
     let nameHash = NAME_HASH_SEED
     let ascii = true
     for (let i = 0; i < nameLength; i++) {
-      const c = text.charCodeAt(nameAt + i)
+      const c = list[nameAt + i] as number
       if (c >= 0x80) {
         ascii = false
         break
@@ -227,7 +213,8 @@ export class ImaNgFastPath {
       data[nameBytesAt + i] = c
       nameHash = nameHashStep(nameHash, c)
     }
-    const nameBytes = ascii ? nameLength : data.write(text.slice(nameAt, nameEnd), nameBytesAt, 'utf8')
+    const name = ascii ? '' : list.toString('utf8', nameAt, nameEnd)
+    const nameBytes = ascii ? nameLength : data.write(name, nameBytesAt, 'utf8')
     data.writeUInt32LE(nameBytes + 1, nameFieldAt)
     data[nameBytesAt + nameBytes] = 0
     let length = nameBytesAt + nameBytes + 1
@@ -249,8 +236,9 @@ export class ImaNgFastPath {
         lowercase &&
         (ascii
           ? index.allows(data, nameBytesAt, nameLength, nameHash | 0, digestAt, digestLength)
-          : lookupDigest(policy.digests, text.slice(nameAt, nameEnd), text.slice(colon + 1, s4)) === 'ok')
-      if (!allowed && !policy.excludes?.test(text.slice(nameAt, nameEnd))) return false
+          : lookupDigest(policy.digests, name, list.toString('latin1', colon + 1, s4)) === 'ok')
+      if (!allowed && !policy.excludes?.test(ascii ? list.toString('latin1', nameAt, nameEnd) : name))
+        return false
     }
 
     const computed = digestLatin1(this.#columnAlg, templateData)

@@ -4,7 +4,7 @@
  * returned one; no I/O, no clock.
  */
 import { type FailureEvent, failure, PASS, type Verdict } from '../verdict.ts'
-import { type ImaChunkPlan, ImaChunkReader } from './chunks.ts'
+import { type ImaChunkPlan, ImaChunkReader, listBuffer } from './chunks.ts'
 import { type DmState, DmStateError, DmValidator, isDmEventName } from './dm.ts'
 import { type ImaEntry, parseImaLine, splitImaLines } from './entry.ts'
 import { ImaParseError } from './errors.ts'
@@ -36,8 +36,11 @@ export function initialImaReplayState(): ImaReplayState {
 }
 
 export interface VerifyImaIncrementInput {
-  /** ASCII list text starting at entry `firstEntry`. */
-  listText: string
+  /**
+   * List text starting at entry `firstEntry`, or its UTF-8 bytes (as `sharedListBytes` makes them for threads to
+   * share); text is read as its UTF-8 bytes either way.
+   */
+  listText: string | Uint8Array
   /** Entry number the agent says the text starts at (`ima_measurement_list_entry`). */
   firstEntry: number
   state: ImaReplayState | null
@@ -69,6 +72,10 @@ export interface VerifyImaIncrementResult {
   /** Lines processed (parse failures included). */
   lines: number
 }
+
+const NEWLINE = 10
+/** About how many characters of a list given as text are encoded at a time. */
+const TEXT_SEGMENT_CHARS = 1 << 18
 
 function toHex(v: string | Uint8Array): string {
   return typeof v === 'string' ? v.toLowerCase().replace(/^0x/, '') : Buffer.from(v).toString('hex')
@@ -254,9 +261,9 @@ class EntryValidator {
    * next time and must not count twice (a table load would become a second load). Only when a dm line follows the
    * match are the dm lines before it validated again, from the stored state, by this same code.
    */
-  dmStateAt(text: string, matchedAt: number, bank: PcrBank): DmState | undefined {
+  dmStateAt(list: string | Buffer, matchedAt: number, bank: PcrBank): DmState | undefined {
     if (this.#dm === null) return undefined
-    const lines = splitImaLines(text)
+    const lines = splitImaLines(typeof list === 'string' ? list : list.toString('utf8'))
     const maybeDm = (text: string) => text.includes(' ima-buf ') && text.includes(' dm_')
     if (!lines.slice(matchedAt).some(maybeDm)) return this.#dm.state()
     const again = new EntryValidator(this.#input, new Map(), [])
@@ -297,7 +304,15 @@ export class ImaIncrementVerification {
   readonly #continuing: boolean
   readonly #events: FailureEvent[] = []
   readonly #learned = new Map<string, ImaKeyring>()
-  readonly #text: string
+  /**
+   * The list's UTF-8 bytes, read in place: all of them, or for a list given as text the segment being read (a list
+   * is encoded a segment of whole lines at a time, so that a long one is never copied whole).
+   */
+  #list: Buffer
+  /** A list given as text, and how many of its characters the segments so far hold. */
+  readonly #text: string | null = null
+  #textAt = 0
+  #segment = Buffer.alloc(0)
   /** Running PCR 10 in the first half, the next measurement in the second. */
   readonly #joined: Buffer
   readonly #fastPath: ImaNgFastPath | null
@@ -334,7 +349,7 @@ export class ImaIncrementVerification {
     this.#targetLatin1 = target === null ? null : target.toString('latin1')
     this.#joined = Buffer.alloc(size * 2)
     this.#fastPath = null
-    this.#text = ''
+    this.#list = Buffer.alloc(0)
     const state = input.state
     this.#continuing = input.firstEntry !== 0
     if (this.#continuing) {
@@ -361,14 +376,36 @@ export class ImaIncrementVerification {
     }
     this.#validator = new EntryValidator(input, this.#learned, this.#events)
     this.#fastPath = new ImaNgFastPath(bank, this.#validator.logHashAlg, input.policy)
-    this.#text = input.listText
-    this.#chunks = ImaChunkReader.for(input.chunks, input.listText.length, bank, this.#validator.logHashAlg)
+    const list = input.listText
+    if (typeof list === 'string') {
+      this.#text = list
+      this.#nextSegment()
+    } else {
+      this.#list = listBuffer(list)
+      this.#chunks = ImaChunkReader.for(input.chunks, this.#list, bank, this.#validator.logHashAlg)
+    }
     if (this.#chunks !== null) this.#chunkEnd = this.#chunks.start(1)
     const running = this.#joined.subarray(0, size)
     if (target !== null && running.equals(target)) {
       this.#matchedAt = 0
       this.#matchedRunning = Buffer.from(running)
     }
+  }
+
+  /** Encodes the next segment of a list given as text; false when there is none. */
+  #nextSegment(): boolean {
+    const text = this.#text
+    if (text === null || this.#textAt >= text.length) return false
+    let end = text.indexOf('\n', this.#textAt + TEXT_SEGMENT_CHARS)
+    end = end < 0 ? text.length : end + 1
+    // UTF-8 takes at most three bytes per UTF-16 code unit
+    const most = 3 * (end - this.#textAt)
+    if (this.#segment.length < most) this.#segment = Buffer.allocUnsafe(most)
+    const bytes = this.#segment.write(text.slice(this.#textAt, end), 0, 'utf8')
+    this.#list = this.#segment.subarray(0, bytes)
+    this.#textAt = end
+    this.#offset = 0
+    return true
   }
 
   #runningHex(): string {
@@ -386,45 +423,65 @@ export class ImaIncrementVerification {
     const fast = this.#fastPath
     const chunks = this.#chunks
     const target = this.#targetLatin1
-    // Lines as `splitImaLines` cuts them (on "\n", no line after a final "\n"), read in place in the text.
-    const text = this.#text
-    const length = text.length
+    // Lines as `splitImaLines` cuts them (on "\n", no line after a final "\n"), read in place in the list.
+    let list = this.#list
+    let length = list.length
     let offset = this.#offset
     let i = this.#index
     const stop = Math.min(Number.MAX_SAFE_INTEGER, i + maxLines)
     // lines go in batches, so that the fast path can fetch their policy entries together first
     const starts = this.#batchStarts
     const ends = this.#batchEnds
-    while (i < stop && offset < length) {
+    while (i < stop) {
+      if (offset >= length) {
+        if (!this.#nextSegment()) break
+        list = this.#list
+        length = list.length
+        offset = 0
+      }
+      if (chunks !== null && offset >= this.#chunkEnd) this.#nextChunk(chunks, offset)
+      const accepted = this.#accepted
+      if (
+        accepted >= 0 &&
+        offset === this.#chunkStart &&
+        accepted === chunks?.lines(this.#chunk) &&
+        i + accepted <= stop
+      ) {
+        // the helper accepted every line of this chunk: only the extends are left, the lines need no reading
+        i = this.#extendChunk(chunks, i)
+        offset = Math.min(this.#chunkEnd, length)
+        continue
+      }
+      // a batch stays within one chunk
+      const batchLimit = Math.min(length, this.#chunkEnd)
       let batch = 0
-      while (batch < PREFETCH_LINES && i + batch < stop && offset < length) {
-        let end = text.indexOf('\n', offset)
+      while (batch < PREFETCH_LINES && i + batch < stop && offset < batchLimit) {
+        let end = list.indexOf(NEWLINE, offset)
         if (end < 0) end = length
         starts[batch] = offset
         ends[batch] = end
         offset = end + 1
         batch++
       }
-      if (this.#accepted < 0) fast?.prefetch(text, starts, ends, batch)
+      if (accepted < 0) fast?.prefetch(list, starts, ends, batch)
       for (let j = 0; j < batch; j++, i++) {
         const start = starts[j] as number
         const end = ends[j] as number
-        if (chunks !== null && start >= this.#chunkEnd) this.#nextChunk(chunks, start)
         if (start === end) continue
         let measured: boolean
-        if (this.#accepted < 0) measured = fast?.measureInto(text, start, end, joined, size) === true
+        if (accepted < 0) measured = fast?.measureInto(list, start, end, joined, size) === true
         else {
           // the helper's fast path accepted this line, or refused it and left it to the general path below
           const k = this.#chunk
           const next = this.#nextAccepted
-          measured = next < this.#accepted && chunks?.offsetAt(k, next) === start - this.#chunkStart
+          measured = next < accepted && chunks?.offsetAt(k, next) === start - this.#chunkStart
           if (measured) {
             chunks?.copyMeasurement(k, next, joined, size)
             this.#nextAccepted = next + 1
           }
         }
         if (!measured) {
-          const line = text.slice(start, end)
+          const line = list.toString('utf8', start, end)
           let entry: ImaEntry
           try {
             entry = parseImaLine(line, i + 1)
@@ -449,7 +506,31 @@ export class ImaIncrementVerification {
     }
     this.#index = i
     this.#offset = offset
-    return offset >= length
+    return offset >= length && (this.#text === null || this.#textAt >= this.#text.length)
+  }
+
+  /** Extends PCR 10 with every measurement of the current chunk (all its lines, as its helper accepted them). */
+  #extendChunk(chunks: ImaChunkReader, first: number): number {
+    const bank = this.#bank
+    const size = BANK_SIZE[bank]
+    const joined = this.#joined
+    const target = this.#targetLatin1
+    const k = this.#chunk
+    const count = this.#accepted
+    let i = first
+    const from = chunks.measurements(k)
+    for (let n = 0, p = 0; n < count; n++) {
+      for (let b = size; b < 2 * size; b++, p++) joined[b] = from[p] as number
+      const running = digestLatin1(bank, joined)
+      for (let b = 0; b < size; b++) joined[b] = running.charCodeAt(b)
+      i++
+      if (running === target && this.#matchedAt === null) {
+        this.#matchedAt = i
+        this.#matchedRunning = Buffer.from(running, 'latin1')
+      }
+    }
+    this.#nextAccepted = count
+    return i
   }
 
   /** Moves to the chunk holding the line that starts at `start`: claims it, or takes the helper's results. */
@@ -495,7 +576,7 @@ export class ImaIncrementVerification {
     for (const [name, ring] of this.#learned) learnedJson[name] = ring.toJSON()
     let next: ImaReplayState
     if (matchedAt !== null && this.#matchedRunning !== null) {
-      const dm = this.#validator?.dmStateAt(this.#text, matchedAt, this.#bank)
+      const dm = this.#validator?.dmStateAt(this.#text ?? this.#list, matchedAt, this.#bank)
       next = {
         version: 1,
         nextEntry: this.#input.firstEntry + matchedAt,

@@ -127,10 +127,10 @@ describe('ImaNgFastPath', () => {
               let line = entryLine(template, name, fileAlg, content, logAlg)
               for (const e of edits) line = mutate(line, e)
               const out = Buffer.alloc(size * 2, 0x5a)
-              // read in place between other lines, as the verifier reads a list
-              const text = `${before}\n${line}\n${after}`
-              const start = before.length + 1
-              const ok = fast.measureInto(text, start, start + line.length, out, size)
+              // read in place between other lines, as the verifier reads a list (its UTF-8 bytes)
+              const list = Buffer.from(`${before}\n${line}\n${after}`)
+              const start = Buffer.byteLength(before) + 1
+              const ok = fast.measureInto(list, start, start + Buffer.byteLength(line), out, size)
               const expected = generalVerdict(line, bank, logAlg, policy)
               if (ok) {
                 accepted++

@@ -149,6 +149,11 @@ describe('evidence pool: same verdicts as the event loop', () => {
   it('the second worker did check chunks in those cases', () => {
     // how many depends on timing (a chunk the job's worker reaches first is checked there); none would be a bug
     expect(chunked.stats().imaChunksHelped).toBeGreaterThan(0)
+    // helpers read the list where the event loop wrote it, once per job: never a copy of their own
+    expect(chunked.stats().imaListsShared).toBe(cases.length * 2)
+    // a list shorter than 64 KiB (~45 KB here) is cloned as text, as before
+    expect(listText.length).toBeLessThan(64 * 1024)
+    expect(shared.stats().imaListsShared).toBe(0)
   })
 
   it('the failure cases really fail and the good one passes', () => {
