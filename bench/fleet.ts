@@ -16,7 +16,7 @@
  * Figures: docs/performance.md.
  */
 import { spawn } from 'node:child_process'
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs'
 import { loadavg, tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
 import { monitorEventLoopDelay } from 'node:perf_hooks'
@@ -31,6 +31,7 @@ import type { NewVerifierAgent, VerifierDatabase } from '../src/db/verifier-repo
 import { PrometheusVerifierMetrics } from '../src/verifier/metrics.ts'
 import { autoEvidenceWorkers, DEFAULT_VERIFIER_OPTIONS } from '../src/verifier/options.ts'
 import { VerifierService } from '../src/verifier/verifier-service.ts'
+import { installSqlProfile, sqlProfileReport, startSqlProfile } from './sql-profile.ts'
 
 function arg(name: string, dflt: number): number {
   const i = process.argv.indexOf(`--${name}`)
@@ -54,6 +55,8 @@ const TLS_CERTS = arg('tls', 256)
 /** Default: what `evidence_workers = auto` starts on this machine (none on one or two cores). */
 const WORKERS = arg('workers', autoEvidenceWorkers())
 const DB = textArg('db', 'sqlite')
+/** `--sql-profile 1` (PostgreSQL): count and latency of each statement class during the measurement. */
+const SQL_PROFILE = arg('sql-profile', 0) === 1
 const PG_URL = textArg(
   'pg-url',
   process.env.KEYLIME_TEST_PG_URL ?? 'postgresql://postgres@127.0.0.1:5432/test',
@@ -76,6 +79,47 @@ function procCpuSeconds(pid: number | undefined): number {
   } catch {
     return 0
   }
+}
+
+/** CPU seconds of each process named postgres (the server's backends and background processes), by pid. */
+function postgresCpuSeconds(): Map<number, number> {
+  const byPid = new Map<number, number>()
+  for (const pid of readdirSync('/proc')) {
+    if (!/^\d+$/.test(pid)) continue
+    try {
+      if (readFileSync(`/proc/${pid}/comm`, 'utf8').trim() === 'postgres')
+        byPid.set(Number(pid), procCpuSeconds(Number(pid)))
+    } catch {
+      // the process ended meanwhile
+    }
+  }
+  return byPid
+}
+
+/** CPU the postgres processes used between two samples (processes started meanwhile count from zero). */
+function postgresCpuDelta(before: Map<number, number>, after: Map<number, number>): number {
+  let total = 0
+  for (const [pid, seconds] of after) total += seconds - (before.get(pid) ?? 0)
+  return total
+}
+
+/**
+ * Seconds the threads of a process spent runnable but waiting for a CPU (`/proc/PID/task/TID/schedstat`, second
+ * field, ns): time lost to other processes on a shared machine, not to the verifier's own I/O.
+ */
+function runQueueWaitSeconds(pid: number): number {
+  let total = 0
+  try {
+    for (const tid of readdirSync(`/proc/${pid}/task`))
+      try {
+        total += Number(readFileSync(`/proc/${pid}/task/${tid}/schedstat`, 'utf8').split(' ')[1]) / 1e9
+      } catch {
+        // the thread ended meanwhile
+      }
+  } catch {
+    return 0
+  }
+  return total
 }
 
 async function startFleet(): Promise<{ info: FleetInfo; kill: () => void; pid: number | undefined }> {
@@ -101,6 +145,7 @@ async function startFleet(): Promise<{ info: FleetInfo; kill: () => void; pid: n
 const mb = (n: number) => (n / 1024 / 1024).toFixed(1)
 
 async function main(): Promise<void> {
+  if (SQL_PROFILE) installSqlProfile()
   const fleet = await startFleet()
   const dir = mkdtempSync(join(tmpdir(), 'kl-fleet-'))
   const db =
@@ -114,7 +159,19 @@ async function main(): Promise<void> {
           name: 'cv_data',
           migrations: 'verifier',
         })
-  const log = pino({ level: 'warn' })
+  // lease lapses and fence refusals are logged at info: counted here, nothing else printed below warn
+  const leaseEvents = { heartbeatExpired: 0, fenceRefused: 0, takenByOther: 0 }
+  const log = pino(
+    { level: 'info' },
+    {
+      write(line: string) {
+        if (line.includes('heartbeat row had expired')) leaseEvents.heartbeatExpired++
+        else if (line.includes('write fence refused')) leaseEvents.fenceRefused++
+        else if (line.includes('taken by another verifier')) leaseEvents.takenByOther++
+        if (/"level":(40|50|60)/.test(line)) process.stderr.write(line)
+      },
+    },
+  )
   const tls = fleet.info.verifierTls
   const service = new VerifierService({
     db,
@@ -204,6 +261,37 @@ async function main(): Promise<void> {
   service.connections.dispatcherEvents.on('connect', () => churn.connects++)
   service.connections.dispatcherEvents.on('disconnect', () => churn.disconnects++)
   service.connections.dispatcherEvents.on('connectionError', () => churn.connectionErrors++)
+  const batches = { count: 0, rows: 0, seconds: 0, maxSeconds: 0 }
+  if (!METRICS)
+    service.loop.metrics = {
+      ...service.loop.metrics,
+      databaseWrite: (rows, seconds) => {
+        batches.count++
+        batches.rows += rows
+        batches.seconds += seconds
+        batches.maxSeconds = Math.max(batches.maxSeconds, seconds)
+      },
+    }
+  const deadlocks = async () =>
+    DB === 'postgres'
+      ? Number(
+          (
+            await sql<{
+              d: string
+            }>`SELECT deadlocks AS d FROM pg_stat_database WHERE datname = current_database()`.execute(db)
+          ).rows[0]?.d ?? 0,
+        )
+      : 0
+  const deadlocks0 = await deadlocks()
+  // outcomes other than a pass (unreachable, refused…) during the measurement, by kind
+  const outcomes: Record<string, number> = {}
+  service.loop.events.on('step', (e) => {
+    if (e.outcome !== 'quote_passed') outcomes[e.outcome] = (outcomes[e.outcome] ?? 0) + 1
+  })
+  // PostgreSQL server CPU (every postgres process on the machine: other users' work included)
+  const pgCpu0 = postgresCpuSeconds()
+  const wait0 = runQueueWaitSeconds(process.pid)
+  if (SQL_PROFILE) startSqlProfile()
   const a0 = service.loop.attestations
   const cpu0 = process.cpuUsage()
   const fleetCpu0 = procCpuSeconds(fleet.pid)
@@ -220,6 +308,22 @@ async function main(): Promise<void> {
   const cpu = process.cpuUsage(cpu0)
   const fleetCpu = procCpuSeconds(fleet.pid) - fleetCpu0
   const done = service.loop.attestations - a0
+  const sqlProfile = SQL_PROFILE ? sqlProfileReport(elapsed) : null
+  const deadlockDelta = (await deadlocks()) - deadlocks0
+  // dead tuples and HOT updates of the verifier's tables at the end of the run (statistics lag up to a second)
+  const tables =
+    DB === 'postgres'
+      ? (
+          await sql<Record<string, unknown>>`SELECT relname, n_live_tup, n_dead_tup, n_tup_upd, n_tup_hot_upd,
+              pg_total_relation_size(relid) AS bytes, autovacuum_count
+            FROM pg_stat_user_tables WHERE schemaname = current_schema()
+              AND relname IN ('verifiermain', 'verifier_attestation_state', 'verifier_holders')`.execute(db)
+        ).rows.map((r) =>
+          Object.fromEntries(Object.entries(r).map(([k, v]) => [k, k === 'relname' ? v : Number(v)])),
+        )
+      : null
+  const pgCpu = DB === 'postgres' ? postgresCpuDelta(pgCpu0, postgresCpuSeconds()) : 0
+  const runQueueWait = runQueueWaitSeconds(process.pid) - wait0
   const stats = service.loop.stats()
   global.gc?.()
   const mem = process.memoryUsage()
@@ -255,8 +359,22 @@ async function main(): Promise<void> {
     simulatedAgentsCpuCores: Number((fleetCpu / elapsed).toFixed(2)),
     loadAverage1m: Number(loadavg()[0]?.toFixed(2)),
     scrapes,
+    writeBatches: {
+      perSecond: Number((batches.count / elapsed).toFixed(1)),
+      meanRows: Math.round(batches.rows / Math.max(1, batches.count)),
+      meanMs: Math.round((batches.seconds * 1000) / Math.max(1, batches.count)),
+      maxMs: Math.round(batches.maxSeconds * 1000),
+    },
+    deadlocks: deadlockDelta,
+    otherOutcomes: outcomes,
+    // threads runnable but not running (the machine's other work): > 0.2 means CPU starvation, not I/O, sets the pace
+    verifierRunQueueWaitCores: Number((runQueueWait / elapsed).toFixed(2)),
+    verifierTables: tables,
+    postgresCpuCores: Number((pgCpu / elapsed).toFixed(2)),
+    leaseEvents,
   }
   console.log(JSON.stringify(result))
+  if (sqlProfile) for (const row of sqlProfile) console.log(JSON.stringify(row))
   await service.stop()
   if (DB === 'postgres') await sql`DROP SCHEMA ${sql.id(`bench_fleet_${process.pid}`)} CASCADE`.execute(db)
   await db.destroy()
