@@ -19,6 +19,7 @@ let recording = false
 function classify(text: string): string {
   const t = text.replace(/\s+/g, ' ').trim()
   if (/^(begin|commit|rollback)/i.test(t)) return t.split(' ')[0]?.toUpperCase() ?? t
+  if (t.startsWith('WITH v AS')) return 'recordBatch (one-statement batch)'
   if (t.startsWith('WITH')) return 'WITH (enrol)'
   if (t.includes('verifier_attestation_state (agent_id, attestation_count') && t.includes('unnest'))
     return 'upsertHot (batch)'
