@@ -15,7 +15,7 @@
  *
  * Figures: docs/performance.md.
  */
-import { spawn } from 'node:child_process'
+import { type ChildProcess, fork, spawn } from 'node:child_process'
 import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs'
 import { loadavg, tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
@@ -31,6 +31,7 @@ import type { NewVerifierAgent, VerifierDatabase } from '../src/db/verifier-repo
 import { PrometheusVerifierMetrics } from '../src/verifier/metrics.ts'
 import { autoEvidenceWorkers, DEFAULT_VERIFIER_OPTIONS } from '../src/verifier/options.ts'
 import { VerifierService } from '../src/verifier/verifier-service.ts'
+import type { FleetVerifierConfig, FleetVerifierStats } from './fleet-verifier.ts'
 import { installSqlProfile, sqlProfileReport, startSqlProfile } from './sql-profile.ts'
 
 function arg(name: string, dflt: number): number {
@@ -55,6 +56,8 @@ const TLS_CERTS = arg('tls', 256)
 /** Default: what `evidence_workers = auto` starts on this machine (none on one or two cores). */
 const WORKERS = arg('workers', autoEvidenceWorkers())
 const DB = textArg('db', 'sqlite')
+/** `--verifiers N` (PostgreSQL): N verifier processes sharing the schema, each claiming its share through leases. */
+const VERIFIERS = arg('verifiers', 1)
 /** `--sql-profile 1` (PostgreSQL): count and latency of each statement class during the measurement. */
 const SQL_PROFILE = arg('sql-profile', 0) === 1
 const PG_URL = textArg(
@@ -142,6 +145,39 @@ async function startFleet(): Promise<{ info: FleetInfo; kill: () => void; pid: n
   return { info: JSON.parse(line) as FleetInfo, kill: () => child.kill('SIGKILL'), pid: child.pid }
 }
 
+/** The agents' rows as enrolment writes them, unclaimed (a verifier's start claims them). */
+function agentRows(info: FleetInfo): NewVerifierAgent[] {
+  return info.agents.map((a) => ({
+    agent_id: a.id,
+    v: Buffer.alloc(32, 1).toString('base64'),
+    ip: a.ip,
+    port: info.port,
+    verifier_id: 'default',
+    verifier_ip: null,
+    verifier_port: null,
+    operational_state: AgentState.START,
+    public_key: null,
+    tpm_policy: JSON.stringify({ '15': [a.pcr15], mask: '0x8000' }),
+    meta_data: '{}',
+    ima_policy_id: null,
+    mb_policy_id: null,
+    ima_sign_verification_keys: '',
+    revocation_key: null,
+    accept_tpm_hash_algs: '["sha256"]',
+    accept_tpm_encryption_algs: '["rsa"]',
+    accept_tpm_signing_algs: '["ecdsa","rsassa"]',
+    hash_alg: null,
+    enc_alg: null,
+    sign_alg: null,
+    supported_version: '2.6',
+    ak_tpm: a.akTpm,
+    mtls_cert: a.cert === null ? 'disabled' : (info.certs[a.cert] as string),
+    attestation_count: 0,
+    lease_holder: null,
+    lease_expires: null,
+  }))
+}
+
 const mb = (n: number) => (n / 1024 / 1024).toFixed(1)
 
 async function main(): Promise<void> {
@@ -190,35 +226,7 @@ async function main(): Promise<void> {
     },
   })
   // enroll straight into the table (the API path is covered by tests); unclaimed, so start() claims them
-  const rows: NewVerifierAgent[] = fleet.info.agents.map((a) => ({
-    agent_id: a.id,
-    v: Buffer.alloc(32, 1).toString('base64'),
-    ip: a.ip,
-    port: fleet.info.port,
-    verifier_id: 'default',
-    verifier_ip: null,
-    verifier_port: null,
-    operational_state: AgentState.START,
-    public_key: null,
-    tpm_policy: JSON.stringify({ '15': [a.pcr15], mask: '0x8000' }),
-    meta_data: '{}',
-    ima_policy_id: null,
-    mb_policy_id: null,
-    ima_sign_verification_keys: '',
-    revocation_key: null,
-    accept_tpm_hash_algs: '["sha256"]',
-    accept_tpm_encryption_algs: '["rsa"]',
-    accept_tpm_signing_algs: '["ecdsa","rsassa"]',
-    hash_alg: null,
-    enc_alg: null,
-    sign_alg: null,
-    supported_version: '2.6',
-    ak_tpm: a.akTpm,
-    mtls_cert: a.cert === null ? 'disabled' : (fleet.info.certs[a.cert] as string),
-    attestation_count: 0,
-    lease_holder: null,
-    lease_expires: null,
-  }))
+  const rows = agentRows(fleet.info)
   for (let i = 0; i < rows.length; i += 500)
     await db
       .insertInto('verifiermain')
@@ -382,5 +390,132 @@ async function main(): Promise<void> {
   rmSync(dir, { recursive: true, force: true })
 }
 
-await main()
+/** Sends `kind` to a verifier process and resolves with its answer. */
+function ask<T>(child: ChildProcess, kind: string): Promise<T> {
+  return new Promise((res, rej) => {
+    const onMessage = (m: { kind: string } & T) => {
+      if (m.kind !== kind) return
+      child.off('message', onMessage)
+      child.off('exit', onExit)
+      res(m)
+    }
+    const onExit = (code: number | null) => rej(new Error(`verifier process exited ${code}`))
+    child.on('message', onMessage)
+    child.once('exit', onExit)
+    if (kind !== 'started') child.send({ kind })
+  })
+}
+
+/**
+ * `--verifiers N`: N verifier processes on one PostgreSQL schema. The agents are enrolled in N parts, each inserted
+ * just before its verifier starts, so that verifier's first heartbeat claims it (the others already hold theirs and
+ * keep their leases alive): the split is the lease mechanism's, as when verifiers of a group start one by one.
+ */
+async function mainMulti(): Promise<void> {
+  if (DB !== 'postgres') throw new Error('--verifiers needs --db postgres')
+  const fleet = await startFleet()
+  const schema = `bench_fleet_${process.pid}`
+  const db = await openDatabase<VerifierDatabase>(PG_URL, { migrations: 'verifier', pgSchema: schema })
+  const rows = agentRows(fleet.info)
+  const tls = fleet.info.verifierTls
+  fleet.info.agents.length = 0
+  const children: ChildProcess[] = []
+  for (let k = 0; k < VERIFIERS; k++) {
+    const part = rows.filter((_, i) => i % VERIFIERS === k)
+    for (let i = 0; i < part.length; i += 500)
+      await db
+        .insertInto('verifiermain')
+        .values(part.slice(i, i + 500))
+        .execute()
+    const config: FleetVerifierConfig = {
+      pgUrl: PG_URL,
+      schema,
+      leaseAddress: `bench-v${k}`,
+      tls,
+      intervalMs: INTERVAL_S * 1000,
+      concurrency: CONCURRENCY,
+      workers: WORKERS,
+      agents: AGENTS,
+    }
+    const child = fork(resolve(import.meta.dirname, 'fleet-verifier.ts'), {
+      execArgv: ['--import', 'tsx'],
+      env: { ...process.env, FLEET_VERIFIER: JSON.stringify(config) },
+      stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+    })
+    children.push(child)
+    await ask(child, 'started')
+  }
+  console.log(
+    `db=postgres verifiers=${VERIFIERS} (separate processes) tls=${tls ? 'mTLS' : 'off'} workers=${WORKERS} agents=${AGENTS} interval=${INTERVAL_S.toFixed(2)}s target=${(AGENTS / INTERVAL_S).toFixed(0)}/s concurrency=${CONCURRENCY} each`,
+  )
+  const statsAll = async () =>
+    Promise.all(children.map((c) => ask<{ stats: FleetVerifierStats }>(c, 'stats').then((m) => m.stats)))
+  const firstContact = performance.now()
+  while ((await statsAll()).reduce((n, s) => n + s.attestations, 0) < AGENTS)
+    await new Promise((r) => setTimeout(r, 1000))
+  console.log(`every agent attested once after ${((performance.now() - firstContact) / 1000).toFixed(1)} s`)
+  await new Promise((r) => setTimeout(r, WARMUP_S * 1000))
+  await Promise.all(children.map((c) => ask(c, 'reset')))
+  const deadlocks = async () =>
+    Number(
+      (
+        await sql<{
+          d: string
+        }>`SELECT deadlocks AS d FROM pg_stat_database WHERE datname = current_database()`.execute(db)
+      ).rows[0]?.d ?? 0,
+    )
+  const deadlocks0 = await deadlocks()
+  const pgCpu0 = postgresCpuSeconds()
+  const fleetCpu0 = procCpuSeconds(fleet.pid)
+  const before = await statsAll()
+  const t0 = performance.now()
+  await new Promise((r) => setTimeout(r, SECONDS * 1000))
+  const after = await statsAll()
+  const elapsed = (performance.now() - t0) / 1000
+  const pgCpu = postgresCpuDelta(pgCpu0, postgresCpuSeconds())
+  const fleetCpu = procCpuSeconds(fleet.pid) - fleetCpu0
+  const deadlockDelta = (await deadlocks()) - deadlocks0
+  const total = after.reduce(
+    (n, s, k) => n + s.attestations - (before[k] as FleetVerifierStats).attestations,
+    0,
+  )
+  const perVerifier = after.map((s, k) => {
+    const b = before[k] as FleetVerifierStats
+    const done = s.attestations - b.attestations
+    return {
+      verifier: k,
+      heldAgents: s.held,
+      attestationsPerSecond: Math.round(done / elapsed),
+      share: Number((done / Math.max(1, total)).toFixed(3)),
+      failures: s.failures - b.failures,
+      cpuPerAttestationUs: Math.round((s.cpuMicros - b.cpuMicros) / Math.max(1, done)),
+      cpuCores: Number(((s.cpuMicros - b.cpuMicros) / 1e6 / elapsed).toFixed(2)),
+      runQueueWaitCores: Number(((s.runQueueWaitSeconds - b.runQueueWaitSeconds) / elapsed).toFixed(2)),
+      lagP50ms: Math.round(s.lagP50),
+      lagP99ms: Math.round(s.lagP99),
+      rssMB: s.rssMB,
+      leaseEvents: s.leaseEvents,
+      noticed: s.noticed,
+    }
+  })
+  console.log(
+    JSON.stringify({
+      agents: AGENTS,
+      verifiers: VERIFIERS,
+      attestationsPerSecond: Math.round(total / elapsed),
+      targetPerSecond: Math.round(AGENTS / INTERVAL_S),
+      deadlocks: deadlockDelta,
+      postgresCpuCores: Number((pgCpu / elapsed).toFixed(2)),
+      simulatedAgentsCpuCores: Number((fleetCpu / elapsed).toFixed(2)),
+      loadAverage1m: Number(loadavg()[0]?.toFixed(2)),
+    }),
+  )
+  for (const v of perVerifier) console.log(JSON.stringify(v))
+  await Promise.all(children.map((c) => ask(c, 'stop').catch(() => undefined)))
+  await sql`DROP SCHEMA ${sql.id(schema)} CASCADE`.execute(db)
+  await db.destroy()
+  fleet.kill()
+}
+
+await (VERIFIERS > 1 ? mainMulti() : main())
 process.exit(0)
