@@ -408,6 +408,24 @@ function statements(dialect: DbDialect): Statements {
   }
 }
 
+/** PostgreSQL types of the attestation state columns (parameters in a SELECT list are not typed by their target). */
+const HOT_COLUMN_PG_TYPES: Record<string, string> = {
+  attestation_count: 'int',
+  last_received_quote: 'bigint',
+  last_successful_attestation: 'bigint',
+  tpm_clockinfo: 'text',
+  next_ima_ml_entry: 'int',
+  ima_state: 'text',
+}
+
+const KNOWN_COLUMNS: ReadonlySet<string> = new Set<string>([...MAIN_COLUMNS, ...HOT_COLUMNS, 'push_deadline'])
+
+/** A column name put into statement text: only the tables' own columns pass. */
+function checkedColumn(name: string): string {
+  if (!KNOWN_COLUMNS.has(name)) throw new Error(`unknown verifier column ${JSON.stringify(name)}`)
+  return name
+}
+
 /** MySQL types of the columns a JSON row parameter carries (binary collation: compared with our tables' keys). */
 const MYSQL_JSON_COLUMN_TYPES: Record<string, string> = {
   agent_id: 'VARCHAR(80) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin',
@@ -745,6 +763,7 @@ export class VerifierRepository {
       else main[k] = v
     }
     const pg = this.dialect === 'postgres'
+    if (pg) return this.updateGuardedPg(agentId, lease, main, hot)
     return this.db.transaction().execute(async (tx) => {
       const fence = (eb: ExpressionBuilder<VerifierDatabase, 'verifiermain'>) =>
         eb.and([
@@ -783,6 +802,41 @@ export class VerifierRepository {
       }
       return ok
     })
+  }
+
+  /**
+   * PostgreSQL: `updateGuarded` as one statement instead of BEGIN, two statements and COMMIT (a state change holds
+   * its agent's step until written). The fenced update (or, with no enrolment column to write, a fenced lock) of the
+   * enrolment row comes first, and the attestation state is written only for the row it returned: the one lock
+   * order. Column names come from the patch's keys, checked against the tables' columns.
+   */
+  private async updateGuardedPg(
+    agentId: string,
+    lease: { holder: string; epoch: number },
+    main: Record<string, unknown>,
+    hot: Record<string, unknown>,
+  ): Promise<boolean> {
+    const params: unknown[] = [agentId, lease.holder, lease.epoch]
+    const p = (v: unknown) => `$${params.push(v)}`
+    const fence = `agent_id = $1 AND lease_holder = $2 AND lease_epoch = $3 AND ${NOT_OPERATOR_HELD}`
+    const mainCols = Object.keys(main).map(checkedColumn)
+    const fenced =
+      mainCols.length > 0
+        ? `UPDATE verifiermain SET ${mainCols.map((c) => `${c} = ${p(main[c])}`).join(', ')} WHERE ${fence} RETURNING agent_id`
+        : `SELECT agent_id FROM verifiermain WHERE ${fence} FOR NO KEY UPDATE`
+    const hotCols = Object.keys(hot).map(checkedColumn)
+    const state =
+      hotCols.length > 0
+        ? `, s AS (INSERT INTO verifier_attestation_state (agent_id, ${hotCols.join(', ')})
+             SELECT agent_id, ${hotCols.map((c) => `${p(hot[c])}::${HOT_COLUMN_PG_TYPES[c]}`).join(', ')} FROM m
+             ON CONFLICT (agent_id) DO UPDATE SET ${hotCols.map((c) => `${c} = excluded.${c}`).join(', ')})`
+        : ''
+    const rows = await run<{ n: number }>(
+      this.db,
+      `WITH m AS MATERIALIZED (${fenced})${state} SELECT count(*)::int AS n FROM m`,
+      params,
+    )
+    return (rows[0]?.n ?? 0) > 0
   }
 
   /**
