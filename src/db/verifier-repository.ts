@@ -333,7 +333,7 @@ function statements(dialect: DbDialect): Statements {
              AS v(agent_id, ${hotCols}, lease_epoch, state, public_key, hash_alg, enc_alg, sign_alg)),
          locked AS MATERIALIZED (
            SELECT agent_id, lease_epoch, operational_state, public_key, hash_alg, enc_alg, sign_alg FROM verifiermain
-           WHERE agent_id IN (SELECT agent_id FROM v) AND lease_holder = $14 AND ${NOT_OPERATOR_HELD}
+           WHERE agent_id = ANY($1::text[]) AND lease_holder = $14 AND ${NOT_OPERATOR_HELD}
            ORDER BY agent_id FOR NO KEY UPDATE),
          accepted AS MATERIALIZED (
            SELECT v.*, (l.operational_state IS DISTINCT FROM v.state
