@@ -260,11 +260,14 @@ interface Statements {
   unregister: string
   /** Heartbeat rows long expired: whether a row is missing or expired makes no difference to a claim. */
   forgetExpired: string
-  /** Locks the batch's rows the holder still holds (ordered) and returns what the batch compares with. */
+  /**
+   * SQLite and MySQL: locks the batch's rows the holder still holds (ordered) and returns what the batch compares
+   * with; then `upsertHot` and `updateMainChanged`, in one transaction. Empty on PostgreSQL (`recordBatch`).
+   */
   lockBatch: string
   /**
    * PostgreSQL: the whole batch as one statement (lock, compare, upsert, changed enrolment rows), returning the
-   * refused agent ids: one round trip instead of BEGIN, three statements and COMMIT. Empty on other dialects.
+   * refused agent ids: one round trip instead of a transaction of five. Empty on other dialects.
    */
   recordBatch: string
   upsertHot: string
@@ -315,14 +318,16 @@ function statements(dialect: DbDialect): Statements {
     unregister: reset(() => `DELETE FROM verifier_holders WHERE holder = ${p()}`),
     forgetExpired: reset(() => `DELETE FROM verifier_holders WHERE expires < ${p()}`),
     lockBatch: reset(() =>
-      my
-        ? // rows are locked as the join reaches them (before ORDER BY sorts): one primary-key lookup per id, in the
-          // order of the list, which listParam sorts
-          `SELECT STRAIGHT_JOIN m.agent_id, m.lease_epoch, m.operational_state, m.public_key, m.hash_alg, m.enc_alg,
+      pg
+        ? ''
+        : my
+          ? // rows are locked as the join reaches them (before ORDER BY sorts): one primary-key lookup per id, in the
+            // order of the list, which listParam sorts
+            `SELECT STRAIGHT_JOIN m.agent_id, m.lease_epoch, m.operational_state, m.public_key, m.hash_alg, m.enc_alg,
              m.sign_alg
            FROM ${mysqlListTable('?')} JOIN verifiermain m ON m.agent_id = l.value
            WHERE m.lease_holder = ? AND ${NOT_OPERATOR_HELD} ORDER BY m.agent_id FOR UPDATE`
-        : `SELECT agent_id, lease_epoch, operational_state, public_key, hash_alg, enc_alg, sign_alg FROM verifiermain
+          : `SELECT agent_id, lease_epoch, operational_state, public_key, hash_alg, enc_alg, sign_alg FROM verifiermain
        WHERE agent_id IN ${list('text')} AND lease_holder = ${p()} AND ${NOT_OPERATOR_HELD}
        ORDER BY agent_id${lock('NO KEY UPDATE')}`,
     ),
@@ -353,9 +358,7 @@ function statements(dialect: DbDialect): Statements {
       : '',
     upsertHot: reset(() =>
       pg
-        ? `INSERT INTO verifier_attestation_state (agent_id, ${hotCols})
-           SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[], $4::bigint[], $5::text[], $6::int[], $7::text[])
-           ON CONFLICT (agent_id) DO UPDATE SET ${HOT_COLUMNS.map((c) => `${c} = excluded.${c}`).join(', ')}`
+        ? ''
         : my
           ? `INSERT INTO verifier_attestation_state (agent_id, ${hotCols})
              SELECT agent_id, ${hotCols} FROM ${mysqlRows(['agent_id', ...HOT_COLUMNS])}
@@ -366,11 +369,7 @@ function statements(dialect: DbDialect): Statements {
     ),
     updateMainChanged: reset(() =>
       pg
-        ? `UPDATE verifiermain AS m SET operational_state = v.state, public_key = COALESCE(v.public_key, m.public_key),
-             hash_alg = v.hash_alg, enc_alg = v.enc_alg, sign_alg = v.sign_alg
-           FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::text[], $6::text[])
-             AS v(agent_id, state, public_key, hash_alg, enc_alg, sign_alg)
-           WHERE m.agent_id = v.agent_id`
+        ? ''
         : my
           ? `UPDATE verifiermain AS m
              JOIN ${mysqlRows(['agent_id', 'operational_state', 'public_key', 'hash_alg', 'enc_alg', 'sign_alg'])}
