@@ -12,11 +12,13 @@
  *   node --expose-gc --import tsx bench/fleet.ts --agents 10000 --interval 4 --seconds 30
  *   ... --db postgres [--pg-url postgresql://postgres@127.0.0.1:5432/test]   (default: SQLite file)
  *   ... --workers 0   (evidence on the event loop)   --metrics 1 (Prometheus registry live, scraped every second)
+ *   ... --cpu-prof FILE   (CPU profile of the event loop over the measured seconds, for Chrome DevTools)
  *
  * Figures: docs/performance.md.
  */
 import { type ChildProcess, fork, spawn } from 'node:child_process'
-import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs'
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { Session } from 'node:inspector/promises'
 import { loadavg, tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
 import { monitorEventLoopDelay } from 'node:perf_hooks'
@@ -300,6 +302,14 @@ async function main(): Promise<void> {
   const pgCpu0 = postgresCpuSeconds()
   const wait0 = runQueueWaitSeconds(process.pid)
   if (SQL_PROFILE) startSqlProfile()
+  // `--cpu-prof FILE`: a CPU profile of the verifier's event loop over the measured seconds only
+  const profileFile = textArg('cpu-prof', '')
+  const profiler = profileFile === '' ? null : new Session()
+  if (profiler) {
+    profiler.connect()
+    await profiler.post('Profiler.enable')
+    await profiler.post('Profiler.start')
+  }
   const a0 = service.loop.attestations
   const cpu0 = process.cpuUsage()
   const fleetCpu0 = procCpuSeconds(fleet.pid)
@@ -309,6 +319,11 @@ async function main(): Promise<void> {
     peakRss = Math.max(peakRss, process.memoryUsage().rss)
   }, 500)
   await new Promise((r) => setTimeout(r, SECONDS * 1000))
+  if (profiler) {
+    const { profile } = await profiler.post('Profiler.stop')
+    writeFileSync(profileFile, JSON.stringify(profile))
+    profiler.disconnect()
+  }
   clearInterval(sampler)
   if (scraper) clearInterval(scraper)
   loopDelay.disable()

@@ -162,12 +162,11 @@ function fail(reason: QuoteFailureReason, message: string, extra?: Record<string
   return { ok: false, events: [failure(QUOTE_VALIDATION_EVENT, { reason, message, ...extra }, false)] }
 }
 
-function checkSignature(
-  ak: KeyObject,
-  parts: QuoteParts,
-  hash: string,
-  expected: QuoteHashAlg,
-): string | null {
+/** A signature ready for node:crypto's verify, or why it cannot verify at all. */
+type SignatureJob = { key: VerifyKeyInput; signature: Uint8Array } | string
+type VerifyKeyInput = { key: KeyObject; padding: number } | { key: KeyObject; dsaEncoding: 'ieee-p1363' }
+
+function signatureJob(ak: KeyObject, parts: QuoteParts, expected: QuoteHashAlg): SignatureJob {
   const sig = decodeTpmtSignature(parts.signature)
   const info = akInfo(ak)
   if (info.kind === 'rsa' && sig.sigAlg !== TpmAlg.RsaSsa)
@@ -178,10 +177,8 @@ function checkSignature(
     const got = 'hash' in sig ? (hashAlgName(sig.hash) ?? `0x${sig.hash.toString(16)}`) : 'none'
     return `quote signed with hash ${got}, expected ${expected}`
   }
-  let ok: boolean
-  if ('sig' in sig) {
-    ok = verify(hash, parts.attest, { key: ak, padding: constants.RSA_PKCS1_PADDING }, sig.sig)
-  } else if ('r' in sig) {
+  if ('sig' in sig) return { key: { key: ak, padding: constants.RSA_PKCS1_PADDING }, signature: sig.sig }
+  if ('r' in sig) {
     const size = info.coordinateSize
     const r = stripLeadingZeros(sig.r)
     const s = stripLeadingZeros(sig.s)
@@ -189,11 +186,72 @@ function checkSignature(
     const raw = new Uint8Array(2 * size)
     raw.set(r, size - r.length)
     raw.set(s, 2 * size - s.length)
-    ok = verify(hash, parts.attest, { key: ak, dsaEncoding: 'ieee-p1363' }, raw)
-  } else {
-    return 'unsupported signature structure'
+    return { key: { key: ak, dsaEncoding: 'ieee-p1363' }, signature: raw }
   }
+  return 'unsupported signature structure'
+}
+
+/**
+ * Quote parts whose signature `verifyQuoteSignatureAsync` found good, with the key, hash and byte arrays it checked:
+ * `verifyQuote` skips only that one computation, and only for exactly those (same objects).
+ */
+const VERIFIED = new WeakMap<
+  QuoteParts,
+  { ak: KeyObject; hash: string; attest: Uint8Array; signature: Uint8Array }
+>()
+
+function verifiedAhead(ak: KeyObject, parts: QuoteParts, hash: string): boolean {
+  const v = VERIFIED.get(parts)
+  return (
+    v !== undefined &&
+    v.ak === ak &&
+    v.hash === hash &&
+    v.attest === parts.attest &&
+    v.signature === parts.signature
+  )
+}
+
+function checkSignature(
+  ak: KeyObject,
+  parts: QuoteParts,
+  hash: string,
+  expected: QuoteHashAlg,
+): string | null {
+  const job = signatureJob(ak, parts, expected)
+  if (typeof job === 'string') return job
+  const ok = verifiedAhead(ak, parts, hash) || verify(hash, parts.attest, job.key, job.signature)
   return ok ? null : 'quote signature does not verify with the attestation key'
+}
+
+/**
+ * Verifies the quote's signature on libuv's thread pool (the signature is most of a PCR-only quote's CPU), so a
+ * verifier evaluating evidence on its event loop keeps that thread for I/O. A good signature is remembered for
+ * exactly these parts, key and hash, and `verifyQuote` then runs every other check as usual; anything else
+ * (a bad or malformed signature, an unusable key) remembers nothing and `verifyQuote` finds and reports it itself.
+ * Never rejects.
+ */
+export function verifyQuoteSignatureAsync(ak: KeyObject, parts: QuoteParts, hashAlg: string): Promise<void> {
+  if (!isQuoteHashAlg(hashAlg)) return Promise.resolve()
+  const hash = nodeHash(hashAlg)
+  if (hash === undefined) return Promise.resolve()
+  let job: SignatureJob
+  try {
+    job = signatureJob(ak, parts, hashAlg)
+  } catch {
+    return Promise.resolve()
+  }
+  if (typeof job === 'string') return Promise.resolve()
+  const { attest, signature } = parts
+  return new Promise((resolve) => {
+    try {
+      verify(hash, attest, job.key, job.signature, (err, ok) => {
+        if (err === null && ok) VERIFIED.set(parts, { ak, hash, attest, signature })
+        resolve()
+      })
+    } catch {
+      resolve()
+    }
+  })
 }
 
 function nonceMatches(extraData: Uint8Array, nonce: string | Uint8Array, acceptBase64: boolean): boolean {
@@ -263,6 +321,10 @@ export interface ClockCheckResult {
   clockInfo: TpmClockInfo
 }
 
+function badClock(kept: TpmClockInfo, message: string): ClockCheckResult {
+  return { verdict: fail('clock', message, { data: message }), clockInfo: kept }
+}
+
 /**
  * TPM clock sanity between consecutive quotes of one agent (spec A.2 step 6): reset and restart counters never
  * decrease, `safe` is set, and unless both counters moved the clock strictly advances. `prev` null means no stored
@@ -272,15 +334,13 @@ export function checkClock(prev: TpmClockInfo | null, next: TpmClockInfo): Clock
   const base = prev ?? { clock: 0, resetCount: 0, restartCount: 0, safe: 1 }
   const resetDiff = next.resetCount - base.resetCount
   const restartDiff = next.restartCount - base.restartCount
-  const bad = (message: string): ClockCheckResult => ({
-    verdict: fail('clock', message, { data: message }),
-    clockInfo: base,
-  })
-  if (resetDiff < 0) return bad('resetCount value decreased on TPM between two consecutive quotes')
-  if (restartDiff < 0) return bad('restartCount value decreased on TPM between two consecutive quotes')
-  if (next.safe !== 1) return bad('clock safe flag is disabled')
+  if (resetDiff < 0) return badClock(base, 'resetCount value decreased on TPM between two consecutive quotes')
+  if (restartDiff < 0)
+    return badClock(base, 'restartCount value decreased on TPM between two consecutive quotes')
+  if (next.safe !== 1) return badClock(base, 'clock safe flag is disabled')
   if (resetDiff !== 0 && restartDiff !== 0) return { verdict: PASS, clockInfo: base }
-  if (next.clock - base.clock <= 0) return bad('TPM clock did not increase between two consecutive quotes')
+  if (next.clock - base.clock <= 0)
+    return badClock(base, 'TPM clock did not increase between two consecutive quotes')
   const { clock, resetCount, restartCount, safe } = next
   return { verdict: PASS, clockInfo: { clock, resetCount, restartCount, safe } }
 }
