@@ -7,6 +7,7 @@ import {
   QUOTE_VALIDATION_EVENT,
   type TpmClockInfo,
   verifyQuote,
+  verifyQuoteSignatureAsync,
 } from '../../../../src/evidence/quote/index.ts'
 import { akTemplate, encodeTpm2bPublic, TpmAlg } from '../../../../src/tpm/index.ts'
 import { pcrValues, softwareAk, softwareQuote, softwareQuoteParts } from './software-quote.ts'
@@ -79,6 +80,67 @@ describe.each([
     expect(
       messageOf(verifyQuote({ akPublic: ak.publicKey, quote: mixed, nonce: NONCE, hashAlg: 'sha256' })),
     ).toMatch(/PCR values do not match/)
+  })
+
+  it('a signature verified ahead on the thread pool spares only that computation, for exactly those parts', async () => {
+    const parts = softwareQuoteParts(ak, { nonce: NONCE, pcrs })
+    await verifyQuoteSignatureAsync(ak.publicKey, parts, 'sha256')
+    expect(
+      verifyQuote({ akPublic: ak.publicKey, quote: parts, nonce: NONCE, hashAlg: 'sha256' }).verdict,
+    ).toEqual({
+      ok: true,
+    })
+    // every other check still runs on the verified parts
+    expect(
+      messageOf(verifyQuote({ akPublic: ak.publicKey, quote: parts, nonce: `${NONCE}0`, hashAlg: 'sha256' })),
+    ).toMatch(/nonce/)
+    const forged = softwareQuoteParts(ak, { nonce: NONCE, pcrs: new Map([...pcrs, [1, new Uint8Array(32)]]) })
+    const goodBlob = parts.pcrBlob
+    parts.pcrBlob = forged.pcrBlob
+    expect(
+      messageOf(verifyQuote({ akPublic: ak.publicKey, quote: parts, nonce: NONCE, hashAlg: 'sha256' })),
+    ).toMatch(/PCR values do not match/)
+    parts.pcrBlob = goodBlob
+    // another key, or other signed bytes in the same object, are verified again (and fail)
+    const other = softwareAk(ak.kind)
+    expect(
+      messageOf(verifyQuote({ akPublic: other.publicKey, quote: parts, nonce: NONCE, hashAlg: 'sha256' })),
+    ).toMatch(/does not verify/)
+    const otherQuote = softwareQuoteParts(ak, { nonce: 'another nonce', pcrs })
+    const signedAttest = parts.attest
+    parts.attest = Uint8Array.from(signedAttest)
+    parts.attest[parts.attest.length - 1] ^= 1
+    expect(
+      messageOf(verifyQuote({ akPublic: ak.publicKey, quote: parts, nonce: NONCE, hashAlg: 'sha256' })),
+    ).toMatch(/does not verify/)
+    parts.attest = signedAttest
+    parts.signature = otherQuote.signature
+    expect(
+      messageOf(verifyQuote({ akPublic: ak.publicKey, quote: parts, nonce: NONCE, hashAlg: 'sha256' })),
+    ).toMatch(/does not verify/)
+  })
+
+  it('a bad or malformed signature verified ahead is remembered as nothing', async () => {
+    const other = softwareAk(ak.kind)
+    const foreign = softwareQuoteParts(other, { nonce: NONCE, pcrs })
+    await verifyQuoteSignatureAsync(ak.publicKey, foreign, 'sha256')
+    expect(
+      messageOf(verifyQuote({ akPublic: ak.publicKey, quote: foreign, nonce: NONCE, hashAlg: 'sha256' })),
+    ).toMatch(/does not verify/)
+    const garbled = {
+      ...softwareQuoteParts(ak, { nonce: NONCE, pcrs }),
+      signature: new Uint8Array([1, 2, 3]),
+    }
+    await verifyQuoteSignatureAsync(ak.publicKey, garbled, 'sha256')
+    expect(
+      messageOf(verifyQuote({ akPublic: ak.publicKey, quote: garbled, nonce: NONCE, hashAlg: 'sha256' })),
+    ).toMatch(/malformed quote/)
+    const good = softwareQuoteParts(ak, { nonce: NONCE, pcrs })
+    await verifyQuoteSignatureAsync(ak.publicKey, good, 'md5')
+    await verifyQuoteSignatureAsync(ak.publicKey, good, 'sha384')
+    expect(
+      messageOf(verifyQuote({ akPublic: ak.publicKey, quote: good, nonce: NONCE, hashAlg: 'sha384' })),
+    ).toMatch(/signed with hash sha256, expected sha384/)
   })
 
   it('rejects attestations that are not quotes', () => {
