@@ -2,7 +2,7 @@
  * Connections from the verifier to pull agents, built for fleets: per agent the verifier keeps only its origin, the
  * SHA-256 of its pinned `mtls_cert` and, when it closes connections, a TLS session to resume.
  *
- * - One undici Agent (one connection per origin: the loop never has two requests to one agent in flight) and one TLS
+ * - One HTTP/1.1 client (`agent-http.ts`; one connection per agent, requests to one agent one after another) and one TLS
  *   client context (the verifier's certificate and key, `trusted_server_ca`) for the whole fleet. A context per agent
  *   (what `ca: [mtls_cert]` in the connect options costs) held the verifier's key and CA store once per agent. The
  *   agent's certificate is checked on the finished handshake: exactly its pinned certificate, or a chain to
@@ -21,8 +21,9 @@ import {
   type SecureContext,
   connect as tlsConnect,
 } from 'node:tls'
-import { Agent, type buildConnector } from 'undici'
+import type { Dispatcher } from 'undici'
 import { AgentClient, type ResponseBudget } from '../api/agent/client.ts'
+import { AgentHttp } from './agent-http.ts'
 
 export interface VerifierClientTls {
   cert: string
@@ -84,7 +85,7 @@ function fingerprintOf(pem: string): Buffer | null {
 }
 
 export class AgentConnections {
-  private readonly dispatcher: Agent
+  private readonly http: AgentHttp
   private readonly entries = new Map<string, Entry>()
   /** By `host:port`. */
   private readonly pins = new Map<string, Pin>()
@@ -110,18 +111,16 @@ export class AgentConnections {
           ...(tls.trustedServerCa.length > 0 ? { ca: tls.trustedServerCa } : {}),
         })
       : null
-    this.dispatcher = new Agent({
-      connections: 1,
+    this.http = new AgentHttp({
       // open across a whole interval when keeping connections, else only for the steps of one attestation
-      keepAliveTimeout: this.keepAlive ? this.limits.quoteIntervalMs * 2 + 5000 : 1000,
-      keepAliveMaxTimeout: 600_000,
-      connect: (opts, callback) => this.connect(opts, callback),
+      keepAliveTimeoutMs: this.keepAlive ? this.limits.quoteIntervalMs * 2 + 5000 : 1000,
+      connect: (https, host, port, callback) => this.connect(https, host, port, callback),
     })
   }
 
-  /** The shared dispatcher's `connect`, `disconnect` and `connectionError` events (benchmarks count churn). */
-  get dispatcherEvents(): Pick<Agent, 'on'> {
-    return this.dispatcher
+  /** The client's `connect`, `disconnect` and `connectionError` events (benchmarks count churn). */
+  get dispatcherEvents(): Pick<AgentHttp, 'on'> {
+    return this.http
   }
 
   /** Open connections to agents now. */
@@ -150,7 +149,8 @@ export class AgentConnections {
       baseUrl: origin,
       apiVersion: ep.apiVersion,
       timeoutMs: this.timeoutMs,
-      dispatcher: this.dispatcher,
+      // AgentHttp implements the dispatch() and close() that AgentClient calls
+      dispatcher: this.http as unknown as Dispatcher,
       maxResponseBytes: this.limits.maxResponseBytes,
       responseBudget: this.budget,
       keepConnection: () => this.keepAlive && this.open < this.limits.maxOpenConnections,
@@ -170,10 +170,15 @@ export class AgentConnections {
   async close(): Promise<void> {
     this.entries.clear()
     this.pins.clear()
-    await this.dispatcher.close()
+    await this.http.close()
   }
 
-  private connect(opts: buildConnector.Options, callback: buildConnector.Callback): void {
+  private connect(
+    https: boolean,
+    host: string,
+    port: number,
+    callback: (err: Error | null, socket: Socket | null) => void,
+  ): void {
     let done = false
     const finish = (err: Error | null, socket: Socket | null) => {
       if (done) return
@@ -183,10 +188,8 @@ export class AgentConnections {
         callback(err, null)
       } else callback(null, socket as Socket)
     }
-    const host = opts.hostname.replace(/^\[|\]$/g, '')
-    const port = Number(opts.port || (opts.protocol === 'https:' ? 443 : 80))
     let socket: Socket
-    if (opts.protocol === 'https:') {
+    if (https) {
       const pin = this.pins.get(`${host}:${port}`)
       if (!pin || this.context === null) {
         callback(new Error(`no pinned certificate for agent ${host}:${port}`), null)
