@@ -105,7 +105,6 @@ enum ChunkState {
 class Connection {
   current: Exchange | null = null
   private head = ''
-  private headBytes = 0
   private inBody = false
   private framing = Framing.None
   private remaining = 0
@@ -133,7 +132,6 @@ class Connection {
     this.current = ex
     ex.conn = this
     this.head = ''
-    this.headBytes = 0
     this.inBody = false
     this.closeAfter = ex.req.close
     const r = ex.req
@@ -201,31 +199,31 @@ class Connection {
 
   /** Returns where the body starts in `chunk`, or -1 when the head is incomplete or the exchange ended. */
   private readHead(ex: Exchange, chunk: Buffer): number {
+    let from = 0
     for (;;) {
       const before = this.head.length
-      this.head += chunk.toString('latin1', 0, Math.min(chunk.length, MAX_HEAD_BYTES + 4 - this.headBytes))
-      this.headBytes = this.head.length
+      this.head += chunk.toString(
+        'latin1',
+        from,
+        from + Math.min(chunk.length - from, MAX_HEAD_BYTES + 4 - before),
+      )
       const end = this.head.indexOf('\r\n\r\n', Math.max(0, before - 3))
       if (end < 0) {
-        if (this.headBytes >= MAX_HEAD_BYTES)
+        if (this.head.length >= MAX_HEAD_BYTES)
           this.fail(new AgentHttpError('agent reply head too large', 'UND_ERR_HEADERS_OVERFLOW'))
         // a head sent a few bytes at a time still has to be complete within the timeout
         else if (Date.now() > this.headDeadline)
           this.fail(new AgentHttpError('agent did not answer in time', 'UND_ERR_HEADERS_TIMEOUT'))
         return -1
       }
-      const bodyAt = end + 4 - before
+      const bodyAt = from + end + 4 - before
       const status = this.parseHead(ex, this.head.slice(0, end))
       if (status < 0) return -1
-      if (status >= 100 && status < 200) {
-        // an interim reply (100 Continue): the real one follows
-        this.head = ''
-        this.headBytes = 0
-        chunk = chunk.subarray(bodyAt)
-        if (chunk.length === 0) return -1
-        continue
-      }
-      return bodyAt
+      if (status >= 200) return bodyAt
+      // an interim reply (100 Continue): the real one follows
+      this.head = ''
+      from = bodyAt
+      if (from >= chunk.length) return -1
     }
   }
 

@@ -50,7 +50,7 @@ describe.each(['ecc', 'rsa'] as const)('evidence runner on the event loop, %s AK
     const parts = parseQuoteString(q.quote('nonce-1', [15, 16]))
     const blob = Uint8Array.from(parts.pcrBlob)
     // the first PCR value (after the selections, the list count and the value's size): the blob still parses
-    blob[136 + 4 + 2] ^= 1
+    blob[142] = (blob[142] as number) ^ 1
     return formatQuoteString({ ...parts, pcrBlob: blob })
   }
 
@@ -81,8 +81,7 @@ describe.each(['ecc', 'rsa'] as const)('evidence runner on the event loop, %s AK
     expect(got.verdict).toEqual(expected.verdict)
     expect(got.clock).toEqual(expected.clock)
     expect([...got.pcrs]).toEqual([...expected.pcrs])
-    if (name.endsWith('passes')) expect(got.verdict.ok).toBe(true)
-    else expect(got.verdict.ok).toBe(false)
-    if (reason !== null) expect(got.verdict.events?.[0]?.context.reason).toBe(reason)
+    expect(got.verdict.ok).toBe(name.endsWith('passes'))
+    if (reason !== null && !got.verdict.ok) expect(got.verdict.events[0]?.context.reason).toBe(reason)
   })
 })

@@ -108,8 +108,9 @@ describe.each([
     ).toMatch(/does not verify/)
     const otherQuote = softwareQuoteParts(ak, { nonce: 'another nonce', pcrs })
     const signedAttest = parts.attest
-    parts.attest = Uint8Array.from(signedAttest)
-    parts.attest[parts.attest.length - 1] ^= 1
+    const flipped = Uint8Array.from(signedAttest)
+    flipped[flipped.length - 1] = (flipped[flipped.length - 1] as number) ^ 1
+    parts.attest = flipped
     expect(
       messageOf(verifyQuote({ akPublic: ak.publicKey, quote: parts, nonce: NONCE, hashAlg: 'sha256' })),
     ).toMatch(/does not verify/)
