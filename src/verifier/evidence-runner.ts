@@ -2,7 +2,9 @@
  * The verifier's single entry point into the evidence pipeline, shared by the pull loop and `POST /verify/evidence`
  * (and push mode). With a pool (`evidence_workers` > 0, the default: one per core) each evaluation runs on a worker
  * thread; without one it runs on the event loop, `sliceLines` IMA lines per turn, so a long list (a first
- * attestation after a reboot can carry hundreds of thousands of entries) never stalls other agents.
+ * attestation after a reboot can carry hundreds of thousands of entries) never stalls other agents, and the quote's
+ * signature, most of a PCR-only attestation's CPU, is verified first on libuv's thread pool (on two cores the event
+ * loop is what limits a saturated verifier; the hand-over costs a few microseconds, a worker job far more).
  */
 import { KeyObject } from 'node:crypto'
 import { EvidenceEvaluation, type EvidenceInput, type EvidenceResult } from '../evidence/pipeline.ts'
