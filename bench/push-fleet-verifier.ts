@@ -4,7 +4,15 @@
  * SIGTERM after a graceful stop.
  *
  *   node --import tsx bench/push-fleet-verifier.ts <database-url> <quote-interval-s> <holder> [pg-schema]
+ *
+ * With PUSH_FLEET_CPU_PROF=<dir>, SIGUSR2 starts a CPU profile and the next SIGUSR2 writes it to <dir> together with
+ * the time spent in each SQLite statement meanwhile (the bench brackets its measured window with them, so the
+ * profile holds the steady state, not enrolment and logins).
  */
+import { writeFileSync } from 'node:fs'
+import { Session } from 'node:inspector/promises'
+import { join } from 'node:path'
+import SqliteDatabase from 'better-sqlite3'
 import pino from 'pino'
 import { openDatabase } from '../src/db/database.ts'
 import type { VerifierDatabase } from '../src/db/verifier-repository.ts'
@@ -15,7 +23,76 @@ import { VerifierService } from '../src/verifier/verifier-service.ts'
 const [url = 'sqlite', intervalText = '4', holder = 'bench', pgSchema] = process.argv.slice(2)
 const interval = Number(intervalText)
 
+/**
+ * Wall and CPU time and calls per SQLite statement text while profiling (better-sqlite3 runs statements
+ * synchronously; the CPU time is the process's, the wall time also holds waits for the disk and for the cores).
+ */
+const sqlTimes = new Map<string, { calls: number; ms: number; cpuMs: number }>()
+let profiling = false
+
+function timeSqliteStatements(): void {
+  const proto = SqliteDatabase.prototype as unknown as { prepare: (text: string) => Record<string, unknown> }
+  const prepare = proto.prepare
+  proto.prepare = function (this: unknown, text: string) {
+    const stmt = prepare.call(this, text)
+    for (const m of ['all', 'run', 'get', 'iterate']) {
+      const f = stmt[m] as (...a: unknown[]) => unknown
+      stmt[m] = (...a: unknown[]) => {
+        if (!profiling) return f.apply(stmt, a)
+        const t = performance.now()
+        const c = process.cpuUsage()
+        try {
+          return f.apply(stmt, a)
+        } finally {
+          const used = process.cpuUsage(c)
+          const e = sqlTimes.get(text) ?? { calls: 0, ms: 0, cpuMs: 0 }
+          e.calls++
+          e.ms += performance.now() - t
+          e.cpuMs += (used.user + used.system) / 1000
+          sqlTimes.set(text, e)
+        }
+      }
+    }
+    return stmt
+  }
+}
+
+function profileOnSignal(dir: string): void {
+  const session = new Session()
+  session.connect()
+  let cpuAtStart = process.cpuUsage()
+  process.on('SIGUSR2', async () => {
+    if (!profiling) {
+      await session.post('Profiler.enable')
+      await session.post('Profiler.start')
+      profiling = true
+      cpuAtStart = process.cpuUsage()
+      return
+    }
+    profiling = false
+    const used = process.cpuUsage(cpuAtStart)
+    const { profile } = await session.post('Profiler.stop')
+    writeFileSync(join(dir, `${holder}.cpuprofile`), JSON.stringify(profile))
+    const rows = [...sqlTimes].sort((a, b) => b[1].cpuMs - a[1].cpuMs)
+    writeFileSync(
+      join(dir, `${holder}.sql.txt`),
+      `${((used.user + used.system) / 1000).toFixed(0)} ms CPU in all\n` +
+        rows
+          .map(
+            ([t, e]) =>
+              `${e.cpuMs.toFixed(0)} ms CPU ${e.ms.toFixed(0)} ms ${e.calls} calls ${t.replace(/\s+/g, ' ').slice(0, 160)}`,
+          )
+          .join('\n'),
+    )
+  })
+}
+
 async function main(): Promise<void> {
+  const profDir = process.env.PUSH_FLEET_CPU_PROF
+  if (profDir) {
+    timeSqliteStatements()
+    profileOnSignal(profDir)
+  }
   const db = await openDatabase<VerifierDatabase>(url, {
     migrations: 'verifier',
     poolSize: 8,

@@ -8,7 +8,8 @@
  *   node --import tsx bench/push-fleet.ts --agents 10000 --interval 4 --seconds 20
  *   node --import tsx bench/push-fleet.ts --agents 10000 --interval 4 --verifiers 2      (PostgreSQL, KEYLIME_TEST_PG_URL)
  *   node --import tsx bench/push-fleet.ts --agents 1000 --verifiers 2 --mariadb          (MariaDB, KEYLIME_TEST_MYSQL_URL)
- *   PUSH_FLEET_CPU_PROF=/tmp/prof node --import tsx bench/push-fleet.ts …                 (CPU profiles of the verifiers)
+ *   PUSH_FLEET_CPU_PROF=/tmp/prof node --import tsx bench/push-fleet.ts …   (CPU profiles and SQLite statement times
+ *                                                                           of the verifiers over the measured window)
  *
  * Each agent logs in once, then attests every `--interval` s (a whole number: push mode's quote_interval); its
  * policy is a static PCR 15 value (no IMA or boot log, as the pull fleet benchmark), so this measures the push
@@ -195,10 +196,6 @@ async function main(): Promise<void> {
       const child = spawn(
         process.execPath,
         [
-          // PUSH_FLEET_CPU_PROF=<dir>: a CPU profile of each verifier process
-          ...(process.env.PUSH_FLEET_CPU_PROF
-            ? ['--cpu-prof', '--cpu-prof-dir', process.env.PUSH_FLEET_CPU_PROF]
-            : []),
           '--import',
           'tsx',
           resolve(import.meta.dirname, 'push-fleet-verifier.ts'),
@@ -364,6 +361,11 @@ async function main(): Promise<void> {
   }
   for (const [i, a] of agents.entries()) schedule(a, (i / AGENTS) * INTERVAL_S * 1000)
   await new Promise((r) => setTimeout(r, WARMUP_S * 1000))
+  // PUSH_FLEET_CPU_PROF: the verifiers profile the measured window (push-fleet-verifier.ts)
+  const profile = () => {
+    if (process.env.PUSH_FLEET_CPU_PROF) for (const c of children) c.child.kill('SIGUSR2')
+  }
+  profile()
   const cpuStart = children.map((c) => procStats(c.child.pid).cpu)
   measuring = true
   const mStart = Date.now()
@@ -372,6 +374,7 @@ async function main(): Promise<void> {
   const elapsed = (Date.now() - mStart) / 1000
   const cpu = children.map((c, i) => procStats(c.child.pid).cpu - (cpuStart[i] as number))
   const rssAfter = children.map((c) => procStats(c.child.pid).rss)
+  profile()
   stopping = true
   await Promise.allSettled([...running])
   // every accepted evidence verified and counted exactly once (evaluations run after the 202)

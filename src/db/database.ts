@@ -367,6 +367,9 @@ export async function openDatabase<DB>(url: string, opts: OpenDatabaseOptions = 
       handle.pragma(`busy_timeout = ${SQLITE_SYNC_BUSY_MS}`)
       handle.pragma('foreign_keys = ON')
       handle.pragma('synchronous = NORMAL')
+      // checkpoints every ~40 MB of log instead of 4 MB: a page written again meanwhile (the newest attestations,
+      // hot index pages) is copied to the database once, and there are a tenth as many checkpoint pauses
+      handle.pragma('wal_autocheckpoint = 10000')
     } catch (err) {
       throw new DbError(`cannot open SQLite database ${parsed.target}: ${(err as Error).message}`, {
         cause: err,

@@ -294,6 +294,21 @@ export class PushRepository {
   }
 
   /**
+   * New attestations and accepted evidence of one write batch in one transaction (SQLite: one commit, and the pages
+   * both touch, the table's newest rows, written to the log once instead of twice). Returns the keys of the rows
+   * inserted and of those that took their evidence, as the two statements alone would.
+   */
+  async writeRequests(
+    inserts: readonly NewAttestationRow[],
+    submits: readonly SubmittedEvidence[],
+  ): Promise<{ inserted: Set<string>; submitted: Set<string> }> {
+    return this.db.transaction().execute(async (tx) => ({
+      inserted: inserts.length > 0 ? await this.insertAttestations(inserts, tx) : new Set<string>(),
+      submitted: submits.length > 0 ? await this.submitEvidenceMany(submits, tx) : new Set<string>(),
+    }))
+  }
+
+  /**
    * One batched conditional update returning the rows it wrote: the statement itself on SQLite and PostgreSQL; on
    * MySQL, in one transaction, `statement` locks and returns the rows that qualify and `mysqlApply` writes them
    * (given only those rows: `keyOf` a locked row is `rowKeyOf` its parameter row).

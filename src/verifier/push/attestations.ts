@@ -19,7 +19,6 @@ import type {
 import type { ImaReplayState, PcrBank } from '../../evidence/ima/index.ts'
 import type { EvidenceInput } from '../../evidence/pipeline.ts'
 import {
-  akKeyObject,
   decodeBase64Strict,
   parsePcrBlob,
   parseTpmPolicy,
@@ -36,6 +35,7 @@ import type { EvidenceRunner } from '../evidence-runner.ts'
 import type { VerifierOptions } from '../options.ts'
 import type { PolicyStore } from '../policy-store.ts'
 import type { RevocationNotifier } from '../revocation-notifier.ts'
+import type { AkKeys } from './ak-keys.ts'
 import { type EvidenceItemOffer, negotiateEvidence, type RequestedItem } from './capabilities.ts'
 import { alignImaList, chooseStartingOffset } from './ima-offset.ts'
 import { iso, PushApiError } from './json-api.ts'
@@ -58,6 +58,8 @@ export interface PushAttestationDeps {
   now: () => number
   /** Who holds an evaluation (this process). */
   holder: string
+  /** Enrolled AKs parsed (shared with the session answers). */
+  aks: AkKeys
   metrics?: PushMetrics
 }
 
@@ -99,7 +101,6 @@ const parseJson = <T>(text: string | null, fallback: T): T => {
 }
 
 /** Parsed forms of enrolment columns, cached by their text (so never stale: a changed column is a new key). */
-const MAX_CACHED_AKS = 20_000
 const MAX_CACHED_POLICIES = 20_000
 
 /** A bounded map: the oldest entry goes when it is full. */
@@ -126,8 +127,6 @@ const MAX_AWAITING = 50_000
 
 export class PushAttestations {
   private readonly running = new Set<Promise<void>>()
-  /** AK keys by their enrolled text: parsing one costs more than the rest of a quote check. */
-  private readonly aks = new Map<string, KeyObject>()
   private readonly tpmPolicies = new Map<string, ReturnType<typeof parseTpmPolicy>>()
   private readonly acceptLists = new Map<string, string[]>()
   /**
@@ -168,7 +167,7 @@ export class PushAttestations {
   }
 
   private async checksOf(row: AgentForAttestation): Promise<AgentChecks> {
-    const akPublic = this.akOf(row.ak_tpm ?? '')
+    const akPublic = this.deps.aks.get(row.ak_tpm ?? '')
     const policyText = row.tpm_policy ?? ''
     const tpmPolicy = remember(this.tpmPolicies, MAX_CACHED_POLICIES, policyText, () =>
       parseTpmPolicy(policyText),
@@ -192,12 +191,6 @@ export class PushAttestations {
       mb,
       tpmPolicy,
     }
-  }
-
-  private akOf(akTpm: string): KeyObject {
-    return remember(this.aks, MAX_CACHED_AKS, akTpm, () =>
-      akKeyObject(new Uint8Array(Buffer.from(akTpm, 'base64'))),
-    )
   }
 
   private acceptList(text: string | null): string[] {

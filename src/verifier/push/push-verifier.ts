@@ -11,6 +11,7 @@ import type { EvidenceRunner } from '../evidence-runner.ts'
 import type { VerifierOptions } from '../options.ts'
 import type { PolicyStore } from '../policy-store.ts'
 import type { RevocationNotifier } from '../revocation-notifier.ts'
+import { AkKeys } from './ak-keys.ts'
 import { PushAttestations } from './attestations.ts'
 import { PushMonitor } from './monitor.ts'
 import { NO_PUSH_METRICS, type PushMetrics } from './push-metrics.ts'
@@ -61,8 +62,10 @@ export class PushVerifier {
       overdue: (n) => this.metrics.overdue(n),
       databaseWrite: (k, r, s) => this.metrics.databaseWrite(k, r, s),
     }
+    const aks = new AkKeys()
     this.sessions = new PushSessions({
       push: this.repo,
+      aks,
       agents: deps.agents,
       options: o.push,
       log: deps.log,
@@ -92,6 +95,7 @@ export class PushVerifier {
       log: deps.log,
       now: deps.now,
       holder: deps.holder,
+      aks,
       metrics,
     })
     this.monitor = new PushMonitor({

@@ -61,23 +61,25 @@ export class PushWriteQueue {
     this.writing = true
     try {
       while (this.inserts.length > 0 || this.submits.length > 0) {
-        const inserts = this.inserts
-        const submits = this.submits
+        const inserts = unique(this.inserts, (r) => key(r.agent_id, r.index))
+        const submits = unique(this.submits, (r) => key(r.agentId, r.index))
         this.inserts = []
         this.submits = []
         const started = performance.now()
-        await Promise.all([
-          this.apply(
-            inserts,
-            (rows) => this.deps.repo.insertAttestations(rows),
-            (r) => key(r.agent_id, r.index),
-          ),
-          this.apply(
-            submits,
-            (rows) => this.deps.repo.submitEvidenceMany(rows),
-            (r) => key(r.agentId, r.index),
-          ),
-        ])
+        // SQLite has one writer: both kinds in one transaction. Elsewhere they run side by side on two connections.
+        if (this.deps.repo.dialect !== 'sqlite' || !(await this.together(inserts, submits)))
+          await Promise.all([
+            this.apply(
+              inserts,
+              (rows) => this.deps.repo.insertAttestations(rows),
+              (r) => key(r.agent_id, r.index),
+            ),
+            this.apply(
+              submits,
+              (rows) => this.deps.repo.submitEvidenceMany(rows),
+              (r) => key(r.agentId, r.index),
+            ),
+          ])
         this.deps.onWritten?.(inserts.length + submits.length, (performance.now() - started) / 1000)
       }
     } finally {
@@ -85,38 +87,66 @@ export class PushWriteQueue {
     }
   }
 
-  /** One statement for the batch; a batch that fails for another reason than an outage is retried row by row. */
+  /**
+   * Both kinds in one transaction; false (nothing answered) when it failed for another reason than an outage, so
+   * the statements are run apart and a bad row refused alone.
+   */
+  private async together(
+    inserts: Waiting<NewAttestationRow>[],
+    submits: Waiting<SubmittedEvidence>[],
+  ): Promise<boolean> {
+    if (inserts.length === 0 || submits.length === 0) return false
+    try {
+      const done = await this.deps.repo.writeRequests(
+        inserts.map((w) => w.row),
+        submits.map((w) => w.row),
+      )
+      for (const w of inserts) w.resolve(done.inserted.has(key(w.row.agent_id, w.row.index)))
+      for (const w of submits) w.resolve(done.submitted.has(key(w.row.agentId, w.row.index)))
+      return true
+    } catch (err) {
+      if (databaseUnavailableReason(err) === null) return false
+      for (const w of [...inserts, ...submits]) w.reject(err)
+      return true
+    }
+  }
+
+  /** One statement for the batch (of distinct attestations); a batch that fails for another reason than an outage is retried row by row. */
   private async apply<T>(
     batch: Waiting<T>[],
     statement: (rows: T[]) => Promise<Set<string>>,
     keyOf: (row: T) => string,
   ): Promise<void> {
     if (batch.length === 0) return
-    // two rows of one attestation in a batch: the first is written, the second lost the race
-    const seen = new Set<string>()
-    const unique: Waiting<T>[] = []
-    for (const w of batch) {
-      const k = keyOf(w.row)
-      if (seen.has(k)) w.resolve(false)
-      else {
-        seen.add(k)
-        unique.push(w)
-      }
-    }
     try {
-      const done = await statement(unique.map((w) => w.row))
-      for (const w of unique) w.resolve(done.has(keyOf(w.row)))
+      const done = await statement(batch.map((w) => w.row))
+      for (const w of batch) w.resolve(done.has(keyOf(w.row)))
     } catch (err) {
-      if (unique.length === 1 || databaseUnavailableReason(err) !== null) {
-        for (const w of unique) w.reject(err)
+      if (batch.length === 1 || databaseUnavailableReason(err) !== null) {
+        for (const w of batch) w.reject(err)
         return
       }
       // one bad row (e.g. its agent deleted meanwhile) must not fail the others
-      for (const w of unique)
+      for (const w of batch)
         await statement([w.row]).then(
           (done) => w.resolve(done.has(keyOf(w.row))),
           (e: unknown) => w.reject(e),
         )
     }
   }
+}
+
+/** Two rows of one attestation in a batch: the first is written, the second lost the race (answered false here). */
+function unique<T>(batch: Waiting<T>[], keyOf: (row: T) => string): Waiting<T>[] {
+  const seen = new Set<string>()
+  const out: Waiting<T>[] = []
+  for (const w of batch) {
+    const k = keyOf(w.row)
+    if (seen.has(k)) w.resolve(false)
+    else {
+      seen.add(k)
+      out.push(w)
+    }
+  }
+  return out
 }

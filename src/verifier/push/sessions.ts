@@ -7,8 +7,8 @@ import { createHash } from 'node:crypto'
 import type { Logger } from '../../common/log.ts'
 import type { PushRepository, SessionRow } from '../../db/push-repository.ts'
 import type { VerifierRepository } from '../../db/verifier-repository.ts'
-import { akKeyObject } from '../../evidence/quote/index.ts'
 import type { PushOptions } from '../options.ts'
+import type { AkKeys } from './ak-keys.ts'
 import { iso, PushApiError } from './json-api.ts'
 import { verifyProofOfPossession } from './pop.ts'
 import { NO_PUSH_METRICS, type PushMetrics } from './push-metrics.ts'
@@ -71,6 +71,8 @@ export class PushSessions {
       options: PushOptions
       log: Logger
       now: () => number
+      /** Enrolled AKs parsed (shared with the attestations). */
+      aks: AkKeys
       metrics?: PushMetrics
     },
   ) {
@@ -152,7 +154,7 @@ export class PushSessions {
         signature,
         challenge: new Uint8Array(session.nonce ?? []),
         akTpm,
-        akKey: akKeyObject(akTpm),
+        akKey: this.deps.aks.get(agent.ak_tpm),
       })
     } catch (err) {
       result = { ok: false, reason: `enrolled AK unusable: ${(err as Error).message}` }
