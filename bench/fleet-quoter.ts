@@ -3,7 +3,14 @@
  * an AK (node:crypto RSA-2048 or P-256) and a TPM clock, and produces integrity-quote responses in the exact wire
  * formats (TPMS_ATTEST, TPMT_SIGNATURE, PCRBLOB, quote string) so the verifier checks them like real ones.
  */
-import { createHash, generateKeyPairSync, type KeyObject, sign } from 'node:crypto'
+import {
+  createHash,
+  createPrivateKey,
+  createPublicKey,
+  generateKeyPairSync,
+  type KeyObject,
+  sign,
+} from 'node:crypto'
 
 type Hash = 'sha1' | 'sha256' | 'sha384' | 'sha512'
 const ALG_ID: Record<Hash, number> = { sha1: 0x0004, sha256: 0x000b, sha384: 0x000c, sha512: 0x000d }
@@ -57,6 +64,24 @@ export interface SoftQuoterOptions {
   hashAlg?: Hash
 }
 
+const SPKI_DER = { type: 'spki', format: 'der' } as const
+const PKCS8_DER = { type: 'pkcs8', format: 'der' } as const
+
+/**
+ * Key objects of their own for a freshly generated pair. Node 20 can deadlock when a garbage collection inside
+ * `export()` of a generated key object destroys an earlier key-generation job that waits on the lock the export holds
+ * (seen as fleet benchmarks hanging at start-up); keys re-imported from DER share nothing with the job.
+ */
+function ownKeyObjects(pair: { publicKey: Buffer; privateKey: Buffer }): {
+  publicKey: KeyObject
+  privateKey: KeyObject
+} {
+  return {
+    publicKey: createPublicKey({ key: pair.publicKey, format: 'der', type: 'spki' }),
+    privateKey: createPrivateKey({ key: pair.privateKey, format: 'der', type: 'pkcs8' }),
+  }
+}
+
 export class SoftQuoter {
   readonly hashAlg: Hash
   readonly privateKey: KeyObject
@@ -71,7 +96,13 @@ export class SoftQuoter {
     this.hashAlg = opts.hashAlg ?? 'sha256'
     const keyType = opts.keyType ?? 'rsa'
     if (keyType === 'rsa') {
-      const { privateKey, publicKey } = generateKeyPairSync('rsa', { modulusLength: 2048 })
+      const { privateKey, publicKey } = ownKeyObjects(
+        generateKeyPairSync('rsa', {
+          modulusLength: 2048,
+          publicKeyEncoding: SPKI_DER,
+          privateKeyEncoding: PKCS8_DER,
+        }),
+      )
       this.privateKey = privateKey
       const jwk = publicKey.export({ format: 'jwk' })
       const n = Buffer.from(jwk.n as string, 'base64url')
@@ -89,7 +120,13 @@ export class SoftQuoter {
       ])
       this.akTpm = tpm2b(body).toString('base64')
     } else {
-      const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' })
+      const { privateKey, publicKey } = ownKeyObjects(
+        generateKeyPairSync('ec', {
+          namedCurve: 'P-256',
+          publicKeyEncoding: SPKI_DER,
+          privateKeyEncoding: PKCS8_DER,
+        }),
+      )
       this.privateKey = privateKey
       const jwk = publicKey.export({ format: 'jwk' })
       const body = Buffer.concat([
