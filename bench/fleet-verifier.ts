@@ -4,11 +4,11 @@
  * message.
  */
 import { readdirSync, readFileSync } from 'node:fs'
-import pino from 'pino'
 import { openDatabase } from '../src/db/database.ts'
 import type { VerifierDatabase } from '../src/db/verifier-repository.ts'
 import { DEFAULT_VERIFIER_OPTIONS } from '../src/verifier/options.ts'
 import { VerifierService } from '../src/verifier/verifier-service.ts'
+import { type LeaseEvents, leaseEventLog } from './lease-events.ts'
 
 export interface FleetVerifierConfig {
   pgUrl: string
@@ -30,7 +30,7 @@ export interface FleetVerifierStats {
   cpuMicros: number
   runQueueWaitSeconds: number
   rssMB: number
-  leaseEvents: { heartbeatExpired: number; fenceRefused: number; takenByOther: number; claimed: number }
+  leaseEvents: LeaseEvents
   noticed: Record<string, number>
 }
 
@@ -46,20 +46,7 @@ function runQueueWaitSeconds(): number {
 }
 
 const config = JSON.parse(process.env.FLEET_VERIFIER as string) as FleetVerifierConfig
-const leaseEvents = { heartbeatExpired: 0, fenceRefused: 0, takenByOther: 0, claimed: 0 }
-const log = pino(
-  { level: 'info' },
-  {
-    write(line: string) {
-      if (line.includes('heartbeat row had expired')) leaseEvents.heartbeatExpired++
-      else if (line.includes('write fence refused')) leaseEvents.fenceRefused++
-      else if (line.includes('taken by another verifier')) leaseEvents.takenByOther++
-      else if (line.includes('claimed agents nobody held'))
-        leaseEvents.claimed += Number(/"claimed":(\d+)/.exec(line)?.[1] ?? 0)
-      if (/"level":(40|50|60)/.test(line)) process.stderr.write(line)
-    },
-  },
-)
+const { log, leaseEvents } = leaseEventLog()
 const db = await openDatabase<VerifierDatabase>(config.pgUrl, { pgSchema: config.schema })
 const service = new VerifierService({
   db,

@@ -25,7 +25,6 @@ import { monitorEventLoopDelay } from 'node:perf_hooks'
 import { createInterface } from 'node:readline'
 import { writeHeapSnapshot } from 'node:v8'
 import { sql } from 'kysely'
-import pino from 'pino'
 import { createMetricsRegistry } from '../src/api/metrics.ts'
 import { AgentState } from '../src/api/verifier/states.ts'
 import { openDatabase } from '../src/db/database.ts'
@@ -34,6 +33,7 @@ import { PrometheusVerifierMetrics } from '../src/verifier/metrics.ts'
 import { autoEvidenceWorkers, DEFAULT_VERIFIER_OPTIONS } from '../src/verifier/options.ts'
 import { VerifierService } from '../src/verifier/verifier-service.ts'
 import type { FleetVerifierConfig, FleetVerifierStats } from './fleet-verifier.ts'
+import { leaseEventLog } from './lease-events.ts'
 import { installSqlProfile, sqlProfileReport, startSqlProfile } from './sql-profile.ts'
 
 function arg(name: string, dflt: number): number {
@@ -197,19 +197,7 @@ async function main(): Promise<void> {
           name: 'cv_data',
           migrations: 'verifier',
         })
-  // lease lapses and fence refusals are logged at info: counted here, nothing else printed below warn
-  const leaseEvents = { heartbeatExpired: 0, fenceRefused: 0, takenByOther: 0 }
-  const log = pino(
-    { level: 'info' },
-    {
-      write(line: string) {
-        if (line.includes('heartbeat row had expired')) leaseEvents.heartbeatExpired++
-        else if (line.includes('write fence refused')) leaseEvents.fenceRefused++
-        else if (line.includes('taken by another verifier')) leaseEvents.takenByOther++
-        if (/"level":(40|50|60)/.test(line)) process.stderr.write(line)
-      },
-    },
-  )
+  const { log, leaseEvents } = leaseEventLog()
   const tls = fleet.info.verifierTls
   const service = new VerifierService({
     db,

@@ -153,6 +153,19 @@ export class DuplicateError extends KeylimeError {
   }
 }
 
+/** One success's attestation-state row, in the column order of the batch statements. */
+function attestationStateColumns(s: AttestationSuccess): unknown[] {
+  return [
+    s.agentId,
+    s.attestationCount,
+    s.lastReceivedQuote,
+    s.lastSuccessfulAttestation,
+    s.tpmClockinfo,
+    s.nextImaEntry ?? nextImaEntryOf(s.imaState),
+    s.imaState,
+  ]
+}
+
 export async function migrateVerifierDatabase(db: Kysely<VerifierDatabase>): Promise<void> {
   await migrate(db, VERIFIER_MIGRATIONS, 'verifier')
 }
@@ -860,16 +873,7 @@ export class VerifierRepository {
         else refused.push(s.agentId)
       }
       if (accepted.length === 0) return refused
-      const hot = accepted.map((s) => [
-        s.agentId,
-        s.attestationCount,
-        s.lastReceivedQuote,
-        s.lastSuccessfulAttestation,
-        s.tpmClockinfo,
-        s.nextImaEntry ?? nextImaEntryOf(s.imaState),
-        s.imaState,
-      ])
-      await run(tx, this.sql.upsertHot, this.rowsParam(hot))
+      await run(tx, this.sql.upsertHot, this.rowsParam(accepted.map(attestationStateColumns)))
       const changed = accepted
         .filter((s) => {
           const row = byId.get(s.agentId) as LockedRow
@@ -897,13 +901,7 @@ export class VerifierRepository {
     batch: readonly AttestationSuccess[],
   ): Promise<string[]> {
     const rows = batch.map((s) => [
-      s.agentId,
-      s.attestationCount,
-      s.lastReceivedQuote,
-      s.lastSuccessfulAttestation,
-      s.tpmClockinfo,
-      s.nextImaEntry ?? nextImaEntryOf(s.imaState),
-      s.imaState,
+      ...attestationStateColumns(s),
       s.leaseEpoch,
       s.operationalState,
       s.publicKey,
