@@ -5,7 +5,7 @@
  * with exponential backoff; any other 4xx answer (e.g. 403 for a UUID held by another TPM) is final.
  */
 import { createHmac } from 'node:crypto'
-import { type ClientTls, PeerError, plainHttpDispatcher } from '../api/client.ts'
+import { type ClientTls, type JsonDispatcher, nodeHttpDispatcher, PeerError } from '../api/client.ts'
 import { RegistrarClient } from '../api/registrar/client.ts'
 import type { VersionResults } from '../api/registrar/schemas.ts'
 import { AGENT_API_VERSIONS, compareVersions } from '../api/versions.ts'
@@ -117,6 +117,7 @@ function refusal(what: string, err: unknown): RegistrationError {
 export class RegistrarConnection {
   readonly baseUrl: string
   private readonly client: RegistrarClient
+  private readonly dispatcher: JsonDispatcher
   private readonly log: Logger
   private readonly versions: readonly string[]
   version: string | null = null
@@ -135,12 +136,12 @@ export class RegistrarConnection {
   }) {
     const host = opts.ip.includes(':') && !opts.ip.startsWith('[') ? `[${opts.ip}]` : opts.ip
     this.baseUrl = `${opts.tls ? 'https' : 'http'}://${host}:${opts.port}`
-    // Plain HTTP over node:http rather than undici for these few calls: undici would stay resident in the agent.
-    // HTTPS (the push agent with registrar_tls_enabled) needs undici's TLS client.
+    // node:http(s) rather than undici for these few calls: undici would stay resident in the agent.
+    this.dispatcher = nodeHttpDispatcher(opts.tls, { connections: 1 })
     this.client = new RegistrarClient({
       baseUrl: this.baseUrl,
       timeoutMs: opts.timeoutMs ?? 30_000,
-      ...(opts.tls ? { tls: opts.tls } : { dispatcher: plainHttpDispatcher() }),
+      dispatcher: this.dispatcher,
     })
     this.versions = opts.versions ?? AGENT_API_VERSIONS
     this.log = opts.log
@@ -196,6 +197,7 @@ export class RegistrarConnection {
 
   async close(): Promise<void> {
     await this.client.close()
+    await this.dispatcher.close()
   }
 }
 

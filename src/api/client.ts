@@ -2,13 +2,15 @@
  * undici JSON client for Keylime's v2 REST APIs: one connection pool per client (keep-alive reuse), mTLS with a
  * client certificate, server identity by CA chain or a pinned certificate (hostnames are never checked, as
  * upstream), timeouts on connect/headers/body, and envelope decoding: a non-2xx answer becomes `PeerError`.
- * undici is loaded on a client's first request, and a caller that passes `plainHttpDispatcher()` never loads it: the
- * agent's two plain-HTTP calls to the registrar would otherwise keep ~10 MiB of undici resident on every machine.
+ * undici is loaded on a client's first request, and a caller that passes `nodeHttpDispatcher()` never loads it: the
+ * agents' calls to the registrar and verifier would otherwise keep ~10 MiB of undici, and the JIT it needs, resident
+ * on every machine.
  * Replies are checked with a typebox schema (its compiler loaded on the first such check) or with a plain
  * `ReplyCheck` function, which is what the agents use so that typebox is never loaded there.
  */
 import { X509Certificate } from 'node:crypto'
 import { request as httpRequest } from 'node:http'
+import { Agent as HttpsAgent, request as httpsRequest } from 'node:https'
 import type { TLSSocket } from 'node:tls'
 import type { Static, TSchema } from '@sinclair/typebox'
 import type { TypeCheck } from '@sinclair/typebox/compiler'
@@ -61,7 +63,7 @@ export interface JsonClientOptions {
   dispatcher?: JsonDispatcher
 }
 
-/** The part of an HTTP client `JsonClient` uses: undici's `Dispatcher` is one, `plainHttpDispatcher()` another. */
+/** The part of an HTTP client `JsonClient` uses: undici's `Dispatcher` is one, `nodeHttpDispatcher()` another. */
 export interface JsonDispatcher {
   request(options: {
     origin: string
@@ -70,32 +72,62 @@ export interface JsonDispatcher {
     headers: Record<string, string>
     body?: string
     signal: AbortSignal
-  }): Promise<{ statusCode: number; body: { text(): Promise<string> } }>
+  }): Promise<{
+    statusCode: number
+    headers: Record<string, string | string[] | undefined>
+    body: { text(): Promise<string> }
+  }>
   close(): Promise<void>
 }
 
-/** Largest reply `plainHttpDispatcher` reads; a Keylime envelope is far smaller. */
-const PLAIN_HTTP_MAX_REPLY_BYTES = 1 << 20
+/** Largest reply `nodeHttpDispatcher` reads; a Keylime envelope or a push-mode answer is far smaller. */
+const NODE_HTTP_MAX_REPLY_BYTES = 1 << 20
 
 /**
- * A dispatcher over node:http for plain-HTTP peers only (the agent's registration): one connection per request,
- * replies above 1 MiB refused. TLS peers need undici's (the default).
+ * A dispatcher over node:http and node:https, for the agents: undici parses HTTP with WebAssembly, which needs the
+ * JIT the agents' units turn off (`--jitless`), and would stay resident on every attested machine. Plain HTTP opens
+ * one connection per request (the pull agent's few registrar calls); HTTPS keeps up to `connections` connections
+ * alive (the push agent's calls to the verifier and registrar). Server identity is checked as `createDispatcher`
+ * does (CA chain, hostnames unchecked) except for a pinned certificate, which only the services need and is refused
+ * here rather than ignored. Replies above 1 MiB are refused.
  */
-export function plainHttpDispatcher(): JsonDispatcher {
+export function nodeHttpDispatcher(
+  tls: ClientTls | undefined = undefined,
+  opts: { connections?: number } = {},
+): JsonDispatcher {
+  if (tls?.pinnedServerCert !== undefined)
+    throw new Error('nodeHttpDispatcher does not check pinned server certificates: use createDispatcher')
+  let tlsAgent: HttpsAgent | undefined
+  const agentFor = (origin: string): HttpsAgent | false => {
+    if (origin.startsWith('http:')) return false
+    tlsAgent ??= new HttpsAgent({
+      keepAlive: true,
+      maxSockets: opts.connections ?? 2,
+      ...(tls?.ca !== undefined ? { ca: tls.ca } : {}),
+      ...(tls?.cert ? { cert: tls.cert } : {}),
+      ...(tls?.key ? { key: tls.key } : {}),
+      ...(tls?.keyPassphrase ? { passphrase: tls.keyPassphrase } : {}),
+      minVersion: 'TLSv1.2',
+      rejectUnauthorized: !tls?.insecure,
+      checkServerIdentity: () => undefined,
+    })
+    return tlsAgent
+  }
   return {
     request: (o) =>
       new Promise((resolve, reject) => {
-        if (!o.origin.startsWith('http:')) {
-          reject(new Error(`plainHttpDispatcher serves http: origins only, not ${o.origin}`))
+        if (!o.origin.startsWith('http:') && !o.origin.startsWith('https:')) {
+          reject(new Error(`nodeHttpDispatcher serves http: and https: origins only, not ${o.origin}`))
           return
         }
         const body = o.body === undefined ? undefined : Buffer.from(o.body, 'utf8')
-        const req = httpRequest(
+        const agent = agentFor(o.origin)
+        const req = (agent === false ? httpRequest : httpsRequest)(
           o.origin + o.path,
           {
             method: o.method,
             signal: o.signal,
-            agent: false,
+            agent,
             headers: body ? { ...o.headers, 'content-length': String(body.length) } : o.headers,
           },
           (res) => {
@@ -103,21 +135,25 @@ export function plainHttpDispatcher(): JsonDispatcher {
             let size = 0
             res.on('data', (c: Buffer) => {
               size += c.length
-              if (size > PLAIN_HTTP_MAX_REPLY_BYTES)
-                req.destroy(new Error(`reply larger than ${PLAIN_HTTP_MAX_REPLY_BYTES} bytes`))
+              if (size > NODE_HTTP_MAX_REPLY_BYTES)
+                req.destroy(new Error(`reply larger than ${NODE_HTTP_MAX_REPLY_BYTES} bytes`))
               else chunks.push(c)
             })
             res.on('error', reject)
             res.on('end', () => {
               const text = Buffer.concat(chunks).toString('utf8')
-              resolve({ statusCode: res.statusCode ?? 0, body: { text: async () => text } })
+              resolve({
+                statusCode: res.statusCode ?? 0,
+                headers: res.headers,
+                body: { text: async () => text },
+              })
             })
           },
         )
         req.on('error', reject)
         req.end(body)
       }),
-    close: async () => undefined,
+    close: async () => tlsAgent?.destroy(),
   }
 }
 

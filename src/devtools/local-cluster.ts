@@ -89,6 +89,9 @@ export class LocalCluster {
     writeFileSync(this.emptyConf, '')
   }
 
+  /** Agents run with the V8 flags of their systemd units (packaging/systemd), so the demo exercises them. */
+  private static readonly AGENT_NODE_OPTIONS = '--max-semi-space-size=1 --v8-pool-size=1 --jitless'
+
   private spawn(name: string, args: string[], env: Record<string, string> = {}): ChildProcess {
     const logFile = join(this.logDir, `${name}.log`)
     const log = createWriteStream(logFile, { flags: 'a' })
@@ -287,41 +290,52 @@ export class LocalCluster {
     ]
     let child!: ChildProcess
     let port = 0
+    const agentEnv = {
+      NODE_OPTIONS: [process.env.NODE_OPTIONS, LocalCluster.AGENT_NODE_OPTIONS].filter(Boolean).join(' '),
+    }
     if (mode === 'push') {
-      child = this.spawn(name, [
-        'push-agent',
-        ...common,
-        '--verifier-url',
-        `https://127.0.0.1:${this.verifierPort}`,
-        '--ca-certificate',
-        join(this.cvCa, 'cacert.crt'),
-        '--attestation-interval-seconds',
-        String(this.opts.quoteInterval),
-        '--exponential-backoff-initial-delay',
-        '500',
-        '--exponential-backoff-max-delay',
-        String(Math.max(1000, this.opts.quoteInterval * 1000)),
-        ...extraArgs,
-      ])
+      child = this.spawn(
+        name,
+        [
+          'push-agent',
+          ...common,
+          '--verifier-url',
+          `https://127.0.0.1:${this.verifierPort}`,
+          '--ca-certificate',
+          join(this.cvCa, 'cacert.crt'),
+          '--attestation-interval-seconds',
+          String(this.opts.quoteInterval),
+          '--exponential-backoff-initial-delay',
+          '500',
+          '--exponential-backoff-max-delay',
+          String(Math.max(1000, this.opts.quoteInterval * 1000)),
+          ...extraArgs,
+        ],
+        agentEnv,
+      )
     } else {
       port = await this.startListening(name, async () => {
         const port = await freePort()
-        child = this.spawn(name, [
-          'agent',
-          ...common,
-          '--port',
-          String(port),
-          '--contact-port',
-          String(port),
-          '--trusted-client-ca',
-          join(this.cvCa, 'cacert.crt'),
-          '--revocation-actions-dir',
-          join(agentDir, 'actions'),
-          // root (CI) gets the real tmpfs for the secure directory; without root only a disk directory is possible
-          '--secure-dir-allow-disk',
-          String(process.geteuid?.() !== 0),
-          ...extraArgs,
-        ])
+        child = this.spawn(
+          name,
+          [
+            'agent',
+            ...common,
+            '--port',
+            String(port),
+            '--contact-port',
+            String(port),
+            '--trusted-client-ca',
+            join(this.cvCa, 'cacert.crt'),
+            '--revocation-actions-dir',
+            join(agentDir, 'actions'),
+            // root (CI) gets the real tmpfs for the secure directory; without root only a disk directory is possible
+            '--secure-dir-allow-disk',
+            String(process.geteuid?.() !== 0),
+            ...extraArgs,
+          ],
+          agentEnv,
+        )
         return { child, port }
       })
     }

@@ -3,8 +3,7 @@
  * authentication only (the agent presents no client certificate; it proves itself with the PoP bearer token).
  * Every answer becomes either the parsed body or a `VerifierAnswerError` that says how the agent should react.
  */
-import type { Dispatcher } from 'undici'
-import { type ClientTls, createDispatcher } from '../../api/client.ts'
+import { type ClientTls, type JsonDispatcher, nodeHttpDispatcher } from '../../api/client.ts'
 import { KeylimeError } from '../../common/errors.ts'
 
 export const JSON_API = 'application/vnd.api+json'
@@ -65,15 +64,14 @@ function firstErrorReason(body: unknown): string | undefined {
 
 export class PushVerifierClient {
   readonly baseUrl: string
-  private readonly dispatcher: Promise<Dispatcher>
+  private readonly dispatcher: JsonDispatcher
   private readonly timeoutMs: number
 
   /** `baseUrl` = `verifier_url` + `/v<api version>`, e.g. `https://verifier:8881/v3.0`. */
   constructor(o: { baseUrl: string; tls: ClientTls; timeoutMs: number }) {
     this.baseUrl = o.baseUrl.replace(/\/+$/, '')
     this.timeoutMs = o.timeoutMs
-    this.dispatcher = createDispatcher(o.tls, undefined, { timeoutMs: o.timeoutMs, connections: 2 })
-    this.dispatcher.catch(() => undefined) // a failure surfaces on the first request
+    this.dispatcher = nodeHttpDispatcher(o.tls, { connections: 2 })
   }
 
   /** `path` is relative to the versioned base (`/sessions`), or absolute from a `Location` (`/v3.0/agents/...`). */
@@ -90,7 +88,7 @@ export class PushVerifierClient {
     let text: string
     let headers: Record<string, string | string[] | undefined>
     try {
-      const res = await (await this.dispatcher).request({
+      const res = await this.dispatcher.request({
         origin: url.origin,
         path: url.pathname + url.search,
         method,
@@ -153,6 +151,6 @@ export class PushVerifierClient {
   }
 
   async close(): Promise<void> {
-    await (await this.dispatcher).close()
+    await this.dispatcher.close()
   }
 }

@@ -160,8 +160,7 @@ describe('the agent HTTP layer', () => {
     expect(await fetchRaw(port, 'POST', '/healthz')).toEqual({ status: 405, body: '', allow: 'GET' })
   })
 
-  // undici too: it needs WebAssembly, which the pull agent's unit turns off (--jitless); the push agent loads it
-  // on its first request to the verifier, never at start
+  // undici too: it needs WebAssembly, which the agents' units turn off (--jitless)
   it('loading the agents never loads fastify, prom-client, typebox or undici (the registrar and verifier do)', () => {
     /** Which of the packages the given modules load (CommonJS ones through the require cache, ES ones by hook). */
     const loaded = (modules: string[]) => {
