@@ -35,8 +35,14 @@ const NEWLINE = 10
 /** How one list is split, and where its helpers' results go; cloned to each thread (its buffers are shared). */
 export interface ImaChunkPlan {
   bank: PcrBank
-  /** Template-hash column algorithm (the policy's `log_hash_alg`) the fast path checks. */
+  /** Template-hash column algorithm (the policy's `log_hash_alg`). */
   columnAlg: PcrBank
+  /**
+   * Whether helpers compare each logged template hash with the computed one (always when the column's algorithm is
+   * the bank's). Not needed for a replay anchored to a quote (`ImaIncrementVerification`), which is what the
+   * verifier runs; a verification that compares them uses only a plan that did.
+   */
+  checkColumn: boolean
   /** The list's UTF-8 bytes, in a SharedArrayBuffer: every thread reads this one copy. */
   list: Uint8Array
   /** Chunk k is the list from `starts[k]` to `starts[k + 1]` (the last one ends at its end), whole lines. */
@@ -105,6 +111,7 @@ export function planImaChunks(
   bank: PcrBank,
   columnAlg: PcrBank,
   chunkBytes = 1 << 19,
+  { checkColumn = false }: { checkColumn?: boolean } = {},
 ): ImaChunkPlan | null {
   if (list.length < 2 * chunkBytes || !(list.buffer instanceof SharedArrayBuffer)) return null
   const bytesOf = listBuffer(list)
@@ -125,7 +132,14 @@ export function planImaChunks(
     bytes += lines * (4 + size)
     bytes = (bytes + 3) & ~3
   }
-  const plan = { bank, columnAlg, list, starts, shared: new SharedArrayBuffer(bytes) }
+  const plan = {
+    bank,
+    columnAlg,
+    checkColumn: checkColumn || columnAlg === bank,
+    list,
+    starts,
+    shared: new SharedArrayBuffer(bytes),
+  }
   Atomics.store(layout(plan).header, CURSOR, starts.length)
   return plan
 }
@@ -138,7 +152,7 @@ export function helpWithImaChunks(plan: ImaChunkPlan, policy: CompiledRuntimePol
   const { header, offsets, measurements, capacity } = layout(plan)
   const list = listBuffer(plan.list)
   const size = BANK_SIZE[plan.bank]
-  const fast = new ImaNgFastPath(plan.bank, plan.columnAlg, policy)
+  const fast = new ImaNgFastPath(plan.bank, plan.columnAlg, policy, { checkColumn: plan.checkColumn })
   const starts = new Int32Array(PREFETCH_LINES)
   const ends = new Int32Array(PREFETCH_LINES)
   let helped = 0
@@ -209,15 +223,20 @@ export class ImaChunkReader {
   readonly #layout: Layout
   readonly #size: number
 
-  /** null when the plan does not fit this verification (another list, bank or column algorithm). */
+  /**
+   * null when the plan does not fit this verification (another list, bank or column algorithm, or its helpers did not
+   * compare the template-hash columns this verification compares).
+   */
   static for(
     plan: ImaChunkPlan | undefined,
     list: Uint8Array,
     bank: PcrBank,
     columnAlg: PcrBank,
+    checkColumn: boolean,
   ): ImaChunkReader | null {
     if (
       plan === undefined ||
+      (checkColumn && !plan.checkColumn) ||
       plan.list.buffer !== list.buffer ||
       plan.list.byteOffset !== list.byteOffset ||
       plan.list.length !== list.length ||

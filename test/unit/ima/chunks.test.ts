@@ -178,6 +178,32 @@ describe('IMA lists checked in chunks', () => {
     }
   })
 
+  it('uses helpers that did not compare template-hash columns only for a replay anchored to a quote', () => {
+    const lines = Array.from({ length: 500 }, (_, i) => good[i % good.length] as string)
+    // line 250's column is not the sha1 of its data: only a verification that compares columns reports it
+    lines[250] = `10 ${'7'.repeat(40)}${(lines[250] as string).slice(43)}`
+    const list = sharedListBytes(`${lines.join('\n')}\n`)
+    const base = { listText: list, firstEntry: 0, state: null, policy }
+    for (const checkColumn of [false, true]) {
+      const plan = planImaChunks(list, 'sha256', 'sha1', 5000, { checkColumn })
+      if (plan === null) throw new Error('no plan')
+      expect(helpWithImaChunks(plan, policy)).toBe(plan.starts.length - 1)
+      const unanchored = verifyImaIncrement({
+        ...base,
+        quotedPcr10: { hashAlg: 'sha256', value: null },
+        chunks: plan,
+      })
+      expect(!unanchored.verdict.ok && unanchored.verdict.events.map((e) => e.eventId)).toEqual([
+        'ima.validation.ima_hash',
+      ])
+    }
+    const plan = planImaChunks(list, 'sha256', 'sha1', 5000)
+    if (plan === null) throw new Error('no plan')
+    helpWithImaChunks(plan, policy)
+    const quotedPcr10 = { hashAlg: 'sha256' as const, value: pcrAfter(lines, 'sha256') }
+    expect(verifyImaIncrement({ ...base, quotedPcr10, chunks: plan }).verdict).toEqual({ ok: true })
+  })
+
   it('makes no plan for bytes that are not shared (helpers could not read them)', () => {
     const lines = Array.from({ length: 500 }, (_, i) => good[i % good.length] as string)
     const listText = `${lines.join('\n')}\n`
