@@ -10,9 +10,9 @@
  *   `maxPoliciesPerWorker`, the oldest forgotten first); the boot log's bytes are transferred, not copied; a long
  *   IMA list is written once into a SharedArrayBuffer as UTF-8, which every worker reads in place; the quote and a
  *   short IMA list are cloned.
- * - One long IMA list uses every idle worker: the job's worker verifies it from the start while the idle ones check
- *   chunks of it from the end (`src/evidence/ima/chunks.ts`), meeting through one more SharedArrayBuffer; a busy
- *   worker is never waited for.
+ * - One long IMA list uses every idle worker: the idle ones check chunks of it while the job's worker extends PCR 10
+ *   through them in order and checks chunks too (`src/evidence/ima/chunks.ts`), sharing one more
+ *   SharedArrayBuffer; a busy worker is never waited for.
  * - Failures fail closed for one attestation: a job that throws rejects with the worker's error; a worker that dies
  *   (crash, or ended because one evaluation outlasted `jobTimeoutMs`) rejects the job it was running, re-queues the
  *   jobs waiting behind it and is replaced.

@@ -432,7 +432,15 @@ class ImaReplayPass {
       this.#nextSegment()
     } else {
       this.#list = listBuffer(list)
-      if (!strict) this.#chunks = ImaChunkReader.for(input.chunks, this.#list, bank, columnAlg, checkColumn)
+      if (!strict)
+        this.#chunks = ImaChunkReader.for(
+          input.chunks,
+          this.#list,
+          bank,
+          columnAlg,
+          checkColumn,
+          input.policy,
+        )
     }
     if (this.#chunks !== null) this.#chunkEnd = this.#chunks.start(1)
     const running = this.#joined.subarray(0, size)
