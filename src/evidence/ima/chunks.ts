@@ -76,9 +76,16 @@ export function listBuffer(list: Uint8Array): Buffer {
   return Buffer.isBuffer(list) ? list : Buffer.from(list.buffer, list.byteOffset, list.byteLength)
 }
 
-/** The UTF-8 bytes of `text` in a SharedArrayBuffer, for threads to read in place. */
-export function sharedListBytes(text: string): Uint8Array {
-  const list = new Uint8Array(new SharedArrayBuffer(Buffer.byteLength(text, 'utf8')))
+/**
+ * The UTF-8 bytes of `text` in a SharedArrayBuffer, for threads to read in place: at the start of `reuse` when it is
+ * long enough (memory touched before: first writes to fresh pages cost far more than the encoding itself).
+ */
+export function sharedListBytes(text: string, reuse?: SharedArrayBuffer | null): Uint8Array {
+  const bytes = Buffer.byteLength(text, 'utf8')
+  const list =
+    reuse != null && reuse.byteLength >= bytes
+      ? new Uint8Array(reuse, 0, bytes)
+      : new Uint8Array(new SharedArrayBuffer(bytes))
   listBuffer(list).write(text, 0, 'utf8')
   return list
 }
