@@ -161,7 +161,7 @@ describe('ImaNgFastPath', () => {
             }
           },
         ),
-        { numRuns: 1200 },
+        { numRuns: 1800 },
       )
       // a column that is not the hash of the data passes only where it is not compared
       if (checkColumn || bank === logAlg) expect(acceptedOtherColumn).toBe(0)
