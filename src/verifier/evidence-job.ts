@@ -49,8 +49,8 @@ export interface EvidenceJob {
 }
 
 /**
- * Help with another worker's long IMA list: check chunks of it from the end (`helpWithImaChunks`) until the
- * verifying worker catches up. The plan carries the list's bytes (shared, not copied); `policy` is its runtime policy.
+ * Help with another worker's long IMA list: check the chunks of it nobody has taken yet (`helpWithImaChunks`)
+ * until none is left. The plan carries the list's bytes (shared, not copied); `policy` is its runtime policy.
  */
 export interface ImaHelpJob {
   id: number

@@ -10,9 +10,9 @@
  *   `maxPoliciesPerWorker`, the oldest forgotten first); the boot log's bytes are transferred, not copied; a long
  *   IMA list is written once into a SharedArrayBuffer as UTF-8, which every worker reads in place; the quote and a
  *   short IMA list are cloned.
- * - One long IMA list uses every idle worker: the job's worker verifies it from the start while the idle ones check
- *   chunks of it from the end (`src/evidence/ima/chunks.ts`), meeting through one more SharedArrayBuffer; a busy
- *   worker is never waited for.
+ * - One long IMA list uses every idle worker: the idle ones check chunks of it while the job's worker extends PCR 10
+ *   through them in order and checks chunks too (`src/evidence/ima/chunks.ts`), sharing one more
+ *   SharedArrayBuffer; a busy worker is never waited for.
  * - Failures fail closed for one attestation: a job that throws rejects with the worker's error; a worker that dies
  *   (crash, or ended because one evaluation outlasted `jobTimeoutMs`) rejects the job it was running, re-queues the
  *   jobs waiting behind it and is replaced.
@@ -67,6 +67,14 @@ export interface EvidencePoolOptions {
  */
 const SHARE_IMA_LIST_CHARS = 64 * 1024
 
+/**
+ * How long the buffer of the last long IMA list is kept for the next one. Writing a list into fresh memory costs
+ * several times more than the encoding (page faults: ~0.5 s for 150 MB on the 2-core test machine, on the event
+ * loop, before any worker can start), so lists that come one after the other (agents' first attestations after a
+ * restart) reuse one buffer; an idle pool lets it go.
+ */
+const SPARE_LIST_KEEP_MS = 30_000
+
 /** A job the pool could not evaluate: never a pass, never the agent's fault. */
 export class EvidenceWorkerError extends Error {
   override name = 'EvidenceWorkerError'
@@ -82,6 +90,8 @@ interface Job {
   help?: ImaChunkPlan
   /** The IMA list's bytes in a SharedArrayBuffer, made once (a job sent again reuses them). */
   sharedList?: Uint8Array
+  /** The pool wrote `sharedList` into a buffer of its own, to be reused once the job is answered. */
+  ownsSharedList?: boolean
 }
 
 interface Slot {
@@ -108,6 +118,8 @@ export interface EvidencePoolStats {
   imaChunksHelped: number
   /** IMA lists written into shared memory for the workers to read in place (instead of a copy each). */
   imaListsShared: number
+  /** Of those, the lists written into the buffer of an earlier one. */
+  imaListBuffersReused: number
 }
 
 const WORKER_ENTRY = import.meta.url.endsWith('.ts')
@@ -148,6 +160,10 @@ export class EvidencePool {
   private policiesSent = 0
   private imaChunksHelped = 0
   private imaListsShared = 0
+  private imaListBuffersReused = 0
+  /** The buffer of an answered job's shared IMA list, kept for the next long list, and when it is let go. */
+  private spareList: SharedArrayBuffer | null = null
+  private spareTimer: NodeJS.Timeout | null = null
 
   constructor(private readonly o: EvidencePoolOptions) {
     this.workers = Math.max(1, o.workers ?? availableParallelism())
@@ -185,6 +201,7 @@ export class EvidencePool {
       policiesSent: this.policiesSent,
       imaChunksHelped: this.imaChunksHelped,
       imaListsShared: this.imaListsShared,
+      imaListBuffersReused: this.imaListBuffersReused,
     }
   }
 
@@ -196,6 +213,7 @@ export class EvidencePool {
     for (const w of this.roomWaiters.splice(0)) w()
     const slots = this.slots.splice(0)
     for (const s of slots) for (const job of s.inFlight.values()) job.reject(gone)
+    this.dropSpareList()
     await Promise.all(slots.map((s) => s.worker.terminate()))
   }
 
@@ -319,7 +337,14 @@ export class EvidencePool {
     const text = ima?.listText
     if (job.sharedList === undefined) {
       if (typeof text === 'string' && text.length >= this.shareImaListChars) {
-        job.sharedList = sharedListBytes(text)
+        const reuse = this.spareList
+        job.sharedList = sharedListBytes(text, reuse)
+        job.ownsSharedList = true
+        // the spare now belongs to this job (or was too short: a longer one replaces it when this job is answered)
+        if (job.sharedList.buffer === reuse) {
+          this.spareList = null
+          this.imaListBuffersReused++
+        }
         this.imaListsShared++
       } else if (text instanceof Uint8Array && text.buffer instanceof SharedArrayBuffer) job.sharedList = text
     }
@@ -378,8 +403,31 @@ export class EvidencePool {
     if ('error' in reply) job.reject(new EvidenceWorkerError(reply.error))
     else if ('result' in reply) job.resolve(reply.result)
     else this.imaChunksHelped += reply.helped
+    this.keepSharedList(job)
     this.armTimer(slot)
     this.pump()
+  }
+
+  /**
+   * Keeps the buffer of an answered job's shared list for the next long list. A helper may still be checking chunks
+   * of it (when the job ended early, e.g. on a bad quote): what it then reads is written to that job's plan, which
+   * nothing reads any more.
+   */
+  private keepSharedList(job: Job): void {
+    if (!job.ownsSharedList || job.sharedList === undefined || this.closed) return
+    const buffer = job.sharedList.buffer as SharedArrayBuffer
+    job.ownsSharedList = false
+    if (this.spareList !== null && this.spareList.byteLength >= buffer.byteLength) return
+    this.spareList = buffer
+    if (this.spareTimer !== null) clearTimeout(this.spareTimer)
+    this.spareTimer = setTimeout(() => this.dropSpareList(), SPARE_LIST_KEEP_MS)
+    this.spareTimer.unref()
+  }
+
+  private dropSpareList(): void {
+    if (this.spareTimer !== null) clearTimeout(this.spareTimer)
+    this.spareTimer = null
+    this.spareList = null
   }
 
   private died(slot: Slot, code: number): void {
@@ -394,6 +442,7 @@ export class EvidencePool {
     // the job's worker must not wait for chunks this one will never finish
     if (running?.help !== undefined) abandonImaChunks(running.help)
     running?.reject(new EvidenceWorkerError(reason))
+    if (running !== undefined) this.keepSharedList(running)
     const again: Job[] = []
     for (const job of waiting)
       if (job.transferred) job.reject(new EvidenceWorkerError(reason))

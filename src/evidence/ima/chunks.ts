@@ -1,16 +1,19 @@
 /**
  * One long IMA list on several threads. The PCR 10 replay is a chain (each extend needs the previous value), but
- * what costs most per entry does not: parsing the line, the template hash (checked against the logged one), the
- * bank's measurement and the policy lookup. The list (its UTF-8 bytes, in a SharedArrayBuffer that every thread
- * reads in place) is cut into chunks of whole lines; helper threads take chunks from the end and run the fast path
- * (`fast-path.ts`) over them, while the verifying thread goes from the start, checking the chunks no helper has
- * claimed itself and, for the others, only extending PCR 10 with the helpers' measurements (without even reading
- * the lines when the helper accepted every one). A line a helper's fast path refused goes to the general path on the
- * verifying thread, so failure events, learned keys and device-mapper state come out exactly as in one thread.
+ * what costs most per entry does not: parsing the line, the template hash, the bank's measurement and the policy
+ * lookup. The list (its UTF-8 bytes, in a SharedArrayBuffer that every thread reads in place) is cut into chunks of
+ * whole lines; helper threads take the first chunks nobody has taken and run the fast path (`fast-path.ts`) over
+ * them, storing each accepted line's measurement. The verifying thread goes through the chunks in order: one nobody
+ * took it checks itself, extending as it goes; for a checked one it only extends PCR 10 with the stored measurements
+ * (without even reading the lines when every one was accepted); and when the next one is still being checked, it
+ * checks the first chunk nobody has taken, as a helper would, instead of waiting. So both threads stay busy to the
+ * end, the verifying thread doing the extends and less of the checking. A line the fast path refused goes to the
+ * general path on the verifying thread, in order, so failure events, learned keys and device-mapper state come out
+ * exactly as in one thread.
  *
- * Claims go through one SharedArrayBuffer (compare-and-swap per chunk), so a busy or slow helper never holds the
- * verification up: a chunk nobody took when the verifying thread reaches it is simply done there. Pure: no I/O; the
- * verifier's evidence pool (`src/verifier/evidence-pool.ts`) hands the plan to its workers.
+ * Claims go through one SharedArrayBuffer (a cursor and a compare-and-swap per chunk), so a busy or slow helper never
+ * holds the verification up. Pure: no I/O; the verifier's evidence pool (`src/verifier/evidence-pool.ts`) hands the
+ * plan to its workers.
  */
 import { ImaNgFastPath, PREFETCH_LINES } from './fast-path.ts'
 import { BANK_SIZE, type PcrBank } from './hash-algs.ts'
@@ -35,8 +38,14 @@ const NEWLINE = 10
 /** How one list is split, and where its helpers' results go; cloned to each thread (its buffers are shared). */
 export interface ImaChunkPlan {
   bank: PcrBank
-  /** Template-hash column algorithm (the policy's `log_hash_alg`) the fast path checks. */
+  /** Template-hash column algorithm (the policy's `log_hash_alg`). */
   columnAlg: PcrBank
+  /**
+   * Whether helpers compare each logged template hash with the computed one (always when the column's algorithm is
+   * the bank's). Not needed for a replay anchored to a quote (`ImaIncrementVerification`), which is what the
+   * verifier runs; a verification that compares them uses only a plan that did.
+   */
+  checkColumn: boolean
   /** The list's UTF-8 bytes, in a SharedArrayBuffer: every thread reads this one copy. */
   list: Uint8Array
   /** Chunk k is the list from `starts[k]` to `starts[k + 1]` (the last one ends at its end), whole lines. */
@@ -67,9 +76,16 @@ export function listBuffer(list: Uint8Array): Buffer {
   return Buffer.isBuffer(list) ? list : Buffer.from(list.buffer, list.byteOffset, list.byteLength)
 }
 
-/** The UTF-8 bytes of `text` in a SharedArrayBuffer, for threads to read in place. */
-export function sharedListBytes(text: string): Uint8Array {
-  const list = new Uint8Array(new SharedArrayBuffer(Buffer.byteLength(text, 'utf8')))
+/**
+ * The UTF-8 bytes of `text` in a SharedArrayBuffer, for threads to read in place: at the start of `reuse` when it is
+ * long enough (memory touched before: first writes to fresh pages cost far more than the encoding itself).
+ */
+export function sharedListBytes(text: string, reuse?: SharedArrayBuffer | null): Uint8Array {
+  const bytes = Buffer.byteLength(text, 'utf8')
+  const list =
+    reuse != null && reuse.byteLength >= bytes
+      ? new Uint8Array(reuse, 0, bytes)
+      : new Uint8Array(new SharedArrayBuffer(bytes))
   listBuffer(list).write(text, 0, 'utf8')
   return list
 }
@@ -105,6 +121,7 @@ export function planImaChunks(
   bank: PcrBank,
   columnAlg: PcrBank,
   chunkBytes = 1 << 19,
+  { checkColumn = false }: { checkColumn?: boolean } = {},
 ): ImaChunkPlan | null {
   if (list.length < 2 * chunkBytes || !(list.buffer instanceof SharedArrayBuffer)) return null
   const bytesOf = listBuffer(list)
@@ -125,27 +142,53 @@ export function planImaChunks(
     bytes += lines * (4 + size)
     bytes = (bytes + 3) & ~3
   }
-  const plan = { bank, columnAlg, list, starts, shared: new SharedArrayBuffer(bytes) }
-  Atomics.store(layout(plan).header, CURSOR, starts.length)
+  const plan: ImaChunkPlan = {
+    bank,
+    columnAlg,
+    checkColumn: checkColumn || columnAlg === bank,
+    list,
+    starts,
+    shared: new SharedArrayBuffer(bytes),
+  }
+  // chunk 0 is the verifying thread's
+  Atomics.store(layout(plan).header, CURSOR, 1)
   return plan
 }
 
-/**
- * A helper thread's part: claims chunks from the end until it meets the verifying thread, and runs the fast path
- * over each (reading the plan's shared list in place). Returns the number of chunks it checked.
- */
-export function helpWithImaChunks(plan: ImaChunkPlan, policy: CompiledRuntimePolicy | null): number {
-  const { header, offsets, measurements, capacity } = layout(plan)
-  const list = listBuffer(plan.list)
-  const size = BANK_SIZE[plan.bank]
-  const fast = new ImaNgFastPath(plan.bank, plan.columnAlg, policy)
-  const starts = new Int32Array(PREFETCH_LINES)
-  const ends = new Int32Array(PREFETCH_LINES)
-  let helped = 0
+/** Takes the first chunk nobody has taken (its state becomes HELPING), or returns -1 when none is left. */
+function takeFreeChunk(header: Int32Array, chunks: number): number {
   for (;;) {
-    const k = Atomics.sub(header, CURSOR, 1) - 1
-    // chunk 0 is always the verifying thread's; a chunk it already took means it took every one before
-    if (k < 1 || Atomics.compareExchange(header, stateAt(k), FREE, HELPING) !== FREE) return helped
+    const k = Atomics.add(header, CURSOR, 1)
+    if (k >= chunks) return -1
+    // the verifying thread may have reached it first
+    if (Atomics.compareExchange(header, stateAt(k), FREE, HELPING) === FREE) return k
+  }
+}
+
+/** Runs the fast path over a chunk taken by `takeFreeChunk`, stores what it accepted and publishes the state. */
+class ChunkChecker {
+  readonly #plan: ImaChunkPlan
+  readonly #layout: Layout
+  readonly #list: Buffer
+  readonly #fast: ImaNgFastPath
+  readonly #starts = new Int32Array(PREFETCH_LINES)
+  readonly #ends = new Int32Array(PREFETCH_LINES)
+
+  constructor(plan: ImaChunkPlan, layout: Layout, policy: CompiledRuntimePolicy | null) {
+    this.#plan = plan
+    this.#layout = layout
+    this.#list = listBuffer(plan.list)
+    this.#fast = new ImaNgFastPath(plan.bank, plan.columnAlg, policy, { checkColumn: plan.checkColumn })
+  }
+
+  check(k: number): void {
+    const plan = this.#plan
+    const { header, offsets, measurements, capacity } = this.#layout
+    const list = this.#list
+    const fast = this.#fast
+    const starts = this.#starts
+    const ends = this.#ends
+    const size = BANK_SIZE[plan.bank]
     let state = DONE
     let count = 0
     let lines = 0
@@ -186,8 +229,26 @@ export function helpWithImaChunks(plan: ImaChunkPlan, policy: CompiledRuntimePol
     Atomics.store(header, linesAt(k), lines)
     Atomics.store(header, stateAt(k), state)
     Atomics.notify(header, stateAt(k))
+  }
+}
+
+/**
+ * A helper thread's part: takes the first chunks nobody has taken, one after the other, and runs the fast path over
+ * each (reading the plan's shared list in place), until none is left. Returns the number of chunks it checked.
+ */
+export function helpWithImaChunks(plan: ImaChunkPlan, policy: CompiledRuntimePolicy | null): number {
+  const { header } = layout(plan)
+  const checker = new ChunkChecker(plan, layout(plan), policy)
+  let helped = 0
+  for (
+    let k = takeFreeChunk(header, plan.starts.length);
+    k >= 0;
+    k = takeFreeChunk(header, plan.starts.length)
+  ) {
+    checker.check(k)
     helped++
   }
+  return helped
 }
 
 /**
@@ -208,16 +269,25 @@ export class ImaChunkReader {
   readonly #plan: ImaChunkPlan
   readonly #layout: Layout
   readonly #size: number
+  readonly #policy: CompiledRuntimePolicy | null
+  /** Checks chunks as a helper does, made when first needed. */
+  #checker: ChunkChecker | null = null
 
-  /** null when the plan does not fit this verification (another list, bank or column algorithm). */
+  /**
+   * null when the plan does not fit this verification (another list, bank or column algorithm, or its helpers did not
+   * compare the template-hash columns this verification compares).
+   */
   static for(
     plan: ImaChunkPlan | undefined,
     list: Uint8Array,
     bank: PcrBank,
     columnAlg: PcrBank,
+    checkColumn: boolean,
+    policy: CompiledRuntimePolicy | null,
   ): ImaChunkReader | null {
     if (
       plan === undefined ||
+      (checkColumn && !plan.checkColumn) ||
       plan.list.buffer !== list.buffer ||
       plan.list.byteOffset !== list.byteOffset ||
       plan.list.length !== list.length ||
@@ -225,13 +295,14 @@ export class ImaChunkReader {
       plan.columnAlg !== columnAlg
     )
       return null
-    return new ImaChunkReader(plan)
+    return new ImaChunkReader(plan, policy)
   }
 
-  private constructor(plan: ImaChunkPlan) {
+  private constructor(plan: ImaChunkPlan, policy: CompiledRuntimePolicy | null) {
     this.#plan = plan
     this.#layout = layout(plan)
     this.#size = BANK_SIZE[plan.bank]
+    this.#policy = policy
   }
 
   get chunks(): number {
@@ -244,15 +315,21 @@ export class ImaChunkReader {
   }
 
   /**
-   * Takes chunk `k` for the verifying thread, or waits for the helper that has it. Returns the number of lines the
-   * helper accepted (their offsets and measurements via `offsetAt` / `copyMeasurement`), or -1: check it here.
+   * Takes chunk `k` for the verifying thread, or the results of whoever checked it. Returns the number of lines
+   * accepted there (their offsets and measurements via `offsetAt` / `copyMeasurement`), or -1: check it here. While
+   * a helper is still checking it, checks chunks nobody has taken yet (as a helper would), and waits only when none
+   * is left.
    */
   claim(k: number): number {
     const header = this.#layout.header
     if (k === 0 || Atomics.compareExchange(header, stateAt(k), FREE, VERIFYING) === FREE) return -1
     let state = Atomics.load(header, stateAt(k))
     while (state === HELPING) {
-      Atomics.wait(header, stateAt(k), HELPING, 1000)
+      const free = takeFreeChunk(header, this.#plan.starts.length)
+      if (free >= 0) {
+        this.#checker ??= new ChunkChecker(this.#plan, this.#layout, this.#policy)
+        this.#checker.check(free)
+      } else Atomics.wait(header, stateAt(k), HELPING, 1000)
       state = Atomics.load(header, stateAt(k))
     }
     return state === DONE ? Atomics.load(header, countAt(k)) : -1

@@ -8,6 +8,11 @@
  * answers "this entry is fine, here is its measurement"; anything else (another template, a violation, odd hex, a
  * policy miss, boot_aggregate) returns false and takes the general path, which produces the failure events.
  * Equivalence with the general path is a property test.
+ *
+ * With `checkColumn: false` it does not compare the logged template hash with one it computes when the column's
+ * algorithm differs from the bank's (where the comparison would cost a hash of its own): for a replay anchored to a
+ * quote that comparison decides nothing (see `ImaIncrementVerification`). The column must still be hex of its width
+ * and not all zeros, since zeros mark a violation, which extends differently.
  */
 
 import { DigestByteIndex, NAME_HASH_SEED, nameHashStep } from './digest-byte-index.ts'
@@ -39,6 +44,8 @@ export class ImaNgFastPath {
   /** Algorithm of the template-hash column (the policy's `log_hash_alg`). */
   readonly #columnAlg: PcrBank
   readonly #columnSize: number
+  /** Compare the logged template hash with the computed one (always when the column's algorithm is the bank's). */
+  readonly #checkColumn: boolean
   readonly #policy: CompiledRuntimePolicy | null
   readonly #index: DigestByteIndex | null
   /** The logged template hash, decoded. */
@@ -54,11 +61,17 @@ export class ImaNgFastPath {
   readonly #records = new Int32Array(PREFETCH_LINES)
   #sink = 0
 
-  constructor(bank: PcrBank, columnAlg: PcrBank, policy: CompiledRuntimePolicy | null) {
+  constructor(
+    bank: PcrBank,
+    columnAlg: PcrBank,
+    policy: CompiledRuntimePolicy | null,
+    { checkColumn = true }: { checkColumn?: boolean } = {},
+  ) {
     this.#bank = bank
     this.#bankSize = BANK_SIZE[bank]
     this.#columnAlg = columnAlg
     this.#columnSize = BANK_SIZE[columnAlg]
+    this.#checkColumn = checkColumn || columnAlg === bank
     this.#policy = policy
     this.#index = policy === null ? null : DigestByteIndex.of(policy)
   }
@@ -241,9 +254,12 @@ export class ImaNgFastPath {
         return false
     }
 
-    const computed = digestLatin1(this.#columnAlg, templateData)
-    for (let i = 0; i < columnSize; i++) if (computed.charCodeAt(i) !== column[i]) return false
-    const measurement = this.#columnAlg === this.#bank ? computed : digestLatin1(this.#bank, templateData)
+    let measurement: string
+    if (this.#checkColumn) {
+      const computed = digestLatin1(this.#columnAlg, templateData)
+      for (let i = 0; i < columnSize; i++) if (computed.charCodeAt(i) !== column[i]) return false
+      measurement = this.#columnAlg === this.#bank ? computed : digestLatin1(this.#bank, templateData)
+    } else measurement = digestLatin1(this.#bank, templateData)
     for (let i = 0, n = this.#bankSize; i < n; i++) out[offset + i] = measurement.charCodeAt(i)
     return true
   }

@@ -294,9 +294,55 @@ export function verifyImaIncrement(input: VerifyImaIncrementInput): VerifyImaInc
 /**
  * `verifyImaIncrement` in slices, so a server can interleave a long first replay with other work
  * (`while (!v.step(5000)) await setImmediate()`, then `v.finish()`). Same result as the one-shot call.
+ *
+ * The logged template-hash column is not compared with a hash of the template data when the replay is anchored to a
+ * quote and the column's algorithm is not the bank's (sha1 column, sha256 quote: a third hash per entry). That
+ * comparison secures nothing there: what is extended into the PCR is the bank's hash of the template data, so a
+ * replay that reaches the quoted value has authenticated every entry's data up to that point, while the column is a
+ * value anyone who edits the list can recompute. The column's one meaning that matters, all zeros for a violation
+ * (extended as all 0xFF), is still read, and the chain binds it too: a real entry marked as a violation, or a
+ * violation given a digest, extends something else than the TPM did. The column is still compared where it is free
+ * (its algorithm is the bank's), by the general path (every entry the fast path leaves to it), and when nothing is
+ * anchored. A replay that does not reach the quote is run again comparing every column, so a tampered entry is
+ * named by its `ima.validation.ima_hash` as before, beside `ima.pcr_mismatch`. So a list whose column disagrees with
+ * its data, but whose data the TPM did measure, now passes where upstream reports `ima_hash`.
  */
 export class ImaIncrementVerification {
   readonly #input: VerifyImaIncrementInput
+  #pass: ImaReplayPass
+  #result: VerifyImaIncrementResult | null = null
+
+  constructor(input: VerifyImaIncrementInput) {
+    this.#input = input
+    this.#pass = new ImaReplayPass(input, false)
+  }
+
+  /** Processes up to `maxLines` more lines; true once every line has been processed. */
+  step(maxLines = Number.POSITIVE_INFINITY): boolean {
+    if (this.#result !== null) return true
+    if (!this.#pass.step(maxLines)) return false
+    const result = this.#pass.finish()
+    if (this.#pass.columnsDeferred && !this.#pass.quoteReached) {
+      // the quote was not reached: again with every column compared, for events that name the tampered entries
+      this.#pass = new ImaReplayPass(this.#input, true)
+      return false
+    }
+    this.#result = result
+    return true
+  }
+
+  /** Processes what is left and returns the verdict and the state to persist. */
+  finish(): VerifyImaIncrementResult {
+    while (!this.step()) {}
+    return this.#result as VerifyImaIncrementResult
+  }
+}
+
+/** One replay of the list; `strict`: every template-hash column compared, no helpers' chunks. */
+class ImaReplayPass {
+  readonly #input: VerifyImaIncrementInput
+  /** Fast-path entries' template-hash columns are not compared (anchored replay, column algorithm not the bank's). */
+  readonly columnsDeferred: boolean
   readonly #bank: PcrBank
   /** Quoted PCR 10 as latin1 (one char per byte), compared with each running value; null: not anchored. */
   readonly #targetLatin1: string | null
@@ -335,8 +381,9 @@ export class ImaIncrementVerification {
   #matchedRunning: Buffer | null = null
   #early: VerifyImaIncrementResult | null = null
 
-  constructor(input: VerifyImaIncrementInput) {
+  constructor(input: VerifyImaIncrementInput, strict: boolean) {
     this.#input = input
+    this.columnsDeferred = false
     const bank = input.quotedPcr10?.hashAlg ?? 'sha1'
     if (!isPcrBank(bank)) throw new ImaParseError(`unsupported PCR bank ${String(bank)}`)
     this.#bank = bank
@@ -375,14 +422,25 @@ export class ImaIncrementVerification {
       }
     }
     this.#validator = new EntryValidator(input, this.#learned, this.#events)
-    this.#fastPath = new ImaNgFastPath(bank, this.#validator.logHashAlg, input.policy)
+    const columnAlg = this.#validator.logHashAlg
+    const checkColumn = strict || target === null || columnAlg === bank
+    this.columnsDeferred = !checkColumn
+    this.#fastPath = new ImaNgFastPath(bank, columnAlg, input.policy, { checkColumn })
     const list = input.listText
     if (typeof list === 'string') {
       this.#text = list
       this.#nextSegment()
     } else {
       this.#list = listBuffer(list)
-      this.#chunks = ImaChunkReader.for(input.chunks, this.#list, bank, this.#validator.logHashAlg)
+      if (!strict)
+        this.#chunks = ImaChunkReader.for(
+          input.chunks,
+          this.#list,
+          bank,
+          columnAlg,
+          checkColumn,
+          input.policy,
+        )
     }
     if (this.#chunks !== null) this.#chunkEnd = this.#chunks.start(1)
     const running = this.#joined.subarray(0, size)
@@ -406,6 +464,11 @@ export class ImaIncrementVerification {
     this.#textAt = end
     this.#offset = 0
     return true
+  }
+
+  /** Whether the running value met the quoted one (the result's `matchedAt` is null for any failure). */
+  get quoteReached(): boolean {
+    return this.#matchedAt !== null
   }
 
   #runningHex(): string {

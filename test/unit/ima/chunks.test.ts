@@ -4,6 +4,7 @@
  * lines (refused, broken, empty, violations, signed) fall in a helper's chunk.
  */
 import { createHash } from 'node:crypto'
+import { Worker } from 'node:worker_threads'
 import fc from 'fast-check'
 import { describe, expect, it } from 'vitest'
 import {
@@ -104,7 +105,7 @@ describe('IMA lists checked in chunks', () => {
     )
   })
 
-  it('lets helpers take the chunks from the end until they meet the verifying thread', () => {
+  it('lets a helper take every chunk but the first, and the verification use or ignore its results', () => {
     const lines = Array.from({ length: 2000 }, (_, i) => good[i % good.length] as string)
     const listText = `${lines.join('\n')}\n`
     const list = sharedListBytes(listText)
@@ -133,6 +134,43 @@ describe('IMA lists checked in chunks', () => {
       chunks: plan,
     })
     expect(helped.finish().verdict).toEqual({ ok: true })
+  })
+
+  it('checks the chunks nobody took while a helper is still on the next one, instead of waiting', async () => {
+    const lines = Array.from({ length: 2000 }, (_, i) => good[(i * 7) % good.length] as string)
+    const listText = `${lines.join('\n')}\n`
+    const list = sharedListBytes(listText)
+    const plan = planImaChunks(list, 'sha256', 'sha1', 10_000)
+    if (plan === null) throw new Error('no plan')
+    const chunks = plan.starts.length
+    expect(chunks).toBeGreaterThan(10)
+    const header = new Int32Array(plan.shared)
+    const state = (k: number) => 1 + 3 * k
+    // a helper on another thread has taken chunk 2 (the cursor moved past it) and is slow to finish it
+    const helper = new Worker(
+      `const { workerData: { plan } } = require('node:worker_threads')
+       const header = new Int32Array(plan.shared)
+       Atomics.store(header, 0, 3)
+       Atomics.store(header, ${1 + 3 * 2}, 1)
+       Atomics.wait(header, ${1 + 3 * 2}, 1, 300)
+       // then it gives the chunk up, as the pool does for a helper that died
+       Atomics.store(header, ${1 + 3 * 2}, 4)
+       Atomics.notify(header, ${1 + 3 * 2})`,
+      { eval: true, workerData: { plan } },
+    )
+    while (Atomics.load(header, state(2)) !== 1) await new Promise((r) => setTimeout(r, 5))
+    const quotedPcr10 = { hashAlg: 'sha256' as const, value: pcrAfter(lines, 'sha256') }
+    const input = { listText: list, firstEntry: 0, state: null, quotedPcr10, policy }
+    const chunked = verifyImaIncrement({ ...input, chunks: plan })
+    await helper.terminate()
+    expect(chunked).toEqual(verifyImaIncrement({ ...input, listText }))
+    expect(chunked.verdict).toEqual({ ok: true })
+    // waiting for chunk 2, the verifying thread checked every later chunk as a helper (done, lines counted)
+    for (let k = 3; k < chunks; k++) {
+      expect(Atomics.load(header, state(k))).toBe(3)
+      expect(Atomics.load(header, 3 + 3 * k)).toBeGreaterThan(0)
+    }
+    expect(Atomics.load(header, state(2))).toBe(4)
   })
 
   it('checks a chunk itself when its helper died mid-chunk (abandoned), instead of waiting for it', () => {
@@ -176,6 +214,32 @@ describe('IMA lists checked in chunks', () => {
       expect(verifyImaIncrement({ ...base, chunks: plan }).verdict).toEqual({ ok: true })
       expect(verifyImaIncrement({ ...base, listText, chunks: plan }).verdict).toEqual({ ok: true })
     }
+  })
+
+  it('uses helpers that did not compare template-hash columns only for a replay anchored to a quote', () => {
+    const lines = Array.from({ length: 500 }, (_, i) => good[i % good.length] as string)
+    // line 250's column is not the sha1 of its data: only a verification that compares columns reports it
+    lines[250] = `10 ${'7'.repeat(40)}${(lines[250] as string).slice(43)}`
+    const list = sharedListBytes(`${lines.join('\n')}\n`)
+    const base = { listText: list, firstEntry: 0, state: null, policy }
+    for (const checkColumn of [false, true]) {
+      const plan = planImaChunks(list, 'sha256', 'sha1', 5000, { checkColumn })
+      if (plan === null) throw new Error('no plan')
+      expect(helpWithImaChunks(plan, policy)).toBe(plan.starts.length - 1)
+      const unanchored = verifyImaIncrement({
+        ...base,
+        quotedPcr10: { hashAlg: 'sha256', value: null },
+        chunks: plan,
+      })
+      expect(!unanchored.verdict.ok && unanchored.verdict.events.map((e) => e.eventId)).toEqual([
+        'ima.validation.ima_hash',
+      ])
+    }
+    const plan = planImaChunks(list, 'sha256', 'sha1', 5000)
+    if (plan === null) throw new Error('no plan')
+    helpWithImaChunks(plan, policy)
+    const quotedPcr10 = { hashAlg: 'sha256' as const, value: pcrAfter(lines, 'sha256') }
+    expect(verifyImaIncrement({ ...base, quotedPcr10, chunks: plan }).verdict).toEqual({ ok: true })
   })
 
   it('makes no plan for bytes that are not shared (helpers could not read them)', () => {

@@ -358,6 +358,58 @@ describe('verifyImaIncrement', () => {
   })
 })
 
+describe('the logged template-hash column', () => {
+  const paths = Array.from({ length: 40 }, (_, i) => `/usr/lib/col-${i}`)
+  const lines = paths.map(fileLine)
+  const policy = policyFor(paths)
+  /** Line 7 with its column (sha1, 40 hex) replaced by a value that is not the hash of its data. */
+  const wrongColumn = lines.map((l, i) => (i === 7 ? `10 ${'7'.repeat(40)}${l.slice(43)}` : l))
+  /**
+   * Line 7 given the fields of line 8 (another file the policy allows), its column left as logged: the fast path
+   * accepts the entry, and only the comparison of the column names it.
+   */
+  const editedData = lines.map((l, i) => (i === 7 ? `${l.slice(0, 43)}${(lines[8] as string).slice(43)}` : l))
+  const run = (list: string[], bank: 'sha1' | 'sha256', value: string | null, slice = 1e9) => {
+    const v = new ImaIncrementVerification({
+      listText: text(list),
+      firstEntry: 0,
+      state: null,
+      quotedPcr10: { hashAlg: bank, value },
+      policy,
+    })
+    while (!v.step(slice)) {}
+    const r = v.finish()
+    return r.verdict.ok ? [] : r.verdict.events.map((e) => e.eventId)
+  }
+
+  it('is not compared when a quote anchors the replay and its algorithm is not the bank one', () => {
+    // the data is what the TPM measured (the quote is over it); the column is a value anyone can recompute
+    expect(run(wrongColumn, 'sha256', pcrAfter(lines))).toEqual([])
+  })
+
+  it('is compared where it is free (sha1 bank), and when nothing anchors the replay', () => {
+    expect(run(wrongColumn, 'sha1', pcrAfter(lines, 'sha1'))).toEqual(['ima.validation.ima_hash'])
+    expect(run(wrongColumn, 'sha256', null)).toEqual(['ima.validation.ima_hash'])
+  })
+
+  it('still names an edited entry when the replay misses the quote, in slices as in one go', () => {
+    for (const slice of [3, 1e9]) {
+      expect(run(editedData, 'sha256', pcrAfter(lines), slice)).toEqual([
+        'ima.validation.ima_hash',
+        'ima.pcr_mismatch',
+      ])
+    }
+  })
+
+  it('marks a violation with zeros, which a quote over the real entry does not accept', () => {
+    const zeroed = lines.map((l, i) => (i === 7 ? `10 ${'0'.repeat(40)}${l.slice(43)}` : l))
+    // replayed as a violation (all 0xFF extended), so the quote over the real entry is not reached
+    expect(run(zeroed, 'sha256', pcrAfter(lines))).toEqual(['ima.pcr_mismatch'])
+    // and a quote over the violation is reached, without checking that entry against the policy
+    expect(run(zeroed, 'sha256', pcrAfter(zeroed))).toEqual([])
+  })
+})
+
 describe('ImaIncrementVerification (sliced)', () => {
   it('gives the same result as the one-shot call, in slices of any size', () => {
     const paths = Array.from({ length: 50 }, (_, i) => `/opt/x-${i}`)

@@ -151,9 +151,34 @@ describe('evidence pool: same verdicts as the event loop', () => {
     expect(chunked.stats().imaChunksHelped).toBeGreaterThan(0)
     // helpers read the list where the event loop wrote it, once per job: never a copy of their own
     expect(chunked.stats().imaListsShared).toBe(cases.length * 2)
+    // one after the other, each list was written where the previous one had been
+    expect(chunked.stats().imaListBuffersReused).toBe(cases.length * 2 - 1)
     // a list shorter than 64 KiB (~45 KB here) is cloned as text, as before
     expect(listText.length).toBeLessThan(64 * 1024)
     expect(shared.stats().imaListsShared).toBe(0)
+  })
+
+  it('reads each list, not what an earlier one left in the reused buffer', async () => {
+    const p = pool({ workers: 2, imaChunkChars: 2000 })
+    const tampered = listText.replace('/usr/bin/tool-150\n', '/usr/bin/tool-151\n')
+    const shorter = lines
+      .slice(0, 260)
+      .map((l) => `${l}\n`)
+      .join('')
+    const withList = (text: string, nonce: string) => {
+      const i = input({ nonce, measuredBoot: null })
+      return { ...i, ima: i.ima && { ...i.ima, listText: text } }
+    }
+    const verdicts: string[][] = []
+    for (const [n, text] of [listText, tampered, shorter, listText].entries()) {
+      const evidence = withList(text, `reuse-${n}`)
+      const expected = evaluateEvidence(evidence)
+      const got = await p.run(evidence)
+      expect(plain(got)).toEqual(plain(expected))
+      verdicts.push(got.verdict.ok ? [] : got.verdict.events.map((e) => e.eventId))
+    }
+    expect(verdicts).toEqual([[], ['ima.validation.ima_hash', 'ima.pcr_mismatch'], ['ima.pcr_mismatch'], []])
+    expect(p.stats().imaListBuffersReused).toBe(3)
   })
 
   it('the failure cases really fail and the good one passes', () => {
