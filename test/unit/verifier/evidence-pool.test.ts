@@ -146,9 +146,7 @@ describe('evidence pool: same verdicts as the event loop', () => {
     })
     expect(plain(await chunked.run(evidence))).toEqual(plain(expected))
   })
-  it('the second worker did check chunks in those cases', () => {
-    // how many depends on timing (a chunk the job's worker reaches first is checked there); none would be a bug
-    expect(chunked.stats().imaChunksHelped).toBeGreaterThan(0)
+  it('the second worker did check chunks in those cases', async () => {
     // helpers read the list where the event loop wrote it, once per job: never a copy of their own
     expect(chunked.stats().imaListsShared).toBe(cases.length * 2)
     // one after the other, each list was written where the previous one had been
@@ -156,6 +154,11 @@ describe('evidence pool: same verdicts as the event loop', () => {
     // a list shorter than 64 KiB (~45 KB here) is cloned as text, as before
     expect(listText.length).toBeLessThan(64 * 1024)
     expect(shared.stats().imaListsShared).toBe(0)
+    // How many chunks the second worker takes depends on timing: on a busy machine the job's own worker can reach
+    // every chunk of so short a list first. Some more jobs give it the chance; never helping would be a bug.
+    for (let n = 0; n < 50 && chunked.stats().imaChunksHelped === 0; n++)
+      await chunked.run(input({ nonce: `again-${n}`, measuredBoot: null }))
+    expect(chunked.stats().imaChunksHelped).toBeGreaterThan(0)
   })
 
   it('reads each list, not what an earlier one left in the reused buffer', async () => {
