@@ -9,7 +9,7 @@
  * the time spent in each SQLite statement meanwhile (the bench brackets its measured window with them, so the
  * profile holds the steady state, not enrolment and logins).
  */
-import { writeFileSync } from 'node:fs'
+import { mkdirSync, writeFileSync } from 'node:fs'
 import { Session } from 'node:inspector/promises'
 import { join } from 'node:path'
 import SqliteDatabase from 'better-sqlite3'
@@ -58,6 +58,8 @@ function timeSqliteStatements(): void {
 }
 
 function profileOnSignal(dir: string): void {
+  // a missing directory would throw in the signal handler and end the verifier mid-run
+  mkdirSync(dir, { recursive: true })
   const session = new Session()
   session.connect()
   let cpuAtStart = process.cpuUsage()

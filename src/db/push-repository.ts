@@ -72,8 +72,8 @@ export type SessionRow = Selectable<SessionsTable>
 export type AttestationRow = Selectable<AttestationsTable>
 export type NewAttestation = Insertable<AttestationsTable>
 
-/** What an attestation request reads of its agent (one statement): the changing state and the latest attestation. */
-export interface AgentForAttestation {
+/** What an attestation request reads of its agent's enrolment and attestation state. */
+export interface PushAgentRow {
   agent_id: string
   ip: string | null
   operational_state: number | null
@@ -90,7 +90,19 @@ export interface AgentForAttestation {
   last_received_quote: number | null
   tpm_clockinfo: string | null
   attestation_count: number
+}
+
+/** What an attestation request reads of its agent (one statement): the changing state and the latest attestation. */
+export interface AgentForAttestation extends PushAgentRow {
   latest: AttestationRow | undefined
+}
+
+/** What a create checks of the latest attestation. */
+export type LatestSummary = Pick<AttestationRow, 'index' | 'stage' | 'evidence_received_at'>
+
+/** What a new attestation reads of its agent (one statement): as `AgentForAttestation`, the latest summarised. */
+export interface AgentForCreate extends PushAgentRow {
+  latest: LatestSummary | undefined
 }
 
 /** A new attestation as `insertAttestations` takes it. */
@@ -169,6 +181,35 @@ async function run<R>(db: Queryable, text: string, params: readonly unknown[]): 
   return (await db.executeQuery<R>(CompiledQuery.raw(text, [...params]))).rows
 }
 
+const num = (v: unknown) => (v === null || v === undefined ? null : Number(v))
+
+/** An agent as read, with its latest attestation (numbers as numbers whatever the driver returns). */
+function pushAgentRow<L>(
+  agentId: string,
+  r: Record<string, unknown>,
+  latest: L,
+): PushAgentRow & { latest: L } {
+  return {
+    agent_id: agentId,
+    ip: r.ip as string | null,
+    operational_state: num(r.operational_state),
+    consecutive_attestation_failures: num(r.consecutive_attestation_failures),
+    ak_tpm: r.ak_tpm as string | null,
+    tpm_policy: r.tpm_policy as string | null,
+    accept_tpm_hash_algs: r.accept_tpm_hash_algs as string | null,
+    accept_tpm_encryption_algs: r.accept_tpm_encryption_algs as string | null,
+    accept_tpm_signing_algs: r.accept_tpm_signing_algs as string | null,
+    ima_policy_id: num(r.ima_policy_id),
+    mb_policy_id: num(r.mb_policy_id),
+    meta_data: r.meta_data as string | null,
+    revocation_key: r.revocation_key as string | null,
+    last_received_quote: num(r.last_received_quote),
+    tpm_clockinfo: r.tpm_clockinfo as string | null,
+    attestation_count: Number(r.attestation_count ?? 0),
+    latest,
+  }
+}
+
 const attestationKey = (agentId: string, index: number) => `${agentId}\u0000${index}`
 /** Keys of row parameters: an attestation's (agent and index, its first two columns), or an agent's. */
 const attestationRowKey = (row: readonly unknown[]) => attestationKey(row[0] as string, row[1] as number)
@@ -215,26 +256,25 @@ export class PushRepository {
       if (a.evaluation_expires !== null) a.evaluation_expires = Number(a.evaluation_expires)
       latest = a as unknown as AttestationRow
     }
-    const num = (v: unknown) => (v === null || v === undefined ? null : Number(v))
-    return {
-      agent_id: agentId,
-      ip: r.ip as string | null,
-      operational_state: num(r.operational_state),
-      consecutive_attestation_failures: num(r.consecutive_attestation_failures),
-      ak_tpm: r.ak_tpm as string | null,
-      tpm_policy: r.tpm_policy as string | null,
-      accept_tpm_hash_algs: r.accept_tpm_hash_algs as string | null,
-      accept_tpm_encryption_algs: r.accept_tpm_encryption_algs as string | null,
-      accept_tpm_signing_algs: r.accept_tpm_signing_algs as string | null,
-      ima_policy_id: num(r.ima_policy_id),
-      mb_policy_id: num(r.mb_policy_id),
-      meta_data: r.meta_data as string | null,
-      revocation_key: r.revocation_key as string | null,
-      last_received_quote: num(r.last_received_quote),
-      tpm_clockinfo: r.tpm_clockinfo as string | null,
-      attestation_count: Number(r.attestation_count ?? 0),
-      latest,
-    }
+    return pushAgentRow(agentId, r, latest)
+  }
+
+  /**
+   * `agentForAttestation` for a new attestation: of the latest attestation only what the create checks (its stored
+   * evidence and requests are not read).
+   */
+  async agentForCreate(agentId: string): Promise<AgentForCreate | undefined> {
+    const r = (await run<Record<string, unknown>>(this.db, this.sql.agentForCreate, [agentId]))[0]
+    if (!r) return undefined
+    const latest =
+      r.a_index === null || r.a_index === undefined
+        ? undefined
+        : {
+            index: Number(r.a_index),
+            stage: r.a_stage as AttestationStage,
+            evidence_received_at: r.a_evidence_received_at as string | null,
+          }
+    return pushAgentRow(agentId, r, latest)
   }
 
   /**

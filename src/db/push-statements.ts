@@ -21,6 +21,11 @@ export interface PushStatements {
    * parsed forms are cached by text), the state that changes with every attestation, and the latest attestation.
    */
   agentForAttestation: string
+  /**
+   * What a new attestation needs of its agent: the same enrolment and state columns, and of the latest attestation
+   * only what the create checks (index, stage, when its evidence came), not its stored evidence.
+   */
+  agentForCreate: string
   latestPassed: string
   /** Many new attestations; a row whose (agent, index) exists is skipped and missing from what is returned. */
   insertAttestations: string
@@ -85,6 +90,9 @@ export const ATTESTATION_COLUMNS = [
   'evaluation_holder',
   'evaluation_expires',
 ] as const
+
+/** The columns of the latest attestation `agentForCreate` reads (same `a_` prefix). */
+export const LATEST_SUMMARY_COLUMNS = ['index', 'stage', 'evidence_received_at'] as const
 
 /** The enrolment columns `agentForAttestation` reads (besides the attestation state and the latest attestation). */
 export const AGENT_COLUMNS = [
@@ -175,16 +183,21 @@ export function pushStatements(dialect: DbDialect): PushStatements {
   const list = (n = 1) => (pg ? `(SELECT unnest($${n}::text[]))` : '(SELECT value FROM json_each(?))')
   const hot = (c: string) => `CASE WHEN s.agent_id IS NULL THEN m.${c} ELSE s.${c} END AS ${c}`
   const active = pg ? 'active' : 'active = 1'
-  return {
-    sessionById: `SELECT session_id, agent_id, active, token_hash, token_salt, token_expires_at FROM sessions
-      WHERE session_id = ${one}`,
-    agentForAttestation: `SELECT m.agent_id, ${AGENT_COLUMNS.map((c) => `m.${c}`).join(', ')}, ${hot('last_received_quote')}, ${hot('tpm_clockinfo')},
-        ${hot('attestation_count')}, ${ATTESTATION_COLUMNS.map((c) => `a.${q(c)} AS a_${c}`).join(', ')}
+  const agentWithLatest = (
+    latest: readonly string[],
+  ) => `SELECT m.agent_id, ${AGENT_COLUMNS.map((c) => `m.${c}`).join(', ')},
+        ${hot('last_received_quote')}, ${hot('tpm_clockinfo')}, ${hot('attestation_count')},
+        ${latest.map((c) => `a.${q(c)} AS a_${c}`).join(', ')}
       FROM verifiermain m
       LEFT JOIN verifier_attestation_state s ON s.agent_id = m.agent_id
       LEFT JOIN attestations a ON a.agent_id = m.agent_id
         AND a."index" = (SELECT max(x."index") FROM attestations x WHERE x.agent_id = m.agent_id)
-      WHERE m.agent_id = ${one}`,
+      WHERE m.agent_id = ${one}`
+  return {
+    sessionById: `SELECT session_id, agent_id, active, token_hash, token_salt, token_expires_at FROM sessions
+      WHERE session_id = ${one}`,
+    agentForAttestation: agentWithLatest(ATTESTATION_COLUMNS),
+    agentForCreate: agentWithLatest(LATEST_SUMMARY_COLUMNS),
     latestPassed: `SELECT * FROM attestations WHERE agent_id = ${one} AND evaluation = 'pass'
       ORDER BY "index" DESC LIMIT 1`,
     insertAttestations: `INSERT INTO attestations (agent_id, "index", stage, evaluation, system_info__boot_time,
@@ -261,16 +274,21 @@ function mysqlPushStatements(): PushStatements {
   const list = `JSON_TABLE(?, '$[*]' COLUMNS (value ${MYSQL_TYPES.key} PATH '$')) AS l`
   const hot = (c: string) => `CASE WHEN s.agent_id IS NULL THEN m.${c} ELSE s.${c} END AS ${c}`
   const byKey = 'FORCE INDEX (PRIMARY) ON a.agent_id = v.agent_id AND a.`index` = v.idx'
-  return {
-    sessionById: `SELECT session_id, agent_id, active, token_hash, token_salt, token_expires_at FROM sessions
-      WHERE session_id = ?`,
-    agentForAttestation: `SELECT m.agent_id, ${AGENT_COLUMNS.map((c) => `m.${c}`).join(', ')}, ${hot('last_received_quote')}, ${hot('tpm_clockinfo')},
-        ${hot('attestation_count')}, ${ATTESTATION_COLUMNS.map((c) => `a.\`${c}\` AS a_${c}`).join(', ')}
+  const agentWithLatest = (
+    latest: readonly string[],
+  ) => `SELECT m.agent_id, ${AGENT_COLUMNS.map((c) => `m.${c}`).join(', ')},
+        ${hot('last_received_quote')}, ${hot('tpm_clockinfo')}, ${hot('attestation_count')},
+        ${latest.map((c) => `a.\`${c}\` AS a_${c}`).join(', ')}
       FROM verifiermain m
       LEFT JOIN verifier_attestation_state s ON s.agent_id = m.agent_id
       LEFT JOIN attestations a ON a.agent_id = m.agent_id
         AND a.\`index\` = (SELECT max(x.\`index\`) FROM attestations x WHERE x.agent_id = m.agent_id)
-      WHERE m.agent_id = ?`,
+      WHERE m.agent_id = ?`
+  return {
+    sessionById: `SELECT session_id, agent_id, active, token_hash, token_salt, token_expires_at FROM sessions
+      WHERE session_id = ?`,
+    agentForAttestation: agentWithLatest(ATTESTATION_COLUMNS),
+    agentForCreate: agentWithLatest(LATEST_SUMMARY_COLUMNS),
     latestPassed: `SELECT * FROM attestations WHERE agent_id = ? AND evaluation = 'pass'
       ORDER BY \`index\` DESC LIMIT 1`,
     // a duplicate key changes nothing (as DO NOTHING; INSERT IGNORE would also swallow a missing agent)

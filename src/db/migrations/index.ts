@@ -12,6 +12,7 @@ import * as verifier1 from './2026120601_verifier_events_leases.ts'
 import * as verifierPush from './2026120710_verifier_push_tables.ts'
 import * as verifier2 from './2026120720_verifier_fleet_policies.ts'
 import * as verifier3 from './2026120720_verifier_fleet_state.ts'
+import * as verifierPushHeld from './2026120730_verifier_push_held_evaluations.ts'
 
 export type MigrationSet = Readonly<Record<string, Migration>>
 
@@ -27,6 +28,7 @@ export const VERIFIER_MIGRATIONS: MigrationSet = {
   '2026120710_verifier_push_tables': verifierPush,
   '2026120720_verifier_fleet_policies': verifier2,
   '2026120720_verifier_fleet_state': verifier3,
+  '2026120730_verifier_push_held_evaluations': verifierPushHeld,
 }
 
 export const MIGRATION_SETS = {

@@ -14,6 +14,7 @@ import type {
   AttestationRow,
   CompletedEvaluation,
   NewAttestationRow,
+  PushAgentRow,
   PushRepository,
 } from '../../db/push-repository.ts'
 import type { ImaReplayState, PcrBank } from '../../evidence/ima/index.ts'
@@ -119,7 +120,7 @@ const DEFAULT_EVALUATION_HOLD_MS = 120_000
 
 interface Awaiting {
   att: AttestationRow
-  row: AgentForAttestation
+  row: PushAgentRow
   requested: RequestedItem[]
 }
 
@@ -153,20 +154,10 @@ export class PushAttestations {
 
   /** The agent (enrolment, attestation state, latest attestation: one read), refused unless it may attest. */
   private async pushAgent(agentId: string): Promise<AgentForAttestation> {
-    const row = await this.deps.push.agentForAttestation(agentId)
-    if (!row) throw new PushApiError(404, `Agent ${agentId} is not enrolled`, { code: 'not_found' })
-    if (row.ip !== null)
-      throw new PushApiError(403, 'attestations are not accepted for a pull-mode agent', {
-        code: 'attestations_disabled',
-      })
-    if (row.operational_state === AgentState.TENANT_FAILED || row.operational_state === AgentState.TERMINATED)
-      throw new PushApiError(403, 'attestation of this agent was stopped by an operator', {
-        code: 'attestations_disabled',
-      })
-    return row
+    return mayAttest(agentId, await this.deps.push.agentForAttestation(agentId))
   }
 
-  private async checksOf(row: AgentForAttestation): Promise<AgentChecks> {
+  private async checksOf(row: PushAgentRow): Promise<AgentChecks> {
     const akPublic = this.deps.aks.get(row.ak_tpm ?? '')
     const policyText = row.tpm_policy ?? ''
     const tpmPolicy = remember(this.tpmPolicies, MAX_CACHED_POLICIES, policyText, () =>
@@ -203,7 +194,8 @@ export class PushAttestations {
     agentId: string,
     attributes: { evidence_supported?: unknown; system_info?: { boot_time?: unknown } },
   ): Promise<{ location: string; body: unknown }> {
-    const row = await this.pushAgent(agentId)
+    // the latest attestation summarised: its stored evidence is not needed here
+    const row = mayAttest(agentId, await this.deps.push.agentForCreate(agentId))
     const now = this.deps.now()
     const latest = row.latest
     if (latest?.stage === 'evaluating_evidence')
@@ -393,7 +385,7 @@ export class PushAttestations {
     }
     this.track(
       new Promise<void>((r) => setImmediate(r)).then(() =>
-        this.evaluate(agentId, att.index, { att: evaluating, row: agentRow }),
+        this.evaluate(agentId, att.index, { att: evaluating, row: agentRow, requested, collected }),
       ),
     )
     const self = `/v3.0/agents/${agentId}/attestations/${att.index}`
@@ -478,18 +470,26 @@ export class PushAttestations {
 
   // ---------------------------------------------------------------------------- verification
 
-  /** Verifies held evidence; `known` are the rows the accepting request just read and wrote (saves two reads). */
+  /**
+   * Verifies held evidence; `known` are the rows the accepting request just read and wrote, and their requested and
+   * collected evidence as it parsed them (saves two reads and parsing them again).
+   */
   private async evaluate(
     agentId: string,
     index: number,
-    known?: { att: AttestationRow; row: AgentForAttestation },
+    known?: {
+      att: AttestationRow
+      row: PushAgentRow
+      requested: RequestedItem[]
+      collected: CollectedItem[]
+    },
   ): Promise<void> {
     const att = known?.att ?? (await this.deps.push.getAttestation(agentId, index))
     const row = known?.row ?? (await this.deps.push.agentForAttestation(agentId))
     if (!att || !row || att.stage !== 'evaluating_evidence' || att.evaluation_holder !== this.deps.holder)
       return
-    const requested = parseJson<RequestedItem[]>(att.evidence_requested, [])
-    const collected = parseJson<CollectedItem[]>(att.evidence_collected, [])
+    const requested = known?.requested ?? parseJson<RequestedItem[]>(att.evidence_requested, [])
+    const collected = known?.collected ?? parseJson<CollectedItem[]>(att.evidence_collected, [])
     let events: FailureEvent[]
     let clock: TpmClockInfo | null = null
     let imaState: ImaReplayState | null = null
@@ -513,11 +513,11 @@ export class PushAttestations {
       // what cannot be evaluated is never a pass
       events = [failure('internal.verifier.cannot_evaluate', { message: (err as Error).message }, false)]
     }
-    await this.complete(row, att, events, clock, imaState, quoteAlgs)
+    await this.complete(row, att, collected, events, clock, imaState, quoteAlgs)
   }
 
   private evidenceInput(
-    row: AgentForAttestation,
+    row: PushAgentRow,
     att: AttestationRow,
     checks: AgentChecks,
     requested: RequestedItem[],
@@ -588,8 +588,9 @@ export class PushAttestations {
   }
 
   private async complete(
-    row: AgentForAttestation,
+    row: PushAgentRow,
     att: AttestationRow,
+    collected: CollectedItem[],
     events: FailureEvent[],
     clock: TpmClockInfo | null,
     imaState: ImaReplayState | null,
@@ -621,7 +622,7 @@ export class PushAttestations {
             : null,
         event_id: worst?.event.eventId ?? null,
         event_context: worst ? JSON.stringify(worst.event.context) : null,
-        evidence_collected: summariseEvidence(att.evidence_collected),
+        evidence_collected: summariseEvidence(collected),
       },
       agent: {
         push_deadline: now + this.o.push.evidenceTimeoutMs,
@@ -709,12 +710,25 @@ export class PushAttestations {
   }
 }
 
+/** The agent as read, refused unless it may attest (404 not enrolled, 403 pull mode or stopped by an operator). */
+function mayAttest<R extends PushAgentRow>(agentId: string, row: R | undefined): R {
+  if (!row) throw new PushApiError(404, `Agent ${agentId} is not enrolled`, { code: 'not_found' })
+  if (row.ip !== null)
+    throw new PushApiError(403, 'attestations are not accepted for a pull-mode agent', {
+      code: 'attestations_disabled',
+    })
+  if (row.operational_state === AgentState.TENANT_FAILED || row.operational_state === AgentState.TERMINATED)
+    throw new PushApiError(403, 'attestation of this agent was stopped by an operator', {
+      code: 'attestations_disabled',
+    })
+  return row
+}
+
 /**
  * The evidence kept after verification: logs replaced by their size, the quote kept; null when there is no log to
  * drop (the stored evidence stays as it is, not written again).
  */
-function summariseEvidence(text: string | null): string | null {
-  const items = parseJson<CollectedItem[]>(text, [])
+function summariseEvidence(items: CollectedItem[]): string | null {
   if (!items.some((it) => it.evidence_class === 'log' && it.data)) return null
   return JSON.stringify(
     items.map((it) => {
@@ -759,16 +773,22 @@ export function renderAttestation(a: AttestationRow) {
 const bad = (detail: string, pointer: string) =>
   new PushApiError(400, detail, { code: 'invalid_resource_data', pointer })
 
-/** The row `insertAttestations` writes, as a whole attestation. */
+/** The row `insertAttestations` writes, as a whole attestation (every property written out: no spread per create). */
 function newAttestation(r: NewAttestationRow): AttestationRow {
   return {
-    ...r,
+    agent_id: r.agent_id,
+    index: r.index,
     stage: 'awaiting_evidence',
     evaluation: 'pending',
     failure_reason: null,
+    system_info__boot_time: r.system_info__boot_time,
+    capabilities_received_at: r.capabilities_received_at,
+    challenges_expire_at: r.challenges_expire_at,
     evidence_received_at: null,
     verification_completed_at: null,
+    evidence_requested: r.evidence_requested,
     evidence_collected: null,
+    ima_starting_offset: r.ima_starting_offset,
     ima_certified_entry_count: null,
     ima_state: null,
     event_id: null,

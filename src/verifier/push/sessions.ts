@@ -3,7 +3,7 @@
  * bearer token that authenticates the agent's attestation requests. Everything lives in the `sessions` table, so
  * any verifier of a group answers any step; the token itself is never stored (see tokens.ts).
  */
-import { createHash } from 'node:crypto'
+import { hash } from 'node:crypto'
 import type { Logger } from '../../common/log.ts'
 import type { PushRepository, SessionRow } from '../../db/push-repository.ts'
 import type { VerifierRepository } from '../../db/verifier-repository.ts'
@@ -221,7 +221,8 @@ export class PushSessions {
     if (!m?.[1]) throw new PushApiError(401, 'Invalid Authorization header format')
     const token = m[1]
     const now = this.deps.now()
-    const key = createHash('sha256').update(token).digest('base64')
+    // one-shot digest: no Hash object per request
+    const key = hash('sha256', token, 'base64')
     const cached = this.cache.get(key)
     if (cached && now < cached.checkedUntil) {
       if (now <= cached.expiresMs)

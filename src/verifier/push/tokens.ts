@@ -4,7 +4,7 @@
  * keeps the plaintext in a per-process cache to stay fast; a 256-bit random secret cannot be guessed, so one hash
  * is as strong and lets every verifier of a group check any token from the database alone.
  */
-import { createHash, randomBytes, randomUUID, timingSafeEqual } from 'node:crypto'
+import { createHash, randomBytes, randomFillSync, randomUUID, timingSafeEqual } from 'node:crypto'
 
 const SESSION_ID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/
 const SECRET = /^[A-Za-z0-9_-]{43}$/
@@ -13,8 +13,20 @@ export function newSessionId(): string {
   return randomUUID()
 }
 
+const CHALLENGE_BYTES = 16
+/** Challenges are cut from a block of CSPRNG output filled at once (one call into OpenSSL per 256 challenges). */
+const CHALLENGE_POOL_BYTES = CHALLENGE_BYTES * 256
+let challengePool = Buffer.alloc(0)
+let challengeAt = 0
+
 export function newChallenge(): Buffer {
-  return randomBytes(16)
+  if (challengeAt + CHALLENGE_BYTES > challengePool.length) {
+    // a fresh block each time: a challenge handed out is never overwritten
+    challengePool = randomFillSync(Buffer.allocUnsafe(CHALLENGE_POOL_BYTES))
+    challengeAt = 0
+  }
+  challengeAt += CHALLENGE_BYTES
+  return challengePool.subarray(challengeAt - CHALLENGE_BYTES, challengeAt)
 }
 
 export function newToken(sessionId: string): { token: string; hash: string; salt: string } {

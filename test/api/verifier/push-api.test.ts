@@ -394,10 +394,10 @@ describe('push verifier: attestations', () => {
     expect(created.statusCode).toBe(201)
     // another verifier of the group creates the same index between this one's read and its insert
     const repo = service.push?.repo as NonNullable<typeof service.push>['repo']
-    const read = repo.agentForAttestation.bind(repo)
-    repo.agentForAttestation = async (id: string) => {
+    const read = repo.agentForCreate.bind(repo)
+    repo.agentForCreate = async (id: string) => {
       const r = await read(id)
-      repo.agentForAttestation = read
+      repo.agentForCreate = read
       await repo.createAttestation({
         agent_id: id,
         index: (r?.latest?.index ?? -1) + 1,

@@ -197,6 +197,32 @@ for (const server of SHARED_SERVERS)
       expect(racer?.consecutive_attestation_failures).toBe(1)
       expect(racer?.last_received_quote).toBe(1234)
       expect(racer?.latest).toMatchObject({ index: 1, stage: 'verification_complete', evaluation: 'pass' })
+
+      // a create reads the same agent, and of the latest attestation only what it checks
+      expect(await repo.insertAttestations([attestation(2, '["fourth"]')])).toEqual(
+        new Set([key('racer', 2)]),
+      )
+      const held = { ...evidence(2, 'H'), expires: Date.now() + 60_000 }
+      expect(await repo.submitEvidenceMany([held])).toEqual(new Set([key('racer', 2)]))
+      const { latest: full, ...agentColumns } = (await repo.agentForAttestation('racer')) ?? {}
+      const { latest: summary, ...createColumns } = (await repo.agentForCreate('racer')) ?? {}
+      expect(createColumns).toEqual(agentColumns)
+      expect(summary).toEqual({
+        index: 2,
+        stage: 'evaluating_evidence',
+        evidence_received_at: held.receivedAt,
+      })
+      expect(full).toMatchObject(summary ?? {})
+      expect(await repo.agentForCreate('nobody')).toBeUndefined()
+      // an evaluation is taken over only once its hold expired, by one verifier
+      expect(await repo.takeAbandonedEvaluations(held.expires - 1, 'T', held.expires + 60_000, 10)).toEqual(
+        [],
+      )
+      const taken = await repo.takeAbandonedEvaluations(held.expires + 1, 'T', held.expires + 60_000, 10)
+      expect(taken.map((t) => [t.agent_id, t.index, t.evaluation_holder])).toEqual([['racer', 2, 'T']])
+      expect(await repo.takeAbandonedEvaluations(held.expires + 1, 'T2', held.expires + 60_000, 10)).toEqual(
+        [],
+      )
     })
 
     it('two verifiers writing the same batches in different orders neither deadlock nor both win a row', async () => {
