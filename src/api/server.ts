@@ -202,8 +202,10 @@ export function createKeylimeServer(opts: KeylimeServerOptions = {}): KeylimeSer
   acceptJsonBodiesOfAnyContentType(app)
   if (opts.probes) addProbeRoutes(app, opts.probes, { metricsAdmin: true })
 
-  app.addHook('onRequest', async (request, reply) => {
+  // callback hooks, not async ones: every request passes them, and an async hook costs a promise each
+  app.addHook('onRequest', (request, reply, done) => {
     reply.header('X-Request-ID', request.id)
+    done()
   })
   if (opts.logger) addAccessLog(app)
 
@@ -259,21 +261,25 @@ const PROBE_PATHS = new Set(['/healthz', '/readyz', '/metrics'])
  * the hook costs one level check per request; probes are skipped either way.
  */
 function addAccessLog(app: KeylimeServer): void {
-  app.addHook('onResponse', async (request, reply) => {
-    if (!ACCESS_LOG_LEVELS.has(request.log.level)) return
-    const path = request.url.split('?')[0] ?? ''
-    if (PROBE_PATHS.has(path)) return
-    request.log.debug(
-      {
-        method: request.method,
-        path,
-        status: reply.statusCode,
-        ms: Math.round(reply.elapsedTime * 10) / 10,
-        remote: request.ip,
-      },
-      'request',
-    )
+  app.addHook('onResponse', (request, reply, done) => {
+    if (ACCESS_LOG_LEVELS.has(request.log.level)) logAccess(request, reply)
+    done()
   })
+}
+
+function logAccess(request: FastifyRequest, reply: FastifyReply): void {
+  const path = request.url.split('?')[0] ?? ''
+  if (PROBE_PATHS.has(path)) return
+  request.log.debug(
+    {
+      method: request.method,
+      path,
+      status: reply.statusCode,
+      ms: Math.round(reply.elapsedTime * 10) / 10,
+      remote: request.ip,
+    },
+    'request',
+  )
 }
 
 /** Names the first field that does not fit: `body.accept_tpm_hash_algs must be array`. */
