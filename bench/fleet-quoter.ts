@@ -26,11 +26,6 @@ function u32(v: number): Buffer {
   b.writeUInt32BE(v >>> 0)
   return b
 }
-function u64(v: number): Buffer {
-  const b = Buffer.alloc(8)
-  b.writeBigUInt64BE(BigInt(v))
-  return b
-}
 function tpm2b(b: Uint8Array): Buffer {
   return Buffer.concat([u16(b.length), b])
 }
@@ -88,6 +83,8 @@ export class SoftQuoter {
   /** TPM2B_PUBLIC of the AK, base64 (as the registrar stores `aik_tpm`). */
   readonly akTpm: string
   readonly pcrs = new Map<number, Buffer>()
+  /** The EC signing key with the P1363 (r || s) output the TPMT_SIGNATURE takes, built once. */
+  private readonly ecSignKey: { key: KeyObject; dsaEncoding: 'ieee-p1363' }
   clock = 1000
   resetCount = 0
   restartCount = 0
@@ -144,6 +141,7 @@ export class SoftQuoter {
       ])
       this.akTpm = tpm2b(body).toString('base64')
     }
+    this.ecSignKey = { key: this.privateKey, dsaEncoding: 'ieee-p1363' }
     for (let i = 0; i < 24; i++) this.pcrs.set(i, Buffer.alloc(SIZE[this.hashAlg]))
   }
 
@@ -165,31 +163,36 @@ export class SoftQuoter {
     this.extend(16, Buffer.from(pubkeyPem, 'utf8'))
   }
 
-  /** A quote string over `pcrs` with `nonce` as qualifying data. */
+  /** A quote string over `pcrs` with `nonce` as qualifying data (each structure written in place, one buffer). */
   quote(nonce: string, pcrs: readonly number[]): string {
     this.clock += 17
     const selected = new Map<number, Uint8Array>()
     for (const p of [...pcrs].sort((a, b) => a - b)) selected.set(p, this.pcrs.get(p) as Buffer)
     const h = createHash(this.hashAlg)
     for (const v of selected.values()) h.update(v)
-    const select = Buffer.alloc(3)
-    for (const p of selected.keys()) select[p >> 3] = (select[p >> 3] as number) | (1 << (p & 7))
-    const attest = Buffer.concat([
-      u32(0xff544347),
-      u16(0x8018),
-      tpm2b(Buffer.alloc(34, 1)),
-      tpm2b(Buffer.from(nonce, 'latin1')),
-      u64(this.clock),
-      u32(this.resetCount),
-      u32(this.restartCount),
-      Buffer.from([1]),
-      u64(0x20191023),
-      u32(1),
-      u16(ALG_ID[this.hashAlg]),
-      Buffer.from([3]),
-      select,
-      tpm2b(h.digest()),
-    ])
+    const digest = h.digest()
+    const nonceLength = Buffer.byteLength(nonce, 'latin1')
+    const attest = Buffer.alloc(4 + 2 + 2 + 34 + 2 + nonceLength + 17 + 8 + 4 + 2 + 1 + 3 + 2 + digest.length)
+    let at = attest.writeUInt32BE(0xff544347, 0)
+    at = attest.writeUInt16BE(0x8018, at)
+    at = attest.writeUInt16BE(34, at)
+    attest.fill(1, at, at + 34)
+    at += 34
+    at = attest.writeUInt16BE(nonceLength, at)
+    at += attest.write(nonce, at, 'latin1')
+    at = attest.writeBigUInt64BE(BigInt(this.clock), at)
+    at = attest.writeUInt32BE(this.resetCount >>> 0, at)
+    at = attest.writeUInt32BE(this.restartCount >>> 0, at)
+    at = attest.writeUInt8(1, at)
+    at = attest.writeBigUInt64BE(0x20191023n, at)
+    at = attest.writeUInt32BE(1, at)
+    at = attest.writeUInt16BE(ALG_ID[this.hashAlg], at)
+    at = attest.writeUInt8(3, at)
+    for (const p of selected.keys())
+      attest[at + (p >> 3)] = (attest[at + (p >> 3)] as number) | (1 << (p & 7))
+    at += 3
+    at = attest.writeUInt16BE(digest.length, at)
+    digest.copy(attest, at)
     let sig: Buffer
     if (this.privateKey.asymmetricKeyType === 'rsa') {
       sig = Buffer.concat([
@@ -198,13 +201,15 @@ export class SoftQuoter {
         tpm2b(sign(this.hashAlg, attest, this.privateKey)),
       ])
     } else {
-      const p1363 = sign(this.hashAlg, attest, { key: this.privateKey, dsaEncoding: 'ieee-p1363' })
-      sig = Buffer.concat([
-        u16(0x0018),
-        u16(ALG_ID[this.hashAlg]),
-        tpm2b(p1363.subarray(0, 32)),
-        tpm2b(p1363.subarray(32)),
-      ])
+      const p1363 = sign(this.hashAlg, attest, this.ecSignKey)
+      const half = p1363.length / 2
+      sig = Buffer.alloc(8 + p1363.length)
+      let o = sig.writeUInt16BE(0x0018, 0)
+      o = sig.writeUInt16BE(ALG_ID[this.hashAlg], o)
+      o = sig.writeUInt16BE(half, o)
+      o += p1363.copy(sig, o, 0, half)
+      o = sig.writeUInt16BE(half, o)
+      p1363.copy(sig, o, half)
     }
     const blob = encodePcrBlob(this.hashAlg, selected)
     return `r${attest.toString('base64')}:${sig.toString('base64')}:${blob.toString('base64')}`

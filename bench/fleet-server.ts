@@ -62,7 +62,13 @@ if (distinctCerts > 0) {
   for (let i = 0; i < distinctCerts; i++) certs.push(await agentCertificate(i))
   tls = { certs, clientCa }
 }
-const fleet = await startSimFleet({ count, sharePayloadKey: true, akType: 'ecc', ...(tls ? { tls } : {}) })
+const fleet = await startSimFleet({
+  count,
+  sharePayloadKey: true,
+  akType: 'ecc',
+  http: 'lean',
+  ...(tls ? { tls } : {}),
+})
 const agents = fleet.agents.map((a, i) => ({
   id: a.id,
   ip: a.ip,

@@ -304,7 +304,7 @@ async function main(): Promise<void> {
   const t0 = performance.now()
   let peakRss = 0
   const sampler = setInterval(() => {
-    peakRss = Math.max(peakRss, process.memoryUsage().rss)
+    peakRss = Math.max(peakRss, process.memoryUsage.rss())
   }, 500)
   await new Promise((r) => setTimeout(r, SECONDS * 1000))
   if (profiler) {

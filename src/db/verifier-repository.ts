@@ -336,11 +336,10 @@ function statements(dialect: DbDialect): Statements {
         : my
           ? // rows are locked as the join reaches them (before ORDER BY sorts): one primary-key lookup per id, in the
             // order of the list, which listParam sorts
-            `SELECT STRAIGHT_JOIN m.agent_id, m.lease_epoch, m.operational_state, m.public_key, m.hash_alg, m.enc_alg,
-             m.sign_alg
+            `SELECT STRAIGHT_JOIN m.agent_id, m.lease_epoch, m.operational_state, m.hash_alg, m.enc_alg, m.sign_alg
            FROM ${mysqlListTable('?')} JOIN verifiermain m ON m.agent_id = l.value
            WHERE m.lease_holder = ? AND ${NOT_OPERATOR_HELD} ORDER BY m.agent_id FOR UPDATE`
-          : `SELECT agent_id, lease_epoch, operational_state, public_key, hash_alg, enc_alg, sign_alg FROM verifiermain
+          : `SELECT agent_id, lease_epoch, operational_state, hash_alg, enc_alg, sign_alg FROM verifiermain
        WHERE agent_id IN ${list('text')} AND lease_holder = ${p()} AND ${NOT_OPERATOR_HELD}
        ORDER BY agent_id${lock('NO KEY UPDATE')}`,
     ),
@@ -544,7 +543,6 @@ interface LockedRow {
   agent_id: string
   lease_epoch: number
   operational_state: number | null
-  public_key: string | null
   hash_alg: string | null
   enc_alg: string | null
   sign_alg: string | null
@@ -879,7 +877,8 @@ export class VerifierRepository {
           const row = byId.get(s.agentId) as LockedRow
           return (
             row.operational_state !== s.operationalState ||
-            (s.publicKey !== null && s.publicKey !== row.public_key) ||
+            // set only when the agent's key changed (rare): its PEM is not read back for every row of every batch
+            s.publicKey !== null ||
             row.hash_alg !== s.hashAlg ||
             row.enc_alg !== s.encAlg ||
             row.sign_alg !== s.signAlg

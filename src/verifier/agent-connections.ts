@@ -74,6 +74,10 @@ interface Entry {
   apiVersion: string
   /** The `mtls_cert` text it was built for (the agent record's own string, not a copy). */
   mtlsCert: string | null
+  /** The endpoint as given: an unchanged one reuses the client without building its origin again. */
+  ip: string
+  port: number
+  givenMtlsCert: string | null
 }
 
 function fingerprintOf(pem: string): Buffer | null {
@@ -129,11 +133,20 @@ export class AgentConnections {
   }
 
   client(ep: AgentEndpoint): AgentClient {
+    const existing = this.entries.get(ep.agentId)
+    // the loop asks once per attestation, with the agent record's own strings: compared before anything is built
+    if (
+      existing &&
+      existing.ip === ep.ip &&
+      existing.port === ep.port &&
+      existing.apiVersion === ep.apiVersion &&
+      existing.givenMtlsCert === ep.mtlsCert
+    )
+      return existing.client
     const useTls =
       this.tls !== null && ep.mtlsCert !== null && ep.mtlsCert !== '' && ep.mtlsCert !== 'disabled'
     const host = ep.ip.includes(':') ? `[${ep.ip}]` : ep.ip
     const origin = `${useTls ? 'https' : 'http'}://${host}:${ep.port}`
-    const existing = this.entries.get(ep.agentId)
     const mtlsCert = useTls ? ep.mtlsCert : null
     if (
       existing &&
@@ -155,7 +168,15 @@ export class AgentConnections {
       responseBudget: this.budget,
       keepConnection: () => this.keepAlive && this.open < this.limits.maxOpenConnections,
     })
-    this.entries.set(ep.agentId, { client, origin, apiVersion: ep.apiVersion, mtlsCert })
+    this.entries.set(ep.agentId, {
+      client,
+      origin,
+      apiVersion: ep.apiVersion,
+      mtlsCert,
+      ip: ep.ip,
+      port: ep.port,
+      givenMtlsCert: ep.mtlsCert,
+    })
     return client
   }
 

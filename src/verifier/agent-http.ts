@@ -114,6 +114,16 @@ class Connection {
   private headDeadline = 0
   /** How long this connection may stay unused: the agent's `keep-alive: timeout=N` hint, else ours. */
   private idleMs: number
+  /**
+   * The socket's inactivity timeout stays at the shorter of the idle and request timeouts, so it is not set twice
+   * per exchange (each set makes a new timer); when it fires before the current phase's own limit (`phaseMs`:
+   * waiting for a reply, or idle), it is set for the rest once, and set back at the next phase.
+   */
+  private armedMs = 0
+  private phaseMs = 0
+  /** Inactivity already counted towards `phaseMs` when the socket's timeout last fired. */
+  private waitedMs = 0
+  private requestTimeoutMs = Number.POSITIVE_INFINITY
   closed = false
 
   constructor(
@@ -125,7 +135,16 @@ class Connection {
     socket.on('close', () => this.onClose(null))
     socket.on('timeout', () => this.onTimeout())
     this.idleMs = origin.http.keepAliveTimeoutMs
-    socket.setTimeout(this.idleMs)
+    this.phaseMs = this.idleMs
+    this.arm(this.idleMs)
+  }
+
+  /** Sets the socket's inactivity timeout unless it already has this value. */
+  private arm(ms: number): void {
+    this.waitedMs = 0
+    if (this.armedMs === ms) return
+    this.armedMs = ms
+    this.socket.setTimeout(ms)
   }
 
   send(ex: Exchange): void {
@@ -140,7 +159,9 @@ class Connection {
     if (r.body !== undefined)
       text += `content-type: ${r.contentType ?? 'application/json'}\r\ncontent-length: ${Buffer.byteLength(r.body)}\r\n\r\n${r.body}`
     else text += '\r\n'
-    this.socket.setTimeout(r.timeoutMs)
+    this.requestTimeoutMs = r.timeoutMs
+    this.phaseMs = r.timeoutMs
+    this.arm(Math.min(this.idleMs, r.timeoutMs))
     this.socket.write(text)
   }
 
@@ -154,6 +175,13 @@ class Connection {
   }
 
   private onTimeout(): void {
+    this.waitedMs += this.armedMs
+    if (this.waitedMs < this.phaseMs) {
+      // the shorter timeout of the other phase fired: wait out this phase's own limit
+      this.armedMs = this.phaseMs - this.waitedMs
+      this.socket.setTimeout(this.armedMs)
+      return
+    }
     if (this.current === null) {
       // idle past the keep-alive timeout
       this.socket.destroy()
@@ -183,6 +211,8 @@ class Connection {
   }
 
   private onData(chunk: Buffer): void {
+    // the socket's inactivity timer restarts on this data
+    this.waitedMs = 0
     const ex = this.current
     if (ex === null) {
       // nothing was asked: an agent that talks out of turn loses the connection
@@ -384,7 +414,8 @@ class Connection {
       this.socket.destroy()
       this.markClosed()
     } else {
-      this.socket.setTimeout(this.idleMs)
+      this.phaseMs = this.idleMs
+      this.arm(Math.min(this.idleMs, this.requestTimeoutMs))
       this.origin.idle()
     }
     ex.handler.onResponseEnd?.(ex as never, {})

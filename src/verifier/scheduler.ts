@@ -87,6 +87,12 @@ export class Scheduler<T> {
   private tick(): void {
     this.timer = null
     this.timerDue = Number.POSITIVE_INFINITY
+    this.launchDue()
+    this.arm()
+  }
+
+  /** Starts the steps due by now, up to `maxConcurrency` in flight. */
+  private launchDue(): void {
     const now = this.o.now()
     while (this.active < this.o.maxConcurrency) {
       const due = this.heap.peekDue()
@@ -96,7 +102,6 @@ export class Scheduler<T> {
       this.lags[this.lagCount++ % LAG_RING] = now - dueAt
       this.launch(item)
     }
-    this.arm()
   }
 
   private launch(item: T): void {
@@ -104,7 +109,10 @@ export class Scheduler<T> {
     void this.o.run(item).finally(() => {
       this.active--
       if (this.active === 0) for (const w of this.idleWaiters.splice(0)) w()
-      if (this.timer === null || this.active === this.o.maxConcurrency - 1) this.arm()
+      if (!this.running) return
+      // saturated: the freed slot goes straight to an overdue step, no timer set and cleared per step
+      if (this.active === this.o.maxConcurrency - 1) this.launchDue()
+      if (this.timer === null && this.active < this.o.maxConcurrency) this.arm()
     })
   }
 }

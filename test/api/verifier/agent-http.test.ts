@@ -197,6 +197,29 @@ describe('agent HTTP client: connections', () => {
     expect(conns.openConnections).toBe(0)
   })
 
+  it('waits the whole request timeout for a reply on a connection whose idle timeout is shorter', async () => {
+    // the hint keeps the connection 1 s unused; the reply to the second request comes after 1.4 s, within 2.5 s
+    const s = await scripted((socket, _h, n) => {
+      const reply = ok(VERSION, 'keep-alive: timeout=2\r\n')
+      if (n === 1) socket.write(reply)
+      else setTimeout(() => socket.write(reply), 1400)
+    })
+    const { agent } = client(s.port, { timeoutMs: 2500 })
+    await agent.getVersion()
+    expect((await agent.getVersion()).supported_version).toBe('2.6')
+    expect(s.connections).toBe(1)
+  })
+
+  it('keeps an unused connection for its idle timeout although the request timeout is shorter', async () => {
+    const s = await scripted((socket) => socket.write(ok(VERSION, 'keep-alive: timeout=2\r\n')))
+    const { agent, conns } = client(s.port, { timeoutMs: 300 })
+    await agent.getVersion()
+    await new Promise((r) => setTimeout(r, 650))
+    expect(conns.openConnections).toBe(1)
+    await new Promise((r) => setTimeout(r, 700))
+    expect(conns.openConnections).toBe(0)
+  })
+
   it('runs two requests to one agent one after the other on one connection', async () => {
     const s = await scripted((socket) => setTimeout(() => socket.write(ok(VERSION)), 20))
     const { agent } = client(s.port)

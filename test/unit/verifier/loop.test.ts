@@ -12,8 +12,9 @@ afterEach(async () => {
   for (const c of cleanups.splice(0).reverse()) await c()
 })
 
-async function fleet(count: number): Promise<SimFleet> {
-  const f = await startSimFleet({ count })
+/** `http`: the simulated agents' HTTP server (node:http, or the fleet benchmark's lean one). */
+async function fleet(count: number, http: 'node' | 'lean' = 'node'): Promise<SimFleet> {
+  const f = await startSimFleet({ count, http })
   cleanups.push(() => f.close())
   return f
 }
@@ -192,20 +193,23 @@ describe('attestation loop against simulated agents', () => {
     expect((await v.service.repo.getAgent(a.id))?.operational_state).toBe(AgentState.GET_QUOTE)
   })
 
-  it('attests repeatedly, delivers V exactly once, and records the results', async () => {
-    const f = await fleet(1)
-    const v = await verifierWith()
-    const a = await enroll(v, f, 0)
-    await waitFor(() => a.quotes >= 4, 5000, '4 quotes')
-    await v.service.loop.flush()
-    const row = await v.service.repo.getAgent(a.id)
-    expect(row?.operational_state).toBe(AgentState.GET_QUOTE)
-    expect(row?.attestation_count).toBeGreaterThanOrEqual(3)
-    expect(row?.public_key).toBe(a.pubkeyPem)
-    expect(a.vKeys).toEqual([Buffer.alloc(32, 7).toString('base64')])
-    const show = await v.app.inject({ method: 'GET', url: `/v2.6/agents/${a.id}`, headers: ADMIN })
-    expect(show.json().results.attestation_status).toBe('PASS')
-  })
+  it.each(['node', 'lean'] as const)(
+    'attests repeatedly, delivers V exactly once, and records the results (agents on %s HTTP)',
+    async (http) => {
+      const f = await fleet(1, http)
+      const v = await verifierWith()
+      const a = await enroll(v, f, 0)
+      await waitFor(() => a.quotes >= 4, 5000, '4 quotes')
+      await v.service.loop.flush()
+      const row = await v.service.repo.getAgent(a.id)
+      expect(row?.operational_state).toBe(AgentState.GET_QUOTE)
+      expect(row?.attestation_count).toBeGreaterThanOrEqual(3)
+      expect(row?.public_key).toBe(a.pubkeyPem)
+      expect(a.vKeys).toEqual([Buffer.alloc(32, 7).toString('base64')])
+      const show = await v.app.inject({ method: 'GET', url: `/v2.6/agents/${a.id}`, headers: ADMIN })
+      expect(show.json().results.attestation_status).toBe('PASS')
+    },
+  )
 
   it('never releases V to an agent whose first quote fails', async () => {
     const f = await fleet(1)
@@ -224,62 +228,65 @@ describe('attestation loop against simulated agents', () => {
     expect(a.vKeys).toEqual([])
   })
 
-  it('detects a tampered policy PCR: INVALID_QUOTE, polling stops, signed revocation reaches the webhook', async () => {
-    const hooks: { msg: string; signature: string }[] = []
-    const hook = createServer((req, res) => {
-      let body = ''
-      req.on('data', (c) => (body += c))
-      req.on('end', () => {
-        hooks.push(JSON.parse(body))
-        res.writeHead(200).end()
+  it.each(['node', 'lean'] as const)(
+    'detects a tampered policy PCR: INVALID_QUOTE, polling stops, signed revocation reaches the webhook (agents on %s HTTP)',
+    async (http) => {
+      const hooks: { msg: string; signature: string }[] = []
+      const hook = createServer((req, res) => {
+        let body = ''
+        req.on('data', (c) => (body += c))
+        req.on('end', () => {
+          hooks.push(JSON.parse(body))
+          res.writeHead(200).end()
+        })
       })
-    })
-    await new Promise<void>((r) => hook.listen(0, '127.0.0.1', r))
-    cleanups.push(() => new Promise((r) => hook.close(() => r())))
-    const { privateKey, publicKey } = generateKeyPairSync('rsa', { modulusLength: 2048 })
-    const f = await fleet(2)
-    const v = await verifierWith({
-      revocationChannels: ['webhook', 'agent'],
-      webhookUrl: `http://127.0.0.1:${(hook.address() as AddressInfo).port}/`,
-    })
-    const a = await enroll(v, f, 0, { revocation_key: privateKey.export({ type: 'pkcs8', format: 'pem' }) })
-    const other = await enroll(v, f, 1)
-    await waitFor(() => a.quotes >= 2 && other.quotes >= 2, 5000, 'first quotes')
-    const failedStep = stepOf(v, a.id, (e) => e.outcome === 'quote_failed')
-    a.quoter.extend(15, Buffer.from('evil'))
-    // polling stops with the failing step itself (default severity: every failure is the highest)
-    expect(await failedStep).toMatchObject({ state: AgentState.INVALID_QUOTE, attested: false })
-    const quotesAtFailure = a.quotes
-    const row = await v.service.repo.getAgent(a.id)
-    expect(row?.last_event_id).toBe('pcr_validation.invalid_pcr_15')
-    expect(row?.severity_level).toBe(6)
-    await waitFor(() => hooks.length === 1, 5000, 'webhook')
-    const wire = hooks[0] as { msg: string; signature: string }
-    const msg = JSON.parse(wire.msg)
-    expect(msg).toMatchObject({
-      type: 'revocation',
-      agent_id: a.id,
-      event_id: 'pcr_validation.invalid_pcr_15',
-      severity_label: 'emergency',
-    })
-    const sigOk = verify(
-      'sha256',
-      Buffer.from(wire.msg),
-      {
-        key: publicKey,
-        padding: constants.RSA_PKCS1_PSS_PADDING,
-        saltLength: constants.RSA_PSS_SALTLEN_AUTO,
-      },
-      Buffer.from(wire.signature, 'base64'),
-    )
-    expect(sigOk).toBe(true)
-    await waitFor(() => other.revocations.length === 1, 5000, 'revocation to the other agent')
-    // the other agent keeps being attested while the failed one is not asked again
-    await stepOf(v, other.id, (e) => e.outcome === 'quote_passed')
-    expect(a.quotes).toBe(quotesAtFailure)
-    expect(v.service.loop.has(a.id)).toBe(false)
-    expect(v.service.loop.has(other.id)).toBe(true)
-  })
+      await new Promise<void>((r) => hook.listen(0, '127.0.0.1', r))
+      cleanups.push(() => new Promise((r) => hook.close(() => r())))
+      const { privateKey, publicKey } = generateKeyPairSync('rsa', { modulusLength: 2048 })
+      const f = await fleet(2, http)
+      const v = await verifierWith({
+        revocationChannels: ['webhook', 'agent'],
+        webhookUrl: `http://127.0.0.1:${(hook.address() as AddressInfo).port}/`,
+      })
+      const a = await enroll(v, f, 0, { revocation_key: privateKey.export({ type: 'pkcs8', format: 'pem' }) })
+      const other = await enroll(v, f, 1)
+      await waitFor(() => a.quotes >= 2 && other.quotes >= 2, 5000, 'first quotes')
+      const failedStep = stepOf(v, a.id, (e) => e.outcome === 'quote_failed')
+      a.quoter.extend(15, Buffer.from('evil'))
+      // polling stops with the failing step itself (default severity: every failure is the highest)
+      expect(await failedStep).toMatchObject({ state: AgentState.INVALID_QUOTE, attested: false })
+      const quotesAtFailure = a.quotes
+      const row = await v.service.repo.getAgent(a.id)
+      expect(row?.last_event_id).toBe('pcr_validation.invalid_pcr_15')
+      expect(row?.severity_level).toBe(6)
+      await waitFor(() => hooks.length === 1, 5000, 'webhook')
+      const wire = hooks[0] as { msg: string; signature: string }
+      const msg = JSON.parse(wire.msg)
+      expect(msg).toMatchObject({
+        type: 'revocation',
+        agent_id: a.id,
+        event_id: 'pcr_validation.invalid_pcr_15',
+        severity_label: 'emergency',
+      })
+      const sigOk = verify(
+        'sha256',
+        Buffer.from(wire.msg),
+        {
+          key: publicKey,
+          padding: constants.RSA_PKCS1_PSS_PADDING,
+          saltLength: constants.RSA_PSS_SALTLEN_AUTO,
+        },
+        Buffer.from(wire.signature, 'base64'),
+      )
+      expect(sigOk).toBe(true)
+      await waitFor(() => other.revocations.length === 1, 5000, 'revocation to the other agent')
+      // the other agent keeps being attested while the failed one is not asked again
+      await stepOf(v, other.id, (e) => e.outcome === 'quote_passed')
+      expect(a.quotes).toBe(quotesAtFailure)
+      expect(v.service.loop.has(a.id)).toBe(false)
+      expect(v.service.loop.has(other.id)).toBe(true)
+    },
+  )
 
   it('retries an unreachable agent with P=0 and recovers; gives up as FAILED after max_retries', async () => {
     const f = await fleet(2)
