@@ -103,13 +103,7 @@ export function nodeHttpDispatcher(
     tlsAgent ??= new HttpsAgent({
       keepAlive: true,
       maxSockets: opts.connections ?? 2,
-      ...(tls?.ca !== undefined ? { ca: tls.ca } : {}),
-      ...(tls?.cert ? { cert: tls.cert } : {}),
-      ...(tls?.key ? { key: tls.key } : {}),
-      ...(tls?.keyPassphrase ? { passphrase: tls.keyPassphrase } : {}),
-      minVersion: 'TLSv1.2',
-      rejectUnauthorized: !tls?.insecure,
-      checkServerIdentity: () => undefined,
+      ...clientTlsOptions(tls, !tls?.insecure),
     })
     return tlsAgent
   }
@@ -176,6 +170,23 @@ export interface JsonResponse<T> {
   results: T
 }
 
+const caListOf = (tls: ClientTls | undefined): string[] =>
+  tls?.ca === undefined ? [] : Array.isArray(tls.ca) ? tls.ca : [tls.ca]
+
+/** TLS client options of a profile, for both dispatchers: hostnames are never checked (as upstream). */
+function clientTlsOptions(tls: ClientTls | undefined, rejectUnauthorized: boolean) {
+  const caList = caListOf(tls)
+  return {
+    ...(caList.length > 0 ? { ca: caList } : {}),
+    ...(tls?.cert ? { cert: tls.cert } : {}),
+    ...(tls?.key ? { key: tls.key } : {}),
+    ...(tls?.keyPassphrase ? { passphrase: tls.keyPassphrase } : {}),
+    minVersion: 'TLSv1.2' as const,
+    rejectUnauthorized,
+    checkServerIdentity: () => undefined,
+  }
+}
+
 function pemToDer(pem: string): Buffer {
   return new X509Certificate(pem).raw
 }
@@ -194,15 +205,9 @@ export async function createDispatcher(
   // Bundled (dist/), the CommonJS package arrives as the default export of its chunk; from source, as named exports.
   const undici = (loaded as unknown as { default?: typeof loaded }).default ?? loaded
   const timeout = opts.timeoutMs
-  const caList = tls?.ca === undefined ? [] : Array.isArray(tls.ca) ? tls.ca : [tls.ca]
+  const caList = caListOf(tls)
   const tlsOptions = {
-    ...(caList.length > 0 ? { ca: caList } : {}),
-    ...(tls?.cert ? { cert: tls.cert } : {}),
-    ...(tls?.key ? { key: tls.key } : {}),
-    ...(tls?.keyPassphrase ? { passphrase: tls.keyPassphrase } : {}),
-    minVersion: 'TLSv1.2' as const,
-    rejectUnauthorized: !tls?.insecure && pinnedDer === undefined,
-    checkServerIdentity: () => undefined,
+    ...clientTlsOptions(tls, !tls?.insecure && pinnedDer === undefined),
     timeout,
   }
   const base = undici.buildConnector(tlsOptions)
