@@ -1167,9 +1167,7 @@ export class VerifierRepository {
   }
 
   async listAllowlistNames(): Promise<string[]> {
-    return (await this.db.selectFrom('allowlists').select('name').orderBy('name').execute()).map(
-      (r) => r.name,
-    )
+    return this.listPolicyNames('allowlists')
   }
 
   async insertAllowlist(row: NewRuntimePolicy): Promise<number> {
@@ -1187,42 +1185,22 @@ export class VerifierRepository {
   }
 
   async updateAllowlist(name: string, row: Omit<NewRuntimePolicy, 'name'>): Promise<boolean> {
-    return this.db.transaction().execute(async (tx) => {
-      const old = await tx
-        .selectFrom('allowlists')
-        .select('body_digest')
-        .where('name', '=', name)
-        .executeTakeFirst()
-      if (!old) return false
-      const digest = await this.storeBody(tx, 'runtime', bodyInput(row.ima_policy), row.generator)
-      await tx
-        .updateTable('allowlists')
-        .set({
-          checksum: row.checksum,
-          generator: row.generator,
-          tpm_policy: row.tpm_policy,
-          ima_policy: null,
-          body_digest: digest,
-        })
-        .where('name', '=', name)
-        .execute()
-      if (old.body_digest !== digest) await collectBody(tx, old.body_digest)
-      return true
-    })
+    return this.updatePolicy(
+      'allowlists',
+      name,
+      (tx) => this.storeBody(tx, 'runtime', bodyInput(row.ima_policy), row.generator),
+      (digest) => ({
+        checksum: row.checksum,
+        generator: row.generator,
+        tpm_policy: row.tpm_policy,
+        ima_policy: null,
+        body_digest: digest,
+      }),
+    )
   }
 
   async deleteAllowlist(name: string): Promise<boolean> {
-    return this.db.transaction().execute(async (tx) => {
-      const old = await tx
-        .selectFrom('allowlists')
-        .select('body_digest')
-        .where('name', '=', name)
-        .executeTakeFirst()
-      if (!old) return false
-      await tx.deleteFrom('allowlists').where('name', '=', name).execute()
-      await collectBody(tx, old.body_digest)
-      return true
-    })
+    return this.deletePolicy('allowlists', name)
   }
 
   async agentUsingPolicy(kind: 'ima' | 'mb', id: number): Promise<string | undefined> {
@@ -1260,26 +1238,22 @@ export class VerifierRepository {
   }
 
   async mbPolicyMeta(name: string): Promise<PolicyMeta | undefined> {
-    return this.db
-      .selectFrom('mbpolicies')
-      .select(['id', 'name', sql<null>`null`.as('generator'), 'body_digest'])
-      .where('name', '=', name)
-      .executeTakeFirst()
+    return this.mbPolicyMetaQuery().where('name', '=', name).executeTakeFirst()
   }
 
   /** A measured-boot policy without its text, by id. */
   async mbPolicyMetaById(id: number): Promise<PolicyMeta | undefined> {
+    return this.mbPolicyMetaQuery().where('id', '=', id).executeTakeFirst()
+  }
+
+  private mbPolicyMetaQuery() {
     return this.db
       .selectFrom('mbpolicies')
       .select(['id', 'name', sql<null>`null`.as('generator'), 'body_digest'])
-      .where('id', '=', id)
-      .executeTakeFirst()
   }
 
   async listMbPolicyNames(): Promise<string[]> {
-    return (await this.db.selectFrom('mbpolicies').select('name').orderBy('name').execute()).map(
-      (r) => r.name,
-    )
+    return this.listPolicyNames('mbpolicies')
   }
 
   /** Stores a named measured-boot policy; `null` (or empty) text is a policy without a body. */
@@ -1295,17 +1269,41 @@ export class VerifierRepository {
   }
 
   async updateMbPolicy(name: string, mbPolicy: string | null): Promise<boolean> {
+    return this.updatePolicy(
+      'mbpolicies',
+      name,
+      async (tx) => (mbPolicy ? this.storeBody(tx, 'mb', bodyInput(mbPolicy), null) : null),
+      (digest) => ({ mb_policy: null, body_digest: digest }),
+    )
+  }
+
+  async deleteMbPolicy(name: string): Promise<boolean> {
+    return this.deletePolicy('mbpolicies', name)
+  }
+
+  // ---------------------------------------------------------------------------- either kind of named policy
+
+  private async listPolicyNames(table: PolicyTable): Promise<string[]> {
+    return (await this.db.selectFrom(table).select('name').orderBy('name').execute()).map((r) => r.name)
+  }
+
+  /**
+   * Rewrites a named policy with the body `storeBody` stores (its digest, or null for none) and drops the old body
+   * when no policy refers to it any more. False when no policy has that name.
+   */
+  private async updatePolicy<T extends PolicyTable>(
+    table: T,
+    name: string,
+    storeBody: (tx: Transaction<VerifierDatabase>) => Promise<string | null>,
+    values: (digest: string | null) => Updateable<VerifierDatabase[T]>,
+  ): Promise<boolean> {
     return this.db.transaction().execute(async (tx) => {
-      const old = await tx
-        .selectFrom('mbpolicies')
-        .select('body_digest')
-        .where('name', '=', name)
-        .executeTakeFirst()
+      const old = await policyBodyDigest(tx, table, name)
       if (!old) return false
-      const digest = mbPolicy ? await this.storeBody(tx, 'mb', bodyInput(mbPolicy), null) : null
+      const digest = await storeBody(tx)
       await tx
-        .updateTable('mbpolicies')
-        .set({ mb_policy: null, body_digest: digest })
+        .updateTable(table as PolicyTable)
+        .set(values(digest) as Updateable<AllowlistsTable>)
         .where('name', '=', name)
         .execute()
       if (old.body_digest !== digest) await collectBody(tx, old.body_digest)
@@ -1313,19 +1311,26 @@ export class VerifierRepository {
     })
   }
 
-  async deleteMbPolicy(name: string): Promise<boolean> {
+  /** Deletes a named policy and its body when no other policy refers to it. False when no policy has that name. */
+  private async deletePolicy(table: PolicyTable, name: string): Promise<boolean> {
     return this.db.transaction().execute(async (tx) => {
-      const old = await tx
-        .selectFrom('mbpolicies')
-        .select('body_digest')
-        .where('name', '=', name)
-        .executeTakeFirst()
+      const old = await policyBodyDigest(tx, table, name)
       if (!old) return false
-      await tx.deleteFrom('mbpolicies').where('name', '=', name).execute()
+      await tx.deleteFrom(table).where('name', '=', name).execute()
       await collectBody(tx, old.body_digest)
       return true
     })
   }
+}
+
+type PolicyTable = 'allowlists' | 'mbpolicies'
+
+async function policyBodyDigest(
+  tx: Transaction<VerifierDatabase>,
+  table: PolicyTable,
+  name: string,
+): Promise<{ body_digest: string | null } | undefined> {
+  return tx.selectFrom(table).select('body_digest').where('name', '=', name).executeTakeFirst()
 }
 
 /** A policy text and its SHA-256 (hex), the key it is stored under. */
@@ -1359,7 +1364,7 @@ export interface NewRuntimePolicy {
 /** Inserts a named policy row; a name already taken raises DuplicateError. Returns its id. */
 async function insertPolicyName(
   tx: Transaction<VerifierDatabase>,
-  table: 'allowlists' | 'mbpolicies',
+  table: PolicyTable,
   what: string,
   values: Insertable<AllowlistsTable> | Insertable<MbPoliciesTable>,
 ): Promise<number> {
