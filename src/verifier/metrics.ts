@@ -31,6 +31,20 @@ export const NO_VERIFIER_METRICS: VerifierMetrics = {
 /** Distinct failure event ids reported before further ones are counted as `other` (upstream has about 60). */
 const MAX_EVENT_IDS = 200
 
+/** The `event_id` label of a verdict: empty on pass, else the first failure's event id (bounded, see MAX_EVENT_IDS). */
+export class FailureEventLabel {
+  private readonly seen = new BoundedLabel(MAX_EVENT_IDS)
+
+  of(failureEventId: string | null): string {
+    return failureEventId === null ? '' : this.seen.value(failureEventId)
+  }
+}
+
+/** Buckets shared by the pull and push verifiers' metrics, so their histograms compare. */
+export const VERDICT_SECONDS_BUCKETS = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30]
+export const DB_WRITE_ROWS_BUCKETS = [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000]
+export const DB_WRITE_SECONDS_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5]
+
 const STATE_NAMES = new Map<number, string>(
   Object.entries(AgentState).map(([name, code]): [number, string] => [code, name.toLowerCase()]),
 )
@@ -63,7 +77,7 @@ export class PrometheusVerifierMetrics implements VerifierMetrics {
   private readonly writeRows: Histogram
   private readonly writeLatency: Histogram
   private readonly claims: Counter
-  private readonly eventIds = new BoundedLabel(MAX_EVENT_IDS)
+  private readonly eventIds = new FailureEventLabel()
 
   constructor(registry: Registry, sources: VerifierMetricSources) {
     const registers = [registry]
@@ -77,19 +91,19 @@ export class PrometheusVerifierMetrics implements VerifierMetrics {
       name: 'keylime_verifier_attestation_duration_seconds',
       help: 'Time of one attestation step: quote request, agent answer, verification',
       labelNames: ['result'],
-      buckets: [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+      buckets: VERDICT_SECONDS_BUCKETS,
       registers,
     })
     this.writeRows = new Histogram({
       name: 'keylime_verifier_db_write_batch_rows',
       help: 'Rows per batched database write of attestation results',
-      buckets: [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000],
+      buckets: DB_WRITE_ROWS_BUCKETS,
       registers,
     })
     this.writeLatency = new Histogram({
       name: 'keylime_verifier_db_write_duration_seconds',
       help: 'Time of one batched database write of attestation results',
-      buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
+      buckets: DB_WRITE_SECONDS_BUCKETS,
       registers,
     })
     this.claims = new Counter({
@@ -101,8 +115,7 @@ export class PrometheusVerifierMetrics implements VerifierMetrics {
   }
 
   attestation(result: AttestationResult, failureEventId: string | null, latencySeconds: number): void {
-    const eventId = failureEventId === null ? '' : this.eventIds.value(failureEventId)
-    this.attestations.inc({ result, event_id: eventId })
+    this.attestations.inc({ result, event_id: this.eventIds.of(failureEventId) })
     this.latency.observe({ result }, latencySeconds)
   }
 

@@ -5,9 +5,14 @@
  */
 import { type Kysely, sql } from 'kysely'
 import { Counter, Gauge, Histogram, type Registry } from 'prom-client'
-import { BoundedLabel } from '../../api/metrics.ts'
 import { AgentState } from '../../api/verifier/states.ts'
 import type { VerifierDatabase } from '../../db/verifier-repository.ts'
+import {
+  DB_WRITE_ROWS_BUCKETS,
+  DB_WRITE_SECONDS_BUCKETS,
+  FailureEventLabel,
+  VERDICT_SECONDS_BUCKETS,
+} from '../metrics.ts'
 
 export type SessionOutcome = 'created' | 'authenticated' | 'refused' | 'rate_limited'
 
@@ -35,8 +40,6 @@ export const NO_PUSH_METRICS: PushMetrics = {
   databaseWrite: () => undefined,
 }
 
-const MAX_EVENT_IDS = 200
-
 export class PrometheusPushMetrics implements PushMetrics {
   private readonly sessions: Counter<'outcome'>
   private readonly created: Counter
@@ -47,7 +50,7 @@ export class PrometheusPushMetrics implements PushMetrics {
   private readonly overdueTotal: Counter
   private readonly writeRows: Histogram<'kind'>
   private readonly writeLatency: Histogram<'kind'>
-  private readonly eventIds = new BoundedLabel(MAX_EVENT_IDS)
+  private readonly eventIds = new FailureEventLabel()
 
   constructor(registry: Registry, db: Kysely<VerifierDatabase>) {
     const registers = [registry]
@@ -83,7 +86,7 @@ export class PrometheusPushMetrics implements PushMetrics {
       name: 'keylime_verifier_push_evaluation_duration_seconds',
       help: 'From the 202 of push evidence to its verdict written',
       labelNames: ['result'],
-      buckets: [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+      buckets: VERDICT_SECONDS_BUCKETS,
       registers,
     })
     this.overdueTotal = new Counter({
@@ -95,14 +98,14 @@ export class PrometheusPushMetrics implements PushMetrics {
       name: 'keylime_verifier_push_db_write_batch_rows',
       help: 'Rows per batched push write: requests (new attestations and evidence) or verdicts',
       labelNames: ['kind'],
-      buckets: [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000],
+      buckets: DB_WRITE_ROWS_BUCKETS,
       registers,
     })
     this.writeLatency = new Histogram({
       name: 'keylime_verifier_push_db_write_duration_seconds',
       help: 'Time of one batched push write',
       labelNames: ['kind'],
-      buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
+      buckets: DB_WRITE_SECONDS_BUCKETS,
       registers,
     })
     new Gauge({
@@ -139,10 +142,7 @@ export class PrometheusPushMetrics implements PushMetrics {
   }
 
   verdict(result: 'pass' | 'fail', failureEventId: string | null, evaluationSeconds: number): void {
-    this.verdicts.inc({
-      result,
-      event_id: failureEventId === null ? '' : this.eventIds.value(failureEventId),
-    })
+    this.verdicts.inc({ result, event_id: this.eventIds.of(failureEventId) })
     this.evaluation.observe({ result }, Math.max(0, evaluationSeconds))
   }
 
