@@ -83,6 +83,28 @@ export const imaNgFormatter: ImaNgFormatter = (path, fileDigest, hashAlg) => {
   return { line: `${f.line}\n`, pcrDigests }
 }
 
+/** `ima_emulator_paths`: comma-separated, blanks dropped. */
+export function imaEmulatorPaths(setting: string): string[] {
+  return setting
+    .split(',')
+    .map((p) => p.trim())
+    .filter(Boolean)
+}
+
+/**
+ * Runs the in-process IMA emulator on `paths` (it shares the agent's TPM connection: swtpm serves one client at a
+ * time); returns the function that stops it.
+ */
+export async function startImaEmulator(
+  o: ImaEmulatorOptions,
+  paths: string[],
+  log: Logger,
+): Promise<() => void> {
+  const stop = await measureAndWatch(new ImaEmulator(o), paths, log)
+  log.info(`IMA emulator measured ${paths.length} file(s) into ${o.listPath}`)
+  return stop
+}
+
 /**
  * Measures `paths` now, then re-measures a file each time it changes (debounced); returns the function that stops
  * watching. Used by agents with `ima_emulator_paths`.

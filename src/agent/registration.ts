@@ -28,6 +28,19 @@ export interface BackoffPolicy {
   maxDelayMs: number
 }
 
+/** The agent's `exponential_backoff_*` settings. */
+export function backoffPolicyOf(cfg: {
+  exponential_backoff_initial_delay: number
+  exponential_backoff_max_retries: number
+  exponential_backoff_max_delay: number
+}): BackoffPolicy {
+  return {
+    initialDelayMs: cfg.exponential_backoff_initial_delay,
+    maxRetries: cfg.exponential_backoff_max_retries,
+    maxDelayMs: cfg.exponential_backoff_max_delay,
+  }
+}
+
 export interface RegistrationRequest {
   uuid: string
   /** b64 TPM2B_PUBLIC */

@@ -17,23 +17,29 @@ import {
   type HashAlgName,
   openKeylimeTpm,
   type SignAlgName,
-  TpmLock,
+  type TpmLock,
 } from './agent-tpm.ts'
 import { type AgentServices, buildAgentApp } from './app.ts'
 import { type AgentConfig, servedApiVersions, trustedClientCaFiles } from './config.ts'
 import { prepareDeviceIdentity } from './device-id.ts'
 import { type AgentHttpServer, startAgentProbeListener } from './http-server.ts'
-import { ImaEmulator, type ImaNgFormatter, measureAndWatch } from './ima-emulator.ts'
+import { type ImaNgFormatter, imaEmulatorPaths, startImaEmulator } from './ima-emulator.ts'
 import { ImaMeasurementList } from './ima-list.ts'
 import { ensureMtlsIdentity, ensurePayloadKey } from './keys.ts'
 import { agentObservability } from './metrics.ts'
 import { PayloadManager, type ZipExtractor } from './payload.ts'
 import { checkWritable, dropPrivileges, giveDirectory, giveFile, type RunAsIdentity } from './privileges.ts'
 import { formatAgentQuote, type QuoteFormatter, QuoteService } from './quote-service.ts'
-import { RegistrarConnection } from './registration.ts'
+import { backoffPolicyOf, RegistrarConnection } from './registration.ts'
 import { RevocationHandler } from './revocation.ts'
 import { prepareSecureDir, type SecureDir } from './secure-dir.ts'
-import { establishTpmIdentity, registerTpmIdentity } from './tpm-identity.ts'
+import {
+  deviceIdentityRequest,
+  establishTpmIdentity,
+  openAgentTpm,
+  registerTpmIdentity,
+  tpmIdentityOptionsOf,
+} from './tpm-identity.ts'
 
 export class AgentStartError extends KeylimeError {
   constructor(message: string, options?: { cause?: unknown }) {
@@ -125,19 +131,10 @@ export async function startAgent(opts: StartAgentOptions): Promise<RunningAgent>
     )
   }
 
-  const tpm = await deps.openTpm(
-    cfg.tpm,
-    cfg.tpm_ownerpassword ? { endorsementPassword: cfg.tpm_ownerpassword } : {},
-  )
-  const lock = new TpmLock()
-  const transient: number[] = []
+  const { tpm, lock, transient, release: releaseTpm } = await openAgentTpm(cfg, deps.openTpm)
   let closed = false
   let secure: SecureDir | null = null
   let releaseDeviceId: (() => Promise<void>) | null = null
-  const releaseTpm = async () => {
-    for (const h of transient.splice(0)) await tpm.flush(h).catch(() => undefined)
-    await tpm.close().catch(() => undefined)
-  }
 
   try {
     // swtpm has no resource manager: objects of an agent that was killed stay loaded and can exhaust its 3 object
@@ -147,14 +144,7 @@ export async function startAgent(opts: StartAgentOptions): Promise<RunningAgent>
     const identity = await establishTpmIdentity(
       tpm,
       lock,
-      {
-        uuid: cfg.uuid,
-        hashAlg,
-        signAlg,
-        encAlg,
-        ekHandle: cfg.ek_handle,
-        agentDataPath: cfg.agent_data_path,
-      },
+      tpmIdentityOptionsOf(cfg),
       deps.publicKeyPem,
       log,
       transient,
@@ -184,27 +174,18 @@ export async function startAgent(opts: StartAgentOptions): Promise<RunningAgent>
       log,
     })
     await quotes.bindPubkey()
-    const stopImaEmulator = await startImaEmulator()
+    const stopImaEmulator = await startConfiguredImaEmulator()
 
-    /** In-process IMA emulator (shares this TPM connection; swtpm serves one client at a time). */
-    async function startImaEmulator(): Promise<() => void> {
-      const paths = cfg.ima_emulator_paths
-        .split(',')
-        .map((p) => p.trim())
-        .filter(Boolean)
+    async function startConfiguredImaEmulator(): Promise<() => void> {
+      const paths = imaEmulatorPaths(cfg.ima_emulator_paths)
       if (paths.length === 0) return () => undefined
       if (!opts.imaFormatter)
         throw new AgentStartError('ima_emulator_paths is set but no IMA formatter was given')
-      const emulator = new ImaEmulator({
-        tpm,
-        lock,
-        listPath: cfg.ima_ml_path,
-        hashAlg,
-        format: opts.imaFormatter,
-      })
-      const stop = await measureAndWatch(emulator, paths, log)
-      log.info(`IMA emulator measured ${paths.length} file(s) into ${cfg.ima_ml_path}`)
-      return stop
+      return startImaEmulator(
+        { tpm, lock, listPath: cfg.ima_ml_path, hashAlg, format: opts.imaFormatter },
+        paths,
+        log,
+      )
     }
 
     const secureDir = join(cfg.keylime_dir, 'secure')
@@ -250,11 +231,7 @@ export async function startAgent(opts: StartAgentOptions): Promise<RunningAgent>
 
     if (opts.register !== false) {
       const registrar = new RegistrarConnection({ ip: cfg.registrar_ip, port: cfg.registrar_port, log })
-      const policy = {
-        initialDelayMs: cfg.exponential_backoff_initial_delay,
-        maxRetries: cfg.exponential_backoff_max_retries,
-        maxDelayMs: cfg.exponential_backoff_max_delay,
-      }
+      const policy = backoffPolicyOf(cfg)
       try {
         await registerTpmIdentity({
           tpm,
@@ -265,14 +242,7 @@ export async function startAgent(opts: StartAgentOptions): Promise<RunningAgent>
             mtlsCert: cfg.enable_agent_mtls ? mtls.certPem : 'disabled',
             ip: cfg.contact_ip,
             port: cfg.contact_port,
-            ...(deviceId
-              ? {
-                  deviceIdentity: {
-                    fields: deviceId.fields,
-                    certify: (version: string) => deviceId.certifyAk(ak.handle, uuid, version),
-                  },
-                }
-              : {}),
+            ...deviceIdentityRequest(deviceId, identity),
           },
           decodeCredentialBlob: deps.decodeCredentialBlob,
           policy,

@@ -6,7 +6,9 @@
 import { KeylimeError } from '../common/errors.ts'
 import type { Logger } from '../common/log.ts'
 import { agentDataMatches, ekDigest, loadAgentData, saveAgentData } from './agent-data.ts'
-import type { AgentTpm, EncAlgName, HashAlgName, SignAlgName, TpmLock } from './agent-tpm.ts'
+import { type AgentTpm, type EncAlgName, type HashAlgName, type SignAlgName, TpmLock } from './agent-tpm.ts'
+import type { AgentConfig } from './config.ts'
+import type { AgentDeviceIdentity } from './device-id.ts'
 import {
   activationAuthTag,
   type BackoffPolicy,
@@ -43,6 +45,63 @@ export interface TpmIdentity {
   akReused: boolean
   /** Transient handles to flush at shutdown (the EK unless persistent, the AK). */
   transientHandles: number[]
+}
+
+/** The identity options an agent's configuration gives. */
+export function tpmIdentityOptionsOf(cfg: AgentConfig): TpmIdentityOptions {
+  return {
+    uuid: cfg.uuid,
+    hashAlg: cfg.tpm_hash_alg as HashAlgName,
+    signAlg: cfg.tpm_signing_alg as SignAlgName,
+    encAlg: cfg.tpm_encryption_alg as EncAlgName,
+    ekHandle: cfg.ek_handle,
+    agentDataPath: cfg.agent_data_path,
+  }
+}
+
+/** An agent's open TPM, the lock that serialises its commands, and the transient handles it must flush. */
+export interface AgentTpmSession {
+  tpm: AgentTpm
+  lock: TpmLock
+  /** Handles created so far; `establishTpmIdentity` adds to it. */
+  transient: number[]
+  /** Flushes the transient handles and closes the TPM, ignoring failures (shutdown goes on). Run it under `lock`. */
+  release(): Promise<void>
+}
+
+/** Opens the configured TPM (`tpm`, with `tpm_ownerpassword` as the endorsement password when set). */
+export async function openAgentTpm(
+  cfg: Pick<AgentConfig, 'tpm' | 'tpm_ownerpassword'>,
+  openTpm: (transport: string, opts?: { endorsementPassword?: string }) => Promise<AgentTpm>,
+): Promise<AgentTpmSession> {
+  const tpm = await openTpm(
+    cfg.tpm,
+    cfg.tpm_ownerpassword ? { endorsementPassword: cfg.tpm_ownerpassword } : {},
+  )
+  const transient: number[] = []
+  return {
+    tpm,
+    lock: new TpmLock(),
+    transient,
+    release: async () => {
+      for (const h of transient.splice(0)) await tpm.flush(h).catch(() => undefined)
+      await tpm.close().catch(() => undefined)
+    },
+  }
+}
+
+/** The registration's IAK/IDevID part, certifying the identity's AK; nothing without a device identity. */
+export function deviceIdentityRequest(
+  deviceId: AgentDeviceIdentity | null,
+  identity: Pick<TpmIdentity, 'uuid' | 'ak'>,
+): Pick<RegistrationRequest, 'deviceIdentity'> {
+  if (!deviceId) return {}
+  return {
+    deviceIdentity: {
+      fields: deviceId.fields,
+      certify: (version: string) => deviceId.certifyAk(identity.ak.handle, identity.uuid, version),
+    },
+  }
 }
 
 function parseEkHandle(v: string): number | null {

@@ -10,13 +10,19 @@ import { readFileSync } from 'node:fs'
 import type { ClientTls } from '../../api/client.ts'
 import { KeylimeError } from '../../common/errors.ts'
 import type { Logger } from '../../common/log.ts'
-import { type AgentTpm, type EncAlgName, type HashAlgName, type SignAlgName, TpmLock } from '../agent-tpm.ts'
+import type { AgentTpm, HashAlgName, SignAlgName } from '../agent-tpm.ts'
 import type { AgentConfig } from '../config.ts'
 import { type AgentDeviceIdentity, prepareDeviceIdentity } from '../device-id.ts'
-import { ImaEmulator, type ImaNgFormatter, measureAndWatch } from '../ima-emulator.ts'
+import { type ImaNgFormatter, imaEmulatorPaths, startImaEmulator } from '../ima-emulator.ts'
 import { ImaMeasurementList } from '../ima-list.ts'
-import { type BackoffPolicy, RegistrarConnection, RegistrationError } from '../registration.ts'
-import { establishTpmIdentity, registerTpmIdentity } from '../tpm-identity.ts'
+import { backoffPolicyOf, RegistrarConnection, RegistrationError } from '../registration.ts'
+import {
+  deviceIdentityRequest,
+  establishTpmIdentity,
+  openAgentTpm,
+  registerTpmIdentity,
+  tpmIdentityOptionsOf,
+} from '../tpm-identity.ts'
 import { collectCapabilities, collectEvidence, type EvidenceSource, readBootTime } from './evidence.ts'
 import { PushVerifierClient, VerifierAnswerError } from './verifier-client.ts'
 
@@ -123,7 +129,6 @@ export async function startPushAgent(opts: PushAgentOptions): Promise<RunningPus
   const { config: cfg, deps, log } = opts
   const hashAlg = cfg.tpm_hash_alg as HashAlgName
   const signAlg = cfg.tpm_signing_alg as SignAlgName
-  const encAlg = cfg.tpm_encryption_alg as EncAlgName
   const insecure = cfg.tls_accept_invalid_certs
   if (insecure)
     log.warn('INSECURE: tls_accept_invalid_certs: the verifier and registrar are not authenticated')
@@ -135,39 +140,19 @@ export async function startPushAgent(opts: PushAgentOptions): Promise<RunningPus
     tls: verifierTls(cfg, insecure),
     timeoutMs: opts.timeoutMs ?? 5000,
   })
-  const policy: BackoffPolicy = {
-    initialDelayMs: cfg.exponential_backoff_initial_delay,
-    maxRetries: cfg.exponential_backoff_max_retries,
-    maxDelayMs: cfg.exponential_backoff_max_delay,
-  }
+  const policy = backoffPolicyOf(cfg)
 
-  const tpm = await deps.openTpm(
-    cfg.tpm,
-    cfg.tpm_ownerpassword ? { endorsementPassword: cfg.tpm_ownerpassword } : {},
-  )
-  const lock = new TpmLock()
-  const transient: number[] = []
+  const { tpm, lock, transient, release: releaseTpm } = await openAgentTpm(cfg, deps.openTpm)
   const sleeper = new Sleeper()
   let stopEmulator: () => void = () => undefined
   const ima = new ImaMeasurementList(cfg.ima_ml_path)
-  const releaseTpm = async () => {
-    for (const h of transient.splice(0)) await tpm.flush(h).catch(() => undefined)
-    await tpm.close().catch(() => undefined)
-  }
   try {
     const stale = await lock.run(() => tpm.flushStaleObjects())
     if (stale > 0) log.info(`flushed ${stale} transient TPM object(s) left loaded before this agent started`)
     const identity = await establishTpmIdentity(
       tpm,
       lock,
-      {
-        uuid: cfg.uuid,
-        hashAlg,
-        signAlg,
-        encAlg,
-        ekHandle: cfg.ek_handle,
-        agentDataPath: cfg.agent_data_path,
-      },
+      tpmIdentityOptionsOf(cfg),
       deps.publicKeyPem,
       log,
       transient,
@@ -177,22 +162,15 @@ export async function startPushAgent(opts: PushAgentOptions): Promise<RunningPus
     if (!bank || bank.pcrs.length === 0)
       throw new PushAgentError(`the TPM has no active ${hashAlg} PCR bank (tpm_hash_alg)`)
 
-    const emulatorPaths = cfg.ima_emulator_paths
-      .split(',')
-      .map((p) => p.trim())
-      .filter(Boolean)
+    const emulatorPaths = imaEmulatorPaths(cfg.ima_emulator_paths)
     if (emulatorPaths.length > 0) {
       if (!opts.imaFormatter)
         throw new PushAgentError('ima_emulator_paths is set but no IMA formatter was given')
-      const emulator = new ImaEmulator({
-        tpm,
-        lock,
-        listPath: cfg.ima_ml_path,
-        hashAlg,
-        format: opts.imaFormatter,
-      })
-      stopEmulator = await measureAndWatch(emulator, emulatorPaths, log)
-      log.info(`IMA emulator measured ${emulatorPaths.length} file(s) into ${cfg.ima_ml_path}`)
+      stopEmulator = await startImaEmulator(
+        { tpm, lock, listPath: cfg.ima_ml_path, hashAlg, format: opts.imaFormatter },
+        emulatorPaths,
+        log,
+      )
     }
 
     if (opts.register !== false) {
@@ -236,15 +214,7 @@ export async function startPushAgent(opts: PushAgentOptions): Promise<RunningPus
                 mtlsCert: 'disabled',
                 ip: cfg.contact_ip,
                 port: cfg.contact_port,
-                ...(deviceId
-                  ? {
-                      deviceIdentity: {
-                        fields: deviceId.fields,
-                        certify: (version: string) =>
-                          deviceId.certifyAk(identity.ak.handle, identity.uuid, version),
-                      },
-                    }
-                  : {}),
+                ...deviceIdentityRequest(deviceId, identity),
               },
               decodeCredentialBlob: deps.decodeCredentialBlob,
               policy,
