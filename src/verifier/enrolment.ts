@@ -15,6 +15,7 @@ import {
 } from '../db/verifier-repository.ts'
 import { akKeyObject, assertCheckableTpmPolicy, parseTpmPolicy } from '../evidence/quote/index.ts'
 import { agentKeyring } from './agent-runtime.ts'
+import { assertPolicyNameFree, requirePolicyMeta } from './management.ts'
 import type { VerifierOptions } from './options.ts'
 import {
   b64decode,
@@ -90,8 +91,7 @@ export async function planEnrolment(
   let imaPolicyId: number | null = null
   if (rawPolicy.trim() !== '') {
     const name = policyName || id
-    if (await repo.allowlistMeta(name))
-      throw new VerifierRequestError(409, `Runtime policy with name ${name} already exists`)
+    await assertPolicyNameFree(repo, 'ima', name)
     // a text already stored as a runtime policy was checked when it was first stored: it is used as it is, with no
     // parse at all (a large list takes seconds); unless signatures are required, which a plain text never carries
     const raw = bodyInput(rawPolicy)
@@ -114,23 +114,18 @@ export async function planEnrolment(
     }
     newPolicies.runtime = { name, body, checksum: body.digest, generator }
   } else if (policyName) {
-    const stored = await repo.allowlistMeta(policyName)
-    if (!stored) throw new VerifierRequestError(404, `Runtime policy ${policyName} not found`)
-    imaPolicyId = stored.id
+    imaPolicyId = (await requirePolicyMeta(repo, 'ima', policyName)).id
   }
   const mbName = b.mb_policy_name ?? null
   let mbPolicyId: number | null = null
   if (b.mb_policy !== null && b.mb_policy.trim() !== '') {
     const name = mbName || id
-    if (await repo.mbPolicyMeta(name))
-      throw new VerifierRequestError(409, `Measured boot policy with name ${name} already exists`)
+    await assertPolicyNameFree(repo, 'mb', name)
     const body = bodyInput(b.mb_policy)
     if ((await repo.policyBody(body.digest))?.kind !== 'mb') parseMbInput(b.mb_policy, o.mbPolicyEngine)
     newPolicies.mb = { name, body }
   } else if (mbName) {
-    const stored = await repo.mbPolicyMeta(mbName)
-    if (!stored) throw new VerifierRequestError(404, `Measured boot policy ${mbName} not found`)
-    mbPolicyId = stored.id
+    mbPolicyId = (await requirePolicyMeta(repo, 'mb', mbName)).id
   }
   return {
     newPolicies,

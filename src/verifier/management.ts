@@ -8,6 +8,7 @@ import { AgentState, attestationStatus, IDLE_STATES, pushAttestationStatus } fro
 import type {
   AllowlistRow,
   MbPolicyRow,
+  PolicyMeta,
   VerifierAgentRow,
   VerifierRepository,
 } from '../db/verifier-repository.ts'
@@ -211,14 +212,14 @@ export async function stopAgent(
 /** A runtime policy by name, or a 404 `Runtime policy NAME not found`. */
 export async function requireRuntimePolicy(service: VerifierService, name: string): Promise<AllowlistRow> {
   const p = await service.repo.getAllowlist(name)
-  if (!p) throw new VerifierRequestError(404, `Runtime policy ${name} not found`)
+  if (!p) throw new VerifierRequestError(404, POLICY_KINDS.ima.missing(name))
   return p
 }
 
 /** A measured-boot policy by name, or a 404 `Measured boot policy NAME not found`. */
 export async function requireMbPolicy(service: VerifierService, name: string): Promise<MbPolicyRow> {
   const p = await service.repo.getMbPolicy(name)
-  if (!p) throw new VerifierRequestError(404, `Measured boot policy ${name} not found`)
+  if (!p) throw new VerifierRequestError(404, POLICY_KINDS.mb.missing(name))
   return p
 }
 
@@ -249,8 +250,7 @@ export async function saveRuntimePolicy(
     tpm_policy: typeof body.tpm_policy === 'string' ? body.tpm_policy : null,
   }
   if (mode === 'create') {
-    if (await repo.allowlistMeta(name))
-      throw new VerifierRequestError(409, `Runtime policy with name ${name} already exists`)
+    await assertPolicyNameFree(repo, 'ima', name)
     await repo.insertAllowlist({ name, ...fields })
   } else {
     const existing = await repo.allowlistMeta(name)
@@ -279,8 +279,7 @@ export async function saveMbPolicy(
   const repo = service.repo
   parseMbInput(mbPolicy, service.options.mbPolicyEngine)
   if (mode === 'create') {
-    if (await repo.mbPolicyMeta(name))
-      throw new VerifierRequestError(409, `Measured boot policy with name ${name} already exists`)
+    await assertPolicyNameFree(repo, 'mb', name)
     await repo.insertMbPolicy(name, mbPolicy)
   } else {
     const existing = await repo.mbPolicyMeta(name)
@@ -294,11 +293,12 @@ export async function saveMbPolicy(
   })
 }
 
-/** How each kind of policy is found and removed, in upstream's words. */
-const POLICY_DELETION = {
+/** How each kind of named policy is found and removed, and its refusals in upstream's words. */
+const POLICY_KINDS = {
   ima: {
     find: (repo: VerifierRepository, name: string) => repo.allowlistMeta(name),
     remove: (repo: VerifierRepository, name: string) => repo.deleteAllowlist(name),
+    taken: (name: string) => `Runtime policy with name ${name} already exists`,
     missing: (name: string) => `Runtime policy ${name} not found`,
     inUse: (agent: string) => `Can't delete allowlist as it's currently in use by agent ${agent}`,
     action: 'runtime_policy.delete',
@@ -306,22 +306,45 @@ const POLICY_DELETION = {
   mb: {
     find: (repo: VerifierRepository, name: string) => repo.mbPolicyMeta(name),
     remove: (repo: VerifierRepository, name: string) => repo.deleteMbPolicy(name),
+    taken: (name: string) => `Measured boot policy with name ${name} already exists`,
     missing: (name: string) => `Measured boot policy ${name} not found`,
     inUse: (agent: string) => `Can't delete mb policy as it's currently in use by agent ${agent}`,
     action: 'mb_policy.delete',
   },
 } as const
 
+export type PolicyKind = keyof typeof POLICY_KINDS
+
+/** Refuses (409) a name a stored policy of this kind already has. */
+export async function assertPolicyNameFree(
+  repo: VerifierRepository,
+  kind: PolicyKind,
+  name: string,
+): Promise<void> {
+  if (await POLICY_KINDS[kind].find(repo, name))
+    throw new VerifierRequestError(409, POLICY_KINDS[kind].taken(name))
+}
+
+/** A stored policy of this kind, without its text, by name; 404 when there is none. */
+export async function requirePolicyMeta(
+  repo: VerifierRepository,
+  kind: PolicyKind,
+  name: string,
+): Promise<PolicyMeta> {
+  const p = await POLICY_KINDS[kind].find(repo, name)
+  if (!p) throw new VerifierRequestError(404, POLICY_KINDS[kind].missing(name))
+  return p
+}
+
 /** Deletes a policy no agent uses (404 absent, 409 in use). */
 async function deleteUnusedPolicy(
   service: VerifierService,
-  kind: keyof typeof POLICY_DELETION,
+  kind: PolicyKind,
   name: string,
   audit: ActionAudit,
 ): Promise<void> {
-  const how = POLICY_DELETION[kind]
-  const p = await how.find(service.repo, name)
-  if (!p) throw new VerifierRequestError(404, how.missing(name))
+  const how = POLICY_KINDS[kind]
+  const p = await requirePolicyMeta(service.repo, kind, name)
   const user = await service.repo.agentUsingPolicy(kind, p.id)
   if (user) throw new VerifierRequestError(409, how.inUse(user))
   await how.remove(service.repo, p.name)
