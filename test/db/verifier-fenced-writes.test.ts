@@ -4,21 +4,11 @@
  * algorithms changed, keeps a stored key when the success carries none, and names every agent it refused (another
  * holder, a newer epoch, TERMINATED, deleted); a guarded state change writes both tables or nothing.
  */
-import { randomBytes } from 'node:crypto'
-import { mkdtempSync, rmSync } from 'node:fs'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { AgentState } from '../../src/api/verifier/states.ts'
-import { dropPgSchema, openDatabase } from '../../src/db/database.ts'
-import {
-  type AttestationSuccess,
-  type VerifierDatabase,
-  VerifierRepository,
-} from '../../src/db/verifier-repository.ts'
-import { createMysqlDatabase } from '../helpers/mysql.ts'
+import { type AttestationSuccess, VerifierRepository } from '../../src/db/verifier-repository.ts'
+import { verifierDialects } from '../helpers/verifier-dialects.ts'
 
-const PG_URL = process.env.KEYLIME_TEST_PG_URL ?? 'postgresql://postgres@127.0.0.1:5432/test'
 const HOLDER = 'verifier-a'
 
 const success = (agentId: string, over: Partial<AttestationSuccess> = {}): AttestationSuccess => ({
@@ -37,54 +27,7 @@ const success = (agentId: string, over: Partial<AttestationSuccess> = {}): Attes
   ...over,
 })
 
-const dialects = [
-  {
-    name: 'sqlite',
-    open: async () => {
-      const dir = mkdtempSync(join(tmpdir(), 'kl-vfw-'))
-      const db = await openDatabase<VerifierDatabase>('sqlite', {
-        dataDir: dir,
-        name: 'cv_data',
-        migrations: 'verifier',
-      })
-      return {
-        db,
-        cleanup: async () => {
-          await db.destroy()
-          rmSync(dir, { recursive: true, force: true })
-        },
-      }
-    },
-  },
-  {
-    name: 'postgres',
-    open: async () => {
-      const schema = `t_vfw_${randomBytes(6).toString('hex')}`
-      const db = await openDatabase<VerifierDatabase>(PG_URL, { pgSchema: schema, migrations: 'verifier' })
-      return {
-        db,
-        cleanup: async () => {
-          await db.destroy()
-          await dropPgSchema(PG_URL, schema)
-        },
-      }
-    },
-  },
-  {
-    name: 'mariadb',
-    open: async () => {
-      const created = await createMysqlDatabase('vfw')
-      const db = await openDatabase<VerifierDatabase>(created.url, { migrations: 'verifier' })
-      return {
-        db,
-        cleanup: async () => {
-          await db.destroy()
-          await created.drop()
-        },
-      }
-    },
-  },
-]
+const dialects = verifierDialects('vfw')
 
 for (const dialect of dialects) {
   describe(`fenced writes on ${dialect.name}`, () => {

@@ -2,22 +2,16 @@
  * `verifiermain.next_ima_ml_entry` follows the offset kept in `ima_state`, on every path that writes the IMA state
  * (enrollment, batched successes, guarded failure writes), on SQLite and PostgreSQL.
  */
-import { randomBytes } from 'node:crypto'
-import { mkdtempSync, rmSync } from 'node:fs'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
 import type { Kysely } from 'kysely'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { AgentState } from '../../src/api/verifier/states.ts'
-import { dropPgSchema, openDatabase } from '../../src/db/database.ts'
 import {
   type AttestationSuccess,
   type VerifierDatabase,
   VerifierRepository,
 } from '../../src/db/verifier-repository.ts'
-import { createMysqlDatabase } from '../helpers/mysql.ts'
+import { verifierDialects } from '../helpers/verifier-dialects.ts'
 
-const PG_URL = process.env.KEYLIME_TEST_PG_URL ?? 'postgresql://postgres@127.0.0.1:5432/test'
 const HOLDER = 'verifier-a'
 /** Rows inserted without a claim carry lease epoch 0. */
 const LEASE = { holder: HOLDER, epoch: 0 }
@@ -46,54 +40,7 @@ const success = (agentId: string, state: string | null): AttestationSuccess => (
   signAlg: 'rsassa',
 })
 
-const dialects = [
-  {
-    name: 'sqlite',
-    open: async () => {
-      const dir = mkdtempSync(join(tmpdir(), 'kl-vdb-'))
-      const db = await openDatabase<VerifierDatabase>('sqlite', {
-        dataDir: dir,
-        name: 'cv_data',
-        migrations: 'verifier',
-      })
-      return {
-        db,
-        cleanup: async () => {
-          await db.destroy()
-          rmSync(dir, { recursive: true, force: true })
-        },
-      }
-    },
-  },
-  {
-    name: 'postgres',
-    open: async () => {
-      const schema = `t_ver_${randomBytes(6).toString('hex')}`
-      const db = await openDatabase<VerifierDatabase>(PG_URL, { pgSchema: schema, migrations: 'verifier' })
-      return {
-        db,
-        cleanup: async () => {
-          await db.destroy()
-          await dropPgSchema(PG_URL, schema)
-        },
-      }
-    },
-  },
-  {
-    name: 'mariadb',
-    open: async () => {
-      const created = await createMysqlDatabase('vima')
-      const db = await openDatabase<VerifierDatabase>(created.url, { migrations: 'verifier' })
-      return {
-        db,
-        cleanup: async () => {
-          await db.destroy()
-          await created.drop()
-        },
-      }
-    },
-  },
-]
+const dialects = verifierDialects('vima')
 
 for (const dialect of dialects) {
   describe(`next_ima_ml_entry on ${dialect.name}`, () => {
