@@ -24,6 +24,10 @@ const body = (i: number, extra: Record<string, unknown> = {}) =>
     ...extra,
   })
 
+/** A request with the admin's credentials (the harness's admin header). */
+const asAdmin = (method: 'GET' | 'POST' | 'PUT' | 'DELETE', url: string, payload?: object | string) =>
+  v.app.inject({ method, url, headers: ADMIN, ...(payload === undefined ? {} : { payload }) })
+
 describe('verifier API: public routes', () => {
   it('GET /version and /versions answer without a client certificate', async () => {
     for (const url of ['/version', '/versions']) {
@@ -55,7 +59,7 @@ describe('verifier API: public routes', () => {
     expect(res.headers['x-request-id']).toBe('abcde1')
   })
   it('unknown versions and paths are 404 with an empty body; /v2.x/ is 405', async () => {
-    const res = await v.app.inject({ method: 'GET', url: '/v2.9/agents', headers: ADMIN })
+    const res = await asAdmin('GET', '/v2.9/agents')
     expect(res.statusCode).toBe(404)
     expect(res.body).toBe('')
     const root = await v.app.inject({ method: 'GET', url: '/v2.1/' })
@@ -94,14 +98,9 @@ describe('verifier API: admin routes refuse anonymous callers', () => {
 
 describe('verifier API: agents', () => {
   it('enrolls, shows, lists and bulk-lists an agent', async () => {
-    const add = await v.app.inject({
-      method: 'POST',
-      url: `/v2.6/agents/${agent(0).id}`,
-      headers: ADMIN,
-      payload: body(0),
-    })
+    const add = await asAdmin('POST', `/v2.6/agents/${agent(0).id}`, body(0))
     expect(add.statusCode, add.body).toBe(200)
-    const show = await v.app.inject({ method: 'GET', url: `/v2.1/agents/${agent(0).id}/`, headers: ADMIN })
+    const show = await asAdmin('GET', `/v2.1/agents/${agent(0).id}/`)
     expect(show.statusCode).toBe(200)
     const r = show.json().results
     expect(r).toMatchObject({
@@ -117,39 +116,25 @@ describe('verifier API: agents', () => {
       accept_tpm_hash_algs: ['sha512', 'sha384', 'sha256'],
     })
     expect(r.v).toBe(Buffer.alloc(32, 7).toString('base64'))
-    const list = await v.app.inject({ method: 'GET', url: '/v2.6/agents', headers: ADMIN })
+    const list = await asAdmin('GET', '/v2.6/agents')
     expect(list.json().results).toEqual({ uuids: [[agent(0).id]] })
-    const bulk = await v.app.inject({
-      method: 'GET',
-      url: '/v2.6/agents?bulk=1&verifier=default',
-      headers: ADMIN,
-    })
+    const bulk = await asAdmin('GET', '/v2.6/agents?bulk=1&verifier=default')
     expect(Object.keys(bulk.json().results)).toEqual([agent(0).id])
-    const none = await v.app.inject({ method: 'GET', url: '/v2.6/agents?verifier=other', headers: ADMIN })
+    const none = await asAdmin('GET', '/v2.6/agents?verifier=other')
     expect(none.json().results).toEqual({ uuids: [] })
     // upstream's tenant always sends `verifier=`: an empty filter means all agents
-    const empty = await v.app.inject({ method: 'GET', url: '/v2.6/agents/?verifier=', headers: ADMIN })
+    const empty = await asAdmin('GET', '/v2.6/agents/?verifier=')
     expect(empty.json().results).toEqual({ uuids: [[agent(0).id]] })
   })
 
   it('refuses a second enrollment with 409, reading a JSON body sent without Content-Type as upstream tenant does', async () => {
-    const res = await v.app.inject({
-      method: 'POST',
-      url: `/v2.6/agents/${agent(0).id}`,
-      headers: ADMIN,
-      payload: JSON.stringify(body(0)),
-    })
+    const res = await asAdmin('POST', `/v2.6/agents/${agent(0).id}`, JSON.stringify(body(0)))
     expect(res.statusCode, res.body).toBe(409)
   })
 
   it('names the missing key like upstream and validates the body', async () => {
     const { ak_tpm: _drop, ...noAk } = body(1)
-    const res = await v.app.inject({
-      method: 'POST',
-      url: `/v2.6/agents/${agent(1).id}`,
-      headers: ADMIN,
-      payload: noAk,
-    })
+    const res = await asAdmin('POST', `/v2.6/agents/${agent(1).id}`, noAk)
     expect(res.statusCode).toBe(400)
     expect(res.json().status).toBe("Exception error: 'ak_tpm'")
     const cases: [Record<string, unknown>, RegExp][] = [
@@ -166,12 +151,7 @@ describe('verifier API: agents', () => {
       [{ mb_policy: '{"scrtm_and_bios": 7' }, /^Measured boot policy is malformatted/],
     ]
     for (const [extra, msg] of cases) {
-      const r = await v.app.inject({
-        method: 'POST',
-        url: `/v2.6/agents/${agent(1).id}`,
-        headers: ADMIN,
-        payload: body(1, extra),
-      })
+      const r = await asAdmin('POST', `/v2.6/agents/${agent(1).id}`, body(1, extra))
       expect(r.statusCode, JSON.stringify(extra)).toBe(400)
       expect(r.json().status).toMatch(msg)
     }
@@ -179,21 +159,11 @@ describe('verifier API: agents', () => {
       [{ runtime_policy_name: 'nope' }, /Runtime policy nope not found/],
       [{ mb_policy_name: 'nope' }, /Measured boot policy nope not found/],
     ] as const) {
-      const r = await v.app.inject({
-        method: 'POST',
-        url: `/v2.6/agents/${agent(1).id}`,
-        headers: ADMIN,
-        payload: body(1, extra),
-      })
+      const r = await asAdmin('POST', `/v2.6/agents/${agent(1).id}`, body(1, extra))
       expect(r.statusCode).toBe(404)
       expect(r.json().status).toMatch(msg)
     }
-    const bad = await v.app.inject({
-      method: 'POST',
-      url: '/v2.6/agents/bad%20id',
-      headers: ADMIN,
-      payload: body(1),
-    })
+    const bad = await asAdmin('POST', '/v2.6/agents/bad%20id', body(1))
     expect(bad.statusCode).toBe(400)
     expect(bad.json().status).toBe('agent_id not not valid')
     const notJson = await v.app.inject({
@@ -207,35 +177,21 @@ describe('verifier API: agents', () => {
 
   it('stop, reactivate and delete', async () => {
     const id = agent(0).id
-    expect(
-      (await v.app.inject({ method: 'PUT', url: `/v2.6/agents/${id}/stop`, headers: ADMIN })).statusCode,
-    ).toBe(200)
-    const show = await v.app.inject({ method: 'GET', url: `/v2.6/agents/${id}`, headers: ADMIN })
+    expect((await asAdmin('PUT', `/v2.6/agents/${id}/stop`)).statusCode).toBe(200)
+    const show = await asAdmin('GET', `/v2.6/agents/${id}`)
     expect(show.json().results).toMatchObject({ operational_state: 10, attestation_status: 'FAIL' })
-    expect(
-      (await v.app.inject({ method: 'PUT', url: `/v2.6/agents/${id}/reactivate`, headers: ADMIN }))
-        .statusCode,
-    ).toBe(200)
-    const again = await v.app.inject({ method: 'GET', url: `/v2.6/agents/${id}`, headers: ADMIN })
+    expect((await asAdmin('PUT', `/v2.6/agents/${id}/reactivate`)).statusCode).toBe(200)
+    const again = await asAdmin('GET', `/v2.6/agents/${id}`)
     expect(again.json().results.operational_state).toBe(1)
-    expect(
-      (await v.app.inject({ method: 'PUT', url: '/v2.6/agents/nobody/reactivate', headers: ADMIN }))
-        .statusCode,
-    ).toBe(400)
-    expect(
-      (await v.app.inject({ method: 'DELETE', url: `/v2.6/agents/${id}`, headers: ADMIN })).statusCode,
-    ).toBe(200)
-    expect(
-      (await v.app.inject({ method: 'GET', url: `/v2.6/agents/${id}`, headers: ADMIN })).statusCode,
-    ).toBe(404)
-    expect(
-      (await v.app.inject({ method: 'DELETE', url: `/v2.6/agents/${id}`, headers: ADMIN })).statusCode,
-    ).toBe(404)
+    expect((await asAdmin('PUT', '/v2.6/agents/nobody/reactivate')).statusCode).toBe(400)
+    expect((await asAdmin('DELETE', `/v2.6/agents/${id}`)).statusCode).toBe(200)
+    expect((await asAdmin('GET', `/v2.6/agents/${id}`)).statusCode).toBe(404)
+    expect((await asAdmin('DELETE', `/v2.6/agents/${id}`)).statusCode).toBe(404)
   })
 
   it('deleting an agent held by another live verifier sets TERMINATED and answers 202', async () => {
     const id = agent(2).id
-    await v.app.inject({ method: 'POST', url: `/v2.6/agents/${id}`, headers: ADMIN, payload: body(2) })
+    await asAdmin('POST', `/v2.6/agents/${id}`, body(2))
     await v.service.repo.db
       .insertInto('verifier_holders')
       .values({ holder: 'someone-else', expires: Date.now() + 60_000 })
@@ -245,7 +201,7 @@ describe('verifier API: agents', () => {
       .set({ lease_holder: 'someone-else', operational_state: 3 })
       .where('agent_id', '=', id)
       .execute()
-    const res = await v.app.inject({ method: 'DELETE', url: `/v2.6/agents/${id}`, headers: ADMIN })
+    const res = await asAdmin('DELETE', `/v2.6/agents/${id}`)
     expect(res.statusCode).toBe(202)
     expect((await v.service.repo.getAgent(id))?.operational_state).toBe(8)
   })
@@ -265,109 +221,43 @@ describe('verifier API: runtime and measured-boot policies', () => {
     }),
   ).toString('base64')
   it('allowlists CRUD with upstream codes', async () => {
-    const post = await v.app.inject({
-      method: 'POST',
-      url: '/v2.6/allowlists/p1',
-      headers: ADMIN,
-      payload: { runtime_policy: policy },
-    })
+    const post = await asAdmin('POST', '/v2.6/allowlists/p1', { runtime_policy: policy })
     expect(post.statusCode).toBe(201)
-    expect(
-      (
-        await v.app.inject({
-          method: 'POST',
-          url: '/v2.6/allowlists/p1',
-          headers: ADMIN,
-          payload: { runtime_policy: policy },
-        })
-      ).statusCode,
-    ).toBe(409)
-    const list = await v.app.inject({ method: 'GET', url: '/v2.6/allowlists', headers: ADMIN })
+    expect((await asAdmin('POST', '/v2.6/allowlists/p1', { runtime_policy: policy })).statusCode).toBe(409)
+    const list = await asAdmin('GET', '/v2.6/allowlists')
     expect(list.json().results).toEqual({ 'runtimepolicy names': ['p1'] })
-    const show = await v.app.inject({ method: 'GET', url: '/v2.6/allowlists/p1', headers: ADMIN })
+    const show = await asAdmin('GET', '/v2.6/allowlists/p1')
     expect(show.json().results).toMatchObject({ name: 'p1', tmp_policy: null })
     expect(JSON.parse(show.json().results.runtime_policy).digests['/bin/sh']).toEqual(['a'.repeat(64)])
-    expect(
-      (
-        await v.app.inject({
-          method: 'PUT',
-          url: '/v2.6/allowlists/nope',
-          headers: ADMIN,
-          payload: { runtime_policy: policy },
-        })
-      ).statusCode,
-    ).toBe(404)
-    expect(
-      (
-        await v.app.inject({
-          method: 'PUT',
-          url: '/v2.6/allowlists/p1',
-          headers: ADMIN,
-          payload: { runtime_policy: policy },
-        })
-      ).statusCode,
-    ).toBe(201)
-    const bad = await v.app.inject({
-      method: 'POST',
-      url: '/v2.6/allowlists/p2',
-      headers: ADMIN,
-      payload: { runtime_policy: Buffer.from('[1').toString('base64') },
+    expect((await asAdmin('PUT', '/v2.6/allowlists/nope', { runtime_policy: policy })).statusCode).toBe(404)
+    expect((await asAdmin('PUT', '/v2.6/allowlists/p1', { runtime_policy: policy })).statusCode).toBe(201)
+    const bad = await asAdmin('POST', '/v2.6/allowlists/p2', {
+      runtime_policy: Buffer.from('[1').toString('base64'),
     })
     expect(bad.statusCode).toBe(400)
     expect(bad.json().status).toMatch(/^Runtime policy is malformatted/)
-    const del = await v.app.inject({ method: 'DELETE', url: '/v2.6/allowlists/p1', headers: ADMIN })
+    const del = await asAdmin('DELETE', '/v2.6/allowlists/p1')
     expect(del.statusCode).toBe(204)
     expect(del.body).toBe('')
-    expect(
-      (await v.app.inject({ method: 'DELETE', url: '/v2.6/allowlists/p1', headers: ADMIN })).statusCode,
-    ).toBe(404)
+    expect((await asAdmin('DELETE', '/v2.6/allowlists/p1')).statusCode).toBe(404)
   })
   it('mbpolicies CRUD (PUT on a missing one is 409 like upstream)', async () => {
     const mb = JSON.stringify({ scrtm: 'x' })
-    expect(
-      (
-        await v.app.inject({
-          method: 'POST',
-          url: '/v2.6/mbpolicies/m1',
-          headers: ADMIN,
-          payload: { mb_policy: mb },
-        })
-      ).statusCode,
-    ).toBe(201)
-    expect(
-      (
-        await v.app.inject({
-          method: 'POST',
-          url: '/v2.6/mbpolicies/m1',
-          headers: ADMIN,
-          payload: { mb_policy: mb },
-        })
-      ).statusCode,
-    ).toBe(409)
-    expect(
-      (
-        await v.app.inject({
-          method: 'PUT',
-          url: '/v2.6/mbpolicies/m2',
-          headers: ADMIN,
-          payload: { mb_policy: mb },
-        })
-      ).statusCode,
-    ).toBe(409)
-    const list = await v.app.inject({ method: 'GET', url: '/v2.6/mbpolicies', headers: ADMIN })
+    expect((await asAdmin('POST', '/v2.6/mbpolicies/m1', { mb_policy: mb })).statusCode).toBe(201)
+    expect((await asAdmin('POST', '/v2.6/mbpolicies/m1', { mb_policy: mb })).statusCode).toBe(409)
+    expect((await asAdmin('PUT', '/v2.6/mbpolicies/m2', { mb_policy: mb })).statusCode).toBe(409)
+    const list = await asAdmin('GET', '/v2.6/mbpolicies')
     expect(list.json().results).toEqual({ 'mbpolicy names': ['m1'] })
-    const show = await v.app.inject({ method: 'GET', url: '/v2.6/mbpolicies/m1', headers: ADMIN })
+    const show = await asAdmin('GET', '/v2.6/mbpolicies/m1')
     expect(show.json().results).toEqual({ name: 'm1', mb_policy: mb })
-    expect(
-      (await v.app.inject({ method: 'DELETE', url: '/v2.6/mbpolicies/m1', headers: ADMIN })).statusCode,
-    ).toBe(204)
+    expect((await asAdmin('DELETE', '/v2.6/mbpolicies/m1')).statusCode).toBe(204)
   })
 })
 
 describe('verifier API: on-demand verification (public)', () => {
   it('verify/identity checks the stored AK and the nonce', async () => {
     const a = agent(1)
-    await v.app.inject({ method: 'POST', url: `/v2.6/agents/${a.id}`, headers: ADMIN, payload: body(1) })
+    await asAdmin('POST', `/v2.6/agents/${a.id}`, body(1))
     const quote = a.quoter.quote('nonce123', [16])
     const q = (nonce: string) =>
       `/v2.6/verify/identity?agent_uuid=${a.id}&quote=${encodeURIComponent(quote)}&nonce=${nonce}&hash_alg=sha256`
@@ -434,38 +324,31 @@ describe('verifier API: enrollment with policies', () => {
 
   it('stores a policy given with the agent under its id and drops it with the agent; named ones survive', async () => {
     const a = agent(1)
-    await v.app.inject({ method: 'DELETE', url: `/v2.6/agents/${a.id}`, headers: ADMIN })
-    const add = await v.app.inject({
-      method: 'POST',
-      url: `/v2.6/agents/${a.id}`,
-      headers: ADMIN,
-      payload: body(1, { runtime_policy: rt('b'.repeat(64)) }),
-    })
+    await asAdmin('DELETE', `/v2.6/agents/${a.id}`)
+    const add = await asAdmin('POST', `/v2.6/agents/${a.id}`, body(1, { runtime_policy: rt('b'.repeat(64)) }))
     expect(add.statusCode, add.body).toBe(200)
-    const show = await v.app.inject({ method: 'GET', url: `/v2.6/agents/${a.id}`, headers: ADMIN })
+    const show = await asAdmin('GET', `/v2.6/agents/${a.id}`)
     expect(show.json().results.has_runtime_policy).toBe(1)
     expect((await v.service.repo.getAllowlist(a.id))?.ima_policy).toContain('b'.repeat(64))
-    await v.app.inject({ method: 'DELETE', url: `/v2.6/agents/${a.id}`, headers: ADMIN })
+    await asAdmin('DELETE', `/v2.6/agents/${a.id}`)
     expect(await v.service.repo.getAllowlist(a.id)).toBeUndefined()
 
-    const named = await v.app.inject({
-      method: 'POST',
-      url: `/v2.6/agents/${a.id}`,
-      headers: ADMIN,
-      payload: body(1, { runtime_policy: rt('c'.repeat(64)), runtime_policy_name: 'shared' }),
-    })
+    const named = await asAdmin(
+      'POST',
+      `/v2.6/agents/${a.id}`,
+      body(1, { runtime_policy: rt('c'.repeat(64)), runtime_policy_name: 'shared' }),
+    )
     expect(named.statusCode).toBe(200)
-    const inUse = await v.app.inject({ method: 'DELETE', url: '/v2.6/allowlists/shared', headers: ADMIN })
+    const inUse = await asAdmin('DELETE', '/v2.6/allowlists/shared')
     expect(inUse.statusCode).toBe(409)
     expect(inUse.json().status).toBe(`Can't delete allowlist as it's currently in use by agent ${a.id}`)
-    await v.app.inject({ method: 'DELETE', url: `/v2.6/agents/${a.id}`, headers: ADMIN })
+    await asAdmin('DELETE', `/v2.6/agents/${a.id}`)
     expect(await v.service.repo.getAllowlist('shared')).toBeDefined()
-    const again = await v.app.inject({
-      method: 'POST',
-      url: `/v2.6/agents/${a.id}`,
-      headers: ADMIN,
-      payload: body(1, { runtime_policy: rt('d'.repeat(64)), runtime_policy_name: 'shared' }),
-    })
+    const again = await asAdmin(
+      'POST',
+      `/v2.6/agents/${a.id}`,
+      body(1, { runtime_policy: rt('d'.repeat(64)), runtime_policy_name: 'shared' }),
+    )
     expect(again.statusCode).toBe(409)
     expect(await v.service.repo.getAgent(a.id)).toBeUndefined()
   })
@@ -488,25 +371,18 @@ describe('verifier API: DSSE-signed runtime policies', () => {
   const b64 = (x: unknown) => Buffer.from(JSON.stringify(x)).toString('base64')
 
   it('accepts a signed policy with its key and stores the payload; refuses a bad signature with 401', async () => {
-    const ok = await v.app.inject({
-      method: 'POST',
-      url: '/v2.6/allowlists/signed1',
-      headers: ADMIN,
-      payload: { runtime_policy: b64(signed), runtime_policy_key: keyB64 },
+    const ok = await asAdmin('POST', '/v2.6/allowlists/signed1', {
+      runtime_policy: b64(signed),
+      runtime_policy_key: keyB64,
     })
     expect(ok.statusCode, ok.body).toBe(201)
     expect((await v.service.repo.getAllowlist('signed1'))?.ima_policy).toBe(policyJson)
     const other = generateKeyPairSync('ec', { namedCurve: 'P-256' }).publicKey
-    const bad = await v.app.inject({
-      method: 'POST',
-      url: '/v2.6/allowlists/signed2',
-      headers: ADMIN,
-      payload: {
-        runtime_policy: b64(signed),
-        runtime_policy_key: Buffer.from(other.export({ type: 'spki', format: 'pem' }) as string).toString(
-          'base64',
-        ),
-      },
+    const bad = await asAdmin('POST', '/v2.6/allowlists/signed2', {
+      runtime_policy: b64(signed),
+      runtime_policy_key: Buffer.from(other.export({ type: 'spki', format: 'pem' }) as string).toString(
+        'base64',
+      ),
     })
     expect(bad.statusCode).toBe(401)
   })
