@@ -20,6 +20,7 @@ import { planTakeover, type TakeoverReport } from '../../src/db/takeover/index.t
 import { type VerifierDatabase, VerifierRepository } from '../../src/db/verifier-repository.ts'
 import { runKeylime } from '../helpers/cli.ts'
 import { createMysqlDatabase } from '../helpers/mysql.ts'
+import { runtimePolicyJson } from '../helpers/runtime-policy.ts'
 import {
   buildUpstreamRegistrarDb,
   buildUpstreamVerifierDb,
@@ -78,16 +79,9 @@ const dialects: { name: string; target(): Promise<Target> }[] = [
 const sha256 = (s: string) => createHash('sha256').update(s).digest('hex')
 
 function runtimePolicy(paths: Record<string, string>): string {
-  return JSON.stringify({
-    meta: { version: 1, generator: 3 },
-    release: 0,
-    digests: Object.fromEntries(Object.entries(paths).map(([p, content]) => [p, [sha256(content)]])),
-    excludes: [],
-    keyrings: {},
-    ima: { ignored_keyrings: [], log_hash_alg: 'sha1', dm_policy: null },
-    'ima-buf': {},
-    'verification-keys': '',
-  })
+  return runtimePolicyJson(
+    Object.fromEntries(Object.entries(paths).map(([p, content]) => [p, [sha256(content)]])),
+  )
 }
 
 /** A DSSE envelope as upstream stores a signed policy (the signature was checked when it was uploaded). */

@@ -19,23 +19,12 @@ import {
   VerifierRepository,
 } from '../../src/db/verifier-repository.ts'
 import { createMysqlDatabase } from '../helpers/mysql.ts'
+import { runtimePolicyB64 } from '../helpers/runtime-policy.ts'
 import { makeVerifier } from '../unit/verifier/harness.ts'
 
 const PG_URL = process.env.KEYLIME_TEST_PG_URL ?? 'postgresql://postgres@127.0.0.1:5432/test'
 const quoter = new SoftQuoter()
-const runtimePolicy = (marker: string) =>
-  Buffer.from(
-    JSON.stringify({
-      meta: { version: 1, generator: 3 },
-      release: 0,
-      digests: { [`/usr/bin/${marker}`]: ['ab'.repeat(32)] },
-      excludes: [],
-      keyrings: {},
-      ima: { ignored_keyrings: [], log_hash_alg: 'sha1', dm_policy: null },
-      'ima-buf': {},
-      'verification-keys': '',
-    }),
-  ).toString('base64')
+const runtimePolicy = (marker: string) => runtimePolicyB64({ [`/usr/bin/${marker}`]: ['ab'.repeat(32)] })
 
 function body(marker: string) {
   return {

@@ -23,6 +23,7 @@ import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { unwrapRuntimePolicy } from '../../src/verifier/policy-input.ts'
 import { runKeylime as keylime } from '../helpers/cli.ts'
+import { runtimePolicyJson } from '../helpers/runtime-policy.ts'
 
 const sha256 = (data: string | Buffer) => createHash('sha256').update(data).digest('hex')
 let dir: string
@@ -322,19 +323,7 @@ describe('policy create runtime from RPM repositories', () => {
 describe('policy sign runtime and policy convert', () => {
   const policyFile = () => {
     const p = join(dir, 'to-sign.json')
-    writeFileSync(
-      p,
-      JSON.stringify({
-        meta: { version: 1, generator: 0 },
-        release: 0,
-        digests: { '/usr/bin/x': [sha256('x')] },
-        excludes: [],
-        keyrings: {},
-        ima: { ignored_keyrings: [], log_hash_alg: 'sha1', dm_policy: null },
-        'ima-buf': {},
-        'verification-keys': '',
-      }),
-    )
+    writeFileSync(p, runtimePolicyJson({ '/usr/bin/x': [sha256('x')] }, 0))
     return p
   }
 

@@ -4,6 +4,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { type SimFleet, startSimFleet } from '../../../bench/fleet-agents.ts'
+import { runtimePolicyJson } from '../../helpers/runtime-policy.ts'
 import { ADMIN, enrollBody, makeVerifier } from '../../unit/verifier/harness.ts'
 import { softwareTpm } from '../registrar/software-tpm.ts'
 import { startThreeServices, type ThreeServices } from './three-services.ts'
@@ -67,16 +68,7 @@ describe('verifier audit lines', () => {
 
   it('enrol, stop, reactivate, delete and every policy change leave one line each, without secrets', async () => {
     const agent = fleet.agents[0] as SimFleet['agents'][number]
-    const policy = JSON.stringify({
-      meta: { version: 1, generator: 3 },
-      release: 0,
-      digests: { '/usr/bin/secret-tool': ['a'.repeat(64)] },
-      excludes: [],
-      keyrings: {},
-      ima: { ignored_keyrings: [], log_hash_alg: 'sha1', dm_policy: null },
-      'ima-buf': {},
-      'verification-keys': '',
-    })
+    const policy = runtimePolicyJson({ '/usr/bin/secret-tool': ['a'.repeat(64)] })
     const mb = JSON.stringify({ has_secureboot: false, scrtm_and_bios: [] })
     const call = async (method: 'POST' | 'PUT' | 'DELETE', url: string, payload?: object) => {
       const r = await v.app.inject({ method, url, headers: ADMIN, ...(payload ? { payload } : {}) })

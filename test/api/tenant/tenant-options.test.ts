@@ -28,6 +28,7 @@ import { buildVerifierApp } from '../../../src/verifier/app.ts'
 import { DEFAULT_VERIFIER_OPTIONS } from '../../../src/verifier/options.ts'
 import { VerifierService } from '../../../src/verifier/verifier-service.ts'
 import { runKeylime } from '../../helpers/cli.ts'
+import { runtimePolicyJson } from '../../helpers/runtime-policy.ts'
 import { enrollBody, silentLog } from '../../unit/verifier/harness.ts'
 import { makeTestPki } from '../registrar/tls-material.ts'
 
@@ -47,16 +48,7 @@ const sha256 = (b: string | Buffer) => createHash('sha256').update(b).digest('he
 const tenant = (...args: string[]) => runKeylime(['tenant', '--config', conf, ...args])
 const agentId = (i: number) => (fleet.agents[i] as SimFleet['agents'][number]).id
 
-const POLICY = JSON.stringify({
-  meta: { version: 1, generator: 3 },
-  release: 0,
-  digests: { '/usr/bin/ls': ['b'.repeat(64)] },
-  excludes: [],
-  keyrings: {},
-  ima: { ignored_keyrings: [], log_hash_alg: 'sha1', dm_policy: null },
-  'ima-buf': {},
-  'verification-keys': '',
-})
+const POLICY = runtimePolicyJson({ '/usr/bin/ls': ['b'.repeat(64)] })
 
 beforeAll(async () => {
   dir = mkdtempSync(join(tmpdir(), 'kl-tenant-opts-'))

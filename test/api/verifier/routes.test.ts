@@ -2,6 +2,7 @@ import { generateKeyPairSync } from 'node:crypto'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { type SimFleet, startSimFleet } from '../../../bench/fleet-agents.ts'
 import { signDsseEnvelope } from '../../../src/evidence/ima/index.ts'
+import { runtimePolicyB64, runtimePolicyJson } from '../../helpers/runtime-policy.ts'
 import { ADMIN, enrollBody, makeVerifier } from '../../unit/verifier/harness.ts'
 
 let fleet: SimFleet
@@ -208,18 +209,7 @@ describe('verifier API: agents', () => {
 })
 
 describe('verifier API: runtime and measured-boot policies', () => {
-  const policy = Buffer.from(
-    JSON.stringify({
-      meta: { version: 1, generator: 3 },
-      release: 0,
-      digests: { '/bin/sh': ['a'.repeat(64)] },
-      excludes: [],
-      keyrings: {},
-      ima: { ignored_keyrings: [], log_hash_alg: 'sha1', dm_policy: null },
-      'ima-buf': {},
-      'verification-keys': '',
-    }),
-  ).toString('base64')
+  const policy = runtimePolicyB64({ '/bin/sh': ['a'.repeat(64)] })
   it('allowlists CRUD with upstream codes', async () => {
     const post = await asAdmin('POST', '/v2.6/allowlists/p1', { runtime_policy: policy })
     expect(post.statusCode).toBe(201)
@@ -308,19 +298,7 @@ describe('verifier API: on-demand verification (public)', () => {
 })
 
 describe('verifier API: enrollment with policies', () => {
-  const rt = (digest: string) =>
-    Buffer.from(
-      JSON.stringify({
-        meta: { version: 1, generator: 3 },
-        release: 0,
-        digests: { '/usr/bin/x': [digest] },
-        excludes: [],
-        keyrings: {},
-        ima: { ignored_keyrings: [], log_hash_alg: 'sha1', dm_policy: null },
-        'ima-buf': {},
-        'verification-keys': '',
-      }),
-    ).toString('base64')
+  const rt = (digest: string) => runtimePolicyB64({ '/usr/bin/x': [digest] })
 
   it('stores a policy given with the agent under its id and drops it with the agent; named ones survive', async () => {
     const a = agent(1)
@@ -355,16 +333,7 @@ describe('verifier API: enrollment with policies', () => {
 })
 
 describe('verifier API: DSSE-signed runtime policies', () => {
-  const policyJson = JSON.stringify({
-    meta: { version: 1, generator: 3 },
-    release: 0,
-    digests: { '/usr/bin/y': ['e'.repeat(64)] },
-    excludes: [],
-    keyrings: {},
-    ima: { ignored_keyrings: [], log_hash_alg: 'sha1', dm_policy: null },
-    'ima-buf': {},
-    'verification-keys': '',
-  })
+  const policyJson = runtimePolicyJson({ '/usr/bin/y': ['e'.repeat(64)] })
   const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' })
   const keyB64 = Buffer.from(publicKey.export({ type: 'spki', format: 'pem' }) as string).toString('base64')
   const signed = signDsseEnvelope(Buffer.from(policyJson), privateKey)

@@ -9,6 +9,7 @@ import { type SimFleet, startSimFleet } from '../../../bench/fleet-agents.ts'
 import { verifierPort } from '../../../src/tenant/clients.ts'
 import { EXIT_FAILED, EXIT_PEER, TenantError } from '../../../src/tenant/errors.ts'
 import type { VerifierEnrollBody } from '../../../src/tenant/ports.ts'
+import { runtimePolicyB64 } from '../../helpers/runtime-policy.ts'
 import { enrollBody, makeVerifier } from '../../unit/verifier/harness.ts'
 
 let fleet: SimFleet
@@ -17,18 +18,7 @@ let anonymous: Awaited<ReturnType<typeof makeVerifier>>
 let port: ReturnType<typeof verifierPort>
 let anonymousPort: ReturnType<typeof verifierPort>
 
-const runtimePolicy = Buffer.from(
-  JSON.stringify({
-    meta: { version: 1, generator: 0 },
-    release: 0,
-    digests: { '/bin/sh': ['a'.repeat(64)] },
-    excludes: [],
-    keyrings: {},
-    ima: { ignored_keyrings: [], log_hash_alg: 'sha1', dm_policy: null },
-    'ima-buf': {},
-    'verification-keys': '',
-  }),
-).toString('base64')
+const runtimePolicy = runtimePolicyB64({ '/bin/sh': ['a'.repeat(64)] }, 0)
 
 const urlOf = (app: { server: { address(): unknown } }) =>
   `http://127.0.0.1:${(app.server.address() as AddressInfo).port}`

@@ -10,6 +10,7 @@ import { SoftQuoter } from '../../../bench/fleet-quoter.ts'
 import { AgentState } from '../../../src/api/verifier/states.ts'
 import { bodyInput } from '../../../src/db/verifier-repository.ts'
 import { CANNOT_EVALUATE_EVENT } from '../../../src/verifier/state-machine.ts'
+import { runtimePolicyDocument } from '../../helpers/runtime-policy.ts'
 import { ADMIN, capturingLog, enrollBody, makeVerifier, memoryDb, nextStep, waitFor } from './harness.ts'
 
 type Verifier = Awaited<ReturnType<typeof makeVerifier>>
@@ -133,16 +134,9 @@ describe('the verifier’s own faults (cannot evaluate) and failure reasons', ()
     const v = await started()
     const a = f.agents[0] as SimFleet['agents'][number]
     simMeasure(a, '/usr/bin/good', 'good binary')
-    const policy = {
-      meta: { version: 1, generator: 3 },
-      release: 0,
-      digests: { '/usr/bin/good': [createHash('sha256').update('good binary').digest('hex')] },
-      excludes: [],
-      keyrings: {},
-      ima: { ignored_keyrings: [], log_hash_alg: 'sha1', dm_policy: null },
-      'ima-buf': {},
-      'verification-keys': '',
-    }
+    const policy = runtimePolicyDocument({
+      '/usr/bin/good': [createHash('sha256').update('good binary').digest('hex')],
+    })
     await enroll(v, f, 0, { runtime_policy: Buffer.from(JSON.stringify(policy)).toString('base64') })
     const row = await v.service.repo.getAgent(a.id)
     const notify = vi.spyOn(v.service.notifier, 'notify')

@@ -5,6 +5,7 @@ import { afterEach, describe, expect, it } from 'vitest'
 import { type SimFleet, simMeasure, startSimFleet } from '../../../bench/fleet-agents.ts'
 import { AgentState } from '../../../src/api/verifier/states.ts'
 import type { StepEvent } from '../../../src/verifier/attestation-loop.ts'
+import { runtimePolicyDocument } from '../../helpers/runtime-policy.ts'
 import { ADMIN, enrollBody, makeVerifier, memoryDb, nextStep, waitFor } from './harness.ts'
 
 const cleanups: (() => Promise<void>)[] = []
@@ -55,16 +56,7 @@ describe('attestation loop against simulated agents', () => {
     const a = f.agents[0] as SimFleet['agents'][number]
     const good = createHash('sha256').update('good binary').digest('hex')
     simMeasure(a, '/usr/bin/good', 'good binary')
-    const policy = {
-      meta: { version: 1, generator: 3 },
-      release: 0,
-      digests: { '/usr/bin/good': [good] },
-      excludes: [],
-      keyrings: {},
-      ima: { ignored_keyrings: [], log_hash_alg: 'sha1', dm_policy: null },
-      'ima-buf': {},
-      'verification-keys': '',
-    }
+    const policy = runtimePolicyDocument({ '/usr/bin/good': [good] })
     const pcr15 = (a.quoter.pcrs.get(15) as Buffer).toString('hex')
     const res = await v.app.inject({
       method: 'POST',
@@ -105,16 +97,9 @@ describe('attestation loop against simulated agents', () => {
     const v = await verifierWith()
     const a = f.agents[0] as SimFleet['agents'][number]
     simMeasure(a, '/usr/bin/good', 'good binary')
-    const policy = {
-      meta: { version: 1, generator: 3 },
-      release: 0,
-      digests: { '/usr/bin/good': [createHash('sha256').update('good binary').digest('hex')] },
-      excludes: [],
-      keyrings: {},
-      ima: { ignored_keyrings: [], log_hash_alg: 'sha1', dm_policy: null },
-      'ima-buf': {},
-      'verification-keys': '',
-    }
+    const policy = runtimePolicyDocument({
+      '/usr/bin/good': [createHash('sha256').update('good binary').digest('hex')],
+    })
     const res = await v.app.inject({
       method: 'POST',
       url: `/v2.6/agents/${a.id}`,
