@@ -6,7 +6,7 @@
 import { type ChildProcess, execFileSync } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { chownSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs'
-import { createServer, type Server } from 'node:http'
+import { createServer } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -14,6 +14,11 @@ import pg from 'pg'
 import { Agent, request } from 'undici'
 import { type SimAgent, type SimFleet, startSimFleet } from '../../bench/fleet-agents.ts'
 import { spawnVerifierFromSource } from '../helpers/verifier-process.ts'
+import {
+  notificationMessage,
+  startWebhookReceiver,
+  type WebhookReceiver,
+} from '../helpers/webhook-receiver.ts'
 import { enrollBody, waitFor } from '../unit/verifier/harness.ts'
 
 export type { SimAgent, SimFleet }
@@ -36,27 +41,7 @@ export interface Revocation {
 }
 
 /** Records every notification the verifier posts (the message is JSON inside `msg`). */
-export async function startWebhook(): Promise<{
-  url: string
-  received: Revocation[]
-  close(): Promise<void>
-}> {
-  const received: Revocation[] = []
-  const server: Server = createServer((req, res) => {
-    let body = ''
-    req.on('data', (c) => (body += c))
-    req.on('end', () => {
-      received.push(JSON.parse(JSON.parse(body).msg) as Revocation)
-      res.writeHead(200).end()
-    })
-  })
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r))
-  return {
-    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/`,
-    received,
-    close: () => new Promise<void>((r) => server.close(() => r())),
-  }
-}
+export const startWebhook = () => startWebhookReceiver(notificationMessage<Revocation>)
 
 export interface ApiReply {
   status: number
@@ -78,7 +63,7 @@ export interface VerifierCluster {
   work: string
   current: VerifierProcess
   fleet: SimFleet
-  webhook: Awaited<ReturnType<typeof startWebhook>>
+  webhook: WebhookReceiver<Revocation>
   /** Starts the verifier process anew (after a kill) and waits until it answers. */
   restart(): Promise<void>
   call(method: 'GET' | 'POST' | 'DELETE' | 'PUT', path: string, body?: unknown): Promise<ApiReply>

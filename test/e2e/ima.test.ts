@@ -6,7 +6,6 @@
 import { type ChildProcess, spawn } from 'node:child_process'
 import { createHash, generateKeyPairSync, randomBytes } from 'node:crypto'
 import { closeSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync, writeSync } from 'node:fs'
-import { createServer, type Server } from 'node:http'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import Database from 'better-sqlite3'
@@ -19,8 +18,12 @@ import {
   imaSignatureV2,
 } from '../../src/devtools/ima-writer.ts'
 import { type ClusterAgent, LocalCluster, portOpen, waitFor } from '../../src/devtools/local-cluster.ts'
-import { freePort } from '../../src/devtools/swtpm.ts'
 import { emptyRuntimePolicy, ImaKeyring } from '../../src/evidence/ima/index.ts'
+import {
+  notificationMessage,
+  startWebhookReceiver,
+  type WebhookReceiver,
+} from '../helpers/webhook-receiver.ts'
 
 const BULK = 3000
 const EXCLUDED_DIR = '/var/lib/scratch/'
@@ -60,8 +63,7 @@ describe('IMA runtime attestation end to end (swtpm)', () => {
   let dir: string
   let cluster: LocalCluster
   let agent: ClusterAgent
-  let webhook: Server
-  const revocations: Record<string, unknown>[] = []
+  let webhook: WebhookReceiver<Record<string, unknown>>
   let restartedVerifier: ChildProcess | undefined
   const signer = generateKeyPairSync('rsa', { modulusLength: 2048 })
   const bulk = Array.from({ length: BULK }, (_, i) =>
@@ -100,22 +102,12 @@ describe('IMA runtime attestation end to end (swtpm)', () => {
 
   beforeAll(async () => {
     dir = mkdtempSync(join(tmpdir(), 'kl-ima-e2e-'))
-    const hookPort = await freePort()
-    webhook = createServer((req, res) => {
-      const chunks: Buffer[] = []
-      req.on('data', (c: Buffer) => chunks.push(c))
-      req.on('end', () => {
-        const wire = JSON.parse(Buffer.concat(chunks).toString('utf8')) as { msg: string }
-        revocations.push(JSON.parse(wire.msg) as Record<string, unknown>)
-        res.writeHead(200, { 'content-type': 'application/json' }).end('{}')
-      })
-    })
-    webhook.listen(hookPort, '127.0.0.1')
+    webhook = await startWebhookReceiver(notificationMessage)
     cluster = new LocalCluster({
       dir,
       quoteInterval: 1,
       stepTimeout: 90,
-      webhookUrl: `http://127.0.0.1:${hookPort}/revocation`,
+      webhookUrl: `${webhook.url}revocation`,
     })
     await cluster.startServices()
     agent = await cluster.startAgent()
@@ -131,7 +123,7 @@ describe('IMA runtime attestation end to end (swtpm)', () => {
       await exited
     }
     await cluster?.stop()
-    await new Promise((r) => webhook?.close(r))
+    await webhook?.close()
     rmSync(dir, { recursive: true, force: true })
   })
 
@@ -242,7 +234,7 @@ describe('IMA runtime attestation end to end (swtpm)', () => {
         '--retry-interval',
         '1',
         '--webhook-url',
-        `http://127.0.0.1:${(webhook.address() as { port: number }).port}/revocation`,
+        `${webhook.url}revocation`,
         '--enabled-revocation-notifications',
         "['agent', 'webhook']",
       ],
@@ -253,7 +245,7 @@ describe('IMA runtime attestation end to end (swtpm)', () => {
     await waitFor('the restarted verifier to verify only the new entry', 30, () =>
       storedNextEntry() === offset + 1 ? true : undefined,
     )
-    expect(revocations).toEqual([])
+    expect(webhook.received).toEqual([])
   }, 120_000)
 
   it('fails a file outside the policy and names its path in the revocation context', async () => {
@@ -264,7 +256,7 @@ describe('IMA runtime attestation end to end (swtpm)', () => {
       return s.operational_state === 9 ? s : undefined
     })
     expect(failed.last_event_id).toBe('ima.validation.ima-ng.not_in_allowlist')
-    const revocation = await waitFor('a revocation at the webhook', 30, () => revocations[0])
+    const revocation = await waitFor('a revocation at the webhook', 30, () => webhook.received[0])
     expect(revocation.agent_id).toBe(agent.uuid)
     expect(revocation.event_id).toBe('ima.validation.ima-ng.not_in_allowlist')
     expect(String(revocation.context)).toContain(intruder)

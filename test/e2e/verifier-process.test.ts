@@ -15,21 +15,18 @@ import { type SimFleet, startSimFleet } from '../../bench/fleet-agents.ts'
 import { AgentState } from '../../src/api/verifier/states.ts'
 import { ensureTlsDir } from '../../src/crypto/ca.ts'
 import { spawnVerifierFromSource } from '../helpers/verifier-process.ts'
+import {
+  type SignedNotification,
+  startWebhookReceiver,
+  type WebhookReceiver,
+} from '../helpers/webhook-receiver.ts'
 import { enrollBody, waitFor } from '../unit/verifier/harness.ts'
 
 const work = mkdtempSync(join(tmpdir(), 'kl-ver-e2e-'))
 let port = 0
 let proc: ChildProcess | null = null
 let fleet: SimFleet
-const hooks: { msg: string; signature: string }[] = []
-const hook = createServer((req, res) => {
-  let body = ''
-  req.on('data', (c) => (body += c))
-  req.on('end', () => {
-    hooks.push(JSON.parse(body))
-    res.writeHead(200).end()
-  })
-})
+let hook: WebhookReceiver<SignedNotification>
 
 async function freePort(): Promise<number> {
   const s = createServer()
@@ -51,7 +48,7 @@ function startVerifierProcess(): ChildProcess {
       '--enabled-revocation-notifications',
       "['webhook']",
       '--webhook-url',
-      `http://127.0.0.1:${(hook.address() as AddressInfo).port}/`,
+      hook.url,
     ],
     { KEYLIME_DIR: work, KEYLIME_VERIFIER_CONFIG: join(work, 'none.conf'), KEYLIME_LOG_LEVEL: 'warn' },
   )
@@ -104,7 +101,7 @@ async function waitUp(): Promise<void> {
 }
 
 beforeAll(async () => {
-  await new Promise<void>((r) => hook.listen(0, '127.0.0.1', r))
+  hook = await startWebhookReceiver()
   port = await freePort()
   fleet = await startSimFleet({ count: 3, shareKeys: true })
   proc = startVerifierProcess()
@@ -137,7 +134,7 @@ beforeAll(async () => {
 afterAll(async () => {
   proc?.kill('SIGKILL')
   await fleet?.close()
-  await new Promise((r) => hook.close(r))
+  await hook?.close()
   rmSync(work, { recursive: true, force: true })
 })
 
@@ -191,8 +188,8 @@ describe('verifier process', () => {
       10_000,
       'INVALID_QUOTE',
     )
-    await waitFor(() => hooks.length >= 1, 10_000, 'webhook revocation')
-    const msg = JSON.parse((hooks[0] as { msg: string }).msg)
+    await waitFor(() => hook.received.length >= 1, 10_000, 'webhook revocation')
+    const msg = JSON.parse((hook.received[0] as SignedNotification).msg)
     expect(msg.type).toBe('revocation')
     expect(msg.event_id).toBe('pcr_validation.invalid_pcr_15')
     victim.quoter.pcrs.set(15, saved)

@@ -4,8 +4,6 @@
  * webhook, and the overdue monitor. One swtpm, one verifier (SQLite) with a clock the tests can move forward.
  */
 import { generateKeyPairSync } from 'node:crypto'
-import { createServer, type Server } from 'node:http'
-import type { AddressInfo } from 'node:net'
 import Database from 'better-sqlite3'
 import { Kysely, SqliteDialect } from 'kysely'
 import { Registry } from 'prom-client'
@@ -18,13 +16,17 @@ import { DEFAULT_PUSH_OPTIONS, DEFAULT_VERIFIER_OPTIONS } from '../../../src/ver
 import { PrometheusPushMetrics } from '../../../src/verifier/push/push-metrics.ts'
 import { VerifierService } from '../../../src/verifier/verifier-service.ts'
 import { ADMIN_HEADERS as ADMIN, JSON_API, PushDriver } from '../../helpers/push-driver.ts'
+import {
+  type SignedNotification,
+  startWebhookReceiver,
+  type WebhookReceiver,
+} from '../../helpers/webhook-receiver.ts'
 import { silentLog, waitFor } from '../../unit/verifier/harness.ts'
 
 let agent: PushDriver
 let service: VerifierService
 let app: Awaited<ReturnType<typeof buildVerifierApp>>
-let hook: Server
-const received: unknown[] = []
+let hook: WebhookReceiver<SignedNotification>
 let skewMs = 0
 const registry = new Registry()
 const now = () => Date.now() + skewMs
@@ -72,15 +74,7 @@ const good = Array.from({ length: 30 }, (_, i) => imaNgEntryFor(`/usr/bin/good-$
 
 beforeAll(async () => {
   agent = await PushDriver.start()
-  hook = createServer((req, res) => {
-    let body = ''
-    req.on('data', (c) => (body += c))
-    req.on('end', () => {
-      received.push(JSON.parse(body))
-      res.writeHead(200).end()
-    })
-  })
-  await new Promise<void>((r) => hook.listen(0, '127.0.0.1', r))
+  hook = await startWebhookReceiver()
   const db = new Kysely<VerifierDatabase>({
     dialect: new SqliteDialect({ database: new Database(':memory:') }),
   })
@@ -93,7 +87,7 @@ beforeAll(async () => {
       enableAgentMtls: false,
       quoteIntervalMs: QUOTE_INTERVAL_MS,
       revocationChannels: ['webhook'],
-      webhookUrl: `http://127.0.0.1:${(hook.address() as AddressInfo).port}/`,
+      webhookUrl: hook.url,
       retryInterval: 0.05,
       push: {
         ...DEFAULT_PUSH_OPTIONS,
@@ -119,7 +113,7 @@ afterAll(async () => {
   await app?.close()
   await service?.stop()
   await agent?.close()
-  await new Promise((r) => hook?.close(r))
+  await hook?.close()
 })
 
 describe('push verifier: version routes', () => {
@@ -461,8 +455,8 @@ describe('push verifier: attestations', () => {
     const s = await status('push-a')
     expect(s.attestation_status).toBe('FAIL')
     expect(s.operational_state).toBe(9)
-    await waitFor(() => received.length > 0, 5000, 'revocation webhook')
-    const msg = verifyRevocation(received[0], revocation.publicKey)
+    await waitFor(() => hook.received.length > 0, 5000, 'revocation webhook')
+    const msg = verifyRevocation(hook.received[0], revocation.publicKey)
     expect(msg).toMatchObject({
       type: 'revocation',
       agent_id: 'push-a',
@@ -470,15 +464,15 @@ describe('push verifier: attestations', () => {
     })
   })
   it('evidence overdue: the monitor fails the agent with its own event and notifies', async () => {
-    const before = received.length
+    const before = hook.received.length
     skewMs += 61_000
     await service.push?.monitor.tick()
     const s = await status('push-a')
     expect(s.operational_state).toBe(7)
     expect(s.last_event_id).toBe('internal.push.evidence_overdue')
     expect(s.attestation_status).toBe('FAIL')
-    await waitFor(() => received.length > before, 5000, 'overdue notification')
-    expect(verifyRevocation(received[before], revocation.publicKey)).toMatchObject({
+    await waitFor(() => hook.received.length > before, 5000, 'overdue notification')
+    expect(verifyRevocation(hook.received[before], revocation.publicKey)).toMatchObject({
       type: 'comm_error',
       event_id: 'internal.push.evidence_overdue',
     })

@@ -1,11 +1,10 @@
 import { constants, createHash, generateKeyPairSync, verify } from 'node:crypto'
-import { createServer } from 'node:http'
-import type { AddressInfo } from 'node:net'
 import { afterEach, describe, expect, it } from 'vitest'
 import { type SimFleet, simMeasure, startSimFleet } from '../../../bench/fleet-agents.ts'
 import { AgentState } from '../../../src/api/verifier/states.ts'
 import type { StepEvent } from '../../../src/verifier/attestation-loop.ts'
 import { runtimePolicyDocument } from '../../helpers/runtime-policy.ts'
+import { type SignedNotification, startWebhookReceiver } from '../../helpers/webhook-receiver.ts'
 import { ADMIN, enrollBody, makeVerifier, memoryDb, nextStep, waitFor } from './harness.ts'
 
 const cleanups: (() => Promise<void>)[] = []
@@ -216,22 +215,14 @@ describe('attestation loop against simulated agents', () => {
   it.each(['node', 'lean'] as const)(
     'detects a tampered policy PCR: INVALID_QUOTE, polling stops, signed revocation reaches the webhook (agents on %s HTTP)',
     async (http) => {
-      const hooks: { msg: string; signature: string }[] = []
-      const hook = createServer((req, res) => {
-        let body = ''
-        req.on('data', (c) => (body += c))
-        req.on('end', () => {
-          hooks.push(JSON.parse(body))
-          res.writeHead(200).end()
-        })
-      })
-      await new Promise<void>((r) => hook.listen(0, '127.0.0.1', r))
-      cleanups.push(() => new Promise((r) => hook.close(() => r())))
+      const hook = await startWebhookReceiver()
+      cleanups.push(hook.close)
+      const hooks = hook.received
       const { privateKey, publicKey } = generateKeyPairSync('rsa', { modulusLength: 2048 })
       const f = await fleet(2, http)
       const v = await verifierWith({
         revocationChannels: ['webhook', 'agent'],
-        webhookUrl: `http://127.0.0.1:${(hook.address() as AddressInfo).port}/`,
+        webhookUrl: hook.url,
       })
       const a = await enroll(v, f, 0, { revocation_key: privateKey.export({ type: 'pkcs8', format: 'pem' }) })
       const other = await enroll(v, f, 1)
@@ -245,7 +236,7 @@ describe('attestation loop against simulated agents', () => {
       expect(row?.last_event_id).toBe('pcr_validation.invalid_pcr_15')
       expect(row?.severity_level).toBe(6)
       await waitFor(() => hooks.length === 1, 5000, 'webhook')
-      const wire = hooks[0] as { msg: string; signature: string }
+      const wire = hooks[0] as SignedNotification
       const msg = JSON.parse(wire.msg)
       expect(msg).toMatchObject({
         type: 'revocation',
