@@ -34,6 +34,7 @@ import { backoffPolicyOf, RegistrarConnection } from './registration.ts'
 import { RevocationHandler } from './revocation.ts'
 import { prepareSecureDir, type SecureDir } from './secure-dir.ts'
 import {
+  type AgentTpmDeps,
   deviceIdentityRequest,
   establishTpmIdentity,
   openAgentTpm,
@@ -48,13 +49,8 @@ export class AgentStartError extends KeylimeError {
 }
 
 /** What start-up needs from the TPM library, the codecs and the payload extractor. */
-export interface AgentDeps {
-  openTpm(transport: string, opts?: { endorsementPassword?: string }): Promise<AgentTpm>
+export interface AgentDeps extends AgentTpmDeps {
   formatQuote: QuoteFormatter
-  /** Splits upstream's b64 `0xBADCC0DE` credential blob (protocols §B.6). */
-  decodeCredentialBlob(b64: string): { credentialBlob: Uint8Array; encryptedSecret: Uint8Array }
-  /** SPKI PEM of a TPM2B_PUBLIC (for `uuid = hash_ek`). */
-  publicKeyPem(tpm2bPublic: Uint8Array): string
   extractZip: ZipExtractor
 }
 

@@ -59,6 +59,15 @@ export function tpmIdentityOptionsOf(cfg: AgentConfig): TpmIdentityOptions {
   }
 }
 
+/** What both agents need from the TPM library and the codecs to open the TPM and establish its identity. */
+export interface AgentTpmDeps {
+  openTpm(transport: string, opts?: { endorsementPassword?: string }): Promise<AgentTpm>
+  /** Splits upstream's b64 `0xBADCC0DE` credential blob (protocols §B.6). */
+  decodeCredentialBlob(b64: string): { credentialBlob: Uint8Array; encryptedSecret: Uint8Array }
+  /** SPKI PEM of a TPM2B_PUBLIC (for `uuid = hash_ek`). */
+  publicKeyPem(tpm2bPublic: Uint8Array): string
+}
+
 /** An agent's open TPM, the lock that serialises its commands, and the transient handles it must flush. */
 export interface AgentTpmSession {
   tpm: AgentTpm
@@ -72,7 +81,7 @@ export interface AgentTpmSession {
 /** Opens the configured TPM (`tpm`, with `tpm_ownerpassword` as the endorsement password when set). */
 export async function openAgentTpm(
   cfg: Pick<AgentConfig, 'tpm' | 'tpm_ownerpassword'>,
-  openTpm: (transport: string, opts?: { endorsementPassword?: string }) => Promise<AgentTpm>,
+  openTpm: AgentTpmDeps['openTpm'],
 ): Promise<AgentTpmSession> {
   const tpm = await openTpm(
     cfg.tpm,

@@ -10,13 +10,14 @@ import { readFileSync } from 'node:fs'
 import type { ClientTls } from '../../api/client.ts'
 import { KeylimeError } from '../../common/errors.ts'
 import type { Logger } from '../../common/log.ts'
-import type { AgentTpm, HashAlgName, SignAlgName } from '../agent-tpm.ts'
+import type { HashAlgName, SignAlgName } from '../agent-tpm.ts'
 import type { AgentConfig } from '../config.ts'
 import { type AgentDeviceIdentity, prepareDeviceIdentity } from '../device-id.ts'
 import { type ImaNgFormatter, imaEmulatorPaths, startImaEmulator } from '../ima-emulator.ts'
 import { ImaMeasurementList } from '../ima-list.ts'
 import { backoffPolicyOf, RegistrarConnection, RegistrationError } from '../registration.ts'
 import {
+  type AgentTpmDeps,
   deviceIdentityRequest,
   establishTpmIdentity,
   openAgentTpm,
@@ -33,11 +34,7 @@ export class PushAgentError extends KeylimeError {
 }
 
 /** What start-up needs beyond the configuration (the real ones come from `defaultAgentDeps()`). */
-export interface PushAgentDeps {
-  openTpm(transport: string, opts?: { endorsementPassword?: string }): Promise<AgentTpm>
-  decodeCredentialBlob(b64: string): { credentialBlob: Uint8Array; encryptedSecret: Uint8Array }
-  publicKeyPem(tpm2bPublic: Uint8Array): string
-}
+export type PushAgentDeps = AgentTpmDeps
 
 export interface PushAgentOptions {
   config: AgentConfig
