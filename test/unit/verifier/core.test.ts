@@ -11,9 +11,18 @@ import { AgentState } from '../../../src/api/verifier/states.ts'
 import { bodyInput } from '../../../src/db/verifier-repository.ts'
 import { CANNOT_EVALUATE_EVENT } from '../../../src/verifier/state-machine.ts'
 import { runtimePolicyDocument } from '../../helpers/runtime-policy.ts'
-import { ADMIN, capturingLog, enrollBody, makeVerifier, memoryDb, nextStep, waitFor } from './harness.ts'
+import {
+  ADMIN,
+  capturingLog,
+  enrollBody,
+  enrollFleetAgent,
+  makeVerifier,
+  memoryDb,
+  nextStep,
+  type TestVerifier,
+  waitFor,
+} from './harness.ts'
 
-type Verifier = Awaited<ReturnType<typeof makeVerifier>>
 const cleanups: (() => Promise<void>)[] = []
 afterEach(async () => {
   for (const c of cleanups.splice(0).reverse()) await c()
@@ -25,7 +34,7 @@ async function fleet(count: number): Promise<SimFleet> {
   return f
 }
 
-async function started(...args: Parameters<typeof makeVerifier>): Promise<Verifier> {
+async function started(...args: Parameters<typeof makeVerifier>): Promise<TestVerifier> {
   const v = await makeVerifier(...args)
   await v.service.start()
   cleanups.push(async () => {
@@ -35,21 +44,16 @@ async function started(...args: Parameters<typeof makeVerifier>): Promise<Verifi
   return v
 }
 
-async function enroll(v: Verifier, f: SimFleet, i: number, extra = {}) {
+/** Enrols agent `i` and waits for its first passing quote. */
+async function enroll(v: TestVerifier, f: SimFleet, i: number, extra = {}) {
   const a = f.agents[i] as SimFleet['agents'][number]
   const passed = nextStep(v.service, a.id, (e) => e.outcome === 'quote_passed')
-  const res = await v.app.inject({
-    method: 'POST',
-    url: `/v2.6/agents/${a.id}`,
-    headers: ADMIN,
-    payload: enrollBody(a, f.port, extra),
-  })
-  expect(res.statusCode, res.body).toBe(200)
+  await enrollFleetAgent(v, f, i, extra)
   await passed
   return a
 }
 
-const show = async (v: Verifier, id: string) =>
+const show = async (v: TestVerifier, id: string) =>
   (await v.app.inject({ method: 'GET', url: `/v2.6/agents/${id}`, headers: ADMIN })).json().results
 
 describe('one evidence pipeline', () => {

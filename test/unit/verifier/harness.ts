@@ -2,7 +2,8 @@
 import Database from 'better-sqlite3'
 import { Kysely, SqliteDialect } from 'kysely'
 import pino, { type Logger } from 'pino'
-import type { SimAgent } from '../../../bench/fleet-agents.ts'
+import { expect } from 'vitest'
+import type { SimAgent, SimFleet } from '../../../bench/fleet-agents.ts'
 import { migrateVerifierDatabase, type VerifierDatabase } from '../../../src/db/verifier-repository.ts'
 import { buildVerifierApp, type Identity } from '../../../src/verifier/app.ts'
 import type { StepEvent } from '../../../src/verifier/attestation-loop.ts'
@@ -48,7 +49,28 @@ export async function makeVerifier(
   return { db, service, app, options }
 }
 
+export type TestVerifier = Awaited<ReturnType<typeof makeVerifier>>
+
 export const ADMIN = { 'x-test-admin': '1' }
+
+/** Enrols agent `i` of the fleet through the API as the admin; the enrolment must succeed. */
+export async function enrollFleetAgent(
+  v: TestVerifier,
+  f: SimFleet,
+  i: number,
+  extra: Record<string, unknown> = {},
+): Promise<SimAgent> {
+  const a = f.agents[i]
+  if (!a) throw new Error(`no agent ${i} in the fleet`)
+  const res = await v.app.inject({
+    method: 'POST',
+    url: `/v2.6/agents/${a.id}`,
+    headers: ADMIN,
+    payload: enrollBody(a, f.port, extra),
+  })
+  expect(res.statusCode, res.body).toBe(200)
+  return a
+}
 
 /** The tenant's enrollment body for a simulated agent. */
 export function enrollBody(agent: SimAgent, port: number, extra: Record<string, unknown> = {}) {

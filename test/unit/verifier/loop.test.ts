@@ -5,7 +5,7 @@ import { AgentState } from '../../../src/api/verifier/states.ts'
 import type { StepEvent } from '../../../src/verifier/attestation-loop.ts'
 import { runtimePolicyDocument } from '../../helpers/runtime-policy.ts'
 import { type SignedNotification, startWebhookReceiver } from '../../helpers/webhook-receiver.ts'
-import { ADMIN, enrollBody, makeVerifier, memoryDb, nextStep, waitFor } from './harness.ts'
+import { ADMIN, enrollBody, enrollFleetAgent, makeVerifier, memoryDb, nextStep, waitFor } from './harness.ts'
 
 const cleanups: (() => Promise<void>)[] = []
 afterEach(async () => {
@@ -34,19 +34,6 @@ const stepOf = (
   agentId: string,
   match: (e: StepEvent) => boolean,
 ) => nextStep(v.service, agentId, match)
-
-async function enroll(v: Awaited<ReturnType<typeof makeVerifier>>, f: SimFleet, i: number, extra = {}) {
-  const a = f.agents[i]
-  if (!a) throw new Error('no agent')
-  const res = await v.app.inject({
-    method: 'POST',
-    url: `/v2.6/agents/${a.id}`,
-    headers: ADMIN,
-    payload: enrollBody(a, f.port, extra),
-  })
-  expect(res.statusCode, res.body).toBe(200)
-  return a
-}
 
 describe('attestation loop against simulated agents', () => {
   it('verifies the IMA log incrementally against a runtime policy on worker threads and fails on an unlisted file', async () => {
@@ -127,7 +114,7 @@ describe('attestation loop against simulated agents', () => {
     const a = f.agents[0] as SimFleet['agents'][number]
     for (let i = 0; i < 2000; i++) simMeasure(a, `/usr/lib/file-${i}`, `content ${i}`) // ~300 KB of IMA list
     const v = await verifierWith({ maxAgentResponseBytes: 64 * 1024 })
-    await enroll(v, f, 0)
+    await enrollFleetAgent(v, f, 0)
     await waitFor(
       async () => (await v.service.repo.getAgent(a.id))?.operational_state === AgentState.INVALID_QUOTE,
     )
@@ -182,7 +169,7 @@ describe('attestation loop against simulated agents', () => {
     async (http) => {
       const f = await fleet(1, http)
       const v = await verifierWith()
-      const a = await enroll(v, f, 0)
+      const a = await enrollFleetAgent(v, f, 0)
       await waitFor(() => a.quotes >= 4, 5000, '4 quotes')
       await v.service.loop.flush()
       const row = await v.service.repo.getAgent(a.id)
@@ -202,7 +189,9 @@ describe('attestation loop against simulated agents', () => {
     if (!a) throw new Error('no agent')
     // the policy expects a PCR 15 value the agent does not have: its very first quote fails
     const failedStep = stepOf(v, a.id, (e) => e.outcome === 'quote_failed')
-    await enroll(v, f, 0, { tpm_policy: JSON.stringify({ '15': ['ff'.repeat(32)], mask: '0x8000' }) })
+    await enrollFleetAgent(v, f, 0, {
+      tpm_policy: JSON.stringify({ '15': ['ff'.repeat(32)], mask: '0x8000' }),
+    })
     const failed = await failedStep
     // the failing step ended with the agent out of the loop: no later step can deliver V
     expect(failed).toMatchObject({ state: AgentState.INVALID_QUOTE, attested: false })
@@ -224,8 +213,10 @@ describe('attestation loop against simulated agents', () => {
         revocationChannels: ['webhook', 'agent'],
         webhookUrl: hook.url,
       })
-      const a = await enroll(v, f, 0, { revocation_key: privateKey.export({ type: 'pkcs8', format: 'pem' }) })
-      const other = await enroll(v, f, 1)
+      const a = await enrollFleetAgent(v, f, 0, {
+        revocation_key: privateKey.export({ type: 'pkcs8', format: 'pem' }),
+      })
+      const other = await enrollFleetAgent(v, f, 1)
       await waitFor(() => a.quotes >= 2 && other.quotes >= 2, 5000, 'first quotes')
       const failedStep = stepOf(v, a.id, (e) => e.outcome === 'quote_failed')
       a.quoter.extend(15, Buffer.from('evil'))
@@ -267,8 +258,8 @@ describe('attestation loop against simulated agents', () => {
   it('retries an unreachable agent with P=0 and recovers; gives up as FAILED after max_retries', async () => {
     const f = await fleet(2)
     const v = await verifierWith({ maxRetries: 3 })
-    const a = await enroll(v, f, 0)
-    const b = await enroll(v, f, 1)
+    const a = await enrollFleetAgent(v, f, 0)
+    const b = await enrollFleetAgent(v, f, 1)
     await waitFor(() => a.quotes >= 2 && b.quotes >= 2)
     a.down = true
     b.down = true
@@ -291,7 +282,7 @@ describe('attestation loop against simulated agents', () => {
   it('reactivate restarts a failed agent from START and re-sends V; stop and delete end polling', async () => {
     const f = await fleet(1)
     const v = await verifierWith()
-    const a = await enroll(v, f, 0)
+    const a = await enrollFleetAgent(v, f, 0)
     await waitFor(() => a.vKeys.length === 1)
     a.quoter.extend(15, Buffer.from('x'))
     await waitFor(
@@ -328,7 +319,7 @@ describe('attestation loop against simulated agents', () => {
     const v = await verifierWith()
     const a = f.agents[0] as SimFleet['agents'][number]
     a.apiVersions = ['2.1', '2.2', '2.3', '2.4']
-    await enroll(v, f, 0)
+    await enrollFleetAgent(v, f, 0)
     await waitFor(() => a.quotes >= 2, 5000, 'quotes after renegotiation')
     const row = await v.service.repo.getAgent(a.id)
     expect(row?.supported_version).toBe('2.4')
@@ -341,7 +332,7 @@ describe('attestation loop against simulated agents', () => {
     const db = memoryDb()
     const first = await makeVerifier({}, db, 'v1@127.0.0.1:8881')
     await first.service.start()
-    for (let i = 0; i < 3; i++) await enroll(first, f, i)
+    for (let i = 0; i < 3; i++) await enrollFleetAgent(first, f, i)
     await waitFor(() => f.agents.every((a) => a.quotes >= 2))
     // crash: stop the loop without releasing leases or flushing (what SIGKILL leaves behind)
     await first.service.abandon()
@@ -368,10 +359,10 @@ describe('attestation loop against simulated agents', () => {
     const va = await makeVerifier({ leaseMs: 2000 }, db, 'A')
     const vb = await makeVerifier({ leaseMs: 2000 }, db, 'B')
     await va.service.start()
-    for (let i = 0; i < 3; i++) await enroll(va, f, i)
+    for (let i = 0; i < 3; i++) await enrollFleetAgent(va, f, i)
     await vb.service.start()
     cleanups.push(() => vb.service.stop())
-    for (let i = 3; i < 6; i++) await enroll(vb, f, i)
+    for (let i = 3; i < 6; i++) await enrollFleetAgent(vb, f, i)
     await waitFor(() => f.agents.every((a) => a.quotes >= 2))
     for (const a of f.agents) expect(va.service.loop.has(a.id) !== vb.service.loop.has(a.id)).toBe(true)
     // A dies without releasing its leases; B picks its agents up after the lease expires
