@@ -6,13 +6,12 @@
 import { type ChildProcess, execFileSync } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { chownSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs'
-import { createServer } from 'node:http'
-import type { AddressInfo } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import pg from 'pg'
 import { Agent, request } from 'undici'
 import { type SimAgent, type SimFleet, startSimFleet } from '../../bench/fleet-agents.ts'
+import { freeLocalPort } from '../helpers/free-port.ts'
 import { spawnVerifierFromSource } from '../helpers/verifier-process.ts'
 import {
   notificationMessage,
@@ -25,14 +24,6 @@ export type { SimAgent, SimFleet }
 export { waitFor }
 
 export const SHARED_PG_URL = process.env.KEYLIME_TEST_PG_URL ?? 'postgresql://postgres@127.0.0.1:5432/test'
-
-export async function freePort(): Promise<number> {
-  const s = createServer()
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r))
-  const p = (s.address() as AddressInfo).port
-  await new Promise((r) => s.close(r))
-  return p
-}
 
 export interface Revocation {
   type: string
@@ -158,7 +149,7 @@ export async function startVerifierCluster(opts: {
   const leaseSeconds = opts.leaseSeconds ?? 10
   const extraEnv = opts.env ?? {}
   const work = mkdtempSync(join(tmpdir(), 'keylime-chaos-'))
-  const port = await freePort()
+  const port = await freeLocalPort()
   const webhook = await startWebhook()
   const fleet = await startSimFleet({ count: opts.agents, shareKeys: true })
   let current = spawnVerifier(work, port, opts.dbUrl, webhook.url, leaseSeconds, extraEnv)
@@ -309,7 +300,7 @@ export async function privatePgCluster(): Promise<{
 }> {
   const dir = mkdtempSync(join(tmpdir(), 'keylime-chaos-pg-'))
   const data = join(dir, 'data')
-  const port = await freePort()
+  const port = await freeLocalPort()
   const asRoot = process.getuid?.() === 0
   if (asRoot) {
     const uid = Number(execFileSync('id', ['-u', 'postgres']).toString().trim())

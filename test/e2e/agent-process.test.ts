@@ -5,7 +5,6 @@
  */
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process'
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
-import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
@@ -19,6 +18,7 @@ import { verifyQuote } from '../../src/evidence/quote/index.ts'
 import { type RunningRegistrar, startRegistrar } from '../../src/registrar/server.ts'
 import { getHandleCounts } from '../../src/tpm/keylime-client.ts'
 import { Tpm } from '../../src/tpm/tpm.ts'
+import { freeLocalPort } from '../helpers/free-port.ts'
 import { type SwtpmInstance, startSwtpm } from '../helpers/swtpm.ts'
 
 const UUID = 'c0ffee00-0000-4000-8000-000000000001'
@@ -31,15 +31,6 @@ let dir: string
 let swtpm: SwtpmInstance
 let registrar: RunningRegistrar
 let child: ChildProcess | undefined
-
-function freePort(): Promise<number> {
-  return new Promise((done) => {
-    const s = createServer().listen(0, '127.0.0.1', () => {
-      const a = s.address()
-      s.close(() => done(typeof a === 'object' && a ? a.port : 0))
-    })
-  })
-}
 
 beforeAll(async () => {
   dir = mkdtempSync(join(tmpdir(), 'agent-proc-'))
@@ -77,7 +68,7 @@ describe('keylime agent process', () => {
       join(dir, 'measured.txt'),
     ]).toString()
     expect(emulated.split('\n').filter(Boolean)).toHaveLength(2)
-    const port = await freePort()
+    const port = await freeLocalPort()
     const conf = join(dir, 'agent.conf')
     writeFileSync(
       conf,

@@ -39,8 +39,9 @@ import { Agent, request } from 'undici'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { parseAllDocuments } from 'yaml'
 import { waitFor } from '../../src/devtools/local-cluster.ts'
-import { freePort, freshPgDatabase } from '../chaos/harness.ts'
+import { freshPgDatabase } from '../chaos/harness.ts'
 import { runKeylime } from '../helpers/cli.ts'
+import { freeLocalPort } from '../helpers/free-port.ts'
 import { type SwtpmInstance, startSwtpm, swtpmLocalCaCertificates } from '../helpers/swtpm.ts'
 
 const ROOT = resolve(import.meta.dirname, '../..')
@@ -493,7 +494,11 @@ function overlayPods(overlay: string) {
 
   /** The registrar Deployment's pod on free ports, ready as its readiness probe says. */
   async function startRegistrar() {
-    const ports = { registrar: await freePort(), registrarTls: await freePort(), metrics: await freePort() }
+    const ports = {
+      registrar: await freeLocalPort(),
+      registrarTls: await freeLocalPort(),
+      metrics: await freeLocalPort(),
+    }
     const reg = named(objs, 'Deployment', 'keylime-registrar').spec.template.spec
     const pod = localPod(objs, secrets, reg, reg.containers[0], join(ctx.dir, 'registrar'), {
       namespace,
@@ -518,7 +523,7 @@ function overlayPods(overlay: string) {
     const ver = named(objs, 'Deployment', 'keylime-verifier')
     const replicas: { port: number; metrics: number; child: ChildProcess; pod: Pod }[] = []
     for (let i = 0; i < ver.spec.replicas; i++) {
-      const [port, metrics] = [await freePort(), await freePort()]
+      const [port, metrics] = [await freeLocalPort(), await freeLocalPort()]
       const spec = ver.spec.template.spec
       const pod = localPod(objs, secrets, spec, spec.containers[0], join(ctx.dir, `verifier-${i}`), {
         namespace,
@@ -602,8 +607,8 @@ describe('pods as processes (overlay demo)', () => {
     const { ports, child: registrarChild } = await startRegistrar()
     // short leases so the takeover below is quick; the manifests' 30 s works the same way, only slower
     const replicas = await startVerifiers(ports.registrarTls, { KEYLIME_VERIFIER_LEASE_SECONDS: '6' })
-    const agentPort = await freePort()
-    const agentMetrics = await freePort()
+    const agentPort = await freeLocalPort()
+    const agentMetrics = await freeLocalPort()
     const agent = agentPod('keylime-agent')
 
     // readiness as the kubelet asks it, on each pod's probe port

@@ -19,7 +19,8 @@ import { loadRegistrarConfig } from '../../src/config/registrar.ts'
 import { ensureTlsDir } from '../../src/crypto/ca.ts'
 import { startRegistrar } from '../../src/registrar/server.ts'
 import { activateCredentialInSoftware, softwareTpm } from '../api/registrar/software-tpm.ts'
-import { freePort, privatePgCluster, type SimAgent, startVerifierCluster, waitFor } from '../chaos/harness.ts'
+import { privatePgCluster, type SimAgent, startVerifierCluster, waitFor } from '../chaos/harness.ts'
+import { freeLocalPort } from '../helpers/free-port.ts'
 import { startSwtpm } from '../helpers/swtpm.ts'
 import { enrollBody } from '../unit/verifier/harness.ts'
 
@@ -53,7 +54,7 @@ describe('registrar', () => {
   it('counts registrations and activations by outcome; probes answer on both listeners', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'kl-obs-reg-'))
     cleanups.push(() => rmSync(dir, { recursive: true, force: true }))
-    const metricsPort = await freePort()
+    const metricsPort = await freeLocalPort()
     const { config } = loadRegistrarConfig({
       configDirs: [],
       env: { KEYLIME_DIR: dir },
@@ -154,7 +155,7 @@ describe('agent on swtpm', () => {
     const dir = mkdtempSync(join(tmpdir(), 'kl-obs-agent-'))
     cleanups.push(() => rmSync(dir, { recursive: true, force: true }))
     await ensureTlsDir(join(dir, 'cv_ca'))
-    const metricsPort = await freePort()
+    const metricsPort = await freeLocalPort()
     const config = loadAgentConfig({
       configDirs: [],
       env: {},
@@ -208,7 +209,7 @@ describe('verifier process on PostgreSQL', () => {
   it('reports loop, agents by state and leases; readiness follows PostgreSQL while the process stays up', async () => {
     const pg = await privatePgCluster()
     cleanups.push(() => pg.destroy())
-    const metricsPort = await freePort()
+    const metricsPort = await freeLocalPort()
     const c = await startVerifierCluster({
       agents: 3,
       dbUrl: pg.url,

@@ -5,8 +5,6 @@
  */
 import type { ChildProcess } from 'node:child_process'
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
-import { createServer } from 'node:http'
-import type { AddressInfo } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { Agent, request } from 'undici'
@@ -14,6 +12,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { type SimFleet, startSimFleet } from '../../bench/fleet-agents.ts'
 import { AgentState } from '../../src/api/verifier/states.ts'
 import { ensureTlsDir } from '../../src/crypto/ca.ts'
+import { freeLocalPort } from '../helpers/free-port.ts'
 import { spawnVerifierFromSource } from '../helpers/verifier-process.ts'
 import {
   type SignedNotification,
@@ -27,14 +26,6 @@ let port = 0
 let proc: ChildProcess | null = null
 let fleet: SimFleet
 let hook: WebhookReceiver<SignedNotification>
-
-async function freePort(): Promise<number> {
-  const s = createServer()
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r))
-  const p = (s.address() as AddressInfo).port
-  await new Promise((r) => s.close(r))
-  return p
-}
 
 function startVerifierProcess(): ChildProcess {
   const child = spawnVerifierFromSource(
@@ -102,7 +93,7 @@ async function waitUp(): Promise<void> {
 
 beforeAll(async () => {
   hook = await startWebhookReceiver()
-  port = await freePort()
+  port = await freeLocalPort()
   fleet = await startSimFleet({ count: 3, shareKeys: true })
   proc = startVerifierProcess()
   // the CA appears on first start (tls_dir = generate)
