@@ -4,8 +4,8 @@
  * noticed, identical replicas kept apart by per-process lease holders with epoch fencing.
  */
 import { createHash } from 'node:crypto'
-import { afterEach, describe, expect, it, vi } from 'vitest'
-import { type SimFleet, simMeasure, startSimFleet } from '../../../bench/fleet-agents.ts'
+import { describe, expect, it, vi } from 'vitest'
+import { type SimFleet, simMeasure } from '../../../bench/fleet-agents.ts'
 import { SoftQuoter } from '../../../bench/fleet-quoter.ts'
 import { AgentState } from '../../../src/api/verifier/states.ts'
 import { bodyInput } from '../../../src/db/verifier-repository.ts'
@@ -22,27 +22,9 @@ import {
   type TestVerifier,
   waitFor,
 } from './harness.ts'
+import { testResources } from './test-resources.ts'
 
-const cleanups: (() => Promise<void>)[] = []
-afterEach(async () => {
-  for (const c of cleanups.splice(0).reverse()) await c()
-})
-
-async function fleet(count: number): Promise<SimFleet> {
-  const f = await startSimFleet({ count })
-  cleanups.push(() => f.close())
-  return f
-}
-
-async function started(...args: Parameters<typeof makeVerifier>): Promise<TestVerifier> {
-  const v = await makeVerifier(...args)
-  await v.service.start()
-  cleanups.push(async () => {
-    await v.service.stop()
-    await v.app.close()
-  })
-  return v
-}
+const { cleanups, fleet, startVerifier } = testResources()
 
 /** Enrols agent `i` and waits for its first passing quote. */
 async function enroll(v: TestVerifier, f: SimFleet, i: number, extra = {}) {
@@ -59,7 +41,7 @@ const show = async (v: TestVerifier, id: string) =>
 describe('one evidence pipeline', () => {
   it('the pull loop and POST /verify/evidence both run the service’s one EvidenceRunner', async () => {
     const f = await fleet(1)
-    const v = await started()
+    const v = await startVerifier()
     const run = vi.spyOn(v.service.evidence, 'run')
     const a = await enroll(v, f, 0)
     const fromLoop = run.mock.calls.length
@@ -117,7 +99,7 @@ describe('the verifier’s own faults (cannot evaluate) and failure reasons', ()
 
   it('a corrupt accept list written by an operator is noticed by the running verifier and not revoked', async () => {
     const f = await fleet(1)
-    const v = await started({ revocationChannels: ['agent'] })
+    const v = await startVerifier({ revocationChannels: ['agent'] })
     const a = await enroll(v, f, 0)
     const notify = vi.spyOn(v.service.notifier, 'notify')
     await v.db.updateTable('verifiermain').set({ accept_tpm_hash_algs: 'sha256' }).execute()
@@ -135,7 +117,7 @@ describe('the verifier’s own faults (cannot evaluate) and failure reasons', ()
 
   it('an enrolled runtime policy that no longer parses fails closed as cannot_evaluate, without a revocation', async () => {
     const f = await fleet(1)
-    const v = await started()
+    const v = await startVerifier()
     const a = f.agents[0] as SimFleet['agents'][number]
     simMeasure(a, '/usr/bin/good', 'good binary')
     const policy = runtimePolicyDocument({
@@ -166,7 +148,7 @@ describe('the verifier’s own faults (cannot evaluate) and failure reasons', ()
   it('a quote signed by another AK keeps the upstream event id; the reason is logged and shown by GET', async () => {
     const f = await fleet(1)
     const { log, lines } = capturingLog()
-    const v = await started({}, memoryDb(), undefined, log)
+    const v = await startVerifier({}, memoryDb(), undefined, log)
     const a = await enroll(v, f, 0)
     const failed = nextStep(v.service, a.id, (e) => e.outcome === 'quote_failed')
     a.quoter = new SoftQuoter()
@@ -184,7 +166,7 @@ describe('the verifier’s own faults (cannot evaluate) and failure reasons', ()
   it('logs why renegotiation failed and fails the agent closed', async () => {
     const f = await fleet(1)
     const { log, lines } = capturingLog()
-    const v = await started({}, memoryDb(), undefined, log)
+    const v = await startVerifier({}, memoryDb(), undefined, log)
     const a = f.agents[0] as SimFleet['agents'][number]
     a.apiVersions = ['1.0']
     const refused = nextStep(v.service, a.id, (e) => e.outcome === 'refused')
@@ -206,8 +188,8 @@ describe('leases: identical replicas and fencing', () => {
     const logA = capturingLog()
     const logB = capturingLog()
     // what two identical containers compute: same uuid/ip/port, only the host differs
-    const va = await started({ leaseMs: 60_000 }, db, 'default@host-a/0.0.0.0:8881', logA.log)
-    const vb = await started({ leaseMs: 60_000 }, db, 'default@host-b/0.0.0.0:8881', logB.log)
+    const va = await startVerifier({ leaseMs: 60_000 }, db, 'default@host-a/0.0.0.0:8881', logA.log)
+    const vb = await startVerifier({ leaseMs: 60_000 }, db, 'default@host-b/0.0.0.0:8881', logB.log)
     expect(va.service.leaseHolder).not.toBe(vb.service.leaseHolder)
     for (let i = 0; i < 4; i++) await enroll(va, f, i)
     await vb.service.beat()
@@ -246,7 +228,7 @@ describe('leases: identical replicas and fencing', () => {
     const db = memoryDb()
     const { log, lines } = capturingLog()
     // no batched write reaches the row between the change and the heartbeat: the interval is long
-    const v = await started({ quoteIntervalMs: 60_000 }, db, undefined, log)
+    const v = await startVerifier({ quoteIntervalMs: 60_000 }, db, undefined, log)
     const gone = await enroll(v, f, 0)
     const taken = await enroll(v, f, 1)
     await v.service.loop.flush()
@@ -276,7 +258,7 @@ describe('leases: identical replicas and fencing', () => {
 
   it('the heartbeat resumes an agent it holds in a resumable state but does not attest', async () => {
     const f = await fleet(1)
-    const v = await started()
+    const v = await startVerifier()
     const a = await enroll(v, f, 0)
     await v.service.loop.flush()
     // what a lost in-memory record looks like: the row is ours and resumable, the loop has nothing

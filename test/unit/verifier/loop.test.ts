@@ -1,44 +1,31 @@
 import { constants, createHash, generateKeyPairSync, verify } from 'node:crypto'
-import { afterEach, describe, expect, it } from 'vitest'
-import { type SimFleet, simMeasure, startSimFleet } from '../../../bench/fleet-agents.ts'
+import { describe, expect, it } from 'vitest'
+import { type SimFleet, simMeasure } from '../../../bench/fleet-agents.ts'
 import { AgentState } from '../../../src/api/verifier/states.ts'
 import type { StepEvent } from '../../../src/verifier/attestation-loop.ts'
 import { runtimePolicyDocument } from '../../helpers/runtime-policy.ts'
 import { type SignedNotification, startWebhookReceiver } from '../../helpers/webhook-receiver.ts'
-import { ADMIN, enrollBody, enrollFleetAgent, makeVerifier, memoryDb, nextStep, waitFor } from './harness.ts'
+import {
+  ADMIN,
+  enrollBody,
+  enrollFleetAgent,
+  makeVerifier,
+  memoryDb,
+  nextStep,
+  type TestVerifier,
+  waitFor,
+} from './harness.ts'
+import { testResources } from './test-resources.ts'
 
-const cleanups: (() => Promise<void>)[] = []
-afterEach(async () => {
-  for (const c of cleanups.splice(0).reverse()) await c()
-})
+const { cleanups, fleet, startVerifier } = testResources()
 
-/** `http`: the simulated agents' HTTP server (node:http, or the fleet benchmark's lean one). */
-async function fleet(count: number, http: 'node' | 'lean' = 'node'): Promise<SimFleet> {
-  const f = await startSimFleet({ count, http })
-  cleanups.push(() => f.close())
-  return f
-}
-
-async function verifierWith(opts: Parameters<typeof makeVerifier>[0] = {}, ...rest: [never?, string?]) {
-  const v = await makeVerifier(opts, ...(rest as []))
-  await v.service.start()
-  cleanups.push(async () => {
-    await v.service.stop()
-    await v.app.close()
-  })
-  return v
-}
-
-const stepOf = (
-  v: Awaited<ReturnType<typeof makeVerifier>>,
-  agentId: string,
-  match: (e: StepEvent) => boolean,
-) => nextStep(v.service, agentId, match)
+const stepOf = (v: TestVerifier, agentId: string, match: (e: StepEvent) => boolean) =>
+  nextStep(v.service, agentId, match)
 
 describe('attestation loop against simulated agents', () => {
   it('verifies the IMA log incrementally against a runtime policy on worker threads and fails on an unlisted file', async () => {
     const f = await fleet(1)
-    const v = await verifierWith({ evidenceWorkers: 2 })
+    const v = await startVerifier({ evidenceWorkers: 2 })
     const a = f.agents[0] as SimFleet['agents'][number]
     const good = createHash('sha256').update('good binary').digest('hex')
     simMeasure(a, '/usr/bin/good', 'good binary')
@@ -80,7 +67,7 @@ describe('attestation loop against simulated agents', () => {
   it('checks the IMA list of an agent enrolled with a runtime policy and an empty PCR mask', async () => {
     // A REST client may enrol a runtime policy with tpm_policy {} (mask 0x0): the verifier derives PCR 10 itself.
     const f = await fleet(1)
-    const v = await verifierWith()
+    const v = await startVerifier()
     const a = f.agents[0] as SimFleet['agents'][number]
     simMeasure(a, '/usr/bin/good', 'good binary')
     const policy = runtimePolicyDocument({
@@ -113,7 +100,7 @@ describe('attestation loop against simulated agents', () => {
     const f = await fleet(1)
     const a = f.agents[0] as SimFleet['agents'][number]
     for (let i = 0; i < 2000; i++) simMeasure(a, `/usr/lib/file-${i}`, `content ${i}`) // ~300 KB of IMA list
-    const v = await verifierWith({ maxAgentResponseBytes: 64 * 1024 })
+    const v = await startVerifier({ maxAgentResponseBytes: 64 * 1024 })
     await enrollFleetAgent(v, f, 0)
     await waitFor(
       async () => (await v.service.repo.getAgent(a.id))?.operational_state === AgentState.INVALID_QUOTE,
@@ -123,7 +110,7 @@ describe('attestation loop against simulated agents', () => {
 
   it('refuses an enrolment whose tpm_policy lists PCR 10 or 16', async () => {
     const f = await fleet(1)
-    const v = await verifierWith()
+    const v = await startVerifier()
     const a = f.agents[0] as SimFleet['agents'][number]
     for (const pcr of ['10', '16']) {
       const res = await v.app.inject({
@@ -145,7 +132,7 @@ describe('attestation loop against simulated agents', () => {
     const a = f.agents[0] as SimFleet['agents'][number]
     const entries = 200_000
     for (let i = 0; i < entries; i++) simMeasure(a, `/usr/lib/file-${i}`, `content ${i}`)
-    const v = await verifierWith()
+    const v = await startVerifier()
     const pcr15 = (a.quoter.pcrs.get(15) as Buffer).toString('hex')
     const res = await v.app.inject({
       method: 'POST',
@@ -168,7 +155,7 @@ describe('attestation loop against simulated agents', () => {
     'attests repeatedly, delivers V exactly once, and records the results (agents on %s HTTP)',
     async (http) => {
       const f = await fleet(1, http)
-      const v = await verifierWith()
+      const v = await startVerifier()
       const a = await enrollFleetAgent(v, f, 0)
       await waitFor(() => a.quotes >= 4, 5000, '4 quotes')
       await v.service.loop.flush()
@@ -184,7 +171,7 @@ describe('attestation loop against simulated agents', () => {
 
   it('never releases V to an agent whose first quote fails', async () => {
     const f = await fleet(1)
-    const v = await verifierWith()
+    const v = await startVerifier()
     const a = f.agents[0]
     if (!a) throw new Error('no agent')
     // the policy expects a PCR 15 value the agent does not have: its very first quote fails
@@ -209,7 +196,7 @@ describe('attestation loop against simulated agents', () => {
       const hooks = hook.received
       const { privateKey, publicKey } = generateKeyPairSync('rsa', { modulusLength: 2048 })
       const f = await fleet(2, http)
-      const v = await verifierWith({
+      const v = await startVerifier({
         revocationChannels: ['webhook', 'agent'],
         webhookUrl: hook.url,
       })
@@ -257,7 +244,7 @@ describe('attestation loop against simulated agents', () => {
 
   it('retries an unreachable agent with P=0 and recovers; gives up as FAILED after max_retries', async () => {
     const f = await fleet(2)
-    const v = await verifierWith({ maxRetries: 3 })
+    const v = await startVerifier({ maxRetries: 3 })
     const a = await enrollFleetAgent(v, f, 0)
     const b = await enrollFleetAgent(v, f, 1)
     await waitFor(() => a.quotes >= 2 && b.quotes >= 2)
@@ -281,7 +268,7 @@ describe('attestation loop against simulated agents', () => {
 
   it('reactivate restarts a failed agent from START and re-sends V; stop and delete end polling', async () => {
     const f = await fleet(1)
-    const v = await verifierWith()
+    const v = await startVerifier()
     const a = await enrollFleetAgent(v, f, 0)
     await waitFor(() => a.vKeys.length === 1)
     a.quoter.extend(15, Buffer.from('x'))
@@ -316,7 +303,7 @@ describe('attestation loop against simulated agents', () => {
 
   it('renegotiates the agent API version when the agent rejects the stored one', async () => {
     const f = await fleet(1)
-    const v = await verifierWith()
+    const v = await startVerifier()
     const a = f.agents[0] as SimFleet['agents'][number]
     a.apiVersions = ['2.1', '2.2', '2.3', '2.4']
     await enrollFleetAgent(v, f, 0)
