@@ -15,7 +15,6 @@ import {
 } from '../db/verifier-repository.ts'
 import { akKeyObject, assertCheckableTpmPolicy, parseTpmPolicy } from '../evidence/quote/index.ts'
 import { agentKeyring } from './agent-runtime.ts'
-import { assertPolicyNameFree, requirePolicyMeta } from './management.ts'
 import type { VerifierOptions } from './options.ts'
 import {
   b64decode,
@@ -25,6 +24,7 @@ import {
   unwrapRuntimePolicy,
   VerifierRequestError,
 } from './policy-input.ts'
+import { assertPolicyNameFree, requirePolicyMeta } from './policy-names.ts'
 import type { PolicyStore } from './policy-store.ts'
 
 export interface EnrolmentPlan {

@@ -5,13 +5,7 @@
  */
 import type { EnrollBody, RuntimePolicyBody } from '../api/verifier/schemas.ts'
 import { AgentState, attestationStatus, IDLE_STATES, pushAttestationStatus } from '../api/verifier/states.ts'
-import type {
-  AllowlistRow,
-  MbPolicyRow,
-  PolicyMeta,
-  VerifierAgentRow,
-  VerifierRepository,
-} from '../db/verifier-repository.ts'
+import type { AllowlistRow, MbPolicyRow, VerifierAgentRow } from '../db/verifier-repository.ts'
 import { RUNTIME_POLICY_GENERATOR } from '../evidence/ima/index.ts'
 import {
   b64decode,
@@ -21,6 +15,7 @@ import {
   unwrapRuntimePolicy,
   VerifierRequestError,
 } from './policy-input.ts'
+import { assertPolicyNameFree, POLICY_KINDS, type PolicyKind, requirePolicyMeta } from './policy-names.ts'
 import { PolicyStore } from './policy-store.ts'
 import type { VerifierService } from './verifier-service.ts'
 
@@ -294,48 +289,6 @@ export async function saveMbPolicy(
 }
 
 /** How each kind of named policy is found and removed, and its refusals in upstream's words. */
-const POLICY_KINDS = {
-  ima: {
-    find: (repo: VerifierRepository, name: string) => repo.allowlistMeta(name),
-    remove: (repo: VerifierRepository, name: string) => repo.deleteAllowlist(name),
-    taken: (name: string) => `Runtime policy with name ${name} already exists`,
-    missing: (name: string) => `Runtime policy ${name} not found`,
-    inUse: (agent: string) => `Can't delete allowlist as it's currently in use by agent ${agent}`,
-    action: 'runtime_policy.delete',
-  },
-  mb: {
-    find: (repo: VerifierRepository, name: string) => repo.mbPolicyMeta(name),
-    remove: (repo: VerifierRepository, name: string) => repo.deleteMbPolicy(name),
-    taken: (name: string) => `Measured boot policy with name ${name} already exists`,
-    missing: (name: string) => `Measured boot policy ${name} not found`,
-    inUse: (agent: string) => `Can't delete mb policy as it's currently in use by agent ${agent}`,
-    action: 'mb_policy.delete',
-  },
-} as const
-
-export type PolicyKind = keyof typeof POLICY_KINDS
-
-/** Refuses (409) a name a stored policy of this kind already has. */
-export async function assertPolicyNameFree(
-  repo: VerifierRepository,
-  kind: PolicyKind,
-  name: string,
-): Promise<void> {
-  if (await POLICY_KINDS[kind].find(repo, name))
-    throw new VerifierRequestError(409, POLICY_KINDS[kind].taken(name))
-}
-
-/** A stored policy of this kind, without its text, by name; 404 when there is none. */
-export async function requirePolicyMeta(
-  repo: VerifierRepository,
-  kind: PolicyKind,
-  name: string,
-): Promise<PolicyMeta> {
-  const p = await POLICY_KINDS[kind].find(repo, name)
-  if (!p) throw new VerifierRequestError(404, POLICY_KINDS[kind].missing(name))
-  return p
-}
-
 /** Deletes a policy no agent uses (404 absent, 409 in use). */
 async function deleteUnusedPolicy(
   service: VerifierService,
