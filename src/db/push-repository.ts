@@ -218,8 +218,18 @@ const agentRowKey = (row: readonly unknown[]) => row[0] as string
 export class PushRepository {
   readonly dialect: DbDialect
   private readonly sql: PushStatements
+  /** Where the batched writes of the hot path run (`writer`, else `db`). */
+  private readonly writes: Kysely<PushDatabase>
 
-  constructor(readonly db: Kysely<PushDatabase>) {
+  /**
+   * `writer`, a second connection to the same database (a SQLite file's writer thread, `openSqliteWriter`), takes
+   * the batched writes: `insertAttestations`, `submitEvidenceMany`, `writeRequests`, `completeMany`.
+   */
+  constructor(
+    readonly db: Kysely<PushDatabase>,
+    writer?: Kysely<PushDatabase>,
+  ) {
+    this.writes = writer ?? db
     this.dialect = databaseDialect(db)
     this.sql = pushStatements(this.dialect)
     if (this.dialect === 'postgres')
@@ -283,7 +293,7 @@ export class PushRepository {
    */
   async insertAttestations(
     rows: readonly NewAttestationRow[],
-    db: Queryable = this.db,
+    db: Queryable = this.writes,
   ): Promise<Set<string>> {
     const values = rows.map((r) => [
       r.agent_id,
@@ -309,7 +319,7 @@ export class PushRepository {
    */
   async submitEvidenceMany(
     rows: readonly SubmittedEvidence[],
-    db: Queryable = this.db,
+    db: Queryable = this.writes,
   ): Promise<Set<string>> {
     let values = rows.map((r) => [r.agentId, r.index, r.evidenceCollected, r.receivedAt, r.holder, r.expires])
     if (this.sql.mysql) {
@@ -342,7 +352,7 @@ export class PushRepository {
     inserts: readonly NewAttestationRow[],
     submits: readonly SubmittedEvidence[],
   ): Promise<{ inserted: Set<string>; submitted: Set<string> }> {
-    return this.db.transaction().execute(async (tx) => ({
+    return this.writes.transaction().execute(async (tx) => ({
       inserted: inserts.length > 0 ? await this.insertAttestations(inserts, tx) : new Set<string>(),
       submitted: submits.length > 0 ? await this.submitEvidenceMany(submits, tx) : new Set<string>(),
     }))
@@ -384,7 +394,7 @@ export class PushRepository {
   ): Promise<CompletedBatch> {
     const none: CompletedBatch = { written: new Set(), enrolled: new Set(), extended: [] }
     if (items.length === 0) return none
-    return this.db.transaction().execute(async (tx) => {
+    return this.writes.transaction().execute(async (tx) => {
       const written = new Set(
         (
           await this.updateReturning<{ agent_id: string; index: number }>(
