@@ -68,11 +68,33 @@ function execute(request: Extract<WriterRequest, { kind: 'query' }>): WriterRepl
   }
 }
 
+/** All or nothing: a statement that fails rolls back the ones before it. */
+function transaction(request: Extract<WriterRequest, { kind: 'transaction' }>): WriterReply {
+  const db = database()
+  db.exec('begin immediate')
+  try {
+    const results = request.statements.map((s) => {
+      const statement = prepare(s.sql)
+      const parameters = bindable(s.parameters)
+      if (statement.reader) return statement.all(parameters) as unknown[]
+      statement.run(parameters)
+      return []
+    })
+    db.exec('commit')
+    return { id: request.id, ok: true, rows: [], results }
+  } catch (err) {
+    if (db.inTransaction) db.exec('rollback')
+    throw err
+  }
+}
+
 function handleRequest(request: WriterRequest): WriterReply {
   try {
     switch (request.kind) {
       case 'query':
         return execute(request)
+      case 'transaction':
+        return transaction(request)
       case 'exec':
         database().exec(request.sql)
         return { id: request.id, ok: true, rows: [] }

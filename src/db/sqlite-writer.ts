@@ -75,6 +75,8 @@ export class SqliteWriterThread {
   private closed = false
   /** Threads started so far: a transaction belongs to the thread it began on. */
   generation = 0
+  /** One user of the connection at a time: a kysely connection (held through a transaction) or `transaction`. */
+  private lockTail: Promise<void> = Promise.resolve()
 
   constructor(private readonly setup: WriterSetup) {}
 
@@ -114,6 +116,31 @@ export class SqliteWriterThread {
   /** True while the thread of `generation` runs (a transaction it holds is still open). */
   alive(generation: number): boolean {
     return this.worker !== null && this.generation === generation
+  }
+
+  /** Waits for the connection; returns its release. */
+  async lock(): Promise<() => void> {
+    const previous = this.lockTail
+    let release!: () => void
+    this.lockTail = new Promise((resolve) => {
+      release = resolve
+    })
+    await previous
+    return release
+  }
+
+  /**
+   * Independent statements in one transaction, sent as one message (one round trip, where kysely's transaction
+   * takes one per statement); returns the rows of each. Rolled back whole when one fails.
+   */
+  async transaction(statements: { sql: string; parameters: readonly unknown[] }[]): Promise<unknown[][]> {
+    const release = await this.lock()
+    try {
+      const reply = await this.send({ kind: 'transaction', statements })
+      return (reply.results ?? []).map(asBuffers)
+    } finally {
+      release()
+    }
   }
 
   send(request: Request): Promise<Ok> {
@@ -225,7 +252,6 @@ class WriterConnection implements DatabaseConnection {
 /** One connection, used by one caller at a time (a transaction holds it throughout), as kysely's SqliteDriver. */
 class WriterDriver implements Driver {
   private readonly connection: WriterConnection
-  private lock: Promise<void> = Promise.resolve()
 
   constructor(readonly thread: SqliteWriterThread) {
     this.connection = new WriterConnection(thread)
@@ -234,13 +260,7 @@ class WriterDriver implements Driver {
   async init(): Promise<void> {}
 
   async acquireConnection(): Promise<DatabaseConnection> {
-    const previous = this.lock
-    let release!: () => void
-    this.lock = new Promise((resolve) => {
-      release = resolve
-    })
-    await previous
-    this.releaseLock = release
+    this.releaseLock = await this.thread.lock()
     return this.connection
   }
 
