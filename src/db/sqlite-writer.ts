@@ -108,6 +108,12 @@ export class SqliteWriterThread {
     return worker
   }
 
+  /** The generation of the running thread, started if none runs. */
+  current(): number {
+    if (!this.closed) this.thread()
+    return this.generation
+  }
+
   /** Whether a thread runs now. */
   get running(): boolean {
     return this.worker !== null
@@ -220,6 +226,8 @@ class WriterConnection implements DatabaseConnection {
         'DbError',
       )
     this.beginPending = false
+    // the transaction belongs to the thread its BEGIN goes to (one started now if the last one died)
+    if (begin) this.txGeneration = this.thread.current()
     const reply = await this.thread.send({
       kind: 'query',
       sql: query.sql,
@@ -269,7 +277,6 @@ class WriterDriver implements Driver {
   async beginTransaction(): Promise<void> {
     // BEGIN IMMEDIATE (the write lock up front) runs with the first statement
     this.connection.beginPending = true
-    this.connection.txGeneration = this.thread.generation
   }
 
   async commitTransaction(): Promise<void> {

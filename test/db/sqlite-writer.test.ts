@@ -226,7 +226,14 @@ describe('SQLite writer thread', () => {
     expect(await repo.getAttestation('e', 4)).toBeUndefined()
     // the main connection can write at once: the dead thread's connection holds no lock
     await db.updateTable('verifiermain').set({ severity_level: 3 }).where('agent_id', '=', 'e').execute()
-    expect((await repo.insertAttestations([attestation('e', 3)])).size).toBe(1)
+    // a transaction begun while no thread runs goes to the new one, whole
+    await thread.kill()
+    expect(thread.running).toBe(false)
+    await writer.transaction().execute(async (tx) => {
+      await repo.insertAttestations([attestation('e', 3)], tx)
+      await repo.submitEvidenceMany([evidence('e', 3)], tx)
+    })
+    expect((await repo.getAttestation('e', 3))?.stage).toBe('evaluating_evidence')
   })
 
   it('destroy() ends the thread; nothing runs after it', async () => {
