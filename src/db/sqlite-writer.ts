@@ -151,7 +151,10 @@ export class SqliteWriterThread {
 
   send(request: Request): Promise<Ok> {
     if (this.closed) return Promise.reject(new DbError('the SQLite writer is closed'))
-    const worker = this.thread()
+    return this.post(this.thread(), request)
+  }
+
+  private post(worker: Worker, request: Request): Promise<Ok> {
     const id = this.nextId++
     return new Promise<Ok>((resolve, reject) => {
       if (this.pending.size === 0) worker.ref()
@@ -183,14 +186,22 @@ export class SqliteWriterThread {
     await exited
   }
 
-  /** Closes the connection once the requests before this one are answered, and ends the thread. */
+  /**
+   * Closes the connection once the transaction using it (if any) is done and the requests sent before are answered,
+   * and ends the thread. Nothing is sent after.
+   */
   async close(): Promise<void> {
     if (this.closed) return
-    const worker = this.worker
-    // the thread is idle once it answered: safe to terminate (see kill)
-    if (worker !== null) await this.send({ kind: 'close' }).catch(() => {})
+    const release = await this.lock()
     this.closed = true
-    await worker?.terminate()
+    const worker = this.worker
+    try {
+      if (worker !== null) await this.post(worker, { kind: 'close' }).catch(() => {})
+      // the thread is idle once it answered: safe to terminate (see kill)
+      await worker?.terminate()
+    } finally {
+      release()
+    }
   }
 }
 

@@ -197,15 +197,24 @@ describe('SQLite writer thread', () => {
       await tx.updateTable('verifiermain').set({ severity_level: 2 }).where('agent_id', '=', 'e').execute()
       first = repo.insertAttestations([attestation('e', 1)])
       await new Promise((resolve) => setTimeout(resolve, 50))
+      // sent after the thread's end was asked for (kysely's writes wait for the previous one to be answered, and would
+      // go to the next thread)
       killed = thread.kill()
-      queued = repo.insertAttestations([attestation('e', 2)]).catch((e: unknown) => e)
+      queued = thread
+        .send({ kind: 'exec', sql: "UPDATE verifiermain SET severity_level = 9 WHERE agent_id = 'e'" })
+        .catch((e: unknown) => e)
     })
     expect(await first).toEqual(new Set([PushRepository.key('e', 1)]))
     await killed
     const lost = await queued
     expect((lost as { code?: string }).code).toBe(WRITER_EXITED)
     expect(databaseUnavailableReason(lost)).toBe(WRITER_EXITED)
-    expect(await repo.getAttestation('e', 2)).toBeUndefined()
+    const e = await db
+      .selectFrom('verifiermain')
+      .select('severity_level')
+      .where('agent_id', '=', 'e')
+      .executeTakeFirst()
+    expect(e?.severity_level).toBe(2)
     expect(await repo.insertAttestations([attestation('e', 2)])).toEqual(
       new Set([PushRepository.key('e', 2)]),
     )
@@ -241,8 +250,28 @@ describe('SQLite writer thread', () => {
     const t = sqliteWriterThread(other) as SqliteWriterThread
     await other.selectFrom('verifiermain').select('agent_id').execute()
     expect(t.running).toBe(true)
-    await other.destroy()
+    // a transaction under way when destroy() is called finishes and commits first
+    let destroyed: Promise<void> | undefined
+    await other.transaction().execute(async (tx) => {
+      await tx
+        .insertInto('verifiermain')
+        .values({ agent_id: 'late', verifier_id: 'default', attestation_count: 0 })
+        .execute()
+      destroyed = other.destroy()
+      await new Promise((resolve) => setTimeout(resolve, 50))
+      await tx.updateTable('verifiermain').set({ severity_level: 7 }).where('agent_id', '=', 'late').execute()
+    })
+    await destroyed
     expect(t.running).toBe(false)
+    expect(
+      (
+        await db
+          .selectFrom('verifiermain')
+          .select('severity_level')
+          .where('agent_id', '=', 'late')
+          .executeTakeFirst()
+      )?.severity_level,
+    ).toBe(7)
     await expect(t.send({ kind: 'exec', sql: 'select 1' })).rejects.toThrow(/closed/)
   })
 })
