@@ -78,7 +78,11 @@ export class SqliteWriterThread {
   /** One user of the connection at a time: a kysely connection (held through a transaction) or `transaction`. */
   private lockTail: Promise<void> = Promise.resolve()
 
-  constructor(private readonly setup: WriterSetup) {}
+  constructor(
+    private readonly setup: WriterSetup,
+    /** Told when a thread ends other than by `close()` (for the log). */
+    private readonly onExit?: (reason: string) => void,
+  ) {}
 
   /** Starts the thread ahead of the first statement (it loads its modules meanwhile). */
   warm(): void {
@@ -101,6 +105,7 @@ export class SqliteWriterThread {
       const reason = failure?.message ?? `exit code ${code}`
       const lost = [...this.pending.values()]
       this.pending.clear()
+      if (!this.closed) this.onExit?.(`${reason}; ${lost.length} statement(s) failed`)
       for (const p of lost)
         p.reject(new SqliteWriterError(`SQLite writer thread ended (${reason})`, WRITER_EXITED, 'DbError'))
     })
@@ -355,8 +360,11 @@ const threadOf = new WeakMap<object, SqliteWriterThread>()
  * A Kysely whose statements run on a writer thread with its own connection to the SQLite database `file` (an
  * existing file, in WAL mode: `openDatabase` made it so). `destroy()` closes the connection and ends the thread.
  */
-export function openSqliteWriter<DB>(file: string): Kysely<DB> {
-  const thread = new SqliteWriterThread({ file, busyTimeoutMs: WRITER_BUSY_TIMEOUT_MS })
+export function openSqliteWriter<DB>(
+  file: string,
+  opts: { onExit?: (reason: string) => void } = {},
+): Kysely<DB> {
+  const thread = new SqliteWriterThread({ file, busyTimeoutMs: WRITER_BUSY_TIMEOUT_MS }, opts.onExit)
   thread.warm()
   const db = new Kysely<DB>({ dialect: new WriterDialect(thread) })
   threadOf.set(db, thread)

@@ -82,6 +82,7 @@ describe('SQLite writer thread', () => {
   let writer: Kysely<PushDatabase>
   let thread: SqliteWriterThread
   let repo: PushRepository
+  const exits: string[] = []
 
   beforeAll(async () => {
     dir = mkdtempSync(join(tmpdir(), 'kl-sqlite-writer-'))
@@ -90,7 +91,7 @@ describe('SQLite writer thread', () => {
     })
     const file = sqliteDatabaseFile(db)
     expect(file).toBe(join(dir, 'cv_data.sqlite'))
-    writer = openSqliteWriter<PushDatabase>(file as string)
+    writer = openSqliteWriter<PushDatabase>(file as string, { onExit: (reason) => exits.push(reason) })
     thread = sqliteWriterThread(writer) as SqliteWriterThread
     repo = new PushRepository(db, writer)
     await db
@@ -219,6 +220,7 @@ describe('SQLite writer thread', () => {
       new Set([PushRepository.key('e', 2)]),
     )
     expect(thread.generation).toBe(before + 1)
+    expect(exits.at(-1)).toMatch(/exit code 1; 1 statement\(s\) failed/)
   })
 
   it('a thread killed inside a transaction rolls it back and releases the write lock', async () => {

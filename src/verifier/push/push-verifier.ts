@@ -57,7 +57,13 @@ export class PushVerifier {
     this.log = deps.log
     // the push tables live in the verifier's database, created by its migrations
     const file = databaseDialect(deps.db) === 'sqlite' ? sqliteDatabaseFile(deps.db) : null
-    this.writer = file === null ? null : openSqliteWriter<PushDatabase>(file)
+    this.writer =
+      file === null
+        ? null
+        : openSqliteWriter<PushDatabase>(file, {
+            onExit: (reason) =>
+              deps.log.error({ reason }, 'push: SQLite writer thread ended; the next write starts a new one'),
+          })
     this.repo = new PushRepository(deps.db as unknown as Kysely<PushDatabase>, this.writer ?? undefined)
     // the parts record through this object, so metrics set after construction reach them
     const metrics: PushMetrics = {
