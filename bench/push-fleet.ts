@@ -144,6 +144,18 @@ function procStats(pid: number | undefined): { cpu: number; rss: number } {
   }
 }
 
+/** CPU seconds of a process's main thread (its event loop), apart from its worker and helper threads. */
+function mainThreadCpu(pid: number | undefined): number {
+  if (pid === undefined) return 0
+  try {
+    const stat = readFileSync(`/proc/${pid}/task/${pid}/stat`, 'utf8')
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+    return (Number(f[11]) + Number(f[12])) / 100
+  } catch {
+    return 0
+  }
+}
+
 const percentile = (sorted: number[], p: number) =>
   sorted.length === 0 ? 0 : (sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * p))] as number)
 
@@ -367,12 +379,14 @@ async function main(): Promise<void> {
   }
   profile()
   const cpuStart = children.map((c) => procStats(c.child.pid).cpu)
+  const loopCpuStart = children.map((c) => mainThreadCpu(c.child.pid))
   measuring = true
   const mStart = Date.now()
   await new Promise((r) => setTimeout(r, SECONDS * 1000))
   measuring = false
   const elapsed = (Date.now() - mStart) / 1000
   const cpu = children.map((c, i) => procStats(c.child.pid).cpu - (cpuStart[i] as number))
+  const loopCpu = children.map((c, i) => mainThreadCpu(c.child.pid) - (loopCpuStart[i] as number))
   const rssAfter = children.map((c) => procStats(c.child.pid).rss)
   profile()
   stopping = true
@@ -408,6 +422,7 @@ async function main(): Promise<void> {
 
   latencies.sort((x, y) => x - y)
   const cpuTotal = cpu.reduce((x, y) => x + y, 0)
+  const loopCpuTotal = loopCpu.reduce((x, y) => x + y, 0)
   const rssPerAgent = rssAfter.reduce((s, r, i) => s + (r - (rssBefore[i] as number)), 0) / AGENTS
   const out = {
     agents: AGENTS,
@@ -423,6 +438,9 @@ async function main(): Promise<void> {
     },
     verifierCpuUsPerAttestation: Math.round((cpuTotal / Math.max(1, accepted)) * 1e6),
     verifierCores: Number((cpuTotal / elapsed).toFixed(2)),
+    // the main threads alone: the event loops, the bound of a verifier (workers and helper threads excluded)
+    eventLoopCpuUsPerAttestation: Math.round((loopCpuTotal / Math.max(1, accepted)) * 1e6),
+    eventLoopCores: Number((loopCpuTotal / elapsed).toFixed(2)),
     verifierRssMb: rssAfter.map((r) => Math.round(r / 1048576)),
     rssPerAgentKb: Number((rssPerAgent / 1024).toFixed(1)),
     accepted202: acceptedTotal,

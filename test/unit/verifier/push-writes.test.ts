@@ -1,21 +1,23 @@
 /**
  * The push write queue on SQLite: the new attestations and accepted evidence of one batch are written in one
  * transaction, each request told its own outcome (inserted, lost a race, took the evidence or not); a batch the
- * database refuses for one bad row falls back to the statements apart, so only that row fails.
+ * database refuses for one bad row falls back to the statements apart, so only that row fails. Both on the main
+ * connection and on the writer thread's (src/db/sqlite-writer.ts), which the verifier uses for SQLite files.
  */
 import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import type { Kysely } from 'kysely'
-import { afterEach, beforeEach, describe, expect, it } from 'vitest'
+import { afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest'
 import { AgentState } from '../../../src/api/verifier/states.ts'
-import { openDatabase } from '../../../src/db/database.ts'
+import { openDatabase, sqliteDatabaseFile } from '../../../src/db/database.ts'
 import {
   type NewAttestationRow,
   type PushDatabase,
   PushRepository,
   type SubmittedEvidence,
 } from '../../../src/db/push-repository.ts'
+import { openSqliteWriter } from '../../../src/db/sqlite-writer.ts'
 import type { VerifierDatabase } from '../../../src/db/verifier-repository.ts'
 import { PushWriteQueue } from '../../../src/verifier/push/push-writes.ts'
 
@@ -23,6 +25,8 @@ let dir: string
 let db: Kysely<VerifierDatabase>
 let repo: PushRepository
 let together: number
+let useWriter = false
+let writer: Kysely<PushDatabase> | null = null
 
 const attestation = (agent_id: string, index: number): NewAttestationRow => ({
   agent_id,
@@ -68,7 +72,8 @@ beforeEach(async () => {
       })),
     )
     .execute()
-  repo = new PushRepository(db as unknown as Kysely<PushDatabase>)
+  writer = useWriter ? openSqliteWriter<PushDatabase>(sqliteDatabaseFile(db) as string) : null
+  repo = new PushRepository(db as unknown as Kysely<PushDatabase>, writer ?? undefined)
   together = 0
   const writeRequests = repo.writeRequests.bind(repo)
   repo.writeRequests = (inserts, submits) => {
@@ -78,6 +83,7 @@ beforeEach(async () => {
 })
 
 afterEach(async () => {
+  await writer?.destroy()
   await db.destroy()
   rmSync(dir, { recursive: true, force: true })
 })
@@ -85,7 +91,14 @@ afterEach(async () => {
 const stored = async (agentId: string) =>
   (await repo.listAttestations(agentId)).map((r) => [r.index, r.stage, r.evidence_collected])
 
-describe('push write queue on SQLite', () => {
+describe.each([
+  ['main connection', false],
+  ['writer thread', true],
+])('push write queue on SQLite (%s)', (_, withWriter) => {
+  beforeAll(() => {
+    useWriter = withWriter
+  })
+
   it('writes the creates and the evidence of one batch in one transaction, each answered as alone', async () => {
     await repo.insertAttestations([attestation('c', 0), attestation('c', 1)])
     const queue = new PushWriteQueue({ repo })
