@@ -60,6 +60,8 @@ const SECONDS = arg('seconds', 20)
 const WARMUP_S = arg('warmup', INTERVAL_S * 2)
 const VERIFIERS = arg('verifiers', 1)
 const CONCURRENCY = arg('concurrency', 256)
+/** HTTP connections to each verifier: by default one per attestation in flight, as agents each open their own. */
+const CONNECTIONS = arg('connections', CONCURRENCY)
 const PG_URL = process.env.KEYLIME_TEST_PG_URL ?? 'postgresql://postgres@127.0.0.1:5432/test'
 /** Two or more verifiers share PostgreSQL, or MariaDB with `--mariadb`; one runs on a SQLite file. */
 const MARIADB = process.argv.includes('--mariadb')
@@ -223,7 +225,10 @@ async function main(): Promise<void> {
         child.once('exit', (code) => fail(new Error(`verifier exited with ${code}`)))
       })
       const port = (JSON.parse(line) as { port: number }).port
-      return { child, pool: new Pool(`http://127.0.0.1:${port}`, { connections: 64, pipelining: 1 }) }
+      return {
+        child,
+        pool: new Pool(`http://127.0.0.1:${port}`, { connections: CONNECTIONS, pipelining: 1 }),
+      }
     }),
   )
   progress(`${VERIFIERS} verifier(s) listening`)
@@ -380,6 +385,7 @@ async function main(): Promise<void> {
   profile()
   const cpuStart = children.map((c) => procStats(c.child.pid).cpu)
   const loopCpuStart = children.map((c) => mainThreadCpu(c.child.pid))
+  const harnessCpuStart = process.cpuUsage()
   measuring = true
   const mStart = Date.now()
   await new Promise((r) => setTimeout(r, SECONDS * 1000))
@@ -387,6 +393,7 @@ async function main(): Promise<void> {
   const elapsed = (Date.now() - mStart) / 1000
   const cpu = children.map((c, i) => procStats(c.child.pid).cpu - (cpuStart[i] as number))
   const loopCpu = children.map((c, i) => mainThreadCpu(c.child.pid) - (loopCpuStart[i] as number))
+  const harnessCpu = process.cpuUsage(harnessCpuStart)
   const rssAfter = children.map((c) => procStats(c.child.pid).rss)
   profile()
   stopping = true
@@ -441,6 +448,8 @@ async function main(): Promise<void> {
     // the main threads alone: the event loops, the bound of a verifier (workers and helper threads excluded)
     eventLoopCpuUsPerAttestation: Math.round((loopCpuTotal / Math.max(1, accepted)) * 1e6),
     eventLoopCores: Number((loopCpuTotal / elapsed).toFixed(2)),
+    // the simulated agents share the machine's cores with the verifiers
+    simulatedAgentsCores: Number(((harnessCpu.user + harnessCpu.system) / 1e6 / elapsed).toFixed(2)),
     verifierRssMb: rssAfter.map((r) => Math.round(r / 1048576)),
     rssPerAgentKb: Number((rssPerAgent / 1024).toFixed(1)),
     accepted202: acceptedTotal,

@@ -61,17 +61,34 @@ export class PushResultBatcher {
     const p = { item, after }
     if (this.pending.has(item.agentId)) this.deferred.push(p)
     else this.pending.set(item.agentId, p)
-    // a batch is written flushMs after its first verdict
+    this.schedule()
+  }
+
+  /**
+   * A batch is written flushMs after its first verdict, and verdicts that arrive while one is written wait for the
+   * next timer instead of following at once: on SQLite a batch holds the one write lock for its whole transaction
+   * (several statements), and batches back to back kept the request writes (answered 201/202) waiting behind them.
+   */
+  private schedule(): void {
     this.timer ??= setTimeout(() => {
       this.timer = null
-      void this.flush()
+      void this.flush(false)
     }, this.deps.flushMs)
   }
 
-  /** Writes what is pending; never rejects (a batch the database refused stays pending). */
-  flush(): Promise<void> {
+  /**
+   * Writes what is pending (`all`: until nothing is, else one batch and the rest at the next timer); never rejects (a
+   * batch the database refused stays pending).
+   */
+  flush(all = true): Promise<void> {
     const run = async () => {
+      let batches = 0
       while (this.pending.size > 0) {
+        if (!all && batches > 0) {
+          this.schedule()
+          return
+        }
+        batches++
         const batch = [...this.pending.values()]
         this.pending = new Map()
         const deferred = this.deferred

@@ -8,10 +8,12 @@ import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import type { Kysely } from 'kysely'
+import pino from 'pino'
 import { afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest'
 import { AgentState } from '../../../src/api/verifier/states.ts'
 import { openDatabase, sqliteDatabaseFile } from '../../../src/db/database.ts'
 import {
+  type CompletedEvaluation,
   type NewAttestationRow,
   type PushDatabase,
   PushRepository,
@@ -19,6 +21,8 @@ import {
 } from '../../../src/db/push-repository.ts'
 import { openSqliteWriter } from '../../../src/db/sqlite-writer.ts'
 import type { VerifierDatabase } from '../../../src/db/verifier-repository.ts'
+import { DbOutage } from '../../../src/verifier/db-outage.ts'
+import { PushResultBatcher } from '../../../src/verifier/push/push-results.ts'
 import { PushWriteQueue } from '../../../src/verifier/push/push-writes.ts'
 
 let dir: string
@@ -141,5 +145,81 @@ describe.each([
     expect(await stored('nobody')).toEqual([])
     expect(await stored('a')).toEqual([[0, 'awaiting_evidence', null]])
     expect(await stored('c')).toEqual([[0, 'evaluating_evidence', '["evidence of c 0"]']])
+  })
+
+  it('verdicts: a batch flushMs after the first verdict; those that come while it is written wait for the next timer', async () => {
+    await repo.insertAttestations(['a', 'b', 'c'].map((id) => attestation(id, 0)))
+    await repo.submitEvidenceMany(['a', 'b', 'c'].map((id) => evidence(id, 0)))
+    const verdict = (agentId: string): CompletedEvaluation => ({
+      agentId,
+      index: 0,
+      holder: 'H',
+      attestation: {
+        evaluation: 'pass',
+        failure_reason: null,
+        verification_completed_at: '2026-12-06T00:00:02.000Z',
+        ima_state: null,
+        ima_certified_entry_count: null,
+        event_id: null,
+        event_context: null,
+        evidence_collected: null,
+      },
+      agent: {
+        push_deadline: Date.now() + 60_000,
+        hash_alg: 'sha256',
+        sign_alg: 'ecdsa',
+        enc_alg: 'ecc',
+        operational_state: null,
+        failures: 'reset',
+        last_event_id: null,
+        last_event_context: null,
+        severity_level: null,
+      },
+      state: {
+        passed: true,
+        last_received_quote: 1,
+        last_successful_attestation: 1,
+        tpm_clockinfo: null,
+        next_ima_ml_entry: null,
+        ima_state: null,
+      },
+    })
+    const flushMs = 150
+    const batches: { agents: string[]; started: number; ended: number }[] = []
+    const batcher = new PushResultBatcher({
+      repo,
+      flushMs,
+      extendUntil: () => null,
+      onExtended: () => {},
+      outage: new DbOutage(pino({ level: 'silent' })),
+      log: pino({ level: 'silent' }),
+    })
+    const completeMany = repo.completeMany.bind(repo)
+    repo.completeMany = async (items, extendUntil) => {
+      const b = { agents: items.map((i) => i.agentId), started: performance.now(), ended: 0 }
+      batches.push(b)
+      // a verdict that comes while the first batch is being written
+      if (batches.length === 1) batcher.put(verdict('c'), (o) => outcomes.set('c', o.written))
+      const done = await completeMany(items, extendUntil)
+      b.ended = performance.now()
+      return done
+    }
+    const outcomes = new Map<string, boolean>()
+    const t0 = performance.now()
+    batcher.put(verdict('a'), (o) => outcomes.set('a', o.written))
+    batcher.put(verdict('b'), (o) => outcomes.set('b', o.written))
+    await expect.poll(() => outcomes.size, { timeout: 5000 }).toBe(3)
+    expect(batches.map((b) => b.agents)).toEqual([['a', 'b'], ['c']])
+    expect(batches[0]?.started).toBeGreaterThanOrEqual(t0 + flushMs - 5)
+    // the second waited for its own timer, not straight after the first
+    expect(batches[1]?.started).toBeGreaterThanOrEqual((batches[0]?.ended ?? 0) + flushMs / 2)
+    expect([...outcomes.values()]).toEqual([true, true, true])
+    expect((await stored('c'))[0]?.[1]).toBe('verification_complete')
+    // stop() writes what is pending at once
+    await repo.insertAttestations([attestation('a', 1)])
+    await repo.submitEvidenceMany([evidence('a', 1)])
+    batcher.put({ ...verdict('a'), index: 1 }, (o) => outcomes.set('a1', o.written))
+    await batcher.stop()
+    expect(outcomes.get('a1')).toBe(true)
   })
 })
