@@ -1,11 +1,10 @@
 /**
  * The verifier's single entry point into the evidence pipeline, shared by the pull loop and `POST /verify/evidence`
- * (and push mode). With a pool (`evidence_workers` > 0; `auto` starts one per core on more than two cores) each
- * evaluation runs on a worker thread; without one it runs on the event loop, `sliceLines` IMA lines per turn, so a
- * long list (a first attestation after a reboot can carry hundreds of thousands of entries) never stalls other
- * agents, and in pull mode the quote's signature, most of a PCR-only attestation's CPU, is verified first on libuv's
- * thread pool (on two cores the event loop is what limits a saturated pull verifier; the hand-over costs a few
- * microseconds, a worker job far more).
+ * (and push mode). With a pool (`evidence_workers` > 0, the default: one per core) each evaluation runs on a worker
+ * thread; without one it runs on the event loop, `sliceLines` IMA lines per turn, so a long list (a first
+ * attestation after a reboot can carry hundreds of thousands of entries) never stalls other agents, and the quote's
+ * signature, most of a PCR-only attestation's CPU, is verified first on libuv's thread pool (on two cores the event
+ * loop is what limits a saturated verifier; the hand-over costs a few microseconds, a worker job far more).
  */
 import { KeyObject } from 'node:crypto'
 import { EvidenceEvaluation, type EvidenceInput, type EvidenceResult } from '../evidence/pipeline.ts'
@@ -21,20 +20,13 @@ export class EvidenceRunner {
   constructor(
     readonly pool: EvidencePool | null = null,
     private readonly sliceLines = IMA_SLICE_LINES,
-    /**
-     * The signature first on libuv's thread pool (pull mode, where the event loop is the bound). A push verifier on
-     * SQLite writes on its own thread and its event loop has room, while each hand-over to the pool wakes a thread
-     * and, on a busy machine, switches contexts: verifying on the event loop cost less there (docs/performance.md).
-     */
-    private readonly signatureOnThreadPool = true,
   ) {}
 
   /** Rejects when the evidence could not be evaluated (the caller fails closed: "cannot evaluate"). */
   run(input: EvidenceInput): Promise<EvidenceResult> {
     if (this.pool !== null) return this.pool.run(input)
     const parts = quotePartsOf(input.quote)
-    if (parts === null || !(input.akPublic instanceof KeyObject) || !this.signatureOnThreadPool)
-      return this.evaluate(input)
+    if (parts === null || !(input.akPublic instanceof KeyObject)) return this.evaluate(input)
     // the signature (most of a PCR-only quote's CPU) on libuv's threads, the rest here; the pipeline still checks
     // everything, the signature computation only for exactly the parts verified here
     return verifyQuoteSignatureAsync(input.akPublic, parts, input.hashAlg).then(() =>

@@ -33,7 +33,7 @@ import { DbOutage } from './db-outage.ts'
 import { planEnrolment } from './enrolment.ts'
 import { EvidencePool } from './evidence-pool.ts'
 import { EvidenceParamsError, evidenceInputFromRequest, evidenceResults } from './evidence-request.ts'
-import { EvidenceRunner, IMA_SLICE_LINES } from './evidence-runner.ts'
+import { EvidenceRunner } from './evidence-runner.ts'
 import type { VerifierOptions } from './options.ts'
 import { VerifierRequestError } from './policy-input.ts'
 import { PolicyStore } from './policy-store.ts'
@@ -97,8 +97,6 @@ export class VerifierService {
             onWorkerDied: (reason) => deps.log.error({ err: reason }, 'evidence worker died: replaced'),
           })
         : null,
-      IMA_SLICE_LINES,
-      o.mode !== 'push',
     )
     this.connections = new AgentConnections(deps.clientTls, o.requestTimeoutMs, {
       maxResponseBytes: o.maxAgentResponseBytes,
