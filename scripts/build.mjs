@@ -20,8 +20,6 @@ await build({
     'cli/main': 'src/cli/main.ts',
     // started by file path from src/verifier/evidence-pool.ts (`../verifier/evidence-worker.js` from a chunk)
     'verifier/evidence-worker': 'src/verifier/evidence-worker.ts',
-    // started by file path from src/db/sqlite-writer.ts (`../db/sqlite-writer-worker.js` from a chunk)
-    'db/sqlite-writer-worker': 'src/db/sqlite-writer-worker.ts',
   },
   outdir: 'dist',
   bundle: true,

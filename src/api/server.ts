@@ -355,8 +355,6 @@ const DATABASE_ERROR_CODES = new Set([
   'SQLITE_CANTOPEN',
   'SQLITE_FULL',
   'SQLITE_PROTOCOL',
-  // the verifier's SQLite writer thread ended with statements in flight (src/db/sqlite-writer.ts)
-  'ERR_SQLITE_WRITER_EXITED',
   // PostgreSQL: shut down by an administrator, crashed, starting up, too many connections
   '57P01',
   '57P02',

@@ -153,13 +153,6 @@ export function databaseDialect(db: Kysely<any>): DbDialect {
   return dialectOf.get(db) ?? 'sqlite'
 }
 
-/** The file of a SQLite database opened by `openDatabase` (not `:memory:`, which no second connection can share). */
-const sqliteFileOf = new WeakMap<object, string>()
-// biome-ignore lint/suspicious/noExplicitAny: any database shape
-export function sqliteDatabaseFile(db: Kysely<any>): string | null {
-  return sqliteFileOf.get(db) ?? null
-}
-
 function quoteIdent(name: string): string {
   if (!/^[A-Za-z_][A-Za-z0-9_]{0,62}$/.test(name))
     throw new DbError(`invalid schema name ${JSON.stringify(name)}`)
@@ -409,7 +402,6 @@ export async function openDatabase<DB>(url: string, opts: OpenDatabaseOptions = 
     db = new Kysely<DB>({ dialect: new CurrentSchemaPostgresDialect({ pool: preparingPool(pool) }) })
   }
   dialectOf.set(db, parsed.dialect)
-  if (parsed.dialect === 'sqlite' && parsed.target !== ':memory:') sqliteFileOf.set(db, parsed.target)
   const set = opts.migrations === undefined ? undefined : opts.migrations
   const schema = { schema: parsed.dialect === 'postgres' ? opts.pgSchema : undefined }
   if (set === false && opts.service !== undefined) {

@@ -15,7 +15,6 @@ import {
   pushStatements,
   rowsParam,
 } from './push-statements.ts'
-import { type SqliteWriterThread, sqliteWriterThread } from './sqlite-writer.ts'
 import type { VerifierDatabase } from './verifier-repository.ts'
 
 export interface SessionsTable {
@@ -211,9 +210,6 @@ function pushAgentRow<L>(
   }
 }
 
-const submitValues = (rows: readonly SubmittedEvidence[]) =>
-  rows.map((r) => [r.agentId, r.index, r.evidenceCollected, r.receivedAt, r.holder, r.expires])
-
 const attestationKey = (agentId: string, index: number) => `${agentId}\u0000${index}`
 /** Keys of row parameters: an attestation's (agent and index, its first two columns), or an agent's. */
 const attestationRowKey = (row: readonly unknown[]) => attestationKey(row[0] as string, row[1] as number)
@@ -222,21 +218,8 @@ const agentRowKey = (row: readonly unknown[]) => row[0] as string
 export class PushRepository {
   readonly dialect: DbDialect
   private readonly sql: PushStatements
-  /** Where the batched writes of the hot path run (`writer`, else `db`). */
-  private readonly writes: Kysely<PushDatabase>
-  /** The SQLite writer thread behind `writes`, if any: `writeRequests` sends it its whole transaction at once. */
-  private readonly writerThread: SqliteWriterThread | undefined
 
-  /**
-   * `writer`, a second connection to the same database (a SQLite file's writer thread, `openSqliteWriter`), takes
-   * the batched writes: `insertAttestations`, `submitEvidenceMany`, `writeRequests`, `completeMany`.
-   */
-  constructor(
-    readonly db: Kysely<PushDatabase>,
-    writer?: Kysely<PushDatabase>,
-  ) {
-    this.writes = writer ?? db
-    this.writerThread = writer === undefined ? undefined : sqliteWriterThread(writer)
+  constructor(readonly db: Kysely<PushDatabase>) {
     this.dialect = databaseDialect(db)
     this.sql = pushStatements(this.dialect)
     if (this.dialect === 'postgres')
@@ -300,17 +283,8 @@ export class PushRepository {
    */
   async insertAttestations(
     rows: readonly NewAttestationRow[],
-    db: Queryable = this.writes,
+    db: Queryable = this.db,
   ): Promise<Set<string>> {
-    const params = this.insertParams(rows)
-    let done = await run<{ agent_id: string; index: number }>(db, this.sql.insertAttestations, params)
-    // MySQL returns nothing: the rows that hold this request's challenges are the ones inserted (a row's
-    // requested evidence never changes, so no transaction is needed to read it back)
-    if (this.sql.mysql) done = await run(db, this.sql.mysql.insertedAttestations, params)
-    return new Set(done.map((d) => attestationKey(d.agent_id, Number(d.index))))
-  }
-
-  private insertParams(rows: readonly NewAttestationRow[]): unknown[] {
     const values = rows.map((r) => [
       r.agent_id,
       r.index,
@@ -320,7 +294,12 @@ export class PushRepository {
       r.evidence_requested,
       r.ima_starting_offset,
     ])
-    return rowsParam(this.dialect, values, 7)
+    const params = rowsParam(this.dialect, values, 7)
+    let done = await run<{ agent_id: string; index: number }>(db, this.sql.insertAttestations, params)
+    // MySQL returns nothing: the rows that hold this request's challenges are the ones inserted (a row's
+    // requested evidence never changes, so no transaction is needed to read it back)
+    if (this.sql.mysql) done = await run(db, this.sql.mysql.insertedAttestations, params)
+    return new Set(done.map((d) => attestationKey(d.agent_id, Number(d.index))))
   }
 
   /**
@@ -330,9 +309,9 @@ export class PushRepository {
    */
   async submitEvidenceMany(
     rows: readonly SubmittedEvidence[],
-    db: Queryable = this.writes,
+    db: Queryable = this.db,
   ): Promise<Set<string>> {
-    let values = submitValues(rows)
+    let values = rows.map((r) => [r.agentId, r.index, r.evidenceCollected, r.receivedAt, r.holder, r.expires])
     if (this.sql.mysql) {
       const eligible = await run<{ agent_id: string; index: number }>(
         db,
@@ -363,28 +342,7 @@ export class PushRepository {
     inserts: readonly NewAttestationRow[],
     submits: readonly SubmittedEvidence[],
   ): Promise<{ inserted: Set<string>; submitted: Set<string> }> {
-    if (this.writerThread !== undefined) {
-      // SQLite's statements return what they wrote, so the two need nothing from each other: one message
-      const statements: { sql: string; parameters: unknown[] }[] = []
-      if (inserts.length > 0)
-        statements.push({ sql: this.sql.insertAttestations, parameters: this.insertParams(inserts) })
-      if (submits.length > 0)
-        statements.push({
-          sql: this.sql.submitEvidence,
-          parameters: rowsParam(this.dialect, submitValues(submits), 6),
-        })
-      const results = (await this.writerThread.transaction(statements)) as {
-        agent_id: string
-        index: number
-      }[][]
-      const keys = (rows: { agent_id: string; index: number }[] | undefined) =>
-        new Set((rows ?? []).map((d) => attestationKey(d.agent_id, Number(d.index))))
-      return {
-        inserted: inserts.length > 0 ? keys(results[0]) : new Set(),
-        submitted: submits.length > 0 ? keys(results[inserts.length > 0 ? 1 : 0]) : new Set(),
-      }
-    }
-    return this.writes.transaction().execute(async (tx) => ({
+    return this.db.transaction().execute(async (tx) => ({
       inserted: inserts.length > 0 ? await this.insertAttestations(inserts, tx) : new Set<string>(),
       submitted: submits.length > 0 ? await this.submitEvidenceMany(submits, tx) : new Set<string>(),
     }))
@@ -426,7 +384,7 @@ export class PushRepository {
   ): Promise<CompletedBatch> {
     const none: CompletedBatch = { written: new Set(), enrolled: new Set(), extended: [] }
     if (items.length === 0) return none
-    return this.writes.transaction().execute(async (tx) => {
+    return this.db.transaction().execute(async (tx) => {
       const written = new Set(
         (
           await this.updateReturning<{ agent_id: string; index: number }>(

@@ -4,9 +4,7 @@
  */
 import type { Kysely } from 'kysely'
 import type { Logger } from '../../common/log.ts'
-import { databaseDialect, sqliteDatabaseFile } from '../../db/database.ts'
 import { type PushDatabase, PushRepository } from '../../db/push-repository.ts'
-import { openSqliteWriter } from '../../db/sqlite-writer.ts'
 import type { VerifierDatabase, VerifierRepository } from '../../db/verifier-repository.ts'
 import type { DbOutage } from '../db-outage.ts'
 import type { EvidenceRunner } from '../evidence-runner.ts'
@@ -47,8 +45,6 @@ export class PushVerifier {
   readonly limits: { perIp: EscalatingRateLimiter; perAgent: EscalatingRateLimiter }
   readonly results: PushResultBatcher
   private readonly log: Logger
-  /** SQLite file databases: the connection of the writer thread taking the batched writes off the event loop. */
-  private readonly writer: Kysely<PushDatabase> | null
   /** Where push metrics are recorded (`/metrics`); a no-op until the server sets it. */
   metrics: PushMetrics = NO_PUSH_METRICS
 
@@ -56,15 +52,7 @@ export class PushVerifier {
     const o = deps.options
     this.log = deps.log
     // the push tables live in the verifier's database, created by its migrations
-    const file = databaseDialect(deps.db) === 'sqlite' ? sqliteDatabaseFile(deps.db) : null
-    this.writer =
-      file === null
-        ? null
-        : openSqliteWriter<PushDatabase>(file, {
-            onExit: (reason) =>
-              deps.log.error({ reason }, 'push: SQLite writer thread ended; the next write starts a new one'),
-          })
-    this.repo = new PushRepository(deps.db as unknown as Kysely<PushDatabase>, this.writer ?? undefined)
+    this.repo = new PushRepository(deps.db as unknown as Kysely<PushDatabase>)
     // the parts record through this object, so metrics set after construction reach them
     const metrics: PushMetrics = {
       session: (outcome) => this.metrics.session(outcome),
@@ -142,6 +130,5 @@ export class PushVerifier {
     await this.monitor.stop()
     await this.attestations.idle()
     await this.results.stop()
-    await this.writer?.destroy()
   }
 }

@@ -1,17 +1,16 @@
 /**
  * The push write queue on SQLite: the new attestations and accepted evidence of one batch are written in one
  * transaction, each request told its own outcome (inserted, lost a race, took the evidence or not); a batch the
- * database refuses for one bad row falls back to the statements apart, so only that row fails. Both on the main
- * connection and on the writer thread's (src/db/sqlite-writer.ts), which the verifier uses for SQLite files.
+ * database refuses for one bad row falls back to the statements apart, so only that row fails.
  */
 import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import type { Kysely } from 'kysely'
 import pino from 'pino'
-import { afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest'
+import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { AgentState } from '../../../src/api/verifier/states.ts'
-import { openDatabase, sqliteDatabaseFile } from '../../../src/db/database.ts'
+import { openDatabase } from '../../../src/db/database.ts'
 import {
   type CompletedEvaluation,
   type NewAttestationRow,
@@ -19,7 +18,6 @@ import {
   PushRepository,
   type SubmittedEvidence,
 } from '../../../src/db/push-repository.ts'
-import { openSqliteWriter } from '../../../src/db/sqlite-writer.ts'
 import type { VerifierDatabase } from '../../../src/db/verifier-repository.ts'
 import { DbOutage } from '../../../src/verifier/db-outage.ts'
 import { PushResultBatcher } from '../../../src/verifier/push/push-results.ts'
@@ -29,8 +27,6 @@ let dir: string
 let db: Kysely<VerifierDatabase>
 let repo: PushRepository
 let together: number
-let useWriter = false
-let writer: Kysely<PushDatabase> | null = null
 
 const attestation = (agent_id: string, index: number): NewAttestationRow => ({
   agent_id,
@@ -76,8 +72,7 @@ beforeEach(async () => {
       })),
     )
     .execute()
-  writer = useWriter ? openSqliteWriter<PushDatabase>(sqliteDatabaseFile(db) as string) : null
-  repo = new PushRepository(db as unknown as Kysely<PushDatabase>, writer ?? undefined)
+  repo = new PushRepository(db as unknown as Kysely<PushDatabase>)
   together = 0
   const writeRequests = repo.writeRequests.bind(repo)
   repo.writeRequests = (inserts, submits) => {
@@ -87,7 +82,6 @@ beforeEach(async () => {
 })
 
 afterEach(async () => {
-  await writer?.destroy()
   await db.destroy()
   rmSync(dir, { recursive: true, force: true })
 })
@@ -95,14 +89,7 @@ afterEach(async () => {
 const stored = async (agentId: string) =>
   (await repo.listAttestations(agentId)).map((r) => [r.index, r.stage, r.evidence_collected])
 
-describe.each([
-  ['main connection', false],
-  ['writer thread', true],
-])('push write queue on SQLite (%s)', (_, withWriter) => {
-  beforeAll(() => {
-    useWriter = withWriter
-  })
-
+describe('push write queue on SQLite', () => {
   it('writes the creates and the evidence of one batch in one transaction, each answered as alone', async () => {
     await repo.insertAttestations([attestation('c', 0), attestation('c', 1)])
     const queue = new PushWriteQueue({ repo })
