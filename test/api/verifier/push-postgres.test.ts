@@ -17,6 +17,7 @@ import { imaNgEntryFor } from '../../../src/devtools/ima-writer.ts'
 import { DEFAULT_PUSH_OPTIONS } from '../../../src/verifier/options.ts'
 import { SHARED_SERVERS } from '../../helpers/db-servers.ts'
 import { PushDriver } from '../../helpers/push-driver.ts'
+import { passingVerdict } from '../../helpers/push-verdicts.ts'
 import { makeVerifier } from '../../unit/verifier/harness.ts'
 
 const entries = Array.from({ length: 12 }, (_, i) => imaNgEntryFor(`/usr/sbin/daemon-${i}`, `daemon ${i}`))
@@ -146,40 +147,14 @@ for (const server of SHARED_SERVERS)
         active: 1,
         token_expires_at: '2000-01-01T00:00:00Z',
       })
-      const verdict = (holder: string): CompletedEvaluation => ({
-        agentId: 'racer',
-        index: 1,
-        holder,
-        attestation: {
-          evaluation: 'pass',
-          failure_reason: null,
-          verification_completed_at: '2026-12-06T00:00:02Z',
-          ima_state: null,
-          ima_certified_entry_count: 0,
-          event_id: null,
-          event_context: null,
-          evidence_collected: null,
-        },
-        agent: {
-          push_deadline: Date.now() + 60_000,
-          hash_alg: 'sha256',
-          sign_alg: null,
-          enc_alg: null,
-          operational_state: null,
-          failures: 'increment',
-          last_event_id: null,
-          last_event_context: null,
-          severity_level: null,
-        },
-        state: {
-          passed: true,
-          last_received_quote: 1234,
-          last_successful_attestation: 1234,
-          tpm_clockinfo: null,
-          next_ima_ml_entry: null,
-          ima_state: null,
-        },
-      })
+      const verdict = (holder: string): CompletedEvaluation => {
+        const v = passingVerdict('racer', 1, holder)
+        return {
+          ...v,
+          agent: { ...v.agent, hash_alg: 'sha256', failures: 'increment' },
+          state: { ...v.state, last_received_quote: 1234, last_successful_attestation: 1234 },
+        }
+      }
       const until = '2099-01-01T00:00:00Z'
       // held by another verifier: nothing written
       expect((await repo.completeMany([verdict('H2')], until)).written).toEqual(new Set())
@@ -274,7 +249,7 @@ for (const server of SHARED_SERVERS)
         const completed = await Promise.all(
           repos.map((repo, r) =>
             repo.completeMany(
-              shuffled(index * 5 + r + 3).map((id) => crowdVerdict(id, index, `crowd-${r}`)),
+              shuffled(index * 5 + r + 3).map((id) => passingVerdict(id, index, `crowd-${r}`)),
               null,
             ),
           ),
@@ -312,41 +287,4 @@ function expectSplit(sets: readonly Set<string>[], total: number): void {
   const [x, y] = sets as [Set<string>, Set<string>]
   expect([...x].filter((k) => y.has(k))).toEqual([])
   expect(x.size + y.size).toBe(total)
-}
-
-function crowdVerdict(agentId: string, index: number, holder: string): CompletedEvaluation {
-  return {
-    agentId,
-    index,
-    holder,
-    attestation: {
-      evaluation: 'pass',
-      failure_reason: null,
-      verification_completed_at: '2026-12-06T00:00:02Z',
-      ima_state: null,
-      ima_certified_entry_count: 0,
-      event_id: null,
-      event_context: null,
-      evidence_collected: null,
-    },
-    agent: {
-      push_deadline: Date.now() + 60_000,
-      hash_alg: null,
-      sign_alg: null,
-      enc_alg: null,
-      operational_state: null,
-      failures: 'reset',
-      last_event_id: null,
-      last_event_context: null,
-      severity_level: null,
-    },
-    state: {
-      passed: true,
-      last_received_quote: 1,
-      last_successful_attestation: 1,
-      tpm_clockinfo: null,
-      next_ima_ml_entry: null,
-      ima_state: null,
-    },
-  }
 }

@@ -12,7 +12,6 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { AgentState } from '../../../src/api/verifier/states.ts'
 import { openDatabase } from '../../../src/db/database.ts'
 import {
-  type CompletedEvaluation,
   type NewAttestationRow,
   type PushDatabase,
   PushRepository,
@@ -22,6 +21,7 @@ import type { VerifierDatabase } from '../../../src/db/verifier-repository.ts'
 import { DbOutage } from '../../../src/verifier/db-outage.ts'
 import { PushResultBatcher } from '../../../src/verifier/push/push-results.ts'
 import { PushWriteQueue } from '../../../src/verifier/push/push-writes.ts'
+import { passingVerdict } from '../../helpers/push-verdicts.ts'
 
 let dir: string
 let db: Kysely<VerifierDatabase>
@@ -137,40 +137,7 @@ describe('push write queue on SQLite', () => {
   it('verdicts: a batch flushMs after the first verdict; those that come while it is written wait for the next timer', async () => {
     await repo.insertAttestations(['a', 'b', 'c'].map((id) => attestation(id, 0)))
     await repo.submitEvidenceMany(['a', 'b', 'c'].map((id) => evidence(id, 0)))
-    const verdict = (agentId: string): CompletedEvaluation => ({
-      agentId,
-      index: 0,
-      holder: 'H',
-      attestation: {
-        evaluation: 'pass',
-        failure_reason: null,
-        verification_completed_at: '2026-12-06T00:00:02.000Z',
-        ima_state: null,
-        ima_certified_entry_count: null,
-        event_id: null,
-        event_context: null,
-        evidence_collected: null,
-      },
-      agent: {
-        push_deadline: Date.now() + 60_000,
-        hash_alg: 'sha256',
-        sign_alg: 'ecdsa',
-        enc_alg: 'ecc',
-        operational_state: null,
-        failures: 'reset',
-        last_event_id: null,
-        last_event_context: null,
-        severity_level: null,
-      },
-      state: {
-        passed: true,
-        last_received_quote: 1,
-        last_successful_attestation: 1,
-        tpm_clockinfo: null,
-        next_ima_ml_entry: null,
-        ima_state: null,
-      },
-    })
+    const verdict = (agentId: string) => passingVerdict(agentId, 0, 'H')
     const flushMs = 150
     const batches: { agents: string[]; started: number; ended: number }[] = []
     const batcher = new PushResultBatcher({
