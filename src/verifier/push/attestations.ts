@@ -204,11 +204,13 @@ export class PushAttestations {
         retryAfterSeconds: 1,
       })
     // spacing from the last evidence: the latest attestation's, or the agent's last verified quote when the latest
-    // still awaits evidence (a new create must not skip the interval)
-    const received = Math.max(
-      latest?.evidence_received_at ? Date.parse(latest.evidence_received_at) : 0,
-      row.last_received_quote === null ? 0 : Number(row.last_received_quote) * 1000,
-    )
+    // still awaits evidence (a new create must not skip the interval). Not the later of the two: the verdict (and
+    // last_received_quote with it) comes after the 202, from which the agent counts seconds_to_next_attestation
+    const received = latest?.evidence_received_at
+      ? Date.parse(latest.evidence_received_at)
+      : row.last_received_quote === null
+        ? 0
+        : Number(row.last_received_quote) * 1000
     if (received > 0) {
       const spacing = Math.max(this.o.quoteIntervalMs, this.o.push.verificationTimeoutMs)
       const wait = received + spacing - now

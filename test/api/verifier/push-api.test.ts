@@ -28,6 +28,7 @@ let service: VerifierService
 let app: Awaited<ReturnType<typeof buildVerifierApp>>
 let hook: WebhookReceiver<SignedNotification>
 let skewMs = 0
+let db: Kysely<VerifierDatabase>
 const registry = new Registry()
 const now = () => Date.now() + skewMs
 const revocation = generateKeyPairSync('rsa', { modulusLength: 2048 })
@@ -75,7 +76,7 @@ const good = Array.from({ length: 30 }, (_, i) => imaNgEntryFor(`/usr/bin/good-$
 beforeAll(async () => {
   agent = await PushDriver.start()
   hook = await startWebhookReceiver()
-  const db = new Kysely<VerifierDatabase>({
+  db = new Kysely<VerifierDatabase>({
     dialect: new SqliteDialect({ database: new Database(':memory:') }),
   })
   await migrateVerifierDatabase(db)
@@ -340,6 +341,28 @@ describe('push verifier: attestations', () => {
     const res = await startAttestation('push-a', token)
     expect(res.statusCode).toBe(429)
     expect(Number(res.headers['retry-after'])).toBeGreaterThan(0)
+    skewMs += QUOTE_INTERVAL_MS
+  })
+  it('no 429 for an agent that waited seconds_to_next_attestation after its 202 while the verdict came later', async () => {
+    const { accepted, done } = await attest('push-a', token)
+    const receivedAt = Date.parse(done.attributes.evidence_received_at)
+    // the verdict of a busy verifier, written in the second after the one the evidence arrived in
+    await db
+      .updateTable('verifier_attestation_state')
+      .set({ last_received_quote: Math.floor(receivedAt / 1000) + 1 })
+      .where('agent_id', '=', 'push-a')
+      .execute()
+    // the agent's next create, seconds_to_next_attestation after the evidence
+    skewMs += receivedAt + accepted.meta.seconds_to_next_attestation * 1000 - now()
+    const created = await startAttestation('push-a', token)
+    expect(created.statusCode, created.body).toBe(201)
+    const res = await submit(
+      'push-a',
+      token,
+      await evidence(created.json().data.attributes.evidence_requested),
+    )
+    expect(res.statusCode, res.body).toBe(202)
+    expect((await latest('push-a')).attributes.evaluation).toBe('pass')
     skewMs += QUOTE_INTERVAL_MS
   })
   it('422 names the offending capability with source.pointer', async () => {
