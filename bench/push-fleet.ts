@@ -146,6 +146,19 @@ function procStats(pid: number | undefined): { cpu: number; rss: number } {
   }
 }
 
+/** Read and write system calls of a process so far (reads include socket reads, writes the socket writes). */
+function syscalls(pid: number | undefined): { reads: number; writes: number } {
+  try {
+    const io = readFileSync(`/proc/${pid}/io`, 'utf8')
+    return {
+      reads: Number(/syscr: (\d+)/.exec(io)?.[1] ?? 0),
+      writes: Number(/syscw: (\d+)/.exec(io)?.[1] ?? 0),
+    }
+  } catch {
+    return { reads: 0, writes: 0 }
+  }
+}
+
 /** CPU seconds of a process's main thread (its event loop), apart from its worker and helper threads. */
 function mainThreadCpu(pid: number | undefined): number {
   if (pid === undefined) return 0
@@ -297,6 +310,8 @@ async function main(): Promise<void> {
   let acceptedTotal = 0
   const errors: Record<string, number> = {}
   const latencies: number[] = []
+  /** How long due agents waited for one of the --concurrency slots: ~0 while the verifier keeps up with the fleet. */
+  const slotWaits: number[] = []
   let inFlight = 0
   const waiting: (() => void)[] = []
   const slot = async () => {
@@ -360,7 +375,9 @@ async function main(): Promise<void> {
     const t = setTimeout(() => {
       if (stopping) return
       const p = (async () => {
+        const due = performance.now()
         await slot()
+        if (measuring) slotWaits.push(performance.now() - due)
         let after = 1000
         try {
           after = await attest(a)
@@ -385,6 +402,7 @@ async function main(): Promise<void> {
   profile()
   const cpuStart = children.map((c) => procStats(c.child.pid).cpu)
   const loopCpuStart = children.map((c) => mainThreadCpu(c.child.pid))
+  const syscallsStart = children.map((c) => syscalls(c.child.pid))
   const harnessCpuStart = process.cpuUsage()
   measuring = true
   const mStart = Date.now()
@@ -393,6 +411,14 @@ async function main(): Promise<void> {
   const elapsed = (Date.now() - mStart) / 1000
   const cpu = children.map((c, i) => procStats(c.child.pid).cpu - (cpuStart[i] as number))
   const loopCpu = children.map((c, i) => mainThreadCpu(c.child.pid) - (loopCpuStart[i] as number))
+  const syscallsUsed = children.reduce(
+    (sum, c, i) => {
+      const now = syscalls(c.child.pid)
+      const start = syscallsStart[i] as { reads: number; writes: number }
+      return { reads: sum.reads + now.reads - start.reads, writes: sum.writes + now.writes - start.writes }
+    },
+    { reads: 0, writes: 0 },
+  )
   const harnessCpu = process.cpuUsage(harnessCpuStart)
   const rssAfter = children.map((c) => procStats(c.child.pid).rss)
   profile()
@@ -428,6 +454,7 @@ async function main(): Promise<void> {
   rmSync(dir, { recursive: true, force: true })
 
   latencies.sort((x, y) => x - y)
+  slotWaits.sort((x, y) => x - y)
   const cpuTotal = cpu.reduce((x, y) => x + y, 0)
   const loopCpuTotal = loopCpu.reduce((x, y) => x + y, 0)
   const rssPerAgent = rssAfter.reduce((s, r, i) => s + (r - (rssBefore[i] as number)), 0) / AGENTS
@@ -443,11 +470,20 @@ async function main(): Promise<void> {
       p50: Number(percentile(latencies, 0.5).toFixed(1)),
       p99: Number(percentile(latencies, 0.99).toFixed(1)),
     },
+    slotWaitMs: {
+      p50: Number(percentile(slotWaits, 0.5).toFixed(1)),
+      p99: Number(percentile(slotWaits, 0.99).toFixed(1)),
+    },
     verifierCpuUsPerAttestation: Math.round((cpuTotal / Math.max(1, accepted)) * 1e6),
     verifierCores: Number((cpuTotal / elapsed).toFixed(2)),
     // the main threads alone: the event loops, the bound of a verifier (workers and helper threads excluded)
     eventLoopCpuUsPerAttestation: Math.round((loopCpuTotal / Math.max(1, accepted)) * 1e6),
     eventLoopCores: Number((loopCpuTotal / elapsed).toFixed(2)),
+    // read and write system calls (database file and sockets): each one is costly on a virtual machine
+    verifierSyscallsPerAttestation: {
+      reads: Number((syscallsUsed.reads / Math.max(1, accepted)).toFixed(1)),
+      writes: Number((syscallsUsed.writes / Math.max(1, accepted)).toFixed(1)),
+    },
     // the simulated agents share the machine's cores with the verifiers
     simulatedAgentsCores: Number(((harnessCpu.user + harnessCpu.system) / 1e6 / elapsed).toFixed(2)),
     verifierRssMb: rssAfter.map((r) => Math.round(r / 1048576)),
