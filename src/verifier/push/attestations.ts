@@ -355,7 +355,8 @@ export class PushAttestations {
   ): Promise<{ body: unknown } | null> {
     const agentId = agentRow.agent_id
     const now = this.deps.now()
-    if ((att.challenges_expire_at ?? '') < iso(now))
+    const receivedAt = iso(now)
+    if ((att.challenges_expire_at ?? '') < receivedAt)
       throw new PushApiError(403, 'the challenges of this attestation have expired', {
         code: 'challenges_expired',
       })
@@ -366,7 +367,7 @@ export class PushAttestations {
       agentId,
       index: att.index,
       evidenceCollected: collectedText,
-      receivedAt: iso(now),
+      receivedAt,
       holder: this.deps.holder,
       expires: now + hold,
     })
@@ -381,7 +382,7 @@ export class PushAttestations {
       ...att,
       stage: 'evaluating_evidence',
       evidence_collected: collectedText,
-      evidence_received_at: iso(now),
+      evidence_received_at: receivedAt,
       evaluation_holder: this.deps.holder,
       evaluation_expires: now + hold,
     }
@@ -408,7 +409,7 @@ export class PushAttestations {
             system_info: { boot_time: att.system_info__boot_time },
             capabilities_received_at: att.capabilities_received_at,
             challenges_expire_at: att.challenges_expire_at,
-            evidence_received_at: iso(now),
+            evidence_received_at: receivedAt,
           },
           links: { self },
         },
