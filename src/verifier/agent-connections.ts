@@ -51,6 +51,8 @@ export interface ConnectionLimits {
   quoteIntervalMs: number
   /** Connections kept open at most; past it each reply closes its connection. */
   maxOpenConnections: number
+  /** Extra time a connection falling idle stays open (the loop's lag; see `AgentHttpOptions.idleGraceMs`). */
+  idleGraceMs: () => number
 }
 
 const DEFAULT_LIMITS: ConnectionLimits = {
@@ -58,6 +60,7 @@ const DEFAULT_LIMITS: ConnectionLimits = {
   memoryLimit: Number.POSITIVE_INFINITY,
   quoteIntervalMs: 2000,
   maxOpenConnections: 50_000,
+  idleGraceMs: () => 0,
 }
 
 /** What the verifier keeps per TLS origin between attestations. */
@@ -118,6 +121,7 @@ export class AgentConnections {
     this.http = new AgentHttp({
       // open across a whole interval when keeping connections, else only for the steps of one attestation
       keepAliveTimeoutMs: this.keepAlive ? this.limits.quoteIntervalMs * 2 + 5000 : 1000,
+      idleGraceMs: this.keepAlive ? this.limits.idleGraceMs : () => 0,
       connect: (https, host, port, callback) => this.connect(https, host, port, callback),
     })
   }

@@ -26,6 +26,12 @@ export interface AgentHttpOptions {
   connect: AgentConnector
   /** How long an unused connection stays open unless the agent's `keep-alive: timeout=N` says otherwise. */
   keepAliveTimeoutMs: number
+  /**
+   * Added to `keepAliveTimeoutMs` each time a connection falls idle (not to an agent's hint, after which the agent
+   * closes it anyway): the loop's current lag, so that a verifier running late does not close connections just
+   * before their next attestation and pay a handshake for each, which would make it later still.
+   */
+  idleGraceMs?: () => number
 }
 
 /** Largest response head (status line and headers) read. */
@@ -114,6 +120,8 @@ class Connection {
   private headDeadline = 0
   /** How long this connection may stay unused: the agent's `keep-alive: timeout=N` hint, else ours. */
   private idleMs: number
+  /** The agent said how long it keeps the connection (`keep-alive: timeout=N`). */
+  private hinted = false
   /**
    * The socket's inactivity timeout stays at the shorter of the idle and request timeouts, so it is not set twice
    * per exchange (each set makes a new timer); when it fires before the current phase's own limit (`phaseMs`:
@@ -291,6 +299,7 @@ class Connection {
         const hint = /timeout=(\d+)/.exec(value)
         if (hint !== null) {
           this.idleMs = Math.min(Number(hint[1]) * 1000 - 1000, MAX_IDLE_MS)
+          this.hinted = true
           if (this.idleMs <= 0) this.closeAfter = true
         }
       }
@@ -414,8 +423,8 @@ class Connection {
       this.socket.destroy()
       this.markClosed()
     } else {
-      this.phaseMs = this.idleMs
-      this.arm(Math.min(this.idleMs, this.requestTimeoutMs))
+      this.phaseMs = this.hinted ? this.idleMs : this.idleMs + this.origin.http.idleGraceMs()
+      this.arm(Math.min(this.phaseMs, this.requestTimeoutMs))
       this.origin.idle()
     }
     ex.handler.onResponseEnd?.(ex as never, {})
@@ -511,6 +520,7 @@ class OriginState {
 export class AgentHttp extends EventEmitter {
   readonly connector: AgentConnector
   readonly keepAliveTimeoutMs: number
+  readonly idleGraceMs: () => number
   private readonly origins = new Map<string, OriginState>()
   closing: Error | null = null
 
@@ -518,6 +528,7 @@ export class AgentHttp extends EventEmitter {
     super()
     this.connector = opts.connect
     this.keepAliveTimeoutMs = opts.keepAliveTimeoutMs
+    this.idleGraceMs = opts.idleGraceMs ?? (() => 0)
   }
 
   /** undici's `Dispatcher.dispatch`, for the options `AgentClient` sends. */

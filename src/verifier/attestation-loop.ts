@@ -170,6 +170,11 @@ export class AttestationLoop {
     }
   }
 
+  /** How late the latest step started, ms: a verifier running late keeps connections open that much longer. */
+  get currentLagMs(): number {
+    return this.scheduler.currentLagMs
+  }
+
   resetLagStats(): void {
     this.scheduler.resetLagStats()
   }

@@ -31,6 +31,7 @@ export class Scheduler<T> {
   private active = 0
   private readonly lags = new Float64Array(LAG_RING)
   private lagCount = 0
+  private lastLag = 0
   private idleWaiters: (() => void)[] = []
 
   constructor(private readonly o: SchedulerOptions<T>) {}
@@ -69,6 +70,11 @@ export class Scheduler<T> {
     return { inFlight: this.active, lagP50: pct(0.5), lagP99: pct(0.99) }
   }
 
+  /** How late the latest step started, ms (0 before the first). */
+  get currentLagMs(): number {
+    return this.lastLag
+  }
+
   resetLagStats(): void {
     this.lagCount = 0
   }
@@ -99,7 +105,8 @@ export class Scheduler<T> {
       if (due === undefined || due > now) break
       const { dueAt, item } = this.heap.pop() as { dueAt: number; item: T }
       if (!this.o.isCurrent(item)) continue
-      this.lags[this.lagCount++ % LAG_RING] = now - dueAt
+      this.lastLag = now - dueAt
+      this.lags[this.lagCount++ % LAG_RING] = this.lastLag
       this.launch(item)
     }
   }

@@ -103,6 +103,7 @@ export class VerifierService {
       memoryLimit: o.agentResponseMemoryLimit,
       quoteIntervalMs: o.quoteIntervalMs,
       maxOpenConnections: o.maxOpenAgentConnections,
+      idleGraceMs: () => this.loop?.currentLagMs ?? 0,
     })
     const tls = deps.clientTls
     this.webhookDispatcher = tls

@@ -3,10 +3,12 @@
  * raw TCP servers that answer byte for byte as scripted: reply framings, kept and closed connections, the agent's
  * keep-alive hint, timeouts, oversized and malformed replies, connection failures.
  */
-import { createServer, type Server, type Socket } from 'node:net'
+import { connect, createServer, type Server, type Socket } from 'node:net'
+import type { Dispatcher } from 'undici'
 import { afterEach, describe, expect, it } from 'vitest'
-import { AgentClientError } from '../../../src/api/agent/client.ts'
+import { AgentClient, AgentClientError } from '../../../src/api/agent/client.ts'
 import { AgentConnections } from '../../../src/verifier/agent-connections.ts'
+import { AgentHttp } from '../../../src/verifier/agent-http.ts'
 
 const VERSION = JSON.stringify({ code: 200, status: 'Success', results: { supported_version: '2.6' } })
 
@@ -195,6 +197,45 @@ describe('agent HTTP client: connections', () => {
     expect(conns.openConnections).toBe(1)
     await new Promise((r) => setTimeout(r, 1300))
     expect(conns.openConnections).toBe(0)
+  })
+
+  it("a connection falling idle stays open longer by the loop's lag, unless the agent said how long it keeps it", async () => {
+    // AgentHttp as AgentConnections builds it, with an own idle timeout short enough to wait for here
+    const idleClosedAfter = async (extra: string, graceMs: number) => {
+      const s = await scripted((socket) => socket.write(ok(VERSION, extra)))
+      const http = new AgentHttp({
+        keepAliveTimeoutMs: 200,
+        idleGraceMs: () => graceMs,
+        connect: (_https, host, port, callback) => {
+          const socket = connect({ host, port })
+          socket.once('connect', () => callback(null, socket))
+          socket.once('error', (err) => callback(err, null))
+        },
+      })
+      const agent = new AgentClient({
+        baseUrl: `http://127.0.0.1:${s.port}`,
+        apiVersion: '2.6',
+        dispatcher: http as unknown as Dispatcher,
+        keepConnection: () => true,
+      })
+      const closed = new Promise<number>((r) => http.on('disconnect', () => r(performance.now())))
+      await agent.getVersion()
+      const idleFrom = performance.now()
+      const after = (await closed) - idleFrom
+      await http.close()
+      return after
+    }
+    const plain = await idleClosedAfter('', 0)
+    expect(plain).toBeGreaterThan(150)
+    expect(plain).toBeLessThan(500)
+    // 600 ms late: kept 200 + 600 ms
+    const late = await idleClosedAfter('', 600)
+    expect(late).toBeGreaterThan(750)
+    expect(late).toBeLessThan(1300)
+    // the agent keeps it 2 s: closed 1 s after the reply however late the loop is
+    const hinted = await idleClosedAfter('keep-alive: timeout=2\r\n', 5000)
+    expect(hinted).toBeGreaterThan(950)
+    expect(hinted).toBeLessThan(1500)
   })
 
   it('waits the whole request timeout for a reply on a connection whose idle timeout is shorter', async () => {
