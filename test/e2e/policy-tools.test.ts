@@ -27,8 +27,18 @@ import { runtimePolicyJson } from '../helpers/runtime-policy.ts'
 
 const sha256 = (data: string | Buffer) => createHash('sha256').update(data).digest('hex')
 let dir: string
-const sh = (cmd: string, args: string[], opts: { cwd?: string; input?: Buffer } = {}) =>
-  execFileSync(cmd, args, { stdio: ['pipe', 'pipe', 'pipe'], ...opts })
+/** Runs one of the system's tools; a missing one is named with the packages that bring it (as .ci/run installs). */
+function sh(cmd: string, args: string[], opts: { cwd?: string; input?: Buffer } = {}): Buffer {
+  try {
+    return execFileSync(cmd, args, { stdio: ['pipe', 'pipe', 'pipe'], ...opts })
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err
+    throw new Error(
+      `${cmd} is not installed: these tests build their inputs with the system's tools ` +
+        '(apt-get install -y cpio rpm createrepo-c zstd lz4 xz-utils gnupg; .ci/run installs what is missing)',
+    )
+  }
+}
 
 function digestsOf(policyJson: string): Record<string, string[]> {
   return (JSON.parse(policyJson) as { digests: Record<string, string[]> }).digests
@@ -227,7 +237,8 @@ describe('policy create runtime from RPM repositories', () => {
     await new Promise<void>((r) => server.listen(0, '127.0.0.1', r))
     base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`
   })
-  afterAll(() => new Promise<void>((r) => server.close(() => r())))
+  // no server when the set-up failed (a missing tool): that error is the one to read
+  afterAll(() => new Promise<void>((r) => (server ? server.close(() => r()) : r())))
 
   it('local repository: digests of regular files from the package headers (links and directories left out)', async () => {
     const r = await keylime(['policy', 'create', 'runtime', '--local-rpm-repo', repo, '--max-workers', '2'])
