@@ -426,16 +426,19 @@ async function main(): Promise<void> {
   let counted = 0
   let pendingEvaluations = 0
   for (let i = 0; i < 50; i++) {
+    // pending first: once none is, every verdict (and its count, written in the same transaction) is in, so the
+    // count read next is final. Read the other way round, a verdict batch committed between the two reads went
+    // uncounted (one run once reported 9,114 202s against 9,039 counted).
+    const pending = await sql<{
+      n: number
+    }>`select count(*) as n from attestations where stage = 'evaluating_evidence'`.execute(db)
+    pendingEvaluations = Number(pending.rows[0]?.n ?? 0)
     // the count lives with the attestation state, apart from the enrolment row
     const row = await db
       .selectFrom('verifier_attestation_state')
       .select(sql<number>`coalesce(sum(attestation_count), 0)`.as('n'))
       .executeTakeFirstOrThrow()
     counted = Number(row.n)
-    const pending = await sql<{
-      n: number
-    }>`select count(*) as n from attestations where stage = 'evaluating_evidence'`.execute(db)
-    pendingEvaluations = Number(pending.rows[0]?.n ?? 0)
     if (pendingEvaluations === 0) break
     await new Promise((r) => setTimeout(r, 200))
   }
