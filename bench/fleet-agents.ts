@@ -83,6 +83,7 @@ const leanSockets = new Set<Socket>()
  * not handle (chunked bodies, bad heads) drops the connection.
  */
 function serveLean(
+  hint: boolean,
   socket: Socket,
   answer: (
     method: string,
@@ -140,7 +141,7 @@ function serveLean(
       }
       const json = JSON.stringify({ code: r.code, status: r.status, results: r.results })
       socket.write(
-        `HTTP/1.1 ${r.code} ${REASONS[r.code] ?? 'Unknown'}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(json)}\r\n${close ? 'connection: close' : 'connection: keep-alive\r\nkeep-alive: timeout=120'}\r\n\r\n${json}`,
+        `HTTP/1.1 ${r.code} ${REASONS[r.code] ?? 'Unknown'}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(json)}\r\n${close ? 'connection: close' : hint ? 'connection: keep-alive\r\nkeep-alive: timeout=120' : 'connection: keep-alive'}\r\n\r\n${json}`,
       )
       if (close) {
         socket.end()
@@ -167,9 +168,15 @@ export interface SimFleetOptions {
    * simulated agents more CPU than the quote's signature. Default 'node'.
    */
   http?: 'node' | 'lean'
+  /**
+   * 'lean' only: false leaves out the `keep-alive: timeout=120` hint, as agents whose server sends none (the
+   * verifier then closes idle connections by its own timeout). Default true.
+   */
+  keepAliveHint?: boolean
 }
 
 export async function startSimFleet(opts: SimFleetOptions): Promise<SimFleet> {
+  const hint = opts.keepAliveHint ?? true
   const agents: SimAgent[] = []
   const byIp = new Map<string, SimAgent>()
   const privByAgent = new Map<SimAgent, KeyObject>()
@@ -326,14 +333,14 @@ export async function startSimFleet(opts: SimFleetOptions): Promise<SimFleet> {
       secure.on('error', () => secure.destroy())
       agentOfSocket.set(secure, agent)
       if (opts.http === 'lean')
-        serveLean(secure, (method, target, body) => answer(agent, method, target, body))
+        serveLean(hint, secure, (method, target, body) => answer(agent, method, target, body))
       else server.emit('connection', secure)
     })
     listener.maxConnections = 100_000
   } else if (opts.http === 'lean') {
     listener = createNetServer((raw: Socket) => {
       const agent = byIp.get(raw.localAddress?.replace(/^::ffff:/, '') ?? '')
-      serveLean(raw, (method, target, body) => answer(agent, method, target, body))
+      serveLean(hint, raw, (method, target, body) => answer(agent, method, target, body))
     })
     listener.maxConnections = 100_000
   }

@@ -4,7 +4,7 @@
  * killed. With `--tls K`, agents speak mTLS like real ones: K distinct self-signed P-256 server certificates (agent i
  * serves certificate i mod K; `cert` is its index in `certs`), and they require the verifier's client certificate
  * from a CA made here (`verifierTls`: cert, key). Every 1 s it prints `{quotes, vKeys}` on stderr.
- * Usage: node --import tsx bench/fleet-server.ts <count> [--tls <distinct certificates>]
+ * Usage: node --import tsx bench/fleet-server.ts <count> [--tls <distinct certificates>] [--no-keepalive-hint]
  */
 import { createPublicKey, generateKeyPairSync, webcrypto } from 'node:crypto'
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
@@ -67,6 +67,7 @@ const fleet = await startSimFleet({
   sharePayloadKey: true,
   akType: 'ecc',
   http: 'lean',
+  keepAliveHint: !process.argv.includes('--no-keepalive-hint'),
   ...(tls ? { tls } : {}),
 })
 const agents = fleet.agents.map((a, i) => ({

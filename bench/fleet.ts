@@ -13,6 +13,7 @@
  *   ... --db postgres [--pg-url postgresql://postgres@127.0.0.1:5432/test]   (default: SQLite file)
  *   ... --workers 0   (evidence on the event loop)   --metrics 1 (Prometheus registry live, scraped every second)
  *   ... --cpu-prof FILE   (CPU profile of the event loop over the measured seconds, for Chrome DevTools)
+ *   ... --no-keepalive-hint   (agents send no `keep-alive: timeout` hint: the verifier's own idle timeout applies)
  *
  * Figures: docs/performance.md.
  */
@@ -136,6 +137,7 @@ async function startFleet(): Promise<{ info: FleetInfo; kill: () => void; pid: n
       resolve(import.meta.dirname, 'fleet-server.ts'),
       String(AGENTS),
       ...(TLS_CERTS > 0 ? ['--tls', String(TLS_CERTS)] : []),
+      ...(process.argv.includes('--no-keepalive-hint') ? ['--no-keepalive-hint'] : []),
     ],
     { stdio: ['ignore', 'pipe', 'ignore'] },
   )
