@@ -132,9 +132,15 @@ export async function startSwtpm(options: StartSwtpmOptions = {}): Promise<Swtpm
       stderr += String(d)
     })
     const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()))
+    // ready when both the control and the data socket accept and swtpm is still running: the control socket alone
+    // can be up before the data socket, and a port taken meanwhile by another process answers while swtpm exits
+    const listening = async () =>
+      unix
+        ? (await canConnectPath(ctrlPath)) && (await canConnectPath(dataPath))
+        : (await canConnect(port + 1)) && (await canConnect(port))
     let up = false
     for (let i = 0; i < 100 && child.exitCode === null; i++) {
-      if (await (unix ? canConnectPath(ctrlPath) : canConnect(port + 1))) {
+      if ((await listening()) && child.exitCode === null) {
         up = true
         break
       }
