@@ -121,6 +121,7 @@ export class AgentConnections {
     this.http = new AgentHttp({
       // open across a whole interval when keeping connections, else only for the steps of one attestation
       keepAliveTimeoutMs: this.keepAlive ? this.limits.quoteIntervalMs * 2 + 5000 : 1000,
+      // the lag only stretches connections kept across intervals, never the short hold between steps
       idleGraceMs: this.keepAlive ? this.limits.idleGraceMs : () => 0,
       connect: (https, host, port, callback) => this.connect(https, host, port, callback),
     })
