@@ -129,13 +129,18 @@ function verifyRepomd(repomd: Buffer, signature: Buffer, key: Buffer | undefined
     writeFileSync(join(home, 'repomd.xml.asc'), signature)
     writeFileSync(join(home, 'repomd.xml.key'), key)
     const gpg = (...args: string[]) =>
-      execFileSync('gpg', ['--homedir', home, '--batch', '--no-tty', ...args], { stdio: 'pipe' })
+      execFileSync('gpg', ['--homedir', home, '--batch', '--no-tty', ...args], {
+        stdio: 'pipe',
+        timeout: 60_000,
+      })
     try {
       gpg('--import', join(home, 'repomd.xml.key'))
       gpg('--verify', join(home, 'repomd.xml.asc'), join(home, 'repomd.xml'))
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code === 'ENOENT')
         throw new RpmRepoError(`${where} is signed and gpg is not installed to check it (Debian package gpg)`)
+      if ((e as NodeJS.ErrnoException).code === 'ETIMEDOUT')
+        throw new RpmRepoError(`${where}: gpg did not finish checking repomd.xml within 60 s`)
       throw new RpmRepoError(`${where}: repomd.xml signature does not verify: untrusted repository`)
     }
   } finally {

@@ -57,16 +57,20 @@ describe('keylime agent process', () => {
     // the IMA emulator CLI first: boot_aggregate + one file, PCR 10 extended on the same TPM
     const list = join(dir, 'ascii_runtime_measurements')
     writeFileSync(join(dir, 'measured.txt'), 'measured by the emulator')
-    const emulated = execFileSync(process.execPath, [
-      'bin/keylime.js',
-      'agent',
-      'ima-emulate',
-      '--tpm',
-      swtpm.transport,
-      '--list',
-      list,
-      join(dir, 'measured.txt'),
-    ]).toString()
+    const emulated = execFileSync(
+      process.execPath,
+      [
+        'bin/keylime.js',
+        'agent',
+        'ima-emulate',
+        '--tpm',
+        swtpm.transport,
+        '--list',
+        list,
+        join(dir, 'measured.txt'),
+      ],
+      { timeout: 60_000 },
+    ).toString()
     expect(emulated.split('\n').filter(Boolean)).toHaveLength(2)
     const port = await freeLocalPort()
     const conf = join(dir, 'agent.conf')

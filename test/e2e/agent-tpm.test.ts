@@ -350,7 +350,7 @@ describe('agent on swtpm', () => {
     await client.close()
     await agent.close()
     const { execFileSync } = await import('node:child_process')
-    const tools = { env: { ...process.env, TPM2TOOLS_TCTI: swtpm.tcti }, cwd: dir }
+    const tools = { env: { ...process.env, TPM2TOOLS_TCTI: swtpm.tcti }, cwd: dir, timeout: 30_000 }
     execFileSync('tpm2_createek', ['-c', '0x81010009', '-G', 'rsa', '-u', join(dir, 'ek.pub')], tools)
     agent = await startAgent({
       config: config({ ek_handle: '0x81010009' }),

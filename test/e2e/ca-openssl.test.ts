@@ -9,7 +9,7 @@ import { signRevocation } from '../../src/crypto/revocation.ts'
 
 const root = mkdtempSync(join(tmpdir(), 'kl-ossl-'))
 afterAll(() => rmSync(root, { recursive: true, force: true }))
-const openssl = (...args: string[]) => spawnSync('openssl', args, { encoding: 'utf8' })
+const openssl = (...args: string[]) => spawnSync('openssl', args, { encoding: 'utf8', timeout: 30_000 })
 
 describe('OpenSSL agrees', () => {
   it('with the chain, the CRL and a revoked certificate', async () => {

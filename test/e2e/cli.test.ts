@@ -1,7 +1,8 @@
 import { execFileSync, spawnSync } from 'node:child_process'
 import { describe, expect, it } from 'vitest'
 
-const run = (...args: string[]) => execFileSync('node', ['bin/keylime.js', ...args], { encoding: 'utf8' })
+const run = (...args: string[]) =>
+  execFileSync('node', ['bin/keylime.js', ...args], { encoding: 'utf8', timeout: 60_000 })
 
 describe('keylime CLI', () => {
   it('prints help listing every component', () => {
@@ -63,13 +64,19 @@ describe('lazy loading', () => {
 
 describe('keylime tenant command line', () => {
   it('documents its commands and exit codes in --help', () => {
-    const help = execFileSync('node', ['bin/keylime.js', 'tenant', '--help'], { encoding: 'utf8' })
+    const help = execFileSync('node', ['bin/keylime.js', 'tenant', '--help'], {
+      encoding: 'utf8',
+      timeout: 60_000,
+    })
     expect(help).toContain('addruntimepolicy')
     expect(help).toContain('Exit status')
   })
 
   it('exits 2 on an unknown command', () => {
-    const unknown = spawnSync('node', ['bin/keylime.js', 'tenant', '-c', 'frobnicate'], { encoding: 'utf8' })
+    const unknown = spawnSync('node', ['bin/keylime.js', 'tenant', '-c', 'frobnicate'], {
+      encoding: 'utf8',
+      timeout: 60_000,
+    })
     expect(unknown.status).toBe(2)
     expect(unknown.stderr).toContain('unknown tenant command')
   })

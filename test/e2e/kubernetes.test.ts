@@ -53,7 +53,10 @@ type Obj = any
 type Env = Record<string, string>
 
 function render(overlay: string): Obj[] {
-  const r = spawnSync('kubectl', ['kustomize', join(KUSTOMIZE, 'overlays', overlay)], { encoding: 'utf8' })
+  const r = spawnSync('kubectl', ['kustomize', join(KUSTOMIZE, 'overlays', overlay)], {
+    encoding: 'utf8',
+    timeout: 60_000,
+  })
   if (r.status !== 0) throw new Error(`kubectl kustomize ${overlay}: ${r.stderr}`)
   return parseAllDocuments(r.stdout)
     .map((d) => d.toJS())
@@ -470,7 +473,7 @@ function overlayPods(overlay: string) {
       const r = spawnSync(
         'kubectl',
         ['create', 'secret', 'generic', s.name, `--from-file=${from}`, '--dry-run=client', '-o', 'json'],
-        { encoding: 'utf8' },
+        { encoding: 'utf8', timeout: 60_000 },
       )
       expect(r.status, r.stderr).toBe(0)
       const secret = JSON.parse(r.stdout)

@@ -41,7 +41,7 @@ function verify(name: string, text: string) {
     path,
     text.replace(/^ExecStart=\/usr\/bin\/keylime /m, `ExecStart=${process.execPath} ${ROOT}/bin/keylime.js `),
   )
-  return spawnSync('systemd-analyze', ['verify', path], { encoding: 'utf8', cwd: work })
+  return spawnSync('systemd-analyze', ['verify', path], { encoding: 'utf8', cwd: work, timeout: 60_000 })
 }
 
 const units = readdirSync(UNITS).filter((f) => f.endsWith('.service'))

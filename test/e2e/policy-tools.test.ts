@@ -30,7 +30,7 @@ let dir: string
 /** Runs one of the system's tools; a missing one is named with the packages that bring it (as .ci/run installs). */
 function sh(cmd: string, args: string[], opts: { cwd?: string; input?: Buffer } = {}): Buffer {
   try {
-    return execFileSync(cmd, args, { stdio: ['pipe', 'pipe', 'pipe'], ...opts })
+    return execFileSync(cmd, args, { stdio: ['pipe', 'pipe', 'pipe'], timeout: 60_000, ...opts })
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err
     throw new Error(

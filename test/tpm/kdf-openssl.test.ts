@@ -10,7 +10,7 @@ function openssl(kdf: 'KBKDF' | 'SSKDF', hash: TpmHashName, bytes: number, opts:
   if (kdf === 'KBKDF') args.push('-kdfopt', 'mac:HMAC')
   for (const [k, v] of Object.entries(opts)) args.push('-kdfopt', `hex${k}:${Buffer.from(v).toString('hex')}`)
   args.push(kdf)
-  const out = execFileSync('openssl', args, { encoding: 'utf8' })
+  const out = execFileSync('openssl', args, { encoding: 'utf8', timeout: 30_000 })
   return Buffer.from(out.trim().replaceAll(':', ''), 'hex')
 }
 

@@ -142,7 +142,7 @@ describe('synthetic event log', () => {
     const bytes = syntheticEventLog({ keys }).bytes
     const path = join(dir, 'tpm2-tools.bin')
     writeFileSync(path, bytes)
-    const yaml = execFileSync('tpm2_eventlog', [path], { encoding: 'utf8' })
+    const yaml = execFileSync('tpm2_eventlog', [path], { encoding: 'utf8', timeout: 30_000 })
     expect(yaml).toMatch(/UnicodeName: Boot0001/)
     const ours = pcrValuesToJson(replayEventLog(parseEventLog(bytes)))
     const theirs: Record<string, Record<string, string>> = {}

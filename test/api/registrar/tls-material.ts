@@ -15,7 +15,7 @@ export interface TestPki {
 }
 
 function run(dir: string, args: string[]): void {
-  execFileSync('openssl', args, { cwd: dir, stdio: 'pipe' })
+  execFileSync('openssl', args, { cwd: dir, stdio: 'pipe', timeout: 30_000 })
 }
 
 function makeCa(dir: string, name: string): void {

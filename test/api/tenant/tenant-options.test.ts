@@ -8,7 +8,7 @@
  */
 import { execFileSync } from 'node:child_process'
 import { createHash, generateKeyPairSync } from 'node:crypto'
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { createServer, type Server } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { tmpdir } from 'node:os'
@@ -161,7 +161,7 @@ beforeAll(async () => {
   // a GPG key that signs IMA verification keys
   gpgHome = mkdtempSync(join(tmpdir(), 'kl-gpg-'))
   const gpg = (...args: string[]) =>
-    execFileSync('gpg', ['--homedir', gpgHome, '--batch', ...args], { stdio: 'pipe' })
+    execFileSync('gpg', ['--homedir', gpgHome, '--batch', ...args], { stdio: 'pipe', timeout: 30_000 })
   gpg('--passphrase', '', '--quick-gen-key', 'Keylime test <test@example.org>', 'ed25519', 'sign', 'never')
   writeFileSync(join(dir, 'gpg-public.asc'), gpg('--armor', '--export', 'test@example.org'))
 }, 60_000)
@@ -173,7 +173,7 @@ afterAll(async () => {
   await registrarDb?.destroy()
   await fleet?.close()
   try {
-    execFileSync('gpgconf', ['--homedir', gpgHome, '--kill', 'gpg-agent'], { stdio: 'pipe' })
+    execFileSync('gpgconf', ['--homedir', gpgHome, '--kill', 'gpg-agent'], { stdio: 'pipe', timeout: 30_000 })
   } catch {
     // no agent was started
   }
@@ -410,7 +410,7 @@ describe('add --push-model with the deprecated and default policy options', () =
     const local = signedKey('ima-key-local')
     const remote = signedKey('ima-key-remote')
     served.set('/ima-key.pem', { status: 200, body: remote.keyPem })
-    served.set('/ima-key.pem.asc', { status: 200, body: execFileSync('cat', [remote.sig]) })
+    served.set('/ima-key.pem.asc', { status: 200, body: readFileSync(remote.sig) })
     const list = join(dir, 'allowlist.txt')
     const r = await tenant(
       '-c',
