@@ -6,7 +6,7 @@
  * (`--flags not-need-init,startup-clear`).
  */
 import { type ChildProcess, execFile, spawn } from 'node:child_process'
-import { existsSync, mkdirSync } from 'node:fs'
+import { existsSync, mkdirSync, readFileSync } from 'node:fs'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { connect, createServer } from 'node:net'
 import { tmpdir } from 'node:os'
@@ -34,10 +34,25 @@ function listenable(port: number): Promise<boolean> {
   })
 }
 
+/**
+ * Ports to pick from: below the kernel's ephemeral range where it leaves room, so an outgoing connection of another
+ * process cannot take the port between the check and swtpm's bind.
+ */
+function listenPortRange(): { from: number; count: number } {
+  try {
+    const low = Number(readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/)[0])
+    if (low > 12_000) return { from: 10_000, count: low - 10_001 }
+  } catch {
+    // not Linux: any unprivileged range
+  }
+  return { from: 20_000, count: 40_000 }
+}
+
 /** A free TCP port on 127.0.0.1 (and, with `pair`, the next one free too). */
 export async function freePort(pair = false): Promise<number> {
+  const { from, count } = listenPortRange()
   for (let attempt = 0; attempt < 100; attempt++) {
-    const port = 20000 + Math.floor(Math.random() * 40000)
+    const port = from + Math.floor(Math.random() * count)
     if ((await listenable(port)) && (!pair || (await listenable(port + 1)))) return port
   }
   throw new Error('no free TCP port found on 127.0.0.1')
