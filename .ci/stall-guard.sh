@@ -1,6 +1,6 @@
 # Sourced by .ci/run. `stall_guard CMD...` runs CMD with its output streamed as usual, and stops it when it has
 # printed nothing for KEYLIME_CI_STALL_SECONDS (default 600): far longer than any test file runs (tests and hooks
-# time out at 60 s, the longest file takes ~40 s), so silence that long is a wedged process, not a slow test.
+# time out at 60 s, the longest file takes about a minute), so silence that long is a wedged process, not a slow test.
 # Before stopping it, the guard prints every process of the machine with its age, state and wait channel, so the log
 # names what was stuck. The command then runs once more: a runner that wedged is not a failing test, and a test that
 # hangs for real wedges again, so the second try fails CI with the same listing. A command that fails (any exit
