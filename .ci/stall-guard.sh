@@ -6,7 +6,7 @@
 # hangs for real wedges again, so the second try fails CI with the same listing. A command that fails (any exit
 # status) is never run again.
 stall_guard() {
-  local limit="${KEYLIME_CI_STALL_SECONDS:-600}" attempt log pid follower size last_size last_change rc
+  local limit="${KEYLIME_CI_STALL_SECONDS:-600}" attempt log pid follower size last_size last_change stalled rc
   for attempt in 1 2; do
     log="$(mktemp /tmp/keylime-ci-out-XXXXXX)"
     # its own session, so the whole tree it starts can be listed and stopped together
@@ -16,6 +16,7 @@ stall_guard() {
     follower=$!
     last_size=-1
     last_change=$SECONDS
+    stalled=0
     while kill -0 "$pid" 2>/dev/null; do
       sleep 5
       size="$(stat -c %s "$log")"
@@ -26,6 +27,7 @@ stall_guard() {
         echo "ci: '$*' printed nothing for ${limit}s (try $attempt); the processes now:"
         ps -eo pid,ppid,sid,etimes,stat,wchan:24,args --forest
         pkill -KILL -s "$pid" || true
+        stalled=1
         break
       fi
     done
@@ -33,7 +35,7 @@ stall_guard() {
     wait "$pid" || rc=$?
     wait "$follower" 2>/dev/null || true
     rm -f "$log"
-    if ((SECONDS - last_change < limit)); then return "$rc"; fi
+    if ((!stalled)); then return "$rc"; fi
   done
   echo "ci: '$*' stalled twice" >&2
   return 1

@@ -48,9 +48,12 @@ function listenPortRange(): { from: number; count: number } {
   return { from: 20_000, count: 40_000 }
 }
 
+let portRange: { from: number; count: number } | undefined
+
 /** A free TCP port on 127.0.0.1 (and, with `pair`, the next one free too). */
 export async function freePort(pair = false): Promise<number> {
-  const { from, count } = listenPortRange()
+  portRange ??= listenPortRange()
+  const { from, count } = portRange
   for (let attempt = 0; attempt < 100; attempt++) {
     const port = from + Math.floor(Math.random() * count)
     if ((await listenable(port)) && (!pair || (await listenable(port + 1)))) return port

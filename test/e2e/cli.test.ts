@@ -64,10 +64,7 @@ describe('lazy loading', () => {
 
 describe('keylime tenant command line', () => {
   it('documents its commands and exit codes in --help', () => {
-    const help = execFileSync('node', ['bin/keylime.js', 'tenant', '--help'], {
-      encoding: 'utf8',
-      timeout: 60_000,
-    })
+    const help = run('tenant', '--help')
     expect(help).toContain('addruntimepolicy')
     expect(help).toContain('Exit status')
   })
