@@ -303,17 +303,20 @@ export async function privatePgCluster(): Promise<{
   const port = await freeLocalPort()
   const asRoot = process.getuid?.() === 0
   if (asRoot) {
-    const uid = Number(execFileSync('id', ['-u', 'postgres']).toString().trim())
-    const gid = Number(execFileSync('id', ['-g', 'postgres']).toString().trim())
+    const uid = Number(execFileSync('id', ['-u', 'postgres'], { timeout: 30_000 }).toString().trim())
+    const gid = Number(execFileSync('id', ['-g', 'postgres'], { timeout: 30_000 }).toString().trim())
     chownSync(dir, uid, gid)
   }
   const run = (tool: string, args: string[]) =>
     asRoot
-      ? execFileSync('runuser', ['-u', 'postgres', '--', pgBin(tool), ...args], { stdio: 'pipe' })
-      : execFileSync(pgBin(tool), args, { stdio: 'pipe' })
+      ? execFileSync('runuser', ['-u', 'postgres', '--', pgBin(tool), ...args], {
+          stdio: 'pipe',
+          timeout: 120_000,
+        })
+      : execFileSync(pgBin(tool), args, { stdio: 'pipe', timeout: 120_000 })
   run('initdb', ['-D', data, '-A', 'trust', '-U', 'postgres', '--no-sync'])
   mkdirSync(join(dir, 'run'), { recursive: true })
-  if (asRoot) execFileSync('chown', ['postgres:postgres', join(dir, 'run')])
+  if (asRoot) execFileSync('chown', ['postgres:postgres', join(dir, 'run')], { timeout: 30_000 })
   const start = () =>
     run('pg_ctl', [
       '-D',

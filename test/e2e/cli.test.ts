@@ -29,7 +29,10 @@ function modulesLoadedBy(args: string[]): string[] {
     `import { register } from 'node:module'
 register('data:text/javascript,' + encodeURIComponent('export async function resolve(s, c, next) { const r = await next(s, c); process._rawDebug("MODULE " + r.url); return r }'))`,
   )}`
-  const r = spawnSync(process.execPath, ['--import', hook, 'bin/keylime.js', ...args], { encoding: 'utf8' })
+  const r = spawnSync(process.execPath, ['--import', hook, 'bin/keylime.js', ...args], {
+    encoding: 'utf8',
+    timeout: 60_000,
+  })
   return r.stderr
     .split('\n')
     .filter((l) => l.startsWith('MODULE '))

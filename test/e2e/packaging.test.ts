@@ -67,6 +67,7 @@ describe('systemd units', () => {
       const help = spawnSync(process.execPath, [join(ROOT, 'bin/keylime.js'), ...command, '--help'], {
         encoding: 'utf8',
         env: { ...process.env, KEYLIME_FROM_SOURCE: '1' },
+        timeout: 60_000,
       })
       expect(help.status, help.stderr).toBe(0)
       expect(d.get('Type')).toBe('notify')

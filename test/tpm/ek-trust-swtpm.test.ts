@@ -41,7 +41,7 @@ function manufactureSwtpm(dir: string): { ekRsa: Buffer; ekEcc: Buffer; caDir: s
       '--create-ek-cert',
       '--ecc',
     ],
-    { stdio: 'ignore' },
+    { stdio: 'ignore', timeout: 60_000 },
   )
   execFileSync(
     'swtpm_setup',
@@ -56,7 +56,7 @@ function manufactureSwtpm(dir: string): { ekRsa: Buffer; ekEcc: Buffer; caDir: s
       '--write-ek-cert-files',
       join(dir, 'certs'),
     ],
-    { stdio: 'ignore' },
+    { stdio: 'ignore', timeout: 60_000 },
   )
   return {
     ekRsa: readFileSync(join(dir, 'certs', 'ek-rsa2048.crt')),

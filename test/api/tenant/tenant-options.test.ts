@@ -206,7 +206,7 @@ function signedKey(name: string): { key: string; sig: string; keyPem: string } {
       sig,
       key,
     ],
-    { stdio: 'pipe' },
+    { stdio: 'pipe', timeout: 30_000 },
   )
   return { key, sig, keyPem }
 }

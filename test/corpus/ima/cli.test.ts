@@ -5,7 +5,8 @@ import { join } from 'node:path'
 import { describe, expect, it } from 'vitest'
 import { fixturePath } from '../fixture.ts'
 
-const run = (...args: string[]) => spawnSync('node', ['bin/keylime.js', ...args], { encoding: 'utf8' })
+const run = (...args: string[]) =>
+  spawnSync('node', ['bin/keylime.js', ...args], { encoding: 'utf8', timeout: 60_000 })
 
 describe('keylime ima replay', () => {
   it('prints PCR 10 per bank as JSON and exits 0 for a binary list', () => {

@@ -24,6 +24,7 @@ async function startSwtpm(locality: number): Promise<Swtpm> {
   const dir = mkdtempSync(join(tmpdir(), 'mb-swtpm-'))
   execFileSync('swtpm_setup', ['--tpm2', '--tpmstate', dir, '--pcr-banks', 'sha1,sha256'], {
     stdio: 'ignore',
+    timeout: 60_000,
   })
   const port = await freePort(true) // data port and the next one (control) both free
   const ctrl = port + 1 // the tpm2-tss swtpm TCTI expects the control channel on the next port
@@ -52,6 +53,7 @@ async function startSwtpm(locality: number): Promise<Swtpm> {
       try {
         execFileSync('swtpm_ioctl', ['--tcp', `127.0.0.1:${ctrl}`, '-l', String(locality)], {
           stdio: 'ignore',
+          timeout: 30_000,
         })
         break
       } catch (e) {
@@ -95,6 +97,7 @@ function readPcrs(env: NodeJS.ProcessEnv, pcrs: number[]): Record<string, Record
   const out = execFileSync('tpm2_pcrread', [`sha1:${pcrs.join(',')}+sha256:${pcrs.join(',')}`], {
     env,
     encoding: 'utf8',
+    timeout: 30_000,
   })
   const values: Record<string, Record<string, string>> = {}
   let bank = ''
@@ -127,7 +130,7 @@ describe('extend plan into swtpm', () => {
           const spec = Object.entries(step.digests)
             .map(([bank, d]) => `${bank}=${toHex(d as Uint8Array)}`)
             .join(',')
-          execFileSync('tpm2_pcrextend', [`${step.pcr}:${spec}`], { env: tpm.env })
+          execFileSync('tpm2_pcrextend', [`${step.pcr}:${spec}`], { env: tpm.env, timeout: 30_000 })
         }
         const quoted = fixtureJson<{ quoted_pcrs: { pcrs: Record<string, Record<string, string>> } }>(
           `eventlogs/${name}.reference.json`,
